@@ -1,0 +1,57 @@
+# synthmed: every command a newcomer needs. `make demo` and `make test` set everything up.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Telemetry off for every tool we call.
+export KEDRO_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help setup demo test test-fast viz viz-build mlflow-ui status clean
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "synthmed needs Python 3.11 or newer; found " + sys.version.split()[0] + ". Run: make PYTHON=python3.11 ...")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@# torch first and pinned: an unpinned torch pulls several GB of CUDA wheels on a CPU machine.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	@touch $@
+
+setup: $(STAMP) ## create .venv and install the pinned dependencies
+
+demo: setup ## build the sample data and run every pipeline through DVC, then push
+	$(BIN)/python -m synthmed.demo
+
+test: setup ## run the test suite (CPU, tiny configurations)
+	$(BIN)/python -m pytest
+
+test-fast: setup ## the unit tests only (skips the end-to-end DVC round trip)
+	$(BIN)/python -m pytest -m "not slow"
+
+viz: setup ## open kedro-viz on http://127.0.0.1:4141
+	$(BIN)/kedro viz run --no-browser --host 127.0.0.1 --port 4141
+
+viz-build: setup ## write kedro-viz as a static site to ./build (offline)
+	$(BIN)/kedro viz build
+
+mlflow-ui: setup ## open the MLflow UI on http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+status: setup ## what DVC thinks is out of date
+	$(BIN)/dvc status
+
+clean: ## remove the virtual environment (data and DVC cache stay)
+	rm -rf $(VENV)

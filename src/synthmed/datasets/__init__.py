@@ -1,0 +1,22 @@
+"""Custom Kedro datasets: file I/O only, no domain logic.
+
+- ``ArrayStoreDataset``: a folder of ``.npy`` arrays (pickle-free, memory-mapped on load).
+- ``FileFolderDataset``: a folder of files; loads as a lazy ``SourceFolder`` listing and
+  saves objects (bytes, text, tables, NIfTI images, DICOM datasets, PNG arrays) by suffix.
+- ``MetricsDataset``: flat ``dict[str, float]`` to JSON (DVC metrics) and to MLflow.
+- ``PseudonymisationKeyDataset``: the pseudonymisation key from Kedro credentials.
+"""
+
+from synthmed.datasets.array_store import ArrayStore, ArrayStoreDataset
+from synthmed.datasets.file_folder import FileFolderDataset, SourceFolder
+from synthmed.datasets.metrics import MetricsDataset
+from synthmed.datasets.secrets import PseudonymisationKeyDataset
+
+__all__ = [
+    "ArrayStore",
+    "ArrayStoreDataset",
+    "FileFolderDataset",
+    "MetricsDataset",
+    "PseudonymisationKeyDataset",
+    "SourceFolder",
+]

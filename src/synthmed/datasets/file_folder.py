@@ -1,0 +1,201 @@
+"""A folder of files: a lazy listing on load, objects encoded by suffix on save.
+
+Loading never reads file contents: it returns a ``SourceFolder`` with the sorted relative
+paths and their sizes; nodes read one file at a time with ``read_bytes``. This is how raw
+inputs reach the ingestion readers (which then decode bytes, not paths).
+
+Saving takes ``{relative/path.ext: object}`` and replaces the whole folder atomically.
+Objects are encoded by the file suffix:
+
+============  ==============================================================
+suffix        object
+============  ==============================================================
+any           ``bytes`` (written as is)
+.md .txt      ``str``
+.csv          ``pandas.DataFrame`` (no index) or ``str``
+.json         ``dict`` / ``list`` (sorted keys)
+.nii .nii.gz  ``nibabel.Nifti1Image`` (gzip with mtime 0: byte-reproducible)
+.dcm          ``pydicom.Dataset`` (written with a DICOM file meta header)
+.png          ``numpy.ndarray`` uint8/uint16, (H, W) or (H, W, 3); no metadata chunks
+============  ==============================================================
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import io
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from kedro.io import AbstractDataset, DatasetError
+
+from synthmed.datasets._atomic import atomic_directory
+
+logger = logging.getLogger(__name__)
+
+_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+DEFAULT_EXCLUDE = (".*", "*/.*")
+
+
+def check_relative_path(relpath: str) -> PurePosixPath:
+    """Reject absolute paths, '..' and unusual characters in an output file name."""
+    path = PurePosixPath(relpath)
+    if path.is_absolute() or not path.parts or any(
+        part in ("..", ".") or not _COMPONENT.match(part) for part in path.parts
+    ):
+        raise DatasetError(
+            f"Output file name {relpath!r} is not allowed: expected a relative path whose "
+            "parts use only [A-Za-z0-9._-] and do not start with '.'."
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class SourceFolder:
+    """A listing of files under ``root``; contents are read on demand."""
+
+    root: Path
+    files: tuple[str, ...]
+    sizes: Mapping[str, int]
+
+    def read_bytes(self, relpath: str) -> bytes:
+        if relpath not in self.sizes:
+            raise KeyError(f"{relpath!r} is not part of {self.root}")
+        return (self.root / relpath).read_bytes()
+
+    def read_head(self, relpath: str, n_bytes: int) -> bytes:
+        """The first ``n_bytes`` of a file (format sniffing without reading it all)."""
+        if relpath not in self.sizes:
+            raise KeyError(f"{relpath!r} is not part of {self.root}")
+        with open(self.root / relpath, "rb") as handle:
+            return handle.read(n_bytes)
+
+    def read_text(self, relpath: str) -> str:
+        return self.read_bytes(relpath).decode("utf-8")
+
+
+def encode(relpath: str, obj: Any) -> bytes:
+    """Encode ``obj`` for the file ``relpath`` according to its suffix (see module doc)."""
+    name = relpath.lower()
+    if isinstance(obj, bytes):
+        return obj
+    if isinstance(obj, str):
+        return obj.encode("utf-8")
+    if name.endswith(".csv"):
+        import pandas as pd
+
+        if isinstance(obj, pd.DataFrame):
+            return obj.to_csv(index=False, lineterminator="\n").encode("utf-8")
+    if name.endswith(".json") and isinstance(obj, (dict, list)):
+        return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    if name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        if isinstance(obj, nib.Nifti1Image):
+            raw = obj.to_bytes()
+            # mtime=0 and no file name in the gzip header: same image, same bytes.
+            return gzip.compress(raw, compresslevel=6, mtime=0) if name.endswith(".gz") else raw
+    if name.endswith(".dcm"):
+        import pydicom
+
+        if isinstance(obj, pydicom.Dataset):
+            buffer = io.BytesIO()
+            pydicom.dcmwrite(buffer, obj, enforce_file_format=True)
+            return buffer.getvalue()
+    if name.endswith(".png") and isinstance(obj, np.ndarray):
+        return encode_png(obj)
+    raise DatasetError(
+        f"Cannot write {relpath!r}: no encoder for a {type(obj).__name__} with that suffix "
+        "(see synthmed.datasets.file_folder for the supported pairs)."
+    )
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG from pixels only: no text, time, EXIF or ICC chunks."""
+    from PIL import Image
+
+    if array.dtype == np.uint8 and array.ndim in (2, 3):
+        mode = "L" if array.ndim == 2 else {3: "RGB", 4: "RGBA"}.get(array.shape[-1])
+    elif array.dtype == np.uint16 and array.ndim == 2:
+        mode = "I;16"
+    else:
+        mode = None
+    if mode is None:
+        raise DatasetError(
+            f"PNG needs uint8 (H, W) / (H, W, 3|4) or uint16 (H, W); got {array.dtype} "
+            f"{array.shape}."
+        )
+    image = Image.fromarray(np.ascontiguousarray(array), mode=mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
+
+
+class FileFolderDataset(AbstractDataset[Mapping[str, Any], SourceFolder]):
+    """Kedro dataset for a folder of files.
+
+    Example catalog entry (a team's own data, in conf/local/catalog.yml)::
+
+        raw_sources:
+          type: synthmed.datasets.FileFolderDataset
+          path: /mnt/exports/fundus_study
+          exclude: ["*.xlsx"]
+
+    Args:
+        path: the folder (local filesystem).
+        exclude: glob patterns (on the relative POSIX path) left out of the listing;
+            hidden files and folders are always left out.
+        metadata: free-form metadata (kedro-viz layers); ignored by the dataset.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        exclude: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+    ):
+        self._path = Path(path)
+        self._exclude = tuple(DEFAULT_EXCLUDE) + tuple(exclude)
+        self.metadata = metadata
+
+    def load(self) -> SourceFolder:
+        if not self._path.is_dir():
+            raise DatasetError(
+                f"Source folder {self._path} does not exist or is not a folder. Point the "
+                "catalog entry at your data (README: 'Your own data')."
+            )
+        sizes: dict[str, int] = {}
+        for file in sorted(p for p in self._path.rglob("*") if p.is_file()):
+            rel = file.relative_to(self._path).as_posix()
+            if any(fnmatch.fnmatch(rel, pattern) for pattern in self._exclude):
+                continue
+            sizes[rel] = file.stat().st_size
+        return SourceFolder(root=self._path, files=tuple(sizes), sizes=sizes)
+
+    def save(self, data: Mapping[str, Any]) -> None:
+        if not isinstance(data, Mapping):
+            raise DatasetError(
+                f"FileFolderDataset({self._path}) saves a mapping of relative path -> "
+                f"object, got {type(data).__name__}."
+            )
+        with atomic_directory(self._path) as tmp:
+            for relpath in sorted(data):
+                rel = check_relative_path(relpath)
+                target = tmp.joinpath(*rel.parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(encode(relpath, data[relpath]))
+        logger.info("Saved %d files to %s", len(data), self._path)
+
+    def _exists(self) -> bool:
+        return self._path.is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path), "exclude": list(self._exclude)}

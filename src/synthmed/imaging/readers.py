@@ -1,0 +1,360 @@
+"""Decoders from file bytes to arrays, for the three families of input.
+
+Every decoder takes bytes (never a path), returns a ``Decoded`` with a channel-first
+``float32`` array, and raises ``ReadError`` with a short reason code when the input cannot
+be used. Array conventions:
+
+- 2D image: ``(C, H, W)``, C = 1 (grey) or 3 (RGB), spacing ``(row_mm, col_mm)``;
+- volume: ``(1, X, Y, Z)`` in closest-canonical RAS+ voxel order (nibabel's
+  ``as_closest_canonical``), spacing ``(x_mm, y_mm, z_mm)``.
+
+Unknown spacing is ``nan``. Values are the stored intensities after the DICOM modality
+LUT (Hounsfield units for CT) or the NIfTI scaling; no windowing happens here.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from PIL import Image, UnidentifiedImageError
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+FORMATS = ("raster", "dicom", "nifti")
+
+# PS3.10 section 7.1: a DICOM file has a 128-byte preamble followed by "DICM".
+_DICOM_MAGIC_OFFSET = 128
+_DICOM_MAGIC = b"DICM"
+
+
+class ReadError(ValueError):
+    """An input that cannot be used. ``reason`` is a short code for tables and metrics."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded item: ``array`` float32 (C, H, W) or (1, X, Y, Z); ``spacing`` in mm."""
+
+    array: np.ndarray
+    spacing: tuple[float, ...]
+    source_dtype: str
+    modality: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "volume" if self.array.ndim == 4 else "image2d"
+
+
+def strip_suffix(relpath: str) -> str:
+    """File name without its (possibly double, e.g. .nii.gz) suffix, keeping folders."""
+    lower = relpath.lower()
+    for suffix in sorted(RASTER_SUFFIXES + NIFTI_SUFFIXES + DICOM_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return relpath[: -len(suffix)]
+    return relpath
+
+
+def sniff_format(relpath: str, head: bytes) -> str | None:
+    """The input family of a file from its suffix, or the DICOM magic for bare names.
+
+    Args:
+        relpath: path relative to the source root.
+        head: the first bytes of the file (at least 132 for the DICOM magic check).
+
+    Returns:
+        "raster", "dicom", "nifti", or None when the file is of no supported family.
+    """
+    lower = relpath.lower()
+    if lower.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if lower.endswith(RASTER_SUFFIXES):
+        return "raster"
+    if lower.endswith(DICOM_SUFFIXES):
+        return "dicom"
+    if head[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == _DICOM_MAGIC:
+        return "dicom"
+    return None
+
+
+def check_values(array: np.ndarray, what: str) -> None:
+    """Reject empty arrays and arrays with NaN or infinite values."""
+    if array.size == 0 or 0 in array.shape:
+        raise ReadError("empty", f"{what} has no pixels (shape {array.shape})")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise ReadError("non_finite", f"{what} has {bad} NaN or infinite values")
+
+
+def _check_pixels(n_pixels: int, max_pixels: int, what: str) -> None:
+    if n_pixels > max_pixels:
+        raise ReadError(
+            "too_large",
+            f"{what} has {n_pixels} pixels, more than ingestion.max_pixels={max_pixels}",
+        )
+
+
+# ----------------------------------------------------------------------------- raster
+
+
+def decode_raster(data: bytes, *, max_pixels: int) -> Decoded:
+    """Decode a PNG, JPEG or TIFF (8/16-bit, grey or RGB) to ``(C, H, W)`` float32.
+
+    Alpha channels are dropped (synthmed has no use for transparency); palette images are
+    expanded to RGB, or to grey when the palette is grey. Multi-page TIFFs are rejected.
+    Pillow's decompression-bomb guard stays on; ``max_pixels`` is checked before decoding.
+    """
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        _check_pixels(width * height, max_pixels, "image")
+        if getattr(image, "n_frames", 1) > 1:
+            raise ReadError("unsupported_shape", f"multi-page image with {image.n_frames} pages")
+        image.load()
+    except ReadError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ReadError("unreadable", f"{type(exc).__name__}: {exc}") from exc
+    mode = image.mode
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode in ("LA", "PA"):
+        image = image.convert("L")
+    elif mode in ("RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
+        image = image.convert("RGB")
+    elif mode == "1":
+        image = image.convert("L")
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] == 4:
+        array = array[..., :3]
+    if array.ndim == 3 and np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 1], array[..., 2]):
+        array = array[..., 0]
+    source_dtype = str(array.dtype)
+    chw = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+    out = np.ascontiguousarray(chw, dtype=np.float32)
+    check_values(out, "image")
+    return Decoded(out, (math.nan, math.nan), source_dtype)
+
+
+def decode_raster_mask(data: bytes, *, max_pixels: int) -> np.ndarray:
+    """Decode a label image to ``(1, H, W)`` uint8 (grey values are labels; 255 -> 1 for binary masks)."""
+    decoded = decode_raster(data, max_pixels=max_pixels)
+    if decoded.array.shape[0] != 1:
+        raise ReadError("mask_invalid", f"mask must be single-channel, got {decoded.array.shape[0]} channels")
+    return to_label_mask(decoded.array, "mask")
+
+
+def to_label_mask(array: np.ndarray, what: str) -> np.ndarray:
+    """Integer-valued array -> uint8 labels. A binary 0/255 mask becomes 0/1."""
+    values = np.unique(array)
+    if not np.array_equal(values, np.round(values)) or values.min() < 0 or values.max() > 255:
+        raise ReadError(
+            "mask_invalid",
+            f"{what} must hold integer labels in [0, 255], got values from {values.min()} to {values.max()}",
+        )
+    if set(values.tolist()) <= {0.0, 255.0}:
+        array = array / 255.0
+    return np.ascontiguousarray(array, dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------- NIfTI
+
+
+def load_nifti_image(data: bytes, *, max_pixels: int) -> nib.Nifti1Image:
+    """Parse NIfTI-1/2 bytes (gzipped or not) into a nibabel image, checking size first."""
+    try:
+        if data[:2] == b"\x1f\x8b":
+            # Read at most a little more than the allowed size: a gzip bomb stops here.
+            limit = max_pixels * 8 + (1 << 20)
+            decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            raw = decompressor.decompress(data, limit)
+            if decompressor.unconsumed_tail:
+                raise ReadError("too_large", f"decompressed NIfTI exceeds {limit} bytes")
+        else:
+            raw = data
+        header_size = int.from_bytes(raw[:4], "little")
+        image_class = nib.Nifti2Image if header_size == 540 else nib.Nifti1Image
+        image = image_class.from_bytes(raw)
+    except ReadError:
+        raise
+    except (nib.filebasedimages.ImageFileError, gzip.BadGzipFile, zlib.error, ValueError, EOFError, OSError) as exc:
+        raise ReadError("unreadable", f"{type(exc).__name__}: {exc}") from exc
+    _check_pixels(int(np.prod(image.shape)), max_pixels, "volume")
+    return image
+
+
+def decode_nifti(data: bytes, *, max_pixels: int) -> Decoded:
+    """Decode a 3D NIfTI volume to ``(1, X, Y, Z)`` float32, closest-canonical RAS+.
+
+    A 4D image with a single volume is squeezed; time series and 2D images are rejected.
+    """
+    image = load_nifti_image(data, max_pixels=max_pixels)
+    shape = image.shape
+    if len(shape) == 4 and shape[3] == 1:
+        image = image.slicer[..., 0]
+    if len(image.shape) != 3:
+        raise ReadError("unsupported_shape", f"expected a 3D volume, got shape {shape}")
+    source_dtype = str(image.get_data_dtype())
+    canonical = nib.as_closest_canonical(image)
+    try:
+        array = canonical.get_fdata(dtype=np.float32)
+    except (ValueError, EOFError, OSError, zlib.error) as exc:
+        raise ReadError("truncated", f"{type(exc).__name__}: {exc}") from exc
+    check_values(array, "volume")
+    spacing = tuple(float(z) for z in canonical.header.get_zooms()[:3])
+    return Decoded(np.ascontiguousarray(array[None]), spacing, source_dtype)
+
+
+def decode_nifti_mask(data: bytes, *, max_pixels: int) -> np.ndarray:
+    """Decode a label volume to ``(1, X, Y, Z)`` uint8 in the same canonical order."""
+    return to_label_mask(decode_nifti(data, max_pixels=max_pixels).array, "mask volume")
+
+
+# ----------------------------------------------------------------------------- DICOM
+
+
+def read_dicom(data: bytes, *, stop_before_pixels: bool = False) -> pydicom.Dataset:
+    """Parse DICOM bytes; ``ReadError('unreadable')`` for anything pydicom cannot parse."""
+    try:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
+    except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise ReadError("unreadable", f"{type(exc).__name__}: {exc}") from exc
+
+
+def dicom_pixels(ds: pydicom.Dataset, *, max_pixels: int) -> np.ndarray:
+    """Pixel data after the modality LUT (rescale slope/intercept), as float32.
+
+    Returns ``(frames, H, W)`` for grey images and ``(3, H, W)`` for single-frame colour.
+    MONOCHROME1 (minimum = white, PS3.3 C.7.6.3.1.2) is inverted so that larger values are
+    brighter for every image. A compressed transfer syntax without an installed decoder is
+    ``unsupported``; short pixel data is ``truncated``.
+    """
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    _check_pixels(rows * cols * frames, max_pixels, "DICOM pixel data")
+    if "PixelData" not in ds:
+        raise ReadError("empty", "no Pixel Data (7FE0,0010) element")
+    try:
+        raw = ds.pixel_array
+    except NotImplementedError as exc:
+        raise ReadError(
+            "unsupported",
+            f"transfer syntax {ds.file_meta.TransferSyntaxUID} needs a decoder that is not "
+            f"installed ({exc})",
+        ) from exc
+    except (ValueError, RuntimeError, EOFError, AttributeError) as exc:
+        reason = "truncated" if "less than expected" in str(exc) or "truncat" in str(exc) else "unreadable"
+        raise ReadError(reason, f"{type(exc).__name__}: {exc}") from exc
+    samples = int(ds.get("SamplesPerPixel", 1))
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if samples == 3:
+        if frames > 1:
+            raise ReadError("unsupported_shape", "multi-frame colour DICOM is not supported")
+        if photometric.startswith("YBR"):
+            raw = pydicom.pixels.convert_color_space(raw, photometric, "RGB")
+        return np.ascontiguousarray(np.moveaxis(raw, -1, 0), dtype=np.float32)
+    pixels = pydicom.pixels.apply_modality_lut(raw, ds).astype(np.float32)
+    if photometric == "MONOCHROME1":
+        pixels = pixels.max() + pixels.min() - pixels
+    pixels = pixels.reshape(frames, rows, cols)
+    check_values(pixels, "DICOM pixel data")
+    return pixels
+
+
+def _direction_cosines(ds: pydicom.Dataset) -> tuple[np.ndarray, np.ndarray] | None:
+    orientation = ds.get("ImageOrientationPatient")
+    if orientation is None or len(orientation) != 6:
+        return None
+    values = np.asarray([float(v) for v in orientation])
+    return values[:3], values[3:]
+
+
+def _pixel_spacing(ds: pydicom.Dataset) -> tuple[float, float]:
+    # PS3.3 C.7.6.2.1.1: PixelSpacing is (row spacing, column spacing) in mm.
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    if spacing is None or len(spacing) != 2:
+        return (math.nan, math.nan)
+    return (float(spacing[0]), float(spacing[1]))
+
+
+def _canonical_volume(
+    stack: np.ndarray, ds: pydicom.Dataset, slice_mm: float, origin: np.ndarray
+) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Reorder a (K, rows, cols) stack into closest-canonical RAS+ ``(1, X, Y, Z)``."""
+    row_mm, col_mm = _pixel_spacing(ds)
+    cosines = _direction_cosines(ds)
+    row_cos, col_cos = cosines if cosines else (np.array([1.0, 0, 0]), np.array([0, 1.0, 0]))
+    normal = np.cross(row_cos, col_cos)
+    # Voxel (j=column, i=row, k=slice) -> patient LPS (PS3.3 C.7.6.2.1.1, equation C.7.6.2.1-1).
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = row_cos * (col_mm if math.isfinite(col_mm) else 1.0)
+    affine_lps[:3, 1] = col_cos * (row_mm if math.isfinite(row_mm) else 1.0)
+    affine_lps[:3, 2] = normal * (slice_mm if math.isfinite(slice_mm) else 1.0)
+    affine_lps[:3, 3] = origin
+    affine_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_lps
+    data = np.transpose(stack, (2, 1, 0))  # (cols, rows, K) = (j, i, k)
+    ornt = nib.orientations.io_orientation(affine_ras)
+    data = nib.orientations.apply_orientation(data, ornt)
+    spacing_jik = np.array([col_mm, row_mm, slice_mm])
+    spacing = tuple(float(spacing_jik[int(axis)]) for axis in np.argsort(ornt[:, 0]))
+    return np.ascontiguousarray(data[None], dtype=np.float32), spacing
+
+
+def decode_dicom_series(datasets: Sequence[pydicom.Dataset], *, max_pixels: int) -> Decoded:
+    """One item from the datasets of one series (each with pixel data).
+
+    - one single-frame grey or colour instance -> 2D ``(C, H, W)``;
+    - one multi-frame instance -> volume, frames along the slice normal;
+    - several single-frame instances -> volume sorted by position along the normal, which
+      must be evenly spaced (a missing slice is rejected as ``inconsistent_series``).
+    """
+    if not datasets:
+        raise ReadError("empty", "series without instances")
+    first = datasets[0]
+    modality = str(first.get("Modality", "")) or None
+    source_dtype = f"{'int' if int(first.get('PixelRepresentation', 0)) else 'uint'}{first.get('BitsAllocated', '')}"
+    if len(datasets) == 1:
+        pixels = dicom_pixels(first, max_pixels=max_pixels)
+        if pixels.shape[0] in (1, 3) and int(first.get("NumberOfFrames", 1) or 1) == 1:
+            return Decoded(pixels, _pixel_spacing(first), source_dtype, modality)
+        thickness = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", math.nan)) or math.nan)
+        origin = np.asarray([float(v) for v in first.get("ImagePositionPatient", [0, 0, 0])])
+        array, spacing = _canonical_volume(pixels, first, thickness, origin)
+        return Decoded(array, spacing, source_dtype, modality)
+
+    shapes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
+    if len(shapes) != 1:
+        raise ReadError("inconsistent_series", f"instances have different sizes {sorted(shapes)}")
+    cosines = _direction_cosines(first)
+    if cosines is None or any("ImagePositionPatient" not in ds for ds in datasets):
+        raise ReadError("inconsistent_series", "several instances but no ImagePositionPatient/ImageOrientationPatient to order them")
+    normal = np.cross(*cosines)
+    positions = [np.asarray([float(v) for v in ds.ImagePositionPatient]) for ds in datasets]
+    order = np.argsort([float(p @ normal) for p in positions])
+    distances = np.diff([float(positions[i] @ normal) for i in order])
+    if np.any(np.isclose(distances, 0.0)):
+        raise ReadError("inconsistent_series", "two instances share one slice position")
+    step = float(np.median(distances))
+    if np.any(np.abs(distances - step) > 0.1 * abs(step)):
+        raise ReadError(
+            "inconsistent_series",
+            f"uneven slice spacing (from {distances.min():.3f} to {distances.max():.3f} mm): missing slice?",
+        )
+    stack = np.concatenate([dicom_pixels(datasets[i], max_pixels=max_pixels) for i in order])
+    if stack.shape[0] != len(datasets):
+        raise ReadError("unsupported_shape", "a series mixing multi-frame or colour instances")
+    array, spacing = _canonical_volume(stack, first, step, positions[order[0]])
+    return Decoded(array, spacing, source_dtype, modality)

@@ -1,0 +1,511 @@
+"""Nodes of the ``ingestion`` pipeline.
+
+Every file found under ``raw_sources`` ends in exactly one place: ignored (by pattern),
+accepted (part of an item in the manifest) or rejected (with a reason and the exception
+text). ``combine_ingestion`` checks ``read = accepted + rejected`` and fails if not.
+
+Identifiers are never written: item ids and patient keys are keyed pseudonyms
+(``synthmed.privacy.pseudonyms``). The manifest and the rejected table keep the relative
+source path so that a data engineer can find a file; they stay on this machine (DVC
+``push: false``) and no source path is logged or sent to MLflow.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from synthmed.config import from_params
+from synthmed.datasets.file_folder import SourceFolder
+from synthmed.imaging.readers import (
+    FORMATS,
+    Decoded,
+    ReadError,
+    decode_dicom_series,
+    decode_nifti,
+    decode_nifti_mask,
+    decode_raster,
+    decode_raster_mask,
+    read_dicom,
+    sniff_format,
+    strip_suffix,
+)
+from synthmed.privacy.dicom_deid import dicom_patient_identity
+from synthmed.privacy.pseudonyms import pseudonym
+
+logger = logging.getLogger(__name__)
+
+INVENTORY_COLUMNS = ["source_path", "format", "role", "size_bytes", "reason", "detail"]
+MANIFEST_COLUMNS = [
+    "item_id", "patient_key", "format", "kind", "modality", "label", "shape", "spacing_mm",
+    "source_dtype", "n_files", "has_mask", "source_path", "source_sha256",
+]
+REJECTED_COLUMNS = ["source_path", "format", "reason", "detail"]
+LABEL_COLUMNS = ["path", "label", "modality", "patient"]
+_DICOM_HEAD_BYTES = 132
+
+
+class IngestionError(RuntimeError):
+    """The ingestion run must stop (strict mode, rejection rate, broken conservation)."""
+
+
+@dataclass(frozen=True)
+class IngestionConfig:
+    """``params:ingestion``. See conf/base/parameters_ingestion.yml for each key."""
+
+    formats: tuple[str, ...] = FORMATS
+    ignore: tuple[str, ...] = ()
+    labels_csv: str | None = None
+    labels_from_subfolders: bool = False
+    default_label: str = "unlabelled"
+    default_modality: Mapping[str, str] = field(default_factory=lambda: {"raster": "OT", "nifti": "MR"})
+    mask_suffix: str = "_mask"
+    patient_from: str = "stem"
+    max_pixels: int = 400_000_000
+    max_file_mb: float = 2048.0
+    strict: bool = False
+    max_rejection_rate: float = 0.2
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.formats) - set(FORMATS))
+        if unknown:
+            raise ValueError(f"ingestion.formats has unknown format(s) {unknown}; valid: {list(FORMATS)}.")
+        if self.patient_from not in ("stem", "parent"):
+            raise ValueError(f"ingestion.patient_from must be 'stem' or 'parent', got {self.patient_from!r}.")
+        if not 0.0 <= self.max_rejection_rate <= 1.0:
+            raise ValueError(
+                f"ingestion.max_rejection_rate must be in [0, 1], got {self.max_rejection_rate}."
+            )
+        if not self.mask_suffix:
+            raise ValueError("ingestion.mask_suffix must not be empty.")
+        if self.max_pixels <= 0 or self.max_file_mb <= 0:
+            raise ValueError(
+                f"ingestion.max_pixels and max_file_mb must be positive, got {self.max_pixels} and {self.max_file_mb}."
+            )
+
+
+def _config(params: Mapping[str, Any]) -> IngestionConfig:
+    return from_params(IngestionConfig, params, "ingestion")
+
+
+def _sha256(blobs: list[bytes]) -> str:
+    digest = hashlib.sha256()
+    for blob in blobs:
+        digest.update(blob)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------- inventory
+
+
+def inventory_sources(raw_sources: SourceFolder, params: dict[str, Any]) -> pd.DataFrame:
+    """One row per file found: its format and role, and why it is unusable if it is.
+
+    Roles: ``image``, ``mask`` (a raster/NIfTI file whose stem ends with
+    ``mask_suffix``), ``labels`` (the labels table), ``ignored`` (matches an ``ignore``
+    pattern), ``unusable`` (unsupported or disabled format, too large: rejected with
+    ``reason`` and ``detail``).
+    """
+    config = _config(params)
+    rows = []
+    for rel in raw_sources.files:
+        size = raw_sources.sizes[rel]
+        row = {"source_path": rel, "format": "", "role": "image", "size_bytes": size, "reason": "", "detail": ""}
+        if config.labels_csv is not None and rel == config.labels_csv:
+            row["role"] = "labels"
+        elif any(fnmatch.fnmatch(rel, pattern) for pattern in config.ignore):
+            row["role"] = "ignored"
+        else:
+            head = b"" if rel.lower().endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".nii.gz", ".dcm")) \
+                else raw_sources.read_head(rel, _DICOM_HEAD_BYTES)
+            fmt = sniff_format(rel, head)
+            row["format"] = fmt or ""
+            if fmt is None:
+                row.update(role="unusable", reason="unsupported_format",
+                           detail="not a PNG/JPEG/TIFF, DICOM or NIfTI file (add it to ingestion.ignore if expected)")
+            elif fmt not in config.formats:
+                row.update(role="unusable", reason="format_disabled",
+                           detail=f"format {fmt!r} is not in ingestion.formats {list(config.formats)}")
+            elif size > config.max_file_mb * 2**20:
+                row.update(role="unusable", reason="too_large",
+                           detail=f"{size} bytes is more than ingestion.max_file_mb={config.max_file_mb}")
+            elif size == 0:
+                row.update(role="unusable", reason="empty", detail="the file has 0 bytes")
+            elif fmt != "dicom" and strip_suffix(rel).endswith(config.mask_suffix):
+                row["role"] = "mask"
+        rows.append(row)
+    inventory = pd.DataFrame(rows, columns=INVENTORY_COLUMNS)
+    logger.info("Inventory: %s", dict(Counter(inventory["role"])))
+    return inventory
+
+
+def read_label_table(raw_sources: SourceFolder, params: dict[str, Any]) -> pd.DataFrame:
+    """The labels table (``path, label[, modality][, patient]``), or an empty one.
+
+    Raises:
+        ValueError: the configured table is missing, lacks ``path``/``label`` columns, or
+            lists a path twice.
+    """
+    config = _config(params)
+    if config.labels_csv is None:
+        return pd.DataFrame(columns=LABEL_COLUMNS)
+    if config.labels_csv not in raw_sources.sizes:
+        raise ValueError(
+            f"ingestion.labels_csv={config.labels_csv!r} was not found in the source folder "
+            f"{raw_sources.root}; set it to null to use sub-folder names or the default label."
+        )
+    table = pd.read_csv(io.BytesIO(raw_sources.read_bytes(config.labels_csv)), dtype=str, keep_default_na=False)
+    missing = {"path", "label"} - set(table.columns)
+    if missing:
+        raise ValueError(
+            f"{config.labels_csv} needs columns 'path' and 'label' (optional: 'modality', "
+            f"'patient'); missing {sorted(missing)}, found {list(table.columns)}."
+        )
+    duplicated = table["path"][table["path"].duplicated()].tolist()
+    if duplicated:
+        raise ValueError(f"{config.labels_csv} lists {len(duplicated)} path(s) twice, e.g. row for {duplicated[0]!r}.")
+    for column in ("modality", "patient"):
+        if column not in table.columns:
+            table[column] = ""
+    unknown = sorted(set(table["path"]) - set(raw_sources.files))
+    if unknown:
+        logger.warning("%s lists %d path(s) that are not in the source folder", config.labels_csv, len(unknown))
+    return table[LABEL_COLUMNS].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------- items
+
+
+@dataclass(frozen=True)
+class ItemLoader:
+    """Re-reads one item at save time, so ingestion holds one item in memory at a time.
+
+    The checksums recorded when the item was validated are verified again: a file that
+    changed between validation and saving fails the save instead of slipping through.
+    """
+
+    source: SourceFolder
+    family: str
+    image_paths: tuple[str, ...]
+    image_sha256: str
+    mask_path: str | None
+    mask_sha256: str | None
+    max_pixels: int
+
+    def _read(self, paths: tuple[str, ...], expected: str) -> list[bytes]:
+        blobs = [self.source.read_bytes(p) for p in paths]
+        if _sha256(blobs) != expected:
+            raise IngestionError(
+                f"{paths[0]} changed while ingestion was running (checksum mismatch); run again."
+            )
+        return blobs
+
+    def image(self) -> np.ndarray:
+        return decode_item(self.family, self._read(self.image_paths, self.image_sha256), self.max_pixels).array
+
+    def mask(self) -> np.ndarray:
+        if self.mask_path is None or self.mask_sha256 is None:
+            raise ValueError(f"item {self.image_paths[0]} has no mask")
+        (blob,) = self._read((self.mask_path,), self.mask_sha256)
+        return decode_mask(self.family, blob, self.max_pixels)
+
+
+def decode_item(family: str, blobs: list[bytes], max_pixels: int) -> Decoded:
+    """Decode the files of one item (one file, or the instances of a DICOM series)."""
+    if family == "raster":
+        return decode_raster(blobs[0], max_pixels=max_pixels)
+    if family == "nifti":
+        return decode_nifti(blobs[0], max_pixels=max_pixels)
+    if family == "dicom":
+        return decode_dicom_series([read_dicom(b) for b in blobs], max_pixels=max_pixels)
+    raise ValueError(f"Unknown format {family!r}; expected one of {list(FORMATS)}.")
+
+
+def decode_mask(family: str, blob: bytes, max_pixels: int) -> np.ndarray:
+    """Decode a mask file of a raster or NIfTI item to uint8 labels."""
+    if family == "raster":
+        return decode_raster_mask(blob, max_pixels=max_pixels)
+    if family == "nifti":
+        return decode_nifti_mask(blob, max_pixels=max_pixels)
+    raise ValueError(f"Masks are read for raster and NIfTI items only, not {family!r}.")
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def _spacing_text(spacing: tuple[float, ...]) -> str:
+    return "x".join("nan" if not np.isfinite(s) else f"{s:.6g}" for s in spacing)
+
+
+def _metadata(rel: str, family: str, labels: Mapping[str, Mapping[str, str]], config: IngestionConfig) -> dict[str, str]:
+    row = labels.get(rel, {})
+    parts = rel.split("/")
+    if row.get("label"):
+        label = row["label"]
+    elif config.labels_from_subfolders and len(parts) > 1:
+        label = parts[0]
+    else:
+        label = config.default_label
+    if row.get("patient"):
+        patient = row["patient"]
+    elif config.patient_from == "parent" and len(parts) > 1:
+        patient = "/".join(parts[:-1])
+    else:
+        patient = strip_suffix(rel)
+    modality = row.get("modality") or config.default_modality.get(family, "OT")
+    return {"label": label, "patient": patient, "modality": modality}
+
+
+def _manifest_row(item_id: str, patient_key: str, family: str, decoded: Decoded, meta: Mapping[str, str],
+                  loader: ItemLoader) -> dict[str, Any]:
+    return {
+        "item_id": item_id,
+        "patient_key": patient_key,
+        "format": family,
+        "kind": decoded.kind,
+        "modality": meta["modality"],
+        "label": meta["label"],
+        "shape": _shape_text(decoded.array.shape),
+        "spacing_mm": _spacing_text(decoded.spacing),
+        "source_dtype": decoded.source_dtype,
+        "n_files": len(loader.image_paths) + (loader.mask_path is not None),
+        "has_mask": loader.mask_path is not None,
+        "source_path": loader.image_paths[0],
+        "source_sha256": loader.image_sha256,
+    }
+
+
+def _rejection(rel: str, family: str, reason: str, detail: str) -> dict[str, str]:
+    return {"source_path": rel, "format": family, "reason": reason, "detail": detail}
+
+
+def _label_lookup(labels: pd.DataFrame) -> dict[str, dict[str, str]]:
+    return {row["path"]: row for row in labels.to_dict("records")}
+
+
+def _read_file_items(
+    family: str,
+    raw_sources: SourceFolder,
+    inventory: pd.DataFrame,
+    labels: pd.DataFrame,
+    key: bytes,
+    params: dict[str, Any],
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, ItemLoader]]:
+    """Items of one file each (raster or NIfTI), with masks paired by the name rule."""
+    config = _config(params)
+    lookup = _label_lookup(labels)
+    rows = inventory[inventory["format"] == family]
+    images = rows[rows["role"] == "image"]["source_path"].tolist()
+    masks = {strip_suffix(rel)[: -len(config.mask_suffix)]: rel for rel in rows[rows["role"] == "mask"]["source_path"]}
+    manifest, rejected, items = [], [], {}
+    paired = set()
+    for rel in tqdm(images, desc=f"reading {family}", unit="file", disable=None):
+        mask_rel = masks.get(strip_suffix(rel))
+        if mask_rel is not None:
+            paired.add(mask_rel)
+        blob = raw_sources.read_bytes(rel)
+        try:
+            decoded = decode_item(family, [blob], config.max_pixels)
+        except ReadError as exc:
+            rejected.append(_rejection(rel, family, exc.reason, exc.detail))
+            if mask_rel is not None:
+                rejected.append(_rejection(mask_rel, family, "image_rejected", f"its image was rejected ({exc.reason})"))
+            continue
+        mask_sha = None
+        if mask_rel is not None:
+            mask_blob = raw_sources.read_bytes(mask_rel)
+            try:
+                mask = decode_mask(family, mask_blob, config.max_pixels)
+                if mask.shape[1:] != decoded.array.shape[1:]:
+                    raise ReadError(
+                        "mask_mismatch",
+                        f"mask spatial shape {mask.shape[1:]} differs from image {decoded.array.shape[1:]}",
+                    )
+            except ReadError as exc:
+                rejected.append(_rejection(rel, family, exc.reason, f"its mask is unusable: {exc.detail}"))
+                rejected.append(_rejection(mask_rel, family, exc.reason, exc.detail))
+                continue
+            mask_sha = _sha256([mask_blob])
+        meta = _metadata(rel, family, lookup, config)
+        loader = ItemLoader(raw_sources, family, (rel,), _sha256([blob]), mask_rel, mask_sha, config.max_pixels)
+        item_id = pseudonym(key, "item", rel)
+        manifest.append(_manifest_row(item_id, pseudonym(key, "patient", meta["patient"]), family, decoded, meta, loader))
+        items[item_id] = loader
+    for stem, mask_rel in masks.items():
+        if mask_rel not in paired:
+            rejected.append(_rejection(mask_rel, family, "mask_without_image",
+                                       f"no {family} image named like {stem!r} for this mask"))
+    return (pd.DataFrame(manifest, columns=MANIFEST_COLUMNS), pd.DataFrame(rejected, columns=REJECTED_COLUMNS), items)
+
+
+def read_raster_items(raw_sources, source_inventory, label_table, pseudonymisation_key, params):
+    """2D images (PNG, JPEG, TIFF; 8/16-bit; grey/RGB) -> manifest rows, rejections, loaders.
+
+    Arrays (at save time): ``(C, H, W)`` float32 with the stored pixel values.
+    """
+    return _read_file_items("raster", raw_sources, source_inventory, label_table, pseudonymisation_key, params)
+
+
+def read_nifti_items(raw_sources, source_inventory, label_table, pseudonymisation_key, params):
+    """NIfTI volumes (+ label volumes by the mask name rule) -> manifest rows, rejections, loaders.
+
+    Arrays (at save time): ``(1, X, Y, Z)`` float32, closest-canonical RAS+.
+    """
+    return _read_file_items("nifti", raw_sources, source_inventory, label_table, pseudonymisation_key, params)
+
+
+def read_dicom_items(
+    raw_sources: SourceFolder,
+    source_inventory: pd.DataFrame,
+    label_table: pd.DataFrame,
+    pseudonymisation_key: bytes,
+    params: dict[str, Any],
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, ItemLoader]]:
+    """DICOM files grouped into one item per series (patient, study, series).
+
+    Each file is parsed and its pixel data decoded on its own first, so one truncated or
+    undecodable instance is rejected alone; the rest of its series is then stacked (and
+    rejected as ``inconsistent_series`` if a gap remains). Arrays (at save time): a single
+    instance is ``(C, H, W)``; a series or multi-frame instance is ``(1, X, Y, Z)``.
+    """
+    config = _config(params)
+    lookup = _label_lookup(label_table)
+    key = pseudonymisation_key
+    files = source_inventory[(source_inventory["format"] == "dicom") & (source_inventory["role"] == "image")]["source_path"]
+    rejected: list[dict[str, str]] = []
+    series: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    identities: dict[tuple[str, str, str], str] = {}
+    for rel in tqdm(files.tolist(), desc="reading DICOM", unit="file", disable=None):
+        try:
+            ds = read_dicom(raw_sources.read_bytes(rel))
+            decode_item("dicom", [raw_sources.read_bytes(rel)], config.max_pixels)
+            identity = dicom_patient_identity(ds)
+        except ReadError as exc:
+            rejected.append(_rejection(rel, "dicom", exc.reason, exc.detail))
+            continue
+        except ValueError as exc:
+            rejected.append(_rejection(rel, "dicom", "unreadable", str(exc)))
+            continue
+        group = (identity, str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", rel)))
+        series[group].append(rel)
+        identities[group] = identity
+    manifest, items = [], {}
+    for group in sorted(series, key=lambda g: series[g][0]):
+        paths = tuple(sorted(series[group]))
+        blobs = [raw_sources.read_bytes(p) for p in paths]
+        try:
+            decoded = decode_item("dicom", blobs, config.max_pixels)
+        except ReadError as exc:
+            rejected.extend(_rejection(p, "dicom", exc.reason, exc.detail) for p in paths)
+            continue
+        meta = _metadata(paths[0], "dicom", lookup, config)
+        meta["modality"] = decoded.modality or meta["modality"]
+        loader = ItemLoader(raw_sources, "dicom", paths, _sha256(blobs), None, None, config.max_pixels)
+        item_id = pseudonym(key, "series", "\x00".join(group))
+        manifest.append(_manifest_row(item_id, pseudonym(key, "patient", identities[group]), "dicom", decoded, meta, loader))
+        items[item_id] = loader
+    return (pd.DataFrame(manifest, columns=MANIFEST_COLUMNS), pd.DataFrame(rejected, columns=REJECTED_COLUMNS), items)
+
+
+# ------------------------------------------------------------------------- combine
+
+
+def combine_ingestion(
+    source_inventory: pd.DataFrame,
+    raster_manifest: pd.DataFrame,
+    nifti_manifest: pd.DataFrame,
+    dicom_manifest: pd.DataFrame,
+    raster_rejected: pd.DataFrame,
+    nifti_rejected: pd.DataFrame,
+    dicom_rejected: pd.DataFrame,
+    raster_items: dict[str, ItemLoader],
+    nifti_items: dict[str, ItemLoader],
+    dicom_items: dict[str, ItemLoader],
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], dict[str, Any], dict[str, float]]:
+    """Merge the readers' results and check that no file is lost or counted twice.
+
+    Returns:
+        ``(manifest, rejected, images, masks, metrics)``: images and masks are
+        ``{item_id: loader}`` callables saved one at a time by ``ArrayStoreDataset``.
+
+    Raises:
+        IngestionError: a file is neither accepted, rejected nor ignored, or is both.
+    """
+    unusable = source_inventory[source_inventory["role"] == "unusable"]
+    rejected = pd.concat(
+        [unusable[REJECTED_COLUMNS], raster_rejected, nifti_rejected, dicom_rejected], ignore_index=True
+    ).sort_values("source_path", kind="stable").reset_index(drop=True)
+    manifest = pd.concat([raster_manifest, nifti_manifest, dicom_manifest], ignore_index=True)
+    manifest = manifest.sort_values("item_id", kind="stable").reset_index(drop=True)
+    loaders = {**raster_items, **nifti_items, **dicom_items}
+
+    accepted_files = [p for loader in loaders.values() for p in (*loader.image_paths, *([loader.mask_path] if loader.mask_path else []))]
+    read_files = source_inventory[source_inventory["role"].isin(["image", "mask", "unusable"])]["source_path"]
+    problems = []
+    if len(set(accepted_files)) != len(accepted_files):
+        problems.append("a file is part of two items")
+    both = set(accepted_files) & set(rejected["source_path"])
+    if both:
+        problems.append(f"{len(both)} file(s) both accepted and rejected")
+    if rejected["source_path"].duplicated().any():
+        problems.append("a file is rejected twice")
+    if len(read_files) != len(accepted_files) + len(rejected) or set(read_files) != set(accepted_files) | set(rejected["source_path"]):
+        problems.append(
+            f"files read ({len(read_files)}) != accepted ({len(accepted_files)}) + rejected ({len(rejected)})"
+        )
+    if problems:
+        raise IngestionError("Ingestion conservation check failed: " + "; ".join(problems))
+
+    reasons = Counter(rejected["reason"])
+    metrics: dict[str, float] = {
+        "files_found": len(source_inventory),
+        "files_ignored": int((source_inventory["role"].isin(["ignored", "labels"])).sum()),
+        "files_read": len(read_files),
+        "files_accepted": len(accepted_files),
+        "files_rejected": len(rejected),
+        "rejection_rate": round(len(rejected) / len(read_files), 6) if len(read_files) else 0.0,
+        "items_accepted": len(manifest),
+        "items_image2d": int((manifest["kind"] == "image2d").sum()),
+        "items_volume": int((manifest["kind"] == "volume").sum()),
+        "items_with_mask": int(manifest["has_mask"].astype(bool).sum()),
+        **{f"rejected_{reason}": int(n) for reason, n in sorted(reasons.items())},
+    }
+    logger.info(
+        "Ingestion: %d files read = %d accepted (%d items) + %d rejected %s; %d ignored",
+        metrics["files_read"], metrics["files_accepted"], metrics["items_accepted"],
+        metrics["files_rejected"], dict(sorted(reasons.items())), metrics["files_ignored"],
+    )
+    images = {item_id: loader.image for item_id, loader in loaders.items()}
+    masks = {item_id: loader.mask for item_id, loader in loaders.items() if loader.mask_path}
+    return manifest, rejected, images, masks, metrics
+
+
+def enforce_rejection_policy(ingestion_metrics: dict[str, float], params: dict[str, Any]) -> None:
+    """Fail the run in strict mode on any rejection, or above the maximum rejection rate.
+
+    Runs after the rejected table is saved, so the table that explains the failure exists.
+    """
+    config = _config(params)
+    rejected = int(ingestion_metrics["files_rejected"])
+    rate = float(ingestion_metrics["rejection_rate"])
+    reasons = {k.removeprefix("rejected_"): int(v) for k, v in ingestion_metrics.items() if k.startswith("rejected_")}
+    summary = (
+        f"{rejected} of {int(ingestion_metrics['files_read'])} files rejected (rate {rate:.3f}); "
+        f"reasons {reasons}. Each file, its reason and the exception text are in the "
+        "ingestion_rejected table (data/02_intermediate/ingestion/rejected.csv)."
+    )
+    if config.strict and rejected:
+        raise IngestionError(f"ingestion.strict is true and {summary}")
+    if rate > config.max_rejection_rate:
+        raise IngestionError(f"Rejection rate above ingestion.max_rejection_rate={config.max_rejection_rate}: {summary}")

@@ -1,0 +1,43 @@
+"""Wiring of the ``ingestion`` pipeline."""
+
+from kedro.pipeline import Node, Pipeline
+
+from synthmed.pipelines.ingestion.nodes import (
+    combine_ingestion,
+    enforce_rejection_policy,
+    inventory_sources,
+    read_dicom_items,
+    read_label_table,
+    read_nifti_items,
+    read_raster_items,
+)
+
+_READER_INPUTS = ["raw_sources", "source_inventory", "label_table", "pseudonymisation_key", "params:ingestion"]
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(inventory_sources, ["raw_sources", "params:ingestion"], "source_inventory",
+                 name="inventory_sources"),
+            Node(read_label_table, ["raw_sources", "params:ingestion"], "label_table",
+                 name="read_label_table"),
+            Node(read_raster_items, _READER_INPUTS, ["raster_manifest", "raster_rejected", "raster_items"],
+                 name="read_raster_items"),
+            Node(read_nifti_items, _READER_INPUTS, ["nifti_manifest", "nifti_rejected", "nifti_items"],
+                 name="read_nifti_items"),
+            Node(read_dicom_items, _READER_INPUTS, ["dicom_manifest", "dicom_rejected", "dicom_items"],
+                 name="read_dicom_items"),
+            Node(
+                combine_ingestion,
+                ["source_inventory", "raster_manifest", "nifti_manifest", "dicom_manifest",
+                 "raster_rejected", "nifti_rejected", "dicom_rejected",
+                 "raster_items", "nifti_items", "dicom_items"],
+                ["ingestion_manifest", "ingestion_rejected", "ingested_images", "ingested_masks",
+                 "ingestion_metrics"],
+                name="combine_ingestion",
+            ),
+            Node(enforce_rejection_policy, ["ingestion_metrics", "params:ingestion"], None,
+                 name="enforce_rejection_policy"),
+        ]
+    )

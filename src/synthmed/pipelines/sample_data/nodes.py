@@ -1,0 +1,139 @@
+"""Nodes of the ``sample_data`` pipeline: real images from installed packages, no network.
+
+The sources are package data (nilearn, pydicom, scikit-image), so building the sample is
+deterministic and offline. Provenance and licences are written to the sample's README.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from synthmed.datasets.file_folder import encode
+from synthmed.datasets.secrets import PUBLIC_SAMPLE_MANIFEST
+from synthmed.imaging.vesselness import vessel_mask
+
+logger = logging.getLogger(__name__)
+
+# Tissue labels of the brain sample's label volume.
+TISSUE_LABELS = {0: "background", 1: "grey_matter", 2: "white_matter", 3: "other_brain"}
+DICOM_FILES = ("CT_small.dcm", "MR_small.dcm", "MR_truncated.dcm")
+
+
+def build_brain_sample(params: dict[str, Any]) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """MNI ICBM152 2009a T1 template and a tissue label volume, from nilearn's package data.
+
+    Args:
+        params: ``tissue_threshold`` (probability above which a voxel is grey or white
+            matter; the larger of the two wins).
+
+    Returns:
+        ``(t1, labels)``: the T1 volume (1 mm, 197x233x189, as shipped) and a uint8 volume
+        with ``TISSUE_LABELS`` (background / grey matter / white matter / other brain).
+    """
+    from nilearn import datasets
+
+    threshold = float(params["tissue_threshold"])
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"sample_data.brain.tissue_threshold must be in (0, 1), got {threshold}.")
+    t1 = datasets.load_mni152_template(resolution=1)
+    grey = datasets.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32)
+    white = datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32)
+    brain = datasets.load_mni152_brain_mask(resolution=1).get_fdata(dtype=np.float32) > 0
+    labels = np.zeros(t1.shape, dtype=np.uint8)
+    labels[brain] = 3
+    labels[(grey >= threshold) & (grey >= white)] = 1
+    labels[(white >= threshold) & (white > grey)] = 2
+    t1_data = np.asarray(t1.dataobj)
+    t1_out = nib.Nifti1Image(t1_data, t1.affine)
+    label_out = nib.Nifti1Image(labels, t1.affine)
+    for image in (t1_out, label_out):
+        image.header.set_xyzt_units("mm")
+    counts = {TISSUE_LABELS[v]: int(n) for v, n in zip(*np.unique(labels, return_counts=True))}
+    logger.info("Brain sample: T1 %s, tissue voxels %s", t1.shape, counts)
+    return t1_out, label_out
+
+
+def build_fundus_sample(params: dict[str, Any]) -> tuple[bytes, np.ndarray]:
+    """scikit-image's bundled fundus photograph and a vesselness pseudo-label mask.
+
+    Args:
+        params: ``sigmas``, ``quantile``, ``fov_threshold``, ``min_size_px`` of
+            ``synthmed.imaging.vesselness.vessel_mask``.
+
+    Returns:
+        ``(jpeg_bytes, mask)``: the original JPEG file as shipped, and an ``(H, W)`` uint8
+        mask with 255 = vessel (so that it is visible in an image viewer).
+    """
+    import skimage.data
+    from PIL import Image
+    import io
+
+    jpeg = (Path(skimage.data.data_dir) / "retina.jpg").read_bytes()
+    rgb = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+    mask = vessel_mask(
+        rgb,
+        sigmas=tuple(float(s) for s in params["sigmas"]),
+        quantile=float(params["quantile"]),
+        fov_threshold=float(params["fov_threshold"]),
+        min_size_px=int(params["min_size_px"]),
+    )
+    logger.info("Fundus sample: %s, vessel fraction %.3f", rgb.shape, float(mask.mean()))
+    return jpeg, mask * np.uint8(255)
+
+
+def collect_dicom_samples() -> dict[str, bytes]:
+    """pydicom's bundled CT_small, MR_small and MR_truncated files, byte for byte.
+
+    They carry (fictitious) patient names, ids and dates: the de-identification demo.
+    MR_truncated has short pixel data: the ingestion pipeline must quarantine it.
+    """
+    from pydicom.data import get_testdata_file
+
+    return {name: Path(get_testdata_file(name)).read_bytes() for name in DICOM_FILES}
+
+
+def assemble_sample_folder(
+    t1: nib.Nifti1Image,
+    tissue: nib.Nifti1Image,
+    fundus_jpeg: bytes,
+    fundus_mask: np.ndarray,
+    dicom_files: dict[str, bytes],
+    readme: str,
+) -> dict[str, bytes]:
+    """The files of data/01_raw/sample as bytes, with labels.csv and a checksum manifest.
+
+    ``SAMPLE_MANIFEST.json`` lists the sha256 of every file; the pseudonymisation key
+    dataset uses it to recognise the untouched public sample (see
+    ``synthmed.datasets.secrets.is_public_sample``).
+    """
+    files: dict[str, Any] = {
+        "brain/mni152_t1.nii.gz": t1,
+        "brain/mni152_t1_mask.nii.gz": tissue,
+        "fundus/retina.jpg": fundus_jpeg,
+        "fundus/retina_mask.png": fundus_mask,
+        **{f"dicom/{name}": data for name, data in dicom_files.items()},
+        "labels.csv": pd.DataFrame(
+            [
+                ("brain/mni152_t1.nii.gz", "brain_t1", "MR", "mni152"),
+                ("fundus/retina.jpg", "fundus", "OP", "retina"),
+                ("dicom/CT_small.dcm", "ct", "", ""),
+                ("dicom/MR_small.dcm", "mr", "", ""),
+                ("dicom/MR_truncated.dcm", "mr", "", ""),
+            ],
+            columns=["path", "label", "modality", "patient"],
+        ),
+        "README.md": readme,
+    }
+    encoded = {name: encode(name, obj) for name, obj in files.items()}
+    encoded[PUBLIC_SAMPLE_MANIFEST] = encode(
+        PUBLIC_SAMPLE_MANIFEST,
+        {"sha256": {name: hashlib.sha256(data).hexdigest() for name, data in encoded.items()}},
+    )
+    return encoded

@@ -1,0 +1,29 @@
+"""Wiring of the ``sample_data`` pipeline."""
+
+from kedro.pipeline import Node, Pipeline
+
+from synthmed.pipelines.sample_data.nodes import (
+    assemble_sample_folder,
+    build_brain_sample,
+    build_fundus_sample,
+    collect_dicom_samples,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(build_brain_sample, "params:sample_data.brain", ["sample_t1", "sample_tissue"],
+                 name="build_brain_sample"),
+            Node(build_fundus_sample, "params:sample_data.fundus",
+                 ["sample_fundus_jpeg", "sample_fundus_mask"], name="build_fundus_sample"),
+            Node(collect_dicom_samples, None, "sample_dicom_files", name="collect_dicom_samples"),
+            Node(
+                assemble_sample_folder,
+                ["sample_t1", "sample_tissue", "sample_fundus_jpeg", "sample_fundus_mask",
+                 "sample_dicom_files", "sample_readme"],
+                "sample_files",
+                name="assemble_sample_folder",
+            ),
+        ]
+    )

@@ -1,0 +1,1 @@
+"""De-identification, pseudonymisation and (later) memorisation checks."""
