@@ -4,7 +4,7 @@ Loading never reads file contents: it returns a ``SourceFolder`` with the sorted
 paths and their sizes; nodes read one file at a time with ``read_bytes``. This is how raw
 inputs reach the ingestion readers (which then decode bytes, not paths).
 
-Saving takes ``{relative/path.ext: object}`` and replaces the whole folder atomically.
+Saving takes ``{relative/path.ext: object or zero-argument callable}`` and replaces the whole folder atomically.
 Objects are encoded by the file suffix:
 
 ============  ==============================================================
@@ -191,7 +191,10 @@ class FileFolderDataset(AbstractDataset[Mapping[str, Any], SourceFolder]):
                 rel = check_relative_path(relpath)
                 target = tmp.joinpath(*rel.parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(encode(relpath, data[relpath]))
+                value = data[relpath]
+                # Zero-argument callables are evaluated one at a time (PartitionedDataset
+                # idiom), so a node can hand over many large files without holding them.
+                target.write_bytes(encode(relpath, value() if callable(value) else value))
         logger.info("Saved %d files to %s", len(data), self._path)
 
     def _exists(self) -> bool:

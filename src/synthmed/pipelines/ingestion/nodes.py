@@ -48,8 +48,10 @@ logger = logging.getLogger(__name__)
 INVENTORY_COLUMNS = ["source_path", "format", "role", "size_bytes", "reason", "detail"]
 MANIFEST_COLUMNS = [
     "item_id", "patient_key", "format", "kind", "modality", "label", "shape", "spacing_mm",
-    "source_dtype", "n_files", "has_mask", "source_path", "source_sha256",
+    "source_dtype", "n_files", "has_mask", "source_paths", "mask_path", "source_sha256",
 ]
+# Several instance files of one DICOM series are joined with this in ``source_paths``.
+PATH_SEPARATOR = ";"
 REJECTED_COLUMNS = ["source_path", "format", "reason", "detail"]
 LABEL_COLUMNS = ["path", "label", "modality", "patient"]
 _DICOM_HEAD_BYTES = 132
@@ -281,7 +283,8 @@ def _manifest_row(item_id: str, patient_key: str, family: str, decoded: Decoded,
         "source_dtype": decoded.source_dtype,
         "n_files": len(loader.image_paths) + (loader.mask_path is not None),
         "has_mask": loader.mask_path is not None,
-        "source_path": loader.image_paths[0],
+        "source_paths": PATH_SEPARATOR.join(loader.image_paths),
+        "mask_path": loader.mask_path or "",
         "source_sha256": loader.image_sha256,
     }
 

@@ -1,0 +1,1 @@
+"""Medical-image array functions and small transforms, importable and testable without Kedro."""

@@ -1,0 +1,326 @@
+"""Nodes of the ``preprocessing`` pipeline.
+
+1. ``deidentify_sources``: a de-identified copy of every accepted item in its own format
+   (DICOM per PS3.15 Annex E, NIfTI with blank header text, 2D images re-encoded from
+   pixels), named only by pseudonyms, plus an audit table of the actions applied (counts,
+   never values) and the items quarantined (burned-in annotation, US/SC/OT by default).
+2. ``preprocess_items``: per modality, resampling to a target spacing, resizing, CT
+   windowing, percentile clipping, histogram normalisation and scaling to [-1, 1], with a
+   foreground mask; arrays are computed one item at a time while they are saved.
+3. ``assign_item_splits``: train / validation / test by patient or by slab, checked for
+   leakage (``synthmed.splits``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from synthmed.config import from_params
+from synthmed.datasets.array_store import ArrayStore
+from synthmed.datasets.file_folder import SourceFolder
+from synthmed.imaging.geometry import resample_to_spacing, resize_longest_side
+from synthmed.imaging.intensity import IntensitySpec, apply_intensity, foreground_mask
+from synthmed.imaging.readers import load_nifti_image, read_dicom
+from synthmed.pipelines.ingestion.nodes import PATH_SEPARATOR
+from synthmed.privacy.dicom_deid import DicomDeidConfig, deidentify
+from synthmed.privacy.nifti_deid import deidentify_nifti
+from synthmed.splits import assign_splits
+
+logger = logging.getLogger(__name__)
+
+AUDIT_COLUMNS = ["item_id", "format", "n_files", "actions", "quarantined", "reason"]
+QUARANTINE_COLUMNS = ["item_id", "format", "reason"]
+MANIFEST_COLUMNS = [
+    "item_id", "patient_key", "format", "kind", "modality", "label", "shape", "spacing_mm", "has_mask",
+    "foreground_bbox",
+]
+_NIFTI_MAX_PIXELS = 2**40  # size was already checked at ingestion
+
+
+# ------------------------------------------------------------------ de-identification
+
+
+def _actions_text(actions: Mapping[str, int]) -> str:
+    return ";".join(f"{name}={count}" for name, count in sorted(actions.items()) if count)
+
+
+def _deidentified_dicom(raw_sources: SourceFolder, relpath: str, key: bytes, config: DicomDeidConfig):
+    """Zero-argument loader: re-read and de-identify one DICOM file at save time."""
+    result = deidentify(read_dicom(raw_sources.read_bytes(relpath)), key, config)
+    if result.dataset is None:
+        raise RuntimeError(f"{relpath} was quarantined at save time: {result.quarantine_reason}")
+    return result.dataset
+
+
+def _deidentified_nifti(raw_sources: SourceFolder, relpath: str) -> nib.Nifti1Image:
+    clean, _ = deidentify_nifti(load_nifti_image(raw_sources.read_bytes(relpath), max_pixels=_NIFTI_MAX_PIXELS))
+    return clean
+
+
+def _pixels_for_png(array: np.ndarray, source_dtype: str) -> np.ndarray:
+    """``(C, H, W)`` stored values -> ``(H, W)`` / ``(H, W, 3)`` in the source integer type."""
+    dtype = np.uint16 if source_dtype == "uint16" else np.uint8
+    info = np.iinfo(dtype)
+    pixels = np.clip(np.rint(np.asarray(array, dtype=np.float64)), info.min, info.max).astype(dtype)
+    return pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1)
+
+
+def deidentify_sources(
+    raw_sources: SourceFolder,
+    ingestion_manifest: pd.DataFrame,
+    ingested_images: ArrayStore,
+    ingested_masks: ArrayStore,
+    pseudonymisation_key: bytes,
+    params: dict[str, Any],
+) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """De-identified copies of the accepted items, an audit table and the quarantined items.
+
+    Output names are ``<format>/<patient_key>/<item_id>...``: pseudonyms only.
+
+    Args:
+        raw_sources: the source folder (DICOM and NIfTI headers are read from it again).
+        ingestion_manifest: one row per accepted item.
+        ingested_images, ingested_masks: stored pixel values of raster items.
+        pseudonymisation_key: HMAC key for UIDs, patient keys and date offsets.
+        params: ``DicomDeidConfig`` keys (``preprocessing.deid``).
+
+    Returns:
+        ``(files, audit, quarantined)``: ``files`` maps output paths to zero-argument
+        loaders (written one at a time by ``FileFolderDataset``).
+    """
+    config = DicomDeidConfig.from_params(params)
+    key = pseudonymisation_key
+    files: dict[str, Any] = {}
+    audit, quarantined = [], []
+    for item in tqdm(ingestion_manifest.itertuples(), total=len(ingestion_manifest),
+                     desc="de-identifying", unit="item", disable=None):
+        base = f"{item.format}/{item.patient_key}/{item.item_id}"
+        actions: Counter[str] = Counter()
+        reason = None
+        if item.format == "dicom":
+            paths = item.source_paths.split(PATH_SEPARATOR)
+            outputs = {}
+            for index, rel in enumerate(paths):
+                header = read_dicom(raw_sources.read_bytes(rel), stop_before_pixels=True)
+                result = deidentify(header, key, config)
+                if result.quarantine_reason is not None:
+                    reason = result.quarantine_reason
+                    break
+                actions.update(result.actions)
+                outputs[f"{base}/{index:04d}.dcm"] = partial(_deidentified_dicom, raw_sources, rel, key, config)
+            if reason is None:
+                files.update(outputs)
+        elif item.format == "nifti":
+            files[f"{base}.nii.gz"] = partial(_deidentified_nifti, raw_sources, item.source_paths)
+            _, counts = deidentify_nifti(load_nifti_image(raw_sources.read_bytes(item.source_paths),
+                                                          max_pixels=_NIFTI_MAX_PIXELS))
+            actions.update(counts)
+            if item.has_mask:
+                files[f"{base}_mask.nii.gz"] = partial(_deidentified_nifti, raw_sources, item.mask_path)
+        else:
+            image = ingested_images[item.item_id]
+            files[f"{base}.png"] = partial(_pixels_for_png, image, item.source_dtype)
+            if item.has_mask:
+                files[f"{base}_mask.png"] = partial(np.asarray, ingested_masks[item.item_id][0])
+            actions.update({"reencoded_from_pixels": 1, "metadata_dropped": 1})
+        if reason is not None:
+            quarantined.append((item.item_id, item.format, reason))
+        audit.append((item.item_id, item.format, int(item.n_files), _actions_text(actions),
+                      reason is not None, reason or ""))
+    logger.info("De-identified %d items, quarantined %d", len(audit) - len(quarantined), len(quarantined))
+    return (files, pd.DataFrame(audit, columns=AUDIT_COLUMNS), pd.DataFrame(quarantined, columns=QUARANTINE_COLUMNS))
+
+
+# ------------------------------------------------------------------ intensity and geometry
+
+
+@dataclass(frozen=True)
+class GeometrySpec:
+    """Per-modality geometry: isotropic target spacing (mm) and longest side (px, 2D only)."""
+
+    target_spacing_mm: float | None = None
+    resize_longest_px: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.target_spacing_mm is not None and not float(self.target_spacing_mm) > 0:
+            raise ValueError(f"target_spacing_mm must be positive or null, got {self.target_spacing_mm}.")
+        if self.resize_longest_px is not None and int(self.resize_longest_px) < 8:
+            raise ValueError(f"resize_longest_px must be at least 8 or null, got {self.resize_longest_px}.")
+
+
+@dataclass(frozen=True)
+class PreprocessingConfig:
+    """``params:preprocessing`` (``deid`` and ``split`` are read by their own nodes)."""
+
+    intensity: Mapping[str, Mapping[str, Any]]
+    geometry: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    deid: Mapping[str, Any] = field(default_factory=dict)
+    split: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if "default" not in self.intensity:
+            raise ValueError(
+                "preprocessing.intensity needs a 'default' entry (used for modalities without "
+                f"their own); found {sorted(self.intensity)}."
+            )
+
+    def for_modality(self, modality: str) -> tuple[IntensitySpec, GeometrySpec]:
+        """The ``default`` settings overridden by the modality's own (e.g. ``CT``)."""
+        intensity = {**self.intensity["default"], **self.intensity.get(modality, {})}
+        geometry = {**self.geometry.get("default", {}), **self.geometry.get(modality, {})}
+        return (
+            IntensitySpec.from_params(intensity),
+            from_params(GeometrySpec, geometry, f"preprocessing.geometry.{modality}"),
+        )
+
+
+def _spacing(text: str) -> tuple[float, ...]:
+    return tuple(float(s) for s in text.split("x"))
+
+
+@dataclass(frozen=True)
+class ItemPreprocessor:
+    """Computes one item's arrays when asked: image, foreground and mask are separate calls.
+
+    Arrays are recomputed from the (memory-mapped) ingested item on each call, so only one
+    item is in memory at a time while the array stores are written.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray | None
+    spacing: tuple[float, ...]
+    intensity: IntensitySpec
+    geometry: GeometrySpec
+
+    def _reshape(self, array: np.ndarray, order: int) -> tuple[np.ndarray, tuple[float, ...]]:
+        spacing = self.spacing
+        if self.geometry.target_spacing_mm is not None and all(np.isfinite(spacing)):
+            target = (float(self.geometry.target_spacing_mm),) * len(spacing)
+            array, spacing = resample_to_spacing(array, spacing, target, order=order)
+        if self.geometry.resize_longest_px is not None and array.ndim == 3:
+            old = array.shape[1:]
+            array = resize_longest_side(array, int(self.geometry.resize_longest_px), order=order)
+            spacing = tuple(s * o / n for s, o, n in zip(spacing, old, array.shape[1:]))
+        return array, spacing
+
+    def geometry_of_output(self) -> tuple[tuple[int, ...], tuple[float, ...], str]:
+        """Output shape, spacing and foreground bounding box (``"a:b,c:d[,e:f]"``, or "")."""
+        array, spacing = self._reshape(np.asarray(self.image), order=1)
+        fg = foreground_mask(array.mean(axis=0), self.intensity.foreground_threshold)
+        if not fg.any():
+            return array.shape, spacing, ""
+        bounds = []
+        for axis in range(fg.ndim):
+            present = np.flatnonzero(fg.any(axis=tuple(a for a in range(fg.ndim) if a != axis)))
+            bounds.append(f"{present[0]}:{present[-1] + 1}")
+        return array.shape, spacing, ",".join(bounds)
+
+    def scaled_image(self) -> np.ndarray:
+        """``(C, H, W)`` or ``(C, X, Y, Z)`` float32 in [-1, 1]."""
+        array, _ = self._reshape(np.asarray(self.image), order=1)
+        scaled, _ = apply_intensity(array, self.intensity)
+        return scaled
+
+    def foreground(self) -> np.ndarray:
+        """``(1, ...)`` uint8, 1 where the channel mean exceeds ``foreground_threshold``."""
+        array, _ = self._reshape(np.asarray(self.image), order=1)
+        return foreground_mask(array.mean(axis=0, keepdims=True), self.intensity.foreground_threshold).astype(np.uint8)
+
+    def resampled_mask(self) -> np.ndarray:
+        """``(1, ...)`` uint8 labels, nearest-neighbour resampled."""
+        if self.mask is None:
+            raise ValueError("this item has no mask")
+        array, _ = self._reshape(np.asarray(self.mask), order=0)
+        return array.astype(np.uint8)
+
+
+def preprocess_items(
+    ingestion_manifest: pd.DataFrame,
+    ingested_images: ArrayStore,
+    ingested_masks: ArrayStore,
+    deid_quarantine: pd.DataFrame,
+    params: dict[str, Any],
+) -> tuple[dict[str, Callable[[], np.ndarray]], dict[str, Callable[[], np.ndarray]],
+           dict[str, Callable[[], np.ndarray]], pd.DataFrame]:
+    """Model-ready arrays of every item that was not quarantined.
+
+    Each item is processed once here (to validate it and record its new shape and
+    spacing) and again, lazily, when the array stores are written.
+
+    Returns:
+        ``(images, masks, foreground, manifest)``: images ``(C, ...)`` float32 in [-1, 1];
+        masks and foreground ``(1, ...)`` uint8; the manifest has no source paths.
+    """
+    config = from_params(PreprocessingConfig, params, "preprocessing")
+    excluded = set(deid_quarantine["item_id"])
+    images, masks, foreground, rows = {}, {}, {}, []
+    for item in tqdm(ingestion_manifest.itertuples(), total=len(ingestion_manifest),
+                     desc="preprocessing", unit="item", disable=None):
+        if item.item_id in excluded:
+            continue
+        intensity, geometry = config.for_modality(item.modality)
+        processor = ItemPreprocessor(
+            image=ingested_images[item.item_id],
+            mask=ingested_masks[item.item_id] if item.has_mask else None,
+            spacing=_spacing(item.spacing_mm),
+            intensity=intensity,
+            geometry=geometry,
+        )
+        shape, spacing, bbox = processor.geometry_of_output()
+        images[item.item_id] = processor.scaled_image
+        foreground[item.item_id] = processor.foreground
+        if item.has_mask:
+            masks[item.item_id] = processor.resampled_mask
+        rows.append({
+            "item_id": item.item_id, "patient_key": item.patient_key, "format": item.format,
+            "kind": item.kind, "modality": item.modality, "label": item.label,
+            "shape": "x".join(map(str, shape)),
+            "spacing_mm": "x".join("nan" if not np.isfinite(s) else f"{s:.6g}" for s in spacing),
+            "has_mask": bool(item.has_mask),
+            "foreground_bbox": bbox,
+        })
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    logger.info("Preprocessed %d items (%d quarantined before preprocessing)", len(manifest), len(excluded))
+    return images, masks, foreground, manifest
+
+
+def assign_item_splits(preprocessed_manifest: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    """Train / validation / test per patient or per slab; fails on any leakage."""
+    return assign_splits(preprocessed_manifest, params)
+
+
+def summarise_preprocessing(
+    ingestion_manifest: pd.DataFrame,
+    deid_audit: pd.DataFrame,
+    deid_quarantine: pd.DataFrame,
+    preprocessed_manifest: pd.DataFrame,
+    split_table: pd.DataFrame,
+) -> dict[str, float]:
+    """Counts for DVC metrics and MLflow; checks ``items in = preprocessed + quarantined``."""
+    n_in, n_out, n_q = len(ingestion_manifest), len(preprocessed_manifest), len(deid_quarantine)
+    if n_in != n_out + n_q:
+        raise RuntimeError(f"Preprocessing lost items: {n_in} in != {n_out} preprocessed + {n_q} quarantined.")
+    actions: Counter[str] = Counter()
+    for text in deid_audit["actions"].fillna(""):
+        for part in filter(None, str(text).split(";")):
+            name, count = part.split("=")
+            actions[name] += int(count)
+    metrics: dict[str, float] = {
+        "items_in": n_in,
+        "items_preprocessed": n_out,
+        "items_quarantined": n_q,
+        **{f"deid_{name}": count for name, count in sorted(actions.items())},
+        **{f"split_{split}_items": int(n) for split, n in split_table.groupby("split")["item_id"].nunique().items()},
+        "split_rows": len(split_table),
+    }
+    return metrics

@@ -1,0 +1,415 @@
+"""DICOM de-identification: PS3.15 Annex E Basic Application Level Confidentiality Profile.
+
+The attribute actions come from PS3.15 Table E.1-1, edition ``TABLE_EDITION``, as shipped
+(as data only) by the ``dicom-anonymizer`` package; its action functions are not used
+because they make random or unkeyed UIDs. Every UID, patient key and date offset here is a
+keyed HMAC (see ``synthmed.privacy.pseudonyms``), so the same input and key always give
+byte-identical output, and nobody without the key can link the output to the source.
+
+Where the table allows several actions, the safer one is taken:
+``Z/D -> Z``; ``X/Z``, ``X/D``, ``X/Z/D -> X``; ``X/Z/U* -> U`` for UIDs, ``X`` otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import functools
+import logging
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.sr.codedict import codes
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
+from synthmed.privacy.pseudonyms import date_offset_days, pseudonym, remap_uid
+
+logger = logging.getLogger(__name__)
+
+TABLE_EDITION = "2026c"
+
+# Table E.1-1 action codes -> the action applied (the safer choice where several are allowed).
+_CATEGORY_ACTIONS = {
+    "X_TAGS": "X", "X_Z_TAGS": "X", "X_D_TAGS": "X", "X_Z_D_TAGS": "X",
+    "Z_TAGS": "Z", "Z_D_TAGS": "Z", "D_TAGS": "D", "U_TAGS": "U", "X_Z_U_STAR_TAGS": "U*",
+}
+# Removed at every level although Table E.1-1 does not (or not fully) list them: PS3.15
+# E.3.2 names overlays (60xx), curves (50xx), icons and signatures as possible carriers of
+# identity; MAC Parameters and Encrypted Attributes hold (re-)identifying payloads.
+_ALWAYS_REMOVED = frozenset(
+    Tag(t) for t in (0x00880200, 0x04000561, 0xFFFAFFFA, 0x4FFE0001, 0x04000500, 0xFFFCFFFC)
+)
+_REPEATING_GROUPS_REMOVED = (0x5000, 0x6000)  # PS3.5 7.6: 50xx curves, 60xx overlays
+# Patient's Birth Date keeps its table action (Z) even when shifting: a shifted birth date
+# still gives the age, which the Basic Profile removes (Patient's Age is X).
+_PATIENT_BIRTH_DATE = Tag(0x00100030)
+
+# Dummy values for D, valid for their VR (PS3.5 Table 6.2-1). "ANONYMIZED" fits every text
+# VR: 10 characters, uppercase, no backslash. A VR without a dummy is deleted instead.
+_DUMMIES: dict[str, Any] = {
+    **dict.fromkeys(("AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"), "ANONYMIZED"),
+    **dict.fromkeys(("DS", "IS", "US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"), 0),
+    **dict.fromkeys(("OB", "OD", "OF", "OL", "OV", "OW", "UN"), b""),
+    "AS": "000Y", "TM": "000000",
+}
+_DATE_MODES = ("remove", "shift")
+_KEEP_PRIVATE_PATTERN = re.compile(r"(?P<creator>[^|]*\S[^|]*)\|(?P<group>[0-9A-Fa-f]{4})"
+                                   r"\|(?P<offset>[0-9A-Fa-f]{2})")
+
+
+@dataclass(frozen=True)
+class DicomDeidConfig:
+    """How `deidentify` treats dates, private tags and burned-in text.
+
+    Args:
+        dates: ``"shift"`` moves every date by one keyed offset per patient (PS3.15 E.3.6,
+            Retain Longitudinal Temporal Information with Modified Dates Option);
+            ``"remove"`` applies the table action (empty or delete) to dates.
+        date_shift_days: inclusive ``(min, max)`` range of the offset in days; must not
+            contain 0, or some patients would keep their real dates.
+        keep_private: allowlist of private elements as ``"CREATOR|gggg|ee"`` (creator string,
+            group in hex, element offset within the private block in hex); all others are
+            removed.
+        quarantine_modalities: modalities that routinely carry burned-in text.
+        quarantine_burned_in: quarantine Burned In Annotation (0028,0301) = YES.
+    """
+
+    dates: str = "shift"
+    date_shift_days: tuple[int, int] = (-3650, -365)
+    keep_private: tuple[str, ...] = ()
+    quarantine_modalities: tuple[str, ...] = ("US", "SC", "OT")
+    quarantine_burned_in: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dates not in _DATE_MODES:
+            raise ValueError(f"dates must be one of {list(_DATE_MODES)}, got {self.dates!r}.")
+        shift = self.date_shift_days
+        if (
+            not isinstance(shift, tuple) or len(shift) != 2
+            or not all(isinstance(d, int) and not isinstance(d, bool) for d in shift)
+        ):
+            raise ValueError(f"date_shift_days must be a (min, max) pair of ints, got {shift!r}.")
+        if shift[0] > shift[1] or shift[0] <= 0 <= shift[1]:
+            raise ValueError(
+                f"date_shift_days must be an ordered range (min <= max) that excludes 0, "
+                f"got {shift!r}."
+            )
+        _parse_keep_private(self.keep_private)
+        if not all(isinstance(m, str) and m for m in self.quarantine_modalities):
+            raise ValueError(
+                "quarantine_modalities must be non-empty modality strings such as 'US', got "
+                f"{self.quarantine_modalities!r}."
+            )
+        if not isinstance(self.quarantine_burned_in, bool):
+            raise ValueError(
+                f"quarantine_burned_in must be true or false, got {self.quarantine_burned_in!r}."
+            )
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> DicomDeidConfig:
+        """Build from a parameters mapping; unknown keys are an error, lists become tuples."""
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise ValueError(
+                f"Unknown DICOM de-identification parameter(s) {unknown}; valid keys are {valid}."
+            )
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class DeidResult:
+    """The outcome of `deidentify` for one dataset.
+
+    Attributes:
+        dataset: the de-identified copy, or None when quarantined.
+        patient_key: the keyed pseudonym of `dicom_patient_identity` (a hex string).
+        quarantine_reason: why the dataset was not processed, or None.
+        actions: counts per action ("removed", "emptied", "dummy", "uid_remapped",
+            "date_shifted", "private_removed", "private_kept"); never values.
+    """
+
+    dataset: Dataset | None
+    patient_key: str
+    quarantine_reason: str | None
+    actions: Mapping[str, int]
+
+
+def _parse_keep_private(entries: tuple[str, ...]) -> frozenset[tuple[str, int, int]]:
+    """``("CREATOR|gggg|ee", ...)`` -> ``{(creator, group, offset)}``, validated."""
+    if not isinstance(entries, tuple):
+        raise ValueError(f"keep_private must be a tuple of strings, got {entries!r}.")
+    parsed = set()
+    for entry in entries:
+        match = _KEEP_PRIVATE_PATTERN.fullmatch(entry) if isinstance(entry, str) else None
+        group = int(match["group"], 16) if match else 0
+        # PS3.5 7.8.1: private groups are odd, except 0001-0007 and FFFF.
+        if match is None or group % 2 == 0 or group <= 0x0007 or group == 0xFFFF:
+            raise ValueError(
+                f"keep_private entry {entry!r} is invalid; expected 'CREATOR|gggg|ee' with an "
+                "odd private group in hex (e.g. 'ACME 1.0|0029|10')."
+            )
+        parsed.add((match["creator"].strip(), group, int(match["offset"], 16)))
+    return frozenset(parsed)
+
+
+@functools.cache
+def _action_table() -> tuple[dict[int, str], tuple[tuple[int, int, int, int, str], ...]]:
+    """Exact tag -> action, and masked (repeating group) entries, from Table E.1-1."""
+    database = dicom_anonymization_database_selector(f"dicomfields_{TABLE_EDITION}")
+    exact: dict[int, str] = {}
+    masked = []
+    for category, action in _CATEGORY_ACTIONS.items():
+        for entry in database[category]:
+            if len(entry) == 2:
+                exact[(entry[0] << 16) | entry[1]] = action
+            else:
+                masked.append((*entry, action))
+    return exact, tuple(masked)
+
+
+def table_action(tag: int) -> str | None:
+    """The action applied to ``tag``: "X", "Z", "D", "U", "U*" (X/Z/U*), or None if unlisted."""
+    exact, masked = _action_table()
+    if tag in exact:
+        return exact[tag]
+    group, element = tag >> 16, tag & 0xFFFF
+    for g, e, group_mask, element_mask, action in masked:
+        if group & group_mask == g & group_mask and element & element_mask == e & element_mask:
+            return action
+    return None
+
+
+def dicom_patient_identity(ds: Dataset) -> str:
+    """The identifier a patient key is derived from: PatientID, else the study or instance."""
+    for keyword, prefix in (("PatientID", ""), ("StudyInstanceUID", "study:"),
+                            ("SOPInstanceUID", "sop:")):
+        value = str(ds.get(keyword, "") or "").strip()
+        if value:
+            return prefix + value
+    raise ValueError(
+        "Expected a dataset with a PatientID, StudyInstanceUID or SOPInstanceUID, got none."
+    )
+
+
+def quarantine_reason(ds: Dataset, config: DicomDeidConfig) -> str | None:
+    """Why ``ds`` must not be published (burned-in text, recognisable features), or None."""
+    def is_yes(keyword: str) -> bool:
+        return str(ds.get(keyword, "") or "").strip().upper() == "YES"
+
+    if config.quarantine_burned_in and is_yes("BurnedInAnnotation"):
+        return "burned-in annotation (0028,0301) = YES"
+    # PS3.3 C.7.6.1.1.8: the image could identify the patient (e.g. a face).
+    if is_yes("RecognizableVisualFeatures"):
+        return "recognizable visual features (0028,0302) = YES"
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if modality in {m.upper() for m in config.quarantine_modalities}:
+        return f"modality {modality} is quarantined by default (may carry burned-in text)"
+    return None
+
+
+@dataclass
+class _Context:
+    key: bytes
+    date_mode: str  # "shift", "remove" or "keep" (already shifted by an earlier run)
+    offset_days: int
+    keep_private: frozenset[tuple[str, int, int]]
+    counts: Counter[str]
+
+
+def deidentify(ds: Dataset, key: bytes, config: DicomDeidConfig) -> DeidResult:
+    """De-identify a copy of ``ds`` (never mutated) with keyed pseudonyms.
+
+    Args:
+        ds: one DICOM instance with file meta (its Transfer Syntax UID is kept).
+        key: the pseudonymisation key; UIDs, the patient key and the date offset derive
+            from it, so the same input and key give byte-identical output.
+        config: date, private tag and quarantine options.
+
+    Returns:
+        The de-identified copy, or ``dataset=None`` with the reason when
+        `quarantine_reason` quarantines ``ds`` (then nothing else is done).
+
+    Raises:
+        ValueError: ``ds`` has no patient identity, SOP Class/Instance UID or transfer syntax.
+    """
+    patient_key = pseudonym(key, "patient", dicom_patient_identity(ds))
+    reason = quarantine_reason(ds, config)
+    if reason is not None:
+        logger.info("Quarantined a DICOM dataset: %s.", reason)
+        return DeidResult(None, patient_key, reason, {})
+    transfer_syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    missing = [keyword for keyword in ("SOPClassUID", "SOPInstanceUID") if keyword not in ds]
+    if not transfer_syntax:
+        missing.append("file_meta.TransferSyntaxUID")
+    if missing:
+        raise ValueError(f"Expected a DICOM instance with {missing}, got a dataset without them.")
+
+    # PS3.15 E.3.6 / PS3.3 C.7.6.1: dates marked MODIFIED were already shifted; never twice.
+    already_shifted = str(
+        ds.get("LongitudinalTemporalInformationModified", "") or ""
+    ).strip().upper() == "MODIFIED"
+    shifting = config.dates == "shift"
+    ctx = _Context(
+        key=key,
+        date_mode="keep" if shifting and already_shifted else config.dates,
+        offset_days=date_offset_days(key, patient_key, *config.date_shift_days),
+        keep_private=_parse_keep_private(config.keep_private),
+        counts=Counter(),
+    )
+    out = Dataset()  # a plain Dataset: drops FileDataset's source filename and preamble
+    for element in copy.deepcopy(ds):
+        out.add(element)
+    _deidentify_level(out, ctx)
+
+    pseudonymous_name = "SM" + patient_key
+    out.PatientID = pseudonymous_name
+    out.PatientName = pseudonymous_name
+    out.PatientIdentityRemoved = "YES"  # (0012,0062)
+    out.DeidentificationMethod = (  # (0012,0063), LO: at most 64 characters
+        f"PS3.15 Basic Profile, Table E.1-1 {TABLE_EDITION}, dates "
+        + ("shifted" if shifting else "removed")
+    )
+    method_codes = [codes.DCM.BasicApplicationConfidentialityProfile]  # CID 7050: 113100
+    if shifting:
+        method_codes.append(codes.DCM.RetainLongitudinalTemporalInformationModifiedDatesOption)
+    out.DeidentificationMethodCodeSequence = Sequence([_code_item(c) for c in method_codes])
+    out.LongitudinalTemporalInformationModified = "MODIFIED" if shifting else "REMOVED"
+
+    # PS3.10 7.1: regenerate the File Meta Information; the preamble is application
+    # defined and can carry anything, so it is zeroed.
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = out.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    out.file_meta = meta
+    out.preamble = b"\x00" * 128
+    logger.debug("De-identified a DICOM dataset: %s.", dict(ctx.counts))
+    return DeidResult(out, patient_key, None, dict(sorted(ctx.counts.items())))
+
+
+def _code_item(code: Any) -> Dataset:
+    item = Dataset()
+    item.CodeValue = code.value
+    item.CodingSchemeDesignator = code.scheme_designator
+    item.CodeMeaning = code.meaning
+    return item
+
+
+def _deidentify_level(ds: Dataset, ctx: _Context) -> None:
+    """Apply the profile to one dataset level, then recurse into every sequence item."""
+    kept_private = _kept_private_tags(ds, ctx.keep_private)
+    for tag in list(ds.keys()):
+        element = ds[tag]
+        if tag.is_private:
+            action = None if tag in kept_private else "X"
+            if action is None:
+                ctx.counts["private_kept"] += 1
+        elif (tag in _ALWAYS_REMOVED or tag.element == 0x0000  # group lengths: PS3.5 7.2
+              or tag.group & 0xFF00 in _REPEATING_GROUPS_REMOVED):
+            action = "X"
+        else:
+            action = table_action(tag)
+            if element.VR in ("DA", "DT") and tag != _PATIENT_BIRTH_DATE:
+                action = _date_action(action, ctx.date_mode)
+        if action is not None and not _apply(ds, tag, action, ctx):
+            continue  # deleted
+        if element.VR == "SQ":
+            for item in element.value:
+                _deidentify_level(item, ctx)
+
+
+def _date_action(action: str | None, date_mode: str) -> str | None:
+    """The action for a DA/DT element, listed in the table or not (PS3.15 E.3.6).
+
+    Unlisted dates follow the same policy: a real date left beside shifted ones would
+    reveal the offset, and "remove" promises that no date value survives.
+    """
+    if date_mode == "shift":
+        return "shift"
+    if date_mode == "keep":  # shifted by an earlier run
+        return None
+    return "X" if action == "X" else "Z"
+
+
+def _kept_private_tags(ds: Dataset, allow: frozenset[tuple[str, int, int]]) -> set[BaseTag]:
+    """Private data elements on the allowlist, plus their private creator elements."""
+    kept: set[BaseTag] = set()
+    for tag in ds.keys():
+        if not allow or not tag.is_private or tag.element < 0x1000:
+            continue
+        creator_tag = Tag(tag.group, tag.element >> 8)  # PS3.5 7.8.1: block xx00-xxFF
+        creator = ds.get(creator_tag)
+        if creator is not None and (str(creator.value).strip(), tag.group,
+                                    tag.element & 0xFF) in allow:
+            kept.update((tag, creator_tag))
+    return kept
+
+
+def _apply(ds: Dataset, tag: BaseTag, action: str, ctx: _Context) -> bool:
+    """Apply one action to ``ds[tag]``; return False when the element was deleted."""
+    element = ds[tag]
+    vr = element.VR
+    if action == "U*" and vr == "SQ":
+        # X/Z/U*: keep the references, i.e. only the UIDs of each item, which the
+        # recursion then remaps (instance UIDs) or keeps (SOP Class UIDs).
+        for item in element.value:
+            for item_tag in [t for t in item.keys() if item[t].VR != "UI"]:
+                del item[item_tag]
+                ctx.counts["removed"] += 1
+        return True
+    if vr == "UI" and action in ("U", "U*", "D"):
+        values = element.value if element.VM > 1 else [element.value]
+        remapped = [remap_uid(ctx.key, str(uid)) for uid in values if str(uid).strip()]
+        element.value = remapped if element.VM > 1 else (remapped[0] if remapped else None)
+        ctx.counts["uid_remapped"] += len(remapped)
+        return True
+    if action == "shift":
+        return _shift_dates(ds, tag, ctx)
+    if action == "Z" or (action == "D" and vr == "SQ"):
+        element.value = Sequence() if vr == "SQ" else None
+        ctx.counts["emptied"] += 1
+        return True
+    if action == "D" and vr in _DUMMIES:
+        element.value = _DUMMIES[vr]
+        ctx.counts["dummy"] += 1
+        return True
+    del ds[tag]  # X, and any action that does not fit the VR (X is always the safest)
+    ctx.counts["private_removed" if tag.is_private else "removed"] += 1
+    return False
+
+
+def _shift_dates(ds: Dataset, tag: BaseTag, ctx: _Context) -> bool:
+    """Shift a DA or DT element by the patient's offset; an unshiftable value is emptied."""
+    element = ds[tag]
+    values = element.value if element.VM > 1 else [element.value]
+    texts = [str(v).strip() for v in values if v is not None]
+    shifted = [_shift_date(text, ctx.offset_days) for text in texts if text]
+    if None in shifted:
+        # e.g. a year-only DT "2004" cannot be shifted by days: no value may survive
+        element.value = None
+        ctx.counts["emptied"] += 1
+    elif shifted:
+        element.value = shifted if element.VM > 1 else shifted[0]
+        ctx.counts["date_shifted"] += len(shifted)
+    return True
+
+
+def _shift_date(value: str, days: int) -> str | None:
+    """``YYYYMMDD[rest]`` shifted by ``days``; DT's time and UTC offset (rest) are kept."""
+    if len(value) < 8 or not value[:8].isdigit():
+        return None
+    try:  # PS3.5 6.2: DA is YYYYMMDD; DT is YYYYMMDDHHMMSS.FFFFFF&ZZXX
+        day = datetime.date(int(value[:4]), int(value[4:6]), int(value[6:8]))
+        return (day + datetime.timedelta(days=days)).strftime("%Y%m%d") + value[8:]
+    except (ValueError, OverflowError):
+        return None
