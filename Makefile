@@ -15,6 +15,8 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
+# DVC stages call `kedro`: use the project's environment.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: help setup demo test test-fast viz viz-build mlflow-ui status clean
 
@@ -32,8 +34,20 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP) ## create .venv and install the pinned dependencies
 
-demo: setup ## build the sample data and run every pipeline through DVC, then push
-	$(BIN)/python -m synthmed.demo
+demo: setup ## build the sample data, run every pipeline through DVC, push to the default remote
+	@start=$$(date +%s); \
+	dvc repro; \
+	dvc push; \
+	echo; echo "== dvc status (clean means every output matches dvc.lock) =="; \
+	dvc status; \
+	echo; echo "== metrics (dvc metrics show) =="; \
+	dvc metrics show --json | python -c 'import json,sys; [print(f"  {f}: " + ", ".join(f"{k}={v}" for k, v in sorted(m.get("data", {}).items()))) for r in json.load(sys.stdin).values() for f, m in r.get("data", {}).items()]'; \
+	echo; echo "demo finished in $$(( $$(date +%s) - start )) s"; \
+	echo "  outputs:     data/ (de-identified: data/03_primary, model input: data/05_model_input,"; \
+	echo "               previews and metrics: data/08_reporting)"; \
+	echo "  DVC remote:  $$(dvc remote list | head -n 1)"; \
+	echo "  MLflow UI:   make mlflow-ui  ->  http://127.0.0.1:5000"; \
+	echo "  kedro-viz:   make viz        ->  http://127.0.0.1:4141"
 
 test: setup ## run the test suite (CPU, tiny configurations)
 	$(BIN)/python -m pytest
