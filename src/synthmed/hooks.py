@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
+import yaml
 from kedro.framework.hooks import hook_impl
 
 from synthmed.datasets.secrets import PseudonymisationKeyDataset
@@ -13,24 +15,40 @@ logger = logging.getLogger(__name__)
 
 KEY_DATASET = "pseudonymisation_key"
 SOURCE_DATASET = "raw_sources"
+CREDENTIALS_ENTRY = "pseudonymisation"
+# Kedro reads conf/local only when it is the run environment; the key must be found with
+# `--env gpu` or `--env test` too, so conf/local/credentials.yml is also read directly.
+LOCAL_CREDENTIALS = Path("conf/local/credentials.yml")
 
 
 class PseudonymisationKeyHook:
     """Puts the pseudonymisation key into the catalog and checks it before a run.
 
-    The key is a credential, not a parameter: kedro-mlflow logs parameters to MLflow.
-    Checking it in ``before_pipeline_run`` makes a missing key stop the run before any
-    node has written anything.
+    The key is a credential, not a parameter: kedro-mlflow logs parameters to MLflow. It is
+    looked up in the run environment's credentials, then in conf/local/credentials.yml.
+    Checking it in ``before_pipeline_run`` makes a missing key stop the run before any node
+    has written anything.
     """
+
+    def __init__(self) -> None:
+        self._project_path = Path.cwd()
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._project_path = Path(context.project_path)
 
     @hook_impl
     def after_catalog_created(self, catalog: Any, conf_creds: dict[str, Any]) -> None:
+        credentials = (conf_creds or {}).get(CREDENTIALS_ENTRY)
+        local = self._project_path / LOCAL_CREDENTIALS
+        if credentials is None and local.is_file():
+            credentials = (yaml.safe_load(local.read_text()) or {}).get(CREDENTIALS_ENTRY)
         source = catalog.get(SOURCE_DATASET) if SOURCE_DATASET in catalog else None
-        catalog[KEY_DATASET] = PseudonymisationKeyDataset(
-            credentials=(conf_creds or {}).get("pseudonymisation"), source=source
-        )
+        catalog[KEY_DATASET] = PseudonymisationKeyDataset(credentials=credentials, source=source)
 
-    @hook_impl
+    # tryfirst: run before kedro-mlflow's before_pipeline_run opens an MLflow run, so a
+    # missing key leaves no run behind (Kedro calls on_pipeline_error only for node errors).
+    @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         if KEY_DATASET in pipeline.inputs():
             catalog.load(KEY_DATASET)

@@ -132,7 +132,7 @@ def encode_png(array: np.ndarray) -> bytes:
             f"PNG needs uint8 (H, W) / (H, W, 3|4) or uint16 (H, W); got {array.dtype} "
             f"{array.shape}."
         )
-    image = Image.fromarray(np.ascontiguousarray(array), mode=mode)
+    image = Image.fromarray(np.ascontiguousarray(array))  # infers L / RGB / RGBA / I;16
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False, compress_level=6)
     return buffer.getvalue()

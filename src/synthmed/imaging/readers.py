@@ -190,7 +190,11 @@ def load_nifti_image(data: bytes, *, max_pixels: int) -> nib.Nifti1Image:
         image = image_class.from_bytes(raw)
     except ReadError:
         raise
-    except (nib.filebasedimages.ImageFileError, gzip.BadGzipFile, zlib.error, ValueError, EOFError, OSError) as exc:
+    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError,
+            nib.wrapstruct.WrapStructError, gzip.BadGzipFile, zlib.error, ValueError, EOFError,
+            OSError) as exc:
+        # HeaderDataError (bad header codes) and WrapStructError (short header) are not
+        # ValueErrors: without them, garbage bytes escaped as a crash instead of a ReadError.
         raise ReadError("unreadable", f"{type(exc).__name__}: {exc}") from exc
     _check_pixels(int(np.prod(image.shape)), max_pixels, "volume")
     return image
@@ -247,6 +251,18 @@ def dicom_pixels(ds: pydicom.Dataset, *, max_pixels: int) -> np.ndarray:
     _check_pixels(rows * cols * frames, max_pixels, "DICOM pixel data")
     if "PixelData" not in ds:
         raise ReadError("empty", "no Pixel Data (7FE0,0010) element")
+    # pydicom 3 raises RuntimeError (not NotImplementedError) when every decoder plugin for
+    # a compressed transfer syntax is missing, so check for an installed decoder first.
+    syntax = getattr(ds, "file_meta", pydicom.Dataset()).get("TransferSyntaxUID")
+    if syntax is not None and pydicom.uid.UID(str(syntax)).is_compressed:
+        try:
+            installed = pydicom.pixels.get_decoder(str(syntax)).is_available
+        except NotImplementedError:
+            installed = False
+        if not installed:
+            raise ReadError(
+                "unsupported", f"transfer syntax {syntax} needs a decoder that is not installed"
+            )
     try:
         raw = ds.pixel_array
     except NotImplementedError as exc:

@@ -1,0 +1,195 @@
+"""Shared fixtures: a tiny source folder with good and bad files, and an in-process runner
+that uses the project's real catalog with every path moved under a temporary folder."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from kedro.config import OmegaConfigLoader
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+from PIL import Image
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from tests.dicom_factory import dicom_bytes, make_sentinel_dicom
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TEST_KEY = b"synthmed-test-key-0123456789abcdef"
+
+
+def ct_instance(position_mm: float, *, series_uid: str, study_uid: str, patient_id: str = "SERIES-PAT",
+                rows: int = 12, cols: int = 10, modality: str = "CT", value: int = 0) -> pydicom.Dataset:
+    """A minimal single-frame axial CT instance at z = ``position_mm``."""
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    sop_uid = generate_uid(entropy_srcs=[series_uid, str(position_mm)])
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop_uid
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.PatientID, ds.PatientName, ds.Modality = patient_id, "SERIES^PATIENT", modality
+    ds.StudyDate = "20200102"
+    ds.Rows, ds.Columns = rows, cols
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [0.0, 0.0, float(position_mm)]
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    pixels = np.full((rows, cols), 1024 + value, dtype=np.int16)
+    pixels[2:-2, 2:-2] += 400
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_source_folder(root: Path, sentinel: str = "SNTLXQZ") -> dict[str, str]:
+    """A source folder of every kind of input, with the reason each bad file must get.
+
+    Returns:
+        ``{relative path: expected rejection reason}`` for the files that must be rejected.
+    """
+    rng = np.random.default_rng(0)
+    files: dict[str, bytes] = {}
+    files["dicom/sentinel.dcm"] = dicom_bytes(make_sentinel_dicom(sentinel, rows=16, cols=16))
+    study, series = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"
+    for k, z in enumerate([0.0, 2.5, 5.0, 7.5]):
+        files[f"dicom/series/slice{k}.dcm"] = dicom_bytes(ct_instance(z, series_uid=series, study_uid=study, value=10 * k))
+    files["dicom/us.dcm"] = dicom_bytes(ct_instance(0.0, series_uid="1.2.826.0.1.3680043.8.498.3", study_uid=study,
+                                                    patient_id="US-PAT", modality="US"))
+    truncated = dicom_bytes(ct_instance(0.0, series_uid="1.2.826.0.1.3680043.8.498.4", study_uid=study, patient_id="T"))
+    files["dicom/truncated.dcm"] = truncated[:-40]
+    files["dicom/empty.dcm"] = b""
+
+    volume = np.zeros((20, 24, 18), dtype=np.float32)
+    volume[4:16, 5:19, 3:15] = rng.uniform(50, 100, size=(12, 14, 12))
+    mask = (volume > 0).astype(np.uint8)
+    mask[4:10] *= 2
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    files["nifti/head.nii.gz"] = _nifti(volume, affine)
+    files["nifti/head_mask.nii.gz"] = _nifti(mask, affine)
+    bad = volume.copy()
+    bad[0, 0, 0] = np.nan
+    files["nifti/nan.nii.gz"] = _nifti(bad, affine)
+
+    photo = np.zeros((48, 40, 3), dtype=np.uint8)
+    photo[4:44, 4:36] = (180, 60, 40)
+    photo[20:24, 4:36] = (90, 20, 20)  # a dark "vessel" band
+    vessel = np.zeros((48, 40), dtype=np.uint8)
+    vessel[20:24, 4:36] = 255
+    files["photos/eye.png"] = png_bytes(photo)
+    files["photos/eye_mask.png"] = png_bytes(vessel)
+    files["photos/grey16.png"] = png_bytes((rng.uniform(0, 60000, size=(20, 30))).astype(np.uint16))
+    files["photos/broken.png"] = b"\x89PNG\r\n\x1a\nnot really a png"
+    files["photos/orphan_mask.png"] = png_bytes(vessel)
+    files["notes.docx"] = b"PK\x03\x04 a word document"
+    files["labels.csv"] = b"path,label,modality,patient\nphotos/eye.png,fundus,OP,eye-patient\nnifti/head.nii.gz,brain,MR,\n"
+    for rel, data in files.items():
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return {
+        "dicom/truncated.dcm": "truncated",
+        "dicom/empty.dcm": "empty",
+        "nifti/nan.nii.gz": "non_finite",
+        "photos/broken.png": "unreadable",
+        "photos/orphan_mask.png": "mask_without_image",
+        "notes.docx": "unsupported_format",
+    }
+
+
+def _nifti(array: np.ndarray, affine: np.ndarray) -> bytes:
+    import gzip
+
+    return gzip.compress(nib.Nifti1Image(array, affine).to_bytes(), mtime=0)
+
+
+def load_parameters(env: str = "test") -> dict[str, Any]:
+    loader = OmegaConfigLoader(
+        conf_source=str(PROJECT_ROOT / "conf"), base_env="base", default_run_env=env,
+        merge_strategy={"parameters": "soft"},
+    )
+    return loader["parameters"]
+
+
+def _add_params(catalog: DataCatalog, prefix: str, value: Any) -> None:
+    catalog[f"params:{prefix}"] = MemoryDataset(value, copy_mode="deepcopy")
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _add_params(catalog, f"{prefix}.{key}", sub)
+
+
+def project_catalog(workdir: Path, raw_sources: Path, key: bytes | None = TEST_KEY,
+                    overrides: dict[str, Any] | None = None) -> DataCatalog:
+    """The project's catalog (conf/base/catalog.yml) with every path under ``workdir``.
+
+    Args:
+        overrides: parameter overrides merged into the top-level blocks, e.g.
+            ``{"ingestion": {"strict": True}}``.
+    """
+    loader = OmegaConfigLoader(conf_source=str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="test")
+    config = loader["catalog"]
+    for entry in config.values():
+        for field in ("path", "filepath"):
+            if field in entry and not Path(entry[field]).is_absolute():
+                entry[field] = str(workdir / entry[field]) if not entry[field].startswith("src/") else str(PROJECT_ROOT / entry[field])
+    config["raw_sources"]["path"] = str(raw_sources)
+    catalog = DataCatalog.from_config(config)
+    params = load_parameters()
+    for block, values in (overrides or {}).items():
+        params[block] = _merge(params.get(block, {}), values)
+    for name, value in params.items():
+        _add_params(catalog, name, value)
+    if key is not None:
+        catalog["pseudonymisation_key"] = MemoryDataset(key, copy_mode="assign")
+    return catalog
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in override.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def run(pipeline, catalog: DataCatalog) -> None:
+    """Run ``pipeline`` sequentially on ``catalog`` (outputs land in the catalog's files)."""
+    SequentialRunner().run(pipeline, catalog)
+
+
+@pytest.fixture()
+def source_folder(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    root = tmp_path / "source"
+    expected = write_source_folder(root)
+    return root, expected
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DataCatalog]:
+    """Ingestion + preprocessing + extraction once on the tiny source folder, for reading."""
+    from synthmed.pipelines import extraction, ingestion, preprocessing
+
+    workdir = tmp_path_factory.mktemp("processed")
+    write_source_folder(workdir / "source")
+    # The folder is mostly bad files on purpose (6 of 17 are rejected).
+    catalog = project_catalog(workdir, workdir / "source", overrides={"ingestion": {"max_rejection_rate": 0.5}})
+    run(ingestion.create_pipeline() + preprocessing.create_pipeline() + extraction.create_pipeline(), catalog)
+    return workdir, catalog
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())

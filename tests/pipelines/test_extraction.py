@@ -1,0 +1,57 @@
+"""Extraction: shapes, ranges and labels of slices and patches, and that each comes from its split's region."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from synthmed.imaging.slicing import PLANES
+
+
+def test_slices_are_model_ready_and_labelled_by_plane(processed):
+    _, catalog = processed
+    slices = catalog.load("slices")
+    manifest = catalog.load("slice_manifest")
+    images, masks, labels = (np.asarray(slices[k]) for k in ("images", "masks", "labels"))
+    n = len(manifest)
+    assert n > 0
+    assert images.shape == (n, 1, 16, 16) and images.dtype == np.float32
+    assert images.min() >= -1.0 and images.max() <= 1.0
+    assert masks.shape == (n, 1, 16, 16) and masks.dtype == np.uint8
+    assert labels.dtype == np.int64 and (labels == manifest["class_id"].to_numpy()).all()
+    assert list(manifest["plane"].unique()) and set(manifest["plane"]) <= set(PLANES)
+    assert (manifest["foreground_fraction"] >= 0.1).all()
+
+
+def test_every_slice_lies_inside_its_split_region(processed):
+    _, catalog = processed
+    manifest = catalog.load("slice_manifest")
+    splits = catalog.load("split_table")
+    for row in manifest.itertuples():
+        own = splits[(splits.item_id == row.item_id) & (splits.axis == PLANES[row.plane]) & (splits.split == row.split)]
+        assert len(own) == 1, row
+        assert own.start.iloc[0] <= row.slice_index < own.stop.iloc[0]
+
+
+def test_patches_follow_the_mask_and_stay_in_their_rows(processed):
+    _, catalog = processed
+    patches = catalog.load("patches")
+    manifest = catalog.load("patch_manifest")
+    splits = catalog.load("split_table")
+    images = np.asarray(patches["images"])
+    assert images.shape[1:] == (3, 16, 16) and images.min() >= -1.0 and images.max() <= 1.0
+    vessel = manifest[manifest["label"] == "vessel"]
+    background = manifest[manifest["label"] == "background"]
+    assert len(vessel) and len(background)
+    assert (vessel["mask_fraction"] >= 0.08).all() and (background["mask_fraction"] <= 0.02).all()
+    for row in manifest.itertuples():
+        own = splits[(splits.item_id == row.item_id) & (splits.split == row.split)]
+        assert own.start.iloc[0] <= row.row and row.row + 16 <= own.stop.iloc[0]
+
+
+def test_preview_figures_and_metrics_are_written(processed):
+    workdir, _ = processed
+    for name in ("slice_preview.png", "patch_preview.png"):
+        assert (workdir / "data/08_reporting/extraction" / name).read_bytes()[:4] == b"\x89PNG"
+    metrics = pd.read_json(workdir / "data/08_reporting/extraction_metrics.json", typ="series")
+    assert metrics["slices_total"] == len(pd.read_csv(workdir / "data/05_model_input/slices/manifest.csv"))

@@ -1,0 +1,116 @@
+"""Ingestion pipeline on a folder of good and bad inputs: nothing crashes, nothing vanishes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from synthmed.pipelines import ingestion
+from synthmed.pipelines.ingestion.nodes import IngestionError
+from tests.conftest import project_catalog, read_json, run
+
+LENIENT = {"ingestion": {"max_rejection_rate": 0.5}}
+
+
+def _ingest(tmp_path, source, overrides=LENIENT):
+    catalog = project_catalog(tmp_path, source, overrides=overrides)
+    run(ingestion.create_pipeline(), catalog)
+    base = tmp_path / "data/02_intermediate/ingestion"
+    return (
+        pd.read_csv(base / "manifest.csv", keep_default_na=False),
+        pd.read_csv(base / "rejected.csv", keep_default_na=False),
+        read_json(tmp_path / "data/08_reporting/ingestion_metrics.json"),
+        catalog,
+    )
+
+
+def test_every_bad_file_is_rejected_with_its_reason_and_counts_conserve(tmp_path, source_folder):
+    source, expected = source_folder
+    manifest, rejected, metrics, _ = _ingest(tmp_path, source)
+
+    assert dict(zip(rejected["source_path"], rejected["reason"])) == expected
+    assert (rejected["detail"] != "").all()
+    accepted_files = manifest["n_files"].sum()
+    assert metrics["files_read"] == accepted_files + len(rejected) == metrics["files_accepted"] + metrics["files_rejected"]
+    # write_source_folder writes 18 files (8 DICOM, 3 NIfTI, 5 PNG, notes.docx, labels.csv);
+    # labels.csv is the labels table, the other 17 are read.
+    assert metrics["files_found"] == 18 and metrics["files_read"] == 17 and metrics["files_ignored"] == 1
+    assert metrics["rejected_truncated"] == 1
+
+
+def test_manifest_describes_each_item(tmp_path, source_folder):
+    source, _ = source_folder
+    manifest, _, _, catalog = _ingest(tmp_path, source)
+    rows = {r.source_paths.split(";")[0]: r for r in manifest.itertuples()}
+
+    series = rows["dicom/series/slice0.dcm"]
+    assert (series.kind, series.n_files, series.shape, series.spacing_mm) == ("volume", 4, "1x10x12x4", "0.5x0.5x2.5")
+    assert rows["photos/eye.png"].label == "fundus" and rows["photos/eye.png"].mask_path == "photos/eye_mask.png"
+    assert rows["nifti/head.nii.gz"].modality == "MR" and rows["nifti/head.nii.gz"].has_mask
+    assert rows["photos/grey16.png"].source_dtype == "uint16"
+    # Item ids and patient keys are 16-hex pseudonyms; no raw PatientID survives.
+    assert manifest["item_id"].str.fullmatch(r"[0-9a-f]{16}").all()
+    assert not manifest["patient_key"].str.contains("PAT").any()
+
+    images = catalog.load("ingested_images")
+    masks = catalog.load("ingested_masks")
+    assert set(images) == set(manifest["item_id"])
+    assert set(masks) == set(manifest[manifest["has_mask"]]["item_id"])
+    volume = images[series.item_id]
+    assert volume.shape == (1, 10, 12, 4) and volume.dtype == np.float32
+    # slice k was written with +10*k HU: ordering by position is preserved.
+    assert [float(volume[0, 0, 0, k]) for k in range(4)] == [0.0, 10.0, 20.0, 30.0]
+
+
+def test_same_key_same_ids_other_key_other_ids(tmp_path, source_folder):
+    source, _ = source_folder
+    first, *_ = _ingest(tmp_path / "a", source)
+    again, *_ = _ingest(tmp_path / "b", source)
+    assert first["item_id"].tolist() == again["item_id"].tolist()
+
+    catalog = project_catalog(tmp_path / "c", source, key=b"another-key-of-enough-length", overrides=LENIENT)
+    run(ingestion.create_pipeline(), catalog)
+    other = pd.read_csv(tmp_path / "c/data/02_intermediate/ingestion/manifest.csv")
+    assert not set(other["item_id"]) & set(first["item_id"])
+
+
+def test_strict_mode_fails_after_writing_the_rejected_table(tmp_path, source_folder):
+    source, _ = source_folder
+    with pytest.raises(Exception, match="ingestion.strict is true and 6 of 17 files rejected"):
+        _ingest(tmp_path, source, overrides={"ingestion": {"strict": True, "max_rejection_rate": 1.0}})
+    # The table that explains the failure exists.
+    assert len(pd.read_csv(tmp_path / "data/02_intermediate/ingestion/rejected.csv")) == 6
+
+
+def test_rejection_rate_above_the_limit_fails(tmp_path, source_folder):
+    source, _ = source_folder
+    with pytest.raises(Exception, match=r"max_rejection_rate=0.1.*rate 0.353"):
+        _ingest(tmp_path, source, overrides={"ingestion": {"max_rejection_rate": 0.1}})
+
+
+def test_disabled_format_is_rejected_not_dropped(tmp_path, source_folder):
+    source, _ = source_folder
+    manifest, rejected, metrics, _ = _ingest(
+        tmp_path, source, overrides={"ingestion": {"formats": ["raster", "nifti"], "max_rejection_rate": 1.0}}
+    )
+    assert (manifest["format"] != "dicom").all()
+    disabled = rejected[rejected["reason"] == "format_disabled"]["source_path"]
+    assert len(disabled) == 8 and disabled.str.startswith("dicom/").all()
+    assert metrics["files_read"] == metrics["files_accepted"] + metrics["files_rejected"]
+
+
+def test_labels_from_subfolders(tmp_path, source_folder):
+    source, _ = source_folder
+    manifest, *_ = _ingest(
+        tmp_path, source,
+        overrides={"ingestion": {"labels_csv": None, "labels_from_subfolders": True, "ignore": ["labels.csv"],
+                                 "max_rejection_rate": 0.5}},
+    )
+    assert set(manifest["label"]) == {"dicom", "nifti", "photos"}
+
+
+def test_unknown_parameter_is_named(tmp_path, source_folder):
+    source, _ = source_folder
+    with pytest.raises(Exception, match=r"Unknown key\(s\) \['stirct'\] in parameters 'ingestion'"):
+        _ingest(tmp_path, source, overrides={"ingestion": {"stirct": True}})

@@ -1,0 +1,162 @@
+"""End to end, as a user runs it: `dvc repro` in a copy of the project, `dvc push`, a
+teammate's clone with `dvc pull`; the sentinel DICOM through `kedro run`; a missing key.
+
+These tests run Kedro and DVC as subprocesses in temporary copies of the working tree
+(tracked and untracked, not ignored, files), with the tiny `test` configuration.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import secrets
+import shutil
+import sqlite3
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import PROJECT_ROOT, ct_instance
+from tests.dicom_factory import dicom_bytes, make_sentinel_dicom
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "KEDRO_ENV": "test",
+        "KEDRO_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+        **extra,
+    }
+
+
+def sh(*args: str, cwd: Path, check: bool = True, timeout: int = 900, local_env: bool = False) -> subprocess.CompletedProcess:
+    """Run a command; ``local_env`` runs Kedro in its default env (conf/local) instead of ``test``."""
+    env = _env()
+    if local_env:
+        env.pop("KEDRO_ENV")
+    result = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def project_copy(target: Path) -> Path:
+    """The working tree's tracked and untracked (not ignored) files, as a fresh git repo."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=PROJECT_ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    for rel in filter(None, files):
+        source = PROJECT_ROOT / rel.decode()
+        if source.is_file():
+            (target / rel.decode()).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / rel.decode())
+    sh("git", "init", "-q", "-b", "main", cwd=target)
+    sh("git", "add", "-A", cwd=target)
+    sh("git", "commit", "-q", "-m", "copy", cwd=target)
+    return target
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+
+def test_dvc_repro_push_and_teammate_pull_are_byte_identical(tmp_path):
+    remote = tmp_path / "remote"
+    first = project_copy(tmp_path / "first")
+    sh("dvc", "remote", "add", "--local", "-d", "test", str(remote), cwd=first)
+
+    sh("dvc", "repro", cwd=first)
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=first).stdout
+    sh("dvc", "push", cwd=first)
+    sh("git", "add", "-A", cwd=first)
+    sh("git", "commit", "-q", "-m", "outputs", cwd=first)
+
+    # Every Kedro run of the four stages reached MLflow and ended.
+    runs = sqlite3.connect(first / "mlflow.db").execute("select name, status from runs").fetchall()
+    assert sorted(name for name, _ in runs) == ["extraction", "ingestion", "preprocessing", "sample_data"]
+    assert {status for _, status in runs} == {"FINISHED"}
+
+    second = tmp_path / "second"
+    sh("git", "clone", "-q", str(first), str(second), cwd=tmp_path)
+    sh("dvc", "remote", "add", "--local", "-d", "test", str(remote), cwd=second)
+    pull = sh("dvc", "pull", cwd=second, check=False)
+
+    stages = yaml.safe_load((first / "dvc.yaml").read_text())["stages"]
+    pushed, private = [], []
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            name, options = next(iter(out.items())) if isinstance(out, dict) else (out, {})
+            (private if options.get("push") is False else pushed).append(name)
+    assert pushed and private
+    for out in pushed:
+        a, b = first / out, second / out
+        assert _files(a) == _files(b) and _files(a), out
+        mismatch = filecmp.cmpfiles(a, b, [str(p) for p in _files(a)], shallow=False)[1:]
+        assert mismatch == ([], []), f"{out}: {mismatch}"
+    for out in private:
+        # Identifiable outputs never reach the remote, so a teammate cannot pull them.
+        assert not (second / out).exists() or not _files(second / out), out
+    assert pull.returncode != 0 or "sample" not in pull.stdout
+
+
+def test_sentinel_reaches_no_byte_written(tmp_path):
+    """PRIVACY.md acceptance: a DICOM with a sentinel in every Table E.1-1 text attribute (top
+    level, two sequence levels deep, private tags) goes through ingestion + preprocessing;
+    the sentinel appears in no file written: data, tables, PNGs, MLflow store, logs."""
+    sentinel = "QZ" + "".join(secrets.choice(string.ascii_uppercase) for _ in range(8))
+    project = project_copy(tmp_path / "project")
+    source = project / "data/01_raw/sentinel_case"
+    source.mkdir(parents=True)
+    (source / "case.dcm").write_bytes(dicom_bytes(make_sentinel_dicom(sentinel, patient_id=f"ID-{sentinel}", rows=16, cols=16)))
+    series, study = "1.2.826.0.1.3680043.8.498.77", "1.2.826.0.1.3680043.8.498.78"
+    for k in range(3):
+        (source / f"series_{k}.dcm").write_bytes(dicom_bytes(ct_instance(2.0 * k, series_uid=series, study_uid=study,
+                                                                         patient_id=f"ID-{sentinel}-2")))
+    local = project / "conf/local"
+    (local / "catalog.yml").write_text(
+        "raw_sources:\n  type: synthmed.datasets.FileFolderDataset\n  path: data/01_raw/sentinel_case\n")
+    (local / "parameters_ingestion.yml").write_text("ingestion:\n  labels_csv: null\n")
+    (local / "credentials.yml").write_text("pseudonymisation:\n  key: a-secret-key-for-the-sentinel-test\n")
+
+    run = sh("kedro", "run", "--pipelines", "ingestion,preprocessing", cwd=project, local_env=True)
+    (project / "run.log").write_text(run.stdout + run.stderr)
+
+    written = [p for p in project.rglob("*") if p.is_file()
+               and not p.is_relative_to(source) and not p.is_relative_to(project / ".git")
+               and (p.is_relative_to(project / "data") or p.suffix in (".db", ".log") or "mlruns" in p.parts
+                    or "mlartifacts" in p.parts)]
+    assert any(p.suffix == ".dcm" for p in written) and any(p.name == "mlflow.db" for p in written)
+    needles = [sentinel.encode(), sentinel.lower().encode(), "".join(str(ord(c)) for c in sentinel).encode()]
+    leaks = [str(p.relative_to(project)) for p in written for n in needles if n in p.read_bytes()]
+    assert leaks == []
+
+
+def test_missing_key_stops_before_anything_is_written(tmp_path):
+    project = project_copy(tmp_path / "project")
+    mine = project / "data/01_raw/mine"
+    mine.mkdir(parents=True)
+    (mine / "a.dcm").write_bytes(dicom_bytes(ct_instance(0.0, series_uid="1.2.3.4", study_uid="1.2.3")))
+    (project / "conf/local/catalog.yml").write_text(
+        "raw_sources:\n  type: synthmed.datasets.FileFolderDataset\n  path: data/01_raw/mine\n")
+    (project / "conf/local/parameters_ingestion.yml").write_text("ingestion:\n  labels_csv: null\n")
+    before = _files(project / "data")
+
+    run = sh("kedro", "run", "--pipelines", "ingestion", cwd=project, check=False, local_env=True)
+
+    assert run.returncode != 0
+    assert "No pseudonymisation key is configured" in run.stdout + run.stderr
+    assert "conf/local/credentials.yml" in run.stdout + run.stderr
+    assert _files(project / "data") == before
+    if (project / "mlflow.db").exists():
+        assert sqlite3.connect(project / "mlflow.db").execute("select count(*) from runs").fetchone() == (0,)

@@ -1,0 +1,134 @@
+"""Project wiring: pipelines, catalog, dvc.yaml and secrets agree with each other."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from kedro.config import OmegaConfigLoader
+from kedro.framework.project import configure_project
+
+from tests.conftest import PROJECT_ROOT, load_parameters
+
+PIPELINES = ("sample_data", "ingestion", "preprocessing", "extraction")
+# Catalog datasets that can hold identifiers or source paths: their DVC outs must not be pushed.
+IDENTIFIABLE = {"sample_files", "raw_sources", "source_inventory", "ingestion_manifest", "ingestion_rejected",
+                "ingested_images", "ingested_masks"}
+
+
+@pytest.fixture(scope="module")
+def pipelines():
+    configure_project("synthmed")
+    from synthmed.pipeline_registry import register_pipelines
+
+    return register_pipelines()
+
+
+@pytest.fixture(scope="module")
+def catalog_conf():
+    return OmegaConfigLoader(conf_source=str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="local")["catalog"]
+
+
+@pytest.fixture(scope="module")
+def dvc_stages():
+    return yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def _path(entry: dict) -> str:
+    return entry.get("path") or entry["filepath"]
+
+
+def _out_paths(stage: dict) -> dict[str, dict]:
+    result = {}
+    for key in ("outs", "metrics", "plots"):
+        for out in stage.get(key, []):
+            name, options = (next(iter(out.items())) if isinstance(out, dict) else (out, {}))
+            result[name] = options or {}
+    return result
+
+
+def test_registry_and_node_names(pipelines):
+    assert set(PIPELINES) <= set(pipelines)
+    default_nodes = {n.name for n in pipelines["__default__"].nodes}
+    assert default_nodes == {n.name for p in ("ingestion", "preprocessing", "extraction") for n in pipelines[p].nodes}
+    for name in PIPELINES:
+        for node in pipelines[name].nodes:
+            assert node.name == node.func.__name__, f"node {node.name!r} runs {node.func.__name__}"
+
+
+def test_dvc_outs_match_catalog_paths(pipelines, catalog_conf, dvc_stages):
+    assert set(dvc_stages) == set(PIPELINES)
+    for name in PIPELINES:
+        stage = dvc_stages[name]
+        assert stage["cmd"] == f"kedro run --pipelines {name}"
+        outs = _out_paths(stage)
+        persisted = {d: _path(catalog_conf[d]) for d in pipelines[name].all_outputs() if d in catalog_conf}
+        assert persisted, name
+        for dataset, path in persisted.items():
+            owners = [o for o in outs if path == o or path.startswith(o.rstrip("/") + "/")]
+            assert len(owners) == 1, f"{dataset} ({path}) must be under exactly one out of stage {name}: {list(outs)}"
+        for out in outs:
+            assert any(p == out or p.startswith(out + "/") for p in persisted.values()), f"stale out {out} in {name}"
+        # No two stages own the same path.
+        for other in PIPELINES:
+            if other != name:
+                assert not set(outs) & set(_out_paths(dvc_stages[other]))
+
+
+def test_dvc_params_and_deps_exist(dvc_stages):
+    parameters = load_parameters("local")
+    for name, stage in dvc_stages.items():
+        for entry in stage.get("params", []):
+            (file, keys), = entry.items()
+            assert (PROJECT_ROOT / file).is_file()
+            for key in keys:
+                assert key in parameters, f"{name}: param {key} not in {file}"
+        for dep in stage["deps"]:
+            assert (PROJECT_ROOT / dep).exists() or dep.startswith("data/"), f"{name}: missing dep {dep}"
+
+
+def test_only_deidentified_outputs_are_pushed(pipelines, catalog_conf, dvc_stages):
+    for name in PIPELINES:
+        for out, options in _out_paths(dvc_stages[name]).items():
+            held = {d for d, e in catalog_conf.items() if _path(e) == out or _path(e).startswith(out + "/")}
+            identifiable = bool(held & IDENTIFIABLE)
+            if options.get("cache", True) is False:  # small metrics files kept in git
+                assert not identifiable, f"{out} holds {sorted(held)} and would be committed to git"
+                continue
+            pushed = options.get("push", True)
+            assert pushed != identifiable, f"{out} holds {sorted(held)}: push must be {not identifiable}"
+
+
+def test_catalog_has_no_kedro_versioning(catalog_conf):
+    assert not [name for name, entry in catalog_conf.items() if entry.get("versioned")]
+
+
+def test_no_secret_is_tracked():
+    tracked = subprocess.run(["git", "ls-files"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    assert not [f for f in tracked if "credentials" in f and not f.endswith(".example")]
+    assert not [f for f in tracked if f.startswith("conf/local/") and not f.endswith((".gitkeep", ".example"))]
+    assert not [f for f in tracked if f.endswith(".dvc/config.local")]
+    ignored = subprocess.run(["git", "check-ignore", "conf/local/credentials.yml", "data/01_raw/x.dcm", "mlflow.db"],
+                             cwd=PROJECT_ROOT, capture_output=True, text=True).stdout.split()
+    assert ignored == ["conf/local/credentials.yml", "data/01_raw/x.dcm", "mlflow.db"]
+
+
+@pytest.mark.slow
+def test_kedro_viz_build_works_offline(tmp_path):
+    """`kedro viz build` renders every pipeline to a static site without network."""
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("kedro")), "viz", "build", "--include-hooks"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    graph = (PROJECT_ROOT / "build/api/main").read_text()
+    for node in ("inventory_sources", "deidentify_sources", "extract_slices"):
+        assert node in graph
+    assert "assemble_sample_folder" in (PROJECT_ROOT / "build/api/pipelines/sample_data").read_text()
