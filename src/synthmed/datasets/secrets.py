@@ -36,6 +36,8 @@ def is_public_sample(folder: SourceFolder) -> bool:
         listed = json.loads(folder.read_text(PUBLIC_SAMPLE_MANIFEST))["sha256"]
     except (ValueError, KeyError, TypeError):
         return False
+    if not isinstance(listed, dict):
+        return False
     if set(listed) != set(folder.files) - {PUBLIC_SAMPLE_MANIFEST}:
         return False
     return all(
@@ -49,7 +51,8 @@ class PseudonymisationKeyDataset(AbstractDataset[None, bytes]):
 
     Without a configured key, the documented public sample key is returned only when the
     raw source folder is the untouched public sample; otherwise loading raises
-    ``PseudonymisationKeyError`` with instructions. The key never appears in
+    ``PseudonymisationKeyError`` with instructions (Kedro's catalog wraps it in a
+    ``DatasetError`` that keeps the message). The key never appears in
     ``_describe`` (and so never in logs or kedro-viz).
     """
 

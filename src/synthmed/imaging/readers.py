@@ -284,10 +284,23 @@ def dicom_pixels(ds: pydicom.Dataset, *, max_pixels: int) -> np.ndarray:
         return np.ascontiguousarray(np.moveaxis(raw, -1, 0), dtype=np.float32)
     pixels = pydicom.pixels.apply_modality_lut(raw, ds).astype(np.float32)
     if photometric == "MONOCHROME1":
-        pixels = pixels.max() + pixels.min() - pixels
+        # Invert within the range the header allows (not the image's own min/max), so that
+        # every instance of a series is inverted the same way.
+        low, high = _stored_range(ds)
+        pixels = low + high - pixels
     pixels = pixels.reshape(frames, rows, cols)
     check_values(pixels, "DICOM pixel data")
     return pixels
+
+
+def _stored_range(ds: pydicom.Dataset) -> tuple[float, float]:
+    """Lowest and highest value after the modality LUT that Bits Stored allows (PS3.3 C.7.6.3)."""
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    ends = sorted((low * slope + intercept, high * slope + intercept))
+    return ends[0], ends[1]
 
 
 def _direction_cosines(ds: pydicom.Dataset) -> tuple[np.ndarray, np.ndarray] | None:

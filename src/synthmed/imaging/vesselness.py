@@ -11,6 +11,7 @@ on the sample; it is not a clinical segmentation.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 from skimage import filters, morphology
 
 
@@ -27,7 +28,7 @@ def field_of_view(rgb: np.ndarray, threshold: float) -> np.ndarray:
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise ValueError(f"Expected an RGB image with shape (H, W, 3), got {rgb.shape}.")
     fov = rgb[..., 0] > threshold
-    return morphology.binary_erosion(fov, morphology.disk(5))
+    return ndimage.binary_erosion(fov, structure=morphology.disk(5))
 
 
 def vessel_mask(
