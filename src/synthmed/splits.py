@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from synthmed.config import from_params
+from synthmed.manifest import spatial_shape
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +89,6 @@ def _allocate(n: int, fractions: Mapping[str, float]) -> list[int]:
     return counts
 
 
-def _spatial_shape(shape_text: str) -> tuple[int, ...]:
-    return tuple(int(s) for s in shape_text.split("x"))[1:]
-
-
 def assign_group_splits(manifest: pd.DataFrame, config: SplitConfig) -> pd.DataFrame:
     """Every item of a patient in the same split; patients shuffled with ``config.seed``."""
     groups = sorted(manifest["patient_key"].unique())
@@ -105,7 +102,7 @@ def assign_group_splits(manifest: pd.DataFrame, config: SplitConfig) -> pd.DataF
         start += count
     rows = []
     for item in manifest.itertuples():
-        spatial = _spatial_shape(item.shape)
+        spatial = spatial_shape(item.shape)
         rows.append((item.item_id, item.patient_key, split_of[item.patient_key], "group", -1, 0, int(max(spatial)), 0))
     return pd.DataFrame(rows, columns=SPLIT_COLUMNS)
 
@@ -129,7 +126,7 @@ def assign_slab_splits(manifest: pd.DataFrame, config: SplitConfig) -> pd.DataFr
     """
     rows = []
     for item in manifest.itertuples():
-        shape = _spatial_shape(item.shape)
+        shape = spatial_shape(item.shape)
         setting = config.slab_axis.get(item.kind, 0)
         for axis in range(len(shape)) if setting == "all" else [int(setting)]:
             rows.extend(_slabs(item, axis, shape[axis], config))

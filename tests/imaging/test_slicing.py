@@ -222,9 +222,9 @@ def test_select_patches_validates_inputs(scene: tuple[np.ndarray, np.ndarray]) -
 def test_patch_spec_from_params_rejects_unknown_missing_and_overlapping() -> None:
     params = dict(SPEC.__dict__)
     assert PatchSpec.from_params(params) == SPEC
-    with pytest.raises(ValueError, match=r"Unknown patch parameter\(s\) \['patch_size'\]"):
+    with pytest.raises(ValueError, match=r"Unknown key\(s\) \['patch_size'\] in parameters 'extraction.patches.patch'"):
         PatchSpec.from_params({**params, "patch_size": 8})
-    with pytest.raises(ValueError, match=r"Missing patch parameter\(s\) \['stride_px'\]"):
+    with pytest.raises(ValueError, match=r"Missing key\(s\) \['stride_px'\]"):
         PatchSpec.from_params({k: v for k, v in params.items() if k != "stride_px"})
     with pytest.raises(ValueError, match=r"normal_max_fraction=0.5, structure_min_fraction=0.5"):
         PatchSpec.from_params({**params, "normal_max_fraction": 0.5})

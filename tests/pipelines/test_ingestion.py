@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from synthmed.pipelines import ingestion
-from synthmed.pipelines.ingestion.nodes import IngestionError
 from tests.conftest import project_catalog, read_json, run
 
 LENIENT = {"ingestion": {"max_rejection_rate": 0.5}}

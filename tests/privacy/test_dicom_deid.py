@@ -378,7 +378,7 @@ def test_text_bearing_modalities_quarantined_by_default(modality: str) -> None:
 
 
 def test_from_params_rejects_unknown_key() -> None:
-    with pytest.raises(ValueError, match="date_shift_dayz.*valid keys.*date_shift_days"):
+    with pytest.raises(ValueError, match="date_shift_dayz.*'preprocessing.deid'; valid keys.*date_shift_days"):
         DicomDeidConfig.from_params({"date_shift_dayz": [-10, -1]})
 
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from synthmed.config import from_params
 from skimage import exposure
 
 HISTOGRAM_METHODS: tuple[str, ...] = ("none", "equalize", "zscore")
@@ -298,27 +299,8 @@ class IntensitySpec:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> IntensitySpec:
-        """Build from a parameters mapping; unknown keys and missing required keys fail.
-
-        ``window_hu`` and ``clip_percentiles`` are required (write ``null`` to disable),
-        so that a config always states whether CT windowing and clipping happen.
-        """
-        if not isinstance(params, Mapping):
-            raise ValueError(
-                f"Expected intensity params to be a mapping, got {type(params).__name__}."
-            )
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(
-                f"Unknown intensity parameter(s) {unknown}; expected keys from {sorted(known)}."
-            )
-        missing = sorted(name for name in ("window_hu", "clip_percentiles") if name not in params)
-        if missing:
-            raise ValueError(
-                f"Missing intensity parameter(s) {missing}; set them to null to disable."
-            )
-        return cls(**params)
+        """Build from a ``params:`` mapping; unknown and missing keys fail, naming them."""
+        return from_params(cls, params, "preprocessing.intensity")
 
 
 def apply_intensity(

@@ -22,13 +22,14 @@ included): the patient's left is then on the image's right, and sagittal anterio
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from synthmed.config import from_params
 from synthmed.imaging.geometry import pad_to_square, resize_2d
 
 # Index among the three spatial axes of (C, X, Y, Z): the axis a slice of that plane fixes.
@@ -213,19 +214,8 @@ class PatchSpec:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> PatchSpec:
-        """Build from a parameters mapping; unknown and missing keys fail, naming them."""
-        if not isinstance(params, Mapping):
-            raise ValueError(
-                f"Expected patch params to be a mapping, got {type(params).__name__}."
-            )
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(params) - set(known))
-        if unknown:
-            raise ValueError(f"Unknown patch parameter(s) {unknown}; expected keys {known}.")
-        missing = [name for name in known if name not in params]
-        if missing:
-            raise ValueError(f"Missing patch parameter(s) {missing}.")
-        return cls(**params)
+        """Build from a ``params:`` mapping; unknown and missing keys fail, naming them."""
+        return from_params(cls, params, "extraction.patches.patch")
 
 
 def _window_sums(

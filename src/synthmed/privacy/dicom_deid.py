@@ -19,7 +19,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
@@ -28,6 +28,7 @@ from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+from synthmed.config import from_params
 
 from synthmed.privacy.pseudonyms import date_offset_days, pseudonym, remap_uid
 
@@ -114,15 +115,8 @@ class DicomDeidConfig:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> DicomDeidConfig:
-        """Build from a parameters mapping; unknown keys are an error, lists become tuples."""
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(params) - set(valid))
-        if unknown:
-            raise ValueError(
-                f"Unknown DICOM de-identification parameter(s) {unknown}; valid keys are {valid}."
-            )
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
-        return cls(**values)
+        """Build from a ``params:`` mapping; unknown and missing keys fail, naming them."""
+        return from_params(cls, params, "preprocessing.deid")
 
 
 @dataclass(frozen=True)

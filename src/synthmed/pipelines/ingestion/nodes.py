@@ -40,6 +40,7 @@ from synthmed.imaging.readers import (
     sniff_format,
     strip_suffix,
 )
+from synthmed.manifest import PATH_SEPARATOR, format_shape, format_spacing
 from synthmed.privacy.dicom_deid import dicom_patient_identity
 from synthmed.privacy.pseudonyms import pseudonym
 
@@ -50,8 +51,6 @@ MANIFEST_COLUMNS = [
     "item_id", "patient_key", "format", "kind", "modality", "label", "shape", "spacing_mm",
     "source_dtype", "n_files", "has_mask", "source_paths", "mask_path", "source_sha256",
 ]
-# Several instance files of one DICOM series are joined with this in ``source_paths``.
-PATH_SEPARATOR = ";"
 REJECTED_COLUMNS = ["source_path", "format", "reason", "detail"]
 LABEL_COLUMNS = ["path", "label", "modality", "patient"]
 _DICOM_HEAD_BYTES = 132
@@ -242,14 +241,6 @@ def decode_mask(family: str, blob: bytes, max_pixels: int) -> np.ndarray:
     raise ValueError(f"Masks are read for raster and NIfTI items only, not {family!r}.")
 
 
-def _shape_text(shape: tuple[int, ...]) -> str:
-    return "x".join(str(int(s)) for s in shape)
-
-
-def _spacing_text(spacing: tuple[float, ...]) -> str:
-    return "x".join("nan" if not np.isfinite(s) else f"{s:.6g}" for s in spacing)
-
-
 def _metadata(rel: str, family: str, labels: Mapping[str, Mapping[str, str]], config: IngestionConfig) -> dict[str, str]:
     row = labels.get(rel, {})
     parts = rel.split("/")
@@ -278,8 +269,8 @@ def _manifest_row(item_id: str, patient_key: str, family: str, decoded: Decoded,
         "kind": decoded.kind,
         "modality": meta["modality"],
         "label": meta["label"],
-        "shape": _shape_text(decoded.array.shape),
-        "spacing_mm": _spacing_text(decoded.spacing),
+        "shape": format_shape(decoded.array.shape),
+        "spacing_mm": format_spacing(decoded.spacing),
         "source_dtype": decoded.source_dtype,
         "n_files": len(loader.image_paths) + (loader.mask_path is not None),
         "has_mask": loader.mask_path is not None,

@@ -31,7 +31,7 @@ from synthmed.datasets.file_folder import SourceFolder
 from synthmed.imaging.geometry import resample_to_spacing, resize_longest_side
 from synthmed.imaging.intensity import IntensitySpec, apply_intensity, foreground_mask
 from synthmed.imaging.readers import load_nifti_image, read_dicom
-from synthmed.pipelines.ingestion.nodes import PATH_SEPARATOR
+from synthmed.manifest import PATH_SEPARATOR, format_shape, format_spacing, parse_spacing
 from synthmed.privacy.dicom_deid import DicomDeidConfig, deidentify
 from synthmed.privacy.nifti_deid import deidentify_nifti
 from synthmed.splits import assign_splits
@@ -184,10 +184,6 @@ class PreprocessingConfig:
         )
 
 
-def _spacing(text: str) -> tuple[float, ...]:
-    return tuple(float(s) for s in text.split("x"))
-
-
 @dataclass(frozen=True)
 class ItemPreprocessor:
     """Computes one item's arrays when asked: image, foreground and mask are separate calls.
@@ -272,7 +268,7 @@ def preprocess_items(
         processor = ItemPreprocessor(
             image=ingested_images[item.item_id],
             mask=ingested_masks[item.item_id] if item.has_mask else None,
-            spacing=_spacing(item.spacing_mm),
+            spacing=parse_spacing(item.spacing_mm),
             intensity=intensity,
             geometry=geometry,
         )
@@ -284,8 +280,8 @@ def preprocess_items(
         rows.append({
             "item_id": item.item_id, "patient_key": item.patient_key, "format": item.format,
             "kind": item.kind, "modality": item.modality, "label": item.label,
-            "shape": "x".join(map(str, shape)),
-            "spacing_mm": "x".join("nan" if not np.isfinite(s) else f"{s:.6g}" for s in spacing),
+            "shape": format_shape(shape),
+            "spacing_mm": format_spacing(spacing),
             "has_mask": bool(item.has_mask),
             "foreground_bbox": bbox,
         })
