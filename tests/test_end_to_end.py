@@ -82,10 +82,23 @@ def test_dvc_repro_push_and_teammate_pull_are_byte_identical(tmp_path):
     sh("git", "add", "-A", cwd=first)
     sh("git", "commit", "-q", "-m", "outputs", cwd=first)
 
-    # Every Kedro run of the four stages reached MLflow and ended.
-    runs = sqlite3.connect(first / "mlflow.db").execute("select name, status from runs").fetchall()
+    # The sample's truncated DICOM is quarantined with its reason, and the counts conserve.
+    rejected = (first / "data/02_intermediate/ingestion/rejected.csv").read_text()
+    assert "dicom/MR_truncated.dcm,dicom,truncated," in rejected
+    counts = yaml.safe_load((first / "data/08_reporting/ingestion_metrics.json").read_text())
+    assert counts["files_read"] == counts["files_accepted"] + counts["files_rejected"] == 7
+    assert counts["rejected_truncated"] == 1
+
+    # Every Kedro run of the four stages reached MLflow with its parameters and counts, and ended.
+    db = sqlite3.connect(first / "mlflow.db")
+    runs = db.execute("select name, status from runs").fetchall()
     assert sorted(name for name, _ in runs) == ["extraction", "ingestion", "preprocessing", "sample_data"]
     assert {status for _, status in runs} == {"FINISHED"}
+    logged = dict(db.execute(
+        "select r.name, count(p.key) from runs r join params p on p.run_uuid = r.run_uuid group by r.name").fetchall())
+    assert all(logged.get(name, 0) > 0 for name in ("ingestion", "preprocessing", "extraction"))
+    metric = db.execute("select value from metrics where key = 'ingestion.files_rejected'").fetchone()
+    assert metric == (1.0,)
 
     second = tmp_path / "second"
     sh("git", "clone", "-q", str(first), str(second), cwd=tmp_path)

@@ -74,3 +74,39 @@ def test_split_table_is_leak_free(processed):
     table = catalog.load("split_table")
     check_no_leakage(table)
     assert set(table["split"]) == {"train", "validation", "test"}
+
+
+def test_a_source_changed_after_ingestion_stops_preprocessing(tmp_path, source_folder):
+    import pytest
+
+    from synthmed.pipelines import ingestion, preprocessing
+    from tests.conftest import project_catalog, run
+
+    source, _ = source_folder
+    catalog = project_catalog(tmp_path, source, overrides={"ingestion": {"max_rejection_rate": 0.5}})
+    run(ingestion.create_pipeline(), catalog)
+    with open(source / "dicom/series/slice2.dcm", "ab") as handle:
+        handle.write(b"\x00")
+    with pytest.raises(Exception, match="changed since its checksum was recorded"):
+        run(preprocessing.create_pipeline(), catalog)
+    assert not (tmp_path / "data/03_primary/deidentified").exists()
+
+
+def test_a_float_tiff_is_copied_losslessly_as_npy(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from synthmed.pipelines import ingestion, preprocessing
+    from tests.conftest import project_catalog, run
+
+    source = tmp_path / "source"
+    source.mkdir()
+    values = np.linspace(-3.5, 1e5, 12 * 10, dtype=np.float32).reshape(12, 10)
+    buffer = io.BytesIO()
+    Image.fromarray(values, mode="F").save(buffer, format="TIFF")
+    (source / "scan.tif").write_bytes(buffer.getvalue())
+    catalog = project_catalog(tmp_path, source, overrides={"ingestion": {"labels_csv": None}})
+    run(ingestion.create_pipeline() + preprocessing.create_pipeline(), catalog)
+    (copy,) = (tmp_path / "data/03_primary/deidentified").rglob("*.npy")
+    np.testing.assert_array_equal(np.load(copy, allow_pickle=False), values)

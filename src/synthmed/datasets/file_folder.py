@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fnmatch
 import gzip
+import hashlib
 import io
 import json
 import logging
@@ -80,6 +81,25 @@ class SourceFolder:
     def read_text(self, relpath: str) -> str:
         return self.read_bytes(relpath).decode("utf-8")
 
+    def read_verified(self, relpaths: Sequence[str], sha256: str) -> list[bytes]:
+        """The bytes of ``relpaths``, checked against the sha256 of their concatenation.
+
+        Raises:
+            DatasetError: the files changed since the checksum was recorded (for example
+                between ingestion and preprocessing); run the earlier step again.
+        """
+        blobs = [self.read_bytes(rel) for rel in relpaths]
+        digest = hashlib.sha256()
+        for blob in blobs:
+            digest.update(blob)
+        if digest.hexdigest() != sha256:
+            raise DatasetError(
+                f"{relpaths[0]} in {self.root} changed since its checksum was recorded "
+                f"(expected sha256 {sha256[:12]}..., found {digest.hexdigest()[:12]}...); "
+                "run the ingestion pipeline again."
+            )
+        return blobs
+
 
 def encode(relpath: str, obj: Any) -> bytes:
     """Encode ``obj`` for the file ``relpath`` according to its suffix (see module doc)."""
@@ -111,6 +131,10 @@ def encode(relpath: str, obj: Any) -> bytes:
             return buffer.getvalue()
     if name.endswith(".png") and isinstance(obj, np.ndarray):
         return encode_png(obj)
+    if name.endswith(".npy") and isinstance(obj, np.ndarray) and obj.dtype != object:
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(obj), allow_pickle=False)
+        return buffer.getvalue()
     raise DatasetError(
         f"Cannot write {relpath!r}: no encoder for a {type(obj).__name__} with that suffix "
         "(see synthmed.datasets.file_folder for the supported pairs)."

@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 INVENTORY_COLUMNS = ["source_path", "format", "role", "size_bytes", "reason", "detail"]
 MANIFEST_COLUMNS = [
     "item_id", "patient_key", "format", "kind", "modality", "label", "shape", "spacing_mm",
-    "source_dtype", "n_files", "has_mask", "source_paths", "mask_path", "source_sha256",
+    "source_dtype", "n_files", "has_mask", "source_paths", "mask_path", "source_sha256", "mask_sha256",
 ]
 REJECTED_COLUMNS = ["source_path", "format", "reason", "detail"]
 LABEL_COLUMNS = ["path", "label", "modality", "patient"]
@@ -203,21 +203,14 @@ class ItemLoader:
     mask_sha256: str | None
     max_pixels: int
 
-    def _read(self, paths: tuple[str, ...], expected: str) -> list[bytes]:
-        blobs = [self.source.read_bytes(p) for p in paths]
-        if _sha256(blobs) != expected:
-            raise IngestionError(
-                f"{paths[0]} changed while ingestion was running (checksum mismatch); run again."
-            )
-        return blobs
-
     def image(self) -> np.ndarray:
-        return decode_item(self.family, self._read(self.image_paths, self.image_sha256), self.max_pixels).array
+        blobs = self.source.read_verified(self.image_paths, self.image_sha256)
+        return decode_item(self.family, blobs, self.max_pixels).array
 
     def mask(self) -> np.ndarray:
         if self.mask_path is None or self.mask_sha256 is None:
             raise ValueError(f"item {self.image_paths[0]} has no mask")
-        (blob,) = self._read((self.mask_path,), self.mask_sha256)
+        (blob,) = self.source.read_verified((self.mask_path,), self.mask_sha256)
         return decode_mask(self.family, blob, self.max_pixels)
 
 
@@ -277,6 +270,7 @@ def _manifest_row(item_id: str, patient_key: str, family: str, decoded: Decoded,
         "source_paths": PATH_SEPARATOR.join(loader.image_paths),
         "mask_path": loader.mask_path or "",
         "source_sha256": loader.image_sha256,
+        "mask_sha256": loader.mask_sha256 or "",
     }
 
 

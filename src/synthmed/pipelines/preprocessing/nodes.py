@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -54,24 +55,30 @@ def _actions_text(actions: Mapping[str, int]) -> str:
     return ";".join(f"{name}={count}" for name, count in sorted(actions.items()) if count)
 
 
-def _deidentified_dicom(raw_sources: SourceFolder, relpath: str, key: bytes, config: DicomDeidConfig):
-    """Zero-argument loader: re-read and de-identify one DICOM file at save time."""
-    result = deidentify(read_dicom(raw_sources.read_bytes(relpath)), key, config)
+def _deidentified_dicom(raw_sources: SourceFolder, relpath: str, sha256: str, key: bytes, config: DicomDeidConfig):
+    """Re-read (verified) and de-identify one DICOM file; called at save time, one at a time."""
+    (data,) = raw_sources.read_verified([relpath], sha256)
+    result = deidentify(read_dicom(data), key, config)
     if result.dataset is None:
-        raise RuntimeError(f"{relpath} was quarantined at save time: {result.quarantine_reason}")
+        raise RuntimeError(f"an instance was quarantined at save time: {result.quarantine_reason}")
     return result.dataset
 
 
-def _deidentified_nifti(raw_sources: SourceFolder, relpath: str) -> nib.Nifti1Image:
-    clean, _ = deidentify_nifti(load_nifti_image(raw_sources.read_bytes(relpath), max_pixels=_NIFTI_MAX_PIXELS))
+def _deidentified_nifti(raw_sources: SourceFolder, relpath: str, sha256: str) -> nib.Nifti1Image:
+    (data,) = raw_sources.read_verified([relpath], sha256)
+    clean, _ = deidentify_nifti(load_nifti_image(data, max_pixels=_NIFTI_MAX_PIXELS))
     return clean
 
 
-def _pixels_for_png(array: np.ndarray, source_dtype: str) -> np.ndarray:
-    """``(C, H, W)`` stored values -> ``(H, W)`` / ``(H, W, 3)`` in the source integer type."""
-    dtype = np.uint16 if source_dtype == "uint16" else np.uint8
-    info = np.iinfo(dtype)
-    pixels = np.clip(np.rint(np.asarray(array, dtype=np.float64)), info.min, info.max).astype(dtype)
+# PNG holds 8- and 16-bit integers; other stored types (32-bit or float TIFF) are written
+# as .npy, also pixels only, rather than clipped.
+_PNG_DTYPES = {"uint8": np.uint8, "uint16": np.uint16}
+
+
+def _raster_copy(array: np.ndarray, source_dtype: str) -> np.ndarray:
+    """``(C, H, W)`` stored values -> ``(H, W)`` / ``(H, W, 3)`` in the source type."""
+    dtype = _PNG_DTYPES.get(source_dtype, np.dtype(source_dtype))
+    pixels = np.asarray(array).astype(dtype)
     return pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1)
 
 
@@ -109,27 +116,29 @@ def deidentify_sources(
         reason = None
         if item.format == "dicom":
             paths = item.source_paths.split(PATH_SEPARATOR)
+            raw_sources.read_verified(paths, item.source_sha256)  # the series is what ingestion saw
             outputs = {}
             for index, rel in enumerate(paths):
-                header = read_dicom(raw_sources.read_bytes(rel), stop_before_pixels=True)
-                result = deidentify(header, key, config)
+                data = raw_sources.read_bytes(rel)
+                result = deidentify(read_dicom(data, stop_before_pixels=True), key, config)
                 if result.quarantine_reason is not None:
                     reason = result.quarantine_reason
                     break
                 actions.update(result.actions)
-                outputs[f"{base}/{index:04d}.dcm"] = partial(_deidentified_dicom, raw_sources, rel, key, config)
+                outputs[f"{base}/{index:04d}.dcm"] = partial(
+                    _deidentified_dicom, raw_sources, rel, hashlib.sha256(data).hexdigest(), key, config)
             if reason is None:
                 files.update(outputs)
         elif item.format == "nifti":
-            files[f"{base}.nii.gz"] = partial(_deidentified_nifti, raw_sources, item.source_paths)
-            _, counts = deidentify_nifti(load_nifti_image(raw_sources.read_bytes(item.source_paths),
-                                                          max_pixels=_NIFTI_MAX_PIXELS))
+            files[f"{base}.nii.gz"] = partial(_deidentified_nifti, raw_sources, item.source_paths, item.source_sha256)
+            (data,) = raw_sources.read_verified([item.source_paths], item.source_sha256)
+            _, counts = deidentify_nifti(load_nifti_image(data, max_pixels=_NIFTI_MAX_PIXELS))
             actions.update(counts)
             if item.has_mask:
-                files[f"{base}_mask.nii.gz"] = partial(_deidentified_nifti, raw_sources, item.mask_path)
+                files[f"{base}_mask.nii.gz"] = partial(_deidentified_nifti, raw_sources, item.mask_path, item.mask_sha256)
         else:
-            image = ingested_images[item.item_id]
-            files[f"{base}.png"] = partial(_pixels_for_png, image, item.source_dtype)
+            suffix = "png" if item.source_dtype in _PNG_DTYPES else "npy"
+            files[f"{base}.{suffix}"] = partial(_raster_copy, ingested_images[item.item_id], item.source_dtype)
             if item.has_mask:
                 files[f"{base}_mask.png"] = partial(np.asarray, ingested_masks[item.item_id][0])
             actions.update({"reencoded_from_pixels": 1, "metadata_dropped": 1})
