@@ -22,6 +22,12 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from tests.dicom_factory import dicom_bytes, make_sentinel_dicom
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# Tiny tensors on a 2-core machine: several torch threads fighting over the cores made
+# millisecond operations take seconds. One thread keeps the suite fast and stable.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 TEST_KEY = b"synthmed-test-key-0123456789abcdef"
 
 

@@ -5,10 +5,12 @@
   saves objects (bytes, text, tables, NIfTI images, DICOM datasets, PNG arrays) by suffix.
 - ``MetricsDataset``: flat ``dict[str, float]`` to JSON (DVC metrics) and to MLflow.
 - ``PseudonymisationKeyDataset``: the pseudonymisation key from Kedro credentials.
+- ``GeneratorDataset``: a trained generator (safetensors weights + config, checksummed).
 """
 
 from synthmed.datasets.array_store import ArrayStore, ArrayStoreDataset
 from synthmed.datasets.file_folder import FileFolderDataset, SourceFolder
+from synthmed.datasets.generator import GeneratorDataset, TrainedGenerator
 from synthmed.datasets.metrics import MetricsDataset
 from synthmed.datasets.secrets import PseudonymisationKeyDataset
 
@@ -16,7 +18,9 @@ __all__ = [
     "ArrayStore",
     "ArrayStoreDataset",
     "FileFolderDataset",
+    "GeneratorDataset",
     "MetricsDataset",
     "PseudonymisationKeyDataset",
     "SourceFolder",
+    "TrainedGenerator",
 ]

@@ -1,0 +1,59 @@
+"""A trained generator as a catalog dataset: a folder of safetensors weights and its config."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kedro.io import AbstractDataset, DatasetError
+from torch import nn
+
+from synthmed.datasets._atomic import atomic_directory
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainedGenerator:
+    """What training hands to sampling: the family name, its ``Config`` and the modules."""
+
+    family: str
+    config: Any
+    models: nn.ModuleDict
+
+
+class GeneratorDataset(AbstractDataset[TrainedGenerator, TrainedGenerator]):
+    """Saves a ``TrainedGenerator`` atomically (checksums written last); loads it verified.
+
+    Args:
+        path: the folder (see ``synthmed.generators.common`` for its layout).
+        metadata: free-form metadata (kedro-viz layers); ignored by the dataset.
+    """
+
+    def __init__(self, *, path: str, metadata: dict[str, Any] | None = None):
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def load(self) -> TrainedGenerator:
+        from synthmed.generators.registry import load_generator
+
+        spec, config, models = load_generator(self._path)
+        return TrainedGenerator(spec.name, config, models)
+
+    def save(self, data: TrainedGenerator) -> None:
+        from synthmed.generators.common import write_checksums, write_generator_files
+
+        if not isinstance(data, TrainedGenerator):
+            raise DatasetError(f"GeneratorDataset({self._path}) saves a TrainedGenerator, got {type(data).__name__}.")
+        with atomic_directory(self._path) as tmp:
+            write_generator_files(tmp, data.family, data.config, data.models)
+            write_checksums(tmp)
+        logger.info("Saved %s generator to %s", data.family, self._path)
+
+    def _exists(self) -> bool:
+        return (self._path / "checksums.json").is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}

@@ -1,0 +1,155 @@
+"""Pieces shared by every family: saving and loading, EMA, weight initialisation, seeding.
+
+A saved generator is a folder::
+
+    generator.json      {"format", "family", "config", "modules"}
+    <module>/           diffusers models (``save_pretrained``: config.json + safetensors)
+    <module>.safetensors   other torch modules (state dict)
+    checksums.json      sha256 of every file above, written last
+
+Nothing is pickled. ``load_generator`` refuses a folder whose checksums do not match (an
+interrupted save, a corrupted copy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FORMAT = "synthmed-generator/1"
+CHECKSUMS = "checksums.json"
+MANIFEST = "generator.json"
+
+
+class CheckpointError(RuntimeError):
+    """A saved generator or checkpoint is missing, incomplete or corrupt."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _state_file(folder: Path, name: str, module: nn.Module) -> Path:
+    if hasattr(module, "save_pretrained"):
+        return folder / name / "diffusion_pytorch_model.safetensors"
+    return folder / f"{name}.safetensors"
+
+
+def write_generator_files(folder: Path, family: str, config: Any, models: nn.ModuleDict) -> None:
+    """Write the module weights and ``generator.json`` into an existing folder (no checksums)."""
+    for name, module in models.items():
+        if hasattr(module, "save_pretrained"):  # diffusers ModelMixin
+            module.save_pretrained(folder / name, safe_serialization=True)
+        else:
+            state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            save_file(state, folder / f"{name}.safetensors")
+    manifest = {"format": FORMAT, "family": family, "config": dataclasses.asdict(config), "modules": list(models)}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def write_checksums(folder: Path) -> None:
+    """Record the sha256 of every file in ``folder``; called last, it marks the folder complete."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS)
+    sums = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
+    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1, sort_keys=True) + "\n")
+
+
+def verify_checksums(folder: Path) -> None:
+    """Raise ``CheckpointError`` unless every file listed in checksums.json matches."""
+    listing = folder / CHECKSUMS
+    if not listing.is_file():
+        raise CheckpointError(f"{folder} has no {CHECKSUMS}: the save was interrupted or this is not a generator folder.")
+    for rel, expected in json.loads(listing.read_text()).items():
+        path = folder / rel
+        if not path.is_file() or sha256_file(path) != expected:
+            raise CheckpointError(f"{folder}: {rel} is missing or does not match its checksum (corrupt copy?).")
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no {MANIFEST}: expected a saved synthmed generator.")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}.")
+    return manifest
+
+
+def load_weights(folder: Path, models: nn.ModuleDict) -> None:
+    """Load every module's safetensors weights into ``models`` (strict: names and shapes must match)."""
+    for name, module in models.items():
+        path = _state_file(folder, name, module)
+        if not path.is_file():
+            raise CheckpointError(f"{folder}: weights of module {name!r} are missing ({path.name}).")
+        module.load_state_dict(load_file(path), strict=True)
+
+
+def config_digest(folder: Path) -> str:
+    """A short hash identifying a saved generator (its checksums file): provenance."""
+    return hashlib.sha256((folder / CHECKSUMS).read_bytes()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------ config validation
+
+
+def is_number(value: object) -> bool:
+    """A finite int or float (YAML strings such as "2e-4" and booleans are not numbers)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_int(value: object) -> bool:
+    """An int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ------------------------------------------------------------------ training helpers
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * model`` for parameters; buffers are copied."""
+    ema_params = [p for p in ema.parameters()]
+    model_params = [p.detach().to(p.dtype) for p in model.parameters()]
+    torch._foreach_lerp_(ema_params, model_params, 1.0 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """Radford et al. 2016: conv weights ~ N(0, 0.02), batch-norm weights ~ N(1, 0.02), bias 0.
+
+    Uses the global torch RNG: call inside ``torch.random.fork_rng`` after ``manual_seed``.
+    """
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.BatchNorm2d, nn.InstanceNorm2d)) and module.weight is not None:
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """The global torch RNG seeded with ``seed`` inside the block, restored after.
+
+    Network constructors draw from the global RNG; this keeps ``build(config, seed)``
+    deterministic without touching the caller's RNG state.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

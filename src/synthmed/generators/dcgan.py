@@ -1,0 +1,354 @@
+"""DCGAN: an unconditional or class-conditional convolutional GAN.
+
+Radford, Metz & Chintala 2016, "Unsupervised Representation Learning with Deep
+Convolutional Generative Adversarial Networks", https://arxiv.org/abs/1511.06434; trained
+with the GAN objective of Goodfellow et al. 2014 (https://arxiv.org/abs/1406.2661) and,
+with ``num_classes > 0``, conditioned on a class label as in Mirza & Osindero 2014
+(https://arxiv.org/abs/1411.1784). The whole family in one file, top to bottom:
+
+1. ``Config``.
+2. The networks (Radford et al. sec. 3 guidelines): strided convolutions instead of
+   pooling, batch norm in both networks except the generator output and the discriminator
+   input layers, ReLU + Tanh output in the generator, LeakyReLU(0.2) in the discriminator.
+3. ``build`` / ``make_optimizers`` (Adam, lr 2e-4, beta1 0.5; Radford et al. sec. 4).
+4. ``train_step``: Goodfellow et al. eq. 1 with the non-saturating generator loss.
+5. ``sample``: one generator pass on latents drawn from the caller's ``torch.Generator``.
+
+Conditioning (Mirza & Osindero): the generator sees ``[z, embed(label)]``; the
+discriminator sees the image with one extra channel, ``Linear(embed(label))`` reshaped to
+``H x W`` (a learned label map), so every layer of D can relate the class to the content.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synthmed.generators.base import Batch, Conditions, FamilySpec, SamplerSpec, StepContext
+from synthmed.generators.common import dcgan_init, is_int, is_number, seeded
+
+START_SIZE = 4  # the generator starts from a 4x4 feature map (Radford et al. fig. 1)
+MIN_IMAGE_SIZE = 16
+LEAKY_SLOPE = 0.2  # Radford et al. sec. 4
+
+
+
+# ----------------------------------------------------------------------------- 1. config
+
+
+@dataclass(frozen=True)
+class Config:
+    """DCGAN hyper-parameters; the defaults are Radford et al.'s (64 px, z of 100 dims).
+
+    Args:
+        image_size: side of the square images in pixels: a power of two >= 16.
+        channels: image channels.
+        num_classes: 0 = unconditional; otherwise labels in ``[0, num_classes)`` condition
+            both networks.
+        latent_dim: dimension of z ~ N(0, I).
+        base_channels: width of the generator's last hidden layer and the discriminator's
+            first; each resolution halving doubles it (64 -> 8x at 4x4 for 64 px).
+        learning_rate: Adam learning rate for both networks.
+        beta1, beta2: Adam momentum terms (0.5 "helped stabilize training", sec. 4).
+        label_embedding_dim: size of the learned class embedding (conditional only).
+        grad_clip_norm: clip both networks' gradients to this norm; None = no clipping.
+    """
+
+    image_size: int = 64
+    channels: int = 1
+    num_classes: int = 0
+    latent_dim: int = 100
+    base_channels: int = 64
+    learning_rate: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    label_embedding_dim: int = 16
+    grad_clip_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "channels", "latent_dim", "base_channels", "label_embedding_dim"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 1:
+                raise ValueError(f"dcgan {name} must be an integer >= 1, got {value!r}.")
+        if self.image_size < MIN_IMAGE_SIZE or self.image_size & (self.image_size - 1):
+            raise ValueError(
+                f"dcgan image_size must be a power of two >= {MIN_IMAGE_SIZE} (e.g. 64 or 128), got {self.image_size}."
+            )
+        if not is_int(self.num_classes) or self.num_classes < 0:
+            raise ValueError(
+                f"dcgan num_classes must be an integer >= 0 (0 = unconditional), got {self.num_classes!r}."
+            )
+        if not is_number(self.learning_rate) or self.learning_rate <= 0:
+            raise ValueError(f"dcgan learning_rate must be a number > 0, got {self.learning_rate!r}.")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not is_number(value) or not 0.0 <= value < 1.0:
+                raise ValueError(f"dcgan {name} must be a number in [0, 1), got {value!r}.")
+        if self.grad_clip_norm is not None and (not is_number(self.grad_clip_norm) or self.grad_clip_norm <= 0):
+            raise ValueError(f"dcgan grad_clip_norm must be a number > 0 or null, got {self.grad_clip_norm!r}.")
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    def needed_conditions(self) -> frozenset[str]:
+        """``labels`` for a class-conditional model, nothing otherwise."""
+        return frozenset({"labels"}) if self.conditional else frozenset()
+
+
+# ----------------------------------------------------------------------------- 2. networks
+
+
+def _levels(config: Config) -> int:
+    """Number of resolution doublings from 4x4 to ``image_size`` (4 for 64 px)."""
+    return int(math.log2(config.image_size // START_SIZE))
+
+
+def _width(config: Config, level: int) -> int:
+    """Channels at resolution ``image_size / 2**(level+1)``: base, 2 base, 4 base, ..."""
+    return config.base_channels * 2**level
+
+
+class Generator(nn.Module):
+    """``forward(z, labels)``: ``(B, latent_dim)`` [+ ``(B,)`` int64] -> ``(B, channels, H, W)`` in [-1, 1].
+
+    Radford et al. fig. 1 at 64 px: z -> 4x4x8b -> 8x8x4b -> 16x16x2b -> 32x32xb -> 64x64xC
+    (b = base_channels), each step ConvTranspose(4, stride 2) + BatchNorm + ReLU.
+    """
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        n = _levels(config)
+        self.embed = nn.Embedding(config.num_classes, config.label_embedding_dim) if config.conditional else None
+        in_features = config.latent_dim + (config.label_embedding_dim if config.conditional else 0)
+        # Project [z, embed(label)] (as a 1x1 map) to 4x4: ConvTranspose(4, stride 1, no padding).
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(in_features, _width(config, n - 1), START_SIZE, 1, 0, bias=False),
+            nn.BatchNorm2d(_width(config, n - 1)),
+            nn.ReLU(),
+        ]
+        for level in reversed(range(n - 1)):  # doubles H and W, halves the channels
+            layers += [
+                nn.ConvTranspose2d(_width(config, level + 1), _width(config, level), 4, 2, 1, bias=False),
+                nn.BatchNorm2d(_width(config, level)),
+                nn.ReLU(),
+            ]
+        # Output layer: no batch norm, Tanh into [-1, 1].
+        layers += [nn.ConvTranspose2d(_width(config, 0), config.channels, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(labels)], dim=1)  # (B, latent_dim + label_embedding_dim)
+        return self.net(z[:, :, None, None])  # (B, *, 1, 1) -> (B, channels, H, W)
+
+
+class Discriminator(nn.Module):
+    """``forward(images, labels)``: ``(B, channels, H, W)`` [+ ``(B,)``] -> ``(B,)`` logits.
+
+    The generator mirrored: Conv(4, stride 2) + BatchNorm + LeakyReLU(0.2) halving H and W
+    down to 4x4 (no batch norm on the first layer), then Conv(4, stride 1) to one logit.
+    Conditional: a learned label map ``Linear(embed(label)) -> (B, 1, H, W)`` is an extra
+    input channel.
+    """
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        n = _levels(config)
+        self.image_size = config.image_size
+        if config.conditional:
+            self.embed = nn.Embedding(config.num_classes, config.label_embedding_dim)
+            self.label_map = nn.Linear(config.label_embedding_dim, config.image_size**2)
+        else:
+            self.embed, self.label_map = None, None
+        in_channels = config.channels + (1 if config.conditional else 0)
+        layers: list[nn.Module] = []
+        for level in range(n):  # H / 2**(level+1), _width(level) channels
+            norm = level > 0  # no batch norm on the discriminator input layer (sec. 3)
+            layers += [nn.Conv2d(in_channels, _width(config, level), 4, 2, 1, bias=not norm)]
+            layers += [nn.BatchNorm2d(_width(config, level))] if norm else []
+            layers += [nn.LeakyReLU(LEAKY_SLOPE)]
+            in_channels = _width(config, level)
+        layers += [nn.Conv2d(in_channels, 1, START_SIZE, 1, 0)]  # 4x4 -> 1x1 logit
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            side = self.image_size
+            label_map = self.label_map(self.embed(labels)).view(-1, 1, side, side)  # (B, 1, H, W)
+            images = torch.cat([images, label_map.to(images.dtype)], dim=1)  # (B, channels + 1, H, W)
+        return self.net(images).flatten()  # (B,)
+
+
+# ----------------------------------------------------------------------------- 3. build
+
+
+def build(config: Config, seed: int) -> nn.ModuleDict:
+    """Generator and discriminator, weights N(0, 0.02) from ``seed`` (Radford et al. sec. 4)."""
+    with seeded(seed):
+        models = nn.ModuleDict({"generator": Generator(config), "discriminator": Discriminator(config)})
+        models.apply(dcgan_init)
+    return models
+
+
+def make_optimizers(models: nn.ModuleDict, config: Config) -> dict[str, torch.optim.Optimizer]:
+    """Adam for each network (Radford et al. sec. 4: lr 2e-4, beta1 0.5)."""
+    betas = (config.beta1, config.beta2)
+    return {
+        name: torch.optim.Adam(models[name].parameters(), lr=config.learning_rate, betas=betas)
+        for name in ("generator", "discriminator")
+    }
+
+
+# ----------------------------------------------------------------------------- 4. training
+
+
+def _latents(n: int, config: Config, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """z ~ N(0, I), ``(n, latent_dim)``, drawn from ``generator`` (on its device) then moved."""
+    return torch.randn((n, config.latent_dim), generator=generator, device=generator.device).to(device)
+
+
+def _check_labels(labels: torch.Tensor | None, n: int, config: Config, where: str) -> torch.Tensor:
+    if labels is None:
+        raise ValueError(f"dcgan with num_classes={config.num_classes} needs {where} (class indices), got None.")
+    if labels.shape != (n,) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(
+            f"Expected {where} with shape ({n},) and an integer dtype, got {tuple(labels.shape)} {labels.dtype}."
+        )
+    bad = labels[(labels < 0) | (labels >= config.num_classes)]
+    if bad.numel():
+        raise ValueError(
+            f"{where} must lie in [0, {config.num_classes}) (num_classes={config.num_classes}), "
+            f"got {sorted(set(bad.tolist()))}."
+        )
+    return labels.long()
+
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """Binary cross-entropy of ``logits`` against a constant ``target`` (1 real, 0 fake), in float32."""
+    logits = logits.float()
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def train_step(
+    models: nn.ModuleDict,
+    optimizers: dict[str, torch.optim.Optimizer],
+    batch: Batch,
+    config: Config,
+    step: StepContext,
+) -> dict[str, float]:
+    """One D update then one G update on ``batch``. Goodfellow et al. 2014, eq. 1:
+
+        min_G max_D V(D, G) = E_x[log D(x)] + E_z[log(1 - D(G(z)))]
+
+    (conditional: D(x | y), G(z | y), Mirza & Osindero eq. 2).
+
+    Args:
+        batch: ``images`` ``(B, channels, H, W)`` in [-1, 1]; ``labels`` ``(B,)`` int64 when
+            ``num_classes > 0``.
+
+    Returns:
+        ``loss_d`` (BCE on real + BCE on fake) and ``loss_g`` (non-saturating), as floats.
+    """
+    generator, discriminator = models["generator"], models["discriminator"]
+    images = batch["images"]
+    expected = (config.channels, config.image_size, config.image_size)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        raise ValueError(
+            f"Expected batch['images'] with shape (N, {', '.join(map(str, expected))}), got {tuple(images.shape)}."
+        )
+    n = images.shape[0]
+    labels = _check_labels(batch.get("labels"), n, config, "batch['labels']") if config.conditional else None
+    generator.train()
+    discriminator.train()
+
+    # 1. z ~ N(0, I) from the training generator. Fakes get the real batch's labels, so the
+    #    class frequencies D sees are the same for real and fake images.
+    z = _latents(n, config, step.generator, images.device)  # (B, latent_dim)
+
+    # 2. D step: maximise log D(x) + log(1 - D(G(z))), i.e. minimise BCE(D(x), 1) +
+    #    BCE(D(G(z)), 0); G(z) is detached so only D is updated.
+    with step.autocast():
+        fake = generator(z, labels)  # (B, channels, H, W)
+        real_logits = discriminator(images, labels)  # (B,)
+        fake_logits = discriminator(fake.detach(), labels)
+        loss_d = _bce(real_logits, 1.0) + _bce(fake_logits, 0.0)
+    optimizers["discriminator"].zero_grad(set_to_none=True)
+    step.backward(loss_d)
+    if config.grad_clip_norm is not None:
+        step.clip(discriminator.parameters())
+    optimizers["discriminator"].step()
+
+    # 3. G step: min_G log(1 - D(G(z))) saturates when D rejects the fakes early on; the
+    #    non-saturating loss maximises log D(G(z)) instead (Goodfellow et al. sec. 3), i.e.
+    #    minimises BCE(D(G(z)), 1) through the updated D. D's gradients from this pass are
+    #    discarded by its zero_grad in the next step.
+    with step.autocast():
+        fake_logits = discriminator(fake, labels)
+        loss_g = _bce(fake_logits, 1.0)
+    optimizers["generator"].zero_grad(set_to_none=True)
+    step.backward(loss_g)
+    if config.grad_clip_norm is not None:
+        step.clip(generator.parameters())
+    optimizers["generator"].step()
+
+    return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
+
+
+# ----------------------------------------------------------------------------- 5. sampling
+
+
+@torch.no_grad()
+def sample(
+    models: nn.ModuleDict,
+    config: Config,
+    conditions: Conditions,
+    sampler: SamplerSpec,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """``conditions.n`` images from latents drawn from ``generator`` (``sampler`` is unused).
+
+    The generator runs in eval mode (batch norm running statistics), so an image does not
+    depend on the rest of its batch and the same seed gives the same images.
+
+    Args:
+        conditions: ``labels`` ``(n,)`` in ``[0, num_classes)``, required when conditional
+            and refused when not; masks and inpainting context are not supported.
+
+    Returns:
+        ``(n, channels, H, W)`` float32 in [-1, 1] on the CPU.
+    """
+    unsupported = [name for name in ("masks", "images", "keep") if getattr(conditions, name) is not None]
+    if not config.conditional and conditions.labels is not None:
+        unsupported.insert(0, "labels")
+    if unsupported:
+        raise ValueError(
+            f"dcgan (num_classes={config.num_classes}) does not support Conditions {unsupported}; "
+            f"it needs {sorted(config.needed_conditions())}."
+        )
+    labels = _check_labels(conditions.labels, conditions.n, config, "Conditions.labels") if config.conditional else None
+    net = models["generator"]
+    was_training = net.training
+    net.eval()
+    try:
+        device = next(net.parameters()).device
+        z = _latents(conditions.n, config, generator, device)  # (n, latent_dim)
+        images = net(z, None if labels is None else labels.to(device))  # (n, channels, H, W) in [-1, 1]
+    finally:
+        net.train(was_training)
+    return images.float().cpu()
+
+
+FAMILY = FamilySpec(
+    name="dcgan",
+    config_cls=Config,
+    build=build,
+    make_optimizers=make_optimizers,
+    train_step=train_step,
+    sample=sample,
+    ema_modules=(),
+)

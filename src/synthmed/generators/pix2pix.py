@@ -1,0 +1,428 @@
+"""Pix2Pix: mask-to-image translation with a conditional GAN (Isola et al. 2017).
+
+"Image-to-Image Translation with Conditional Adversarial Networks", CVPR 2017,
+https://arxiv.org/abs/1611.07004. The whole family in one file, top to bottom:
+
+1. ``Config``: the hyper-parameters (paper defaults).
+2. The networks: a U-Net generator (paper sec. 3.2.1, appendix 6.1.1) that maps a
+   structure/lesion mask to an image, and a PatchGAN discriminator (sec. 3.2.2) that scores
+   overlapping patches of the (mask, image) pair.
+3. ``build`` / ``make_optimizers``.
+4. ``augment_pair``: flips and 90-degree rotations applied identically to mask and image.
+5. ``train_step``: the objective of eq. 4,
+   ``G* = arg min_G max_D L_cGAN(G, D) + lambda * L_L1(G)``.
+6. ``sample``: one generator forward pass per mask.
+
+Deviations from the paper, all deliberate:
+
+- The paper's generator has no input noise z: its only stochasticity is dropout, kept on at
+  test time (sec. 3.2). ``sample`` keeps it too, but draws the dropout masks from the
+  caller's ``torch.Generator`` so that a seed gives the same images; batch normalisation
+  uses its running statistics (eval mode), not the test batch's, so that one image does not
+  depend on the others in its batch.
+- The innermost encoder layer has no batch norm (as in the authors' PyTorch code): at 1x1
+  spatial size with batch size 1 it would zero the bottleneck.
+- The PatchGAN's two stride-1 convolutions are zero-padded to keep the size ("same"), so the
+  logit map is ``image_size / 2**discriminator_layers`` on a side (32x32 instead of 30x30
+  at 256 px, the same 70x70 receptive field) and small images (16 px) still get one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synthmed.generators.base import Batch, Conditions, FamilySpec, SamplerSpec, StepContext
+from synthmed.generators.common import dcgan_init, is_int, is_number, seeded
+
+# Paper, appendix 6.1.1: dropout (rate 0.5) in the first three decoder blocks (CD512, CD1024,
+# CD1024), i.e. the three innermost up-sampling blocks.
+DROPOUT_BLOCKS = 3
+# Channel widths double per level up to 8 * base_channels (C64-C128-C256-C512-C512-...).
+MAX_CHANNEL_MULTIPLIER = 8
+LEAKY_SLOPE = 0.2  # "All ReLUs in the encoder are leaky, with slope 0.2" (appendix 6.1.1)
+
+
+
+# ----------------------------------------------------------------------------- 1. config
+
+
+@dataclass(frozen=True)
+class Config:
+    """Pix2Pix hyper-parameters; the defaults are the paper's (at 64 px instead of 256).
+
+    Args:
+        image_size: side of the square images in pixels; divisible by ``2**depth``.
+        channels: channels of the generated image.
+        num_classes: kept for the shared vocabulary; Pix2Pix is not class-conditional, so 0.
+        mask_channels: channels of the conditioning mask (the batch vocabulary uses 1).
+        base_channels: width of the first encoder layer (the paper's 64); deeper layers
+            double it up to 8x.
+        depth: number of down-sampling levels of the U-Net (8 at 256 px in the paper, which
+            reaches a 1x1 bottleneck; 6 does the same at 64 px).
+        dropout: decoder dropout rate in the ``DROPOUT_BLOCKS`` innermost up blocks, also the
+            test-time noise source (paper sec. 3.2).
+        lambda_l1: weight of the L1 term in eq. 4 (paper: 100).
+        learning_rate: Adam learning rate for both networks (paper: 2e-4).
+        beta1, beta2: Adam momentum terms (paper: 0.5, 0.999).
+        discriminator_layers: stride-2 convolutions of the PatchGAN (3 = the 70x70 PatchGAN).
+        augment: random flips and 90-degree rotations, identical for mask and image.
+        grad_clip_norm: clip both networks' gradients to this norm; None = no clipping.
+    """
+
+    image_size: int = 64
+    channels: int = 3
+    num_classes: int = 0
+    mask_channels: int = 1
+    base_channels: int = 64
+    depth: int = 6
+    dropout: float = 0.5
+    lambda_l1: float = 100.0
+    learning_rate: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    discriminator_layers: int = 3
+    augment: bool = True
+    grad_clip_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "channels", "mask_channels", "base_channels", "depth", "discriminator_layers"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 1:
+                raise ValueError(f"pix2pix {name} must be an integer >= 1, got {value!r}.")
+        if not is_int(self.num_classes) or self.num_classes != 0:
+            raise ValueError(
+                f"pix2pix num_classes must be 0 (it is conditioned on masks, not labels), got {self.num_classes!r}."
+            )
+        if self.image_size % 2**self.depth:
+            raise ValueError(
+                f"pix2pix image_size must be divisible by 2**depth = {2**self.depth}, "
+                f"got image_size={self.image_size} with depth={self.depth}."
+            )
+        if 2**self.discriminator_layers > self.image_size:
+            raise ValueError(
+                f"pix2pix discriminator_layers must satisfy 2**discriminator_layers <= image_size={self.image_size}, "
+                f"got {self.discriminator_layers}."
+            )
+        if not is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"pix2pix dropout must be a number in [0, 1), got {self.dropout!r}.")
+        if not is_number(self.lambda_l1) or self.lambda_l1 < 0:
+            raise ValueError(f"pix2pix lambda_l1 must be a number >= 0, got {self.lambda_l1!r}.")
+        if not is_number(self.learning_rate) or self.learning_rate <= 0:
+            raise ValueError(f"pix2pix learning_rate must be a number > 0, got {self.learning_rate!r}.")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not is_number(value) or not 0.0 <= value < 1.0:
+                raise ValueError(f"pix2pix {name} must be a number in [0, 1), got {value!r}.")
+        if not isinstance(self.augment, bool):
+            raise ValueError(f"pix2pix augment must be true or false, got {self.augment!r}.")
+        if self.grad_clip_norm is not None and (not is_number(self.grad_clip_norm) or self.grad_clip_norm <= 0):
+            raise ValueError(f"pix2pix grad_clip_norm must be a number > 0 or null, got {self.grad_clip_norm!r}.")
+
+    def needed_conditions(self) -> frozenset[str]:
+        """Pix2Pix translates a mask into an image: ``Conditions.masks`` is required."""
+        return frozenset({"masks"})
+
+
+# ----------------------------------------------------------------------------- 2. networks
+
+
+def _width(config: Config, level: int) -> int:
+    """Channels of encoder level ``level`` (0-based): 64, 128, 256, 512, 512, ... for base 64."""
+    return config.base_channels * min(2**level, MAX_CHANNEL_MULTIPLIER)
+
+
+def _dropout(x: torch.Tensor, p: float, generator: torch.Generator | None, training: bool) -> torch.Tensor:
+    """Inverted dropout; with ``generator`` the mask is drawn from it (reproducible), always on."""
+    if p == 0.0:
+        return x
+    if generator is None:
+        return F.dropout(x, p, training=training)
+    keep = torch.rand(x.shape, generator=generator, device=generator.device).to(x.device) >= p
+    return x * keep.to(x.dtype) / (1.0 - p)
+
+
+class Down(nn.Module):
+    """Encoder block C_k: Conv(4, stride 2) -> [BatchNorm] -> LeakyReLU(0.2); halves H and W."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1, bias=not norm)
+        self.norm = nn.BatchNorm2d(out_channels) if norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.norm(self.conv(x)), LEAKY_SLOPE)
+
+
+class Up(nn.Module):
+    """Decoder block CD_k / C_k: ConvTranspose(4, stride 2) -> BatchNorm -> [Dropout] -> ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(out_channels)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = self.norm(self.conv(x))
+        return F.relu(_dropout(x, self.dropout, generator, self.training))
+
+
+class UNetGenerator(nn.Module):
+    """U-Net (paper fig. 3): encoder level i is concatenated onto the decoder at the same size.
+
+    ``forward(mask, generator)``: ``(B, mask_channels, H, W)`` in [-1, 1] ->
+    ``(B, channels, H, W)`` in [-1, 1]. Dropout masks come from ``generator`` when one is
+    given (then dropout is on in any mode), otherwise from the global RNG in training mode.
+    """
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        d = config.depth
+        # Encoder: level i outputs _width(i) channels at H / 2**(i+1). No batch norm on the first
+        # level (paper) nor on the innermost one (bottleneck; see the module docstring).
+        self.down = nn.ModuleList(
+            Down(config.mask_channels if i == 0 else _width(config, i - 1), _width(config, i), norm=0 < i < d - 1)
+            for i in range(d)
+        )
+        # Decoder: up block j (j = d-2 .. 0) outputs _width(j) channels at H / 2**(j+1) and is
+        # then concatenated with encoder level j; its input is the bottleneck or the previous
+        # concatenation (2 * _width(j+1) channels).
+        self.up = nn.ModuleList(
+            Up(
+                _width(config, j + 1) * (1 if j == d - 2 else 2),
+                _width(config, j),
+                config.dropout if j >= d - 1 - DROPOUT_BLOCKS else 0.0,
+            )
+            for j in reversed(range(d - 1))
+        )
+        # Output: ConvTranspose back to full size, Tanh into [-1, 1].
+        self.out = nn.ConvTranspose2d(_width(config, 0) * (1 if d == 1 else 2), config.channels, 4, stride=2, padding=1)
+
+    def forward(self, mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        skips = []
+        x = mask  # (B, mask_channels, H, W)
+        for down in self.down:
+            x = down(x)  # (B, width(i), H / 2**(i+1), W / 2**(i+1))
+            skips.append(x)
+        skips.pop()  # the bottleneck is x itself, not a skip
+        for up in self.up:
+            x = up(x, generator)  # (B, width(j), H / 2**(j+1), ...)
+            x = torch.cat([x, skips.pop()], dim=1)  # (B, 2 * width(j), H / 2**(j+1), ...)
+        return torch.tanh(self.out(x))  # (B, channels, H, W)
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (paper sec. 3.2.2, appendix 6.1.2): a logit per overlapping patch of the pair.
+
+    C64-C128-C256 (stride 2, ``discriminator_layers`` of them), C512 (stride 1), then a
+    stride-1 convolution to one channel. ``forward(mask, image)``: ``(B, mask_channels, H, W)``
+    and ``(B, channels, H, W)`` -> ``(B, 1, H / 2**L, W / 2**L)`` logits (L = layers).
+    """
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_channels = config.mask_channels + config.channels
+        for i in range(config.discriminator_layers):  # stride 2: halves H and W
+            out_channels = _width(config, i)
+            norm = i > 0  # no batch norm on the first layer (appendix 6.1.2)
+            layers += [nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1, bias=not norm)]
+            layers += [nn.BatchNorm2d(out_channels)] if norm else []
+            layers += [nn.LeakyReLU(LEAKY_SLOPE)]
+            in_channels = out_channels
+        out_channels = _width(config, config.discriminator_layers)
+        # Kernel 4, stride 1, padded 1 before and 2 after: the size is kept ("same").
+        layers += [nn.ZeroPad2d((1, 2, 1, 2)), nn.Conv2d(in_channels, out_channels, 4, bias=False)]
+        layers += [nn.BatchNorm2d(out_channels), nn.LeakyReLU(LEAKY_SLOPE)]
+        layers += [nn.ZeroPad2d((1, 2, 1, 2)), nn.Conv2d(out_channels, 1, 4)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([mask, image], dim=1))
+
+
+# ----------------------------------------------------------------------------- 3. build
+
+
+def build(config: Config, seed: int) -> nn.ModuleDict:
+    """The generator and discriminator, initialised N(0, 0.02) from ``seed`` (appendix 6.2)."""
+    with seeded(seed):
+        models = nn.ModuleDict({"generator": UNetGenerator(config), "discriminator": PatchDiscriminator(config)})
+        models.apply(dcgan_init)
+    return models
+
+
+def make_optimizers(models: nn.ModuleDict, config: Config) -> dict[str, torch.optim.Optimizer]:
+    """Adam for each network (appendix 6.2: lr 2e-4, betas (0.5, 0.999))."""
+    betas = (config.beta1, config.beta2)
+    return {
+        name: torch.optim.Adam(models[name].parameters(), lr=config.learning_rate, betas=betas)
+        for name in ("generator", "discriminator")
+    }
+
+
+# ----------------------------------------------------------------------------- 4. augmentation
+
+
+def augment_pair(
+    masks: torch.Tensor, images: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random flip/90-degree rotation per pair, the same for the mask and its image.
+
+    The 8 symmetries of the square (the dihedral group D4): transform ``t`` in 0..7 flips
+    left-right when ``t >= 4``, then rotates by ``t % 4`` quarter turns. Square images only.
+    ``(B, Cm, H, W)`` and ``(B, Ci, H, W)`` -> the same shapes.
+    """
+    pairs = torch.cat([masks, images], dim=1)  # one tensor: one transform for both
+    choice = torch.randint(0, 8, (pairs.shape[0],), generator=generator, device=generator.device).to(pairs.device)
+    out = torch.empty_like(pairs)
+    for t in range(8):
+        rows = (choice == t).nonzero().squeeze(1)
+        if rows.numel():
+            x = pairs[rows].flip(-1) if t >= 4 else pairs[rows]
+            out[rows] = torch.rot90(x, t % 4, dims=(-2, -1))
+    return out[:, : masks.shape[1]], out[:, masks.shape[1] :]
+
+
+# ----------------------------------------------------------------------------- 5. training
+
+
+def _check_masks(masks: torch.Tensor, config: Config, where: str) -> None:
+    expected = (config.mask_channels, config.image_size, config.image_size)
+    if masks.ndim != 4 or tuple(masks.shape[1:]) != expected:
+        raise ValueError(f"Expected {where} with shape (N, {', '.join(map(str, expected))}), got {tuple(masks.shape)}.")
+
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """Binary cross-entropy of ``logits`` against a constant ``target`` (1 real, 0 fake), in float32."""
+    logits = logits.float()
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def train_step(
+    models: nn.ModuleDict,
+    optimizers: dict[str, torch.optim.Optimizer],
+    batch: Batch,
+    config: Config,
+    step: StepContext,
+) -> dict[str, float]:
+    """One D update then one G update on ``batch`` (paper sec. 3.3), eq. 4:
+
+        G* = arg min_G max_D L_cGAN(G, D) + lambda * L_L1(G)
+        L_cGAN(G, D) = E_{x,y}[log D(x, y)] + E_{x,z}[log(1 - D(x, G(x, z)))]      (eq. 1)
+        L_L1(G) = E_{x,y,z}[|| y - G(x, z) ||_1]                                     (eq. 3)
+
+    with x the mask, y the real image and z the dropout noise.
+
+    Args:
+        batch: ``masks`` ``(B, mask_channels, H, W)`` in {0, 1}; ``images`` ``(B, channels,
+            H, W)`` in [-1, 1].
+
+    Returns:
+        ``loss_d`` (halved BCE of D), ``loss_g_adv`` (BCE of D(x, G(x)) against 1) and
+        ``loss_g_l1`` (unweighted L1), as floats.
+    """
+    generator, discriminator = models["generator"], models["discriminator"]
+    masks, images = batch["masks"], batch["images"]
+    _check_masks(masks, config, "batch['masks']")
+    expected = (config.channels, config.image_size, config.image_size)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected or images.shape[0] != masks.shape[0]:
+        raise ValueError(
+            f"Expected batch['images'] with shape ({masks.shape[0]}, {', '.join(map(str, expected))}), "
+            f"got {tuple(images.shape)}."
+        )
+    generator.train()
+    discriminator.train()
+
+    # 0. Augmentation: the same random flip/rotation for each mask and its image; the mask
+    #    {0, 1} -> x in [-1, 1], the range of the images.
+    if config.augment:
+        masks, images = augment_pair(masks, images, step.generator)
+    x, y = masks * 2.0 - 1.0, images
+
+    # 1. D step: max_D L_cGAN. log D(x, y) and log(1 - D(x, G(x, z))) as BCE with targets 1 and
+    #    0; G(x, z) is detached (only D is updated). The sum is halved "to slow down the rate
+    #    at which D learns relative to G" (sec. 3.3).
+    with step.autocast():
+        fake = generator(x, step.generator)  # (B, channels, H, W); dropout masks from step.generator
+        real_logits = discriminator(x, y)  # (B, 1, H / 2**L, W / 2**L)
+        fake_logits = discriminator(x, fake.detach())
+        loss_d = 0.5 * (_bce(real_logits, 1.0) + _bce(fake_logits, 0.0))
+    optimizers["discriminator"].zero_grad(set_to_none=True)
+    step.backward(loss_d)
+    if config.grad_clip_norm is not None:
+        step.clip(discriminator.parameters())
+    optimizers["discriminator"].step()
+
+    # 2. G step: min_G L_cGAN + lambda * L_L1. The adversarial term uses the non-saturating
+    #    form (maximise log D(x, G(x, z)), sec. 3.3), i.e. BCE against 1, through the updated D.
+    #    D's gradients from this pass are discarded by its zero_grad in the next step.
+    with step.autocast():
+        fake_logits = discriminator(x, fake)
+        loss_g_adv = _bce(fake_logits, 1.0)
+        loss_g_l1 = F.l1_loss(fake.float(), y.float())
+        loss_g = loss_g_adv + config.lambda_l1 * loss_g_l1
+    optimizers["generator"].zero_grad(set_to_none=True)
+    step.backward(loss_g)
+    if config.grad_clip_norm is not None:
+        step.clip(generator.parameters())
+    optimizers["generator"].step()
+
+    return {"loss_d": loss_d.item(), "loss_g_adv": loss_g_adv.item(), "loss_g_l1": loss_g_l1.item()}
+
+
+# ----------------------------------------------------------------------------- 6. sampling
+
+
+@torch.no_grad()
+def sample(
+    models: nn.ModuleDict,
+    config: Config,
+    conditions: Conditions,
+    sampler: SamplerSpec,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Translate ``conditions.masks`` into images: one generator pass (``sampler`` is unused).
+
+    Batch norm runs in eval mode (running statistics); dropout stays on as the noise source
+    (paper sec. 3.2) with masks drawn from ``generator``, so the same seed gives the same
+    images. With ``dropout=0`` the output depends on the mask only.
+
+    Args:
+        conditions: ``masks`` ``(n, mask_channels, H, W)`` in {0, 1}, required; labels and
+            inpainting context are not supported by this family.
+
+    Returns:
+        ``(n, channels, H, W)`` float32 in [-1, 1] on the CPU.
+    """
+    if conditions.masks is None:
+        raise ValueError("pix2pix samples need Conditions.masks (the masks to translate into images), got None.")
+    unsupported = [name for name in ("labels", "images", "keep") if getattr(conditions, name) is not None]
+    if unsupported:
+        raise ValueError(f"pix2pix is conditioned on masks only; got unsupported Conditions {unsupported}.")
+    _check_masks(conditions.masks, config, "Conditions.masks")
+    net = models["generator"]
+    was_training = net.training
+    net.eval()
+    try:
+        device = next(net.parameters()).device
+        x = conditions.masks.to(device=device, dtype=torch.float32) * 2.0 - 1.0  # {0, 1} -> [-1, 1]
+        images = net(x, generator)  # (n, channels, H, W) in [-1, 1] (tanh)
+    finally:
+        net.train(was_training)
+    return images.float().cpu()
+
+
+FAMILY = FamilySpec(
+    name="pix2pix",
+    config_cls=Config,
+    build=build,
+    make_optimizers=make_optimizers,
+    train_step=train_step,
+    sample=sample,
+    ema_modules=(),
+)

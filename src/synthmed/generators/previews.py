@@ -1,0 +1,52 @@
+"""Sample grids of a generator, conditioned on real examples (classes, masks)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from synthmed.generators.base import Conditions, FamilySpec, SamplerSpec
+from synthmed.metrics.figures import class_grid
+
+
+def preview_conditions(config, store: Mapping[str, np.ndarray], indices: np.ndarray, per_class: int,
+                       num_classes: int) -> Conditions:
+    """Conditions for a preview grid: ``per_class`` examples of every class, masks from real data.
+
+    Labels cycle through the classes; masks (and the inpainting context, with the left half
+    kept) come from the real examples ``indices``, in order.
+    """
+    needed = config.needed_conditions()
+    classes = max(num_classes, 1)
+    n = per_class * classes
+    picks = np.resize(np.asarray(indices), n)
+    masks = torch.from_numpy((np.asarray(store["masks"][np.sort(picks)]) > 0).astype(np.float32))
+    images = torch.from_numpy(np.array(store["images"][np.sort(picks)], dtype=np.float32))
+    if images.shape[-1] != config.image_size:  # training downsamples the same way
+        images = torch.nn.functional.interpolate(images, size=config.image_size, mode="area")
+        masks = torch.nn.functional.interpolate(masks, size=config.image_size, mode="nearest")
+    keep = torch.zeros_like(masks)
+    keep[..., : keep.shape[-1] // 2] = 1.0
+    return Conditions(
+        n=n,
+        labels=torch.arange(n) // per_class if "labels" in needed else None,
+        masks=masks if "masks" in needed else None,
+        images=images if "inpaint" in needed else None,
+        keep=keep if "inpaint" in needed else None,
+    )
+
+
+def sample_grid(spec: FamilySpec, config, models: nn.ModuleDict, conditions: Conditions, sampler: SamplerSpec,
+                class_names: Sequence[str], seed: int, title: str) -> Figure:
+    """Generate for ``conditions`` with ``seed`` and lay the images out one row per class."""
+    images = spec.sample(models, config, conditions, sampler, torch.Generator().manual_seed(seed))
+    labels = conditions.labels.numpy() if conditions.labels is not None else np.zeros(conditions.n, dtype=np.int64)
+    names = list(class_names) if conditions.labels is not None else ["samples"]
+    per_row = int(np.bincount(labels).max())
+    masks = conditions.masks.numpy() if conditions.masks is not None else None
+    return class_grid(images.numpy(), labels, names, per_class=per_row, title=title, masks=masks,
+                      rng=np.random.default_rng(0))

@@ -1,0 +1,46 @@
+"""Sends training metrics and sample grids to the active MLflow run (opened by kedro-mlflow)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from torch import nn
+
+
+class MlflowTracker:
+    """``Tracker`` for ``synthmed.generators.training.train`` that logs to MLflow.
+
+    Args:
+        prefix: metric name prefix, e.g. ``"ddpm"`` -> ``ddpm.loss``.
+        grid: draws a sample grid from the current models (or None: no grids).
+    """
+
+    def __init__(self, prefix: str, grid: Callable[[nn.ModuleDict], Figure] | None = None):
+        self._prefix = prefix
+        self._grid = grid
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        import mlflow
+
+        mlflow.log_metrics({f"{self._prefix}.{k}": float(v) for k, v in metrics.items()}, step=step)
+
+    def log_samples(self, models: nn.ModuleDict, step: int) -> None:
+        import mlflow
+
+        if self._grid is None:
+            return
+        was_training = models.training
+        models.eval()
+        figure = self._grid(models)
+        models.train(was_training)
+        mlflow.log_figure(figure, f"{self._prefix}/samples/step_{step:07d}.png")
+        plt.close(figure)
+
+
+def active_tracker(prefix: str, grid: Callable[[nn.ModuleDict], Figure] | None = None) -> MlflowTracker | None:
+    """A tracker when an MLflow run is active (``kedro run`` with kedro-mlflow), else None."""
+    import mlflow
+
+    return MlflowTracker(prefix, grid) if mlflow.active_run() is not None else None

@@ -1,0 +1,160 @@
+"""Tests for synthmed.generators.dcgan: config checks, shapes, conditioning, determinism."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from synthmed.generators import dcgan
+from synthmed.generators.base import Conditions, SamplerSpec, StepContext
+
+TINY = {"image_size": 16, "channels": 1, "num_classes": 3, "latent_dim": 8, "base_channels": 8}
+
+
+def _context(seed: int = 0, clip=None) -> StepContext:
+    return StepContext(
+        backward=lambda loss: loss.backward(),
+        clip=clip or (lambda params: None),
+        generator=torch.Generator().manual_seed(seed),
+        autocast=contextlib.nullcontext,
+        step=0,
+    )
+
+
+def _draw(models, config, labels=None, n: int = 3, seed: int = 0) -> torch.Tensor:
+    conditions = Conditions(n=n, labels=labels)
+    return dcgan.sample(models, config, conditions, SamplerSpec(), torch.Generator().manual_seed(seed))
+
+
+def test_defaults_are_the_papers_and_needed_conditions():
+    config = dcgan.Config()
+    assert (config.latent_dim, config.learning_rate, config.beta1, config.image_size) == (100, 2e-4, 0.5, 64)
+    assert config.needed_conditions() == frozenset()
+    assert dcgan.Config(num_classes=2).needed_conditions() == frozenset({"labels"})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"image_size": 48}, r"power of two >= 16 \(e.g. 64 or 128\), got 48"),
+        ({"image_size": 8}, r"power of two >= 16 \(e.g. 64 or 128\), got 8"),
+        ({"num_classes": -1}, r"num_classes must be an integer >= 0 \(0 = unconditional\), got -1"),
+        ({"latent_dim": 0}, r"latent_dim must be an integer >= 1, got 0"),
+        ({"base_channels": True}, r"base_channels must be an integer >= 1, got True"),
+        ({"learning_rate": 0}, r"learning_rate must be a number > 0, got 0"),
+        ({"beta2": -0.1}, r"beta2 must be a number in \[0, 1\), got -0.1"),
+        ({"grad_clip_norm": -1.0}, r"grad_clip_norm must be a number > 0 or null, got -1.0"),
+    ],
+)
+def test_invalid_config_values_are_named(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        dcgan.Config(**overrides)
+
+
+@pytest.mark.parametrize(("image_size", "num_classes", "channels"), [(16, 0, 1), (32, 3, 1), (64, 2, 3), (128, 0, 1)])
+def test_network_and_sample_shapes(image_size, num_classes, channels):
+    config = dcgan.Config(
+        image_size=image_size, num_classes=num_classes, channels=channels, latent_dim=8, base_channels=4
+    )
+    models = dcgan.build(config, 0)
+    labels = torch.arange(2) % num_classes if num_classes else None
+    fake = models["generator"](torch.randn(2, 8), labels)
+    assert fake.shape == (2, channels, image_size, image_size)
+    assert models["discriminator"](fake, labels).shape == (2,)
+    images = _draw(models, config, labels, n=2)
+    assert images.shape == (2, channels, image_size, image_size)
+    assert images.dtype == torch.float32 and images.device.type == "cpu"
+    assert images.min() >= -1 and images.max() <= 1
+
+
+def test_parameter_counts_match_the_pytorch_dcgan_tutorial():
+    # pytorch.org DCGAN tutorial (nz=100, ngf=ndf=64, nc=3, 64 px, convolutions without bias):
+    # Generator 3,576,704 and Discriminator 2,765,568 parameters. Ours adds the biases of the
+    # layers without batch norm: the generator output (3) and D's first (64) and last (1) convs.
+    config = dcgan.Config(channels=3)
+    with torch.device("meta"):
+        generator, discriminator = dcgan.Generator(config), dcgan.Discriminator(config)
+    assert sum(p.numel() for p in generator.parameters()) == 3_576_704 + 3
+    assert sum(p.numel() for p in discriminator.parameters()) == 2_765_568 + 64 + 1
+
+
+def test_build_is_deterministic_per_seed():
+    config = dcgan.Config(**TINY)
+    a, b, c = dcgan.build(config, 0), dcgan.build(config, 0), dcgan.build(config, 1)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert any(not torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters()))
+
+
+def test_train_step_losses_clip_and_no_global_rng():
+    config = dcgan.Config(**TINY, grad_clip_norm=1.0)
+    models = dcgan.build(config, 0)
+    optimizers = dcgan.make_optimizers(models, config)
+    batch = {"images": torch.rand(4, 1, 16, 16) * 2 - 1, "labels": torch.tensor([0, 1, 2, 0])}
+    clipped = []
+    global_state = torch.get_rng_state()
+    losses = dcgan.train_step(models, optimizers, batch, config, _context(clip=clipped.append))
+    assert torch.equal(torch.get_rng_state(), global_state)  # latents came from step.generator only
+    assert set(losses) == {"loss_d", "loss_g"} and all(isinstance(v, float) for v in losses.values())
+    assert len(clipped) == 2
+
+
+def test_train_step_unconditional_and_bad_labels():
+    config = dcgan.Config(**{**TINY, "num_classes": 0})
+    models = dcgan.build(config, 0)
+    losses = dcgan.train_step(
+        models, dcgan.make_optimizers(models, config), {"images": torch.zeros(2, 1, 16, 16)}, config, _context()
+    )
+    assert set(losses) == {"loss_d", "loss_g"}
+
+    conditional = dcgan.Config(**TINY)
+    models = dcgan.build(conditional, 0)
+    batch = {"images": torch.zeros(2, 1, 16, 16), "labels": torch.tensor([0, 3])}
+    with pytest.raises(ValueError, match=r"batch\['labels'\] must lie in \[0, 3\).*got \[3\]"):
+        dcgan.train_step(models, dcgan.make_optimizers(models, conditional), batch, conditional, _context())
+
+
+def test_samples_depend_on_the_label():
+    config = dcgan.Config(**TINY)
+    models = dcgan.build(config, 0)
+    per_label = [_draw(models, config, torch.full((3,), label)) for label in range(3)]  # same latents
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert (per_label[i] - per_label[j]).abs().max() > 1e-4
+
+
+def test_sample_is_deterministic_per_seed():
+    config = dcgan.Config(**TINY)
+    models = dcgan.build(config, 0)
+    models.train()
+    labels = torch.tensor([0, 1, 2])
+    global_state = torch.get_rng_state()
+    assert torch.equal(_draw(models, config, labels, seed=4), _draw(models, config, labels, seed=4))
+    assert not torch.equal(_draw(models, config, labels, seed=4), _draw(models, config, labels, seed=5))
+    assert torch.equal(torch.get_rng_state(), global_state)
+    assert models["generator"].training  # the caller's mode is restored
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (None, r"num_classes=3 needs Conditions\.labels"),
+        (torch.tensor([0, 3, 7]), r"Conditions\.labels must lie in \[0, 3\) \(num_classes=3\), got \[3, 7\]"),
+        (torch.tensor([0, -1, 1]), r"got \[-1\]"),
+        (torch.tensor([0.0, 1.0, 2.0]), r"Conditions\.labels with shape \(3,\) and an integer dtype"),
+    ],
+)
+def test_conditional_sample_rejects_missing_or_bad_labels(labels, message):
+    config = dcgan.Config(**TINY)
+    models = dcgan.build(config, 0)
+    with pytest.raises(ValueError, match=message):
+        _draw(models, config, labels)
+
+
+def test_unconditional_sample_refuses_labels():
+    config = dcgan.Config(**{**TINY, "num_classes": 0})
+    models = dcgan.build(config, 0)
+    assert _draw(models, config).shape == (3, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"num_classes=0\) does not support Conditions \['labels'\]"):
+        _draw(models, config, torch.zeros(3, dtype=torch.long))
