@@ -291,6 +291,9 @@ def train(
                           "images_per_s": images_seen / elapsed if elapsed > 0 else 0.0}
                 history.append(record)
                 progress.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "step"})
+                if accelerator.is_main_process:  # the bar is silent without a terminal (DVC, logs)
+                    logger.info("%s step %d/%d %s", spec.name, step, config.steps,
+                                " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"))
                 if tracker is not None and accelerator.is_main_process:
                     tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
                 tic, images_seen = time.perf_counter(), 0

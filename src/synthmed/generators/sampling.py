@@ -1,0 +1,160 @@
+"""Generation driven by a sampling plan table, with a provenance row per image.
+
+A plan row asks for ``count`` images of one kind:
+
+- ``condition: class``, ``label``: class-conditional images of that class;
+- ``condition: mask``: images for real structure masks (taken in order from ``real``);
+- ``condition: inpaint`` with ``case``: ``inside_mask`` (regenerate the masked structure of
+  a real image, keep the rest), ``outside_box`` (keep a central box, regenerate around it),
+  ``new_lesion`` (place the mask of one real image into another real image, regenerate it);
+- ``condition: unconditional``.
+
+The plan is expanded in row order and generated in batches of ``batch_size``; batch ``b``
+draws from ``torch.Generator().manual_seed(seed + b)``. The same plan, seed and batch size
+therefore give the same images bit for bit on CPU; each provenance row records the batch
+seed and the image's position in its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from synthmed.generators.base import Conditions, FamilySpec, SamplerSpec
+
+PLAN_COLUMNS = ["condition", "label", "count", "case"]
+CONDITIONS = ("class", "mask", "inpaint", "unconditional")
+INPAINT_CASES = ("inside_mask", "outside_box", "new_lesion")
+PROVENANCE_COLUMNS = ["index", "family", "checkpoint", "sampler", "steps", "guidance", "seed", "batch_position",
+                      "condition", "label", "case", "source_index"]
+
+
+def validate_plan(plan: pd.DataFrame, class_names: Sequence[str], config) -> pd.DataFrame:
+    """Check a plan against the model; errors name the row, the value and what was expected."""
+    missing = set(PLAN_COLUMNS) - set(plan.columns)
+    if missing:
+        raise ValueError(f"Sampling plan lacks column(s) {sorted(missing)}; expected {PLAN_COLUMNS}.")
+    needed = config.needed_conditions()
+    for i, row in enumerate(plan.to_dict("records")):
+        where = f"sampling plan row {i}"
+        if row["condition"] not in CONDITIONS:
+            raise ValueError(f"{where}: condition {row['condition']!r} is not one of {list(CONDITIONS)}.")
+        count = row["count"]
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+            raise ValueError(f"{where}: count must be a positive integer, got {count!r}.")
+        if "labels" in needed and row["label"] not in class_names:
+            raise ValueError(f"{where}: class {row['label']!r} is unknown; expected one of {list(class_names)}.")
+        if row["condition"] == "inpaint" and row["case"] not in INPAINT_CASES:
+            raise ValueError(f"{where}: inpainting case {row['case']!r} is not one of {list(INPAINT_CASES)}.")
+        if row["condition"] == "inpaint" and "inpaint" not in needed:
+            raise ValueError(f"{where}: this model was not trained for inpainting (conditioning {sorted(needed)}).")
+        if row["condition"] == "mask" and "masks" not in needed:
+            raise ValueError(f"{where}: this model does not take masks (conditioning {sorted(needed)}).")
+    return plan[PLAN_COLUMNS].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """Generated images ``(N, C, H, W)`` float32 in [-1, 1], labels ``(N,)``, masks, provenance."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+    provenance: pd.DataFrame
+
+
+def _box_keep(size: int) -> torch.Tensor:
+    keep = torch.zeros((1, size, size))
+    a, b = size // 4, size - size // 4
+    keep[:, a:b, a:b] = 1.0
+    return keep
+
+
+def _expand(plan: pd.DataFrame, class_names: Sequence[str], real: Mapping[str, np.ndarray] | None,
+            real_indices: np.ndarray, size: int) -> list[dict]:
+    """One request per image, in plan order, with its conditioning tensors."""
+    requests, cursor = [], 0
+    for row in plan.to_dict("records"):
+        for _ in range(int(row["count"])):
+            request = {"condition": row["condition"], "label": row["label"], "case": row["case"] or "",
+                       "class_id": class_names.index(row["label"]) if row["label"] in class_names else 0,
+                       "source_index": -1}
+            if row["condition"] in ("mask", "inpaint"):
+                if real is None or len(real_indices) == 0:
+                    raise ValueError(f"{row['condition']} rows need real masks/images, but none were given.")
+                j = int(real_indices[cursor % len(real_indices)])
+                other = int(real_indices[(cursor + 1) % len(real_indices)])
+                cursor += 1
+                mask = torch.from_numpy((np.asarray(real["masks"][j]) > 0).astype(np.float32))
+                image = torch.from_numpy(np.array(real["images"][j], dtype=np.float32))
+                if mask.shape[-1] != size:
+                    mask = torch.nn.functional.interpolate(mask[None], size=size, mode="nearest")[0]
+                    image = torch.nn.functional.interpolate(image[None], size=size, mode="area")[0]
+                request.update(mask=mask, source_index=j)
+                if row["condition"] == "inpaint":
+                    if row["case"] == "inside_mask":
+                        request.update(image=image, keep=1.0 - mask)
+                    elif row["case"] == "outside_box":
+                        request.update(image=image, keep=_box_keep(size))
+                    else:  # new_lesion: the mask of image j placed into image `other`
+                        host = torch.from_numpy(np.array(real["images"][other], dtype=np.float32))
+                        if host.shape[-1] != size:
+                            host = torch.nn.functional.interpolate(host[None], size=size, mode="area")[0]
+                        request.update(image=host, keep=1.0 - mask, source_index=other)
+            requests.append(request)
+    return requests
+
+
+def generate_from_plan(
+    spec: FamilySpec,
+    config,
+    models: nn.ModuleDict,
+    plan: pd.DataFrame,
+    class_names: Sequence[str],
+    sampler: SamplerSpec,
+    *,
+    seed: int,
+    batch_size: int,
+    checkpoint: str,
+    real: Mapping[str, np.ndarray] | None = None,
+    real_indices: np.ndarray | None = None,
+) -> Sampled:
+    """Generate every image the plan asks for (see the module docstring for the seeding)."""
+    plan = validate_plan(plan, class_names, config)
+    if batch_size < 1:
+        raise ValueError(f"sampling batch_size must be >= 1, got {batch_size}.")
+    needed = config.needed_conditions()
+    requests = _expand(plan, class_names, real, np.asarray(real_indices if real_indices is not None else []),
+                       config.image_size)
+    images, rows = [], []
+    for b, start in enumerate(range(0, len(requests), batch_size)):
+        chunk = requests[start : start + batch_size]
+        if "inpaint" in needed:  # an inpainting model always takes context: none known = keep 0
+            blank = torch.zeros((config.channels, config.image_size, config.image_size))
+            for r in chunk:
+                r.setdefault("image", blank)
+                r.setdefault("keep", torch.zeros((1, config.image_size, config.image_size)))
+        has = {k: all(k in r for r in chunk) for k in ("mask", "image")}
+        conditions = Conditions(
+            n=len(chunk),
+            labels=torch.tensor([r["class_id"] for r in chunk]) if "labels" in needed else None,
+            masks=torch.stack([r["mask"] for r in chunk]) if "masks" in needed and has["mask"] else None,
+            images=torch.stack([r["image"] for r in chunk]) if has["image"] else None,
+            keep=torch.stack([r["keep"] for r in chunk]) if has["image"] else None,
+        )
+        batch_seed = seed + b
+        images.append(spec.sample(models, config, conditions, sampler, torch.Generator().manual_seed(batch_seed)))
+        for position, r in enumerate(chunk):
+            rows.append((start + position, spec.name, checkpoint, sampler.name, sampler.steps, sampler.guidance_scale,
+                         batch_seed, position, r["condition"], r["label"], r["case"], r["source_index"]))
+    stacked = torch.cat(images).numpy() if images else np.zeros((0, config.channels, config.image_size, config.image_size), np.float32)
+    masks = np.stack([(r["mask"].numpy() > 0).astype(np.uint8) if "mask" in r else
+                      np.zeros((1, config.image_size, config.image_size), np.uint8) for r in requests]) \
+        if requests else np.zeros((0, 1, config.image_size, config.image_size), np.uint8)
+    labels = np.asarray([r["class_id"] for r in requests], dtype=np.int64)
+    return Sampled(stacked.astype(np.float32), labels, masks, pd.DataFrame(rows, columns=PROVENANCE_COLUMNS))
