@@ -14,7 +14,7 @@ from kedro.framework.project import configure_project
 
 from tests.conftest import PROJECT_ROOT, load_parameters
 
-PIPELINES = ("sample_data", "ingestion", "preprocessing", "extraction")
+PIPELINES = ("sample_data", "ingestion", "preprocessing", "extraction", "training", "sampling", "rebalancing")
 # Catalog datasets that can hold identifiers or source paths: their DVC outs must not be pushed.
 IDENTIFIABLE = {"sample_files", "raw_sources", "source_inventory", "ingestion_manifest", "ingestion_rejected",
                 "ingested_images", "ingested_masks"}
@@ -42,6 +42,23 @@ def _path(entry: dict) -> str:
     return entry.get("path") or entry["filepath"]
 
 
+@pytest.fixture(scope="module")
+def resolved_paths(catalog_conf):
+    """Dataset name -> path for every persisted dataset, dataset factories resolved."""
+    from kedro.io import DataCatalog
+
+    catalog = DataCatalog.from_config(catalog_conf)
+
+    def path_of(name: str) -> str | None:
+        if name not in catalog and catalog.get(name) is None:
+            return None
+        described = catalog.get(name)._describe()
+        value = described.get("path") or described.get("filepath")
+        return str(value) if value is not None else None
+
+    return path_of
+
+
 def _out_paths(stage: dict) -> dict[str, dict]:
     result = {}
     for key in ("outs", "metrics", "plots"):
@@ -57,16 +74,17 @@ def test_registry_and_node_names(pipelines):
     assert default_nodes == {n.name for p in ("ingestion", "preprocessing", "extraction") for n in pipelines[p].nodes}
     for name in PIPELINES:
         for node in pipelines[name].nodes:
-            assert node.name == node.func.__name__, f"node {node.name!r} runs {node.func.__name__}"
+            # Namespaced nodes are "<family>.<function>".
+            assert node.name.split(".")[-1] == node.func.__name__, f"node {node.name!r} runs {node.func.__name__}"
 
 
-def test_dvc_outs_match_catalog_paths(pipelines, catalog_conf, dvc_stages):
+def test_dvc_outs_match_catalog_paths(pipelines, resolved_paths, dvc_stages):
     assert set(dvc_stages) == set(PIPELINES)
     for name in PIPELINES:
         stage = dvc_stages[name]
         assert stage["cmd"] == f"kedro run --pipelines {name}"
         outs = _out_paths(stage)
-        persisted = {d: _path(catalog_conf[d]) for d in pipelines[name].all_outputs() if d in catalog_conf}
+        persisted = {d: resolved_paths(d) for d in pipelines[name].all_outputs() if resolved_paths(d)}
         assert persisted, name
         for dataset, path in persisted.items():
             owners = [o for o in outs if path == o or path.startswith(o.rstrip("/") + "/")]
@@ -86,7 +104,10 @@ def test_dvc_params_and_deps_exist(dvc_stages):
             (file, keys), = entry.items()
             assert (PROJECT_ROOT / file).is_file()
             for key in keys:
-                assert key in parameters, f"{name}: param {key} not in {file}"
+                node = parameters
+                for part in key.split("."):  # DVC reads dotted keys as nested
+                    assert isinstance(node, dict) and part in node, f"{name}: param {key} not in {file}"
+                    node = node[part]
         for dep in stage["deps"]:
             assert (PROJECT_ROOT / dep).exists() or dep.startswith("data/"), f"{name}: missing dep {dep}"
 

@@ -52,3 +52,22 @@ class PseudonymisationKeyHook:
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         if KEY_DATASET in pipeline.inputs():
             catalog.load(KEY_DATASET)
+
+
+class MlflowRunGuard:
+    """Leaves no MLflow run RUNNING (``synthmed.mlflow_runs``).
+
+    ``trylast``: runs after kedro-mlflow has opened the pipeline's run.
+    """
+
+    @hook_impl(trylast=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        import mlflow
+
+        from synthmed.mlflow_runs import end_orphaned_runs, guard_active_run
+
+        run = mlflow.active_run()
+        if run is None:
+            return
+        end_orphaned_runs(mlflow.tracking.MlflowClient(), [run.info.experiment_id])
+        guard_active_run()

@@ -73,11 +73,22 @@ def test_parameter_counts_match_the_pytorch_dcgan_tutorial():
     # pytorch.org DCGAN tutorial (nz=100, ngf=ndf=64, nc=3, 64 px, convolutions without bias):
     # Generator 3,576,704 and Discriminator 2,765,568 parameters. Ours adds the biases of the
     # layers without batch norm: the generator output (3) and D's first (64) and last (1) convs.
-    config = dcgan.Config(channels=3)
+    config = dcgan.Config(channels=3, minibatch_std=False)  # the tutorial has no minibatch-std channel
     with torch.device("meta"):
         generator, discriminator = dcgan.Generator(config), dcgan.Discriminator(config)
     assert sum(p.numel() for p in generator.parameters()) == 3_576_704 + 3
     assert sum(p.numel() for p in discriminator.parameters()) == 2_765_568 + 64 + 1
+    # The minibatch-std channel adds one input channel to the final 4x4 convolution.
+    with torch.device("meta"):
+        with_std = dcgan.Discriminator(dcgan.Config(channels=3))
+    assert sum(p.numel() for p in with_std.parameters()) == 2_765_568 + 64 + 1 + 4 * 4
+
+
+def test_diff_augment_is_seeded_and_keeps_the_shape():
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    a = dcgan.diff_augment(x, torch.Generator().manual_seed(0))
+    b = dcgan.diff_augment(x, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
 
 
 def test_build_is_deterministic_per_seed():

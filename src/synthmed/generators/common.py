@@ -98,9 +98,13 @@ def load_weights(folder: Path, models: nn.ModuleDict) -> None:
         module.load_state_dict(load_file(path), strict=True)
 
 
-def config_digest(folder: Path) -> str:
-    """A short hash identifying a saved generator (its checksums file): provenance."""
-    return hashlib.sha256((folder / CHECKSUMS).read_bytes()).hexdigest()[:16]
+def weights_digest(models: nn.Module) -> str:
+    """A short hash of every parameter and buffer: identifies a checkpoint in provenance."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(models.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------ config validation

@@ -55,6 +55,11 @@ class Config:
         learning_rate: Adam learning rate for both networks.
         beta1, beta2: Adam momentum terms (0.5 "helped stabilize training", sec. 4).
         label_embedding_dim: size of the learned class embedding (conditional only).
+        diff_augment: apply DiffAugment (Zhao et al. 2020: brightness, contrast, translation
+            by up to 1/8, cutout of 1/2) to real and fake images alike before D; with a few
+            hundred training images, D otherwise memorises them and G collapses.
+        minibatch_std: append the batch standard deviation of D's last features as an
+            extra channel (Karras et al. 2018, sec. 3), so D can see a collapsed batch.
         grad_clip_norm: clip both networks' gradients to this norm; None = no clipping.
     """
 
@@ -68,6 +73,8 @@ class Config:
     beta2: float = 0.999
     label_embedding_dim: int = 16
     grad_clip_norm: float | None = None
+    diff_augment: bool = True
+    minibatch_std: bool = True
 
     def __post_init__(self) -> None:
         for name in ("image_size", "channels", "latent_dim", "base_channels", "label_embedding_dim"):
@@ -173,15 +180,22 @@ class Discriminator(nn.Module):
             layers += [nn.BatchNorm2d(_width(config, level))] if norm else []
             layers += [nn.LeakyReLU(LEAKY_SLOPE)]
             in_channels = _width(config, level)
-        layers += [nn.Conv2d(in_channels, 1, START_SIZE, 1, 0)]  # 4x4 -> 1x1 logit
         self.net = nn.Sequential(*layers)
+        self.minibatch_std = config.minibatch_std
+        final_in = in_channels + (1 if config.minibatch_std else 0)
+        self.head = nn.Conv2d(final_in, 1, START_SIZE, 1, 0)  # 4x4 -> 1x1 logit
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is not None:
             side = self.image_size
             label_map = self.label_map(self.embed(labels)).view(-1, 1, side, side)  # (B, 1, H, W)
             images = torch.cat([images, label_map.to(images.dtype)], dim=1)  # (B, channels + 1, H, W)
-        return self.net(images).flatten()  # (B,)
+        features = self.net(images)  # (B, C, 4, 4)
+        if self.minibatch_std:
+            # Karras et al. 2018 sec. 3: the mean over features of the batch std, as a channel.
+            spread = features.float().std(dim=0, unbiased=False).mean().to(features.dtype)
+            features = torch.cat([features, spread.expand(features.shape[0], 1, *features.shape[2:])], dim=1)
+        return self.head(features).flatten()  # (B,)
 
 
 # ----------------------------------------------------------------------------- 3. build
@@ -228,6 +242,31 @@ def _check_labels(labels: torch.Tensor | None, n: int, config: Config, where: st
     return labels.long()
 
 
+def diff_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """DiffAugment "color,translation,cutout" (Zhao et al. 2020), differentiable in ``x``.
+
+    ``(B, C, H, W)`` in, same shape out; every random draw comes from ``generator``.
+    """
+    b, _, h, w = x.shape
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(shape, generator=generator, device=generator.device).to(x.device, x.dtype)
+
+    x = x + (uniform(b, 1, 1, 1) - 0.5)  # brightness
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * (uniform(b, 1, 1, 1) + 0.5) + mean  # contrast
+    shift = max(h // 8, 1)  # translation by up to 1/8 of the size, zero padding
+    padded = F.pad(x, (shift, shift, shift, shift))
+    offsets = torch.randint(0, 2 * shift + 1, (b, 2), generator=generator, device=generator.device).tolist()
+    x = torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
+    size = h // 2  # cutout of half the size
+    corners = torch.randint(0, h - size + 1, (b, 2), generator=generator, device=generator.device).tolist()
+    keep = torch.ones((b, 1, h, w), device=x.device, dtype=x.dtype)
+    for i, (cy, cx) in enumerate(corners):
+        keep[i, :, cy : cy + size, cx : cx + size] = 0
+    return x * keep
+
+
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     """Binary cross-entropy of ``logits`` against a constant ``target`` (1 real, 0 fake), in float32."""
     logits = logits.float()
@@ -272,10 +311,11 @@ def train_step(
 
     # 2. D step: maximise log D(x) + log(1 - D(G(z))), i.e. minimise BCE(D(x), 1) +
     #    BCE(D(G(z)), 0); G(z) is detached so only D is updated.
+    augment = (lambda x: diff_augment(x, step.generator)) if config.diff_augment else (lambda x: x)
     with step.autocast():
         fake = generator(z, labels)  # (B, channels, H, W)
-        real_logits = discriminator(images, labels)  # (B,)
-        fake_logits = discriminator(fake.detach(), labels)
+        real_logits = discriminator(augment(images), labels)  # (B,)
+        fake_logits = discriminator(augment(fake.detach()), labels)
         loss_d = _bce(real_logits, 1.0) + _bce(fake_logits, 0.0)
     optimizers["discriminator"].zero_grad(set_to_none=True)
     step.backward(loss_d)
@@ -288,7 +328,7 @@ def train_step(
     #    minimises BCE(D(G(z)), 1) through the updated D. D's gradients from this pass are
     #    discarded by its zero_grad in the next step.
     with step.autocast():
-        fake_logits = discriminator(fake, labels)
+        fake_logits = discriminator(augment(fake), labels)
         loss_g = _bce(fake_logits, 1.0)
     optimizers["generator"].zero_grad(set_to_none=True)
     step.backward(loss_g)

@@ -52,7 +52,8 @@ class RunConfig:
             raise ValueError(f"run.source must be one of {list(SOURCES)}, got {self.source!r}.")
 
 
-def _class_names(manifest: pd.DataFrame) -> list[str]:
+def class_names_of(manifest: pd.DataFrame) -> list[str]:
+    """Class names by class id, from an extraction manifest (``class_id``, ``label``)."""
     table = manifest.drop_duplicates("class_id").sort_values("class_id")
     names = dict(zip(table["class_id"], table["label"]))
     return [names.get(i, str(i)) for i in range(int(table["class_id"].max()) + 1)] if len(table) else []
@@ -111,7 +112,7 @@ def train_generator(
             f"{run.source} are {images.shape[1]}-channel {images.shape[-1]} px: channels must match and "
             "image_size must divide the stored size (set them in parameters_training.yml)."
         )
-    class_names = _class_names(manifest)
+    class_names = class_names_of(manifest)
     if model_config.num_classes and model_config.num_classes != len(class_names):
         raise ValueError(
             f"{family}.model.num_classes={model_config.num_classes} but {run.source} has {len(class_names)} "

@@ -1,0 +1,84 @@
+"""MLflow runs are ended as FINISHED, FAILED or KILLED, never left RUNNING.
+
+kedro-mlflow ends a run when the pipeline finishes or a node raises. Three exits escape it:
+
+- Ctrl-C (``KeyboardInterrupt`` is not an ``Exception``, so Kedro's error hooks do not run);
+- SIGTERM (the default handler exits without cleanup);
+- SIGKILL or a power cut (nothing runs in the process).
+
+``guard_active_run`` tags the run with this process and host, turns SIGTERM into a normal
+exit and ends an unfinished run as KILLED at interpreter exit; ``end_orphaned_runs``, run at
+the start of every pipeline, ends as KILLED the RUNNING runs whose process is gone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+PID_TAG = "synthmed.pid"
+HOST_TAG = "synthmed.host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def end_orphaned_runs(client: Any, experiment_ids: list[str]) -> list[str]:
+    """End as KILLED the RUNNING runs started on this host by a process that no longer exists.
+
+    Returns:
+        The ids of the runs that were ended.
+    """
+    host = socket.gethostname()
+    ended = []
+    runs = client.search_runs(experiment_ids, filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    for run in runs:
+        tags = run.data.tags
+        if tags.get(HOST_TAG) != host or PID_TAG not in tags:
+            continue
+        if not _alive(int(tags[PID_TAG])):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    if ended:
+        logger.warning("Ended %d MLflow run(s) left RUNNING by a killed process as KILLED", len(ended))
+    return ended
+
+
+def _end_unfinished() -> None:
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is not None:
+        logger.warning("Run ended before the pipeline finished: marking MLflow run %s KILLED", run.info.run_id)
+        mlflow.end_run(status="KILLED")
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    sys.exit(128 + signum)  # a normal exit: atexit handlers (and _end_unfinished) run
+
+
+def guard_active_run() -> None:
+    """Tag the active run with this process and make every exit end it (see module doc)."""
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        return
+    mlflow.set_tags({PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
+    atexit.register(_end_unfinished)
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _on_sigterm)

@@ -1,0 +1,27 @@
+"""Wiring of the ``sampling`` pipeline: one template, one namespace per family."""
+
+from kedro.pipeline import Node, Pipeline, pipeline
+
+from synthmed.pipelines.sampling.nodes import sample_generator, sampling_plan
+from synthmed.pipelines.training.pipeline import FAMILIES
+
+_SHARED = {"slices", "slice_manifest", "patches", "patch_manifest"}
+
+
+def template() -> Pipeline:
+    return Pipeline(
+        [
+            Node(sampling_plan, "params:sampling", "sampling_plan", name="sampling_plan"),
+            Node(
+                sample_generator,
+                ["generator", "sampling_plan", "slices", "slice_manifest", "patches", "patch_manifest",
+                 "params:run", "params:sampling"],
+                ["samples", "sample_provenance", "sample_pngs", "sampled_grid"],
+                name="sample_generator",
+            ),
+        ]
+    )
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return sum((pipeline(template(), namespace=family, inputs=_SHARED) for family in FAMILIES), Pipeline([]))

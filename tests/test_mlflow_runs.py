@@ -1,0 +1,68 @@
+"""No MLflow run stays RUNNING: SIGTERM, Ctrl-C and SIGKILLed processes all end as KILLED."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from synthmed.mlflow_runs import HOST_TAG, PID_TAG, end_orphaned_runs
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time, mlflow
+    mlflow.set_tracking_uri(sys.argv[1])
+    mlflow.start_run(run_name="child")
+    from synthmed.mlflow_runs import guard_active_run
+    guard_active_run()
+    print("ready", flush=True)
+    if sys.argv[2] == "interrupt":
+        raise KeyboardInterrupt
+    time.sleep(60)
+    """
+)
+
+
+def _status(uri: str, name: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs(["0"], filter_string=f"attributes.run_name = '{name}'")
+    return run.info.status
+
+
+@pytest.mark.parametrize("how", ["sigterm", "interrupt"])
+def test_a_terminated_or_interrupted_process_ends_its_run_killed(tmp_path, how):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, uri, how], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env)
+    assert child.stdout.readline().strip() == "ready", child.stderr.read()
+    if how == "sigterm":
+        child.send_signal(signal.SIGTERM)
+    child.wait(timeout=60)
+    assert child.returncode != 0
+    assert _status(uri, "child") == "KILLED"
+
+
+def test_runs_of_dead_processes_on_this_host_are_ended(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    orphan = client.create_run("0", tags={PID_TAG: str(dead.pid), HOST_TAG: host}).info.run_id
+    alive = client.create_run("0", tags={PID_TAG: str(os.getpid()), HOST_TAG: host}).info.run_id
+    elsewhere = client.create_run("0", tags={PID_TAG: str(dead.pid), HOST_TAG: host + "-other"}).info.run_id
+
+    assert end_orphaned_runs(client, ["0"]) == [orphan]
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert client.get_run(alive).info.status == "RUNNING"
+    assert client.get_run(elsewhere).info.status == "RUNNING"
