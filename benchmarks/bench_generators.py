@@ -1,0 +1,177 @@
+"""Speed and memory of the generator families, and synthmed's trainer against a plain loop.
+
+Prints, for each family at a configuration profile (``base`` = CPU sizes, ``gpu`` = full
+sizes): training images/s through ``synthmed.generators.training.train`` (Accelerate, EMA,
+checkpointing off), sampling images/s per sampler and step count, and peak memory. For the
+DDPM U-Net it also times a plain reference loop written directly against diffusers and
+PyTorch, as the diffusers training examples do it (same UNet2DModel, DataLoader,
+DDPMScheduler, AdamW, clipping, diffusers EMAModel, batch) and prints synthmed / plain.
+
+    .venv/bin/python benchmarks/bench_generators.py --profile base
+    .venv/bin/python benchmarks/bench_generators.py --profile gpu --families ddpm
+
+Figures, not tests: record them with the machine and command in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from kedro.config import OmegaConfigLoader
+
+from synthmed.generators.base import Conditions, SamplerSpec
+from synthmed.generators.registry import config_from_params, get_family
+from synthmed.generators.training import ArrayBatches, TrainingConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parameters(profile: str) -> dict:
+    env = "local" if profile == "base" else profile
+    return OmegaConfigLoader(conf_source=str(ROOT / "conf"), base_env="base", default_run_env=env,
+                             merge_strategy={"parameters": "soft"})["parameters"]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
+def synthetic_store(config, n: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    size = config.image_size
+    return {
+        "images": rng.uniform(-1, 1, (n, config.channels, size, size)).astype(np.float32),
+        "labels": (np.arange(n) % max(config.num_classes, 1)).astype(np.int64),
+        "masks": (rng.uniform(size=(n, 1, size, size)) > 0.8).astype(np.uint8),
+    }
+
+
+def bench_training(family: str, config, batch: int, steps: int, device: str) -> float:
+    spec = get_family(family)
+    store = synthetic_store(config, max(batch * 4, 64))
+    training = TrainingConfig(steps=steps, batch_size=batch, checkpoint_every=0, log_every=max(steps // 2, 1),
+                              device=device)
+    with tempfile.TemporaryDirectory() as tmp:
+        _, history = train(spec, config, training, ArrayBatches(store, np.arange(len(store["labels"]))), Path(tmp))
+    return float(history[-1]["images_per_s"])  # second half of the steps: warm
+
+
+def bench_plain_ddpm(config, batch: int, steps: int, device: torch.device) -> float:
+    """The same U-Net trained by a loop written directly against diffusers and PyTorch.
+
+    What a diffusers training example does: a shuffled DataLoader over in-memory tensors,
+    DDPMScheduler.add_noise, epsilon MSE, AdamW, gradient clipping and diffusers' EMAModel.
+    """
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from synthmed.generators.ddpm import build
+
+    unet = build(config, 0)["unet"].to(device).train()
+    ema = EMAModel(unet.parameters(), decay=getattr(config, "ema_decay", 0.999))
+    scheduler = DDPMScheduler(num_train_timesteps=config.train_timesteps, beta_schedule=config.beta_schedule)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    store = synthetic_store(config, max(batch * 4, 64))
+    data = TensorDataset(torch.from_numpy(store["images"]), torch.from_numpy(store["labels"]))
+    loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    tic = None
+    batches = (b for _ in range(10**9) for b in loader)
+    for step in range(steps):
+        if step == steps // 2:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            tic = time.perf_counter()
+        x0, labels = (t.to(device) for t in next(batches))
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, config.train_timesteps, (batch,), device=device)
+        with autocast:
+            pred = unet(scheduler.add_noise(x0, noise, t), t,
+                        class_labels=labels if "class" in config.conditioning else None).sample
+            loss = F.mse_loss(pred.float(), noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip_norm or 1e9)
+        optimizer.step()
+        ema.step(unet.parameters())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch * (steps - steps // 2) / (time.perf_counter() - tic)
+
+
+def bench_sampling(family: str, config, sampler: SamplerSpec, n: int) -> float:
+    spec = get_family(family)
+    models = spec.build(config, 0).eval()
+    store = synthetic_store(config, n)
+    needed = config.needed_conditions()
+    conditions = Conditions(
+        n=n,
+        labels=torch.from_numpy(store["labels"]) if "labels" in needed else None,
+        masks=torch.from_numpy(store["masks"].astype(np.float32)) if "masks" in needed else None,
+    )
+    tic = time.perf_counter()
+    spec.sample(models, config, conditions, sampler, torch.Generator().manual_seed(0))
+    return n / (time.perf_counter() - tic)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="base", help="configuration environment: base (CPU sizes) or gpu")
+    parser.add_argument("--families", default="ddpm,pix2pix,dcgan")
+    parser.add_argument("--steps", type=int, default=40, help="training steps per measurement (second half timed)")
+    parser.add_argument("--samples", type=int, default=16, help="images per sampling measurement")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved synthmed/plain DDPM training measurements (median reported)")
+    args = parser.parse_args()
+    device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    params = parameters(args.profile)
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"device {device}{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, torch {torch.__version__}")
+    print(f"profile: {args.profile}; training steps {args.steps} (last half timed); samples {args.samples}")
+    print(f"{'family':8} {'measure':38} {'value':>12}")
+    for family in args.families.split(","):
+        config = config_from_params(family, params[family]["model"])
+        batch = int(params[family]["training"]["batch_size"])
+        n_params = sum(p.numel() for p in get_family(family).build(config, 0).parameters())
+        print(f"{family:8} {'parameters (all modules)':38} {n_params:>12,}")
+        if family == "ddpm":
+            # Interleaved, so machine drift hits both loops alike; the median is reported.
+            pairs = [(bench_training(family, config, batch, args.steps, args.device),
+                      bench_plain_ddpm(config, batch, args.steps, device)) for _ in range(args.repeats)]
+            ours = float(np.median([a for a, _ in pairs]))
+            plain = float(np.median([b for _, b in pairs]))
+            ratios = [a / b for a, b in pairs]
+            print(f"{family:8} {f'training images/s (batch {batch}, {config.image_size} px)':38} {ours:>12.1f}")
+            print(f"{family:8} {'plain diffusers loop images/s':38} {plain:>12.1f}")
+            print(f"{family:8} {f'ratio synthmed / plain (median of {len(ratios)})':38} {float(np.median(ratios)):>12.2f}")
+            print(f"{family:8} {'ratio range':38} {min(ratios):>6.2f}..{max(ratios):.2f}")
+        else:
+            ours = bench_training(family, config, batch, args.steps, args.device)
+            print(f"{family:8} {f'training images/s (batch {batch}, {config.image_size} px)':38} {ours:>12.1f}")
+        if family == "ddpm":
+            samplers = [SamplerSpec("ddim", 50), SamplerSpec("dpmsolver++", 20), SamplerSpec("ddpm", 1000),
+                        SamplerSpec("ddim", 50, guidance_scale=2.0)]
+        else:
+            samplers = [SamplerSpec("ddim", 1)]
+        for sampler in samplers:
+            label = f"sampling images/s {sampler.name} {sampler.steps} steps" + (
+                f" w={sampler.guidance_scale:g}" if sampler.guidance_scale != 1.0 else "")
+            n = args.samples if sampler.steps <= 100 else max(args.samples // 4, 1)
+            print(f"{family:8} {label:38} {bench_sampling(family, config, sampler, n):>12.1f}")
+        print(f"{family:8} {'peak memory MB (process, so far)':38} {peak_memory_mb(device):>12.0f}")
+
+
+if __name__ == "__main__":
+    main()
