@@ -92,13 +92,20 @@ def test_dvc_repro_push_and_teammate_pull_are_byte_identical(tmp_path):
     # Every Kedro run of the four stages reached MLflow with its parameters and counts, and ended.
     db = sqlite3.connect(first / "mlflow.db")
     runs = db.execute("select name, status from runs").fetchall()
-    assert sorted(name for name, _ in runs) == ["extraction", "ingestion", "preprocessing", "sample_data"]
+    assert sorted(name for name, _ in runs) == ["extraction", "ingestion", "preprocessing", "rebalancing",
+                                                 "sample_data", "sampling", "training"]
     assert {status for _, status in runs} == {"FINISHED"}
     logged = dict(db.execute(
         "select r.name, count(p.key) from runs r join params p on p.run_uuid = r.run_uuid group by r.name").fetchall())
     assert all(logged.get(name, 0) > 0 for name in ("ingestion", "preprocessing", "extraction"))
     metric = db.execute("select value from metrics where key = 'ingestion.files_rejected'").fetchone()
     assert metric == (1.0,)
+    losses = db.execute("select count(*) from metrics where key like 'ddpm.loss'").fetchone()[0]
+    assert losses >= 2  # the training loss history reached MLflow
+
+    # The published, rebalanced dataset is among the pulled outputs (checked below) and balanced.
+    labels = (first / "data/07_model_output/rebalanced/labels.csv").read_text().splitlines()
+    assert labels[0].startswith("path,label,class_id,is_synthetic")
 
     second = tmp_path / "second"
     sh("git", "clone", "-q", str(first), str(second), cwd=tmp_path)

@@ -96,6 +96,9 @@ def _expand(plan: pd.DataFrame, class_names: Sequence[str], real: Mapping[str, n
                     mask = torch.nn.functional.interpolate(mask[None], size=size, mode="nearest")[0]
                     image = torch.nn.functional.interpolate(image[None], size=size, mode="area")[0]
                 request.update(mask=mask, source_index=j)
+                if not row["label"] and "labels" in real:  # a mask row takes its source's class
+                    request["class_id"] = int(real["labels"][j])
+                    request["label"] = class_names[request["class_id"]] if class_names else ""
                 if row["condition"] == "inpaint":
                     if row["case"] == "inside_mask":
                         request.update(image=image, keep=1.0 - mask)
