@@ -65,3 +65,26 @@ def test_runs_of_dead_processes_on_this_host_are_ended(tmp_path):
     assert client.get_run(orphan).info.status == "KILLED"
     assert client.get_run(alive).info.status == "RUNNING"
     assert client.get_run(elsewhere).info.status == "RUNNING"
+
+
+FINISHED_CHILD = textwrap.dedent(
+    """
+    import sys, mlflow
+    from mlflow.tracking import MlflowClient
+    mlflow.set_tracking_uri(sys.argv[1])
+    run = mlflow.start_run(run_name="finished")
+    from synthmed.mlflow_runs import guard_active_run
+    guard_active_run()
+    # As kedro-mlflow can: the run is ended through the client, the fluent stack keeps it.
+    MlflowClient().set_terminated(run.info.run_id, status="FINISHED")
+    """
+)
+
+
+def test_a_run_that_finished_is_not_marked_killed_at_exit(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = subprocess.run([sys.executable, "-c", FINISHED_CHILD, uri], capture_output=True, text=True,
+                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _status(uri, "finished") == "FINISHED"
+    assert "KILLED" not in result.stderr

@@ -59,12 +59,23 @@ def end_orphaned_runs(client: Any, experiment_ids: list[str]) -> list[str]:
 
 
 def _end_unfinished() -> None:
+    """At interpreter exit: end the active run as KILLED if the tracking store still has it RUNNING.
+
+    kedro-mlflow may end its run through the client while the fluent run stack still holds
+    it, so ``mlflow.active_run()`` alone does not tell a finished run from an interrupted one.
+    """
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     run = mlflow.active_run()
-    if run is not None:
+    if run is None:
+        return
+    status = MlflowClient().get_run(run.info.run_id).info.status
+    if status == "RUNNING":
         logger.warning("Run ended before the pipeline finished: marking MLflow run %s KILLED", run.info.run_id)
         mlflow.end_run(status="KILLED")
+    else:
+        mlflow.end_run(status=status)  # only pops the fluent stack; the stored status stays
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
