@@ -17,7 +17,10 @@ CHILD = textwrap.dedent(
     """
     import sys, time, mlflow
     mlflow.set_tracking_uri(sys.argv[1])
-    mlflow.start_run(run_name="child")
+    run = mlflow.start_run(run_name="child")
+    # kedro-mlflow can push the same run again (nested): MLflow's own exit handler would end
+    # the leftover entry as FINISHED unless the guard empties the stack.
+    mlflow.start_run(run_id=run.info.run_id, nested=True)
     from synthmed.mlflow_runs import guard_active_run
     guard_active_run()
     print("ready", flush=True)

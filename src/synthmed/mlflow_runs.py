@@ -67,15 +67,20 @@ def _end_unfinished() -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    run = mlflow.active_run()
-    if run is None:
-        return
-    status = MlflowClient().get_run(run.info.run_id).info.status
-    if status == "RUNNING":
-        logger.warning("Run ended before the pipeline finished: marking MLflow run %s KILLED", run.info.run_id)
-        mlflow.end_run(status="KILLED")
-    else:
-        mlflow.end_run(status=status)  # only pops the fluent stack; the stored status stays
+    # Empty the whole fluent stack: MLflow's own exit handler would otherwise end what is
+    # left as FINISHED, overwriting KILLED (the same run can be on the stack twice).
+    client = MlflowClient()
+    killed: set[str] = set()
+    while (run := mlflow.active_run()) is not None:
+        run_id = run.info.run_id
+        status = client.get_run(run_id).info.status
+        if status == "RUNNING" or run_id in killed:
+            if run_id not in killed:
+                logger.warning("Run ended before the pipeline finished: marking MLflow run %s KILLED", run_id)
+            killed.add(run_id)
+            mlflow.end_run(status="KILLED")
+        else:
+            mlflow.end_run(status=status)  # only pops the stack; the stored status stays
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
