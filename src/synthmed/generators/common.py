@@ -123,6 +123,12 @@ def is_int(value: object) -> bool:
 # ------------------------------------------------------------------ training helpers
 
 
+def adam_per_module(models: nn.ModuleDict, names: tuple[str, ...], learning_rate: float,
+                    betas: tuple[float, float]) -> dict[str, torch.optim.Optimizer]:
+    """One Adam optimiser per named module (GANs: generator and discriminator)."""
+    return {name: torch.optim.Adam(models[name].parameters(), lr=learning_rate, betas=betas) for name in names}
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """``ema = decay * ema + (1 - decay) * model`` for parameters; buffers are copied."""

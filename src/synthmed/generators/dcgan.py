@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from synthmed.generators.base import Batch, Conditions, FamilySpec, SamplerSpec, StepContext
-from synthmed.generators.common import dcgan_init, is_int, is_number, seeded
+from synthmed.generators.common import adam_per_module, dcgan_init, is_int, is_number, seeded
 
 START_SIZE = 4  # the generator starts from a 4x4 feature map (Radford et al. fig. 1)
 MIN_IMAGE_SIZE = 16
@@ -211,11 +211,7 @@ def build(config: Config, seed: int) -> nn.ModuleDict:
 
 def make_optimizers(models: nn.ModuleDict, config: Config) -> dict[str, torch.optim.Optimizer]:
     """Adam for each network (Radford et al. sec. 4: lr 2e-4, beta1 0.5)."""
-    betas = (config.beta1, config.beta2)
-    return {
-        name: torch.optim.Adam(models[name].parameters(), lr=config.learning_rate, betas=betas)
-        for name in ("generator", "discriminator")
-    }
+    return adam_per_module(models, ("generator", "discriminator"), config.learning_rate, (config.beta1, config.beta2))
 
 
 # ----------------------------------------------------------------------------- 4. training

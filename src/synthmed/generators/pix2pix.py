@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from synthmed.generators.base import Batch, Conditions, FamilySpec, SamplerSpec, StepContext
-from synthmed.generators.common import dcgan_init, is_int, is_number, seeded
+from synthmed.generators.common import adam_per_module, dcgan_init, is_int, is_number, seeded
 
 # Paper, appendix 6.1.1: dropout (rate 0.5) in the first three decoder blocks (CD512, CD1024,
 # CD1024), i.e. the three innermost up-sampling blocks.
@@ -258,11 +258,7 @@ def build(config: Config, seed: int) -> nn.ModuleDict:
 
 def make_optimizers(models: nn.ModuleDict, config: Config) -> dict[str, torch.optim.Optimizer]:
     """Adam for each network (appendix 6.2: lr 2e-4, betas (0.5, 0.999))."""
-    betas = (config.beta1, config.beta2)
-    return {
-        name: torch.optim.Adam(models[name].parameters(), lr=config.learning_rate, betas=betas)
-        for name in ("generator", "discriminator")
-    }
+    return adam_per_module(models, ("generator", "discriminator"), config.learning_rate, (config.beta1, config.beta2))
 
 
 # ----------------------------------------------------------------------------- 4. augmentation
