@@ -129,6 +129,33 @@ def adam_per_module(models: nn.ModuleDict, names: tuple[str, ...], learning_rate
     return {name: torch.optim.Adam(models[name].parameters(), lr=learning_rate, betas=betas) for name in names}
 
 
+def apply_gradients(optimizer: torch.optim.Optimizer, loss: torch.Tensor, module: nn.Module, step: Any,
+                    *, clip: bool = True) -> None:
+    """zero_grad, ``step.backward(loss)``, optional ``step.clip`` of ``module``, optimiser step."""
+    optimizer.zero_grad(set_to_none=True)
+    step.backward(loss)
+    if clip:
+        step.clip(module.parameters())
+    optimizer.step()
+
+
+def bce_to(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """Binary cross-entropy of ``logits`` against a constant ``target`` (1 real, 0 fake), in float32."""
+    logits = logits.float()
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside the block; its previous train/eval mode is restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """``ema = decay * ema + (1 - decay) * model`` for parameters; buffers are copied."""

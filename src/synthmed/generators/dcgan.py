@@ -29,7 +29,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from synthmed.generators.base import Batch, Conditions, FamilySpec, SamplerSpec, StepContext
-from synthmed.generators.common import adam_per_module, dcgan_init, is_int, is_number, seeded
+from synthmed.generators.common import (
+    adam_per_module,
+    apply_gradients,
+    bce_to,
+    dcgan_init,
+    evaluating,
+    is_int,
+    is_number,
+    seeded,
+)
 
 START_SIZE = 4  # the generator starts from a 4x4 feature map (Radford et al. fig. 1)
 MIN_IMAGE_SIZE = 16
@@ -263,11 +272,6 @@ def diff_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x * keep
 
 
-def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
-    """Binary cross-entropy of ``logits`` against a constant ``target`` (1 real, 0 fake), in float32."""
-    logits = logits.float()
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
-
 
 def train_step(
     models: nn.ModuleDict,
@@ -312,12 +316,8 @@ def train_step(
         fake = generator(z, labels)  # (B, channels, H, W)
         real_logits = discriminator(augment(images), labels)  # (B,)
         fake_logits = discriminator(augment(fake.detach()), labels)
-        loss_d = _bce(real_logits, 1.0) + _bce(fake_logits, 0.0)
-    optimizers["discriminator"].zero_grad(set_to_none=True)
-    step.backward(loss_d)
-    if config.grad_clip_norm is not None:
-        step.clip(discriminator.parameters())
-    optimizers["discriminator"].step()
+        loss_d = bce_to(real_logits, 1.0) + bce_to(fake_logits, 0.0)
+    apply_gradients(optimizers["discriminator"], loss_d, discriminator, step, clip=config.grad_clip_norm is not None)
 
     # 3. G step: min_G log(1 - D(G(z))) saturates when D rejects the fakes early on; the
     #    non-saturating loss maximises log D(G(z)) instead (Goodfellow et al. sec. 3), i.e.
@@ -325,12 +325,8 @@ def train_step(
     #    discarded by its zero_grad in the next step.
     with step.autocast():
         fake_logits = discriminator(augment(fake), labels)
-        loss_g = _bce(fake_logits, 1.0)
-    optimizers["generator"].zero_grad(set_to_none=True)
-    step.backward(loss_g)
-    if config.grad_clip_norm is not None:
-        step.clip(generator.parameters())
-    optimizers["generator"].step()
+        loss_g = bce_to(fake_logits, 1.0)
+    apply_gradients(optimizers["generator"], loss_g, generator, step, clip=config.grad_clip_norm is not None)
 
     return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
 
@@ -367,15 +363,10 @@ def sample(
             f"it needs {sorted(config.needed_conditions())}."
         )
     labels = _check_labels(conditions.labels, conditions.n, config, "Conditions.labels") if config.conditional else None
-    net = models["generator"]
-    was_training = net.training
-    net.eval()
-    try:
+    with evaluating(models["generator"]) as net:
         device = next(net.parameters()).device
         z = _latents(conditions.n, config, generator, device)  # (n, latent_dim)
         images = net(z, None if labels is None else labels.to(device))  # (n, channels, H, W) in [-1, 1]
-    finally:
-        net.train(was_training)
     return images.float().cpu()
 
 

@@ -39,7 +39,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
 from torch import nn
 
 from synthmed.generators.base import Batch, Conditions, FamilySpec, SamplerSpec, StepContext
-from synthmed.generators.common import seeded
+from synthmed.generators.common import apply_gradients, seeded
 
 CONDITIONING = ("class", "mask", "inpaint")
 BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
@@ -350,10 +350,7 @@ def train_step(models: nn.ModuleDict, optimizers: dict[str, torch.optim.Optimize
     loss = (per_sample * min_snr_weights(scheduler, t, config)).mean()
 
     # (6) Algorithm 1, line 5: a gradient step (clipped by the trainer's configured norm).
-    optimizer.zero_grad(set_to_none=True)
-    step.backward(loss)
-    step.clip(unet.parameters())
-    optimizer.step()
+    apply_gradients(optimizer, loss, unet, step)
     return {"loss": float(loss.detach())}
 
 

@@ -36,7 +36,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from synthmed.generators.base import Batch, Conditions, FamilySpec, SamplerSpec, StepContext
-from synthmed.generators.common import adam_per_module, dcgan_init, is_int, is_number, seeded
+from synthmed.generators.common import (
+    adam_per_module,
+    apply_gradients,
+    bce_to,
+    dcgan_init,
+    evaluating,
+    is_int,
+    is_number,
+    seeded,
+)
 
 # Paper, appendix 6.1.1: dropout (rate 0.5) in the first three decoder blocks (CD512, CD1024,
 # CD1024), i.e. the three innermost up-sampling blocks.
@@ -293,11 +302,6 @@ def _check_masks(masks: torch.Tensor, config: Config, where: str) -> None:
         raise ValueError(f"Expected {where} with shape (N, {', '.join(map(str, expected))}), got {tuple(masks.shape)}.")
 
 
-def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
-    """Binary cross-entropy of ``logits`` against a constant ``target`` (1 real, 0 fake), in float32."""
-    logits = logits.float()
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
-
 
 def train_step(
     models: nn.ModuleDict,
@@ -347,26 +351,18 @@ def train_step(
         fake = generator(x, step.generator)  # (B, channels, H, W); dropout masks from step.generator
         real_logits = discriminator(x, y)  # (B, 1, H / 2**L, W / 2**L)
         fake_logits = discriminator(x, fake.detach())
-        loss_d = 0.5 * (_bce(real_logits, 1.0) + _bce(fake_logits, 0.0))
-    optimizers["discriminator"].zero_grad(set_to_none=True)
-    step.backward(loss_d)
-    if config.grad_clip_norm is not None:
-        step.clip(discriminator.parameters())
-    optimizers["discriminator"].step()
+        loss_d = 0.5 * (bce_to(real_logits, 1.0) + bce_to(fake_logits, 0.0))
+    apply_gradients(optimizers["discriminator"], loss_d, discriminator, step, clip=config.grad_clip_norm is not None)
 
     # 2. G step: min_G L_cGAN + lambda * L_L1. The adversarial term uses the non-saturating
     #    form (maximise log D(x, G(x, z)), sec. 3.3), i.e. BCE against 1, through the updated D.
     #    D's gradients from this pass are discarded by its zero_grad in the next step.
     with step.autocast():
         fake_logits = discriminator(x, fake)
-        loss_g_adv = _bce(fake_logits, 1.0)
+        loss_g_adv = bce_to(fake_logits, 1.0)
         loss_g_l1 = F.l1_loss(fake.float(), y.float())
         loss_g = loss_g_adv + config.lambda_l1 * loss_g_l1
-    optimizers["generator"].zero_grad(set_to_none=True)
-    step.backward(loss_g)
-    if config.grad_clip_norm is not None:
-        step.clip(generator.parameters())
-    optimizers["generator"].step()
+    apply_gradients(optimizers["generator"], loss_g, generator, step, clip=config.grad_clip_norm is not None)
 
     return {"loss_d": loss_d.item(), "loss_g_adv": loss_g_adv.item(), "loss_g_l1": loss_g_l1.item()}
 
@@ -401,15 +397,10 @@ def sample(
     if unsupported:
         raise ValueError(f"pix2pix is conditioned on masks only; got unsupported Conditions {unsupported}.")
     _check_masks(conditions.masks, config, "Conditions.masks")
-    net = models["generator"]
-    was_training = net.training
-    net.eval()
-    try:
+    with evaluating(models["generator"]) as net:
         device = next(net.parameters()).device
         x = conditions.masks.to(device=device, dtype=torch.float32) * 2.0 - 1.0  # {0, 1} -> [-1, 1]
         images = net(x, generator)  # (n, channels, H, W) in [-1, 1] (tanh)
-    finally:
-        net.train(was_training)
     return images.float().cpu()
 
 

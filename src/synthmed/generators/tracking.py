@@ -8,6 +8,8 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from torch import nn
 
+from synthmed.generators.common import evaluating
+
 
 class MlflowTracker:
     """``Tracker`` for ``synthmed.generators.training.train`` that logs to MLflow.
@@ -31,10 +33,8 @@ class MlflowTracker:
 
         if self._grid is None:
             return
-        was_training = models.training
-        models.eval()
-        figure = self._grid(models)
-        models.train(was_training)
+        with evaluating(models):
+            figure = self._grid(models)
         mlflow.log_figure(figure, f"{self._prefix}/samples/step_{step:07d}.png")
         plt.close(figure)
 

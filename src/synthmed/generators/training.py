@@ -200,7 +200,7 @@ def _accelerator(config: TrainingConfig):
     return Accelerator(cpu=not (cuda or mps), mixed_precision=precision, kwargs_handlers=[ddp])
 
 
-def _epoch_loader(dataset: Dataset, config: TrainingConfig, epoch: int, process: int) -> DataLoader:
+def _epoch_loader(dataset: Dataset, config: TrainingConfig, epoch: int) -> DataLoader:
     order = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
     return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, generator=order,
                       num_workers=config.num_workers)
@@ -273,7 +273,7 @@ def train(
     models.train()
     while step < config.steps:
         epoch = step // steps_per_epoch
-        loader = accelerator.prepare(_epoch_loader(dataset, config, epoch, accelerator.process_index))
+        loader = accelerator.prepare(_epoch_loader(dataset, config, epoch))
         loader = accelerator.skip_first_batches(loader, step - epoch * steps_per_epoch)
         for batch in loader:
             context = StepContext(backward=accelerator.backward, clip=clip, generator=generator,

@@ -28,7 +28,10 @@ from tqdm.auto import tqdm
 from synthmed.config import from_params
 from synthmed.datasets.file_folder import SourceFolder
 from synthmed.imaging.readers import (
+    DICOM_SUFFIXES,
     FORMATS,
+    NIFTI_SUFFIXES,
+    RASTER_SUFFIXES,
     Decoded,
     ReadError,
     decode_dicom_series,
@@ -54,6 +57,7 @@ MANIFEST_COLUMNS = [
 REJECTED_COLUMNS = ["source_path", "format", "reason", "detail"]
 LABEL_COLUMNS = ["path", "label", "modality", "patient"]
 _DICOM_HEAD_BYTES = 132
+KNOWN_SUFFIXES = RASTER_SUFFIXES + NIFTI_SUFFIXES + DICOM_SUFFIXES
 
 
 class IngestionError(RuntimeError):
@@ -127,8 +131,8 @@ def inventory_sources(raw_sources: SourceFolder, params: dict[str, Any]) -> pd.D
         elif any(fnmatch.fnmatch(rel, pattern) for pattern in config.ignore):
             row["role"] = "ignored"
         else:
-            head = b"" if rel.lower().endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".nii.gz", ".dcm")) \
-                else raw_sources.read_head(rel, _DICOM_HEAD_BYTES)
+            # Only bare names need their first bytes read (the DICOM magic).
+            head = b"" if rel.lower().endswith(KNOWN_SUFFIXES) else raw_sources.read_head(rel, _DICOM_HEAD_BYTES)
             fmt = sniff_format(rel, head)
             row["format"] = fmt or ""
             if fmt is None:

@@ -15,6 +15,7 @@ from synthmed.config import from_params
 from synthmed.datasets.array_store import ArrayStore
 from synthmed.datasets.generator import TrainedGenerator
 from synthmed.generators.base import SamplerSpec
+from synthmed.generators.common import weights_digest
 from synthmed.generators.export import to_png_pixels
 from synthmed.generators.registry import get_family
 from synthmed.generators.sampling import PLAN_COLUMNS, Sampled, generate_from_plan
@@ -45,8 +46,6 @@ def sampling_plan(params: dict[str, Any]) -> pd.DataFrame:
 
 def checkpoint_id(generator: TrainedGenerator) -> str:
     """The short hash that identifies a trained generator in provenance tables."""
-    from synthmed.generators.common import weights_digest
-
     return weights_digest(generator.models)
 
 

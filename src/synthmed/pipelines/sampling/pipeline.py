@@ -1,11 +1,9 @@
 """Wiring of the ``sampling`` pipeline: one template, one namespace per family."""
 
-from kedro.pipeline import Node, Pipeline, pipeline
+from kedro.pipeline import Node, Pipeline
 
 from synthmed.pipelines.sampling.nodes import sample_generator, sampling_plan
-from synthmed.pipelines.training.pipeline import FAMILIES
-
-_SHARED = {"slices", "slice_manifest", "patches", "patch_manifest"}
+from synthmed.pipelines.training.pipeline import per_family
 
 
 def template() -> Pipeline:
@@ -24,4 +22,4 @@ def template() -> Pipeline:
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return sum((pipeline(template(), namespace=family, inputs=_SHARED) for family in FAMILIES), Pipeline([]))
+    return per_family(template())

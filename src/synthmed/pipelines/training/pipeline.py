@@ -22,7 +22,10 @@ def template() -> Pipeline:
     )
 
 
+def per_family(template_pipeline: Pipeline) -> Pipeline:
+    """``template_pipeline`` once per family namespace, sharing the extraction outputs."""
+    return sum((pipeline(template_pipeline, namespace=family, inputs=_SHARED) for family in FAMILIES), Pipeline([]))
+
+
 def create_pipeline(**kwargs) -> Pipeline:
-    return sum(
-        (pipeline(template(), namespace=family, inputs=_SHARED) for family in FAMILIES), Pipeline([])
-    )
+    return per_family(template())
