@@ -41,8 +41,11 @@ demo: setup ## build the sample data, run every pipeline through DVC, push to th
 	echo; echo "== dvc status (clean means every output matches dvc.lock) =="; \
 	dvc status; \
 	echo; echo "== metrics (dvc metrics show) =="; \
-	dvc metrics show --json | python -c 'import json,sys; [print(f"  {f}: " + ", ".join(f"{k}={v}" for k, v in sorted(m.get("data", {}).items()))) for r in json.load(sys.stdin).values() for f, m in r.get("data", {}).items()]'; \
+	dvc metrics show --json | python -c 'import json,sys,re; keep=re.compile(r"(fidelity\.(fid|fid_floor_halves|fid_n)|memorisation\.(self_test_recall|flagged_fraction)|utility\.real_synthetic\.balanced_accuracy_delta)$$"); [print(f"  {f}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(m.get("data", {}).items()) if not f.endswith("/metrics.json") or keep.search(k))) for r in json.load(sys.stdin).values() for f, m in r.get("data", {}).items()]'; \
 	echo; echo "demo finished in $$(( $$(date +%s) - start )) s"; \
+	echo "  report:      data/08_reporting/report.html (every metric with its N, floor and figures)"; \
+	echo "  comparison:  data/08_reporting/family_comparison.csv   all metrics: dvc metrics show"; \
+	echo "  published:   data/07_model_output/rebalanced (README.md: the memorisation gate's numbers)"; \
 	echo "  outputs:     data/ (de-identified: data/03_primary, model input: data/05_model_input,"; \
 	echo "               previews and metrics: data/08_reporting)"; \
 	echo "  DVC remote:  $$(dvc remote list | head -n 1)"; \

@@ -10,6 +10,7 @@ from __future__ import annotations
 import filecmp
 import os
 import secrets
+import json
 import shutil
 import sqlite3
 import string
@@ -92,8 +93,8 @@ def test_dvc_repro_push_and_teammate_pull_are_byte_identical(tmp_path):
     # Every Kedro run of the four stages reached MLflow with its parameters and counts, and ended.
     db = sqlite3.connect(first / "mlflow.db")
     runs = db.execute("select name, status from runs").fetchall()
-    assert sorted(name for name, _ in runs) == ["extraction", "ingestion", "preprocessing", "rebalancing",
-                                                 "sample_data", "sampling", "training"]
+    assert sorted(name for name, _ in runs) == ["evaluation", "extraction", "feature_encoders", "ingestion",
+                                                 "preprocessing", "rebalancing", "sample_data", "sampling", "training"]
     assert {status for _, status in runs} == {"FINISHED"}
     logged = dict(db.execute(
         "select r.name, count(p.key) from runs r join params p on p.run_uuid = r.run_uuid group by r.name").fetchall())
@@ -102,6 +103,14 @@ def test_dvc_repro_push_and_teammate_pull_are_byte_identical(tmp_path):
     assert metric == (1.0,)
     losses = db.execute("select count(*) from metrics where key like 'ddpm.loss'").fetchone()[0]
     assert losses >= 2  # the training loss history reached MLflow
+
+    # dvc metrics (metrics.json) and the MLflow evaluation run hold the same numbers under the
+    # same names, and the report reached MLflow as an artifact.
+    evaluation = json.loads((first / "data/08_reporting/metrics.json").read_text())
+    (run_id,) = db.execute("select run_uuid from runs where name = 'evaluation'").fetchone()
+    in_mlflow = dict(db.execute("select key, value from latest_metrics where run_uuid = ?", (run_id,)).fetchall())
+    assert len(evaluation) > 100 and {k: in_mlflow.get(k) for k in evaluation} == pytest.approx(evaluation)
+    assert [p for p in first.rglob("report.html") if "data" not in p.relative_to(first).parts]
 
     # The published, rebalanced dataset is among the pulled outputs (checked below) and balanced.
     labels = (first / "data/07_model_output/rebalanced/labels.csv").read_text().splitlines()
@@ -121,6 +130,9 @@ def test_dvc_repro_push_and_teammate_pull_are_byte_identical(tmp_path):
     assert pushed and private
     for out in pushed:
         a, b = first / out, second / out
+        if a.is_file():  # a single-file out (the report, the comparison table)
+            assert b.is_file() and a.read_bytes() == b.read_bytes(), out
+            continue
         assert _files(a) == _files(b) and _files(a), out
         mismatch = filecmp.cmpfiles(a, b, [str(p) for p in _files(a)], shallow=False)[1:]
         assert mismatch == ([], []), f"{out}: {mismatch}"

@@ -14,7 +14,8 @@ from kedro.framework.project import configure_project
 
 from tests.conftest import PROJECT_ROOT, load_parameters
 
-PIPELINES = ("sample_data", "ingestion", "preprocessing", "extraction", "training", "sampling", "rebalancing")
+PIPELINES = ("sample_data", "ingestion", "preprocessing", "extraction", "training", "sampling", "feature_encoders",
+             "rebalancing", "evaluation")
 # Catalog datasets that can hold identifiers or source paths: their DVC outs must not be pushed.
 IDENTIFIABLE = {"sample_files", "raw_sources", "source_inventory", "ingestion_manifest", "ingestion_rejected",
                 "ingested_images", "ingested_masks"}
@@ -39,7 +40,7 @@ def dvc_stages():
 
 
 def _path(entry: dict) -> str:
-    return entry.get("path") or entry["filepath"]
+    return entry.get("path") or entry.get("filepath") or "<in memory>"
 
 
 @pytest.fixture(scope="module")

@@ -71,3 +71,36 @@ class MlflowRunGuard:
             return
         end_orphaned_runs(mlflow.tracking.MlflowClient(), [run.info.experiment_id])
         guard_active_run()
+
+
+class ReportingArtifactsHook:
+    """Every file a node saves to the ``reporting`` layer also goes to the active MLflow run.
+
+    Figures (PNG), tables (CSV) and the HTML report land under the run's artifacts in the
+    same layout as ``data/08_reporting``, so the MLflow UI shows what ``dvc plots`` and the
+    report show. Metrics reach MLflow through ``MetricsDataset`` (same names as the JSON).
+    Folders (the reader kit) are not logged: they are for people, via DVC.
+    """
+
+    def __init__(self) -> None:
+        self._catalog: Any = None
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any) -> None:
+        self._catalog = catalog
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
+        import mlflow
+
+        if self._catalog is None or mlflow.active_run() is None:
+            return
+        dataset = self._catalog.get(dataset_name)
+        layer = ((getattr(dataset, "metadata", None) or {}).get("kedro-viz") or {}).get("layer")
+        if layer != "reporting":
+            return
+        described = dataset._describe()
+        path = Path(str(described.get("filepath") or described.get("path") or ""))
+        if path.suffix in (".png", ".csv", ".html") and path.is_file():
+            folder = path.parent.as_posix().split("08_reporting", 1)[-1].strip("/")
+            mlflow.log_artifact(str(path), artifact_path=f"reporting/{folder}".rstrip("/"))

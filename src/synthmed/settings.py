@@ -1,11 +1,11 @@
 """Kedro project settings for synthmed."""
 
-from synthmed.hooks import MlflowRunGuard, PseudonymisationKeyHook
+from synthmed.hooks import MlflowRunGuard, PseudonymisationKeyHook, ReportingArtifactsHook
 
 # The pseudonymisation key comes from Kedro's credentials (conf/local/credentials.yml) and is
 # injected into the catalog by this hook, so that it never passes through parameters (which
 # kedro-mlflow logs) and a missing key stops the run before any node writes.
-HOOKS = (PseudonymisationKeyHook(), MlflowRunGuard())
+HOOKS = (PseudonymisationKeyHook(), MlflowRunGuard(), ReportingArtifactsHook())
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

@@ -1,8 +1,9 @@
-"""Training, sampling and rebalancing pipelines on the tiny extraction outputs."""
+"""Training, sampling, feature encoders, rebalancing (with the gate) and evaluation on the tiny extraction outputs."""
 
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,16 @@ import pytest
 from PIL import Image
 
 from synthmed.generators.common import CheckpointError
-from synthmed.pipelines import extraction, ingestion, preprocessing, rebalancing, sampling, training
+from synthmed.pipelines import (
+    evaluation,
+    extraction,
+    feature_encoders,
+    ingestion,
+    preprocessing,
+    rebalancing,
+    sampling,
+    training,
+)
 from synthmed.pipelines.rebalancing.nodes import plan_rebalancing
 from tests.conftest import project_catalog, run, write_source_folder
 
@@ -24,7 +34,8 @@ def generated(tmp_path_factory):
         "ingestion": {"max_rejection_rate": 0.5}, "ddpm": checkpoints, "pix2pix": checkpoints, "dcgan": checkpoints,
     })
     run(ingestion.create_pipeline() + preprocessing.create_pipeline() + extraction.create_pipeline(), catalog)
-    run(training.create_pipeline() + sampling.create_pipeline() + rebalancing.create_pipeline(), catalog)
+    run(training.create_pipeline() + sampling.create_pipeline() + feature_encoders.create_pipeline()
+        + rebalancing.create_pipeline() + evaluation.create_pipeline(), catalog)
     return workdir, catalog
 
 
@@ -62,16 +73,22 @@ def test_rebalanced_dataset_is_balanced_and_readable(generated):
     workdir, _ = generated
     root = workdir / "data/07_model_output/rebalanced"
     labels = pd.read_csv(root / "labels.csv")
-    per_class = labels.groupby("label").size()
-    assert per_class.nunique() == 1  # match_majority: every class reaches the majority count
     synthetic = labels[labels["is_synthetic"]]
-    assert len(synthetic) and synthetic["checkpoint"].notna().all()
+    dropped = json.loads((workdir / "data/08_reporting/rebalancing_gate.json").read_text())["gate.dropped_count"]
+    if dropped == 0:  # match_majority: every class reaches the majority count unless the gate dropped some
+        assert labels.groupby("label").size().nunique() == 1
+    assert synthetic["checkpoint"].notna().all()
     for path in labels["path"]:
         parts = path.split("/")
         assert parts[0] == "train" and (root / path).is_file()  # ImageFolder: root/<class>/<file>
         assert parts[1] == labels.set_index("path").loc[path, "label"]
     card = " ".join((root / "README.md").read_text().split())
-    assert "no memorisation gate has checked this dataset" in card
+    gate = json.loads((workdir / "data/08_reporting/rebalancing_gate.json").read_text())
+    assert gate["gate.self_test_recall"] >= 0.99
+    assert f"recall {gate['gate.self_test_recall']:.3f}" in card and f"{int(gate['gate.dropped_count'])} dropped" in card
+    provenance = pd.read_csv(root / "provenance.csv")
+    assert {"nn_pixel_similarity", "nn_pixel_neighbour_index", "memorisation_flagged", "published"} <= set(provenance)
+    assert len(synthetic) == int(provenance["published"].sum()) == int(gate["published_synthetic"])
     assert f"| sagittal | {int((~labels.is_synthetic & (labels.label == 'sagittal')).sum())} |" in card
 
 
@@ -107,3 +124,77 @@ def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path, generated):
     with pytest.raises(Exception, match="does not match its checksum"):
         GeneratorDataset(path=str(copy)).load()
     assert issubclass(CheckpointError, RuntimeError)
+
+
+def _provenance(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"index": range(n), "family": "ddpm", "checkpoint": "0123456789abcdef", "sampler": "ddim",
+                         "steps": 3, "guidance": 2.0, "seed": 0, "batch_position": range(n), "condition": "class",
+                         "label": "sagittal", "case": "", "source_index": -1})
+
+
+def test_gate_flags_planted_training_copies_and_publish_drops_or_refuses_them(generated):
+    from synthmed.pipelines.feature_encoders.nodes import split_images
+    from synthmed.pipelines.rebalancing.nodes import gate_rebalancing, publish_rebalanced
+    from synthmed.privacy.memorisation import MemorisationError
+
+    _, catalog = generated
+    slices, manifest = catalog.load("slices"), catalog.load("slice_manifest")
+    encoder = catalog.load("slices.feature_encoder")
+    params, evaluation_params = catalog.load("params:rebalancing"), catalog.load("params:evaluation")
+    size = catalog.load("ddpm.generator").config.image_size
+    train, _, _ = split_images(slices, manifest, "train", size)
+    rng = np.random.default_rng(0)
+    fresh = rng.uniform(-1, 1, size=(4, 1, size, size)).astype(np.float32)  # noise: like no training image
+    copies = train[[0, 3, 5]].numpy()
+    copies = np.concatenate([copies, copies[:1, :, :, ::-1]])  # and a mirrored copy
+    images = np.concatenate([fresh, copies]).astype(np.float32)
+    synthetic = {"images": images, "labels": np.full(len(images), 2)}
+    decision, numbers, planted = gate_rebalancing(synthetic, _provenance(len(images)), slices, manifest, encoder,
+                                                  {**params, "gate_action": "drop"}, evaluation_params)
+    assert decision.keep.tolist() == [True] * 4 + [False] * 4
+    assert numbers["gate.dropped_count"] == 4 and numbers["gate.self_test_recall"] >= 0.99
+    assert (decision.provenance.loc[4:, "nn_pixel_similarity"] > 0.999).all()
+    files = publish_rebalanced(slices, manifest, synthetic, decision, catalog.load("rebalancing_plan"),
+                               {**params, "gate_action": "drop"})
+    published = files["labels.csv"]
+    assert int(published["is_synthetic"].sum()) == 4
+    assert not any(p.endswith(("synthetic_000004.png", "synthetic_000007.png")) for p in files)
+    assert "**4 dropped**" in files["README.md"]
+    with pytest.raises(MemorisationError, match="4 of 8"):
+        gate_rebalancing(synthetic, _provenance(len(images)), slices, manifest, encoder,
+                         {**params, "gate_action": "fail"}, evaluation_params)
+
+
+def test_evaluation_writes_metrics_report_comparison_and_reader_kit(generated):
+    from synthmed.metrics.report import number
+
+    workdir, _ = generated
+    metrics = json.loads((workdir / "data/08_reporting/metrics.json").read_text())
+    for family in ("ddpm", "pix2pix", "dcgan"):
+        for key in ("fidelity.fid", "fidelity.fid_low", "fidelity.fid_n", "fidelity.fid_floor_halves",
+                    "fidelity.kid", "fidelity.precision", "fidelity.coverage", "fidelity.diversity_ms_ssim",
+                    "memorisation.calibrated", "utility.real.balanced_accuracy",
+                    "utility.real_synthetic.balanced_accuracy_delta"):
+            assert f"{family}.{key}" in metrics, f"{family}.{key}"
+        if metrics[f"{family}.memorisation.calibrated"]:  # tiny 16 px patches can be all alike
+            assert metrics[f"{family}.memorisation.self_test_recall"] >= 0.99
+    assert metrics["ddpm.memorisation.calibrated"] == 1 and "ddpm.memorisation.flagged_fraction" in metrics
+    assert "ddpm.fidelity.fid_floor_neighbour_slices" in metrics  # volumes: the neighbouring-slice floor
+    assert "pix2pix.fidelity.paired_ssim" in metrics and "ddpm.fidelity.paired_ssim" not in metrics
+    assert "rebalanced.gate.self_test_recall" in metrics
+    report = (workdir / "data/08_reporting/report.html").read_text()
+    for key in ("ddpm.fidelity.fid", "ddpm.fidelity.fid_floor_halves", "pix2pix.fidelity.paired_psnr",
+                "dcgan.memorisation.pixel_threshold"):
+        assert number(metrics[key]) in report, key  # the report shows the numbers of metrics.json
+    assert report.count("data:image/png;base64,") >= 11  # 3 per family + utility + losses
+    comparison = pd.read_csv(workdir / "data/08_reporting/family_comparison.csv")
+    assert comparison["family"].tolist() == ["ddpm", "pix2pix", "dcgan"]
+    assert comparison.loc[0, "fid"] == pytest.approx(metrics["ddpm.fidelity.fid"])
+    memorised = pd.read_csv(workdir / "data/08_reporting/evaluation/ddpm_memorisation.csv")
+    assert {"nn_pixel_similarity", "nn_pixel_neighbour_index", "memorisation_flagged"} <= set(memorised)
+    kit = workdir / "data/08_reporting/reader_kit"
+    key = pd.read_csv(workdir / "data/08_reporting/reader_key/answer_key.csv")
+    assert len(list((kit / "images").glob("*.png"))) == len(key) and set(key["truth"]) == {"real", "synthetic"}
+    assert not any("answer" in p.name and p.suffix == ".csv" and "template" not in p.name for p in kit.rglob("*"))
+    for figure in ("real_vs_synthetic", "nearest_pairs", "tsne"):
+        assert (workdir / f"data/08_reporting/evaluation/ddpm_{figure}.png").stat().st_size > 1000

@@ -6,9 +6,11 @@
 - ``MetricsDataset``: flat ``dict[str, float]`` to JSON (DVC metrics) and to MLflow.
 - ``PseudonymisationKeyDataset``: the pseudonymisation key from Kedro credentials.
 - ``GeneratorDataset``: a trained generator (safetensors weights + config, checksummed).
+- ``ClassifierDataset``: a trained feature encoder / classifier (safetensors, checksummed).
 """
 
 from synthmed.datasets.array_store import ArrayStore, ArrayStoreDataset
+from synthmed.datasets.classifier import ClassifierDataset, TrainedClassifier
 from synthmed.datasets.file_folder import FileFolderDataset, SourceFolder
 from synthmed.datasets.generator import GeneratorDataset, TrainedGenerator
 from synthmed.datasets.metrics import MetricsDataset
@@ -17,10 +19,12 @@ from synthmed.datasets.secrets import PseudonymisationKeyDataset
 __all__ = [
     "ArrayStore",
     "ArrayStoreDataset",
+    "ClassifierDataset",
     "FileFolderDataset",
     "GeneratorDataset",
     "MetricsDataset",
     "PseudonymisationKeyDataset",
     "SourceFolder",
+    "TrainedClassifier",
     "TrainedGenerator",
 ]

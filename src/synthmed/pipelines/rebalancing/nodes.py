@@ -2,9 +2,12 @@
 
 1. ``plan_rebalancing``: per class of the train split, how many synthetic images to add;
 2. ``generate_rebalancing``: the deficits, from a class-conditional generator;
-3. ``publish_rebalanced``: real + synthetic images in a folder that ``torchvision``'s
-   ``ImageFolder`` and pandas read directly, with ``labels.csv`` (``is_synthetic`` and
-   provenance) and a dataset card.
+3. ``gate_rebalancing``: the memorisation gate (PRIVACY.md section 3): every synthetic image
+   against the training images, threshold calibrated on held-out images, self-test with
+   planted copies; it fails the run or drops flagged images (``gate_action``);
+4. ``publish_rebalanced``: real + the gate's kept synthetic images in a folder that
+   ``torchvision``'s ``ImageFolder`` and pandas read directly, with ``labels.csv``
+   (``is_synthetic`` and provenance with the gate's scores) and a dataset card.
 """
 
 from __future__ import annotations
@@ -20,17 +23,24 @@ import torch
 
 from synthmed.config import from_params
 from synthmed.datasets.array_store import ArrayStore
+from synthmed.datasets.classifier import TrainedClassifier
 from synthmed.datasets.generator import TrainedGenerator
 from synthmed.generators.base import SamplerSpec
 from synthmed.generators.export import to_png_pixels
 from synthmed.generators.registry import get_family
 from synthmed.generators.sampling import PLAN_COLUMNS, generate_from_plan
+from synthmed.metrics.features import FeatureNetworkConfig, at_size, feature_network
+from synthmed.pipelines.evaluation.nodes import _config as _evaluation_config
+from synthmed.pipelines.evaluation.nodes import finite, gate_config, gate_embedding, scored_provenance
+from synthmed.pipelines.feature_encoders.nodes import source_config, split_images
 from synthmed.pipelines.sampling.nodes import checkpoint_id
 from synthmed.pipelines.training.nodes import class_names_of
+from synthmed.privacy.memorisation import enforce, run_gate
 
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("match_majority", "target_counts", "ratio")
+GATE_ACTIONS = ("fail", "drop")
 CLASS_CONDITIONAL = ("ddpm", "dcgan")
 
 
@@ -47,8 +57,11 @@ class RebalancingConfig:
     seed: int = 0
     batch_size: int = 32
     dataset_name: str = "synthmed-rebalanced"
+    gate_action: str = "fail"
 
     def __post_init__(self) -> None:
+        if self.gate_action not in GATE_ACTIONS:
+            raise ValueError(f"rebalancing.gate_action must be one of {list(GATE_ACTIONS)}, got {self.gate_action!r}.")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"rebalancing.strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}.")
         if self.generator not in CLASS_CONDITIONAL:
@@ -126,10 +139,90 @@ def generate_rebalancing(
     return {"images": result.images, "labels": result.labels}, result.provenance
 
 
-def _card(config: RebalancingConfig, counts: pd.DataFrame, provenance: pd.DataFrame, size: int) -> str:
+@dataclass(frozen=True)
+class GateDecision:
+    """What ``publish_rebalanced`` needs from the gate: which samples to keep, their scores, the numbers."""
+
+    keep: np.ndarray  # (N,) bool, one per synthetic image
+    provenance: pd.DataFrame  # the sampling provenance plus the gate's columns
+    numbers: dict[str, float]
+    flag_on_features: bool = False
+
+
+def gate_rebalancing(
+    synthetic: dict[str, np.ndarray],
+    provenance: pd.DataFrame,
+    slices: ArrayStore,
+    slice_manifest: pd.DataFrame,
+    slice_encoder: TrainedClassifier,
+    params: dict[str, Any],
+    evaluation_params: dict[str, Any],
+) -> tuple[GateDecision, dict[str, float], pd.DataFrame]:
+    """Run the memorisation gate over the synthetic images before anything is published.
+
+    Compared at ``evaluation.sources.slices.image_px`` with the reference (training) split;
+    threshold from the held-out split; ``evaluation.memorisation`` holds the settings.
+
+    Raises:
+        MemorisationError: the self-test recall is below its minimum (always), or any image
+            is flagged and ``gate_action`` is ``fail``. Nothing is published then.
+
+    Returns:
+        The decision, the gate's numbers (DVC metrics / MLflow) and the planted self-test
+        table (which disguised training copies were caught).
+    """
+    config = _config(params)
+    evaluation = _evaluation_config(evaluation_params)
+    gate = gate_config(evaluation.memorisation, action=config.gate_action)
+    source = source_config(evaluation.sources["slices"], "evaluation.sources.slices")
+    train, _, train_ids = split_images(slices, slice_manifest, source.reference_split, source.image_px)
+    held_out, _, _ = split_images(slices, slice_manifest, source.held_out_split, source.image_px)
+    network = feature_network(from_params(FeatureNetworkConfig, evaluation.feature_network, "evaluation.feature_network"),
+                              slice_encoder.model)
+    candidates = at_size(np.asarray(synthetic["images"], dtype=np.float32), source.image_px)
+    report = run_gate(candidates, train, held_out, config=gate, embed=gate_embedding(network, train))
+    keep = enforce(report, gate)  # raises for a failed self-test, or flagged images with action "fail"
+    table = scored_provenance(provenance, report.candidates, train_ids)
+    numbers = {f"gate.{k}": v for k, v in report.summary().items()}
+    numbers["gate.dropped_count"] = float((~keep).sum())
+    numbers["published_synthetic"] = float(keep.sum())
+    numbers["gate.flagged_fraction"] = float(report.candidates["flagged"].mean()) if len(table) else 0.0
+    for checkpoint, flagged in table.groupby("checkpoint")["memorisation_flagged"]:
+        numbers[f"gate.flagged_fraction.checkpoint_{checkpoint}"] = float(flagged.mean())
+    return GateDecision(keep, table, numbers, gate.flag_on_features), finite(numbers), report.planted
+
+
+def _gate_section(config: RebalancingConfig, decision: GateDecision) -> str:
+    n = decision.numbers
+    per_checkpoint = decision.provenance.groupby("checkpoint")["memorisation_flagged"].agg(["size", "mean"])
+    rows = "\n".join(f"  | `{c}` | {int(r['size'])} | {r['mean']:.3f} |" for c, r in per_checkpoint.iterrows())
+    feature = n.get("gate.feature_threshold", float("nan"))
+    feature_text = "" if feature != feature else (
+        f"; feature space (cosine of centred features): {feature:.4f}"
+        + (" (flags too)" if decision.flag_on_features else " (recorded, does not flag: see parameters)"))
+    return f"""- **Memorisation gate:** every synthetic image was compared with every training image
+  (flips and shifts searched) in pixel space (normalised cross-correlation, float) and in
+  the domain encoder's feature space. Threshold: the {n['gate.percentile']:g}th percentile of the
+  nearest-neighbour similarity of {int(n['gate.held_out_count'])} held-out real images to the
+  training set: pixel **{n['gate.pixel_threshold']:.4f}**{feature_text}.
+  Self-test: {int(n['gate.planted_count'])} training images planted with noise, crops, flips,
+  shifts and intensity jitter; **recall {n['gate.self_test_recall']:.3f}** ({int(n['gate.planted_missed'])} missed).
+  Flagged {int(n['gate.flagged_count'])} of {int(n['gate.candidate_count'])} synthetic images; action
+  `{config.gate_action}`: **{int(n['gate.dropped_count'])} dropped**, {int(n['published_synthetic'])} published.
+  `provenance.csv` holds each image's nearest training image (`nn_pixel_neighbour_index`, a
+  row of the slice manifest), its similarity and the transform found.
+
+  | checkpoint | synthetic images | fraction flagged |
+  |---|---|---|
+{rows}"""
+
+
+def _card(config: RebalancingConfig, counts: pd.DataFrame, provenance: pd.DataFrame, size: int,
+          decision: GateDecision) -> str:
     table = "\n".join(f"| {r.label} | {r.real} | {r.synthetic} | {r.real + r.synthetic} |" for r in counts.itertuples())
     checkpoint = provenance["checkpoint"].iloc[0] if len(provenance) else "-"
     sampler = ", ".join(f"{k}={v}" for k, v in config.sampler.items())
+    gate = _gate_section(config, decision)
     return f"""# {config.dataset_name}
 
 The `{config.split}` split of the synthmed slices, rebalanced with synthetic images so that
@@ -148,11 +241,10 @@ the minority classes are filled (strategy `{config.strategy}`). Built by
 - **Generator:** `{config.generator}`, checkpoint `{checkpoint}` (hash of its weights).
 - **Sampler:** {sampler}; seed {config.seed}, batch size {config.batch_size}.
 - **Parameters:** `conf/base/parameters_rebalancing.yml` (and `parameters_training.yml` for
-  the generator).
-- **Evaluation:** fidelity, utility and the memorisation gate are not computed yet: **no
-  memorisation gate has checked this dataset for copies of training images**. Until it has,
-  share it only where the training images themselves may be shared (true for the public
-  sample).
+  the generator, `parameters_evaluation.yml` for the gate).
+{gate}
+- **Evaluation:** fidelity and utility of the generator are in the evaluation report
+  (`data/08_reporting/report.html`, `dvc repro evaluation`).
 """
 
 
@@ -160,12 +252,19 @@ def publish_rebalanced(
     slices: ArrayStore,
     slice_manifest: pd.DataFrame,
     synthetic: dict[str, np.ndarray],
-    provenance: pd.DataFrame,
+    decision: GateDecision,
     rebalancing_plan: pd.DataFrame,
     params: dict[str, Any],
 ) -> dict[str, Any]:
-    """The published folder: ImageFolder layout, ``labels.csv``, ``provenance.csv``, ``README.md``."""
+    """The published folder: ImageFolder layout, ``labels.csv``, ``provenance.csv``, ``README.md``.
+
+    Only the synthetic images the memorisation gate kept are published; ``provenance.csv``
+    lists every generated image with its gate scores and whether it was published.
+    """
     config = _config(params)
+    if len(decision.keep) != len(synthetic["images"]):
+        raise ValueError(f"The gate decided on {len(decision.keep)} images but {len(synthetic['images'])} were generated.")
+    provenance = decision.provenance.assign(published=decision.keep)
     names = class_names_of(slice_manifest)
     images = np.asarray(synthetic["images"])
     size = images.shape[-1] if len(images) else int(slices["images"].shape[-1])
@@ -179,18 +278,20 @@ def publish_rebalanced(
         path = f"train/{row.label}/real_{row.index:06d}.png"
         files[path] = to_png_pixels(image.numpy())
         rows.append({"path": path, "label": row.label, "class_id": row.class_id, "is_synthetic": False})
-    for row in provenance.itertuples():
+    for row in provenance[provenance["published"]].itertuples():
         path = f"train/{row.label}/synthetic_{row.index:06d}.png"
         files[path] = to_png_pixels(images[row.index])
         rows.append({"path": path, "label": row.label, "class_id": names.index(row.label), "is_synthetic": True,
                      "family": row.family, "checkpoint": row.checkpoint, "sampler": row.sampler, "steps": row.steps,
-                     "guidance": row.guidance, "seed": row.seed, "batch_position": row.batch_position})
+                     "guidance": row.guidance, "seed": row.seed, "batch_position": row.batch_position,
+                     "nn_pixel_similarity": row.nn_pixel_similarity,
+                     "nn_pixel_neighbour_index": row.nn_pixel_neighbour_index})
     labels = pd.DataFrame(rows)
     counts = (labels.groupby(["label", "is_synthetic"]).size().unstack(fill_value=0)
               .reindex(index=names, columns=[False, True], fill_value=0)
               .rename(columns={False: "real", True: "synthetic"}).reset_index())
     files["labels.csv"] = labels
     files["provenance.csv"] = provenance
-    files["README.md"] = _card(config, counts, provenance, size)
+    files["README.md"] = _card(config, counts, provenance, size, decision)
     logger.info("Published %d real + %d synthetic images", int(counts["real"].sum()), int(counts["synthetic"].sum()))
     return files

@@ -2,7 +2,12 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from synthmed.pipelines.rebalancing.nodes import generate_rebalancing, plan_rebalancing, publish_rebalanced
+from synthmed.pipelines.rebalancing.nodes import (
+    gate_rebalancing,
+    generate_rebalancing,
+    plan_rebalancing,
+    publish_rebalanced,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -13,8 +18,12 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(generate_rebalancing,
                  ["ddpm.generator", "dcgan.generator", "rebalancing_plan", "slice_manifest", "params:rebalancing"],
                  ["rebalancing_samples", "rebalancing_provenance"], name="generate_rebalancing"),
+            Node(gate_rebalancing,
+                 ["rebalancing_samples", "rebalancing_provenance", "slices", "slice_manifest", "slices.feature_encoder",
+                  "params:rebalancing", "params:evaluation"],
+                 ["rebalancing_gate", "rebalancing_gate_metrics", "rebalancing_self_test"], name="gate_rebalancing"),
             Node(publish_rebalanced,
-                 ["slices", "slice_manifest", "rebalancing_samples", "rebalancing_provenance", "rebalancing_plan",
+                 ["slices", "slice_manifest", "rebalancing_samples", "rebalancing_gate", "rebalancing_plan",
                   "params:rebalancing"],
                  "rebalanced_dataset", name="publish_rebalanced"),
         ]

@@ -1,0 +1,84 @@
+"""A trained ``ConvClassifier`` (the domain feature encoder) as a catalog dataset.
+
+The folder holds ``classifier.json`` (format, architecture, class names, training facts),
+``weights.safetensors`` and ``checksums.json`` (written last). Nothing is pickled; a folder
+whose checksums do not match is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kedro.io import AbstractDataset, DatasetError
+
+from synthmed.datasets._atomic import atomic_directory
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "synthmed-classifier/1"
+
+
+@dataclass(frozen=True)
+class TrainedClassifier:
+    """A ``ConvClassifier``, the names of its classes and facts about its training."""
+
+    model: Any  # synthmed.metrics.features.ConvClassifier (imported lazily: torch is heavy)
+    class_names: tuple[str, ...]
+    facts: dict[str, float] = field(default_factory=dict)
+
+
+class ClassifierDataset(AbstractDataset[TrainedClassifier, TrainedClassifier]):
+    """Saves a ``TrainedClassifier`` atomically with checksums; loads it verified.
+
+    Args:
+        path: the folder.
+        metadata: free-form metadata (kedro-viz layers); ignored by the dataset.
+    """
+
+    def __init__(self, *, path: str, metadata: dict[str, Any] | None = None):
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def load(self) -> TrainedClassifier:
+        from safetensors.torch import load_file
+
+        from synthmed.config import from_params
+        from synthmed.generators.common import verify_checksums
+        from synthmed.metrics.features import ClassifierConfig, ConvClassifier
+
+        if not self._path.is_dir():
+            raise DatasetError(f"No trained classifier at {self._path}: run its pipeline first.")
+        verify_checksums(self._path)
+        manifest = json.loads((self._path / "classifier.json").read_text())
+        if manifest.get("format") != FORMAT:
+            raise DatasetError(f"{self._path}/classifier.json has format {manifest.get('format')!r}, expected {FORMAT!r}.")
+        model = ConvClassifier(from_params(ClassifierConfig, manifest["config"], f"{self._path}/classifier.json"))
+        model.load_state_dict(load_file(self._path / "weights.safetensors"), strict=True)
+        return TrainedClassifier(model.eval(), tuple(manifest["class_names"]), dict(manifest.get("facts", {})))
+
+    def save(self, data: TrainedClassifier) -> None:
+        from safetensors.torch import save_file
+
+        from synthmed.generators.common import write_checksums
+
+        if not isinstance(data, TrainedClassifier):
+            raise DatasetError(f"ClassifierDataset({self._path}) saves a TrainedClassifier, got {type(data).__name__}.")
+        with atomic_directory(self._path) as tmp:
+            state = {k: v.detach().contiguous().cpu() for k, v in data.model.state_dict().items()}
+            save_file(state, tmp / "weights.safetensors")
+            manifest = {"format": FORMAT, "config": dataclasses.asdict(data.model.config),
+                        "class_names": list(data.class_names), "facts": data.facts}
+            (tmp / "classifier.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            write_checksums(tmp)
+        logger.info("Saved classifier (%d classes) to %s", len(data.class_names), self._path)
+
+    def _exists(self) -> bool:
+        return (self._path / "checksums.json").is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}

@@ -1,0 +1,704 @@
+"""Fidelity and diversity of synthetic images: FID, KID, PRDC, MS-SSIM diversity, paired scores.
+
+Two kinds of input:
+
+- features ``(N, D)`` float, computed once elsewhere by a pluggable feature network (this
+  module never builds one). FID, KID and PRDC work on them; ``PrecomputedFeatures`` lets the
+  torchmetrics FID/KID classes consume them directly.
+- images ``(N, C, H, W)`` float in ``[-1, 1]`` (C = 1 grey or 3 RGB), so ``data_range = 2.0``.
+  MS-SSIM diversity and the paired scores (MSE, SSIM, PSNR) work on them.
+
+Medical sets are small (tens to a few hundred images), so every distance comes with its N and,
+where it matters, a bootstrap interval (``bootstrap_interval``, ``summarise``) and a real-vs-real
+floor on the same N (``real_floor_split``). FID in particular is biased upwards at small N
+(Chong & Forsyth, CVPR 2020): compare FIDs only at equal N.
+
+SSIM-based scores shift the images from ``[-data_range / 2, data_range / 2]`` to
+``[0, data_range]`` first. MSE and PSNR do not change under a shift, but SSIM's luminance term
+``(2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1)`` (Wang et al. 2004, eq. 6) assumes non-negative
+intensities: with signed values two dark patches of means +0.01 and -0.01 would score 0.33. The
+shifted score equals SSIM of the images mapped to ``[0, 1]`` (SSIM is invariant to a common
+scaling of images and data range).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+from torchmetrics.functional.image import (
+    multiscale_structural_similarity_index_measure,
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
+from torchmetrics.functional.regression import mean_squared_error
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.utilities.data import dim_zero_cat
+
+logger = logging.getLogger(__name__)
+
+# Wang, Simoncelli & Bovik, "Multi-scale structural similarity for image quality assessment",
+# Asilomar 2003, Table 1 / eq. 7: the exponents of scales 1 (finest) .. 5 (coarsest).
+WANG_BETAS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+# Wang et al. 2004 (SSIM), Sec. III-C: an 11 x 11 circular-symmetric Gaussian, sigma 1.5 px.
+WANG_WINDOW_PX = 11
+WANG_SIGMA_PX = 1.5
+# The smallest Gaussian window that still has a centre and a neighbourhood.
+MIN_WINDOW_PX = 3
+IMAGE_CHANNELS = (1, 3)
+# real_floor_split: two disjoint halves, each with the 2 rows a covariance needs.
+MIN_FLOOR_POOL = 4
+MS_SSIM_NORMALIZE = ("relu", "simple")
+# torchmetrics KID warns on every construction that it buffers all features; here they are
+# already in memory (they are the input), so the warning says nothing.
+_KID_BUFFER_WARNING = r"Metric `Kernel Inception Distance` will save all extracted features in buffer"
+
+
+# ------------------------------------------------------------------ validation
+
+
+def _shape(tensor: Tensor) -> tuple[int, ...]:
+    return tuple(tensor.shape)
+
+
+def _check_features(name: str, features: Any, *, min_rows: int = 2) -> Tensor:
+    """``features`` must be a finite ``(N, D)`` float tensor with ``N >= min_rows``."""
+    if not isinstance(features, Tensor):
+        raise TypeError(f"Expected {name} to be a torch.Tensor of shape (N, D), got {type(features).__name__}.")
+    if features.ndim != 2:
+        raise ValueError(f"Expected {name} with shape (N, D), got {_shape(features)}.")
+    if not features.is_floating_point():
+        raise ValueError(f"Expected {name} with a floating-point dtype, got {features.dtype}.")
+    if features.shape[0] < min_rows:
+        raise ValueError(f"Expected {name} with at least {min_rows} rows (N >= {min_rows}), got {_shape(features)}.")
+    if features.shape[1] < 1:
+        raise ValueError(f"Expected {name} with at least one feature column (D >= 1), got {_shape(features)}.")
+    non_finite = int((~torch.isfinite(features)).sum())
+    if non_finite:
+        raise ValueError(f"Expected finite {name}, got {non_finite} NaN/inf values in shape {_shape(features)}.")
+    return features
+
+
+def _check_pair(real: Any, fake: Any, *, min_rows: int = 2) -> tuple[Tensor, Tensor]:
+    real = _check_features("real", real, min_rows=min_rows)
+    fake = _check_features("fake", fake, min_rows=min_rows)
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(
+            f"Expected real and fake with the same feature size D, got real {_shape(real)} and fake {_shape(fake)}."
+        )
+    return real, fake
+
+
+def _check_images(name: str, images: Any, *, data_range: float, min_images: int = 1) -> Tensor:
+    """``images`` must be a finite ``(N, C, H, W)`` float tensor, C in {1, 3}, in the centred range."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"Expected {name} to be a torch.Tensor of shape (N, C, H, W), got {type(images).__name__}.")
+    if images.ndim != 4 or images.shape[1] not in IMAGE_CHANNELS:
+        raise ValueError(f"Expected {name} with shape (N, C, H, W) and C in {IMAGE_CHANNELS}, got {_shape(images)}.")
+    if not images.is_floating_point():
+        raise ValueError(f"Expected {name} with a floating-point dtype, got {images.dtype}.")
+    if images.shape[0] < min_images:
+        raise ValueError(f"Expected {name} with at least {min_images} images, got {_shape(images)}.")
+    non_finite = int((~torch.isfinite(images)).sum())
+    if non_finite:
+        raise ValueError(f"Expected finite {name}, got {non_finite} NaN/inf values in shape {_shape(images)}.")
+    half = data_range / 2.0
+    low, high = float(images.min()), float(images.max())
+    if low < -half or high > half:
+        raise ValueError(
+            f"Expected {name} in [{-half}, {half}] (data_range={data_range}), got values in [{low}, {high}]; "
+            "clip the images upstream."
+        )
+    return images
+
+
+def _check_data_range(data_range: Any) -> float:
+    if isinstance(data_range, bool) or not isinstance(data_range, (int, float)) or not data_range > 0:
+        raise ValueError(f"Expected data_range to be a positive number, got {data_range!r}.")
+    return float(data_range)
+
+
+def _check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"Expected {name} to be an int >= {minimum}, got {value!r}.")
+    return value
+
+
+def _check_level(level: Any) -> float:
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
+        raise ValueError(f"Expected level to be a number in (0, 1), e.g. 0.95, got {level!r}.")
+    return float(level)
+
+
+# ------------------------------------------------------------------ FID and KID
+
+
+class PrecomputedFeatures(nn.Module):
+    """A passthrough "feature network": torchmetrics FID/KID on features computed elsewhere.
+
+    Why it exists: the feature network (Inception, a radiology backbone, ...) is pluggable and
+    runs once per image set. The same ``(N, D)`` features then feed FID, KID, PRDC, the
+    memorisation check and every bootstrap resample, which would otherwise re-run the network
+    hundreds of times. ``FrechetInceptionDistance(feature=PrecomputedFeatures(D))`` and
+    ``KernelInceptionDistance(feature=PrecomputedFeatures(D))`` accept the features as if they
+    were images, and this module hands them back unchanged.
+
+    How torchmetrics 1.9 calls a custom ``feature`` module (image/fid.py, image/kid.py):
+
+    - FID reads ``num_features`` (int or tensor) to size its running sums. Without that
+      attribute it calls the module once on a dummy *image* ``(1, 3, 299, 299)`` and takes
+      ``shape[-1]``: a passthrough would answer 299. Hence ``num_features`` is required here.
+      KID needs no size (it keeps the raw features).
+    - ``normalize`` only converts ``[0, 1]`` floats to uint8 for the built-in Inception; for a
+      custom module it never touches the input (it only picks the dummy image's dtype, which is
+      never built here). Leave it at ``False``.
+    - ``update(x, real)`` calls ``forward(x)``; FID then casts the features to float64 for its
+      sums and casts the result back to the features' dtype, so float64 features give a float64
+      FID. KID uses the features' own dtype.
+
+    Args:
+        num_features: D, the feature size every input must have.
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = _check_positive_int("num_features", num_features)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """``(N, D)`` float features -> the same tensor (no copy, no cast)."""
+        if features.ndim != 2 or features.shape[1] != self.num_features:
+            raise ValueError(
+                f"Expected features with shape (N, {self.num_features}), got {_shape(features)}; "
+                "PrecomputedFeatures takes features, not images."
+            )
+        return features
+
+    def extra_repr(self) -> str:
+        return f"num_features={self.num_features}"
+
+
+def frechet_distance(real: Tensor, fake: Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (FID on any features).
+
+    ``||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^{1/2})`` (Heusel et al., NeurIPS 2017),
+    computed by torchmetrics ``FrechetInceptionDistance`` in float64 with unbiased covariances.
+    Biased upwards at small N: report N with it and compare only at equal N (see
+    ``real_floor_split``).
+
+    Args:
+        real: ``(N_real, D)`` finite float features, ``N_real >= 2``.
+        fake: ``(N_fake, D)`` finite float features, ``N_fake >= 2``.
+
+    Returns:
+        The distance (>= 0 up to rounding).
+    """
+    real, fake = _check_pair(real, fake)
+    metric = FrechetInceptionDistance(feature=PrecomputedFeatures(real.shape[1]), normalize=False)
+    metric = metric.to(real.device)
+    metric.update(real.detach().to(torch.float64), real=True)
+    metric.update(fake.detach().to(device=real.device, dtype=torch.float64), real=False)
+    return float(metric.compute())
+
+
+def kernel_distance(
+    real: Tensor, fake: Tensor, *, subset_size: int = 100, subsets: int = 50, seed: int = 0
+) -> tuple[float, float]:
+    """Kernel Inception Distance (Bińkowski et al., ICLR 2018) on two feature sets.
+
+    The unbiased MMD^2 with the cubic polynomial kernel ``(x.y / D + 1)^3``, averaged over
+    ``subsets`` random subsets of ``subset_size`` rows of each set (torchmetrics
+    ``KernelInceptionDistance``, float64).
+
+    ``subset_size`` is clipped to ``min(N_real, N_fake)``: medical sets are often smaller than
+    the usual 1000 (torchmetrics would refuse them). When a set is clipped to its full size,
+    every subset of it is the whole set, and the std only reflects the other set's subsets (0
+    when both are clipped).
+
+    torchmetrics draws the subsets from the global torch RNG; the draw runs inside
+    ``torch.random.fork_rng()`` seeded with ``seed``, so the result depends on ``seed`` only and
+    the caller's RNG state is left as it was.
+
+    Args:
+        real: ``(N_real, D)`` finite float features, ``N_real >= 2``.
+        fake: ``(N_fake, D)`` finite float features, ``N_fake >= 2``.
+        subset_size: rows per subset (>= 2), clipped as above.
+        subsets: number of subsets (>= 1).
+        seed: seeds the subset draw.
+
+    Returns:
+        ``(mean, std)`` of the subset estimates; the mean can be slightly negative (unbiased).
+    """
+    real, fake = _check_pair(real, fake)
+    _check_positive_int("subset_size", subset_size, minimum=2)
+    _check_positive_int("subsets", subsets)
+    used_size = min(subset_size, real.shape[0], fake.shape[0])
+    if used_size < subset_size:
+        logger.info("KID subset_size %d clipped to %d (N_real=%d, N_fake=%d).",
+                    subset_size, used_size, real.shape[0], fake.shape[0])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_KID_BUFFER_WARNING, category=UserWarning)
+        metric = KernelInceptionDistance(
+            feature=PrecomputedFeatures(real.shape[1]), subsets=subsets, subset_size=used_size, normalize=False
+        )
+    metric = metric.to(real.device)
+    metric.update(real.detach().to(torch.float64), real=True)
+    metric.update(fake.detach().to(device=real.device, dtype=torch.float64), real=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+# ------------------------------------------------------------------ uncertainty and floors
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A statistic on the full sets with its percentile-bootstrap interval.
+
+    Attributes:
+        estimate: the statistic on the full (not resampled) sets.
+        low, high: the ``(1 - level) / 2`` and ``(1 + level) / 2`` percentiles of the resamples.
+        n_real, n_fake: rows in each set (FID and KID depend on them).
+        resamples: number of bootstrap resamples.
+        level: the interval's nominal coverage, e.g. 0.95.
+    """
+
+    estimate: float
+    low: float
+    high: float
+    n_real: int
+    n_fake: int
+    resamples: int
+    level: float
+
+
+def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
+    tail = 100.0 * (1.0 - level) / 2.0
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_interval(
+    statistic: Callable[[Tensor, Tensor], float],
+    real: Tensor,
+    fake: Tensor,
+    *,
+    resamples: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Percentile bootstrap (Efron & Tibshirani 1993, ch. 13) of a two-set statistic.
+
+    Each resample draws ``N_real`` rows of ``real`` and, independently, ``N_fake`` rows of
+    ``fake`` with replacement (``np.random.default_rng(seed)``), so it reflects the sampling
+    noise of both sets.
+
+    Caveat: duplicated rows shrink a resample's spread, so set distances such as FID are larger
+    on resamples than on the full sets; the FID interval can then lie above the estimate. It
+    still measures the spread; the estimate is always the statistic on the full sets.
+
+    Args:
+        statistic: ``statistic(real, fake) -> float``, e.g. ``frechet_distance``.
+        real: ``(N_real, ...)`` rows (features or images), ``N_real >= 1``.
+        fake: ``(N_fake, ...)`` rows, ``N_fake >= 1``.
+        resamples: number of bootstrap resamples (>= 1).
+        level: nominal coverage in (0, 1).
+        seed: seeds the resampling.
+
+    Returns:
+        An ``Interval``.
+    """
+    for name, rows in (("real", real), ("fake", fake)):
+        if not isinstance(rows, Tensor) or rows.ndim < 1 or rows.shape[0] < 1:
+            shape = _shape(rows) if isinstance(rows, Tensor) else type(rows).__name__
+            raise ValueError(f"Expected {name} to be a tensor with at least one row, got {shape}.")
+    if not callable(statistic):
+        raise TypeError(f"Expected statistic to be callable(real, fake) -> float, got {statistic!r}.")
+    resamples = _check_positive_int("resamples", resamples)
+    level = _check_level(level)
+    rng = np.random.default_rng(seed)
+    n_real, n_fake = real.shape[0], fake.shape[0]
+    estimate = float(statistic(real, fake))
+    values = np.empty(resamples, dtype=np.float64)
+    for i in range(resamples):
+        real_rows = torch.as_tensor(rng.integers(0, n_real, size=n_real), device=real.device)
+        fake_rows = torch.as_tensor(rng.integers(0, n_fake, size=n_fake), device=fake.device)
+        values[i] = float(statistic(real[real_rows], fake[fake_rows]))
+    if not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).sum())
+        raise ValueError(f"Expected statistic to return finite values, got {bad} NaN/inf of {resamples} resamples.")
+    low, high = _percentiles(values, level)
+    return Interval(estimate=estimate, low=low, high=high, n_real=n_real, n_fake=n_fake,
+                    resamples=resamples, level=level)
+
+
+def real_floor_split(pool: Tensor, n: int, *, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Two disjoint random subsets of ``pool``'s rows for a real-vs-real floor "on the same N".
+
+    FID between two halves of the real data is the smallest FID a perfect generator could reach
+    at that N; computing it on as many rows as the fake set makes the two comparable.
+
+    Args:
+        pool: ``(N, ...)`` real rows (features or images), ``N >= 4`` (each half needs 2 rows
+            for a covariance).
+        n: wanted rows per subset (>= 2).
+        seed: seeds the draw (``np.random.default_rng``).
+
+    Returns:
+        ``(first, second)``, each with ``min(n, N // 2)`` rows, no row in both, rows kept in
+        ``pool`` order.
+    """
+    if not isinstance(pool, Tensor) or pool.ndim < 1:
+        shape = _shape(pool) if isinstance(pool, Tensor) else type(pool).__name__
+        raise ValueError(f"Expected pool to be a tensor of shape (N, ...), got {shape}.")
+    if pool.shape[0] < MIN_FLOOR_POOL:
+        raise ValueError(
+            f"Expected pool with at least {MIN_FLOOR_POOL} rows (two disjoint subsets of >= 2), got {_shape(pool)}."
+        )
+    n = _check_positive_int("n", n, minimum=2)
+    size = min(n, pool.shape[0] // 2)
+    order = np.random.default_rng(seed).permutation(pool.shape[0])
+    first = torch.as_tensor(np.sort(order[:size]), device=pool.device)
+    second = torch.as_tensor(np.sort(order[size:2 * size]), device=pool.device)
+    return pool[first], pool[second]
+
+
+def summarise(values: Tensor, *, resamples: int = 200, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Mean of a per-image metric with a percentile-bootstrap interval of the mean.
+
+    Args:
+        values: ``(N,)`` finite per-image scores (e.g. ``paired_metrics(...)["ssim"]``), N >= 1.
+        resamples: number of bootstrap resamples (>= 1).
+        level: nominal coverage in (0, 1).
+        seed: seeds the resampling (``np.random.default_rng``).
+
+    Returns:
+        ``{"mean", "low", "high", "n"}`` (n as a float, for MLflow).
+    """
+    if not isinstance(values, Tensor) or values.ndim != 1 or values.shape[0] < 1:
+        shape = _shape(values) if isinstance(values, Tensor) else type(values).__name__
+        raise ValueError(f"Expected values with shape (N,) and N >= 1, got {shape}.")
+    resamples = _check_positive_int("resamples", resamples)
+    level = _check_level(level)
+    array = values.detach().to(device="cpu", dtype=torch.float64).numpy()
+    if not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise ValueError(
+            f"Expected finite values, got {bad} NaN/inf of {array.size} (PSNR of identical images is inf)."
+        )
+    rng = np.random.default_rng(seed)
+    means = array[rng.integers(0, array.size, size=(resamples, array.size))].mean(axis=1)
+    low, high = _percentiles(means, level)
+    return {"mean": float(array.mean()), "low": low, "high": high, "n": float(array.size)}
+
+
+# ------------------------------------------------------------------ PRDC
+
+
+def _knn_radii(features: Tensor, k: int) -> Tensor:
+    """``(N,)`` distance from each row to its k-th nearest other row (itself excluded once)."""
+    distances = _distances(features, features)
+    distances.fill_diagonal_(math.inf)
+    return distances.kthvalue(k, dim=1).values
+
+
+def _distances(a: Tensor, b: Tensor) -> Tensor:
+    # The direct (not matrix-product) Euclidean form: d(x, x) is exactly 0 and the same pair
+    # gets the same distance in every call, so ties on the ball boundary are decided consistently.
+    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
+
+
+def precision_recall_density_coverage(real: Tensor, fake: Tensor, *, k: int = 5) -> dict[str, float]:
+    """Precision, recall, density and coverage of Naeem et al., ICML 2020 (PRDC).
+
+    With ``r(x)`` the Euclidean distance from ``x`` to its k-th nearest neighbour within its
+    own set (itself excluded) and ``B(x, r) = {y : ||y - x|| <= r}``:
+
+    - precision = 1/M sum_j 1[Y_j in some B(X_i, r(X_i))]   (Kynkäänniemi et al. 2019)
+    - recall    = 1/N sum_i 1[X_i in some B(Y_j, r(Y_j))]   (Kynkäänniemi et al. 2019)
+    - density   = 1/(kM) sum_j sum_i 1[Y_j in B(X_i, r(X_i))]   (Naeem et al. eq. 3)
+    - coverage  = 1/N sum_i 1[some Y_j in B(X_i, r(X_i))]   (Naeem et al. eq. 4)
+
+    Density and coverage use only the real k-NN balls (robust to fake outliers). For fakes drawn
+    from the real distribution, E[density] = 1. Fakes that are exact copies of the real set give
+    density (k + 1) / k: each real ball holds its own centre and its k neighbours, so the M = N
+    copies fall into balls N (k + 1) times (ties aside). Density above 1 hints at memorisation.
+
+    Args:
+        real: ``(N, D)`` finite float features.
+        fake: ``(M, D)`` finite float features.
+        k: neighbours for the radii, ``1 <= k < N`` and ``k < M``.
+
+    Returns:
+        ``{"precision", "recall", "density", "coverage"}``; density can exceed 1.
+    """
+    real, fake = _check_pair(real, fake)
+    k = _check_positive_int("k", k)
+    for name, rows in (("real", real), ("fake", fake)):
+        if k >= rows.shape[0]:
+            raise ValueError(
+                f"Expected k smaller than the number of {name} rows (a point's k-NN excludes itself), "
+                f"got k={k} for {name} of shape {_shape(rows)}."
+            )
+    real = real.detach().to(torch.float64)
+    fake = fake.detach().to(device=real.device, dtype=torch.float64)
+    real_radii = _knn_radii(real, k)  # (N,)
+    fake_radii = _knn_radii(fake, k)  # (M,)
+    real_fake = _distances(real, fake)  # (N, M)
+    in_real_ball = real_fake <= real_radii[:, None]  # [i, j]: Y_j in B(X_i, r(X_i))
+    in_fake_ball = real_fake <= fake_radii[None, :]  # [i, j]: X_i in B(Y_j, r(Y_j))
+    return {
+        "precision": float(in_real_ball.any(dim=0).double().mean()),
+        "recall": float(in_fake_ball.any(dim=1).double().mean()),
+        "density": float(in_real_ball.double().sum() / (k * fake.shape[0])),
+        "coverage": float(in_real_ball.any(dim=1).double().mean()),
+    }
+
+
+class PrecisionRecallDensityCoverage(Metric):
+    """PRDC (Naeem et al., ICML 2020) in the torchmetrics shape.
+
+    ``update(features, real)`` appends ``(B, D)`` features to the real or fake set; ``compute``
+    is pure and returns ``precision_recall_density_coverage`` of everything seen (the k-NN radii
+    need all rows at once, so the states are the features, concatenated across processes).
+
+    Args:
+        k: neighbours for the k-NN radii; ``compute`` requires fewer than the rows of each set.
+        **kwargs: passed to ``torchmetrics.Metric``.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+    real_features: list[Tensor]
+    fake_features: list[Tensor]
+
+    def __init__(self, k: int = 5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.k = _check_positive_int("k", k)
+        self.add_state("real_features", default=[], dist_reduce_fx="cat")
+        self.add_state("fake_features", default=[], dist_reduce_fx="cat")
+
+    def update(self, features: Tensor, real: bool) -> None:
+        """Add ``(B, D)`` finite float features to the real (``real=True``) or fake set."""
+        features = _check_features("features", features, min_rows=1)
+        seen = [*self.real_features, *self.fake_features]
+        if seen and seen[0].shape[1] != features.shape[1]:
+            raise ValueError(
+                f"Expected features with D={seen[0].shape[1]} like the earlier updates, got {_shape(features)}."
+            )
+        (self.real_features if real else self.fake_features).append(features.detach())
+
+    def compute(self) -> dict[str, float]:
+        """``{"precision", "recall", "density", "coverage"}`` of all features seen so far."""
+        if not self.real_features or not self.fake_features:
+            raise ValueError(
+                f"Expected at least one real and one fake update before compute, got "
+                f"{len(self.real_features)} real and {len(self.fake_features)} fake."
+            )
+        return precision_recall_density_coverage(
+            dim_zero_cat(self.real_features), dim_zero_cat(self.fake_features), k=self.k
+        )
+
+
+# ------------------------------------------------------------------ SSIM family
+
+
+def _odd_at_most(value: int) -> int:
+    return value if value % 2 else value - 1
+
+
+def _gaussian_sigma(window_px: int) -> float:
+    """The Gaussian sigma whose torchmetrics window is ``window_px`` wide.
+
+    torchmetrics derives the Gaussian window from sigma alone, ``2 * int(3.5 sigma + 0.5) + 1``
+    (functional/image/ssim.py; its ``kernel_size`` only sizes the uniform window and the MS-SSIM
+    size checks). Keeping Wang's ratio, sigma = 1.5 * window / 11, gives exactly ``window_px``
+    for every odd window from 3 to 11 (checked in the tests).
+    """
+    return WANG_SIGMA_PX * window_px / WANG_WINDOW_PX
+
+
+def _ssim_window(height: int, width: int) -> int:
+    """Gaussian window for single-scale SSIM: the largest odd size <= min(11, H, W)."""
+    window = _odd_at_most(min(WANG_WINDOW_PX, height, width))
+    if window < MIN_WINDOW_PX:
+        raise ValueError(f"Expected images at least {MIN_WINDOW_PX} px high and wide for SSIM, got {height} x {width}.")
+    return window
+
+
+def _ms_ssim_settings(height: int, width: int) -> tuple[int, tuple[float, ...]]:
+    """Gaussian window and scale exponents of MS-SSIM for ``height x width`` images.
+
+    Wang et al. 2003 use 5 scales and an 11 px window, sized for ~256 px images (the coarsest
+    scale is 16 px). For smaller images, with ``side = min(H, W)``:
+
+    1. window = the largest odd size <= min(11, side // 2), so that at least two scales hold it;
+       at least 3 px.
+    2. scales = the most of Wang's 5 whose coarsest image, ``side // 2**(scales - 1)`` (2 x 2
+       average pooling between scales), still holds the window.
+    3. torchmetrics 1.9 also requires ``side >= 2**scales`` and
+       ``side // (scales - 1)**2 > window - 1``; drop coarse scales until both hold.
+    4. betas = Wang's first ``scales`` exponents, renormalised to sum to 1.
+
+    16 px -> 7 px window, 2 scales; 32 px -> 11 px, 2 scales; 64 px -> 11 px, 3 scales;
+    256 px -> 11 px, 5 scales (the standard setting).
+    """
+    side = min(height, width)
+    window = _odd_at_most(min(WANG_WINDOW_PX, side // 2))
+    if window < MIN_WINDOW_PX:
+        raise ValueError(
+            f"Expected images at least {2 * MIN_WINDOW_PX} px high and wide for MS-SSIM, got {height} x {width}."
+        )
+    scales = 1
+    while scales < len(WANG_BETAS) and side // 2**scales >= window:
+        scales += 1
+    while scales > 1 and not (side >= 2**scales and side // (scales - 1) ** 2 > window - 1):
+        scales -= 1
+    kept = WANG_BETAS[:scales]
+    total = sum(kept)
+    return window, tuple(float(beta / total) for beta in kept)
+
+
+def _pair_indices(n_images: int, max_pairs: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct unordered pairs ``i < j``: all of them, or ``max_pairs`` drawn without replacement."""
+    total = n_images * (n_images - 1) // 2
+    if total <= max_pairs:
+        first, second = np.triu_indices(n_images, k=1)
+        return first, second
+    # Pair number p <-> (i, j) with p = j (j - 1) / 2 + i, 0 <= i < j; decoded with exact
+    # integer square roots, so no O(N^2) table is built for large sets.
+    codes = rng.choice(total, size=max_pairs, replace=False)
+    first = np.empty(max_pairs, dtype=np.int64)
+    second = np.empty(max_pairs, dtype=np.int64)
+    for index, code in enumerate(codes.tolist()):
+        j = (1 + math.isqrt(1 + 8 * code)) // 2
+        first[index], second[index] = code - j * (j - 1) // 2, j
+    return first, second
+
+
+def _working_dtype(images: Tensor) -> torch.dtype:
+    return torch.promote_types(images.dtype, torch.float32)
+
+
+def _batches(count: int, size: int) -> Iterator[slice]:
+    for start in range(0, count, size):
+        yield slice(start, min(start + size, count))
+
+
+def ms_ssim_diversity(
+    images: Tensor,
+    *,
+    max_pairs: int = 200,
+    seed: int = 0,
+    data_range: float = 2.0,
+    normalize: Literal["relu", "simple"] = "relu",
+    batch_pairs: int = 256,
+) -> float:
+    """Mean MS-SSIM between distinct random pairs of a set: lower = more diverse.
+
+    The intra-set diversity score of Odena et al., ICML 2017 (AC-GAN): compare it with the same
+    score on the real images at the same size. Pairs are all unordered pairs ``i < j`` when
+    there are at most ``max_pairs`` of them, else ``max_pairs`` distinct pairs drawn with
+    ``np.random.default_rng(seed)``. Images are shifted to ``[0, data_range]`` (see the module
+    docstring); window and scales follow ``_ms_ssim_settings`` (16-64 px images cannot hold
+    Wang's 5 scales of an 11 px window).
+
+    Negative contrast-structure terms: MS-SSIM raises each scale's term to a fractional power
+    beta, which is NaN for a negative term (anti-correlated structure at a coarse scale; common
+    for unrelated images). ``normalize="relu"`` (default) clamps such terms to 0, as
+    ``tf.image.ssim_multiscale`` does: scores where Wang's definition holds are unchanged and
+    pairs with opposite structure score 0. ``"simple"`` maps every term to ``(x + 1) / 2``:
+    smooth, but it moves all scores (unrelated noise ~0.65 instead of ~0.1) so they are not
+    comparable to published MS-SSIM values.
+
+    Args:
+        images: ``(N, C, H, W)`` float in ``[-data_range / 2, data_range / 2]``, C in {1, 3},
+            N >= 2, H and W >= 6.
+        max_pairs: the most pairs to compare (>= 1).
+        seed: seeds the pair draw.
+        data_range: the width of the value range (2.0 for ``[-1, 1]``).
+        normalize: ``"relu"`` or ``"simple"``, see above.
+        batch_pairs: pairs per MS-SSIM call (memory only; the result does not depend on it).
+
+    Returns:
+        The mean MS-SSIM in [0, 1] (1 when all images are identical).
+    """
+    data_range = _check_data_range(data_range)
+    images = _check_images("images", images, data_range=data_range, min_images=2)
+    max_pairs = _check_positive_int("max_pairs", max_pairs)
+    batch_pairs = _check_positive_int("batch_pairs", batch_pairs)
+    if normalize not in MS_SSIM_NORMALIZE:
+        raise ValueError(f"Expected normalize to be one of {MS_SSIM_NORMALIZE}, got {normalize!r}.")
+    window, betas = _ms_ssim_settings(images.shape[2], images.shape[3])
+    first, second = _pair_indices(images.shape[0], max_pairs, np.random.default_rng(seed))
+    # At least float32 (float64 inputs stay float64, but torch's CPU grouped convolution is
+    # ~10x slower in float64); identical images still score 1 to ~1e-6 in float32.
+    shifted = images.detach().to(_working_dtype(images)) + data_range / 2.0
+    first_t = torch.as_tensor(first, device=images.device)
+    second_t = torch.as_tensor(second, device=images.device)
+    scores = []
+    for rows in _batches(len(first), batch_pairs):
+        scores.append(multiscale_structural_similarity_index_measure(
+            shifted[first_t[rows]], shifted[second_t[rows]], gaussian_kernel=True,
+            sigma=_gaussian_sigma(window), kernel_size=window, reduction="none", data_range=data_range,
+            betas=betas, normalize=normalize,
+        ))
+    per_pair = torch.cat(scores)
+    if torch.isnan(per_pair).any():
+        bad = int(torch.isnan(per_pair).sum())
+        raise RuntimeError(f"MS-SSIM returned NaN for {bad} of {len(per_pair)} pairs (normalize={normalize!r}).")
+    logger.debug("MS-SSIM diversity on %d pairs, %d px window, %d scales.", len(first), window, len(betas))
+    return float(per_pair.mean())
+
+
+def paired_metrics(fake: Tensor, real: Tensor, *, data_range: float = 2.0) -> dict[str, Tensor]:
+    """Per-image MSE, SSIM and PSNR of each fake image against its real counterpart.
+
+    For mask-conditional generators: ``fake[i]`` was generated from the mask of ``real[i]``.
+    SSIM uses a Gaussian window of the largest odd size <= min(11, H, W) with sigma scaled as
+    Wang's 11 px / 1.5 (see ``_gaussian_sigma``) and shifts the images to ``[0, data_range]``
+    (module docstring). PSNR is ``10 log10(data_range^2 / MSE)``, inf for identical images.
+
+    Args:
+        fake: ``(N, C, H, W)`` float in ``[-data_range / 2, data_range / 2]``, C in {1, 3}.
+        real: the same shape and range.
+        data_range: the width of the value range (2.0 for ``[-1, 1]``).
+
+    Returns:
+        ``{"mse", "ssim", "psnr"}``, each ``(N,)`` float64 on the inputs' device.
+    """
+    data_range = _check_data_range(data_range)
+    fake = _check_images("fake", fake, data_range=data_range)
+    real = _check_images("real", real, data_range=data_range)
+    if fake.shape != real.shape:
+        raise ValueError(
+            f"Expected fake and real with identical shapes, got fake {_shape(fake)} and real {_shape(real)}."
+        )
+    n_images = fake.shape[0]
+    # MSE and PSNR in float64 (cheap, and exact enough to check PSNR against a known noise level);
+    # SSIM in at least float32 (the grouped convolution is slow in float64 on CPU).
+    fake64 = fake.detach().to(torch.float64)
+    real64 = real.detach().to(device=fake.device, dtype=torch.float64)
+    # num_outputs = N on (pixels, N) views: one MSE per image.
+    mse = mean_squared_error(fake64.flatten(1).T, real64.flatten(1).T, num_outputs=n_images).reshape(n_images)
+    psnr = peak_signal_noise_ratio(fake64, real64, data_range=data_range, reduction="none", dim=(1, 2, 3))
+    dtype = _working_dtype(fake)
+    window = _ssim_window(fake.shape[2], fake.shape[3])
+    shift = data_range / 2.0  # to [0, data_range]: see the module docstring
+    ssim = structural_similarity_index_measure(
+        fake.detach().to(dtype) + shift, real.detach().to(device=fake.device, dtype=dtype) + shift,
+        gaussian_kernel=True, sigma=_gaussian_sigma(window), kernel_size=window, reduction="none",
+        data_range=data_range,
+    )
+    return {"mse": mse, "ssim": ssim.reshape(n_images).to(torch.float64), "psnr": psnr.reshape(n_images)}

@@ -1,0 +1,154 @@
+"""Evaluation figures (matplotlib): real vs synthetic, nearest-neighbour pairs, t-SNE, utility bars, losses.
+
+Pure functions of arrays and tables; nodes return the figures to the catalog (kedro-viz
+previews them) and the report embeds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from synthmed.metrics.figures import _display
+
+UTILITY_SCORE = "balanced_accuracy"
+
+
+def real_vs_synthetic(real: np.ndarray, real_labels: np.ndarray, synthetic: np.ndarray, synthetic_labels: np.ndarray,
+                      class_names: Sequence[str], *, per_class: int, rng: np.random.Generator, title: str) -> Figure:
+    """One row per class: ``per_class`` real images, a gap, ``per_class`` synthetic images.
+
+    Args:
+        real, synthetic: ``(N, C, H, W)`` float in [-1, 1] (same H, W).
+        real_labels, synthetic_labels: class ids.
+    """
+    classes = [c for c in range(len(class_names)) if np.any(synthetic_labels == c) or np.any(real_labels == c)]
+    classes = classes or [0]
+    columns = 2 * per_class + 1
+    figure, axes = plt.subplots(len(classes), columns, figsize=(0.9 * columns, 1.0 * len(classes) + 0.6), squeeze=False)
+    for row, c in enumerate(classes):
+        for side, (images, labels) in enumerate(((real, real_labels), (synthetic, synthetic_labels))):
+            pool = np.flatnonzero(labels == c) if len(class_names) > 1 else np.arange(len(images))
+            chosen = rng.choice(pool, size=min(per_class, len(pool)), replace=False) if len(pool) else []
+            for k in range(per_class):
+                axis = axes[row, k + side * (per_class + 1)]
+                axis.axis("off")
+                if k < len(chosen):
+                    axis.imshow(_display(images[chosen[k]]), cmap="gray", vmin=0, vmax=1)
+        axes[row, per_class].axis("off")
+        axes[row, 0].set_title(f"{class_names[c] if class_names else ''} real", fontsize=7, loc="left")
+        axes[row, per_class + 1].set_title("synthetic", fontsize=7, loc="left")
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def nearest_pairs(synthetic: np.ndarray, reference: np.ndarray, neighbour: np.ndarray, similarity: np.ndarray,
+                  flagged: np.ndarray, *, count: int, title: str) -> Figure:
+    """The ``count`` samples most similar to a training image, each above its nearest training image.
+
+    Args:
+        neighbour: position in ``reference`` of each sample's nearest training image.
+        similarity: the gate's pixel similarity (normalised cross-correlation, 1 = copy).
+        flagged: whether the gate flagged the sample.
+    """
+    order = np.argsort(-similarity)[:count]
+    figure, axes = plt.subplots(2, max(len(order), 1), figsize=(1.2 * max(len(order), 1), 2.9), squeeze=False)
+    for k, i in enumerate(order):
+        axes[0, k].imshow(_display(synthetic[i]), cmap="gray", vmin=0, vmax=1)
+        axes[0, k].set_title(f"{similarity[i]:.3f}" + (" FLAG" if flagged[i] else ""), fontsize=7,
+                             color="red" if flagged[i] else "black")
+        axes[1, k].imshow(_display(reference[int(neighbour[i])]), cmap="gray", vmin=0, vmax=1)
+        axes[0, k].axis("off")
+        axes[1, k].axis("off")
+    axes[0, 0].text(-0.1, 0.5, "sample", transform=axes[0, 0].transAxes, rotation=90, va="center", ha="right", fontsize=7)
+    axes[1, 0].text(-0.1, 0.5, "nearest\ntraining", transform=axes[1, 0].transAxes, rotation=90, va="center",
+                    ha="right", fontsize=7)
+    figure.suptitle(title, fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def tsne_coordinates(real: np.ndarray, real_labels: np.ndarray, synthetic: np.ndarray, synthetic_labels: np.ndarray,
+                     class_names: Sequence[str], *, perplexity: float, seed: int) -> pd.DataFrame:
+    """2-D t-SNE (scikit-learn) of real and synthetic features together.
+
+    Returns:
+        ``x, y, class, kind`` (kind "real" or "synthetic"), one row per image.
+    """
+    from sklearn.manifold import TSNE
+
+    features = np.concatenate([real, synthetic]).astype(np.float64)
+    n = len(features)
+    if n < 5:
+        raise ValueError(f"t-SNE needs at least 5 feature vectors, got {n}.")
+    # perplexity must be below the number of points (scikit-learn); keep it sensible for small N
+    embedding = TSNE(n_components=2, perplexity=float(min(perplexity, (n - 1) / 3)), init="pca",
+                     random_state=seed).fit_transform(features)
+    labels = np.concatenate([real_labels, synthetic_labels]).astype(int)
+    names = [class_names[i] if i < len(class_names) else str(i) for i in labels]
+    return pd.DataFrame({"x": embedding[:, 0], "y": embedding[:, 1], "class": names,
+                         "kind": ["real"] * len(real) + ["synthetic"] * len(synthetic)})
+
+
+def tsne_figure(coordinates: pd.DataFrame, class_names: Sequence[str], *, title: str) -> Figure:
+    """One panel per class: real (dots) and synthetic (crosses) in the shared t-SNE map."""
+    classes = [c for c in class_names if (coordinates["class"] == c).any()] or sorted(coordinates["class"].unique())
+    figure, axes = plt.subplots(1, len(classes), figsize=(3.0 * len(classes), 3.1), squeeze=False)
+    for axis, name in zip(axes[0], classes):
+        axis.scatter(coordinates["x"], coordinates["y"], s=4, color="0.88")  # every point, for context
+        for kind, marker, colour in (("real", "o", "tab:blue"), ("synthetic", "x", "tab:red")):
+            part = coordinates[(coordinates["class"] == name) & (coordinates["kind"] == kind)]
+            axis.scatter(part["x"], part["y"], s=12, marker=marker, color=colour, label=f"{kind} ({len(part)})")
+        axis.set_title(name, fontsize=9)
+        axis.set_xticks([])
+        axis.set_yticks([])
+        axis.legend(fontsize=7, loc="best")
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def utility_bars(summary: pd.DataFrame) -> Figure:
+    """Balanced accuracy of each training mode (mean over seeds, bootstrap interval), per family."""
+    rows = summary[summary["score"] == UTILITY_SCORE]
+    families = list(dict.fromkeys(rows["family"]))
+    figure, axes = plt.subplots(1, max(len(families), 1), figsize=(3.6 * max(len(families), 1), 3.4), squeeze=False,
+                                sharey=True)
+    for axis, family in zip(axes[0], families):
+        part = rows[rows["family"] == family]
+        x = np.arange(len(part))
+        low = (part["mean"] - part["low"]).clip(lower=0).to_numpy()
+        high = (part["high"] - part["mean"]).clip(lower=0).to_numpy()
+        colours = ["0.6" if m == "real" else "tab:blue" for m in part["mode"]]
+        axis.bar(x, part["mean"], yerr=[low, high], color=colours, capsize=3)
+        axis.set_xticks(x, part["mode"], rotation=45, ha="right", fontsize=7)
+        axis.set_title(f"{family} (test n={int(part['n_test'].iloc[0])})", fontsize=9)
+        axis.set_ylim(0, 1)
+    axes[0, 0].set_ylabel("balanced accuracy on real test")
+    figure.suptitle("Utility: classifier trained on each set, tested on real images (95% bootstrap interval)",
+                    fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def loss_curves(histories: Mapping[str, pd.DataFrame]) -> Figure:
+    """Training losses of every family (columns named ``loss`` or ``loss_*``) against step."""
+    figure, axes = plt.subplots(1, max(len(histories), 1), figsize=(3.6 * max(len(histories), 1), 3.0), squeeze=False)
+    for axis, (family, history) in zip(axes[0], histories.items()):
+        for column in [c for c in history.columns if c == "loss" or c.startswith("loss_")]:
+            axis.plot(history["step"], history[column], label=column, linewidth=1)
+        axis.set_title(family, fontsize=9)
+        axis.set_xlabel("step", fontsize=8)
+        axis.set_yscale("log")
+        axis.legend(fontsize=6)
+    figure.suptitle("Training losses", fontsize=9)
+    figure.tight_layout()
+    return figure

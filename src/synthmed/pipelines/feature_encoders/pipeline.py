@@ -1,0 +1,24 @@
+"""Wiring of the ``feature_encoders`` pipeline: one template, one namespace per source."""
+
+from kedro.pipeline import Node, Pipeline, pipeline
+
+from synthmed.pipelines.feature_encoders.nodes import train_feature_encoder
+
+SOURCES = {"slices": ("slices", "slice_manifest"), "patches": ("patches", "patch_manifest")}
+
+
+def template() -> Pipeline:
+    return Pipeline([
+        Node(train_feature_encoder, ["arrays", "manifest", "params:source", "params:evaluation.encoder"],
+             ["feature_encoder", "encoder_facts"], name="train_feature_encoder"),
+    ])
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return sum(
+        (pipeline(template(), namespace=source, inputs={"arrays": arrays, "manifest": manifest},
+                  parameters={"params:source": f"params:evaluation.sources.{source}",
+                              "params:evaluation.encoder": "params:evaluation.encoder"})
+         for source, (arrays, manifest) in SOURCES.items()),
+        Pipeline([]),
+    )

@@ -1,0 +1,1161 @@
+"""The memorisation gate: no synthetic image may be a copy of a training image.
+
+Generative models, diffusion models most of all, reproduce training images, and more so on
+small datasets and on 2D slices cut from 3D volumes (Carlini et al. 2023, "Extracting
+training data from diffusion models"; Akbar et al.; Dar et al. report up to ~40% of training
+data memorised in CT). PRIVACY.md section 3 is the specification; this module implements it
+in four parts.
+
+1. Search. Every query image is compared with every reference (training) image under every
+   flip in `SearchConfig.flips` and every integer shift ``dx, dy`` in
+   ``[-max_shift_px, max_shift_px]`` (`search_transforms`). A transform is named after what
+   is done to the *query* to line it up with its neighbour: ``"hflip dx=+1 dy=0"`` means
+   "mirror the query left-right, then move it one pixel to the right".
+2. Similarity (`nearest_neighbours`, `MemorisationDistance`). In pixel space, the
+   normalised cross-correlation (Pearson correlation over all pixels and channels): each
+   image is centred and scaled to unit L2 norm, so the score ignores gain and offset, and
+   the scores of a block of queries against all references are one matrix product. In a
+   feature space, the cosine similarity of ``embed(query)`` and ``embed(reference)``. Each
+   query keeps its best score over transforms and references, the index of that reference
+   and the transform. ``pixel_distance = 1 - pixel_similarity`` lies in ``[0, 2]``: 0 for an
+   exact copy, 2 for an intensity-inverted copy (``-x``) when the search is off.
+3. Threshold (`calibrate_threshold`). Not guessed: a high percentile (99.9 by default) of the
+   nearest-neighbour similarity of *held-out* real images (patients not in the training set)
+   to the training set. A synthetic image closer to a training image than almost every
+   unseen real patient is flagged.
+4. Self-test (`plant_copies`, `run_gate`, `enforce`). Perturbed copies of training images
+   (noise, a crop resized back, flips, a shift, gain and offset jitter) are scored with the
+   same thresholds; if fewer than `GateConfig.min_self_test_recall` of them are flagged the
+   gate cannot see copies and `enforce` refuses to publish anything.
+
+Border rule for shifts. A shift moves pixels out of the frame and leaves a strip with no
+data. The pixel similarity is computed only on the *overlap*, the rectangle where the
+shifted query has data; the reference is cut to the same rectangle, and both are centred
+and normalised on it. An exact copy that was shifted by ``(dx, dy)`` therefore scores
+exactly 1 (up to float rounding) at the inverse shift, whatever its border holds. A feature
+network needs a whole image, so ``embed`` receives the shifted query with the empty strip
+filled by replicating the edge pixels (`shift_image`).
+
+Limits (measured on the synthetic images of tests/privacy/test_memorisation.py, 32 px).
+NCC is invariant to gain and offset, and the search undoes flips and shifts of up to
+``max_shift_px``; noise of std 0.05 costs about 0.005 of similarity. A crop resized back is a
+zoom (10% for ``crop_fraction=0.9``) plus a translation of up to ``(1 - crop_fraction) / 2``
+of the side, which the shift search does not undo. On smooth textures (Gaussian-filtered
+noise) the held-out threshold is ~0.63 and cropped copies still score >= 0.67, so the
+default self-test passes (with little margin). On anatomy-like slices (a body on air),
+unrelated patients correlate at ~0.97-0.99 because they share the layout (threshold ~0.99),
+and a 10% crop drops a copy to ~0.85-0.98: pixel NCC cannot see cropped copies there, the
+self-test fails and `enforce` blocks publication. Such data needs a crop-robust ``embed`` (a copy-detection network
+trained with crop augmentation) in the feature space.
+
+Conventions. Images are ``(N, C, H, W)`` tensors (or arrays) of any real dtype, by
+convention float in ``[-1, 1]``; they are converted to float32 before any arithmetic
+(uint8 arithmetic wraps around) and the statistics that need it are taken in float64.
+Features are ``(N, D)``. Inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from numbers import Real
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from numpy.typing import ArrayLike
+from torch import Tensor
+from torchmetrics import Metric
+from tqdm.auto import tqdm
+
+from synthmed.config import from_params
+
+logger = logging.getLogger(__name__)
+
+Embed = Callable[[Tensor], Tensor]
+"""A feature network: ``(N, C, H, W)`` float32 images in the input's range -> ``(N, D)``."""
+
+# Flip name -> the tensor dimensions it reverses. "both" (a 180 degree rotation) is not in
+# the default search; add it to `SearchConfig.flips` where such copies are plausible.
+FLIPS: dict[str, tuple[int, ...]] = {
+    "none": (),
+    "horizontal": (-1,),
+    "vertical": (-2,),
+    "both": (-2, -1),
+}
+_FLIP_LABELS = {"none": "none", "horizontal": "hflip", "vertical": "vflip", "both": "hvflip"}
+# Flips that `plant_copies` draws from when it flips a copy.
+_PLANT_FLIPS = ("horizontal", "vertical")
+ACTIONS: tuple[str, ...] = ("fail", "drop")
+COLUMNS: tuple[str, ...] = (
+    "pixel_similarity",
+    "pixel_distance",
+    "pixel_neighbour",
+    "pixel_transform",
+    "feature_similarity",
+    "feature_neighbour",
+)
+# An image (or an image's overlap) whose standard deviation is at most this is constant:
+# its correlation with anything is undefined and is reported as 0. Images live in [-1, 1],
+# where 1e-6 is far below any real structure and far above float64 rounding of a mean.
+_CONSTANT_STD = 1e-6
+# A feature vector with an L2 norm at most this has no direction: cosine 0 to anything.
+_ZERO_FEATURE_NORM = 1e-12
+# Planted copies must lie in the image convention [-1, 1]; allow float rounding.
+_RANGE_TOLERANCE = 1e-5
+
+
+class MemorisationError(ValueError):
+    """The memorisation gate blocks publication: copies were found, or its self-test failed."""
+
+
+# ------------------------------------------------------------------ validation helpers
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: object) -> bool:
+    """A finite real number that is not a bool (YAML strings such as "0.5" are not numbers)."""
+    return isinstance(value, Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+
+
+def _as_images(images: Tensor | ArrayLike, name: str, *, allow_empty: bool = False) -> Tensor:
+    """``images`` as a finite ``(N, C, H, W)`` float32 tensor (no copy when it already is one)."""
+    if not isinstance(images, Tensor):
+        array = np.asarray(images)
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"Expected {name} to have a real numeric dtype, got {array.dtype}.")
+        images = torch.as_tensor(array)
+    tensor = images
+    if tensor.is_complex():
+        raise ValueError(f"Expected {name} to have a real numeric dtype, got {tensor.dtype}.")
+    if tensor.ndim != 4:
+        raise ValueError(f"Expected {name} with shape (N, C, H, W), got {tuple(tensor.shape)}.")
+    if tensor.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"Expected {name} to hold at least one image, got shape {tuple(tensor.shape)}.")
+    if min(tensor.shape[1:]) == 0:
+        raise ValueError(f"Expected {name} with non-empty C, H and W, got shape {tuple(tensor.shape)}.")
+    # Convert first: differences of uint8 pixels wrap around.
+    tensor = tensor.detach().to(torch.float32)
+    if not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(f"Expected {name} to contain only finite values, got {bad} NaN or infinite values.")
+    return tensor
+
+
+def _check_same_geometry(images: Tensor, name: str, references: Tensor, reference_name: str) -> None:
+    if images.shape[1:] != references.shape[1:]:
+        raise ValueError(
+            f"Expected {name} with the (C, H, W) of {reference_name}, {tuple(references.shape[1:])}, "
+            f"got shape {tuple(images.shape)}."
+        )
+
+
+def _check_chunk_size(chunk_size: object) -> int:
+    if not _is_int(chunk_size) or chunk_size < 1:
+        raise ValueError(f"Expected chunk_size to be a positive integer, got {chunk_size!r}.")
+    return int(chunk_size)
+
+
+# ------------------------------------------------------------------ 1. search transforms
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Which transforms of a query are tried against every reference.
+
+    Attributes:
+        flips: flips to try, from ``FLIPS``: "none", "horizontal" (left-right),
+            "vertical" (up-down), "both" (180 degree rotation). ``("none",)`` and
+            ``max_shift_px=0`` switch the search off.
+        zooms: each reference is also searched as its central crop of these fractions of
+            the side, resized back (bilinear, antialiased): a copy that was cropped and
+            enlarged (by a generator or by the self-test's planting) is matched at the zoom
+            that undoes it, the remaining offset by the shifts. ``(1.0,)`` = no zoom search.
+        max_shift_px: integer shifts ``dx, dy`` in ``[-max_shift_px, max_shift_px]`` are
+            tried, ``(2 * max_shift_px + 1) ** 2`` per flip. Must leave an overlap of more
+            than half of each image side (checked against the image size when used).
+    """
+
+    flips: tuple[str, ...] = ("none", "horizontal", "vertical")
+    max_shift_px: int = 2
+    zooms: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        zooms = tuple(self.zooms) if isinstance(self.zooms, (list, tuple)) else self.zooms
+        if (not isinstance(zooms, tuple) or not zooms or len(set(zooms)) != len(zooms)
+                or any(not _is_number(z) or not 0.5 <= float(z) <= 1.0 for z in zooms)):
+            raise ValueError(
+                f"SearchConfig.zooms must be a non-empty tuple of distinct fractions in [0.5, 1], got {self.zooms!r}."
+            )
+        object.__setattr__(self, "zooms", tuple(float(z) for z in zooms))
+        flips = self.flips
+        if isinstance(flips, list):  # YAML lists; a frozen dataclass holds tuples
+            flips = tuple(flips)
+            object.__setattr__(self, "flips", flips)
+        if (not isinstance(flips, tuple) or not flips or len(set(flips)) != len(flips)
+                or any(not isinstance(f, str) or f not in FLIPS for f in flips)):
+            raise ValueError(
+                f"SearchConfig.flips must be a non-empty tuple of distinct flips from {list(FLIPS)}, got {self.flips!r}."
+            )
+        if not _is_int(self.max_shift_px) or self.max_shift_px < 0:
+            raise ValueError(f"SearchConfig.max_shift_px must be an integer >= 0, got {self.max_shift_px!r}.")
+
+    def shifts(self) -> list[tuple[int, int]]:
+        """The ``(dx, dy)`` shifts in search order: ``(0, 0)`` first, then row by row."""
+        span = range(-self.max_shift_px, self.max_shift_px + 1)
+        return [(0, 0)] + [(dx, dy) for dy in span for dx in span if (dx, dy) != (0, 0)]
+
+    def transform_names(self) -> tuple[str, ...]:
+        """Names of every transform in search order (the order of `search_transforms`)."""
+        return tuple(transform_name(flip, dx, dy) for flip in self.flips for dx, dy in self.shifts())
+
+
+def _signed(value: int) -> str:
+    return "0" if value == 0 else f"{value:+d}"
+
+
+def transform_name(flip: str, dx: int, dy: int) -> str:
+    """A readable name such as ``"hflip dx=+1 dy=0"`` (flip the query, then move it)."""
+    return f"{_FLIP_LABELS[flip]} dx={_signed(dx)} dy={_signed(dy)}"
+
+
+def shift_image(images: Tensor, dx: int, dy: int) -> Tensor:
+    """Move ``images`` by ``dx`` pixels right and ``dy`` pixels down, replicating edge pixels.
+
+    ``out[..., y, x] = images[..., clip(y - dy), clip(x - dx)]`` with indices clipped to the
+    image: the strip that the shift leaves empty repeats the nearest edge pixel.
+
+    Args:
+        images: ``(..., H, W)`` tensor of any dtype.
+        dx: pixels to the right (negative: left).
+        dy: pixels down (negative: up).
+
+    Returns:
+        A new tensor of the shape and dtype of ``images``.
+    """
+    height, width = images.shape[-2:]
+    rows = (torch.arange(height, device=images.device) - dy).clamp_(0, height - 1)
+    cols = (torch.arange(width, device=images.device) - dx).clamp_(0, width - 1)
+    return images.index_select(-2, rows).index_select(-1, cols)
+
+
+def overlap(height: int, width: int, dx: int, dy: int) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: where an image moved by ``(dx, dy)`` still has data (`shift_image`)."""
+    return max(0, dy), min(height, height + dy), max(0, dx), min(width, width + dx)
+
+
+class SearchTransform(NamedTuple):
+    """One transformed version of a batch of queries.
+
+    Attributes:
+        name: e.g. ``"vflip dx=-2 dy=+1"``.
+        flip: a key of ``FLIPS``.
+        dx, dy: the shift applied after the flip (right and down, in pixels).
+        images: ``(B, C, H, W)``, the queries flipped and shifted (`shift_image`, edge
+            pixels replicated into the empty strip); same dtype as the queries.
+        overlap: ``(y0, y1, x0, x1)``, the rectangle of ``images`` that holds query pixels
+            and not replicated ones; pixel similarities are computed on it only.
+    """
+
+    name: str
+    flip: str
+    dx: int
+    dy: int
+    images: Tensor
+    overlap: tuple[int, int, int, int]
+
+
+def _check_search_fits(search: SearchConfig, height: int, width: int) -> None:
+    limit = (min(height, width) - 1) // 2
+    if search.max_shift_px > limit:
+        raise ValueError(
+            f"SearchConfig.max_shift_px={search.max_shift_px} is too large for {height}x{width} images: "
+            f"expected at most {limit}, so that the compared overlap covers more than half of each side."
+        )
+
+
+def search_transforms(queries: Tensor, search: SearchConfig) -> Iterator[SearchTransform]:
+    """Every transformed version of ``queries``: each flip x each shift, in search order.
+
+    Yields one `SearchTransform` at a time (a batch of transformed images is as large as the
+    batch of queries), ``(0, 0)`` shift first for each flip, flips in ``search.flips`` order.
+
+    Args:
+        queries: ``(B, C, H, W)`` tensor, any dtype.
+        search: which flips and shifts.
+
+    Raises:
+        ValueError: ``max_shift_px`` leaves an overlap of half a side or less.
+    """
+    if queries.ndim != 4:
+        raise ValueError(f"Expected queries with shape (N, C, H, W), got {tuple(queries.shape)}.")
+    height, width = queries.shape[-2:]
+    _check_search_fits(search, height, width)
+    for flip in search.flips:
+        flipped = queries.flip(FLIPS[flip]) if FLIPS[flip] else queries
+        for dx, dy in search.shifts():
+            images = flipped if (dx, dy) == (0, 0) else shift_image(flipped, dx, dy)
+            yield SearchTransform(transform_name(flip, dx, dy), flip, dx, dy, images, overlap(height, width, dx, dy))
+
+
+# ------------------------------------------------------------------ 2-3. similarity search
+
+
+class _References(NamedTuple):
+    """Everything the search needs from the reference set, computed once.
+
+    ``centred``: ``(R, C*H*W)`` float32, each reference minus its own mean. ``inv_norms``:
+    ``(S, R)`` float64, one over the L2 norm of each reference centred on the overlap of
+    shift ``s`` (0 for a constant overlap). ``features``: ``(R, D)`` float32 unit-norm
+    reference features (zero rows for zero features), or None for pixel space only.
+    """
+
+    centred: Tensor
+    inv_norms: Tensor
+    features: Tensor | None
+
+
+def _unit_rows(features: Tensor) -> Tensor:
+    """Rows scaled to unit L2 norm in float64, returned as float32; zero rows stay zero."""
+    values = features.to(torch.float64)
+    norms = values.norm(dim=1, keepdim=True)
+    scale = torch.where(norms > _ZERO_FEATURE_NORM, 1.0 / norms.clamp_min(_ZERO_FEATURE_NORM), 0.0)
+    return (values * scale).to(torch.float32)
+
+
+def _embed(embed: Embed, images: Tensor, name: str) -> Tensor:
+    """``embed(images)`` without gradients, checked to be a finite ``(N, D)`` real tensor."""
+    with torch.no_grad():
+        features = embed(images)
+    if not isinstance(features, Tensor):
+        raise ValueError(f"Expected embed({name}) to return a torch.Tensor, got {type(features).__name__}.")
+    if features.ndim != 2 or features.shape[0] != images.shape[0] or features.shape[1] == 0:
+        raise ValueError(
+            f"Expected embed({name}) to return shape ({images.shape[0]}, D), got {tuple(features.shape)}."
+        )
+    if features.is_complex() or not bool(torch.isfinite(features.to(torch.float64)).all()):
+        raise ValueError(f"Expected embed({name}) to return finite real features.")
+    return features.detach()
+
+
+def _prepare_references(
+    references: Tensor,
+    search: SearchConfig,
+    embed: Embed | None,
+    reference_features: Tensor | ArrayLike | None,
+    chunk_size: int,
+) -> _References:
+    """Centre the references, take their norm on every shift overlap, and embed them."""
+    count, channels, height, width = references.shape
+    _check_search_fits(search, height, width)
+    centred = references - references.to(torch.float64).mean(dim=(1, 2, 3), keepdim=True).to(torch.float32)
+    shifts = search.shifts()
+    inv_norms = torch.empty(len(shifts), count, dtype=torch.float64, device=references.device)
+    for start in range(0, count, chunk_size):
+        block = centred[start:start + chunk_size].to(torch.float64)
+        for s, (dx, dy) in enumerate(shifts):
+            y0, y1, x0, x1 = overlap(height, width, dx, dy)
+            crop = block[:, :, y0:y1, x0:x1].reshape(block.shape[0], -1)
+            size = crop.shape[1]
+            variance = (crop.square().sum(dim=1) - crop.sum(dim=1).square() / size).clamp_min(0.0)
+            norms = variance.sqrt()
+            constant = norms <= _CONSTANT_STD * math.sqrt(size)
+            inv_norms[s, start:start + chunk_size] = torch.where(constant, 0.0, 1.0 / norms.clamp_min(1e-300))
+    features = None
+    if reference_features is not None:
+        given = reference_features
+        if not isinstance(given, Tensor):
+            given = torch.as_tensor(np.asarray(given))
+        if given.ndim != 2 or given.shape[0] != count or given.shape[1] == 0 or given.is_complex():
+            raise ValueError(
+                f"Expected reference_features with shape ({count}, D) (one row per reference), "
+                f"got {tuple(given.shape)}."
+            )
+        if not bool(torch.isfinite(given.to(torch.float64)).all()):
+            raise ValueError("Expected reference_features to contain only finite values.")
+        features = _unit_rows(given.detach().to(references.device))
+    elif embed is not None:
+        blocks = [_embed(embed, references[i:i + chunk_size], "references") for i in range(0, count, chunk_size)]
+        if len({b.shape[1] for b in blocks}) != 1:
+            raise ValueError(f"Expected embed to return one feature size, got {sorted({b.shape[1] for b in blocks})}.")
+        features = _unit_rows(torch.cat(blocks).to(references.device))
+    return _References(centred.reshape(count, -1).contiguous(), inv_norms, features)
+
+
+def _pixel_scores(transform: SearchTransform, references: _References, shift_index: int) -> Tensor:
+    """``(B, R)`` float64 Pearson correlation of each transformed query with each reference.
+
+    Only the overlap enters: the query crop is centred and scaled to unit norm (float64),
+    zero-padded back to full size (so the matrix product skips the empty strip) and
+    multiplied with the globally centred references. Because the padded query sums to 0,
+    the product equals the correlation with each reference centred on the overlap, whose
+    norm is in ``references.inv_norms``.
+    """
+    images = transform.images
+    batch = images.shape[0]
+    y0, y1, x0, x1 = transform.overlap
+    crop = images[:, :, y0:y1, x0:x1].to(torch.float64)
+    crop = crop - crop.mean(dim=(1, 2, 3), keepdim=True)
+    norms = crop.reshape(batch, -1).norm(dim=1)
+    constant = norms <= _CONSTANT_STD * math.sqrt(crop[0].numel())
+    scale = torch.where(constant, 0.0, 1.0 / norms.clamp_min(1e-300)).view(batch, 1, 1, 1)
+    padded = torch.zeros(images.shape, dtype=torch.float32, device=images.device)
+    padded[:, :, y0:y1, x0:x1] = (crop * scale).to(torch.float32)
+    products = padded.reshape(batch, -1) @ references.centred.T  # (B, R) float32
+    return (products.to(torch.float64) * references.inv_norms[shift_index]).clamp_(-1.0, 1.0)
+
+
+def _keep_best(best: Tensor, best_index: Tensor, best_transform: Tensor, scores: Tensor, transform_index: int) -> None:
+    """Update the running maximum in place; ties keep the earlier transform (identity first)."""
+    values, indices = scores.max(dim=1)
+    better = values > best
+    best[better] = values[better]
+    best_index[better] = indices[better]
+    best_transform[better] = transform_index
+
+
+def _search(
+    queries: Tensor,
+    references: _References,
+    search: SearchConfig,
+    embed: Embed | None,
+    chunk_size: int,
+) -> dict[str, Tensor]:
+    """Best pixel and feature match of every query: ``(N,)`` tensors on the references' device.
+
+    Keys: ``pixel_similarity`` (float64), ``pixel_neighbour`` (int64),
+    ``pixel_transform_index`` (int64, into ``search.transform_names()``),
+    ``feature_similarity`` (float64, NaN without features), ``feature_neighbour`` (int64, -1
+    without features).
+    """
+    device = references.centred.device
+    count = queries.shape[0]
+    use_features = references.features is not None and embed is not None
+    floats, ints = {"dtype": torch.float64, "device": device}, {"dtype": torch.int64, "device": device}
+    out = {
+        "pixel_similarity": torch.full((count,), -math.inf, **floats),
+        "pixel_neighbour": torch.zeros(count, **ints),
+        "pixel_transform_index": torch.zeros(count, **ints),
+        "feature_similarity": torch.full((count,), -math.inf if use_features else math.nan, **floats),
+        "feature_neighbour": torch.full((count,), 0 if use_features else -1, **ints),
+    }
+    unused = torch.zeros(count, dtype=torch.int64, device=device)
+    shifts_per_flip = len(search.shifts())
+    # disable=None: a bar (with images/s) on a terminal, silence in logs and CI.
+    progress = tqdm(total=count, desc="memorisation search", unit="img", leave=False, disable=None)
+    for start in range(0, count, chunk_size):
+        stop = min(start + chunk_size, count)
+        chunk = queries[start:stop].to(device)
+        for t, transform in enumerate(search_transforms(chunk, search)):
+            scores = _pixel_scores(transform, references, t % shifts_per_flip)
+            _keep_best(out["pixel_similarity"][start:stop], out["pixel_neighbour"][start:stop],
+                       out["pixel_transform_index"][start:stop], scores, t)
+            # The feature network sees each flip unshifted: global-pooled CNN features barely
+            # move under a few pixels of shift, and embedding every shift would multiply the
+            # cost by (2 * max_shift_px + 1) ** 2 (minutes for 64 px RGB patches on a CPU).
+            if use_features and (transform.dx, transform.dy) == (0, 0):
+                features = _unit_rows(_embed(embed, transform.images, "queries").to(device))
+                if features.shape[1] != references.features.shape[1]:
+                    raise ValueError(
+                        f"Expected embed(queries) to return {references.features.shape[1]} features like the "
+                        f"references, got {features.shape[1]}."
+                    )
+                scores = (features @ references.features.T).to(torch.float64).clamp_(-1.0, 1.0)
+                _keep_best(out["feature_similarity"][start:stop], out["feature_neighbour"][start:stop],
+                           unused[start:stop], scores, t)
+        progress.update(stop - start)
+    progress.close()
+    return out
+
+
+def zoom_references(references: Tensor, zooms: tuple[float, ...]) -> Tensor:
+    """``references`` once per zoom, in ``zooms`` order: the central crop of fraction ``z`` of
+    each side, resized back to full size (``z = 1`` is the image itself)."""
+    if zooms == (1.0,):
+        return references
+    height, width = references.shape[-2:]
+    views = []
+    for zoom in zooms:
+        if zoom == 1.0:
+            views.append(references)
+            continue
+        h, w = max(1, round(height * zoom)), max(1, round(width * zoom))
+        y, x = (height - h) // 2, (width - w) // 2
+        crop = references[:, :, y:y + h, x:x + w].to(torch.float32)
+        views.append(F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False, antialias=True))
+    return torch.cat(views)
+
+
+def _fold_zooms(frame: pd.DataFrame, reference_count: int, zooms: tuple[float, ...]) -> pd.DataFrame:
+    """Neighbour indices of the zoom-expanded references back to the original references;
+    the zoom found joins the transform name."""
+    if zooms == (1.0,):
+        return frame
+    pixel = frame["pixel_neighbour"].to_numpy()
+    zoom_of = [zooms[i // reference_count] for i in pixel]
+    frame["pixel_transform"] = [t if z == 1.0 else f"{t} zoom={z:.2f}" for t, z in zip(frame["pixel_transform"], zoom_of)]
+    for column in ("pixel_neighbour", "feature_neighbour"):
+        raw = frame[column].to_numpy()
+        frame[column] = np.where(raw >= 0, raw % reference_count, raw)
+    return frame
+
+
+def _frame(result: Mapping[str, Tensor], names: tuple[str, ...]) -> pd.DataFrame:
+    """The nearest-neighbour table (columns ``COLUMNS``, one row per query, in query order)."""
+    # reshape(-1): torchmetrics squeezes a one-element compute() result to 0-d.
+    def column(key: str, dtype: type) -> np.ndarray:
+        return result[key].detach().cpu().reshape(-1).numpy().astype(dtype)
+
+    similarity = column("pixel_similarity", np.float64)
+    return pd.DataFrame({
+        "pixel_similarity": similarity,
+        "pixel_distance": 1.0 - similarity,
+        "pixel_neighbour": column("pixel_neighbour", np.int64),
+        "pixel_transform": pd.Series([names[i] for i in column("pixel_transform_index", np.int64)], dtype=object),
+        "feature_similarity": column("feature_similarity", np.float64),
+        "feature_neighbour": column("feature_neighbour", np.int64),
+    })
+
+
+def nearest_neighbours(
+    queries: Tensor | ArrayLike,
+    references: Tensor | ArrayLike,
+    *,
+    search: SearchConfig,
+    embed: Embed | None = None,
+    reference_features: Tensor | ArrayLike | None = None,
+    chunk_size: int = 256,
+) -> pd.DataFrame:
+    """The nearest reference of every query, in pixel space and (optionally) feature space.
+
+    Args:
+        queries: ``(N, C, H, W)`` images, any real dtype (converted to float32), by
+            convention in ``[-1, 1]``; N may be 0.
+        references: ``(R, C, H, W)`` images with the queries' C, H, W; R >= 1.
+        search: the flips and shifts tried on each query.
+        embed: feature network ``(B, C, H, W) float32 -> (B, D)``; None for pixel space only.
+            It receives each flip of the queries, unshifted (see `_search`),
+            and the references (at every zoom) when ``reference_features`` is None.
+        reference_features: ``(R, D)`` features of the references, precomputed with
+            ``embed``; needs ``embed``.
+        chunk_size: queries compared at a time; memory grows as ``chunk_size x R``.
+
+    Returns:
+        One row per query, in order, with columns
+        ``pixel_similarity`` (float64 in [-1, 1], Pearson correlation over the overlap),
+        ``pixel_distance`` (``1 - pixel_similarity``, in [0, 2]),
+        ``pixel_neighbour`` (int64 row of ``references``),
+        ``pixel_transform`` (str, e.g. ``"hflip dx=+1 dy=0"``),
+        ``feature_similarity`` (float64 cosine in [-1, 1]; NaN without ``embed``),
+        ``feature_neighbour`` (int64; -1 without ``embed``).
+
+    Raises:
+        ValueError: bad shapes, dtypes, non-finite values, chunk size, a shift too large for
+            the images, ``reference_features`` without ``embed``, or bad ``embed`` outputs.
+    """
+    chunk_size = _check_chunk_size(chunk_size)
+    if not isinstance(search, SearchConfig):
+        raise ValueError(f"Expected search to be a SearchConfig, got {type(search).__name__}.")
+    if reference_features is not None and embed is None:
+        raise ValueError("reference_features were given without embed: the queries cannot be embedded.")
+    reference_images = _as_images(references, "references")
+    query_images = _as_images(queries, "queries", allow_empty=True)
+    _check_same_geometry(query_images, "queries", reference_images, "references")
+    if reference_features is not None and search.zooms != (1.0,):
+        raise ValueError("reference_features cannot be combined with search.zooms: the zoomed references need embedding.")
+    count = len(reference_images)
+    prepared = _prepare_references(zoom_references(reference_images, search.zooms), search, embed, reference_features,
+                                   chunk_size)
+    result = _search(query_images, prepared, search, embed, chunk_size)
+    return _fold_zooms(_frame(result, search.transform_names()), count, search.zooms)
+
+
+def _empty_or_cat(state: list[Tensor] | Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
+    if isinstance(state, Tensor):
+        return state
+    if not state:
+        return torch.empty(0, dtype=dtype, device=device)
+    return torch.cat(state)
+
+
+class MemorisationDistance(Metric):
+    """Nearest-training-image similarity of generated images: the class twin of `nearest_neighbours`.
+
+    The references (and ``embed``) are fixed at construction; ``update(queries)`` scores a
+    batch and accumulates per-query results; ``compute()`` returns them for every query seen
+    since the last ``reset()``, in order. The prepared references are non-persistent
+    buffers: they follow ``.to(device)`` but never enter ``state_dict()`` (they are patient
+    images).
+
+    Args:
+        references: ``(R, C, H, W)`` training images, any real dtype.
+        search: flips and shifts tried on each query.
+        embed: optional feature network ``(B, C, H, W) -> (B, D)``.
+        reference_features: optional precomputed ``(R, D)`` features (needs ``embed``).
+        chunk_size: queries compared at a time.
+        **kwargs: passed to ``torchmetrics.Metric``.
+    """
+
+    is_differentiable = False
+    higher_is_better: bool | None = None
+    full_state_update = False
+
+    def __init__(
+        self,
+        references: Tensor | ArrayLike,
+        *,
+        search: SearchConfig | None = None,
+        embed: Embed | None = None,
+        reference_features: Tensor | ArrayLike | None = None,
+        chunk_size: int = 256,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        search = SearchConfig() if search is None else search
+        if not isinstance(search, SearchConfig):
+            raise ValueError(f"Expected search to be a SearchConfig, got {type(search).__name__}.")
+        if reference_features is not None and embed is None:
+            raise ValueError("reference_features were given without embed: the queries cannot be embedded.")
+        self.search = search
+        self.chunk_size = _check_chunk_size(chunk_size)
+        self.embed = embed
+        reference_images = _as_images(references, "references")
+        self._geometry = tuple(reference_images.shape[1:])
+        if reference_features is not None and search.zooms != (1.0,):
+            raise ValueError("reference_features cannot be combined with search.zooms: the zoomed references need embedding.")
+        self._reference_count = len(reference_images)
+        prepared = _prepare_references(zoom_references(reference_images, search.zooms), search, embed,
+                                       reference_features, self.chunk_size)
+        self.register_buffer("_centred", prepared.centred, persistent=False)
+        self.register_buffer("_inv_norms", prepared.inv_norms, persistent=False)
+        self.register_buffer("_features", prepared.features, persistent=False)
+        for name in ("pixel_similarity", "pixel_neighbour", "pixel_transform_index", "feature_similarity",
+                     "feature_neighbour"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    @property
+    def transform_names(self) -> tuple[str, ...]:
+        """Names indexed by ``compute()["pixel_transform_index"]``."""
+        return self.search.transform_names()
+
+    def update(self, queries: Tensor | ArrayLike) -> None:
+        """Score ``(B, C, H, W)`` queries (any real dtype) against the references and keep the results."""
+        images = _as_images(queries, "queries", allow_empty=True)
+        if tuple(images.shape[1:]) != self._geometry:
+            raise ValueError(
+                f"Expected queries with the (C, H, W) of the references, {self._geometry}, "
+                f"got shape {tuple(images.shape)}."
+            )
+        references = _References(self._centred, self._inv_norms, self._features)
+        result = _search(images, references, self.search, self.embed, self.chunk_size)
+        for name, values in result.items():
+            getattr(self, name).append(values)
+
+    def compute(self) -> dict[str, Tensor]:
+        """Per-query results, ``(N,)`` tensors in update order (torchmetrics squeezes N = 1 to 0-d).
+
+        Keys: ``pixel_similarity``, ``pixel_distance`` (float64), ``pixel_neighbour``,
+        ``pixel_transform_index`` (int64, into `transform_names`), ``feature_similarity``
+        (float64, NaN without embed), ``feature_neighbour`` (int64, -1 without embed).
+        """
+        device = self._centred.device
+        floats, ints = torch.float64, torch.int64
+        out = {
+            "pixel_similarity": _empty_or_cat(self.pixel_similarity, floats, device),
+            "pixel_neighbour": _empty_or_cat(self.pixel_neighbour, ints, device),
+            "pixel_transform_index": _empty_or_cat(self.pixel_transform_index, ints, device),
+            "feature_similarity": _empty_or_cat(self.feature_similarity, floats, device),
+            "feature_neighbour": _empty_or_cat(self.feature_neighbour, ints, device),
+        }
+        out["pixel_distance"] = 1.0 - out["pixel_similarity"]
+        return out
+
+    def compute_frame(self) -> pd.DataFrame:
+        """``compute()`` as the table `nearest_neighbours` returns (same columns and values)."""
+        return _fold_zooms(_frame(self.compute(), self.transform_names), self._reference_count, self.search.zooms)
+
+
+# ------------------------------------------------------------------ 4. calibration
+
+
+def calibrate_threshold(held_out_similarity: ArrayLike, percentile: float) -> float:
+    """The ``percentile``-th percentile of held-out nearest-neighbour similarities.
+
+    ``held_out_similarity`` holds, for each held-out real image (a patient not in the
+    training set), its best similarity to the training set. numpy's default ``"linear"``
+    method (Hyndman and Fan type 7) interpolates between order statistics at rank
+    ``percentile / 100 * (n - 1)``: with fewer than ``100 / (100 - percentile)`` held-out
+    images (1000 for 99.9) the rank falls between the two largest values, so the threshold
+    is close to the held-out maximum and the false-positive rate is about ``1 / n``, not
+    ``1 - percentile / 100``. A warning is logged then.
+
+    Args:
+        held_out_similarity: similarities, any shape (flattened), finite.
+        percentile: in ``(0, 100]``; 100 gives the maximum.
+
+    Returns:
+        The threshold as a float; a similarity at or above it is flagged.
+
+    Raises:
+        ValueError: empty or non-finite input, or ``percentile`` outside ``(0, 100]``.
+    """
+    if not _is_number(percentile) or not 0.0 < percentile <= 100.0:
+        raise ValueError(f"Expected percentile in (0, 100], got {percentile!r}.")
+    values = np.asarray(held_out_similarity)
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"Expected held_out_similarity to be a real numeric array, got dtype {values.dtype}.")
+    values = values.astype(np.float64).ravel()
+    if values.size == 0:
+        raise ValueError("Expected held_out_similarity to hold at least one similarity, got an empty array.")
+    if not np.isfinite(values).all():
+        raise ValueError(
+            f"Expected held_out_similarity to contain only finite values, got "
+            f"{int(np.count_nonzero(~np.isfinite(values)))} NaN or infinite values."
+        )
+    if percentile < 100.0 and values.size < 100.0 / (100.0 - percentile):
+        logger.warning(
+            "Only %d held-out images for the %.4g-th percentile: the threshold is interpolated "
+            "between the largest held-out similarities (roughly 1 in %d unseen patients would be flagged).",
+            values.size, percentile, values.size + 1,
+        )
+    return float(np.percentile(values, percentile, method="linear"))
+
+
+# ------------------------------------------------------------------ 5. planted copies
+
+
+def _check_range_pair(value: object, name: str, *, positive: bool = False) -> tuple[float, float]:
+    if isinstance(value, list):
+        value = tuple(value)
+    if (not isinstance(value, tuple) or len(value) != 2 or not all(_is_number(v) for v in value)
+            or value[0] > value[1] or (positive and value[0] <= 0)):
+        bounds = "0 < low <= high" if positive else "low <= high"
+        need = f"two finite numbers (low, high) with {bounds}"
+        raise ValueError(f"PlantConfig.{name} must be {need}, got {value!r}.")
+    return (float(value[0]), float(value[1]))
+
+
+@dataclass(frozen=True)
+class PlantConfig:
+    """How training images are disguised before they are planted for the self-test.
+
+    Each copy, in this order: a random crop of ``crop_fraction`` of each side resized back
+    to full size (bilinear), a flip (with ``flip_probability``; left-right or up-down with
+    equal chance), a shift by integer ``dx, dy`` in ``[-max_shift_px, max_shift_px]`` (edge
+    pixels replicated), ``x * gain + offset`` with gain and offset uniform in their ranges,
+    Gaussian noise of standard deviation ``noise_std``, then clipping to ``[-1, 1]``.
+
+    Attributes:
+        count: number of planted copies (drawn without replacement when the training set
+            has at least that many images).
+        noise_std: noise standard deviation, in image units (the range [-1, 1] spans 2).
+        max_shift_px: largest shift, in pixels.
+        flip_probability: in [0, 1].
+        intensity_gain: ``(low, high)``, ``0 < low <= high``.
+        intensity_offset: ``(low, high)``, in image units.
+        crop_fraction: in (0, 1]; 1 means no crop.
+        min_source_std: only training images whose standard deviation exceeds this are
+            planted (a blank image has nothing to recognise).
+    """
+
+    count: int = 100
+    noise_std: float = 0.05
+    max_shift_px: int = 2
+    flip_probability: float = 0.5
+    intensity_gain: tuple[float, float] = (0.9, 1.1)
+    intensity_offset: tuple[float, float] = (-0.05, 0.05)
+    crop_fraction: float = 0.9
+    min_source_std: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.count) or self.count < 1:
+            raise ValueError(f"PlantConfig.count must be an integer >= 1, got {self.count!r}.")
+        if not _is_number(self.noise_std) or self.noise_std < 0:
+            raise ValueError(f"PlantConfig.noise_std must be a finite number >= 0, got {self.noise_std!r}.")
+        if not _is_int(self.max_shift_px) or self.max_shift_px < 0:
+            raise ValueError(f"PlantConfig.max_shift_px must be an integer >= 0, got {self.max_shift_px!r}.")
+        if not _is_number(self.flip_probability) or not 0.0 <= self.flip_probability <= 1.0:
+            raise ValueError(f"PlantConfig.flip_probability must be in [0, 1], got {self.flip_probability!r}.")
+        gain = _check_range_pair(self.intensity_gain, "intensity_gain", positive=True)
+        object.__setattr__(self, "intensity_gain", gain)
+        object.__setattr__(self, "intensity_offset", _check_range_pair(self.intensity_offset, "intensity_offset"))
+        if not _is_number(self.min_source_std) or self.min_source_std < 0:
+            raise ValueError(f"PlantConfig.min_source_std must be a number >= 0, got {self.min_source_std!r}.")
+        if not _is_number(self.crop_fraction) or not 0.0 < self.crop_fraction <= 1.0:
+            raise ValueError(f"PlantConfig.crop_fraction must be in (0, 1], got {self.crop_fraction!r}.")
+
+
+def plant_copies(
+    train_images: Tensor | ArrayLike,
+    config: PlantConfig,
+    *,
+    rng: np.random.Generator,
+) -> tuple[Tensor, pd.DataFrame]:
+    """Disguised copies of random training images, for the gate's self-test.
+
+    Args:
+        train_images: ``(N, C, H, W)`` training images in ``[-1, 1]``, any real dtype.
+        config: the perturbations (see `PlantConfig`).
+        rng: the only source of randomness (same seed, same copies).
+
+    Returns:
+        ``(copies, table)``: ``copies`` is ``(config.count, C, H, W)`` float32 in
+        ``[-1, 1]``; ``table`` has one row per copy with ``source_index`` (int64 row of
+        ``train_images``) and ``transform`` (str, e.g.
+        ``"crop 58x58 at y=3 x=1, hflip, dx=-1 dy=+2, gain=1.032 offset=-0.011, noise_std=0.05"``).
+
+    Raises:
+        ValueError: bad images (shape, dtype, non-finite, outside [-1, 1]), a crop smaller
+            than one pixel, a shift too large for the images, or ``rng`` not a Generator.
+    """
+    if not isinstance(config, PlantConfig):
+        raise ValueError(f"Expected config to be a PlantConfig, got {type(config).__name__}.")
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"Expected rng to be a numpy.random.Generator, got {type(rng).__name__}.")
+    images = _as_images(train_images, "train_images")
+    low, high = float(images.min()), float(images.max())
+    if low < -1.0 - _RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
+        raise ValueError(f"Expected train_images in [-1, 1], got values in [{low:.4g}, {high:.4g}].")
+    count, (total, channels, height, width) = config.count, images.shape
+    if config.max_shift_px >= min(height, width):
+        raise ValueError(
+            f"PlantConfig.max_shift_px={config.max_shift_px} is too large for {height}x{width} images: "
+            f"expected at most {min(height, width) - 1}."
+        )
+    crop_h, crop_w = round(config.crop_fraction * height), round(config.crop_fraction * width)
+    if crop_h < 1 or crop_w < 1:
+        raise ValueError(
+            f"PlantConfig.crop_fraction={config.crop_fraction} leaves no pixel of {height}x{width} images."
+        )
+    # Draw every random number up front, in a fixed order: same rng state, same copies.
+    # A blank image (an empty slice, a background patch) has no identity to copy and its
+    # correlation with anything is undefined: plant only images with structure.
+    eligible = np.flatnonzero(images.to(torch.float64).std(dim=(1, 2, 3)).cpu().numpy() > config.min_source_std)
+    if len(eligible) == 0:
+        raise ValueError(
+            f"No training image has a standard deviation above PlantConfig.min_source_std={config.min_source_std}: "
+            "nothing to plant (are the training images blank?)."
+        )
+    sources = eligible[rng.choice(len(eligible), size=count, replace=count > len(eligible))]
+    tops = rng.integers(0, height - crop_h + 1, size=count)
+    lefts = rng.integers(0, width - crop_w + 1, size=count)
+    flipped = rng.random(count) < config.flip_probability
+    flip_axes = rng.integers(0, len(_PLANT_FLIPS), size=count)
+    shifts = rng.integers(-config.max_shift_px, config.max_shift_px + 1, size=(count, 2))
+    gains = rng.uniform(*config.intensity_gain, size=count)
+    offsets = rng.uniform(*config.intensity_offset, size=count)
+    noise = rng.standard_normal((count, channels, height, width)) * config.noise_std
+
+    copies = torch.empty(count, channels, height, width, dtype=torch.float32, device=images.device)
+    descriptions = []
+    for i in range(count):
+        image = images[int(sources[i])][None]
+        top, left = int(tops[i]), int(lefts[i])
+        parts = []
+        if (crop_h, crop_w) != (height, width):
+            crop = image[:, :, top:top + crop_h, left:left + crop_w]
+            image = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)
+            parts.append(f"crop {crop_h}x{crop_w} at y={top} x={left}")
+        if flipped[i]:
+            flip = _PLANT_FLIPS[int(flip_axes[i])]
+            image = image.flip(FLIPS[flip])
+            parts.append(_FLIP_LABELS[flip])
+        dx, dy = int(shifts[i, 0]), int(shifts[i, 1])
+        image = shift_image(image, dx, dy)
+        parts.append(f"dx={_signed(dx)} dy={_signed(dy)}")
+        parts.append(f"gain={gains[i]:.3f} offset={offsets[i]:+.3f}")
+        parts.append(f"noise_std={config.noise_std:g}")
+        copies[i] = image[0] * float(gains[i]) + float(offsets[i])
+        descriptions.append(", ".join(parts))
+    copies += torch.from_numpy(noise).to(device=copies.device, dtype=torch.float32)
+    copies.clamp_(-1.0, 1.0)
+    table = pd.DataFrame({
+        "source_index": sources.astype(np.int64),
+        "transform": pd.Series(descriptions, dtype=object),
+    })
+    return copies, table
+
+
+# ------------------------------------------------------------------ 6. the gate
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The memorisation gate's settings (the ``memorisation`` parameters block).
+
+    Attributes:
+        percentile: percentile of held-out nearest-neighbour similarity used as the
+            threshold, in (0, 100] (`calibrate_threshold`).
+        duplicate_similarity: held-out images at least this similar (pixel space) to a
+            training image are copies (a leak between the splits): reported as
+            ``held_out_duplicates`` and left out of the calibration.
+        flag_on_features: flag on the feature threshold too (when false, the feature
+            neighbour and threshold are computed and reported, but only pixel similarity
+            flags: right for a classifier's features, which cluster by class).
+        use_features: also compare in feature space (needs an ``embed`` at `run_gate`).
+        min_self_test_recall: fraction of planted copies that must be flagged, in [0, 1].
+        action: "fail" (block publication when any candidate is flagged) or "drop" (remove
+            the flagged candidates).
+        search: flips and shifts; a mapping is built into a `SearchConfig`.
+        plant: self-test copies; a mapping is built into a `PlantConfig`.
+        seed: seed of the planting RNG, an integer >= 0.
+    """
+
+    percentile: float = 99.9
+    duplicate_similarity: float = 0.999
+    use_features: bool = True
+    flag_on_features: bool = True
+    min_self_test_recall: float = 0.99
+    action: str = "fail"
+    search: SearchConfig = field(default_factory=SearchConfig)
+    plant: PlantConfig = field(default_factory=PlantConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.percentile) or not 0.0 < self.percentile <= 100.0:
+            raise ValueError(f"GateConfig.percentile must be a number in (0, 100], got {self.percentile!r}.")
+        if not _is_number(self.duplicate_similarity) or not 0.0 < self.duplicate_similarity <= 1.0:
+            raise ValueError(
+                f"GateConfig.duplicate_similarity must be a number in (0, 1], got {self.duplicate_similarity!r}."
+            )
+        if not isinstance(self.flag_on_features, bool):
+            raise ValueError(f"GateConfig.flag_on_features must be true or false, got {self.flag_on_features!r}.")
+        if not isinstance(self.use_features, bool):
+            raise ValueError(f"GateConfig.use_features must be true or false, got {self.use_features!r}.")
+        if not _is_number(self.min_self_test_recall) or not 0.0 <= self.min_self_test_recall <= 1.0:
+            raise ValueError(
+                f"GateConfig.min_self_test_recall must be a number in [0, 1], got {self.min_self_test_recall!r}."
+            )
+        if self.action not in ACTIONS:
+            raise ValueError(f"GateConfig.action must be one of {list(ACTIONS)}, got {self.action!r}.")
+        # Nested parameter blocks arrive from YAML as mappings; build them with the same
+        # unknown/missing-key checks as every other config.
+        for name, cls in (("search", SearchConfig), ("plant", PlantConfig)):
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, name, from_params(cls, value, f"memorisation.{name}"))
+            elif not isinstance(value, cls):
+                raise ValueError(
+                    f"GateConfig.{name} must be a {cls.__name__} or a mapping, got {type(value).__name__}."
+                )
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"GateConfig.seed must be an integer >= 0, got {self.seed!r}.")
+
+
+@dataclass(frozen=True, eq=False)
+class GateReport:
+    """What the gate found (`run_gate`); `enforce` turns it into a decision.
+
+    Attributes:
+        candidates: one row per candidate, the `nearest_neighbours` columns plus ``flagged``
+            (bool).
+        pixel_threshold: flag when ``pixel_similarity >= pixel_threshold``.
+        feature_threshold: flag when ``feature_similarity >= feature_threshold``; None when
+            the feature space was not used.
+        self_test_recall: flagged planted copies / planted copies, in [0, 1].
+        planted: one row per planted copy: ``source_index``, ``transform``, the
+            nearest-neighbour columns, ``flagged`` and ``found_source`` (the pixel or feature
+            neighbour is the training image the copy was made from).
+        held_out: one row per held-out image, the nearest-neighbour columns (the
+            calibration data).
+        held_out_count: number of held-out images behind the thresholds.
+        config: the configuration that produced the report.
+    """
+
+    candidates: pd.DataFrame
+    pixel_threshold: float
+    feature_threshold: float | None
+    self_test_recall: float
+    planted: pd.DataFrame
+    held_out: pd.DataFrame
+    held_out_count: int
+    config: GateConfig
+
+    def passed_self_test(self) -> bool:
+        """True when ``self_test_recall >= config.min_self_test_recall``."""
+        return self.self_test_recall >= self.config.min_self_test_recall
+
+    def summary(self) -> dict[str, float]:
+        """Numbers for the dataset card and MLflow (feature_threshold is NaN when unused)."""
+        return {
+            "pixel_threshold": self.pixel_threshold,
+            "feature_threshold": math.nan if self.feature_threshold is None else self.feature_threshold,
+            "percentile": float(self.config.percentile),
+            "held_out_count": float(self.held_out_count),
+            "held_out_duplicates": float(self.held_out["duplicate"].sum()) if "duplicate" in self.held_out else 0.0,
+            "self_test_recall": self.self_test_recall,
+            "planted_count": float(len(self.planted)),
+            "planted_missed": float((~self.planted["flagged"]).sum()),
+            "candidate_count": float(len(self.candidates)),
+            "flagged_count": float(self.candidates["flagged"].sum()),
+        }
+
+
+def _flags(table: pd.DataFrame, pixel_threshold: float, feature_threshold: float | None) -> np.ndarray:
+    flagged = table["pixel_similarity"].to_numpy() >= pixel_threshold
+    if feature_threshold is not None:
+        flagged |= table["feature_similarity"].to_numpy() >= feature_threshold
+    return flagged
+
+
+def run_gate(
+    candidates: Tensor | ArrayLike,
+    train: Tensor | ArrayLike,
+    held_out: Tensor | ArrayLike,
+    *,
+    config: GateConfig,
+    embed: Embed | None = None,
+    chunk_size: int = 256,
+) -> GateReport:
+    """Score candidates against the training set with a held-out-calibrated threshold, and self-test.
+
+    (a) Nearest neighbours of ``held_out`` in ``train`` -> ``pixel_threshold`` (and
+    ``feature_threshold`` when ``config.use_features`` and ``embed`` is given) at
+    ``config.percentile``. (b) Every candidate is scored; flagged when
+    ``pixel_similarity >= pixel_threshold`` or ``feature_similarity >= feature_threshold``.
+    (c) ``config.plant.count`` disguised training copies (`plant_copies`, seeded by
+    ``config.seed``) are scored with the same thresholds; the self-test recall is the
+    fraction flagged.
+
+    Args:
+        candidates: ``(N, C, H, W)`` synthetic images, by convention float in [-1, 1]; N may
+            be 0.
+        train: ``(R, C, H, W)`` training images in [-1, 1].
+        held_out: ``(M, C, H, W)`` real images of patients not in ``train``.
+        config: the gate settings.
+        embed: feature network ``(B, C, H, W) float32 -> (B, D)``, or None.
+        chunk_size: queries compared at a time (memory grows as ``chunk_size x R``).
+
+    Returns:
+        A `GateReport`; nothing is blocked yet (see `enforce`).
+    """
+    if not isinstance(config, GateConfig):
+        raise ValueError(f"Expected config to be a GateConfig, got {type(config).__name__}.")
+    chunk_size = _check_chunk_size(chunk_size)
+    train_images = _as_images(train, "train")
+    held_out_images = _as_images(held_out, "held_out")
+    candidate_images = _as_images(candidates, "candidates", allow_empty=True)
+    _check_same_geometry(held_out_images, "held_out", train_images, "train")
+    _check_same_geometry(candidate_images, "candidates", train_images, "train")
+    use_features = config.use_features and embed is not None
+    if config.use_features and embed is None:
+        logger.warning("GateConfig.use_features is true but no embed was given: pixel space only.")
+    features = embed if use_features else None
+    search, names = config.search, config.search.transform_names()
+
+    prepared = _prepare_references(zoom_references(train_images, search.zooms), search, features, None, chunk_size)
+
+    def score(images: Tensor) -> pd.DataFrame:
+        return _fold_zooms(_frame(_search(images, prepared, search, features, chunk_size), names), len(train_images),
+                           search.zooms)
+
+    # (a) calibration on held-out patients. A held-out image that is itself a copy of a
+    # training image (a split leak, e.g. mirrored slices of a symmetric template) says nothing
+    # about how close an unseen patient comes: it is reported and left out of the threshold.
+    held_out_table = score(held_out_images)
+    held_out_table["duplicate"] = held_out_table["pixel_similarity"].to_numpy() >= config.duplicate_similarity
+    calibration = held_out_table[~held_out_table["duplicate"]]
+    if held_out_table["duplicate"].any():
+        logger.warning(
+            "%d of %d held-out images are copies of training images (pixel similarity >= %s): a leak between the "
+            "splits; they are left out of the threshold.", int(held_out_table["duplicate"].sum()),
+            len(held_out_table), config.duplicate_similarity)
+    if calibration.empty:
+        raise MemorisationError(
+            f"All {len(held_out_table)} held-out images are copies of training images (pixel similarity >= "
+            f"{config.duplicate_similarity}): the threshold cannot be calibrated. Check the splits."
+        )
+    pixel_threshold = calibrate_threshold(calibration["pixel_similarity"].to_numpy(), config.percentile)
+    feature_threshold: float | None = None
+    if use_features:
+        feature_threshold = calibrate_threshold(calibration["feature_similarity"].to_numpy(), config.percentile)
+    flag_threshold = feature_threshold if config.flag_on_features else None
+    # (b) candidates
+    candidate_table = score(candidate_images)
+    candidate_table["flagged"] = _flags(candidate_table, pixel_threshold, flag_threshold)
+    # (c) self-test
+    planted_images, plant_table = plant_copies(train_images, config.plant, rng=np.random.default_rng(config.seed))
+    planted_table = pd.concat([plant_table, score(planted_images)], axis=1)
+    planted_table["flagged"] = _flags(planted_table, pixel_threshold, flag_threshold)
+    planted_table["found_source"] = (planted_table["pixel_neighbour"] == planted_table["source_index"]) | (
+        planted_table["feature_neighbour"] == planted_table["source_index"]
+    )
+    recall = float(planted_table["flagged"].mean())
+
+    logger.info(
+        "Memorisation gate: pixel threshold %.4f%s at the %.4g-th percentile of %d held-out images; "
+        "self-test recall %.4f (%d of %d planted copies flagged); %d of %d candidates flagged.",
+        pixel_threshold,
+        "" if feature_threshold is None else f", feature threshold {feature_threshold:.4f}",
+        config.percentile, len(held_out_table), recall, int(planted_table["flagged"].sum()), len(planted_table),
+        int(candidate_table["flagged"].sum()), len(candidate_table),
+    )
+    return GateReport(
+        candidates=candidate_table,
+        pixel_threshold=pixel_threshold,
+        feature_threshold=feature_threshold,
+        self_test_recall=recall,
+        planted=planted_table,
+        held_out=held_out_table,
+        held_out_count=len(calibration),
+        config=config,
+    )
+
+
+def enforce(report: GateReport, config: GateConfig, *, max_listed: int = 5) -> np.ndarray:
+    """Apply the gate: refuse on a failed self-test, then fail or drop flagged candidates.
+
+    Args:
+        report: from `run_gate`.
+        config: gives ``min_self_test_recall`` and ``action``.
+        max_listed: flagged candidates named in the error message.
+
+    Returns:
+        ``(N,)`` bool keep-mask over the candidates: all True when nothing is flagged; with
+        ``action="drop"``, False exactly for the flagged candidates.
+
+    Raises:
+        MemorisationError: the self-test recall is below ``config.min_self_test_recall``
+            (whatever the action), or ``action="fail"`` and a candidate is flagged.
+    """
+    if not isinstance(report, GateReport):
+        raise ValueError(f"Expected report to be a GateReport, got {type(report).__name__}.")
+    if not isinstance(config, GateConfig):
+        raise ValueError(f"Expected config to be a GateConfig, got {type(config).__name__}.")
+    planted = len(report.planted)
+    missed = int((~report.planted["flagged"].to_numpy(bool)).sum())
+    if report.self_test_recall < config.min_self_test_recall:
+        raise MemorisationError(
+            f"Memorisation gate self-test failed: recall {report.self_test_recall:.4f} is below the minimum "
+            f"{config.min_self_test_recall}; {missed} of {planted} planted training copies were not flagged "
+            f"(pixel threshold {report.pixel_threshold:.4f}). The gate cannot see copies; nothing is published."
+        )
+    flagged = report.candidates["flagged"].to_numpy(bool)
+    count = int(flagged.sum())
+    if count and config.action == "fail":
+        rows = report.candidates[flagged].head(max_listed)
+        listed = "; ".join(
+            f"#{index}: pixel similarity {row.pixel_similarity:.4f} to training image {row.pixel_neighbour} "
+            f"({row.pixel_transform})"
+            + ("" if row.feature_neighbour < 0
+               else f", feature similarity {row.feature_similarity:.4f} to training image {row.feature_neighbour}")
+            for index, row in rows.iterrows()
+        )
+        raise MemorisationError(
+            f"Memorisation gate: {count} of {len(flagged)} candidates are flagged as copies of training images "
+            f"(pixel threshold {report.pixel_threshold:.4f}"
+            + ("" if report.feature_threshold is None else f", feature threshold {report.feature_threshold:.4f}")
+            + f"); first {len(rows)}: {listed}."
+        )
+    logger.info(
+        "Memorisation gate passed (self-test recall %.4f, %d of %d planted missed): keeping %d of %d candidates, "
+        "dropped %d.", report.self_test_recall, missed, planted, len(flagged) - count, len(flagged), count,
+    )
+    return ~flagged
