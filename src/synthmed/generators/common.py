@@ -19,9 +19,11 @@ import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -111,13 +113,14 @@ def weights_digest(models: nn.Module) -> str:
 
 
 def is_number(value: object) -> bool:
-    """A finite int or float (YAML strings such as "2e-4" and booleans are not numbers)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite real number, numpy scalars included (YAML strings such as "2e-4" and booleans
+    are not numbers)."""
+    return isinstance(value, Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
 
 
 def is_int(value: object) -> bool:
-    """An int that is not a bool."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An int (Python or numpy) that is not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 # ------------------------------------------------------------------ training helpers

@@ -60,7 +60,6 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from numbers import Real
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -73,6 +72,7 @@ from torchmetrics import Metric
 from tqdm.auto import tqdm
 
 from synthmed.config import from_params
+from synthmed.generators.common import is_int, is_number
 
 logger = logging.getLogger(__name__)
 
@@ -116,15 +116,6 @@ class MemorisationError(ValueError):
 # ------------------------------------------------------------------ validation helpers
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_number(value: object) -> bool:
-    """A finite real number that is not a bool (YAML strings such as "0.5" are not numbers)."""
-    return isinstance(value, Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
-
-
 def _as_images(images: Tensor | ArrayLike, name: str, *, allow_empty: bool = False) -> Tensor:
     """``images`` as a finite ``(N, C, H, W)`` float32 tensor (no copy when it already is one)."""
     if not isinstance(images, Tensor):
@@ -158,7 +149,7 @@ def _check_same_geometry(images: Tensor, name: str, references: Tensor, referenc
 
 
 def _check_chunk_size(chunk_size: object) -> int:
-    if not _is_int(chunk_size) or chunk_size < 1:
+    if not is_int(chunk_size) or chunk_size < 1:
         raise ValueError(f"Expected chunk_size to be a positive integer, got {chunk_size!r}.")
     return int(chunk_size)
 
@@ -190,7 +181,7 @@ class SearchConfig:
     def __post_init__(self) -> None:
         zooms = tuple(self.zooms) if isinstance(self.zooms, (list, tuple)) else self.zooms
         if (not isinstance(zooms, tuple) or not zooms or len(set(zooms)) != len(zooms)
-                or any(not _is_number(z) or not 0.5 <= float(z) <= 1.0 for z in zooms)):
+                or any(not is_number(z) or not 0.5 <= float(z) <= 1.0 for z in zooms)):
             raise ValueError(
                 f"SearchConfig.zooms must be a non-empty tuple of distinct fractions in [0.5, 1], got {self.zooms!r}."
             )
@@ -204,7 +195,7 @@ class SearchConfig:
             raise ValueError(
                 f"SearchConfig.flips must be a non-empty tuple of distinct flips from {list(FLIPS)}, got {self.flips!r}."
             )
-        if not _is_int(self.max_shift_px) or self.max_shift_px < 0:
+        if not is_int(self.max_shift_px) or self.max_shift_px < 0:
             raise ValueError(f"SearchConfig.max_shift_px must be an integer >= 0, got {self.max_shift_px!r}.")
 
     def shifts(self) -> list[tuple[int, int]]:
@@ -706,7 +697,7 @@ def calibrate_threshold(held_out_similarity: ArrayLike, percentile: float) -> fl
     Raises:
         ValueError: empty or non-finite input, or ``percentile`` outside ``(0, 100]``.
     """
-    if not _is_number(percentile) or not 0.0 < percentile <= 100.0:
+    if not is_number(percentile) or not 0.0 < percentile <= 100.0:
         raise ValueError(f"Expected percentile in (0, 100], got {percentile!r}.")
     values = np.asarray(held_out_similarity)
     if values.dtype.kind not in "biuf":
@@ -734,7 +725,7 @@ def calibrate_threshold(held_out_similarity: ArrayLike, percentile: float) -> fl
 def _check_range_pair(value: object, name: str, *, positive: bool = False) -> tuple[float, float]:
     if isinstance(value, list):
         value = tuple(value)
-    if (not isinstance(value, tuple) or len(value) != 2 or not all(_is_number(v) for v in value)
+    if (not isinstance(value, tuple) or len(value) != 2 or not all(is_number(v) for v in value)
             or value[0] > value[1] or (positive and value[0] <= 0)):
         bounds = "0 < low <= high" if positive else "low <= high"
         need = f"two finite numbers (low, high) with {bounds}"
@@ -775,20 +766,20 @@ class PlantConfig:
     min_source_std: float = 0.01
 
     def __post_init__(self) -> None:
-        if not _is_int(self.count) or self.count < 1:
+        if not is_int(self.count) or self.count < 1:
             raise ValueError(f"PlantConfig.count must be an integer >= 1, got {self.count!r}.")
-        if not _is_number(self.noise_std) or self.noise_std < 0:
+        if not is_number(self.noise_std) or self.noise_std < 0:
             raise ValueError(f"PlantConfig.noise_std must be a finite number >= 0, got {self.noise_std!r}.")
-        if not _is_int(self.max_shift_px) or self.max_shift_px < 0:
+        if not is_int(self.max_shift_px) or self.max_shift_px < 0:
             raise ValueError(f"PlantConfig.max_shift_px must be an integer >= 0, got {self.max_shift_px!r}.")
-        if not _is_number(self.flip_probability) or not 0.0 <= self.flip_probability <= 1.0:
+        if not is_number(self.flip_probability) or not 0.0 <= self.flip_probability <= 1.0:
             raise ValueError(f"PlantConfig.flip_probability must be in [0, 1], got {self.flip_probability!r}.")
         gain = _check_range_pair(self.intensity_gain, "intensity_gain", positive=True)
         object.__setattr__(self, "intensity_gain", gain)
         object.__setattr__(self, "intensity_offset", _check_range_pair(self.intensity_offset, "intensity_offset"))
-        if not _is_number(self.min_source_std) or self.min_source_std < 0:
+        if not is_number(self.min_source_std) or self.min_source_std < 0:
             raise ValueError(f"PlantConfig.min_source_std must be a number >= 0, got {self.min_source_std!r}.")
-        if not _is_number(self.crop_fraction) or not 0.0 < self.crop_fraction <= 1.0:
+        if not is_number(self.crop_fraction) or not 0.0 < self.crop_fraction <= 1.0:
             raise ValueError(f"PlantConfig.crop_fraction must be in (0, 1], got {self.crop_fraction!r}.")
 
 
@@ -823,7 +814,7 @@ def plant_copies(
     low, high = float(images.min()), float(images.max())
     if low < -1.0 - _RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
         raise ValueError(f"Expected train_images in [-1, 1], got values in [{low:.4g}, {high:.4g}].")
-    count, (total, channels, height, width) = config.count, images.shape
+    count, (channels, height, width) = config.count, images.shape[1:]
     if config.max_shift_px >= min(height, width):
         raise ValueError(
             f"PlantConfig.max_shift_px={config.max_shift_px} is too large for {height}x{width} images: "
@@ -919,9 +910,9 @@ class GateConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not _is_number(self.percentile) or not 0.0 < self.percentile <= 100.0:
+        if not is_number(self.percentile) or not 0.0 < self.percentile <= 100.0:
             raise ValueError(f"GateConfig.percentile must be a number in (0, 100], got {self.percentile!r}.")
-        if not _is_number(self.duplicate_similarity) or not 0.0 < self.duplicate_similarity <= 1.0:
+        if not is_number(self.duplicate_similarity) or not 0.0 < self.duplicate_similarity <= 1.0:
             raise ValueError(
                 f"GateConfig.duplicate_similarity must be a number in (0, 1], got {self.duplicate_similarity!r}."
             )
@@ -929,7 +920,7 @@ class GateConfig:
             raise ValueError(f"GateConfig.flag_on_features must be true or false, got {self.flag_on_features!r}.")
         if not isinstance(self.use_features, bool):
             raise ValueError(f"GateConfig.use_features must be true or false, got {self.use_features!r}.")
-        if not _is_number(self.min_self_test_recall) or not 0.0 <= self.min_self_test_recall <= 1.0:
+        if not is_number(self.min_self_test_recall) or not 0.0 <= self.min_self_test_recall <= 1.0:
             raise ValueError(
                 f"GateConfig.min_self_test_recall must be a number in [0, 1], got {self.min_self_test_recall!r}."
             )
@@ -945,7 +936,7 @@ class GateConfig:
                 raise ValueError(
                     f"GateConfig.{name} must be a {cls.__name__} or a mapping, got {type(value).__name__}."
                 )
-        if not _is_int(self.seed) or self.seed < 0:
+        if not is_int(self.seed) or self.seed < 0:
             raise ValueError(f"GateConfig.seed must be an integer >= 0, got {self.seed!r}.")
 
 

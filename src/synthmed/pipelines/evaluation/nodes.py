@@ -33,7 +33,7 @@ from synthmed.config import from_params
 from synthmed.datasets.array_store import ArrayStore
 from synthmed.datasets.classifier import TrainedClassifier
 from synthmed.metrics import fidelity, report_figures
-from synthmed.metrics.features import FeatureNetworkConfig, at_size, feature_network
+from synthmed.metrics.features import FeatureNetwork, FeatureNetworkConfig, at_size, feature_network
 from synthmed.metrics.reader_study import build_reader_kit as _reader_kit
 from synthmed.metrics.report import number, render_report
 from synthmed.metrics.utility import FitConfig, UtilityConfig, evaluate_utility
@@ -42,9 +42,6 @@ from synthmed.pipelines.training.nodes import RunConfig, class_names_of
 from synthmed.privacy.memorisation import GateConfig, MemorisationError, run_gate
 
 logger = logging.getLogger(__name__)
-
-FAMILIES = ("ddpm", "pix2pix", "dcgan")
-
 
 # ------------------------------------------------------------------ configuration
 
@@ -98,8 +95,14 @@ class EvaluationConfig:
     reader_kit: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _config(params: Mapping[str, Any]) -> EvaluationConfig:
+def evaluation_config(params: Mapping[str, Any]) -> EvaluationConfig:
     return from_params(EvaluationConfig, params, "evaluation")
+
+
+def source_network(config: EvaluationConfig, encoder: TrainedClassifier) -> FeatureNetwork:
+    """The configured feature network (``evaluation.feature_network``) for a source's encoder."""
+    return feature_network(from_params(FeatureNetworkConfig, config.feature_network, "evaluation.feature_network"),
+                           encoder.model)
 
 
 def gate_config(params: Mapping[str, Any], **overrides: Any) -> GateConfig:
@@ -145,7 +148,7 @@ class EvaluationSet:
     family: str
     source: str
     class_names: tuple[str, ...]
-    feature_space: str
+    network: FeatureNetwork
     reference: Split
     held_out: Split
     test: Split
@@ -180,7 +183,7 @@ def prepare_evaluation(
     params: dict[str, Any],
 ) -> EvaluationSet:
     """The family's samples and its source's real splits at one size, with their features."""
-    config = _config(params)
+    config = evaluation_config(params)
     family = str(provenance["family"].iloc[0]) if len(provenance) else "generator"
     run = from_params(RunConfig, run_params, f"{family}.run")
     store, manifest, encoder = ((slices, slice_manifest, slice_encoder) if run.source == "slices"
@@ -188,8 +191,7 @@ def prepare_evaluation(
     if run.source not in config.sources:
         raise ValueError(f"evaluation.sources has no block for source {run.source!r}; it has {sorted(config.sources)}.")
     source = source_config(config.sources[run.source], f"evaluation.sources.{run.source}")
-    network = feature_network(from_params(FeatureNetworkConfig, config.feature_network, "evaluation.feature_network"),
-                              encoder.model)
+    network = source_network(config, encoder)
     names = tuple(class_names_of(manifest))
 
     def split(name: str) -> Split:
@@ -215,7 +217,7 @@ def prepare_evaluation(
                            for ids in (first, second))
     logger.info("%s: %d samples vs the %s split of %s at %d px, features: %s", family, len(images),
                 source.reference_split, run.source, source.image_px, network.name)
-    return EvaluationSet(family, run.source, names, network.name, split(source.reference_split),
+    return EvaluationSet(family, run.source, names, network, split(source.reference_split),
                          split(source.held_out_split), split(source.test_split), synthetic,
                          provenance.reset_index(drop=True), paired,
                          (network(neighbours[0]), network(neighbours[1])) if neighbours else None)
@@ -237,7 +239,7 @@ def fidelity_scores(evaluation: EvaluationSet, params: dict[str, Any]) -> dict[s
     the floor is B against A. For volumes, the neighbouring-slice floor compares n slices
     with the slice next to each.
     """
-    config = from_params(FidelityConfig, _config(params).fidelity, "evaluation.fidelity")
+    config = from_params(FidelityConfig, evaluation_config(params).fidelity, "evaluation.fidelity")
     ref, syn = evaluation.reference.features, evaluation.synthetic.features
     half_a, half_b = fidelity.real_floor_split(ref, len(syn), seed=config.seed)
     n = len(half_a)
@@ -279,19 +281,18 @@ def fidelity_scores(evaluation: EvaluationSet, params: dict[str, Any]) -> dict[s
 
 
 def gate_embedding(network: Callable[[torch.Tensor], torch.Tensor],
-                   train: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+                   train_features: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """``network`` centred on the training images' mean feature, for the gate's cosine similarity.
 
     Features after a ReLU/SiLU network share a large common component, so the cosine of raw
     features is ~1 for any pair (measured 0.9998..1.0 on the sample slices) and cannot tell
     a copy from a stranger; centred, it measures the direction in which images differ.
     """
-    mean = network(train).mean(dim=0, keepdim=True)
+    mean = train_features.mean(dim=0, keepdim=True)
     return lambda images: network(images) - mean
 
 
-def memorisation_scores(evaluation: EvaluationSet, slice_encoder: TrainedClassifier, patch_encoder: TrainedClassifier,
-                        params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, float]]:
+def memorisation_scores(evaluation: EvaluationSet, params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, float]]:
     """The memorisation gate over the family's samples (reported, not enforced: nothing is published here).
 
     Returns:
@@ -299,14 +300,10 @@ def memorisation_scores(evaluation: EvaluationSet, slice_encoder: TrainedClassif
         feature space, its manifest index, the transform found, ``flagged``), and the
         gate's numbers (thresholds, self-test recall, fraction flagged).
     """
-    config = _config(params)
-    gate = gate_config(config.memorisation)
-    encoder = slice_encoder if evaluation.source == "slices" else patch_encoder
-    network = feature_network(from_params(FeatureNetworkConfig, config.feature_network, "evaluation.feature_network"),
-                              encoder.model)
+    gate = gate_config(evaluation_config(params).memorisation)
     try:
         report = run_gate(evaluation.synthetic.images, evaluation.reference.images, evaluation.held_out.images,
-                          config=gate, embed=gate_embedding(network, evaluation.reference.images))
+                          config=gate, embed=gate_embedding(evaluation.network, evaluation.reference.features))
     except MemorisationError as exc:
         # The evaluation reports; only publishing refuses (rebalancing). An uncalibratable gate
         # is a finding about the splits, shown as such in the report.
@@ -352,7 +349,7 @@ def scored_provenance(provenance: pd.DataFrame, candidates: pd.DataFrame | None,
 
 def utility_scores(evaluation: EvaluationSet, params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train-on-X, test-on-real: every mode x seed, scored on the real test split."""
-    config = utility_config(_config(params).utility)
+    config = utility_config(evaluation_config(params).utility)
     as_pair = lambda s: (s.images, s.labels)  # noqa: E731 - a view, not a node
     result = evaluate_utility(as_pair(evaluation.reference), as_pair(evaluation.synthetic), as_pair(evaluation.test),
                               evaluation.class_names, config)
@@ -372,7 +369,7 @@ def family_figures(evaluation: EvaluationSet, memorisation_table: pd.DataFrame,
         Three figures, the t-SNE coordinates (``x, y, class, kind``) and the figures as
         ``(caption, PNG bytes)`` for the report.
     """
-    config = from_params(FigureConfig, _config(params).figures, "evaluation.figures")
+    config = from_params(FigureConfig, evaluation_config(params).figures, "evaluation.figures")
     rng = np.random.default_rng(config.seed)
     title = f"{evaluation.family} ({evaluation.source}, {evaluation.reference.images.shape[-1]} px)"
     side = report_figures.real_vs_synthetic(
@@ -392,7 +389,7 @@ def family_figures(evaluation: EvaluationSet, memorisation_table: pd.DataFrame,
         evaluation.synthetic.features.numpy(), evaluation.synthetic.labels.numpy(),
         evaluation.class_names, perplexity=config.tsne_perplexity, seed=config.seed)
     tsne = report_figures.tsne_figure(coordinates, evaluation.class_names,
-                                      title=f"{title}: t-SNE of {evaluation.feature_space} features")
+                                      title=f"{title}: t-SNE of {evaluation.network.name} features")
     pngs = [(f"{evaluation.family}: real (left) and synthetic (right) images per class", figure_png(side)),
             (f"{evaluation.family}: samples most similar to a training image (pixel NCC above each pair)",
              figure_png(nearest)),
@@ -426,7 +423,7 @@ class FamilyResult:
 def family_result(evaluation: EvaluationSet, fidelity_metrics: dict[str, float], memorisation_metrics: dict[str, float],
                   utility_summary: pd.DataFrame, figures: list[tuple[str, bytes]]) -> FamilyResult:
     """Bundle one family's outputs (a node so the cross-family nodes take one input per family)."""
-    return FamilyResult(evaluation.family, evaluation.source, evaluation.feature_space, dict(fidelity_metrics),
+    return FamilyResult(evaluation.family, evaluation.source, evaluation.network.name, dict(fidelity_metrics),
                         dict(memorisation_metrics), utility_summary, list(figures))
 
 
@@ -496,7 +493,7 @@ def collect_metrics(ddpm: FamilyResult, pix2pix: FamilyResult, dcgan: FamilyResu
 def build_reader_kit(ddpm: EvaluationSet, pix2pix: EvaluationSet, dcgan: EvaluationSet,
                      params: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
     """A blinded sheet of real (``real_split``) and synthetic images of one family, and its answer key."""
-    config = from_params(ReaderKitConfig, _config(params).reader_kit, "evaluation.reader_kit")
+    config = from_params(ReaderKitConfig, evaluation_config(params).reader_kit, "evaluation.reader_kit")
     sets = {"ddpm": ddpm, "pix2pix": pix2pix, "dcgan": dcgan}
     if config.family not in sets:
         raise ValueError(f"evaluation.reader_kit.family must be one of {list(sets)}, got {config.family!r}.")
@@ -521,7 +518,7 @@ def build_report(comparison: pd.DataFrame, ddpm: FamilyResult, pix2pix: FamilyRe
                  rebalancing_gate: dict[str, float], reader_key: pd.DataFrame, params: dict[str, Any],
                  rebalancing_params: dict[str, Any]) -> str:
     """The self-contained HTML report of this run (every number with its N and floor, every figure)."""
-    config = _config(params)
+    config = evaluation_config(params)
     results = (ddpm, pix2pix, dcgan)
     level = float(from_params(FidelityConfig, config.fidelity, "evaluation.fidelity").level)
     shared = [("Utility per training mode (balanced accuracy on the real test split)",

@@ -29,9 +29,15 @@ from synthmed.generators.base import SamplerSpec
 from synthmed.generators.export import to_png_pixels
 from synthmed.generators.registry import get_family
 from synthmed.generators.sampling import PLAN_COLUMNS, generate_from_plan
-from synthmed.metrics.features import FeatureNetworkConfig, at_size, feature_network
-from synthmed.pipelines.evaluation.nodes import _config as _evaluation_config
-from synthmed.pipelines.evaluation.nodes import finite, gate_config, gate_embedding, scored_provenance
+from synthmed.metrics.features import at_size
+from synthmed.pipelines.evaluation.nodes import (
+    evaluation_config,
+    finite,
+    gate_config,
+    gate_embedding,
+    scored_provenance,
+    source_network,
+)
 from synthmed.pipelines.feature_encoders.nodes import source_config, split_images
 from synthmed.pipelines.sampling.nodes import checkpoint_id
 from synthmed.pipelines.training.nodes import class_names_of
@@ -172,15 +178,14 @@ def gate_rebalancing(
         table (which disguised training copies were caught).
     """
     config = _config(params)
-    evaluation = _evaluation_config(evaluation_params)
+    evaluation = evaluation_config(evaluation_params)
     gate = gate_config(evaluation.memorisation, action=config.gate_action)
     source = source_config(evaluation.sources["slices"], "evaluation.sources.slices")
     train, _, train_ids = split_images(slices, slice_manifest, source.reference_split, source.image_px)
     held_out, _, _ = split_images(slices, slice_manifest, source.held_out_split, source.image_px)
-    network = feature_network(from_params(FeatureNetworkConfig, evaluation.feature_network, "evaluation.feature_network"),
-                              slice_encoder.model)
+    network = source_network(evaluation, slice_encoder)
     candidates = at_size(np.asarray(synthetic["images"], dtype=np.float32), source.image_px)
-    report = run_gate(candidates, train, held_out, config=gate, embed=gate_embedding(network, train))
+    report = run_gate(candidates, train, held_out, config=gate, embed=gate_embedding(network, network(train)))
     keep = enforce(report, gate)  # raises for a failed self-test, or flagged images with action "fail"
     table = scored_provenance(provenance, report.candidates, train_ids)
     numbers = {f"gate.{k}": v for k, v in report.summary().items()}
