@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from synthmed.config import from_params
-from synthmed.manifest import spatial_shape
+from synthmed.core.config import from_params
+from synthmed.core.manifest import spatial_shape
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from synthmed.config import from_params
+from synthmed.core.config import from_params
 from synthmed.generators import ddpm
 from synthmed.generators.base import Conditions, SamplerSpec, StepContext
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from synthmed.config import from_params
+from synthmed.core.config import from_params
 from synthmed.privacy.memorisation import (
     COLUMNS,
     GateConfig,

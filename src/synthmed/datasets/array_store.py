@@ -25,7 +25,7 @@ import numpy as np
 from kedro.io import AbstractDataset, DatasetError
 from tqdm.auto import tqdm
 
-from synthmed.datasets._atomic import atomic_directory
+from synthmed.core.atomic import atomic_directory
 
 logger = logging.getLogger(__name__)
 

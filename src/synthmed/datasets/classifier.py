@@ -16,7 +16,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from synthmed.datasets._atomic import atomic_directory
+from synthmed.core.atomic import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class ClassifierDataset(AbstractDataset[TrainedClassifier, TrainedClassifier]):
     def load(self) -> TrainedClassifier:
         from safetensors.torch import load_file
 
-        from synthmed.config import from_params
+        from synthmed.core.config import from_params
         from synthmed.generators.common import verify_checksums
         from synthmed.metrics.features import ClassifierConfig, ConvClassifier
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from kedro.io import AbstractDataset, DatasetError
 
-from synthmed.datasets._atomic import atomic_directory
+from synthmed.core.atomic import atomic_directory
 
 logger = logging.getLogger(__name__)
 

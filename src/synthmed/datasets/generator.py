@@ -10,7 +10,7 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 from torch import nn
 
-from synthmed.datasets._atomic import atomic_directory
+from synthmed.core.atomic import atomic_directory
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from synthmed.datasets._atomic import atomic_write_bytes
+from synthmed.core.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

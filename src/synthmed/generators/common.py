@@ -16,17 +16,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from synthmed.core.checksums import sha256_file
 
 FORMAT = "synthmed-generator/1"
 CHECKSUMS = "checksums.json"
@@ -35,14 +34,6 @@ MANIFEST = "generator.json"
 
 class CheckpointError(RuntimeError):
     """A saved generator or checkpoint is missing, incomplete or corrupt."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _state_file(folder: Path, name: str, module: nn.Module) -> Path:
@@ -107,20 +98,6 @@ def weights_digest(models: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-# ------------------------------------------------------------------ config validation
-
-
-def is_number(value: object) -> bool:
-    """A finite real number, numpy scalars included (YAML strings such as "2e-4" and booleans
-    are not numbers)."""
-    return isinstance(value, Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
-
-
-def is_int(value: object) -> bool:
-    """An int (Python or numpy) that is not a bool."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 # ------------------------------------------------------------------ training helpers

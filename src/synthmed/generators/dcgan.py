@@ -35,10 +35,9 @@ from synthmed.generators.common import (
     bce_to,
     dcgan_init,
     evaluating,
-    is_int,
-    is_number,
     seeded,
 )
+from synthmed.core.validation import is_int, is_number
 
 START_SIZE = 4  # the generator starts from a 4x4 feature map (Radford et al. fig. 1)
 MIN_IMAGE_SIZE = 16

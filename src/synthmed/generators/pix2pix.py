@@ -42,10 +42,9 @@ from synthmed.generators.common import (
     bce_to,
     dcgan_init,
     evaluating,
-    is_int,
-    is_number,
     seeded,
 )
+from synthmed.core.validation import is_int, is_number
 
 # Paper, appendix 6.1.1: dropout (rate 0.5) in the first three decoder blocks (CD512, CD1024,
 # CD1024), i.e. the three innermost up-sampling blocks.

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from synthmed.config import from_params
+from synthmed.core.config import from_params
 from synthmed.generators import dcgan, ddpm, pix2pix
 from synthmed.generators.base import FamilySpec
 from synthmed.generators.common import (

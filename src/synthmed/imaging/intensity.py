@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from synthmed.config import from_params
+from synthmed.core.config import from_params
 from skimage import exposure
 
 HISTOGRAM_METHODS: tuple[str, ...] = ("none", "equalize", "zscore")

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from synthmed.config import from_params
+from synthmed.core.config import from_params
 from synthmed.imaging.geometry import pad_to_square, resize_2d
 
 # Index among the three spatial axes of (C, X, Y, Z): the axis a slice of that plane fixes.

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from synthmed.generators.common import is_int, is_number, seeded
+from synthmed.core.validation import is_int, is_number
+from synthmed.generators.common import seeded
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from synthmed.generators.common import is_int
+from synthmed.core.validation import is_int
 from synthmed.metrics.features import ClassifierConfig, FitConfig, fit_classifier, predict_proba
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
-from synthmed.config import from_params
+from synthmed.core.config import from_params
 
 from synthmed.privacy.pseudonyms import date_offset_days, pseudonym, remap_uid
 

@@ -71,8 +71,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from tqdm.auto import tqdm
 
-from synthmed.config import from_params
-from synthmed.generators.common import is_int, is_number
+from synthmed.core.config import from_params
+from synthmed.core.validation import is_int, is_number
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from synthmed.config import from_params
+from synthmed.core.config import from_params
 from synthmed.datasets.array_store import ArrayStore
 from synthmed.datasets.classifier import TrainedClassifier
 from synthmed.metrics import fidelity, report_figures

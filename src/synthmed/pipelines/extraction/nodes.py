@@ -24,7 +24,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from synthmed.config import from_params
+from synthmed.core.config import from_params
 from synthmed.datasets.array_store import ArrayStore
 from synthmed.imaging.slicing import (
     PLANES,

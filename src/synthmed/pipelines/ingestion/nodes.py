@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from synthmed.config import from_params
+from synthmed.core.config import from_params
 from synthmed.datasets.file_folder import SourceFolder
 from synthmed.imaging.readers import (
     DICOM_SUFFIXES,
@@ -43,7 +43,7 @@ from synthmed.imaging.readers import (
     sniff_format,
     strip_suffix,
 )
-from synthmed.manifest import PATH_SEPARATOR, format_shape, format_spacing
+from synthmed.core.manifest import PATH_SEPARATOR, format_shape, format_spacing
 from synthmed.privacy.dicom_deid import dicom_patient_identity
 from synthmed.privacy.pseudonyms import pseudonym
 

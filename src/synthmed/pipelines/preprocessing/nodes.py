@@ -26,13 +26,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from synthmed.config import from_params
+from synthmed.core.config import from_params
 from synthmed.datasets.array_store import ArrayStore
 from synthmed.datasets.file_folder import SourceFolder
 from synthmed.imaging.geometry import resample_to_spacing, resize_longest_side
 from synthmed.imaging.intensity import IntensitySpec, apply_intensity, foreground_mask
 from synthmed.imaging.readers import load_nifti_image, read_dicom
-from synthmed.manifest import PATH_SEPARATOR, format_shape, format_spacing, parse_spacing
+from synthmed.core.manifest import PATH_SEPARATOR, format_shape, format_spacing, parse_spacing
 from synthmed.privacy.dicom_deid import DicomDeidConfig, deidentify
 from synthmed.privacy.nifti_deid import deidentify_nifti
 from synthmed.splits import assign_splits

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from synthmed.config import from_params
+from synthmed.core.config import from_params
 from synthmed.datasets.array_store import ArrayStore
 from synthmed.datasets.classifier import TrainedClassifier
 from synthmed.datasets.generator import TrainedGenerator

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from synthmed.config import from_params
+from synthmed.core.config import from_params
 from synthmed.datasets.array_store import ArrayStore
 from synthmed.datasets.generator import TrainedGenerator
 from synthmed.generators.base import SamplerSpec

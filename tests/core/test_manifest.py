@@ -2,7 +2,7 @@
 
 import math
 
-from synthmed.manifest import format_shape, format_spacing, parse_shape, parse_spacing, spatial_shape
+from synthmed.core.manifest import format_shape, format_spacing, parse_shape, parse_spacing, spatial_shape
 
 
 def test_shape_round_trip_and_spatial_part():

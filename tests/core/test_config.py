@@ -1,4 +1,4 @@
-"""Tests for synthmed.config.from_params: frozen configs that name unknown and missing keys."""
+"""Tests for synthmed.core.config.from_params: frozen configs that name unknown and missing keys."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from synthmed.config import from_params
+from synthmed.core.config import from_params
 
 
 @dataclasses.dataclass(frozen=True)
