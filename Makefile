@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED := 1
 # DVC stages call `kedro`: use the project's environment.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup demo test test-fast viz viz-build mlflow-ui status clean
+.PHONY: help setup demo test test-fast lint check-lock dvc-deps viz viz-build mlflow-ui status clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,10 +52,20 @@ demo: setup ## build the sample data, run every pipeline through DVC, push to th
 	echo "  MLflow UI:   make mlflow-ui  ->  http://127.0.0.1:5000"; \
 	echo "  kedro-viz:   make viz        ->  http://127.0.0.1:4141"
 
-test: setup ## run the test suite (CPU, tiny configurations)
+test: setup lint ## lint, import contracts, then the test suite (CPU, tiny configurations)
 	$(BIN)/python -m pytest
 
-test-fast: setup ## the unit tests only (skips the end-to-end DVC round trip)
+lint: setup ## ruff (lint + import order) and the import-layer contracts (docs/architecture.md)
+	$(BIN)/ruff check src tests tools benchmarks
+	$(BIN)/lint-imports
+
+check-lock: setup ## fail if dvc.lock does not match the code and parameters (regenerate: make demo)
+	$(BIN)/python -m pytest -q tests/test_dvc_lock.py
+
+dvc-deps: setup ## rewrite the src/ deps of dvc.yaml from the pipelines' imports
+	$(BIN)/python tools/dvc_deps.py --write
+
+test-fast: setup ## the unit tests only (skips the end-to-end DVC round trip and slow tests)
 	$(BIN)/python -m pytest -m "not slow"
 
 viz: setup ## open kedro-viz on http://127.0.0.1:4141

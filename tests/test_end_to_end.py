@@ -143,7 +143,7 @@ def test_dvc_repro_push_and_teammate_pull_are_byte_identical(tmp_path):
 
 
 def test_sentinel_reaches_no_byte_written(tmp_path):
-    """PRIVACY.md acceptance: a DICOM with a sentinel in every Table E.1-1 text attribute (top
+    """docs/privacy.md acceptance: a DICOM with a sentinel in every Table E.1-1 text attribute (top
     level, two sequence levels deep, private tags) goes through ingestion + preprocessing;
     the sentinel appears in no file written: data, tables, PNGs, MLflow store, logs."""
     sentinel = "QZ" + "".join(secrets.choice(string.ascii_uppercase) for _ in range(8))

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from synthmed.datasets.classifier import ClassifierDataset, TrainedClassifier
+from synthmed.datasets.classifier import ClassifierDataset
+from synthmed.metrics.features import TrainedClassifier
 from synthmed.metrics.features import (
     IMAGENET_MEAN,
     IMAGENET_STD,

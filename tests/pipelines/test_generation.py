@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from kedro.io import DatasetError
+
 from synthmed.generators.common import CheckpointError
 from synthmed.pipelines import (
     evaluation,
@@ -48,7 +50,7 @@ def test_every_family_is_trained_saved_and_reported(generated):
         assert history["step"].tolist() == [2, 4] and (history["images_per_s"] > 0).all()
         for figure in ("samples", "loss"):
             assert (workdir / f"data/08_reporting/training/{family}_{figure}.png").stat().st_size > 1000
-        assert (workdir / "checkpoints").glob(f"{family}-*/step-000000004")
+        assert len(list((workdir / "checkpoints").glob(f"{family}-*/step-000000004"))) == 1
 
 
 def test_sampling_follows_the_plan_with_provenance(generated):
@@ -74,9 +76,16 @@ def test_rebalanced_dataset_is_balanced_and_readable(generated):
     root = workdir / "data/07_model_output/rebalanced"
     labels = pd.read_csv(root / "labels.csv")
     synthetic = labels[labels["is_synthetic"]]
-    dropped = json.loads((workdir / "data/08_reporting/rebalancing_gate.json").read_text())["gate.dropped_count"]
-    if dropped == 0:  # match_majority: every class reaches the majority count unless the gate dropped some
-        assert labels.groupby("label").size().nunique() == 1
+    plan = pd.read_csv(workdir / "data/07_model_output/rebalancing/plan.csv")
+    provenance = pd.read_csv(root / "provenance.csv")
+    dropped = provenance[~provenance["published"]].groupby("label").size()
+    # match_majority: every planned class reaches its target, less the images the gate dropped
+    counts = labels.groupby("label").size()
+    assert len(plan) > 0
+    for row in plan.itertuples():
+        assert counts[row.label] == row.target - int(dropped.get(row.label, 0)), row.label
+    if dropped.sum() == 0:
+        assert counts.nunique() == 1
     assert synthetic["checkpoint"].notna().all()
     for path in labels["path"]:
         parts = path.split("/")
@@ -86,7 +95,6 @@ def test_rebalanced_dataset_is_balanced_and_readable(generated):
     gate = json.loads((workdir / "data/08_reporting/rebalancing_gate.json").read_text())
     assert gate["gate.self_test_recall"] >= 0.99
     assert f"recall {gate['gate.self_test_recall']:.3f}" in card and f"{int(gate['gate.dropped_count'])} dropped" in card
-    provenance = pd.read_csv(root / "provenance.csv")
     assert {"nn_pixel_similarity", "nn_pixel_neighbour_index", "memorisation_flagged", "published"} <= set(provenance)
     assert len(synthetic) == int(provenance["published"].sum()) == int(gate["published_synthetic"])
     assert f"| sagittal | {int((~labels.is_synthetic & (labels.label == 'sagittal')).sum())} |" in card
@@ -112,8 +120,10 @@ def test_rebalancing_plan_strategies_and_errors():
 def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path, generated):
     from synthmed.datasets.generator import GeneratorDataset
 
-    with pytest.raises(Exception, match="No saved generator at"):
+    # Kedro wraps a dataset's error in DatasetError; the cause is the generator's own.
+    with pytest.raises(DatasetError, match="No saved generator at") as caught:
         GeneratorDataset(path=str(tmp_path / "nothing")).load()
+    assert isinstance(caught.value.__cause__, CheckpointError)
     workdir, _ = generated
     import shutil
 
@@ -121,9 +131,9 @@ def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path, generated):
     shutil.copytree(workdir / "data/06_models/ddpm", copy)
     weights = next(copy.rglob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-10])
-    with pytest.raises(Exception, match="does not match its checksum"):
+    with pytest.raises(DatasetError, match="does not match its checksum") as caught:
         GeneratorDataset(path=str(copy)).load()
-    assert issubclass(CheckpointError, RuntimeError)
+    assert isinstance(caught.value.__cause__, CheckpointError)
 
 
 def _provenance(n: int) -> pd.DataFrame:
@@ -133,8 +143,8 @@ def _provenance(n: int) -> pd.DataFrame:
 
 
 def test_gate_flags_planted_training_copies_and_publish_drops_or_refuses_them(generated):
-    from synthmed.pipelines.feature_encoders.nodes import split_images
     from synthmed.pipelines.rebalancing.nodes import gate_rebalancing, publish_rebalanced
+    from synthmed.protocols.encoders import split_images
     from synthmed.privacy.memorisation import MemorisationError
 
     _, catalog = generated
@@ -154,8 +164,7 @@ def test_gate_flags_planted_training_copies_and_publish_drops_or_refuses_them(ge
     assert decision.keep.tolist() == [True] * 4 + [False] * 4
     assert numbers["gate.dropped_count"] == 4 and numbers["gate.self_test_recall"] >= 0.99
     assert (decision.provenance.loc[4:, "nn_pixel_similarity"] > 0.999).all()
-    files = publish_rebalanced(slices, manifest, synthetic, decision, catalog.load("rebalancing_plan"),
-                               {**params, "gate_action": "drop"})
+    files = publish_rebalanced(slices, manifest, synthetic, decision, {**params, "gate_action": "drop"})
     published = files["labels.csv"]
     assert int(published["is_synthetic"].sum()) == 4
     assert not any(p.endswith(("synthetic_000004.png", "synthetic_000007.png")) for p in files)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 
-from synthmed.splits import check_no_leakage
+from synthmed.core.splits import check_no_leakage
 from tests.dicom_factory import SENTINEL
 
 

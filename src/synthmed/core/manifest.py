@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import pandas as pd
+
 # The instance files of one DICOM series are joined with this in ``source_paths``.
 PATH_SEPARATOR = ";"
 
@@ -37,3 +39,10 @@ def format_spacing(spacing: Sequence[float]) -> str:
 def parse_spacing(text: str) -> tuple[float, ...]:
     """``"0.5x0.5x2.5"`` -> ``(0.5, 0.5, 2.5)``; ``nan`` stays NaN."""
     return tuple(float(s) for s in str(text).split("x"))
+
+
+def class_names_of(manifest: pd.DataFrame) -> list[str]:
+    """Class names by class id, from an extraction manifest (``class_id``, ``label``)."""
+    table = manifest.drop_duplicates("class_id").sort_values("class_id")
+    names = dict(zip(table["class_id"], table["label"]))
+    return [names.get(i, str(i)) for i in range(int(table["class_id"].max()) + 1)] if len(table) else []

@@ -17,19 +17,12 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 
 from synthmed.core.atomic import atomic_directory
+from synthmed.metrics.features import TrainedClassifier
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "synthmed-classifier/1"
 
-
-@dataclass(frozen=True)
-class TrainedClassifier:
-    """A ``ConvClassifier``, the names of its classes and facts about its training."""
-
-    model: Any  # synthmed.metrics.features.ConvClassifier (imported lazily: torch is heavy)
-    class_names: tuple[str, ...]
-    facts: dict[str, float] = field(default_factory=dict)
 
 
 class ClassifierDataset(AbstractDataset[TrainedClassifier, TrainedClassifier]):

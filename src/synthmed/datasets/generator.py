@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
-from torch import nn
 
 from synthmed.core.atomic import atomic_directory
+from synthmed.generators.base import TrainedGenerator
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class TrainedGenerator:
-    """What training hands to sampling: the family name, its ``Config`` and the modules."""
-
-    family: str
-    config: Any
-    models: nn.ModuleDict
 
 
 class GeneratorDataset(AbstractDataset[TrainedGenerator, TrainedGenerator]):

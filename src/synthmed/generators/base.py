@@ -121,3 +121,12 @@ class FamilySpec:
     train_step: Callable[[nn.ModuleDict, dict[str, torch.optim.Optimizer], Batch, Any, StepContext], dict[str, float]]
     sample: Callable[[nn.ModuleDict, Any, Conditions, SamplerSpec, torch.Generator], torch.Tensor]
     ema_modules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainedGenerator:
+    """What training hands to sampling: the family name, its ``Config`` and the modules."""
+
+    family: str
+    config: Any
+    models: nn.ModuleDict

@@ -158,15 +158,3 @@ def dcgan_init(module: nn.Module) -> None:
     elif isinstance(module, (nn.BatchNorm2d, nn.InstanceNorm2d)) and module.weight is not None:
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
-
-
-@contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """The global torch RNG seeded with ``seed`` inside the block, restored after.
-
-    Network constructors draw from the global RNG; this keeps ``build(config, seed)``
-    deterministic without touching the caller's RNG state.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield

@@ -35,8 +35,8 @@ from synthmed.generators.common import (
     bce_to,
     dcgan_init,
     evaluating,
-    seeded,
 )
+from synthmed.core.seeding import seeded
 from synthmed.core.validation import is_int, is_number
 
 START_SIZE = 4  # the generator starts from a 4x4 feature map (Radford et al. fig. 1)

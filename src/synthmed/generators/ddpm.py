@@ -39,7 +39,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
 from torch import nn
 
 from synthmed.generators.base import Batch, Conditions, FamilySpec, SamplerSpec, StepContext
-from synthmed.generators.common import apply_gradients, seeded
+from synthmed.core.seeding import seeded
+from synthmed.generators.common import apply_gradients
 
 CONDITIONING = ("class", "mask", "inpaint")
 BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")

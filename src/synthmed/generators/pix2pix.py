@@ -42,8 +42,8 @@ from synthmed.generators.common import (
     bce_to,
     dcgan_init,
     evaluating,
-    seeded,
 )
+from synthmed.core.seeding import seeded
 from synthmed.core.validation import is_int, is_number
 
 # Paper, appendix 6.1.1: dropout (rate 0.5) in the first three decoder blocks (CD512, CD1024,

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from synthmed.generators.base import Conditions, FamilySpec, SamplerSpec
-from synthmed.metrics.figures import class_grid
+from synthmed.imaging.figures import class_grid
 
 
 def preview_conditions(config, store: Mapping[str, np.ndarray], indices: np.ndarray, per_class: int,
@@ -50,3 +50,20 @@ def sample_grid(spec: FamilySpec, config, models: nn.ModuleDict, conditions: Con
     masks = conditions.masks.numpy() if conditions.masks is not None else None
     return class_grid(images.numpy(), labels, names, per_class=per_row, title=title, masks=masks,
                       rng=np.random.default_rng(0))
+
+
+def check_training_input(family: str, config, image_shape: Sequence[int], class_names: Sequence[str],
+                         source: str) -> None:
+    """Refuse training data the model cannot take: channels, a size ``image_size`` divides, classes."""
+    channels, stored = int(image_shape[1]), int(image_shape[-1])
+    if channels != config.channels or stored % config.image_size:
+        raise ValueError(
+            f"{family}.model expects {config.channels}-channel {config.image_size} px images, but {source} are "
+            f"{channels}-channel {stored} px: channels must match and image_size must divide the stored size "
+            "(set them in parameters_training.yml)."
+        )
+    if config.num_classes and config.num_classes != len(class_names):
+        raise ValueError(
+            f"{family}.model.num_classes={config.num_classes} but {source} has {len(class_names)} classes "
+            f"{list(class_names)}."
+        )

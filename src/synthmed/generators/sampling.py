@@ -18,20 +18,54 @@ seed and the image's position in its batch.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from synthmed.generators.base import Conditions, FamilySpec, SamplerSpec
+from synthmed.generators.base import Conditions, FamilySpec, SamplerSpec, TrainedGenerator
+from synthmed.generators.common import weights_digest
 
 PLAN_COLUMNS = ["condition", "label", "count", "case"]
 CONDITIONS = ("class", "mask", "inpaint", "unconditional")
 INPAINT_CASES = ("inside_mask", "outside_box", "new_lesion")
 PROVENANCE_COLUMNS = ["index", "family", "checkpoint", "sampler", "steps", "guidance", "seed", "batch_position",
                       "condition", "label", "case", "source_index"]
+
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """``params:<family>.sampling``.
+
+    Args:
+        plan: rows of ``condition``, ``label``, ``count``, ``case`` (see the module docstring).
+        sampler: the ``SamplerSpec`` keys.
+        seed: batch ``b`` draws from ``seed + b``.
+        batch_size: images per batch.
+        real_split: the split whose masks and images condition mask and inpainting rows.
+    """
+
+    plan: tuple[Mapping[str, Any], ...]
+    sampler: Mapping[str, Any] = field(default_factory=lambda: {"name": "ddim", "steps": 50})
+    seed: int = 0
+    batch_size: int = 32
+    real_split: str = "validation"
+
+
+def plan_table(config: SamplingConfig) -> pd.DataFrame:
+    """The plan rows of ``config`` as a table (``condition, label, count, case``)."""
+    rows = [{"condition": r.get("condition", "class"), "label": r.get("label", ""), "count": r.get("count"),
+             "case": r.get("case", "")} for r in config.plan]
+    return pd.DataFrame(rows, columns=PLAN_COLUMNS)
+
+
+def checkpoint_id(generator: TrainedGenerator) -> str:
+    """The short hash that identifies a trained generator in provenance tables."""
+    return weights_digest(generator.models)
 
 
 def validate_plan(plan: pd.DataFrame, class_names: Sequence[str], config) -> pd.DataFrame:

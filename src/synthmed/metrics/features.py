@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from synthmed.core.validation import is_int, is_number
-from synthmed.generators.common import seeded
+from synthmed.core.seeding import seeded
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +165,15 @@ class ConvClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+@dataclass(frozen=True)
+class TrainedClassifier:
+    """A ``ConvClassifier``, the names of its classes and facts about its training."""
+
+    model: ConvClassifier
+    class_names: tuple[str, ...]
+    facts: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from synthmed.metrics.figures import _display
+from synthmed.imaging.figures import _display
 
 UTILITY_SCORE = "balanced_accuracy"
 
@@ -135,20 +135,5 @@ def utility_bars(summary: pd.DataFrame) -> Figure:
     axes[0, 0].set_ylabel("balanced accuracy on real test")
     figure.suptitle("Utility: classifier trained on each set, tested on real images (95% bootstrap interval)",
                     fontsize=8)
-    figure.tight_layout()
-    return figure
-
-
-def loss_curves(histories: Mapping[str, pd.DataFrame]) -> Figure:
-    """Training losses of every family (columns named ``loss`` or ``loss_*``) against step."""
-    figure, axes = plt.subplots(1, max(len(histories), 1), figsize=(3.6 * max(len(histories), 1), 3.0), squeeze=False)
-    for axis, (family, history) in zip(axes[0], histories.items()):
-        for column in [c for c in history.columns if c == "loss" or c.startswith("loss_")]:
-            axis.plot(history["step"], history[column], label=column, linewidth=1)
-        axis.set_title(family, fontsize=9)
-        axis.set_xlabel("step", fontsize=8)
-        axis.set_yscale("log")
-        axis.legend(fontsize=6)
-    figure.suptitle("Training losses", fontsize=9)
     figure.tight_layout()
     return figure

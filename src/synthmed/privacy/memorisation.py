@@ -3,7 +3,7 @@
 Generative models, diffusion models most of all, reproduce training images, and more so on
 small datasets and on 2D slices cut from 3D volumes (Carlini et al. 2023, "Extracting
 training data from diffusion models"; Akbar et al.; Dar et al. report up to ~40% of training
-data memorised in CT). PRIVACY.md section 3 is the specification; this module implements it
+data memorised in CT). docs/privacy.md section 3 is the specification; this module implements it
 in four parts.
 
 1. Search. Every query image is compared with every reference (training) image under every

@@ -1,173 +1,26 @@
-"""Nodes of the ``evaluation`` pipeline.
+"""Nodes of the ``evaluation`` pipeline: parse ``params:evaluation``, call the protocol, return.
 
-Per family (one template, namespaced ``ddpm``, ``pix2pix``, ``dcgan``):
-
-1. ``prepare_evaluation``: the family's samples and the real splits of its source at one
-   size, and their features in the configured feature space;
-2. ``fidelity_scores``: FID/KID with bootstrap intervals beside real-vs-real floors on the
-   same N, PRDC, MS-SSIM diversity, paired MSE/SSIM/PSNR for mask-conditional samples;
-3. ``memorisation_scores``: the memorisation gate over the samples (nearest training image,
-   calibrated threshold, self-test);
-4. ``utility_scores``: the downstream classifier under every training mode;
-5. ``family_figures``: real vs synthetic, nearest-neighbour pairs, t-SNE per class.
-
-Then, across families: ``compare_families`` (one table), ``collect_metrics``
-(``data/08_reporting/metrics.json``), ``build_report`` (HTML) and ``build_reader_kit``.
+The protocol itself (what is compared with what, at which size, with which floors) lives in
+``synthmed.protocols.evaluation`` and docs/evaluation.md. Per family (one template,
+namespaced by the registry's families): ``prepare_evaluation``, ``fidelity_scores``,
+``memorisation_scores``, ``utility_scores``, ``family_figures``, ``family_result``; then
+across families ``compare_families``, ``collect_metrics``, ``build_reader_kit`` and
+``build_report``, which take one input per family.
 """
 
 from __future__ import annotations
 
-import io
-import logging
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 
 from synthmed.core.config import from_params
 from synthmed.datasets.array_store import ArrayStore
-from synthmed.datasets.classifier import TrainedClassifier
-from synthmed.metrics import fidelity, report_figures
-from synthmed.metrics.features import FeatureNetwork, FeatureNetworkConfig, at_size, feature_network
-from synthmed.metrics.reader_study import build_reader_kit as _reader_kit
-from synthmed.metrics.report import number, render_report
-from synthmed.metrics.utility import FitConfig, UtilityConfig, evaluate_utility
-from synthmed.pipelines.feature_encoders.nodes import source_config, split_images
-from synthmed.pipelines.training.nodes import RunConfig, class_names_of
-from synthmed.privacy.memorisation import GateConfig, MemorisationError, run_gate
-
-logger = logging.getLogger(__name__)
-
-# ------------------------------------------------------------------ configuration
-
-
-@dataclass(frozen=True)
-class FidelityConfig:
-    """``params:evaluation.fidelity``."""
-
-    resamples: int = 200
-    level: float = 0.95
-    kid_subset_size: int = 100
-    kid_subsets: int = 50
-    prdc_k: int = 5
-    diversity_pairs: int = 200
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class FigureConfig:
-    """``params:evaluation.figures``."""
-
-    per_class: int = 6
-    nearest_pairs: int = 8
-    tsne_perplexity: float = 20.0
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class ReaderKitConfig:
-    """``params:evaluation.reader_kit``: which samples go to the clinicians."""
-
-    family: str = "ddpm"
-    real_split: str = "test"
-    per_source: int = 20
-    display_px: int = 256
-    seed: int = 0
-    title: str = "synthmed reader study"
-
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    """``params:evaluation`` (the blocks each node needs are built from it)."""
-
-    sources: Mapping[str, Any]
-    encoder: Mapping[str, Any]
-    feature_network: Mapping[str, Any] = field(default_factory=dict)
-    fidelity: Mapping[str, Any] = field(default_factory=dict)
-    utility: Mapping[str, Any] = field(default_factory=dict)
-    memorisation: Mapping[str, Any] = field(default_factory=dict)
-    figures: Mapping[str, Any] = field(default_factory=dict)
-    reader_kit: Mapping[str, Any] = field(default_factory=dict)
-
-
-def evaluation_config(params: Mapping[str, Any]) -> EvaluationConfig:
-    return from_params(EvaluationConfig, params, "evaluation")
-
-
-def source_network(config: EvaluationConfig, encoder: TrainedClassifier) -> FeatureNetwork:
-    """The configured feature network (``evaluation.feature_network``) for a source's encoder."""
-    return feature_network(from_params(FeatureNetworkConfig, config.feature_network, "evaluation.feature_network"),
-                           encoder.model)
-
-
-def gate_config(params: Mapping[str, Any], **overrides: Any) -> GateConfig:
-    """``params:evaluation.memorisation`` as a ``GateConfig`` (``overrides`` e.g. ``action``)."""
-    return from_params(GateConfig, {**params, **overrides}, "evaluation.memorisation")
-
-
-def utility_config(params: Mapping[str, Any]) -> UtilityConfig:
-    fit = from_params(FitConfig, params.get("fit", {}), "evaluation.utility.fit")
-    return from_params(UtilityConfig, {**params, "fit": fit}, "evaluation.utility")
-
-
-def finite(metrics: Mapping[str, float]) -> dict[str, float]:
-    """The finite entries of ``metrics`` (undefined values, e.g. AUROC without a class, are left out)."""
-    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-
-
-def mode_key(mode: str) -> str:
-    """A utility mode as a metric-name part (MLflow names allow no ``+``)."""
-    return mode.replace("+", "_")
-
-
-# ------------------------------------------------------------------ the evaluation set
-
-
-@dataclass(frozen=True)
-class Split:
-    images: torch.Tensor  # (N, C, S, S) float32 in [-1, 1]
-    labels: torch.Tensor  # (N,) int64
-    ids: np.ndarray  # manifest indices
-    features: torch.Tensor  # (N, D)
-
-
-@dataclass(frozen=True)
-class EvaluationSet:
-    """Everything the per-family nodes score, at the source's evaluation size.
-
-    ``paired`` holds, for mask-conditional samples, the real image whose mask conditioned
-    each sample (None otherwise). ``neighbours`` holds adjacent-slice pairs of the reference
-    split (volumes only) for the neighbouring-slice floor.
-    """
-
-    family: str
-    source: str
-    class_names: tuple[str, ...]
-    network: FeatureNetwork
-    reference: Split
-    held_out: Split
-    test: Split
-    synthetic: Split
-    provenance: pd.DataFrame
-    paired: torch.Tensor | None
-    neighbours: tuple[torch.Tensor, torch.Tensor] | None
-
-
-def _neighbour_pairs(manifest: pd.DataFrame, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Manifest indices of neighbouring extracted slices (same volume and plane, consecutive
-    ``slice_index`` among the extracted ones) in ``split``; empty for 2D sources."""
-    needed = {"item_id", "plane", "slice_index"}
-    if not needed <= set(manifest.columns):
-        return np.zeros(0, int), np.zeros(0, int)
-    rows = manifest[manifest["split"] == split].sort_values(["item_id", "plane", "slice_index"])
-    following = rows.groupby(["item_id", "plane"])["index"].shift(-1)
-    keep = following.notna().to_numpy()
-    return rows["index"].to_numpy()[keep], following.to_numpy()[keep].astype(int)
+from synthmed.generators.run import RunConfig
+from synthmed.metrics.features import TrainedClassifier
+from synthmed.protocols import evaluation as protocol
+from synthmed.protocols.evaluation import EvaluationSet, FamilyResult
 
 
 def prepare_evaluation(
@@ -179,367 +32,70 @@ def prepare_evaluation(
     patch_manifest: pd.DataFrame,
     slice_encoder: TrainedClassifier,
     patch_encoder: TrainedClassifier,
+    family: str,
     run_params: dict[str, Any],
     params: dict[str, Any],
 ) -> EvaluationSet:
-    """The family's samples and its source's real splits at one size, with their features."""
-    config = evaluation_config(params)
-    family = str(provenance["family"].iloc[0]) if len(provenance) else "generator"
+    """The family's samples and the real splits of the source it learnt from, with their features."""
     run = from_params(RunConfig, run_params, f"{family}.run")
-    store, manifest, encoder = ((slices, slice_manifest, slice_encoder) if run.source == "slices"
-                                else (patches, patch_manifest, patch_encoder))
-    if run.source not in config.sources:
-        raise ValueError(f"evaluation.sources has no block for source {run.source!r}; it has {sorted(config.sources)}.")
-    source = source_config(config.sources[run.source], f"evaluation.sources.{run.source}")
-    network = source_network(config, encoder)
-    names = tuple(class_names_of(manifest))
-
-    def split(name: str) -> Split:
-        images, labels, ids = split_images(store, manifest, name, source.image_px)
-        return Split(images, labels, ids, network(images) if len(images) else torch.zeros(0, 0))
-
-    images = at_size(np.asarray(samples["images"], dtype=np.float32), source.image_px)
-    if len(images) == 0:
-        raise ValueError(f"{family}: no samples to evaluate; check {family}.sampling.plan.")
-    source_index = provenance["source_index"].to_numpy() if "source_index" in provenance else np.full(len(images), -1)
-    by_index = manifest.set_index("index")["class_id"]
-    labels = np.asarray(samples["labels"], dtype=np.int64).copy()
-    conditioned = source_index >= 0
-    labels[conditioned] = by_index.loc[source_index[conditioned]].to_numpy()
-    synthetic = Split(images, torch.as_tensor(labels), provenance["index"].to_numpy(), network(images))
-    paired = None
-    if conditioned.all() and (provenance["condition"].isin(["mask", "inpaint"])).all():
-        paired = at_size(np.asarray(store["images"][source_index], dtype=np.float32), source.image_px)
-    first, second = _neighbour_pairs(manifest, source.reference_split)
-    neighbours = None
-    if len(first):
-        neighbours = tuple(at_size(np.asarray(store["images"][ids], dtype=np.float32), source.image_px)
-                           for ids in (first, second))
-    logger.info("%s: %d samples vs the %s split of %s at %d px, features: %s", family, len(images),
-                source.reference_split, run.source, source.image_px, network.name)
-    return EvaluationSet(family, run.source, names, network, split(source.reference_split),
-                         split(source.held_out_split), split(source.test_split), synthetic,
-                         provenance.reset_index(drop=True), paired,
-                         (network(neighbours[0]), network(neighbours[1])) if neighbours else None)
-
-
-# ------------------------------------------------------------------ fidelity
-
-
-def _interval(prefix: str, interval: fidelity.Interval) -> dict[str, float]:
-    return {prefix: interval.estimate, f"{prefix}_low": interval.low, f"{prefix}_high": interval.high,
-            f"{prefix}_n": float(min(interval.n_real, interval.n_fake))}
+    real = {"slices": (slices, slice_manifest, slice_encoder), "patches": (patches, patch_manifest, patch_encoder)}
+    store, manifest, encoder = real[run.source]
+    return protocol.prepare_evaluation(family, samples, provenance, run.source, store, manifest, encoder,
+                                       protocol.evaluation_config(params))
 
 
 def fidelity_scores(evaluation: EvaluationSet, params: dict[str, Any]) -> dict[str, float]:
-    """FID and KID against the reference split beside their real-vs-real floors, PRDC, diversity, paired metrics.
-
-    Same N everywhere: the reference is split into two disjoint real halves A and B of
-    ``n = min(N_synthetic, N_reference // 2)``; synthetic (n drawn) is compared with A, and
-    the floor is B against A. For volumes, the neighbouring-slice floor compares n slices
-    with the slice next to each.
-    """
-    config = from_params(FidelityConfig, evaluation_config(params).fidelity, "evaluation.fidelity")
-    ref, syn = evaluation.reference.features, evaluation.synthetic.features
-    half_a, half_b = fidelity.real_floor_split(ref, len(syn), seed=config.seed)
-    n = len(half_a)
-    rng = np.random.default_rng(config.seed)
-    syn_n = syn[torch.as_tensor(np.sort(rng.choice(len(syn), size=n, replace=False)))]
-    boot = {"resamples": config.resamples, "level": config.level, "seed": config.seed}
-    kid = {"subset_size": config.kid_subset_size, "subsets": config.kid_subsets, "seed": config.seed}
-    out: dict[str, float] = {"n_synthetic": float(len(syn)), "n_reference": float(len(ref))}
-    out |= _interval("fid", fidelity.bootstrap_interval(fidelity.frechet_distance, half_a, syn_n, **boot))
-    out |= _interval("fid_floor_halves", fidelity.bootstrap_interval(fidelity.frechet_distance, half_a, half_b, **boot))
-    if evaluation.neighbours is not None:
-        a, b = evaluation.neighbours
-        pick = torch.as_tensor(np.sort(rng.choice(len(a), size=min(n, len(a)), replace=False)))
-        out |= _interval("fid_floor_neighbour_slices",
-                         fidelity.bootstrap_interval(fidelity.frechet_distance, a[pick], b[pick], **boot))
-    out["kid"], out["kid_std"] = fidelity.kernel_distance(half_a, syn_n, **kid)
-    out["kid_floor_halves"], out["kid_floor_halves_std"] = fidelity.kernel_distance(half_a, half_b, **kid)
-    for name, value in fidelity.precision_recall_density_coverage(ref, syn, k=config.prdc_k).items():
-        out[name] = value
-    for name, value in fidelity.precision_recall_density_coverage(half_a, half_b, k=min(config.prdc_k, n - 1)).items():
-        out[f"{name}_floor_halves"] = value
-    pick_real = torch.as_tensor(np.sort(rng.choice(len(evaluation.reference.images), size=len(syn), replace=False))) \
-        if len(evaluation.reference.images) >= len(syn) else torch.arange(len(evaluation.reference.images))
-    out["diversity_ms_ssim"] = fidelity.ms_ssim_diversity(evaluation.synthetic.images,
-                                                          max_pairs=config.diversity_pairs, seed=config.seed)
-    out["diversity_ms_ssim_real"] = fidelity.ms_ssim_diversity(evaluation.reference.images[pick_real],
-                                                               max_pairs=config.diversity_pairs, seed=config.seed)
-    if evaluation.paired is not None:
-        for name, values in fidelity.paired_metrics(evaluation.synthetic.images, evaluation.paired).items():
-            stats = fidelity.summarise(values, resamples=config.resamples, level=config.level, seed=config.seed)
-            out |= {f"paired_{name}": stats["mean"], f"paired_{name}_low": stats["low"],
-                    f"paired_{name}_high": stats["high"], f"paired_{name}_n": stats["n"]}
-    logger.info("%s fidelity: FID %.2f [%.2f, %.2f] (n=%d) vs floor %.2f", evaluation.family, out["fid"],
-                out["fid_low"], out["fid_high"], n, out["fid_floor_halves"])
-    return finite(out)
-
-
-# ------------------------------------------------------------------ memorisation
-
-
-def gate_embedding(network: Callable[[torch.Tensor], torch.Tensor],
-                   train_features: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``network`` centred on the training images' mean feature, for the gate's cosine similarity.
-
-    Features after a ReLU/SiLU network share a large common component, so the cosine of raw
-    features is ~1 for any pair (measured 0.9998..1.0 on the sample slices) and cannot tell
-    a copy from a stranger; centred, it measures the direction in which images differ.
-    """
-    mean = train_features.mean(dim=0, keepdim=True)
-    return lambda images: network(images) - mean
+    """FID/KID with intervals beside real-vs-real floors, PRDC, diversity, paired metrics."""
+    config = from_params(protocol.FidelityConfig, protocol.evaluation_config(params).fidelity, "evaluation.fidelity")
+    return protocol.fidelity_scores(evaluation, config)
 
 
 def memorisation_scores(evaluation: EvaluationSet, params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, float]]:
-    """The memorisation gate over the family's samples (reported, not enforced: nothing is published here).
-
-    Returns:
-        The sample provenance with the gate's columns (nearest training image in pixel and
-        feature space, its manifest index, the transform found, ``flagged``), and the
-        gate's numbers (thresholds, self-test recall, fraction flagged).
-    """
-    gate = gate_config(evaluation_config(params).memorisation)
-    try:
-        report = run_gate(evaluation.synthetic.images, evaluation.reference.images, evaluation.held_out.images,
-                          config=gate, embed=gate_embedding(evaluation.network, evaluation.reference.features))
-    except MemorisationError as exc:
-        # The evaluation reports; only publishing refuses (rebalancing). An uncalibratable gate
-        # is a finding about the splits, shown as such in the report.
-        logger.warning("%s memorisation: the gate cannot run on this data: %s", evaluation.family, exc)
-        return scored_provenance(evaluation.provenance, None, evaluation.reference.ids), {"calibrated": 0.0}
-    table = scored_provenance(evaluation.provenance, report.candidates, evaluation.reference.ids)
-    numbers = report.summary() | {
-        "calibrated": 1.0,
-        "flagged_fraction": float(report.candidates["flagged"].mean()),
-        "max_pixel_similarity": float(report.candidates["pixel_similarity"].max()),
-        "median_pixel_similarity": float(report.candidates["pixel_similarity"].median()),
-        "held_out_max_pixel_similarity": float(report.held_out["pixel_similarity"].max()),
-    }
-    logger.info("%s memorisation: %d of %d flagged, threshold %.4f, self-test recall %.3f", evaluation.family,
-                int(report.candidates["flagged"].sum()), len(report.candidates), report.pixel_threshold,
-                report.self_test_recall)
-    return table, finite(numbers)
-
-
-def scored_provenance(provenance: pd.DataFrame, candidates: pd.DataFrame | None,
-                      reference_ids: np.ndarray) -> pd.DataFrame:
-    """``provenance`` plus the gate's columns; neighbours as manifest indices (``-1`` when none).
-
-    ``candidates`` None (the gate could not run): the columns are there, empty (NaN, -1).
-    """
-    table = provenance.reset_index(drop=True).copy()
-    if candidates is None:
-        n = len(table)
-        candidates = pd.DataFrame({"pixel_similarity": np.full(n, np.nan), "pixel_distance": np.full(n, np.nan),
-                                   "pixel_transform": [""] * n, "feature_similarity": np.full(n, np.nan),
-                                   "flagged": np.zeros(n, bool), "pixel_neighbour": np.full(n, -1),
-                                   "feature_neighbour": np.full(n, -1)})
-    for column in ("pixel_similarity", "pixel_distance", "pixel_transform", "feature_similarity", "flagged"):
-        table[f"nn_{column}" if column != "flagged" else "memorisation_flagged"] = candidates[column].to_numpy()
-    for column in ("pixel_neighbour", "feature_neighbour"):
-        position = candidates[column].to_numpy()
-        table[f"nn_{column}_index"] = np.where(position >= 0, reference_ids[np.clip(position, 0, None)], -1)
-    return table
-
-
-# ------------------------------------------------------------------ utility
+    """The memorisation gate over the family's samples (reported here; enforced by rebalancing)."""
+    return protocol.memorisation_scores(evaluation, protocol.gate_config(protocol.evaluation_config(params).memorisation))
 
 
 def utility_scores(evaluation: EvaluationSet, params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train-on-X, test-on-real: every mode x seed, scored on the real test split."""
-    config = utility_config(evaluation_config(params).utility)
-    as_pair = lambda s: (s.images, s.labels)  # noqa: E731 - a view, not a node
-    result = evaluate_utility(as_pair(evaluation.reference), as_pair(evaluation.synthetic), as_pair(evaluation.test),
-                              evaluation.class_names, config)
-    summary = result.summary.assign(family=evaluation.family, minority_class=result.minority)
-    runs = result.runs.assign(family=evaluation.family)
-    return runs, summary
-
-
-# ------------------------------------------------------------------ figures
+    return protocol.utility_scores(evaluation, protocol.utility_config(protocol.evaluation_config(params).utility))
 
 
 def family_figures(evaluation: EvaluationSet, memorisation_table: pd.DataFrame,
                    params: dict[str, Any]) -> tuple[Figure, Figure, Figure, pd.DataFrame, list[tuple[str, bytes]]]:
-    """Real vs synthetic per class, the most similar sample/training pairs, t-SNE per class.
-
-    Returns:
-        Three figures, the t-SNE coordinates (``x, y, class, kind``) and the figures as
-        ``(caption, PNG bytes)`` for the report.
-    """
-    config = from_params(FigureConfig, evaluation_config(params).figures, "evaluation.figures")
-    rng = np.random.default_rng(config.seed)
-    title = f"{evaluation.family} ({evaluation.source}, {evaluation.reference.images.shape[-1]} px)"
-    side = report_figures.real_vs_synthetic(
-        evaluation.reference.images.numpy(), evaluation.reference.labels.numpy(),
-        evaluation.synthetic.images.numpy(), evaluation.synthetic.labels.numpy(),
-        evaluation.class_names, per_class=config.per_class, rng=rng, title=title)
-    position = {int(i): p for p, i in enumerate(evaluation.reference.ids)}
-    scored = memorisation_table[memorisation_table["nn_pixel_neighbour_index"] >= 0]
-    nearest = report_figures.nearest_pairs(
-        evaluation.synthetic.images.numpy()[scored.index.to_numpy()], evaluation.reference.images.numpy(),
-        scored["nn_pixel_neighbour_index"].map(position).to_numpy(),
-        scored["nn_pixel_similarity"].to_numpy(), scored["memorisation_flagged"].to_numpy(),
-        count=config.nearest_pairs, title=f"{title}: most similar training image per sample"
-        + ("" if len(scored) else " (the gate could not run: see the memorisation table)"))
-    coordinates = report_figures.tsne_coordinates(
-        evaluation.reference.features.numpy(), evaluation.reference.labels.numpy(),
-        evaluation.synthetic.features.numpy(), evaluation.synthetic.labels.numpy(),
-        evaluation.class_names, perplexity=config.tsne_perplexity, seed=config.seed)
-    tsne = report_figures.tsne_figure(coordinates, evaluation.class_names,
-                                      title=f"{title}: t-SNE of {evaluation.network.name} features")
-    pngs = [(f"{evaluation.family}: real (left) and synthetic (right) images per class", figure_png(side)),
-            (f"{evaluation.family}: samples most similar to a training image (pixel NCC above each pair)",
-             figure_png(nearest)),
-            (f"{evaluation.family}: t-SNE of real and synthetic features per class", figure_png(tsne))]
-    return side, nearest, tsne, coordinates, pngs
+    """Real vs synthetic per class, the most similar sample/training pairs, t-SNE per class."""
+    config = from_params(protocol.FigureConfig, protocol.evaluation_config(params).figures, "evaluation.figures")
+    return protocol.family_figures(evaluation, memorisation_table, config)
 
 
-def figure_png(figure: Figure) -> bytes:
-    """A figure as PNG bytes (for the self-contained HTML report)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return buffer.getvalue()
+def family_result(evaluation: EvaluationSet, fidelity: dict[str, float], memorisation: dict[str, float],
+                  utility_summary: pd.DataFrame, figures: list[tuple[str, bytes]],
+                  training_history: pd.DataFrame) -> FamilyResult:
+    """One family's numbers, figures and training history, bundled for the cross-family nodes."""
+    return protocol.family_result(evaluation, fidelity, memorisation, utility_summary, figures, training_history)
 
 
-# ------------------------------------------------------------------ across families
+def compare_families(*results: FamilyResult) -> tuple[pd.DataFrame, Figure]:
+    """One row per family (each family compared with its own source's real data)."""
+    return protocol.compare_families(results)
 
 
-@dataclass(frozen=True)
-class FamilyResult:
-    """One family's numbers for the comparison and the report."""
-
-    family: str
-    source: str
-    feature_space: str
-    fidelity: dict[str, float]
-    memorisation: dict[str, float]
-    utility: pd.DataFrame
-    figures: list[tuple[str, bytes]]
+def collect_metrics(rebalancing_gate: dict[str, float], *results: FamilyResult) -> dict[str, float]:
+    """Every number of the report, flat, for ``metrics.json`` (DVC) and MLflow."""
+    return protocol.collect_metrics(results, rebalancing_gate)
 
 
-def family_result(evaluation: EvaluationSet, fidelity_metrics: dict[str, float], memorisation_metrics: dict[str, float],
-                  utility_summary: pd.DataFrame, figures: list[tuple[str, bytes]]) -> FamilyResult:
-    """Bundle one family's outputs (a node so the cross-family nodes take one input per family)."""
-    return FamilyResult(evaluation.family, evaluation.source, evaluation.network.name, dict(fidelity_metrics),
-                        dict(memorisation_metrics), utility_summary, list(figures))
+def build_reader_kit(params: dict[str, Any], *evaluation_sets: EvaluationSet) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The blinded reader sheet of ``evaluation.reader_kit.family`` and its answer key."""
+    config = from_params(protocol.ReaderKitConfig, protocol.evaluation_config(params).reader_kit,
+                         "evaluation.reader_kit")
+    return protocol.build_reader_kit(evaluation_sets, config)
 
 
-def _utility_value(summary: pd.DataFrame, mode: str, score: str, column: str = "mean") -> float:
-    row = summary[(summary["mode"] == mode) & (summary["score"] == score)]
-    return float(row[column].iloc[0]) if len(row) else float("nan")
-
-
-def compare_families(ddpm: FamilyResult, pix2pix: FamilyResult, dcgan: FamilyResult) -> tuple[pd.DataFrame, Figure]:
-    """One row per family: fidelity with floors, PRDC, paired metrics, utility, memorisation.
-
-    Families of different sources (slices vs patches) are each compared with their own
-    source's real data; compare rows of the same source with each other.
-    """
-    rows = []
-    results = (ddpm, pix2pix, dcgan)
-    for r in results:
-        f, m, u = r.fidelity, r.memorisation, r.utility
-        minority = str(u["minority_class"].iloc[0]) if len(u) else ""
-        rows.append({
-            "family": r.family, "source": r.source, "feature_space": r.feature_space,
-            "n_synthetic": f.get("n_synthetic"), "fid_n": f.get("fid_n"),
-            "fid": f.get("fid"), "fid_low": f.get("fid_low"), "fid_high": f.get("fid_high"),
-            "fid_floor_halves": f.get("fid_floor_halves"), "fid_floor_neighbour_slices": f.get("fid_floor_neighbour_slices"),
-            "kid": f.get("kid"), "kid_floor_halves": f.get("kid_floor_halves"),
-            "precision": f.get("precision"), "recall": f.get("recall"), "density": f.get("density"),
-            "coverage": f.get("coverage"), "diversity_ms_ssim": f.get("diversity_ms_ssim"),
-            "diversity_ms_ssim_real": f.get("diversity_ms_ssim_real"),
-            "paired_ssim": f.get("paired_ssim"), "paired_psnr": f.get("paired_psnr"), "paired_mse": f.get("paired_mse"),
-            "utility_real_balanced_accuracy": _utility_value(u, "real", "balanced_accuracy"),
-            "utility_synthetic_balanced_accuracy": _utility_value(u, "synthetic", "balanced_accuracy"),
-            "utility_real_synthetic_delta": _utility_value(u, "real+synthetic", "balanced_accuracy", "delta_vs_real"),
-            "utility_real_synthetic_delta_low": _utility_value(u, "real+synthetic", "balanced_accuracy", "delta_low"),
-            "utility_real_synthetic_delta_high": _utility_value(u, "real+synthetic", "balanced_accuracy", "delta_high"),
-            "minority_class": minority,
-            "utility_minority_f1_real": _utility_value(u, "real", f"f1.{minority}"),
-            "utility_minority_f1_real_synthetic": _utility_value(u, "real+synthetic", f"f1.{minority}"),
-            "memorisation_flagged_fraction": m.get("flagged_fraction"),
-            "memorisation_max_pixel_similarity": m.get("max_pixel_similarity"),
-            "memorisation_pixel_threshold": m.get("pixel_threshold"),
-            "memorisation_self_test_recall": m.get("self_test_recall"),
-        })
-    table = pd.DataFrame(rows)
-    figure = report_figures.utility_bars(pd.concat([r.utility for r in results], ignore_index=True))
-    return table, figure
-
-
-def collect_metrics(ddpm: FamilyResult, pix2pix: FamilyResult, dcgan: FamilyResult,
-                    rebalancing_gate: dict[str, float]) -> dict[str, float]:
-    """Every number of the report, flat, for ``metrics.json`` (DVC) and MLflow (same names)."""
-    metrics: dict[str, float] = {}
-    for r in (ddpm, pix2pix, dcgan):
-        metrics |= {f"{r.family}.fidelity.{k}": v for k, v in r.fidelity.items()}
-        metrics |= {f"{r.family}.memorisation.{k}": v for k, v in r.memorisation.items()}
-        for row in r.utility.itertuples():
-            base = f"{r.family}.utility.{mode_key(row.mode)}.{row.score}"
-            metrics |= {base: row.mean, f"{base}_std": row.std}
-            if not math.isnan(row.low):
-                metrics |= {f"{base}_low": row.low, f"{base}_high": row.high}
-            if row.mode != "real" and not math.isnan(row.delta_low):
-                metrics |= {f"{base}_delta": row.delta_vs_real, f"{base}_delta_low": row.delta_low,
-                            f"{base}_delta_high": row.delta_high}
-    metrics |= {f"rebalanced.{k}": v for k, v in rebalancing_gate.items()}
-    return finite(metrics)
-
-
-def build_reader_kit(ddpm: EvaluationSet, pix2pix: EvaluationSet, dcgan: EvaluationSet,
-                     params: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
-    """A blinded sheet of real (``real_split``) and synthetic images of one family, and its answer key."""
-    config = from_params(ReaderKitConfig, evaluation_config(params).reader_kit, "evaluation.reader_kit")
-    sets = {"ddpm": ddpm, "pix2pix": pix2pix, "dcgan": dcgan}
-    if config.family not in sets:
-        raise ValueError(f"evaluation.reader_kit.family must be one of {list(sets)}, got {config.family!r}.")
-    chosen = sets[config.family]
-    real = {"test": chosen.test, "validation": chosen.held_out, "train": chosen.reference}.get(config.real_split)
-    if real is None:
-        raise ValueError(f"evaluation.reader_kit.real_split must be test, validation or train, got {config.real_split!r}.")
-    names = chosen.class_names
-    kit, key = _reader_kit(real.images.numpy(), chosen.synthetic.images.numpy(),
-                           real_labels=[names[i] for i in real.labels.tolist()],
-                           synthetic_labels=[names[i] for i in chosen.synthetic.labels.tolist()],
-                           per_source=config.per_source, display_px=config.display_px, seed=config.seed,
-                           title=f"{config.title}: {chosen.source}")
-    key = key.assign(family=np.where(key["truth"] == "synthetic", config.family, ""),
-                     manifest_index=[int(real.ids[i]) if t == "real" else int(chosen.synthetic.ids[i])
-                                     for t, i in zip(key["truth"], key["source_index"])])
-    return kit, key
-
-
-def build_report(comparison: pd.DataFrame, ddpm: FamilyResult, pix2pix: FamilyResult, dcgan: FamilyResult,
-                 ddpm_history: pd.DataFrame, pix2pix_history: pd.DataFrame, dcgan_history: pd.DataFrame,
-                 rebalancing_gate: dict[str, float], reader_key: pd.DataFrame, params: dict[str, Any],
-                 rebalancing_params: dict[str, Any]) -> str:
-    """The self-contained HTML report of this run (every number with its N and floor, every figure)."""
-    config = evaluation_config(params)
-    results = (ddpm, pix2pix, dcgan)
-    level = float(from_params(FidelityConfig, config.fidelity, "evaluation.fidelity").level)
-    shared = [("Utility per training mode (balanced accuracy on the real test split)",
-               figure_png(report_figures.utility_bars(pd.concat([r.utility for r in results], ignore_index=True)))),
-              ("Training losses", figure_png(report_figures.loss_curves(
-                  {"ddpm": ddpm_history, "pix2pix": pix2pix_history, "dcgan": dcgan_history})))]
-    gate = None
-    if rebalancing_gate:
-        minimum = gate_config(config.memorisation).min_self_test_recall
-        g = rebalancing_gate
-        gate = {"percentile": number(g.get("gate.percentile")), "held_out_count": number(g.get("gate.held_out_count")),
-                "pixel_threshold": number(g.get("gate.pixel_threshold")),
-                "feature_threshold": number(g["gate.feature_threshold"]) if "gate.feature_threshold" in g else None,
-                "self_test_recall": number(g.get("gate.self_test_recall")),
-                "self_test_passed": g.get("gate.self_test_recall", 0.0) >= minimum, "min_recall": number(minimum),
-                "planted_count": number(g.get("gate.planted_count")), "planted_missed": number(g.get("gate.planted_missed")),
-                "candidate_count": number(g.get("gate.candidate_count")), "flagged_count": number(g.get("gate.flagged_count")),
-                "dropped_count": number(g.get("gate.dropped_count")),
-                "published_synthetic": number(g.get("published_synthetic")),
-                "action": str(rebalancing_params.get("gate_action", "fail"))}
-    families = [{"family": r.family, "source": r.source, "feature_space": r.feature_space, "fidelity": r.fidelity,
-                 "utility": r.utility, "memorisation": r.memorisation, "figures": r.figures} for r in results]
-    return render_report(title="synthmed evaluation report", comparison=comparison, families=families,
-                         shared_figures=shared, gate=gate, reader_images=len(reader_key), level=level)
+def build_report(comparison: pd.DataFrame, rebalancing_gate: dict[str, float], reader_key: pd.DataFrame,
+                 params: dict[str, Any], rebalancing_params: dict[str, Any], *results: FamilyResult) -> str:
+    """The self-contained HTML report of this run."""
+    config = protocol.evaluation_config(params)
+    fidelity = from_params(protocol.FidelityConfig, config.fidelity, "evaluation.fidelity")
+    return protocol.build_report(comparison, results, rebalancing_gate, reader_key, level=float(fidelity.level),
+                                 gate=protocol.gate_config(config.memorisation),
+                                 gate_action=str(rebalancing_params.get("gate_action", "fail")))

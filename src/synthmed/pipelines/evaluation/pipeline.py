@@ -2,6 +2,8 @@
 
 from kedro.pipeline import Node, Pipeline, pipeline
 
+from synthmed.generators.registry import FAMILIES
+
 from synthmed.pipelines.evaluation.nodes import (
     build_reader_kit,
     build_report,
@@ -14,7 +16,6 @@ from synthmed.pipelines.evaluation.nodes import (
     prepare_evaluation,
     utility_scores,
 )
-from synthmed.pipelines.training.pipeline import FAMILIES
 
 # Shared across families (not namespaced); samples, provenance and params:run are the family's own.
 _SHARED = {"slices", "slice_manifest", "patches", "patch_manifest", "slices.feature_encoder", "patches.feature_encoder"}
@@ -24,7 +25,7 @@ def template() -> Pipeline:
     return Pipeline([
         Node(prepare_evaluation,
              ["samples", "sample_provenance", "slices", "slice_manifest", "patches", "patch_manifest",
-              "slices.feature_encoder", "patches.feature_encoder", "params:run", "params:evaluation"],
+              "slices.feature_encoder", "patches.feature_encoder", "params:family", "params:run", "params:evaluation"],
              "evaluation_set", name="prepare_evaluation"),
         Node(fidelity_scores, ["evaluation_set", "params:evaluation"], "fidelity", name="fidelity_scores"),
         Node(memorisation_scores, ["evaluation_set", "params:evaluation"], ["memorisation_table", "memorisation"],
@@ -34,7 +35,8 @@ def template() -> Pipeline:
         Node(family_figures, ["evaluation_set", "memorisation_table", "params:evaluation"],
              ["real_vs_synthetic", "nearest_pairs", "tsne", "tsne_coordinates", "report_figures"],
              name="family_figures"),
-        Node(family_result, ["evaluation_set", "fidelity", "memorisation", "utility_summary", "report_figures"],
+        Node(family_result, ["evaluation_set", "fidelity", "memorisation", "utility_summary", "report_figures",
+                             "training_history"],
              "evaluation_result", name="family_result"),
     ])
 
@@ -43,18 +45,19 @@ def create_pipeline(**kwargs) -> Pipeline:
     per_family = sum(
         (pipeline(template(), namespace=family,
                   inputs=_SHARED,
-                  parameters={"params:run": f"params:{family}.run", "params:evaluation": "params:evaluation"})
+                  parameters={"params:family": f"params:{family}.family", "params:run": f"params:{family}.run",
+                              "params:evaluation": "params:evaluation"})
          for family in FAMILIES),
         Pipeline([]),
     )
     results = [f"{family}.evaluation_result" for family in FAMILIES]
     return per_family + Pipeline([
         Node(compare_families, results, ["family_comparison", "utility_figure"], name="compare_families"),
-        Node(build_reader_kit, [*(f"{family}.evaluation_set" for family in FAMILIES), "params:evaluation"],
+        Node(build_reader_kit, ["params:evaluation", *(f"{family}.evaluation_set" for family in FAMILIES)],
              ["reader_kit", "reader_key"], name="build_reader_kit"),
-        Node(collect_metrics, [*results, "rebalancing_gate_metrics"], "evaluation_metrics", name="collect_metrics"),
+        Node(collect_metrics, ["rebalancing_gate_metrics", *results], "evaluation_metrics", name="collect_metrics"),
         Node(build_report,
-             ["family_comparison", *results, *(f"{family}.training_history" for family in FAMILIES),
-              "rebalancing_gate_metrics", "reader_key", "params:evaluation", "params:rebalancing"],
+             ["family_comparison", "rebalancing_gate_metrics", "reader_key", "params:evaluation",
+              "params:rebalancing", *results],
              "evaluation_report", name="build_report"),
     ])

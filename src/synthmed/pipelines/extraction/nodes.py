@@ -37,8 +37,8 @@ from synthmed.imaging.slicing import (
     to_square,
     volume_slice,
 )
-from synthmed.metrics.figures import class_grid
-from synthmed.splits import SPLITS, check_no_leakage
+from synthmed.imaging.figures import class_grid
+from synthmed.core.splits import SPLITS, check_no_leakage
 
 logger = logging.getLogger(__name__)
 

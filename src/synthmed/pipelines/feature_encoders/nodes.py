@@ -1,66 +1,20 @@
 """Nodes of the ``feature_encoders`` pipeline (one template, namespaced per source).
 
-The domain encoder is a small CNN trained to tell the classes of a source apart (planes of
-the slices, vessel vs background patches) on the real training split only. Its feature
-layer is the default feature space of FID, KID, PRDC, the t-SNE and the memorisation gate.
+The domain encoder is a small CNN trained to tell the classes of a source apart on the real
+training split only (``synthmed.protocols.evaluation.train_encoder``). Its feature layer is
+the default feature space of FID, KID, PRDC, the t-SNE and the memorisation gate.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
 
 from synthmed.core.config import from_params
 from synthmed.datasets.array_store import ArrayStore
-from synthmed.datasets.classifier import TrainedClassifier
-from synthmed.metrics.features import ClassifierConfig, FitConfig, at_size, fit_classifier, predict_proba
-from synthmed.pipelines.training.nodes import class_names_of
-
-logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    """``params:evaluation.sources.<source>``: the size and the splits every family is judged on."""
-
-    image_px: int
-    reference_split: str = "train"
-    held_out_split: str = "validation"
-    test_split: str = "test"
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    """``params:evaluation.encoder``."""
-
-    width: int = 32
-    feature_dim: int = 64
-    flips: bool = True
-    seed: int = 0
-    fit: Mapping[str, Any] | None = None
-
-
-def source_config(params: Mapping[str, Any], where: str) -> SourceConfig:
-    return from_params(SourceConfig, params, where)
-
-
-def split_images(store: ArrayStore, manifest: pd.DataFrame, split: str, image_px: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """The ``split`` rows of an extraction output at ``image_px``.
-
-    Returns:
-        ``(images (N, C, image_px, image_px) float32 in [-1, 1], class ids (N,) int64,
-        manifest indices (N,))``.
-    """
-    rows = manifest[manifest["split"] == split]
-    index = rows["index"].to_numpy()
-    images = np.asarray(store["images"][index], dtype=np.float32)
-    return at_size(images, image_px), torch.as_tensor(rows["class_id"].to_numpy(), dtype=torch.int64), index
+from synthmed.metrics.features import FitConfig, TrainedClassifier
+from synthmed.protocols.encoders import EncoderConfig, source_config, train_encoder
 
 
 def train_feature_encoder(
@@ -69,23 +23,10 @@ def train_feature_encoder(
     """Train the domain encoder of one source on its real reference (training) split.
 
     Returns:
-        The encoder and its facts: images trained on, and its accuracy on the reference and
-        held-out splits (a sanity check of the feature space, not a result).
+        The encoder and its facts (images trained on, reference and held-out accuracy).
     """
     source = source_config(source_params, "evaluation.sources")
     config = from_params(EncoderConfig, encoder_params, "evaluation.encoder")
     fit = from_params(FitConfig, config.fit or {}, "evaluation.encoder.fit")
-    names = class_names_of(manifest)
-    images, labels, _ = split_images(store, manifest, source.reference_split, source.image_px)
-    if len(images) == 0:
-        raise ValueError(f"The {source.reference_split!r} split is empty: nothing to train the feature encoder on.")
-    spec = ClassifierConfig(channels=int(images.shape[1]), num_classes=len(names), image_px=source.image_px,
-                            width=config.width, feature_dim=config.feature_dim)
-    model = fit_classifier(images, labels, spec, fit, seed=config.seed, flips=config.flips, description="feature encoder")
-    facts = {"train_images": float(len(images)),
-             "reference_accuracy": float((predict_proba(model, images).argmax(1) == labels).float().mean())}
-    held_images, held_labels, _ = split_images(store, manifest, source.held_out_split, source.image_px)
-    if len(held_images):
-        facts["held_out_accuracy"] = float((predict_proba(model, held_images).argmax(1) == held_labels).float().mean())
-    logger.info("Feature encoder: %s", {k: round(v, 3) for k, v in facts.items()})
-    return TrainedClassifier(model, tuple(names), facts), facts
+    encoder = train_encoder(store, manifest, source, config, fit)
+    return encoder, encoder.facts

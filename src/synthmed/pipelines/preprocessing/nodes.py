@@ -8,7 +8,7 @@
    windowing, percentile clipping, histogram normalisation and scaling to [-1, 1], with a
    foreground mask; arrays are computed one item at a time while they are saved.
 3. ``assign_item_splits``: train / validation / test by patient or by slab, checked for
-   leakage (``synthmed.splits``).
+   leakage (``synthmed.core.splits``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from synthmed.imaging.readers import load_nifti_image, read_dicom
 from synthmed.core.manifest import PATH_SEPARATOR, format_shape, format_spacing, parse_spacing
 from synthmed.privacy.dicom_deid import DicomDeidConfig, deidentify
 from synthmed.privacy.nifti_deid import deidentify_nifti
-from synthmed.splits import assign_splits
+from synthmed.core.splits import assign_splits
 
 logger = logging.getLogger(__name__)
 

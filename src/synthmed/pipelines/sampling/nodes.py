@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -12,41 +10,21 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from synthmed.core.config import from_params
+from synthmed.core.manifest import class_names_of
 from synthmed.datasets.array_store import ArrayStore
-from synthmed.datasets.generator import TrainedGenerator
-from synthmed.generators.base import SamplerSpec
-from synthmed.generators.common import weights_digest
+from synthmed.generators.base import SamplerSpec, TrainedGenerator
 from synthmed.generators.export import to_png_pixels
 from synthmed.generators.registry import get_family
-from synthmed.generators.sampling import PLAN_COLUMNS, Sampled, generate_from_plan
-from synthmed.metrics.figures import class_grid
-from synthmed.pipelines.training.nodes import RunConfig, class_names_of
+from synthmed.generators.run import RunConfig
+from synthmed.generators.sampling import Sampled, SamplingConfig, checkpoint_id, generate_from_plan, plan_table
+from synthmed.imaging.figures import class_grid
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SamplingConfig:
-    """``params:<family>.sampling``."""
-
-    plan: tuple[Mapping[str, Any], ...]
-    sampler: Mapping[str, Any] = field(default_factory=lambda: {"name": "ddim", "steps": 50})
-    seed: int = 0
-    batch_size: int = 32
-    real_split: str = "validation"
-
-
 def sampling_plan(params: dict[str, Any]) -> pd.DataFrame:
     """The plan rows of ``params`` as a table (``condition, label, count, case``)."""
-    config = from_params(SamplingConfig, params, "sampling")
-    rows = [{"condition": r.get("condition", "class"), "label": r.get("label", ""), "count": r.get("count"),
-             "case": r.get("case", "")} for r in config.plan]
-    return pd.DataFrame(rows, columns=PLAN_COLUMNS)
-
-
-def checkpoint_id(generator: TrainedGenerator) -> str:
-    """The short hash that identifies a trained generator in provenance tables."""
-    return weights_digest(generator.models)
+    return plan_table(from_params(SamplingConfig, params, "sampling"))
 
 
 def sample_generator(
@@ -68,10 +46,10 @@ def sample_generator(
     """
     config = from_params(SamplingConfig, params, f"{generator.family}.sampling")
     run = from_params(RunConfig, run_params, f"{generator.family}.run")
+    sampler = from_params(SamplerSpec, config.sampler, f"{generator.family}.sampling.sampler")
     store, manifest = (slices, slice_manifest) if run.source == "slices" else (patches, patch_manifest)
     names = class_names_of(manifest)
     real_indices = manifest.loc[manifest["split"] == config.real_split, "index"].to_numpy()
-    sampler = from_params(SamplerSpec, config.sampler, f"{generator.family}.sampling.sampler")
     result: Sampled = generate_from_plan(
         get_family(generator.family), generator.config, generator.models, plan, names, sampler,
         seed=config.seed, batch_size=config.batch_size, checkpoint=checkpoint_id(generator),

@@ -1,9 +1,10 @@
-"""Wiring of the ``sampling`` pipeline: one template, one namespace per family."""
+"""Wiring of the ``sampling`` pipeline: one template, one namespace per registered family."""
 
-from kedro.pipeline import Node, Pipeline
+from kedro.pipeline import Node, Pipeline, pipeline
+
+from synthmed.generators.registry import FAMILIES
 
 from synthmed.pipelines.sampling.nodes import sample_generator, sampling_plan
-from synthmed.pipelines.training.pipeline import per_family
 
 
 def template() -> Pipeline:
@@ -22,4 +23,5 @@ def template() -> Pipeline:
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return per_family(template())
+    shared = {"slices", "slice_manifest", "patches", "patch_manifest"}
+    return sum((pipeline(template(), namespace=family, inputs=shared) for family in FAMILIES), Pipeline([]))

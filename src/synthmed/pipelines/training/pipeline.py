@@ -1,10 +1,10 @@
-"""Wiring of the ``training`` pipeline: one template, one namespace per family."""
+"""Wiring of the ``training`` pipeline: one template, one namespace per registered family."""
 
 from kedro.pipeline import Node, Pipeline, pipeline
 
+from synthmed.generators.registry import FAMILIES
 from synthmed.pipelines.training.nodes import train_generator
 
-FAMILIES = ("ddpm", "pix2pix", "dcgan")
 _SHARED = {"slices", "slice_manifest", "patches", "patch_manifest"}
 
 
@@ -22,10 +22,5 @@ def template() -> Pipeline:
     )
 
 
-def per_family(template_pipeline: Pipeline) -> Pipeline:
-    """``template_pipeline`` once per family namespace, sharing the extraction outputs."""
-    return sum((pipeline(template_pipeline, namespace=family, inputs=_SHARED) for family in FAMILIES), Pipeline([]))
-
-
 def create_pipeline(**kwargs) -> Pipeline:
-    return per_family(template())
+    return sum((pipeline(template(), namespace=family, inputs=_SHARED) for family in FAMILIES), Pipeline([]))

@@ -1,4 +1,4 @@
-"""Tests for synthmed.splits: group and slab splits, and the leakage check that guards them."""
+"""Tests for synthmed.core.splits: group and slab splits, and the leakage check that guards them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from synthmed.splits import (
+from synthmed.core.splits import (
     SPLITS,
     SplitConfig,
     SplitLeakageError,

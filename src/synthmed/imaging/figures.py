@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: figures are saved by the catalog, never shown
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 
@@ -63,3 +64,18 @@ def class_grid(
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def loss_curves(histories: Mapping[str, pd.DataFrame]) -> Figure:
+    """Training losses of every family (columns named ``loss`` or ``loss_*``) against step."""
+    figure, axes = plt.subplots(1, max(len(histories), 1), figsize=(3.6 * max(len(histories), 1), 3.0), squeeze=False)
+    for axis, (family, history) in zip(axes[0], histories.items()):
+        for column in [c for c in history.columns if c == "loss" or c.startswith("loss_")]:
+            axis.plot(history["step"], history[column], label=column, linewidth=1)
+        axis.set_title(family, fontsize=9)
+        axis.set_xlabel("step", fontsize=8)
+        axis.set_yscale("log")
+        axis.legend(fontsize=6)
+    figure.suptitle("Training losses", fontsize=9)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,257 @@
+"""Rebalancing: fill the minority classes of a split with gated synthetic images.
+
+1. ``plan_rebalancing``: per class of the train split, how many synthetic images to add;
+2. ``generate_rebalancing``: the deficits, from a class-conditional generator;
+3. ``gate_rebalancing``: the memorisation gate (docs/privacy.md, "Memorisation gate"): every synthetic image
+   against the training images, threshold calibrated on held-out images, self-test with
+   planted copies; it fails the run or drops flagged images (``gate_action``);
+4. ``publish_rebalanced``: real + the gate's kept synthetic images in a folder that
+   ``torchvision``'s ``ImageFolder`` and pandas read directly, with ``labels.csv``
+   (``is_synthetic`` and provenance with the gate's scores) and a dataset card.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from synthmed.core.config import from_params
+from synthmed.core.manifest import class_names_of
+from synthmed.core.templates import render
+from synthmed.generators.base import SamplerSpec, TrainedGenerator
+from synthmed.generators.export import to_png_pixels
+from synthmed.generators.registry import get_family
+from synthmed.generators.sampling import PLAN_COLUMNS, checkpoint_id, generate_from_plan
+from synthmed.metrics.features import TrainedClassifier, at_size
+from synthmed.privacy.memorisation import enforce, run_gate
+from synthmed.protocols.encoders import source_config, split_images
+from synthmed.protocols.evaluation import (
+    EvaluationConfig,
+    finite,
+    gate_config,
+    gate_embedding,
+    scored_provenance,
+    source_network,
+)
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("match_majority", "target_counts", "ratio")
+GATE_ACTIONS = ("fail", "drop")
+
+
+@dataclass(frozen=True)
+class RebalancingConfig:
+    """``params:rebalancing``."""
+
+    strategy: str = "match_majority"
+    target_counts: Mapping[str, int] = field(default_factory=dict)
+    ratio: float = 1.0
+    split: str = "train"
+    generator: str = "ddpm"
+    sampler: Mapping[str, Any] = field(default_factory=lambda: {"name": "ddim", "steps": 50, "guidance_scale": 2.0})
+    seed: int = 0
+    batch_size: int = 32
+    dataset_name: str = "synthmed-rebalanced"
+    gate_action: str = "fail"
+
+    def __post_init__(self) -> None:
+        if self.gate_action not in GATE_ACTIONS:
+            raise ValueError(f"rebalancing.gate_action must be one of {list(GATE_ACTIONS)}, got {self.gate_action!r}.")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"rebalancing.strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}.")
+        if not 0.0 < float(self.ratio) <= 1.0:
+            raise ValueError(f"rebalancing.ratio must be in (0, 1], got {self.ratio}.")
+        for name, count in self.target_counts.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"rebalancing.target_counts.{name} must be a positive integer, got {count!r}.")
+
+
+def rebalancing_config(params: Mapping[str, Any]) -> RebalancingConfig:
+    return from_params(RebalancingConfig, params, "rebalancing")
+
+
+def plan_rebalancing(slice_manifest: pd.DataFrame, config: RebalancingConfig) -> pd.DataFrame:
+    """Synthetic images to add per class, from the real counts of ``split``.
+
+    - ``match_majority``: every class up to the largest class's count;
+    - ``ratio``: every class up to ``ratio`` x the largest count;
+    - ``target_counts``: each listed class up to its target (real + synthetic).
+
+    Returns:
+        A sampling plan (``condition, label, count, case``) plus ``real`` and ``target``
+        columns; classes already at or above their target get no row.
+    """
+    names = class_names_of(slice_manifest)
+    real = slice_manifest[slice_manifest["split"] == config.split]["label"].value_counts().reindex(names, fill_value=0)
+    if real.sum() == 0:
+        raise ValueError(f"rebalancing: the {config.split!r} split has no images.")
+    if config.strategy == "target_counts":
+        unknown = sorted(set(config.target_counts) - set(names))
+        if unknown or not config.target_counts:
+            raise ValueError(
+                f"rebalancing.target_counts names unknown class(es) {unknown}; expected some of {names}."
+                if unknown else "rebalancing.strategy target_counts needs rebalancing.target_counts."
+            )
+        targets = {name: int(config.target_counts.get(name, real[name])) for name in names}
+    else:
+        factor = 1.0 if config.strategy == "match_majority" else float(config.ratio)
+        top = int(real.max())
+        targets = {name: max(int(real[name]), int(np.ceil(factor * top))) for name in names}
+    rows = [{"condition": "class", "label": name, "count": targets[name] - int(real[name]), "case": "",
+             "real": int(real[name]), "target": targets[name]} for name in names if targets[name] > real[name]]
+    plan = pd.DataFrame(rows, columns=[*PLAN_COLUMNS, "real", "target"])
+    logger.info("Rebalancing plan (%s): %s", config.strategy,
+                {r["label"]: f"{r['real']} + {r['count']}" for r in rows} or "already balanced")
+    return plan
+
+
+def generate_rebalancing(
+    generator: TrainedGenerator,
+    rebalancing_plan: pd.DataFrame,
+    slice_manifest: pd.DataFrame,
+    config: RebalancingConfig,
+) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """The synthetic images of the plan, from a class-conditional generator.
+
+    Whether a generator is class-conditional is read from its configuration
+    (``num_classes > 0``), not from its family's name.
+    """
+    if not getattr(generator.config, "num_classes", 0):
+        raise ValueError(
+            f"rebalancing.generator {config.generator!r} is not class-conditional (its model has num_classes=0): "
+            "choose a generator trained with num_classes set, in parameters_rebalancing.yml."
+        )
+    sampler = from_params(SamplerSpec, config.sampler, "rebalancing.sampler")
+    names = class_names_of(slice_manifest)
+    if generator.config.num_classes != len(names):
+        raise ValueError(
+            f"The {config.generator} generator has {generator.config.num_classes} classes, the slices have "
+            f"{len(names)} {names}: retrain it (kedro run --pipelines training)."
+        )
+    result = generate_from_plan(get_family(generator.family), generator.config, generator.models,
+                                rebalancing_plan[PLAN_COLUMNS], names, sampler, seed=config.seed,
+                                batch_size=config.batch_size, checkpoint=checkpoint_id(generator))
+    return {"images": result.images, "labels": result.labels}, result.provenance
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """What ``publish_rebalanced`` needs from the gate: which samples to keep, their scores, the numbers."""
+
+    keep: np.ndarray  # (N,) bool, one per synthetic image
+    provenance: pd.DataFrame  # the sampling provenance plus the gate's columns
+    numbers: dict[str, float]
+    flag_on_features: bool = False
+
+
+def gate_rebalancing(
+    synthetic: Mapping[str, np.ndarray],
+    provenance: pd.DataFrame,
+    slices: Mapping[str, np.ndarray],
+    slice_manifest: pd.DataFrame,
+    slice_encoder: TrainedClassifier,
+    config: RebalancingConfig,
+    evaluation: EvaluationConfig,
+) -> tuple[GateDecision, dict[str, float], pd.DataFrame]:
+    """Run the memorisation gate over the synthetic images before anything is published.
+
+    Compared at ``evaluation.sources.slices.image_px`` with the reference (training) split;
+    threshold from the held-out split; ``evaluation.memorisation`` holds the settings.
+
+    Raises:
+        MemorisationError: the self-test recall is below its minimum (always), or any image
+            is flagged and ``gate_action`` is ``fail``. Nothing is published then.
+
+    Returns:
+        The decision, the gate's numbers (DVC metrics / MLflow) and the planted self-test
+        table (which disguised training copies were caught).
+    """
+    gate = gate_config(evaluation.memorisation, action=config.gate_action)
+    source = source_config(evaluation.sources["slices"], "evaluation.sources.slices")
+    train, _, train_ids = split_images(slices, slice_manifest, source.reference_split, source.image_px)
+    held_out, _, _ = split_images(slices, slice_manifest, source.held_out_split, source.image_px)
+    network = source_network(evaluation, slice_encoder)
+    candidates = at_size(np.asarray(synthetic["images"], dtype=np.float32), source.image_px)
+    report = run_gate(candidates, train, held_out, config=gate, embed=gate_embedding(network, network(train)))
+    keep = enforce(report, gate)  # raises for a failed self-test, or flagged images with action "fail"
+    table = scored_provenance(provenance, report.candidates, train_ids)
+    numbers = {f"gate.{k}": v for k, v in report.summary().items()}
+    numbers["gate.dropped_count"] = float((~keep).sum())
+    numbers["published_synthetic"] = float(keep.sum())
+    numbers["gate.flagged_fraction"] = float(report.candidates["flagged"].mean()) if len(table) else 0.0
+    for checkpoint, flagged in table.groupby("checkpoint")["memorisation_flagged"]:
+        numbers[f"gate.flagged_fraction.checkpoint_{checkpoint}"] = float(flagged.mean())
+    return GateDecision(keep, table, numbers, gate.flag_on_features), finite(numbers), report.planted
+
+
+
+def dataset_card(config: RebalancingConfig, counts: pd.DataFrame, provenance: pd.DataFrame, size: int,
+                 decision: GateDecision) -> str:
+    """The published folder's README (``synthmed/templates/dataset_card.md.j2``)."""
+    n = decision.numbers
+    per_checkpoint = decision.provenance.groupby("checkpoint")["memorisation_flagged"].agg(["size", "mean"])
+    feature = n.get("gate.feature_threshold", float("nan"))
+    feature_text = "" if feature != feature else (
+        f"; feature space (cosine of centred features): {feature:.4f}"
+        + (" (flags too)" if decision.flag_on_features else " (recorded, does not flag: see parameters)"))
+    return render(
+        "dataset_card.md.j2", config=config, counts=list(counts.itertuples()), size=size,
+        checkpoint=provenance["checkpoint"].iloc[0] if len(provenance) else "-",
+        sampler=", ".join(f"{k}={v}" for k, v in config.sampler.items()), gate=n, feature_text=feature_text,
+        per_checkpoint=[{"checkpoint": c, "size": int(r["size"]), "fraction": float(r["mean"])}
+                        for c, r in per_checkpoint.iterrows()],
+    )
+
+
+def publish_rebalanced(
+    slices: Mapping[str, np.ndarray],
+    slice_manifest: pd.DataFrame,
+    synthetic: Mapping[str, np.ndarray],
+    decision: GateDecision,
+    config: RebalancingConfig,
+) -> dict[str, Any]:
+    """The published folder: ImageFolder layout, ``labels.csv``, ``provenance.csv``, ``README.md``.
+
+    Only the synthetic images the memorisation gate kept are published; ``provenance.csv``
+    lists every generated image with its gate scores and whether it was published.
+    """
+    if len(decision.keep) != len(synthetic["images"]):
+        raise ValueError(f"The gate decided on {len(decision.keep)} images but {len(synthetic['images'])} were generated.")
+    provenance = decision.provenance.assign(published=decision.keep)
+    names = class_names_of(slice_manifest)
+    images = np.asarray(synthetic["images"])
+    size = images.shape[-1] if len(images) else int(slices["images"].shape[-1])
+    files: dict[str, Any] = {}
+    rows = []
+    real_rows = slice_manifest[slice_manifest["split"] == config.split]
+    for row in real_rows.itertuples():
+        image = torch.from_numpy(np.array(slices["images"][row.index], dtype=np.float32))
+        if image.shape[-1] != size:
+            image = torch.nn.functional.interpolate(image[None], size=size, mode="area")[0]
+        path = f"train/{row.label}/real_{row.index:06d}.png"
+        files[path] = to_png_pixels(image.numpy())
+        rows.append({"path": path, "label": row.label, "class_id": row.class_id, "is_synthetic": False})
+    for row in provenance[provenance["published"]].itertuples():
+        path = f"train/{row.label}/synthetic_{row.index:06d}.png"
+        files[path] = to_png_pixels(images[row.index])
+        rows.append({"path": path, "label": row.label, "class_id": names.index(row.label), "is_synthetic": True,
+                     "family": row.family, "checkpoint": row.checkpoint, "sampler": row.sampler, "steps": row.steps,
+                     "guidance": row.guidance, "seed": row.seed, "batch_position": row.batch_position,
+                     "nn_pixel_similarity": row.nn_pixel_similarity,
+                     "nn_pixel_neighbour_index": row.nn_pixel_neighbour_index})
+    labels = pd.DataFrame(rows)
+    counts = (labels.groupby(["label", "is_synthetic"]).size().unstack(fill_value=0)
+              .reindex(index=names, columns=[False, True], fill_value=0)
+              .rename(columns={False: "real", True: "synthetic"}).reset_index())
+    files["labels.csv"] = labels
+    files["provenance.csv"] = provenance
+    files["README.md"] = dataset_card(config, counts, provenance, size, decision)
+    logger.info("Published %d real + %d synthetic images", int(counts["real"].sum()), int(counts["synthetic"].sum()))
+    return files

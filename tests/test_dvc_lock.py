@@ -1,0 +1,119 @@
+"""dvc.yaml's code deps come from the imports, and dvc.lock matches the code and parameters.
+
+``tools/dvc_deps.py`` derives each stage's code dependencies from the imports of its
+pipeline; ``dvc status`` compares the committed ``dvc.lock`` with the code and parameters
+on disk. Data deps and outs are absent in a fresh clone and do not count here: only code
+(``src/``) and parameters do. After changing a stage's code or parameters, regenerate the
+lock with ``make demo`` (or ``dvc repro``) and commit it (README, "Contributing").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from synthmed.generators.registry import FAMILIES
+from tests.conftest import PROJECT_ROOT
+
+_spec = importlib.util.spec_from_file_location("dvc_deps", PROJECT_ROOT / "tools" / "dvc_deps.py")
+dvc_deps = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(dvc_deps)
+
+
+@pytest.fixture(scope="module")
+def stages():
+    return yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def test_code_deps_are_those_the_pipeline_imports(stages):
+    wrong = {}
+    for name, stage in stages.items():
+        expected, listed = dvc_deps.stage_code_deps(name), dvc_deps.dvc_code_deps(stage)
+        if expected != listed:
+            wrong[name] = {"missing": sorted(set(expected) - set(listed)), "not used": sorted(set(listed) - set(expected))}
+    assert not wrong, f"dvc.yaml code deps differ from the imports (run `python tools/dvc_deps.py --write`): {wrong}"
+
+
+def test_a_new_import_becomes_a_dependency(monkeypatch):
+    """The derivation follows imports: a module the graph says extraction imports must be listed."""
+    graph = dvc_deps._graph()
+    before = dvc_deps.stage_code_deps("extraction")
+    assert "src/synthmed/privacy/memorisation.py" not in before
+    graph.add_import(importer="synthmed.pipelines.extraction.nodes", imported="synthmed.privacy.memorisation")
+    try:
+        assert "src/synthmed/privacy/memorisation.py" in dvc_deps.stage_code_deps("extraction")
+    finally:
+        graph.remove_import(importer="synthmed.pipelines.extraction.nodes", imported="synthmed.privacy.memorisation")
+    assert dvc_deps.stage_code_deps("extraction") == before
+
+
+def test_every_registered_family_has_its_params_and_outs(stages):
+    """dvc.yaml names families where DVC needs fixed paths; they must be the registry's."""
+    for stage_name, block in (("training", ("family", "run", "model", "training")), ("sampling", ("sampling",))):
+        params = {key for entry in stages[stage_name]["params"] for keys in entry.values() for key in keys}
+        assert params == {f"{family}.{part}" for family in FAMILIES for part in block}, stage_name
+    outs = {next(iter(o)) if isinstance(o, dict) else o for o in stages["training"]["outs"]}
+    assert {f"data/06_models/{family}" for family in FAMILIES} <= outs
+    outs = {next(iter(o)) if isinstance(o, dict) else o for o in stages["sampling"]["outs"]}
+    assert {f"data/07_model_output/{family}" for family in FAMILIES} <= outs
+
+
+def _dvc() -> str:
+    found = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
+    if found is None:
+        pytest.skip("dvc is not installed")
+    return found
+
+
+def stale_stages(project: Path) -> dict[str, list[str]]:
+    """Stages whose code or parameters differ from dvc.lock (``dvc status``), with what changed."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    result = subprocess.run([_dvc(), "status", "--json"], cwd=project, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    stale: dict[str, list[str]] = {}
+    for stage, changes in json.loads(result.stdout or "{}").items():
+        for change in changes if isinstance(changes, list) else []:
+            if not isinstance(change, dict):
+                continue
+            for path in change.get("changed deps", {}):
+                if path.startswith(("src/", "conf/")) or ":" in path:  # "file.yml:key" is a parameter
+                    stale.setdefault(stage.split(":")[-1], []).append(path)
+    return stale
+
+
+def test_dvc_lock_matches_the_code_and_parameters():
+    if not (PROJECT_ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    stale = stale_stages(PROJECT_ROOT)
+    assert not stale, (
+        f"dvc.lock is out of date for {stale}: run `make demo` (or `dvc repro`) and commit dvc.lock."
+    )
+
+
+def test_the_lock_check_sees_a_code_change(tmp_path):
+    """Break-check of the test above: a copy of the project with one edited module is stale."""
+    if not (PROJECT_ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    copy = tmp_path / "project"
+    subprocess.run(["git", "clone", "-q", str(PROJECT_ROOT), str(copy)], check=True, timeout=120)
+    for path in ("dvc.yaml", "dvc.lock", "src", "conf"):  # the working tree, not only what is committed
+        source, target = PROJECT_ROOT / path, copy / path
+        if source.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "local"))
+        else:
+            shutil.copy2(source, target)
+    edited = "src/synthmed/imaging/slicing.py"
+    assert edited not in stale_stages(copy).get("extraction", [])
+    with open(copy / edited, "a") as handle:
+        handle.write("\n# an edit\n")
+    assert edited in stale_stages(copy)["extraction"]
