@@ -1,13 +1,58 @@
-"""Atomic writes: a killed save never becomes the file or folder the next step loads."""
+"""Atomic writes: a killed save never becomes the file or folder the next step loads.
+
+A full disk is reported as ``DiskFullError`` naming the path, the bytes needed and the bytes
+free; the temporary file or folder is removed and the previous version stays in place.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+# numpy reports a short write without errno: "77568 requested and 64480 written".
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
+class DiskFullError(OSError):
+    """No space left while writing: the message names the path, the bytes needed and free."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An ``OSError`` that means the filesystem is full (ENOSPC, EDQUOT or a short write)."""
+    if not isinstance(exc, OSError):
+        return False
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or bool(_SHORT_WRITE.search(str(exc)))
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem of ``path`` (or of its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def disk_full_error(path: Path, needed_bytes: int | None, cause: BaseException, *,
+                    at_least: bool = False) -> DiskFullError:
+    """A ``DiskFullError`` for ``path`` with what is needed and what is free."""
+    needed = "an unknown number of" if needed_bytes is None else (
+        f"{'at least ' if at_least else ''}{needed_bytes:,}")
+    return DiskFullError(
+        errno.ENOSPC,
+        f"Disk full while writing {path}: {needed} bytes needed, {free_bytes(path):,} bytes free ({cause}). "
+        f"The previous version of {path.name} is intact and no temporary file was left; free some space "
+        "(or point the path at a larger disk) and run again.",
+    )
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def _fsync_dir(path: Path) -> None:
@@ -28,30 +73,44 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(path, len(data), exc) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
 
 
 @contextmanager
-def atomic_directory(path: Path) -> Iterator[Path]:
+def atomic_directory(path: Path, needed_bytes: int | None = None) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``path`` as a whole.
 
     On an exception the temporary folder is removed and ``path`` keeps its previous
     contents, so no half-written folder is ever left where the next step reads. Files
-    that the new save does not contain do not survive (no stale partitions).
+    that the new save does not contain do not survive (no stale partitions). A full disk
+    becomes a ``DiskFullError`` (``needed_bytes``, when the caller knows it, is reported).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
     tmp = path.with_name(f".{path.name}.tmp-{token}")
     old = path.with_name(f".{path.name}.old-{token}")
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(path, needed_bytes, exc) from exc
+        raise
     try:
         yield tmp
-    except BaseException:
+        _fsync_dir(tmp)
+    except BaseException as exc:
+        written = _folder_bytes(tmp) if tmp.exists() else 0
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):
+            needed = needed_bytes if needed_bytes is not None else written
+            raise disk_full_error(path, needed, exc, at_least=needed_bytes is None) from exc
         raise
-    _fsync_dir(tmp)
     if path.exists():
         os.rename(path, old)
     os.rename(tmp, path)

@@ -28,10 +28,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import jinja2
 import numpy as np
 import pandas as pd
 from PIL import Image
+
+from synthmed.core.templates import render
 
 logger = logging.getLogger(__name__)
 
@@ -52,92 +53,6 @@ MEASURES = (
 # Float rounding in normalisation and sampling can overshoot [-1, 1] by a few ulps; anything
 # beyond this is a different scale (e.g. [0, 255] or HU) and is rejected, not clipped away.
 _RANGE_TOLERANCE = 1e-3
-
-_SHEET_TEMPLATE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{{ title }}</title>
-<style>
-  body { font-family: Helvetica, Arial, sans-serif; margin: 1.5em; color: #111; }
-  h1 { font-size: 1.4em; margin-bottom: 0.2em; }
-  .reader { margin: 0.8em 0; font-size: 1.05em; }
-  .instructions { font-size: 0.9em; max-width: 60em; }
-  .grid { display: flex; flex-wrap: wrap; gap: 14px; }
-  .card { border: 1px solid #888; padding: 8px; width: {{ width_px }}px;
-          page-break-inside: avoid; break-inside: avoid; }
-  .card img { display: block; width: {{ width_px }}px; height: {{ height_px }}px; image-rendering: pixelated; }
-  .id { font-weight: bold; margin-top: 4px; }
-  .label { font-size: 0.9em; color: #333; }
-  .question { font-size: 0.9em; margin-top: 4px; }
-  .question label { margin-right: 0.8em; white-space: nowrap; }
-  @media print { body { margin: 0.5cm; } .grid { gap: 8px; } }
-</style>
-</head>
-<body>
-<h1>{{ title }}</h1>
-<div class="reader">Reader: ______________________ &nbsp; Date: ______________</div>
-<div class="instructions">
-  <p>Each image below is either a real patient image or a synthetic (generated) image; the
-  proportion is not disclosed. For each image, tick whether you judge it <b>real</b> or
-  <b>synthetic</b>, and whether its anatomy is <b>plausible</b> (yes / no). The class the
-  image should show is printed under its id.</p>
-  <p>Copy your answers into <code>answers_template.csv</code> (see <code>INSTRUCTIONS.md</code>),
-  one file per reader, and return it to the study coordinator.</p>
-</div>
-<div class="grid">
-{% for item in items %}
-  <div class="card">
-    <img src="data:image/png;base64,{{ item.png_base64 }}" alt="{{ item.image_id }}">
-    <div class="id">{{ item.image_id }}</div>
-    <div class="label">Class: {{ item.label }}</div>
-    <div class="question">Source:
-      <label><input type="checkbox"> real</label>
-      <label><input type="checkbox"> synthetic</label>
-    </div>
-    <div class="question">Anatomically plausible:
-      <label><input type="checkbox"> yes</label>
-      <label><input type="checkbox"> no</label>
-    </div>
-  </div>
-{% endfor %}
-</div>
-</body>
-</html>
-"""
-
-_INSTRUCTIONS_TEMPLATE = """# {{ title }}: instructions for readers
-
-This kit holds {{ n_images }} images, `images/img-001.png` and onwards, and the same images
-on the printable page `sheet.html`. Each image is either a real patient image or a synthetic
-(generated) one; the proportion is not disclosed, so judge each image on its own.
-
-## Filling in the answers
-
-1. Make a copy of `answers_template.csv` named after yourself, for example
-   `answers_<your initials>.csv`. One file per reader; do not share a file.
-2. Fill in one row per image (the rows are already there, one per `image_id`):
-
-   | column | what to write |
-   |---|---|
-   | `reader` | your name or initials, the same on every row |
-   | `image_id` | leave as it is (`img-001`, ...) |
-   | `judged` | `real` or `synthetic`; leave empty if you cannot decide |
-   | `anatomically_correct` | `yes` if the anatomy is plausible, otherwise `no` |
-   | `comment` | optional free text (what gave it away, artefacts seen, ...) |
-
-   Upper or lower case does not matter; any other value (for example `maybe`) is rejected
-   when the answers are scored. Do not add, remove or rename columns or rows.
-3. Save the file as CSV and return it to the study coordinator.
-
-## Blinding
-
-Do not look for, ask for or open the answer key; it is kept by the study coordinator and
-is not part of this kit. Do not compare notes with other readers before returning your file.
-"""
-
-_ENVIRONMENT = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-_PLAIN_ENVIRONMENT = jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,7 +203,8 @@ def build_reader_kit(
             {"image_id": image_id, "label": label, "png_base64": base64.b64encode(png).decode("ascii")}
         )
 
-    files["sheet.html"] = _ENVIRONMENT.from_string(_SHEET_TEMPLATE).render(
+    files["sheet.html"] = render(
+        "reader_sheet.html.j2",
         title=title, items=sheet_items, width_px=size[0], height_px=size[1]
     )
     files["answers_template.csv"] = pd.DataFrame(
@@ -301,7 +217,8 @@ def build_reader_kit(
         },
         columns=list(ANSWER_COLUMNS),
     )
-    files["INSTRUCTIONS.md"] = _PLAIN_ENVIRONMENT.from_string(_INSTRUCTIONS_TEMPLATE).render(
+    files["INSTRUCTIONS.md"] = render(
+        "reader_instructions.md.j2",
         title=title, n_images=len(key_rows)
     )
     answer_key = pd.DataFrame(key_rows, columns=list(KEY_COLUMNS))
