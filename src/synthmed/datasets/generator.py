@@ -37,6 +37,8 @@ class GeneratorDataset(AbstractDataset[TrainedGenerator, TrainedGenerator]):
         self.metadata = metadata
 
     def load(self) -> TrainedGenerator:
+        # load_generator verifies checksums.json (synthmed.core.checksums) before reading
+        # any weights and raises CheckpointError naming the file, both values and the fix.
         from synthmed.generators.registry import load_generator
 
         spec, config, models = load_generator(self._path)
