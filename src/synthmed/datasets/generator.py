@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kedro.io import AbstractDataset, DatasetError
-from torch import nn
 
 from synthmed.core.atomic import atomic_directory
+
+if TYPE_CHECKING:  # torch is heavy; only sampling and training need it
+    from torch import nn
 
 logger = logging.getLogger(__name__)
 

@@ -156,21 +156,13 @@ def _array_records(folder: Path) -> dict[str, FileDigest]:
     return {f"{name}.npy": FileDigest(info["sha256"], info.get("size")) for name, info in arrays.items()}
 
 
-def _check(folder: Path, kind: str, records: Mapping[str, FileDigest] | None, root: Path,
-           error: ChecksumError | None = None) -> StoreReport:
-    report = StoreReport(folder.relative_to(root).as_posix() if folder.is_relative_to(root) else str(folder),
-                         kind, "intact", files=len(records or {}))
-    if error is not None:
-        report.problems.append(_problem(error, root))
-    for rel, digest in (records or {}).items():
-        try:
-            verify_file(folder / rel, digest.sha256, digest.size, fix=hint_for(folder))
-        except ChecksumError as exc:
-            report.problems.append(_problem(exc, root))
-    if report.problems:
-        kinds = {p["kind"] for p in report.problems}
-        report.status = "missing" if kinds == {"missing"} else "corrupt"
-    return report
+def _verify_one(task: tuple[Path, str, FileDigest]) -> ChecksumError | None:
+    folder, rel, digest = task
+    try:
+        verify_file(folder / rel, digest.sha256, digest.size, fix=hint_for(folder))
+    except ChecksumError as exc:
+        return exc
+    return None
 
 
 def _stores(data: Path) -> Iterator[tuple[Path, str]]:
@@ -188,11 +180,21 @@ def _stores(data: Path) -> Iterator[tuple[Path, str]]:
             yield path.parent, "file-folder"
 
 
-def verify_tree(data: Path, dvc_yaml: Path | None = None) -> list[StoreReport]:
-    """Verify every store under ``data``; outputs in ``dvc_yaml`` that are absent are missing."""
-    reports = []
+def verify_tree(data: Path, dvc_yaml: Path | None = None, *, workers: int = 4) -> list[StoreReport]:
+    """Verify every store under ``data``; outputs in ``dvc_yaml`` that are absent are missing.
+
+    Files are hashed on ``workers`` threads (hashlib releases the GIL on large reads) and
+    each at most once per process (``synthmed.core.checksums`` cache).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = data.parent
+    reports: list[StoreReport] = []
+    tasks: list[tuple[StoreReport, tuple[Path, str, FileDigest]]] = []
     for folder, kind in _stores(data):
-        records, error = None, None
+        shown = folder.relative_to(root).as_posix() if folder.is_relative_to(root) else str(folder)
+        report = StoreReport(shown, kind, "intact")
+        reports.append(report)
         try:
             if kind == "array-store":
                 records = _array_records(folder)
@@ -200,11 +202,23 @@ def verify_tree(data: Path, dvc_yaml: Path | None = None) -> list[StoreReport]:
                 name = MODEL_LISTING if kind == "model-folder" else FOLDER_LISTING
                 records = read_listing(folder / name, fix=hint_for(folder))
         except ChecksumError as exc:
-            error = exc
+            report.problems.append(_problem(exc, root))
+            continue
         except (KeyError, TypeError, AttributeError) as exc:
-            error = ChecksumError(f"{folder}: malformed index ({exc!r}); {hint_for(folder)}",
-                                  path=folder, kind="listing")
-        reports.append(_check(folder, kind, records, data.parent, error))
+            report.problems.append(_problem(ChecksumError(
+                f"{folder / ARRAY_INDEX}: malformed index ({exc!r}); {hint_for(folder)}",
+                path=folder / ARRAY_INDEX, kind="listing"), root))
+            continue
+        report.files = len(records)
+        tasks.extend((report, (folder, rel, digest)) for rel, digest in records.items())
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for (report, _), error in zip(tasks, pool.map(_verify_one, [t for _, t in tasks])):
+            if error is not None:
+                report.problems.append(_problem(error, root))
+    for report in reports:
+        if report.problems:
+            kinds = {p["kind"] for p in report.problems}
+            report.status = "missing" if kinds == {"missing"} else "corrupt"
     if dvc_yaml is not None and dvc_yaml.is_file():
         data_resolved = data.resolve()
         for out, cmd in _stage_outputs(dvc_yaml, dvc_yaml.stat().st_mtime_ns):
