@@ -80,7 +80,7 @@ def test_a_corrupted_byte_is_reported_with_file_and_checksums_and_exits_1(projec
     code, out = _run(project, capsys)
     assert code == 1
     assert _lines(out)["data/05_model_input/slices/arrays"] == "corrupt"
-    assert f"{images} is corrupt: expected sha256 " in out and ", found " in out
+    assert f"{images} is corrupt (does not match its checksum): expected sha256 " in out and ", found " in out
     assert "`kedro run --pipelines extraction` / `dvc repro`" in out
     assert _lines(out)["data/07_model_output/rebalanced"] == "intact"
 
@@ -95,7 +95,7 @@ def test_truncation_and_deletion(project: Path, capsys) -> None:
     assert code == 1
     lines = _lines(out)
     assert lines["data/06_models/feature_encoders/slices"] == "corrupt"
-    assert f"truncated: size mismatch, expected {size} bytes, found {size // 2}" in out
+    assert f"truncated (does not match its checksum record): size mismatch, expected {size} bytes, found {size // 2}" in out
     assert lines["data/07_model_output/rebalanced"] == "missing"
     assert "a/1.txt is missing" in out
 

@@ -80,7 +80,7 @@ def test_a_truncated_file_is_reported_by_size_without_hashing(tmp_path: Path, ha
     hash_calls.clear()  # the writer's hash
     with open(path, "r+b") as handle:
         handle.truncate(64)
-    with pytest.raises(ChecksumError, match=r"truncated: size mismatch, expected 100 bytes, found 64") as info:
+    with pytest.raises(ChecksumError, match=r"truncated .*: size mismatch, expected 100 bytes, found 64") as info:
         verify_file(path, digest.sha256, digest.size)
     assert str(path) in str(info.value) and info.value.kind == "size"
     assert hash_calls == []
