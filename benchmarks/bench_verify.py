@@ -11,7 +11,7 @@ For each size it saves a store with ``ArrayStoreDataset`` in a temporary folder,
 The cold figures depend on whether the files are in the OS page cache; they are (just
 written), which is also the usual case right after ``dvc checkout`` or a pipeline stage.
 
-    PYTHONPATH=src python benchmarks/bench_verify.py            # 2,000 x 1 x 64 x 64 and ~200 MB
+    PYTHONPATH=src python benchmarks/bench_verify.py            # 2,000 x 1 x 64 x 64 (41 MB) and 800 x 1 x 256 x 256 (262 MB)
     PYTHONPATH=src python benchmarks/bench_verify.py --repeats 5
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 from synthmed.core import checksums
 from synthmed.datasets.array_store import INDEX, ArrayStore, ArrayStoreDataset
 
-SIZES = {"2000x1x64x64": (2000, 1, 64, 64), "~200MB 800x1x256x256": (800, 1, 256, 256)}
+SIZES = {"2000x1x64x64": (2000, 1, 64, 64), "800x1x256x256": (800, 1, 256, 256)}
 
 
 def _unverified_load(folder: Path) -> ArrayStore:
