@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED := 1
 # DVC stages call `kedro`: use the project's environment.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup demo test test-fast lint check-lock dvc-deps viz viz-build mlflow-ui status clean
+.PHONY: help setup demo test test-fast lint check-lock dvc-deps verify viz viz-build mlflow-ui status clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ dvc-deps: setup ## rewrite the src/ deps of dvc.yaml from the pipelines' imports
 
 test-fast: setup ## the unit tests only (skips the end-to-end DVC round trip and slow tests)
 	$(BIN)/python -m pytest -m "not slow"
+
+verify: setup ## check every store under data/ against its recorded sha256 and size
+	$(BIN)/synthmed verify
 
 viz: setup ## open kedro-viz on http://127.0.0.1:4141
 	$(BIN)/kedro viz run --no-browser --host 127.0.0.1 --port 4141

@@ -13,7 +13,7 @@ from tests.dicom_factory import SENTINEL
 def test_deidentified_copies_hold_no_identifier(processed):
     workdir, _ = processed
     out = workdir / "data/03_primary/deidentified"
-    files = sorted(p for p in out.rglob("*") if p.is_file())
+    files = sorted(p for p in out.rglob("*") if p.is_file() and not p.name.startswith("."))  # not the checksum listing
     assert {p.suffix for p in files} == {".dcm", ".png", ".gz"}
     for path in files:
         # Names come from pseudonyms only.

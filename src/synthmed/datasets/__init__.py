@@ -10,9 +10,9 @@
 """
 
 from synthmed.datasets.array_store import ArrayStore, ArrayStoreDataset
-from synthmed.datasets.classifier import ClassifierDataset, TrainedClassifier
+from synthmed.datasets.classifier import ClassifierDataset
 from synthmed.datasets.file_folder import FileFolderDataset, SourceFolder
-from synthmed.datasets.generator import GeneratorDataset, TrainedGenerator
+from synthmed.datasets.generator import GeneratorDataset
 from synthmed.datasets.metrics import MetricsDataset
 from synthmed.datasets.secrets import PseudonymisationKeyDataset
 
@@ -25,6 +25,4 @@ __all__ = [
     "MetricsDataset",
     "PseudonymisationKeyDataset",
     "SourceFolder",
-    "TrainedClassifier",
-    "TrainedGenerator",
 ]

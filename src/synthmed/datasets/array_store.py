@@ -2,8 +2,13 @@
 
 Layout::
 
-    <path>/index.json        {"format": ..., "arrays": {name: {shape, dtype, sha256}}}
+    <path>/index.json        {"format": ..., "arrays": {name: {shape, dtype, sha256, size}}}
     <path>/<name>.npy        one array per name (NumPy format, allow_pickle=False)
+
+Every load verifies each array's size and sha256 against the index before it is memory
+mapped (``synthmed.core.checksums``: hashed once per unchanged file and process, a ``stat``
+after that); a mismatch raises ``DataChecksumError`` naming the file, both values and the
+fix. Indexes written before sizes were recorded are verified by sha256 alone.
 
 Loading returns an ``ArrayStore`` mapping whose values are read-only memory maps, so a
 training loop can index batches (``store["images"][idx]``) without reading the whole
@@ -13,7 +18,6 @@ array. Saving accepts arrays or zero-argument callables returning arrays (the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -26,21 +30,14 @@ from kedro.io import AbstractDataset, DatasetError
 from tqdm.auto import tqdm
 
 from synthmed.core.atomic import atomic_directory
+from synthmed.core.checksums import describe_file
+from synthmed.datasets.integrity import ARRAY_FORMAT, DataChecksumError, hint_for, read_json, verified
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "synthmed-array-store/1"
+FORMAT = ARRAY_FORMAT
 INDEX = "index.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-_CHUNK = 1 << 20
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_array_name(name: str) -> str:
@@ -63,7 +60,14 @@ class ArrayStore(Mapping[str, np.ndarray]):
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._index:
             raise KeyError(f"{name!r} is not in the array store at {self._root}")
-        return np.load(self._root / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+        path = self._root / f"{name}.npy"
+        # A stat when unchanged since load (cached); a re-hash if the file was replaced.
+        self._verify(name)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+
+    def _verify(self, name: str) -> None:
+        info = self._index[name]
+        verified(self._root / f"{name}.npy", info["sha256"], info.get("size"), store=self._root)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._index)
@@ -76,14 +80,9 @@ class ArrayStore(Mapping[str, np.ndarray]):
         return self._index[name]
 
     def verify(self) -> None:
-        """Recompute every checksum; raise ``DatasetError`` naming the first mismatch."""
-        for name, info in self._index.items():
-            actual = _sha256(self._root / f"{name}.npy")
-            if actual != info["sha256"]:
-                raise DatasetError(
-                    f"Array {name!r} in {self._root} is corrupt: sha256 {actual} does not "
-                    f"match the index ({info['sha256']})."
-                )
+        """Check every array's size and sha256; raise ``DataChecksumError`` on the first mismatch."""
+        for name in self._index:
+            self._verify(name)
 
 
 class ArrayStoreDataset(AbstractDataset[Mapping[str, Any], ArrayStore]):
@@ -108,12 +107,22 @@ class ArrayStoreDataset(AbstractDataset[Mapping[str, Any], ArrayStore]):
         index_path = self._path / INDEX
         if not index_path.is_file():
             raise DatasetError(f"No array store at {self._path}: {INDEX} is missing.")
-        index = json.loads(index_path.read_text())
-        if index.get("format") != FORMAT:
-            raise DatasetError(
-                f"{index_path} has format {index.get('format')!r}, expected {FORMAT!r}."
-            )
-        return ArrayStore(self._path, index["arrays"])
+        index = read_json(index_path, "Array store index")
+        if not isinstance(index, dict) or index.get("format") != FORMAT:
+            found = index.get("format") if isinstance(index, dict) else type(index).__name__
+            raise DatasetError(f"{index_path} has format {found!r}, expected {FORMAT!r}.")
+        arrays = index.get("arrays")
+        if not isinstance(arrays, dict) or not all(
+            isinstance(info, dict) and isinstance(info.get("sha256"), str) for info in arrays.values()
+        ):
+            raise DataChecksumError(
+                f"{index_path} does not record a sha256 for every array; {hint_for(self._path)}",
+                path=index_path, kind="listing")
+        for name in arrays:
+            check_array_name(name)
+        store = ArrayStore(self._path, arrays)
+        store.verify()  # before anything is memory-mapped: fail at load, not mid-training
+        return store
 
     def save(self, data: Mapping[str, Any]) -> None:
         if not isinstance(data, Mapping):
@@ -138,10 +147,12 @@ class ArrayStoreDataset(AbstractDataset[Mapping[str, Any], ArrayStore]):
                     )
                 target = tmp / f"{name}.npy"
                 np.save(target, np.ascontiguousarray(array), allow_pickle=False)
+                digest = describe_file(target)
                 index[name] = {
                     "shape": list(array.shape),
                     "dtype": array.dtype.str,
-                    "sha256": _sha256(target),
+                    "sha256": digest.sha256,
+                    "size": digest.size,
                 }
             payload = {"format": FORMAT, "arrays": index}
             (tmp / INDEX).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")

@@ -1,8 +1,9 @@
 """A trained ``ConvClassifier`` (the domain feature encoder) as a catalog dataset.
 
 The folder holds ``classifier.json`` (format, architecture, class names, training facts),
-``weights.safetensors`` and ``checksums.json`` (written last). Nothing is pickled; a folder
-whose checksums do not match is refused.
+``weights.safetensors`` and ``checksums.json`` (sha256 and size of each file, written last).
+Nothing is pickled; a folder whose checksums do not match is refused with a
+``DataChecksumError`` naming the file, both values and the fix.
 """
 
 from __future__ import annotations
@@ -10,22 +11,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kedro.io import AbstractDataset, DatasetError
 
 from synthmed.core.atomic import atomic_directory
-from synthmed.metrics.features import TrainedClassifier
+from synthmed.datasets.integrity import MODEL_LISTING, hint_for, verified_listing
+
+if TYPE_CHECKING:  # torch is imported when a classifier is loaded or saved, not with the catalog
+    from synthmed.metrics.features import TrainedClassifier
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "synthmed-classifier/1"
 
 
-
-class ClassifierDataset(AbstractDataset[TrainedClassifier, TrainedClassifier]):
+class ClassifierDataset(AbstractDataset["TrainedClassifier", "TrainedClassifier"]):
     """Saves a ``TrainedClassifier`` atomically with checksums; loads it verified.
 
     Args:
@@ -41,12 +43,15 @@ class ClassifierDataset(AbstractDataset[TrainedClassifier, TrainedClassifier]):
         from safetensors.torch import load_file
 
         from synthmed.core.config import from_params
-        from synthmed.generators.common import verify_checksums
-        from synthmed.metrics.features import ClassifierConfig, ConvClassifier
+        from synthmed.metrics.features import ClassifierConfig, ConvClassifier, TrainedClassifier
 
         if not self._path.is_dir():
             raise DatasetError(f"No trained classifier at {self._path}: run its pipeline first.")
-        verify_checksums(self._path)
+        listing = self._path / MODEL_LISTING
+        if not listing.is_file():
+            raise DatasetError(f"{self._path} has no {MODEL_LISTING}: the save was interrupted or this is "
+                               f"not a classifier folder; {hint_for(self._path)}")
+        verified_listing(self._path, listing)
         manifest = json.loads((self._path / "classifier.json").read_text())
         if manifest.get("format") != FORMAT:
             raise DatasetError(f"{self._path}/classifier.json has format {manifest.get('format')!r}, expected {FORMAT!r}.")
@@ -58,6 +63,7 @@ class ClassifierDataset(AbstractDataset[TrainedClassifier, TrainedClassifier]):
         from safetensors.torch import save_file
 
         from synthmed.generators.common import write_checksums
+        from synthmed.metrics.features import TrainedClassifier
 
         if not isinstance(data, TrainedClassifier):
             raise DatasetError(f"ClassifierDataset({self._path}) saves a TrainedClassifier, got {type(data).__name__}.")
@@ -71,7 +77,7 @@ class ClassifierDataset(AbstractDataset[TrainedClassifier, TrainedClassifier]):
         logger.info("Saved classifier (%d classes) to %s", len(data.class_names), self._path)
 
     def _exists(self) -> bool:
-        return (self._path / "checksums.json").is_file()
+        return (self._path / MODEL_LISTING).is_file()
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}

@@ -5,6 +5,11 @@ paths and their sizes; nodes read one file at a time with ``read_bytes``. This i
 inputs reach the ingestion readers (which then decode bytes, not paths).
 
 Saving takes ``{relative/path.ext: object or zero-argument callable}`` and replaces the whole folder atomically.
+Last, it writes a hidden ``.synthmed-checksums.json`` (sha256 and size of every file). Hidden
+files are left out of the listing, so readers and users do not see it; loading a folder that
+has one verifies every listed file first (``synthmed.core.checksums``: hashed once per
+unchanged file and process) and raises ``DataChecksumError`` naming a missing, truncated or
+altered file, both values and the fix. Folders without it (raw inputs) are listed as is.
 Objects are encoded by the file suffix:
 
 ============  ==============================================================
@@ -24,7 +29,6 @@ from __future__ import annotations
 
 import fnmatch
 import gzip
-import hashlib
 import io
 import json
 import logging
@@ -38,6 +42,8 @@ import numpy as np
 from kedro.io import AbstractDataset, DatasetError
 
 from synthmed.core.atomic import atomic_directory
+from synthmed.core.checksums import sha256_bytes, write_listing
+from synthmed.datasets.integrity import FOLDER_LISTING, DataChecksumError, hint_for, verified_listing
 
 logger = logging.getLogger(__name__)
 
@@ -89,15 +95,13 @@ class SourceFolder:
                 between ingestion and preprocessing); run the earlier step again.
         """
         blobs = [self.read_bytes(rel) for rel in relpaths]
-        digest = hashlib.sha256()
-        for blob in blobs:
-            digest.update(blob)
-        if digest.hexdigest() != sha256:
-            raise DatasetError(
+        found = sha256_bytes(blobs)
+        if found != sha256:
+            raise DataChecksumError(
                 f"{relpaths[0]} in {self.root} changed since its checksum was recorded "
-                f"(expected sha256 {sha256[:12]}..., found {digest.hexdigest()[:12]}...); "
-                "run the ingestion pipeline again."
-            )
+                f"(expected sha256 {sha256}, found {found}); run the ingestion pipeline again "
+                "(`kedro run --pipelines ingestion` / `dvc repro`).",
+                path=self.root / relpaths[0], kind="sha256", expected=sha256, found=found)
         return blobs
 
 
@@ -196,12 +200,17 @@ class FileFolderDataset(AbstractDataset[Mapping[str, Any], SourceFolder]):
                 f"Source folder {self._path} does not exist or is not a folder. Point the "
                 "catalog entry at your data (README: 'Your own data')."
             )
+        listing = self._path / FOLDER_LISTING
+        recorded = verified_listing(self._path, listing) if listing.is_file() else None
         sizes: dict[str, int] = {}
         for file in sorted(p for p in self._path.rglob("*") if p.is_file()):
             rel = file.relative_to(self._path).as_posix()
             if any(fnmatch.fnmatch(rel, pattern) for pattern in self._exclude):
                 continue
             sizes[rel] = file.stat().st_size
+        if recorded is not None and (added := sorted(set(sizes) - set(recorded))):
+            logger.warning("%s holds %d file(s) its writer did not record (first: %s); they are "
+                           "not checksum-verified.", self._path, len(added), added[0])
         return SourceFolder(root=self._path, files=tuple(sizes), sizes=sizes)
 
     def save(self, data: Mapping[str, Any]) -> None:
@@ -219,6 +228,7 @@ class FileFolderDataset(AbstractDataset[Mapping[str, Any], SourceFolder]):
                 # Zero-argument callables are evaluated one at a time (PartitionedDataset
                 # idiom), so a node can hand over many large files without holding them.
                 target.write_bytes(encode(relpath, value() if callable(value) else value))
+            write_listing(tmp, FOLDER_LISTING)  # last: a folder with its listing is complete
         logger.info("Saved %d files to %s", len(data), self._path)
 
     def _exists(self) -> bool:

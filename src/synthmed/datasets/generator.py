@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kedro.io import AbstractDataset, DatasetError
 
 from synthmed.core.atomic import atomic_directory
-from synthmed.generators.base import TrainedGenerator
+
+if TYPE_CHECKING:  # torch is imported when a generator is loaded or saved, not with the catalog
+    from synthmed.generators.base import TrainedGenerator
 
 logger = logging.getLogger(__name__)
 
 
-
-class GeneratorDataset(AbstractDataset[TrainedGenerator, TrainedGenerator]):
+class GeneratorDataset(AbstractDataset["TrainedGenerator", "TrainedGenerator"]):
     """Saves a ``TrainedGenerator`` atomically (checksums written last); loads it verified.
 
     Args:
@@ -28,12 +29,16 @@ class GeneratorDataset(AbstractDataset[TrainedGenerator, TrainedGenerator]):
         self.metadata = metadata
 
     def load(self) -> TrainedGenerator:
+        # load_generator verifies checksums.json (synthmed.core.checksums) before reading
+        # any weights and raises CheckpointError naming the file, both values and the fix.
+        from synthmed.generators.base import TrainedGenerator
         from synthmed.generators.registry import load_generator
 
         spec, config, models = load_generator(self._path)
         return TrainedGenerator(spec.name, config, models)
 
     def save(self, data: TrainedGenerator) -> None:
+        from synthmed.generators.base import TrainedGenerator
         from synthmed.generators.common import write_checksums, write_generator_files
 
         if not isinstance(data, TrainedGenerator):

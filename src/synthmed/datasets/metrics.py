@@ -1,6 +1,11 @@
 """Flat metrics to a JSON file (DVC metrics) and, when a run is active, to MLflow.
 
 One dataset writes both, so ``dvc metrics show`` and the MLflow UI show the same numbers.
+
+No checksum is recorded for these files, by design: they are small metrics JSONs tracked by
+git (``cache: false`` in dvc.yaml), so git already detects any change to them (``git status``,
+``dvc metrics diff``), and a bad edit fails loudly in ``json.loads``; a recorded sha256 would
+have to live in git beside them and change with every run, adding nothing.
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -10,6 +9,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
+from synthmed.core.checksums import sha256_bytes
 from synthmed.datasets.file_folder import FileFolderDataset, SourceFolder
 from synthmed.privacy.pseudonyms import (
     MISSING_KEY_HELP,
@@ -41,7 +41,7 @@ def is_public_sample(folder: SourceFolder) -> bool:
     if set(listed) != set(folder.files) - {PUBLIC_SAMPLE_MANIFEST}:
         return False
     return all(
-        hashlib.sha256(folder.read_bytes(rel)).hexdigest() == digest
+        sha256_bytes(folder.read_bytes(rel)) == digest
         for rel, digest in listed.items()
     )
 

@@ -5,16 +5,16 @@ A saved generator is a folder::
     generator.json      {"format", "family", "config", "modules"}
     <module>/           diffusers models (``save_pretrained``: config.json + safetensors)
     <module>.safetensors   other torch modules (state dict)
-    checksums.json      sha256 of every file above, written last
+    checksums.json      sha256 and size of every file above, written last
 
 Nothing is pickled. ``load_generator`` refuses a folder whose checksums do not match (an
-interrupted save, a corrupted copy).
+interrupted save, a corrupted copy). Checksums are written and verified by
+``synthmed.core.checksums`` (verified once per unchanged file and process).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from synthmed.core.checksums import sha256_file
+from synthmed.core.checksums import ChecksumError, read_listing, sha256_bytes, verify_listing, write_listing
 
 FORMAT = "synthmed-generator/1"
 CHECKSUMS = "checksums.json"
@@ -55,21 +55,23 @@ def write_generator_files(folder: Path, family: str, config: Any, models: nn.Mod
 
 
 def write_checksums(folder: Path) -> None:
-    """Record the sha256 of every file in ``folder``; called last, it marks the folder complete."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS)
-    sums = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
-    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1, sort_keys=True) + "\n")
+    """Record sha256 and size of every file in ``folder``; called last, it marks the folder complete."""
+    write_listing(folder, CHECKSUMS)
 
 
 def verify_checksums(folder: Path) -> None:
-    """Raise ``CheckpointError`` unless every file listed in checksums.json matches."""
+    """Raise ``CheckpointError`` unless every file listed in checksums.json matches.
+
+    The message names the file, the recorded and the found sha256 (or size) and the fix.
+    Older listings without sizes (``{relpath: sha256}``) are still read.
+    """
     listing = folder / CHECKSUMS
     if not listing.is_file():
         raise CheckpointError(f"{folder} has no {CHECKSUMS}: the save was interrupted or this is not a generator folder.")
-    for rel, expected in json.loads(listing.read_text()).items():
-        path = folder / rel
-        if not path.is_file() or sha256_file(path) != expected:
-            raise CheckpointError(f"{folder}: {rel} is missing or does not match its checksum (corrupt copy?).")
+    try:
+        verify_listing(folder, read_listing(listing))
+    except ChecksumError as exc:
+        raise CheckpointError(str(exc)) from exc
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -93,11 +95,9 @@ def load_weights(folder: Path, models: nn.ModuleDict) -> None:
 
 def weights_digest(models: nn.Module) -> str:
     """A short hash of every parameter and buffer: identifies a checkpoint in provenance."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(models.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    parts = (part for name, tensor in sorted(models.state_dict().items())
+             for part in (name.encode(), tensor.detach().cpu().contiguous().numpy().tobytes()))
+    return sha256_bytes(parts)[:16]
 
 
 # ------------------------------------------------------------------ training helpers
