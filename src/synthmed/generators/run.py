@@ -6,12 +6,13 @@ extraction output (``slices`` or ``patches``) the family learns from.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from synthmed.core.checksums import sha256_bytes
 
 SOURCES = ("slices", "patches")
 
@@ -49,5 +50,5 @@ def checkpoint_folder(run: RunConfig, family: str, model_config: Any, training_c
     the split, so a changed configuration or dataset never resumes an old run.
     """
     parts = (asdict(model_config), asdict(training_config), data_checksums, run.split)
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    digest = sha256_bytes(json.dumps(parts, sort_keys=True, default=str).encode())[:12]
     return Path(run.checkpoint_root) / f"{family}-{digest}"
