@@ -18,7 +18,6 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from synthmed.metrics.fidelity import (
     WANG_BETAS,
     Interval,
-    PrecisionRecallDensityCoverage,
     PrecomputedFeatures,
     _gaussian_sigma,
     _ms_ssim_settings,
@@ -264,32 +263,6 @@ def test_prdc_density_is_about_one_for_samples_of_the_same_distribution() -> Non
 def test_prdc_of_far_apart_sets_is_zero() -> None:
     scores = precision_recall_density_coverage(gaussian(40, 5, seed=22), gaussian(40, 5, seed=23, shift=100.0))
     assert scores == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
-
-
-def test_prdc_class_equals_the_functional() -> None:
-    real, fake = gaussian(45, 4, seed=24), gaussian(35, 4, seed=25, shift=0.3)
-    metric = PrecisionRecallDensityCoverage(k=4)
-    for rows in real.split(10):
-        metric.update(rows, real=True)
-    for rows in fake.split(8):
-        metric.update(rows, real=False)
-    expected = precision_recall_density_coverage(real, fake, k=4)
-    assert metric.compute() == expected
-    assert metric.compute() == expected  # compute is pure
-
-
-def test_prdc_class_needs_both_sets() -> None:
-    metric = PrecisionRecallDensityCoverage()
-    metric.update(torch.zeros(8, 2), real=True)
-    with pytest.raises(ValueError, match="one real and one fake update before compute, got 1 real and 0 fake"):
-        metric.compute()
-
-
-def test_prdc_class_rejects_a_changed_feature_size() -> None:
-    metric = PrecisionRecallDensityCoverage()
-    metric.update(torch.zeros(3, 4), real=True)
-    with pytest.raises(ValueError, match=r"D=4 like the earlier updates, got \(3, 5\)"):
-        metric.update(torch.zeros(3, 5), real=False)
 
 
 def test_prdc_rejects_k_not_smaller_than_the_set() -> None:

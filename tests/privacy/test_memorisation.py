@@ -23,21 +23,36 @@ from synthmed.privacy.memorisation import (
     COLUMNS,
     GateConfig,
     GateReport,
-    MemorisationDistance,
     MemorisationError,
     PlantConfig,
     SearchConfig,
+    _as_images,
+    _check_chunk_size,
+    _check_same_geometry,
+    _prepare_references,
     calibrate_threshold,
     enforce,
-    nearest_neighbours,
+    nearest_table,
     plant_copies,
     run_gate,
     search_transforms,
     shift_image,
+    zoom_references,
 )
 
 NO_SEARCH = SearchConfig(flips=("none",), max_shift_px=0)
 SIZE_PX = 32
+
+
+def nearest_neighbours(queries, references, *, search: SearchConfig, embed=None, chunk_size: int = 256) -> pd.DataFrame:
+    """The nearest-neighbour table exactly as `run_gate` scores images: its input checks, its
+    reference preparation and `nearest_table`."""
+    chunk_size = _check_chunk_size(chunk_size)
+    reference_images = _as_images(references, "references")
+    query_images = _as_images(queries, "queries", allow_empty=True)
+    _check_same_geometry(query_images, "queries", reference_images, "references")
+    prepared = _prepare_references(zoom_references(reference_images, search.zooms), search, embed, chunk_size)
+    return nearest_table(query_images, prepared, search, embed, chunk_size, len(reference_images))
 
 
 def smooth_fields(count: int, seed: int, *, size: int = SIZE_PX, channels: int = 1,
@@ -172,26 +187,6 @@ def test_chunked_results_equal_unchunked_results() -> None:
         pd.testing.assert_frame_equal(chunked, whole, check_exact=False, rtol=1e-6, atol=1e-6)
 
 
-def test_metric_class_matches_the_functional_twin() -> None:
-    references, queries = smooth_fields(25, 18), smooth_fields(9, 19)
-    queries[2] = references[5].flip(-2)
-    metric = MemorisationDistance(references, search=SearchConfig(), embed=pooled_features)
-    metric.update(queries[:4])
-    metric.update(queries[4:])
-    expected = nearest_neighbours(queries, references, search=SearchConfig(), embed=pooled_features)
-    pd.testing.assert_frame_equal(metric.compute_frame(), expected, check_exact=False, rtol=1e-6, atol=1e-6)
-    result = metric.compute()
-    np.testing.assert_allclose(result["pixel_distance"].numpy(), expected["pixel_distance"], atol=1e-6)
-    assert result["pixel_neighbour"][2] == 5
-    assert metric.transform_names[int(result["pixel_transform_index"][2])] == "vflip dx=0 dy=0"
-    # compute is pure; reset forgets the queries; patient images never enter the state dict.
-    pd.testing.assert_frame_equal(metric.compute_frame(), expected, check_exact=False, rtol=1e-6, atol=1e-6)
-    assert not any("centred" in key or "features" in key for key in metric.state_dict())
-    metric.reset()
-    metric.update(queries[:1])
-    assert len(metric.compute_frame()) == 1
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.uint8, torch.int16])
 def test_other_dtypes_give_the_float32_result_on_the_same_values(dtype: torch.dtype) -> None:
     values = ((smooth_fields(10, 20) + 1.0) * 127.5).round()  # integer-valued 0..255
@@ -229,23 +224,18 @@ def test_bad_search_and_chunk_arguments_are_rejected() -> None:
         nearest_neighbours(references, references, search=SearchConfig(max_shift_px=4))
     with pytest.raises(ValueError, match=r"chunk_size to be a positive integer, got 0"):
         nearest_neighbours(references, references, search=SearchConfig(), chunk_size=0)
-    with pytest.raises(ValueError, match="reference_features were given without embed"):
-        nearest_neighbours(references, references, search=SearchConfig(), reference_features=torch.ones(2, 3))
 
 
 # ------------------------------------------------------------------ feature space
 
 
-def test_feature_space_finds_copies_and_accepts_precomputed_features() -> None:
+def test_feature_space_finds_copies() -> None:
     references = smooth_fields(20, 24)
     queries = torch.stack([references[3], references[8].flip(-1), smooth_fields(1, 25)[0]])
     table = nearest_neighbours(queries, references, search=SearchConfig(), embed=pooled_features)
     assert table["feature_neighbour"].tolist()[:2] == [3, 8]
     np.testing.assert_allclose(table["feature_similarity"].iloc[:2], 1.0, atol=1e-5)
     assert table["feature_similarity"].iloc[2] < 0.99
-    precomputed = nearest_neighbours(queries, references, search=SearchConfig(), embed=pooled_features,
-                                     reference_features=pooled_features(references).double())
-    pd.testing.assert_frame_equal(precomputed, table, check_exact=False, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"embed\(references\) to return shape \(20, D\), got \(20,\)"):
         nearest_neighbours(queries, references, search=SearchConfig(), embed=lambda x: x.mean((1, 2, 3)))
 

@@ -33,7 +33,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torchmetrics import Metric
 from torchmetrics.functional.image import (
     multiscale_structural_similarity_index_measure,
     peak_signal_noise_ratio,
@@ -42,7 +41,6 @@ from torchmetrics.functional.image import (
 from torchmetrics.functional.regression import mean_squared_error
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
-from torchmetrics.utilities.data import dim_zero_cat
 
 logger = logging.getLogger(__name__)
 
@@ -463,52 +461,6 @@ def precision_recall_density_coverage(real: Tensor, fake: Tensor, *, k: int = 5)
         "density": float(in_real_ball.double().sum() / (k * fake.shape[0])),
         "coverage": float(in_real_ball.any(dim=1).double().mean()),
     }
-
-
-class PrecisionRecallDensityCoverage(Metric):
-    """PRDC (Naeem et al., ICML 2020) in the torchmetrics shape.
-
-    ``update(features, real)`` appends ``(B, D)`` features to the real or fake set; ``compute``
-    is pure and returns ``precision_recall_density_coverage`` of everything seen (the k-NN radii
-    need all rows at once, so the states are the features, concatenated across processes).
-
-    Args:
-        k: neighbours for the k-NN radii; ``compute`` requires fewer than the rows of each set.
-        **kwargs: passed to ``torchmetrics.Metric``.
-    """
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-    real_features: list[Tensor]
-    fake_features: list[Tensor]
-
-    def __init__(self, k: int = 5, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.k = _check_positive_int("k", k)
-        self.add_state("real_features", default=[], dist_reduce_fx="cat")
-        self.add_state("fake_features", default=[], dist_reduce_fx="cat")
-
-    def update(self, features: Tensor, real: bool) -> None:
-        """Add ``(B, D)`` finite float features to the real (``real=True``) or fake set."""
-        features = _check_features("features", features, min_rows=1)
-        seen = [*self.real_features, *self.fake_features]
-        if seen and seen[0].shape[1] != features.shape[1]:
-            raise ValueError(
-                f"Expected features with D={seen[0].shape[1]} like the earlier updates, got {_shape(features)}."
-            )
-        (self.real_features if real else self.fake_features).append(features.detach())
-
-    def compute(self) -> dict[str, float]:
-        """``{"precision", "recall", "density", "coverage"}`` of all features seen so far."""
-        if not self.real_features or not self.fake_features:
-            raise ValueError(
-                f"Expected at least one real and one fake update before compute, got "
-                f"{len(self.real_features)} real and {len(self.fake_features)} fake."
-            )
-        return precision_recall_density_coverage(
-            dim_zero_cat(self.real_features), dim_zero_cat(self.fake_features), k=self.k
-        )
 
 
 # ------------------------------------------------------------------ SSIM family

@@ -11,7 +11,7 @@ in four parts.
    ``[-max_shift_px, max_shift_px]`` (`search_transforms`). A transform is named after what
    is done to the *query* to line it up with its neighbour: ``"hflip dx=+1 dy=0"`` means
    "mirror the query left-right, then move it one pixel to the right".
-2. Similarity (`nearest_neighbours`, `MemorisationDistance`). In pixel space, the
+2. Similarity (`nearest_table`). In pixel space, the
    normalised cross-correlation (Pearson correlation over all pixels and channels): each
    image is centred and scaled to unit L2 norm, so the score ignores gain and offset, and
    the scores of a block of queries against all references are one matrix product. In a
@@ -60,7 +60,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -68,7 +68,6 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import ArrayLike
 from torch import Tensor
-from torchmetrics import Metric
 from tqdm.auto import tqdm
 
 from synthmed.core.config import from_params
@@ -340,7 +339,6 @@ def _prepare_references(
     references: Tensor,
     search: SearchConfig,
     embed: Embed | None,
-    reference_features: Tensor | ArrayLike | None,
     chunk_size: int,
 ) -> _References:
     """Centre the references, take their norm on every shift overlap, and embed them."""
@@ -360,19 +358,7 @@ def _prepare_references(
             constant = norms <= _CONSTANT_STD * math.sqrt(size)
             inv_norms[s, start:start + chunk_size] = torch.where(constant, 0.0, 1.0 / norms.clamp_min(1e-300))
     features = None
-    if reference_features is not None:
-        given = reference_features
-        if not isinstance(given, Tensor):
-            given = torch.as_tensor(np.asarray(given))
-        if given.ndim != 2 or given.shape[0] != count or given.shape[1] == 0 or given.is_complex():
-            raise ValueError(
-                f"Expected reference_features with shape ({count}, D) (one row per reference), "
-                f"got {tuple(given.shape)}."
-            )
-        if not bool(torch.isfinite(given.to(torch.float64)).all()):
-            raise ValueError("Expected reference_features to contain only finite values.")
-        features = _unit_rows(given.detach().to(references.device))
-    elif embed is not None:
+    if embed is not None:
         blocks = [_embed(embed, references[i:i + chunk_size], "references") for i in range(0, count, chunk_size)]
         if len({b.shape[1] for b in blocks}) != 1:
             raise ValueError(f"Expected embed to return one feature size, got {sorted({b.shape[1] for b in blocks})}.")
@@ -500,7 +486,6 @@ def _fold_zooms(frame: pd.DataFrame, reference_count: int, zooms: tuple[float, .
 
 def _frame(result: Mapping[str, Tensor], names: tuple[str, ...]) -> pd.DataFrame:
     """The nearest-neighbour table (columns ``COLUMNS``, one row per query, in query order)."""
-    # reshape(-1): torchmetrics squeezes a one-element compute() result to 0-d.
     def column(key: str, dtype: type) -> np.ndarray:
         return result[key].detach().cpu().reshape(-1).numpy().astype(dtype)
 
@@ -515,162 +500,21 @@ def _frame(result: Mapping[str, Tensor], names: tuple[str, ...]) -> pd.DataFrame
     })
 
 
-def nearest_neighbours(
-    queries: Tensor | ArrayLike,
-    references: Tensor | ArrayLike,
-    *,
-    search: SearchConfig,
-    embed: Embed | None = None,
-    reference_features: Tensor | ArrayLike | None = None,
-    chunk_size: int = 256,
+def nearest_table(
+    queries: Tensor, references: _References, search: SearchConfig, embed: Embed | None, chunk_size: int,
+    reference_count: int,
 ) -> pd.DataFrame:
-    """The nearest reference of every query, in pixel space and (optionally) feature space.
+    """The nearest reference of every query: one row per query, in order, columns `COLUMNS`.
 
-    Args:
-        queries: ``(N, C, H, W)`` images, any real dtype (converted to float32), by
-            convention in ``[-1, 1]``; N may be 0.
-        references: ``(R, C, H, W)`` images with the queries' C, H, W; R >= 1.
-        search: the flips and shifts tried on each query.
-        embed: feature network ``(B, C, H, W) float32 -> (B, D)``; None for pixel space only.
-            It receives each flip of the queries, unshifted (see `_search`),
-            and the references (at every zoom) when ``reference_features`` is None.
-        reference_features: ``(R, D)`` features of the references, precomputed with
-            ``embed``; needs ``embed``.
-        chunk_size: queries compared at a time; memory grows as ``chunk_size x R``.
-
-    Returns:
-        One row per query, in order, with columns
-        ``pixel_similarity`` (float64 in [-1, 1], Pearson correlation over the overlap),
-        ``pixel_distance`` (``1 - pixel_similarity``, in [0, 2]),
-        ``pixel_neighbour`` (int64 row of ``references``),
-        ``pixel_transform`` (str, e.g. ``"hflip dx=+1 dy=0"``),
-        ``feature_similarity`` (float64 cosine in [-1, 1]; NaN without ``embed``),
-        ``feature_neighbour`` (int64; -1 without ``embed``).
-
-    Raises:
-        ValueError: bad shapes, dtypes, non-finite values, chunk size, a shift too large for
-            the images, ``reference_features`` without ``embed``, or bad ``embed`` outputs.
+    ``references`` are the prepared (`_prepare_references`), zoom-expanded references of
+    ``reference_count`` original images; neighbour indices refer to the original images.
+    Columns: ``pixel_similarity`` (float64 in [-1, 1], Pearson correlation over the overlap),
+    ``pixel_distance`` (``1 - pixel_similarity``, in [0, 2]), ``pixel_neighbour`` (int64),
+    ``pixel_transform`` (str, e.g. ``"hflip dx=+1 dy=0"``), ``feature_similarity`` (float64
+    cosine; NaN without features), ``feature_neighbour`` (int64; -1 without features).
     """
-    chunk_size = _check_chunk_size(chunk_size)
-    if not isinstance(search, SearchConfig):
-        raise ValueError(f"Expected search to be a SearchConfig, got {type(search).__name__}.")
-    if reference_features is not None and embed is None:
-        raise ValueError("reference_features were given without embed: the queries cannot be embedded.")
-    reference_images = _as_images(references, "references")
-    query_images = _as_images(queries, "queries", allow_empty=True)
-    _check_same_geometry(query_images, "queries", reference_images, "references")
-    if reference_features is not None and search.zooms != (1.0,):
-        raise ValueError("reference_features cannot be combined with search.zooms: the zoomed references need embedding.")
-    count = len(reference_images)
-    prepared = _prepare_references(zoom_references(reference_images, search.zooms), search, embed, reference_features,
-                                   chunk_size)
-    result = _search(query_images, prepared, search, embed, chunk_size)
-    return _fold_zooms(_frame(result, search.transform_names()), count, search.zooms)
-
-
-def _empty_or_cat(state: list[Tensor] | Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
-    if isinstance(state, Tensor):
-        return state
-    if not state:
-        return torch.empty(0, dtype=dtype, device=device)
-    return torch.cat(state)
-
-
-class MemorisationDistance(Metric):
-    """Nearest-training-image similarity of generated images: the class twin of `nearest_neighbours`.
-
-    The references (and ``embed``) are fixed at construction; ``update(queries)`` scores a
-    batch and accumulates per-query results; ``compute()`` returns them for every query seen
-    since the last ``reset()``, in order. The prepared references are non-persistent
-    buffers: they follow ``.to(device)`` but never enter ``state_dict()`` (they are patient
-    images).
-
-    Args:
-        references: ``(R, C, H, W)`` training images, any real dtype.
-        search: flips and shifts tried on each query.
-        embed: optional feature network ``(B, C, H, W) -> (B, D)``.
-        reference_features: optional precomputed ``(R, D)`` features (needs ``embed``).
-        chunk_size: queries compared at a time.
-        **kwargs: passed to ``torchmetrics.Metric``.
-    """
-
-    is_differentiable = False
-    higher_is_better: bool | None = None
-    full_state_update = False
-
-    def __init__(
-        self,
-        references: Tensor | ArrayLike,
-        *,
-        search: SearchConfig | None = None,
-        embed: Embed | None = None,
-        reference_features: Tensor | ArrayLike | None = None,
-        chunk_size: int = 256,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        search = SearchConfig() if search is None else search
-        if not isinstance(search, SearchConfig):
-            raise ValueError(f"Expected search to be a SearchConfig, got {type(search).__name__}.")
-        if reference_features is not None and embed is None:
-            raise ValueError("reference_features were given without embed: the queries cannot be embedded.")
-        self.search = search
-        self.chunk_size = _check_chunk_size(chunk_size)
-        self.embed = embed
-        reference_images = _as_images(references, "references")
-        self._geometry = tuple(reference_images.shape[1:])
-        if reference_features is not None and search.zooms != (1.0,):
-            raise ValueError("reference_features cannot be combined with search.zooms: the zoomed references need embedding.")
-        self._reference_count = len(reference_images)
-        prepared = _prepare_references(zoom_references(reference_images, search.zooms), search, embed,
-                                       reference_features, self.chunk_size)
-        self.register_buffer("_centred", prepared.centred, persistent=False)
-        self.register_buffer("_inv_norms", prepared.inv_norms, persistent=False)
-        self.register_buffer("_features", prepared.features, persistent=False)
-        for name in ("pixel_similarity", "pixel_neighbour", "pixel_transform_index", "feature_similarity",
-                     "feature_neighbour"):
-            self.add_state(name, default=[], dist_reduce_fx="cat")
-
-    @property
-    def transform_names(self) -> tuple[str, ...]:
-        """Names indexed by ``compute()["pixel_transform_index"]``."""
-        return self.search.transform_names()
-
-    def update(self, queries: Tensor | ArrayLike) -> None:
-        """Score ``(B, C, H, W)`` queries (any real dtype) against the references and keep the results."""
-        images = _as_images(queries, "queries", allow_empty=True)
-        if tuple(images.shape[1:]) != self._geometry:
-            raise ValueError(
-                f"Expected queries with the (C, H, W) of the references, {self._geometry}, "
-                f"got shape {tuple(images.shape)}."
-            )
-        references = _References(self._centred, self._inv_norms, self._features)
-        result = _search(images, references, self.search, self.embed, self.chunk_size)
-        for name, values in result.items():
-            getattr(self, name).append(values)
-
-    def compute(self) -> dict[str, Tensor]:
-        """Per-query results, ``(N,)`` tensors in update order (torchmetrics squeezes N = 1 to 0-d).
-
-        Keys: ``pixel_similarity``, ``pixel_distance`` (float64), ``pixel_neighbour``,
-        ``pixel_transform_index`` (int64, into `transform_names`), ``feature_similarity``
-        (float64, NaN without embed), ``feature_neighbour`` (int64, -1 without embed).
-        """
-        device = self._centred.device
-        floats, ints = torch.float64, torch.int64
-        out = {
-            "pixel_similarity": _empty_or_cat(self.pixel_similarity, floats, device),
-            "pixel_neighbour": _empty_or_cat(self.pixel_neighbour, ints, device),
-            "pixel_transform_index": _empty_or_cat(self.pixel_transform_index, ints, device),
-            "feature_similarity": _empty_or_cat(self.feature_similarity, floats, device),
-            "feature_neighbour": _empty_or_cat(self.feature_neighbour, ints, device),
-        }
-        out["pixel_distance"] = 1.0 - out["pixel_similarity"]
-        return out
-
-    def compute_frame(self) -> pd.DataFrame:
-        """``compute()`` as the table `nearest_neighbours` returns (same columns and values)."""
-        return _fold_zooms(_frame(self.compute(), self.transform_names), self._reference_count, self.search.zooms)
+    result = _search(queries, references, search, embed, chunk_size)
+    return _fold_zooms(_frame(result, search.transform_names()), reference_count, search.zooms)
 
 
 # ------------------------------------------------------------------ 4. calibration
@@ -945,7 +789,7 @@ class GateReport:
     """What the gate found (`run_gate`); `enforce` turns it into a decision.
 
     Attributes:
-        candidates: one row per candidate, the `nearest_neighbours` columns plus ``flagged``
+        candidates: one row per candidate, the `nearest_table` columns plus ``flagged``
             (bool).
         pixel_threshold: flag when ``pixel_similarity >= pixel_threshold``.
         feature_threshold: flag when ``feature_similarity >= feature_threshold``; None when
@@ -1039,13 +883,12 @@ def run_gate(
     if config.use_features and embed is None:
         logger.warning("GateConfig.use_features is true but no embed was given: pixel space only.")
     features = embed if use_features else None
-    search, names = config.search, config.search.transform_names()
+    search = config.search
 
-    prepared = _prepare_references(zoom_references(train_images, search.zooms), search, features, None, chunk_size)
+    prepared = _prepare_references(zoom_references(train_images, search.zooms), search, features, chunk_size)
 
     def score(images: Tensor) -> pd.DataFrame:
-        return _fold_zooms(_frame(_search(images, prepared, search, features, chunk_size), names), len(train_images),
-                           search.zooms)
+        return nearest_table(images, prepared, search, features, chunk_size, len(train_images))
 
     # (a) calibration on held-out patients. A held-out image that is itself a copy of a
     # training image (a split leak, e.g. mirrored slices of a symmetric template) says nothing

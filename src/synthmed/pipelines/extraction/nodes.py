@@ -1,121 +1,20 @@
-"""Nodes of the ``extraction`` pipeline.
-
-Slices and patches are cut inside the region that the split table gives each split, so
-a slice or patch never mixes data of two splits. Outputs are model-ready arrays:
-
-- images ``(N, C, S, S)`` float32 in [-1, 1] (C = 1 for volumes, the item's channels for 2D);
-- masks ``(N, 1, S, S)`` uint8 labels (zeros when the item has no mask);
-- labels ``(N,)`` int64 class indices into the configured class list;
-
-with one manifest row per slice or patch (source item, split, plane/index or patch
-coordinates, class).
+"""Nodes of the ``extraction`` pipeline: parse the parameter block, call
+`synthmed.imaging.extraction`, return (the slicing and patching rules are documented there).
 """
 
 from __future__ import annotations
 
-import logging
-from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from tqdm.auto import tqdm
 
 from synthmed.core.config import from_params
 from synthmed.datasets.array_store import ArrayStore
-from synthmed.imaging.slicing import (
-    PLANES,
-    PatchSpec,
-    crop_patch,
-    foreground_fraction,
-    plane_length,
-    select_patches,
-    slice_indices,
-    to_square,
-    volume_slice,
-)
+from synthmed.imaging import extraction
+from synthmed.imaging.extraction import PatchConfig, SliceConfig
 from synthmed.imaging.figures import class_grid
-from synthmed.core.splits import SPLITS, check_no_leakage
-
-logger = logging.getLogger(__name__)
-
-SLICE_COLUMNS = ["index", "item_id", "patient_key", "split", "plane", "slice_index", "label", "class_id",
-                 "foreground_fraction"]
-PATCH_COLUMNS = ["index", "item_id", "patient_key", "split", "row", "col", "label", "class_id",
-                 "mask_fraction"]
-
-
-@dataclass(frozen=True)
-class SliceConfig:
-    """``params:extraction.slices``."""
-
-    planes: tuple[str, ...] = ("axial", "coronal", "sagittal")
-    keep_every: Mapping[str, int] = field(default_factory=lambda: {"axial": 1, "coronal": 1, "sagittal": 1})
-    min_foreground_fraction: float = 0.1
-    size_px: int = 64
-    labels: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.planes) - set(PLANES))
-        if unknown or not self.planes:
-            raise ValueError(f"extraction.slices.planes has unknown plane(s) {unknown}; valid: {list(PLANES)}.")
-        missing = sorted(set(self.planes) - set(self.keep_every))
-        if missing:
-            raise ValueError(f"extraction.slices.keep_every has no entry for plane(s) {missing}.")
-        if any(int(v) < 1 for v in self.keep_every.values()):
-            raise ValueError(f"extraction.slices.keep_every values must be >= 1, got {dict(self.keep_every)}.")
-        if not 0.0 <= self.min_foreground_fraction <= 1.0:
-            raise ValueError(f"extraction.slices.min_foreground_fraction must be in [0, 1], got {self.min_foreground_fraction}.")
-        if self.size_px < 8:
-            raise ValueError(f"extraction.slices.size_px must be at least 8, got {self.size_px}.")
-
-
-@dataclass(frozen=True)
-class PatchConfig:
-    """``params:extraction.patches``."""
-
-    patch: Mapping[str, Any]
-    class_names: Mapping[str, str] = field(default_factory=lambda: {"structure": "structure", "normal": "normal"})
-    seed: int = 0
-    labels: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if set(self.class_names) != {"structure", "normal"}:
-            raise ValueError(
-                f"extraction.patches.class_names needs keys 'structure' and 'normal', got {sorted(self.class_names)}."
-            )
-
-
-def _wanted(row: Any, labels: tuple[str, ...] | None) -> bool:
-    return labels is None or row.label in labels
-
-
-def _region(array: np.ndarray, split_row: Mapping[str, Any]) -> np.ndarray:
-    """The part of ``(C, ...)`` ``array`` that the split row gives its split."""
-    if split_row["strategy"] == "group":
-        return array
-    axis = int(split_row["axis"]) + 1
-    index = [slice(None)] * array.ndim
-    index[axis] = slice(int(split_row["start"]), int(split_row["stop"]))
-    return array[tuple(index)]
-
-
-def _rows_for_plane(item_rows: list[dict[str, Any]], plane: str) -> list[dict[str, Any]]:
-    """The split rows that govern ``plane``'s slices of one item.
-
-    Group rows and single-axis slabs govern every plane; with slabs along several axes
-    (``slab_axis: all``) a plane uses the slabs along its own axis, so its slices are whole.
-    """
-    own_axis = [r for r in item_rows if r["strategy"] == "slab" and int(r["axis"]) == PLANES[plane]]
-    axes = {int(r["axis"]) for r in item_rows if r["strategy"] == "slab"}
-    return own_axis if len(axes) > 1 else item_rows
-
-
-def _stack(arrays: list[np.ndarray], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    return np.stack(arrays).astype(dtype) if arrays else np.zeros((0, *shape), dtype=dtype)
 
 
 def extract_slices(
@@ -126,49 +25,10 @@ def extract_slices(
     split_table: pd.DataFrame,
     params: dict[str, Any],
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """2D slices of every volume along the configured planes, labelled by plane.
-
-    ``keep_every`` per plane sets the class mix (the sample keeps fewer sagittal slices,
-    a deliberate minority class for rebalancing to fill). Slices whose foreground fraction
-    is below ``min_foreground_fraction`` are skipped. Each slice is padded to a square
-    (with -1, the background value) and resized to ``size_px``.
-
-    Returns:
-        ``({"images", "masks", "labels"}, manifest)`` as described in the module docstring.
-    """
+    """2D slices of every volume along the configured planes (`synthmed.imaging.extraction.extract_slices`)."""
     config = from_params(SliceConfig, params, "extraction.slices")
-    check_no_leakage(split_table)
-    class_id = {plane: i for i, plane in enumerate(config.planes)}
-    images, masks, labels, rows = [], [], [], []
-    volumes = [r for r in preprocessed_manifest.itertuples() if r.kind == "volume" and _wanted(r, config.labels)]
-    for item in tqdm(volumes, desc="slicing", unit="volume", disable=None):
-        volume = np.asarray(preprocessed_images[item.item_id])
-        fg_volume = np.asarray(preprocessed_foreground[item.item_id])
-        mask_volume = np.asarray(preprocessed_masks[item.item_id]) if item.has_mask else np.zeros_like(fg_volume)
-        item_rows = split_table[split_table["item_id"] == item.item_id].to_dict("records")
-        for plane in config.planes:
-            for split_row in _rows_for_plane(item_rows, plane):
-                region, fg_region, mask_region = (_region(a, split_row) for a in (volume, fg_volume, mask_volume))
-                offset = int(split_row["start"]) if split_row["strategy"] == "slab" else 0
-                for index in slice_indices(0, plane_length(region.shape, plane), int(config.keep_every[plane])):
-                    fraction = foreground_fraction(volume_slice(fg_region, plane, index))
-                    if fraction < config.min_foreground_fraction:
-                        continue
-                    images.append(to_square(volume_slice(region, plane, index), config.size_px, fill=-1.0, order=1))
-                    masks.append(to_square(volume_slice(mask_region, plane, index), config.size_px, fill=0, order=0))
-                    labels.append(class_id[plane])
-                    along_slab = PLANES[plane] == int(split_row["axis"])
-                    rows.append((len(rows), item.item_id, item.patient_key, split_row["split"], plane,
-                                 index + offset if along_slab else index, plane, class_id[plane], round(fraction, 4)))
-    size = (1, config.size_px, config.size_px)
-    arrays = {
-        "images": np.clip(_stack(images, size, np.float32), -1.0, 1.0),
-        "masks": _stack(masks, size, np.uint8),
-        "labels": np.asarray(labels, dtype=np.int64),
-    }
-    manifest = pd.DataFrame(rows, columns=SLICE_COLUMNS)
-    logger.info("Extracted %d slices: %s", len(manifest), dict(Counter(zip(manifest["split"], manifest["plane"]))))
-    return arrays, manifest
+    return extraction.extract_slices(preprocessed_images, preprocessed_masks, preprocessed_foreground,
+                                     preprocessed_manifest, split_table, config)
 
 
 def extract_patches(
@@ -179,54 +39,10 @@ def extract_patches(
     split_table: pd.DataFrame,
     params: dict[str, Any],
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """Patches around mask structures and from normal tissue of every masked 2D image.
-
-    Candidates lie on a ``stride_px`` grid inside the rows of each split; the class of a
-    candidate follows its mask fraction (``synthmed.imaging.slicing.select_patches``).
-    Patches are drawn with a generator seeded from ``seed``, the item and the split.
-
-    Returns:
-        ``({"images", "masks", "labels"}, manifest)``; class 0 is ``class_names.structure``.
-    """
+    """Structure and normal patches of every masked 2D image (`synthmed.imaging.extraction.extract_patches`)."""
     config = from_params(PatchConfig, params, "extraction.patches")
-    spec = PatchSpec.from_params(config.patch)
-    check_no_leakage(split_table)
-    classes = ("structure", "normal")
-    images, masks, labels, rows = [], [], [], []
-    channels = set()
-    items = [r for r in preprocessed_manifest.itertuples()
-             if r.kind == "image2d" and r.has_mask and _wanted(r, config.labels)]
-    for item in tqdm(items, desc="patching", unit="image", disable=None):
-        image = np.asarray(preprocessed_images[item.item_id])
-        mask = np.asarray(preprocessed_masks[item.item_id])
-        foreground = np.asarray(preprocessed_foreground[item.item_id])
-        channels.add(image.shape[0])
-        for split_row in split_table[split_table["item_id"] == item.item_id].to_dict("records"):
-            if split_row["strategy"] == "slab" and int(split_row["axis"]) != 0:
-                raise ValueError(
-                    f"Patches need image slabs along rows (preprocessing.split.slab_axis.image2d = 0), "
-                    f"got axis {split_row['axis']}."
-                )
-            row_range = (int(split_row["start"]), int(split_row["stop"])) if split_row["strategy"] == "slab" else None
-            rng = np.random.default_rng([config.seed, int(item.item_id[:8], 16), SPLITS.index(split_row["split"])])
-            for row, col, kind in select_patches(mask[0] > 0, foreground[0] > 0, spec, rng, row_range):
-                patch_mask = crop_patch(mask, row, col, spec.patch_px)
-                images.append(crop_patch(image, row, col, spec.patch_px))
-                masks.append(patch_mask)
-                labels.append(classes.index(kind))
-                rows.append((len(rows), item.item_id, item.patient_key, split_row["split"], row, col,
-                             config.class_names[kind], classes.index(kind), round(float((patch_mask > 0).mean()), 4)))
-    if len(channels) > 1:
-        raise ValueError(f"Patch source images have different channel counts {sorted(channels)}; filter them with extraction.patches.labels.")
-    n_channels = channels.pop() if channels else 1
-    arrays = {
-        "images": _stack(images, (n_channels, spec.patch_px, spec.patch_px), np.float32),
-        "masks": _stack(masks, (1, spec.patch_px, spec.patch_px), np.uint8),
-        "labels": np.asarray(labels, dtype=np.int64),
-    }
-    manifest = pd.DataFrame(rows, columns=PATCH_COLUMNS)
-    logger.info("Extracted %d patches: %s", len(manifest), dict(Counter(zip(manifest["split"], manifest["label"]))))
-    return arrays, manifest
+    return extraction.extract_patches(preprocessed_images, preprocessed_masks, preprocessed_foreground,
+                                      preprocessed_manifest, split_table, config)
 
 
 def plot_slice_preview(slices: ArrayStore, slice_params: dict[str, Any], preview: dict[str, Any]) -> Figure:

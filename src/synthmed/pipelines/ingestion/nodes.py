@@ -2,7 +2,9 @@
 
 Every file found under ``raw_sources`` ends in exactly one place: ignored (by pattern),
 accepted (part of an item in the manifest) or rejected (with a reason and the exception
-text). ``combine_ingestion`` checks ``read = accepted + rejected`` and fails if not.
+text). ``combine_ingestion`` checks ``read = accepted + rejected`` and fails if not. The
+rules that make items of files (decoding, mask pairing, DICOM series grouping) are in
+``synthmed.imaging.series``.
 
 Identifiers are never written: item ids and patient keys are keyed pseudonyms
 (``synthmed.privacy.pseudonyms``). The manifest and the rejected table keep the relative
@@ -16,7 +18,7 @@ import fnmatch
 import hashlib
 import io
 import logging
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +28,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from synthmed.core.config import from_params
+from synthmed.core.manifest import PATH_SEPARATOR, format_shape, format_spacing
 from synthmed.datasets.file_folder import SourceFolder
 from synthmed.imaging.readers import (
     DICOM_SUFFIXES,
@@ -34,16 +37,11 @@ from synthmed.imaging.readers import (
     RASTER_SUFFIXES,
     Decoded,
     ReadError,
-    decode_dicom_series,
-    decode_nifti,
-    decode_nifti_mask,
-    decode_raster,
-    decode_raster_mask,
     read_dicom,
     sniff_format,
     strip_suffix,
 )
-from synthmed.core.manifest import PATH_SEPARATOR, format_shape, format_spacing
+from synthmed.imaging.series import decode_item, decode_mask, group_series, pair_masks, series_key
 from synthmed.privacy.dicom_deid import dicom_patient_identity
 from synthmed.privacy.pseudonyms import pseudonym
 
@@ -218,26 +216,6 @@ class ItemLoader:
         return decode_mask(self.family, blob, self.max_pixels)
 
 
-def decode_item(family: str, blobs: list[bytes], max_pixels: int) -> Decoded:
-    """Decode the files of one item (one file, or the instances of a DICOM series)."""
-    if family == "raster":
-        return decode_raster(blobs[0], max_pixels=max_pixels)
-    if family == "nifti":
-        return decode_nifti(blobs[0], max_pixels=max_pixels)
-    if family == "dicom":
-        return decode_dicom_series([read_dicom(b) for b in blobs], max_pixels=max_pixels)
-    raise ValueError(f"Unknown format {family!r}; expected one of {list(FORMATS)}.")
-
-
-def decode_mask(family: str, blob: bytes, max_pixels: int) -> np.ndarray:
-    """Decode a mask file of a raster or NIfTI item to uint8 labels."""
-    if family == "raster":
-        return decode_raster_mask(blob, max_pixels=max_pixels)
-    if family == "nifti":
-        return decode_nifti_mask(blob, max_pixels=max_pixels)
-    raise ValueError(f"Masks are read for raster and NIfTI items only, not {family!r}.")
-
-
 def _metadata(rel: str, family: str, labels: Mapping[str, Mapping[str, str]], config: IngestionConfig) -> dict[str, str]:
     row = labels.get(rel, {})
     parts = rel.split("/")
@@ -298,14 +276,10 @@ def _read_file_items(
     config = _config(params)
     lookup = _label_lookup(labels)
     rows = inventory[inventory["format"] == family]
-    images = rows[rows["role"] == "image"]["source_path"].tolist()
-    masks = {strip_suffix(rel)[: -len(config.mask_suffix)]: rel for rel in rows[rows["role"] == "mask"]["source_path"]}
+    mask_of, orphans = pair_masks(rows[rows["role"] == "image"]["source_path"],
+                                  rows[rows["role"] == "mask"]["source_path"], config.mask_suffix)
     manifest, rejected, items = [], [], {}
-    paired = set()
-    for rel in tqdm(images, desc=f"reading {family}", unit="file", disable=None):
-        mask_rel = masks.get(strip_suffix(rel))
-        if mask_rel is not None:
-            paired.add(mask_rel)
+    for rel, mask_rel in tqdm(mask_of.items(), desc=f"reading {family}", unit="file", disable=None):
         blob = raw_sources.read_bytes(rel)
         try:
             decoded = decode_item(family, [blob], config.max_pixels)
@@ -334,10 +308,9 @@ def _read_file_items(
         item_id = pseudonym(key, "item", rel)
         manifest.append(_manifest_row(item_id, pseudonym(key, "patient", meta["patient"]), family, decoded, meta, loader))
         items[item_id] = loader
-    for stem, mask_rel in masks.items():
-        if mask_rel not in paired:
-            rejected.append(_rejection(mask_rel, family, "mask_without_image",
-                                       f"no {family} image named like {stem!r} for this mask"))
+    for stem, mask_rel in orphans.items():
+        rejected.append(_rejection(mask_rel, family, "mask_without_image",
+                                   f"no {family} image named like {stem!r} for this mask"))
     return (pd.DataFrame(manifest, columns=MANIFEST_COLUMNS), pd.DataFrame(rejected, columns=REJECTED_COLUMNS), items)
 
 
@@ -376,8 +349,7 @@ def read_dicom_items(
     key = pseudonymisation_key
     files = source_inventory[(source_inventory["format"] == "dicom") & (source_inventory["role"] == "image")]["source_path"]
     rejected: list[dict[str, str]] = []
-    series: dict[tuple[str, str, str], list[str]] = defaultdict(list)
-    identities: dict[tuple[str, str, str], str] = {}
+    members: list[tuple[tuple[str, str, str], str]] = []
     for rel in tqdm(files.tolist(), desc="reading DICOM", unit="file", disable=None):
         try:
             ds = read_dicom(raw_sources.read_bytes(rel))
@@ -389,12 +361,10 @@ def read_dicom_items(
         except ValueError as exc:
             rejected.append(_rejection(rel, "dicom", "unreadable", str(exc)))
             continue
-        group = (identity, str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", rel)))
-        series[group].append(rel)
-        identities[group] = identity
+        members.append((series_key(identity, ds, rel), rel))
     manifest, items = [], {}
-    for group in sorted(series, key=lambda g: series[g][0]):
-        paths = tuple(sorted(series[group]))
+    for group, paths in group_series(members):
+        identity = group[0]
         blobs = [raw_sources.read_bytes(p) for p in paths]
         try:
             decoded = decode_item("dicom", blobs, config.max_pixels)
@@ -405,7 +375,7 @@ def read_dicom_items(
         meta["modality"] = decoded.modality or meta["modality"]
         loader = ItemLoader(raw_sources, "dicom", paths, _sha256(blobs), None, None, config.max_pixels)
         item_id = pseudonym(key, "series", "\x00".join(group))
-        manifest.append(_manifest_row(item_id, pseudonym(key, "patient", identities[group]), "dicom", decoded, meta, loader))
+        manifest.append(_manifest_row(item_id, pseudonym(key, "patient", identity), "dicom", decoded, meta, loader))
         items[item_id] = loader
     return (pd.DataFrame(manifest, columns=MANIFEST_COLUMNS), pd.DataFrame(rejected, columns=REJECTED_COLUMNS), items)
 
