@@ -113,7 +113,8 @@ def as_write_error(path: Path, needed: int, exc: BaseException) -> BaseException
     return exc
 
 
-def _state_file(folder: Path, name: str, module: nn.Module) -> Path:
+def weights_file(folder: Path, name: str, module: nn.Module) -> Path:
+    """Where module ``name``'s safetensors weights live in a saved generator folder."""
     if hasattr(module, "save_pretrained"):
         return folder / name / "diffusion_pytorch_model.safetensors"
     return folder / f"{name}.safetensors"
@@ -176,7 +177,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 def load_weights(folder: Path, models: nn.ModuleDict) -> None:
     """Load every module's safetensors weights into ``models`` (strict: names and shapes must match)."""
     for name, module in models.items():
-        path = _state_file(folder, name, module)
+        path = weights_file(folder, name, module)
         if not path.is_file():
             raise CheckpointError(f"{folder}: weights of module {name!r} are missing ({path.name}).")
         module.load_state_dict(load_file(path), strict=True)

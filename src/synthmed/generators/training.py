@@ -26,7 +26,8 @@ import os
 import pickle
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +41,7 @@ from tqdm.auto import tqdm
 
 from synthmed.generators.base import FamilySpec, StepContext
 from synthmed.generators.common import (
+    CHECKSUMS,
     MANIFEST,
     WRITE_FAILURES,
     CheckpointError,
@@ -51,6 +53,7 @@ from synthmed.generators.common import (
     read_manifest,
     state_nbytes,
     verify_checksums,
+    weights_file,
     write_checksums,
     write_generator_files,
 )
@@ -303,8 +306,10 @@ def restore_checkpoint(folder: Path, spec: FamilySpec, model_config: Any, seed: 
         CheckpointError (or the reader's own error): a part is missing, unreadable or
             belongs to another model.
     """
-    verify_checksums(folder)
-    manifest = read_manifest(folder)
+    with _reading(folder / CHECKSUMS):
+        verify_checksums(folder)
+    with _reading(folder / MANIFEST):
+        manifest = read_manifest(folder)
     expected_config = json.loads(json.dumps(dataclasses.asdict(model_config)))
     if manifest.get("family") != spec.name or manifest.get("config") != expected_config:
         raise CheckpointError(f"{folder / MANIFEST} describes family {manifest.get('family')!r} with another "
@@ -312,29 +317,45 @@ def restore_checkpoint(folder: Path, spec: FamilySpec, model_config: Any, seed: 
     models = spec.build(model_config, seed)
     if manifest.get("modules") != list(models):
         raise CheckpointError(f"{folder / MANIFEST} lists modules {manifest.get('modules')}, expected {list(models)}.")
-    load_weights(folder, models)
+    for name, module in models.items():  # one at a time, so that the warning names the file
+        with _reading(weights_file(folder, name, module)):
+            load_weights(folder, nn.ModuleDict({name: module}))
     optimizers = spec.make_optimizers(models, model_config)
-    state = load_trainer_state(folder)
-    if not isinstance(state, dict) or not {"step", "optimizers", "generator"} <= set(state):
-        raise CheckpointError(f"{folder / TRAINER_STATE} lacks step, optimizers or generator.")
-    step = int(state["step"])
-    if f"{_CHECKPOINT_PREFIX}{step:09d}" != folder.name:
-        raise CheckpointError(f"{folder / TRAINER_STATE} is at step {step}, the folder name says otherwise.")
-    if set(state["optimizers"]) != set(optimizers):
-        raise CheckpointError(f"{folder / TRAINER_STATE} has optimisers {sorted(state['optimizers'])}, "
-                              f"expected {sorted(optimizers)}.")
-    for name, optimizer in optimizers.items():
-        optimizer.load_state_dict(state["optimizers"][name])
-        _check_optimizer_shapes(folder, name, optimizer)
-    states = list(state["generator"])
-    if not states:
-        raise CheckpointError(f"{folder / TRAINER_STATE} holds no random generator state.")
-    for s in states:
-        torch.Generator().set_state(s.to(torch.uint8))  # raises on a malformed state
-    history = load_history(folder)
+    with _reading(folder / TRAINER_STATE):
+        state = load_trainer_state(folder)
+        if not isinstance(state, dict) or not {"step", "optimizers", "generator"} <= set(state):
+            raise CheckpointError(f"{folder / TRAINER_STATE} lacks step, optimizers or generator.")
+        step = int(state["step"])
+        if f"{_CHECKPOINT_PREFIX}{step:09d}" != folder.name:
+            raise CheckpointError(f"{folder / TRAINER_STATE} is at step {step}, the folder name says otherwise.")
+        if set(state["optimizers"]) != set(optimizers):
+            raise CheckpointError(f"{folder / TRAINER_STATE} has optimisers {sorted(state['optimizers'])}, "
+                                  f"expected {sorted(optimizers)}.")
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+            _check_optimizer_shapes(folder, name, optimizer)
+        states = list(state["generator"])
+        if not states:
+            raise CheckpointError(f"{folder / TRAINER_STATE} holds no random generator state.")
+        for s in states:
+            torch.Generator().set_state(s.to(torch.uint8))  # raises on a malformed state
+    with _reading(folder / HISTORY):
+        history = load_history(folder)
     if any(r["step"] > step for r in history):
         raise CheckpointError(f"{folder / HISTORY} has records after the checkpoint's step {step}.")
     return Restored(folder, step, models, optimizers, states, history)
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Errors of a reader become a ``CheckpointError`` naming the part being read."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except _UNREADABLE as exc:
+        text = " ".join(str(exc).split())
+        raise CheckpointError(f"{path}: {type(exc).__name__}: {text[:400]}") from exc
 
 
 def _check_optimizer_shapes(folder: Path, name: str, optimizer: torch.optim.Optimizer) -> None:
