@@ -109,7 +109,9 @@ def test_a_full_disk_at_the_final_checkpoint_still_returns_the_models_and_a_reru
     assert not list(root.glob(".step-*"))
 
     monkeypatch.undo()  # space freed: the rerun resumes from step 4 and matches
-    rerun, history = _train(root, steps=8, checkpoint_every=4)
+    trained = []
+    rerun, history = _train(root, steps=8, checkpoint_every=4, on_step=trained.append)
+    assert trained[0] == 5
     assert_same_weights(straight, rerun)
     assert [d.name for d in checkpoint_dirs(root)] == ["step-000000008"]
 
@@ -157,7 +159,9 @@ def test_a_real_full_disk(small_tmpfs, tmp_path, caplog, monkeypatch, preflight)
     verify_checksums(small_tmpfs / "step-000000004")
 
     subprocess.run(["mount", "-o", "remount,size=2m", str(small_tmpfs)], check=True)
-    rerun, history = _train(small_tmpfs, steps=8, checkpoint_every=4)
+    trained = []
+    rerun, history = _train(small_tmpfs, steps=8, checkpoint_every=4, on_step=trained.append)
+    assert trained[0] == 5
     assert_same_weights(straight, rerun)
     assert [d.name for d in checkpoint_dirs(small_tmpfs)] == ["step-000000008"]
 
@@ -282,7 +286,9 @@ def test_a_broken_newest_checkpoint_falls_back_to_the_older_valid_one(two_checkp
     assert str(root / "step-000000008") in warning and what in warning
 
     # And the trainer itself resumes from step 4 and ends where an uninterrupted run does.
-    models, history = _train(root, steps=12, checkpoint_every=4, keep=2)
+    trained = []
+    models, history = _train(root, steps=12, checkpoint_every=4, keep=2, on_step=trained.append)
+    assert trained[0] == 5
     assert_same_weights(straight, models)
     assert [r["step"] for r in history] == [5, 10, 12]
 

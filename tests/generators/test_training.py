@@ -93,7 +93,10 @@ def test_a_run_interrupted_mid_epoch_resumes_bit_for_bit(tmp_path, family):
     with pytest.raises(Stop):
         _train(tmp_path / "resumed", steps, every, on_step=stop_at(resume_step + 1), family=family, n=n, log_every=1)
     assert [d.name for d in checkpoint_dirs(tmp_path / "resumed")] == [f"step-{resume_step:09d}"]
-    resumed, history = _train(tmp_path / "resumed", steps, every, family=family, n=n, log_every=1)
+    trained = []  # a run that silently restarted from scratch would also end equal: check it resumed
+    resumed, history = _train(tmp_path / "resumed", steps, every, on_step=trained.append, family=family, n=n,
+                              log_every=1)
+    assert trained == list(range(resume_step + 1, steps + 1))
 
     if FAMILIES[family].ema_modules:
         assert any(name.endswith("_ema") for name in resumed), "the EMA copy must be among the compared modules"
@@ -147,7 +150,9 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     stale.mkdir()
     (stale / "generator.safetensors").write_bytes(b"half written")
 
-    resumed, history = _train(root, steps=steps, checkpoint_every=5)
+    trained = []
+    resumed, history = _train(root, steps=steps, checkpoint_every=5, on_step=trained.append)
+    assert trained[0] == killed_at + 1  # resumed, not restarted
     straight, straight_history = _train(tmp_path / "straight", steps=steps, checkpoint_every=5)
     assert_same_weights(straight, resumed)
     assert [r["step"] for r in history] == [r["step"] for r in straight_history]
