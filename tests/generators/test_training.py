@@ -177,6 +177,34 @@ LAUNCHED = textwrap.dedent(
 LAUNCH_TIMEOUT_S = 240
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc), children before grandchildren."""
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop(0)
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            queue += children
+    return found
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL ``process``, its process group and every descendant: torchrun puts each rank in a
+    session of its own, so killing torchrun's group alone leaves the ranks running."""
+    members = _descendants(process.pid)
+    for pid in (process.pid, *members):
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    process.wait(timeout=30)
+
+
 def test_two_cpu_processes_train_one_usable_model(tmp_path):
     """Two CPU processes (torchrun, which `accelerate launch` wraps): one model, gradients synced."""
     script = tmp_path / "launched.py"
@@ -193,11 +221,7 @@ def test_two_cpu_processes_train_one_usable_model(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail(f"torchrun did not finish within {LAUNCH_TIMEOUT_S} s (a hung rank?)")
     finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=30)
+        kill_tree(process)
     assert process.returncode == 0, stderr[-3000:]
     first = torch.load(tmp_path / "weights-0.pt", weights_only=True)
     second = torch.load(tmp_path / "weights-1.pt", weights_only=True)

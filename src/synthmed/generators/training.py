@@ -10,7 +10,9 @@ optimisation step (``FamilySpec.train_step``); this module owns everything aroun
 2. EMA of the modules a family names (``ema_modules``);
 3. checkpoints every ``checkpoint_every`` steps, written to a temporary folder, checksummed
    last, renamed into place and verified; older checkpoints are removed only after the new
-   one verifies; a run resumes from the newest checkpoint that verifies;
+   one verifies; a run resumes from the newest checkpoint whose every part loads (weights,
+   EMA copies, optimisers, RNG states, loss history), with a warning for each one skipped;
+   a failed write (full disk) is logged, never loses the models in memory;
 4. a progress bar with the losses and images/s, and metrics/sample grids for a tracker.
 """
 
