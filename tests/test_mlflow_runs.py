@@ -70,24 +70,45 @@ def test_runs_of_dead_processes_on_this_host_are_ended(tmp_path):
     assert client.get_run(elsewhere).info.status == "RUNNING"
 
 
-FINISHED_CHILD = textwrap.dedent(
+EXITING_CHILD = textwrap.dedent(
     """
-    import sys, mlflow
+    import os, sys, mlflow
     from mlflow.tracking import MlflowClient
     mlflow.set_tracking_uri(sys.argv[1])
-    run = mlflow.start_run(run_name="finished")
+    run = mlflow.start_run(run_name=sys.argv[2])
     from synthmed.mlflow_runs import guard_active_run
     guard_active_run()
-    # As kedro-mlflow can: the run is ended through the client, the fluent stack keeps it.
-    MlflowClient().set_terminated(run.info.run_id, status="FINISHED")
+    print(os.getpid(), flush=True)
+    if sys.argv[2] == "finished":
+        # As kedro-mlflow can: the run is ended through the client, the fluent stack keeps it.
+        MlflowClient().set_terminated(run.info.run_id, status="FINISHED")
+    # "unfinished": a normal interpreter exit with the run still RUNNING (a node called
+    # sys.exit(0), a library's atexit path): MLflow's own handler would call that FINISHED.
     """
 )
 
 
-def test_a_run_that_finished_is_not_marked_killed_at_exit(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = subprocess.run([sys.executable, "-c", FINISHED_CHILD, uri], capture_output=True, text=True,
+def _run_child(uri: str, how: str) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
+    from mlflow.tracking import MlflowClient
+
+    result = subprocess.run([sys.executable, "-c", EXITING_CHILD, uri, how], capture_output=True, text=True,
                             env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = MlflowClient(uri).search_runs(["0"], filter_string=f"attributes.run_name = '{how}'")
+    return result, run.data.tags
+
+
+def test_a_run_that_finished_is_not_marked_killed_at_exit(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result, tags = _run_child(uri, "finished")
     assert _status(uri, "finished") == "FINISHED"
     assert "KILLED" not in result.stderr
+    # The guard was armed (so not marking KILLED was its decision, not its absence).
+    assert tags.get(PID_TAG) == result.stdout.strip() and tags.get(HOST_TAG) == socket.gethostname()
+
+
+def test_a_run_left_running_at_a_normal_exit_is_marked_killed(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result, tags = _run_child(uri, "unfinished")
+    assert _status(uri, "unfinished") == "KILLED", result.stderr[-2000:]
+    assert tags.get(PID_TAG) == result.stdout.strip()

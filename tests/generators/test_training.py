@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from synthmed.generators.common import verify_checksums
-from synthmed.generators.registry import config_from_params, get_family
+from synthmed.generators.registry import FAMILIES, config_from_params, get_family
 from synthmed.generators.training import (
     ArrayBatches,
     TrainingConfig,
@@ -25,6 +25,14 @@ from synthmed.generators.training import (
 )
 
 TINY_DCGAN = {"image_size": 16, "channels": 1, "num_classes": 2, "latent_dim": 8, "base_channels": 8}
+# One tiny configuration per registered family (16 px, 1 channel, 2 classes where conditioned).
+TINY = {
+    "dcgan": TINY_DCGAN,
+    "ddpm": {"image_size": 16, "channels": 1, "num_classes": 2, "conditioning": ["class"],
+             "block_out_channels": [8, 16], "attention": False, "train_timesteps": 50, "ema_decay": 0.9},
+    "pix2pix": {"image_size": 16, "channels": 1, "num_classes": 0, "base_channels": 8, "depth": 3},
+}
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def tiny_store(n: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
@@ -35,13 +43,32 @@ def tiny_store(n: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
             "masks": (rng.uniform(size=(n, 1, 16, 16)) > 0.5).astype(np.uint8)}
 
 
-def _train(root: Path, steps: int, checkpoint_every: int, on_step=None):
-    spec = get_family("dcgan")
-    config = config_from_params("dcgan", TINY_DCGAN)
-    store = tiny_store()
-    training = TrainingConfig(steps=steps, batch_size=4, seed=3, checkpoint_every=checkpoint_every, log_every=5,
-                              device="cpu")
-    return train(spec, config, training, ArrayBatches(store, np.arange(32)), root, on_step=on_step)
+def _train(root: Path, steps: int, checkpoint_every: int, on_step=None, family: str = "dcgan", n: int = 32,
+           keep: int = 1, log_every: int = 5):
+    spec = get_family(family)
+    config = config_from_params(family, TINY[family])
+    training = TrainingConfig(steps=steps, batch_size=4, seed=3, checkpoint_every=checkpoint_every,
+                              log_every=log_every, device="cpu", keep_checkpoints=keep)
+    return train(spec, config, training, ArrayBatches(tiny_store(n), np.arange(n)), root, on_step=on_step)
+
+
+class Stop(Exception):
+    """Raised from ``on_step`` to interrupt training like a crash would."""
+
+
+def stop_at(step_to_stop: int):
+    def on_step(step: int) -> None:
+        if step == step_to_stop:
+            raise Stop
+
+    return on_step
+
+
+def assert_same_weights(a: torch.nn.ModuleDict, b: torch.nn.ModuleDict) -> None:
+    first, second = a.state_dict(), b.state_dict()
+    assert list(first) == list(second)
+    different = [name for name in first if not torch.equal(first[name], second[name])]
+    assert different == [], f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
 def test_checkpoints_are_verified_and_pruned(tmp_path):
@@ -53,58 +80,84 @@ def test_checkpoints_are_verified_and_pruned(tmp_path):
     assert latest_verified_checkpoint(tmp_path) is None
 
 
-def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(tmp_path):
-    straight, _ = _train(tmp_path / "straight", steps=16, checkpoint_every=4)
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_9(step: int) -> None:
-        if step == 9:
-            raise Stop
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_run_interrupted_mid_epoch_resumes_bit_for_bit(tmp_path, family):
+    """Kill (an exception) after a mid-epoch checkpoint, resume: every weight, EMA copies
+    included, equals an uninterrupted run's, and the history covers every step."""
+    n, batch, steps, every = 24, 4, 10, 4
+    steps_per_epoch = n // batch  # 6
+    resume_step = 4  # the checkpoint the resumed run starts from
+    assert resume_step % steps_per_epoch != 0  # mid-epoch: the resumed run must skip batches
+    straight, straight_history = _train(tmp_path / "straight", steps, every, family=family, n=n, log_every=1)
 
     with pytest.raises(Stop):
-        _train(tmp_path / "resumed", steps=16, checkpoint_every=4, on_step=stop_after_9)
-    assert latest_verified_checkpoint(tmp_path / "resumed").name == "step-000000008"
-    resumed, history = _train(tmp_path / "resumed", steps=16, checkpoint_every=4)
-    assert history[0]["step"] == 10  # continued from step 8, first log at step 10
-    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(a, b), name
+        _train(tmp_path / "resumed", steps, every, on_step=stop_at(resume_step + 1), family=family, n=n, log_every=1)
+    assert [d.name for d in checkpoint_dirs(tmp_path / "resumed")] == [f"step-{resume_step:09d}"]
+    trained = []  # a run that silently restarted from scratch would also end equal: check it resumed
+    resumed, history = _train(tmp_path / "resumed", steps, every, on_step=trained.append, family=family, n=n,
+                              log_every=1)
+    assert trained == list(range(resume_step + 1, steps + 1))
+
+    if FAMILIES[family].ema_modules:
+        assert any(name.endswith("_ema") for name in resumed), "the EMA copy must be among the compared modules"
+    assert_same_weights(straight, resumed)
+    assert [r["step"] for r in history] == list(range(1, steps + 1))
+    losses = [{k: v for k, v in r.items() if k.startswith("loss")} for r in history]
+    assert losses == [{k: v for k, v in r.items() if k.startswith("loss")} for r in straight_history]
 
 
 SCRIPT = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
+    import torch
+    torch.set_num_threads(1)  # as the test process (conftest): other thread counts round differently
     sys.path.insert(0, {root!r})
     from tests.generators.test_training import _train
-    _train(Path(sys.argv[1]), steps=400, checkpoint_every=5, on_step=lambda step: time.sleep(0.02))
+    _train(Path(sys.argv[1]), steps=int(sys.argv[2]), checkpoint_every=5, on_step=lambda step: time.sleep(0.05))
     """
 )
 
 
-def test_sigkill_mid_run_then_resume_finishes(tmp_path):
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT.format(root=str(Path(__file__).resolve().parents[2])))
-    root = tmp_path / "checkpoints"
-    process = subprocess.Popen([sys.executable, str(script), str(root)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and latest_verified_checkpoint(root) is None:
-        if process.poll() is not None:
-            pytest.fail(f"training exited early: {process.stderr.read().decode()[-2000:]}")
-        time.sleep(0.2)
-    time.sleep(0.3)
-    os.killpg(process.pid, signal.SIGKILL)
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
+    return process.pid
+
+
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT.format(root=ROOT))
+    root, steps = tmp_path / "checkpoints", 60
+    process = subprocess.Popen([sys.executable, str(script), str(root), str(steps)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and latest_verified_checkpoint(root) is None:
+            if process.poll() is not None:
+                pytest.fail(f"training exited early: {process.stderr.read().decode()[-2000:]}")
+            time.sleep(0.1)
+        time.sleep(0.1)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
     killed_at = int(latest_verified_checkpoint(root).name.split("-")[1])
-    assert 0 < killed_at < 400
+    assert 0 < killed_at < steps
 
-    models, history = _train(root, steps=killed_at + 10, checkpoint_every=5)
-    assert history[0]["step"] > killed_at
-    assert latest_verified_checkpoint(root).name == f"step-{killed_at + 10:09d}"
-    assert not list(root.glob(".step-*"))  # no temporary folder survives a successful save
+    # What a SIGKILL during a save leaves: a temporary folder of a process that is gone.
+    stale = root / f".step-{killed_at + 5:09d}.tmp-{_dead_pid()}"
+    stale.mkdir()
+    (stale / "generator.safetensors").write_bytes(b"half written")
+
+    trained = []
+    resumed, history = _train(root, steps=steps, checkpoint_every=5, on_step=trained.append)
+    assert trained[0] == killed_at + 1  # resumed, not restarted
+    straight, straight_history = _train(tmp_path / "straight", steps=steps, checkpoint_every=5)
+    assert_same_weights(straight, resumed)
+    assert [r["step"] for r in history] == [r["step"] for r in straight_history]
+    assert latest_verified_checkpoint(root).name == f"step-{steps:09d}"
+    assert not stale.exists() and not list(root.glob(".step-*"))
 
 
 LAUNCHED = textwrap.dedent(
@@ -121,18 +174,55 @@ LAUNCHED = textwrap.dedent(
     torch.save({{k: v.clone() for k, v in models.state_dict().items()}}, root / f"weights-{{rank}}.pt")
     """
 )
+LAUNCH_TIMEOUT_S = 240
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc), children before grandchildren."""
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop(0)
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            queue += children
+    return found
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL ``process``, its process group and every descendant: torchrun puts each rank in a
+    session of its own, so killing torchrun's group alone leaves the ranks running."""
+    members = _descendants(process.pid)
+    for pid in (process.pid, *members):
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    process.wait(timeout=30)
 
 
 def test_two_cpu_processes_train_one_usable_model(tmp_path):
     """Two CPU processes (torchrun, which `accelerate launch` wraps): one model, gradients synced."""
     script = tmp_path / "launched.py"
-    script.write_text(LAUNCHED.format(root=str(Path(__file__).resolve().parents[2])))
+    script.write_text(LAUNCHED.format(root=ROOT))
     launcher = Path(sys.executable).with_name("torchrun")
-    result = subprocess.run(
+    # Its own session: on any failure or timeout the finally kills torchrun and every rank.
+    process = subprocess.Popen(
         [str(launcher), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    try:
+        _, stderr = process.communicate(timeout=LAUNCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"torchrun did not finish within {LAUNCH_TIMEOUT_S} s (a hung rank?)")
+    finally:
+        kill_tree(process)
+    assert process.returncode == 0, stderr[-3000:]
     first = torch.load(tmp_path / "weights-0.pt", weights_only=True)
     second = torch.load(tmp_path / "weights-1.pt", weights_only=True)
     trainable = [k for k in first if "running" not in k and "num_batches" not in k]

@@ -15,13 +15,16 @@ interrupted save, a corrupted copy). Checksums are written and verified by
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -36,14 +39,103 @@ class CheckpointError(RuntimeError):
     """A saved generator or checkpoint is missing, incomplete or corrupt."""
 
 
-def _state_file(folder: Path, name: str, module: nn.Module) -> Path:
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint or saved generator failed: disk full, quota, permissions.
+
+    An ``OSError`` (``errno`` is the underlying one, ENOSPC for a full disk) whose message
+    names the path, the bytes the write needs and the bytes free on that filesystem.
+    """
+
+    def __init__(self, path: Path, needed: int, free: int | None, cause: BaseException):
+        self.path, self.needed, self.free = Path(path), int(needed), free
+        code = getattr(cause, "errno", None) or (errno.ENOSPC if free is not None and free < needed else errno.EIO)
+        free_text = "unknown" if free is None else f"{free} bytes ({_mib(free)})"
+        super().__init__(
+            code,
+            f"Could not write {path}: {type(cause).__name__}: {cause}. It needs about {needed} bytes "
+            f"({_mib(needed)}); free on that filesystem: {free_text}. Free space or point the path elsewhere, "
+            "then rerun (training resumes from the newest complete checkpoint).",
+        )
+
+    def __str__(self) -> str:  # OSError's str() would prefix "[Errno 28]" to the sentence above
+        return self.strerror
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes free on the filesystem holding ``path`` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                return None
+    return None
+
+
+def state_nbytes(value: Any) -> int:
+    """Bytes of every tensor in ``value`` (a module, or nested dicts/lists/tuples of tensors).
+
+    A lower bound of what saving it writes: the files add headers and metadata.
+    """
+    if isinstance(value, nn.Module):
+        value = value.state_dict()
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(state_nbytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(state_nbytes(v) for v in value)
+    return 0
+
+
+# What a full disk looks like while writing: the OS error itself, or torch/safetensors
+# wrapping it ("unexpected pos ..." from torch's zip writer, "IoError ... code: 28").
+WRITE_FAILURES = (OSError, RuntimeError, SafetensorError)
+
+
+def as_write_error(path: Path, needed: int, exc: BaseException) -> BaseException:
+    """``exc`` as a ``CheckpointWriteError`` when it is a failed write, else ``exc`` itself.
+
+    A ``RuntimeError``/``SafetensorError`` counts as a failed write only when the
+    filesystem has less free space than the write needs (torch reports a full disk as
+    "unexpected pos"); other ones are bugs and are returned unchanged.
+    """
+    if isinstance(exc, CheckpointWriteError):
+        return exc
+    free = free_bytes(path)
+    if isinstance(exc, OSError) or (free is not None and free < needed):
+        return CheckpointWriteError(path, needed, free, exc)
+    return exc
+
+
+def weights_file(folder: Path, name: str, module: nn.Module) -> Path:
+    """Where module ``name``'s safetensors weights live in a saved generator folder."""
     if hasattr(module, "save_pretrained"):
         return folder / name / "diffusion_pytorch_model.safetensors"
     return folder / f"{name}.safetensors"
 
 
 def write_generator_files(folder: Path, family: str, config: Any, models: nn.ModuleDict) -> None:
-    """Write the module weights and ``generator.json`` into an existing folder (no checksums)."""
+    """Write the module weights and ``generator.json`` into an existing folder (no checksums).
+
+    Raises:
+        CheckpointWriteError: the filesystem refused a write (full disk, quota, permissions).
+    """
+    try:
+        _write_generator_files(folder, family, config, models)
+    except WRITE_FAILURES as exc:
+        error = as_write_error(folder, state_nbytes(models), exc)
+        if error is exc:
+            raise
+        raise error from exc
+
+
+def _write_generator_files(folder: Path, family: str, config: Any, models: nn.ModuleDict) -> None:
     for name, module in models.items():
         if hasattr(module, "save_pretrained"):  # diffusers ModelMixin
             module.save_pretrained(folder / name, safe_serialization=True)
@@ -87,7 +179,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 def load_weights(folder: Path, models: nn.ModuleDict) -> None:
     """Load every module's safetensors weights into ``models`` (strict: names and shapes must match)."""
     for name, module in models.items():
-        path = _state_file(folder, name, module)
+        path = weights_file(folder, name, module)
         if not path.is_file():
             raise CheckpointError(f"{folder}: weights of module {name!r} are missing ({path.name}).")
         module.load_state_dict(load_file(path), strict=True)

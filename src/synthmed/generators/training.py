@@ -10,34 +10,52 @@ optimisation step (``FamilySpec.train_step``); this module owns everything aroun
 2. EMA of the modules a family names (``ema_modules``);
 3. checkpoints every ``checkpoint_every`` steps, written to a temporary folder, checksummed
    last, renamed into place and verified; older checkpoints are removed only after the new
-   one verifies; a run resumes from the newest checkpoint that verifies;
+   one verifies; a run resumes from the newest checkpoint whose every part loads (weights,
+   EMA copies, optimisers, RNG states, loss history), with a warning for each one skipped;
+   a failed write (full disk) is logged, never loses the models in memory;
 4. a progress bar with the losses and images/s, and metrics/sample grids for a tracker.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import io
+import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from synthmed.generators.base import FamilySpec, StepContext
 from synthmed.generators.common import (
+    CHECKSUMS,
+    MANIFEST,
+    WRITE_FAILURES,
     CheckpointError,
+    CheckpointWriteError,
+    as_write_error,
     ema_update,
+    free_bytes,
     load_weights,
+    read_manifest,
+    state_nbytes,
     verify_checksums,
+    weights_file,
     write_checksums,
     write_generator_files,
 )
@@ -45,6 +63,7 @@ from synthmed.generators.common import (
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.pt"
+HISTORY = "history.json"
 _CHECKPOINT_PREFIX = "step-"
 
 
@@ -134,6 +153,12 @@ class ArrayBatches(Dataset):
 
 
 # ------------------------------------------------------------------ checkpoints
+#
+# A checkpoint folder ``step-<n>`` holds the generator files (weights of every module, EMA
+# copies included, and generator.json), ``trainer_state.pt`` (optimisers, random generator
+# states, step: tensors and plain containers, loaded with ``weights_only``), ``history.json``
+# (the logged records up to step n, so a resumed run reports every step) and checksums.json,
+# written last.
 
 
 def checkpoint_dirs(root: Path) -> list[Path]:
@@ -143,42 +168,217 @@ def checkpoint_dirs(root: Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith(_CHECKPOINT_PREFIX)), reverse=True)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid < 2**22  # someone else's process (or an absurd pid: treat as gone)
+    return True
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Remove the temporary folders that interrupted saves left under ``root``.
+
+    A folder ``.step-<n>.tmp-<pid>`` (or ``.old-<pid>``) belongs to a save by process
+    ``pid``; it is stale when that process is this one or no longer exists. A full disk
+    that killed a save left such a folder behind; removing it at start lets a rerun succeed
+    once space is freed.
+    """
+    removed = []
+    for folder in sorted(root.glob(f".{_CHECKPOINT_PREFIX}*")) if root.is_dir() else []:
+        owner = folder.name.rpartition("-")[2]
+        if ".tmp-" not in folder.name and ".old-" not in folder.name:
+            continue
+        if owner.isdigit() and int(owner) != os.getpid() and _pid_alive(int(owner)):
+            continue  # another live process is saving here right now
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    if removed:
+        logger.info("Removed %d temporary folder(s) left by interrupted checkpoint saves in %s", len(removed), root)
+    return removed
+
+
 def latest_verified_checkpoint(root: Path) -> Path | None:
     """The newest checkpoint whose checksums verify; broken ones are skipped with a warning."""
     for folder in checkpoint_dirs(root):
         try:
             verify_checksums(folder)
             return folder
-        except CheckpointError as exc:
-            logger.warning("Skipping checkpoint %s: %s", folder.name, exc)
+        except _UNREADABLE as exc:
+            logger.warning("Skipping checkpoint %s: %s", folder, _describe(folder, exc))
     return None
 
 
 def save_checkpoint(root: Path, step: int, spec: FamilySpec, config: Any, models: nn.ModuleDict,
-                    trainer_state: dict[str, Any], keep: int) -> Path:
-    """Write, checksum, rename and verify a checkpoint; then prune older ones."""
-    root.mkdir(parents=True, exist_ok=True)
+                    trainer_state: dict[str, Any], keep: int, history: list[dict[str, float]] | None = None) -> Path:
+    """Write, checksum, rename and verify a checkpoint; then prune older ones.
+
+    Raises:
+        CheckpointWriteError: the filesystem refused a write (full disk: the message names
+            the folder, the bytes needed and the bytes free). The temporary folder is
+            removed and the previous checkpoints are untouched.
+    """
     final = root / f"{_CHECKPOINT_PREFIX}{step:09d}"
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write_generator_files(tmp, spec.name, config, models)
-    torch.save(trainer_state, tmp / TRAINER_STATE)
-    write_checksums(tmp)  # last: a folder without it is an interrupted save
+    buffer = io.BytesIO()
+    torch.save(trainer_state, buffer)
+    state_bytes = buffer.getvalue()
+    history_bytes = (json.dumps(history or [], indent=0) + "\n").encode()
+    needed = state_nbytes(models) + len(state_bytes) + len(history_bytes)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        free = free_bytes(root)
+        if free is not None and free < needed:  # fail before writing anything
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(root))
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        write_generator_files(tmp, spec.name, config, models)
+        (tmp / TRAINER_STATE).write_bytes(state_bytes)
+        (tmp / HISTORY).write_bytes(history_bytes)
+        write_checksums(tmp)  # last: a folder without it is an interrupted save
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, CheckpointWriteError):  # from write_generator_files: name the checkpoint instead
+            raise CheckpointWriteError(final, needed, free_bytes(root), exc.__cause__ or exc) from exc
+        error = as_write_error(final, needed, exc) if isinstance(exc, WRITE_FAILURES) else exc
+        if error is exc:
+            raise
+        raise error from exc
+    # Same step saved again (a rerun that resumed at the last step): move the old folder
+    # aside rather than deleting it first, so a kill in between still leaves a checkpoint.
+    aside = root / f".{final.name}.old-{os.getpid()}"
     if final.exists():
-        shutil.rmtree(final)
+        os.replace(final, aside)
     os.replace(tmp, final)
     verify_checksums(final)
+    shutil.rmtree(aside, ignore_errors=True)
     for old in checkpoint_dirs(root)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(f".{_CHECKPOINT_PREFIX}*.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temporaries(root)
     return final
 
 
 def load_trainer_state(folder: Path) -> dict[str, Any]:
     """The optimiser, RNG and step state of a verified checkpoint (``weights_only``: no pickle)."""
     return torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=True)
+
+
+def load_history(folder: Path) -> list[dict[str, float]]:
+    """The logged records stored in a checkpoint (``[]`` for checkpoints written before history.json)."""
+    path = folder / HISTORY
+    if not path.is_file():
+        logger.warning("Checkpoint %s has no %s: the returned history starts at the resume step.", folder, HISTORY)
+        return []
+    records = json.loads(path.read_text())
+    if not isinstance(records, list) or not all(isinstance(r, dict) and isinstance(r.get("step"), int)
+                                                for r in records):
+        raise CheckpointError(f"{path} is not a list of records with an integer 'step'.")
+    return records
+
+
+# Everything an unreadable or inconsistent checkpoint raises while it is verified and
+# loaded; anything else is a bug and propagates.
+_UNREADABLE = (CheckpointError, OSError, ValueError, TypeError, KeyError, AttributeError, IndexError,
+               RuntimeError, SafetensorError, pickle.UnpicklingError, EOFError)
+
+
+def _describe(folder: Path, exc: BaseException) -> str:
+    text = str(exc)
+    return text if str(folder) in text else f"{type(exc).__name__}: {text}"
+
+
+@dataclass
+class Restored:
+    """What a checkpoint holds, loaded into fresh modules and optimisers."""
+
+    folder: Path
+    step: int
+    models: nn.ModuleDict
+    optimizers: dict[str, torch.optim.Optimizer]
+    generator_states: list[torch.Tensor]
+    history: list[dict[str, float]]
+
+
+def restore_checkpoint(folder: Path, spec: FamilySpec, model_config: Any, seed: int) -> Restored:
+    """Load every part of ``folder`` and check it against this run; raise if anything is off.
+
+    Raises:
+        CheckpointError (or the reader's own error): a part is missing, unreadable or
+            belongs to another model.
+    """
+    with _reading(folder / CHECKSUMS):
+        verify_checksums(folder)
+    with _reading(folder / MANIFEST):
+        manifest = read_manifest(folder)
+    expected_config = json.loads(json.dumps(dataclasses.asdict(model_config)))
+    if manifest.get("family") != spec.name or manifest.get("config") != expected_config:
+        raise CheckpointError(f"{folder / MANIFEST} describes family {manifest.get('family')!r} with another "
+                              f"config than this run ({spec.name}).")
+    models = spec.build(model_config, seed)
+    if manifest.get("modules") != list(models):
+        raise CheckpointError(f"{folder / MANIFEST} lists modules {manifest.get('modules')}, expected {list(models)}.")
+    for name, module in models.items():  # one at a time, so that the warning names the file
+        with _reading(weights_file(folder, name, module)):
+            load_weights(folder, nn.ModuleDict({name: module}))
+    optimizers = spec.make_optimizers(models, model_config)
+    with _reading(folder / TRAINER_STATE):
+        state = load_trainer_state(folder)
+        if not isinstance(state, dict) or not {"step", "optimizers", "generator"} <= set(state):
+            raise CheckpointError(f"{folder / TRAINER_STATE} lacks step, optimizers or generator.")
+        step = int(state["step"])
+        if f"{_CHECKPOINT_PREFIX}{step:09d}" != folder.name:
+            raise CheckpointError(f"{folder / TRAINER_STATE} is at step {step}, the folder name says otherwise.")
+        if set(state["optimizers"]) != set(optimizers):
+            raise CheckpointError(f"{folder / TRAINER_STATE} has optimisers {sorted(state['optimizers'])}, "
+                                  f"expected {sorted(optimizers)}.")
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+            _check_optimizer_shapes(folder, name, optimizer)
+        states = list(state["generator"])
+        if not states:
+            raise CheckpointError(f"{folder / TRAINER_STATE} holds no random generator state.")
+        for s in states:
+            torch.Generator().set_state(s.to(torch.uint8))  # raises on a malformed state
+    with _reading(folder / HISTORY):
+        history = load_history(folder)
+    if any(r["step"] > step for r in history):
+        raise CheckpointError(f"{folder / HISTORY} has records after the checkpoint's step {step}.")
+    return Restored(folder, step, models, optimizers, states, history)
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Errors of a reader become a ``CheckpointError`` naming the part being read."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except _UNREADABLE as exc:
+        text = " ".join(str(exc).split())
+        raise CheckpointError(f"{path}: {type(exc).__name__}: {text[:400]}") from exc
+
+
+def _check_optimizer_shapes(folder: Path, name: str, optimizer: torch.optim.Optimizer) -> None:
+    # load_state_dict checks the number of parameters, not the shapes of their moments.
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                    raise CheckpointError(f"{folder / TRAINER_STATE}: optimiser {name!r} state {key!r} has shape "
+                                          f"{tuple(value.shape)}, its parameter {tuple(param.shape)}.")
+
+
+def restore_latest(root: Path, spec: FamilySpec, model_config: Any, seed: int) -> Restored | None:
+    """The newest checkpoint under ``root`` that loads completely; broken ones are skipped with a warning."""
+    for folder in checkpoint_dirs(root):
+        try:
+            return restore_checkpoint(folder, spec, model_config, seed)
+        except _UNREADABLE as exc:
+            logger.warning("Checkpoint %s is unusable, falling back to an older one: %s", folder,
+                           _describe(folder, exc))
+    return None
 
 
 # ------------------------------------------------------------------ the loop
@@ -234,20 +434,22 @@ def train(
     accelerator = _accelerator(config)
     if len(dataset) < config.batch_size:
         raise ValueError(f"The train split has {len(dataset)} examples, fewer than batch_size={config.batch_size}.")
-    models = spec.build(model_config, config.seed)
-    optimizers = spec.make_optimizers(models, model_config)
+    if accelerator.is_main_process:
+        remove_stale_temporaries(checkpoint_root)
     generator = torch.Generator(device=accelerator.device).manual_seed(config.seed + accelerator.process_index)
 
     start = 0
-    resume = latest_verified_checkpoint(checkpoint_root)
-    if resume is not None:
-        load_weights(resume, models)
-        state = load_trainer_state(resume)
-        for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
-        generator.set_state(state["generator"][accelerator.process_index % len(state["generator"])].to(torch.uint8))
-        start = int(state["step"])
-        logger.info("Resuming %s training from %s (step %d of %d)", spec.name, resume.name, start, config.steps)
+    history: list[dict[str, float]] = []
+    resume = restore_latest(checkpoint_root, spec, model_config, config.seed)
+    if resume is None:
+        models = spec.build(model_config, config.seed)
+        optimizers = spec.make_optimizers(models, model_config)
+    else:
+        models, optimizers, history = resume.models, resume.optimizers, list(resume.history)
+        states = resume.generator_states
+        generator.set_state(states[accelerator.process_index % len(states)].to(torch.uint8))
+        start = resume.step
+        logger.info("Resuming %s training from %s (step %d of %d)", spec.name, resume.folder, start, config.steps)
 
     trainable = list(optimizers)
     for name in trainable:
@@ -265,7 +467,6 @@ def train(
             accelerator.clip_grad_norm_(parameters, clip_norm)
 
     steps_per_epoch = len(dataset) // (config.batch_size * accelerator.num_processes)
-    history: list[dict[str, float]] = []
     progress = tqdm(total=config.steps, initial=start, desc=f"training {spec.name}", unit="step",
                     disable=not accelerator.is_main_process or None)
     step = start
@@ -300,7 +501,7 @@ def train(
             progress.update(1)
             if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
                 _checkpoint(accelerator, checkpoint_root, step, spec, model_config, models, optimizers, generator,
-                            config.keep_checkpoints)
+                            config.keep_checkpoints, history)
             if tracker is not None and config.sample_every and step % config.sample_every == 0 \
                     and accelerator.is_main_process:
                 tracker.log_samples(_unwrapped(accelerator, models), step)
@@ -309,8 +510,9 @@ def train(
             if step >= config.steps:
                 break
     progress.close()
-    _checkpoint(accelerator, checkpoint_root, step, spec, model_config, models, optimizers, generator,
-                config.keep_checkpoints)
+    if step > start or resume is None:  # a rerun of a finished run has nothing new to save
+        _checkpoint(accelerator, checkpoint_root, step, spec, model_config, models, optimizers, generator,
+                    config.keep_checkpoints, history)
     final = _unwrapped(accelerator, models).to("cpu").eval()
     accelerator.end_training()
     return final, history
@@ -321,7 +523,16 @@ def _unwrapped(accelerator: Any, models: nn.ModuleDict) -> nn.ModuleDict:
 
 
 def _checkpoint(accelerator: Any, root: Path, step: int, spec: FamilySpec, model_config: Any,
-                models: nn.ModuleDict, optimizers: dict[str, Any], generator: torch.Generator, keep: int) -> None:
+                models: nn.ModuleDict, optimizers: dict[str, Any], generator: torch.Generator, keep: int,
+                history: list[dict[str, float]]) -> None:
+    """Save a checkpoint from the main process; a failed write is logged, never raised.
+
+    Why not raise: the models are in memory and training can go on (the next checkpoint
+    retries); after the last step, ``train`` still returns them, so the pipeline's
+    GeneratorDataset can save the finished model (to another disk if need be) instead of
+    losing hours of training to a full checkpoint disk. The previous checkpoint stays
+    intact, so a rerun after freeing space resumes from it.
+    """
     states = accelerator.gather(generator.get_state().to(torch.int64).to(accelerator.device)[None]).cpu()
     if accelerator.is_main_process:
         trainer_state = {
@@ -329,5 +540,10 @@ def _checkpoint(accelerator: Any, root: Path, step: int, spec: FamilySpec, model
             "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
             "generator": [s.to(torch.uint8) for s in states.reshape(accelerator.num_processes, -1)],
         }
-        save_checkpoint(root, step, spec, model_config, _unwrapped(accelerator, models), trainer_state, keep)
+        try:
+            save_checkpoint(root, step, spec, model_config, _unwrapped(accelerator, models), trainer_state, keep,
+                            history)
+        except CheckpointWriteError as exc:
+            logger.warning("Checkpoint at step %d NOT saved in %s; training goes on with the models in memory "
+                           "(the newest saved checkpoint is unchanged). %s", step, root, exc)
     accelerator.wait_for_everyone()
