@@ -85,7 +85,8 @@ def bench_plain_ddpm(config, batch: int, steps: int, device: torch.device) -> fl
     store = synthetic_store(config, max(batch * 4, 64))
     data = TensorDataset(torch.from_numpy(store["images"]), torch.from_numpy(store["labels"]))
     loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
     tic = None
     batches = (b for _ in range(10**9) for b in loader)
     for step in range(steps):
@@ -138,7 +139,8 @@ def main() -> None:
     device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     params = parameters(args.profile)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"device {device}{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, torch {torch.__version__}")
+          f"device {device}{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, "
+          f"torch {torch.__version__}")
     print(f"profile: {args.profile}; training steps {args.steps} (last half timed); samples {args.samples}")
     print(f"{'family':8} {'measure':38} {'value':>12}")
     for family in args.families.split(","):
@@ -155,7 +157,8 @@ def main() -> None:
             ratios = [a / b for a, b in pairs]
             print(f"{family:8} {f'training images/s (batch {batch}, {config.image_size} px)':38} {ours:>12.1f}")
             print(f"{family:8} {'plain diffusers loop images/s':38} {plain:>12.1f}")
-            print(f"{family:8} {f'ratio synthmed / plain (median of {len(ratios)})':38} {float(np.median(ratios)):>12.2f}")
+            print(f"{family:8} {f'ratio synthmed / plain (median of {len(ratios)})':38} "
+                  f"{float(np.median(ratios)):>12.2f}")
             print(f"{family:8} {'ratio range':38} {min(ratios):>6.2f}..{max(ratios):.2f}")
         else:
             ours = bench_training(family, config, batch, args.steps, args.device)

@@ -11,7 +11,7 @@ For each size it saves a store with ``ArrayStoreDataset`` in a temporary folder,
 The cold figures depend on whether the files are in the OS page cache; they are (just
 written), which is also the usual case right after ``dvc checkout`` or a pipeline stage.
 
-    PYTHONPATH=src python benchmarks/bench_verify.py            # 2,000 x 1 x 64 x 64 (41 MB) and 800 x 1 x 256 x 256 (262 MB)
+    PYTHONPATH=src python benchmarks/bench_verify.py  # 2,000 x 1 x 64 x 64 (41 MB) and 800 x 1 x 256 x 256 (262 MB)
     PYTHONPATH=src python benchmarks/bench_verify.py --repeats 5
 """
 

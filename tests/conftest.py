@@ -74,7 +74,8 @@ def write_source_folder(root: Path, sentinel: str = "SNTLXQZ") -> dict[str, str]
     files["dicom/sentinel.dcm"] = dicom_bytes(make_sentinel_dicom(sentinel, rows=16, cols=16))
     study, series = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"
     for k, z in enumerate([0.0, 2.5, 5.0, 7.5]):
-        files[f"dicom/series/slice{k}.dcm"] = dicom_bytes(ct_instance(z, series_uid=series, study_uid=study, value=10 * k))
+        files[f"dicom/series/slice{k}.dcm"] = dicom_bytes(ct_instance(z, series_uid=series, study_uid=study,
+                                                                      value=10 * k))
     files["dicom/us.dcm"] = dicom_bytes(ct_instance(0.0, series_uid="1.2.826.0.1.3680043.8.498.3", study_uid=study,
                                                     patient_id="US-PAT", modality="US"))
     truncated = dicom_bytes(ct_instance(0.0, series_uid="1.2.826.0.1.3680043.8.498.4", study_uid=study, patient_id="T"))
@@ -103,7 +104,8 @@ def write_source_folder(root: Path, sentinel: str = "SNTLXQZ") -> dict[str, str]
     files["photos/broken.png"] = b"\x89PNG\r\n\x1a\nnot really a png"
     files["photos/orphan_mask.png"] = png_bytes(vessel)
     files["notes.docx"] = b"PK\x03\x04 a word document"
-    files["labels.csv"] = b"path,label,modality,patient\nphotos/eye.png,fundus,OP,eye-patient\nnifti/head.nii.gz,brain,MR,\n"
+    files["labels.csv"] = (b"path,label,modality,patient\nphotos/eye.png,fundus,OP,eye-patient\n"
+                           b"nifti/head.nii.gz,brain,MR,\n")
     for rel, data in files.items():
         target = root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +154,8 @@ def project_catalog(workdir: Path, raw_sources: Path, key: bytes | None = TEST_K
     for entry in config.values():
         for field in ("path", "filepath"):
             if field in entry and not Path(entry[field]).is_absolute():
-                entry[field] = str(workdir / entry[field]) if not entry[field].startswith("src/") else str(PROJECT_ROOT / entry[field])
+                entry[field] = (str(workdir / entry[field]) if not entry[field].startswith("src/")
+                                else str(PROJECT_ROOT / entry[field]))
     config["raw_sources"]["path"] = str(raw_sources)
     catalog = DataCatalog.from_config(config)
     params = load_parameters()

@@ -96,7 +96,8 @@ def test_truncation_and_deletion(project: Path, capsys) -> None:
     assert code == 1
     lines = _lines(out)
     assert lines["data/06_models/feature_encoders/slices"] == "corrupt"
-    assert f"truncated (does not match its checksum record): size mismatch, expected {size} bytes, found {size // 2}" in out
+    assert (f"truncated (does not match its checksum record): size mismatch, expected {size} bytes, "
+            f"found {size // 2}") in out
     assert lines["data/07_model_output/rebalanced"] == "missing"
     assert "a/1.txt is missing" in out
 

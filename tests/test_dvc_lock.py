@@ -38,7 +38,8 @@ def test_code_deps_are_those_the_pipeline_imports(stages):
     for name, stage in stages.items():
         expected, listed = dvc_deps.stage_code_deps(name), dvc_deps.dvc_code_deps(stage)
         if expected != listed:
-            wrong[name] = {"missing": sorted(set(expected) - set(listed)), "not used": sorted(set(listed) - set(expected))}
+            wrong[name] = {"missing": sorted(set(expected) - set(listed)),
+                           "not used": sorted(set(listed) - set(expected))}
     assert not wrong, f"dvc.yaml code deps differ from the imports (run `python tools/dvc_deps.py --write`): {wrong}"
 
 

@@ -8,9 +8,9 @@ These tests run Kedro and DVC as subprocesses in temporary copies of the working
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import secrets
-import json
 import shutil
 import sqlite3
 import string
@@ -42,14 +42,16 @@ def _env(**extra: str) -> dict[str, str]:
     }
 
 
-def sh(*args: str, cwd: Path, check: bool = True, timeout: int = 900, local_env: bool = False) -> subprocess.CompletedProcess:
+def sh(*args: str, cwd: Path, check: bool = True, timeout: int = 900,
+       local_env: bool = False) -> subprocess.CompletedProcess:
     """Run a command; ``local_env`` runs Kedro in its default env (conf/local) instead of ``test``."""
     env = _env()
     if local_env:
         env.pop("KEDRO_ENV")
     result = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
 
 
@@ -150,7 +152,8 @@ def test_sentinel_reaches_no_byte_written(tmp_path):
     project = project_copy(tmp_path / "project")
     source = project / "data/01_raw/sentinel_case"
     source.mkdir(parents=True)
-    (source / "case.dcm").write_bytes(dicom_bytes(make_sentinel_dicom(sentinel, patient_id=f"ID-{sentinel}", rows=16, cols=16)))
+    (source / "case.dcm").write_bytes(
+        dicom_bytes(make_sentinel_dicom(sentinel, patient_id=f"ID-{sentinel}", rows=16, cols=16)))
     series, study = "1.2.826.0.1.3680043.8.498.77", "1.2.826.0.1.3680043.8.498.78"
     for k in range(3):
         (source / f"series_{k}.dcm").write_bytes(dicom_bytes(ct_instance(2.0 * k, series_uid=series, study_uid=study,

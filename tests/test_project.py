@@ -31,7 +31,8 @@ def pipelines():
 
 @pytest.fixture(scope="module")
 def catalog_conf():
-    return OmegaConfigLoader(conf_source=str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="local")["catalog"]
+    return OmegaConfigLoader(conf_source=str(PROJECT_ROOT / "conf"), base_env="base",
+                             default_run_env="local")["catalog"]
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,8 @@ def test_catalog_has_no_kedro_versioning(catalog_conf):
 
 
 def test_no_secret_is_tracked():
-    tracked = subprocess.run(["git", "ls-files"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout.split()
+    tracked = subprocess.run(["git", "ls-files"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
     if not tracked:
         pytest.skip("not a git checkout")
     assert not [f for f in tracked if "credentials" in f and not f.endswith(".example")]

@@ -144,7 +144,8 @@ def test_planted_gap_below_gap_px_is_caught() -> None:
     val = table.index[table["split"] == "validation"][0]
     train_stop = int(table.loc[table["split"] == "train", "stop"].iloc[0])
     table.loc[val, "start"] = train_stop + 7  # one voxel closer than gap_px = 8
-    with pytest.raises(SplitLeakageError, match=r"item vol-1 axis 2: train \[0, 59\) and validation .* are 7 px apart, need 8"):
+    with pytest.raises(SplitLeakageError,
+                       match=r"item vol-1 axis 2: train \[0, 59\) and validation .* are 7 px apart, need 8"):
         check_no_leakage(table)
 
 
@@ -152,7 +153,8 @@ def test_planted_overlap_is_caught() -> None:
     table = _slab_table()
     test = table.index[table["split"] == "test"][0]
     table.loc[test, "start"] = 70  # validation is [67, 80)
-    with pytest.raises(SplitLeakageError, match=r"item vol-1 axis 2: validation \[67, 80\) and test \[70, 100\) are -10 px apart"):
+    with pytest.raises(SplitLeakageError,
+                       match=r"item vol-1 axis 2: validation \[67, 80\) and test \[70, 100\) are -10 px apart"):
         check_no_leakage(table)
 
 

@@ -14,9 +14,9 @@ from kedro.io import DatasetError
 from synthmed.core import checksums
 from synthmed.core.checksums import ChecksumError
 from synthmed.datasets import ArrayStoreDataset, ClassifierDataset, FileFolderDataset
-from synthmed.metrics.features import TrainedClassifier
 from synthmed.datasets.integrity import FOLDER_LISTING, hint_for
 from synthmed.generators.common import CheckpointError, verify_checksums, write_checksums
+from synthmed.metrics.features import TrainedClassifier
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +76,8 @@ def test_a_truncated_array_names_file_and_sizes_instead_of_numpy_mmap_error(tmp_
     size = images.stat().st_size
     with open(images, "r+b") as handle:
         handle.truncate(size - 100)
-    with pytest.raises(DatasetError, match=rf"truncated .*: size mismatch, expected {size} bytes, found {size - 100}") as info:
+    with pytest.raises(DatasetError,
+                       match=rf"truncated .*: size mismatch, expected {size} bytes, found {size - 100}") as info:
         dataset.load()
     assert str(images) in str(info.value) and "mmap length" not in str(info.value)
 
@@ -185,7 +186,9 @@ def test_generator_checksums_record_sizes_and_catch_corruption(tmp_path: Path) -
     assert listing["files"]["unet.safetensors"]["size"] == 64
     verify_checksums(folder)
     _flip_byte(folder / "unet.safetensors")
-    with pytest.raises(CheckpointError, match=r"unet\.safetensors is corrupt \(does not match its checksum\): expected sha256 [0-9a-f]{64}, found"):
+    with pytest.raises(CheckpointError,
+                       match=r"unet\.safetensors is corrupt \(does not match its checksum\): "
+                             r"expected sha256 [0-9a-f]{64}, found"):
         verify_checksums(folder)
 
 

@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from synthmed.datasets.classifier import ClassifierDataset
-from synthmed.metrics.features import TrainedClassifier
 from synthmed.metrics.features import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ClassifierConfig,
     FeatureNetworkConfig,
     FitConfig,
+    TrainedClassifier,
     at_size,
     exported_network,
     feature_network,

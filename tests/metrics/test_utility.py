@@ -21,7 +21,8 @@ from synthmed.metrics.utility import (
 def test_training_set_per_mode():
     real = (torch.zeros(4, 1, 8, 8), torch.tensor([0, 0, 1, 1]))
     synthetic = (torch.ones(2, 1, 8, 8), torch.tensor([1, 1]))
-    sizes = {mode: (len(training_set(mode, real, synthetic)[0]), training_set(mode, real, synthetic)[2]) for mode in MODES}
+    sizes = {mode: (len(training_set(mode, real, synthetic)[0]), training_set(mode, real, synthetic)[2])
+             for mode in MODES}
     assert sizes == {"real": (4, False), "synthetic": (2, False), "real+synthetic": (6, False),
                      "real+flips": (4, True), "real+synthetic+flips": (6, True)}
     with pytest.raises(ValueError, match="Unknown utility mode 'mixup'"):

@@ -8,9 +8,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 from kedro.io import DatasetError
+from PIL import Image
 
 from synthmed.generators.common import CheckpointError
 from synthmed.pipelines import (
@@ -94,7 +93,8 @@ def test_rebalanced_dataset_is_balanced_and_readable(generated):
     card = " ".join((root / "README.md").read_text().split())
     gate = json.loads((workdir / "data/08_reporting/rebalancing_gate.json").read_text())
     assert gate["gate.self_test_recall"] >= 0.99
-    assert f"recall {gate['gate.self_test_recall']:.3f}" in card and f"{int(gate['gate.dropped_count'])} dropped" in card
+    assert (f"recall {gate['gate.self_test_recall']:.3f}" in card
+            and f"{int(gate['gate.dropped_count'])} dropped" in card)
     assert {"nn_pixel_similarity", "nn_pixel_neighbour_index", "memorisation_flagged", "published"} <= set(provenance)
     assert len(synthetic) == int(provenance["published"].sum()) == int(gate["published_synthetic"])
     assert f"| sagittal | {int((~labels.is_synthetic & (labels.label == 'sagittal')).sum())} |" in card
@@ -144,8 +144,8 @@ def _provenance(n: int) -> pd.DataFrame:
 
 def test_gate_flags_planted_training_copies_and_publish_drops_or_refuses_them(generated):
     from synthmed.pipelines.rebalancing.nodes import gate_rebalancing, publish_rebalanced
-    from synthmed.protocols.encoders import split_images
     from synthmed.privacy.memorisation import MemorisationError
+    from synthmed.protocols.encoders import split_images
 
     _, catalog = generated
     slices, manifest = catalog.load("slices"), catalog.load("slice_manifest")

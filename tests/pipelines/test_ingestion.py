@@ -31,7 +31,8 @@ def test_every_bad_file_is_rejected_with_its_reason_and_counts_conserve(tmp_path
     assert dict(zip(rejected["source_path"], rejected["reason"])) == expected
     assert (rejected["detail"] != "").all()
     accepted_files = manifest["n_files"].sum()
-    assert metrics["files_read"] == accepted_files + len(rejected) == metrics["files_accepted"] + metrics["files_rejected"]
+    assert (metrics["files_read"] == accepted_files + len(rejected)
+            == metrics["files_accepted"] + metrics["files_rejected"])
     # write_source_folder writes 18 files (8 DICOM, 3 NIfTI, 5 PNG, notes.docx, labels.csv);
     # labels.csv is the labels table, the other 17 are read.
     assert metrics["files_found"] == 18 and metrics["files_read"] == 17 and metrics["files_ignored"] == 1

@@ -43,7 +43,8 @@ def test_a_registered_toy_family_runs_through_training_sampling_and_evaluation(t
     run(ingestion.create_pipeline() + preprocessing.create_pipeline() + extraction.create_pipeline(), catalog)
     generation = (training.create_pipeline() + sampling.create_pipeline() + feature_encoders.create_pipeline()
                   + rebalancing.create_pipeline() + evaluation.create_pipeline())
-    assert {"toy.train_generator", "toy.sample_generator", "toy.prepare_evaluation"} <= {n.name for n in generation.nodes}
+    assert ({"toy.train_generator", "toy.sample_generator", "toy.prepare_evaluation"}
+            <= {n.name for n in generation.nodes})
     run(generation, catalog)
 
     generator = catalog.load("toy.generator")

@@ -143,7 +143,8 @@ def verify_file(path: Path | str, sha256: str, size: int | None = None, *,
     if size is not None and stat.st_size != size:
         what = "truncated" if stat.st_size < size else "longer than written"
         raise ChecksumError(
-            f"{path} is {what} (does not match its checksum record): size mismatch, expected {size} bytes, found {stat.st_size}; {fix}",
+            f"{path} is {what} (does not match its checksum record): size mismatch, "
+            f"expected {size} bytes, found {stat.st_size}; {fix}",
             path=path, kind="size", expected=size, found=stat.st_size)
     found = _cached_sha256(path, stat)
     if found != sha256:

@@ -187,7 +187,8 @@ def check_no_leakage(split_table: pd.DataFrame) -> None:
     group_rows = split_table[split_table["strategy"] == "group"]
     spread = group_rows.groupby("patient_key")["split"].nunique()
     for patient in spread[spread > 1].index:
-        problems.append(f"patient {patient} is in splits {sorted(set(group_rows[group_rows.patient_key == patient].split))}")
+        problems.append(f"patient {patient} is in splits "
+                        f"{sorted(set(group_rows[group_rows.patient_key == patient].split))}")
     for (item_id, axis), slabs in split_table[split_table["strategy"] == "slab"].groupby(["item_id", "axis"]):
         ordered = slabs.sort_values("start").to_dict("records")
         for a, b in zip(ordered, ordered[1:]):

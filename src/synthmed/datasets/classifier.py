@@ -54,7 +54,8 @@ class ClassifierDataset(AbstractDataset["TrainedClassifier", "TrainedClassifier"
         verified_listing(self._path, listing)
         manifest = json.loads((self._path / "classifier.json").read_text())
         if manifest.get("format") != FORMAT:
-            raise DatasetError(f"{self._path}/classifier.json has format {manifest.get('format')!r}, expected {FORMAT!r}.")
+            raise DatasetError(f"{self._path}/classifier.json has format {manifest.get('format')!r}, "
+                               f"expected {FORMAT!r}.")
         model = ConvClassifier(from_params(ClassifierConfig, manifest["config"], f"{self._path}/classifier.json"))
         model.load_state_dict(load_file(self._path / "weights.safetensors"), strict=True)
         return TrainedClassifier(model.eval(), tuple(manifest["class_names"]), dict(manifest.get("facts", {})))

@@ -43,7 +43,7 @@ from kedro.io import AbstractDataset, DatasetError
 
 from synthmed.core.atomic import atomic_directory
 from synthmed.core.checksums import sha256_bytes, write_listing
-from synthmed.datasets.integrity import FOLDER_LISTING, DataChecksumError, hint_for, verified_listing
+from synthmed.datasets.integrity import FOLDER_LISTING, DataChecksumError, verified_listing
 
 logger = logging.getLogger(__name__)
 

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from synthmed.core.seeding import seeded
+from synthmed.core.validation import is_int, is_number
 from synthmed.generators.base import Batch, Conditions, FamilySpec, SamplerSpec, StepContext
 from synthmed.generators.common import (
     adam_per_module,
@@ -36,8 +38,6 @@ from synthmed.generators.common import (
     dcgan_init,
     evaluating,
 )
-from synthmed.core.seeding import seeded
-from synthmed.core.validation import is_int, is_number
 
 START_SIZE = 4  # the generator starts from a 4x4 feature map (Radford et al. fig. 1)
 MIN_IMAGE_SIZE = 16

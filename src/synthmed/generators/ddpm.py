@@ -27,8 +27,8 @@ References:
 
 from __future__ import annotations
 
-import functools
 import copy
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 from torch import nn
 
-from synthmed.generators.base import Batch, Conditions, FamilySpec, SamplerSpec, StepContext
 from synthmed.core.seeding import seeded
+from synthmed.generators.base import Batch, Conditions, FamilySpec, SamplerSpec, StepContext
 from synthmed.generators.common import apply_gradients
 
 CONDITIONING = ("class", "mask", "inpaint")

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from synthmed.core.seeding import seeded
+from synthmed.core.validation import is_int, is_number
 from synthmed.generators.base import Batch, Conditions, FamilySpec, SamplerSpec, StepContext
 from synthmed.generators.common import (
     adam_per_module,
@@ -43,8 +45,6 @@ from synthmed.generators.common import (
     dcgan_init,
     evaluating,
 )
-from synthmed.core.seeding import seeded
-from synthmed.core.validation import is_int, is_number
 
 # Paper, appendix 6.1.1: dropout (rate 0.5) in the first three decoder blocks (CD512, CD1024,
 # CD1024), i.e. the three innermost up-sampling blocks.

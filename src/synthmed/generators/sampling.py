@@ -189,7 +189,8 @@ def generate_from_plan(
         for position, r in enumerate(chunk):
             rows.append((start + position, spec.name, checkpoint, sampler.name, sampler.steps, sampler.guidance_scale,
                          batch_seed, position, r["condition"], r["label"], r["case"], r["source_index"]))
-    stacked = torch.cat(images).numpy() if images else np.zeros((0, config.channels, config.image_size, config.image_size), np.float32)
+    stacked = (torch.cat(images).numpy() if images
+               else np.zeros((0, config.channels, config.image_size, config.image_size), np.float32))
     masks = np.stack([(r["mask"].numpy() > 0).astype(np.uint8) if "mask" in r else
                       np.zeros((1, config.image_size, config.image_size), np.uint8) for r in requests]) \
         if requests else np.zeros((0, 1, config.image_size, config.image_size), np.uint8)

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from synthmed.core.config import from_params
 from skimage import exposure
+
+from synthmed.core.config import from_params
 
 HISTOGRAM_METHODS: tuple[str, ...] = ("none", "equalize", "zscore")
 

@@ -140,7 +140,8 @@ def decode_raster(data: bytes, *, max_pixels: int) -> Decoded:
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[-1] == 4:
         array = array[..., :3]
-    if array.ndim == 3 and np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 1], array[..., 2]):
+    if (array.ndim == 3 and np.array_equal(array[..., 0], array[..., 1])
+            and np.array_equal(array[..., 1], array[..., 2])):
         array = array[..., 0]
     source_dtype = str(array.dtype)
     chw = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
@@ -369,7 +370,8 @@ def decode_dicom_series(datasets: Sequence[pydicom.Dataset], *, max_pixels: int)
         raise ReadError("inconsistent_series", f"instances have different sizes {sorted(shapes)}")
     cosines = _direction_cosines(first)
     if cosines is None or any("ImagePositionPatient" not in ds for ds in datasets):
-        raise ReadError("inconsistent_series", "several instances but no ImagePositionPatient/ImageOrientationPatient to order them")
+        raise ReadError("inconsistent_series",
+                        "several instances but no ImagePositionPatient/ImageOrientationPatient to order them")
     normal = np.cross(*cosines)
     positions = [np.asarray([float(v) for v in ds.ImagePositionPatient]) for ds in datasets]
     order = np.argsort([float(p @ normal) for p in positions])

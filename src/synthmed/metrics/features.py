@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from synthmed.core.validation import is_int, is_number
 from synthmed.core.seeding import seeded
+from synthmed.core.validation import is_int, is_number
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,8 @@ def resolve_device(name: str) -> torch.device:
 
 def _autocast(device: torch.device):
     # bf16 autocast on CUDA (no loss scaling needed); full precision on CPU.
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    return (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+            else torch.autocast("cpu", enabled=False))
 
 
 def fit_classifier(
@@ -323,7 +324,8 @@ class FeatureNetworkConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in FEATURE_KINDS:
-            raise ValueError(f"evaluation.feature_network.kind must be one of {list(FEATURE_KINDS)}, got {self.kind!r}.")
+            raise ValueError(f"evaluation.feature_network.kind must be one of {list(FEATURE_KINDS)}, "
+                             f"got {self.kind!r}.")
         if self.kind != "domain" and not self.weights:
             raise ValueError(
                 f"evaluation.feature_network.kind {self.kind!r} needs `weights`: the path of a local weights file "

@@ -17,8 +17,6 @@ from markupsafe import Markup
 from synthmed.core.templates import render
 
 
-
-
 def number(value: Any, digits: int = 4) -> str:
     """A table cell: significant digits, ``n/a`` for missing or NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -51,7 +49,8 @@ def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:
         ("FID", with_interval(metrics, "fid"), with_interval(metrics, "fid_floor_halves"),
          with_interval(metrics, "fid_floor_neighbour_slices"), metrics.get("fid_n")),
         ("KID", f"{number(metrics.get('kid'))} ± {number(metrics.get('kid_std'))}",
-         f"{number(metrics.get('kid_floor_halves'))} ± {number(metrics.get('kid_floor_halves_std'))}", "", metrics.get("fid_n")),
+         f"{number(metrics.get('kid_floor_halves'))} ± {number(metrics.get('kid_floor_halves_std'))}", "",
+         metrics.get("fid_n")),
     ]
     rows += [(name, number(metrics.get(name)), number(metrics.get(f"{name}_floor_halves")), "", metrics.get("fid_n"))
              for name in ("precision", "recall", "density", "coverage")]
@@ -59,7 +58,8 @@ def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:
                  number(metrics.get("diversity_ms_ssim_real")), "", metrics.get("n_synthetic")))
     for name in ("mse", "ssim", "psnr"):
         if f"paired_{name}" in metrics:
-            rows.append((f"paired {name.upper()} vs the real image of the same mask", with_interval(metrics, f"paired_{name}"),
+            rows.append((f"paired {name.upper()} vs the real image of the same mask",
+                         with_interval(metrics, f"paired_{name}"),
                          "", "", metrics.get(f"paired_{name}_n")))
     return pd.DataFrame(rows, columns=["metric", "synthetic vs real", "floor: real vs real (halves)",
                                        "floor: neighbouring slices", "N"])
@@ -81,7 +81,8 @@ def utility_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def memorisation_table(metrics: Mapping[str, float]) -> pd.DataFrame:
-    names = ("calibrated", "candidate_count", "flagged_count", "flagged_fraction", "pixel_threshold", "feature_threshold",
+    names = ("calibrated", "candidate_count", "flagged_count", "flagged_fraction", "pixel_threshold",
+             "feature_threshold",
              "max_pixel_similarity", "median_pixel_similarity", "held_out_max_pixel_similarity", "held_out_count",
              "self_test_recall", "planted_count", "planted_missed")
     return pd.DataFrame([{"measure": n, "value": number(metrics.get(n))} for n in names])
@@ -101,7 +102,8 @@ def render_report(*, title: str, comparison: pd.DataFrame, families: Sequence[Ma
         utility: pd.DataFrame = f["utility"]
         rendered.append({
             "family": f["family"], "source": f["source"], "feature_space": f["feature_space"],
-            "n_synthetic": number(f["fidelity"].get("n_synthetic")), "n_reference": number(f["fidelity"].get("n_reference")),
+            "n_synthetic": number(f["fidelity"].get("n_synthetic")),
+            "n_reference": number(f["fidelity"].get("n_reference")),
             "fidelity": Markup(html_table(fidelity_table(f["fidelity"]))),
             "utility": Markup(html_table(utility_table(utility))),
             "memorisation": Markup(html_table(memorisation_table(f["memorisation"]))),

@@ -6,7 +6,7 @@ previews them) and the report embeds them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -68,7 +68,8 @@ def nearest_pairs(synthetic: np.ndarray, reference: np.ndarray, neighbour: np.nd
         axes[1, k].imshow(_display(reference[int(neighbour[i])]), cmap="gray", vmin=0, vmax=1)
         axes[0, k].axis("off")
         axes[1, k].axis("off")
-    axes[0, 0].text(-0.1, 0.5, "sample", transform=axes[0, 0].transAxes, rotation=90, va="center", ha="right", fontsize=7)
+    axes[0, 0].text(-0.1, 0.5, "sample", transform=axes[0, 0].transAxes, rotation=90, va="center", ha="right",
+                    fontsize=7)
     axes[1, 0].text(-0.1, 0.5, "nearest\ntraining", transform=axes[1, 0].transAxes, rotation=90, va="center",
                     ha="right", fontsize=7)
     figure.suptitle(title, fontsize=8)

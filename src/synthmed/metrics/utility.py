@@ -172,7 +172,8 @@ def evaluate_utility(
         x, y, flips = training_set(mode, real, synthetic)
         predictions[mode] = []
         for s in config.seeds:
-            model = fit_classifier(x, y, spec, config.fit, seed=int(s), flips=flips, description=f"utility {mode} seed {s}")
+            model = fit_classifier(x, y, spec, config.fit, seed=int(s), flips=flips,
+                                   description=f"utility {mode} seed {s}")
             probs = predict_proba(model, test[0], device=config.fit.device)
             predictions[mode].append(probs.argmax(1).numpy())
             for score, value in classification_scores(probs, target, class_names).items():
@@ -199,7 +200,8 @@ def _summary(runs: pd.DataFrame, predictions: dict[str, list[np.ndarray]], targe
             samples[mode, score] = np.array([np.nanmean([fn(p[d], target[d]) for p in preds]) for d in draws])
     rows = []
     for (mode, score), group in runs.groupby(["mode", "score"], sort=False):
-        row = {"mode": mode, "score": score, "mean": float(group["value"].mean()), "std": float(group["value"].std(ddof=0)),
+        row = {"mode": mode, "score": score, "mean": float(group["value"].mean()),
+               "std": float(group["value"].std(ddof=0)),
                "seeds": len(group), "n_test": n, "low": np.nan, "high": np.nan,
                "delta_vs_real": np.nan, "delta_low": np.nan, "delta_high": np.nan}
         if (mode, score) in samples:

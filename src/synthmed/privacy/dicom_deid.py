@@ -28,8 +28,8 @@ from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
-from synthmed.core.config import from_params
 
+from synthmed.core.config import from_params
 from synthmed.privacy.pseudonyms import date_offset_days, pseudonym, remap_uid
 
 logger = logging.getLogger(__name__)

@@ -59,7 +59,8 @@ def key_from_credentials(credentials: Mapping[str, Any] | None) -> bytes | None:
     if not isinstance(credentials, Mapping) or "key" not in credentials:
         raise PseudonymisationKeyError(
             "credentials entry 'pseudonymisation' must be a mapping with a 'key' field, got "
-            f"{type(credentials).__name__} with fields {sorted(credentials) if isinstance(credentials, Mapping) else '-'}."
+            f"{type(credentials).__name__} with fields "
+            f"{sorted(credentials) if isinstance(credentials, Mapping) else '-'}."
         )
     key = credentials["key"]
     if not isinstance(key, str) or len(key) < MIN_KEY_LENGTH:

@@ -48,7 +48,7 @@ from synthmed.metrics.reader_study import build_reader_kit as _reader_kit
 from synthmed.metrics.report import number, render_report
 from synthmed.metrics.utility import FitConfig, UtilityConfig, evaluate_utility
 from synthmed.privacy.memorisation import GateConfig, MemorisationError, run_gate
-from synthmed.protocols.encoders import SourceConfig, source_config, split_images
+from synthmed.protocols.encoders import source_config, split_images
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,8 @@ def prepare_evaluation(
         config: ``params:evaluation``.
     """
     if source_name not in config.sources:
-        raise ValueError(f"evaluation.sources has no block for source {source_name!r}; it has {sorted(config.sources)}.")
+        raise ValueError(f"evaluation.sources has no block for source {source_name!r}; "
+                         f"it has {sorted(config.sources)}.")
     source = source_config(config.sources[source_name], f"evaluation.sources.{source_name}")
     network = source_network(config, encoder)
     names = tuple(class_names_of(manifest))
@@ -457,7 +458,8 @@ def compare_families(results: Sequence[FamilyResult]) -> tuple[pd.DataFrame, Fig
             "family": r.family, "source": r.source, "feature_space": r.feature_space,
             "n_synthetic": f.get("n_synthetic"), "fid_n": f.get("fid_n"),
             "fid": f.get("fid"), "fid_low": f.get("fid_low"), "fid_high": f.get("fid_high"),
-            "fid_floor_halves": f.get("fid_floor_halves"), "fid_floor_neighbour_slices": f.get("fid_floor_neighbour_slices"),
+            "fid_floor_halves": f.get("fid_floor_halves"),
+            "fid_floor_neighbour_slices": f.get("fid_floor_neighbour_slices"),
             "kid": f.get("kid"), "kid_floor_halves": f.get("kid_floor_halves"),
             "precision": f.get("precision"), "recall": f.get("recall"), "density": f.get("density"),
             "coverage": f.get("coverage"), "diversity_ms_ssim": f.get("diversity_ms_ssim"),
@@ -508,7 +510,8 @@ def build_reader_kit(evaluation_sets: Sequence[EvaluationSet],
     chosen = sets[config.family]
     real = {"test": chosen.test, "validation": chosen.held_out, "train": chosen.reference}.get(config.real_split)
     if real is None:
-        raise ValueError(f"evaluation.reader_kit.real_split must be test, validation or train, got {config.real_split!r}.")
+        raise ValueError("evaluation.reader_kit.real_split must be test, validation or train, "
+                         f"got {config.real_split!r}.")
     names = chosen.class_names
     kit, key = _reader_kit(real.images.numpy(), chosen.synthetic.images.numpy(),
                            real_labels=[names[i] for i in real.labels.tolist()],
@@ -537,13 +540,16 @@ def build_report(comparison: pd.DataFrame, results: Sequence[FamilyResult], reba
     if rebalancing_gate:
         minimum = gate.min_self_test_recall
         g = rebalancing_gate
-        section = {"percentile": number(g.get("gate.percentile")), "held_out_count": number(g.get("gate.held_out_count")),
+        section = {"percentile": number(g.get("gate.percentile")),
+                "held_out_count": number(g.get("gate.held_out_count")),
                 "pixel_threshold": number(g.get("gate.pixel_threshold")),
                 "feature_threshold": number(g["gate.feature_threshold"]) if "gate.feature_threshold" in g else None,
                 "self_test_recall": number(g.get("gate.self_test_recall")),
                 "self_test_passed": g.get("gate.self_test_recall", 0.0) >= minimum, "min_recall": number(minimum),
-                "planted_count": number(g.get("gate.planted_count")), "planted_missed": number(g.get("gate.planted_missed")),
-                "candidate_count": number(g.get("gate.candidate_count")), "flagged_count": number(g.get("gate.flagged_count")),
+                "planted_count": number(g.get("gate.planted_count")),
+                "planted_missed": number(g.get("gate.planted_missed")),
+                "candidate_count": number(g.get("gate.candidate_count")),
+                "flagged_count": number(g.get("gate.flagged_count")),
                 "dropped_count": number(g.get("gate.dropped_count")),
                 "published_synthetic": number(g.get("published_synthetic")),
                 "action": gate_action}

@@ -223,7 +223,8 @@ def publish_rebalanced(
     lists every generated image with its gate scores and whether it was published.
     """
     if len(decision.keep) != len(synthetic["images"]):
-        raise ValueError(f"The gate decided on {len(decision.keep)} images but {len(synthetic['images'])} were generated.")
+        raise ValueError(f"The gate decided on {len(decision.keep)} images but "
+                         f"{len(synthetic['images'])} were generated.")
     provenance = decision.provenance.assign(published=decision.keep)
     names = class_names_of(slice_manifest)
     images = np.asarray(synthetic["images"])

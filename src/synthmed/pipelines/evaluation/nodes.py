@@ -52,7 +52,8 @@ def fidelity_scores(evaluation: EvaluationSet, params: dict[str, Any]) -> dict[s
 
 def memorisation_scores(evaluation: EvaluationSet, params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, float]]:
     """The memorisation gate over the family's samples (reported here; enforced by rebalancing)."""
-    return protocol.memorisation_scores(evaluation, protocol.gate_config(protocol.evaluation_config(params).memorisation))
+    return protocol.memorisation_scores(evaluation,
+                                        protocol.gate_config(protocol.evaluation_config(params).memorisation))
 
 
 def utility_scores(evaluation: EvaluationSet, params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -3,7 +3,6 @@
 from kedro.pipeline import Node, Pipeline, pipeline
 
 from synthmed.generators.registry import FAMILIES
-
 from synthmed.pipelines.evaluation.nodes import (
     build_reader_kit,
     build_report,

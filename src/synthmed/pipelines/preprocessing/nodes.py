@@ -27,15 +27,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from synthmed.core.config import from_params
+from synthmed.core.manifest import PATH_SEPARATOR, format_shape, format_spacing, parse_spacing
+from synthmed.core.splits import assign_splits
 from synthmed.datasets.array_store import ArrayStore
 from synthmed.datasets.file_folder import SourceFolder
 from synthmed.imaging.geometry import resample_to_spacing, resize_longest_side
 from synthmed.imaging.intensity import IntensitySpec, apply_intensity, foreground_mask
 from synthmed.imaging.readers import load_nifti_image, read_dicom
-from synthmed.core.manifest import PATH_SEPARATOR, format_shape, format_spacing, parse_spacing
 from synthmed.privacy.dicom_deid import DicomDeidConfig, deidentify
 from synthmed.privacy.nifti_deid import deidentify_nifti
-from synthmed.core.splits import assign_splits
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ def deidentify_sources(
             _, counts = deidentify_nifti(load_nifti_image(data, max_pixels=_NIFTI_MAX_PIXELS))
             actions.update(counts)
             if item.has_mask:
-                files[f"{base}_mask.nii.gz"] = partial(_deidentified_nifti, raw_sources, item.mask_path, item.mask_sha256)
+                files[f"{base}_mask.nii.gz"] = partial(_deidentified_nifti, raw_sources, item.mask_path,
+                                                       item.mask_sha256)
         else:
             suffix = "png" if item.source_dtype in _PNG_DTYPES else "npy"
             files[f"{base}.{suffix}"] = partial(_raster_copy, ingested_images[item.item_id], item.source_dtype)

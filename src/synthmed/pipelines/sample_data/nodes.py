@@ -71,9 +71,10 @@ def build_fundus_sample(params: dict[str, Any]) -> tuple[bytes, np.ndarray]:
         ``(jpeg_bytes, mask)``: the original JPEG file as shipped, and an ``(H, W)`` uint8
         mask with 255 = vessel (so that it is visible in an image viewer).
     """
+    import io
+
     import skimage.data
     from PIL import Image
-    import io
 
     jpeg = (Path(skimage.data.data_dir) / "retina.jpg").read_bytes()
     rgb = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))

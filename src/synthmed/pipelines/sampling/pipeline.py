@@ -3,7 +3,6 @@
 from kedro.pipeline import Node, Pipeline, pipeline
 
 from synthmed.generators.registry import FAMILIES
-
 from synthmed.pipelines.sampling.nodes import sample_generator, sampling_plan
 
 
