@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +203,52 @@ def processed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DataCatal
 
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
+
+
+@pytest.fixture(autouse=True)
+def _fresh_checksum_cache():
+    """Every test starts with an empty verified-file cache (``synthmed.core.checksums``)."""
+    from synthmed.core import checksums
+
+    checksums.clear_verified_cache()
+    yield
+    checksums.clear_verified_cache()
+
+
+@pytest.fixture
+def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every file ``synthmed.core.checksums`` hashes, in order."""
+    from synthmed.core import checksums
+
+    calls: list[Path] = []
+    real = checksums.sha256_file
+
+    def counting(path):
+        calls.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(checksums, "sha256_file", counting)
+    return calls
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """``mount(size)`` -> a tmpfs of ``size`` (e.g. "256k") for real full-disk tests.
+
+    Needs root and mount rights; the test is skipped where the machine refuses.
+    """
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip() or result.returncode}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], capture_output=True)

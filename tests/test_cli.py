@@ -19,12 +19,6 @@ from synthmed.metrics.features import TrainedClassifier
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    checksums.clear_verified_cache()
-    yield
-    checksums.clear_verified_cache()
-
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -50,25 +49,13 @@ def test_injected_enospc_in_a_file_write(tmp_path, monkeypatch):
     assert target.read_bytes() == b"{}" and _no_temporaries(tmp_path)
 
 
-@pytest.fixture()
-def small_disk(tmp_path):
-    """A 256 KiB tmpfs (needs root and mount rights; skipped where the machine refuses)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode(errors='replace').strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
-
 
 def test_a_real_full_disk(small_disk):
+    disk = small_disk("256k")
     """An array store that does not fit: DiskFullError, the old store intact, no temporary; then it fits."""
     from synthmed.datasets.array_store import ArrayStoreDataset
 
-    dataset = ArrayStoreDataset(path=str(small_disk / "slices"))
+    dataset = ArrayStoreDataset(path=str(disk / "slices"))
     dataset.save({"images": np.zeros((4, 1, 8, 8), np.float32)})
     with pytest.raises(Exception) as caught:
         dataset.save({"images": np.ones((200, 1, 32, 32), np.float32)})  # 800 KiB
@@ -76,6 +63,6 @@ def test_a_real_full_disk(small_disk):
     assert isinstance(error, DiskFullError), repr(caught.value)
     assert "slices" in str(error) and "bytes free" in str(error)
     assert np.array_equal(dataset.load()["images"], np.zeros((4, 1, 8, 8), np.float32))
-    assert _no_temporaries(small_disk)
+    assert _no_temporaries(disk)
     dataset.save({"images": np.ones((20, 1, 32, 32), np.float32)})  # after freeing room: 80 KiB fits
     assert dataset.load()["images"].shape == (20, 1, 32, 32)

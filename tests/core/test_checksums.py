@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from synthmed.core import checksums
 from synthmed.core.checksums import (
     ChecksumError,
     FileDigest,
@@ -19,27 +18,6 @@ from synthmed.core.checksums import (
     verify_listing,
     write_listing,
 )
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    checksums.clear_verified_cache()
-    yield
-    checksums.clear_verified_cache()
-
-
-@pytest.fixture
-def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Every file ``verify_file`` hashes, in order."""
-    calls: list[Path] = []
-    real = checksums.sha256_file
-
-    def counting(path):
-        calls.append(Path(path))
-        return real(path)
-
-    monkeypatch.setattr(checksums, "sha256_file", counting)
-    return calls
 
 
 def _file(tmp_path: Path, data: bytes = b"0123456789" * 10) -> tuple[Path, FileDigest]:

@@ -11,32 +11,11 @@ import numpy as np
 import pytest
 from kedro.io import DatasetError
 
-from synthmed.core import checksums
 from synthmed.core.checksums import ChecksumError
 from synthmed.datasets import ArrayStoreDataset, ClassifierDataset, FileFolderDataset
 from synthmed.datasets.integrity import FOLDER_LISTING, hint_for
 from synthmed.generators.common import CheckpointError, verify_checksums, write_checksums
 from synthmed.metrics.features import TrainedClassifier
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    checksums.clear_verified_cache()
-    yield
-    checksums.clear_verified_cache()
-
-
-@pytest.fixture
-def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    calls: list[Path] = []
-    real = checksums.sha256_file
-
-    def counting(path):
-        calls.append(Path(path))
-        return real(path)
-
-    monkeypatch.setattr(checksums, "sha256_file", counting)
-    return calls
 
 
 def _store(tmp_path: Path) -> tuple[ArrayStoreDataset, Path]:

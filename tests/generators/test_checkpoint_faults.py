@@ -125,23 +125,10 @@ def test_write_generator_files_names_the_folder_on_a_full_disk(tmp_path, monkeyp
     assert caught.value.errno == errno.ENOSPC and caught.value.needed == common.state_nbytes(models)
 
 
-@pytest.fixture()
-def small_tmpfs(tmp_path):
-    """A 300 KiB tmpfs (root and a permitting container only; otherwise the test is skipped)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)], capture_output=True,
-                            text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip() or result.returncode}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], capture_output=True)
-
 
 @pytest.mark.parametrize("preflight", ["free-space-check", "write-fails-midway"])
-def test_a_real_full_disk(small_tmpfs, tmp_path, caplog, monkeypatch, preflight):
+def test_a_real_full_disk(small_disk, tmp_path, caplog, monkeypatch, preflight):
+    small_tmpfs = small_disk("300k")
     """A checkpoint of this model is ~206 KB on a 300 KiB filesystem: step 4 fits, step 8
     does not (step 4 is only removed after step 8 verifies). Either the free-space check
     refuses it, or (check disabled) the write itself hits ENOSPC. Then the disk grows and a

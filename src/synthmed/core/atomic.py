@@ -30,12 +30,16 @@ def is_disk_full(exc: BaseException) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT) or bool(_SHORT_WRITE.search(str(exc)))
 
 
-def free_bytes(path: Path) -> int:
-    """Free bytes on the filesystem of ``path`` (or of its nearest existing parent)."""
+def free_bytes(path: Path) -> int | None:
+    """Free bytes on the filesystem of ``path`` (or of its nearest existing parent); None if unknown."""
     path = Path(path).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return shutil.disk_usage(path).free
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                return None
+    return None
 
 
 def disk_full_error(path: Path, needed_bytes: int | None, cause: BaseException, *,
@@ -43,9 +47,11 @@ def disk_full_error(path: Path, needed_bytes: int | None, cause: BaseException, 
     """A ``DiskFullError`` for ``path`` with what is needed and what is free."""
     needed = "an unknown number of" if needed_bytes is None else (
         f"{'at least ' if at_least else ''}{needed_bytes:,}")
+    free = free_bytes(path)
     return DiskFullError(
         errno.ENOSPC,
-        f"Disk full while writing {path}: {needed} bytes needed, {free_bytes(path):,} bytes free ({cause}). "
+        f"Disk full while writing {path}: {needed} bytes needed, "
+        f"{'an unknown number of' if free is None else f'{free:,}'} bytes free ({cause}). "
         f"The previous version of {path.name} is intact and no temporary file was left; free some space "
         "(or point the path at a larger disk) and run again.",
     )

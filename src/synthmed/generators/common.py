@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from synthmed.core.atomic import free_bytes
 from synthmed.core.checksums import ChecksumError, read_listing, sha256_bytes, verify_listing, write_listing
 
 FORMAT = "synthmed-generator/1"
@@ -64,17 +64,6 @@ class CheckpointWriteError(OSError):
 def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
-
-def free_bytes(path: Path) -> int | None:
-    """Bytes free on the filesystem holding ``path`` (or its nearest existing parent)."""
-    path = Path(path).absolute()
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            try:
-                return shutil.disk_usage(candidate).free
-            except OSError:
-                return None
-    return None
 
 
 def state_nbytes(value: Any) -> int:
@@ -159,7 +148,9 @@ def verify_checksums(folder: Path) -> None:
     """
     listing = folder / CHECKSUMS
     if not listing.is_file():
-        raise CheckpointError(f"{folder} has no {CHECKSUMS}: the save was interrupted or this is not a generator folder.")
+        raise CheckpointError(
+            f"{folder} has no {CHECKSUMS}: the save was interrupted or this is not a generator folder."
+        )
     try:
         verify_listing(folder, read_listing(listing))
     except ChecksumError as exc:

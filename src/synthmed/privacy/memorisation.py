@@ -192,7 +192,8 @@ class SearchConfig:
         if (not isinstance(flips, tuple) or not flips or len(set(flips)) != len(flips)
                 or any(not isinstance(f, str) or f not in FLIPS for f in flips)):
             raise ValueError(
-                f"SearchConfig.flips must be a non-empty tuple of distinct flips from {list(FLIPS)}, got {self.flips!r}."
+                f"SearchConfig.flips must be a non-empty tuple of distinct flips from {list(FLIPS)}, "
+                f"got {self.flips!r}."
             )
         if not is_int(self.max_shift_px) or self.max_shift_px < 0:
             raise ValueError(f"SearchConfig.max_shift_px must be an integer >= 0, got {self.max_shift_px!r}.")
@@ -477,7 +478,8 @@ def _fold_zooms(frame: pd.DataFrame, reference_count: int, zooms: tuple[float, .
         return frame
     pixel = frame["pixel_neighbour"].to_numpy()
     zoom_of = [zooms[i // reference_count] for i in pixel]
-    frame["pixel_transform"] = [t if z == 1.0 else f"{t} zoom={z:.2f}" for t, z in zip(frame["pixel_transform"], zoom_of)]
+    frame["pixel_transform"] = [t if z == 1.0 else f"{t} zoom={z:.2f}"
+                                for t, z in zip(frame["pixel_transform"], zoom_of)]
     for column in ("pixel_neighbour", "feature_neighbour"):
         raw = frame[column].to_numpy()
         frame[column] = np.where(raw >= 0, raw % reference_count, raw)

@@ -15,7 +15,6 @@ source path so that a data engineer can find a file; they stay on this machine (
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import io
 import logging
 from collections import Counter
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from synthmed.core.checksums import sha256_bytes
 from synthmed.core.config import from_params
 from synthmed.core.manifest import PATH_SEPARATOR, format_shape, format_spacing
 from synthmed.datasets.file_folder import SourceFolder
@@ -99,13 +99,6 @@ class IngestionConfig:
 
 def _config(params: Mapping[str, Any]) -> IngestionConfig:
     return from_params(IngestionConfig, params, "ingestion")
-
-
-def _sha256(blobs: list[bytes]) -> str:
-    digest = hashlib.sha256()
-    for blob in blobs:
-        digest.update(blob)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------- inventory
@@ -216,7 +209,8 @@ class ItemLoader:
         return decode_mask(self.family, blob, self.max_pixels)
 
 
-def _metadata(rel: str, family: str, labels: Mapping[str, Mapping[str, str]], config: IngestionConfig) -> dict[str, str]:
+def _metadata(rel: str, family: str, labels: Mapping[str, Mapping[str, str]],
+              config: IngestionConfig) -> dict[str, str]:
     row = labels.get(rel, {})
     parts = rel.split("/")
     if row.get("label"):
@@ -286,7 +280,9 @@ def _read_file_items(
         except ReadError as exc:
             rejected.append(_rejection(rel, family, exc.reason, exc.detail))
             if mask_rel is not None:
-                rejected.append(_rejection(mask_rel, family, "image_rejected", f"its image was rejected ({exc.reason})"))
+                rejected.append(
+                    _rejection(mask_rel, family, "image_rejected", f"its image was rejected ({exc.reason})")
+                )
             continue
         mask_sha = None
         if mask_rel is not None:
@@ -302,11 +298,12 @@ def _read_file_items(
                 rejected.append(_rejection(rel, family, exc.reason, f"its mask is unusable: {exc.detail}"))
                 rejected.append(_rejection(mask_rel, family, exc.reason, exc.detail))
                 continue
-            mask_sha = _sha256([mask_blob])
+            mask_sha = sha256_bytes(mask_blob)
         meta = _metadata(rel, family, lookup, config)
-        loader = ItemLoader(raw_sources, family, (rel,), _sha256([blob]), mask_rel, mask_sha, config.max_pixels)
+        loader = ItemLoader(raw_sources, family, (rel,), sha256_bytes(blob), mask_rel, mask_sha, config.max_pixels)
         item_id = pseudonym(key, "item", rel)
-        manifest.append(_manifest_row(item_id, pseudonym(key, "patient", meta["patient"]), family, decoded, meta, loader))
+        patient_key = pseudonym(key, "patient", meta["patient"])
+        manifest.append(_manifest_row(item_id, patient_key, family, decoded, meta, loader))
         items[item_id] = loader
     for stem, mask_rel in orphans.items():
         rejected.append(_rejection(mask_rel, family, "mask_without_image",
@@ -347,7 +344,8 @@ def read_dicom_items(
     config = _config(params)
     lookup = _label_lookup(label_table)
     key = pseudonymisation_key
-    files = source_inventory[(source_inventory["format"] == "dicom") & (source_inventory["role"] == "image")]["source_path"]
+    is_image = (source_inventory["format"] == "dicom") & (source_inventory["role"] == "image")
+    files = source_inventory[is_image]["source_path"]
     rejected: list[dict[str, str]] = []
     members: list[tuple[tuple[str, str, str], str]] = []
     for rel in tqdm(files.tolist(), desc="reading DICOM", unit="file", disable=None):
@@ -373,7 +371,7 @@ def read_dicom_items(
             continue
         meta = _metadata(paths[0], "dicom", lookup, config)
         meta["modality"] = decoded.modality or meta["modality"]
-        loader = ItemLoader(raw_sources, "dicom", paths, _sha256(blobs), None, None, config.max_pixels)
+        loader = ItemLoader(raw_sources, "dicom", paths, sha256_bytes(blobs), None, None, config.max_pixels)
         item_id = pseudonym(key, "series", "\x00".join(group))
         manifest.append(_manifest_row(item_id, pseudonym(key, "patient", identity), "dicom", decoded, meta, loader))
         items[item_id] = loader
@@ -412,7 +410,8 @@ def combine_ingestion(
     manifest = manifest.sort_values("item_id", kind="stable").reset_index(drop=True)
     loaders = {**raster_items, **nifti_items, **dicom_items}
 
-    accepted_files = [p for loader in loaders.values() for p in (*loader.image_paths, *([loader.mask_path] if loader.mask_path else []))]
+    accepted_files = [p for loader in loaders.values()
+                      for p in (*loader.image_paths, *([loader.mask_path] if loader.mask_path else []))]
     read_files = source_inventory[source_inventory["role"].isin(["image", "mask", "unusable"])]["source_path"]
     problems = []
     if len(set(accepted_files)) != len(accepted_files):
@@ -422,7 +421,8 @@ def combine_ingestion(
         problems.append(f"{len(both)} file(s) both accepted and rejected")
     if rejected["source_path"].duplicated().any():
         problems.append("a file is rejected twice")
-    if len(read_files) != len(accepted_files) + len(rejected) or set(read_files) != set(accepted_files) | set(rejected["source_path"]):
+    if (len(read_files) != len(accepted_files) + len(rejected)
+            or set(read_files) != set(accepted_files) | set(rejected["source_path"])):
         problems.append(
             f"files read ({len(read_files)}) != accepted ({len(accepted_files)}) + rejected ({len(rejected)})"
         )
@@ -470,4 +470,6 @@ def enforce_rejection_policy(ingestion_metrics: dict[str, float], params: dict[s
     if config.strict and rejected:
         raise IngestionError(f"ingestion.strict is true and {summary}")
     if rate > config.max_rejection_rate:
-        raise IngestionError(f"Rejection rate above ingestion.max_rejection_rate={config.max_rejection_rate}: {summary}")
+        raise IngestionError(
+            f"Rejection rate above ingestion.max_rejection_rate={config.max_rejection_rate}: {summary}"
+        )

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from synthmed.core.checksums import sha256_bytes
 from synthmed.core.config import from_params
 from synthmed.core.manifest import PATH_SEPARATOR, format_shape, format_spacing, parse_spacing
 from synthmed.core.splits import assign_splits
@@ -126,7 +126,7 @@ def deidentify_sources(
                     break
                 actions.update(result.actions)
                 outputs[f"{base}/{index:04d}.dcm"] = partial(
-                    _deidentified_dicom, raw_sources, rel, hashlib.sha256(data).hexdigest(), key, config)
+                    _deidentified_dicom, raw_sources, rel, sha256_bytes(data), key, config)
             if reason is None:
                 files.update(outputs)
         elif item.format == "nifti":

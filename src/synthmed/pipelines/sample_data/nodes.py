@@ -6,7 +6,6 @@ deterministic and offline. Provenance and licences are written to the sample's R
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from synthmed.core.checksums import sha256_bytes
 from synthmed.datasets.file_folder import encode
 from synthmed.datasets.secrets import PUBLIC_SAMPLE_MANIFEST
 from synthmed.imaging.vesselness import vessel_mask
@@ -135,6 +135,6 @@ def assemble_sample_folder(
     encoded = {name: encode(name, obj) for name, obj in files.items()}
     encoded[PUBLIC_SAMPLE_MANIFEST] = encode(
         PUBLIC_SAMPLE_MANIFEST,
-        {"sha256": {name: hashlib.sha256(data).hexdigest() for name, data in encoded.items()}},
+        {"sha256": {name: sha256_bytes(data) for name, data in encoded.items()}},
     )
     return encoded
