@@ -221,6 +221,11 @@ def yaml_error_message(path: str, exc: Exception) -> str:
     where = f"{path} line {mark.line + 1}, column {mark.column + 1}" if mark is not None else path
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    if context and context_mark is not None and context_mark is not mark:
+        # e.g. an unclosed quote: the problem shows at the end of the file, the cause where
+        # the quoted value starts.
+        context = f"{context} started at line {context_mark.line + 1}, column {context_mark.column + 1}"
     detail = f"{problem} ({context})" if context else problem
     return f"{where}: {detail}. Fix the YAML syntax of this file (indentation, quotes, a missing ':')."
 
