@@ -105,3 +105,33 @@ def test_the_record_names_pid_host_start_and_command(tmp_path) -> None:
     with RunLock(path, command="kedro run"):
         record = json.loads(path.read_text())
     assert set(record) == {"pid", "host", "started", "command"} and record["command"] == "kedro run"
+
+
+@pytest.mark.slow
+def test_two_concurrent_kedro_runs_serialise_and_the_outputs_are_one_runs(tmp_path) -> None:
+    """Two `kedro run --pipelines extraction` with different sizes, started together: one
+    waits for the other (its log names the holder) and slices and patches come from the
+    same run (before the lock, 1 try in 7 mixed them)."""
+    import numpy as np
+
+    from tests.test_end_to_end import _env, project_copy, sh
+
+    project = project_copy(tmp_path / "project")
+    sh("kedro", "run", "--pipelines", "sample_data", cwd=project)
+    sh("kedro", "run", "--pipelines", "ingestion,preprocessing", cwd=project)
+    runs = [
+        subprocess.Popen(["kedro", "run", "--pipelines", "extraction", "--params",
+                          f"extraction.slices.size_px={px},extraction.patches.patch.patch_px={px}"],
+                         cwd=project, env=_env(COLUMNS="300"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+        for px in (16, 32)
+    ]
+    logs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], logs
+    waited = [i for i, log in enumerate(logs) if "Waiting for the run lock" in log]
+    assert len(waited) == 1, logs
+    other = runs[1 - waited[0]]
+    assert f"held by pid {other.pid}" in logs[waited[0]]
+    sides = {np.load(project / f"data/05_model_input/{name}/arrays/images.npy", mmap_mode="r").shape[-1]
+             for name in ("slices", "patches")}
+    assert len(sides) == 1, f"slices and patches come from different runs: sizes {sides}"
