@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import yaml
 from kedro.framework.hooks import hook_impl
 
 from synthmed.datasets.secrets import PseudonymisationKeyDataset
@@ -21,17 +20,102 @@ CREDENTIALS_ENTRY = "pseudonymisation"
 LOCAL_CREDENTIALS = Path("conf/local/credentials.yml")
 
 
+class ConfigCheckHook:
+    """Checks the configuration once, before any node or MLflow run starts.
+
+    1. Every YAML file of the run's configuration (``conf/base``, the run environment and
+       ``conf/local/credentials.yml``, which ``PseudonymisationKeyHook`` reads directly) is
+       parsed for syntax: a broken file stops the run with one line naming it and the line
+       (``conf/local/credentials.yml line 3, column 5: ...``).
+    2. The whole parameter tree, ``--params`` overrides applied, is validated against
+       ``synthmed.parameters.PARAMETER_SCHEMA``: unknown blocks and keys (with the closest
+       valid name), missing keys, wrong types and out-of-range values.
+
+    ``tryfirst``: before kedro-mlflow's ``after_context_created`` reads ``mlflow.yml``.
+    """
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context: Any) -> None:
+        from kedro.framework.project import settings
+
+        from synthmed.core.config import check_yaml_files
+        from synthmed.parameters import validate_parameters
+
+        project = Path(context.project_path)
+        conf = project / settings.CONF_SOURCE
+        envs = [getattr(settings, "CONFIG_LOADER_ARGS", {}).get("base_env", "base"), context.env or "local"]
+        files = sorted({f for env in envs for pattern in ("*.yml", "*.yaml") for f in (conf / env).rglob(pattern)})
+        if (project / LOCAL_CREDENTIALS).is_file():
+            files.append(project / LOCAL_CREDENTIALS)
+        check_yaml_files(sorted(set(files)), project)
+        validate_parameters(context.params)
+
+
+class RunLockHook:
+    """One run at a time per project: an exclusive lock on ``data/.locks/run.lock`` is held
+    from ``before_pipeline_run`` to the end of the run (``synthmed.core.runlock``).
+
+    One lock for the whole project rather than one per pipeline: pipelines read each
+    other's outputs (training reads the slices extraction writes), so per-output locks
+    would also need shared locks on every input to stop a reader seeing half of a rewrite;
+    runs on one 2-core machine gain little from running side by side, and MLflow's SQLite
+    store is single-writer anyway. ``SYNTHMED_LOCK=wait`` (default) queues a second run
+    behind the first (its log names the holder every 30 s, up to ``SYNTHMED_LOCK_TIMEOUT_S``);
+    ``SYNTHMED_LOCK=fail`` makes it stop at once with the holder's pid, host and command.
+    """
+
+    LOCK_FILE = Path("data/.locks/run.lock")
+
+    def __init__(self) -> None:
+        self._project_path = Path.cwd()
+        self._lock: Any = None
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._project_path = Path(context.project_path)
+
+    # tryfirst: no MLflow run is opened, and nothing is written, by a run that waits or fails.
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        from synthmed.core.runlock import RunLock, settings_from_env
+
+        mode, timeout_s = settings_from_env()
+        self._lock = RunLock(self._project_path / self.LOCK_FILE, mode=mode, timeout_s=timeout_s)
+        self._lock.acquire()
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        self._release()
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
 class PseudonymisationKeyHook:
-    """Puts the pseudonymisation key into the catalog and checks it before a run.
+    """Puts the pseudonymisation key into the catalog and checks it before identifiable
+    data is read.
 
     The key is a credential, not a parameter: kedro-mlflow logs parameters to MLflow. It is
     looked up in the run environment's credentials, then in conf/local/credentials.yml.
-    Checking it in ``before_pipeline_run`` makes a missing key stop the run before any node
-    has written anything.
+
+    When the check runs: if the raw source folder exists when the run starts, in
+    ``before_pipeline_run`` (a missing key stops the run before any node has written
+    anything and before an MLflow run is opened). If it does not exist yet (a fresh clone:
+    ``sample_data`` writes the public sample in this same run), the check waits for
+    ``before_node_run`` of the first node that reads the source folder or the key, that is
+    before anything derived from the source is written; the key dataset then decides on
+    the folder as written (the public sample needs no key, anything else does).
     """
 
     def __init__(self) -> None:
         self._project_path = Path.cwd()
+        self._pending = False
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
@@ -39,10 +123,12 @@ class PseudonymisationKeyHook:
 
     @hook_impl
     def after_catalog_created(self, catalog: Any, conf_creds: dict[str, Any]) -> None:
+        from synthmed.core.config import parse_yaml_file
+
         credentials = (conf_creds or {}).get(CREDENTIALS_ENTRY)
         local = self._project_path / LOCAL_CREDENTIALS
         if credentials is None and local.is_file():
-            credentials = (yaml.safe_load(local.read_text()) or {}).get(CREDENTIALS_ENTRY)
+            credentials = (parse_yaml_file(local, LOCAL_CREDENTIALS.as_posix()) or {}).get(CREDENTIALS_ENTRY)
         source = catalog.get(SOURCE_DATASET) if SOURCE_DATASET in catalog else None
         catalog[KEY_DATASET] = PseudonymisationKeyDataset(credentials=credentials, source=source)
 
@@ -50,7 +136,21 @@ class PseudonymisationKeyHook:
     # missing key leaves no run behind (Kedro calls on_pipeline_error only for node errors).
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
-        if KEY_DATASET in pipeline.inputs():
+        self._pending = False
+        if KEY_DATASET not in pipeline.inputs():
+            return
+        source = catalog.get(SOURCE_DATASET) if SOURCE_DATASET in catalog else None
+        if source is not None and not source.exists():
+            self._pending = True
+            logger.info("The raw source folder does not exist yet: the pseudonymisation key is checked "
+                        "before the first node that reads it.")
+            return
+        catalog.load(KEY_DATASET)
+
+    @hook_impl(tryfirst=True)
+    def before_node_run(self, node: Any, catalog: Any) -> None:
+        if self._pending and ({SOURCE_DATASET, KEY_DATASET} & set(node.inputs)):
+            self._pending = False
             catalog.load(KEY_DATASET)
 
 

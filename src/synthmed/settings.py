@@ -1,11 +1,21 @@
 """Kedro project settings for synthmed."""
 
-from synthmed.hooks import MlflowRunGuard, PseudonymisationKeyHook, ReportingArtifactsHook
+from synthmed.hooks import (
+    ConfigCheckHook,
+    MlflowRunGuard,
+    PseudonymisationKeyHook,
+    ReportingArtifactsHook,
+    RunLockHook,
+)
 
+# ConfigCheckHook: broken YAML files and wrong parameters stop a run before it starts.
 # The pseudonymisation key comes from Kedro's credentials (conf/local/credentials.yml) and is
-# injected into the catalog by this hook, so that it never passes through parameters (which
-# kedro-mlflow logs) and a missing key stops the run before any node writes.
-HOOKS = (PseudonymisationKeyHook(), MlflowRunGuard(), ReportingArtifactsHook())
+# injected into the catalog by PseudonymisationKeyHook, so that it never passes through
+# parameters (which kedro-mlflow logs) and a missing key stops the run before any node writes.
+# Order matters among the `tryfirst` before_pipeline_run hooks: pluggy calls the one
+# registered last first, so the key is checked before RunLockHook creates its lock file
+# (a run refused for a missing key writes nothing under data/).
+HOOKS = (ConfigCheckHook(), RunLockHook(), PseudonymisationKeyHook(), MlflowRunGuard(), ReportingArtifactsHook())
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

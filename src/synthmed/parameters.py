@@ -1,0 +1,252 @@
+"""The schema of the whole parameter tree, checked once before any node runs.
+
+``PARAMETER_SCHEMA`` maps the dotted path of every parameter block to the frozen dataclass
+its node builds (``ddpm.training`` -> ``TrainingConfig``). ``*`` stands for any key (one
+entry per modality or source), ``[]`` for every row of a list. Blocks that no node builds
+into a dataclass (the grouping blocks ``extraction`` and ``<family>``, the sample-data and
+preview settings, sampling plan rows) get a small dataclass here, so that every block has
+one, and so one checker (``synthmed.core.config``) applies to all of them.
+
+``validate_parameters`` walks the tree: unknown block or key names are errors that list the
+valid ones (and the closest name: ``ddpm.trainng`` -> "did you mean 'training'?"), then every
+block is built with ``from_params``, which checks types and the dataclasses' own rules. The
+project hook ``ParameterCheckHook`` runs it after the context is created, on the parameters
+with ``--params`` overrides applied, so a misspelt or mistyped parameter stops the run before
+any node or MLflow run starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from synthmed.core.config import check_fields, from_params, unknown_keys_message
+
+# Per-modality blocks override the "default" entry key by key, so they may be partial.
+PARTIAL_BLOCKS = frozenset({"preprocessing.intensity.*", "preprocessing.geometry.*"})
+
+
+class ParameterError(ValueError):
+    """The parameter tree does not match the schema; the message lists every problem."""
+
+
+@dataclass(frozen=True)
+class BrainSampleParams:
+    """``params:sample_data.brain`` (read by ``sample_data.nodes.build_brain_sample``)."""
+
+    tissue_threshold: float
+
+
+@dataclass(frozen=True)
+class FundusSampleParams:
+    """``params:sample_data.fundus`` (read by ``sample_data.nodes.build_fundus_sample``)."""
+
+    sigmas: tuple[float, ...]
+    quantile: float
+    fov_threshold: float
+    min_size_px: int
+
+
+@dataclass(frozen=True)
+class SampleDataParams:
+    brain: Mapping[str, Any]
+    fundus: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class PreviewParams:
+    """``params:extraction.preview``: examples per class in the preview figures."""
+
+    per_class: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class ExtractionParams:
+    slices: Mapping[str, Any]
+    patches: Mapping[str, Any]
+    preview: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class FamilyParams:
+    """``params:<family>``: one generator family's blocks for training and sampling."""
+
+    family: str
+    run: Mapping[str, Any]
+    model: Mapping[str, Any]
+    training: Mapping[str, Any]
+    sampling: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One row of ``params:<family>.sampling.plan`` (``sampling.nodes.sampling_plan``)."""
+
+    count: int
+    condition: str = "class"
+    label: str = ""
+    case: str = ""
+
+
+def _schema() -> dict[str, type]:
+    """Imported late: the configuration dataclasses live with the code that uses them (and
+    pull in torch); importing this module stays cheap."""
+    # TODO(lead, merge): these imports follow the dataclasses as they move out of
+    # pipelines/*/nodes.py into library modules.
+    from synthmed.generators.base import SamplerSpec
+    from synthmed.generators.registry import FAMILIES
+    from synthmed.generators.training import TrainingConfig
+    from synthmed.imaging.intensity import IntensitySpec
+    from synthmed.imaging.slicing import PatchSpec
+    from synthmed.metrics.features import FeatureNetworkConfig, FitConfig
+    from synthmed.metrics.utility import UtilityConfig
+    from synthmed.pipelines.evaluation.nodes import EvaluationConfig, FidelityConfig, FigureConfig, ReaderKitConfig
+    from synthmed.pipelines.extraction.nodes import PatchConfig, SliceConfig
+    from synthmed.pipelines.feature_encoders.nodes import EncoderConfig, SourceConfig
+    from synthmed.pipelines.ingestion.nodes import IngestionConfig
+    from synthmed.pipelines.preprocessing.nodes import GeometrySpec, PreprocessingConfig
+    from synthmed.pipelines.rebalancing.nodes import RebalancingConfig
+    from synthmed.pipelines.sampling.nodes import SamplingConfig
+    from synthmed.pipelines.training.nodes import RunConfig
+    from synthmed.privacy.dicom_deid import DicomDeidConfig
+    from synthmed.privacy.memorisation import GateConfig
+    from synthmed.splits import SplitConfig
+
+    schema: dict[str, type] = {
+        "sample_data": SampleDataParams,
+        "sample_data.brain": BrainSampleParams,
+        "sample_data.fundus": FundusSampleParams,
+        "ingestion": IngestionConfig,
+        "preprocessing": PreprocessingConfig,
+        "preprocessing.deid": DicomDeidConfig,
+        "preprocessing.intensity.*": IntensitySpec,
+        "preprocessing.intensity.default": IntensitySpec,
+        "preprocessing.geometry.*": GeometrySpec,
+        "preprocessing.split": SplitConfig,
+        "extraction": ExtractionParams,
+        "extraction.slices": SliceConfig,
+        "extraction.patches": PatchConfig,
+        "extraction.patches.patch": PatchSpec,
+        "extraction.preview": PreviewParams,
+        "rebalancing": RebalancingConfig,
+        "rebalancing.sampler": SamplerSpec,
+        "evaluation": EvaluationConfig,
+        "evaluation.sources.*": SourceConfig,
+        "evaluation.encoder": EncoderConfig,
+        "evaluation.encoder.fit": FitConfig,
+        "evaluation.feature_network": FeatureNetworkConfig,
+        "evaluation.fidelity": FidelityConfig,
+        "evaluation.utility": UtilityConfig,
+        "evaluation.memorisation": GateConfig,
+        "evaluation.figures": FigureConfig,
+        "evaluation.reader_kit": ReaderKitConfig,
+    }
+    # One block per registered generator family (the registry is the only list of them).
+    for name, spec in FAMILIES.items():
+        schema |= {
+            name: FamilyParams,
+            f"{name}.run": RunConfig,
+            f"{name}.run.preview_sampler": SamplerSpec,
+            f"{name}.model": spec.config_cls,
+            f"{name}.training": TrainingConfig,
+            f"{name}.sampling": SamplingConfig,
+            f"{name}.sampling.sampler": SamplerSpec,
+            f"{name}.sampling.plan[]": PlanRow,
+        }
+    return schema
+
+
+_SCHEMA: dict[str, type] | None = None
+
+
+def parameter_schema() -> dict[str, type]:
+    """``PARAMETER_SCHEMA``: block path -> configuration dataclass (built once)."""
+    global _SCHEMA
+    if _SCHEMA is None:
+        _SCHEMA = _schema()
+    return _SCHEMA
+
+
+def __getattr__(name: str) -> Any:
+    # `from synthmed.parameters import PARAMETER_SCHEMA` builds the schema on first use.
+    if name == "PARAMETER_SCHEMA":
+        return parameter_schema()
+    raise AttributeError(name)
+
+
+def top_level_blocks() -> list[str]:
+    return sorted(path for path in parameter_schema() if "." not in path and "[" not in path)
+
+
+def validate_parameters(params: Mapping[str, Any]) -> None:
+    """Check the whole parameter tree against ``PARAMETER_SCHEMA``.
+
+    Raises:
+        ParameterError: listing every unknown block or key (with the valid names), missing
+            key and value of the wrong type or range, each with its dotted path.
+    """
+    schema = parameter_schema()
+    errors: list[str] = []
+    blocks = top_level_blocks()
+    unknown = sorted(str(k) for k in params if k not in blocks)
+    if unknown:
+        errors.append(
+            unknown_keys_message(unknown, blocks, "")
+            .replace("Unknown key(s)", "Unknown parameter block(s)", 1)
+            .replace(" in parameters ''; valid keys", "; valid blocks", 1)
+        )
+    for name in blocks:
+        if name in params:
+            _check_block(schema, name, params[name], errors)
+    if errors:
+        raise ParameterError(
+            f"{len(errors)} problem(s) in the parameters (conf/<env>/parameters_*.yml and --params):\n  - "
+            + "\n  - ".join(errors)
+        )
+
+
+def _schema_entry(schema: Mapping[str, type], path: str) -> tuple[str, type] | None:
+    """The schema key and dataclass for the block at ``path`` (exact path before ``*``)."""
+    if path in schema:
+        return path, schema[path]
+    parent, _, _ = path.rpartition(".")
+    wildcard = f"{parent}.*"
+    if wildcard in schema:
+        return wildcard, schema[wildcard]
+    return None
+
+
+def _check_block(schema: Mapping[str, type], path: str, value: Any, errors: list[str]) -> None:
+    key, cls = _schema_entry(schema, path) or (None, None)
+    if cls is None:
+        return
+    partial = key in PARTIAL_BLOCKS
+    try:
+        if partial:
+            check_fields(cls, value, path, partial=True)
+        else:
+            from_params(cls, value, path)
+    except (ValueError, TypeError) as exc:
+        errors.append(str(exc))
+    if not isinstance(value, Mapping):
+        return
+    # Sub-blocks: fields that have their own schema entry (a block, every key of a
+    # per-modality mapping, or every row of a list).
+    for name in (f.name for f in dataclasses.fields(cls)):
+        if name not in value:
+            continue
+        sub, sub_value = f"{path}.{name}", value[name]
+        if f"{sub}[]" in schema and isinstance(sub_value, (list, tuple)):
+            for i, row in enumerate(sub_value):
+                try:
+                    from_params(schema[f"{sub}[]"], row, f"{sub}[{i}]")
+                except (ValueError, TypeError) as exc:
+                    errors.append(str(exc))
+        elif sub in schema:
+            _check_block(schema, sub, sub_value, errors)
+        elif f"{sub}.*" in schema and isinstance(sub_value, Mapping):
+            for child, child_value in sub_value.items():
+                _check_block(schema, f"{sub}.{child}", child_value, errors)
