@@ -195,3 +195,27 @@ def test_missing_key_stops_before_anything_is_written(tmp_path):
     assert _files(project / "data") == before
     if (project / "mlflow.db").exists():
         assert sqlite3.connect(project / "mlflow.db").execute("select count(*) from runs").fetchone() == (0,)
+
+
+def test_a_fresh_clone_runs_the_data_pipelines_with_the_sample_in_one_command(tmp_path):
+    """No key is needed for the public sample: sample_data writes the folder ingestion reads, in order."""
+    project = project_copy(tmp_path / "project")
+    assert not (project / "conf/local/credentials.yml").exists()
+    sh("kedro", "run", "--pipelines", "sample_data,ingestion,preprocessing,extraction", cwd=project,
+       local_env=True)
+    assert (project / "data/01_raw/sample/SAMPLE_MANIFEST.json").is_file()
+    assert (project / "data/05_model_input/slices/arrays/index.json").is_file()
+    assert (project / "data/05_model_input/patches/arrays/index.json").is_file()
+
+
+def test_the_sample_never_replaces_your_own_data(tmp_path):
+    """sample_data with raw_sources pointed at a folder of your own refuses to write; the folder is intact."""
+    project = project_copy(tmp_path / "project")
+    mine = project / "data/01_raw/mine"
+    mine.mkdir(parents=True)
+    (mine / "a.dcm").write_bytes(b"not the sample")
+    (project / "conf/local/catalog.yml").write_text(
+        "raw_sources:\n  type: synthmed.datasets.FileFolderDataset\n  path: data/01_raw/mine\n")
+    run = sh("kedro", "run", "--pipelines", "sample_data", cwd=project, check=False, local_env=True)
+    assert run.returncode != 0 and "Refusing to write the public sample" in run.stdout + run.stderr
+    assert _files(mine) == [Path("a.dcm")] and (mine / "a.dcm").read_bytes() == b"not the sample"

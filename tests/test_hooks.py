@@ -34,7 +34,8 @@ def project(tmp_path: Path) -> Path:
 
 def test_a_broken_credentials_file_is_named_with_its_line(project) -> None:
     (project / "conf/local/credentials.yml").write_text("pseudonymisation:\n  key: 'abc\n  other: 1\n")
-    with pytest.raises(ConfigFileError, match=r"^conf/local/credentials\.yml line 4, column 1: .*quoted scalar started at line 2, column 8\)"):
+    expected = r"^conf/local/credentials\.yml line 4, column 1: .*quoted scalar started at line 2, column 8\)"
+    with pytest.raises(ConfigFileError, match=expected):
         ConfigCheckHook().after_context_created(_context(project, load_parameters("local")))
     # The key hook reads conf/local/credentials.yml whatever the run environment.
     with pytest.raises(ConfigFileError, match=r"^conf/local/credentials\.yml line 4"):

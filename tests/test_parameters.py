@@ -44,7 +44,8 @@ def test_every_environment_passes_the_schema(env) -> None:
          r"'evaluation\.memorisation\.search\.zooms' must be a list of numbers"),
         (lambda p: p["dcgan"]["sampling"]["plan"][1].__setitem__("cuont", 3),
          r"Unknown key\(s\) \['cuont'\] in parameters 'dcgan\.sampling\.plan\[1\]'"),
-        (lambda p: p["extraction"]["preview"].pop("seed"), r"Missing key\(s\) \['seed'\] in parameters 'extraction\.preview'"),
+        (lambda p: p["extraction"]["preview"].pop("seed"),
+         r"Missing key\(s\) \['seed'\] in parameters 'extraction\.preview'"),
         (lambda p: p["sample_data"]["fundus"].__setitem__("quantile", None),
          r"'sample_data\.fundus\.quantile' must be a number, got None"),
         # range rules of the dataclasses run too

@@ -94,26 +94,24 @@ class PlanRow:
 def _schema() -> dict[str, type]:
     """Imported late: the configuration dataclasses live with the code that uses them (and
     pull in torch); importing this module stays cheap."""
-    # TODO(lead, merge): these imports follow the dataclasses as they move out of
-    # pipelines/*/nodes.py into library modules.
+    from synthmed.core.splits import SplitConfig
     from synthmed.generators.base import SamplerSpec
     from synthmed.generators.registry import FAMILIES
+    from synthmed.generators.run import RunConfig
+    from synthmed.generators.sampling import SamplingConfig
     from synthmed.generators.training import TrainingConfig
+    from synthmed.imaging.extraction import PatchConfig, SliceConfig
     from synthmed.imaging.intensity import IntensitySpec
     from synthmed.imaging.slicing import PatchSpec
     from synthmed.metrics.features import FeatureNetworkConfig, FitConfig
     from synthmed.metrics.utility import UtilityConfig
-    from synthmed.pipelines.evaluation.nodes import EvaluationConfig, FidelityConfig, FigureConfig, ReaderKitConfig
-    from synthmed.pipelines.extraction.nodes import PatchConfig, SliceConfig
-    from synthmed.pipelines.feature_encoders.nodes import EncoderConfig, SourceConfig
     from synthmed.pipelines.ingestion.nodes import IngestionConfig
     from synthmed.pipelines.preprocessing.nodes import GeometrySpec, PreprocessingConfig
-    from synthmed.pipelines.rebalancing.nodes import RebalancingConfig
-    from synthmed.pipelines.sampling.nodes import SamplingConfig
-    from synthmed.pipelines.training.nodes import RunConfig
     from synthmed.privacy.dicom_deid import DicomDeidConfig
     from synthmed.privacy.memorisation import GateConfig
-    from synthmed.splits import SplitConfig
+    from synthmed.protocols.encoders import EncoderConfig, SourceConfig
+    from synthmed.protocols.evaluation import EvaluationConfig, FidelityConfig, FigureConfig, ReaderKitConfig
+    from synthmed.protocols.rebalancing import RebalancingConfig
 
     schema: dict[str, type] = {
         "sample_data": SampleDataParams,

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Literal
 
 import pytest
-
-from typing import Literal
 
 from synthmed.core.config import ConfigFileError, check_yaml_files, from_params, parse_yaml_file
 

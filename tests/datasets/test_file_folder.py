@@ -215,3 +215,20 @@ def test_unsupported_object_is_a_dataset_error_naming_the_file(
     with pytest.raises(DatasetError, match=f"Cannot write '{relpath}': no encoder for a {type(obj).__name__}"):
         FileFolderDataset(path=str(tmp_path / "out")).save({relpath: obj})
     assert not (tmp_path / "out").exists()
+
+
+def test_the_public_sample_replaces_only_an_empty_folder_or_the_sample(tmp_path):
+    from synthmed.datasets.file_folder import PUBLIC_SAMPLE_MANIFEST
+
+    sample = {PUBLIC_SAMPLE_MANIFEST: {"sha256": {}}, "a.txt": "sample"}
+    dataset = FileFolderDataset(path=str(tmp_path / "raw"))
+    dataset.save(sample)  # absent: written
+    dataset.save({**sample, "a.txt": "again"})  # the sample itself: replaced
+    assert (tmp_path / "raw/a.txt").read_text() == "again"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "scan.dcm").write_bytes(b"patient data")
+    with pytest.raises(DatasetError, match="Refusing to write the public sample"):
+        FileFolderDataset(path=str(mine)).save(sample)
+    assert sorted(p.name for p in mine.iterdir()) == ["scan.dcm"]
+    FileFolderDataset(path=str(mine)).save({"other.txt": "not the sample"})  # other outputs are unaffected

@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 _COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 DEFAULT_EXCLUDE = (".*", "*/.*")
+# The public sample's file list: a folder holding it is the sample, which the sample_data
+# pipeline may replace; no other folder is ever replaced by the sample.
+PUBLIC_SAMPLE_MANIFEST = "SAMPLE_MANIFEST.json"
 
 
 def check_relative_path(relpath: str) -> PurePosixPath:
@@ -219,6 +222,13 @@ class FileFolderDataset(AbstractDataset[Mapping[str, Any], SourceFolder]):
                 f"FileFolderDataset({self._path}) saves a mapping of relative path -> "
                 f"object, got {type(data).__name__}."
             )
+        if PUBLIC_SAMPLE_MANIFEST in data and not _replaceable_by_sample(self._path):
+            raise DatasetError(
+                f"Refusing to write the public sample to {self._path}: that folder holds files and is not the "
+                f"sample (no {PUBLIC_SAMPLE_MANIFEST}), so it would be replaced. `raw_sources` points at your "
+                "own data: run the sample_data pipeline with the base catalog, or point raw_sources at an empty "
+                "folder."
+            )
         with atomic_directory(self._path) as tmp:
             for relpath in sorted(data):
                 rel = check_relative_path(relpath)
@@ -234,5 +244,11 @@ class FileFolderDataset(AbstractDataset[Mapping[str, Any], SourceFolder]):
     def _exists(self) -> bool:
         return self._path.is_dir()
 
+
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path), "exclude": list(self._exclude)}
+
+
+def _replaceable_by_sample(folder: Path) -> bool:
+    """Absent, empty, or the public sample itself."""
+    return not folder.is_dir() or not any(folder.iterdir()) or (folder / PUBLIC_SAMPLE_MANIFEST).is_file()

@@ -10,7 +10,7 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 
 from synthmed.core.checksums import sha256_bytes
-from synthmed.datasets.file_folder import FileFolderDataset, SourceFolder
+from synthmed.datasets.file_folder import PUBLIC_SAMPLE_MANIFEST, FileFolderDataset, SourceFolder
 from synthmed.privacy.pseudonyms import (
     MISSING_KEY_HELP,
     PUBLIC_SAMPLE_KEY,
@@ -21,7 +21,6 @@ from synthmed.privacy.pseudonyms import (
 logger = logging.getLogger(__name__)
 
 # Written by the sample_data pipeline next to the sample files.
-PUBLIC_SAMPLE_MANIFEST = "SAMPLE_MANIFEST.json"
 
 
 def is_public_sample(folder: SourceFolder) -> bool:

@@ -22,7 +22,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 assemble_sample_folder,
                 ["sample_t1", "sample_tissue", "sample_fundus_jpeg", "sample_fundus_mask",
                  "sample_dicom_files", "sample_readme"],
-                "sample_files",
+                "raw_sources",  # the folder ingestion reads: one dataset, so a combined run is ordered
                 name="assemble_sample_folder",
             ),
         ]
