@@ -8,6 +8,7 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
+from synthmed.core.atomic import disk_full_reported, uri_path
 from synthmed.datasets.secrets import PseudonymisationKeyDataset
 
 logger = logging.getLogger(__name__)
@@ -203,4 +204,5 @@ class ReportingArtifactsHook:
         path = Path(str(described.get("filepath") or described.get("path") or ""))
         if path.suffix in (".png", ".csv", ".html") and path.is_file():
             folder = path.parent.as_posix().split("08_reporting", 1)[-1].strip("/")
-            mlflow.log_artifact(str(path), artifact_path=f"reporting/{folder}".rstrip("/"))
+            with disk_full_reported(uri_path(mlflow.get_artifact_uri())):
+                mlflow.log_artifact(str(path), artifact_path=f"reporting/{folder}".rstrip("/"))

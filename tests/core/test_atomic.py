@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kedro.io import DatasetError
 
 from synthmed.core.atomic import DiskFullError, atomic_directory, atomic_write_bytes, is_disk_full
 
@@ -66,3 +67,37 @@ def test_a_real_full_disk(small_disk):
     assert _no_temporaries(disk)
     dataset.save({"images": np.ones((20, 1, 32, 32), np.float32)})  # after freeing room: 80 KiB fits
     assert dataset.load()["images"].shape == (20, 1, 32, 32)
+
+
+def test_a_full_mlflow_store_is_reported_with_its_path(tmp_path, monkeypatch):
+    """MLflow's SQLite store says "database or disk is full" through SQLAlchemy and MLflow wrappers."""
+    import sqlite3
+
+    import mlflow
+
+    from synthmed.datasets.metrics import MetricsDataset
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def full(*args, **kwargs):
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as exc:
+            raise mlflow.exceptions.MlflowException("(sqlite3.OperationalError) write failed") from exc
+
+    with mlflow.start_run():
+        monkeypatch.setattr(mlflow, "log_metrics", full)
+        with pytest.raises(DatasetError, match=r"Disk full while writing .*mlflow\.db") as caught:
+            MetricsDataset(path=str(tmp_path / "m.json")).save({"a": 1.0})
+    assert isinstance(caught.value.__cause__, DiskFullError)
+    assert (tmp_path / "m.json").is_file()  # the DVC metrics file was written before MLflow
+
+
+def test_other_mlflow_errors_pass_through(tmp_path, monkeypatch):
+    import mlflow
+
+    from synthmed.core.atomic import disk_full_reported
+
+    with pytest.raises(mlflow.exceptions.MlflowException, match="bad name"):
+        with disk_full_reported(tmp_path / "mlflow.db"):
+            raise mlflow.exceptions.MlflowException("bad name")

@@ -30,6 +30,40 @@ def is_disk_full(exc: BaseException) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT) or bool(_SHORT_WRITE.search(str(exc)))
 
 
+def _disk_full_in_chain(exc: BaseException | None) -> bool:
+    """``exc`` or an exception it was raised from means a full disk (SQLite says so in words)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if is_disk_full(exc) or "database or disk is full" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def uri_path(uri: str) -> Path:
+    """The local path of a store URI (``sqlite:///mlflow.db``, ``file:///x/mlruns``, a plain path)."""
+    for prefix in ("sqlite:///", "file://"):
+        if uri.startswith(prefix):
+            return Path(uri[len(prefix):])
+    return Path(uri)
+
+
+@contextmanager
+def disk_full_reported(path: Path) -> Iterator[None]:
+    """Inside the block, a full disk (however a library wraps it) becomes a ``DiskFullError`` for ``path``.
+
+    For writes synthmed does not make itself: MLflow's tracking store and artifacts.
+    """
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as exc:
+        if _disk_full_in_chain(exc):
+            raise disk_full_error(Path(path), None, exc, atomic=False) from exc
+        raise
+
+
 def free_bytes(path: Path) -> int | None:
     """Free bytes on the filesystem of ``path`` (or of its nearest existing parent); None if unknown."""
     path = Path(path).absolute()
@@ -43,8 +77,11 @@ def free_bytes(path: Path) -> int | None:
 
 
 def disk_full_error(path: Path, needed_bytes: int | None, cause: BaseException, *,
-                    at_least: bool = False) -> DiskFullError:
-    """A ``DiskFullError`` for ``path`` with what is needed and what is free."""
+                    at_least: bool = False, atomic: bool = True) -> DiskFullError:
+    """A ``DiskFullError`` for ``path`` with what is needed and what is free.
+
+    ``atomic``: the write went through a temporary (the previous version is intact).
+    """
     needed = "an unknown number of" if needed_bytes is None else (
         f"{'at least ' if at_least else ''}{needed_bytes:,}")
     free = free_bytes(path)
@@ -52,8 +89,8 @@ def disk_full_error(path: Path, needed_bytes: int | None, cause: BaseException, 
         errno.ENOSPC,
         f"Disk full while writing {path}: {needed} bytes needed, "
         f"{'an unknown number of' if free is None else f'{free:,}'} bytes free ({cause}). "
-        f"The previous version of {path.name} is intact and no temporary file was left; free some space "
-        "(or point the path at a larger disk) and run again.",
+        + (f"The previous version of {path.name} is intact and no temporary file was left. " if atomic else "")
+        + "Free some space (or point the path at a larger disk) and run again.",
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from synthmed.core.atomic import atomic_write_bytes
+from synthmed.core.atomic import atomic_write_bytes, disk_full_reported, uri_path
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ class MetricsDataset(AbstractDataset[dict[str, float], dict[str, float]]):
 
         if mlflow.active_run() is None:
             return
-        mlflow.log_metrics({f"{self._prefix}{name}": float(v) for name, v in metrics.items()})
+        with disk_full_reported(uri_path(mlflow.get_tracking_uri())):
+            mlflow.log_metrics({f"{self._prefix}{name}": float(v) for name, v in metrics.items()})
 
     def _exists(self) -> bool:
         return self._path.is_file()

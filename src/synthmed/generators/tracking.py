@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from torch import nn
 
+from synthmed.core.atomic import disk_full_reported, uri_path
 from synthmed.generators.common import evaluating
 
 
@@ -26,7 +27,8 @@ class MlflowTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         import mlflow
 
-        mlflow.log_metrics({f"{self._prefix}.{k}": float(v) for k, v in metrics.items()}, step=step)
+        with disk_full_reported(uri_path(mlflow.get_tracking_uri())):
+            mlflow.log_metrics({f"{self._prefix}.{k}": float(v) for k, v in metrics.items()}, step=step)
 
     def log_samples(self, models: nn.ModuleDict, step: int) -> None:
         import mlflow
@@ -35,7 +37,8 @@ class MlflowTracker:
             return
         with evaluating(models):
             figure = self._grid(models)
-        mlflow.log_figure(figure, f"{self._prefix}/samples/step_{step:07d}.png")
+        with disk_full_reported(uri_path(mlflow.get_artifact_uri())):
+            mlflow.log_figure(figure, f"{self._prefix}/samples/step_{step:07d}.png")
         plt.close(figure)
 
 
