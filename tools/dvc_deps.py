@@ -7,8 +7,9 @@ on the modules of the catalog datasets the pipeline reads and writes, and on the
 when ``synthmed.core.templates`` is among them. Hooks, settings and the CLI do not change
 outputs and are left out.
 
-A folder is listed when every Python module below it (``__init__`` aside) is a dependency,
-otherwise the files.
+Files under ``src/`` that a pipeline reads through the catalog (the sample's README) are
+deps too. A folder is listed when every file below it (``__init__`` aside) is a dependency,
+otherwise the files: a pipeline's README is documentation, and editing it reruns nothing.
 
     python tools/dvc_deps.py            # print the expected code deps of every stage
     python tools/dvc_deps.py --check    # exit 1 when dvc.yaml differs (tests do this too)
@@ -44,8 +45,9 @@ def _module_path(module: str) -> Path:
     return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
 
 
-def _dataset_modules(pipeline_name: str) -> set[str]:
-    """Modules of the catalog datasets that the pipeline reads or writes."""
+def _catalog_datasets(pipeline_name: str) -> tuple[set[str], set[str]]:
+    """The modules of the catalog datasets the pipeline reads or writes, and the files under
+    ``src/`` it reads through the catalog (e.g. the sample's README)."""
     from kedro.config import OmegaConfigLoader
     from kedro.framework.project import configure_project
     from kedro.io import DataCatalog
@@ -56,7 +58,7 @@ def _dataset_modules(pipeline_name: str) -> set[str]:
     pipeline = register_pipelines()[pipeline_name]
     conf = OmegaConfigLoader(conf_source=str(ROOT / "conf"), base_env="base", default_run_env="local")["catalog"]
     catalog = DataCatalog.from_config(conf)
-    modules = set()
+    modules, files = set(), set()
     for name in pipeline.datasets():
         if name.startswith("params:") or name == "parameters":
             continue
@@ -64,17 +66,23 @@ def _dataset_modules(pipeline_name: str) -> set[str]:
             modules.add(HOOK_DATASETS[name])
             continue
         dataset = catalog.get(name)
-        module = type(dataset).__module__ if dataset is not None else ""
+        if dataset is None:
+            continue
+        module = type(dataset).__module__
         if module.startswith(PACKAGE + "."):
             modules.add(module)
-    return modules
+        described = dataset._describe()
+        path = str(described.get("filepath") or described.get("path") or "")
+        if name in pipeline.inputs() and path.startswith("src/"):
+            files.add(path)
+    return modules, files
 
 
 def stage_modules(pipeline_name: str) -> set[str]:
     """Every ``synthmed`` module the stage's outputs depend on."""
     graph = _graph()
     package = f"{PACKAGE}.pipelines.{pipeline_name}"
-    roots = {package, *graph.find_descendants(package)} | _dataset_modules(pipeline_name)
+    roots = {package, *graph.find_descendants(package)} | _catalog_datasets(pipeline_name)[0]
     modules = set(roots)
     for module in roots:
         modules |= graph.find_upstream_modules(module)
@@ -84,18 +92,19 @@ def stage_modules(pipeline_name: str) -> set[str]:
 def stage_code_deps(pipeline_name: str) -> list[str]:
     """The ``src/`` paths to list under the stage's ``deps`` (folders collapsed where complete)."""
     modules = stage_modules(pipeline_name)
-    files = {_module_path(m).relative_to(ROOT).as_posix() for m in modules}
-    folders = {f"src/synthmed/pipelines/{pipeline_name}"}
+    files = {_module_path(m).relative_to(ROOT).as_posix() for m in modules} | _catalog_datasets(pipeline_name)[1]
+    folders = set()
     for module, folder in DATA_FOLDERS.items():
         if module in modules:
             folders.add(folder)
-    # Collapse a package folder when all of its Python files are dependencies.
+    # Collapse a folder when every file in it is a dependency (so a README edit reruns nothing).
     for folder in sorted({Path(f).parent for f in files}, key=lambda p: len(p.parts)):
         if folder == SRC.relative_to(ROOT) / PACKAGE:
             continue
         # Package __init__ files are not required: grimp does not count them as imported.
-        python = {p.relative_to(ROOT).as_posix() for p in (ROOT / folder).rglob("*.py") if p.name != "__init__.py"}
-        if python and python <= files and not any(folder.as_posix().startswith(f + "/") for f in folders):
+        present = {p.relative_to(ROOT).as_posix() for p in (ROOT / folder).rglob("*")
+                   if p.is_file() and p.name != "__init__.py" and "__pycache__" not in p.parts}
+        if present and present <= files and not any(folder.as_posix().startswith(f + "/") for f in folders):
             folders.add(folder.as_posix())
     kept = {f for f in files if not any(f.startswith(folder + "/") for folder in folders)}
     folders = {f for f in folders if not any(f.startswith(other + "/") for other in folders if other != f)}
