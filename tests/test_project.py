@@ -156,3 +156,20 @@ def test_kedro_viz_build_works_offline(tmp_path):
     for node in ("inventory_sources", "deidentify_sources", "extract_slices"):
         assert node in graph
     assert "assemble_sample_folder" in (PROJECT_ROOT / "build/api/pipelines/sample_data").read_text()
+
+
+def test_documents_the_code_cites_are_in_the_repository():
+    """Every ``docs/<name>.md`` named by the code, configuration or README exists in docs/."""
+    import re
+
+    cited: dict[str, set[str]] = {}
+    sources = [PROJECT_ROOT / "README.md", *(PROJECT_ROOT / "src").rglob("*.py"),
+               *(PROJECT_ROOT / "conf").rglob("*.yml"), *(PROJECT_ROOT / "src").rglob("*.md")]
+    for path in sources:
+        for name in re.findall(r"docs/([a-z_]+\.md)", path.read_text()):
+            cited.setdefault(name, set()).add(str(path.relative_to(PROJECT_ROOT)))
+    assert cited, "expected the code to cite docs/"
+    missing = {name: sorted(where) for name, where in cited.items() if not (PROJECT_ROOT / "docs" / name).is_file()}
+    assert not missing, f"cited but not in docs/: {missing}"
+    outside = [p for p in sources if "PRIVACY.md" in p.read_text()]
+    assert not outside, f"cite docs/privacy.md, not a file outside the repository: {outside}"
