@@ -4,7 +4,7 @@ Per family (the evaluation pipeline runs these once per registered family):
 
 0. ``synthmed.protocols.encoders.train_encoder`` (the ``feature_encoders`` pipeline): the
    domain feature network of a source, trained on its real training split;
-1. ``prepare_evaluation: the family's samples and the real splits of its source at one
+1. ``prepare_evaluation``: the family's samples and the real splits of its source at one
    size, and their features in the configured feature space;
 2. ``fidelity_scores``: FID/KID with bootstrap intervals beside real-vs-real floors on the
    same N, PRDC, MS-SSIM diversity, paired MSE/SSIM/PSNR for mask-conditional samples;
@@ -53,7 +53,6 @@ from synthmed.protocols.encoders import source_config, split_images
 logger = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------ configuration
-
 
 
 @dataclass(frozen=True)
