@@ -11,18 +11,22 @@ from kedro.io import DatasetError
 
 from synthmed.datasets.file_folder import FileFolderDataset
 from synthmed.datasets.secrets import (
+    EXAMPLE_KEY,
+    MIN_KEY_CHARS,
     PUBLIC_SAMPLE_MANIFEST,
     PseudonymisationKeyDataset,
+    check_key_strength,
     is_public_sample,
 )
 from synthmed.privacy.pseudonyms import (
-    MIN_KEY_LENGTH,
     PUBLIC_SAMPLE_KEY,
     PseudonymisationKeyError,
     key_from_credentials,
 )
 
 SECRET = "a-test-secret-that-is-long-enough"
+STRONG = "3f9c2a7e51d08b64c7e2f1a95b30d84e6a1c7f2e90b54d3a8e6f1c2b7d09a4e5"  # a token_hex(32)
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_FILES = {"fundus_01.png": b"\x89PNG fake pixels", "masks/fundus_01.png": b"mask bytes"}
 
 
@@ -60,16 +64,59 @@ def test_configured_key_is_returned_as_bytes(tmp_path: Path) -> None:
     assert key != PUBLIC_SAMPLE_KEY  # a configured key wins, even on the sample
 
 
-def test_key_shorter_than_the_minimum_is_an_error_naming_the_length() -> None:
-    short = "x" * (MIN_KEY_LENGTH - 1)
-    error = _load_error(PseudonymisationKeyDataset(credentials={"key": short}))
-    assert f"at least {MIN_KEY_LENGTH} characters, got one of length 15" in str(error)
-    assert short not in str(error)  # the (bad) key itself is not echoed
-    assert key_from_credentials({"key": "x" * MIN_KEY_LENGTH}) == b"x" * MIN_KEY_LENGTH
+def test_empty_key_is_an_error() -> None:
+    with pytest.raises(PseudonymisationKeyError, match="non-empty string, got an empty string"):
+        key_from_credentials({"key": ""})
+
+
+def test_the_example_value_is_the_one_in_credentials_yml_example() -> None:
+    example = (PROJECT_ROOT / "conf/local/credentials.yml.example").read_text()
+    assert f'key: "{EXAMPLE_KEY}"' in example
+
+
+WEAK_KEYS = {
+    "example": (EXAMPLE_KEY, "example value"),
+    "example_padded": (f"  {EXAMPLE_KEY} ", "example value"),
+    "public_sample": (PUBLIC_SAMPLE_KEY.decode(), "public sample key"),
+    "sixteen_spaces": (" " * 16, "only whitespace"),
+    "short_hex": (STRONG[: MIN_KEY_CHARS - 1], f"31 characters long; at least {MIN_KEY_CHARS}"),
+    "one_character": ("x" * 64, "1 distinct characters"),
+    "few_characters": ("ab12" * 16, "4 distinct characters"),
+    "repeated_block": ("0123456789abcdef" * 4, "one shorter block"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WEAK_KEYS))
+def test_weak_keys_are_refused_for_own_data_with_how_to_make_one(tmp_path: Path, case: str) -> None:
+    key, reason = WEAK_KEYS[case]
+    (tmp_path / "scan.png").write_bytes(b"a team's own file")
+    error = _load_error(_dataset(tmp_path, {"key": key}))
+    message = str(error)
+    assert reason in message
+    assert "python3 -c 'import secrets; print(secrets.token_hex(32))'" in message
+    assert "conf/local/credentials.yml" in message
+    assert not key.strip() or key.strip() not in message  # the (bad) key itself is not echoed
+    with pytest.raises(PseudonymisationKeyError, match="public sample"):
+        check_key_strength(key, "test credentials")
+    # also with no source folder at all
+    _load_error(PseudonymisationKeyDataset(credentials={"key": key}))
+
+
+@pytest.mark.parametrize("case", sorted(WEAK_KEYS))
+def test_weak_keys_still_work_on_the_public_sample(tmp_path: Path, case: str) -> None:
+    key = WEAK_KEYS[case][0]
+    assert _dataset(_sample_folder(tmp_path), {"key": key}).load() == key.encode("utf-8")
+
+
+def test_a_random_64_hex_key_passes(tmp_path: Path) -> None:
+    check_key_strength(STRONG, "test credentials")
+    (tmp_path / "scan.png").write_bytes(b"a team's own file")
+    assert _dataset(tmp_path, {"key": STRONG}).load() == STRONG.encode()
+    assert _dataset(tmp_path, {"key": SECRET}).load() == SECRET.encode()  # 33 characters, 14 distinct
 
 
 def test_non_string_key_is_an_error_naming_its_type() -> None:
-    with pytest.raises(PseudonymisationKeyError, match="got one of length int"):
+    with pytest.raises(PseudonymisationKeyError, match="non-empty string, got a int"):
         key_from_credentials({"key": 12345678901234567890})
 
 

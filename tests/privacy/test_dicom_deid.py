@@ -256,8 +256,8 @@ def test_date_shift_is_one_offset_per_patient() -> None:
     assert -3650 <= offset1.days <= -365
     assert _day(out1.SeriesDate) - _day(study1.SeriesDate) == offset1
     assert _day(_inner_item(out1).ContentDate) - _day(DATES["ContentDate"]) == offset1
-    # DT keeps its time part
-    assert out1.AcquisitionDateTime[8:] == DATETIMES["AcquisitionDateTime"][8:]
+    # DT: the date is shifted by the same offset, the time of day dropped
+    assert len(out1.AcquisitionDateTime) == 8
     assert _day(out1.AcquisitionDateTime) - _day(DATETIMES["AcquisitionDateTime"]) == offset1
     assert "PatientBirthDate" in out1 and not out1.PatientBirthDate  # Z, never shifted
     assert out1.LongitudinalTemporalInformationModified == "MODIFIED"
@@ -273,7 +273,7 @@ def test_dates_not_shifted_twice() -> None:
     ds.LongitudinalTemporalInformationModified = "MODIFIED"
     out = _deid(ds)
     assert out.StudyDate == DATES["StudyDate"]
-    assert out.AcquisitionDateTime == DATETIMES["AcquisitionDateTime"]
+    assert out.AcquisitionDateTime == DATETIMES["AcquisitionDateTime"][:8]  # time dropped
     # and de-identifying an output again leaves its dates alone
     once = _deid(make_sentinel_dicom())
     assert _deid(once).StudyDate == once.StudyDate
@@ -288,6 +288,78 @@ def test_dates_not_in_the_table_follow_the_date_policy() -> None:
     ds.DateTime = "2004"  # (0040,A120) DT, year only: cannot be shifted by days
     assert not _deid(ds).DateTime
     assert not _deid(ds, dates="remove").StudyUpdateDateTime
+
+
+# A DT with a time and a UTC offset, top level and inside a sequence item; digits chosen so
+# that none of them (1, 3, 4, 5, 7, 9 as "hhmmss.ffffff" and "&zzxx") is in a shifted date.
+_TIMED_DT = "20210316134759.975531+0945"
+_TIME_DIGITS = ("134759", "975531", "0945", "1347", "4759")
+
+
+def _timed_dataset() -> Dataset:
+    ds = make_sentinel_dicom()
+    ds.AcquisitionDateTime = _TIMED_DT
+    ds.StudyUpdateDateTime = "20210319134759"  # (0008,041F): not in Table E.1-1
+    ds.SecondaryReviewTime = "134759"  # (0014,0103) TM: not in Table E.1-1
+    ds.TimezoneOffsetFromUTC = "+0945"
+    inner = _inner_item(ds)
+    inner.AcquisitionDateTime = _TIMED_DT
+    inner.ContentTime = "134759.975531"
+    inner.SecondaryReviewTime = "134759"
+    return ds
+
+
+def _all_text(ds: Dataset) -> str:
+    return "|".join(str(element.value) for element in _walk(ds) if element.VR in ("DA", "DT", "TM"))
+
+
+@pytest.mark.parametrize("dates", ["shift", "remove"])
+def test_no_time_of_day_survives_in_any_vr_at_any_level(dates: str) -> None:
+    out = _roundtrip(_deid(_timed_dataset(), dates=dates))
+    text = _all_text(out)
+    assert not [digits for digits in _TIME_DIGITS if digits in text], text
+    assert not [d for d in ("134759", "975531") if d.encode() in dicom_bytes(out)]
+    for item in (out, _inner_item(out)):
+        tms = [element for element in item if element.VR == "TM"]
+        assert all(element.value in ("", None, "000000") for element in tms), tms
+        assert "SecondaryReviewTime" not in item or not item.SecondaryReviewTime
+        assert "ContentTime" not in item or not item.ContentTime
+    assert "TimezoneOffsetFromUTC" not in out
+
+
+def test_datetime_keeps_only_the_date_shifted_like_the_patients_dates() -> None:
+    ds = _timed_dataset()
+    out = _roundtrip(_deid(ds))
+    offset = _day(out.StudyDate) - _day(DATES["StudyDate"])
+    assert offset.days != 0
+    inner = _inner_item(out)
+    for value in (out.AcquisitionDateTime, inner.AcquisitionDateTime):
+        assert len(value) == 8 and value.isdigit()  # YYYYMMDD: a valid DT, no time, no offset
+        assert _day(value) - _day(_TIMED_DT) == offset
+    assert _day(inner.ContentDate) - _day(DATES["ContentDate"]) == offset  # DA, same offset
+    assert out.StudyUpdateDateTime == (_day("20210319") + offset).strftime("%Y%m%d")
+    assert dicom_bytes(_deid(ds)) == dicom_bytes(_deid(_timed_dataset()))  # same key, same bytes
+
+
+@pytest.mark.parametrize("partial", ["2021", "202103", "2021+0945", "202103-0100", "2021031613"])
+def test_partial_datetimes_are_handled(partial: str) -> None:
+    ds = _timed_dataset()
+    ds.AcquisitionDateTime = partial
+    _inner_item(ds).AcquisitionDateTime = partial
+    out = _roundtrip(_deid(ds))
+    for value in (out.AcquisitionDateTime, _inner_item(out).AcquisitionDateTime):
+        if len(partial.split("+")[0].split("-")[0]) < 8:
+            assert not value  # a year or month cannot be shifted by days: emptied
+        else:
+            assert value == (_day(partial) + (_day(out.StudyDate) - _day(DATES["StudyDate"]))).strftime("%Y%m%d")
+
+
+def test_already_shifted_datetimes_still_lose_their_time() -> None:
+    ds = _timed_dataset()
+    ds.LongitudinalTemporalInformationModified = "MODIFIED"
+    out = _deid(ds)
+    assert out.AcquisitionDateTime == _inner_item(out).AcquisitionDateTime == _TIMED_DT[:8]
+    assert not [digits for digits in _TIME_DIGITS if digits in _all_text(out)]
 
 
 def test_dates_remove_leaves_no_original_date() -> None:

@@ -72,7 +72,9 @@ class DicomDeidConfig:
     Args:
         dates: ``"shift"`` moves every date by one keyed offset per patient (PS3.15 E.3.6,
             Retain Longitudinal Temporal Information with Modified Dates Option);
-            ``"remove"`` applies the table action (empty or delete) to dates.
+            ``"remove"`` applies the table action (empty or delete) to dates. In both
+            modes no time of day survives: TM values are removed, emptied or 000000 and a
+            DT keeps only its (shifted) date, at every nesting level.
         date_shift_days: inclusive ``(min, max)`` range of the offset in days; must not
             contain 0, or some patients would keep their real dates.
         keep_private: allowlist of private elements as ``"CREATOR|gggg|ee"`` (creator string,
@@ -128,7 +130,7 @@ class DeidResult:
         patient_key: the keyed pseudonym of `dicom_patient_identity` (a hex string).
         quarantine_reason: why the dataset was not processed, or None.
         actions: counts per action ("removed", "emptied", "dummy", "uid_remapped",
-            "date_shifted", "private_removed", "private_kept"); never values.
+            "date_shifted", "time_removed", "private_removed", "private_kept"); never values.
     """
 
     dataset: Dataset | None
@@ -314,7 +316,9 @@ def _deidentify_level(ds: Dataset, ctx: _Context) -> None:
         else:
             action = table_action(tag)
             if element.VR in ("DA", "DT") and tag != _PATIENT_BIRTH_DATE:
-                action = _date_action(action, ctx.date_mode)
+                action = _date_action(action, ctx.date_mode, element.VR)
+            elif element.VR == "TM":
+                action = _time_action(action)
         if action is not None and not _apply(ds, tag, action, ctx):
             continue  # deleted
         if element.VR == "SQ":
@@ -322,17 +326,29 @@ def _deidentify_level(ds: Dataset, ctx: _Context) -> None:
                 _deidentify_level(item, ctx)
 
 
-def _date_action(action: str | None, date_mode: str) -> str | None:
+def _date_action(action: str | None, date_mode: str, vr: str) -> str | None:
     """The action for a DA/DT element, listed in the table or not (PS3.15 E.3.6).
 
     Unlisted dates follow the same policy: a real date left beside shifted ones would
-    reveal the offset, and "remove" promises that no date value survives.
+    reveal the offset, and "remove" promises that no date value survives. A DT keeps at
+    most its date part in every mode (see `_shift_date`), also when its date was already
+    shifted by an earlier run ("keep": shifted by 0 days, time dropped).
     """
     if date_mode == "shift":
         return "shift"
     if date_mode == "keep":  # shifted by an earlier run
-        return None
+        return "date_only" if vr == "DT" else None
     return "X" if action == "X" else "Z"
+
+
+def _time_action(action: str | None) -> str:
+    """The action for a TM element, listed in the table or not, in every date mode.
+
+    A time of day is never kept: removed where the table says X, the dummy 000000 where it
+    says D (the attribute must stay present), emptied otherwise, unlisted TMs included
+    (e.g. Secondary Review Time), so that no VR carries a time that another VR drops.
+    """
+    return action if action in ("X", "D") else "Z"
 
 
 def _kept_private_tags(ds: Dataset, allow: frozenset[tuple[str, int, int]]) -> set[BaseTag]:
@@ -367,8 +383,8 @@ def _apply(ds: Dataset, tag: BaseTag, action: str, ctx: _Context) -> bool:
         element.value = remapped if element.VM > 1 else (remapped[0] if remapped else None)
         ctx.counts["uid_remapped"] += len(remapped)
         return True
-    if action == "shift":
-        return _shift_dates(ds, tag, ctx)
+    if action in ("shift", "date_only"):
+        return _shift_dates(ds, tag, ctx.offset_days if action == "shift" else 0, ctx)
     if action == "Z" or (action == "D" and vr == "SQ"):
         element.value = Sequence() if vr == "SQ" else None
         ctx.counts["emptied"] += 1
@@ -382,28 +398,39 @@ def _apply(ds: Dataset, tag: BaseTag, action: str, ctx: _Context) -> bool:
     return False
 
 
-def _shift_dates(ds: Dataset, tag: BaseTag, ctx: _Context) -> bool:
-    """Shift a DA or DT element by the patient's offset; an unshiftable value is emptied."""
+def _shift_dates(ds: Dataset, tag: BaseTag, days: int, ctx: _Context) -> bool:
+    """Shift a DA or DT element by ``days`` (DT: time dropped); an unshiftable value is emptied."""
     element = ds[tag]
     values = element.value if element.VM > 1 else [element.value]
     texts = [str(v).strip() for v in values if v is not None]
-    shifted = [_shift_date(text, ctx.offset_days) for text in texts if text]
+    shifted = [_shift_date(text, days) for text in texts if text]
     if None in shifted:
         # e.g. a year-only DT "2004" cannot be shifted by days: no value may survive
         element.value = None
         ctx.counts["emptied"] += 1
     elif shifted:
         element.value = shifted if element.VM > 1 else shifted[0]
-        ctx.counts["date_shifted"] += len(shifted)
+        ctx.counts["date_shifted" if days else "time_removed"] += len(shifted)
     return True
 
 
 def _shift_date(value: str, days: int) -> str | None:
-    """``YYYYMMDD[rest]`` shifted by ``days``; DT's time and UTC offset (rest) are kept."""
+    """The ``YYYYMMDD`` date part of a DA or DT value, shifted by ``days``; None if partial.
+
+    PS3.15 E.3.6 (Modified Dates Option) keeps intervals between events by moving all
+    dates of a patient by one offset, and Table E.1-1 removes every time of day it lists
+    (e.g. Acquisition Time, X/Z) and Timezone Offset From UTC (0008,0201, X). A DT
+    (PS3.5 6.2: ``YYYYMMDDHHMMSS.FFFFFF&ZZXX``) therefore keeps only its shifted date: its
+    hours, minutes, seconds, fraction and UTC offset are dropped, never kept or zeroed.
+    ``YYYYMMDD`` alone is a valid DT (the later components are optional), whereas a
+    zeroed time would claim a midnight that never happened. A partial DT (``YYYY``,
+    ``YYYYMM``) cannot be shifted by days without inventing a day, so it gives None and
+    the caller empties the element.
+    """
     if len(value) < 8 or not value[:8].isdigit():
         return None
-    try:  # PS3.5 6.2: DA is YYYYMMDD; DT is YYYYMMDDHHMMSS.FFFFFF&ZZXX
+    try:
         day = datetime.date(int(value[:4]), int(value[4:6]), int(value[6:8]))
-        return (day + datetime.timedelta(days=days)).strftime("%Y%m%d") + value[8:]
+        return (day + datetime.timedelta(days=days)).strftime("%Y%m%d")
     except (ValueError, OverflowError):
         return None

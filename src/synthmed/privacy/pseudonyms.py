@@ -19,7 +19,6 @@ from typing import Any
 # is harmless for public sample files and unacceptable for anything else: see
 # `resolve_pseudonymisation_key`.
 PUBLIC_SAMPLE_KEY = b"synthmed public sample key - not secret - sample data only"
-MIN_KEY_LENGTH = 16
 
 # DICOM PS3.5 section 9.1: a UID is at most 64 characters. "2.25." followed by a 128-bit
 # integer (at most 39 digits) is the UUID-derived root of PS3.5 Annex B.2.
@@ -36,7 +35,7 @@ MISSING_KEY_HELP = (
     "Add to conf/local/credentials.yml (git-ignored):\n"
     "  pseudonymisation:\n"
     "    key: <a long random secret, e.g. the output of "
-    "`python -c 'import secrets; print(secrets.token_hex(32))'`>\n"
+    "`python3 -c 'import secrets; print(secrets.token_hex(32))'`>\n"
     "Keep the key: the same key gives the same pseudonyms, so later exports of the same "
     "patients stay linked. The built-in public sample key is used only for the bundled "
     "sample in data/01_raw/sample."
@@ -51,8 +50,9 @@ def key_from_credentials(credentials: Mapping[str, Any] | None) -> bytes | None:
             ``{"key": "..."}``; None when the entry is missing.
 
     Raises:
-        PseudonymisationKeyError: the entry exists but the key is not a string of at least
-            ``MIN_KEY_LENGTH`` characters.
+        PseudonymisationKeyError: the entry exists but the key is not a non-empty string.
+            How strong the key must be is decided by
+            ``synthmed.datasets.secrets.check_key_strength``, which knows the source folder.
     """
     if credentials is None:
         return None
@@ -63,11 +63,11 @@ def key_from_credentials(credentials: Mapping[str, Any] | None) -> bytes | None:
             f"{sorted(credentials) if isinstance(credentials, Mapping) else '-'}."
         )
     key = credentials["key"]
-    if not isinstance(key, str) or len(key) < MIN_KEY_LENGTH:
-        length = len(key) if isinstance(key, str) else type(key).__name__
+    if not isinstance(key, str) or not key:
+        found = "an empty string" if isinstance(key, str) else f"a {type(key).__name__}"
         raise PseudonymisationKeyError(
-            f"credentials 'pseudonymisation.key' must be a string of at least {MIN_KEY_LENGTH} "
-            f"characters, got one of length {length}."
+            f"credentials 'pseudonymisation.key' must be a non-empty string, got {found}. "
+            "Make one with `python3 -c 'import secrets; print(secrets.token_hex(32))'`."
         )
     return key.encode("utf-8")
 
