@@ -102,3 +102,57 @@ def test_add_raw_refuses_a_folder_outside_data_01_raw(dvc_project, tmp_path):
     result = _run(sys.executable, "-m", "synthmed", "add-raw", "data/03_primary/x", cwd=project)
     assert result.returncode == 2 and "not a folder inside" in result.stderr
     assert not (project / "data/03_primary/x.dvc").exists()
+
+
+@pytest.mark.slow
+def test_the_readme_own_data_steps_push_no_raw_byte(tmp_path):
+    """README 'Your own data': key, catalog, parameters, `synthmed add-raw`, DVC stages, `synthmed push`.
+
+    DICOM headers and file names carry a sentinel; the remote holds de-identified outputs only.
+    """
+    import secrets
+    import string
+
+    from tests.conftest import ct_instance
+    from tests.dicom_factory import dicom_bytes, make_sentinel_dicom
+    from tests.test_end_to_end import project_copy, sh
+
+    sentinel = "QZ" + "".join(secrets.choice(string.ascii_uppercase) for _ in range(8))
+    project = project_copy(tmp_path / "project")
+    remote = tmp_path / "remote"
+    sh("dvc", "remote", "add", "--local", "-d", "test", str(remote), cwd=project)
+    study = project / "data/01_raw/my_study"
+    patient = study / f"PAT_{sentinel}"
+    patient.mkdir(parents=True)
+    (patient / f"{sentinel}_case.dcm").write_bytes(
+        dicom_bytes(make_sentinel_dicom(sentinel, patient_id=f"ID-{sentinel}", rows=16, cols=16)))
+    series, study_uid = "1.2.826.0.1.3680043.8.498.77", "1.2.826.0.1.3680043.8.498.78"
+    for k in range(3):
+        (patient / f"{sentinel}_series_{k}.dcm").write_bytes(dicom_bytes(
+            ct_instance(2.0 * k, series_uid=series, study_uid=study_uid, patient_id=f"ID-{sentinel}-2")))
+    local = project / "conf/local"
+    (local / "credentials.yml").write_text("pseudonymisation:\n  key: a-secret-key-for-the-push-test\n")
+    (local / "catalog.yml").write_text(
+        "raw_sources:\n  type: synthmed.datasets.FileFolderDataset\n  path: data/01_raw/my_study\n")
+    (local / "parameters_ingestion.yml").write_text("ingestion:\n  labels_csv: null\n")
+
+    synthmed = (sys.executable, "-m", "synthmed")
+    sh(*synthmed, "add-raw", "data/01_raw/my_study", cwd=project, local_env=True)
+    # The stages that read the raw folder (sample_data would refuse to overwrite it: README).
+    for stage in ("ingestion", "preprocessing"):
+        sh("dvc", "repro", "--single-item", stage, cwd=project, local_env=True)
+    sh(*synthmed, "push", cwd=project, local_env=True)
+
+    stored = [p for p in remote.rglob("*") if p.is_file()]
+    assert len(stored) > 3  # the de-identified outputs did reach the remote
+    needles = [sentinel.encode(), sentinel.lower().encode(), "".join(str(ord(c)) for c in sentinel).encode()]
+    leaks = [str(p.relative_to(remote)) for p in stored for n in needles if n in p.read_bytes()]
+    assert leaks == []
+
+
+def test_make_demo_and_the_readme_push_only_through_the_check():
+    makefile = (ROOT / "Makefile").read_text()
+    demo = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    assert "synthmed push" in demo and "dvc push" not in demo.replace("synthmed push", "")
+    own_data = (ROOT / "README.md").read_text().split("## Your own data", 1)[1].split("\n## ", 1)[0]
+    assert "add-raw" in own_data and "`dvc add data/01_raw" not in own_data
