@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED := 1
 # DVC stages call `kedro`: use the project's environment.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup demo test test-fast lint check-lock dvc-deps verify viz viz-build mlflow-ui status clean
+.PHONY: help setup demo test test-fast lint check-lock dvc-deps verify add-raw push viz viz-build mlflow-ui status clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,7 +37,7 @@ setup: $(STAMP) ## create .venv and install the pinned dependencies
 demo: setup ## build the sample data, run every pipeline through DVC, push to the default remote
 	@start=$$(date +%s); \
 	dvc repro; \
-	dvc push; \
+	$(BIN)/synthmed push; \
 	echo; echo "== dvc status (clean means every output matches dvc.lock) =="; \
 	dvc status; \
 	echo; echo "== metrics (dvc metrics show) =="; \
@@ -70,6 +70,13 @@ test-fast: setup ## the unit tests only (skips the end-to-end DVC round trip and
 
 verify: setup ## check every store under data/ against its recorded sha256 and size
 	$(BIN)/synthmed verify
+
+add-raw: setup ## track your raw folder with DVC, never pushed: make add-raw DIR=data/01_raw/my_study
+	@test -n "$(DIR)" || { echo "usage: make add-raw DIR=data/01_raw/<your folder>"; exit 2; }
+	$(BIN)/synthmed add-raw "$(DIR)"
+
+push: setup ## dvc push, refused if any raw or identifiable output would reach the remote
+	$(BIN)/synthmed push
 
 viz: setup ## open kedro-viz on http://127.0.0.1:4141
 	$(BIN)/kedro viz run --no-browser --host 127.0.0.1 --port 4141

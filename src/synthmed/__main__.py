@@ -1,11 +1,15 @@
 """The ``synthmed`` command (also ``python -m synthmed``).
 
 ``synthmed verify [--data DIR] [--json]`` checks every store under ``data/`` against the
-checksums its writer recorded (see ``synthmed.datasets.integrity``). Anything else is
+checksums its writer recorded (see ``synthmed.datasets.integrity``).
+``synthmed add-raw DIR`` tracks a raw folder under ``data/01_raw`` with ``dvc add`` and marks it
+``push: false``; ``synthmed push [DVC PUSH OPTIONS]`` runs ``dvc push`` only if no raw or
+identifiable output would be pushed (``synthmed.core.dvc_outputs``). Anything else is
 Kedro's ``run`` command, as before: ``synthmed --pipelines ingestion``.
 """
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,10 +47,73 @@ def verify(argv: list[str]) -> int:
     return 1 if counts["corrupt"] else 0
 
 
+def add_raw(argv: list[str]) -> int:
+    """``synthmed add-raw DIR``: ``dvc add DIR``, then ``push: false`` on its output."""
+    from synthmed.core.dvc_outputs import RAW_PREFIX, mark_no_push
+
+    parser = argparse.ArgumentParser(
+        prog="synthmed add-raw",
+        description=f"Track a folder of raw data under {RAW_PREFIX}/ with DVC (`dvc add`) and mark it "
+                    "`push: false` in its .dvc file, so that `dvc push` / `synthmed push` never send it "
+                    "to a remote. Run it again after the folder changes. Run from the project root.")
+    parser.add_argument("folder", type=Path, metavar="DIR", help=f"the folder, under {RAW_PREFIX}/")
+    args = parser.parse_args(argv)
+    root = Path.cwd().resolve()
+    folder = args.folder if args.folder.is_absolute() else root / args.folder
+    if not folder.is_dir():
+        parser.error(f"{args.folder} is not a folder; expected a folder of raw data under {RAW_PREFIX}/")
+    # Not resolved: DVC tracks the path as given, and a link out of data/01_raw is refused.
+    if folder.is_symlink() or not folder.resolve().is_relative_to(root / RAW_PREFIX) \
+            or folder.resolve() == root / RAW_PREFIX:
+        parser.error(f"{args.folder} is not a folder inside {root / RAW_PREFIX}; move or copy the data there "
+                     "(every DVC stage from ingestion on depends on that folder).")
+    rel = folder.resolve().relative_to(root)
+    result = subprocess.run([_dvc(), "add", str(rel)], cwd=root)
+    if result.returncode != 0:
+        return result.returncode
+    dvc_file = root / f"{rel}.dvc"
+    mark_no_push(dvc_file)
+    sys.stdout.write(f"{rel} is tracked by DVC and marked push: false in {dvc_file.relative_to(root)}; "
+                     f"commit {dvc_file.relative_to(root)} and {rel.parent / '.gitignore'} with git.\n")
+    return 0
+
+
+def push(argv: list[str]) -> int:
+    """``synthmed push``: refuse (exit 1, naming them) if a raw/identifiable output would be pushed."""
+    from synthmed.core.dvc_outputs import PUSHABLE_PREFIXES, pushable_problems
+
+    if argv[:1] in (["-h"], ["--help"]):
+        sys.stdout.write(
+            "usage: synthmed push [DVC PUSH OPTIONS]\n\nRuns `dvc push` after checking dvc.yaml and every .dvc "
+            "file: each cached output that is not `push: false` must be under one of "
+            f"{', '.join(PUSHABLE_PREFIXES)}. Otherwise nothing is pushed, the outputs are named and the "
+            "exit status is 1.\n")
+        return 0
+    root = Path.cwd()
+    if not (root / "dvc.yaml").is_file():
+        sys.stderr.write(f"synthmed push: no dvc.yaml in {root}; run it from the project root.\n")
+        return 2
+    problems = pushable_problems(root)
+    if problems:
+        sys.stderr.write(f"synthmed push: refusing to push; {len(problems)} output(s) could hold raw or "
+                         "identifiable data:\n" + "".join(f"  {line}\n" for line in problems))
+        return 1
+    return subprocess.run([_dvc(), "push", *argv], cwd=root).returncode
+
+
+def _dvc() -> str:
+    """The dvc next to this Python (the project's environment), else the one on PATH."""
+    beside = Path(sys.executable).parent / "dvc"
+    return str(beside) if beside.is_file() else "dvc"
+
+
+_COMMANDS = {"verify": verify, "add-raw": add_raw, "push": push}
+
+
 def main(*args, **kwargs) -> Any:
     argv = list(args[0]) if args and isinstance(args[0], (list, tuple)) else sys.argv[1:]
-    if argv[:1] == ["verify"]:
-        code = verify(argv[1:])
+    if argv[:1] and argv[0] in _COMMANDS:
+        code = _COMMANDS[argv[0]](argv[1:])
         if hasattr(sys, "ps1"):  # interactive: return the status instead of exiting
             return code
         sys.exit(code)

@@ -232,3 +232,88 @@ def test_the_public_sample_replaces_only_an_empty_folder_or_the_sample(tmp_path)
         FileFolderDataset(path=str(mine)).save(sample)
     assert sorted(p.name for p in mine.iterdir()) == ["scan.dcm"]
     FileFolderDataset(path=str(mine)).save({"other.txt": "not the sample"})  # other outputs are unaffected
+
+
+# --------------------------------------------------------------------- symbolic links
+
+
+def _linked_tree(tmp_path: Path) -> tuple[Path, Path]:
+    """A source folder with every kind of link; ``outside`` holds a file it must never read."""
+    root, outside = tmp_path / "source", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (root / "real.png").write_bytes(b"real")
+    (root / "sub" / "inner.png").write_bytes(b"inner")
+    (outside / "secret.png").write_bytes(b"SENTINEL-OUTSIDE")
+    (root / "link_in.png").symlink_to(root / "real.png")
+    (root / "link_out.png").symlink_to(outside / "secret.png")
+    (root / "passwd").symlink_to("/etc/passwd")
+    (root / "dir_in").symlink_to(root / "sub", target_is_directory=True)
+    (root / "dir_out").symlink_to(outside, target_is_directory=True)
+    (root / "sub" / "loop").symlink_to("..", target_is_directory=True)
+    (root / "broken.png").symlink_to(root / "missing.png")
+    return root, outside
+
+
+@pytest.fixture
+def no_read_outside(monkeypatch):
+    """Fail on any open of a file outside the allowed folders (listing must not read them)."""
+    import builtins
+
+    allowed: list[Path] = []
+    real_open = builtins.open
+
+    def guarded_open(file, *args, **kwargs):
+        if isinstance(file, (str, Path)) and Path(file).exists() and "b" in (args[0] if args else kwargs.get(
+                "mode", "r")):
+            resolved = Path(file).resolve()
+            if not any(resolved.is_relative_to(a) for a in allowed):
+                raise AssertionError(f"read outside the source folder: {file} -> {resolved}")
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(io, "open", guarded_open)
+    return allowed
+
+
+def test_links_that_leave_the_source_folder_are_refused_with_a_reason(tmp_path, no_read_outside):
+    root, _ = _linked_tree(tmp_path)
+    no_read_outside.append(root.resolve())
+    folder = FileFolderDataset(path=str(root)).load()
+
+    # dir_in/loop is a link back to the root: refused, not walked forever.
+    assert list(folder.files) == ["real.png", "sub/inner.png"]
+    assert {rel: reason for rel, (reason, _) in folder.refused.items()} == {
+        "broken.png": "broken_link",
+        "dir_out": "link_outside_source",
+        "link_out.png": "link_outside_source",
+        "passwd": "link_outside_source",
+        "dir_in/loop": "link_loop",
+        "sub/loop": "link_loop",
+    }
+    assert all(detail for _, detail in folder.refused.values())
+    # Files reached again through links inside the folder are listed once, under their own path.
+    assert folder.duplicates == {"dir_in/inner.png": "sub/inner.png", "link_in.png": "real.png"}
+    assert [folder.read_bytes(rel) for rel in folder.files] == [b"real", b"inner"]
+    for rel in [*folder.refused, *folder.duplicates]:
+        with pytest.raises(KeyError):
+            folder.read_bytes(rel)
+
+
+def test_a_file_replaced_by_an_outside_link_after_listing_is_not_read(tmp_path):
+    root, outside = _linked_tree(tmp_path)
+    folder = FileFolderDataset(path=str(root)).load()
+    (root / "real.png").unlink()
+    (root / "real.png").symlink_to(outside / "secret.png")
+    with pytest.raises(DatasetError, match="resolves outside the source folder"):
+        folder.read_bytes("real.png")
+    with pytest.raises(DatasetError, match="resolves outside the source folder"):
+        folder.read_head("real.png", 4)
+
+
+def test_a_source_folder_reached_through_a_link_lists_its_files(tmp_path):
+    root, _ = _linked_tree(tmp_path)
+    (tmp_path / "alias").symlink_to(root, target_is_directory=True)
+    folder = FileFolderDataset(path=str(tmp_path / "alias")).load()
+    assert list(folder.files) == ["real.png", "sub/inner.png"]
+    assert folder.read_bytes("real.png") == b"real"

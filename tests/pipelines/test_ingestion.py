@@ -114,3 +114,28 @@ def test_unknown_parameter_is_named(tmp_path, source_folder):
     source, _ = source_folder
     with pytest.raises(Exception, match=r"Unknown key\(s\) \['stirct'\] in parameters 'ingestion'"):
         _ingest(tmp_path, source, overrides={"ingestion": {"stirct": True}})
+
+
+def test_links_out_of_the_source_folder_are_rejected_and_inside_duplicates_ignored(tmp_path, source_folder):
+    source, expected = source_folder
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"SENTINEL-OUTSIDE-BYTES")
+    (source / "link_out.png").symlink_to(outside / "secret.png")
+    (source / "passwd").symlink_to("/etc/passwd")
+    (source / "dir_out").symlink_to(outside, target_is_directory=True)
+    (source / "loop").symlink_to(".", target_is_directory=True)
+    listed = sorted(p for p in source.rglob("*.png") if not p.is_symlink())[0]
+    (source / "again.png").symlink_to(listed)
+    manifest, rejected, metrics, _ = _ingest(tmp_path, source)
+
+    links = {"link_out.png": "link_outside_source", "passwd": "link_outside_source",
+             "dir_out": "link_outside_source", "loop": "link_loop"}
+    assert dict(zip(rejected["source_path"], rejected["reason"])) == {**expected, **links}
+    # Conservation counts the refused links as read and rejected; the duplicate is ignored.
+    assert metrics["files_read"] == 17 + 4 == manifest["n_files"].sum() + len(rejected)
+    assert metrics["files_ignored"] == 2 and metrics["rejected_link_outside_source"] == 3
+    inventory = pd.read_csv(tmp_path / "data/02_intermediate/ingestion/inventory.csv", keep_default_na=False)
+    assert inventory.set_index("source_path").loc["again.png", "reason"] == "duplicate_link"
+    written = [p for p in tmp_path.joinpath("data").rglob("*") if p.is_file()]
+    assert written and not any(b"SENTINEL-OUTSIDE" in p.read_bytes() for p in written)

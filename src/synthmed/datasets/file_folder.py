@@ -4,6 +4,14 @@ Loading never reads file contents: it returns a ``SourceFolder`` with the sorted
 paths and their sizes; nodes read one file at a time with ``read_bytes``. This is how raw
 inputs reach the ingestion readers (which then decode bytes, not paths).
 
+The folder is a boundary. Symbolic links are resolved and compared with the resolved root:
+a link that leaves the folder is never followed nor read; it is listed in
+``SourceFolder.refused`` with the reason ``link_outside_source`` (``broken_link`` for a
+dangling one, ``link_loop`` for a folder link back into its own ancestors), so the
+ingestion inventory rejects it visibly. Links inside the folder are followed; a file
+reached more than once (itself and through links) is listed once, under its path without
+links when it has one, and its other paths are in ``SourceFolder.duplicates``.
+
 Saving takes ``{relative/path.ext: object or zero-argument callable}`` and replaces the whole folder atomically.
 Last, it writes a hidden ``.synthmed-checksums.json`` (sha256 and size of every file). Hidden
 files are left out of the listing, so readers and users do not see it; loading a folder that
@@ -32,9 +40,11 @@ import gzip
 import io
 import json
 import logging
+import os
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -52,6 +62,16 @@ DEFAULT_EXCLUDE = (".*", "*/.*")
 # The public sample's file list: a folder holding it is the sample, which the sample_data
 # pipeline may replace; no other folder is ever replaced by the sample.
 PUBLIC_SAMPLE_MANIFEST = "SAMPLE_MANIFEST.json"
+# Why a listed path is not readable (``SourceFolder.refused``), with the detail shown to users.
+LINK_OUTSIDE_SOURCE = "link_outside_source"
+BROKEN_LINK = "broken_link"
+LINK_LOOP = "link_loop"
+_REFUSAL_DETAIL = {
+    LINK_OUTSIDE_SOURCE: "a symbolic link to a {kind} outside the source folder: not followed, nothing read "
+                         "(copy the data into the folder if it belongs to the study)",
+    BROKEN_LINK: "a symbolic link whose target does not exist",
+    LINK_LOOP: "a symbolic link to a folder that contains it (a loop): not followed",
+}
 
 
 def check_relative_path(relpath: str) -> PurePosixPath:
@@ -74,17 +94,33 @@ class SourceFolder:
     root: Path
     files: tuple[str, ...]
     sizes: Mapping[str, int]
+    # Paths found but not listed: {relpath: (reason, detail)}; nothing of them is read.
+    refused: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    # Other paths of a listed file (through links inside the folder): {relpath: listed relpath}.
+    duplicates: Mapping[str, str] = field(default_factory=dict)
 
-    def read_bytes(self, relpath: str) -> bytes:
+    def _path(self, relpath: str) -> Path:
+        """The file of a listed ``relpath``, checked to be inside the resolved root now.
+
+        The check is repeated at read time because a file may be replaced by a link after
+        the listing was made.
+        """
         if relpath not in self.sizes:
             raise KeyError(f"{relpath!r} is not part of {self.root}")
-        return (self.root / relpath).read_bytes()
+        path = self.root / relpath
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise DatasetError(
+                f"{relpath!r} in {self.root} now resolves outside the source folder (a symbolic link was "
+                "created after the folder was listed); refusing to read it. Remove the link and run again."
+            )
+        return path
+
+    def read_bytes(self, relpath: str) -> bytes:
+        return self._path(relpath).read_bytes()
 
     def read_head(self, relpath: str, n_bytes: int) -> bytes:
         """The first ``n_bytes`` of a file (format sniffing without reading it all)."""
-        if relpath not in self.sizes:
-            raise KeyError(f"{relpath!r} is not part of {self.root}")
-        with open(self.root / relpath, "rb") as handle:
+        with open(self._path(relpath), "rb") as handle:
             return handle.read(n_bytes)
 
     def read_text(self, relpath: str) -> str:
@@ -205,16 +241,15 @@ class FileFolderDataset(AbstractDataset[Mapping[str, Any], SourceFolder]):
             )
         listing = self._path / FOLDER_LISTING
         recorded = verified_listing(self._path, listing) if listing.is_file() else None
-        sizes: dict[str, int] = {}
-        for file in sorted(p for p in self._path.rglob("*") if p.is_file()):
-            rel = file.relative_to(self._path).as_posix()
-            if any(fnmatch.fnmatch(rel, pattern) for pattern in self._exclude):
-                continue
-            sizes[rel] = file.stat().st_size
+        sizes, refused, duplicates = list_source(self._path, self._exclude)
+        if refused:
+            # Counts only: paths of raw data are not logged (they may identify a patient).
+            logger.warning("%s: %d symbolic link(s) not followed %s; they are rejected by ingestion.",
+                           self._path, len(refused), dict(sorted(Counter(r for r, _ in refused.values()).items())))
         if recorded is not None and (added := sorted(set(sizes) - set(recorded))):
             logger.warning("%s holds %d file(s) its writer did not record (first: %s); they are "
                            "not checksum-verified.", self._path, len(added), added[0])
-        return SourceFolder(root=self._path, files=tuple(sizes), sizes=sizes)
+        return SourceFolder(root=self._path, files=tuple(sizes), sizes=sizes, refused=refused, duplicates=duplicates)
 
     def save(self, data: Mapping[str, Any]) -> None:
         if not isinstance(data, Mapping):
@@ -247,6 +282,63 @@ class FileFolderDataset(AbstractDataset[Mapping[str, Any], SourceFolder]):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path), "exclude": list(self._exclude)}
+
+
+def list_source(
+    root: Path, exclude: Sequence[str]
+) -> tuple[dict[str, int], dict[str, tuple[str, str]], dict[str, str]]:
+    """Walk ``root`` without leaving it: ``(sizes, refused, duplicates)`` (see ``SourceFolder``).
+
+    Every entry is resolved and compared with the resolved root; links are never read before
+    that check. Excluded paths (hidden ones included) are skipped silently, links too.
+    """
+    top = root.resolve()
+
+    def excluded(rel: str) -> bool:
+        return any(fnmatch.fnmatch(rel, pattern) for pattern in exclude)
+
+    found: list[tuple[str, Path, bool]] = []  # (relpath, resolved file, reached through a link)
+    refused: dict[str, tuple[str, str]] = {}
+    # (folder as reached, its relpath, resolved folders from the root down to it, through a link?)
+    stack: list[tuple[Path, str, tuple[Path, ...], bool]] = [(root, "", (top,), False)]
+    while stack:
+        folder, prefix, ancestors, via_link = stack.pop()
+        with os.scandir(folder) as entries:
+            names = sorted(entries, key=lambda e: e.name)
+        for entry in names:
+            rel = f"{prefix}{entry.name}"
+            path = Path(entry.path)
+            is_link = entry.is_symlink()
+            if not is_link:
+                if entry.is_dir(follow_symlinks=False):
+                    if not entry.name.startswith("."):  # hidden folders: all their files are excluded
+                        stack.append((path, rel + "/", (*ancestors, path.resolve()), via_link))
+                elif entry.is_file(follow_symlinks=False) and not excluded(rel):
+                    found.append((rel, path.resolve(), via_link))
+                continue
+            if excluded(rel):
+                continue
+            target = path.resolve()
+            if not target.is_relative_to(top):
+                kind = "folder" if target.is_dir() else "file"
+                refused[rel] = (LINK_OUTSIDE_SOURCE, _REFUSAL_DETAIL[LINK_OUTSIDE_SOURCE].format(kind=kind))
+            elif not target.exists():
+                refused[rel] = (BROKEN_LINK, _REFUSAL_DETAIL[BROKEN_LINK])
+            elif target.is_dir():
+                if target in ancestors:
+                    refused[rel] = (LINK_LOOP, _REFUSAL_DETAIL[LINK_LOOP])
+                else:
+                    stack.append((path, rel + "/", (*ancestors, target), True))
+            elif target.is_file():
+                found.append((rel, target, True))
+    # One listed path per file: its own path when it has one, else the first in sorted order.
+    canonical: dict[Path, str] = {}
+    for rel, target, _linked in sorted(found, key=lambda item: (item[2], item[0])):
+        canonical.setdefault(target, rel)
+    # Sorted by path parts, as pathlib sorts ("a/x" before "a-b/x"): the listing order is unchanged.
+    sizes = {rel: target.stat().st_size for target, rel in sorted(canonical.items(), key=lambda kv: kv[1].split("/"))}
+    duplicates = {rel: canonical[target] for rel, target, _ in sorted(found) if canonical[target] != rel}
+    return sizes, dict(sorted(refused.items())), duplicates
 
 
 def _replaceable_by_sample(folder: Path) -> bool:

@@ -111,6 +111,11 @@ def inventory_sources(raw_sources: SourceFolder, params: dict[str, Any]) -> pd.D
     ``mask_suffix``), ``labels`` (the labels table), ``ignored`` (matches an ``ignore``
     pattern), ``unusable`` (unsupported or disabled format, too large: rejected with
     ``reason`` and ``detail``).
+
+    Symbolic links the source folder refused (leaving the folder, broken, loops; see
+    ``synthmed.datasets.file_folder``) are ``unusable`` with that reason: nothing of them was
+    read. A file reached again through a link inside the folder is ``ignored`` with the
+    reason ``duplicate_link`` (the detail names its listed path).
     """
     config = _config(params)
     rows = []
@@ -140,6 +145,12 @@ def inventory_sources(raw_sources: SourceFolder, params: dict[str, Any]) -> pd.D
             elif fmt != "dicom" and strip_suffix(rel).endswith(config.mask_suffix):
                 row["role"] = "mask"
         rows.append(row)
+    for rel, (reason, detail) in raw_sources.refused.items():
+        rows.append({"source_path": rel, "format": "", "role": "unusable", "size_bytes": 0, "reason": reason,
+                     "detail": detail})
+    for rel, listed in raw_sources.duplicates.items():
+        rows.append({"source_path": rel, "format": "", "role": "ignored", "size_bytes": raw_sources.sizes[listed],
+                     "reason": "duplicate_link", "detail": f"the same file as {listed} (listed once)"})
     inventory = pd.DataFrame(rows, columns=INVENTORY_COLUMNS)
     logger.info("Inventory: %s", dict(Counter(inventory["role"])))
     return inventory
