@@ -404,10 +404,10 @@ def test_dicom_jpeg_ls_without_decoder_is_unsupported() -> None:
     assert _reason(dicom_pixels, _compressed(JPEGLSLossless), max_pixels=MAX_PIXELS) == "unsupported"
 
 
-def test_dicom_compressed_garbage_with_a_decoder_is_unreadable() -> None:
+def test_dicom_compressed_garbage_with_a_decoder_is_decode_failed() -> None:
     if not get_decoder(JPEG2000Lossless).is_available:
         pytest.skip("no JPEG 2000 decoder is installed")
-    assert _reason(dicom_pixels, _compressed(JPEG2000Lossless), max_pixels=MAX_PIXELS) == "unreadable"
+    assert _reason(dicom_pixels, _compressed(JPEG2000Lossless), max_pixels=MAX_PIXELS) == "decode_failed"
 
 
 def test_dicom_non_dicom_bytes_are_unreadable() -> None:

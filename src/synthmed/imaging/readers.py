@@ -232,11 +232,63 @@ def decode_nifti_mask(data: bytes, *, max_pixels: int) -> np.ndarray:
 
 
 def read_dicom(data: bytes, *, stop_before_pixels: bool = False) -> pydicom.Dataset:
-    """Parse DICOM bytes; ``ReadError('unreadable')`` for anything pydicom cannot parse."""
+    """Parse DICOM bytes; ``ReadError('unreadable')`` for anything pydicom cannot parse.
+
+    Any exception from pydicom becomes a ``ReadError``: a malformed file must never stop a run.
+    """
     try:
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
-    except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed input
         raise ReadError("unreadable", f"{type(exc).__name__}: {exc}") from exc
+
+
+# The pinned packages (pyproject.toml) that give pydicom 3 a decoder for each compressed
+# transfer syntax; named in the error when no decoder is installed for a file.
+_JPEG_PACKAGES = "pylibjpeg==2.1.0 pylibjpeg-libjpeg==2.5.0"
+_DECODER_PACKAGES = {
+    pydicom.uid.JPEGBaseline8Bit: _JPEG_PACKAGES,
+    pydicom.uid.JPEGExtended12Bit: _JPEG_PACKAGES,
+    pydicom.uid.JPEGLossless: _JPEG_PACKAGES,
+    pydicom.uid.JPEGLosslessSV1: _JPEG_PACKAGES,
+    pydicom.uid.JPEGLSLossless: "pyjpegls==1.5.1 (or " + _JPEG_PACKAGES + ")",
+    pydicom.uid.JPEGLSNearLossless: "pyjpegls==1.5.1 (or " + _JPEG_PACKAGES + ")",
+    pydicom.uid.JPEG2000Lossless: "pylibjpeg==2.1.0 pylibjpeg-openjpeg==2.6.0",
+    pydicom.uid.JPEG2000: "pylibjpeg==2.1.0 pylibjpeg-openjpeg==2.6.0",
+    pydicom.uid.RLELossless: "pylibjpeg==2.1.0 pylibjpeg-rle==2.2.0",
+}
+
+
+def _missing_decoder(syntax: pydicom.uid.UID) -> ReadError:
+    packages = _DECODER_PACKAGES.get(syntax)
+    fix = (f"install {packages} (pinned in pyproject.toml: pip install -e .)" if packages
+           else "no decoder for it is known to synthmed; convert the file to an uncompressed transfer syntax")
+    return ReadError("unsupported", f"transfer syntax {syntax} ({syntax.name}) needs a decoder that is not "
+                                    f"installed: {fix}")
+
+
+def _decode_pixel_data(ds: pydicom.Dataset) -> tuple[np.ndarray, str]:
+    """Decoded pixel data and the photometric interpretation of the returned array.
+
+    Colour is converted to RGB by the decoder (``as_rgb``), which also knows when the codec
+    already did it: JPEG 2000 YBR_ICT / YBR_RCT come out of the codec as RGB, and a second
+    conversion (pydicom's ``convert_color_space`` does not know these) would fail.
+    """
+    syntax = getattr(ds, "file_meta", pydicom.Dataset()).get("TransferSyntaxUID")
+    if syntax is None:
+        # No file meta: pydicom guesses the syntax from the dataset; its default also converts to RGB.
+        raw = ds.pixel_array
+        return raw, "RGB" if int(ds.get("SamplesPerPixel", 1)) == 3 else str(ds.get("PhotometricInterpretation"))
+    syntax = pydicom.uid.UID(str(syntax))
+    try:
+        decoder = pydicom.pixels.get_decoder(syntax)
+    except NotImplementedError as exc:
+        raise _missing_decoder(syntax) from exc
+    # pydicom 3 raises RuntimeError (not NotImplementedError) when every decoder plugin for
+    # a compressed transfer syntax is missing, so check for an installed decoder first.
+    if not decoder.is_available:
+        raise _missing_decoder(syntax)
+    array, meta = decoder.as_array(ds, as_rgb=True)
+    return array, str(meta.get("photometric_interpretation", ds.get("PhotometricInterpretation", "")))
 
 
 def dicom_pixels(ds: pydicom.Dataset, *, max_pixels: int) -> np.ndarray:
@@ -244,44 +296,33 @@ def dicom_pixels(ds: pydicom.Dataset, *, max_pixels: int) -> np.ndarray:
 
     Returns ``(frames, H, W)`` for grey images and ``(3, H, W)`` for single-frame colour.
     MONOCHROME1 (minimum = white, PS3.3 C.7.6.3.1.2) is inverted so that larger values are
-    brighter for every image. A compressed transfer syntax without an installed decoder is
-    ``unsupported``; short pixel data is ``truncated``.
+    brighter for every image. Colour (RGB, YBR_FULL(_422), JPEG 2000 YBR_ICT/YBR_RCT) is
+    returned as RGB. A compressed transfer syntax without an installed decoder is
+    ``unsupported`` (the message names the package to install); short pixel data is
+    ``truncated``; any other exception of the codec is ``decode_failed`` with its class and text.
     """
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     _check_pixels(rows * cols * frames, max_pixels, "DICOM pixel data")
     if "PixelData" not in ds:
         raise ReadError("empty", "no Pixel Data (7FE0,0010) element")
-    # pydicom 3 raises RuntimeError (not NotImplementedError) when every decoder plugin for
-    # a compressed transfer syntax is missing, so check for an installed decoder first.
-    syntax = getattr(ds, "file_meta", pydicom.Dataset()).get("TransferSyntaxUID")
-    if syntax is not None and pydicom.uid.UID(str(syntax)).is_compressed:
-        try:
-            installed = pydicom.pixels.get_decoder(str(syntax)).is_available
-        except NotImplementedError:
-            installed = False
-        if not installed:
-            raise ReadError(
-                "unsupported", f"transfer syntax {syntax} needs a decoder that is not installed"
-            )
     try:
-        raw = ds.pixel_array
-    except NotImplementedError as exc:
-        raise ReadError(
-            "unsupported",
-            f"transfer syntax {ds.file_meta.TransferSyntaxUID} needs a decoder that is not "
-            f"installed ({exc})",
-        ) from exc
-    except (ValueError, RuntimeError, EOFError, AttributeError) as exc:
-        reason = "truncated" if "less than expected" in str(exc) or "truncat" in str(exc) else "unreadable"
-        raise ReadError(reason, f"{type(exc).__name__}: {exc}") from exc
+        raw, decoded_photometric = _decode_pixel_data(ds)
+    except ReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every codec failure of one file is that file's rejection
+        text = str(exc)
+        reason = "truncated" if "less than expected" in text or "truncat" in text else "decode_failed"
+        syntax = getattr(ds, "file_meta", pydicom.Dataset()).get("TransferSyntaxUID", "unknown")
+        raise ReadError(reason, f"transfer syntax {syntax}: {type(exc).__name__}: {text}") from exc
     samples = int(ds.get("SamplesPerPixel", 1))
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if samples == 3:
         if frames > 1:
             raise ReadError("unsupported_shape", "multi-frame colour DICOM is not supported")
-        if photometric.startswith("YBR"):
-            raw = pydicom.pixels.convert_color_space(raw, photometric, "RGB")
+        if decoded_photometric != "RGB":
+            raise ReadError("unsupported", f"colour DICOM with photometric interpretation {photometric} "
+                                           f"decoded as {decoded_photometric}, not RGB")
         return np.ascontiguousarray(np.moveaxis(raw, -1, 0), dtype=np.float32)
     pixels = pydicom.pixels.apply_modality_lut(raw, ds).astype(np.float32)
     if photometric == "MONOCHROME1":

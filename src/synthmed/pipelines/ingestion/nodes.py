@@ -55,6 +55,8 @@ MANIFEST_COLUMNS = [
 REJECTED_COLUMNS = ["source_path", "format", "reason", "detail"]
 LABEL_COLUMNS = ["path", "label", "modality", "patient"]
 _DICOM_HEAD_BYTES = 132
+# Reason code of a file whose reading or decoding raised an exception no reader anticipated.
+DECODE_FAILED = "decode_failed"
 KNOWN_SUFFIXES = RASTER_SUFFIXES + NIFTI_SUFFIXES + DICOM_SUFFIXES
 
 
@@ -265,6 +267,18 @@ def _rejection(rel: str, family: str, reason: str, detail: str) -> dict[str, str
     return {"source_path": rel, "format": family, "reason": reason, "detail": detail}
 
 
+def _as_read_error(exc: Exception) -> ReadError:
+    """Any exception raised while reading, decoding or handling one file, as that file's rejection.
+
+    A codec or library bug on one file (pydicom's NotImplementedError on a colour space, a
+    RuntimeError of a decoder plugin) must reject that file, not stop the run: only
+    configuration errors and the configured rejection limits stop ingestion.
+    """
+    if isinstance(exc, ReadError):
+        return exc
+    return ReadError(DECODE_FAILED, f"{type(exc).__name__}: {exc}")
+
+
 def _label_lookup(labels: pd.DataFrame) -> dict[str, dict[str, str]]:
     return {row["path"]: row for row in labels.to_dict("records")}
 
@@ -285,10 +299,11 @@ def _read_file_items(
                                   rows[rows["role"] == "mask"]["source_path"], config.mask_suffix)
     manifest, rejected, items = [], [], {}
     for rel, mask_rel in tqdm(mask_of.items(), desc=f"reading {family}", unit="file", disable=None):
-        blob = raw_sources.read_bytes(rel)
         try:
+            blob = raw_sources.read_bytes(rel)
             decoded = decode_item(family, [blob], config.max_pixels)
-        except ReadError as exc:
+        except Exception as exc:  # noqa: BLE001 - one file never stops the run (see _as_read_error)
+            exc = _as_read_error(exc)
             rejected.append(_rejection(rel, family, exc.reason, exc.detail))
             if mask_rel is not None:
                 rejected.append(
@@ -297,15 +312,16 @@ def _read_file_items(
             continue
         mask_sha = None
         if mask_rel is not None:
-            mask_blob = raw_sources.read_bytes(mask_rel)
             try:
+                mask_blob = raw_sources.read_bytes(mask_rel)
                 mask = decode_mask(family, mask_blob, config.max_pixels)
                 if mask.shape[1:] != decoded.array.shape[1:]:
                     raise ReadError(
                         "mask_mismatch",
                         f"mask spatial shape {mask.shape[1:]} differs from image {decoded.array.shape[1:]}",
                     )
-            except ReadError as exc:
+            except Exception as exc:  # noqa: BLE001 - one file never stops the run
+                exc = _as_read_error(exc)
                 rejected.append(_rejection(rel, family, exc.reason, f"its mask is unusable: {exc.detail}"))
                 rejected.append(_rejection(mask_rel, family, exc.reason, exc.detail))
                 continue
@@ -364,20 +380,19 @@ def read_dicom_items(
             ds = read_dicom(raw_sources.read_bytes(rel))
             decode_item("dicom", [raw_sources.read_bytes(rel)], config.max_pixels)
             identity = dicom_patient_identity(ds)
-        except ReadError as exc:
+        except Exception as exc:  # noqa: BLE001 - one file never stops the run (see _as_read_error)
+            exc = _as_read_error(exc)
             rejected.append(_rejection(rel, "dicom", exc.reason, exc.detail))
-            continue
-        except ValueError as exc:
-            rejected.append(_rejection(rel, "dicom", "unreadable", str(exc)))
             continue
         members.append((series_key(identity, ds, rel), rel))
     manifest, items = [], {}
     for group, paths in group_series(members):
         identity = group[0]
-        blobs = [raw_sources.read_bytes(p) for p in paths]
         try:
+            blobs = [raw_sources.read_bytes(p) for p in paths]
             decoded = decode_item("dicom", blobs, config.max_pixels)
-        except ReadError as exc:
+        except Exception as exc:  # noqa: BLE001 - one series never stops the run
+            exc = _as_read_error(exc)
             rejected.extend(_rejection(p, "dicom", exc.reason, exc.detail) for p in paths)
             continue
         meta = _metadata(paths[0], "dicom", lookup, config)
