@@ -159,6 +159,7 @@ def project_catalog(workdir: Path, raw_sources: Path, key: bytes | None = TEST_K
                                 else str(PROJECT_ROOT / entry[field]))
     config["raw_sources"]["path"] = str(raw_sources)
     catalog = DataCatalog.from_config(config)
+    catalog["raw_sources@files"] = catalog.get("raw_sources")  # as synthmed.hooks does
     params = load_parameters()
     for block, values in (overrides or {}).items():
         params[block] = _merge(params.get(block, {}), values)

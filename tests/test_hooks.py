@@ -96,7 +96,8 @@ def _setup(project: Path):
     hook.after_context_created(_context(project, {}))
     hook.after_catalog_created(catalog, {})  # no key configured anywhere
     writer = Node(_produce, None, "sample_written", name="assemble_sample_folder")
-    reader = Node(_consume, ["raw_sources", "pseudonymisation_key", "sample_written"], "inventory", name="inventory")
+    reader = Node(_consume, ["raw_sources@files", "pseudonymisation_key", "sample_written"], "inventory",
+                  name="inventory")
     return source, catalog, hook, writer, reader, Pipeline([writer, reader])
 
 

@@ -17,7 +17,7 @@ from tests.conftest import PROJECT_ROOT, load_parameters
 PIPELINES = ("sample_data", "ingestion", "preprocessing", "extraction", "training", "sampling", "feature_encoders",
              "rebalancing", "evaluation")
 # Catalog datasets that can hold identifiers or source paths: their DVC outs must not be pushed.
-IDENTIFIABLE = {"raw_sources", "source_inventory", "ingestion_manifest", "ingestion_rejected",
+IDENTIFIABLE = {"raw_sources", "raw_sources@sample", "source_inventory", "ingestion_manifest", "ingestion_rejected",
                 "ingested_images", "ingested_masks"}
 
 

@@ -15,6 +15,12 @@ logger = logging.getLogger(__name__)
 
 KEY_DATASET = "pseudonymisation_key"
 SOURCE_DATASET = "raw_sources"
+# The pipelines read the source folder as `raw_sources@files` and the sample_data pipeline
+# writes `raw_sources@sample` (Kedro transcoding: one dataset for the run order, so
+# `kedro run --pipelines sample_data,ingestion` writes the sample before reading it). Users
+# configure `raw_sources` alone; this alias makes `raw_sources@files` the folder they chose,
+# while the sample is always written to its own fixed path.
+SOURCE_INPUT = f"{SOURCE_DATASET}@files"
 CREDENTIALS_ENTRY = "pseudonymisation"
 # Kedro reads conf/local only when it is the run environment; the key must be found with
 # `--env gpu` or `--env test` too, so conf/local/credentials.yml is also read directly.
@@ -131,6 +137,8 @@ class PseudonymisationKeyHook:
         if credentials is None and local.is_file():
             credentials = (parse_yaml_file(local, LOCAL_CREDENTIALS.as_posix()) or {}).get(CREDENTIALS_ENTRY)
         source = catalog.get(SOURCE_DATASET) if SOURCE_DATASET in catalog else None
+        if source is not None:
+            catalog[SOURCE_INPUT] = source
         catalog[KEY_DATASET] = PseudonymisationKeyDataset(credentials=credentials, source=source)
 
     # tryfirst: run before kedro-mlflow's before_pipeline_run opens an MLflow run, so a
@@ -150,7 +158,7 @@ class PseudonymisationKeyHook:
 
     @hook_impl(tryfirst=True)
     def before_node_run(self, node: Any, catalog: Any) -> None:
-        if self._pending and ({SOURCE_DATASET, KEY_DATASET} & set(node.inputs)):
+        if self._pending and ({SOURCE_INPUT, KEY_DATASET} & set(node.inputs)):
             self._pending = False
             catalog.load(KEY_DATASET)
 

@@ -12,15 +12,15 @@ from synthmed.pipelines.ingestion.nodes import (
     read_raster_items,
 )
 
-_READER_INPUTS = ["raw_sources", "source_inventory", "label_table", "pseudonymisation_key", "params:ingestion"]
+_READER_INPUTS = ["raw_sources@files", "source_inventory", "label_table", "pseudonymisation_key", "params:ingestion"]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            Node(inventory_sources, ["raw_sources", "params:ingestion"], "source_inventory",
+            Node(inventory_sources, ["raw_sources@files", "params:ingestion"], "source_inventory",
                  name="inventory_sources"),
-            Node(read_label_table, ["raw_sources", "params:ingestion"], "label_table",
+            Node(read_label_table, ["raw_sources@files", "params:ingestion"], "label_table",
                  name="read_label_table"),
             Node(read_raster_items, _READER_INPUTS, ["raster_manifest", "raster_rejected", "raster_items"],
                  name="read_raster_items"),

@@ -22,7 +22,9 @@ def create_pipeline(**kwargs) -> Pipeline:
                 assemble_sample_folder,
                 ["sample_t1", "sample_tissue", "sample_fundus_jpeg", "sample_fundus_mask",
                  "sample_dicom_files", "sample_readme"],
-                "raw_sources",  # the folder ingestion reads: one dataset, so a combined run is ordered
+                # `raw_sources@sample`: the sample's fixed folder, transcoded with the `raw_sources@files`
+                # that ingestion reads, so a combined run writes the sample first (synthmed.hooks).
+                "raw_sources@sample",
                 name="assemble_sample_folder",
             ),
         ]
