@@ -131,7 +131,8 @@ def test_the_readme_own_data_steps_push_no_raw_byte(tmp_path):
         (patient / f"{sentinel}_series_{k}.dcm").write_bytes(dicom_bytes(
             ct_instance(2.0 * k, series_uid=series, study_uid=study_uid, patient_id=f"ID-{sentinel}-2")))
     local = project / "conf/local"
-    (local / "credentials.yml").write_text("pseudonymisation:\n  key: 3f9c1a7e5b2d48c6a0e4f7b19d3c2e8a5f6b7c1d2e3f4a5b6c7d8e9f0a1b2c3d\n")
+    key = "3f9c1a7e5b2d48c6a0e4f7b19d3c2e8a5f6b7c1d2e3f4a5b6c7d8e9f0a1b2c3d"  # passes check_key_strength
+    (local / "credentials.yml").write_text(f"pseudonymisation:\n  key: {key}\n")
     (local / "catalog.yml").write_text(
         "raw_sources:\n  type: synthmed.datasets.FileFolderDataset\n  path: data/01_raw/my_study\n")
     (local / "parameters_ingestion.yml").write_text("ingestion:\n  labels_csv: null\n")
