@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from synthmed.hooks import add_source_alias
 from tests.dicom_factory import dicom_bytes, make_sentinel_dicom
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -159,7 +163,7 @@ def project_catalog(workdir: Path, raw_sources: Path, key: bytes | None = TEST_K
                                 else str(PROJECT_ROOT / entry[field]))
     config["raw_sources"]["path"] = str(raw_sources)
     catalog = DataCatalog.from_config(config)
-    catalog["raw_sources@files"] = catalog.get("raw_sources")  # as synthmed.hooks does
+    add_source_alias(catalog)  # what synthmed.hooks does for a Kedro session
     params = load_parameters()
     for block, values in (overrides or {}).items():
         params[block] = _merge(params.get(block, {}), values)
@@ -253,3 +257,50 @@ def small_disk(tmp_path: Path):
     yield mount
     for folder in mounted:
         subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+# ---- Kedro and DVC as subprocesses in a copy of the project (end-to-end and slow tests)
+
+BIN = Path(sys.executable).parent
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "KEDRO_ENV": "test",
+        "KEDRO_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+        **extra,
+    }
+
+
+def sh(*args: str, cwd: Path, check: bool = True, timeout: int = 900,
+       local_env: bool = False) -> subprocess.CompletedProcess:
+    """Run a command; ``local_env`` runs Kedro in its default env (conf/local) instead of ``test``."""
+    env = _env()
+    if local_env:
+        env.pop("KEDRO_ENV")
+    result = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def project_copy(target: Path) -> Path:
+    """The working tree's tracked and untracked (not ignored) files, as a fresh git repo."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=PROJECT_ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    for rel in filter(None, files):
+        source = PROJECT_ROOT / rel.decode()
+        if source.is_file():
+            (target / rel.decode()).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / rel.decode())
+    sh("git", "init", "-q", "-b", "main", cwd=target)
+    sh("git", "add", "-A", cwd=target)
+    sh("git", "commit", "-q", "-m", "copy", cwd=target)
+    return target

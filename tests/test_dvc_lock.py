@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from synthmed.generators.registry import FAMILIES
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, project_copy
 
 _spec = importlib.util.spec_from_file_location("dvc_deps", PROJECT_ROOT / "tools" / "dvc_deps.py")
 dvc_deps = importlib.util.module_from_spec(_spec)
@@ -104,15 +104,7 @@ def test_the_lock_check_sees_a_code_change(tmp_path):
     """Break-check of the test above: a copy of the project with one edited module is stale."""
     if not (PROJECT_ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    copy = tmp_path / "project"
-    subprocess.run(["git", "clone", "-q", str(PROJECT_ROOT), str(copy)], check=True, timeout=120)
-    for path in ("dvc.yaml", "dvc.lock", "src", "conf"):  # the working tree, not only what is committed
-        source, target = PROJECT_ROOT / path, copy / path
-        if source.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "local"))
-        else:
-            shutil.copy2(source, target)
+    copy = project_copy(tmp_path / "project")  # the working tree, not only what is committed
     edited = "src/synthmed/imaging/slicing.py"
     assert edited not in stale_stages(copy).get("extraction", [])
     with open(copy / edited, "a") as handle:

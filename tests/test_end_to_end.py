@@ -9,67 +9,18 @@ from __future__ import annotations
 
 import filecmp
 import json
-import os
 import secrets
-import shutil
 import sqlite3
 import string
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import PROJECT_ROOT, ct_instance
+from tests.conftest import ct_instance, project_copy, sh
 from tests.dicom_factory import dicom_bytes, make_sentinel_dicom
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
-
-
-def _env(**extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "KEDRO_ENV": "test",
-        "KEDRO_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-        **extra,
-    }
-
-
-def sh(*args: str, cwd: Path, check: bool = True, timeout: int = 900,
-       local_env: bool = False) -> subprocess.CompletedProcess:
-    """Run a command; ``local_env`` runs Kedro in its default env (conf/local) instead of ``test``."""
-    env = _env()
-    if local_env:
-        env.pop("KEDRO_ENV")
-    result = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n"
-                             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
-
-
-def project_copy(target: Path) -> Path:
-    """The working tree's tracked and untracked (not ignored) files, as a fresh git repo."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=PROJECT_ROOT, capture_output=True, check=True).stdout.split(b"\0")
-    for rel in filter(None, files):
-        source = PROJECT_ROOT / rel.decode()
-        if source.is_file():
-            (target / rel.decode()).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / rel.decode())
-    sh("git", "init", "-q", "-b", "main", cwd=target)
-    sh("git", "add", "-A", cwd=target)
-    sh("git", "commit", "-q", "-m", "copy", cwd=target)
-    return target
-
-
 def _files(root: Path) -> list[Path]:
     return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
 

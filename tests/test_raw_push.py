@@ -113,9 +113,8 @@ def test_the_readme_own_data_steps_push_no_raw_byte(tmp_path):
     import secrets
     import string
 
-    from tests.conftest import ct_instance
+    from tests.conftest import ct_instance, project_copy, sh
     from tests.dicom_factory import dicom_bytes, make_sentinel_dicom
-    from tests.test_end_to_end import project_copy, sh
 
     sentinel = "QZ" + "".join(secrets.choice(string.ascii_uppercase) for _ in range(8))
     project = project_copy(tmp_path / "project")

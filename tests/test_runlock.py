@@ -114,7 +114,7 @@ def test_two_concurrent_kedro_runs_serialise_and_the_outputs_are_one_runs(tmp_pa
     same run (before the lock, 1 try in 7 mixed them)."""
     import numpy as np
 
-    from tests.test_end_to_end import _env, project_copy, sh
+    from tests.conftest import _env, project_copy, sh
 
     project = project_copy(tmp_path / "project")
     sh("kedro", "run", "--pipelines", "sample_data", cwd=project)

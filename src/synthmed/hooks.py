@@ -104,6 +104,14 @@ class RunLockHook:
             self._lock = None
 
 
+def add_source_alias(catalog: Any) -> Any:
+    """``raw_sources@files`` in ``catalog`` is the ``raw_sources`` the user configured; returns it (or None)."""
+    source = catalog.get(SOURCE_DATASET) if SOURCE_DATASET in catalog else None
+    if source is not None:
+        catalog[SOURCE_INPUT] = source
+    return source
+
+
 class PseudonymisationKeyHook:
     """Puts the pseudonymisation key into the catalog and checks it before identifiable
     data is read.
@@ -136,9 +144,7 @@ class PseudonymisationKeyHook:
         local = self._project_path / LOCAL_CREDENTIALS
         if credentials is None and local.is_file():
             credentials = (parse_yaml_file(local, LOCAL_CREDENTIALS.as_posix()) or {}).get(CREDENTIALS_ENTRY)
-        source = catalog.get(SOURCE_DATASET) if SOURCE_DATASET in catalog else None
-        if source is not None:
-            catalog[SOURCE_INPUT] = source
+        source = add_source_alias(catalog)
         catalog[KEY_DATASET] = PseudonymisationKeyDataset(credentials=credentials, source=source)
 
     # tryfirst: run before kedro-mlflow's before_pipeline_run opens an MLflow run, so a

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import project_catalog, run, write_source_folder
+from tests.conftest import _env, project_catalog, project_copy, run, write_source_folder
 from tests.generators.test_training import _dead_pid
-from tests.test_end_to_end import _env, project_copy
 
 pytestmark = pytest.mark.slow
 STEPS = 300  # dcgan at 16 px: a few ms a step; long enough to be killed mid-run
