@@ -170,3 +170,72 @@ def test_the_sample_never_replaces_your_own_data(tmp_path):
     sh("kedro", "run", "--pipelines", "sample_data", cwd=project, local_env=True)
     assert (project / "data/01_raw/sample/SAMPLE_MANIFEST.json").is_file()
     assert _files(mine) == [Path("a.dcm")] and (mine / "a.dcm").read_bytes() == b"not the sample"
+
+
+def test_a_run_over_the_rejection_limit_leaves_the_published_primary_layer_intact(tmp_path):
+    """Item 5 of issue 9: whatever order Kedro runs the nodes in, the de-identified copies and
+    preprocessed arrays of a run that fails a check never replace the previous ones."""
+    project = project_copy(tmp_path / "project")
+    mine = project / "data/01_raw/mine"
+    mine.mkdir(parents=True)
+    series, study = "1.2.826.0.1.3680043.8.498.91", "1.2.826.0.1.3680043.8.498.92"
+    for k in range(3):
+        (mine / f"s{k}.dcm").write_bytes(dicom_bytes(ct_instance(2.0 * k, series_uid=series, study_uid=study)))
+    local = project / "conf/local"
+    (local / "catalog.yml").write_text(
+        "raw_sources:\n  type: synthmed.datasets.FileFolderDataset\n  path: data/01_raw/mine\n")
+    (local / "parameters_ingestion.yml").write_text("ingestion:\n  labels_csv: null\n  max_rejection_rate: 0.3\n")
+    (local / "credentials.yml").write_text("pseudonymisation:\n  key: a-secret-key-for-the-staging-test\n")
+    sh("kedro", "run", "--pipelines", "ingestion,preprocessing", cwd=project, local_env=True)
+    primary = project / "data/03_primary"
+    before = {p: p.read_bytes() for p in primary.rglob("*") if p.is_file()}
+    assert any(p.suffix == ".dcm" for p in before)
+
+    for k in range(3):  # 3 of 6 files rejected: rate 0.5 > 0.3
+        (mine / f"broken{k}.dcm").write_bytes(b"DICM but not really" * 3)
+    run = sh("kedro", "run", "--pipelines", "ingestion,preprocessing", cwd=project, check=False, local_env=True)
+
+    assert run.returncode != 0 and "max_rejection_rate" in run.stdout + run.stderr
+    assert {p: p.read_bytes() for p in primary.rglob("*") if p.is_file()} == before
+    assert not [p for p in (project / "data/.staging").rglob("*") if p.is_file()]
+
+
+def test_a_failure_after_the_copies_are_written_keeps_the_previous_copies(tmp_path, monkeypatch):
+    """The de-identified copies are saved before the split is assigned; when a later
+    preprocessing node fails, the copies of that run (another key: other names) are discarded."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    import synthmed.pipelines.preprocessing.pipeline as preprocessing
+
+    project = project_copy(tmp_path / "project")
+    mine = project / "data/01_raw/mine"
+    mine.mkdir(parents=True)
+    for k in range(3):
+        (mine / f"s{k}.dcm").write_bytes(dicom_bytes(ct_instance(2.0 * k, series_uid="1.2.826.0.1.3680043.8.498.93",
+                                                                 study_uid="1.2.826.0.1.3680043.8.498.94")))
+    local = project / "conf/local"
+    (local / "catalog.yml").write_text(
+        "raw_sources:\n  type: synthmed.datasets.FileFolderDataset\n  path: data/01_raw/mine\n")
+    (local / "parameters_ingestion.yml").write_text("ingestion:\n  labels_csv: null\n")
+    (local / "credentials.yml").write_text("pseudonymisation:\n  key: the-first-secret-key-of-this-test\n")
+    sh("kedro", "run", "--pipelines", "ingestion,preprocessing", cwd=project, local_env=True)
+    primary = project / "data/03_primary"
+    before = {p: p.read_bytes() for p in primary.rglob("*") if p.is_file()}
+
+    (local / "credentials.yml").write_text("pseudonymisation:\n  key: the-second-secret-key-of-this-test\n")
+
+    def failing_split(*args, **kwargs):
+        raise RuntimeError("the split failed after the copies were saved")
+
+    monkeypatch.setattr(preprocessing, "assign_item_splits", failing_split)
+    monkeypatch.chdir(project)
+    for name, value in {"KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+                        "SYNTHMED_LOCK": "fail"}.items():
+        monkeypatch.setenv(name, value)
+    bootstrap_project(project)
+    with pytest.raises(Exception, match="the split failed"), KedroSession.create(project_path=project) as session:
+        session.run(pipeline_names=["ingestion", "preprocessing"])
+
+    assert {p: p.read_bytes() for p in primary.rglob("*") if p.is_file()} == before
+    assert not [p for p in (project / "data/.staging").rglob("*") if p.is_file()]

@@ -220,3 +220,87 @@ class ReportingArtifactsHook:
             folder = path.parent.as_posix().split("08_reporting", 1)[-1].strip("/")
             with disk_full_reported(uri_path(mlflow.get_artifact_uri())):
                 mlflow.log_artifact(str(path), artifact_path=f"reporting/{folder}".rstrip("/"))
+
+
+class StagingHook:
+    """Outputs in the primary layer are staged and published only after the run's checks
+    (``synthmed.core.staging``).
+
+    In ``before_pipeline_run`` (after the run lock is held), every output of the run whose
+    path lies in ``data/03_primary`` is swapped in the catalog for the same dataset at its
+    staged path. The staged outputs are published (moved into place) as soon as every node
+    that writes one, and every node tagged ``gate`` (the checks: rejection rate, conservation,
+    quarantine), has finished; a run that fails before that discards them, so the previous
+    primary layer stays intact. Later nodes of a long run (training, evaluation) then read
+    the published layer, and their failure does not undo a checked preprocessing.
+    """
+
+    GATE_TAG = "gate"
+
+    def __init__(self) -> None:
+        self._project_path = Path.cwd()
+        self._area: Any = None
+        self._pending: set[str] = set()
+        self._catalog: Any = None
+        self._published: dict[str, Any] = {}
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._project_path = Path(context.project_path)
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        from kedro.io import AbstractDataset
+
+        from synthmed.core.staging import StagingArea, remove_stale_staging, staged_layer
+
+        remove_stale_staging(self._project_path)
+        area = StagingArea(self._project_path)
+        outputs = pipeline.all_outputs()
+        config = catalog.to_config()[0] if outputs else {}
+        staged_names = set()
+        for name in sorted(outputs):
+            entry = dict(config.get(name) or {})
+            key = "filepath" if "filepath" in entry else "path" if "path" in entry else None
+            if key is None or not staged_layer(Path(str(entry[key])), self._project_path):
+                continue
+            self._published[name] = catalog.get(name)
+            entry[key] = str(area.stage(Path(str(entry[key]))))
+            catalog[name] = AbstractDataset.from_config(name, entry)
+            staged_names.add(name)
+        self._area = area if staged_names else None
+        self._catalog = catalog
+        self._pending = {
+            node.name for node in pipeline.nodes
+            if staged_names & set(node.outputs) or self.GATE_TAG in node.tags
+        }
+        if staged_names:
+            logger.info("Staging %d primary-layer output(s) until the run's checks pass: %s",
+                        len(staged_names), ", ".join(sorted(staged_names)))
+
+    @hook_impl
+    def after_node_run(self, node: Any) -> None:
+        self._pending.discard(node.name)
+        if not self._pending:
+            self._commit()
+
+    # tryfirst: publish while the run lock is still held.
+    @hook_impl(tryfirst=True)
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        self._commit()
+
+    @hook_impl(tryfirst=True)
+    def on_pipeline_error(self, error: Exception, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        if self._area is not None:
+            self._area.discard()
+            self._area = None
+        self._published = {}
+
+    def _commit(self) -> None:
+        if self._area is not None:
+            self._area.commit()
+            self._area = None
+        # The nodes still to run read the published outputs again.
+        for name, dataset in self._published.items():
+            self._catalog[name] = dataset
+        self._published = {}

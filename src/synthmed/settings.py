@@ -6,6 +6,7 @@ from synthmed.hooks import (
     PseudonymisationKeyHook,
     ReportingArtifactsHook,
     RunLockHook,
+    StagingHook,
 )
 
 # ConfigCheckHook: broken YAML files and wrong parameters stop a run before it starts.
@@ -15,7 +16,10 @@ from synthmed.hooks import (
 # Order matters among the `tryfirst` before_pipeline_run hooks: pluggy calls the one
 # registered last first, so the key is checked before RunLockHook creates its lock file
 # (a run refused for a missing key writes nothing under data/).
-HOOKS = (ConfigCheckHook(), RunLockHook(), PseudonymisationKeyHook(), MlflowRunGuard(), ReportingArtifactsHook())
+HOOKS = (
+    ConfigCheckHook(), RunLockHook(), StagingHook(), PseudonymisationKeyHook(), MlflowRunGuard(),
+    ReportingArtifactsHook(),
+)
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

@@ -154,8 +154,22 @@ def atomic_directory(path: Path, needed_bytes: int | None = None) -> Iterator[Pa
             needed = needed_bytes if needed_bytes is not None else written
             raise disk_full_error(path, needed, exc, at_least=needed_bytes is None) from exc
         raise
-    if path.exists():
+    replace_path(tmp, path, old)
+
+
+def replace_path(new: Path, path: Path, old: Path | None = None) -> None:
+    """Put ``new`` (a file or folder on the same filesystem) where ``path`` is, by renames.
+
+    ``path`` is renamed to ``old`` (a sibling by default), ``new`` to ``path``, then ``old``
+    is removed: at every moment one complete version is at ``path`` or at ``old``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = old if old is not None else path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+    if path.exists() or path.is_symlink():
         os.rename(path, old)
-    os.rename(tmp, path)
+    os.rename(new, path)
     _fsync_dir(path.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)

@@ -37,7 +37,9 @@ def create_pipeline(**kwargs) -> Pipeline:
                  "ingestion_metrics"],
                 name="combine_ingestion",
             ),
+            # tag "gate": nothing staged in the primary layer is published before it passes
+            # (synthmed.hooks.StagingHook), whatever order the runner picks.
             Node(enforce_rejection_policy, ["ingestion_metrics", "params:ingestion"], None,
-                 name="enforce_rejection_policy"),
+                 name="enforce_rejection_policy", tags=["gate"]),
         ]
     )

@@ -36,6 +36,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                  "split_table"],
                 "preprocessing_metrics",
                 name="summarise_preprocessing",
+                tags=["gate"],  # the conservation check: staged primary outputs wait for it
             ),
         ]
     )
