@@ -14,6 +14,8 @@ from collections.abc import Hashable, Iterable
 import numpy as np
 import pydicom
 
+from synthmed.core.checksums import sha256_bytes
+from synthmed.imaging.dicom_objects import DicomClass, DicomRecord, classify, has_position
 from synthmed.imaging.readers import (
     FORMATS,
     Decoded,
@@ -74,6 +76,28 @@ def series_key(identity: str, dataset: pydicom.Dataset, rel: str) -> tuple[str, 
     An instance without a SeriesInstanceUID is a series of its own (keyed by its path).
     """
     return identity, str(dataset.get("StudyInstanceUID", "")), str(dataset.get("SeriesInstanceUID", rel))
+
+
+def dicom_record(rel: str, dataset: pydicom.Dataset, data: bytes, identity: str,
+                 dicom_class: DicomClass | None = None) -> DicomRecord:
+    """The small record of one DICOM file that deduplication and item grouping work on.
+
+    Args:
+        rel: relative source path.
+        dataset: the parsed file.
+        data: the file's bytes (hashed for byte-identical copies).
+        identity: the patient identity (``synthmed.privacy.dicom_deid.dicom_patient_identity``).
+        dicom_class: ``classify(dataset)`` when already known.
+    """
+    dicom_class = dicom_class or classify(dataset)
+    return DicomRecord(
+        path=rel,
+        sop_instance_uid=str(dataset.get("SOPInstanceUID", "") or "").strip(),
+        sha256=sha256_bytes(data),
+        series=series_key(identity, dataset, rel),
+        has_position=has_position(dataset),
+        class_keyword=dicom_class.keyword,
+    )
 
 
 def group_series(members: Iterable[tuple[Hashable, str]]) -> list[tuple[Hashable, tuple[str, ...]]]:
