@@ -42,9 +42,10 @@ _PIXEL_CLASSES_WITHOUT_IMAGE_IN_NAME = frozenset({
 # DICOM SEG objects hold label maps in Pixel Data; reading them as masks is not built yet.
 _SEGMENTATION_CLASSES = frozenset({"SegmentationStorage", "LabelMapSegmentationStorage",
                                    "HeightmapSegmentationStorage"})
-# Image classes counted as non-image on purpose. RT Dose has Pixel Data, but it is a dose
+# Pixel classes counted as non-image on purpose. RT Dose has Pixel Data, but it is a dose
 # grid computed by a planning system (values in Gy, frames placed by GridFrameOffsetVector),
-# not a picture of the patient: it must not be mixed into image training data.
+# not a picture of the patient: it must not be mixed into image training data. (Its name
+# has no "Image", so the name rule agrees; the entry records the decision.)
 _NON_IMAGE_PIXEL_CLASSES = frozenset({"RTDoseStorage"})
 
 # Image classes that often carry burned-in text (PS3.15 E.3.1 Clean Pixel Data Option):
