@@ -16,7 +16,6 @@ from synthmed.imaging.dicom_objects import (
     DUPLICATE_OF,
     IGNORED_REASONS,
     NON_IMAGE,
-    SEGMENTATION_NOT_SUPPORTED,
     DicomRecord,
     burned_in_risks,
     classify,
@@ -24,6 +23,7 @@ from synthmed.imaging.dicom_objects import (
     frame_geometry,
     ignored_reason,
     item_key,
+    segmentation_source_series,
 )
 from synthmed.imaging.readers import ReadError, decode_dicom_series
 
@@ -45,12 +45,13 @@ def test_non_image_objects_are_ignored_with_their_class_name(name: str, class_na
     assert ignored_reason(dicom_class) == (NON_IMAGE, class_name)
 
 
-def test_images_are_read_and_segmentations_are_not_supported_yet() -> None:
-    for name in ("CT_small.dcm", "MR_small.dcm", "SC_rgb_rle.dcm", "examples_rgb_color.dcm"):
+def test_images_and_segmentations_are_read() -> None:
+    for name in ("CT_small.dcm", "MR_small.dcm", "SC_rgb_rle.dcm", "examples_rgb_color.dcm", "liver_1frame.dcm"):
         assert ignored_reason(classify(_bundled(name))) is None, name
-    reason, detail = ignored_reason(classify(_bundled("liver_1frame.dcm")))
-    assert reason == SEGMENTATION_NOT_SUPPORTED and detail.startswith("Segmentation Storage")
-    assert {NON_IMAGE, SEGMENTATION_NOT_SUPPORTED, DUPLICATE_OF} == IGNORED_REASONS
+    seg = _bundled("liver_1frame.dcm")
+    assert classify(seg).kind == "segmentation"
+    assert segmentation_source_series(seg) == seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+    assert {NON_IMAGE, DUPLICATE_OF} == IGNORED_REASONS
 
 
 def test_an_unknown_class_is_an_image_so_pixel_data_decides() -> None:

@@ -5,7 +5,8 @@ ingestion can call them from any loop (sequential or a process pool) and privacy
 them from its quarantine decision:
 
 - ``classify``: image, non-image object (structured report, RT plan, DICOMDIR, ...) or
-  segmentation, from the SOP Class UID (PS3.4 Annex B; names from pydicom's UID dictionary);
+  segmentation (DICOM SEG, read as a mask of the series it references), from the SOP
+  Class UID (PS3.4 Annex B; names from pydicom's UID dictionary);
 - ``burned_in_risks``: why an image may carry burned-in text (its class, Image Type,
   overlay planes), for ``synthmed.privacy.dicom_deid.quarantine_reason``;
 - ``deduplicate``: one file per instance (same SOP Instance UID or same bytes);
@@ -28,9 +29,8 @@ from pydicom._uid_dict import UID_dictionary
 # images to learn from, or another file already holds the same instance. Ingestion counts
 # them as ignored, outside the rejection rate.
 NON_IMAGE = "non_image"
-SEGMENTATION_NOT_SUPPORTED = "segmentation_not_supported"
 DUPLICATE_OF = "duplicate_of"
-IGNORED_REASONS = frozenset({NON_IMAGE, SEGMENTATION_NOT_SUPPORTED, DUPLICATE_OF})
+IGNORED_REASONS = frozenset({NON_IMAGE, DUPLICATE_OF})
 
 IMAGE, NON_IMAGE_KIND, SEGMENTATION = "image", "non_image", "segmentation"
 
@@ -39,7 +39,7 @@ _PIXEL_CLASSES_WITHOUT_IMAGE_IN_NAME = frozenset({
     "EnhancedUSVolumeStorage", "ParametricMapStorage", "OphthalmicThicknessMapStorage",
     "CornealTopographyMapStorage", "OphthalmicOpticalCoherenceTomographyBscanVolumeAnalysisStorage",
 })
-# DICOM SEG objects hold label maps in Pixel Data; reading them as masks is not built yet.
+# DICOM SEG objects hold label maps in Pixel Data: read as masks of their source series.
 _SEGMENTATION_CLASSES = frozenset({"SegmentationStorage", "LabelMapSegmentationStorage",
                                    "HeightmapSegmentationStorage"})
 # Pixel classes counted as non-image on purpose. RT Dose has Pixel Data, but it is a dose
@@ -107,12 +107,23 @@ def classify(ds: pydicom.Dataset) -> DicomClass:
 
 
 def ignored_reason(dicom_class: DicomClass) -> tuple[str, str] | None:
-    """``(reason, detail)`` when an object of this class is ignored rather than read, else None."""
+    """``(reason, detail)`` when an object of this class is ignored rather than read, else None.
+
+    DICOM SEG is not ignored: ingestion reads it as the mask of the series it references.
+    """
     if dicom_class.kind == NON_IMAGE_KIND:
         return NON_IMAGE, dicom_class.name
-    if dicom_class.kind == SEGMENTATION:
-        return SEGMENTATION_NOT_SUPPORTED, f"{dicom_class.name}: DICOM SEG is not read as a mask yet"
     return None
+
+
+def segmentation_source_series(ds: pydicom.Dataset) -> str | None:
+    """SeriesInstanceUID of the one series a SEG annotates (ReferencedSeriesSequence), or None.
+
+    None when the SEG references no series or several (a mask is paired with one item).
+    """
+    uids = {str(item.get("SeriesInstanceUID", "") or "").strip() for item in ds.get("ReferencedSeriesSequence") or []}
+    uids.discard("")
+    return uids.pop() if len(uids) == 1 else None
 
 
 def _upper_values(ds: pydicom.Dataset, keyword: str) -> list[str]:

@@ -458,18 +458,47 @@ def decode_dicom_series(datasets: Sequence[pydicom.Dataset], *, max_pixels: int)
                                            origin)
         return Decoded(array, spacing, source_dtype, modality)
 
+    order, cosines, step, origin = _series_plan(datasets)
+    stack = np.concatenate([dicom_pixels(datasets[i], max_pixels=max_pixels) for i in order])
+    if stack.shape[0] != len(datasets):
+        raise ReadError("unsupported_shape", "a series mixing multi-frame or colour instances")
+    array, spacing = _canonical_volume(stack, cosines, _pixel_spacing(first), step, origin)
+    return Decoded(array, spacing, source_dtype, modality)
+
+
+def _series_plan(
+    datasets: Sequence[pydicom.Dataset],
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], float, np.ndarray]:
+    """How the instances of a series stack: ``(order, cosines, step_mm, origin)``.
+
+    Raises:
+        ReadError: ``inconsistent_series`` for different sizes, no position/orientation,
+            shared positions or uneven spacing.
+    """
     shapes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
     if len(shapes) != 1:
         raise ReadError("inconsistent_series", f"instances have different sizes {sorted(shapes)}")
-    cosines = _direction_cosines(first)
+    cosines = _direction_cosines(datasets[0])
     if cosines is None or any("ImagePositionPatient" not in ds for ds in datasets):
         raise ReadError("inconsistent_series",
                         "several instances but no ImagePositionPatient/ImageOrientationPatient to order them")
     normal = np.cross(*cosines)
     positions = [np.asarray([float(v) for v in ds.ImagePositionPatient]) for ds in datasets]
     order, step = _slice_order(positions, normal, "instances")
-    stack = np.concatenate([dicom_pixels(datasets[i], max_pixels=max_pixels) for i in order])
-    if stack.shape[0] != len(datasets):
-        raise ReadError("unsupported_shape", "a series mixing multi-frame or colour instances")
-    array, spacing = _canonical_volume(stack, cosines, _pixel_spacing(first), step, positions[order[0]])
-    return Decoded(array, spacing, source_dtype, modality)
+    return order, cosines, step, positions[order[0]]
+
+
+def arrange_series_labels(datasets: Sequence[pydicom.Dataset], labels: np.ndarray) -> np.ndarray:
+    """Labels of each instance, ``(K, rows, cols)`` in ``datasets`` order, laid out like the decoded item.
+
+    Returns ``(1, H, W)`` for one single-frame instance and ``(1, X, Y, Z)`` for a series:
+    the same order and orientation as `decode_dicom_series`, so mask and image voxels match.
+    """
+    if len(datasets) == 1:
+        if int(datasets[0].get("NumberOfFrames", 1) or 1) != 1:
+            raise ReadError("mask_unsupported", "a mask of a multi-frame image is not supported")
+        return np.ascontiguousarray(labels[:1], dtype=np.uint8)
+    order, cosines, step, origin = _series_plan(datasets)
+    array, _ = _canonical_volume(labels[order].astype(np.float32), cosines, _pixel_spacing(datasets[0]), step,
+                                 origin)
+    return np.ascontiguousarray(array, dtype=np.uint8)

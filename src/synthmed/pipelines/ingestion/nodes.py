@@ -16,6 +16,7 @@ source path so that a data engineer can find a file; they stay on this machine (
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import io
 import logging
@@ -36,12 +37,13 @@ from synthmed.imaging.dicom_objects import (
     DUPLICATE_OF,
     IGNORED_REASONS,
     NON_IMAGE,
-    SEGMENTATION_NOT_SUPPORTED,
+    SEGMENTATION,
     DicomRecord,
     classify,
     deduplicate,
     ignored_reason,
     item_key,
+    segmentation_source_series,
 )
 from synthmed.imaging.readers import (
     DICOM_SUFFIXES,
@@ -54,7 +56,15 @@ from synthmed.imaging.readers import (
     sniff_format,
     strip_suffix,
 )
-from synthmed.imaging.series import decode_item, decode_mask, dicom_record, group_series, pair_masks
+from synthmed.imaging.series import (
+    SegRecord,
+    decode_item,
+    decode_mask,
+    dicom_record,
+    group_series,
+    pair_masks,
+    pair_segmentations,
+)
 from synthmed.privacy.dicom_deid import dicom_patient_identity
 from synthmed.privacy.pseudonyms import pseudonym
 
@@ -232,6 +242,9 @@ class ItemLoader:
         if self.mask_path is None or self.mask_sha256 is None:
             raise ValueError(f"item {self.image_paths[0]} has no mask")
         (blob,) = self.source.read_verified((self.mask_path,), self.mask_sha256)
+        if self.family == "dicom":  # a DICOM SEG is laid out like its series
+            image_blobs = self.source.read_verified(self.image_paths, self.image_sha256)
+            return decode_mask(self.family, blob, self.max_pixels, image_blobs)
         return decode_mask(self.family, blob, self.max_pixels)
 
 
@@ -378,8 +391,12 @@ def read_dicom_items(
 
     Each file is parsed and classified by its SOP class first: non-image objects (reports,
     RT plans and structure sets, RT Dose, DICOMDIR, presentation states, waveforms, ...) are
-    ignored with the reason ``non_image`` and the class name, DICOM SEG with
-    ``segmentation_not_supported`` (``synthmed.imaging.dicom_objects.classify``). Each image
+    ignored with the reason ``non_image`` and the class name
+    (``synthmed.imaging.dicom_objects.classify``). A DICOM SEG is the mask of the one
+    accepted item of the series it references (ReferencedSeriesSequence; the first SEG by
+    path), read with highdicom and laid out like that item; a SEG without such an item is
+    rejected as ``mask_without_image``, a second one as ``extra_mask``, an unreadable or
+    misaligned one with its reason (the image item stays, without a mask). Each image
     file's pixel data is then decoded on its own, so one truncated or undecodable instance is
     rejected alone. Copies of one instance (same bytes, or same SOP Instance UID) are kept
     once, the first by path; the others are ignored as ``duplicate_of`` the kept path. The
@@ -401,6 +418,7 @@ def read_dicom_items(
     # to the inventory: one table keeps this node's outputs as they were.
     rejected: list[dict[str, str]] = []
     records: list[DicomRecord] = []
+    segs: list[SegRecord] = []
     classes: Counter[str] = Counter()
     for rel in tqdm(files.tolist(), desc="reading DICOM", unit="file", disable=None):
         try:
@@ -412,6 +430,9 @@ def read_dicom_items(
             ignored = ignored_reason(dicom_class)
             if ignored is not None:
                 rejected.append(_rejection(rel, "dicom", *ignored))
+                continue
+            if dicom_class.kind == SEGMENTATION:  # a mask: paired with its series below
+                segs.append(SegRecord(rel, sha256_bytes(blob), segmentation_source_series(ds)))
                 continue
             decode_item("dicom", [blob], config.max_pixels)
             record = dicom_record(rel, ds, blob, dicom_patient_identity(ds), dicom_class)
@@ -426,7 +447,7 @@ def read_dicom_items(
     rejected.extend(_rejection(record.path, "dicom", DUPLICATE_OF, f"{kept_path} ({note})")
                     for record, kept_path, note in duplicates)
     members = [(item_key(record), record.path) for record in kept]
-    manifest, items = [], {}
+    manifest, items, item_of = [], {}, {}
     for group, paths in group_series(members):
         identity = group[0]
         try:
@@ -442,6 +463,23 @@ def read_dicom_items(
         item_id = pseudonym(key, "series", "\x00".join(group))
         manifest.append(_manifest_row(item_id, pseudonym(key, "patient", identity), "dicom", decoded, meta, loader))
         items[item_id] = loader
+        item_of[group] = item_id
+    # Issue 9 item 6: a DICOM SEG is the mask of the one accepted item of the series it references.
+    mask_of, unpaired = pair_segmentations(segs, {group: group[2] for group in item_of})
+    rejected.extend(_rejection(seg.path, "dicom", reason, detail) for seg, reason, detail in unpaired)
+    rows = {row["item_id"]: row for row in manifest}
+    for group, seg in mask_of.items():
+        item_id = item_of[group]
+        with_mask = dataclasses.replace(items[item_id], mask_path=seg.path, mask_sha256=seg.sha256)
+        try:
+            with_mask.mask()  # checked now (aligned, readable) so that saving cannot fail on it
+        except Exception as exc:  # noqa: BLE001 - one mask never stops the run; the image stays, unmasked
+            exc = _as_read_error(exc)
+            rejected.append(_rejection(seg.path, "dicom", exc.reason, exc.detail))
+            continue
+        items[item_id] = with_mask
+        rows[item_id].update(has_mask=True, mask_path=seg.path, mask_sha256=seg.sha256,
+                             n_files=rows[item_id]["n_files"] + 1)
     return (pd.DataFrame(manifest, columns=MANIFEST_COLUMNS), pd.DataFrame(rejected, columns=REJECTED_COLUMNS), items)
 
 
@@ -534,7 +572,7 @@ def combine_ingestion(
     metrics: dict[str, float] = {
         "files_found": len(inventory),
         "files_ignored": len(ignored),
-        "files_non_image": ignored_reasons[NON_IMAGE] + ignored_reasons[SEGMENTATION_NOT_SUPPORTED],
+        "files_non_image": ignored_reasons[NON_IMAGE],
         "files_read": len(read_files),
         "files_accepted": len(accepted_files),
         "files_rejected": len(rejected),
