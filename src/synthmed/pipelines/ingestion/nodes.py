@@ -494,7 +494,7 @@ def _final_inventory(listing: pd.DataFrame, ignored_by_readers: pd.DataFrame) ->
         files of the listing, or that are ignored twice.
     """
     problems = []
-    inventory = listing.copy()
+    inventory = listing.reset_index(drop=True)  # positions below are row numbers
     if ignored_by_readers["source_path"].duplicated().any():
         problems.append("a file is ignored twice by the readers")
     position = {path: index for index, path in enumerate(inventory["source_path"])}
