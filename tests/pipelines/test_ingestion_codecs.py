@@ -27,9 +27,11 @@ BOOM = "boom.dcm"
 
 
 def _own_series(data: bytes) -> bytes:
-    """The same file in a series of its own (some bundled files share a series UID)."""
+    """The same file as an instance in a series of its own (some bundled files share a series UID,
+    and some are the same instance in another transfer syntax, which ingestion keeps once)."""
     ds = pydicom.dcmread(io.BytesIO(data))
     ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()

@@ -203,7 +203,9 @@ def test_removes_overlays_curves_icons_and_signatures_at_every_level() -> None:
         level.add_new(0x50000005, "US", 2)  # Curve Dimensions
         for tag in tags[4:]:
             level.add_new(tag, "SQ", Sequence([Dataset()]))
-    out = _roundtrip(_deid(ds))
+    # An image with overlay planes is quarantined unless allowed and marked free of burned-in text.
+    ds.BurnedInAnnotation = "NO"
+    out = _roundtrip(_deid(ds, allow_classes=("OVERLAY",)))
     for level in (out, _inner_item(out)):
         assert not [hex(t) for t in tags if t in level]
 
@@ -444,6 +446,55 @@ def test_text_bearing_modalities_quarantined_by_default(modality: str) -> None:
         f"modality {modality} is quarantined by default (may carry burned-in text)"
     )
     assert deidentify(ds, KEY, DicomDeidConfig(quarantine_modalities=())).dataset is not None
+
+
+def _bundled(name: str) -> Dataset:
+    return pydicom.dcmread(get_testdata_file(name), stop_before_pixels=True)
+
+
+def test_secondary_capture_without_modality_is_quarantined_by_its_class() -> None:
+    ds = _bundled("SC_rgb_rle.dcm")
+    del ds.Modality
+    reason = quarantine_reason(ds, DicomDeidConfig())
+    assert reason is not None and "Secondary Capture Image Storage often carries burned-in text" in reason
+    assert "'SecondaryCaptureImageStorage', 'DERIVED'" in reason
+    # With Modality NM (not a quarantined modality) too.
+    ds.Modality = "NM"
+    assert quarantine_reason(ds, DicomDeidConfig()) is not None
+
+
+def test_ultrasound_is_quarantined_by_its_class_whatever_its_modality() -> None:
+    ds = _bundled("examples_rgb_color.dcm")
+    ds.Modality = "CT"
+    assert "Ultrasound Image Storage often carries" in quarantine_reason(ds, DicomDeidConfig())
+
+
+@pytest.mark.parametrize("allowed", ["UltrasoundImageStorage", "ultrasound image storage"])
+def test_an_allowed_class_is_published_only_with_burned_in_annotation_no(allowed: str) -> None:
+    ds = _bundled("examples_rgb_color.dcm")
+    config = DicomDeidConfig(quarantine_modalities=(), allow_classes=(allowed,))
+    assert "is missing, i.e. unknown" in quarantine_reason(ds, config)
+    ds.BurnedInAnnotation = "NO"
+    assert quarantine_reason(ds, config) is None
+    ds.BurnedInAnnotation = "YES"
+    assert "(0028,0301) = YES" in quarantine_reason(ds, config)
+    # The Modality rule still applies on its own.
+    ds.BurnedInAnnotation = "NO"
+    assert "modality US" in quarantine_reason(ds, DicomDeidConfig(allow_classes=(allowed,)))
+
+
+def test_secondary_images_and_overlays_need_their_own_allowance() -> None:
+    ds = _bundled("examples_overlay.dcm")  # MR, Image Type DERIVED\SECONDARY, overlay planes
+    ds.BurnedInAnnotation = "NO"
+    assert "'DERIVED', 'OVERLAY'" in quarantine_reason(ds, DicomDeidConfig())
+    assert "'OVERLAY'" in quarantine_reason(ds, DicomDeidConfig(allow_classes=("DERIVED",)))
+    assert quarantine_reason(ds, DicomDeidConfig(allow_classes=("DERIVED", "OVERLAY"))) is None
+    assert quarantine_reason(_bundled("CT_small.dcm"), DicomDeidConfig()) is None
+
+
+def test_unknown_allowed_class_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError, match=r"allow_classes has unknown class\(es\) \['UltraSound'\]"):
+        DicomDeidConfig.from_params({"allow_classes": ["UltraSound"]})
 
 
 # --- configuration ---------------------------------------------------------------------

@@ -26,6 +26,8 @@ import numpy as np
 import pydicom
 from PIL import Image, UnidentifiedImageError
 
+from synthmed.imaging.dicom_objects import FrameGeometry, frame_geometry, frame_rescale
+
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -324,7 +326,13 @@ def dicom_pixels(ds: pydicom.Dataset, *, max_pixels: int) -> np.ndarray:
             raise ReadError("unsupported", f"colour DICOM with photometric interpretation {photometric} "
                                            f"decoded as {decoded_photometric}, not RGB")
         return np.ascontiguousarray(np.moveaxis(raw, -1, 0), dtype=np.float32)
-    pixels = pydicom.pixels.apply_modality_lut(raw, ds).astype(np.float32)
+    rescale = frame_rescale(ds)
+    if rescale is not None:
+        # Enhanced images: the modality LUT is per frame, in the functional groups.
+        frames_raw = raw.reshape(frames, rows, cols).astype(np.float32)
+        pixels = np.stack([frame * slope + intercept for frame, (slope, intercept) in zip(frames_raw, rescale)])
+    else:
+        pixels = pydicom.pixels.apply_modality_lut(raw, ds).astype(np.float32)
     if photometric == "MONOCHROME1":
         # Invert within the range the header allows (not the image's own min/max), so that
         # every instance of a series is inverted the same way.
@@ -362,11 +370,18 @@ def _pixel_spacing(ds: pydicom.Dataset) -> tuple[float, float]:
 
 
 def _canonical_volume(
-    stack: np.ndarray, ds: pydicom.Dataset, slice_mm: float, origin: np.ndarray
+    stack: np.ndarray, cosines: tuple[np.ndarray, np.ndarray] | None, pixel_spacing: tuple[float, float],
+    slice_mm: float, origin: np.ndarray,
 ) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Reorder a (K, rows, cols) stack into closest-canonical RAS+ ``(1, X, Y, Z)``."""
-    row_mm, col_mm = _pixel_spacing(ds)
-    cosines = _direction_cosines(ds)
+    """Reorder a (K, rows, cols) stack into closest-canonical RAS+ ``(1, X, Y, Z)``.
+
+    Args:
+        cosines: row and column direction cosines (ImageOrientationPatient), None if unknown.
+        pixel_spacing: ``(row_mm, col_mm)``; nan when unknown.
+        slice_mm: distance between frames along the normal; nan when unknown.
+        origin: position of the first voxel of the first frame (patient LPS, mm).
+    """
+    row_mm, col_mm = pixel_spacing
     row_cos, col_cos = cosines if cosines else (np.array([1.0, 0, 0]), np.array([0, 1.0, 0]))
     normal = np.cross(row_cos, col_cos)
     # Voxel (j=column, i=row, k=slice) -> patient LPS (PS3.3 C.7.6.2.1.1, equation C.7.6.2.1-1).
@@ -384,11 +399,43 @@ def _canonical_volume(
     return np.ascontiguousarray(data[None], dtype=np.float32), spacing
 
 
+def _slice_order(positions: Sequence[np.ndarray], normal: np.ndarray, what: str) -> tuple[np.ndarray, float]:
+    """Order of slices (or frames) along ``normal`` and their step; they must be evenly spaced.
+
+    Raises:
+        ReadError: ``inconsistent_series`` when two share a position or a gap remains.
+    """
+    order = np.argsort([float(p @ normal) for p in positions], kind="stable")
+    distances = np.diff([float(positions[i] @ normal) for i in order])
+    if np.any(np.isclose(distances, 0.0)):
+        raise ReadError("inconsistent_series", f"two {what} share one slice position")
+    step = float(np.median(distances))
+    if np.any(np.abs(distances - step) > 0.1 * abs(step)):
+        raise ReadError(
+            "inconsistent_series",
+            f"uneven {what} spacing (from {distances.min():.3f} to {distances.max():.3f} mm): missing slice?",
+        )
+    return order, step
+
+
+def _enhanced_volume(pixels: np.ndarray, geometry: FrameGeometry, source_dtype: str,
+                     modality: str | None) -> Decoded:
+    """An enhanced multi-frame image as a volume: frames sorted along the normal, spacing checked."""
+    cosines = (geometry.row_cosine, geometry.column_cosine)
+    normal = np.cross(*cosines)
+    positions = list(geometry.positions)
+    order, step = _slice_order(positions, normal, "frames")
+    array, spacing = _canonical_volume(pixels[order], cosines, geometry.pixel_spacing, step, positions[order[0]])
+    return Decoded(array, spacing, source_dtype, modality)
+
+
 def decode_dicom_series(datasets: Sequence[pydicom.Dataset], *, max_pixels: int) -> Decoded:
     """One item from the datasets of one series (each with pixel data).
 
     - one single-frame grey or colour instance -> 2D ``(C, H, W)``;
-    - one multi-frame instance -> volume, frames along the slice normal;
+    - one enhanced multi-frame instance (per-frame functional groups with positions) ->
+      volume, frames sorted along the slice normal and checked for even spacing like a series;
+    - one other multi-frame instance -> volume, frames in stored order along the normal;
     - several single-frame instances -> volume sorted by position along the normal, which
       must be evenly spaced (a missing slice is rejected as ``inconsistent_series``).
     """
@@ -399,34 +446,59 @@ def decode_dicom_series(datasets: Sequence[pydicom.Dataset], *, max_pixels: int)
     source_dtype = f"{'int' if int(first.get('PixelRepresentation', 0)) else 'uint'}{first.get('BitsAllocated', '')}"
     if len(datasets) == 1:
         pixels = dicom_pixels(first, max_pixels=max_pixels)
+        geometry = frame_geometry(first) if int(first.get("SamplesPerPixel", 1)) == 1 else None
+        if geometry is not None and len(geometry.positions) == pixels.shape[0] > 1:
+            return _enhanced_volume(pixels, geometry, source_dtype, modality)
         if pixels.shape[0] in (1, 3) and int(first.get("NumberOfFrames", 1) or 1) == 1:
-            return Decoded(pixels, _pixel_spacing(first), source_dtype, modality)
+            spacing = geometry.pixel_spacing if geometry is not None else _pixel_spacing(first)
+            return Decoded(pixels, spacing, source_dtype, modality)
         thickness = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", math.nan)) or math.nan)
         origin = np.asarray([float(v) for v in first.get("ImagePositionPatient", [0, 0, 0])])
-        array, spacing = _canonical_volume(pixels, first, thickness, origin)
+        array, spacing = _canonical_volume(pixels, _direction_cosines(first), _pixel_spacing(first), thickness,
+                                           origin)
         return Decoded(array, spacing, source_dtype, modality)
 
+    order, cosines, step, origin = _series_plan(datasets)
+    stack = np.concatenate([dicom_pixels(datasets[i], max_pixels=max_pixels) for i in order])
+    if stack.shape[0] != len(datasets):
+        raise ReadError("unsupported_shape", "a series mixing multi-frame or colour instances")
+    array, spacing = _canonical_volume(stack, cosines, _pixel_spacing(first), step, origin)
+    return Decoded(array, spacing, source_dtype, modality)
+
+
+def _series_plan(
+    datasets: Sequence[pydicom.Dataset],
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], float, np.ndarray]:
+    """How the instances of a series stack: ``(order, cosines, step_mm, origin)``.
+
+    Raises:
+        ReadError: ``inconsistent_series`` for different sizes, no position/orientation,
+            shared positions or uneven spacing.
+    """
     shapes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
     if len(shapes) != 1:
         raise ReadError("inconsistent_series", f"instances have different sizes {sorted(shapes)}")
-    cosines = _direction_cosines(first)
+    cosines = _direction_cosines(datasets[0])
     if cosines is None or any("ImagePositionPatient" not in ds for ds in datasets):
         raise ReadError("inconsistent_series",
                         "several instances but no ImagePositionPatient/ImageOrientationPatient to order them")
     normal = np.cross(*cosines)
     positions = [np.asarray([float(v) for v in ds.ImagePositionPatient]) for ds in datasets]
-    order = np.argsort([float(p @ normal) for p in positions])
-    distances = np.diff([float(positions[i] @ normal) for i in order])
-    if np.any(np.isclose(distances, 0.0)):
-        raise ReadError("inconsistent_series", "two instances share one slice position")
-    step = float(np.median(distances))
-    if np.any(np.abs(distances - step) > 0.1 * abs(step)):
-        raise ReadError(
-            "inconsistent_series",
-            f"uneven slice spacing (from {distances.min():.3f} to {distances.max():.3f} mm): missing slice?",
-        )
-    stack = np.concatenate([dicom_pixels(datasets[i], max_pixels=max_pixels) for i in order])
-    if stack.shape[0] != len(datasets):
-        raise ReadError("unsupported_shape", "a series mixing multi-frame or colour instances")
-    array, spacing = _canonical_volume(stack, first, step, positions[order[0]])
-    return Decoded(array, spacing, source_dtype, modality)
+    order, step = _slice_order(positions, normal, "instances")
+    return order, cosines, step, positions[order[0]]
+
+
+def arrange_series_labels(datasets: Sequence[pydicom.Dataset], labels: np.ndarray) -> np.ndarray:
+    """Labels of each instance, ``(K, rows, cols)`` in ``datasets`` order, laid out like the decoded item.
+
+    Returns ``(1, H, W)`` for one single-frame instance and ``(1, X, Y, Z)`` for a series:
+    the same order and orientation as `decode_dicom_series`, so mask and image voxels match.
+    """
+    if len(datasets) == 1:
+        if int(datasets[0].get("NumberOfFrames", 1) or 1) != 1:
+            raise ReadError("mask_unsupported", "a mask of a multi-frame image is not supported")
+        return np.ascontiguousarray(labels[:1], dtype=np.uint8)
+    order, cosines, step, origin = _series_plan(datasets)
+    array, _ = _canonical_volume(labels[order].astype(np.float32), cosines, _pixel_spacing(datasets[0]), step,
+                                 origin)
+    return np.ascontiguousarray(array, dtype=np.uint8)

@@ -30,6 +30,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from synthmed.core.config import from_params
+from synthmed.imaging.dicom_objects import DERIVED, OVERLAY, burned_in_risks, class_matches, known_class_names
 from synthmed.privacy.pseudonyms import date_offset_days, pseudonym, remap_uid
 
 logger = logging.getLogger(__name__)
@@ -80,8 +81,14 @@ class DicomDeidConfig:
         keep_private: allowlist of private elements as ``"CREATOR|gggg|ee"`` (creator string,
             group in hex, element offset within the private block in hex); all others are
             removed.
-        quarantine_modalities: modalities that routinely carry burned-in text.
+        quarantine_modalities: modalities that routinely carry burned-in text; quarantined
+            whatever ``allow_classes`` says (remove a modality here to publish it).
         quarantine_burned_in: quarantine Burned In Annotation (0028,0301) = YES.
+        allow_classes: image classes that often carry burned-in text which the user has
+            checked and allows (see `synthmed.imaging.dicom_objects.burned_in_risks`): SOP
+            class keywords or names (e.g. ``UltrasoundImageStorage`` or "Ultrasound Image
+            Storage"), ``DERIVED`` (secondary images), ``OVERLAY`` (overlay planes). An
+            allowed image is published only with Burned In Annotation = NO.
     """
 
     dates: str = "shift"
@@ -89,6 +96,7 @@ class DicomDeidConfig:
     keep_private: tuple[str, ...] = ()
     quarantine_modalities: tuple[str, ...] = ("US", "SC", "OT")
     quarantine_burned_in: bool = True
+    allow_classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.dates not in _DATE_MODES:
@@ -113,6 +121,14 @@ class DicomDeidConfig:
         if not isinstance(self.quarantine_burned_in, bool):
             raise ValueError(
                 f"quarantine_burned_in must be true or false, got {self.quarantine_burned_in!r}."
+            )
+        known = known_class_names()
+        unknown = [c for c in self.allow_classes if not isinstance(c, str) or c.strip().casefold() not in known]
+        if unknown:
+            raise ValueError(
+                f"allow_classes has unknown class(es) {unknown}; expected SOP class keywords or names "
+                "of pydicom's UID dictionary (e.g. 'UltrasoundImageStorage', 'Secondary Capture Image "
+                f"Storage'), '{DERIVED}' or '{OVERLAY}'."
             )
 
     @classmethod
@@ -197,18 +213,39 @@ def dicom_patient_identity(ds: Dataset) -> str:
 
 
 def quarantine_reason(ds: Dataset, config: DicomDeidConfig) -> str | None:
-    """Why ``ds`` must not be published (burned-in text, recognisable features), or None."""
-    def is_yes(keyword: str) -> bool:
-        return str(ds.get(keyword, "") or "").strip().upper() == "YES"
+    """Why ``ds`` must not be published (burned-in text, recognisable features), or None.
 
-    if config.quarantine_burned_in and is_yes("BurnedInAnnotation"):
+    The one place that decides. In order:
+
+    1. Burned In Annotation (0028,0301) = YES (unless ``quarantine_burned_in`` is false);
+    2. Recognizable Visual Features (0028,0302) = YES;
+    3. a Modality listed in ``quarantine_modalities``;
+    4. an image that often carries burned-in text (`burned_in_risks`: Secondary Capture,
+       ultrasound, visible-light/video/photographic/endoscopic/microscopic classes, secondary
+       images, overlay planes): quarantined unless every such risk is in ``allow_classes``
+       and Burned In Annotation is NO. A missing or other value means unknown, and unknown
+       means quarantine (PS3.15 E.3.1: only a NO says that no text is burned in).
+    """
+    burned_in = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    if config.quarantine_burned_in and burned_in == "YES":
         return "burned-in annotation (0028,0301) = YES"
     # PS3.3 C.7.6.1.1.8: the image could identify the patient (e.g. a face).
-    if is_yes("RecognizableVisualFeatures"):
+    if str(ds.get("RecognizableVisualFeatures", "") or "").strip().upper() == "YES":
         return "recognizable visual features (0028,0302) = YES"
     modality = str(ds.get("Modality", "") or "").strip().upper()
     if modality in {m.upper() for m in config.quarantine_modalities}:
         return f"modality {modality} is quarantined by default (may carry burned-in text)"
+    risks = burned_in_risks(ds)
+    refused = [(label, why) for label, why in risks if not class_matches(label, config.allow_classes)]
+    if refused:
+        labels = ", ".join(repr(label) for label, _ in refused)
+        return ("; ".join(why for _, why in refused)
+                + f": quarantined unless preprocessing.deid.allow_classes lists {labels} (after checking the "
+                "images) and Burned In Annotation (0028,0301) is NO")
+    if risks and burned_in != "NO":
+        shown = burned_in or "missing"
+        return (f"burned-in annotation (0028,0301) is {shown}, i.e. unknown, on an allowed class that often "
+                "carries burned-in text; only NO is published")
     return None
 
 

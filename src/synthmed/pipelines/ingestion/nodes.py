@@ -1,10 +1,12 @@
 """Nodes of the ``ingestion`` pipeline.
 
-Every file found under ``raw_sources`` ends in exactly one place: ignored (by pattern),
-accepted (part of an item in the manifest) or rejected (with a reason and the exception
-text). ``combine_ingestion`` checks ``read = accepted + rejected`` and fails if not. The
-rules that make items of files (decoding, mask pairing, DICOM series grouping) are in
-``synthmed.imaging.series``.
+Every file found under ``raw_sources`` ends in exactly one place: ignored (by pattern, or
+by the DICOM reader: non-image objects, copies of a kept instance), accepted (part of an
+item in the manifest) or rejected (with a reason and the exception text).
+``combine_ingestion`` checks ``read = accepted + rejected`` and fails if not, and saves the
+inventory with every ignored file's reason. The rules that make items of files (decoding,
+mask pairing, DICOM series grouping) are in ``synthmed.imaging.series``; what a DICOM
+object is, and which files are the same instance, in ``synthmed.imaging.dicom_objects``.
 
 Identifiers are never written: item ids and patient keys are keyed pseudonyms
 (``synthmed.privacy.pseudonyms``). The manifest and the rejected table keep the relative
@@ -14,6 +16,7 @@ source path so that a data engineer can find a file; they stay on this machine (
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import io
 import logging
@@ -30,6 +33,18 @@ from synthmed.core.checksums import sha256_bytes
 from synthmed.core.config import from_params
 from synthmed.core.manifest import PATH_SEPARATOR, format_shape, format_spacing
 from synthmed.datasets.file_folder import SourceFolder
+from synthmed.imaging.dicom_objects import (
+    DUPLICATE_OF,
+    IGNORED_REASONS,
+    NON_IMAGE,
+    SEGMENTATION,
+    DicomRecord,
+    classify,
+    deduplicate,
+    ignored_reason,
+    item_key,
+    segmentation_source_series,
+)
 from synthmed.imaging.readers import (
     DICOM_SUFFIXES,
     FORMATS,
@@ -41,7 +56,15 @@ from synthmed.imaging.readers import (
     sniff_format,
     strip_suffix,
 )
-from synthmed.imaging.series import decode_item, decode_mask, group_series, pair_masks, series_key
+from synthmed.imaging.series import (
+    SegRecord,
+    decode_item,
+    decode_mask,
+    dicom_record,
+    group_series,
+    pair_masks,
+    pair_segmentations,
+)
 from synthmed.privacy.dicom_deid import dicom_patient_identity
 from synthmed.privacy.pseudonyms import pseudonym
 
@@ -219,6 +242,9 @@ class ItemLoader:
         if self.mask_path is None or self.mask_sha256 is None:
             raise ValueError(f"item {self.image_paths[0]} has no mask")
         (blob,) = self.source.read_verified((self.mask_path,), self.mask_sha256)
+        if self.family == "dicom":  # a DICOM SEG is laid out like its series
+            image_blobs = self.source.read_verified(self.image_paths, self.image_sha256)
+            return decode_mask(self.family, blob, self.max_pixels, image_blobs)
         return decode_mask(self.family, blob, self.max_pixels)
 
 
@@ -363,29 +389,65 @@ def read_dicom_items(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, ItemLoader]]:
     """DICOM files grouped into one item per series (patient, study, series).
 
-    Each file is parsed and its pixel data decoded on its own first, so one truncated or
-    undecodable instance is rejected alone; the rest of its series is then stacked (and
-    rejected as ``inconsistent_series`` if a gap remains). Arrays (at save time): a single
-    instance is ``(C, H, W)``; a series or multi-frame instance is ``(1, X, Y, Z)``.
+    Each file is parsed and classified by its SOP class first: non-image objects (reports,
+    RT plans and structure sets, RT Dose, DICOMDIR, presentation states, waveforms, ...) are
+    ignored with the reason ``non_image`` and the class name
+    (``synthmed.imaging.dicom_objects.classify``). A DICOM SEG is the mask of the one
+    accepted item of the series it references (ReferencedSeriesSequence; the first SEG by
+    path), read with highdicom and laid out like that item; a SEG without such an item is
+    rejected as ``mask_without_image``, a second one as ``extra_mask``, an unreadable or
+    misaligned one with its reason (the image item stays, without a mask). Each image
+    file's pixel data is then decoded on its own, so one truncated or undecodable instance is
+    rejected alone. Copies of one instance (same bytes, or same SOP Instance UID) are kept
+    once, the first by path; the others are ignored as ``duplicate_of`` the kept path. The
+    rest of a series is stacked (and rejected as ``inconsistent_series`` if a gap remains);
+    a file without position or orientation, or a multi-frame file, is an item of its own.
+
+    Returns:
+        ``(manifest, rejected, loaders)``; ``rejected`` also holds the ignored files, with a
+        reason in ``IGNORED_REASONS``, which ``combine_ingestion`` moves to the inventory.
+        Arrays (at save time): a single instance is ``(C, H, W)``; a series or multi-frame
+        instance is ``(1, X, Y, Z)``.
     """
     config = _config(params)
     lookup = _label_lookup(label_table)
     key = pseudonymisation_key
     is_image = (source_inventory["format"] == "dicom") & (source_inventory["role"] == "image")
     files = source_inventory[is_image]["source_path"]
+    # Rejected rows, and ignored rows (reasons in IGNORED_REASONS) that combine_ingestion moves
+    # to the inventory: one table keeps this node's outputs as they were.
     rejected: list[dict[str, str]] = []
-    members: list[tuple[tuple[str, str, str], str]] = []
+    records: list[DicomRecord] = []
+    segs: list[SegRecord] = []
+    classes: Counter[str] = Counter()
     for rel in tqdm(files.tolist(), desc="reading DICOM", unit="file", disable=None):
         try:
-            ds = read_dicom(raw_sources.read_bytes(rel))
-            decode_item("dicom", [raw_sources.read_bytes(rel)], config.max_pixels)
-            identity = dicom_patient_identity(ds)
+            blob = raw_sources.read_bytes(rel)
+            ds = read_dicom(blob)
+            # Issue 9 item 3: what the object is; non-image objects are ignored, not decoded.
+            dicom_class = classify(ds)
+            classes[dicom_class.keyword or dicom_class.name] += 1
+            ignored = ignored_reason(dicom_class)
+            if ignored is not None:
+                rejected.append(_rejection(rel, "dicom", *ignored))
+                continue
+            if dicom_class.kind == SEGMENTATION:  # a mask: paired with its series below
+                segs.append(SegRecord(rel, sha256_bytes(blob), segmentation_source_series(ds)))
+                continue
+            decode_item("dicom", [blob], config.max_pixels)
+            record = dicom_record(rel, ds, blob, dicom_patient_identity(ds), dicom_class)
         except Exception as exc:  # noqa: BLE001 - one file never stops the run (see _as_read_error)
             exc = _as_read_error(exc)
             rejected.append(_rejection(rel, "dicom", exc.reason, exc.detail))
             continue
-        members.append((series_key(identity, ds, rel), rel))
-    manifest, items = [], {}
+        records.append(record)
+    logger.info("DICOM files by SOP class: %s", dict(sorted(classes.items())))
+    # Issue 9 item 6: one file per instance; files that cannot be stacked are items of their own.
+    kept, duplicates = deduplicate(records)
+    rejected.extend(_rejection(record.path, "dicom", DUPLICATE_OF, f"{kept_path} ({note})")
+                    for record, kept_path, note in duplicates)
+    members = [(item_key(record), record.path) for record in kept]
+    manifest, items, item_of = [], {}, {}
     for group, paths in group_series(members):
         identity = group[0]
         try:
@@ -401,10 +463,48 @@ def read_dicom_items(
         item_id = pseudonym(key, "series", "\x00".join(group))
         manifest.append(_manifest_row(item_id, pseudonym(key, "patient", identity), "dicom", decoded, meta, loader))
         items[item_id] = loader
+        item_of[group] = item_id
+    # Issue 9 item 6: a DICOM SEG is the mask of the one accepted item of the series it references.
+    mask_of, unpaired = pair_segmentations(segs, {group: group[2] for group in item_of})
+    rejected.extend(_rejection(seg.path, "dicom", reason, detail) for seg, reason, detail in unpaired)
+    rows = {row["item_id"]: row for row in manifest}
+    for group, seg in mask_of.items():
+        item_id = item_of[group]
+        with_mask = dataclasses.replace(items[item_id], mask_path=seg.path, mask_sha256=seg.sha256)
+        try:
+            with_mask.mask()  # checked now (aligned, readable) so that saving cannot fail on it
+        except Exception as exc:  # noqa: BLE001 - one mask never stops the run; the image stays, unmasked
+            exc = _as_read_error(exc)
+            rejected.append(_rejection(seg.path, "dicom", exc.reason, exc.detail))
+            continue
+        items[item_id] = with_mask
+        rows[item_id].update(has_mask=True, mask_path=seg.path, mask_sha256=seg.sha256,
+                             n_files=rows[item_id]["n_files"] + 1)
     return (pd.DataFrame(manifest, columns=MANIFEST_COLUMNS), pd.DataFrame(rejected, columns=REJECTED_COLUMNS), items)
 
 
 # ------------------------------------------------------------------------- combine
+
+
+def _final_inventory(listing: pd.DataFrame, ignored_by_readers: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The listing with the files the readers ignored marked ``ignored`` (reason, detail).
+
+    Returns:
+        ``(inventory, problems)``: problems name reader-ignored files that are not image
+        files of the listing, or that are ignored twice.
+    """
+    problems = []
+    inventory = listing.reset_index(drop=True)  # positions below are row numbers
+    if ignored_by_readers["source_path"].duplicated().any():
+        problems.append("a file is ignored twice by the readers")
+    position = {path: index for index, path in enumerate(inventory["source_path"])}
+    for row in ignored_by_readers.itertuples():
+        index = position.get(row.source_path)
+        if index is None or inventory.at[index, "role"] != "image":
+            problems.append(f"{row.source_path} was ignored by a reader but is not an image file of the listing")
+            continue
+        inventory.loc[index, ["role", "reason", "detail"]] = ["ignored", row.reason, row.detail]
+    return inventory, problems
 
 
 def combine_ingestion(
@@ -418,19 +518,31 @@ def combine_ingestion(
     raster_items: dict[str, ItemLoader],
     nifti_items: dict[str, ItemLoader],
     dicom_items: dict[str, ItemLoader],
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], dict[str, Any], dict[str, float]]:
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], dict[str, Any], dict[str, float], pd.DataFrame]:
     """Merge the readers' results and check that no file is lost or counted twice.
 
+    Args:
+        source_inventory: the listing of ``inventory_sources`` (before reading).
+        *_rejected: each reader's rejected files, and the files it ignored (a reason in
+            ``IGNORED_REASONS``: non-image objects, duplicates of a kept instance).
+
     Returns:
-        ``(manifest, rejected, images, masks, metrics)``: images and masks are
-        ``{item_id: loader}`` callables saved one at a time by ``ArrayStoreDataset``.
+        ``(manifest, rejected, images, masks, metrics, inventory)``: images and masks are
+        ``{item_id: loader}`` callables saved one at a time by ``ArrayStoreDataset``; the
+        inventory is the listing with the files the readers ignored marked ``ignored``, so
+        that it accounts for every file: accepted (in the manifest), ignored with a reason,
+        or rejected with a reason. The rejection rate counts read files only (images, masks
+        and unusable files), not ignored ones.
 
     Raises:
-        IngestionError: a file is neither accepted, rejected nor ignored, or is both.
+        IngestionError: a file is neither accepted, rejected nor ignored, or is two of them.
     """
-    unusable = source_inventory[source_inventory["role"] == "unusable"]
+    reader_rows = pd.concat([raster_rejected, nifti_rejected, dicom_rejected], ignore_index=True)
+    is_ignored = reader_rows["reason"].isin(IGNORED_REASONS)
+    inventory, problems = _final_inventory(source_inventory, reader_rows[is_ignored])
+    unusable = inventory[inventory["role"] == "unusable"]
     rejected = pd.concat(
-        [unusable[REJECTED_COLUMNS], raster_rejected, nifti_rejected, dicom_rejected], ignore_index=True
+        [unusable[REJECTED_COLUMNS], reader_rows[~is_ignored]], ignore_index=True
     ).sort_values("source_path", kind="stable").reset_index(drop=True)
     manifest = pd.concat([raster_manifest, nifti_manifest, dicom_manifest], ignore_index=True)
     manifest = manifest.sort_values("item_id", kind="stable").reset_index(drop=True)
@@ -438,8 +550,7 @@ def combine_ingestion(
 
     accepted_files = [p for loader in loaders.values()
                       for p in (*loader.image_paths, *([loader.mask_path] if loader.mask_path else []))]
-    read_files = source_inventory[source_inventory["role"].isin(["image", "mask", "unusable"])]["source_path"]
-    problems = []
+    read_files = inventory[inventory["role"].isin(["image", "mask", "unusable"])]["source_path"]
     if len(set(accepted_files)) != len(accepted_files):
         problems.append("a file is part of two items")
     both = set(accepted_files) & set(rejected["source_path"])
@@ -456,9 +567,12 @@ def combine_ingestion(
         raise IngestionError("Ingestion conservation check failed: " + "; ".join(problems))
 
     reasons = Counter(rejected["reason"])
+    ignored = inventory[inventory["role"].isin(["ignored", "labels"])]
+    ignored_reasons = Counter(reason for reason in ignored["reason"] if reason)
     metrics: dict[str, float] = {
-        "files_found": len(source_inventory),
-        "files_ignored": int((source_inventory["role"].isin(["ignored", "labels"])).sum()),
+        "files_found": len(inventory),
+        "files_ignored": len(ignored),
+        "files_non_image": ignored_reasons[NON_IMAGE],
         "files_read": len(read_files),
         "files_accepted": len(accepted_files),
         "files_rejected": len(rejected),
@@ -467,16 +581,18 @@ def combine_ingestion(
         "items_image2d": int((manifest["kind"] == "image2d").sum()),
         "items_volume": int((manifest["kind"] == "volume").sum()),
         "items_with_mask": int(manifest["has_mask"].astype(bool).sum()),
+        **{f"ignored_{reason}": int(n) for reason, n in sorted(ignored_reasons.items())},
         **{f"rejected_{reason}": int(n) for reason, n in sorted(reasons.items())},
     }
     logger.info(
-        "Ingestion: %d files read = %d accepted (%d items) + %d rejected %s; %d ignored",
+        "Ingestion: %d files read = %d accepted (%d items) + %d rejected %s; %d ignored %s",
         metrics["files_read"], metrics["files_accepted"], metrics["items_accepted"],
         metrics["files_rejected"], dict(sorted(reasons.items())), metrics["files_ignored"],
+        dict(sorted(ignored_reasons.items())),
     )
     images = {item_id: loader.image for item_id, loader in loaders.items()}
     masks = {item_id: loader.mask for item_id, loader in loaders.items() if loader.mask_path}
-    return manifest, rejected, images, masks, metrics
+    return manifest, rejected, images, masks, metrics, inventory
 
 
 def enforce_rejection_policy(ingestion_metrics: dict[str, float], params: dict[str, Any]) -> None:
@@ -491,7 +607,9 @@ def enforce_rejection_policy(ingestion_metrics: dict[str, float], params: dict[s
     summary = (
         f"{rejected} of {int(ingestion_metrics['files_read'])} files rejected (rate {rate:.3f}); "
         f"reasons {reasons}. Each file, its reason and the exception text are in the "
-        "ingestion_rejected table (data/02_intermediate/ingestion/rejected.csv)."
+        "ingestion_rejected table (data/02_intermediate/ingestion/rejected.csv). "
+        f"{int(ingestion_metrics.get('files_ignored', 0))} ignored files (non-image objects, duplicates, "
+        "ignore patterns) are not counted; they are in the inventory (inventory.csv, role 'ignored')."
     )
     if config.strict and rejected:
         raise IngestionError(f"ingestion.strict is true and {summary}")

@@ -12,13 +12,15 @@ from synthmed.pipelines.ingestion.nodes import (
     read_raster_items,
 )
 
-_READER_INPUTS = ["raw_sources@files", "source_inventory", "label_table", "pseudonymisation_key", "params:ingestion"]
+_READER_INPUTS = ["raw_sources@files", "source_listing", "label_table", "pseudonymisation_key", "params:ingestion"]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            Node(inventory_sources, ["raw_sources@files", "params:ingestion"], "source_inventory",
+            # source_listing (in memory): every file found; combine_ingestion saves it as
+            # source_inventory with the files the readers ignored (non-image, duplicates) marked.
+            Node(inventory_sources, ["raw_sources@files", "params:ingestion"], "source_listing",
                  name="inventory_sources"),
             Node(read_label_table, ["raw_sources@files", "params:ingestion"], "label_table",
                  name="read_label_table"),
@@ -30,11 +32,11 @@ def create_pipeline(**kwargs) -> Pipeline:
                  name="read_dicom_items"),
             Node(
                 combine_ingestion,
-                ["source_inventory", "raster_manifest", "nifti_manifest", "dicom_manifest",
+                ["source_listing", "raster_manifest", "nifti_manifest", "dicom_manifest",
                  "raster_rejected", "nifti_rejected", "dicom_rejected",
                  "raster_items", "nifti_items", "dicom_items"],
                 ["ingestion_manifest", "ingestion_rejected", "ingested_images", "ingested_masks",
-                 "ingestion_metrics"],
+                 "ingestion_metrics", "source_inventory"],
                 name="combine_ingestion",
             ),
             # tag "gate": nothing staged in the primary layer is published before it passes
