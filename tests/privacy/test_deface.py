@@ -1,7 +1,7 @@
 """Defacing on the sample brain (nilearn's MNI152 T1, as the sample_data pipeline builds it).
 
 The template is skull-stripped, so it has no face: the tests give it a scalp and a face
-(the "head" fixture) at 2 mm, and check that the face is zero and the brain untouched.
+(``tests.head_phantom``) at 2 mm, and check that the face is zero and the brain untouched.
 """
 
 from __future__ import annotations
@@ -11,32 +11,12 @@ import pytest
 from scipy import ndimage
 
 from synthmed.privacy.deface import DefaceSettings, FacePlane, apply_deface, plan_deface
-
-SPACING = (2.0, 2.0, 2.0)
+from tests.head_phantom import SPACING, synthetic_head
 
 
 @pytest.fixture(scope="module")
 def head():
-    from nilearn import datasets
-
-    t1 = datasets.load_mni152_template(resolution=1).get_fdata(dtype=np.float32)[::2, ::2, ::2]
-    brain = datasets.load_mni152_brain_mask(resolution=1).get_fdata()[::2, ::2, ::2] > 0
-    pad = ((0, 0), (0, 30), (40, 0))  # room in front of and below the brain for a face
-    t1, brain = np.pad(t1, pad), np.pad(brain, pad)
-    distance = ndimage.distance_transform_edt(~brain, sampling=SPACING)
-    volume = t1.copy()
-    scalp = (distance > 8) & (distance <= 13)  # a dark 8 mm "skull" gap, then 5 mm of scalp
-    volume[scalp] = 0.8
-    x, y, z = np.indices(volume.shape)
-    front = int(np.nonzero(brain.any(axis=(0, 2)))[0].max())
-    frontal_bottom = int(np.nonzero(brain[:, front - 10:, :].any(axis=(0, 1)))[0].min())
-    blob = (((x - volume.shape[0] / 2) / 35) ** 2 + ((y - front + 2) / 14) ** 2
-            + ((z - frontal_bottom + 22) / 25) ** 2 <= 1) & (distance > 3)
-    volume[blob] = 0.7
-    # The face a viewer would render: in front of the brain and below the frontal lobe.
-    face = blob & (y > front) & (z < frontal_bottom)
-    top_scalp = scalp & (z > np.nonzero(brain.any(axis=(0, 1)))[0].max() - 5)
-    return {"t1": t1, "brain": brain, "volume": volume, "face": face, "top_scalp": top_scalp}
+    return synthetic_head()
 
 
 def test_defacing_removes_the_face_and_leaves_every_brain_voxel_exactly(head):

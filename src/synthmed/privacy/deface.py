@@ -70,11 +70,13 @@ class DefaceSettings:
     def __post_init__(self) -> None:
         for name in ("buffer_mm", "erode_mm", "plan_mm"):
             if not float(getattr(self, name)) >= 0 or (name == "plan_mm" and not self.plan_mm > 0):
-                raise ValueError(f"deface {name} must be a non-negative number of mm, got {getattr(self, name)!r}.")
+                raise ValueError(f"preprocessing.pixels.deface.{name} must be a non-negative number of mm, "
+                                 f"got {getattr(self, name)!r}.")
         for name in ("brain_ml", "ct_brain_hu"):
             low, high = getattr(self, name)
             if not low < high:
-                raise ValueError(f"deface {name} must be an increasing [low, high] pair, got {getattr(self, name)!r}.")
+                raise ValueError(f"preprocessing.pixels.deface.{name} must be an increasing [low, high] pair, "
+                                 f"got {getattr(self, name)!r}.")
 
 
 @dataclass(frozen=True)
