@@ -3,6 +3,7 @@ from the NIfTI copy and from the arrays downstream, DICOM head series kept out."
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import nibabel as nib
@@ -110,3 +111,18 @@ def test_dicom_head_series_is_quarantined_and_unknown_body_part_is_not_a_head():
     assert not unknown["head"] and unknown["reason"] == ""
     failed = check_item(np.zeros((1, 20, 20, 20), np.float32), **{**common, "item_format": "nifti"}, body_part=None)
     assert failed["reason"].startswith("defacing failed: brain estimate")
+
+
+def test_dicom_text_is_quarantined_even_in_redact_mode_and_bad_settings_are_refused():
+    image = np.asarray(Image.open(io.BytesIO(_gradient_png("DOE^JOHN 1984"))), dtype=np.float32)[None]
+    config = PixelChecksConfig.from_params({"ocr": {"on_text": "redact"}})
+    row = check_item(image, item_id="x", item_format="dicom", modality="SC", spacing=(1.0, 1.0), at_risk=True,
+                     body_part=None, config=config)
+    assert row["ocr_checked"] and row["reason"] == "text found in pixels (1 box(es))" and not row["redacted_boxes"]
+    not_at_risk = check_item(image, item_id="x", item_format="dicom", modality="CT", spacing=(1.0, 1.0),
+                             at_risk=False, body_part=None, config=config)
+    assert not not_at_risk["ocr_checked"]  # only the classes at risk (and rasters) are read by default
+    with pytest.raises(ValueError, match="on_text must be one of"):
+        PixelChecksConfig.from_params({"ocr": {"on_text": "blur"}})
+    with pytest.raises(ValueError, match=r"unknown value\(s\) \['volumes'\]"):
+        PixelChecksConfig.from_params({"ocr": {"check": ["volumes"]}})

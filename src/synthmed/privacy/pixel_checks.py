@@ -73,25 +73,13 @@ class OcrConfig:
 
 
 @dataclass(frozen=True)
-class DefaceConfig:
-    """``preprocessing.pixels.deface``: which volumes are heads, and `DefaceSettings`."""
+class DefaceConfig(DefaceSettings):
+    """``preprocessing.pixels.deface``: which volumes are heads, plus the `DefaceSettings`."""
 
     enabled: bool = True
     modalities: tuple[str, ...] = ("MR", "CT")
     body_parts: tuple[str, ...] = ("HEAD", "BRAIN", "SKULL")
     nifti_is_head: bool = True
-    buffer_mm: float = 10.0
-    erode_mm: float = 4.0
-    plan_mm: float = 2.0
-    brain_ml: tuple[float, float] = (600.0, 2600.0)
-    ct_brain_hu: tuple[float, float] = (-20.0, 120.0)
-
-    def __post_init__(self) -> None:
-        self.settings()  # checks the ranges
-
-    def settings(self) -> DefaceSettings:
-        return DefaceSettings(buffer_mm=self.buffer_mm, erode_mm=self.erode_mm, plan_mm=self.plan_mm,
-                              brain_ml=tuple(self.brain_ml), ct_brain_hu=tuple(self.ct_brain_hu))
 
     def is_head(self, item_format: str, modality: str, body_part: str | None) -> bool:
         if not self.enabled or modality.upper() not in {m.upper() for m in self.modalities}:
@@ -169,7 +157,7 @@ def check_item(
         logger.info("Text check of item %s: %d box(es)", item_id, len(boxes))
     if not is_2d and image.ndim == 4 and config.deface.is_head(item_format, modality, body_part):
         row["head"] = True
-        plan = plan_deface(image[0], tuple(spacing), modality, config.deface.settings())
+        plan = plan_deface(image[0], tuple(spacing), modality, config.deface)
         if plan.plane is None:
             row["reason"] = f"defacing failed: {plan.failure}"
         else:
