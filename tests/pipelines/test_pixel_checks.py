@@ -126,3 +126,19 @@ def test_dicom_text_is_quarantined_even_in_redact_mode_and_bad_settings_are_refu
         PixelChecksConfig.from_params({"ocr": {"on_text": "blur"}})
     with pytest.raises(ValueError, match=r"unknown value\(s\) \['volumes'\]"):
         PixelChecksConfig.from_params({"ocr": {"check": ["volumes"]}})
+
+
+def test_defaced_nifti_copy_of_a_left_right_flipped_scaled_image_matches_the_canonical_plan():
+    from synthmed.privacy.deface import apply_deface, plan_deface
+    from synthmed.privacy.pixel_checks import defaced_nifti
+
+    volume = (synthetic_head()["volume"] * 1000).astype(np.int16)
+    plane = plan_deface(volume.astype(np.float32), SPACING, "MR").plane
+    affine = np.diag([-SPACING[0], SPACING[1], SPACING[2], 1.0])  # x stored right-to-left (LAS)
+    stored = nib.Nifti1Image(volume[::-1], affine)
+    stored.header.set_slope_inter(0.5, 10.0)  # stored values are scaled on reading
+    stored = nib.Nifti1Image.from_bytes(stored.to_bytes())
+    copy = nib.Nifti1Image.from_bytes(defaced_nifti(stored, plane).to_bytes())
+    expected = apply_deface(nib.as_closest_canonical(stored).get_fdata(), plane)
+    assert np.allclose(nib.as_closest_canonical(copy).get_fdata(), expected)
+    assert np.allclose(copy.affine, nib.as_closest_canonical(stored).affine)

@@ -36,6 +36,7 @@ def test_finds_text_drawn_into_a_16_bit_image_and_hides_it_in_repr():
     assert (drawn & inside).sum() >= 0.98 * drawn.sum()  # the box is where the text was drawn
     assert "JOHN" not in repr(box) and "JOHN" not in box.as_text()
     assert parse_boxes(box.as_text()) == [(box.row0, box.row1, box.col0, box.col1)]
+    assert find_text(image, min_confidence=min(box.confidence + 0.01, 1.0)) == []  # the score threshold applies
 
 
 def test_finds_two_lines_in_an_rgb_image():

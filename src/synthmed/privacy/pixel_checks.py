@@ -236,5 +236,4 @@ def defaced_nifti(image: nib.Nifti1Image, plane: FacePlane) -> nib.Nifti1Image:
         defaced = np.moveaxis(defaced, 0, -1)
     header = canonical.header.copy()
     header.set_data_dtype(defaced.dtype)
-    header.set_slope_inter(None, None)  # ``dataobj`` values are already scaled
     return canonical.__class__(defaced, canonical.affine, header)
