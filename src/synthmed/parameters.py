@@ -109,6 +109,7 @@ def _schema() -> dict[str, type]:
     from synthmed.pipelines.preprocessing.nodes import GeometrySpec, PreprocessingConfig
     from synthmed.privacy.dicom_deid import DicomDeidConfig
     from synthmed.privacy.memorisation import GateConfig
+    from synthmed.privacy.pixel_checks import PixelChecksConfig
     from synthmed.protocols.encoders import EncoderConfig, SourceConfig
     from synthmed.protocols.evaluation import EvaluationConfig, FidelityConfig, FigureConfig, ReaderKitConfig
     from synthmed.protocols.rebalancing import RebalancingConfig
@@ -124,6 +125,7 @@ def _schema() -> dict[str, type]:
         "preprocessing.intensity.default": IntensitySpec,
         "preprocessing.geometry.*": GeometrySpec,
         "preprocessing.split": SplitConfig,
+        "preprocessing.pixels": PixelChecksConfig,
         "extraction": ExtractionParams,
         "extraction.slices": SliceConfig,
         "extraction.patches": PatchConfig,

@@ -36,6 +36,7 @@ from synthmed.imaging.intensity import IntensitySpec, apply_intensity, foregroun
 from synthmed.imaging.readers import load_nifti_image, read_dicom
 from synthmed.privacy.dicom_deid import DicomDeidConfig, deidentify
 from synthmed.privacy.nifti_deid import deidentify_nifti
+from synthmed.privacy.pixel_checks import PixelFix, pixel_fixes, pixel_quarantine, with_fix
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def deidentify_sources(
     ingested_masks: ArrayStore,
     pseudonymisation_key: bytes,
     params: dict[str, Any],
+    pixel_checks: pd.DataFrame,
 ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """De-identified copies of the accepted items, an audit table and the quarantined items.
 
@@ -100,6 +102,7 @@ def deidentify_sources(
         ingested_images, ingested_masks: stored pixel values of raster items.
         pseudonymisation_key: HMAC key for UIDs, patient keys and date offsets.
         params: ``DicomDeidConfig`` keys (``preprocessing.deid``).
+        pixel_checks: the ``check_pixels`` table: items to quarantine, copies to redact or deface.
 
     Returns:
         ``(files, audit, quarantined)``: ``files`` maps output paths to zero-argument
@@ -109,11 +112,20 @@ def deidentify_sources(
     key = pseudonymisation_key
     files: dict[str, Any] = {}
     audit, quarantined = [], []
+    pixel_reasons, fixes = pixel_quarantine(pixel_checks), pixel_fixes(pixel_checks)  # pixel checks
     for item in tqdm(ingestion_manifest.itertuples(), total=len(ingestion_manifest),
                      desc="de-identifying", unit="item", disable=None):
         base = f"{item.format}/{item.patient_key}/{item.item_id}"
         actions: Counter[str] = Counter()
         reason = None
+        # --- pixel checks: text or a face that could not be removed keeps the item out
+        if item.item_id in pixel_reasons:
+            quarantined.append((item.item_id, item.format, pixel_reasons[item.item_id]))
+            audit.append((item.item_id, item.format, int(item.n_files), "", True, pixel_reasons[item.item_id]))
+            continue
+        fix = fixes.get(item.item_id)
+        actions.update(fix.actions() if fix else {})
+        # --- end pixel checks
         if item.format == "dicom":
             paths = item.source_paths.split(PATH_SEPARATOR)
             raw_sources.read_verified(paths, item.source_sha256)  # the series is what ingestion saw
@@ -130,7 +142,8 @@ def deidentify_sources(
             if reason is None:
                 files.update(outputs)
         elif item.format == "nifti":
-            files[f"{base}.nii.gz"] = partial(_deidentified_nifti, raw_sources, item.source_paths, item.source_sha256)
+            files[f"{base}.nii.gz"] = with_fix(  # pixel checks: defaced copy
+                partial(_deidentified_nifti, raw_sources, item.source_paths, item.source_sha256), fix)
             (data,) = raw_sources.read_verified([item.source_paths], item.source_sha256)
             _, counts = deidentify_nifti(load_nifti_image(data, max_pixels=_NIFTI_MAX_PIXELS))
             actions.update(counts)
@@ -139,7 +152,8 @@ def deidentify_sources(
                                                        item.mask_sha256)
         else:
             suffix = "png" if item.source_dtype in _PNG_DTYPES else "npy"
-            files[f"{base}.{suffix}"] = partial(_raster_copy, ingested_images[item.item_id], item.source_dtype)
+            files[f"{base}.{suffix}"] = with_fix(  # pixel checks: redacted copy
+                partial(_raster_copy, ingested_images[item.item_id], item.source_dtype), fix)
             if item.has_mask:
                 files[f"{base}_mask.png"] = partial(np.asarray, ingested_masks[item.item_id][0])
             actions.update({"reencoded_from_pixels": 1, "metadata_dropped": 1})
@@ -170,12 +184,13 @@ class GeometrySpec:
 
 @dataclass(frozen=True)
 class PreprocessingConfig:
-    """``params:preprocessing`` (``deid`` and ``split`` are read by their own nodes)."""
+    """``params:preprocessing`` (``deid``, ``split`` and ``pixels`` are read by their own nodes)."""
 
     intensity: Mapping[str, Mapping[str, Any]]
     geometry: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     deid: Mapping[str, Any] = field(default_factory=dict)
     split: Mapping[str, Any] = field(default_factory=dict)
+    pixels: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if "default" not in self.intensity:
@@ -207,6 +222,11 @@ class ItemPreprocessor:
     spacing: tuple[float, ...]
     intensity: IntensitySpec
     geometry: GeometrySpec
+    pixel_fix: PixelFix | None = None  # redacted text boxes, face plane (``check_pixels``)
+
+    def _source(self) -> np.ndarray:
+        image = np.asarray(self.image)
+        return image if self.pixel_fix is None else self.pixel_fix.apply(image)
 
     def _reshape(self, array: np.ndarray, order: int) -> tuple[np.ndarray, tuple[float, ...]]:
         spacing = self.spacing
@@ -221,7 +241,7 @@ class ItemPreprocessor:
 
     def geometry_of_output(self) -> tuple[tuple[int, ...], tuple[float, ...], str]:
         """Output shape, spacing and foreground bounding box (``"a:b,c:d[,e:f]"``, or "")."""
-        array, spacing = self._reshape(np.asarray(self.image), order=1)
+        array, spacing = self._reshape(self._source(), order=1)
         fg = foreground_mask(array.mean(axis=0), self.intensity.foreground_threshold)
         if not fg.any():
             return array.shape, spacing, ""
@@ -233,13 +253,13 @@ class ItemPreprocessor:
 
     def scaled_image(self) -> np.ndarray:
         """``(C, H, W)`` or ``(C, X, Y, Z)`` float32 in [-1, 1]."""
-        array, _ = self._reshape(np.asarray(self.image), order=1)
+        array, _ = self._reshape(self._source(), order=1)
         scaled, _ = apply_intensity(array, self.intensity)
         return scaled
 
     def foreground(self) -> np.ndarray:
         """``(1, ...)`` uint8, 1 where the channel mean exceeds ``foreground_threshold``."""
-        array, _ = self._reshape(np.asarray(self.image), order=1)
+        array, _ = self._reshape(self._source(), order=1)
         return foreground_mask(array.mean(axis=0, keepdims=True), self.intensity.foreground_threshold).astype(np.uint8)
 
     def resampled_mask(self) -> np.ndarray:
@@ -256,12 +276,14 @@ def preprocess_items(
     ingested_masks: ArrayStore,
     deid_quarantine: pd.DataFrame,
     params: dict[str, Any],
+    pixel_checks: pd.DataFrame,
 ) -> tuple[dict[str, Callable[[], np.ndarray]], dict[str, Callable[[], np.ndarray]],
            dict[str, Callable[[], np.ndarray]], pd.DataFrame]:
     """Model-ready arrays of every item that was not quarantined.
 
     Each item is processed once here (to validate it and record its new shape and
-    spacing) and again, lazily, when the array stores are written.
+    spacing) and again, lazily, when the array stores are written. Text boxes and faces
+    found by ``check_pixels`` are removed from the ingested arrays first.
 
     Returns:
         ``(images, masks, foreground, manifest)``: images ``(C, ...)`` float32 in [-1, 1];
@@ -269,6 +291,7 @@ def preprocess_items(
     """
     config = from_params(PreprocessingConfig, params, "preprocessing")
     excluded = set(deid_quarantine["item_id"])
+    fixes = pixel_fixes(pixel_checks)
     images, masks, foreground, rows = {}, {}, {}, []
     for item in tqdm(ingestion_manifest.itertuples(), total=len(ingestion_manifest),
                      desc="preprocessing", unit="item", disable=None):
@@ -281,6 +304,7 @@ def preprocess_items(
             spacing=parse_spacing(item.spacing_mm),
             intensity=intensity,
             geometry=geometry,
+            pixel_fix=fixes.get(item.item_id),
         )
         shape, spacing, bbox = processor.geometry_of_output()
         images[item.item_id] = processor.scaled_image

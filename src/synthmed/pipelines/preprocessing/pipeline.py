@@ -8,22 +8,30 @@ from synthmed.pipelines.preprocessing.nodes import (
     preprocess_items,
     summarise_preprocessing,
 )
+from synthmed.pipelines.preprocessing.pixel_nodes import check_pixels
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
+                check_pixels,
+                ["raw_sources@files", "ingestion_manifest", "ingested_images", "params:preprocessing.pixels",
+                 "params:preprocessing.deid"],
+                "pixel_checks",
+                name="check_pixels",
+            ),
+            Node(
                 deidentify_sources,
                 ["raw_sources@files", "ingestion_manifest", "ingested_images", "ingested_masks",
-                 "pseudonymisation_key", "params:preprocessing.deid"],
+                 "pseudonymisation_key", "params:preprocessing.deid", "pixel_checks"],
                 ["deidentified_files", "deid_audit", "deid_quarantine"],
                 name="deidentify_sources",
             ),
             Node(
                 preprocess_items,
                 ["ingestion_manifest", "ingested_images", "ingested_masks", "deid_quarantine",
-                 "params:preprocessing"],
+                 "params:preprocessing", "pixel_checks"],
                 ["preprocessed_images", "preprocessed_masks", "preprocessed_foreground",
                  "preprocessed_manifest"],
                 name="preprocess_items",

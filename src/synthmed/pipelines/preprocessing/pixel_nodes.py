@@ -1,0 +1,58 @@
+"""The ``check_pixels`` node of the ``preprocessing`` pipeline: text in pixels and faces.
+
+Runs before ``deidentify_sources``: its table tells that node which items to quarantine
+and which copies to redact or deface, and ``preprocess_items`` which arrays to fix. The
+checks themselves are ``synthmed.privacy.pixel_checks``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from synthmed.core.manifest import PATH_SEPARATOR, parse_spacing
+from synthmed.datasets.array_store import ArrayStore
+from synthmed.datasets.file_folder import SourceFolder
+from synthmed.imaging.readers import read_dicom
+from synthmed.privacy.dicom_deid import DicomDeidConfig, quarantine_reason
+from synthmed.privacy.pixel_checks import PIXEL_COLUMNS, PixelChecksConfig, check_item
+
+logger = logging.getLogger(__name__)
+
+
+def check_pixels(
+    raw_sources: SourceFolder,
+    ingestion_manifest: pd.DataFrame,
+    ingested_images: ArrayStore,
+    params: dict[str, Any],
+    deid_params: dict[str, Any],
+) -> pd.DataFrame:
+    """One row per item (``PIXEL_COLUMNS``): text boxes found, face plane, quarantine reason.
+
+    DICOM items are judged by the header of their first instance: the quarantine rule of
+    ``preprocessing.deid`` (text likely) and Body Part Examined (head or not).
+    """
+    config = PixelChecksConfig.from_params(params)
+    deid = DicomDeidConfig.from_params(deid_params)
+    rows = []
+    for item in tqdm(ingestion_manifest.itertuples(), total=len(ingestion_manifest),
+                     desc="checking pixels", unit="item", disable=None):
+        at_risk, body_part = False, None
+        if item.format == "dicom":
+            first = str(item.source_paths).split(PATH_SEPARATOR)[0]
+            header = read_dicom(raw_sources.read_bytes(first), stop_before_pixels=True)
+            at_risk = quarantine_reason(header, deid) is not None
+            body_part = str(header.get("BodyPartExamined", "") or "") or None
+        rows.append(check_item(
+            ingested_images[item.item_id], item_id=item.item_id, item_format=item.format,
+            modality=str(item.modality), spacing=parse_spacing(item.spacing_mm), at_risk=at_risk,
+            body_part=body_part, config=config,
+        ))
+    table = pd.DataFrame(rows, columns=PIXEL_COLUMNS)
+    logger.info("Pixel checks: %d item(s) read by OCR, %d with text, %d head volume(s), %d quarantined",
+                int(table["ocr_checked"].sum()), int((table["text_boxes"] > 0).sum()), int(table["head"].sum()),
+                int((table["reason"] != "").sum()))
+    return table
