@@ -384,8 +384,12 @@ def _canonical_volume(
     return np.ascontiguousarray(data[None], dtype=np.float32), spacing
 
 
-def decode_dicom_series(datasets: Sequence[pydicom.Dataset], *, max_pixels: int) -> Decoded:
-    """One item from the datasets of one series (each with pixel data).
+def decode_dicom_series(datasets: Sequence[pydicom.Dataset], *, max_pixels: int,
+                        pixels: Sequence[np.ndarray] | None = None) -> Decoded:
+    """One item from the datasets of one series (each with pixel data, or see ``pixels``).
+
+    ``pixels``: each dataset's `dicom_pixels`, already decoded (in the same order); the
+    datasets then need only their header (ingestion decodes each file once, in a worker).
 
     - one single-frame grey or colour instance -> 2D ``(C, H, W)``;
     - one multi-frame instance -> volume, frames along the slice normal;
@@ -397,13 +401,15 @@ def decode_dicom_series(datasets: Sequence[pydicom.Dataset], *, max_pixels: int)
     first = datasets[0]
     modality = str(first.get("Modality", "")) or None
     source_dtype = f"{'int' if int(first.get('PixelRepresentation', 0)) else 'uint'}{first.get('BitsAllocated', '')}"
+    decoded = (lambda i: pixels[i]) if pixels is not None else (
+        lambda i: dicom_pixels(datasets[i], max_pixels=max_pixels))
     if len(datasets) == 1:
-        pixels = dicom_pixels(first, max_pixels=max_pixels)
-        if pixels.shape[0] in (1, 3) and int(first.get("NumberOfFrames", 1) or 1) == 1:
-            return Decoded(pixels, _pixel_spacing(first), source_dtype, modality)
+        frames = decoded(0)
+        if frames.shape[0] in (1, 3) and int(first.get("NumberOfFrames", 1) or 1) == 1:
+            return Decoded(frames, _pixel_spacing(first), source_dtype, modality)
         thickness = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", math.nan)) or math.nan)
         origin = np.asarray([float(v) for v in first.get("ImagePositionPatient", [0, 0, 0])])
-        array, spacing = _canonical_volume(pixels, first, thickness, origin)
+        array, spacing = _canonical_volume(frames, first, thickness, origin)
         return Decoded(array, spacing, source_dtype, modality)
 
     shapes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
@@ -425,7 +431,7 @@ def decode_dicom_series(datasets: Sequence[pydicom.Dataset], *, max_pixels: int)
             "inconsistent_series",
             f"uneven slice spacing (from {distances.min():.3f} to {distances.max():.3f} mm): missing slice?",
         )
-    stack = np.concatenate([dicom_pixels(datasets[i], max_pixels=max_pixels) for i in order])
+    stack = np.concatenate([decoded(i) for i in order])
     if stack.shape[0] != len(datasets):
         raise ReadError("unsupported_shape", "a series mixing multi-frame or colour instances")
     array, spacing = _canonical_volume(stack, first, step, positions[order[0]])

@@ -15,20 +15,24 @@ source path so that a data engineer can find a file; they stay on this machine (
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import io
 import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pydicom
 from tqdm.auto import tqdm
 
 from synthmed.core.checksums import sha256_bytes
 from synthmed.core.config import from_params
 from synthmed.core.manifest import PATH_SEPARATOR, format_shape, format_spacing
+from synthmed.core.parallel import SpillFolder, ordered_map, resolve_workers
 from synthmed.datasets.file_folder import SourceFolder
 from synthmed.imaging.readers import (
     DICOM_SUFFIXES,
@@ -37,6 +41,8 @@ from synthmed.imaging.readers import (
     RASTER_SUFFIXES,
     Decoded,
     ReadError,
+    decode_dicom_series,
+    dicom_pixels,
     read_dicom,
     sniff_format,
     strip_suffix,
@@ -80,6 +86,7 @@ class IngestionConfig:
     max_file_mb: float = 2048.0
     strict: bool = False
     max_rejection_rate: float = 0.2
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.formats) - set(FORMATS))
@@ -93,6 +100,11 @@ class IngestionConfig:
             )
         if not self.mask_suffix:
             raise ValueError("ingestion.mask_suffix must not be empty.")
+        if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 1):
+            raise ValueError(
+                f"ingestion.workers must be a positive number of processes or null (all available cores), "
+                f"got {self.workers!r}."
+            )
         if self.max_pixels <= 0 or self.max_file_mb <= 0:
             raise ValueError(
                 f"ingestion.max_pixels and max_file_mb must be positive, got {self.max_pixels} and {self.max_file_mb}."
@@ -197,10 +209,13 @@ def read_label_table(raw_sources: SourceFolder, params: dict[str, Any]) -> pd.Da
 
 @dataclass(frozen=True)
 class ItemLoader:
-    """Re-reads one item at save time, so ingestion holds one item in memory at a time.
+    """Gives one item's arrays at save time, so ingestion holds one item in memory at a time.
 
-    The checksums recorded when the item was validated are verified again: a file that
-    changed between validation and saving fails the save instead of slipping through.
+    DICOM items were decoded during the reading pass; their array waits in a `SpillFolder`
+    (``array_path``) and is loaded, not decoded again. Raster and NIfTI items are re-read and
+    decoded at save time: the checksums recorded when the item was validated are verified
+    again, so a file that changed between validation and saving fails the save instead of
+    slipping through.
     """
 
     source: SourceFolder
@@ -210,8 +225,12 @@ class ItemLoader:
     mask_path: str | None
     mask_sha256: str | None
     max_pixels: int
+    array_path: Path | None = None
+    spill: SpillFolder | None = None  # keeps the folder of ``array_path`` alive
 
     def image(self) -> np.ndarray:
+        if self.array_path is not None:
+            return np.load(self.array_path, allow_pickle=False)
         blobs = self.source.read_verified(self.image_paths, self.image_sha256)
         return decode_item(self.family, blobs, self.max_pixels).array
 
@@ -354,6 +373,91 @@ def read_nifti_items(raw_sources, source_inventory, label_table, pseudonymisatio
     return _read_file_items("nifti", raw_sources, source_inventory, label_table, pseudonymisation_key, params)
 
 
+# Header elements a scanned file keeps for grouping and series geometry (decode_dicom_series,
+# series_key, dicom_patient_identity); the rest of the dataset is dropped in the worker.
+HEADER_KEYWORDS = (
+    "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "ImageType",
+    "Modality", "PixelRepresentation", "BitsAllocated", "BitsStored", "SamplesPerPixel", "NumberOfFrames",
+    "Rows", "Columns", "PixelSpacing", "ImagerPixelSpacing", "SpacingBetweenSlices", "SliceThickness",
+    "ImagePositionPatient", "ImageOrientationPatient", "BurnedInAnnotation",
+)
+
+
+@dataclass(frozen=True)
+class DicomScan:
+    """What the one pass over one DICOM file found (small: it crosses process boundaries).
+
+    Attributes:
+        path: relative source path.
+        sha256: of the bytes that were parsed and decoded ("" when unreadable).
+        header: the `HEADER_KEYWORDS` elements (no pixel data), or None when rejected.
+        series: the `series_key` of the file, or None when rejected.
+        pixels_path: where its decoded pixels (`dicom_pixels`, float32) were saved.
+        sop_class: SOP Class UID, for classification ("" if absent).
+        reason, detail: the rejection, or "" when the file is usable.
+    """
+
+    path: str
+    sha256: str = ""
+    header: Any = None
+    series: tuple[str, str, str] | None = None
+    pixels_path: str | None = None
+    sop_class: str = ""
+    reason: str = ""
+    detail: str = ""
+
+
+def scan_dicom_file(root: Path, rel: str, size: int, max_pixels: int, spill_dir: Path, index: int) -> DicomScan:
+    """Parse, decode and describe one DICOM file: the only time its bytes are parsed at ingestion.
+
+    Runs in a worker process. The file is read through a `SourceFolder` of that one file (the
+    boundary check on links is repeated). Every exception becomes the file's rejection.
+    """
+    try:
+        blob = SourceFolder(root=root, files=(rel,), sizes={rel: size}).read_bytes(rel)
+        sha = sha256_bytes(blob)
+        ds = read_dicom(blob)
+        pixels = dicom_pixels(ds, max_pixels=max_pixels)
+        header = pydicom.Dataset()
+        for keyword in HEADER_KEYWORDS:
+            if keyword in ds:
+                header.add(ds[keyword])
+        # One instance must make an item on its own (multi-frame geometry, colour shape).
+        decode_dicom_series([header], max_pixels=max_pixels, pixels=[pixels])
+        identity = dicom_patient_identity(ds)
+        pixels_path = spill_dir / f"{index:08d}.npy"
+        np.save(pixels_path, pixels, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - one file never stops the run (see _as_read_error)
+        error = _as_read_error(exc)
+        return DicomScan(rel, reason=error.reason, detail=error.detail)
+    return DicomScan(rel, sha, header, series_key(identity, ds, rel), str(pixels_path),
+                     str(ds.get("SOPClassUID", "") or ""))
+
+
+def _series_checksum(raw_sources: SourceFolder, scans: list[DicomScan]) -> str:
+    """sha256 of the series' files in order, each checked against the bytes its worker decoded."""
+    digest = hashlib.sha256()
+    for scan in scans:
+        blob = raw_sources.read_bytes(scan.path)
+        if sha256_bytes(blob) != scan.sha256:
+            raise ReadError("changed_while_reading",
+                            f"{scan.path} changed while it was being ingested; run the ingestion again")
+        digest.update(blob)
+    return digest.hexdigest()
+
+
+def _assemble_series(raw_sources: SourceFolder, scans: list[DicomScan], max_pixels: int,
+                     spill: SpillFolder, index: int) -> tuple[Decoded, str, Path]:
+    """Stack a series from its decoded instances; the item's array goes to the spill folder."""
+    pixels = [np.load(scan.pixels_path, allow_pickle=False) for scan in scans]
+    decoded = decode_dicom_series([scan.header for scan in scans], max_pixels=max_pixels, pixels=pixels)
+    del pixels
+    checksum = _series_checksum(raw_sources, scans)
+    array_path = spill.path / f"item-{index:08d}.npy"
+    np.save(array_path, decoded.array, allow_pickle=False)
+    return decoded, checksum, array_path
+
+
 def read_dicom_items(
     raw_sources: SourceFolder,
     source_inventory: pd.DataFrame,
@@ -363,8 +467,10 @@ def read_dicom_items(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, ItemLoader]]:
     """DICOM files grouped into one item per series (patient, study, series).
 
-    Each file is parsed and its pixel data decoded on its own first, so one truncated or
-    undecodable instance is rejected alone; the rest of its series is then stacked (and
+    One pass per file (`scan_dicom_file`, in ``ingestion.workers`` processes): it is read,
+    parsed and its pixel data decoded once, so one truncated or undecodable instance is
+    rejected alone; its decoded pixels wait in a temporary folder. The series are then
+    grouped (`group_series`) and stacked from those pixels, without decoding again (and
     rejected as ``inconsistent_series`` if a gap remains). Arrays (at save time): a single
     instance is ``(C, H, W)``; a series or multi-frame instance is ``(1, X, Y, Z)``.
     """
@@ -372,35 +478,47 @@ def read_dicom_items(
     lookup = _label_lookup(label_table)
     key = pseudonymisation_key
     is_image = (source_inventory["format"] == "dicom") & (source_inventory["role"] == "image")
-    files = source_inventory[is_image]["source_path"]
+    files = source_inventory[is_image]["source_path"].tolist()
+    spill = SpillFolder("synthmed-ingestion-")
+    workers = resolve_workers(config.workers, len(files))
+    logger.info("Reading %d DICOM files with %d process(es)", len(files), workers)
+    jobs = ((raw_sources.root, rel, raw_sources.sizes[rel], config.max_pixels, spill.path, index)
+            for index, rel in enumerate(files))
     rejected: list[dict[str, str]] = []
+    scans: dict[str, DicomScan] = {}
     members: list[tuple[tuple[str, str, str], str]] = []
-    for rel in tqdm(files.tolist(), desc="reading DICOM", unit="file", disable=None):
-        try:
-            ds = read_dicom(raw_sources.read_bytes(rel))
-            decode_item("dicom", [raw_sources.read_bytes(rel)], config.max_pixels)
-            identity = dicom_patient_identity(ds)
-        except Exception as exc:  # noqa: BLE001 - one file never stops the run (see _as_read_error)
-            exc = _as_read_error(exc)
-            rejected.append(_rejection(rel, "dicom", exc.reason, exc.detail))
+    results = ordered_map(scan_dicom_file, jobs, workers)
+    for rel, scan in tqdm(zip(files, results), total=len(files), desc="reading DICOM", unit="file", disable=None):
+        if isinstance(scan, Exception):  # the worker itself failed (e.g. it was killed)
+            error = _as_read_error(scan)
+            scan = DicomScan(rel, reason=error.reason, detail=error.detail)
+        if scan.reason:
+            rejected.append(_rejection(rel, "dicom", scan.reason, scan.detail))
             continue
-        members.append((series_key(identity, ds, rel), rel))
+        scans[rel] = scan
+        members.append((scan.series, rel))
     manifest, items = [], {}
-    for group, paths in group_series(members):
+    for index, (group, paths) in enumerate(group_series(members)):
         identity = group[0]
         try:
-            blobs = [raw_sources.read_bytes(p) for p in paths]
-            decoded = decode_item("dicom", blobs, config.max_pixels)
+            decoded, checksum, array_path = _assemble_series(
+                raw_sources, [scans[p] for p in paths], config.max_pixels, spill, index)
         except Exception as exc:  # noqa: BLE001 - one series never stops the run
             exc = _as_read_error(exc)
             rejected.extend(_rejection(p, "dicom", exc.reason, exc.detail) for p in paths)
             continue
+        finally:
+            for p in paths:  # the per-file pixels are in the item's array now (or rejected)
+                Path(scans[p].pixels_path).unlink(missing_ok=True)
         meta = _metadata(paths[0], "dicom", lookup, config)
         meta["modality"] = decoded.modality or meta["modality"]
-        loader = ItemLoader(raw_sources, "dicom", paths, sha256_bytes(blobs), None, None, config.max_pixels)
+        loader = ItemLoader(raw_sources, "dicom", paths, checksum, None, None, config.max_pixels, array_path, spill)
         item_id = pseudonym(key, "series", "\x00".join(group))
         manifest.append(_manifest_row(item_id, pseudonym(key, "patient", identity), "dicom", decoded, meta, loader))
         items[item_id] = loader
+        del decoded
+    if not items:
+        spill.remove()
     return (pd.DataFrame(manifest, columns=MANIFEST_COLUMNS), pd.DataFrame(rejected, columns=REJECTED_COLUMNS), items)
 
 
