@@ -18,6 +18,7 @@ import fnmatch
 import hashlib
 import io
 import logging
+import pickle
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -390,21 +391,26 @@ class DicomScan:
     Attributes:
         path: relative source path.
         sha256: of the bytes that were parsed and decoded ("" when unreadable).
-        header: the `HEADER_KEYWORDS` elements (no pixel data), or None when rejected.
         series: the `series_key` of the file, or None when rejected.
-        pixels_path: where its decoded pixels (`dicom_pixels`, float32) were saved.
+        spilled: where its header (the `HEADER_KEYWORDS` elements, a ``pydicom.Dataset``) and
+            its decoded pixels (`dicom_pixels`, float32) wait, so that the parent holds
+            neither for every file (see `DicomScan.load`).
         sop_class: SOP Class UID, for classification ("" if absent).
         reason, detail: the rejection, or "" when the file is usable.
     """
 
     path: str
     sha256: str = ""
-    header: Any = None
     series: tuple[str, str, str] | None = None
-    pixels_path: str | None = None
+    spilled: str | None = None
     sop_class: str = ""
     reason: str = ""
     detail: str = ""
+
+    def load(self) -> tuple[pydicom.Dataset, np.ndarray]:
+        """The header and the decoded pixels the worker left in the spill folder."""
+        with open(self.spilled, "rb") as handle:  # written by scan_dicom_file, in this run's own temporary folder
+            return pickle.load(handle)  # noqa: S301 - not external data
 
 
 def scan_dicom_file(root: Path, rel: str, size: int, max_pixels: int, spill_dir: Path, index: int) -> DicomScan:
@@ -425,13 +431,13 @@ def scan_dicom_file(root: Path, rel: str, size: int, max_pixels: int, spill_dir:
         # One instance must make an item on its own (multi-frame geometry, colour shape).
         decode_dicom_series([header], max_pixels=max_pixels, pixels=[pixels])
         identity = dicom_patient_identity(ds)
-        pixels_path = spill_dir / f"{index:08d}.npy"
-        np.save(pixels_path, pixels, allow_pickle=False)
+        spilled = spill_dir / f"{index:08d}.pickle"
+        with open(spilled, "wb") as handle:
+            pickle.dump((header, pixels), handle, protocol=5)
     except Exception as exc:  # noqa: BLE001 - one file never stops the run (see _as_read_error)
         error = _as_read_error(exc)
         return DicomScan(rel, reason=error.reason, detail=error.detail)
-    return DicomScan(rel, sha, header, series_key(identity, ds, rel), str(pixels_path),
-                     str(ds.get("SOPClassUID", "") or ""))
+    return DicomScan(rel, sha, series_key(identity, ds, rel), str(spilled), str(ds.get("SOPClassUID", "") or ""))
 
 
 def _series_checksum(raw_sources: SourceFolder, scans: list[DicomScan]) -> str:
@@ -449,9 +455,9 @@ def _series_checksum(raw_sources: SourceFolder, scans: list[DicomScan]) -> str:
 def _assemble_series(raw_sources: SourceFolder, scans: list[DicomScan], max_pixels: int,
                      spill: SpillFolder, index: int) -> tuple[Decoded, str, Path]:
     """Stack a series from its decoded instances; the item's array goes to the spill folder."""
-    pixels = [np.load(scan.pixels_path, allow_pickle=False) for scan in scans]
-    decoded = decode_dicom_series([scan.header for scan in scans], max_pixels=max_pixels, pixels=pixels)
-    del pixels
+    headers, pixels = zip(*(scan.load() for scan in scans))
+    decoded = decode_dicom_series(headers, max_pixels=max_pixels, pixels=pixels)
+    del headers, pixels
     checksum = _series_checksum(raw_sources, scans)
     array_path = spill.path / f"item-{index:08d}.npy"
     np.save(array_path, decoded.array, allow_pickle=False)
@@ -509,7 +515,7 @@ def read_dicom_items(
             continue
         finally:
             for p in paths:  # the per-file pixels are in the item's array now (or rejected)
-                Path(scans[p].pixels_path).unlink(missing_ok=True)
+                Path(scans.pop(p).spilled).unlink(missing_ok=True)
         meta = _metadata(paths[0], "dicom", lookup, config)
         meta["modality"] = decoded.modality or meta["modality"]
         loader = ItemLoader(raw_sources, "dicom", paths, checksum, None, None, config.max_pixels, array_path, spill)
