@@ -47,6 +47,11 @@ import yaml
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from synthmed.datasets.array_store import ArrayStoreDataset
+from synthmed.datasets.file_folder import FileFolderDataset
+from synthmed.pipelines.ingestion import nodes as ingestion
+from synthmed.pipelines.preprocessing import nodes as preprocessing
+
 ROOT = Path(__file__).resolve().parents[1]
 SERIES_LENGTH = 50  # instances per series
 
@@ -90,23 +95,23 @@ def _params() -> dict[str, Any]:
     return {"ingestion": ingestion, "deid": deid}
 
 
-def run_synthmed(source: Path, out: Path, workers: int) -> None:
-    """Ingestion + de-identification nodes and their saves, as ``kedro run`` calls them."""
-    from synthmed.datasets.array_store import ArrayStoreDataset
-    from synthmed.datasets.file_folder import FileFolderDataset
-    from synthmed.pipelines.ingestion import nodes as ingestion
-    from synthmed.pipelines.preprocessing import nodes as preprocessing
+def run_synthmed(source: Path, out: Path, workers: int, phases: dict[str, list[float]] | None = None) -> None:
+    """Ingestion + de-identification nodes and their saves, as ``kedro run`` calls them.
 
+    ``phases`` receives ``{"ingestion": [wall, cpu], "deidentification": [wall, cpu]}``.
+    """
     params = _params()
-    # Before the worker pool existed, the parameters had no ``workers`` key (figures "before").
+    # Before the worker pools existed, there was no ``workers`` parameter ("before" figures).
     takes_workers = "workers" in ingestion.IngestionConfig.__dataclass_fields__
-    ingest = {**params["ingestion"], "workers": workers} if takes_workers else params["ingestion"]
-    deid = params["deid"]
+    ingest = {k: v for k, v in params["ingestion"].items() if k != "workers"}
+    ingest = {**ingest, "labels_csv": None, **({"workers": workers} if takes_workers else {})}
+    pooled = {"workers": workers} if "workers" in inspect.signature(preprocessing.deidentify_sources).parameters else {}
     key = b"benchmark-key-0123456789abcdef!!"
+    phases = {} if phases is None else phases
+    cpu, wall = _cpu(), time.perf_counter()
     raw = FileFolderDataset(path=str(source)).load()
     inventory = ingestion.inventory_sources(raw, ingest)
-    labels = ingestion.read_label_table(raw, {**ingest, "labels_csv": None})
-    ingest = {**ingest, "labels_csv": None}
+    labels = ingestion.read_label_table(raw, ingest)
     empty = ingestion.read_raster_items(raw, inventory.iloc[0:0], labels, key, ingest)
     dicom = ingestion.read_dicom_items(raw, inventory, labels, key, ingest)
     manifest, rejected, images, masks, _ = ingestion.combine_ingestion(
@@ -114,12 +119,14 @@ def run_synthmed(source: Path, out: Path, workers: int) -> None:
     ArrayStoreDataset(path=str(out / "images")).save(images)
     ArrayStoreDataset(path=str(out / "masks")).save(masks)
     del images, masks, dicom
+    phases["ingestion"] = [time.perf_counter() - wall, _cpu() - cpu]
+    cpu, wall = _cpu(), time.perf_counter()
     stored = ArrayStoreDataset(path=str(out / "images")).load()
     stored_masks = ArrayStoreDataset(path=str(out / "masks")).load()
-    pooled = {"workers": workers} if "workers" in inspect.signature(preprocessing.deidentify_sources).parameters else {}
-    files, audit, quarantine = preprocessing.deidentify_sources(raw, manifest, stored, stored_masks, key, deid,
-                                                                **pooled)
+    files, audit, quarantine = preprocessing.deidentify_sources(raw, manifest, stored, stored_masks, key,
+                                                                params["deid"], **pooled)
     FileFolderDataset(path=str(out / "deidentified")).save(files)
+    phases["deidentification"] = [time.perf_counter() - wall, _cpu() - cpu]
     manifest.to_csv(out / "manifest.csv", index=False)
     rejected.to_csv(out / "rejected.csv", index=False)
     audit.to_csv(out / "audit.csv", index=False)
@@ -149,40 +156,54 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _timed(fn, source: Path, workers: int) -> tuple[float, float]:
+def _timed(fn, source: Path, workers: int) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory() as tmp:
+        phases: dict[str, list[float]] = {}
         cpu, wall = _cpu(), time.perf_counter()
-        fn(source, Path(tmp) / "out", workers)
-        return time.perf_counter() - wall, _cpu() - cpu
+        if fn is run_synthmed:
+            fn(source, Path(tmp) / "out", workers, phases)
+        else:
+            fn(source, Path(tmp) / "out", workers)
+        return {"total": [time.perf_counter() - wall, _cpu() - cpu], **phases}
 
 
 def throughput(n_files: int, repeats: int) -> None:
+    import dicognito.anonymizer  # noqa: F401 - imported before any timing, like synthmed's modules
+
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "ct"
         make_ct_folder(source, n_files)
         megabytes = sum(p.stat().st_size for p in source.rglob("*.dcm")) / 1e6
-        runs = {"plain loop (1 process)": (run_plain, 1), "dicognito (1 process)": (run_dicognito, 1),
-                "synthmed, 1 process": (run_synthmed, 1), "synthmed, 2 processes": (run_synthmed, 2)}
-        results: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+        runs = {"plain loop": (run_plain, 1), "dicognito": (run_dicognito, 1),
+                "synthmed 1 process": (run_synthmed, 1), "synthmed 2 processes": (run_synthmed, 2)}
+        results: dict[str, list[dict[str, list[float]]]] = {name: [] for name in runs}
         for _ in range(repeats):  # interleaved, so that load from other processes hits all alike
             for name, (fn, workers) in runs.items():
                 results[name].append(_timed(fn, source, workers))
-    print(f"{n_files} files in series of {SERIES_LENGTH}, {megabytes:.1f} MB; median of {repeats} interleaved runs")
-    print(f"{'run':26s} {'wall s':>7s} {'files/s':>8s} {'MB/s':>6s} {'CPU ms/file':>11s}")
-    medians = {}
-    for name, values in results.items():
-        wall = statistics.median(v[0] for v in values)
-        cpu = statistics.median(v[1] for v in values)
-        medians[name] = (wall, cpu)
-        print(f"{name:26s} {wall:7.2f} {n_files / wall:8.1f} {megabytes / wall:6.2f} {cpu / n_files * 1e3:11.2f}")
-    plain, dicognito = medians["plain loop (1 process)"], medians["dicognito (1 process)"]
-    one, two = medians["synthmed, 1 process"], medians["synthmed, 2 processes"]
-    print(f"CPU per file, synthmed 1 process / plain loop:  {one[1] / plain[1]:.2f}")
-    print(f"CPU per file, synthmed 1 process / dicognito:   {one[1] / dicognito[1]:.2f}")
-    print(f"CPU per file, synthmed 2 processes / plain loop: {two[1] / plain[1]:.2f}")
-    print(f"speed-up 1 -> 2 processes (wall):                {one[0] / two[0]:.2f}")
-    every = {name: [[round(wall, 2), round(cpu, 2)] for wall, cpu in runs] for name, runs in results.items()}
-    print(f"per run (wall s, CPU s): {json.dumps(every)}")
+    print(f"{n_files} CT files in series of {SERIES_LENGTH}, {megabytes:.1f} MB; median of {repeats} interleaved runs; "
+          f"CPU = user + system of the process and its pool's workers")
+    print(f"{'run':44s} {'wall s':>7s} {'files/s':>8s} {'MB/s':>6s} {'CPU ms/file':>11s}")
+    for name, runs_of in results.items():
+        for phase in runs_of[0]:
+            wall = statistics.median(r[phase][0] for r in runs_of)
+            cpu = statistics.median(r[phase][1] for r in runs_of)
+            label = name if phase == "total" else f"{name}: {phase}"
+            print(f"{label:44s} {wall:7.2f} {n_files / wall:8.1f} {megabytes / wall:6.2f} {cpu / n_files * 1e3:11.2f}")
+
+    def ratio(a: tuple[str, str], b: tuple[str, str], index: int = 1) -> str:
+        values = [x[a[1]][index] / y[b[1]][index] for x, y in zip(results[a[0]], results[b[0]])]
+        return f"{statistics.median(values):5.2f} (runs {min(values):.2f}..{max(values):.2f})"
+
+    one, two = ("synthmed 1 process", "total"), ("synthmed 2 processes", "total")
+    print("ratios of CPU time per file (median of the per-repeat ratios):")
+    print(f"  synthmed 1 process / plain loop                    {ratio(one, ('plain loop', 'total'))}")
+    print(f"  synthmed ingestion only, 1 process / plain loop     "
+          f"{ratio(('synthmed 1 process', 'ingestion'), ('plain loop', 'total'))}")
+    print(f"  synthmed de-identification, 1 process / dicognito   "
+          f"{ratio(('synthmed 1 process', 'deidentification'), ('dicognito', 'total'))}")
+    print(f"  synthmed 1 process / dicognito                     {ratio(one, ('dicognito', 'total'))}")
+    print(f"  synthmed 2 processes / 1 process                   {ratio(two, one)}")
+    print(f"speed-up 1 -> 2 processes (wall time 1 / wall time 2)  {ratio(one, two, 0)}")
 
 
 def peak_rss(n_files: int, workers: int) -> dict[str, float]:
