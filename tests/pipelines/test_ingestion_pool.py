@@ -163,3 +163,28 @@ def test_workers_must_be_positive_or_null():
             nodes.IngestionConfig(workers=bad)
         with pytest.raises(ValueError, match="preprocessing.workers must be a positive number"):
             preprocessing_nodes.PreprocessingConfig(intensity={"default": {}}, workers=bad)
+
+
+def _deidentify_or_die(root, rel, *args):
+    """`deidentify_dicom_file`, except that it raises for one file (module level: picklable)."""
+    if rel == BOOM:
+        raise ValueError("SECRET-VALUE in a header")
+    return _DEIDENTIFY(root, rel, *args)
+
+
+_DEIDENTIFY = preprocessing_nodes.deidentify_dicom_file
+
+
+def test_a_file_that_cannot_be_deidentified_quarantines_its_item_only(tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    write_ct_series(source, 3, 3)
+    raw, (manifest, _, _) = _read(source, workers=1)
+    monkeypatch.setattr(preprocessing_nodes, "deidentify_dicom_file", _deidentify_or_die)
+    deid = {"dates": "shift", "date_shift_days": (-3650, -365), "keep_private": (),
+            "quarantine_modalities": ("US", "SC", "OT"), "quarantine_burned_in": True}
+    files, audit, quarantine = preprocessing_nodes.deidentify_sources(raw, manifest, {}, {}, TEST_KEY, deid, 2)
+    assert quarantine["reason"].tolist() == ["de-identification failed on instance 0002 (ValueError)"]
+    boom_item = manifest.loc[manifest["source_paths"].str.contains(BOOM), "item_id"].item()
+    assert quarantine["item_id"].tolist() == [boom_item]
+    assert len(files) == 6 and not any(boom_item in path for path in files)
+    assert "SECRET" not in audit.to_csv() + quarantine.to_csv()

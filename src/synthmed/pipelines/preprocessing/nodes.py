@@ -202,8 +202,11 @@ def deidentify_sources(
             outputs = {}
             for index, (rel, outcome) in enumerate(zip(paths, outcomes)):
                 if isinstance(outcome, Exception):
-                    # One file never stops the run; an item that cannot be de-identified is not published.
-                    reason = f"de-identification failed on {rel}: {type(outcome).__name__}: {outcome}"
+                    # One file never stops the run; an item that cannot be de-identified is not
+                    # published. The reason is in the primary layer (pushed): neither the source
+                    # path nor the exception text (which may quote a header value) goes into it.
+                    reason = f"de-identification failed on instance {index:04d} ({type(outcome).__name__})"
+                    logger.warning("Quarantined item %s: %s", item.item_id, reason)
                     break
                 if outcome.spilled is None and outcome.quarantine_reason is None:
                     raise DataChecksumError(
