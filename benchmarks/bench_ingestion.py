@@ -159,12 +159,17 @@ def _cpu() -> float:
 def _timed(fn, source: Path, workers: int) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory() as tmp:
         phases: dict[str, list[float]] = {}
-        cpu, wall = _cpu(), time.perf_counter()
+        cpu, wall, own = _cpu(), time.perf_counter(), _own_cpu()
         if fn is run_synthmed:
             fn(source, Path(tmp) / "out", workers, phases)
         else:
             fn(source, Path(tmp) / "out", workers)
-        return {"total": [time.perf_counter() - wall, _cpu() - cpu], **phases}
+        return {"total": [time.perf_counter() - wall, _cpu() - cpu], "parent": [0.0, _own_cpu() - own], **phases}
+
+
+def _own_cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
 
 
 def throughput(n_files: int, repeats: int) -> None:
@@ -184,7 +189,7 @@ def throughput(n_files: int, repeats: int) -> None:
           f"CPU = user + system of the process and its pool's workers")
     print(f"{'run':44s} {'wall s':>7s} {'files/s':>8s} {'MB/s':>6s} {'CPU ms/file':>11s}")
     for name, runs_of in results.items():
-        for phase in runs_of[0]:
+        for phase in (p for p in runs_of[0] if p != "parent"):
             wall = statistics.median(r[phase][0] for r in runs_of)
             cpu = statistics.median(r[phase][1] for r in runs_of)
             label = name if phase == "total" else f"{name}: {phase}"
@@ -204,6 +209,13 @@ def throughput(n_files: int, repeats: int) -> None:
     print(f"  synthmed 1 process / dicognito                     {ratio(one, ('dicognito', 'total'))}")
     print(f"  synthmed 2 processes / 1 process                   {ratio(two, one)}")
     print(f"speed-up 1 -> 2 processes (wall time 1 / wall time 2)  {ratio(one, two, 0)}")
+    # What the parent does alone (listing, grouping, bookkeeping, saving) bounds the speed-up
+    # (Amdahl) whatever else runs on the machine; the wall-time speed-up needs idle cores.
+    serial = statistics.median(r["parent"][1] / r["total"][1] for r in results["synthmed 2 processes"])
+    extra = statistics.median(x["total"][1] / y["total"][1] for x, y in zip(results[two[0]], results[one[0]]))
+    print(f"2 processes: parent's share s of the CPU time {serial:.3f}; speed-up on 2 idle cores if the "
+          f"parent's work were all serial: (CPU 1 / CPU 2) / (s + (1 - s) / 2) = "
+          f"{1 / extra / (serial + (1 - serial) / 2):.2f}")
 
 
 def peak_rss(n_files: int, workers: int) -> dict[str, float]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import shutil
 import tempfile
 import weakref
@@ -46,6 +47,11 @@ def resolve_workers(workers: int | None, n_jobs: int) -> int:
     return max(1, min(wanted, n_jobs))
 
 
+def chunk_size(n_jobs: int, workers: int) -> int:
+    """Jobs per task: up to 16, fewer when there are not enough to give each worker 8 tasks."""
+    return max(1, min(16, n_jobs // (max(1, workers) * 8)))
+
+
 def _context() -> multiprocessing.context.BaseContext:
     # fork starts a worker in milliseconds with the parent's modules already imported;
     # spawn would re-import numpy, pydicom and pandas in every worker (about a second each).
@@ -53,13 +59,18 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork" if "fork" in methods else None)
 
 
-def ordered_map(fn: Callable[..., T], jobs: Iterable[tuple[Any, ...]], workers: int) -> Iterator[T | Exception]:
+def ordered_map(fn: Callable[..., T], jobs: Iterable[tuple[Any, ...]], workers: int,
+                chunk: int = 1) -> Iterator[T | Exception]:
     """``fn(*job)`` for every job, in job order; an exception is yielded, not raised.
 
     Args:
         fn: a module-level function (picklable).
         jobs: argument tuples; consumed lazily.
         workers: 1 runs in this process (no pool); more starts that many worker processes.
+        chunk: jobs sent to a worker at a time. Each task costs the parent about a
+            millisecond of pickling and queue handling, as much as a small file's work:
+            a few jobs per task keep the parent's share small, so the speed-up grows with
+            the workers.
     """
     if workers <= 1:
         for job in jobs:
@@ -68,21 +79,52 @@ def ordered_map(fn: Callable[..., T], jobs: Iterable[tuple[Any, ...]], workers: 
             except Exception as exc:  # noqa: BLE001 - the caller records it against its job
                 yield exc
         return
-    pending: deque[Future] = deque()
+    pending: deque[tuple[Future, int]] = deque()
     with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
-        for job in jobs:
-            pending.append(pool.submit(fn, *job))
+        for batch in _batches(jobs, chunk):
+            pending.append((pool.submit(_run_batch, fn, batch), len(batch)))
             if len(pending) >= workers * _IN_FLIGHT_PER_WORKER:
-                yield _outcome(pending.popleft())
+                yield from _outcomes(*pending.popleft())
         while pending:
-            yield _outcome(pending.popleft())
+            yield from _outcomes(*pending.popleft())
 
 
-def _outcome(future: Future) -> Any:
+def _batches(jobs: Iterable[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    batch: list[tuple[Any, ...]] = []
+    for job in jobs:
+        batch.append(job)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _run_batch(fn: Callable[..., T], batch: list[tuple[Any, ...]]) -> list[T | Exception]:
+    """In a worker: ``fn`` over a batch, each failure kept as that job's result."""
+    results: list[T | Exception] = []
+    for job in batch:
+        try:
+            results.append(fn(*job))
+        except Exception as exc:  # noqa: BLE001 - the caller records it against its job
+            results.append(_picklable(exc))
+    return results
+
+
+def _picklable(exc: Exception) -> Exception:
+    """``exc``, or a RuntimeError with its class and text if it cannot cross back to the parent."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - e.g. an exception class whose __init__ takes other arguments
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _outcomes(future: Future, n_jobs: int) -> list[Any]:
     try:
         return future.result()
-    except Exception as exc:  # noqa: BLE001 - includes a worker that died (BrokenProcessPool)
-        return exc
+    except Exception as exc:  # noqa: BLE001 - the worker died (BrokenProcessPool) or a result did not pickle
+        return [exc] * n_jobs
 
 
 class SpillFolder:

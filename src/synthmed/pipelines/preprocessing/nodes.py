@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from synthmed.core.checksums import sha256_bytes
 from synthmed.core.config import from_params
 from synthmed.core.manifest import PATH_SEPARATOR, format_shape, format_spacing, parse_spacing
-from synthmed.core.parallel import SpillFolder, ordered_map, resolve_workers
+from synthmed.core.parallel import SpillFolder, chunk_size, ordered_map, resolve_workers
 from synthmed.core.splits import assign_splits
 from synthmed.datasets.array_store import ArrayStore
 from synthmed.datasets.file_folder import SourceFolder, encode
@@ -190,7 +190,7 @@ def deidentify_sources(
     n_dicom_files = int(ingestion_manifest.loc[ingestion_manifest["format"] == "dicom", "n_files"].sum())
     workers = resolve_workers(workers, n_dicom_files)
     dicom_results = ordered_map(deidentify_dicom_file, _dicom_jobs(raw_sources, ingestion_manifest, key, config, spill),
-                                workers)
+                                workers, chunk_size(n_dicom_files, workers))
     for item in tqdm(ingestion_manifest.itertuples(), total=len(ingestion_manifest),
                      desc="de-identifying", unit="item", disable=None):
         base = f"{item.format}/{item.patient_key}/{item.item_id}"
