@@ -113,13 +113,10 @@ def _dicom_file_checksums(raw_sources: SourceFolder, paths: list[str], sha256: s
         data = raw_sources.read_bytes(rel)
         series.update(data)
         each.append(sha256_bytes(data))
-    found = series.hexdigest()
-    if found != sha256:
-        raise DataChecksumError(
-            f"{paths[0]} in {raw_sources.root} changed since its checksum was recorded "
-            f"(expected sha256 {sha256}, found {found}); run the ingestion pipeline again "
-            "(`kedro run --pipelines ingestion` / `dvc repro`).",
-            path=raw_sources.root / paths[0], kind="sha256", expected=sha256, found=found)
+    if series.hexdigest() != sha256:
+        raw_sources.read_verified(paths, sha256)  # raises the usual DataChecksumError (file, checksums, fix)
+        raise DataChecksumError(f"{paths[0]} in {raw_sources.root} changed while it was being read; run again.",
+                                path=raw_sources.root / paths[0], kind="sha256", expected=sha256, found="unstable")
     return each
 
 
