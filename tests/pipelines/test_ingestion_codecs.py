@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from synthmed.pipelines import ingestion
-from synthmed.pipelines.ingestion import nodes
+from synthmed.pipelines.ingestion import dicom_pass
 from tests.conftest import project_catalog, read_json, run
 from tests.imaging.test_dicom_codecs import ybr_j2k_bytes
 
@@ -63,14 +63,14 @@ def codec_folder(tmp_path):
 @pytest.mark.parametrize("error", [NotImplementedError, RuntimeError, MemoryError])
 def test_an_unexpected_exception_rejects_its_file_and_the_run_goes_on(tmp_path, codec_folder, monkeypatch, error):
     source, boom = codec_folder
-    decode_item = nodes.decode_item
+    read_dicom = dicom_pass.read_dicom
 
-    def decode_or_fail(family, blobs, max_pixels):
-        if blobs[0] == boom:
+    def read_or_fail(data, **kwargs):  # in the per-file pass (scan_dicom_file), in a worker or not
+        if data == boom:
             raise error("Conversion from YBR_ICT to RGB is not supported.")
-        return decode_item(family, blobs, max_pixels)
+        return read_dicom(data, **kwargs)
 
-    monkeypatch.setattr(nodes, "decode_item", decode_or_fail)
+    monkeypatch.setattr(dicom_pass, "read_dicom", read_or_fail)
     manifest, rejected, metrics = _ingest(tmp_path, source)
 
     assert rejected[["source_path", "reason"]].values.tolist() == [[BOOM, "decode_failed"]]

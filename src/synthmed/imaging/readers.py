@@ -429,8 +429,12 @@ def _enhanced_volume(pixels: np.ndarray, geometry: FrameGeometry, source_dtype: 
     return Decoded(array, spacing, source_dtype, modality)
 
 
-def decode_dicom_series(datasets: Sequence[pydicom.Dataset], *, max_pixels: int) -> Decoded:
-    """One item from the datasets of one series (each with pixel data).
+def decode_dicom_series(datasets: Sequence[pydicom.Dataset], *, max_pixels: int,
+                        pixels: Sequence[np.ndarray] | None = None) -> Decoded:
+    """One item from the datasets of one series (each with pixel data, or see ``pixels``).
+
+    ``pixels``: each dataset's `dicom_pixels`, already decoded (in the same order); the
+    datasets then need only their header (ingestion decodes each file once, in a worker).
 
     - one single-frame grey or colour instance -> 2D ``(C, H, W)``;
     - one enhanced multi-frame instance (per-frame functional groups with positions) ->
@@ -444,22 +448,24 @@ def decode_dicom_series(datasets: Sequence[pydicom.Dataset], *, max_pixels: int)
     first = datasets[0]
     modality = str(first.get("Modality", "")) or None
     source_dtype = f"{'int' if int(first.get('PixelRepresentation', 0)) else 'uint'}{first.get('BitsAllocated', '')}"
+    decoded = (lambda i: pixels[i]) if pixels is not None else (
+        lambda i: dicom_pixels(datasets[i], max_pixels=max_pixels))
     if len(datasets) == 1:
-        pixels = dicom_pixels(first, max_pixels=max_pixels)
+        frames = decoded(0)
         geometry = frame_geometry(first) if int(first.get("SamplesPerPixel", 1)) == 1 else None
-        if geometry is not None and len(geometry.positions) == pixels.shape[0] > 1:
-            return _enhanced_volume(pixels, geometry, source_dtype, modality)
-        if pixels.shape[0] in (1, 3) and int(first.get("NumberOfFrames", 1) or 1) == 1:
+        if geometry is not None and len(geometry.positions) == frames.shape[0] > 1:
+            return _enhanced_volume(frames, geometry, source_dtype, modality)
+        if frames.shape[0] in (1, 3) and int(first.get("NumberOfFrames", 1) or 1) == 1:
             spacing = geometry.pixel_spacing if geometry is not None else _pixel_spacing(first)
-            return Decoded(pixels, spacing, source_dtype, modality)
+            return Decoded(frames, spacing, source_dtype, modality)
         thickness = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", math.nan)) or math.nan)
         origin = np.asarray([float(v) for v in first.get("ImagePositionPatient", [0, 0, 0])])
-        array, spacing = _canonical_volume(pixels, _direction_cosines(first), _pixel_spacing(first), thickness,
+        array, spacing = _canonical_volume(frames, _direction_cosines(first), _pixel_spacing(first), thickness,
                                            origin)
         return Decoded(array, spacing, source_dtype, modality)
 
     order, cosines, step, origin = _series_plan(datasets)
-    stack = np.concatenate([dicom_pixels(datasets[i], max_pixels=max_pixels) for i in order])
+    stack = np.concatenate([decoded(i) for i in order])
     if stack.shape[0] != len(datasets):
         raise ReadError("unsupported_shape", "a series mixing multi-frame or colour instances")
     array, spacing = _canonical_volume(stack, cosines, _pixel_spacing(first), step, origin)

@@ -258,14 +258,18 @@ class _Context:
     counts: Counter[str]
 
 
-def deidentify(ds: Dataset, key: bytes, config: DicomDeidConfig) -> DeidResult:
-    """De-identify a copy of ``ds`` (never mutated) with keyed pseudonyms.
+def deidentify(ds: Dataset, key: bytes, config: DicomDeidConfig, *, consume: bool = False) -> DeidResult:
+    """De-identify a copy of ``ds`` (never mutated unless ``consume``) with keyed pseudonyms.
 
     Args:
         ds: one DICOM instance with file meta (its Transfer Syntax UID is kept).
         key: the pseudonymisation key; UIDs, the patient key and the date offset derive
             from it, so the same input and key give byte-identical output.
         config: date, private tag and quarantine options.
+        consume: the caller hands ``ds`` over and never uses it again (a dataset parsed
+            just for this call): its elements become the output's instead of being
+            deep-copied first, which was a third of the time per file. ``ds`` is then
+            left partly de-identified and must be dropped.
 
     Returns:
         The de-identified copy, or ``dataset=None`` with the reason when
@@ -298,9 +302,14 @@ def deidentify(ds: Dataset, key: bytes, config: DicomDeidConfig) -> DeidResult:
         keep_private=_parse_keep_private(config.keep_private),
         counts=Counter(),
     )
-    out = Dataset()  # a plain Dataset: drops FileDataset's source filename and preamble
-    for element in copy.deepcopy(ds):
-        out.add(element)
+    # A plain Dataset: drops FileDataset's source filename and preamble. Consumed, it shares
+    # the input's elements (still unparsed ones included, parsed when the profile reaches them).
+    if consume:
+        out = Dataset(ds)  # shares ds's mapping of elements (pydicom: Dataset(dataset))
+    else:
+        out = Dataset()
+        for element in copy.deepcopy(ds):
+            out.add(element)
     _deidentify_level(out, ctx)
 
     pseudonymous_name = "SM" + patient_key
@@ -342,11 +351,16 @@ def _deidentify_level(ds: Dataset, ctx: _Context) -> None:
     """Apply the profile to one dataset level, then recurse into every sequence item."""
     kept_private = _kept_private_tags(ds, ctx.keep_private)
     for tag in list(ds.keys()):
+        if tag.is_private and tag not in kept_private:
+            # Deleted unread: parsing a value only to drop it was most of the time per file
+            # (a CT instance holds ~180 private elements).
+            del ds[tag]
+            ctx.counts["private_removed"] += 1
+            continue
         element = ds[tag]
         if tag.is_private:
-            action = None if tag in kept_private else "X"
-            if action is None:
-                ctx.counts["private_kept"] += 1
+            action = None
+            ctx.counts["private_kept"] += 1
         elif (tag in _ALWAYS_REMOVED or tag.element == 0x0000  # group lengths: PS3.5 7.2
               or tag.group & 0xFF00 in _REPEATING_GROUPS_REMOVED):
             action = "X"

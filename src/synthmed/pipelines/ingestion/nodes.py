@@ -23,6 +23,7 @@ import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,19 +33,9 @@ from tqdm.auto import tqdm
 from synthmed.core.checksums import sha256_bytes
 from synthmed.core.config import from_params
 from synthmed.core.manifest import PATH_SEPARATOR, format_shape, format_spacing
+from synthmed.core.parallel import SpillFolder, chunk_size, ordered_map, resolve_workers
 from synthmed.datasets.file_folder import SourceFolder
-from synthmed.imaging.dicom_objects import (
-    DUPLICATE_OF,
-    IGNORED_REASONS,
-    NON_IMAGE,
-    SEGMENTATION,
-    DicomRecord,
-    classify,
-    deduplicate,
-    ignored_reason,
-    item_key,
-    segmentation_source_series,
-)
+from synthmed.imaging.dicom_objects import DUPLICATE_OF, IGNORED_REASONS, NON_IMAGE, deduplicate, item_key
 from synthmed.imaging.readers import (
     DICOM_SUFFIXES,
     FORMATS,
@@ -52,20 +43,17 @@ from synthmed.imaging.readers import (
     RASTER_SUFFIXES,
     Decoded,
     ReadError,
-    read_dicom,
     sniff_format,
     strip_suffix,
 )
-from synthmed.imaging.series import (
-    SegRecord,
-    decode_item,
-    decode_mask,
-    dicom_record,
-    group_series,
-    pair_masks,
-    pair_segmentations,
+from synthmed.imaging.series import SegRecord, decode_item, decode_mask, group_series, pair_masks, pair_segmentations
+from synthmed.pipelines.ingestion.dicom_pass import (
+    DicomScan,
+    SeriesAssembly,
+    as_read_error,
+    assemble_dicom_series,
+    scan_dicom_file,
 )
-from synthmed.privacy.dicom_deid import dicom_patient_identity
 from synthmed.privacy.pseudonyms import pseudonym
 
 logger = logging.getLogger(__name__)
@@ -78,8 +66,6 @@ MANIFEST_COLUMNS = [
 REJECTED_COLUMNS = ["source_path", "format", "reason", "detail"]
 LABEL_COLUMNS = ["path", "label", "modality", "patient"]
 _DICOM_HEAD_BYTES = 132
-# Reason code of a file whose reading or decoding raised an exception no reader anticipated.
-DECODE_FAILED = "decode_failed"
 KNOWN_SUFFIXES = RASTER_SUFFIXES + NIFTI_SUFFIXES + DICOM_SUFFIXES
 
 
@@ -103,6 +89,7 @@ class IngestionConfig:
     max_file_mb: float = 2048.0
     strict: bool = False
     max_rejection_rate: float = 0.2
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.formats) - set(FORMATS))
@@ -116,6 +103,11 @@ class IngestionConfig:
             )
         if not self.mask_suffix:
             raise ValueError("ingestion.mask_suffix must not be empty.")
+        if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 1):
+            raise ValueError(
+                f"ingestion.workers must be a positive number of processes or null (all available cores), "
+                f"got {self.workers!r}."
+            )
         if self.max_pixels <= 0 or self.max_file_mb <= 0:
             raise ValueError(
                 f"ingestion.max_pixels and max_file_mb must be positive, got {self.max_pixels} and {self.max_file_mb}."
@@ -220,10 +212,13 @@ def read_label_table(raw_sources: SourceFolder, params: dict[str, Any]) -> pd.Da
 
 @dataclass(frozen=True)
 class ItemLoader:
-    """Re-reads one item at save time, so ingestion holds one item in memory at a time.
+    """Gives one item's arrays at save time, so ingestion holds one item in memory at a time.
 
-    The checksums recorded when the item was validated are verified again: a file that
-    changed between validation and saving fails the save instead of slipping through.
+    DICOM items were decoded during the reading pass; their array waits in a `SpillFolder`
+    (``array_path``) and is loaded, not decoded again. Raster and NIfTI items are re-read and
+    decoded at save time: the checksums recorded when the item was validated are verified
+    again, so a file that changed between validation and saving fails the save instead of
+    slipping through.
     """
 
     source: SourceFolder
@@ -233,8 +228,12 @@ class ItemLoader:
     mask_path: str | None
     mask_sha256: str | None
     max_pixels: int
+    array_path: Path | None = None
+    spill: SpillFolder | None = None  # keeps the folder of ``array_path`` alive
 
     def image(self) -> np.ndarray:
+        if self.array_path is not None:
+            return np.load(self.array_path, allow_pickle=False)
         blobs = self.source.read_verified(self.image_paths, self.image_sha256)
         return decode_item(self.family, blobs, self.max_pixels).array
 
@@ -293,18 +292,6 @@ def _rejection(rel: str, family: str, reason: str, detail: str) -> dict[str, str
     return {"source_path": rel, "format": family, "reason": reason, "detail": detail}
 
 
-def _as_read_error(exc: Exception) -> ReadError:
-    """Any exception raised while reading, decoding or handling one file, as that file's rejection.
-
-    A codec or library bug on one file (pydicom's NotImplementedError on a colour space, a
-    RuntimeError of a decoder plugin) must reject that file, not stop the run: only
-    configuration errors and the configured rejection limits stop ingestion.
-    """
-    if isinstance(exc, ReadError):
-        return exc
-    return ReadError(DECODE_FAILED, f"{type(exc).__name__}: {exc}")
-
-
 def _label_lookup(labels: pd.DataFrame) -> dict[str, dict[str, str]]:
     return {row["path"]: row for row in labels.to_dict("records")}
 
@@ -328,8 +315,8 @@ def _read_file_items(
         try:
             blob = raw_sources.read_bytes(rel)
             decoded = decode_item(family, [blob], config.max_pixels)
-        except Exception as exc:  # noqa: BLE001 - one file never stops the run (see _as_read_error)
-            exc = _as_read_error(exc)
+        except Exception as exc:  # noqa: BLE001 - one file never stops the run (see as_read_error)
+            exc = as_read_error(exc)
             rejected.append(_rejection(rel, family, exc.reason, exc.detail))
             if mask_rel is not None:
                 rejected.append(
@@ -347,7 +334,7 @@ def _read_file_items(
                         f"mask spatial shape {mask.shape[1:]} differs from image {decoded.array.shape[1:]}",
                     )
             except Exception as exc:  # noqa: BLE001 - one file never stops the run
-                exc = _as_read_error(exc)
+                exc = as_read_error(exc)
                 rejected.append(_rejection(rel, family, exc.reason, f"its mask is unusable: {exc.detail}"))
                 rejected.append(_rejection(mask_rel, family, exc.reason, exc.detail))
                 continue
@@ -389,19 +376,21 @@ def read_dicom_items(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, ItemLoader]]:
     """DICOM files grouped into one item per series (patient, study, series).
 
-    Each file is parsed and classified by its SOP class first: non-image objects (reports,
-    RT plans and structure sets, RT Dose, DICOMDIR, presentation states, waveforms, ...) are
-    ignored with the reason ``non_image`` and the class name
-    (``synthmed.imaging.dicom_objects.classify``). A DICOM SEG is the mask of the one
-    accepted item of the series it references (ReferencedSeriesSequence; the first SEG by
-    path), read with highdicom and laid out like that item; a SEG without such an item is
-    rejected as ``mask_without_image``, a second one as ``extra_mask``, an unreadable or
-    misaligned one with its reason (the image item stays, without a mask). Each image
-    file's pixel data is then decoded on its own, so one truncated or undecodable instance is
-    rejected alone. Copies of one instance (same bytes, or same SOP Instance UID) are kept
-    once, the first by path; the others are ignored as ``duplicate_of`` the kept path. The
-    rest of a series is stacked (and rejected as ``inconsistent_series`` if a gap remains);
-    a file without position or orientation, or a multi-frame file, is an item of its own.
+    One pass per file (`scan_dicom_file`, in ``ingestion.workers`` processes): it is read,
+    parsed, classified by its SOP class and its pixel data decoded once. Non-image objects
+    (reports, RT plans and structure sets, RT Dose, DICOMDIR, presentation states,
+    waveforms, ...) are ignored with the reason ``non_image`` and the class name
+    (``synthmed.imaging.dicom_objects.classify``); one truncated or undecodable instance is
+    rejected alone; decoded pixels wait in a temporary folder. Copies of one instance (same
+    bytes, or same SOP Instance UID) are kept once, the first by path; the others are
+    ignored as ``duplicate_of`` the kept path. The series are then grouped (`group_series`;
+    a file without position or orientation, or a multi-frame file, is an item of its own)
+    and stacked from the spilled pixels in the workers, without decoding again (rejected as
+    ``inconsistent_series`` if a gap remains). A DICOM SEG is the mask of the one accepted
+    item of the series it references (ReferencedSeriesSequence; the first SEG by path),
+    read with highdicom and laid out like that item; a SEG without such an item is rejected
+    as ``mask_without_image``, a second one as ``extra_mask``, an unreadable or misaligned
+    one with its reason (the image item stays, without a mask).
 
     Returns:
         ``(manifest, rejected, loaders)``; ``rejected`` also holds the ignored files, with a
@@ -413,57 +402,64 @@ def read_dicom_items(
     lookup = _label_lookup(label_table)
     key = pseudonymisation_key
     is_image = (source_inventory["format"] == "dicom") & (source_inventory["role"] == "image")
-    files = source_inventory[is_image]["source_path"]
+    files = source_inventory[is_image]["source_path"].tolist()
+    spill = SpillFolder("synthmed-ingestion-")
+    workers = resolve_workers(config.workers, len(files))
+    logger.info("Reading %d DICOM files with %d process(es)", len(files), workers)
+    jobs = ((raw_sources.root, rel, raw_sources.sizes[rel], config.max_pixels, spill.path, index)
+            for index, rel in enumerate(files))
     # Rejected rows, and ignored rows (reasons in IGNORED_REASONS) that combine_ingestion moves
     # to the inventory: one table keeps this node's outputs as they were.
     rejected: list[dict[str, str]] = []
-    records: list[DicomRecord] = []
+    scans: dict[str, DicomScan] = {}
     segs: list[SegRecord] = []
     classes: Counter[str] = Counter()
-    for rel in tqdm(files.tolist(), desc="reading DICOM", unit="file", disable=None):
-        try:
-            blob = raw_sources.read_bytes(rel)
-            ds = read_dicom(blob)
-            # Issue 9 item 3: what the object is; non-image objects are ignored, not decoded.
-            dicom_class = classify(ds)
-            classes[dicom_class.keyword or dicom_class.name] += 1
-            ignored = ignored_reason(dicom_class)
-            if ignored is not None:
-                rejected.append(_rejection(rel, "dicom", *ignored))
-                continue
-            if dicom_class.kind == SEGMENTATION:  # a mask: paired with its series below
-                segs.append(SegRecord(rel, sha256_bytes(blob), segmentation_source_series(ds)))
-                continue
-            decode_item("dicom", [blob], config.max_pixels)
-            record = dicom_record(rel, ds, blob, dicom_patient_identity(ds), dicom_class)
-        except Exception as exc:  # noqa: BLE001 - one file never stops the run (see _as_read_error)
-            exc = _as_read_error(exc)
-            rejected.append(_rejection(rel, "dicom", exc.reason, exc.detail))
-            continue
-        records.append(record)
+    results = ordered_map(scan_dicom_file, jobs, workers, chunk_size(len(files), workers))
+    for rel, scan in tqdm(zip(files, results), total=len(files), desc="reading DICOM", unit="file", disable=None):
+        if isinstance(scan, Exception):  # the worker itself failed (e.g. it was killed)
+            error = as_read_error(scan)
+            scan = DicomScan(rel, reason=error.reason, detail=error.detail)
+        if scan.class_label:
+            classes[scan.class_label] += 1
+        if scan.reason:
+            rejected.append(_rejection(rel, "dicom", scan.reason, scan.detail))
+        elif scan.seg is not None:
+            segs.append(scan.seg)
+        else:
+            scans[rel] = scan
     logger.info("DICOM files by SOP class: %s", dict(sorted(classes.items())))
     # Issue 9 item 6: one file per instance; files that cannot be stacked are items of their own.
-    kept, duplicates = deduplicate(records)
-    rejected.extend(_rejection(record.path, "dicom", DUPLICATE_OF, f"{kept_path} ({note})")
-                    for record, kept_path, note in duplicates)
-    members = [(item_key(record), record.path) for record in kept]
+    kept, duplicates = deduplicate([scan.record for scan in scans.values()])
+    for record, kept_path, note in duplicates:
+        rejected.append(_rejection(record.path, "dicom", DUPLICATE_OF, f"{kept_path} ({note})"))
+        scans.pop(record.path).remove_spilled()
+    groups = group_series((item_key(record), record.path) for record in kept)
+    # Stacking, the series checksum and writing the item's array also run in the workers:
+    # done here, they were a fifth of the time per file, which no second core could share.
+    jobs = ((raw_sources.root, [scans[p] for p in paths], {p: raw_sources.sizes[p] for p in paths},
+             config.max_pixels, spill.path, index) for index, (_, paths) in enumerate(groups))
+    assembled = ordered_map(assemble_dicom_series, jobs, resolve_workers(config.workers, len(groups)))
     manifest, items, item_of = [], {}, {}
-    for group, paths in group_series(members):
-        identity = group[0]
-        try:
-            blobs = [raw_sources.read_bytes(p) for p in paths]
-            decoded = decode_item("dicom", blobs, config.max_pixels)
-        except Exception as exc:  # noqa: BLE001 - one series never stops the run
-            exc = _as_read_error(exc)
-            rejected.extend(_rejection(p, "dicom", exc.reason, exc.detail) for p in paths)
+    for (group, paths), series in zip(groups, assembled):
+        if isinstance(series, Exception):  # the worker itself failed
+            for p in paths:
+                scans[p].remove_spilled()
+            error = as_read_error(series)
+            series = SeriesAssembly(reason=error.reason, detail=error.detail)
+        if series.reason:
+            rejected.extend(_rejection(p, "dicom", series.reason, series.detail) for p in paths)
             continue
+        identity = group[0]
+        decoded = series.decoded()
         meta = _metadata(paths[0], "dicom", lookup, config)
         meta["modality"] = decoded.modality or meta["modality"]
-        loader = ItemLoader(raw_sources, "dicom", paths, sha256_bytes(blobs), None, None, config.max_pixels)
+        loader = ItemLoader(raw_sources, "dicom", paths, series.sha256, None, None, config.max_pixels,
+                            Path(series.array_path), spill)
         item_id = pseudonym(key, "series", "\x00".join(group))
         manifest.append(_manifest_row(item_id, pseudonym(key, "patient", identity), "dicom", decoded, meta, loader))
         items[item_id] = loader
         item_of[group] = item_id
+        del decoded
     # Issue 9 item 6: a DICOM SEG is the mask of the one accepted item of the series it references.
     mask_of, unpaired = pair_segmentations(segs, {group: group[2] for group in item_of})
     rejected.extend(_rejection(seg.path, "dicom", reason, detail) for seg, reason, detail in unpaired)
@@ -474,12 +470,14 @@ def read_dicom_items(
         try:
             with_mask.mask()  # checked now (aligned, readable) so that saving cannot fail on it
         except Exception as exc:  # noqa: BLE001 - one mask never stops the run; the image stays, unmasked
-            exc = _as_read_error(exc)
+            exc = as_read_error(exc)
             rejected.append(_rejection(seg.path, "dicom", exc.reason, exc.detail))
             continue
         items[item_id] = with_mask
         rows[item_id].update(has_mask=True, mask_path=seg.path, mask_sha256=seg.sha256,
                              n_files=rows[item_id]["n_files"] + 1)
+    if not items:
+        spill.remove()
     return (pd.DataFrame(manifest, columns=MANIFEST_COLUMNS), pd.DataFrame(rejected, columns=REJECTED_COLUMNS), items)
 
 

@@ -24,7 +24,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 deidentify_sources,
                 ["raw_sources@files", "ingestion_manifest", "ingested_images", "ingested_masks",
-                 "pseudonymisation_key", "params:preprocessing.deid", "pixel_checks"],
+                 "pseudonymisation_key", "params:preprocessing.deid", "params:preprocessing.workers",
+                 "pixel_checks"],
                 ["deidentified_files", "deid_audit", "deid_quarantine"],
                 name="deidentify_sources",
             ),

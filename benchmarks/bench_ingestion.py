@@ -1,0 +1,262 @@
+"""Ingestion + de-identification throughput against a plain pydicom loop and dicognito.
+
+A folder of CT series is written from pydicom's ``CT_small.dcm`` (128 x 128, 16-bit,
+explicit VR little endian, 39 KB): every series gets its own patient, study and series
+UIDs, every instance its own SOP Instance UID, position and (shifted) pixels. On the same
+files, interleaved ``--repeats`` times, it measures:
+
+- ``synthmed``: the ingestion nodes (inventory, DICOM reader, combine) and the
+  ``deidentify_sources`` node with the base parameters, and saving what they return
+  (``ArrayStoreDataset``: the ingested arrays; ``FileFolderDataset``: the de-identified
+  copies), with 1 and with 2 worker processes (``ingestion.workers``);
+- ``plain loop``: one process, per file ``dcmread`` + ``pixel_array`` + ``np.save`` (no
+  de-identification, no checks, no series assembly);
+- ``dicognito``: one process, per file ``dcmread`` + ``Anonymizer.anonymize`` +
+  ``save_as`` (de-identification only, no pixel decoding).
+
+CPU time is user + system of the process and of its finished children (the pool's
+workers); files/s and MB/s are over wall time. ``--rss`` runs synthmed alone in a fresh
+process per folder size and reports its peak resident set size and its workers'.
+
+    PYTHONPATH=src python benchmarks/bench_ingestion.py --files 400 --repeats 3
+    PYTHONPATH=src python benchmarks/bench_ingestion.py --rss 100 1000
+    PYTHONPATH=src python benchmarks/bench_ingestion.py --profile 300   # cProfile of synthmed, 1 worker
+
+dicognito (``dicognito==0.19.0``) is a benchmark-only dependency: ``pip install dicognito==0.19.0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import inspect
+import json
+import pstats
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import yaml
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from synthmed.datasets.array_store import ArrayStoreDataset
+from synthmed.datasets.file_folder import FileFolderDataset
+from synthmed.pipelines.ingestion import nodes as ingestion
+from synthmed.pipelines.preprocessing import nodes as preprocessing
+
+ROOT = Path(__file__).resolve().parents[1]
+SERIES_LENGTH = 50  # instances per series
+
+
+def make_ct_folder(folder: Path, n_files: int, series_length: int = SERIES_LENGTH) -> None:
+    """``n_files`` CT instances in series of ``series_length``, one patient per series."""
+    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    pixels = template.pixel_array
+    z0 = float(template.ImagePositionPatient[2])
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(n_files):
+        series, slice_index = divmod(index, series_length)
+        if slice_index == 0:
+            patient = f"BENCH{series:05d}"
+            study_uid, series_uid = generate_uid(entropy_srcs=[patient, "study"]), generate_uid(
+                entropy_srcs=[patient, "series"])
+        ds = template.copy()
+        ds.PatientID = patient
+        ds.PatientName = f"BENCH^{series:05d}"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[patient, str(slice_index)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = slice_index + 1
+        ds.ImagePositionPatient = [template.ImagePositionPatient[0], template.ImagePositionPatient[1],
+                                   z0 + 5.0 * slice_index]
+        ds.SliceLocation = z0 + 5.0 * slice_index
+        ds.PixelData = np.roll(pixels, slice_index, axis=0).astype(pixels.dtype).tobytes()
+        ds.save_as(_path(folder, series, slice_index), enforce_file_format=True)
+
+
+def _path(folder: Path, series: int, slice_index: int) -> Path:
+    path = folder / f"s{series:04d}" / f"i{slice_index:04d}.dcm"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _params() -> dict[str, Any]:
+    ingestion = yaml.safe_load((ROOT / "conf/base/parameters_ingestion.yml").read_text())["ingestion"]
+    deid = yaml.safe_load((ROOT / "conf/base/parameters_preprocessing.yml").read_text())["preprocessing"]["deid"]
+    deid["date_shift_days"] = tuple(deid["date_shift_days"])
+    return {"ingestion": ingestion, "deid": deid}
+
+
+def run_synthmed(source: Path, out: Path, workers: int, phases: dict[str, list[float]] | None = None) -> None:
+    """Ingestion + de-identification nodes and their saves, as ``kedro run`` calls them.
+
+    ``phases`` receives ``{"ingestion": [wall, cpu], "deidentification": [wall, cpu]}``.
+    """
+    params = _params()
+    # Before the worker pools existed, there was no ``workers`` parameter ("before" figures).
+    takes_workers = "workers" in ingestion.IngestionConfig.__dataclass_fields__
+    ingest = {k: v for k, v in params["ingestion"].items() if k != "workers"}
+    ingest = {**ingest, "labels_csv": None, **({"workers": workers} if takes_workers else {})}
+    pooled = {"workers": workers} if "workers" in inspect.signature(preprocessing.deidentify_sources).parameters else {}
+    key = b"benchmark-key-0123456789abcdef!!"
+    phases = {} if phases is None else phases
+    cpu, wall = _cpu(), time.perf_counter()
+    raw = FileFolderDataset(path=str(source)).load()
+    inventory = ingestion.inventory_sources(raw, ingest)
+    labels = ingestion.read_label_table(raw, ingest)
+    empty = ingestion.read_raster_items(raw, inventory.iloc[0:0], labels, key, ingest)
+    dicom = ingestion.read_dicom_items(raw, inventory, labels, key, ingest)
+    manifest, rejected, images, masks, _ = ingestion.combine_ingestion(
+        inventory, empty[0], empty[0], dicom[0], empty[1], empty[1], dicom[1], {}, {}, dicom[2])
+    ArrayStoreDataset(path=str(out / "images")).save(images)
+    ArrayStoreDataset(path=str(out / "masks")).save(masks)
+    del images, masks, dicom
+    phases["ingestion"] = [time.perf_counter() - wall, _cpu() - cpu]
+    cpu, wall = _cpu(), time.perf_counter()
+    stored = ArrayStoreDataset(path=str(out / "images")).load()
+    stored_masks = ArrayStoreDataset(path=str(out / "masks")).load()
+    files, audit, quarantine = preprocessing.deidentify_sources(raw, manifest, stored, stored_masks, key,
+                                                                params["deid"], **pooled)
+    FileFolderDataset(path=str(out / "deidentified")).save(files)
+    phases["deidentification"] = [time.perf_counter() - wall, _cpu() - cpu]
+    manifest.to_csv(out / "manifest.csv", index=False)
+    rejected.to_csv(out / "rejected.csv", index=False)
+    audit.to_csv(out / "audit.csv", index=False)
+    quarantine.to_csv(out / "quarantine.csv", index=False)
+
+
+def run_plain(source: Path, out: Path, workers: int = 1) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for index, path in enumerate(sorted(source.rglob("*.dcm"))):
+        ds = pydicom.dcmread(path)
+        np.save(out / f"{index:06d}.npy", ds.pixel_array)
+
+
+def run_dicognito(source: Path, out: Path, workers: int = 1) -> None:
+    from dicognito.anonymizer import Anonymizer
+
+    anonymizer = Anonymizer(seed="benchmark")
+    out.mkdir(parents=True, exist_ok=True)
+    for index, path in enumerate(sorted(source.rglob("*.dcm"))):
+        ds = pydicom.dcmread(path)
+        anonymizer.anonymize(ds)
+        ds.save_as(out / f"{index:06d}.dcm")
+
+
+def _cpu() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _timed(fn, source: Path, workers: int) -> dict[str, list[float]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        phases: dict[str, list[float]] = {}
+        cpu, wall, own = _cpu(), time.perf_counter(), _own_cpu()
+        if fn is run_synthmed:
+            fn(source, Path(tmp) / "out", workers, phases)
+        else:
+            fn(source, Path(tmp) / "out", workers)
+        return {"total": [time.perf_counter() - wall, _cpu() - cpu], "parent": [0.0, _own_cpu() - own], **phases}
+
+
+def _own_cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
+def throughput(n_files: int, repeats: int) -> None:
+    import dicognito.anonymizer  # noqa: F401 - imported before any timing, like synthmed's modules
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "ct"
+        make_ct_folder(source, n_files)
+        megabytes = sum(p.stat().st_size for p in source.rglob("*.dcm")) / 1e6
+        runs = {"plain loop": (run_plain, 1), "dicognito": (run_dicognito, 1),
+                "synthmed 1 process": (run_synthmed, 1), "synthmed 2 processes": (run_synthmed, 2)}
+        results: dict[str, list[dict[str, list[float]]]] = {name: [] for name in runs}
+        for _ in range(repeats):  # interleaved, so that load from other processes hits all alike
+            for name, (fn, workers) in runs.items():
+                results[name].append(_timed(fn, source, workers))
+    print(f"{n_files} CT files in series of {SERIES_LENGTH}, {megabytes:.1f} MB; median of {repeats} interleaved runs; "
+          f"CPU = user + system of the process and its pool's workers")
+    print(f"{'run':44s} {'wall s':>7s} {'files/s':>8s} {'MB/s':>6s} {'CPU ms/file':>11s}")
+    for name, runs_of in results.items():
+        for phase in (p for p in runs_of[0] if p != "parent"):
+            wall = statistics.median(r[phase][0] for r in runs_of)
+            cpu = statistics.median(r[phase][1] for r in runs_of)
+            label = name if phase == "total" else f"{name}: {phase}"
+            print(f"{label:44s} {wall:7.2f} {n_files / wall:8.1f} {megabytes / wall:6.2f} {cpu / n_files * 1e3:11.2f}")
+
+    def ratio(a: tuple[str, str], b: tuple[str, str], index: int = 1) -> str:
+        values = [x[a[1]][index] / y[b[1]][index] for x, y in zip(results[a[0]], results[b[0]])]
+        return f"{statistics.median(values):5.2f} (runs {min(values):.2f}..{max(values):.2f})"
+
+    one, two = ("synthmed 1 process", "total"), ("synthmed 2 processes", "total")
+    print("ratios of CPU time per file (median of the per-repeat ratios):")
+    print(f"  synthmed 1 process / plain loop                    {ratio(one, ('plain loop', 'total'))}")
+    print(f"  synthmed ingestion only, 1 process / plain loop     "
+          f"{ratio(('synthmed 1 process', 'ingestion'), ('plain loop', 'total'))}")
+    print(f"  synthmed de-identification, 1 process / dicognito   "
+          f"{ratio(('synthmed 1 process', 'deidentification'), ('dicognito', 'total'))}")
+    print(f"  synthmed 1 process / dicognito                     {ratio(one, ('dicognito', 'total'))}")
+    print(f"  synthmed 2 processes / 1 process                   {ratio(two, one)}")
+    print(f"speed-up 1 -> 2 processes (wall time 1 / wall time 2)  {ratio(one, two, 0)}")
+    # What the parent does alone (listing, grouping, bookkeeping, saving) bounds the speed-up
+    # (Amdahl) whatever else runs on the machine; the wall-time speed-up needs idle cores.
+    serial = statistics.median(r["parent"][1] / r["total"][1] for r in results["synthmed 2 processes"])
+    extra = statistics.median(x["total"][1] / y["total"][1] for x, y in zip(results[two[0]], results[one[0]]))
+    print(f"2 processes: parent's share s of the CPU time {serial:.3f}; speed-up on 2 idle cores if the "
+          f"parent's work were all serial: (CPU 1 / CPU 2) / (s + (1 - s) / 2) = "
+          f"{1 / extra / (serial + (1 - serial) / 2):.2f}")
+
+
+def peak_rss(n_files: int, workers: int) -> dict[str, float]:
+    """Run synthmed on ``n_files`` in a fresh process: its peak RSS and its workers' (MB)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "ct"
+        make_ct_folder(source, n_files)
+        code = ("import json, resource, sys, pathlib; sys.path.insert(0, sys.argv[1]); import bench_ingestion as b; "
+                "b.run_synthmed(pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3]), int(sys.argv[4])); "
+                "print(json.dumps([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+                "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))")
+        done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(source),
+                               str(Path(tmp) / "out"), str(workers)], capture_output=True, text=True, check=True)
+        own, children = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"main_MB": own / 1024, "worker_MB": children / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=400, help="CT files (default 400)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs, median shown (default 3)")
+    parser.add_argument("--rss", type=int, nargs="*", help="peak RSS for these folder sizes instead")
+    parser.add_argument("--workers", type=int, default=2, help="workers for --rss (default 2)")
+    parser.add_argument("--profile", type=int, help="cProfile synthmed (1 process) on this many files instead")
+    args = parser.parse_args()
+    if args.profile:
+        with tempfile.TemporaryDirectory() as tmp:
+            source = Path(tmp) / "ct"
+            make_ct_folder(source, args.profile)
+            profiler = cProfile.Profile()
+            profiler.runcall(run_synthmed, source, Path(tmp) / "out", 1)
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
+        return
+    if args.rss:
+        print(f"{'files':>6s} {'workers':>7s} {'main peak RSS MB':>17s} {'worker peak RSS MB':>19s}")
+        for n in args.rss:
+            r = peak_rss(n, args.workers)
+            print(f"{n:6d} {args.workers:7d} {r['main_MB']:17.0f} {r['worker_MB']:19.0f}")
+        return
+    throughput(args.files, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

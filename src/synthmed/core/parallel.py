@@ -1,0 +1,149 @@
+"""Per-file work on every core: an ordered map over a process pool, failures as values.
+
+Ingestion and de-identification do the same thing to thousands of independent files, so
+the nodes run their per-file function in a pool of worker processes (not Kedro's
+``ParallelRunner``, which runs whole nodes in parallel and so can use at most as many cores
+as there are independent nodes, three readers here; not Dask, a large dependency for one
+map). ``ordered_map`` keeps at most a few tasks per worker in flight, so the memory of the
+parent stays flat in the number of files, and it yields results in the order of the jobs,
+so every output is the same whatever the number of workers.
+
+An exception raised by the function for one job is yielded as that job's value (the
+caller turns it into a rejected row); it never stops the other jobs. Arguments and
+results cross process boundaries by pickling: keep them small (paths, not arrays).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import shutil
+import tempfile
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+# Tasks queued per worker: enough to keep every worker busy, few enough to bound memory.
+_IN_FLIGHT_PER_WORKER = 4
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    if hasattr(os, "process_cpu_count"):  # Python 3.13+
+        return max(1, os.process_cpu_count() or 1)
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def resolve_workers(workers: int | None, n_jobs: int) -> int:
+    """``workers`` (None: `available_cores`), never more than the number of jobs, at least 1."""
+    wanted = available_cores() if workers is None else workers
+    return max(1, min(wanted, n_jobs))
+
+
+def chunk_size(n_jobs: int, workers: int) -> int:
+    """Jobs per task: up to 16, fewer when there are not enough to give each worker 8 tasks."""
+    return max(1, min(16, n_jobs // (max(1, workers) * 8)))
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    # fork starts a worker in milliseconds with the parent's modules already imported;
+    # spawn would re-import numpy, pydicom and pandas in every worker (about a second each).
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else None)
+
+
+def ordered_map(fn: Callable[..., T], jobs: Iterable[tuple[Any, ...]], workers: int,
+                chunk: int = 1) -> Iterator[T | Exception]:
+    """``fn(*job)`` for every job, in job order; an exception is yielded, not raised.
+
+    Args:
+        fn: a module-level function (picklable).
+        jobs: argument tuples; consumed lazily.
+        workers: 1 runs in this process (no pool); more starts that many worker processes.
+        chunk: jobs sent to a worker at a time. Each task costs the parent about a
+            millisecond of pickling and queue handling, as much as a small file's work:
+            a few jobs per task keep the parent's share small, so the speed-up grows with
+            the workers.
+    """
+    if workers <= 1:
+        for job in jobs:
+            try:
+                yield fn(*job)
+            except Exception as exc:  # noqa: BLE001 - the caller records it against its job
+                yield exc
+        return
+    pending: deque[tuple[Future, int]] = deque()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
+        for batch in _batches(jobs, chunk):
+            pending.append((pool.submit(_run_batch, fn, batch), len(batch)))
+            if len(pending) >= workers * _IN_FLIGHT_PER_WORKER:
+                yield from _outcomes(*pending.popleft())
+        while pending:
+            yield from _outcomes(*pending.popleft())
+
+
+def _batches(jobs: Iterable[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    batch: list[tuple[Any, ...]] = []
+    for job in jobs:
+        batch.append(job)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _run_batch(fn: Callable[..., T], batch: list[tuple[Any, ...]]) -> list[T | Exception]:
+    """In a worker: ``fn`` over a batch, each failure kept as that job's result."""
+    results: list[T | Exception] = []
+    for job in batch:
+        try:
+            results.append(fn(*job))
+        except Exception as exc:  # noqa: BLE001 - the caller records it against its job
+            results.append(_picklable(exc))
+    return results
+
+
+def _picklable(exc: Exception) -> Exception:
+    """``exc``, or a RuntimeError with its class and text if it cannot cross back to the parent."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - e.g. an exception class whose __init__ takes other arguments
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _outcomes(future: Future, n_jobs: int) -> list[Any]:
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001 - the worker died (BrokenProcessPool) or a result did not pickle
+        return [exc] * n_jobs
+
+
+class SpillFolder:
+    """A temporary folder for per-file results, removed when nothing refers to it any more.
+
+    Workers write what they decoded or de-identified here (on disk, not in memory) and the
+    node hands loaders that read it back to the dataset that saves it, so memory stays flat
+    in the number of files. The folder is in the system's temporary folder (``TMPDIR``) and
+    holds at most about one copy of the data being ingested. Kedro deep-copies node outputs
+    held in memory: a copy is this same folder.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix=prefix))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.path), ignore_errors=True)
+
+    def __deepcopy__(self, memo: dict) -> SpillFolder:
+        return self
+
+    def remove(self) -> None:
+        """Remove the folder now (also done when the last reference goes, or at exit)."""
+        self._cleanup()

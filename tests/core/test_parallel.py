@@ -1,0 +1,56 @@
+"""synthmed.core.parallel: ordered results from a process pool, failures as values."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from synthmed.core import parallel
+
+
+def _slow_square(n: int) -> int:
+    """Later jobs finish first (module level: picklable)."""
+    time.sleep(0.02 * (5 - n % 5))
+    if n == 7:
+        raise ValueError(f"job {n} failed")
+    return n * n
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_results_come_in_job_order_and_a_failure_is_a_value(workers):
+    results = list(parallel.ordered_map(_slow_square, ((n,) for n in range(12)), workers))
+    assert [r for i, r in enumerate(results) if i != 7] == [n * n for n in range(12) if n != 7]
+    assert isinstance(results[7], ValueError) and str(results[7]) == "job 7 failed"
+
+
+def test_workers_default_to_the_cores_this_process_may_use(monkeypatch):
+    if hasattr(os, "process_cpu_count"):
+        monkeypatch.setattr(os, "process_cpu_count", lambda: 3)
+    else:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 4, 5})
+    assert parallel.available_cores() == 3
+    assert parallel.resolve_workers(None, 100) == 3
+    assert parallel.resolve_workers(8, 2) == 2  # never more processes than files
+    assert parallel.resolve_workers(None, 0) == 1
+
+
+class _OddError(Exception):
+    """An exception that cannot be unpickled (its __init__ takes two arguments)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+
+
+def _odd(n: int) -> int:
+    if n == 5:
+        raise _OddError("odd", "five")
+    return n
+
+
+def test_batches_keep_order_and_failures_that_cannot_be_pickled_stay_with_their_job():
+    results = list(parallel.ordered_map(_odd, ((n,) for n in range(11)), workers=2, chunk=4))
+    assert results[:5] + results[6:] == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
+    assert isinstance(results[5], RuntimeError) and str(results[5]) == "_OddError: odd: five"
+    assert parallel.chunk_size(400, 2) == 16 and parallel.chunk_size(20, 2) == 1
