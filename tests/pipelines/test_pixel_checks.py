@@ -111,6 +111,9 @@ def test_dicom_head_series_is_quarantined_and_unknown_body_part_is_not_a_head():
     assert not unknown["head"] and unknown["reason"] == ""
     failed = check_item(np.zeros((1, 20, 20, 20), np.float32), **{**common, "item_format": "nifti"}, body_part=None)
     assert failed["reason"].startswith("defacing failed: brain estimate")
+    # A head series without Pixel Spacing (seen in pydicom-data): quarantined, the run goes on.
+    no_spacing = check_item(volume, body_part="HEAD", **{**common, "spacing": (float("nan"), float("nan"), 1.2)})
+    assert no_spacing["head"] and no_spacing["reason"] == "defacing failed: voxel size unknown (nanxnanx1.2 mm)"
 
 
 def test_dicom_text_is_quarantined_even_in_redact_mode_and_bad_settings_are_refused():
@@ -142,3 +145,41 @@ def test_defaced_nifti_copy_of_a_left_right_flipped_scaled_image_matches_the_can
     expected = apply_deface(nib.as_closest_canonical(stored).get_fdata(), plane)
     assert np.allclose(nib.as_closest_canonical(copy).get_fdata(), expected)
     assert np.allclose(copy.affine, nib.as_closest_canonical(stored).affine)
+
+
+def test_an_item_whose_pixel_check_fails_stays_out_and_the_others_are_checked(tmp_path, monkeypatch):
+    from synthmed.datasets.file_folder import FileFolderDataset
+    from synthmed.pipelines.preprocessing import pixel_nodes
+
+    real = pixel_nodes.check_item
+
+    def fail_on_the_named_photo(image, **kwargs):
+        if kwargs["item_id"] == named:
+            raise RuntimeError("DOE^JOHN in an exception text")
+        return real(image, **kwargs)
+
+    manifest = pd.DataFrame([
+        {"item_id": "a1", "format": "raster", "modality": "OP", "source_paths": "a.png", "spacing_mm": "1x1"},
+        {"item_id": "b2", "format": "raster", "modality": "OP", "source_paths": "b.png", "spacing_mm": "1x1"},
+    ])
+    named = "a1"
+    monkeypatch.setattr(pixel_nodes, "check_item", fail_on_the_named_photo)
+    plain = np.asarray(Image.open(io.BytesIO(_gradient_png(None))))[None].astype(np.float32)
+    (tmp_path / "src").mkdir()
+    raw = FileFolderDataset(path=str(tmp_path / "src")).load()
+    deid = {"dates": "shift", "date_shift_days": (-3650, -365), "keep_private": (),
+            "quarantine_modalities": ("US", "SC", "OT"), "quarantine_burned_in": True, "allow_classes": ()}
+    table = pixel_nodes.check_pixels(raw, manifest, {"a1": plain, "b2": plain}, _pixel_params(), deid)
+    rows = table.set_index("item_id")
+    assert rows.loc["a1", "reason"] == "pixel check failed (RuntimeError)"
+    assert rows.loc["b2", "reason"] == "" and bool(rows.loc["b2", "ocr_checked"])
+    assert "DOE" not in table.to_csv()
+
+
+def _pixel_params():
+    import yaml
+
+    from tests.conftest import PROJECT_ROOT
+
+    return yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_preprocessing.yml").read_text())["preprocessing"][
+        "pixels"]

@@ -26,6 +26,7 @@ plane, never the text read.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from synthmed.core.config import from_params
+from synthmed.core.manifest import format_spacing
 from synthmed.privacy.burned_in_text import find_text, parse_boxes, redact
 from synthmed.privacy.deface import DefaceSettings, FacePlane, apply_deface, plan_deface
 
@@ -110,6 +112,14 @@ def _frame(image: np.ndarray) -> np.ndarray:
     return image.mean(axis=0)
 
 
+def unchecked_row(item_id: str, item_format: str, modality: str, reason: str = "") -> dict[str, Any]:
+    """A row (``PIXEL_COLUMNS``) of an item nothing was found in yet, or that stays out for ``reason``."""
+    return {
+        "item_id": item_id, "format": item_format, "modality": modality, "ocr_checked": False, "text_boxes": 0,
+        "redacted_boxes": "", "head": False, "face_plane": "", "face_removed_fraction": 0.0, "reason": reason,
+    }
+
+
 def check_item(
     image: np.ndarray,
     *,
@@ -128,10 +138,7 @@ def check_item(
         at_risk: the DICOM quarantine rule flags the item (burned-in text likely).
         body_part: DICOM Body Part Examined, or None.
     """
-    row: dict[str, Any] = {
-        "item_id": item_id, "format": item_format, "modality": modality, "ocr_checked": False, "text_boxes": 0,
-        "redacted_boxes": "", "head": False, "face_plane": "", "face_removed_fraction": 0.0, "reason": "",
-    }
+    row = unchecked_row(item_id, item_format, modality)
     image = np.asarray(image)
     is_2d = image.ndim == 3
     ocr = config.ocr
@@ -157,6 +164,12 @@ def check_item(
         logger.info("Text check of item %s: %d box(es)", item_id, len(boxes))
     if not is_2d and image.ndim == 4 and config.deface.is_head(item_format, modality, body_part):
         row["head"] = True
+        if len(spacing) != 3 or not all(math.isfinite(float(s)) and float(s) > 0 for s in spacing):
+            # A DICOM series without Pixel Spacing (or a NIfTI without zooms): no distance in mm
+            # can be measured, so the face cannot be removed; the item stays out.
+            row["reason"] = f"defacing failed: voxel size unknown ({format_spacing(spacing)} mm)"
+            logger.info("Face check of item %s: voxel size unknown", item_id)
+            return row
         plan = plan_deface(image[0], tuple(spacing), modality, config.deface)
         if plan.plane is None:
             row["reason"] = f"defacing failed: {plan.failure}"

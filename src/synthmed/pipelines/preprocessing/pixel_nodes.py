@@ -18,7 +18,7 @@ from synthmed.datasets.array_store import ArrayStore
 from synthmed.datasets.file_folder import SourceFolder
 from synthmed.imaging.readers import read_dicom
 from synthmed.privacy.dicom_deid import DicomDeidConfig, quarantine_reason
-from synthmed.privacy.pixel_checks import PIXEL_COLUMNS, PixelChecksConfig, check_item
+from synthmed.privacy.pixel_checks import PIXEL_COLUMNS, PixelChecksConfig, check_item, unchecked_row
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +40,24 @@ def check_pixels(
     rows = []
     for item in tqdm(ingestion_manifest.itertuples(), total=len(ingestion_manifest),
                      desc="checking pixels", unit="item", disable=None):
-        at_risk, body_part = False, None
-        if item.format == "dicom":
-            first = str(item.source_paths).split(PATH_SEPARATOR)[0]
-            header = read_dicom(raw_sources.read_bytes(first), stop_before_pixels=True)
-            at_risk = quarantine_reason(header, deid) is not None
-            body_part = str(header.get("BodyPartExamined", "") or "") or None
-        rows.append(check_item(
-            ingested_images[item.item_id], item_id=item.item_id, item_format=item.format,
-            modality=str(item.modality), spacing=parse_spacing(item.spacing_mm), at_risk=at_risk,
-            body_part=body_part, config=config,
-        ))
+        try:
+            at_risk, body_part = False, None
+            if item.format == "dicom":
+                first = str(item.source_paths).split(PATH_SEPARATOR)[0]
+                header = read_dicom(raw_sources.read_bytes(first), stop_before_pixels=True)
+                at_risk = quarantine_reason(header, deid) is not None
+                body_part = str(header.get("BodyPartExamined", "") or "") or None
+            row = check_item(
+                ingested_images[item.item_id], item_id=item.item_id, item_format=item.format,
+                modality=str(item.modality), spacing=parse_spacing(item.spacing_mm), at_risk=at_risk,
+                body_part=body_part, config=config,
+            )
+        except Exception as exc:  # noqa: BLE001 - one item never stops the run: unchecked, it stays out
+            # The class only: an exception text may quote a header value, and this table is pushed.
+            reason = f"pixel check failed ({type(exc).__name__})"
+            logger.warning("Quarantined item %s: %s", item.item_id, reason)
+            row = unchecked_row(item.item_id, item.format, str(item.modality), reason)
+        rows.append(row)
     table = pd.DataFrame(rows, columns=PIXEL_COLUMNS)
     logger.info("Pixel checks: %d item(s) read by OCR, %d with text, %d head volume(s), %d quarantined",
                 int(table["ocr_checked"].sum()), int((table["text_boxes"] > 0).sum()), int(table["head"].sum()),
