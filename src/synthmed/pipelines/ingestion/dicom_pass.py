@@ -102,17 +102,32 @@ class DicomScan:
                 Path(f"{self.spilled}{suffix}").unlink(missing_ok=True)
 
 
-def _write_header(path: Path, ds: pydicom.Dataset) -> tuple[bool, bool]:
-    """The `HEADER_KEYWORDS` elements of ``ds``, as parsed, to ``path``; returns their encoding."""
-    header = pydicom.Dataset({tag: ds.get_item(tag) for tag in _HEADER_TAGS if tag in ds})
-    encoding = ds.original_encoding
-    implicit, little = encoding if None not in encoding else (False, True)
-    header.set_original_encoding(implicit, little, ds.original_character_set)
+def _header_bytes(elements: dict, encoding: tuple[bool, bool], character_set: list[str]) -> bytes:
+    header = pydicom.Dataset(elements)
+    header.set_original_encoding(*encoding, character_set)
     fp = DicomBytesIO()
-    fp.is_implicit_VR, fp.is_little_endian = implicit, little
+    fp.is_implicit_VR, fp.is_little_endian = encoding
     write_dataset(fp, header)
-    path.write_bytes(fp.getvalue())
-    return implicit, little
+    return fp.getvalue()
+
+
+def _write_header(path: Path, ds: pydicom.Dataset) -> tuple[bool, bool]:
+    """The `HEADER_KEYWORDS` elements of ``ds`` to ``path``; returns the encoding written.
+
+    Fast path: the elements as parsed (raw values, no conversion), in the file's own
+    encoding. A file whose elements do not match its declared encoding (pydicom reads an
+    "explicit VR" file that is in fact implicit) is written from the converted elements in
+    explicit VR little endian instead.
+    """
+    tags = [tag for tag in _HEADER_TAGS if tag in ds]
+    declared = ds.original_encoding if None not in ds.original_encoding else (False, True)
+    try:
+        data, encoding = _header_bytes({t: ds.get_item(t) for t in tags}, declared, ds.original_character_set), declared
+    except (TypeError, ValueError, AttributeError):
+        encoding = (False, True)
+        data = _header_bytes({t: ds[t] for t in tags}, encoding, ds.original_character_set)
+    path.write_bytes(data)
+    return encoding
 
 
 def scan_dicom_file(root: Path, rel: str, size: int, max_pixels: int, spill_dir: Path, index: int) -> DicomScan:
