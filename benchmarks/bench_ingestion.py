@@ -90,9 +90,11 @@ def _path(folder: Path, series: int, slice_index: int) -> Path:
 
 def _params() -> dict[str, Any]:
     ingestion = yaml.safe_load((ROOT / "conf/base/parameters_ingestion.yml").read_text())["ingestion"]
-    deid = yaml.safe_load((ROOT / "conf/base/parameters_preprocessing.yml").read_text())["preprocessing"]["deid"]
+    preprocessing_params = yaml.safe_load((ROOT / "conf/base/parameters_preprocessing.yml").read_text())
+    deid = preprocessing_params["preprocessing"]["deid"]
     deid["date_shift_days"] = tuple(deid["date_shift_days"])
-    return {"ingestion": ingestion, "deid": deid}
+    pixels = preprocessing_params["preprocessing"].get("pixels")
+    return {"ingestion": ingestion, "deid": deid, "pixels": pixels}
 
 
 def run_synthmed(source: Path, out: Path, workers: int, phases: dict[str, list[float]] | None = None) -> None:
@@ -114,8 +116,8 @@ def run_synthmed(source: Path, out: Path, workers: int, phases: dict[str, list[f
     labels = ingestion.read_label_table(raw, ingest)
     empty = ingestion.read_raster_items(raw, inventory.iloc[0:0], labels, key, ingest)
     dicom = ingestion.read_dicom_items(raw, inventory, labels, key, ingest)
-    manifest, rejected, images, masks, _ = ingestion.combine_ingestion(
-        inventory, empty[0], empty[0], dicom[0], empty[1], empty[1], dicom[1], {}, {}, dicom[2])
+    manifest, rejected, images, masks = ingestion.combine_ingestion(
+        inventory, empty[0], empty[0], dicom[0], empty[1], empty[1], dicom[1], {}, {}, dicom[2])[:4]
     ArrayStoreDataset(path=str(out / "images")).save(images)
     ArrayStoreDataset(path=str(out / "masks")).save(masks)
     del images, masks, dicom
@@ -123,8 +125,15 @@ def run_synthmed(source: Path, out: Path, workers: int, phases: dict[str, list[f
     cpu, wall = _cpu(), time.perf_counter()
     stored = ArrayStoreDataset(path=str(out / "images")).load()
     stored_masks = ArrayStoreDataset(path=str(out / "masks")).load()
-    files, audit, quarantine = preprocessing.deidentify_sources(raw, manifest, stored, stored_masks, key,
-                                                                params["deid"], **pooled)
+    if params["pixels"] is None:  # before the pixel checks existed ("before" figures)
+        files, audit, quarantine = preprocessing.deidentify_sources(raw, manifest, stored, stored_masks, key,
+                                                                    params["deid"], **pooled)
+    else:  # the pixel checks (OCR of at-risk items, defacing of heads) come before the copies
+        from synthmed.pipelines.preprocessing.pixel_nodes import check_pixels
+
+        pixel_checks = check_pixels(raw, manifest, stored, params["pixels"], params["deid"])
+        files, audit, quarantine = preprocessing.deidentify_sources(raw, manifest, stored, stored_masks, key,
+                                                                    params["deid"], workers, pixel_checks)
     FileFolderDataset(path=str(out / "deidentified")).save(files)
     phases["deidentification"] = [time.perf_counter() - wall, _cpu() - cpu]
     manifest.to_csv(out / "manifest.csv", index=False)
