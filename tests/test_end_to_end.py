@@ -172,9 +172,9 @@ def test_the_sample_never_replaces_your_own_data(tmp_path):
     assert _files(mine) == [Path("a.dcm")] and (mine / "a.dcm").read_bytes() == b"not the sample"
 
 
-def test_a_run_over_the_rejection_limit_leaves_the_published_primary_layer_intact(tmp_path):
-    """Item 5 of issue 9: whatever order Kedro runs the nodes in, the de-identified copies and
-    preprocessed arrays of a run that fails a check never replace the previous ones."""
+def _published_after_one_run(tmp_path: Path, ingestion_yml: str, key: str) -> tuple[Path, dict[Path, bytes]]:
+    """A project copy reading 3 CT files of its own, after one ingestion + preprocessing run:
+    the project and every file of its published primary layer."""
     project = project_copy(tmp_path / "project")
     mine = project / "data/01_raw/mine"
     mine.mkdir(parents=True)
@@ -184,12 +184,20 @@ def test_a_run_over_the_rejection_limit_leaves_the_published_primary_layer_intac
     local = project / "conf/local"
     (local / "catalog.yml").write_text(
         "raw_sources:\n  type: synthmed.datasets.FileFolderDataset\n  path: data/01_raw/mine\n")
-    (local / "parameters_ingestion.yml").write_text("ingestion:\n  labels_csv: null\n  max_rejection_rate: 0.3\n")
-    (local / "credentials.yml").write_text("pseudonymisation:\n  key: a-secret-key-for-the-staging-test\n")
+    (local / "parameters_ingestion.yml").write_text(ingestion_yml)
+    (local / "credentials.yml").write_text(f"pseudonymisation:\n  key: {key}\n")
     sh("kedro", "run", "--pipelines", "ingestion,preprocessing", cwd=project, local_env=True)
-    primary = project / "data/03_primary"
-    before = {p: p.read_bytes() for p in primary.rglob("*") if p.is_file()}
-    assert any(p.suffix == ".dcm" for p in before)
+    published = {p: p.read_bytes() for p in (project / "data/03_primary").rglob("*") if p.is_file()}
+    assert any(p.suffix == ".dcm" for p in published)
+    return project, published
+
+
+def test_a_run_over_the_rejection_limit_leaves_the_published_primary_layer_intact(tmp_path):
+    """Item 5 of issue 9: whatever order Kedro runs the nodes in, the de-identified copies and
+    preprocessed arrays of a run that fails a check never replace the previous ones."""
+    project, before = _published_after_one_run(
+        tmp_path, "ingestion:\n  labels_csv: null\n  max_rejection_rate: 0.3\n", "a-secret-key-for-the-staging-test")
+    primary, mine = project / "data/03_primary", project / "data/01_raw/mine"
 
     for k in range(3):  # 3 of 6 files rejected: rate 0.5 > 0.3
         (mine / f"broken{k}.dcm").write_bytes(b"DICM but not really" * 3)
@@ -208,21 +216,9 @@ def test_a_failure_after_the_copies_are_written_keeps_the_previous_copies(tmp_pa
 
     import synthmed.pipelines.preprocessing.pipeline as preprocessing
 
-    project = project_copy(tmp_path / "project")
-    mine = project / "data/01_raw/mine"
-    mine.mkdir(parents=True)
-    for k in range(3):
-        (mine / f"s{k}.dcm").write_bytes(dicom_bytes(ct_instance(2.0 * k, series_uid="1.2.826.0.1.3680043.8.498.93",
-                                                                 study_uid="1.2.826.0.1.3680043.8.498.94")))
-    local = project / "conf/local"
-    (local / "catalog.yml").write_text(
-        "raw_sources:\n  type: synthmed.datasets.FileFolderDataset\n  path: data/01_raw/mine\n")
-    (local / "parameters_ingestion.yml").write_text("ingestion:\n  labels_csv: null\n")
-    (local / "credentials.yml").write_text("pseudonymisation:\n  key: the-first-secret-key-of-this-test\n")
-    sh("kedro", "run", "--pipelines", "ingestion,preprocessing", cwd=project, local_env=True)
-    primary = project / "data/03_primary"
-    before = {p: p.read_bytes() for p in primary.rglob("*") if p.is_file()}
-
+    project, before = _published_after_one_run(tmp_path, "ingestion:\n  labels_csv: null\n",
+                                               "the-first-secret-key-of-this-test")
+    primary, local = project / "data/03_primary", project / "conf/local"
     (local / "credentials.yml").write_text("pseudonymisation:\n  key: the-second-secret-key-of-this-test\n")
 
     def failing_split(*args, **kwargs):
