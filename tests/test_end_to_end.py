@@ -12,6 +12,7 @@ import json
 import secrets
 import sqlite3
 import string
+import sys
 from pathlib import Path
 
 import pytest
@@ -208,30 +209,30 @@ def test_a_run_over_the_rejection_limit_leaves_the_published_primary_layer_intac
     assert not [p for p in (project / "data/.staging").rglob("*") if p.is_file()]
 
 
-def test_a_failure_after_the_copies_are_written_keeps_the_previous_copies(tmp_path, monkeypatch):
+def test_a_failure_after_the_copies_are_written_keeps_the_previous_copies(tmp_path):
     """The de-identified copies are saved before the split is assigned; when a later
-    preprocessing node fails, the copies of that run (another key: other names) are discarded."""
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
+    preprocessing node fails, the copies of that run (another key: other names) are discarded.
 
-    import synthmed.pipelines.preprocessing.pipeline as preprocessing
-
+    The run is a Kedro session in a subprocess whose split node is replaced by one that fails
+    (in this process, MLflow's and Kedro's global state would leak into later tests)."""
     project, before = _published_after_one_run(tmp_path, "ingestion:\n  labels_csv: null\n",
                                                "the-first-secret-key-of-this-test")
     primary, local = project / "data/03_primary", project / "conf/local"
     (local / "credentials.yml").write_text("pseudonymisation:\n  key: the-second-secret-key-of-this-test\n")
+    script = (
+        "from pathlib import Path\n"
+        "from kedro.framework.session import KedroSession\n"
+        "from kedro.framework.startup import bootstrap_project\n"
+        "import synthmed.pipelines.preprocessing.pipeline as preprocessing\n"
+        "def failing_split(*args, **kwargs):\n"
+        "    raise RuntimeError('the split failed after the copies were saved')\n"
+        "preprocessing.assign_item_splits = failing_split\n"
+        "bootstrap_project(Path.cwd())\n"
+        "with KedroSession.create(project_path=Path.cwd()) as session:\n"
+        "    session.run(pipeline_names=['ingestion', 'preprocessing'])\n"
+    )
+    run = sh(sys.executable, "-c", script, cwd=project, check=False, local_env=True)
 
-    def failing_split(*args, **kwargs):
-        raise RuntimeError("the split failed after the copies were saved")
-
-    monkeypatch.setattr(preprocessing, "assign_item_splits", failing_split)
-    monkeypatch.chdir(project)
-    for name, value in {"KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-                        "SYNTHMED_LOCK": "fail"}.items():
-        monkeypatch.setenv(name, value)
-    bootstrap_project(project)
-    with pytest.raises(Exception, match="the split failed"), KedroSession.create(project_path=project) as session:
-        session.run(pipeline_names=["ingestion", "preprocessing"])
-
+    assert run.returncode != 0 and "the split failed" in run.stdout + run.stderr
     assert {p: p.read_bytes() for p in primary.rglob("*") if p.is_file()} == before
     assert not [p for p in (project / "data/.staging").rglob("*") if p.is_file()]

@@ -12,7 +12,7 @@ from pydicom.data import get_testdata_file
 from synthmed.pipelines.ingestion.dicom_pass import HEADER_KEYWORDS, scan_dicom_file
 
 
-@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_implicit.dcm", "SC_rgb_jpeg.dcm", "emri_small.dcm"])
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_implicit.dcm", "SC_rgb_jpeg.dcm", "JPEG2000.dcm"])
 def test_the_spilled_header_and_pixels_read_back_as_parsed(tmp_path, name):
     """SC_rgb_jpeg.dcm declares explicit VR and is implicit: its header is written converted."""
     source, spill = tmp_path / "src", tmp_path / "spill"
