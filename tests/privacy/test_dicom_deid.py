@@ -538,3 +538,31 @@ def test_pydicom_ct_small_sample() -> None:
     assert not [e.tag for e in _walk(back) if e.tag.is_private]
     assert back.PixelData == original.PixelData  # pixels untouched
     assert back.SOPClassUID == original.SOPClassUID
+
+
+# --- the consumed fast path ---------------------------------------------------------------
+
+# Explicit and implicit VR, big endian, a compressed syntax with sequences, and a file that
+# declares explicit VR but is implicit (parsed as implicit: its raw elements carry no VR).
+_ENCODINGS = ("CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "JPEG2000.dcm", "SC_rgb_jpeg.dcm")
+
+
+@pytest.mark.parametrize("name", _ENCODINGS)
+def test_consumed_copy_has_the_same_content_as_the_reencoded_copy(name: str) -> None:
+    """Unchanged raw elements are copied as bytes only where that gives the same file content."""
+    config = DicomDeidConfig(quarantine_modalities=(), allow_classes=("SecondaryCaptureImageStorage", "DERIVED"))
+    slow, fast = pydicom.dcmread(get_testdata_file(name)), pydicom.dcmread(get_testdata_file(name))
+    slow.BurnedInAnnotation = fast.BurnedInAnnotation = "NO"  # so that every file is published
+    slow, fast = deidentify(slow, KEY, config), deidentify(fast, KEY, config, consume=True)
+    assert fast.actions == slow.actions and fast.actions
+    back_fast, back_slow = _roundtrip(fast.dataset), _roundtrip(slow.dataset)
+    assert back_fast.file_meta == back_slow.file_meta
+    assert [(e.tag, e.VR, e.value) for e in _walk(back_fast)] == [(e.tag, e.VR, e.value) for e in _walk(back_slow)]
+
+
+def test_consumed_copy_keeps_unchanged_elements_raw() -> None:
+    """The writer copies kept elements as bytes (re-encoding them was most of a copy's cost)."""
+    out = deidentify(pydicom.dcmread(get_testdata_file("CT_small.dcm")), KEY, DicomDeidConfig(), consume=True).dataset
+    assert out.original_encoding == (False, True)
+    assert out.get_item(Tag("Rows")).is_raw and out.get_item(Tag("PixelData")).is_raw
+    assert not out.get_item(Tag("StudyInstanceUID")).is_raw  # remapped, so converted

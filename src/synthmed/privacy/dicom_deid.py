@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.tag import BaseTag, Tag
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from synthmed.core.config import from_params
 from synthmed.imaging.dicom_objects import DERIVED, OVERLAY, burned_in_risks, class_matches, known_class_names
@@ -306,6 +306,7 @@ def deidentify(ds: Dataset, key: bytes, config: DicomDeidConfig, *, consume: boo
     # the input's elements (still unparsed ones included, parsed when the profile reaches them).
     if consume:
         out = Dataset(ds)  # shares ds's mapping of elements (pydicom: Dataset(dataset))
+        _keep_encoding(out, ds, transfer_syntax)
     else:
         out = Dataset()
         for element in copy.deepcopy(ds):
@@ -339,6 +340,23 @@ def deidentify(ds: Dataset, key: bytes, config: DicomDeidConfig, *, consume: boo
     return DeidResult(out, patient_key, None, dict(sorted(ctx.counts.items())))
 
 
+def _keep_encoding(out: Dataset, ds: Dataset, transfer_syntax: str) -> None:
+    """Let the writer copy ``out``'s unchanged raw elements as they are, where that is safe.
+
+    pydicom re-encodes every element of a dataset whose original encoding is unknown (a
+    plain ``Dataset``), which was most of the cost of writing a copy. The copy keeps the
+    transfer syntax ``ds`` was parsed in, so its raw elements are valid bytes there; the
+    ones that carry no VR (a file that declares explicit VR but is implicit, which pydicom
+    still reports as explicit) were converted by `_element_vr` on the way.
+    """
+    syntax = UID(str(transfer_syntax))
+    if not syntax.is_transfer_syntax:
+        return
+    declared = (syntax.is_implicit_VR, syntax.is_little_endian)
+    if tuple(ds.original_encoding) == declared:
+        out.set_original_encoding(*declared, ds.original_character_set)
+
+
 def _code_item(code: Any) -> Dataset:
     item = Dataset()
     item.CodeValue = code.value
@@ -357,7 +375,7 @@ def _deidentify_level(ds: Dataset, ctx: _Context) -> None:
             del ds[tag]
             ctx.counts["private_removed"] += 1
             continue
-        element = ds[tag]
+        vr = _element_vr(ds, tag)
         if tag.is_private:
             action = None
             ctx.counts["private_kept"] += 1
@@ -366,15 +384,26 @@ def _deidentify_level(ds: Dataset, ctx: _Context) -> None:
             action = "X"
         else:
             action = table_action(tag)
-            if element.VR in ("DA", "DT") and tag != _PATIENT_BIRTH_DATE:
-                action = _date_action(action, ctx.date_mode, element.VR)
-            elif element.VR == "TM":
+            if vr in ("DA", "DT") and tag != _PATIENT_BIRTH_DATE:
+                action = _date_action(action, ctx.date_mode, vr)
+            elif vr == "TM":
                 action = _time_action(action)
         if action is not None and not _apply(ds, tag, action, ctx):
             continue  # deleted
-        if element.VR == "SQ":
-            for item in element.value:
+        if vr == "SQ":
+            for item in ds[tag].value:
                 _deidentify_level(item, ctx)
+
+
+def _element_vr(ds: Dataset, tag: BaseTag) -> str:
+    """The VR of ``ds[tag]``, without converting its value where the file states it.
+
+    A kept element (about half of a CT header) then stays raw: it is neither converted
+    nor re-encoded, and the writer copies its bytes. An implicit-VR element (no VR in the
+    file) or a UN one is converted, as pydicom then looks its VR up in the dictionary.
+    """
+    vr = ds.get_item(tag).VR
+    return ds[tag].VR if vr in (None, "UN") else vr
 
 
 def _date_action(action: str | None, date_mode: str, vr: str) -> str | None:
