@@ -388,7 +388,7 @@ def _deidentify_level(ds: Dataset, ctx: _Context) -> None:
                 action = _date_action(action, ctx.date_mode, vr)
             elif vr == "TM":
                 action = _time_action(action)
-        if action is not None and not _apply(ds, tag, action, ctx):
+        if action is not None and not _apply(ds, tag, vr, action, ctx):
             continue  # deleted
         if vr == "SQ":
             for item in ds[tag].value:
@@ -445,10 +445,27 @@ def _kept_private_tags(ds: Dataset, allow: frozenset[tuple[str, int, int]]) -> s
     return kept
 
 
-def _apply(ds: Dataset, tag: BaseTag, action: str, ctx: _Context) -> bool:
-    """Apply one action to ``ds[tag]``; return False when the element was deleted."""
+def _apply(ds: Dataset, tag: BaseTag, vr: str, action: str, ctx: _Context) -> bool:
+    """Apply one action to ``ds[tag]`` (of VR ``vr``); return False when the element was deleted.
+
+    Only the actions that read the old value (UIDs, dates, sequences) convert the element;
+    removed, emptied and dummy elements are deleted or replaced unread.
+    """
+    if action == "Z" or (action == "D" and vr == "SQ"):
+        ds.add_new(tag, vr, Sequence() if vr == "SQ" else None)
+        ctx.counts["emptied"] += 1
+        return True
+    if action == "D" and vr in _DUMMIES:
+        ds.add_new(tag, vr, _DUMMIES[vr])
+        ctx.counts["dummy"] += 1
+        return True
+    reads_value = (action == "U*" and vr == "SQ") or (vr == "UI" and action in ("U", "U*", "D")) or action in (
+        "shift", "date_only")
+    if not reads_value:
+        del ds[tag]  # X, and any action that does not fit the VR (X is always the safest)
+        ctx.counts["private_removed" if tag.is_private else "removed"] += 1
+        return False
     element = ds[tag]
-    vr = element.VR
     if action == "U*" and vr == "SQ":
         # X/Z/U*: keep the references, i.e. only the UIDs of each item, which the
         # recursion then remaps (instance UIDs) or keeps (SOP Class UIDs).
@@ -463,19 +480,7 @@ def _apply(ds: Dataset, tag: BaseTag, action: str, ctx: _Context) -> bool:
         element.value = remapped if element.VM > 1 else (remapped[0] if remapped else None)
         ctx.counts["uid_remapped"] += len(remapped)
         return True
-    if action in ("shift", "date_only"):
-        return _shift_dates(ds, tag, ctx.offset_days if action == "shift" else 0, ctx)
-    if action == "Z" or (action == "D" and vr == "SQ"):
-        element.value = Sequence() if vr == "SQ" else None
-        ctx.counts["emptied"] += 1
-        return True
-    if action == "D" and vr in _DUMMIES:
-        element.value = _DUMMIES[vr]
-        ctx.counts["dummy"] += 1
-        return True
-    del ds[tag]  # X, and any action that does not fit the VR (X is always the safest)
-    ctx.counts["private_removed" if tag.is_private else "removed"] += 1
-    return False
+    return _shift_dates(ds, tag, ctx.offset_days if action == "shift" else 0, ctx)  # shift, date_only
 
 
 def _shift_dates(ds: Dataset, tag: BaseTag, days: int, ctx: _Context) -> bool:
