@@ -47,6 +47,46 @@ PATCH_COLUMNS = ["index", "item_id", "patient_key", "split", "row", "col", "labe
                  "mask_fraction"]
 
 
+# What a slice's class is (``extraction.slices.classes``).
+CLASS_BY_PLANE = "plane"      # the imaging plane (a template anatomy with no findings)
+CLASS_BY_FINDING = "finding"  # normal / lesion, from the item's lesion mask
+
+
+@dataclass(frozen=True)
+class FindingConfig:
+    """``params:extraction.slices.finding``: slice classes from the item's lesion mask.
+
+    A slice is ``lesion`` when at least ``min_lesion_px`` of its pixels (at the volume's
+    resolution, before resizing) carry one of ``lesion_labels`` in the mask, ``normal``
+    when none does; slices in between hold a sliver of lesion that a reader or a
+    classifier could call either way, and are left out. Volumes without a mask have no
+    known finding and are left out too.
+    """
+
+    lesion_labels: tuple[int, ...] = (1,)
+    min_lesion_px: int = 10
+    class_names: Mapping[str, str] = field(default_factory=lambda: {"normal": "normal", "lesion": "lesion"})
+
+    def __post_init__(self) -> None:
+        if not self.lesion_labels or any(int(v) <= 0 for v in self.lesion_labels):
+            raise ValueError(
+                f"extraction.slices.finding.lesion_labels must list mask values > 0 (0 is background), "
+                f"got {list(self.lesion_labels)}.")
+        if int(self.min_lesion_px) < 1:
+            raise ValueError(f"extraction.slices.finding.min_lesion_px must be at least 1, got {self.min_lesion_px}.")
+        if set(self.class_names) != {"normal", "lesion"}:
+            raise ValueError(
+                "extraction.slices.finding.class_names needs keys 'normal' and 'lesion', "
+                f"got {sorted(self.class_names)}.")
+
+    def slice_class(self, mask_slice: np.ndarray) -> str | None:
+        """``"normal"``, ``"lesion"`` or None (a lesion sliver) for one 2D mask slice."""
+        lesion_px = int(np.isin(mask_slice, self.lesion_labels).sum())
+        if lesion_px == 0:
+            return "normal"
+        return "lesion" if lesion_px >= int(self.min_lesion_px) else None
+
+
 @dataclass(frozen=True)
 class SliceConfig:
     """``params:extraction.slices``."""
@@ -56,8 +96,14 @@ class SliceConfig:
     min_foreground_fraction: float = 0.1
     size_px: int = 64
     labels: tuple[str, ...] | None = None
+    classes: str = CLASS_BY_PLANE
+    finding: FindingConfig = field(default_factory=FindingConfig)
 
     def __post_init__(self) -> None:
+        if self.classes not in (CLASS_BY_PLANE, CLASS_BY_FINDING):
+            raise ValueError(
+                f"extraction.slices.classes must be {CLASS_BY_PLANE!r} (class = imaging plane) or "
+                f"{CLASS_BY_FINDING!r} (normal / lesion from the lesion mask), got {self.classes!r}.")
         unknown = sorted(set(self.planes) - set(PLANES))
         if unknown or not self.planes:
             raise ValueError(f"extraction.slices.planes has unknown plane(s) {unknown}; valid: {list(PLANES)}.")
@@ -72,6 +118,12 @@ class SliceConfig:
             )
         if self.size_px < 8:
             raise ValueError(f"extraction.slices.size_px must be at least 8, got {self.size_px}.")
+
+    def class_names(self) -> list[str]:
+        """Class names by class id: the planes, or the finding's normal and lesion names."""
+        if self.classes == CLASS_BY_FINDING:
+            return [self.finding.class_names["normal"], self.finding.class_names["lesion"]]
+        return list(self.planes)
 
 
 @dataclass(frozen=True)
@@ -127,7 +179,11 @@ def extract_slices(
     split_table: pd.DataFrame,
     config: SliceConfig,
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """2D slices of every volume along the configured planes, labelled by plane.
+    """2D slices of every volume along the configured planes, labelled by plane or by finding.
+
+    ``classes: plane`` labels each slice with its plane; ``classes: finding`` labels it
+    ``normal`` or ``lesion`` from the volume's lesion mask (`FindingConfig`), so that the
+    classes are what users look for, not how the volume was cut.
 
     ``keep_every`` per plane sets the class mix (the sample keeps fewer sagittal slices,
     a deliberate minority class for rebalancing to fill). Slices whose foreground fraction
@@ -146,9 +202,17 @@ def extract_slices(
         ``({"images", "masks", "labels"}, manifest)`` as described in the module docstring.
     """
     check_no_leakage(split_table)
-    class_id = {plane: i for i, plane in enumerate(config.planes)}
+    by_finding = config.classes == CLASS_BY_FINDING
+    class_id = {name: i for i, name in enumerate(config.class_names())}
     images, masks, labels, rows = [], [], [], []
     volumes = [r for r in manifest.itertuples() if r.kind == "volume" and _wanted(r, config.labels)]
+    if by_finding:
+        unmasked = [r.item_id for r in volumes if not r.has_mask]
+        if unmasked:
+            logger.warning("extraction.slices.classes=finding: %d volume(s) without a lesion mask left out "
+                           "(no known finding), e.g. %s", len(unmasked), unmasked[0])
+        volumes = [r for r in volumes if r.has_mask]
+    slivers = 0
     for item in tqdm(volumes, desc="slicing", unit="volume", disable=None):
         volume = np.asarray(images_by_item[item.item_id])
         fg_volume = np.asarray(foreground_by_item[item.item_id])
@@ -162,12 +226,20 @@ def extract_slices(
                     fraction = foreground_fraction(volume_slice(fg_region, plane, index))
                     if fraction < config.min_foreground_fraction:
                         continue
+                    mask_slice = volume_slice(mask_region, plane, index)
+                    label = plane
+                    if by_finding:
+                        finding = config.finding.slice_class(mask_slice[0])
+                        if finding is None:
+                            slivers += 1
+                            continue
+                        label = config.finding.class_names[finding]
                     images.append(to_square(volume_slice(region, plane, index), config.size_px, fill=-1.0, order=1))
-                    masks.append(to_square(volume_slice(mask_region, plane, index), config.size_px, fill=0, order=0))
-                    labels.append(class_id[plane])
+                    masks.append(to_square(mask_slice, config.size_px, fill=0, order=0))
+                    labels.append(class_id[label])
                     along_slab = PLANES[plane] == int(split_row["axis"])
                     rows.append((len(rows), item.item_id, item.patient_key, split_row["split"], plane,
-                                 index + offset if along_slab else index, plane, class_id[plane], round(fraction, 4)))
+                                 index + offset if along_slab else index, label, class_id[label], round(fraction, 4)))
     size = (1, config.size_px, config.size_px)
     arrays = {
         "images": np.clip(_stack(images, size, np.float32), -1.0, 1.0),
@@ -175,7 +247,10 @@ def extract_slices(
         "labels": np.asarray(labels, dtype=np.int64),
     }
     table = pd.DataFrame(rows, columns=SLICE_COLUMNS)
-    logger.info("Extracted %d slices: %s", len(table), dict(Counter(zip(table["split"], table["plane"]))))
+    if slivers:
+        logger.info("Left out %d slice(s) with fewer than %d lesion pixels (neither normal nor lesion)", slivers,
+                    config.finding.min_lesion_px)
+    logger.info("Extracted %d slices: %s", len(table), dict(Counter(zip(table["split"], table["label"]))))
     return arrays, table
 
 

@@ -46,9 +46,9 @@ def extract_patches(
 
 
 def plot_slice_preview(slices: ArrayStore, slice_params: dict[str, Any], preview: dict[str, Any]) -> Figure:
-    """A grid of example slices, one row per plane (class)."""
+    """A grid of example slices, one row per class (plane, or normal / lesion)."""
     config = from_params(SliceConfig, slice_params, "extraction.slices")
-    return class_grid(np.asarray(slices["images"]), np.asarray(slices["labels"]), list(config.planes),
+    return class_grid(np.asarray(slices["images"]), np.asarray(slices["labels"]), config.class_names(),
                       per_class=int(preview["per_class"]), title="Slices per class (all splits)",
                       rng=np.random.default_rng(int(preview["seed"])))
 
