@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED := 1
 # DVC stages call `kedro`: use the project's environment.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup demo test test-fast lint check-lock dvc-deps verify add-raw push viz viz-build mlflow-ui status clean
+.PHONY: help setup demo test test-fast lint check-lock dvc-deps verify add-raw push pull viz viz-build mlflow-ui status clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ add-raw: setup ## track your raw folder with DVC, never pushed: make add-raw DIR
 
 push: setup ## dvc push, refused if any raw or identifiable output would reach the remote
 	$(BIN)/synthmed push
+
+pull: setup ## dvc pull of the shareable outputs (what push sends; raw data never leaves its machine)
+	$(BIN)/synthmed pull
 
 viz: setup ## open kedro-viz on http://127.0.0.1:4141
 	$(BIN)/kedro viz run --no-browser --host 127.0.0.1 --port 4141

@@ -4,7 +4,8 @@
 checksums its writer recorded (see ``synthmed.datasets.integrity``).
 ``synthmed add-raw DIR`` tracks a raw folder under ``data/01_raw`` with ``dvc add`` and marks it
 ``push: false``; ``synthmed push [DVC PUSH OPTIONS]`` runs ``dvc push`` only if no raw or
-identifiable output would be pushed (``synthmed.core.dvc_outputs``). Anything else is
+identifiable output would be pushed (``synthmed.core.dvc_outputs``); ``synthmed pull
+[DVC PULL OPTIONS]`` pulls exactly the outputs that push sends. Anything else is
 Kedro's ``run`` command, as before: ``synthmed --pipelines ingestion``.
 """
 import argparse
@@ -101,13 +102,35 @@ def push(argv: list[str]) -> int:
     return subprocess.run([_dvc(), "push", *argv], cwd=root).returncode
 
 
+def pull(argv: list[str]) -> int:
+    """``synthmed pull``: ``dvc pull`` of the shareable outputs only (what ``synthmed push`` sends)."""
+    from synthmed.core.dvc_outputs import PUSHABLE_PREFIXES, shareable_outputs
+
+    if argv[:1] in (["-h"], ["--help"]):
+        sys.stdout.write(
+            "usage: synthmed pull [DVC PULL OPTIONS]\n\nRuns `dvc pull` of every cached output under "
+            f"{', '.join(PUSHABLE_PREFIXES)} that dvc.yaml and the .dvc files do not mark `push: false`: the "
+            "de-identified and derived data a teammate pushed with `synthmed push`. Raw data and the tables "
+            "of source paths are never on a remote; a bare `dvc pull` asks for them too and fails.\n")
+        return 0
+    root = Path.cwd()
+    if not (root / "dvc.yaml").is_file():
+        sys.stderr.write(f"synthmed pull: no dvc.yaml in {root}; run it from the project root.\n")
+        return 2
+    targets = shareable_outputs(root)
+    if not targets:
+        sys.stderr.write(f"synthmed pull: no shareable output is declared in {root}/dvc.yaml or a .dvc file.\n")
+        return 1
+    return subprocess.run([_dvc(), "pull", *argv, *targets], cwd=root).returncode
+
+
 def _dvc() -> str:
     """The dvc next to this Python (the project's environment), else the one on PATH."""
     beside = Path(sys.executable).parent / "dvc"
     return str(beside) if beside.is_file() else "dvc"
 
 
-_COMMANDS = {"verify": verify, "add-raw": add_raw, "push": push}
+_COMMANDS = {"verify": verify, "add-raw": add_raw, "push": push, "pull": pull}
 
 
 def main(*args, **kwargs) -> Any:

@@ -95,6 +95,17 @@ def pushable_problems(root: Path) -> list[str]:
     return problems
 
 
+def shareable_outputs(root: Path) -> list[str]:
+    """The cached outputs a teammate pulls: pushed ones (not ``push: false``) under `PUSHABLE_PREFIXES`.
+
+    A bare ``dvc pull`` also asks the remote for the ``push: false`` outputs (raw data and
+    the tables of source paths), which are never there, and exits 1; ``synthmed pull``
+    pulls these paths instead.
+    """
+    return sorted({out.path for out in dvc_outputs(root) if out.cache and out.push
+                   and any(_under(out.path, prefix) for prefix in PUSHABLE_PREFIXES)})
+
+
 def mark_no_push(dvc_file: Path) -> None:
     """Set ``push: false`` on every output of a ``.dvc`` file (kept by DVC, honoured by ``dvc push``)."""
     content = yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}
