@@ -83,17 +83,13 @@ def push(argv: list[str]) -> int:
     """``synthmed push``: refuse (exit 1, naming them) if a raw/identifiable output would be pushed."""
     from synthmed.core.dvc_outputs import PUSHABLE_PREFIXES, pushable_problems
 
-    if argv[:1] in (["-h"], ["--help"]):
-        sys.stdout.write(
-            "usage: synthmed push [DVC PUSH OPTIONS]\n\nRuns `dvc push` after checking dvc.yaml and every .dvc "
-            "file: each cached output that is not `push: false` must be under one of "
-            f"{', '.join(PUSHABLE_PREFIXES)}. Otherwise nothing is pushed, the outputs are named and the "
-            "exit status is 1.\n")
-        return 0
-    root = Path.cwd()
-    if not (root / "dvc.yaml").is_file():
-        sys.stderr.write(f"synthmed push: no dvc.yaml in {root}; run it from the project root.\n")
-        return 2
+    root = _project_root("push", argv, (
+        "usage: synthmed push [DVC PUSH OPTIONS]\n\nRuns `dvc push` after checking dvc.yaml and every .dvc "
+        "file: each cached output that is not `push: false` must be under one of "
+        f"{', '.join(PUSHABLE_PREFIXES)}. Otherwise nothing is pushed, the outputs are named and the "
+        "exit status is 1.\n"))
+    if not isinstance(root, Path):
+        return root
     problems = pushable_problems(root)
     if problems:
         sys.stderr.write(f"synthmed push: refusing to push; {len(problems)} output(s) could hold raw or "
@@ -106,22 +102,33 @@ def pull(argv: list[str]) -> int:
     """``synthmed pull``: ``dvc pull`` of the shareable outputs only (what ``synthmed push`` sends)."""
     from synthmed.core.dvc_outputs import PUSHABLE_PREFIXES, shareable_outputs
 
-    if argv[:1] in (["-h"], ["--help"]):
-        sys.stdout.write(
-            "usage: synthmed pull [DVC PULL OPTIONS]\n\nRuns `dvc pull` of every cached output under "
-            f"{', '.join(PUSHABLE_PREFIXES)} that dvc.yaml and the .dvc files do not mark `push: false`: the "
-            "de-identified and derived data a teammate pushed with `synthmed push`. Raw data and the tables "
-            "of source paths are never on a remote; a bare `dvc pull` asks for them too and fails.\n")
-        return 0
-    root = Path.cwd()
-    if not (root / "dvc.yaml").is_file():
-        sys.stderr.write(f"synthmed pull: no dvc.yaml in {root}; run it from the project root.\n")
-        return 2
+    root = _project_root("pull", argv, (
+        "usage: synthmed pull [DVC PULL OPTIONS]\n\nRuns `dvc pull` of every cached output under "
+        f"{', '.join(PUSHABLE_PREFIXES)} that dvc.yaml and the .dvc files do not mark `push: false`: the "
+        "de-identified and derived data a teammate pushed with `synthmed push`. Raw data and the tables "
+        "of source paths are never on a remote; a bare `dvc pull` asks for them too and fails.\n"))
+    if not isinstance(root, Path):
+        return root
     targets = shareable_outputs(root)
     if not targets:
         sys.stderr.write(f"synthmed pull: no shareable output is declared in {root}/dvc.yaml or a .dvc file.\n")
         return 1
     return subprocess.run([_dvc(), "pull", *argv, *targets], cwd=root).returncode
+
+
+def _project_root(command: str, argv: list[str], usage: str) -> Path | int:
+    """The project root (the working directory, with a dvc.yaml), or the exit status to return.
+
+    ``-h``/``--help`` prints ``usage`` (status 0); a folder without dvc.yaml is refused (2).
+    """
+    if argv[:1] in (["-h"], ["--help"]):
+        sys.stdout.write(usage)
+        return 0
+    root = Path.cwd()
+    if not (root / "dvc.yaml").is_file():
+        sys.stderr.write(f"synthmed {command}: no dvc.yaml in {root}; run it from the project root.\n")
+        return 2
+    return root
 
 
 def _dvc() -> str:
