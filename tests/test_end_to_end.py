@@ -205,6 +205,10 @@ def test_a_run_over_the_rejection_limit_leaves_the_published_primary_layer_intac
     run = sh("kedro", "run", "--pipelines", "ingestion,preprocessing", cwd=project, check=False, local_env=True)
 
     assert run.returncode != 0 and "max_rejection_rate" in run.stdout + run.stderr
+    # Issue 12 item 9: synthmed's own check ends the run as its message, the traceback is in the log file.
+    assert run.stderr.startswith("synthmed: ") and "max_rejection_rate" in run.stderr, run.stderr
+    assert "Traceback (most recent call last)" not in run.stdout + run.stderr
+    assert "Traceback (most recent call last)" in (project / "logs/synthmed.log").read_text()
     assert {p: p.read_bytes() for p in primary.rglob("*") if p.is_file()} == before
     assert not [p for p in (project / "data/.staging").rglob("*") if p.is_file()]
 

@@ -1,5 +1,6 @@
 """Kedro project settings for synthmed."""
 
+from synthmed.core.console import install_error_display
 from synthmed.hooks import (
     ConfigCheckHook,
     MlflowRunGuard,
@@ -8,6 +9,10 @@ from synthmed.hooks import (
     RunLockHook,
     StagingHook,
 )
+
+# A failed command ends with synthmed's own error message first, its traceback in the log
+# file (conf/logging.yml); other exceptions keep Python's full traceback.
+install_error_display()
 
 # ConfigCheckHook: broken YAML files and wrong parameters stop a run before it starts.
 # The pseudonymisation key comes from Kedro's credentials (conf/local/credentials.yml) and is

@@ -17,6 +17,7 @@ seed and the image's position in its batch.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +27,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from synthmed.core.progress import ProgressLog
 from synthmed.generators.base import Conditions, FamilySpec, SamplerSpec, TrainedGenerator
 from synthmed.generators.common import weights_digest
+
+logger = logging.getLogger(__name__)
 
 PLAN_COLUMNS = ["condition", "label", "count", "case"]
 CONDITIONS = ("class", "mask", "inpaint", "unconditional")
@@ -169,6 +173,8 @@ def generate_from_plan(
     requests = _expand(plan, class_names, real, np.asarray(real_indices if real_indices is not None else []),
                        config.image_size)
     images, rows = [], []
+    progress = ProgressLog(logger, f"sampling {spec.name} ({sampler.name}, {sampler.steps} steps)", len(requests),
+                           "images")
     for b, start in enumerate(range(0, len(requests), batch_size)):
         chunk = requests[start : start + batch_size]
         if "inpaint" in needed:  # an inpainting model always takes context: none known = keep 0
@@ -189,6 +195,7 @@ def generate_from_plan(
         for position, r in enumerate(chunk):
             rows.append((start + position, spec.name, checkpoint, sampler.name, sampler.steps, sampler.guidance_scale,
                          batch_seed, position, r["condition"], r["label"], r["case"], r["source_index"]))
+        progress.update(start + len(chunk))
     stacked = (torch.cat(images).numpy() if images
                else np.zeros((0, config.channels, config.image_size, config.image_size), np.float32))
     masks = np.stack([(r["mask"].numpy() > 0).astype(np.uint8) if "mask" in r else

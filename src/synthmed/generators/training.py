@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from synthmed.core.progress import ProgressLog
 from synthmed.generators.base import FamilySpec, StepContext
 from synthmed.generators.common import (
     CHECKSUMS,
@@ -471,6 +472,7 @@ def train(
                     disable=not accelerator.is_main_process or None)
     step = start
     tic, images_seen = time.perf_counter(), 0
+    timing = ProgressLog(logger, f"training {spec.name}", config.steps, "steps", start=start)
     models.train()
     while step < config.steps:
         epoch = step // steps_per_epoch
@@ -493,8 +495,9 @@ def train(
                 history.append(record)
                 progress.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "step"})
                 if accelerator.is_main_process:  # the bar is silent without a terminal (DVC, logs)
-                    logger.info("%s step %d/%d %s", spec.name, step, config.steps,
-                                " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"))
+                    logger.info("%s step %d/%d %s; %s", spec.name, step, config.steps,
+                                " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"),
+                                timing.text(step).split(", ", 1)[1])  # elapsed and ETA
                 if tracker is not None and accelerator.is_main_process:
                     tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
                 tic, images_seen = time.perf_counter(), 0
