@@ -32,10 +32,11 @@ class GeneratorDataset(AbstractDataset["TrainedGenerator", "TrainedGenerator"]):
         # load_generator verifies checksums.json (synthmed.core.checksums) before reading
         # any weights and raises CheckpointError naming the file, both values and the fix.
         from synthmed.generators.base import TrainedGenerator
+        from synthmed.generators.common import read_manifest
         from synthmed.generators.registry import load_generator
 
         spec, config, models = load_generator(self._path)
-        return TrainedGenerator(spec.name, config, models)
+        return TrainedGenerator(spec.name, config, models, tuple(read_manifest(self._path).get("class_names", ())))
 
     def save(self, data: TrainedGenerator) -> None:
         from synthmed.generators.base import TrainedGenerator
@@ -44,7 +45,8 @@ class GeneratorDataset(AbstractDataset["TrainedGenerator", "TrainedGenerator"]):
         if not isinstance(data, TrainedGenerator):
             raise DatasetError(f"GeneratorDataset({self._path}) saves a TrainedGenerator, got {type(data).__name__}.")
         with atomic_directory(self._path) as tmp:
-            write_generator_files(tmp, data.family, data.config, data.models)
+            write_generator_files(tmp, data.family, data.config, data.models, class_names=data.class_names,
+                                  card=data.card)
             write_checksums(tmp)
         logger.info("Saved %s generator to %s", data.family, self._path)
 

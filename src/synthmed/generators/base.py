@@ -29,7 +29,7 @@ Batches and conditions use one vocabulary:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -125,8 +125,15 @@ class FamilySpec:
 
 @dataclass(frozen=True)
 class TrainedGenerator:
-    """What training hands to sampling: the family name, its ``Config`` and the modules."""
+    """What training hands to sampling: the family name, its ``Config`` and the modules.
+
+    ``class_names`` (by class id) and ``card`` (what it was trained on and how: the model
+    card's facts, see ``synthmed.generators.common.write_generator_files``) travel with the
+    saved folder, so that it can be used without the project (``synthmed generate``).
+    """
 
     family: str
     config: Any
     models: nn.ModuleDict
+    class_names: tuple[str, ...] = ()
+    card: Mapping[str, Any] = field(default_factory=dict)

@@ -2,7 +2,8 @@
 
 A saved generator is a folder::
 
-    generator.json      {"format", "family", "config", "modules"}
+    generator.json      {"format", "family", "config", "modules", "class_names"}
+    MODEL_CARD.md       what it was trained on and how, and how to sample from it (final models)
     <module>/           diffusers models (``save_pretrained``: config.json + safetensors)
     <module>.safetensors   other torch modules (state dict)
     checksums.json      sha256 and size of every file above, written last
@@ -17,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,12 @@ from torch import nn
 
 from synthmed.core.atomic import free_bytes
 from synthmed.core.checksums import ChecksumError, read_listing, sha256_bytes, verify_listing, write_listing
+from synthmed.core.templates import render
 
 FORMAT = "synthmed-generator/1"
 CHECKSUMS = "checksums.json"
 MANIFEST = "generator.json"
+MODEL_CARD = "MODEL_CARD.md"
 
 
 class CheckpointError(RuntimeError):
@@ -109,14 +112,20 @@ def weights_file(folder: Path, name: str, module: nn.Module) -> Path:
     return folder / f"{name}.safetensors"
 
 
-def write_generator_files(folder: Path, family: str, config: Any, models: nn.ModuleDict) -> None:
+def write_generator_files(folder: Path, family: str, config: Any, models: nn.ModuleDict, *,
+                          class_names: Sequence[str] = (), card: Mapping[str, Any] | None = None) -> None:
     """Write the module weights and ``generator.json`` into an existing folder (no checksums).
+
+    Args:
+        class_names: class names by class id, kept in ``generator.json``.
+        card: the model card's facts (training data, training settings, last losses); when
+            given, ``MODEL_CARD.md`` is written too (template ``model_card.md.j2``).
 
     Raises:
         CheckpointWriteError: the filesystem refused a write (full disk, quota, permissions).
     """
     try:
-        _write_generator_files(folder, family, config, models)
+        _write_generator_files(folder, family, config, models, class_names, card)
     except WRITE_FAILURES as exc:
         error = as_write_error(folder, state_nbytes(models), exc)
         if error is exc:
@@ -124,15 +133,21 @@ def write_generator_files(folder: Path, family: str, config: Any, models: nn.Mod
         raise error from exc
 
 
-def _write_generator_files(folder: Path, family: str, config: Any, models: nn.ModuleDict) -> None:
+def _write_generator_files(folder: Path, family: str, config: Any, models: nn.ModuleDict,
+                           class_names: Sequence[str], card: Mapping[str, Any] | None) -> None:
     for name, module in models.items():
         if hasattr(module, "save_pretrained"):  # diffusers ModelMixin
             module.save_pretrained(folder / name, safe_serialization=True)
         else:
             state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
             save_file(state, folder / f"{name}.safetensors")
-    manifest = {"format": FORMAT, "family": family, "config": dataclasses.asdict(config), "modules": list(models)}
+    manifest = {"format": FORMAT, "family": family, "config": dataclasses.asdict(config), "modules": list(models),
+                "class_names": list(class_names)}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    if card is not None:
+        (folder / MODEL_CARD).write_text(render(
+            "model_card.md.j2", family=family, format=FORMAT, config=config, class_names=list(class_names),
+            conditions=sorted(config.needed_conditions()), card=card), encoding="utf-8")
 
 
 def write_checksums(folder: Path) -> None:

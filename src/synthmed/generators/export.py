@@ -1,8 +1,13 @@
-"""Exporting generated images: PNG files (16-bit for grey images) and a dataset card."""
+"""Exporting generated images: PNG files (16-bit for grey images), and sampling a saved model folder."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
+
+from synthmed.generators.base import SamplerSpec, TrainedGenerator
 
 
 def to_png_pixels(image: np.ndarray) -> np.ndarray:
@@ -18,3 +23,78 @@ def to_png_pixels(image: np.ndarray) -> np.ndarray:
     if image.shape[0] == 1:
         return np.rint(unit[0] * 65535).astype(np.uint16)
     return np.rint(np.moveaxis(unit, 0, -1) * 255).astype(np.uint8)
+
+
+def generate_to_folder(model: Path, out: Path, n: int, *, label: str | None = None, sampler: SamplerSpec | None = None,
+                       seed: int = 0, batch_size: int = 16) -> pd.DataFrame:
+    """Sample ``n`` images from a saved generator folder into ``out``, without Kedro or the project.
+
+    ``out`` receives ``<label>/<index>.png`` (`to_png_pixels`), ``images.npy`` (the float32
+    images in [-1, 1], lossless; no pickle), ``provenance.csv`` and a ``README.md`` that says
+    the images were not checked by the memorisation gate.
+
+    Args:
+        model: a folder written by the training pipeline (verified against its checksums).
+        out: a new or empty folder.
+        n: images to draw.
+        label: the class to draw (class-conditional models); None draws the classes in turn.
+        sampler: the sampler (diffusion models); default DDIM, 50 steps, no guidance.
+        seed, batch_size: batch ``b`` draws from ``seed + b``, as in the sampling pipeline.
+
+    Raises:
+        ValueError: ``n`` < 1, an unknown label, a model that needs masks or images to
+            condition on, or a non-empty ``out``.
+        CheckpointError: the model folder is missing, incomplete or corrupt.
+    """
+    from PIL import Image
+
+    from synthmed.generators.common import read_manifest
+    from synthmed.generators.registry import load_generator
+    from synthmed.generators.sampling import checkpoint_id, generate_from_plan
+
+    model, out = Path(model), Path(out)
+    if n < 1:
+        raise ValueError(f"--n must be at least 1, got {n}.")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not an empty folder; name a new folder (nothing is overwritten).")
+    spec, config, models = load_generator(model)
+    class_names = list(read_manifest(model).get("class_names") or [])
+    needed = config.needed_conditions()
+    if needed - {"labels"}:
+        raise ValueError(
+            f"{model} is a {spec.name} model conditioned on {sorted(needed - {'labels'})}: it needs real masks or "
+            "images to condition on, which a model folder does not carry; sample it with "
+            "`kedro run --pipelines sampling` instead.")
+    if "labels" in needed:
+        if not class_names:
+            raise ValueError(f"{model}/generator.json has no class names (a folder saved before they were "
+                             "recorded); retrain it or sample with `kedro run --pipelines sampling`.")
+        if label is not None and label not in class_names:
+            raise ValueError(f"--label {label!r} is not a class of {model}; its classes are {class_names}.")
+        chosen = [label] if label is not None else class_names
+        counts = [n // len(chosen) + (1 if i < n % len(chosen) else 0) for i in range(len(chosen))]
+        plan = pd.DataFrame([{"condition": "class", "label": name, "count": count, "case": ""}
+                             for name, count in zip(chosen, counts) if count])
+    else:
+        if label is not None:
+            raise ValueError(f"{model} is an unconditional {spec.name} model: it takes no --label.")
+        plan = pd.DataFrame([{"condition": "unconditional", "label": "", "count": n, "case": ""}])
+    result = generate_from_plan(spec, config, models, plan, class_names, sampler or SamplerSpec(), seed=seed,
+                                batch_size=batch_size, checkpoint=checkpoint_id(TrainedGenerator(spec.name, config,
+                                                                                                 models)))
+    out.mkdir(parents=True, exist_ok=True)
+    for row in result.provenance.itertuples():
+        path = out / (row.label or "samples") / f"{row.index:06d}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(to_png_pixels(result.images[row.index])).save(path)
+    np.save(out / "images.npy", result.images, allow_pickle=False)
+    provenance = result.provenance.assign(model=str(model))
+    provenance.to_csv(out / "provenance.csv", index=False)
+    (out / "README.md").write_text(
+        f"# {len(provenance)} images from the {spec.name} model in {model}\n\n"
+        "Drawn with `synthmed generate`. **Not checked by the memorisation gate**: a generative model can "
+        "reproduce its training images, i.e. patients. Share them only with people who may see the training "
+        "data, or publish through the project's rebalancing stage, which gates every image.\n\n"
+        "`provenance.csv`: one row per image (sampler, steps, guidance, seed, class). `images.npy`: the images "
+        "as float32 in [-1, 1], shape (N, C, H, W), in provenance order.\n", encoding="utf-8")
+    return provenance

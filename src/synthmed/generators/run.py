@@ -9,10 +9,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synthmed.core.checksums import sha256_bytes
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SOURCES = ("slices", "patches")
 
@@ -52,3 +56,37 @@ def checkpoint_folder(run: RunConfig, family: str, model_config: Any, training_c
     parts = (asdict(model_config), asdict(training_config), data_checksums, run.split)
     digest = sha256_bytes(json.dumps(parts, sort_keys=True, default=str).encode())[:12]
     return Path(run.checkpoint_root) / f"{family}-{digest}"
+
+
+def model_card_facts(run: RunConfig, training_config: Any, manifest: pd.DataFrame, indices: Any,
+                     class_names: list[str], data_sha256: Mapping[str, str],
+                     history: list[Mapping[str, float]]) -> dict[str, Any]:
+    """What the model card of a trained generator states (``synthmed.generators.common``): facts only.
+
+    Args:
+        run, training_config: the run and trainer settings.
+        manifest: the extraction manifest trained from; ``indices`` its rows in the training split.
+        class_names: by class id.
+        data_sha256: the training arrays' checksums (images, labels, masks).
+        history: the trainer's logged records; the last one is quoted.
+    """
+    rows = manifest[manifest["index"].isin(list(indices))]
+    per_class = {name: int((rows["label"] == name).sum()) for name in class_names} if "label" in rows else {}
+    settings = asdict(training_config)
+    return {
+        "synthmed_version": _package_version(),
+        "source": run.source,
+        "split": run.split,
+        "n_train": len(rows),
+        "per_class": per_class,
+        "data_sha256": dict(data_sha256),
+        "training": {k: settings[k] for k in sorted(settings) if not isinstance(settings[k], (dict, list))},
+        "final": {k: float(v) for k, v in (history[-1] if history else {}).items()},
+    }
+
+
+def _package_version() -> str:
+    try:
+        return version("synthmed")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"

@@ -18,7 +18,7 @@ from synthmed.datasets.array_store import ArrayStore
 from synthmed.generators.base import SamplerSpec, TrainedGenerator
 from synthmed.generators.previews import check_training_input, preview_conditions, sample_grid
 from synthmed.generators.registry import config_from_params, get_family
-from synthmed.generators.run import RunConfig, checkpoint_folder
+from synthmed.generators.run import RunConfig, checkpoint_folder, model_card_facts
 from synthmed.generators.tracking import active_tracker
 from synthmed.generators.training import ArrayBatches, TrainingConfig, train
 from synthmed.imaging.figures import loss_curves
@@ -71,5 +71,7 @@ def train_generator(
     dataset = ArrayBatches(store, indices, size=model_config.image_size)
     models, history = train(spec, model_config, training, dataset, run_dir, tracker=active_tracker(family, grid))
     history_table = pd.DataFrame(history)
-    return (TrainedGenerator(family, model_config, models), history_table, grid(models),
+    card = model_card_facts(run, training, manifest, indices, class_names,
+                            {k: store.info(k)["sha256"] for k in ("images", "labels", "masks")}, history)
+    return (TrainedGenerator(family, model_config, models, tuple(class_names), card), history_table, grid(models),
             loss_curves({family: history_table}))
