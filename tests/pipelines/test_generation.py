@@ -77,13 +77,13 @@ def test_rebalanced_dataset_is_balanced_and_readable(generated):
     synthetic = labels[labels["is_synthetic"]]
     plan = pd.read_csv(workdir / "data/07_model_output/rebalancing/plan.csv")
     provenance = pd.read_csv(root / "provenance.csv")
-    dropped = provenance[~provenance["published"]].groupby("label").size()
-    # match_majority: every planned class reaches its target, less the images the gate dropped
+    gate = json.loads((workdir / "data/08_reporting/rebalancing_gate.json").read_text())
+    # match_majority: every planned class reaches its target, less the shortfall over-generation reports
     counts = labels.groupby("label").size()
     assert len(plan) > 0
     for row in plan.itertuples():
-        assert counts[row.label] == row.target - int(dropped.get(row.label, 0)), row.label
-    if dropped.sum() == 0:
+        assert counts[row.label] == row.target - int(gate[f"shortfall.{row.label}"]), row.label
+    if gate["shortfall_total"] == 0:
         assert counts.nunique() == 1
     assert synthetic["checkpoint"].notna().all()
     for path in labels["path"]:
@@ -91,7 +91,6 @@ def test_rebalanced_dataset_is_balanced_and_readable(generated):
         assert parts[0] == "train" and (root / path).is_file()  # ImageFolder: root/<class>/<file>
         assert parts[1] == labels.set_index("path").loc[path, "label"]
     card = " ".join((root / "README.md").read_text().split())
-    gate = json.loads((workdir / "data/08_reporting/rebalancing_gate.json").read_text())
     assert gate["gate.self_test_recall"] >= 0.99
     assert (f"recall {gate['gate.self_test_recall']:.3f}" in card
             and f"{int(gate['gate.dropped_count'])} dropped" in card)
@@ -143,9 +142,11 @@ def _provenance(n: int) -> pd.DataFrame:
 
 
 def test_gate_flags_planted_training_copies_and_publish_drops_or_refuses_them(generated):
-    from synthmed.pipelines.rebalancing.nodes import gate_rebalancing, publish_rebalanced
+    from synthmed.pipelines.rebalancing.nodes import publish_rebalanced
     from synthmed.privacy.memorisation import MemorisationError
     from synthmed.protocols.encoders import split_images
+    from synthmed.protocols.evaluation import evaluation_config
+    from synthmed.protocols.rebalancing import gate_rebalancing, rebalancing_config
 
     _, catalog = generated
     slices, manifest = catalog.load("slices"), catalog.load("slice_manifest")
@@ -160,7 +161,8 @@ def test_gate_flags_planted_training_copies_and_publish_drops_or_refuses_them(ge
     images = np.concatenate([fresh, copies]).astype(np.float32)
     synthetic = {"images": images, "labels": np.full(len(images), 2)}
     decision, numbers, planted = gate_rebalancing(synthetic, _provenance(len(images)), slices, manifest, encoder,
-                                                  {**params, "gate_action": "drop"}, evaluation_params)
+                                                  rebalancing_config({**params, "gate_action": "drop"}),
+                                                  evaluation_config(evaluation_params))
     assert decision.keep.tolist() == [True] * 4 + [False] * 4
     assert numbers["gate.dropped_count"] == 4 and numbers["gate.self_test_recall"] >= 0.99
     assert (decision.provenance.loc[4:, "nn_pixel_similarity"] > 0.999).all()
@@ -171,7 +173,7 @@ def test_gate_flags_planted_training_copies_and_publish_drops_or_refuses_them(ge
     assert "**4 dropped**" in files["README.md"]
     with pytest.raises(MemorisationError, match="4 of 8"):
         gate_rebalancing(synthetic, _provenance(len(images)), slices, manifest, encoder,
-                         {**params, "gate_action": "fail"}, evaluation_params)
+                         rebalancing_config({**params, "gate_action": "fail"}), evaluation_config(evaluation_params))
 
 
 def test_evaluation_writes_metrics_report_comparison_and_reader_kit(generated):
