@@ -155,3 +155,66 @@ def test_an_empty_plan_still_runs_the_gate_once():
 def test_limits_are_validated(key, value, message):
     with pytest.raises(ValueError, match=message):
         _config(**{key: value})
+
+
+# ------------------------------------------------------------------ fraction flagged per checkpoint
+
+
+def _scored(checkpoints: list[str], flagged: list[bool], steps: list[int] | None = None) -> pd.DataFrame:
+    table = pd.DataFrame({"index": range(len(flagged)), "checkpoint": checkpoints, "memorisation_flagged": flagged,
+                          "nn_pixel_similarity": 0.5})
+    return table.assign(checkpoint_step=steps) if steps is not None else table
+
+
+def test_fraction_flagged_per_checkpoint_in_table_metrics_and_report():
+    from synthmed.metrics.report import render_report
+    from synthmed.protocols.evaluation import FamilyResult, checkpoint_table, flagged_by_checkpoint
+
+    # a later checkpoint (step 400) memorises more than an earlier one (step 200): rows sorted by step
+    late_first = _scored(["bbbb"] * 4 + ["aaaa"] * 2, [True, True, True, False, False, False], [400] * 4 + [200] * 2)
+    table = flagged_by_checkpoint("ddpm", late_first)
+    assert table[["checkpoint", "step", "samples", "flagged"]].values.tolist() == [["aaaa", 200, 2, 0],
+                                                                                  ["bbbb", 400, 4, 3]]
+    assert table["flagged_fraction"].tolist() == [0.0, 0.75]
+    # without steps (the final generator only): one row per checkpoint hash
+    one = flagged_by_checkpoint("dcgan", _scored(["cccc"] * 3, [False, True, False]))
+    assert one[["family", "checkpoint", "samples", "flagged"]].values.tolist() == [["dcgan", "cccc", 3, 1]]
+    # the gate could not run: counted, fraction unknown
+    unscored = _scored(["dddd"] * 2, [False, False]).assign(nn_pixel_similarity=np.nan)
+    assert np.isnan(flagged_by_checkpoint("pix2pix", unscored)["flagged_fraction"].iloc[0])
+
+    results = [FamilyResult(f, "slices", "encoder", {}, {}, pd.DataFrame(), [], pd.DataFrame(), t)
+               for f, t in (("ddpm", table), ("dcgan", one))]
+    combined = checkpoint_table(results)
+    assert combined["family"].tolist() == ["ddpm", "ddpm", "dcgan"]
+    html = render_report(title="t", comparison=pd.DataFrame({"a": [1]}), families=[], shared_figures=[], gate=None,
+                         reader_images=0, level=0.95, checkpoints=combined)
+    section = html[html.index("Fraction flagged per family and checkpoint"):]
+    assert "bbbb" in section and "0.75" in section and "aaaa" in section
+
+
+def test_memorisation_scores_report_each_checkpoint(monkeypatch):
+    import torch
+
+    from synthmed.privacy.memorisation import GateConfig
+    from synthmed.protocols import evaluation as protocol
+
+    class Report:  # what run_gate returns, for 4 samples of which checkpoint "late" drew the flagged ones
+        candidates = pd.DataFrame({"pixel_similarity": [0.2, 0.3, 0.99, 0.98], "pixel_distance": 0.0,
+                                   "pixel_transform": "", "feature_similarity": 0.0,
+                                   "flagged": [False, False, True, True], "pixel_neighbour": 0,
+                                   "feature_neighbour": 0})
+        held_out = pd.DataFrame({"pixel_similarity": [0.5]})
+        pixel_threshold, self_test_recall = 0.9, 1.0
+
+        def summary(self):
+            return {"pixel_threshold": 0.9, "self_test_recall": 1.0}
+
+    monkeypatch.setattr(protocol, "run_gate", lambda *args, **kwargs: Report())
+    split = protocol.Split(torch.zeros(4, 1, 8, 8), torch.zeros(4), np.arange(4), torch.zeros(4, 2))
+    evaluation = protocol.EvaluationSet(
+        "ddpm", "slices", ("a",), lambda images: torch.zeros(len(images), 2), split, split, split, split,
+        pd.DataFrame({"index": range(4), "checkpoint": ["early", "early", "late", "late"]}), None, None)
+    table, numbers = protocol.memorisation_scores(evaluation, GateConfig())
+    assert numbers["flagged_fraction.checkpoint_early"] == 0.0 and numbers["flagged_fraction.checkpoint_late"] == 1.0
+    assert numbers["flagged_fraction"] == 0.5

@@ -193,10 +193,14 @@ def test_evaluation_writes_metrics_report_comparison_and_reader_kit(generated):
     assert "ddpm.fidelity.fid_floor_neighbour_slices" in metrics  # volumes: the neighbouring-slice floor
     assert "pix2pix.fidelity.paired_ssim" in metrics and "ddpm.fidelity.paired_ssim" not in metrics
     assert "rebalanced.gate.self_test_recall" in metrics
+    by_checkpoint = pd.read_csv(workdir / "data/08_reporting/evaluation/memorisation_by_checkpoint.csv")
+    row = by_checkpoint[by_checkpoint["family"] == "ddpm"].iloc[0]  # the gate's fraction per sampled checkpoint
+    assert metrics[f"ddpm.memorisation.flagged_fraction.checkpoint_{row.checkpoint}"] == row.flagged_fraction
     report = (workdir / "data/08_reporting/report.html").read_text()
     for key in ("ddpm.fidelity.fid", "ddpm.fidelity.fid_floor_halves", "pix2pix.fidelity.paired_psnr",
                 "dcgan.memorisation.pixel_threshold"):
         assert number(metrics[key]) in report, key  # the report shows the numbers of metrics.json
+    assert "Fraction flagged per family and checkpoint" in report and row.checkpoint in report
     assert report.count("data:image/png;base64,") >= 11  # 3 per family + utility + losses
     comparison = pd.read_csv(workdir / "data/08_reporting/family_comparison.csv")
     assert comparison["family"].tolist() == ["ddpm", "pix2pix", "dcgan"]

@@ -328,6 +328,8 @@ def memorisation_scores(evaluation: EvaluationSet, gate: GateConfig) -> tuple[pd
         "median_pixel_similarity": float(report.candidates["pixel_similarity"].median()),
         "held_out_max_pixel_similarity": float(report.held_out["pixel_similarity"].max()),
     }
+    for row in flagged_by_checkpoint(evaluation.family, table).itertuples():
+        numbers[f"flagged_fraction.checkpoint_{row.checkpoint}"] = row.flagged_fraction
     logger.info("%s memorisation: %d of %d flagged, threshold %.4f, self-test recall %.3f", evaluation.family,
                 int(report.candidates["flagged"].sum()), len(report.candidates), report.pixel_threshold,
                 report.self_test_recall)
@@ -353,6 +355,38 @@ def scored_provenance(provenance: pd.DataFrame, candidates: pd.DataFrame | None,
         position = candidates[column].to_numpy()
         table[f"nn_{column}_index"] = np.where(position >= 0, reference_ids[np.clip(position, 0, None)], -1)
     return table
+
+
+CHECKPOINT_COLUMNS = ["family", "checkpoint", "samples", "flagged", "flagged_fraction"]
+
+
+def flagged_by_checkpoint(family: str, memorisation_table: pd.DataFrame) -> pd.DataFrame:
+    """The fraction of samples the gate flagged, per checkpoint that was sampled (``CHECKPOINT_COLUMNS``).
+
+    A checkpoint is the hash of the weights that drew the sample (provenance ``checkpoint``);
+    where the provenance records ``checkpoint_step``, rows carry it as ``step`` and are sorted by
+    it, so the last checkpoint before memorisation starts can be read off. The fraction is NaN
+    where the gate could not run (no similarity scored).
+    """
+    if "checkpoint" not in memorisation_table or memorisation_table.empty:
+        return pd.DataFrame(columns=CHECKPOINT_COLUMNS)
+    keys = ["checkpoint", "checkpoint_step"] if "checkpoint_step" in memorisation_table else ["checkpoint"]
+    scored = memorisation_table.assign(scored=memorisation_table["nn_pixel_similarity"].notna())
+    rows = []
+    for key, group in scored.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        flagged = int(group["memorisation_flagged"].sum())
+        rows.append({"family": family, "checkpoint": str(key[0]), **({"step": int(key[1])} if len(key) > 1 else {}),
+                     "samples": len(group), "flagged": flagged,
+                     "flagged_fraction": flagged / len(group) if group["scored"].all() else math.nan})
+    table = pd.DataFrame(rows)
+    return table.sort_values("step", kind="stable").reset_index(drop=True) if "step" in table else table
+
+
+def checkpoint_table(results: Sequence[FamilyResult]) -> pd.DataFrame:
+    """Every family's ``flagged_by_checkpoint`` rows in one table (``memorisation_by_checkpoint.csv``)."""
+    tables = [r.checkpoints for r in results if len(r.checkpoints)]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=CHECKPOINT_COLUMNS)
 
 
 # ------------------------------------------------------------------ utility
@@ -428,14 +462,17 @@ class FamilyResult:
     utility: pd.DataFrame
     figures: list[tuple[str, bytes]]
     history: pd.DataFrame
+    checkpoints: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CHECKPOINT_COLUMNS))
 
 
 def family_result(evaluation: EvaluationSet, fidelity_metrics: dict[str, float], memorisation_metrics: dict[str, float],
                   utility_summary: pd.DataFrame, figures: list[tuple[str, bytes]],
-                  training_history: pd.DataFrame) -> FamilyResult:
+                  training_history: pd.DataFrame, memorisation_table: pd.DataFrame | None = None) -> FamilyResult:
     """Bundle one family's outputs (a node so the cross-family nodes take one input per family)."""
+    checkpoints = (flagged_by_checkpoint(evaluation.family, memorisation_table) if memorisation_table is not None
+                   else pd.DataFrame(columns=CHECKPOINT_COLUMNS))
     return FamilyResult(evaluation.family, evaluation.source, evaluation.network.name, dict(fidelity_metrics),
-                        dict(memorisation_metrics), utility_summary, list(figures), training_history)
+                        dict(memorisation_metrics), utility_summary, list(figures), training_history, checkpoints)
 
 
 def _utility_value(summary: pd.DataFrame, mode: str, score: str, column: str = "mean") -> float:
@@ -555,4 +592,5 @@ def build_report(comparison: pd.DataFrame, results: Sequence[FamilyResult], reba
     families = [{"family": r.family, "source": r.source, "feature_space": r.feature_space, "fidelity": r.fidelity,
                  "utility": r.utility, "memorisation": r.memorisation, "figures": r.figures} for r in results]
     return render_report(title="synthmed evaluation report", comparison=comparison, families=families,
-                         shared_figures=shared, gate=section, reader_images=len(reader_key), level=level)
+                         shared_figures=shared, gate=section, reader_images=len(reader_key), level=level,
+                         checkpoints=checkpoint_table(results))

@@ -70,9 +70,15 @@ def family_figures(evaluation: EvaluationSet, memorisation_table: pd.DataFrame,
 
 def family_result(evaluation: EvaluationSet, fidelity: dict[str, float], memorisation: dict[str, float],
                   utility_summary: pd.DataFrame, figures: list[tuple[str, bytes]],
-                  training_history: pd.DataFrame) -> FamilyResult:
-    """One family's numbers, figures and training history, bundled for the cross-family nodes."""
-    return protocol.family_result(evaluation, fidelity, memorisation, utility_summary, figures, training_history)
+                  training_history: pd.DataFrame, memorisation_table: pd.DataFrame) -> FamilyResult:
+    """One family's numbers, figures, training history and fraction flagged per checkpoint, bundled."""
+    return protocol.family_result(evaluation, fidelity, memorisation, utility_summary, figures, training_history,
+                                  memorisation_table)
+
+
+def checkpoint_table(*results: FamilyResult) -> pd.DataFrame:
+    """The fraction of samples the gate flagged, per family and sampled checkpoint."""
+    return protocol.checkpoint_table(results)
 
 
 def compare_families(*results: FamilyResult) -> tuple[pd.DataFrame, Figure]:
