@@ -215,6 +215,6 @@ def test_memorisation_scores_report_each_checkpoint(monkeypatch):
     evaluation = protocol.EvaluationSet(
         "ddpm", "slices", ("a",), lambda images: torch.zeros(len(images), 2), split, split, split, split,
         pd.DataFrame({"index": range(4), "checkpoint": ["early", "early", "late", "late"]}), None, None)
-    table, numbers = protocol.memorisation_scores(evaluation, GateConfig())
+    table, numbers, every = protocol.memorisation_scores(evaluation, GateConfig())
     assert numbers["flagged_fraction.checkpoint_early"] == 0.0 and numbers["flagged_fraction.checkpoint_late"] == 1.0
-    assert numbers["flagged_fraction"] == 0.5
+    assert numbers["flagged_fraction"] == 0.5 and len(table) == len(every) == 4

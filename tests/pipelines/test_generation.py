@@ -31,8 +31,10 @@ def generated(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("generated")
     write_source_folder(workdir / "source")
     checkpoints = {"run": {"checkpoint_root": str(workdir / "checkpoints")}}
+    # ddpm keeps its step-2 checkpoint and samples it too (the gate's fraction flagged per checkpoint)
+    ddpm = {**checkpoints, "training": {"keep_checkpoints": 2}, "sampling": {"retained_checkpoints": True}}
     catalog = project_catalog(workdir, workdir / "source", overrides={
-        "ingestion": {"max_rejection_rate": 0.5}, "ddpm": checkpoints, "pix2pix": checkpoints, "dcgan": checkpoints,
+        "ingestion": {"max_rejection_rate": 0.5}, "ddpm": ddpm, "pix2pix": checkpoints, "dcgan": checkpoints,
     })
     run(ingestion.create_pipeline() + preprocessing.create_pipeline() + extraction.create_pipeline(), catalog)
     run(training.create_pipeline() + sampling.create_pipeline() + feature_encoders.create_pipeline()
@@ -193,9 +195,15 @@ def test_evaluation_writes_metrics_report_comparison_and_reader_kit(generated):
     assert "ddpm.fidelity.fid_floor_neighbour_slices" in metrics  # volumes: the neighbouring-slice floor
     assert "pix2pix.fidelity.paired_ssim" in metrics and "ddpm.fidelity.paired_ssim" not in metrics
     assert "rebalanced.gate.self_test_recall" in metrics
+    # the gate's fraction flagged per sampled checkpoint: ddpm's step-2 checkpoint and its final generator (step 4)
     by_checkpoint = pd.read_csv(workdir / "data/08_reporting/evaluation/memorisation_by_checkpoint.csv")
-    row = by_checkpoint[by_checkpoint["family"] == "ddpm"].iloc[0]  # the gate's fraction per sampled checkpoint
-    assert metrics[f"ddpm.memorisation.flagged_fraction.checkpoint_{row.checkpoint}"] == row.flagged_fraction
+    ddpm = by_checkpoint[by_checkpoint["family"] == "ddpm"]
+    assert ddpm["step"].tolist() == [2, 4] and ddpm["samples"].tolist() == [3, 3]
+    assert ddpm["checkpoint"].nunique() == 2 and (by_checkpoint["family"] == "dcgan").sum() == 1
+    for row in ddpm.itertuples():
+        assert metrics[f"ddpm.memorisation.flagged_fraction.checkpoint_{row.checkpoint}"] == row.flagged_fraction
+    assert metrics["ddpm.memorisation.candidate_count"] == 3  # the family's own samples only
+    row = ddpm.iloc[0]
     report = (workdir / "data/08_reporting/report.html").read_text()
     for key in ("ddpm.fidelity.fid", "ddpm.fidelity.fid_floor_halves", "pix2pix.fidelity.paired_psnr",
                 "dcgan.memorisation.pixel_threshold"):

@@ -35,13 +35,16 @@ def prepare_evaluation(
     family: str,
     run_params: dict[str, Any],
     params: dict[str, Any],
+    checkpoint_samples: ArrayStore,
+    checkpoint_provenance: pd.DataFrame,
 ) -> EvaluationSet:
-    """The family's samples and the real splits of the source it learnt from, with their features."""
+    """The family's samples and the real splits of the source it learnt from, with their features
+    (and the samples of earlier checkpoints, for the gate's fraction flagged per checkpoint)."""
     run = from_params(RunConfig, run_params, f"{family}.run")
     real = {"slices": (slices, slice_manifest, slice_encoder), "patches": (patches, patch_manifest, patch_encoder)}
     store, manifest, encoder = real[run.source]
     return protocol.prepare_evaluation(family, samples, provenance, run.source, store, manifest, encoder,
-                                       protocol.evaluation_config(params))
+                                       protocol.evaluation_config(params), checkpoint_samples, checkpoint_provenance)
 
 
 def fidelity_scores(evaluation: EvaluationSet, params: dict[str, Any]) -> dict[str, float]:
@@ -50,8 +53,10 @@ def fidelity_scores(evaluation: EvaluationSet, params: dict[str, Any]) -> dict[s
     return protocol.fidelity_scores(evaluation, config)
 
 
-def memorisation_scores(evaluation: EvaluationSet, params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, float]]:
-    """The memorisation gate over the family's samples (reported here; enforced by rebalancing)."""
+def memorisation_scores(evaluation: EvaluationSet,
+                        params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, float], pd.DataFrame]:
+    """The memorisation gate over the family's samples and every sampled checkpoint's (reported; enforced by
+    rebalancing)."""
     return protocol.memorisation_scores(evaluation,
                                         protocol.gate_config(protocol.evaluation_config(params).memorisation))
 

@@ -25,18 +25,19 @@ def template() -> Pipeline:
     return Pipeline([
         Node(prepare_evaluation,
              ["samples", "sample_provenance", "slices", "slice_manifest", "patches", "patch_manifest",
-              "slices.feature_encoder", "patches.feature_encoder", "params:family", "params:run", "params:evaluation"],
+              "slices.feature_encoder", "patches.feature_encoder", "params:family", "params:run", "params:evaluation",
+              "checkpoint_samples", "checkpoint_provenance"],
              "evaluation_set", name="prepare_evaluation"),
         Node(fidelity_scores, ["evaluation_set", "params:evaluation"], "fidelity", name="fidelity_scores"),
-        Node(memorisation_scores, ["evaluation_set", "params:evaluation"], ["memorisation_table", "memorisation"],
-             name="memorisation_scores"),
+        Node(memorisation_scores, ["evaluation_set", "params:evaluation"],
+             ["memorisation_table", "memorisation", "memorisation_checkpoints"], name="memorisation_scores"),
         Node(utility_scores, ["evaluation_set", "params:evaluation"], ["utility_runs", "utility_summary"],
              name="utility_scores"),
         Node(family_figures, ["evaluation_set", "memorisation_table", "params:evaluation"],
              ["real_vs_synthetic", "nearest_pairs", "tsne", "tsne_coordinates", "report_figures"],
              name="family_figures"),
         Node(family_result, ["evaluation_set", "fidelity", "memorisation", "utility_summary", "report_figures",
-                             "training_history", "memorisation_table"],
+                             "training_history", "memorisation_checkpoints"],
              "evaluation_result", name="family_result"),
     ])
 
