@@ -31,8 +31,10 @@ def generated(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("generated")
     write_source_folder(workdir / "source")
     checkpoints = {"run": {"checkpoint_root": str(workdir / "checkpoints")}}
+    # ddpm keeps its step-2 checkpoint and samples it too (the gate's fraction flagged per checkpoint)
+    ddpm = {**checkpoints, "training": {"keep_checkpoints": 2}, "sampling": {"retained_checkpoints": True}}
     catalog = project_catalog(workdir, workdir / "source", overrides={
-        "ingestion": {"max_rejection_rate": 0.5}, "ddpm": checkpoints, "pix2pix": checkpoints, "dcgan": checkpoints,
+        "ingestion": {"max_rejection_rate": 0.5}, "ddpm": ddpm, "pix2pix": checkpoints, "dcgan": checkpoints,
     })
     run(ingestion.create_pipeline() + preprocessing.create_pipeline() + extraction.create_pipeline(), catalog)
     run(training.create_pipeline() + sampling.create_pipeline() + feature_encoders.create_pipeline()
@@ -77,13 +79,13 @@ def test_rebalanced_dataset_is_balanced_and_readable(generated):
     synthetic = labels[labels["is_synthetic"]]
     plan = pd.read_csv(workdir / "data/07_model_output/rebalancing/plan.csv")
     provenance = pd.read_csv(root / "provenance.csv")
-    dropped = provenance[~provenance["published"]].groupby("label").size()
-    # match_majority: every planned class reaches its target, less the images the gate dropped
+    gate = json.loads((workdir / "data/08_reporting/rebalancing_gate.json").read_text())
+    # match_majority: every planned class reaches its target, less the shortfall over-generation reports
     counts = labels.groupby("label").size()
     assert len(plan) > 0
     for row in plan.itertuples():
-        assert counts[row.label] == row.target - int(dropped.get(row.label, 0)), row.label
-    if dropped.sum() == 0:
+        assert counts[row.label] == row.target - int(gate[f"shortfall.{row.label}"]), row.label
+    if gate["shortfall_total"] == 0:
         assert counts.nunique() == 1
     assert synthetic["checkpoint"].notna().all()
     for path in labels["path"]:
@@ -91,7 +93,6 @@ def test_rebalanced_dataset_is_balanced_and_readable(generated):
         assert parts[0] == "train" and (root / path).is_file()  # ImageFolder: root/<class>/<file>
         assert parts[1] == labels.set_index("path").loc[path, "label"]
     card = " ".join((root / "README.md").read_text().split())
-    gate = json.loads((workdir / "data/08_reporting/rebalancing_gate.json").read_text())
     assert gate["gate.self_test_recall"] >= 0.99
     assert (f"recall {gate['gate.self_test_recall']:.3f}" in card
             and f"{int(gate['gate.dropped_count'])} dropped" in card)
@@ -143,9 +144,11 @@ def _provenance(n: int) -> pd.DataFrame:
 
 
 def test_gate_flags_planted_training_copies_and_publish_drops_or_refuses_them(generated):
-    from synthmed.pipelines.rebalancing.nodes import gate_rebalancing, publish_rebalanced
+    from synthmed.pipelines.rebalancing.nodes import publish_rebalanced
     from synthmed.privacy.memorisation import MemorisationError
     from synthmed.protocols.encoders import split_images
+    from synthmed.protocols.evaluation import evaluation_config
+    from synthmed.protocols.rebalancing import gate_rebalancing, rebalancing_config
 
     _, catalog = generated
     slices, manifest = catalog.load("slices"), catalog.load("slice_manifest")
@@ -160,7 +163,8 @@ def test_gate_flags_planted_training_copies_and_publish_drops_or_refuses_them(ge
     images = np.concatenate([fresh, copies]).astype(np.float32)
     synthetic = {"images": images, "labels": np.full(len(images), 2)}
     decision, numbers, planted = gate_rebalancing(synthetic, _provenance(len(images)), slices, manifest, encoder,
-                                                  {**params, "gate_action": "drop"}, evaluation_params)
+                                                  rebalancing_config({**params, "gate_action": "drop"}),
+                                                  evaluation_config(evaluation_params))
     assert decision.keep.tolist() == [True] * 4 + [False] * 4
     assert numbers["gate.dropped_count"] == 4 and numbers["gate.self_test_recall"] >= 0.99
     assert (decision.provenance.loc[4:, "nn_pixel_similarity"] > 0.999).all()
@@ -171,7 +175,7 @@ def test_gate_flags_planted_training_copies_and_publish_drops_or_refuses_them(ge
     assert "**4 dropped**" in files["README.md"]
     with pytest.raises(MemorisationError, match="4 of 8"):
         gate_rebalancing(synthetic, _provenance(len(images)), slices, manifest, encoder,
-                         {**params, "gate_action": "fail"}, evaluation_params)
+                         rebalancing_config({**params, "gate_action": "fail"}), evaluation_config(evaluation_params))
 
 
 def test_evaluation_writes_metrics_report_comparison_and_reader_kit(generated):
@@ -191,10 +195,20 @@ def test_evaluation_writes_metrics_report_comparison_and_reader_kit(generated):
     assert "ddpm.fidelity.fid_floor_neighbour_slices" in metrics  # volumes: the neighbouring-slice floor
     assert "pix2pix.fidelity.paired_ssim" in metrics and "ddpm.fidelity.paired_ssim" not in metrics
     assert "rebalanced.gate.self_test_recall" in metrics
+    # the gate's fraction flagged per sampled checkpoint: ddpm's step-2 checkpoint and its final generator (step 4)
+    by_checkpoint = pd.read_csv(workdir / "data/08_reporting/evaluation/memorisation_by_checkpoint.csv")
+    ddpm = by_checkpoint[by_checkpoint["family"] == "ddpm"]
+    assert ddpm["step"].tolist() == [2, 4] and ddpm["samples"].tolist() == [3, 3]
+    assert ddpm["checkpoint"].nunique() == 2 and (by_checkpoint["family"] == "dcgan").sum() == 1
+    for row in ddpm.itertuples():
+        assert metrics[f"ddpm.memorisation.flagged_fraction.checkpoint_{row.checkpoint}"] == row.flagged_fraction
+    assert metrics["ddpm.memorisation.candidate_count"] == 3  # the family's own samples only
+    row = ddpm.iloc[0]
     report = (workdir / "data/08_reporting/report.html").read_text()
     for key in ("ddpm.fidelity.fid", "ddpm.fidelity.fid_floor_halves", "pix2pix.fidelity.paired_psnr",
                 "dcgan.memorisation.pixel_threshold"):
         assert number(metrics[key]) in report, key  # the report shows the numbers of metrics.json
+    assert "Fraction flagged per family and checkpoint" in report and row.checkpoint in report
     assert report.count("data:image/png;base64,") >= 11  # 3 per family + utility + losses
     comparison = pd.read_csv(workdir / "data/08_reporting/family_comparison.csv")
     assert comparison["family"].tolist() == ["ddpm", "pix2pix", "dcgan"]

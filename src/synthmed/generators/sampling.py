@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,10 @@ from torch import nn
 
 from synthmed.core.progress import ProgressLog
 from synthmed.generators.base import Conditions, FamilySpec, SamplerSpec, TrainedGenerator
-from synthmed.generators.common import weights_digest
+from synthmed.generators.common import CheckpointError, weights_digest
+from synthmed.generators.registry import load_generator
+
+logger = logging.getLogger(__name__)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,11 @@ class SamplingConfig:
         seed: batch ``b`` draws from ``seed + b``.
         batch_size: images per batch.
         real_split: the split whose masks and images condition mask and inpainting rows.
+        retained_checkpoints: also sample the plan (same seed) from every training checkpoint
+            still kept under ``run.checkpoint_root`` (``training.keep_checkpoints``) other than
+            the final one, for the memorisation gate's fraction flagged per checkpoint; these
+            samples are kept apart from the family's samples (fidelity and utility use the
+            final generator only).
     """
 
     plan: tuple[Mapping[str, Any], ...]
@@ -58,6 +67,7 @@ class SamplingConfig:
     seed: int = 0
     batch_size: int = 32
     real_split: str = "validation"
+    retained_checkpoints: bool = False
 
 
 def plan_table(config: SamplingConfig) -> pd.DataFrame:
@@ -203,3 +213,43 @@ def generate_from_plan(
         if requests else np.zeros((0, 1, config.image_size, config.image_size), np.uint8)
     labels = np.asarray([r["class_id"] for r in requests], dtype=np.int64)
     return Sampled(stacked.astype(np.float32), labels, masks, pd.DataFrame(rows, columns=PROVENANCE_COLUMNS))
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The training step of a checkpoint folder ``step-<n>`` (``synthmed.generators.training``)."""
+    return int(Path(folder).name.rpartition("-")[2])
+
+
+def sample_checkpoints(folders: Sequence[Path], final: str, plan: pd.DataFrame, class_names: Sequence[str],
+                       sampler: SamplerSpec, *, seed: int, batch_size: int, empty: Sampled,
+                       real: Mapping[str, np.ndarray] | None = None,
+                       real_indices: np.ndarray | None = None) -> Sampled:
+    """The plan sampled from every checkpoint folder but the final generator (``final``: its ``checkpoint_id``).
+
+    Each checkpoint draws the same plan with the same seed, so the checkpoints differ only by
+    their weights. Provenance gets ``checkpoint_step``; indices run over all checkpoints.
+    A checkpoint that does not load (broken, partly written) is skipped with a warning.
+    ``empty``: what to return when no checkpoint is sampled (the shapes of the family's samples).
+    """
+    parts = []
+    for folder in folders:
+        try:
+            spec, config, models = load_generator(folder)
+        except CheckpointError as exc:
+            logger.warning("Not sampling checkpoint %s: %s", folder, exc)
+            continue
+        digest = weights_digest(models)
+        if digest == final:  # the final generator's weights: its samples are the family's own
+            continue
+        result = generate_from_plan(spec, config, models, plan, class_names, sampler, seed=seed,
+                                    batch_size=batch_size, checkpoint=digest, real=real, real_indices=real_indices)
+        parts.append(replace(result, provenance=result.provenance.assign(checkpoint_step=checkpoint_step(folder))))
+        logger.info("Sampled %d images from checkpoint %s (step %d)", len(result.images), folder,
+                    checkpoint_step(folder))
+    if not parts:
+        return Sampled(empty.images[:0], empty.labels[:0], empty.masks[:0],
+                       pd.DataFrame(columns=[*PROVENANCE_COLUMNS, "checkpoint_step"]))
+    provenance = pd.concat([part.provenance for part in parts], ignore_index=True)
+    provenance["index"] = np.arange(len(provenance))
+    return Sampled(*(np.concatenate([getattr(part, name) for part in parts]) for name in ("images", "labels", "masks")),
+                   provenance)

@@ -94,9 +94,10 @@ def png64(png: bytes) -> str:
 
 def render_report(*, title: str, comparison: pd.DataFrame, families: Sequence[Mapping[str, Any]],
                   shared_figures: Sequence[tuple[str, bytes]], gate: Mapping[str, Any] | None, reader_images: int,
-                  level: float) -> str:
+                  level: float, checkpoints: pd.DataFrame | None = None) -> str:
     """The HTML page. ``families``: dicts with family, source, feature_space, fidelity (metrics),
-    utility (summary DataFrame), memorisation (metrics), figures [(caption, png bytes)]."""
+    utility (summary DataFrame), memorisation (metrics), figures [(caption, png bytes)].
+    ``checkpoints``: the fraction flagged by the gate per family and sampled checkpoint."""
     rendered = []
     for f in families:
         utility: pd.DataFrame = f["utility"]
@@ -115,4 +116,5 @@ def render_report(*, title: str, comparison: pd.DataFrame, families: Sequence[Ma
         "report.html.j2",
         title=title, comparison=Markup(html_table(comparison)), families=rendered,
         shared_figures=[(caption, png64(png)) for caption, png in shared_figures], gate=gate,
-        reader_images=reader_images, level_pct=round(100 * level))
+        reader_images=reader_images, level_pct=round(100 * level),
+        checkpoints=Markup(html_table(checkpoints)) if checkpoints is not None and len(checkpoints) else None)

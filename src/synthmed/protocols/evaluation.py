@@ -166,6 +166,10 @@ class EvaluationSet:
     provenance: pd.DataFrame
     paired: torch.Tensor | None
     neighbours: tuple[torch.Tensor, torch.Tensor] | None
+    # samples of the earlier training checkpoints (sampling.retained_checkpoints), at the same
+    # size; only the memorisation gate sees them (its fraction flagged per checkpoint)
+    checkpoint_images: torch.Tensor | None = None
+    checkpoint_provenance: pd.DataFrame | None = None
 
 
 def _neighbour_pairs(manifest: pd.DataFrame, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -189,6 +193,8 @@ def prepare_evaluation(
     manifest: pd.DataFrame,
     encoder: TrainedClassifier,
     config: EvaluationConfig,
+    checkpoint_samples: Mapping[str, np.ndarray] | None = None,
+    checkpoint_provenance: pd.DataFrame | None = None,
 ) -> EvaluationSet:
     """The family's samples and its source's real splits at one size, with their features.
 
@@ -199,6 +205,8 @@ def prepare_evaluation(
         source_name, store, manifest, encoder: the extraction output the family learnt from
             (``slices`` or ``patches``) and that source's domain encoder.
         config: ``params:evaluation``.
+        checkpoint_samples, checkpoint_provenance: samples of earlier checkpoints (may be empty),
+            for the memorisation gate only.
     """
     if source_name not in config.sources:
         raise ValueError(f"evaluation.sources has no block for source {source_name!r}; "
@@ -230,10 +238,14 @@ def prepare_evaluation(
                            for ids in (first, second))
     logger.info("%s: %d samples vs the %s split of %s at %d px, features: %s", family, len(images),
                 source.reference_split, source_name, source.image_px, network.name)
+    earlier = None
+    if checkpoint_samples is not None and checkpoint_provenance is not None and len(checkpoint_provenance):
+        earlier = at_size(np.asarray(checkpoint_samples["images"], dtype=np.float32), source.image_px)
     return EvaluationSet(family, source_name, names, network, split(source.reference_split),
                          split(source.held_out_split), split(source.test_split), synthetic,
                          provenance.reset_index(drop=True), paired,
-                         (network(neighbours[0]), network(neighbours[1])) if neighbours else None)
+                         (network(neighbours[0]), network(neighbours[1])) if neighbours else None,
+                         earlier, None if earlier is None else checkpoint_provenance.reset_index(drop=True))
 
 
 # ------------------------------------------------------------------ fidelity
@@ -304,34 +316,51 @@ def gate_embedding(network: Callable[[torch.Tensor], torch.Tensor],
     return lambda images: network(images) - mean
 
 
-def memorisation_scores(evaluation: EvaluationSet, gate: GateConfig) -> tuple[pd.DataFrame, dict[str, float]]:
+def memorisation_scores(evaluation: EvaluationSet,
+                        gate: GateConfig) -> tuple[pd.DataFrame, dict[str, float], pd.DataFrame]:
     """The memorisation gate over the family's samples (reported, not enforced: nothing is published here).
+
+    The samples of earlier checkpoints (``evaluation.checkpoint_images``), when there are any,
+    are scored in the same gate run (same threshold) and appear only in the third table.
 
     Returns:
         The sample provenance with the gate's columns (nearest training image in pixel and
-        feature space, its manifest index, the transform found, ``flagged``), and the
-        gate's numbers (thresholds, self-test recall, fraction flagged).
+        feature space, its manifest index, the transform found, ``flagged``); the gate's
+        numbers over the family's samples (thresholds, self-test recall, fraction flagged, and
+        the fraction flagged per sampled checkpoint); and the scored provenance of every
+        checkpoint's samples, the family's own first (``checkpoint_step`` empty for them).
     """
+    n = len(evaluation.synthetic.images)
+    candidates = evaluation.synthetic.images
+    if evaluation.checkpoint_images is not None:
+        candidates = torch.cat([candidates, evaluation.checkpoint_images])
+    every = pd.concat([evaluation.provenance] + ([] if evaluation.checkpoint_provenance is None
+                                                 else [evaluation.checkpoint_provenance]), ignore_index=True)
     try:
-        report = run_gate(evaluation.synthetic.images, evaluation.reference.images, evaluation.held_out.images,
+        report = run_gate(candidates, evaluation.reference.images, evaluation.held_out.images,
                           config=gate, embed=gate_embedding(evaluation.network, evaluation.reference.features))
     except MemorisationError as exc:
         # The evaluation reports; only publishing refuses (rebalancing). An uncalibratable gate
         # is a finding about the splits, shown as such in the report.
         logger.warning("%s memorisation: the gate cannot run on this data: %s", evaluation.family, exc)
-        return scored_provenance(evaluation.provenance, None, evaluation.reference.ids), {"calibrated": 0.0}
-    table = scored_provenance(evaluation.provenance, report.candidates, evaluation.reference.ids)
+        return (scored_provenance(evaluation.provenance, None, evaluation.reference.ids), {"calibrated": 0.0},
+                scored_provenance(every, None, evaluation.reference.ids))
+    scored = scored_provenance(every, report.candidates, evaluation.reference.ids)
+    table, own = scored.iloc[:n].reset_index(drop=True), report.candidates.iloc[:n]
     numbers = report.summary() | {
+        "candidate_count": float(n),
+        "flagged_count": float(own["flagged"].sum()),
         "calibrated": 1.0,
-        "flagged_fraction": float(report.candidates["flagged"].mean()),
-        "max_pixel_similarity": float(report.candidates["pixel_similarity"].max()),
-        "median_pixel_similarity": float(report.candidates["pixel_similarity"].median()),
+        "flagged_fraction": float(own["flagged"].mean()),
+        "max_pixel_similarity": float(own["pixel_similarity"].max()),
+        "median_pixel_similarity": float(own["pixel_similarity"].median()),
         "held_out_max_pixel_similarity": float(report.held_out["pixel_similarity"].max()),
     }
+    for row in flagged_by_checkpoint(evaluation.family, scored).itertuples():
+        numbers[f"flagged_fraction.checkpoint_{row.checkpoint}"] = row.flagged_fraction
     logger.info("%s memorisation: %d of %d flagged, threshold %.4f, self-test recall %.3f", evaluation.family,
-                int(report.candidates["flagged"].sum()), len(report.candidates), report.pixel_threshold,
-                report.self_test_recall)
-    return table, finite(numbers)
+                int(own["flagged"].sum()), n, report.pixel_threshold, report.self_test_recall)
+    return table, finite(numbers), scored
 
 
 def scored_provenance(provenance: pd.DataFrame, candidates: pd.DataFrame | None,
@@ -353,6 +382,45 @@ def scored_provenance(provenance: pd.DataFrame, candidates: pd.DataFrame | None,
         position = candidates[column].to_numpy()
         table[f"nn_{column}_index"] = np.where(position >= 0, reference_ids[np.clip(position, 0, None)], -1)
     return table
+
+
+CHECKPOINT_COLUMNS = ["family", "checkpoint", "samples", "flagged", "flagged_fraction"]
+
+
+def flagged_by_checkpoint(family: str, memorisation_table: pd.DataFrame,
+                          final_step: int | None = None) -> pd.DataFrame:
+    """The fraction of samples the gate flagged, per checkpoint that was sampled (``CHECKPOINT_COLUMNS``).
+
+    A checkpoint is the hash of the weights that drew the sample (provenance ``checkpoint``);
+    where the provenance records ``checkpoint_step``, rows carry it as ``step`` and are sorted by
+    it, so the last checkpoint before memorisation starts can be read off; rows without a step
+    (the family's final generator) get ``final_step`` when given. The fraction is NaN where the
+    gate could not run (no similarity scored).
+    """
+    if "checkpoint" not in memorisation_table or memorisation_table.empty:
+        return pd.DataFrame(columns=CHECKPOINT_COLUMNS)
+    keys = ["checkpoint", "checkpoint_step"] if "checkpoint_step" in memorisation_table else ["checkpoint"]
+    scored = memorisation_table.assign(scored=memorisation_table["nn_pixel_similarity"].notna())
+    rows = []
+    for key, group in scored.groupby(keys, sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        flagged = int(group["memorisation_flagged"].sum())
+        rows.append({"family": family, "checkpoint": str(key[0]), **({"step": key[1]} if len(key) > 1 else {}),
+                     "samples": len(group), "flagged": flagged,
+                     "flagged_fraction": flagged / len(group) if group["scored"].all() else math.nan})
+    table = pd.DataFrame(rows)
+    if final_step is not None:  # the family's own samples: the final generator, trained to final_step
+        table["step"] = table["step"].fillna(final_step) if "step" in table else final_step
+    if "step" not in table:
+        return table
+    table = table.sort_values("step", kind="stable", na_position="last").reset_index(drop=True)
+    return table.astype({"step": "Int64"}) if table["step"].notna().all() else table
+
+
+def checkpoint_table(results: Sequence[FamilyResult]) -> pd.DataFrame:
+    """Every family's ``flagged_by_checkpoint`` rows in one table (``memorisation_by_checkpoint.csv``)."""
+    tables = [r.checkpoints for r in results if len(r.checkpoints)]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=CHECKPOINT_COLUMNS)
 
 
 # ------------------------------------------------------------------ utility
@@ -428,14 +496,22 @@ class FamilyResult:
     utility: pd.DataFrame
     figures: list[tuple[str, bytes]]
     history: pd.DataFrame
+    checkpoints: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CHECKPOINT_COLUMNS))
 
 
 def family_result(evaluation: EvaluationSet, fidelity_metrics: dict[str, float], memorisation_metrics: dict[str, float],
                   utility_summary: pd.DataFrame, figures: list[tuple[str, bytes]],
-                  training_history: pd.DataFrame) -> FamilyResult:
-    """Bundle one family's outputs (a node so the cross-family nodes take one input per family)."""
+                  training_history: pd.DataFrame, memorisation_table: pd.DataFrame | None = None) -> FamilyResult:
+    """Bundle one family's outputs (a node so the cross-family nodes take one input per family).
+
+    ``memorisation_table``: every sampled checkpoint's scored samples (``memorisation_scores``);
+    the final generator's step is the last step of ``training_history``.
+    """
+    final_step = int(training_history["step"].max()) if "step" in training_history and len(training_history) else None
+    checkpoints = (flagged_by_checkpoint(evaluation.family, memorisation_table, final_step)
+                   if memorisation_table is not None else pd.DataFrame(columns=CHECKPOINT_COLUMNS))
     return FamilyResult(evaluation.family, evaluation.source, evaluation.network.name, dict(fidelity_metrics),
-                        dict(memorisation_metrics), utility_summary, list(figures), training_history)
+                        dict(memorisation_metrics), utility_summary, list(figures), training_history, checkpoints)
 
 
 def _utility_value(summary: pd.DataFrame, mode: str, score: str, column: str = "mean") -> float:
@@ -555,4 +631,5 @@ def build_report(comparison: pd.DataFrame, results: Sequence[FamilyResult], reba
     families = [{"family": r.family, "source": r.source, "feature_space": r.feature_space, "fidelity": r.fidelity,
                  "utility": r.utility, "memorisation": r.memorisation, "figures": r.figures} for r in results]
     return render_report(title="synthmed evaluation report", comparison=comparison, families=families,
-                         shared_figures=shared, gate=section, reader_images=len(reader_key), level=level)
+                         shared_figures=shared, gate=section, reader_images=len(reader_key), level=level,
+                         checkpoints=checkpoint_table(results))

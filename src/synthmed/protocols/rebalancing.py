@@ -1,10 +1,13 @@
 """Rebalancing: fill the minority classes of a split with gated synthetic images.
 
 1. ``plan_rebalancing``: per class of the train split, how many synthetic images to add;
-2. ``generate_rebalancing``: the deficits, from a class-conditional generator;
+2. ``generate_rebalancing``: candidates for the deficits, from a class-conditional generator;
 3. ``gate_rebalancing``: the memorisation gate (docs/privacy.md, "Memorisation gate"): every synthetic image
    against the training images, threshold calibrated on held-out images, self-test with
    planted copies; it fails the run or drops flagged images (``gate_action``);
+   ``rebalance_in_rounds`` repeats 2 and 3 (over-generation) until every class reaches its
+   target after the gate or a limit of rounds or candidates is reached, and reports the
+   shortfall per class (``on_shortfall``: warn or fail);
 4. ``publish_rebalanced``: real + the gate's kept synthetic images in a folder that
    ``torchvision``'s ``ImageFolder`` and pandas read directly, with ``labels.csv``
    (``is_synthetic`` and provenance with the gate's scores) and a dataset card.
@@ -13,7 +16,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +48,14 @@ logger = logging.getLogger(__name__)
 
 STRATEGIES = ("match_majority", "target_counts", "ratio")
 GATE_ACTIONS = ("fail", "drop")
+SHORTFALL_ACTIONS = ("warn", "fail")
+# Round r (from 0) samples with ``seed + r * ROUND_SEED_STRIDE``, and batch b of a round draws from
+# that + b (generate_from_plan): rounds never reuse a seed while a round has fewer batches than this.
+ROUND_SEED_STRIDE = 1_000_003
+
+
+class RebalancingShortfall(ValueError):
+    """Over-generation ended with classes below their targets and ``on_shortfall`` is ``fail``."""
 
 
 @dataclass(frozen=True)
@@ -60,10 +72,22 @@ class RebalancingConfig:
     batch_size: int = 32
     dataset_name: str = "synthmed-rebalanced"
     gate_action: str = "fail"
+    max_rounds: int = 5
+    max_candidates_factor: float = 4.0
+    pass_rate_margin: float = 1.2
+    on_shortfall: str = "warn"
 
     def __post_init__(self) -> None:
         if self.gate_action not in GATE_ACTIONS:
             raise ValueError(f"rebalancing.gate_action must be one of {list(GATE_ACTIONS)}, got {self.gate_action!r}.")
+        if self.on_shortfall not in SHORTFALL_ACTIONS:
+            raise ValueError(f"rebalancing.on_shortfall must be one of {list(SHORTFALL_ACTIONS)}, "
+                             f"got {self.on_shortfall!r}.")
+        if isinstance(self.max_rounds, bool) or not isinstance(self.max_rounds, int) or self.max_rounds < 1:
+            raise ValueError(f"rebalancing.max_rounds must be an integer >= 1, got {self.max_rounds!r}.")
+        for name in ("max_candidates_factor", "pass_rate_margin"):
+            if not float(getattr(self, name)) >= 1.0:
+                raise ValueError(f"rebalancing.{name} must be a number >= 1, got {getattr(self, name)!r}.")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"rebalancing.strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}.")
         if not 0.0 < float(self.ratio) <= 1.0:
@@ -117,11 +141,14 @@ def generate_rebalancing(
     rebalancing_plan: pd.DataFrame,
     slice_manifest: pd.DataFrame,
     config: RebalancingConfig,
+    *,
+    seed: int | None = None,
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     """The synthetic images of the plan, from a class-conditional generator.
 
     Whether a generator is class-conditional is read from its configuration
-    (``num_classes > 0``), not from its family's name.
+    (``num_classes > 0``), not from its family's name. ``seed`` (default
+    ``config.seed``): the first batch's seed (one round's seed in ``rebalance_in_rounds``).
     """
     if not getattr(generator.config, "num_classes", 0):
         raise ValueError(
@@ -136,7 +163,8 @@ def generate_rebalancing(
             f"{len(names)} {names}: retrain it (kedro run --pipelines training)."
         )
     result = generate_from_plan(get_family(generator.family), generator.config, generator.models,
-                                rebalancing_plan[PLAN_COLUMNS], names, sampler, seed=config.seed,
+                                rebalancing_plan[PLAN_COLUMNS], names, sampler,
+                                seed=config.seed if seed is None else seed,
                                 batch_size=config.batch_size, checkpoint=checkpoint_id(generator))
     return {"images": result.images, "labels": result.labels}, result.provenance
 
@@ -182,13 +210,186 @@ def gate_rebalancing(
     report = run_gate(candidates, train, held_out, config=gate, embed=gate_embedding(network, network(train)))
     keep = enforce(report, gate)  # raises for a failed self-test, or flagged images with action "fail"
     table = scored_provenance(provenance, report.candidates, train_ids)
-    numbers = {f"gate.{k}": v for k, v in report.summary().items()}
-    numbers["gate.dropped_count"] = float((~keep).sum())
-    numbers["published_synthetic"] = float(keep.sum())
-    numbers["gate.flagged_fraction"] = float(report.candidates["flagged"].mean()) if len(table) else 0.0
+    numbers = {f"gate.{k}": v for k, v in report.summary().items()} | _count_numbers(table, keep)
+    return GateDecision(keep, table, numbers, gate.flag_on_features), finite(numbers), report.planted
+
+
+def _count_numbers(table: pd.DataFrame, keep: np.ndarray) -> dict[str, float]:
+    """The gate's counts over the scored candidates ``table``; ``keep``: the published ones."""
+    numbers = {"gate.candidate_count": float(len(table)),
+               "gate.flagged_count": float(table["memorisation_flagged"].sum()),
+               "gate.dropped_count": float(table["memorisation_flagged"].sum()),
+               "published_synthetic": float(np.asarray(keep).sum()),
+               "gate.flagged_fraction": float(table["memorisation_flagged"].mean()) if len(table) else 0.0}
     for checkpoint, flagged in table.groupby("checkpoint")["memorisation_flagged"]:
         numbers[f"gate.flagged_fraction.checkpoint_{checkpoint}"] = float(flagged.mean())
-    return GateDecision(keep, table, numbers, gate.flag_on_features), finite(numbers), report.planted
+    return numbers
+
+
+
+# ------------------------------------------------------------------ over-generation
+
+Sample = Callable[[pd.DataFrame, int], tuple[dict[str, np.ndarray], pd.DataFrame]]
+"""One round's candidates: ``(round plan, seed) -> (synthetic arrays, provenance)``."""
+Gate = Callable[[Mapping[str, np.ndarray], pd.DataFrame], tuple[GateDecision, dict[str, float], pd.DataFrame]]
+"""The memorisation gate over one round's candidates (``gate_rebalancing`` with its data bound)."""
+
+ROUND_COLUMNS = ["round", "seed", "label", "target", "missing", "pass_rate", "requested", "flagged", "passed",
+                 "published", "surplus"]
+
+
+@dataclass(frozen=True)
+class Rebalanced:
+    """What ``rebalance_in_rounds`` returns: the candidates of every round and the gate's decision on them.
+
+    ``decision.keep`` marks the published candidates: passed the gate and still needed by their
+    class (candidates that passed once the class was full are ``surplus``, not published).
+    ``numbers`` are the gate's numbers over all rounds plus ``rounds``, ``candidates_sampled``,
+    ``surplus_count``, ``shortfall_total`` and per class ``needed.<class>``,
+    ``sampled.<class>``, ``dropped.<class>``, ``published.<class>`` and ``shortfall.<class>``.
+    ``rounds`` has one row per round and class (``ROUND_COLUMNS``).
+    """
+
+    synthetic: dict[str, np.ndarray]
+    decision: GateDecision
+    numbers: dict[str, float]
+    self_test: pd.DataFrame
+    rounds: pd.DataFrame
+
+
+def _requests(needed: Mapping[str, int], budget: Mapping[str, int], sampled: Mapping[str, int],
+              passed: Mapping[str, int], published: Mapping[str, int], margin: float) -> dict[str, tuple[int, float]]:
+    """Per class still short: candidates to sample this round and the pass rate that sized it.
+
+    A class never sampled asks for what it misses; after that, for what it misses divided by
+    its observed pass rate, times ``margin`` (a class whose every candidate was flagged asks for
+    all it has left). Never more than its candidate budget left.
+    """
+    requests = {}
+    for name, need in needed.items():
+        missing, left = need - published[name], budget[name] - sampled[name]
+        if missing <= 0 or left <= 0:
+            continue
+        rate = passed[name] / sampled[name] if sampled[name] else 1.0
+        want = missing if not sampled[name] else (math.ceil(missing * margin / rate) if rate > 0 else left)
+        requests[name] = (min(want, left), rate)
+    return requests
+
+
+def rebalance_in_rounds(plan: pd.DataFrame, sample: Sample, gate: Gate, config: RebalancingConfig) -> Rebalanced:
+    """Sample and gate in rounds until every class of ``plan`` has its ``count`` of images that passed the gate.
+
+    Round ``r`` (from 1) samples, for each class still short, what it misses (sized by its
+    observed pass rate, see ``_requests``) with seed ``config.seed + (r - 1) * ROUND_SEED_STRIDE``,
+    and gates those candidates. It stops when no class is short, after ``config.max_rounds``
+    rounds, or when every short class has sampled ``max_candidates_factor`` x its deficit.
+    Round 1 always runs (with an empty plan the gate still calibrates and self-tests).
+
+    Raises:
+        MemorisationError: from the gate (failed self-test; a flagged image with ``gate_action: fail``).
+        RebalancingShortfall: classes ended short and ``config.on_shortfall`` is ``fail``.
+    """
+    needed = {str(label): int(count) for label, count in zip(plan["label"], plan["count"])}
+    budget = {name: math.ceil(float(config.max_candidates_factor) * need) for name, need in needed.items()}
+    sampled, passed, published = ({name: 0 for name in needed} for _ in range(3))
+    arrays, decisions, keeps, rows, first = [], [], [], [], None
+    offset = 0
+    for r in range(config.max_rounds):
+        requests = _requests(needed, budget, sampled, passed, published, float(config.pass_rate_margin))
+        if r and not requests:
+            break
+        seed = int(config.seed) + r * ROUND_SEED_STRIDE
+        round_plan = pd.DataFrame([{"condition": "class", "label": name, "count": count, "case": ""}
+                                   for name, (count, _) in requests.items()], columns=PLAN_COLUMNS)
+        synthetic, provenance = sample(round_plan, seed)
+        provenance = provenance.assign(index=provenance["index"].to_numpy() + offset, round=r + 1)
+        decision, _, self_test = gate(synthetic, provenance)
+        first = first or (decision, self_test)
+        labels = decision.provenance["label"].astype(str).to_numpy()
+        flagged = decision.provenance["memorisation_flagged"].to_numpy(bool)
+        keep = np.zeros(len(labels), bool)
+        for i, name in enumerate(labels):  # in sampling order, up to what the class still misses
+            if decision.keep[i] and published[name] < needed[name]:
+                keep[i], published[name] = True, published[name] + 1
+        for name, (count, rate) in requests.items():
+            mine = labels == name
+            sampled[name] += int(mine.sum())
+            passed[name] += int((mine & decision.keep).sum())
+            rows.append({"round": r + 1, "seed": seed, "label": name, "target": needed[name],
+                         "missing": needed[name] - published[name] + int((keep & mine).sum()), "pass_rate": rate,
+                         "requested": count, "flagged": int((mine & flagged).sum()),
+                         "passed": int((mine & decision.keep).sum()), "published": int((keep & mine).sum()),
+                         "surplus": int((mine & decision.keep & ~keep).sum())})
+        arrays.append(synthetic)
+        decisions.append(decision)
+        keeps.append(keep)
+        offset += len(labels)
+        logger.info("Rebalancing round %d (seed %d): %s", r + 1, seed,
+                    {row["label"]: f"{row['published']}/{row['requested']} kept, {row['flagged']} flagged"
+                     for row in rows if row["round"] == r + 1} or "nothing to sample")
+    keep = np.concatenate(keeps)
+    table = pd.concat([d.provenance for d in decisions], ignore_index=True)
+    synthetic = {key: np.concatenate([np.asarray(a[key]) for a in arrays]) for key in arrays[0]}
+    gate_numbers = {k: v for k, v in first[0].numbers.items() if not k.startswith("gate.flagged_fraction.")}
+    numbers = gate_numbers | _count_numbers(table, keep) | _round_numbers(table, keep, needed, len(decisions))
+    decision = GateDecision(keep, table, numbers, first[0].flag_on_features)
+    _report_shortfall(numbers, needed, budget, config)
+    return Rebalanced(synthetic, decision, numbers, first[1], pd.DataFrame(rows, columns=ROUND_COLUMNS))
+
+
+def _round_numbers(table: pd.DataFrame, keep: np.ndarray, needed: Mapping[str, int], rounds: int) -> dict[str, float]:
+    labels = table["label"].astype(str).to_numpy()
+    flagged = table["memorisation_flagged"].to_numpy(bool)
+    numbers = {"rounds": float(rounds), "candidates_sampled": float(len(table)),
+               "surplus_count": float((~keep & ~flagged).sum())}
+    for name, need in needed.items():
+        mine = labels == name
+        numbers |= {f"needed.{name}": float(need), f"sampled.{name}": float(mine.sum()),
+                    f"dropped.{name}": float((mine & flagged).sum()), f"published.{name}": float((mine & keep).sum()),
+                    f"shortfall.{name}": float(need - (mine & keep).sum())}
+    numbers["shortfall_total"] = float(sum(numbers[f"shortfall.{name}"] for name in needed))
+    return numbers
+
+
+def _report_shortfall(numbers: Mapping[str, float], needed: Mapping[str, int], budget: Mapping[str, int],
+                      config: RebalancingConfig) -> None:
+    """Warn, or raise ``RebalancingShortfall`` (``on_shortfall: fail``), naming every class below its target."""
+    short = [name for name in needed if numbers[f"shortfall.{name}"] > 0]
+    if not short:
+        return
+    described = "; ".join(
+        f"{name} short by {int(numbers[f'shortfall.{name}'])} of {needed[name]} synthetic images "
+        f"({int(numbers[f'sampled.{name}'])} candidates sampled of at most {budget[name]}, "
+        f"{int(numbers[f'dropped.{name}'])} dropped by the memorisation gate)" for name in short)
+    message = (f"Rebalancing fell short of its targets after {int(numbers['rounds'])} round(s) "
+               f"(max_rounds {config.max_rounds}, max_candidates_factor {config.max_candidates_factor}): {described}.")
+    if config.on_shortfall == "fail":
+        raise RebalancingShortfall(
+            f"{message} Nothing is published (rebalancing.on_shortfall: fail). Raise rebalancing.max_rounds or "
+            "rebalancing.max_candidates_factor in conf/base/parameters_rebalancing.yml, sample a checkpoint that "
+            "memorises less (the evaluation report gives the fraction flagged per checkpoint), or set "
+            "on_shortfall: warn to publish the classes short.")
+    logger.warning("%s Published short (rebalancing.on_shortfall: warn); the dataset card lists the shortfall.",
+                   message)
+
+
+def rebalance(
+    generator: TrainedGenerator,
+    rebalancing_plan: pd.DataFrame,
+    slices: Mapping[str, np.ndarray],
+    slice_manifest: pd.DataFrame,
+    slice_encoder: TrainedClassifier,
+    config: RebalancingConfig,
+    evaluation: EvaluationConfig,
+) -> Rebalanced:
+    """``rebalance_in_rounds`` with ``generate_rebalancing`` as the sampler and ``gate_rebalancing`` as the gate."""
+    def sample(round_plan: pd.DataFrame, seed: int) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+        return generate_rebalancing(generator, round_plan, slice_manifest, config, seed=seed)
+
+    def gate(synthetic: Mapping[str, np.ndarray], provenance: pd.DataFrame):
+        return gate_rebalancing(synthetic, provenance, slices, slice_manifest, slice_encoder, config, evaluation)
+
+    return rebalance_in_rounds(rebalancing_plan, sample, gate, config)
 
 
 

@@ -35,13 +35,16 @@ def prepare_evaluation(
     family: str,
     run_params: dict[str, Any],
     params: dict[str, Any],
+    checkpoint_samples: ArrayStore,
+    checkpoint_provenance: pd.DataFrame,
 ) -> EvaluationSet:
-    """The family's samples and the real splits of the source it learnt from, with their features."""
+    """The family's samples and the real splits of the source it learnt from, with their features
+    (and the samples of earlier checkpoints, for the gate's fraction flagged per checkpoint)."""
     run = from_params(RunConfig, run_params, f"{family}.run")
     real = {"slices": (slices, slice_manifest, slice_encoder), "patches": (patches, patch_manifest, patch_encoder)}
     store, manifest, encoder = real[run.source]
     return protocol.prepare_evaluation(family, samples, provenance, run.source, store, manifest, encoder,
-                                       protocol.evaluation_config(params))
+                                       protocol.evaluation_config(params), checkpoint_samples, checkpoint_provenance)
 
 
 def fidelity_scores(evaluation: EvaluationSet, params: dict[str, Any]) -> dict[str, float]:
@@ -50,8 +53,10 @@ def fidelity_scores(evaluation: EvaluationSet, params: dict[str, Any]) -> dict[s
     return protocol.fidelity_scores(evaluation, config)
 
 
-def memorisation_scores(evaluation: EvaluationSet, params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, float]]:
-    """The memorisation gate over the family's samples (reported here; enforced by rebalancing)."""
+def memorisation_scores(evaluation: EvaluationSet,
+                        params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, float], pd.DataFrame]:
+    """The memorisation gate over the family's samples and every sampled checkpoint's (reported; enforced by
+    rebalancing)."""
     return protocol.memorisation_scores(evaluation,
                                         protocol.gate_config(protocol.evaluation_config(params).memorisation))
 
@@ -70,9 +75,15 @@ def family_figures(evaluation: EvaluationSet, memorisation_table: pd.DataFrame,
 
 def family_result(evaluation: EvaluationSet, fidelity: dict[str, float], memorisation: dict[str, float],
                   utility_summary: pd.DataFrame, figures: list[tuple[str, bytes]],
-                  training_history: pd.DataFrame) -> FamilyResult:
-    """One family's numbers, figures and training history, bundled for the cross-family nodes."""
-    return protocol.family_result(evaluation, fidelity, memorisation, utility_summary, figures, training_history)
+                  training_history: pd.DataFrame, memorisation_table: pd.DataFrame) -> FamilyResult:
+    """One family's numbers, figures, training history and fraction flagged per checkpoint, bundled."""
+    return protocol.family_result(evaluation, fidelity, memorisation, utility_summary, figures, training_history,
+                                  memorisation_table)
+
+
+def checkpoint_table(*results: FamilyResult) -> pd.DataFrame:
+    """The fraction of samples the gate flagged, per family and sampled checkpoint."""
+    return protocol.checkpoint_table(results)
 
 
 def compare_families(*results: FamilyResult) -> tuple[pd.DataFrame, Figure]:

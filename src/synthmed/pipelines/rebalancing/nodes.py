@@ -1,7 +1,7 @@
 """Nodes of the ``rebalancing`` pipeline: parse ``params:rebalancing``, call the library, return.
 
-The steps (plan, generate, the memorisation gate, publish) live in
-``synthmed.protocols.rebalancing``; nothing is published unless the gate passed.
+The steps (plan, generate and gate in rounds, publish) live in ``synthmed.protocols.rebalancing``;
+nothing is published unless the gate passed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from synthmed.datasets.array_store import ArrayStore
 from synthmed.generators.base import TrainedGenerator
 from synthmed.metrics.features import TrainedClassifier
 from synthmed.protocols import rebalancing
-from synthmed.protocols.evaluation import evaluation_config
+from synthmed.protocols.evaluation import evaluation_config, finite
 from synthmed.protocols.rebalancing import GateDecision, rebalancing_config
 
 
@@ -24,22 +24,22 @@ def plan_rebalancing(slice_manifest: pd.DataFrame, params: dict[str, Any]) -> pd
     return rebalancing.plan_rebalancing(slice_manifest, rebalancing_config(params))
 
 
-def generate_rebalancing(rebalancing_plan: pd.DataFrame, slice_manifest: pd.DataFrame, params: dict[str, Any],
-                         *generators: TrainedGenerator) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """The plan's images from ``rebalancing.generator`` (one of the registered families' generators)."""
+def rebalance(rebalancing_plan: pd.DataFrame, slices: ArrayStore, slice_manifest: pd.DataFrame,
+              slice_encoder: TrainedClassifier, params: dict[str, Any], evaluation_params: dict[str, Any],
+              *generators: TrainedGenerator
+              ) -> tuple[dict[str, np.ndarray], GateDecision, dict[str, float], pd.DataFrame, pd.DataFrame]:
+    """Sample ``rebalancing.generator`` and gate the candidates in rounds until the plan is met or a limit is hit.
+
+    Returns:
+        ``(samples, gate decision, gate metrics, self-test table, rounds table)``.
+    """
     config = rebalancing_config(params)
     by_family = {generator.family: generator for generator in generators}
     if config.generator not in by_family:
         raise ValueError(f"rebalancing.generator must be one of {sorted(by_family)}, got {config.generator!r}.")
-    return rebalancing.generate_rebalancing(by_family[config.generator], rebalancing_plan, slice_manifest, config)
-
-
-def gate_rebalancing(synthetic: dict[str, np.ndarray], provenance: pd.DataFrame, slices: ArrayStore,
-                     slice_manifest: pd.DataFrame, slice_encoder: TrainedClassifier, params: dict[str, Any],
-                     evaluation_params: dict[str, Any]) -> tuple[GateDecision, dict[str, float], pd.DataFrame]:
-    """The memorisation gate over the synthetic images, before anything is published."""
-    return rebalancing.gate_rebalancing(synthetic, provenance, slices, slice_manifest, slice_encoder,
-                                        rebalancing_config(params), evaluation_config(evaluation_params))
+    result = rebalancing.rebalance(by_family[config.generator], rebalancing_plan, slices, slice_manifest,
+                                   slice_encoder, config, evaluation_config(evaluation_params))
+    return result.synthetic, result.decision, finite(result.numbers), result.self_test, result.rounds
 
 
 def publish_rebalanced(slices: ArrayStore, slice_manifest: pd.DataFrame, synthetic: dict[str, np.ndarray],

@@ -3,12 +3,7 @@
 from kedro.pipeline import Node, Pipeline
 
 from synthmed.generators.registry import FAMILIES
-from synthmed.pipelines.rebalancing.nodes import (
-    gate_rebalancing,
-    generate_rebalancing,
-    plan_rebalancing,
-    publish_rebalanced,
-)
+from synthmed.pipelines.rebalancing.nodes import plan_rebalancing, publish_rebalanced, rebalance
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -17,14 +12,12 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(plan_rebalancing, ["slice_manifest", "params:rebalancing"], "rebalancing_plan",
                  name="plan_rebalancing"),
             # Every registered family's generator is offered; params:rebalancing.generator picks one.
-            Node(generate_rebalancing,
-                 ["rebalancing_plan", "slice_manifest", "params:rebalancing",
-                  *(f"{family}.generator" for family in FAMILIES)],
-                 ["rebalancing_samples", "rebalancing_provenance"], name="generate_rebalancing"),
-            Node(gate_rebalancing,
-                 ["rebalancing_samples", "rebalancing_provenance", "slices", "slice_manifest", "slices.feature_encoder",
-                  "params:rebalancing", "params:evaluation"],
-                 ["rebalancing_gate", "rebalancing_gate_metrics", "rebalancing_self_test"], name="gate_rebalancing"),
+            # Sampling and the gate alternate in rounds (over-generation), so they are one node.
+            Node(rebalance,
+                 ["rebalancing_plan", "slices", "slice_manifest", "slices.feature_encoder", "params:rebalancing",
+                  "params:evaluation", *(f"{family}.generator" for family in FAMILIES)],
+                 ["rebalancing_samples", "rebalancing_gate", "rebalancing_gate_metrics", "rebalancing_self_test",
+                  "rebalancing_rounds"], name="rebalance"),
             Node(publish_rebalanced,
                  ["slices", "slice_manifest", "rebalancing_samples", "rebalancing_gate", "params:rebalancing"],
                  "rebalanced_dataset", name="publish_rebalanced"),

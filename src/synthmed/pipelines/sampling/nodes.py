@@ -14,9 +14,17 @@ from synthmed.core.manifest import class_names_of
 from synthmed.datasets.array_store import ArrayStore
 from synthmed.generators.base import SamplerSpec, TrainedGenerator
 from synthmed.generators.export import to_png_pixels
-from synthmed.generators.registry import get_family
-from synthmed.generators.run import RunConfig
-from synthmed.generators.sampling import Sampled, SamplingConfig, checkpoint_id, generate_from_plan, plan_table
+from synthmed.generators.registry import config_from_params, get_family
+from synthmed.generators.run import RunConfig, checkpoint_folder
+from synthmed.generators.sampling import (
+    Sampled,
+    SamplingConfig,
+    checkpoint_id,
+    generate_from_plan,
+    plan_table,
+    sample_checkpoints,
+)
+from synthmed.generators.training import TrainingConfig, checkpoint_dirs
 from synthmed.imaging.figures import class_grid
 
 logger = logging.getLogger(__name__)
@@ -44,10 +52,8 @@ def sample_generator(
         float32 in [-1, 1], ``labels``, ``masks``; one provenance row per image; PNG files
         ``<label>/<index>.png``; a preview grid.
     """
-    config = from_params(SamplingConfig, params, f"{generator.family}.sampling")
-    run = from_params(RunConfig, run_params, f"{generator.family}.run")
-    sampler = from_params(SamplerSpec, config.sampler, f"{generator.family}.sampling.sampler")
-    store, manifest = (slices, slice_manifest) if run.source == "slices" else (patches, patch_manifest)
+    config, run, sampler, store, manifest = _parse(generator.family, slices, slice_manifest, patches, patch_manifest,
+                                                   run_params, params)
     names = class_names_of(manifest)
     real_indices = manifest.loc[manifest["split"] == config.real_split, "index"].to_numpy()
     result: Sampled = generate_from_plan(
@@ -65,3 +71,53 @@ def sample_generator(
                       masks=result.masks if result.masks.any() else None, rng=np.random.default_rng(0))
     arrays = {"images": result.images, "labels": result.labels, "masks": result.masks}
     return arrays, result.provenance, pngs, grid
+
+
+def _parse(family: str, slices: ArrayStore, slice_manifest: pd.DataFrame, patches: ArrayStore,
+           patch_manifest: pd.DataFrame, run_params: dict[str, Any], params: dict[str, Any]
+           ) -> tuple[SamplingConfig, RunConfig, SamplerSpec, ArrayStore, pd.DataFrame]:
+    config = from_params(SamplingConfig, params, f"{family}.sampling")
+    run = from_params(RunConfig, run_params, f"{family}.run")
+    sampler = from_params(SamplerSpec, config.sampler, f"{family}.sampling.sampler")
+    store, manifest = (slices, slice_manifest) if run.source == "slices" else (patches, patch_manifest)
+    return config, run, sampler, store, manifest
+
+
+def sample_retained_checkpoints(
+    generator: TrainedGenerator,
+    plan: pd.DataFrame,
+    slices: ArrayStore,
+    slice_manifest: pd.DataFrame,
+    patches: ArrayStore,
+    patch_manifest: pd.DataFrame,
+    run_params: dict[str, Any],
+    params: dict[str, Any],
+    model_params: dict[str, Any],
+    training_params: dict[str, Any],
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """With ``sampling.retained_checkpoints``: the plan from every kept training checkpoint but the final one.
+
+    The checkpoints are those training left under ``run.checkpoint_root/<family>-<digest>``
+    (``training.keep_checkpoints``); none there (e.g. a ``dvc pull`` without training) gives a
+    warning and no samples. Returns arrays (``images``, ``labels``, ``masks``) and provenance
+    with ``checkpoint_step``; both empty when the option is off.
+    """
+    family = generator.family
+    config, run, sampler, store, manifest = _parse(family, slices, slice_manifest, patches, patch_manifest,
+                                                   run_params, params)
+    folders = []
+    if config.retained_checkpoints:
+        run_dir = checkpoint_folder(run, family, config_from_params(family, model_params),
+                                    from_params(TrainingConfig, training_params, f"{family}.training"),
+                                    [store.info(k)["sha256"] for k in ("images", "labels", "masks")])
+        folders = checkpoint_dirs(run_dir)
+        if not folders:
+            logger.warning("%s.sampling.retained_checkpoints: no checkpoint in %s (train here to have them); only "
+                           "the final generator is sampled.", family, run_dir)
+    size, channels = generator.config.image_size, generator.config.channels
+    empty = Sampled(np.zeros((0, channels, size, size), np.float32), np.zeros(0, np.int64),
+                    np.zeros((0, 1, size, size), np.uint8), pd.DataFrame())
+    result = sample_checkpoints(folders, checkpoint_id(generator), plan, class_names_of(manifest), sampler,
+                                seed=config.seed, batch_size=config.batch_size, empty=empty, real=store,
+                                real_indices=manifest.loc[manifest["split"] == config.real_split, "index"].to_numpy())
+    return {"images": result.images, "labels": result.labels, "masks": result.masks}, result.provenance

@@ -3,7 +3,7 @@
 from kedro.pipeline import Node, Pipeline, pipeline
 
 from synthmed.generators.registry import FAMILIES
-from synthmed.pipelines.sampling.nodes import sample_generator, sampling_plan
+from synthmed.pipelines.sampling.nodes import sample_generator, sample_retained_checkpoints, sampling_plan
 
 
 def template() -> Pipeline:
@@ -16,6 +16,13 @@ def template() -> Pipeline:
                  "params:run", "params:sampling"],
                 ["samples", "sample_provenance", "sample_pngs", "sampled_grid"],
                 name="sample_generator",
+            ),
+            Node(
+                sample_retained_checkpoints,
+                ["generator", "sampling_plan", "slices", "slice_manifest", "patches", "patch_manifest",
+                 "params:run", "params:sampling", "params:model", "params:training"],
+                ["checkpoint_samples", "checkpoint_provenance"],
+                name="sample_retained_checkpoints",
             ),
         ]
     )
