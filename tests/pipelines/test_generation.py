@@ -88,7 +88,7 @@ def test_rebalanced_dataset_is_balanced_and_readable(generated):
     assert synthetic["checkpoint"].notna().all()
     for path in labels["path"]:
         parts = path.split("/")
-        assert parts[0] == "train" and (root / path).is_file()  # ImageFolder: root/<class>/<file>
+        assert parts[0] == "images" and (root / path).is_file()  # ImageFolder: images/<class>/<file>
         assert parts[1] == labels.set_index("path").loc[path, "label"]
     card = " ".join((root / "README.md").read_text().split())
     gate = json.loads((workdir / "data/08_reporting/rebalancing_gate.json").read_text())

@@ -6,7 +6,8 @@
    against the training images, threshold calibrated on held-out images, self-test with
    planted copies; it fails the run or drops flagged images (``gate_action``);
 4. ``publish_rebalanced``: real + the gate's kept synthetic images in a folder that
-   ``torchvision``'s ``ImageFolder`` and pandas read directly, with ``labels.csv``
+   ``torchvision``'s ``ImageFolder``, HuggingFace's ``imagefolder`` and pandas read directly
+   (8-bit PNG view, float array beside it), with ``metadata.csv`` / ``labels.csv``
    (``is_synthetic`` and provenance with the gate's scores) and a dataset card.
 """
 
@@ -210,6 +211,15 @@ def dataset_card(config: RebalancingConfig, counts: pd.DataFrame, provenance: pd
     )
 
 
+# The published folder (docs: README "The published dataset"). ``images/`` is the ImageFolder view,
+# 8-bit because torchvision's default loader converts to RGB and clips 16-bit grey to white;
+# ``data/images.npy`` keeps every image as float, losslessly, in the generator's [-1, 1] scale.
+IMAGE_VIEW = "images"
+ARRAY_FILE = "data/images.npy"
+METADATA_COLUMNS = ("file_name", "label", "class_id", "is_synthetic", "generator", "checkpoint", "gate_score",
+                    "array_index")
+
+
 def publish_rebalanced(
     slices: Mapping[str, np.ndarray],
     slice_manifest: pd.DataFrame,
@@ -217,10 +227,18 @@ def publish_rebalanced(
     decision: GateDecision,
     config: RebalancingConfig,
 ) -> dict[str, Any]:
-    """The published folder: ImageFolder layout, ``labels.csv``, ``provenance.csv``, ``README.md``.
+    """The published folder.
 
-    Only the synthetic images the memorisation gate kept are published; ``provenance.csv``
-    lists every generated image with its gate scores and whether it was published.
+    - ``images/<class>/<file>.png``: 8-bit grey PNGs ([-1, 1] mapped linearly onto 0..255), the
+      layout of ``torchvision.datasets.ImageFolder`` and HuggingFace's ``imagefolder``;
+    - ``data/images.npy``: the same images, float32 ``(N, C, H, W)`` in [-1, 1], lossless; row
+      ``array_index`` of ``labels.csv`` / ``metadata.csv``;
+    - ``metadata.csv``: HuggingFace ``imagefolder`` metadata (``file_name``, label, ``is_synthetic``,
+      generator, checkpoint, the gate's pixel similarity as ``gate_score``);
+    - ``labels.csv`` (every file with its provenance), ``provenance.csv`` (every generated
+      image with its gate scores and whether it was published), ``README.md`` (the card).
+
+    Only the synthetic images the memorisation gate kept are published.
     """
     if len(decision.keep) != len(synthetic["images"]):
         raise ValueError(f"The gate decided on {len(decision.keep)} images but "
@@ -230,28 +248,38 @@ def publish_rebalanced(
     images = np.asarray(synthetic["images"])
     size = images.shape[-1] if len(images) else int(slices["images"].shape[-1])
     files: dict[str, Any] = {}
-    rows = []
+    rows, arrays = [], []
+
+    def add(image: np.ndarray, path: str, row: dict[str, Any]) -> None:
+        files[path] = to_png_pixels(image, bits=8)
+        rows.append({"path": path, **row, "array_index": len(arrays)})
+        arrays.append(image.astype(np.float32, copy=False))
+
     real_rows = slice_manifest[slice_manifest["split"] == config.split]
     for row in real_rows.itertuples():
         image = torch.from_numpy(np.array(slices["images"][row.index], dtype=np.float32))
         if image.shape[-1] != size:
             image = torch.nn.functional.interpolate(image[None], size=size, mode="area")[0]
-        path = f"train/{row.label}/real_{row.index:06d}.png"
-        files[path] = to_png_pixels(image.numpy())
-        rows.append({"path": path, "label": row.label, "class_id": row.class_id, "is_synthetic": False})
+        add(image.numpy(), f"{IMAGE_VIEW}/{row.label}/real_{row.index:06d}.png",
+            {"label": row.label, "class_id": row.class_id, "is_synthetic": False})
     for row in provenance[provenance["published"]].itertuples():
-        path = f"train/{row.label}/synthetic_{row.index:06d}.png"
-        files[path] = to_png_pixels(images[row.index])
-        rows.append({"path": path, "label": row.label, "class_id": names.index(row.label), "is_synthetic": True,
-                     "family": row.family, "checkpoint": row.checkpoint, "sampler": row.sampler, "steps": row.steps,
-                     "guidance": row.guidance, "seed": row.seed, "batch_position": row.batch_position,
-                     "nn_pixel_similarity": row.nn_pixel_similarity,
-                     "nn_pixel_neighbour_index": row.nn_pixel_neighbour_index})
+        add(images[row.index], f"{IMAGE_VIEW}/{row.label}/synthetic_{row.index:06d}.png",
+            {"label": row.label, "class_id": names.index(row.label), "is_synthetic": True,
+             "family": row.family, "checkpoint": row.checkpoint, "sampler": row.sampler, "steps": row.steps,
+             "guidance": row.guidance, "seed": row.seed, "batch_position": row.batch_position,
+             "nn_pixel_similarity": row.nn_pixel_similarity,
+             "nn_pixel_neighbour_index": row.nn_pixel_neighbour_index})
     labels = pd.DataFrame(rows)
+    for column in ("family", "checkpoint", "nn_pixel_similarity"):  # no synthetic image published: still there
+        if column not in labels:
+            labels[column] = np.nan
     counts = (labels.groupby(["label", "is_synthetic"]).size().unstack(fill_value=0)
               .reindex(index=names, columns=[False, True], fill_value=0)
               .rename(columns={False: "real", True: "synthetic"}).reset_index())
+    files[ARRAY_FILE] = np.stack(arrays) if arrays else np.zeros((0, 1, size, size), np.float32)
     files["labels.csv"] = labels
+    files["metadata.csv"] = labels.rename(columns={"path": "file_name", "family": "generator",
+                                                   "nn_pixel_similarity": "gate_score"})[list(METADATA_COLUMNS)]
     files["provenance.csv"] = provenance
     files["README.md"] = dataset_card(config, counts, provenance, size, decision)
     logger.info("Published %d real + %d synthetic images", int(counts["real"].sum()), int(counts["synthetic"].sum()))
