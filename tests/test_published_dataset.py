@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from synthmed.datasets import FileFolderDataset
 from synthmed.protocols.rebalancing import GateDecision, RebalancingConfig, publish_rebalanced
@@ -44,11 +45,17 @@ def published_inputs():
     return {"images": real}, manifest, synthetic, decision
 
 
+VERSIONS = {"synthmed_version": "0.1.0", "git_commit": "a" * 40, "git_dirty": "false",
+            "dvc_lock_sha256": "b" * 64, "kedro_env": "base+test"}
+NOTICE = "Copyright (C) 1993-2009 Example Notice, must travel with copies."
+
+
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
     root = tmp_path_factory.mktemp("published") / "rebalanced"
     slices, manifest, synthetic, decision = published_inputs()
-    files = publish_rebalanced(slices, manifest, synthetic, decision, RebalancingConfig(gate_action="drop"))
+    config = RebalancingConfig(gate_action="drop", source_notice=NOTICE, source_description="Two ramps.")
+    files = publish_rebalanced(slices, manifest, synthetic, decision, config, VERSIONS)
     FileFolderDataset(path=str(root)).save(files)
     return root
 
@@ -139,6 +146,9 @@ def test_huggingface_imagefolder_gets_the_metadata(published, tmp_path, monkeypa
     assert first["label"] == row["label"]
     pixels = np.asarray(first["image"], dtype=np.float64) / 255.0
     assert np.abs(pixels - (lossless + 1.0) / 2.0).max() <= 0.5 / 255 + 1e-6
+    # The folder alone (the card's YAML block is read too): same rows.
+    by_folder = datasets.load_dataset(str(published), cache_dir=str(tmp_path / "cache2"), split="train")
+    assert by_folder["gate_score"] == dataset["gate_score"] and by_folder["label"] == dataset["label"]
 
 
 def test_pandas_and_numpy_read_the_tables_and_the_lossless_array(published):
@@ -159,3 +169,40 @@ def test_pandas_and_numpy_read_the_tables_and_the_lossless_array(published):
     real = labels[~labels["is_synthetic"]]
     assert real["label"].tolist() == manifest["label"].tolist()
     assert np.abs(array[real["array_index"]]).max() <= 1.0
+
+
+def test_dataset_card_has_huggingface_metadata_and_the_versions(published):
+    text = (published / "README.md").read_text()
+    assert text.startswith("---\n")
+    block, body = text[4:].split("\n---\n", 1)
+    meta = yaml.safe_load(block)
+    assert meta["synthetic"] is True and meta["license"] == "other" and meta["license_name"]
+    assert meta["task_categories"] == ["image-classification"] and meta["size_categories"] == ["n<1K"]
+    assert {"synthetic", "medical-imaging", "ddpm"} <= set(meta["tags"])
+    assert meta["git_commit"] == "a" * 40 and meta["dvc_lock_sha256"] == "b" * 64
+    assert meta["kedro_env"] == "base+test" and meta["synthmed_version"] == "0.1.0"
+    flat = " ".join(body.split())
+    for section in ("## Intended use", "## Out-of-scope use", "## Limitations", "## Source data and licence",
+                    "## Versions", "## Citation"):
+        assert section in body, section
+    assert NOTICE in flat and "Two ramps." in flat and "Kedro environment `base+test`" in flat
+    assert "recall 1.000" in flat and "**1 dropped**" in flat  # the gate's figures
+    assert "conf/base only" not in flat
+
+
+def test_build_info_reads_git_dvc_lock_and_the_environment(tmp_path):
+    from synthmed.core.build_info import build_info
+    from synthmed.core.checksums import sha256_file
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    for args in (["add", "dvc.lock"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"]):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    info = build_info(tmp_path, "gpu")
+    assert info["git_commit"] == head and info["git_dirty"] == "false" and info["kedro_env"] == "base+gpu"
+    assert info["dvc_lock_sha256"] == sha256_file(tmp_path / "dvc.lock")
+    (tmp_path / "dvc.lock").write_text("changed\n")
+    assert build_info(tmp_path, None)["git_dirty"] == "true" and build_info(tmp_path, None)["kedro_env"] == "base"
+    outside = build_info(tmp_path / "nowhere", "local")
+    assert outside["git_commit"] == "unknown" and outside["dvc_lock_sha256"] == "unknown"

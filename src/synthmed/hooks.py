@@ -14,6 +14,7 @@ from synthmed.datasets.secrets import PseudonymisationKeyDataset
 logger = logging.getLogger(__name__)
 
 KEY_DATASET = "pseudonymisation_key"
+BUILD_INFO_DATASET = "build_info"
 SOURCE_DATASET = "raw_sources"
 # The pipelines read the source folder as `raw_sources@files` and the sample_data pipeline
 # writes `raw_sources@sample` (Kedro transcoding: one dataset for the run order, so
@@ -167,6 +168,31 @@ class PseudonymisationKeyHook:
         if self._pending and ({SOURCE_INPUT, KEY_DATASET} & set(node.inputs)):
             self._pending = False
             catalog.load(KEY_DATASET)
+
+
+class BuildInfoHook:
+    """The ``build_info`` dataset (``synthmed.core.build_info``) with the run's Kedro environment.
+
+    The catalog entry cannot know ``--env``; this hook replaces it with one that does, so the
+    dataset card names the environment actually used.
+    """
+
+    def __init__(self) -> None:
+        self._project_path = Path.cwd()
+        self._env: str | None = None
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        from kedro.framework.project import settings
+
+        self._project_path = Path(context.project_path)
+        self._env = context.env or getattr(settings, "CONFIG_LOADER_ARGS", {}).get("default_run_env", "local")
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any) -> None:
+        from synthmed.datasets.build_info import BuildInfoDataset
+
+        catalog[BUILD_INFO_DATASET] = BuildInfoDataset(project_path=str(self._project_path), env=self._env)
 
 
 class MlflowRunGuard:

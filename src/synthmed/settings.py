@@ -1,6 +1,7 @@
 """Kedro project settings for synthmed."""
 
 from synthmed.hooks import (
+    BuildInfoHook,
     ConfigCheckHook,
     MlflowRunGuard,
     PseudonymisationKeyHook,
@@ -18,7 +19,7 @@ from synthmed.hooks import (
 # (a run refused for a missing key writes nothing under data/).
 HOOKS = (
     ConfigCheckHook(), RunLockHook(), StagingHook(), PseudonymisationKeyHook(), MlflowRunGuard(),
-    ReportingArtifactsHook(),
+    ReportingArtifactsHook(), BuildInfoHook(),
 )
 
 CONFIG_LOADER_ARGS = {

@@ -164,7 +164,8 @@ def test_gate_flags_planted_training_copies_and_publish_drops_or_refuses_them(ge
     assert decision.keep.tolist() == [True] * 4 + [False] * 4
     assert numbers["gate.dropped_count"] == 4 and numbers["gate.self_test_recall"] >= 0.99
     assert (decision.provenance.loc[4:, "nn_pixel_similarity"] > 0.999).all()
-    files = publish_rebalanced(slices, manifest, synthetic, decision, {**params, "gate_action": "drop"})
+    files = publish_rebalanced(slices, manifest, synthetic, decision, {**params, "gate_action": "drop"},
+                               catalog.load("build_info"))
     published = files["labels.csv"]
     assert int(published["is_synthetic"].sum()) == 4
     assert not any(p.endswith(("synthetic_000004.png", "synthetic_000007.png")) for p in files)

@@ -61,6 +61,11 @@ class RebalancingConfig:
     batch_size: int = 32
     dataset_name: str = "synthmed-rebalanced"
     gate_action: str = "fail"
+    # The dataset card: its licence (a HuggingFace licence id; "other" when the real data has its
+    # own terms), what the real images are, and their licence and notices (travel with copies).
+    license: str = "other"
+    source_description: str = ""
+    source_notice: str = ""
 
     def __post_init__(self) -> None:
         if self.gate_action not in GATE_ACTIONS:
@@ -193,9 +198,42 @@ def gate_rebalancing(
 
 
 
+# HuggingFace's size_categories buckets (upper bounds, exclusive).
+SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
+UNKNOWN_VERSIONS = {"synthmed_version": "unknown", "git_commit": "unknown", "git_dirty": "unknown",
+                    "dvc_lock_sha256": "unknown", "kedro_env": "unknown"}
+
+
+def card_metadata(config: RebalancingConfig, counts: pd.DataFrame, versions: Mapping[str, str]) -> dict[str, Any]:
+    """The YAML block of the card (HuggingFace dataset card metadata, plus ``synthetic: true``)."""
+    total = int(counts["real"].sum() + counts["synthetic"].sum())
+    size = next((name for bound, name in SIZE_CATEGORIES if total < bound), "n>1M")
+    return {
+        "pretty_name": config.dataset_name,
+        "license": config.license,
+        **({"license_name": f"{config.dataset_name}-source-notice", "license_link": "README.md#source-data-and-licence"}
+           if config.license == "other" else {}),
+        "task_categories": ["image-classification"],
+        "size_categories": [size],
+        "tags": ["medical-imaging", "synthetic", "rebalanced", config.generator],
+        "synthetic": True,
+        "synthetic_generator": config.generator,
+        "synthmed_version": versions["synthmed_version"],
+        "git_commit": versions["git_commit"],
+        "dvc_lock_sha256": versions["dvc_lock_sha256"],
+        "kedro_env": versions["kedro_env"],
+    }
+
+
 def dataset_card(config: RebalancingConfig, counts: pd.DataFrame, provenance: pd.DataFrame, size: int,
-                 decision: GateDecision) -> str:
-    """The published folder's README (``synthmed/templates/dataset_card.md.j2``)."""
+                 decision: GateDecision, versions: Mapping[str, str] | None = None) -> str:
+    """The published folder's README (``synthmed/templates/dataset_card.md.j2``), a HuggingFace-style card.
+
+    ``versions``: what built it (``synthmed.core.build_info``); unknown when not given.
+    """
+    import yaml
+
+    versions = {**UNKNOWN_VERSIONS, **(versions or {})}
     n = decision.numbers
     per_checkpoint = decision.provenance.groupby("checkpoint")["memorisation_flagged"].agg(["size", "mean"])
     feature = n.get("gate.feature_threshold", float("nan"))
@@ -204,7 +242,8 @@ def dataset_card(config: RebalancingConfig, counts: pd.DataFrame, provenance: pd
         + (" (flags too)" if decision.flag_on_features else " (recorded, does not flag: see parameters)"))
     return render(
         "dataset_card.md.j2", config=config, counts=list(counts.itertuples()), size=size,
-        checkpoint=provenance["checkpoint"].iloc[0] if len(provenance) else "-",
+        front_matter=yaml.safe_dump(card_metadata(config, counts, versions), sort_keys=False, allow_unicode=True),
+        versions=versions, checkpoint=provenance["checkpoint"].iloc[0] if len(provenance) else "-",
         sampler=", ".join(f"{k}={v}" for k, v in config.sampler.items()), gate=n, feature_text=feature_text,
         per_checkpoint=[{"checkpoint": c, "size": int(r["size"]), "fraction": float(r["mean"])}
                         for c, r in per_checkpoint.iterrows()],
@@ -226,6 +265,7 @@ def publish_rebalanced(
     synthetic: Mapping[str, np.ndarray],
     decision: GateDecision,
     config: RebalancingConfig,
+    versions: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The published folder.
 
@@ -238,7 +278,8 @@ def publish_rebalanced(
     - ``labels.csv`` (every file with its provenance), ``provenance.csv`` (every generated
       image with its gate scores and whether it was published), ``README.md`` (the card).
 
-    Only the synthetic images the memorisation gate kept are published.
+    Only the synthetic images the memorisation gate kept are published. ``versions``: what
+    built it, for the card (``synthmed.core.build_info``).
     """
     if len(decision.keep) != len(synthetic["images"]):
         raise ValueError(f"The gate decided on {len(decision.keep)} images but "
@@ -281,6 +322,6 @@ def publish_rebalanced(
     files["metadata.csv"] = labels.rename(columns={"path": "file_name", "family": "generator",
                                                    "nn_pixel_similarity": "gate_score"})[list(METADATA_COLUMNS)]
     files["provenance.csv"] = provenance
-    files["README.md"] = dataset_card(config, counts, provenance, size, decision)
+    files["README.md"] = dataset_card(config, counts, provenance, size, decision, versions)
     logger.info("Published %d real + %d synthetic images", int(counts["real"].sum()), int(counts["synthetic"].sum()))
     return files

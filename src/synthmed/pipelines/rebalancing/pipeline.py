@@ -26,7 +26,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                   "params:rebalancing", "params:evaluation"],
                  ["rebalancing_gate", "rebalancing_gate_metrics", "rebalancing_self_test"], name="gate_rebalancing"),
             Node(publish_rebalanced,
-                 ["slices", "slice_manifest", "rebalancing_samples", "rebalancing_gate", "params:rebalancing"],
+                 ["slices", "slice_manifest", "rebalancing_samples", "rebalancing_gate", "params:rebalancing",
+                  "build_info"],
                  "rebalanced_dataset", name="publish_rebalanced"),
         ]
     )
