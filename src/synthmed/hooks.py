@@ -196,7 +196,7 @@ class BuildInfoHook:
 
 
 class MlflowRunGuard:
-    """Leaves no MLflow run RUNNING (``synthmed.mlflow_runs``).
+    """Leaves no MLflow run RUNNING and tags it with its versions (``synthmed.mlflow_runs``).
 
     ``trylast``: runs after kedro-mlflow has opened the pipeline's run.
     """
@@ -205,13 +205,16 @@ class MlflowRunGuard:
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         import mlflow
 
-        from synthmed.mlflow_runs import end_orphaned_runs, guard_active_run
+        from synthmed.mlflow_runs import end_orphaned_runs, guard_active_run, tag_versions
 
         run = mlflow.active_run()
         if run is None:
             return
-        end_orphaned_runs(mlflow.tracking.MlflowClient(), [run.info.experiment_id])
+        client = mlflow.tracking.MlflowClient()
+        end_orphaned_runs(client, [run.info.experiment_id])
         guard_active_run()
+        if BUILD_INFO_DATASET in catalog:
+            tag_versions(client, run.info.run_id, run.info.experiment_id, catalog.load(BUILD_INFO_DATASET))
 
 
 class ReportingArtifactsHook:
@@ -220,7 +223,9 @@ class ReportingArtifactsHook:
     Figures (PNG), tables (CSV) and the HTML report land under the run's artifacts in the
     same layout as ``data/08_reporting``, so the MLflow UI shows what ``dvc plots`` and the
     report show. Metrics reach MLflow through ``MetricsDataset`` (same names as the JSON).
-    Folders (the reader kit) are not logged: they are for people, via DVC.
+    Folders (the reader kit) are not logged: they are for people, via DVC. A dataset whose
+    catalog metadata has ``synthmed: {mlflow_artifact: false}`` is never logged: the reader
+    study's answer key stays in ``data/08_reporting/reader_key/``, apart from the readers.
     """
 
     def __init__(self) -> None:
@@ -237,8 +242,9 @@ class ReportingArtifactsHook:
         if self._catalog is None or mlflow.active_run() is None:
             return
         dataset = self._catalog.get(dataset_name)
-        layer = ((getattr(dataset, "metadata", None) or {}).get("kedro-viz") or {}).get("layer")
-        if layer != "reporting":
+        metadata = getattr(dataset, "metadata", None) or {}
+        layer = (metadata.get("kedro-viz") or {}).get("layer")
+        if layer != "reporting" or not (metadata.get("synthmed") or {}).get("mlflow_artifact", True):
             return
         described = dataset._describe()
         path = Path(str(described.get("filepath") or described.get("path") or ""))
