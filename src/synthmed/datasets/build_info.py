@@ -6,12 +6,14 @@ replaces it in a Kedro session with one that knows the run environment (``--env`
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
 from synthmed.core.build_info import build_info
+from synthmed.datasets.preview import JSONPreview
 
 
 class BuildInfoDataset(AbstractDataset[None, dict[str, str]]):
@@ -36,6 +38,10 @@ class BuildInfoDataset(AbstractDataset[None, dict[str, str]]):
 
     def _exists(self) -> bool:
         return True
+
+    def preview(self) -> JSONPreview:
+        """kedro-viz: the versions, as ``load`` gives them."""
+        return JSONPreview(json.dumps(self.load(), indent=2))
 
     def _describe(self) -> dict[str, Any]:
         return {"project_path": str(self._project_path), "env": self._env}
