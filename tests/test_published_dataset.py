@@ -54,7 +54,8 @@ NOTICE = "Copyright (C) 1993-2009 Example Notice, must travel with copies."
 def published(tmp_path_factory):
     root = tmp_path_factory.mktemp("published") / "rebalanced"
     slices, manifest, synthetic, decision = published_inputs()
-    config = RebalancingConfig(gate_action="drop", source_notice=NOTICE, source_description="Two ramps.")
+    config = RebalancingConfig(gate_action="drop", source_notice=NOTICE, source_description="Two ramps.",
+                               export_formats=("dicom", "nifti"))
     files = publish_rebalanced(slices, manifest, synthetic, decision, config, VERSIONS)
     FileFolderDataset(path=str(root)).save(files)
     return root
@@ -206,3 +207,29 @@ def test_build_info_reads_git_dvc_lock_and_the_environment(tmp_path):
     assert build_info(tmp_path, None)["git_dirty"] == "true" and build_info(tmp_path, None)["kedro_env"] == "base"
     outside = build_info(tmp_path / "nowhere", "local")
     assert outside["git_commit"] == "unknown" and outside["dvc_lock_sha256"] == "unknown"
+
+
+def test_synthetic_images_export_as_dicom_and_nifti_marked_synthetic(published):
+    import nibabel as nib
+    import pydicom
+
+    labels = pd.read_csv(published / "labels.csv")
+    array = np.load(published / "data/images.npy")
+    kept = labels[labels["is_synthetic"]]
+    uids = set()
+    for row in kept.itertuples():
+        stem = row.path.rsplit("/", 1)[1].removesuffix(".png")
+        ds = pydicom.dcmread(published / f"dicom/{row.label}/{stem}.dcm")
+        assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "SYNTHETIC"] and ds.ConversionType == "SYN"
+        assert ds.BurnedInAnnotation == "NO" and ds.PatientID == "SYNTHETIC" and ds.StudyDate == ""
+        assert "synthetic" in ds.DerivationDescription.lower() and ds.Manufacturer == "synthmed"
+        uids |= {ds.SOPInstanceUID}
+        assert ds.SOPInstanceUID.startswith("2.25.") or ds.SOPInstanceUID.startswith("1.2.826.0.1.3680043")
+        values = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        assert np.abs(values - array[row.array_index, 0]).max() <= 1 / 65535 + 1e-6  # 16-bit quantisation
+        nifti = nib.load(published / f"nifti/{row.label}/{stem}.nii.gz")
+        assert bytes(nifti.header["descrip"]).startswith(b"SYNTHETIC")
+        upright = np.asarray(nifti.dataobj)[:, :, 0].T[::-1]  # (W, H, 1) -> rows top down
+        assert np.array_equal(upright, array[row.array_index, 0])
+    assert len(uids) == len(kept) == 2
+    assert not (published / "dicom").joinpath("axial").exists()  # real images are never exported

@@ -22,11 +22,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from synthmed import __version__
 from synthmed.core.config import from_params
 from synthmed.core.manifest import class_names_of
 from synthmed.core.templates import render
 from synthmed.generators.base import SamplerSpec, TrainedGenerator
-from synthmed.generators.export import to_png_pixels
+from synthmed.generators.export import SyntheticOrigin, to_dicom, to_nifti, to_png_pixels
 from synthmed.generators.registry import get_family
 from synthmed.generators.sampling import PLAN_COLUMNS, checkpoint_id, generate_from_plan
 from synthmed.metrics.features import TrainedClassifier, at_size
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 STRATEGIES = ("match_majority", "target_counts", "ratio")
 GATE_ACTIONS = ("fail", "drop")
+EXPORT_FORMATS = {"dicom": ".dcm", "nifti": ".nii.gz"}
 
 
 @dataclass(frozen=True)
@@ -66,12 +68,17 @@ class RebalancingConfig:
     license: str = "other"
     source_description: str = ""
     source_notice: str = ""
+    # The published synthetic images also as DICOM (Secondary Capture, Conversion Type SYN) and/or NIfTI.
+    export_formats: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.gate_action not in GATE_ACTIONS:
             raise ValueError(f"rebalancing.gate_action must be one of {list(GATE_ACTIONS)}, got {self.gate_action!r}.")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"rebalancing.strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}.")
+        if unknown := sorted(set(self.export_formats) - set(EXPORT_FORMATS)):
+            raise ValueError(f"rebalancing.export_formats: unknown format(s) {unknown}; expected some of "
+                             f"{sorted(EXPORT_FORMATS)}.")
         if not 0.0 < float(self.ratio) <= 1.0:
             raise ValueError(f"rebalancing.ratio must be in (0, 1], got {self.ratio}.")
         for name, count in self.target_counts.items():
@@ -304,6 +311,12 @@ def publish_rebalanced(
         add(image.numpy(), f"{IMAGE_VIEW}/{row.label}/real_{row.index:06d}.png",
             {"label": row.label, "class_id": row.class_id, "is_synthetic": False})
     for row in provenance[provenance["published"]].itertuples():
+        origin = SyntheticOrigin(generator=str(row.family), checkpoint=str(row.checkpoint), label=str(row.label),
+                                 seed=int(row.seed), index=int(row.index), software_version=__version__)
+        for name in config.export_formats:
+            export = to_dicom if name == "dicom" else to_nifti
+            files[f"{name}/{row.label}/synthetic_{row.index:06d}{EXPORT_FORMATS[name]}"] = export(images[row.index],
+                                                                                                   origin)
         add(images[row.index], f"{IMAGE_VIEW}/{row.label}/synthetic_{row.index:06d}.png",
             {"label": row.label, "class_id": names.index(row.label), "is_synthetic": True,
              "family": row.family, "checkpoint": row.checkpoint, "sampler": row.sampler, "steps": row.steps,
