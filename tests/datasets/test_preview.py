@@ -61,6 +61,10 @@ def test_folders_preview_their_metadata_table_or_their_listing(tmp_path):
     FileFolderDataset(path=str(tmp_path / "raw")).save({"x/1.txt": "one", "2.txt": "two!"})
     _, listing = viz_preview(FileFolderDataset(path=str(tmp_path / "raw")))
     assert listing["columns"] == ["path", "bytes"] and listing["data"] == [["2.txt", 4], ["x/1.txt", 3]]
+    # A raw folder (not written by synthmed: no checksum listing) is not previewed.
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "labels.csv").write_text("path,label,patient\nDOE_JOHN.png,lesion,DOE\n")
+    assert viz_preview(FileFolderDataset(path=str(tmp_path / "own"))) == ("TablePreview", None)
 
 
 def test_metrics_models_and_build_info_preview_as_json(tmp_path):

@@ -280,8 +280,16 @@ class FileFolderDataset(AbstractDataset[Mapping[str, Any], SourceFolder]):
         logger.info("Saved %d files to %s", len(data), self._path)
 
     def preview(self, nrows: int = 20) -> TablePreview:
-        """kedro-viz: the folder's ``metadata.csv`` or ``labels.csv`` if it has one, else its file listing."""
+        """kedro-viz: the folder's ``metadata.csv`` or ``labels.csv`` if it has one, else its file listing.
+
+        Only folders synthmed wrote (with their checksum listing): a team's raw folder is not
+        previewed, since its file names and labels may identify patients.
+        """
         import pandas as pd
+
+        if not (self._path / FOLDER_LISTING).is_file():
+            raise DatasetError(f"{self._path} was not written by synthmed (no {FOLDER_LISTING}): raw folders are "
+                               "not previewed, their names and labels may identify patients.")
 
         for name in PREVIEW_TABLES:
             if (self._path / name).is_file():
