@@ -90,3 +90,22 @@ def test_project_catalog_entries_have_previews(dataset):
 
     config = yaml.safe_load((PROJECT_ROOT / "conf/base/catalog.yml").read_text())
     assert callable(getattr(DataCatalog.from_config({dataset: config[dataset]}).get(dataset), "preview", None))
+
+
+def test_the_answer_key_has_no_preview_in_kedro_viz(tmp_path):
+    import yaml
+    from kedro.io import DataCatalog
+
+    from tests.conftest import PROJECT_ROOT
+
+    entry = yaml.safe_load((PROJECT_ROOT / "conf/base/catalog.yml").read_text())["reader_key"]
+    entry["filepath"] = str(tmp_path / "answer_key.csv")
+    catalog = DataCatalog.from_config({"reader_key": entry})
+    catalog.save("reader_key", pd.DataFrame({"image_id": ["a"], "truth": ["synthetic"]}))
+    dataset = catalog.get("reader_key")
+    from kedro_viz.models.flowchart.node_metadata import DataNodeMetadata
+    from kedro_viz.models.flowchart.nodes import GraphNode
+
+    node = GraphNode.create_data_node(dataset_id="k", dataset_name="reader_key", layer="reporting", tags=set(),
+                                      dataset=dataset, modular_pipelines=set())
+    assert node.viz_metadata is not None and DataNodeMetadata(data_node=node).preview is None
