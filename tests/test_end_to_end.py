@@ -50,6 +50,14 @@ def test_dvc_repro_push_and_teammate_pull_are_byte_identical(tmp_path):
     assert sorted(name for name, _ in runs) == ["evaluation", "extraction", "feature_encoders", "ingestion",
                                                  "preprocessing", "rebalancing", "sample_data", "sampling", "training"]
     assert {status for _, status in runs} == {"FINISHED"}
+    # Each run carries the commit it was built from; the experiment opens on model development in
+    # the MLflow UI; the reader study's answer key is no MLflow artifact.
+    commits = {value for (value,) in db.execute("select value from tags where key = 'mlflow.source.git.commit'")}
+    assert commits == {sh("git", "rev-parse", "HEAD~1", cwd=first).stdout.strip()}  # before "outputs"
+    assert db.execute("select count(*) from tags where key = 'synthmed.dvc_lock_sha256'").fetchone()[0] == len(runs)
+    kind = db.execute("select value from experiment_tags where key = 'mlflow.experimentKind'").fetchall()
+    assert kind == [("custom_model_development",)]
+    assert not [p for p in first.rglob("answer_key.csv") if "data" not in p.relative_to(first).parts]
     logged = dict(db.execute(
         "select r.name, count(p.key) from runs r join params p on p.run_uuid = r.run_uuid group by r.name").fetchall())
     assert all(logged.get(name, 0) > 0 for name in ("ingestion", "preprocessing", "extraction"))

@@ -112,3 +112,65 @@ def test_a_run_left_running_at_a_normal_exit_is_marked_killed(tmp_path):
     result, tags = _run_child(uri, "unfinished")
     assert _status(uri, "unfinished") == "KILLED", result.stderr[-2000:]
     assert tags.get(PID_TAG) == result.stdout.strip()
+
+
+TAGGING_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import mlflow
+    import pandas as pd
+    import yaml
+    from kedro.io import DataCatalog
+    from mlflow.tracking import MlflowClient
+    from synthmed.hooks import ReportingArtifactsHook
+    from synthmed.mlflow_runs import tag_versions
+
+    uri, catalog_yml, workdir = sys.argv[1:4]
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    chosen = client.create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
+    tag_versions(client, client.create_run(chosen).info.run_id, chosen, {"git_commit": "unknown"})
+    mlflow.set_experiment("synthmed")
+    info = {"git_commit": "c" * 40, "git_dirty": "false", "dvc_lock_sha256": "d" * 64, "kedro_env": "base+local",
+            "synthmed_version": "0.1.0"}
+    with mlflow.start_run() as run:
+        tag_versions(client, run.info.run_id, run.info.experiment_id, info)
+        # The project's catalog entries of the answer key and of a reporting table, under workdir.
+        config = yaml.safe_load(open(catalog_yml))
+        entries = {name: {**config[name], "filepath": workdir + "/" + config[name]["filepath"]}
+                   for name in ("reader_key", "family_comparison")}
+        catalog = DataCatalog.from_config(entries)
+        hook = ReportingArtifactsHook()
+        hook.after_catalog_created(catalog)
+        for name in entries:
+            catalog.save(name, pd.DataFrame({"image_id": ["a"], "truth": ["real"]}))
+            hook.after_dataset_saved(name, None, None)
+    def listed(path=""):
+        out = []
+        for item in client.list_artifacts(run.info.run_id, path):
+            out += listed(item.path) if item.is_dir else [item.path]
+        return out
+    print(json.dumps({"artifacts": listed(), "tags": client.get_run(run.info.run_id).data.tags,
+                      "kind": client.get_experiment(run.info.experiment_id).tags.get("mlflow.experimentKind"),
+                      "chosen": client.get_experiment(chosen).tags.get("mlflow.experimentKind")}))
+    """
+)
+
+
+def test_runs_carry_versions_the_experiment_opens_on_models_and_the_answer_key_is_not_logged(tmp_path):
+    import json
+
+    from tests.conftest import PROJECT_ROOT
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = subprocess.run([sys.executable, "-c", TAGGING_CHILD, uri, str(PROJECT_ROOT / "conf/base/catalog.yml"),
+                             str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert seen["kind"] == "custom_model_development"  # what the MLflow 3 UI opens on model training with
+    assert seen["chosen"] == "genai_development"  # a kind someone chose is kept
+    tags = seen["tags"]
+    assert tags["mlflow.source.git.commit"] == "c" * 40 and tags["synthmed.dvc_lock_sha256"] == "d" * 64
+    assert tags["synthmed.kedro_env"] == "base+local" and tags["synthmed.version"] == "0.1.0"
+    assert seen["artifacts"] == ["reporting/family_comparison.csv"]  # logged, but never the answer key

@@ -14,6 +14,7 @@ from synthmed.datasets.secrets import PseudonymisationKeyDataset
 logger = logging.getLogger(__name__)
 
 KEY_DATASET = "pseudonymisation_key"
+BUILD_INFO_DATASET = "build_info"
 SOURCE_DATASET = "raw_sources"
 # The pipelines read the source folder as `raw_sources@files` and the sample_data pipeline
 # writes `raw_sources@sample` (Kedro transcoding: one dataset for the run order, so
@@ -169,8 +170,33 @@ class PseudonymisationKeyHook:
             catalog.load(KEY_DATASET)
 
 
+class BuildInfoHook:
+    """The ``build_info`` dataset (``synthmed.core.build_info``) with the run's Kedro environment.
+
+    The catalog entry cannot know ``--env``; this hook replaces it with one that does, so the
+    dataset card names the environment actually used.
+    """
+
+    def __init__(self) -> None:
+        self._project_path = Path.cwd()
+        self._env: str | None = None
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        from kedro.framework.project import settings
+
+        self._project_path = Path(context.project_path)
+        self._env = context.env or getattr(settings, "CONFIG_LOADER_ARGS", {}).get("default_run_env", "local")
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any) -> None:
+        from synthmed.datasets.build_info import BuildInfoDataset
+
+        catalog[BUILD_INFO_DATASET] = BuildInfoDataset(project_path=str(self._project_path), env=self._env)
+
+
 class MlflowRunGuard:
-    """Leaves no MLflow run RUNNING (``synthmed.mlflow_runs``).
+    """Leaves no MLflow run RUNNING and tags it with its versions (``synthmed.mlflow_runs``).
 
     ``trylast``: runs after kedro-mlflow has opened the pipeline's run.
     """
@@ -179,13 +205,16 @@ class MlflowRunGuard:
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         import mlflow
 
-        from synthmed.mlflow_runs import end_orphaned_runs, guard_active_run
+        from synthmed.mlflow_runs import end_orphaned_runs, guard_active_run, tag_versions
 
         run = mlflow.active_run()
         if run is None:
             return
-        end_orphaned_runs(mlflow.tracking.MlflowClient(), [run.info.experiment_id])
+        client = mlflow.tracking.MlflowClient()
+        end_orphaned_runs(client, [run.info.experiment_id])
         guard_active_run()
+        if BUILD_INFO_DATASET in catalog:
+            tag_versions(client, run.info.run_id, run.info.experiment_id, catalog.load(BUILD_INFO_DATASET))
 
 
 class ReportingArtifactsHook:
@@ -194,7 +223,9 @@ class ReportingArtifactsHook:
     Figures (PNG), tables (CSV) and the HTML report land under the run's artifacts in the
     same layout as ``data/08_reporting``, so the MLflow UI shows what ``dvc plots`` and the
     report show. Metrics reach MLflow through ``MetricsDataset`` (same names as the JSON).
-    Folders (the reader kit) are not logged: they are for people, via DVC.
+    Folders (the reader kit) are not logged: they are for people, via DVC. A dataset whose
+    catalog metadata has ``synthmed: {mlflow_artifact: false}`` is never logged: the reader
+    study's answer key stays in ``data/08_reporting/reader_key/``, apart from the readers.
     """
 
     def __init__(self) -> None:
@@ -211,8 +242,9 @@ class ReportingArtifactsHook:
         if self._catalog is None or mlflow.active_run() is None:
             return
         dataset = self._catalog.get(dataset_name)
-        layer = ((getattr(dataset, "metadata", None) or {}).get("kedro-viz") or {}).get("layer")
-        if layer != "reporting":
+        metadata = getattr(dataset, "metadata", None) or {}
+        layer = (metadata.get("kedro-viz") or {}).get("layer")
+        if layer != "reporting" or not (metadata.get("synthmed") or {}).get("mlflow_artifact", True):
             return
         described = dataset._describe()
         path = Path(str(described.get("filepath") or described.get("path") or ""))

@@ -9,6 +9,11 @@ kedro-mlflow ends a run when the pipeline finishes or a node raises. Three exits
 ``guard_active_run`` tags the run with this process and host, turns SIGTERM into a normal
 exit and ends an unfinished run as KILLED at interpreter exit; ``end_orphaned_runs``, run at
 the start of every pipeline, ends as KILLED the RUNNING runs whose process is gone.
+
+``tag_versions`` marks the experiment as model development (the MLflow 3 UI then opens on
+its runs and models, not on the GenAI traces page) and tags each run with what it was built
+from: the git commit (MLflow's own ``mlflow.source.git.commit``), the ``dvc.lock`` hash, the
+Kedro environment and the synthmed version.
 """
 
 from __future__ import annotations
@@ -25,6 +30,26 @@ logger = logging.getLogger(__name__)
 
 PID_TAG = "synthmed.pid"
 HOST_TAG = "synthmed.host"
+# The experiment tag the MLflow 3 UI reads to choose the experiment's landing page (mlflow 3.17.2:
+# "genai_development" opens on traces, "custom_model_development" on runs and models).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+# build_info key -> run tag
+VERSION_TAGS = {"git_dirty": "synthmed.git_dirty", "dvc_lock_sha256": "synthmed.dvc_lock_sha256",
+                "kedro_env": "synthmed.kedro_env", "synthmed_version": "synthmed.version"}
+
+
+def tag_versions(client: Any, run_id: str, experiment_id: str, info: dict[str, str]) -> None:
+    """Experiment kind (unless someone chose one) and the run's versions (``synthmed.core.build_info``)."""
+    experiment = client.get_experiment(experiment_id)
+    if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    tags = {tag: info[key] for key, tag in VERSION_TAGS.items() if key in info}
+    if info.get("git_commit", "unknown") != "unknown":
+        tags[GIT_COMMIT_TAG] = info["git_commit"]
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
 
 
 def _alive(pid: int) -> bool:

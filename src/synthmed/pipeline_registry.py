@@ -5,9 +5,12 @@ from __future__ import annotations
 from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
-# `sample_data` writes data/01_raw/sample and is run on purpose (DVC's first stage, or
-# `kedro run --pipelines sample_data`); the default pipeline processes whatever
-# `raw_sources` points at, so a team's own data is never overwritten by the sample.
+# The order of the DVC stages (dvc.yaml). `kedro run` (and kedro-viz's default view) is all of
+# them; `sample_data` writes only its own folder, data/01_raw/sample, so a team's `raw_sources`
+# is never overwritten by it.
+PIPELINE_ORDER = ("sample_data", "ingestion", "preprocessing", "extraction", "training", "sampling",
+                  "feature_encoders", "rebalancing", "evaluation")
+# `kedro run --pipelines data`: what `raw_sources` points at, up to the model inputs.
 DATA_PIPELINES = ("ingestion", "preprocessing", "extraction")
 
 
@@ -15,10 +18,13 @@ def register_pipelines() -> dict[str, Pipeline]:
     """Register the project's pipelines.
 
     Returns:
-        A mapping from pipeline names to ``Pipeline`` objects.
+        A mapping from pipeline names to ``Pipeline`` objects: each pipeline package, ``data``
+        (ingestion, preprocessing, extraction) and ``__default__`` (every pipeline, in the
+        order of ``PIPELINE_ORDER``, then any other pipeline package by name).
     """
     pipelines = find_pipelines(raise_errors=True)
-    pipelines["__default__"] = sum(
-        (pipelines[name] for name in DATA_PIPELINES if name in pipelines), Pipeline([])
-    )
+    ordered = [name for name in PIPELINE_ORDER if name in pipelines]
+    ordered += sorted(set(pipelines) - set(ordered) - {"__default__"})
+    pipelines["data"] = sum((pipelines[name] for name in DATA_PIPELINES if name in pipelines), Pipeline([]))
+    pipelines["__default__"] = sum((pipelines[name] for name in ordered), Pipeline([]))
     return pipelines

@@ -2,6 +2,7 @@
 
 from synthmed.core.console import install_error_display
 from synthmed.hooks import (
+    BuildInfoHook,
     ConfigCheckHook,
     MlflowRunGuard,
     PseudonymisationKeyHook,
@@ -23,7 +24,7 @@ install_error_display()
 # (a run refused for a missing key writes nothing under data/).
 HOOKS = (
     ConfigCheckHook(), RunLockHook(), StagingHook(), PseudonymisationKeyHook(), MlflowRunGuard(),
-    ReportingArtifactsHook(),
+    ReportingArtifactsHook(), BuildInfoHook(),
 )
 
 CONFIG_LOADER_ARGS = {

@@ -90,7 +90,7 @@ def test_rebalanced_dataset_is_balanced_and_readable(generated):
     assert synthetic["checkpoint"].notna().all()
     for path in labels["path"]:
         parts = path.split("/")
-        assert parts[0] == "train" and (root / path).is_file()  # ImageFolder: root/<class>/<file>
+        assert parts[0] == "images" and (root / path).is_file()  # ImageFolder: images/<class>/<file>
         assert parts[1] == labels.set_index("path").loc[path, "label"]
     card = " ".join((root / "README.md").read_text().split())
     assert gate["gate.self_test_recall"] >= 0.99
@@ -168,7 +168,8 @@ def test_gate_flags_planted_training_copies_and_publish_drops_or_refuses_them(ge
     assert decision.keep.tolist() == [True] * 4 + [False] * 4
     assert numbers["gate.dropped_count"] == 4 and numbers["gate.self_test_recall"] >= 0.99
     assert (decision.provenance.loc[4:, "nn_pixel_similarity"] > 0.999).all()
-    files = publish_rebalanced(slices, manifest, synthetic, decision, {**params, "gate_action": "drop"})
+    files = publish_rebalanced(slices, manifest, synthetic, decision, {**params, "gate_action": "drop"},
+                               catalog.load("build_info"))
     published = files["labels.csv"]
     assert int(published["is_synthetic"].sum()) == 4
     assert not any(p.endswith(("synthetic_000004.png", "synthetic_000007.png")) for p in files)

@@ -7,9 +7,11 @@
 - ``PseudonymisationKeyDataset``: the pseudonymisation key from Kedro credentials.
 - ``GeneratorDataset``: a trained generator (safetensors weights + config, checksummed).
 - ``ClassifierDataset``: a trained feature encoder / classifier (safetensors, checksummed).
+- ``BuildInfoDataset``: the versions a run is built from (package, git commit, dvc.lock, Kedro env).
 """
 
 from synthmed.datasets.array_store import ArrayStore, ArrayStoreDataset
+from synthmed.datasets.build_info import BuildInfoDataset
 from synthmed.datasets.classifier import ClassifierDataset
 from synthmed.datasets.file_folder import FileFolderDataset, SourceFolder
 from synthmed.datasets.generator import GeneratorDataset
@@ -19,6 +21,7 @@ from synthmed.datasets.secrets import PseudonymisationKeyDataset
 __all__ = [
     "ArrayStore",
     "ArrayStoreDataset",
+    "BuildInfoDataset",
     "ClassifierDataset",
     "FileFolderDataset",
     "GeneratorDataset",

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from synthmed.core.atomic import atomic_directory
 from synthmed.core.checksums import describe_file
 from synthmed.datasets.integrity import ARRAY_FORMAT, DataChecksumError, hint_for, read_json, verified
+from synthmed.datasets.preview import ImagePreview, image_grid, store_images
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,14 @@ class ArrayStoreDataset(AbstractDataset[Mapping[str, Any], ArrayStore]):
 
     def _exists(self) -> bool:
         return (self._path / INDEX).is_file()
+
+    def preview(self, max_images: int = 16) -> ImagePreview:
+        """kedro-viz: a grid of the first images (the ``images`` array's items, else the arrays in order).
+
+        Opens the store without verifying checksums: a preview reads a few images, not the store.
+        """
+        arrays = read_json(self._path / INDEX, "Array store index").get("arrays", {})
+        return image_grid(store_images(ArrayStore(self._path, arrays), max_images), max_images)
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}

@@ -18,6 +18,7 @@ from kedro.io import AbstractDataset, DatasetError
 
 from synthmed.core.atomic import atomic_directory
 from synthmed.datasets.integrity import MODEL_LISTING, hint_for, verified_listing
+from synthmed.datasets.preview import JSONPreview, json_file
 
 if TYPE_CHECKING:  # torch is imported when a classifier is loaded or saved, not with the catalog
     from synthmed.metrics.features import TrainedClassifier
@@ -79,6 +80,10 @@ class ClassifierDataset(AbstractDataset["TrainedClassifier", "TrainedClassifier"
 
     def _exists(self) -> bool:
         return (self._path / MODEL_LISTING).is_file()
+
+    def preview(self) -> JSONPreview:
+        """kedro-viz: the classifier's description (``classifier.json``: architecture, classes, training facts)."""
+        return json_file(self._path / "classifier.json")
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}

@@ -54,6 +54,7 @@ from kedro.io import AbstractDataset, DatasetError
 from synthmed.core.atomic import atomic_directory
 from synthmed.core.checksums import sha256_bytes, write_listing
 from synthmed.datasets.integrity import FOLDER_LISTING, DataChecksumError, verified_listing
+from synthmed.datasets.preview import TablePreview, table
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ DEFAULT_EXCLUDE = (".*", "*/.*")
 # The public sample's file list: a folder holding it is the sample, which the sample_data
 # pipeline may replace; no other folder is ever replaced by the sample.
 PUBLIC_SAMPLE_MANIFEST = "SAMPLE_MANIFEST.json"
+# The table a folder's preview shows when it has one (a published dataset, a raw folder's labels).
+PREVIEW_TABLES = ("metadata.csv", "labels.csv")
 # Why a listed path is not readable (``SourceFolder.refused``), with the detail shown to users.
 LINK_OUTSIDE_SOURCE = "link_outside_source"
 BROKEN_LINK = "broken_link"
@@ -275,6 +278,24 @@ class FileFolderDataset(AbstractDataset[Mapping[str, Any], SourceFolder]):
                 target.write_bytes(encode(relpath, value() if callable(value) else value))
             write_listing(tmp, FOLDER_LISTING)  # last: a folder with its listing is complete
         logger.info("Saved %d files to %s", len(data), self._path)
+
+    def preview(self, nrows: int = 20) -> TablePreview:
+        """kedro-viz: the folder's ``metadata.csv`` or ``labels.csv`` if it has one, else its file listing.
+
+        Only folders synthmed wrote (with their checksum listing): a team's raw folder is not
+        previewed, since its file names and labels may identify patients.
+        """
+        import pandas as pd
+
+        if not (self._path / FOLDER_LISTING).is_file():
+            raise DatasetError(f"{self._path} was not written by synthmed (no {FOLDER_LISTING}): raw folders are "
+                               "not previewed, their names and labels may identify patients.")
+
+        for name in PREVIEW_TABLES:
+            if (self._path / name).is_file():
+                return table(pd.read_csv(self._path / name, nrows=nrows), nrows)
+        sizes, _, _ = list_source(self._path, self._exclude)
+        return table(pd.DataFrame({"path": list(sizes), "bytes": list(sizes.values())}), nrows)
 
     def _exists(self) -> bool:
         return self._path.is_dir()

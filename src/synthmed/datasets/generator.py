@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from kedro.io import AbstractDataset, DatasetError
 
 from synthmed.core.atomic import atomic_directory
+from synthmed.datasets.preview import JSONPreview, json_file
 
 if TYPE_CHECKING:  # torch is imported when a generator is loaded or saved, not with the catalog
     from synthmed.generators.base import TrainedGenerator
@@ -52,6 +53,10 @@ class GeneratorDataset(AbstractDataset["TrainedGenerator", "TrainedGenerator"]):
 
     def _exists(self) -> bool:
         return (self._path / "checksums.json").is_file()
+
+    def preview(self) -> JSONPreview:
+        """kedro-viz: the generator's description (``generator.json``: family, configuration, modules)."""
+        return json_file(self._path / "generator.json")
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}

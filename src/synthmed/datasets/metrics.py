@@ -19,6 +19,7 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 
 from synthmed.core.atomic import atomic_write_bytes, disk_full_reported, uri_path
+from synthmed.datasets.preview import JSONPreview
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,10 @@ class MetricsDataset(AbstractDataset[dict[str, float], dict[str, float]]):
 
     def _exists(self) -> bool:
         return self._path.is_file()
+
+    def preview(self) -> JSONPreview:
+        """kedro-viz: the metrics as saved."""
+        return JSONPreview(json.dumps(self.load(), indent=2, sort_keys=True))
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path), "prefix": self._prefix}

@@ -9,7 +9,8 @@
    target after the gate or a limit of rounds or candidates is reached, and reports the
    shortfall per class (``on_shortfall``: warn or fail);
 4. ``publish_rebalanced``: real + the gate's kept synthetic images in a folder that
-   ``torchvision``'s ``ImageFolder`` and pandas read directly, with ``labels.csv``
+   ``torchvision``'s ``ImageFolder``, HuggingFace's ``imagefolder`` and pandas read directly
+   (8-bit PNG view, float array beside it), with ``metadata.csv`` / ``labels.csv``
    (``is_synthetic`` and provenance with the gate's scores) and a dataset card.
 """
 
@@ -25,11 +26,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from synthmed import __version__
 from synthmed.core.config import from_params
 from synthmed.core.manifest import class_names_of
 from synthmed.core.templates import render
 from synthmed.generators.base import SamplerSpec, TrainedGenerator
-from synthmed.generators.export import to_png_pixels
+from synthmed.generators.export import SyntheticOrigin, to_dicom, to_nifti, to_png_pixels
 from synthmed.generators.registry import get_family
 from synthmed.generators.sampling import PLAN_COLUMNS, checkpoint_id, generate_from_plan
 from synthmed.metrics.features import TrainedClassifier, at_size
@@ -58,6 +60,9 @@ class RebalancingShortfall(ValueError):
     """Over-generation ended with classes below their targets and ``on_shortfall`` is ``fail``."""
 
 
+EXPORT_FORMATS = {"dicom": ".dcm", "nifti": ".nii.gz"}
+
+
 @dataclass(frozen=True)
 class RebalancingConfig:
     """``params:rebalancing``."""
@@ -76,6 +81,13 @@ class RebalancingConfig:
     max_candidates_factor: float = 4.0
     pass_rate_margin: float = 1.2
     on_shortfall: str = "warn"
+    # The dataset card: its licence (a HuggingFace licence id; "other" when the real data has its
+    # own terms), what the real images are, and their licence and notices (travel with copies).
+    license: str = "other"
+    source_description: str = ""
+    source_notice: str = ""
+    # The published synthetic images also as DICOM (Secondary Capture, Conversion Type SYN) and/or NIfTI.
+    export_formats: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.gate_action not in GATE_ACTIONS:
@@ -90,6 +102,9 @@ class RebalancingConfig:
                 raise ValueError(f"rebalancing.{name} must be a number >= 1, got {getattr(self, name)!r}.")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"rebalancing.strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}.")
+        if unknown := sorted(set(self.export_formats) - set(EXPORT_FORMATS)):
+            raise ValueError(f"rebalancing.export_formats: unknown format(s) {unknown}; expected some of "
+                             f"{sorted(EXPORT_FORMATS)}.")
         if not 0.0 < float(self.ratio) <= 1.0:
             raise ValueError(f"rebalancing.ratio must be in (0, 1], got {self.ratio}.")
         for name, count in self.target_counts.items():
@@ -393,9 +408,42 @@ def rebalance(
 
 
 
+# HuggingFace's size_categories buckets (upper bounds, exclusive).
+SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
+UNKNOWN_VERSIONS = {"synthmed_version": "unknown", "git_commit": "unknown", "git_dirty": "unknown",
+                    "dvc_lock_sha256": "unknown", "kedro_env": "unknown"}
+
+
+def card_metadata(config: RebalancingConfig, counts: pd.DataFrame, versions: Mapping[str, str]) -> dict[str, Any]:
+    """The YAML block of the card (HuggingFace dataset card metadata, plus ``synthetic: true``)."""
+    total = int(counts["real"].sum() + counts["synthetic"].sum())
+    size = next((name for bound, name in SIZE_CATEGORIES if total < bound), "n>1M")
+    return {
+        "pretty_name": config.dataset_name,
+        "license": config.license,
+        **({"license_name": f"{config.dataset_name}-source-notice", "license_link": "README.md#source-data-and-licence"}
+           if config.license == "other" else {}),
+        "task_categories": ["image-classification"],
+        "size_categories": [size],
+        "tags": ["medical-imaging", "synthetic", "rebalanced", config.generator],
+        "synthetic": True,
+        "synthetic_generator": config.generator,
+        "synthmed_version": versions["synthmed_version"],
+        "git_commit": versions["git_commit"],
+        "dvc_lock_sha256": versions["dvc_lock_sha256"],
+        "kedro_env": versions["kedro_env"],
+    }
+
+
 def dataset_card(config: RebalancingConfig, counts: pd.DataFrame, provenance: pd.DataFrame, size: int,
-                 decision: GateDecision) -> str:
-    """The published folder's README (``synthmed/templates/dataset_card.md.j2``)."""
+                 decision: GateDecision, versions: Mapping[str, str] | None = None) -> str:
+    """The published folder's README (``synthmed/templates/dataset_card.md.j2``), a HuggingFace-style card.
+
+    ``versions``: what built it (``synthmed.core.build_info``); unknown when not given.
+    """
+    import yaml
+
+    versions = {**UNKNOWN_VERSIONS, **(versions or {})}
     n = decision.numbers
     per_checkpoint = decision.provenance.groupby("checkpoint")["memorisation_flagged"].agg(["size", "mean"])
     feature = n.get("gate.feature_threshold", float("nan"))
@@ -404,11 +452,21 @@ def dataset_card(config: RebalancingConfig, counts: pd.DataFrame, provenance: pd
         + (" (flags too)" if decision.flag_on_features else " (recorded, does not flag: see parameters)"))
     return render(
         "dataset_card.md.j2", config=config, counts=list(counts.itertuples()), size=size,
-        checkpoint=provenance["checkpoint"].iloc[0] if len(provenance) else "-",
+        front_matter=yaml.safe_dump(card_metadata(config, counts, versions), sort_keys=False, allow_unicode=True),
+        versions=versions, checkpoint=provenance["checkpoint"].iloc[0] if len(provenance) else "-",
         sampler=", ".join(f"{k}={v}" for k, v in config.sampler.items()), gate=n, feature_text=feature_text,
         per_checkpoint=[{"checkpoint": c, "size": int(r["size"]), "fraction": float(r["mean"])}
                         for c, r in per_checkpoint.iterrows()],
     )
+
+
+# The published folder (docs: README "The published dataset"). ``images/`` is the ImageFolder view,
+# 8-bit because torchvision's default loader converts to RGB and clips 16-bit grey to white;
+# ``data/images.npy`` keeps every image as float, losslessly, in the generator's [-1, 1] scale.
+IMAGE_VIEW = "images"
+ARRAY_FILE = "data/images.npy"
+METADATA_COLUMNS = ("file_name", "label", "class_id", "is_synthetic", "generator", "checkpoint", "gate_score",
+                    "array_index")
 
 
 def publish_rebalanced(
@@ -417,11 +475,21 @@ def publish_rebalanced(
     synthetic: Mapping[str, np.ndarray],
     decision: GateDecision,
     config: RebalancingConfig,
+    versions: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The published folder: ImageFolder layout, ``labels.csv``, ``provenance.csv``, ``README.md``.
+    """The published folder.
 
-    Only the synthetic images the memorisation gate kept are published; ``provenance.csv``
-    lists every generated image with its gate scores and whether it was published.
+    - ``images/<class>/<file>.png``: 8-bit grey PNGs ([-1, 1] mapped linearly onto 0..255), the
+      layout of ``torchvision.datasets.ImageFolder`` and HuggingFace's ``imagefolder``;
+    - ``data/images.npy``: the same images, float32 ``(N, C, H, W)`` in [-1, 1], lossless; row
+      ``array_index`` of ``labels.csv`` / ``metadata.csv``;
+    - ``metadata.csv``: HuggingFace ``imagefolder`` metadata (``file_name``, label, ``is_synthetic``,
+      generator, checkpoint, the gate's pixel similarity as ``gate_score``);
+    - ``labels.csv`` (every file with its provenance), ``provenance.csv`` (every generated
+      image with its gate scores and whether it was published), ``README.md`` (the card).
+
+    Only the synthetic images the memorisation gate kept are published. ``versions``: what
+    built it, for the card (``synthmed.core.build_info``).
     """
     if len(decision.keep) != len(synthetic["images"]):
         raise ValueError(f"The gate decided on {len(decision.keep)} images but "
@@ -431,29 +499,45 @@ def publish_rebalanced(
     images = np.asarray(synthetic["images"])
     size = images.shape[-1] if len(images) else int(slices["images"].shape[-1])
     files: dict[str, Any] = {}
-    rows = []
+    rows, arrays = [], []
+
+    def add(image: np.ndarray, path: str, row: dict[str, Any]) -> None:
+        files[path] = to_png_pixels(image, bits=8)
+        rows.append({"path": path, **row, "array_index": len(arrays)})
+        arrays.append(image.astype(np.float32, copy=False))
+
     real_rows = slice_manifest[slice_manifest["split"] == config.split]
     for row in real_rows.itertuples():
         image = torch.from_numpy(np.array(slices["images"][row.index], dtype=np.float32))
         if image.shape[-1] != size:
             image = torch.nn.functional.interpolate(image[None], size=size, mode="area")[0]
-        path = f"train/{row.label}/real_{row.index:06d}.png"
-        files[path] = to_png_pixels(image.numpy())
-        rows.append({"path": path, "label": row.label, "class_id": row.class_id, "is_synthetic": False})
+        add(image.numpy(), f"{IMAGE_VIEW}/{row.label}/real_{row.index:06d}.png",
+            {"label": row.label, "class_id": row.class_id, "is_synthetic": False})
     for row in provenance[provenance["published"]].itertuples():
-        path = f"train/{row.label}/synthetic_{row.index:06d}.png"
-        files[path] = to_png_pixels(images[row.index])
-        rows.append({"path": path, "label": row.label, "class_id": names.index(row.label), "is_synthetic": True,
-                     "family": row.family, "checkpoint": row.checkpoint, "sampler": row.sampler, "steps": row.steps,
-                     "guidance": row.guidance, "seed": row.seed, "batch_position": row.batch_position,
-                     "nn_pixel_similarity": row.nn_pixel_similarity,
-                     "nn_pixel_neighbour_index": row.nn_pixel_neighbour_index})
+        origin = SyntheticOrigin(generator=str(row.family), checkpoint=str(row.checkpoint), label=str(row.label),
+                                 seed=int(row.seed), index=int(row.index), software_version=__version__)
+        for name in config.export_formats:
+            export = to_dicom if name == "dicom" else to_nifti
+            files[f"{name}/{row.label}/synthetic_{row.index:06d}{EXPORT_FORMATS[name]}"] = export(images[row.index],
+                                                                                                   origin)
+        add(images[row.index], f"{IMAGE_VIEW}/{row.label}/synthetic_{row.index:06d}.png",
+            {"label": row.label, "class_id": names.index(row.label), "is_synthetic": True,
+             "family": row.family, "checkpoint": row.checkpoint, "sampler": row.sampler, "steps": row.steps,
+             "guidance": row.guidance, "seed": row.seed, "batch_position": row.batch_position,
+             "nn_pixel_similarity": row.nn_pixel_similarity,
+             "nn_pixel_neighbour_index": row.nn_pixel_neighbour_index})
     labels = pd.DataFrame(rows)
+    for column in ("family", "checkpoint", "nn_pixel_similarity"):  # no synthetic image published: still there
+        if column not in labels:
+            labels[column] = np.nan
     counts = (labels.groupby(["label", "is_synthetic"]).size().unstack(fill_value=0)
               .reindex(index=names, columns=[False, True], fill_value=0)
               .rename(columns={False: "real", True: "synthetic"}).reset_index())
+    files[ARRAY_FILE] = np.stack(arrays) if arrays else np.zeros((0, 1, size, size), np.float32)
     files["labels.csv"] = labels
+    files["metadata.csv"] = labels.rename(columns={"path": "file_name", "family": "generator",
+                                                   "nn_pixel_similarity": "gate_score"})[list(METADATA_COLUMNS)]
     files["provenance.csv"] = provenance
-    files["README.md"] = dataset_card(config, counts, provenance, size, decision)
+    files["README.md"] = dataset_card(config, counts, provenance, size, decision, versions)
     logger.info("Published %d real + %d synthetic images", int(counts["real"].sum()), int(counts["synthetic"].sum()))
     return files

@@ -43,6 +43,8 @@ def rebalance(rebalancing_plan: pd.DataFrame, slices: ArrayStore, slice_manifest
 
 
 def publish_rebalanced(slices: ArrayStore, slice_manifest: pd.DataFrame, synthetic: dict[str, np.ndarray],
-                       decision: GateDecision, params: dict[str, Any]) -> dict[str, Any]:
-    """The published folder: ImageFolder layout, ``labels.csv``, ``provenance.csv``, the dataset card."""
-    return rebalancing.publish_rebalanced(slices, slice_manifest, synthetic, decision, rebalancing_config(params))
+                       decision: GateDecision, params: dict[str, Any],
+                       build_info: dict[str, str]) -> dict[str, Any]:
+    """The published folder (8-bit ImageFolder view, float array, metadata/labels/provenance CSVs, the card)."""
+    return rebalancing.publish_rebalanced(slices, slice_manifest, synthetic, decision, rebalancing_config(params),
+                                          build_info)

@@ -19,7 +19,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                  ["rebalancing_samples", "rebalancing_gate", "rebalancing_gate_metrics", "rebalancing_self_test",
                   "rebalancing_rounds"], name="rebalance"),
             Node(publish_rebalanced,
-                 ["slices", "slice_manifest", "rebalancing_samples", "rebalancing_gate", "params:rebalancing"],
+                 ["slices", "slice_manifest", "rebalancing_samples", "rebalancing_gate", "params:rebalancing",
+                  "build_info"],
                  "rebalanced_dataset", name="publish_rebalanced"),
         ]
     )
