@@ -5,8 +5,6 @@ from __future__ import annotations
 from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
-from synthmed.pipelines.sample_data.pipeline import create_cohort_pipeline
-
 # `sample_data` writes data/01_raw/sample and is run on purpose (DVC's first stage, or
 # `kedro run --pipelines sample_data`); the default pipeline processes whatever
 # `raw_sources` points at, so a team's own data is never overwritten by the sample.
@@ -20,8 +18,6 @@ def register_pipelines() -> dict[str, Pipeline]:
         A mapping from pipeline names to ``Pipeline`` objects.
     """
     pipelines = find_pipelines(raise_errors=True)
-    # The multi-patient test cohort (data/01_raw/cohort), built on purpose like the sample.
-    pipelines["sample_cohort"] = create_cohort_pipeline()
     pipelines["__default__"] = sum(
         (pipelines[name] for name in DATA_PIPELINES if name in pipelines), Pipeline([])
     )

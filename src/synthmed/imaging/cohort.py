@@ -83,7 +83,7 @@ class AugmentationConfig:
 
 @dataclass(frozen=True)
 class CohortConfig:
-    """``params:sample_cohort`` (read by ``sample_data.cohort_nodes.build_sample_cohort``)."""
+    """``params:sample_cohort`` (read by ``sample_cohort.nodes.build_sample_cohort``)."""
 
     seed: int
     n_subjects: int
@@ -399,6 +399,10 @@ def assign_subjects(config: CohortConfig) -> tuple[np.ndarray, np.ndarray, list[
     return with_lesions, as_dicom, artefacts
 
 
+def _csv(table: pd.DataFrame) -> bytes:
+    return table.to_csv(index=False, lineterminator="\n").encode("utf-8")
+
+
 def subject_row(subject: Subject, files: list[str], as_dicom: bool, spacing_mm: float) -> dict[str, Any]:
     lesion_slices = sorted({int(z) for z in np.nonzero(lesion_mask(subject.regions).any(axis=(0, 1)))[0]})
     return {
@@ -419,13 +423,13 @@ def subject_row(subject: Subject, files: list[str], as_dicom: bool, spacing_mm: 
     }
 
 
-def build_cohort(config: CohortConfig) -> tuple[dict[str, bytes | str | pd.DataFrame], list[float]]:
-    """Every file of the cohort folder (relative path -> bytes, README text or table; the
-    per-subject table is ``subjects.csv``) and the seconds each subject took (not in the
-    files: they would not be reproducible)."""
+def build_cohort(config: CohortConfig) -> tuple[dict[str, bytes], list[float]]:
+    """Every file of the cohort folder (relative path -> bytes; the per-subject table is
+    ``subjects.csv``) and the seconds each subject took (not in the files: they would not be
+    reproducible)."""
     template = load_template(config.spacing_mm)
     with_lesions, as_dicom, artefacts = assign_subjects(config)
-    files: dict[str, Any] = {}
+    files: dict[str, bytes] = {}
     rows, label_rows, seconds = [], [], []
     first: dict[bool, Subject] = {}
     for index in range(config.n_subjects):
@@ -444,12 +448,12 @@ def build_cohort(config: CohortConfig) -> tuple[dict[str, bytes | str | pd.DataF
     bad, bad_rows = _bad_files(config.bad_files, first.get(True), first.get(False), config)
     files.update(bad)
     table = pd.DataFrame(rows)
-    files["subjects.csv"] = table
-    files["labels.csv"] = pd.DataFrame(label_rows, columns=["path", "label", "modality", "patient"])
+    files["subjects.csv"] = _csv(table)
+    files["labels.csv"] = _csv(pd.DataFrame(label_rows, columns=["path", "label", "modality", "patient"]))
     files["README.md"] = render(
         "cohort_README.md.j2", config=config, table=table, bad=bad_rows, label_names=LABEL_NAMES,
         template_shape="x".join(str(n) for n in template.t1.shape),
         n_files=len(files) + 2,  # this README and the manifest
         n_lesion=int(with_lesions.sum()), n_dicom=int(as_dicom.sum()),
-    )
+    ).encode("utf-8")
     return files, seconds

@@ -132,33 +132,9 @@ def assemble_sample_folder(
         ),
         "README.md": readme,
     }
-    return with_manifest(files)
-
-
-def with_manifest(files: dict[str, Any]) -> dict[str, bytes]:
-    """``files`` encoded, plus ``SAMPLE_MANIFEST.json`` with the sha256 of each (see
-    ``synthmed.datasets.secrets.is_public_sample``)."""
     encoded = {name: encode(name, obj) for name, obj in files.items()}
     encoded[PUBLIC_SAMPLE_MANIFEST] = encode(
         PUBLIC_SAMPLE_MANIFEST,
         {"sha256": {name: sha256_bytes(data) for name, data in encoded.items()}},
     )
-    return encoded
-
-
-def build_sample_cohort(params: dict[str, Any]) -> dict[str, bytes]:
-    """The multi-patient test cohort (``synthmed.imaging.cohort``): every file of
-    data/01_raw/cohort (``subjects.csv``: one row per subject), with ``SAMPLE_MANIFEST.json``."""
-    import time
-
-    from synthmed.core.config import from_params
-    from synthmed.imaging.cohort import CohortConfig, build_cohort
-
-    config = from_params(CohortConfig, params, "sample_cohort")
-    start = time.perf_counter()
-    files, seconds = build_cohort(config)
-    encoded = with_manifest(files)
-    logger.info("Cohort: %d subjects, %d files, %.1f MB in %.1f s (%.2f s per subject on average)",
-                config.n_subjects, len(encoded), sum(map(len, encoded.values())) / 1e6,
-                time.perf_counter() - start, sum(seconds) / len(seconds))
     return encoded

@@ -6,7 +6,6 @@ from synthmed.pipelines.sample_data.nodes import (
     assemble_sample_folder,
     build_brain_sample,
     build_fundus_sample,
-    build_sample_cohort,
     collect_dicom_samples,
 )
 
@@ -30,12 +29,3 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
         ]
     )
-
-
-def create_cohort_pipeline(**kwargs) -> Pipeline:
-    """``sample_cohort``: the multi-patient test cohort in data/01_raw/cohort (registered in
-    ``synthmed.pipeline_registry``; not part of ``sample_data`` nor of the default pipeline)."""
-    return Pipeline([
-        Node(build_sample_cohort, "params:sample_cohort", "sample_cohort_files",
-             name="build_sample_cohort"),
-    ])
