@@ -57,9 +57,13 @@ def test_same_seed_same_bytes_other_seed_other_bytes(cohort):
     assert _hash(again) == _hash(cohort)
     other = build_sample_cohort(tiny_params(seed=tiny_params()["seed"] + 1))
     assert _hash(other) != _hash(cohort)
-    # Not only the UIDs: the images themselves differ (another deformation, other lesions).
-    nifti = [name for name in cohort if name.endswith("_T1w.nii.gz") and name.startswith("nifti/")]
-    assert nifti and any(cohort[n] != other.get(n) for n in nifti)
+    # Not only the UIDs and the assignment of subjects: one subject's anatomy differs too.
+    config = from_params(CohortConfig, tiny_params(), "sample_cohort")
+    reseeded = from_params(CohortConfig, tiny_params(seed=config.seed + 1), "sample_cohort")
+    template = load_template(config.spacing_mm)
+    first, second = (synthesize_subject(template, c, 0, lesions=False, artefact="") for c in (config, reseeded))
+    assert not np.array_equal(first.images["T1w"], second.images["T1w"])
+    assert not np.array_equal(first.tissue, second.tissue)
     subjects = pd.read_csv(io.BytesIO(cohort["subjects.csv"]))
     assert len(subjects) == 3 and subjects["lesion_count"].gt(0).sum() == 2
     assert set(subjects["format"]) == {"dicom", "nifti"}
