@@ -100,6 +100,7 @@ def _schema() -> dict[str, type]:
     from synthmed.generators.run import RunConfig
     from synthmed.generators.sampling import SamplingConfig
     from synthmed.generators.training import TrainingConfig
+    from synthmed.imaging.cohort import CohortConfig
     from synthmed.imaging.extraction import PatchConfig, SliceConfig
     from synthmed.imaging.intensity import IntensitySpec
     from synthmed.imaging.slicing import PatchSpec
@@ -118,6 +119,7 @@ def _schema() -> dict[str, type]:
         "sample_data": SampleDataParams,
         "sample_data.brain": BrainSampleParams,
         "sample_data.fundus": FundusSampleParams,
+        "sample_cohort": CohortConfig,
         "ingestion": IngestionConfig,
         "preprocessing": PreprocessingConfig,
         "preprocessing.deid": DicomDeidConfig,

@@ -1,0 +1,148 @@
+"""A volume as a DICOM MR series the way scanners export it: one file per axial slice.
+
+The geometry follows PS3.3 C.7.6.2: the volume is reoriented to LPS (columns run to the
+patient's left, rows to posterior, slices to superior), so ImageOrientationPatient is
+``1\\0\\0\\0\\1\\0``, ImagePositionPatient is the centre of the first voxel of each slice in
+LPS mm, PixelSpacing is (row spacing, column spacing). Pixels are the volume's uint16 values
+as stored (no rescale), so reading the series back gives the exported volume exactly.
+
+All UIDs come from `uid`, a hash of the seed and the object's name: the same cohort has the
+same UIDs, a different seed different ones, and nothing random is drawn at write time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+
+# The private block carried by every exported file (PS3.5 7.8: group 0x0011, one creator).
+PRIVATE_GROUP = 0x0011
+PRIVATE_CREATOR = "SYNTHMED TEST COHORT"
+LPS_AXES = ("L", "P", "S")
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def uid(seed: int, *names: str) -> str:
+    """A deterministic ``2.25.`` UID (PS3.5 B.2: a 128-bit number written in decimal) hashed
+    from the cohort seed and the object's names. (pydicom's ``generate_uid(prefix=None)``
+    draws a random UUID whatever its entropy sources, so it cannot be used here.)"""
+    digest = hashlib.sha256("\x00".join(["synthmed-cohort", str(seed), *names]).encode()).digest()
+    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
+
+
+@dataclass(frozen=True)
+class SeriesHeader:
+    """What one series' files share: identities (fictitious), study and series descriptors."""
+
+    patient: Mapping[str, str]   # DICOM keyword -> value of the Patient/Study/equipment modules
+    study_uid: str
+    series_uid: str
+    frame_of_reference_uid: str
+    series_number: int
+    series_description: str
+    sequence: Mapping[str, str]  # MR acquisition keywords (ScanningSequence, EchoTime, ...)
+    private: Mapping[int, str]   # private element offset (0x01..) -> LO value
+
+
+def to_lps(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``volume`` reoriented so its axes run to L, P, S, and the matching RAS affine."""
+    image = nib.Nifti1Image(volume, affine)
+    current = nib.orientations.io_orientation(affine)
+    target = nib.orientations.axcodes2ornt(LPS_AXES)
+    transform = nib.orientations.ornt_transform(current, target)
+    reoriented = image.as_reoriented(transform)
+    return np.asarray(reoriented.dataobj), reoriented.affine
+
+
+def _ds(value: float) -> str:
+    """A decimal string (VR DS, at most 16 characters) without float noise."""
+    return f"{round(float(value), 6):.10g}"
+
+
+def series_files(volume: np.ndarray, affine: np.ndarray, header: SeriesHeader, *, seed: int) -> list[bytes]:
+    """One DICOM file (bytes) per axial slice of ``volume``, inferior to superior.
+
+    Args:
+        volume: uint16 ``(X, Y, Z)`` with axis-aligned ``affine`` (voxel -> RAS mm).
+        header: identities and descriptors shared by the series.
+        seed: the cohort seed (SOP Instance UIDs).
+
+    Raises:
+        ValueError: the volume is not uint16 3D, or the affine is oblique (not supported).
+    """
+    if volume.ndim != 3 or volume.dtype != np.uint16:
+        raise ValueError(f"series_files exports a 3D uint16 volume, got {volume.dtype} {volume.shape}.")
+    data, ras = to_lps(volume, affine)
+    lps = _RAS_TO_LPS @ ras
+    spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
+    cosines = lps[:3, :3] / spacing
+    if not np.allclose(cosines, np.eye(3), atol=1e-6):
+        raise ValueError(f"series_files exports axis-aligned volumes; the affine's directions are {cosines.tolist()}.")
+    files = []
+    for k in range(data.shape[2]):
+        position = lps[:3, :3] @ np.array([0.0, 0.0, k]) + lps[:3, 3]
+        ds = _slice_dataset(data[:, :, k].T, position, spacing, k, header, seed)
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        files.append(buffer.getvalue())
+    return files
+
+
+def _slice_dataset(pixels: np.ndarray, position: np.ndarray, spacing: np.ndarray, k: int, header: SeriesHeader,
+                   seed: int) -> pydicom.Dataset:
+    """One MR Image Storage instance; ``pixels`` is ``(rows, columns)`` = (P, L) axes."""
+    sop_uid = uid(seed, header.series_uid, str(k))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.Modality = "MR"
+    for keyword, value in header.patient.items():
+        setattr(ds, keyword, value)
+    ds.StudyInstanceUID = header.study_uid
+    ds.SeriesInstanceUID = header.series_uid
+    ds.FrameOfReferenceUID = header.frame_of_reference_uid
+    ds.SeriesNumber = header.series_number
+    ds.SeriesDescription = header.series_description
+    ds.ProtocolName = header.series_description
+    ds.InstanceNumber = k + 1
+    ds.AcquisitionNumber = 1
+    for keyword, value in header.sequence.items():
+        setattr(ds, keyword, value)
+    ds.PositionReferenceIndicator = ""
+    ds.PatientPosition = "HFS"
+    ds.ImagePositionPatient = [_ds(v) for v in position]
+    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    ds.SliceLocation = _ds(position[2])
+    ds.SliceThickness = _ds(spacing[2])
+    ds.SpacingBetweenSlices = _ds(spacing[2])
+    ds.PixelSpacing = [_ds(spacing[1]), _ds(spacing[0])]  # (between rows = P, between columns = L)
+    ds.Rows, ds.Columns = (int(n) for n in pixels.shape)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.WindowCenter = "600"
+    ds.WindowWidth = "1200"
+    block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
+    for offset, value in sorted(header.private.items()):
+        block.add_new(offset, "LO", value)
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    return ds
+

@@ -1,0 +1,11 @@
+"""Wiring of the ``sample_cohort`` pipeline (not part of the default pipeline; run on purpose:
+``kedro run --pipelines sample_cohort``)."""
+
+from kedro.pipeline import Node, Pipeline
+
+from synthmed.pipelines.sample_cohort.nodes import build_sample_cohort
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline([Node(build_sample_cohort, "params:sample_cohort", "sample_cohort_files",
+                          name="build_sample_cohort")])
