@@ -12,6 +12,9 @@ PIPELINE_ORDER = ("sample_data", "ingestion", "preprocessing", "extraction", "tr
                   "feature_encoders", "rebalancing", "evaluation")
 # `kedro run --pipelines data`: what `raw_sources` points at, up to the model inputs.
 DATA_PIPELINES = ("ingestion", "preprocessing", "extraction")
+# Run only when named: `sample_cohort` builds the multi-patient test cohort (data/01_raw/cohort),
+# which no stage reads yet.
+ON_REQUEST = ("sample_cohort",)
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -20,11 +23,11 @@ def register_pipelines() -> dict[str, Pipeline]:
     Returns:
         A mapping from pipeline names to ``Pipeline`` objects: each pipeline package, ``data``
         (ingestion, preprocessing, extraction) and ``__default__`` (every pipeline, in the
-        order of ``PIPELINE_ORDER``, then any other pipeline package by name).
+        order of ``PIPELINE_ORDER``, then any other pipeline package by name, except ``ON_REQUEST``).
     """
     pipelines = find_pipelines(raise_errors=True)
     ordered = [name for name in PIPELINE_ORDER if name in pipelines]
-    ordered += sorted(set(pipelines) - set(ordered) - {"__default__"})
+    ordered += sorted(set(pipelines) - set(ordered) - {"__default__"} - set(ON_REQUEST))
     pipelines["data"] = sum((pipelines[name] for name in DATA_PIPELINES if name in pipelines), Pipeline([]))
     pipelines["__default__"] = sum((pipelines[name] for name in ordered), Pipeline([]))
     return pipelines
