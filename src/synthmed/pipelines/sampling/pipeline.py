@@ -2,16 +2,18 @@
 
 from kedro.pipeline import Node, Pipeline, pipeline
 
-from synthmed.generators.registry import FAMILIES
-from synthmed.pipelines.sampling.nodes import sample_generator, sampling_plan
+from synthmed.core.lazy import lazy_module
+from synthmed.generators.names import FAMILY_NAMES
+
+_nodes = lazy_module("synthmed.pipelines.sampling.nodes")
 
 
 def template() -> Pipeline:
     return Pipeline(
         [
-            Node(sampling_plan, "params:sampling", "sampling_plan", name="sampling_plan"),
+            Node(_nodes.sampling_plan, "params:sampling", "sampling_plan", name="sampling_plan"),
             Node(
-                sample_generator,
+                _nodes.sample_generator,
                 ["generator", "sampling_plan", "slices", "slice_manifest", "patches", "patch_manifest",
                  "params:run", "params:sampling"],
                 ["samples", "sample_provenance", "sample_pngs", "sampled_grid"],
@@ -23,4 +25,4 @@ def template() -> Pipeline:
 
 def create_pipeline(**kwargs) -> Pipeline:
     shared = {"slices", "slice_manifest", "patches", "patch_manifest"}
-    return sum((pipeline(template(), namespace=family, inputs=shared) for family in FAMILIES), Pipeline([]))
+    return sum((pipeline(template(), namespace=family, inputs=shared) for family in FAMILY_NAMES), Pipeline([]))
