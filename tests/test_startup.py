@@ -49,6 +49,18 @@ def test_loading_the_project_imports_no_heavy_library() -> None:
     assert loaded["heavy"] == [], f"imported when Kedro loads the project: {loaded['heavy']}"
 
 
+def test_the_parameter_check_does_not_import_diffusers() -> None:
+    # ConfigCheckHook builds the whole schema before every run: ddpm's Config must come without
+    # diffusers (imported where ddpm builds a model or a scheduler).
+    code = ("import sys; from synthmed.parameters import parameter_schema; parameter_schema(); "
+            "print('diffusers' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_every_node_function_exists_and_takes_its_inputs(pipelines) -> None:
     # The lazy stand-ins accept any arguments; build each node again with the real function so
     # that Kedro checks the inputs against its signature, as it did before the stand-ins.
