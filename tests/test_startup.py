@@ -49,11 +49,11 @@ def test_loading_the_project_imports_no_heavy_library() -> None:
     assert loaded["heavy"] == [], f"imported when Kedro loads the project: {loaded['heavy']}"
 
 
-def test_the_parameter_check_does_not_import_diffusers() -> None:
+def test_the_parameter_check_imports_neither_diffusers_nor_torchmetrics() -> None:
     # ConfigCheckHook builds the whole schema before every run: ddpm's Config must come without
-    # diffusers (imported where ddpm builds a model or a scheduler).
+    # diffusers, the metrics' configurations without torchmetrics (both imported where used).
     code = ("import sys; from synthmed.parameters import parameter_schema; parameter_schema(); "
-            "print('diffusers' in sys.modules)")
+            "print('diffusers' in sys.modules or 'torchmetrics' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=120, check=False)
