@@ -5,7 +5,9 @@ every ``synthmed`` module that package imports (transitively, as grimp builds th
 ``from a.b import c`` depends on ``a.b`` and ``a.b.c``, not on the parents' ``__init__``),
 on the modules of the catalog datasets the pipeline reads and writes, and on the templates
 when ``synthmed.core.templates`` is among them. Hooks, settings and the CLI do not change
-outputs and are left out.
+outputs and are left out. A ``pipeline.py`` names its node functions by module path
+(``synthmed.core.lazy``: imported when a node runs), not by import; the nodes' modules are in
+the pipeline's package, so they count all the same (``tests/test_startup.py`` checks that).
 
 Files under ``src/`` that a pipeline reads through the catalog (the sample's README) are
 deps too. A folder is listed when every file below it (``__init__`` aside) is a dependency,

@@ -20,10 +20,12 @@ from synthmed.metrics.fidelity import (
     Interval,
     PrecomputedFeatures,
     _gaussian_sigma,
+    _knn_radii,
     _ms_ssim_settings,
     _pair_indices,
     bootstrap_interval,
     frechet_distance,
+    frechet_interval,
     kernel_distance,
     ms_ssim_diversity,
     paired_metrics,
@@ -79,6 +81,44 @@ def test_fid_grows_with_a_mean_shift() -> None:
     assert fids == sorted(fids)
     # A shift of s in each of 8 dimensions adds 8 s^2 to the mean term.
     assert fids[-1] - fids[0] == pytest.approx(8 * 2.0**2, rel=0.1)
+
+
+def torchmetrics_fid(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """The previous implementation of ``frechet_distance``, kept as the oracle: torchmetrics' FID."""
+    metric = FrechetInceptionDistance(feature=PrecomputedFeatures(real.shape[1]), normalize=False)
+    metric.update(real.double(), real=True)
+    metric.update(fake.double(), real=False)
+    return float(metric.compute())
+
+
+# (N_real, N_fake, D): more rows than dimensions (the D x D square-root form) and fewer (the
+# N x M singular-value form, as with 2048-d backbones on a few hundred images).
+FID_SHAPES = [(150, 120, 12), (40, 30, 64), (25, 60, 40)]
+
+
+@pytest.mark.parametrize(("n_real", "n_fake", "dim"), FID_SHAPES)
+def test_fid_equals_the_torchmetrics_value(n_real: int, n_fake: int, dim: int) -> None:
+    real = gaussian(n_real, dim, seed=40) * 2.0 + 3.0
+    fake = gaussian(n_fake, dim, seed=41, shift=0.3) * 1.5 + 3.0
+    assert frechet_distance(real, fake) == pytest.approx(torchmetrics_fid(real, fake), rel=1e-6)
+
+
+@pytest.mark.parametrize(("n_real", "n_fake", "dim"), FID_SHAPES)
+def test_frechet_interval_equals_the_bootstrap_of_torchmetrics_fid(n_real: int, n_fake: int, dim: int) -> None:
+    # Same seed, same rows drawn: the weighted sufficient statistics must give each resample's
+    # FID as computed by torchmetrics on the copied rows (the previous implementation).
+    real, fake = gaussian(n_real, dim, seed=42), gaussian(n_fake, dim, seed=43, shift=0.5)
+    fast = frechet_interval(real, fake, resamples=15, level=0.9, seed=7)
+    slow = bootstrap_interval(torchmetrics_fid, real, fake, resamples=15, level=0.9, seed=7)
+    for name in ("estimate", "low", "high"):
+        assert getattr(fast, name) == pytest.approx(getattr(slow, name), rel=1e-6), name
+    assert (fast.n_real, fast.n_fake, fast.resamples, fast.level) == (n_real, n_fake, 15, 0.9)
+
+
+def test_bootstrap_interval_of_fid_uses_the_sufficient_statistics() -> None:
+    real, fake = gaussian(30, 5, seed=44), gaussian(35, 5, seed=45, shift=0.2)
+    assert bootstrap_interval(frechet_distance, real, fake, resamples=10, seed=2) == \
+        frechet_interval(real, fake, resamples=10, seed=2)
 
 
 def test_precomputed_features_size_the_torchmetrics_states_without_a_dummy_image() -> None:
@@ -244,6 +284,49 @@ def test_prdc_matches_a_loop_reference() -> None:
     expected = reference_prdc(real.double().numpy(), fake.double().numpy(), k=3)
     assert precision_recall_density_coverage(real, fake, k=3) == pytest.approx(expected, abs=1e-12)
     assert 0.0 < expected["precision"] < 1.0 and 0.0 < expected["coverage"] < 1.0  # a non-trivial case
+
+
+def dense_knn_radii(features: torch.Tensor, k: int) -> torch.Tensor:
+    """The previous dense implementation (the whole N x N matrix), kept as the oracle."""
+    distances = torch.cdist(features, features, compute_mode="donot_use_mm_for_euclid_dist")
+    distances.fill_diagonal_(math.inf)
+    return distances.kthvalue(k, dim=1).values
+
+
+def dense_prdc(real: torch.Tensor, fake: torch.Tensor, k: int) -> dict[str, float]:
+    """The previous dense PRDC (N x N, M x M and N x M float64 matrices), kept as the oracle."""
+    real, fake = real.double(), fake.double()
+    real_radii, fake_radii = dense_knn_radii(real, k), dense_knn_radii(fake, k)
+    real_fake = torch.cdist(real, fake, compute_mode="donot_use_mm_for_euclid_dist")
+    in_real_ball = real_fake <= real_radii[:, None]
+    in_fake_ball = real_fake <= fake_radii[None, :]
+    return {
+        "precision": float(in_real_ball.any(dim=0).double().mean()),
+        "recall": float(in_fake_ball.any(dim=1).double().mean()),
+        "density": float(in_real_ball.double().sum() / (k * fake.shape[0])),
+        "coverage": float(in_real_ball.any(dim=1).double().mean()),
+    }
+
+
+# 8 * 7 bytes: blocks of one row against sets of 7+ rows; 8 * 50 * 3: a few rows per block, the
+# last one short; the default: one block.
+@pytest.mark.parametrize("block_bytes", [8 * 7, 8 * 50 * 3 + 5, 32 * 2**20])
+def test_chunked_prdc_and_radii_equal_the_dense_computation(block_bytes: int) -> None:
+    real, fake = gaussian(90, 4, seed=50), gaussian(70, 4, seed=51, shift=0.3) * 1.2
+    # Exact duplicates inside a set (radius 0 for small k) and shared by both sets (ties on the
+    # ball boundary).
+    real = torch.cat([real, real[:6], fake[:5]])
+    fake = torch.cat([fake, fake[10:13]])
+    for k in (1, 3, 5):
+        got = precision_recall_density_coverage(real, fake, k=k, block_bytes=block_bytes)
+        assert got == pytest.approx(dense_prdc(real, fake, k), abs=1e-6), k
+        radii = _knn_radii(real.double(), k, block_bytes=block_bytes)
+        assert torch.allclose(radii, dense_knn_radii(real.double(), k), rtol=0, atol=1e-6), k
+
+
+def test_prdc_rejects_a_bad_block_size() -> None:
+    with pytest.raises(ValueError, match=r"block_bytes to be an int >= 1, got 0"):
+        precision_recall_density_coverage(gaussian(10, 3, seed=52), gaussian(10, 3, seed=53), block_bytes=0)
 
 
 def test_prdc_of_identical_sets() -> None:

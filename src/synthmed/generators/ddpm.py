@@ -31,16 +31,21 @@ import copy
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 from torch import nn
 
 from synthmed.core.seeding import seeded
 from synthmed.generators.base import Batch, Conditions, FamilySpec, SamplerSpec, StepContext
 from synthmed.generators.common import apply_gradients
+
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler
+
+# diffusers (about 3 s to import on 2 cores) is imported where a model or scheduler is built:
+# the parameter check imports this module for ``Config`` before every run.
 
 CONDITIONING = ("class", "mask", "inpaint")
 BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
@@ -181,6 +186,8 @@ def build(config: Config, seed: int) -> nn.ModuleDict:
     down = tuple("AttnDownBlock2D" if config.attention and i == lowest else "DownBlock2D" for i in range(len(widths)))
     up = tuple("AttnUpBlock2D" if config.attention and i == 0 else "UpBlock2D" for i in range(len(widths)))
     head_dim = ATTENTION_HEAD_DIM if widths[-1] % ATTENTION_HEAD_DIM == 0 else widths[-1]
+    from diffusers import UNet2DModel
+
     with seeded(seed):
         unet = UNet2DModel(
             sample_size=config.image_size,
@@ -218,6 +225,8 @@ def noise_scheduler(config: Config) -> DDPMScheduler:
     "trailing" spacing makes the first sampling step t = T - 1, the step the model was
     trained on with (almost) pure noise (Lin et al. 2024, Table 2).
     """
+    from diffusers import DDPMScheduler
+
     return DDPMScheduler(
         num_train_timesteps=config.train_timesteps,
         beta_schedule=config.beta_schedule,
@@ -360,6 +369,8 @@ def train_step(models: nn.ModuleDict, optimizers: dict[str, torch.optim.Optimize
 
 def sampling_scheduler(config: Config, sampler: SamplerSpec):
     """The diffusers scheduler for ``sampler.name``, on the training betas and prediction type."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
     base = noise_scheduler(config).config
     if sampler.name == "ddpm":
         scheduler = DDPMScheduler.from_config(base)

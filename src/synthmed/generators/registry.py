@@ -16,8 +16,14 @@ from synthmed.generators.common import (
     read_manifest,
     verify_checksums,
 )
+from synthmed.generators.names import FAMILY_NAMES
 
 FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in (ddpm.FAMILY, pix2pix.FAMILY, dcgan.FAMILY)}
+if tuple(FAMILIES) != FAMILY_NAMES:
+    raise RuntimeError(
+        f"synthmed.generators.names.FAMILY_NAMES is {FAMILY_NAMES}, the registry has {tuple(FAMILIES)}: "
+        "list the same families in the same order in both (pipelines build their namespaces from the names)."
+    )
 
 
 def get_family(name: str) -> FamilySpec:

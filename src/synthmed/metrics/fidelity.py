@@ -33,16 +33,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torchmetrics.functional.image import (
-    multiscale_structural_similarity_index_measure,
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
-from torchmetrics.functional.regression import mean_squared_error
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
 
 logger = logging.getLogger(__name__)
+# torchmetrics (about 1 s to import) is imported inside the functions that use it: the parameter
+# check imports the modules that define configuration dataclasses before every kedro run.
 
 # Wang, Simoncelli & Bovik, "Multi-scale structural similarity for image quality assessment",
 # Asilomar 2003, Table 1 / eq. 7: the exponents of scales 1 (finest) .. 5 (coarsest).
@@ -184,13 +178,80 @@ class PrecomputedFeatures(nn.Module):
         return f"num_features={self.num_features}"
 
 
+class _FrechetMoments:
+    """FID of two feature sets and of weighted resamples of them, from sufficient statistics.
+
+    A bootstrap resample that draws row ``i`` ``w_i`` times has mean ``sum w_i x_i / n`` and
+    unbiased covariance ``(sum w_i x_i x_i^T - n mu mu^T) / (n - 1)``, the same as the indexed
+    rows' (``n = sum w``). The rows are prepared once (float64, each set minus its own mean,
+    which keeps the sums well conditioned); a resample then needs weighted sums and one
+    symmetric square root, and no metric object. ``Tr (S_r S_f)^{1/2}`` has two exact forms:
+
+    - ``D <= min(N, M)``: ``Tr (R S_f R)^{1/2}`` with ``R = S_r^{1/2}`` (``R S_f R`` is
+      symmetric PSD with the eigenvalues of ``S_r S_f``): two ``D x D`` symmetric
+      eigendecompositions.
+    - otherwise (more dimensions than rows, e.g. 2048-d backbones on hundreds of images): the
+      nuclear norm of ``W_r^{1/2} C_r C_f^T W_f^{1/2}``, ``C`` the centred rows, divided by
+      ``sqrt((n - 1)(m - 1))``: the non-zero eigenvalues of ``S_r S_f`` are the squared singular
+      values of that ``N x M`` matrix, built from the ``N x M`` Gram matrix computed once, so a
+      resample costs ``O(N M)`` plus one SVD instead of ``O(D^3)``.
+
+    torchmetrics takes the eigenvalues of the non-symmetric ``S_r S_f`` instead; both agree to
+    rounding (tests compare them).
+    """
+
+    def __init__(self, real: Tensor, fake: Tensor) -> None:
+        real = real.detach().to(torch.float64)
+        fake = fake.detach().to(device=real.device, dtype=torch.float64)
+        self.mean_gap = real.mean(dim=0) - fake.mean(dim=0)
+        self.real = real - real.mean(dim=0)
+        self.fake = fake - fake.mean(dim=0)
+        self.real_sq = self.real.square().sum(dim=1)
+        self.fake_sq = self.fake.square().sum(dim=1)
+        self.use_gram = real.shape[1] > min(real.shape[0], fake.shape[0])
+        self.gram = self.real @ self.fake.T if self.use_gram else None
+
+    def distance(self, real_weights: Tensor, fake_weights: Tensor) -> float:
+        """FID of the resample that takes row i of each set ``weights[i]`` times (float64 counts)."""
+        n, m = float(real_weights.sum()), float(fake_weights.sum())
+        mu_r = real_weights @ self.real / n  # offsets from the full sets' means
+        mu_f = fake_weights @ self.fake / m
+        mean_term = (self.mean_gap + mu_r - mu_f).square().sum()
+        trace_r = (real_weights @ self.real_sq - n * mu_r.square().sum()) / (n - 1)
+        trace_f = (fake_weights @ self.fake_sq - m * mu_f.square().sum()) / (m - 1)
+        if self.use_gram:
+            rows, cols = real_weights > 0, fake_weights > 0
+            cross = (self.gram[rows][:, cols] - (self.real[rows] @ mu_f)[:, None]
+                     - (self.fake[cols] @ mu_r)[None, :] + mu_r @ mu_f)
+            cross = real_weights[rows].sqrt()[:, None] * cross * fake_weights[cols].sqrt()[None, :]
+            root_trace = torch.linalg.svdvals(cross).sum() / math.sqrt((n - 1) * (m - 1))
+        else:
+            cov_r = self._covariance(self.real, real_weights, mu_r, n)
+            cov_f = self._covariance(self.fake, fake_weights, mu_f, m)
+            values, vectors = torch.linalg.eigh(cov_r)
+            root_r = (vectors * values.clamp(min=0).sqrt()) @ vectors.T
+            inner = root_r @ cov_f @ root_r
+            # Clamp: rounding can leave eigenvalues of a PSD matrix at -1e-16.
+            root_trace = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp(min=0).sqrt().sum()
+        return float(mean_term + trace_r + trace_f - 2 * root_trace)
+
+    @staticmethod
+    def _covariance(rows: Tensor, weights: Tensor, mean: Tensor, count: float) -> Tensor:
+        return ((rows * weights[:, None]).T @ rows - count * torch.outer(mean, mean)) / (count - 1)
+
+    def full(self) -> float:
+        """FID of the full sets."""
+        return self.distance(torch.ones(self.real.shape[0], dtype=torch.float64, device=self.real.device),
+                             torch.ones(self.fake.shape[0], dtype=torch.float64, device=self.real.device))
+
+
 def frechet_distance(real: Tensor, fake: Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (FID on any features).
 
     ``||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^{1/2})`` (Heusel et al., NeurIPS 2017),
-    computed by torchmetrics ``FrechetInceptionDistance`` in float64 with unbiased covariances.
-    Biased upwards at small N: report N with it and compare only at equal N (see
-    ``real_floor_split``).
+    in float64 with unbiased covariances: the value torchmetrics ``FrechetInceptionDistance``
+    gives (to rounding), computed without it (see ``_FrechetMoments``). Biased upwards at small
+    N: report N with it and compare only at equal N (see ``real_floor_split``).
 
     Args:
         real: ``(N_real, D)`` finite float features, ``N_real >= 2``.
@@ -200,11 +261,7 @@ def frechet_distance(real: Tensor, fake: Tensor) -> float:
         The distance (>= 0 up to rounding).
     """
     real, fake = _check_pair(real, fake)
-    metric = FrechetInceptionDistance(feature=PrecomputedFeatures(real.shape[1]), normalize=False)
-    metric = metric.to(real.device)
-    metric.update(real.detach().to(torch.float64), real=True)
-    metric.update(fake.detach().to(device=real.device, dtype=torch.float64), real=False)
-    return float(metric.compute())
+    return _FrechetMoments(real, fake).full()
 
 
 def kernel_distance(
@@ -242,6 +299,8 @@ def kernel_distance(
     if used_size < subset_size:
         logger.info("KID subset_size %d clipped to %d (N_real=%d, N_fake=%d).",
                     subset_size, used_size, real.shape[0], fake.shape[0])
+    from torchmetrics.image.kid import KernelInceptionDistance
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_KID_BUFFER_WARNING, category=UserWarning)
         metric = KernelInceptionDistance(
@@ -305,6 +364,9 @@ def bootstrap_interval(
     on resamples than on the full sets; the FID interval can then lie above the estimate. It
     still measures the spread; the estimate is always the statistic on the full sets.
 
+    ``frechet_distance`` is recognised and bootstrapped by ``frechet_interval`` (same resamples,
+    from sufficient statistics, much faster at large D).
+
     Args:
         statistic: ``statistic(real, fake) -> float``, e.g. ``frechet_distance``.
         real: ``(N_real, ...)`` rows (features or images), ``N_real >= 1``.
@@ -324,14 +386,68 @@ def bootstrap_interval(
         raise TypeError(f"Expected statistic to be callable(real, fake) -> float, got {statistic!r}.")
     resamples = _check_positive_int("resamples", resamples)
     level = _check_level(level)
-    rng = np.random.default_rng(seed)
+    if statistic is frechet_distance:
+        return frechet_interval(real, fake, resamples=resamples, level=level, seed=seed)
+
+    def resampled(real_rows: np.ndarray, fake_rows: np.ndarray) -> float:
+        return float(statistic(real[torch.as_tensor(real_rows, device=real.device)],
+                               fake[torch.as_tensor(fake_rows, device=fake.device)]))
+
+    return _percentile_bootstrap(float(statistic(real, fake)), resampled, real.shape[0], fake.shape[0],
+                                 resamples=resamples, level=level, seed=seed)
+
+
+def frechet_interval(
+    real: Tensor, fake: Tensor, *, resamples: int = 200, level: float = 0.95, seed: int = 0
+) -> Interval:
+    """``bootstrap_interval(frechet_distance, ...)`` from sufficient statistics.
+
+    The same resamples (same seed, same rows drawn) and, to rounding, the same values; each
+    resample is a weighted mean and covariance of the prepared features (``_FrechetMoments``)
+    instead of a copy of the rows and a new metric object.
+
+    Args:
+        real: ``(N_real, D)`` finite float features, ``N_real >= 2``.
+        fake: ``(N_fake, D)`` finite float features, ``N_fake >= 2``.
+        resamples: number of bootstrap resamples (>= 1).
+        level: nominal coverage in (0, 1).
+        seed: seeds the resampling.
+
+    Returns:
+        An ``Interval``.
+    """
+    real, fake = _check_pair(real, fake)
+    resamples = _check_positive_int("resamples", resamples)
+    level = _check_level(level)
+    moments = _FrechetMoments(real, fake)
     n_real, n_fake = real.shape[0], fake.shape[0]
-    estimate = float(statistic(real, fake))
+
+    def resampled(real_rows: np.ndarray, fake_rows: np.ndarray) -> float:
+        counts = (torch.as_tensor(np.bincount(rows, minlength=size), dtype=torch.float64, device=real.device)
+                  for rows, size in ((real_rows, n_real), (fake_rows, n_fake)))
+        return moments.distance(*counts)
+
+    return _percentile_bootstrap(moments.full(), resampled, n_real, n_fake, resamples=resamples, level=level,
+                                 seed=seed)
+
+
+def _percentile_bootstrap(
+    estimate: float,
+    resampled: Callable[[np.ndarray, np.ndarray], float],
+    n_real: int,
+    n_fake: int,
+    *,
+    resamples: int,
+    level: float,
+    seed: int,
+) -> Interval:
+    """Draw the resamples' rows (real then fake, per resample) and take the percentiles."""
+    rng = np.random.default_rng(seed)
     values = np.empty(resamples, dtype=np.float64)
     for i in range(resamples):
-        real_rows = torch.as_tensor(rng.integers(0, n_real, size=n_real), device=real.device)
-        fake_rows = torch.as_tensor(rng.integers(0, n_fake, size=n_fake), device=fake.device)
-        values[i] = float(statistic(real[real_rows], fake[fake_rows]))
+        real_rows = rng.integers(0, n_real, size=n_real)
+        fake_rows = rng.integers(0, n_fake, size=n_fake)
+        values[i] = resampled(real_rows, fake_rows)
     if not np.isfinite(values).all():
         bad = int((~np.isfinite(values)).sum())
         raise ValueError(f"Expected statistic to return finite values, got {bad} NaN/inf of {resamples} resamples.")
@@ -403,20 +519,46 @@ def summarise(values: Tensor, *, resamples: int = 200, level: float = 0.95, seed
 # ------------------------------------------------------------------ PRDC
 
 
-def _knn_radii(features: Tensor, k: int) -> Tensor:
-    """``(N,)`` distance from each row to its k-th nearest other row (itself excluded once)."""
-    distances = _distances(features, features)
-    distances.fill_diagonal_(math.inf)
-    return distances.kthvalue(k, dim=1).values
+# The chunked distance computations hold one block of rows against a whole set at a time:
+# about this many bytes of float64 distances, whatever N. The peak is about 10 times this
+# (cdist's and kthvalue's temporaries, the masks): measured 79 MiB above the inputs at 8 MiB,
+# 246 MiB at 32 MiB (N = 8,000). Blocks of a few hundred rows keep cdist vectorised.
+DISTANCE_BLOCK_BYTES = 8 * 2**20
+
+
+def _row_blocks(rows: int, columns: int, block_bytes: int) -> Iterator[slice]:
+    """Slices of ``rows`` so that each block of ``(block, columns)`` float64 fits ``block_bytes``."""
+    size = max(1, block_bytes // (8 * max(columns, 1)))
+    return _batches(rows, size)
+
+
+def _knn_radii(features: Tensor, k: int, *, block_bytes: int = DISTANCE_BLOCK_BYTES) -> Tensor:
+    """``(N,)`` distance from each row to its k-th nearest other row (itself excluded once).
+
+    Blocks of rows against the whole set: memory is one block plus the ``(N,)`` result, not
+    the ``N x N`` matrix. Each block holds whole rows, so the k-th value of a block's row is the
+    row's radius (no merging across blocks).
+    """
+    radii = torch.empty(features.shape[0], dtype=features.dtype, device=features.device)
+    for rows in _row_blocks(features.shape[0], features.shape[0], block_bytes):
+        distances = _distances(features[rows], features)
+        # Exclude the row itself (its own column), once: an exact duplicate elsewhere still counts.
+        own = torch.arange(rows.stop - rows.start, device=features.device)
+        distances[own, own + rows.start] = math.inf
+        radii[rows] = distances.kthvalue(k, dim=1).values
+    return radii
 
 
 def _distances(a: Tensor, b: Tensor) -> Tensor:
     # The direct (not matrix-product) Euclidean form: d(x, x) is exactly 0 and the same pair
-    # gets the same distance in every call, so ties on the ball boundary are decided consistently.
+    # gets the same distance in every call and every block, so ties on the ball boundary are
+    # decided consistently.
     return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
 
 
-def precision_recall_density_coverage(real: Tensor, fake: Tensor, *, k: int = 5) -> dict[str, float]:
+def precision_recall_density_coverage(
+    real: Tensor, fake: Tensor, *, k: int = 5, block_bytes: int = DISTANCE_BLOCK_BYTES
+) -> dict[str, float]:
     """Precision, recall, density and coverage of Naeem et al., ICML 2020 (PRDC).
 
     With ``r(x)`` the Euclidean distance from ``x`` to its k-th nearest neighbour within its
@@ -436,6 +578,9 @@ def precision_recall_density_coverage(real: Tensor, fake: Tensor, *, k: int = 5)
         real: ``(N, D)`` finite float features.
         fake: ``(M, D)`` finite float features.
         k: neighbours for the radii, ``1 <= k < N`` and ``k < M``.
+        block_bytes: about how many bytes of distances one block of rows may hold; memory is
+            ``O(block_bytes + (N + M))``, not the ``N x M`` and ``N x N`` matrices, and the
+            scores do not depend on it.
 
     Returns:
         ``{"precision", "recall", "density", "coverage"}``; density can exceed 1.
@@ -448,18 +593,28 @@ def precision_recall_density_coverage(real: Tensor, fake: Tensor, *, k: int = 5)
                 f"Expected k smaller than the number of {name} rows (a point's k-NN excludes itself), "
                 f"got k={k} for {name} of shape {_shape(rows)}."
             )
+    block_bytes = _check_positive_int("block_bytes", block_bytes)
     real = real.detach().to(torch.float64)
     fake = fake.detach().to(device=real.device, dtype=torch.float64)
-    real_radii = _knn_radii(real, k)  # (N,)
-    fake_radii = _knn_radii(fake, k)  # (M,)
-    real_fake = _distances(real, fake)  # (N, M)
-    in_real_ball = real_fake <= real_radii[:, None]  # [i, j]: Y_j in B(X_i, r(X_i))
-    in_fake_ball = real_fake <= fake_radii[None, :]  # [i, j]: X_i in B(Y_j, r(Y_j))
+    real_radii = _knn_radii(real, k, block_bytes=block_bytes)  # (N,)
+    fake_radii = _knn_radii(fake, k, block_bytes=block_bytes)  # (M,)
+    fake_in_a_real_ball = torch.zeros(fake.shape[0], dtype=torch.bool, device=real.device)
+    hits = real_covered = real_recalled = 0
+    # Blocks of real rows against all fakes: one (block, M) slice of the real-fake distances
+    # at a time; every score is a sum or an "any" over rows, so the blocks add up exactly.
+    for rows in _row_blocks(real.shape[0], fake.shape[0], block_bytes):
+        real_fake = _distances(real[rows], fake)  # (block, M)
+        in_real_ball = real_fake <= real_radii[rows, None]  # [i, j]: Y_j in B(X_i, r(X_i))
+        fake_in_a_real_ball |= in_real_ball.any(dim=0)
+        hits += int(in_real_ball.sum())
+        real_covered += int(in_real_ball.any(dim=1).sum())
+        real_recalled += int((real_fake <= fake_radii[None, :]).any(dim=1).sum())  # X_i in some B(Y_j, r(Y_j))
+    n_real, n_fake = real.shape[0], fake.shape[0]
     return {
-        "precision": float(in_real_ball.any(dim=0).double().mean()),
-        "recall": float(in_fake_ball.any(dim=1).double().mean()),
-        "density": float(in_real_ball.double().sum() / (k * fake.shape[0])),
-        "coverage": float(in_real_ball.any(dim=1).double().mean()),
+        "precision": float(fake_in_a_real_ball.double().mean()),
+        "recall": real_recalled / n_real,
+        "density": hits / (k * n_fake),
+        "coverage": real_covered / n_real,
     }
 
 
@@ -586,6 +741,8 @@ def ms_ssim_diversity(
     Returns:
         The mean MS-SSIM in [0, 1] (1 when all images are identical).
     """
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+
     data_range = _check_data_range(data_range)
     images = _check_images("images", images, data_range=data_range, min_images=2)
     max_pairs = _check_positive_int("max_pairs", max_pairs)
@@ -637,6 +794,9 @@ def paired_metrics(fake: Tensor, real: Tensor, *, data_range: float = 2.0) -> di
         raise ValueError(
             f"Expected fake and real with identical shapes, got fake {_shape(fake)} and real {_shape(real)}."
         )
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+    from torchmetrics.functional.regression import mean_squared_error
+
     n_images = fake.shape[0]
     # MSE and PSNR in float64 (cheap, and exact enough to check PSNR against a known noise level);
     # SSIM in at least float32 (the grouped convolution is slow in float64 on CPU).

@@ -24,12 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from torchmetrics.functional.classification import (
-    multiclass_auroc,
-    multiclass_f1_score,
-    multiclass_precision,
-    multiclass_recall,
-)
 
 from synthmed.core.validation import is_int
 from synthmed.metrics.features import ClassifierConfig, FitConfig, fit_classifier, predict_proba
@@ -109,6 +103,14 @@ def classification_scores(probs: torch.Tensor, target: torch.Tensor, class_names
 
     AUROC is NaN when a class is missing from ``target`` (it is undefined there).
     """
+    # Imported here: the parameter check imports this module (UtilityConfig) before every run.
+    from torchmetrics.functional.classification import (
+        multiclass_auroc,
+        multiclass_f1_score,
+        multiclass_precision,
+        multiclass_recall,
+    )
+
     k = len(class_names)
     target = torch.as_tensor(target, dtype=torch.int64)
     scores = {"balanced_accuracy": balanced_accuracy(probs.argmax(1).numpy(), target.numpy(), k)}

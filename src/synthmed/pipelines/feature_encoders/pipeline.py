@@ -2,14 +2,16 @@
 
 from kedro.pipeline import Node, Pipeline, pipeline
 
-from synthmed.pipelines.feature_encoders.nodes import train_feature_encoder
+from synthmed.core.lazy import lazy_module
+
+_nodes = lazy_module("synthmed.pipelines.feature_encoders.nodes")
 
 SOURCES = {"slices": ("slices", "slice_manifest"), "patches": ("patches", "patch_manifest")}
 
 
 def template() -> Pipeline:
     return Pipeline([
-        Node(train_feature_encoder, ["arrays", "manifest", "params:source", "params:evaluation.encoder"],
+        Node(_nodes.train_feature_encoder, ["arrays", "manifest", "params:source", "params:evaluation.encoder"],
              ["feature_encoder", "encoder_facts"], name="train_feature_encoder"),
     ])
 

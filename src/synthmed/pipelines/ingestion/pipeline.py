@@ -2,15 +2,9 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from synthmed.pipelines.ingestion.nodes import (
-    combine_ingestion,
-    enforce_rejection_policy,
-    inventory_sources,
-    read_dicom_items,
-    read_label_table,
-    read_nifti_items,
-    read_raster_items,
-)
+from synthmed.core.lazy import lazy_module
+
+_nodes = lazy_module("synthmed.pipelines.ingestion.nodes")
 
 _READER_INPUTS = ["raw_sources@files", "source_listing", "label_table", "pseudonymisation_key", "params:ingestion"]
 
@@ -18,20 +12,20 @@ _READER_INPUTS = ["raw_sources@files", "source_listing", "label_table", "pseudon
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            # source_listing (in memory): every file found; combine_ingestion saves it as
+            # source_listing (in memory): every file found; _nodes.combine_ingestion saves it as
             # source_inventory with the files the readers ignored (non-image, duplicates) marked.
-            Node(inventory_sources, ["raw_sources@files", "params:ingestion"], "source_listing",
+            Node(_nodes.inventory_sources, ["raw_sources@files", "params:ingestion"], "source_listing",
                  name="inventory_sources"),
-            Node(read_label_table, ["raw_sources@files", "params:ingestion"], "label_table",
+            Node(_nodes.read_label_table, ["raw_sources@files", "params:ingestion"], "label_table",
                  name="read_label_table"),
-            Node(read_raster_items, _READER_INPUTS, ["raster_manifest", "raster_rejected", "raster_items"],
+            Node(_nodes.read_raster_items, _READER_INPUTS, ["raster_manifest", "raster_rejected", "raster_items"],
                  name="read_raster_items"),
-            Node(read_nifti_items, _READER_INPUTS, ["nifti_manifest", "nifti_rejected", "nifti_items"],
+            Node(_nodes.read_nifti_items, _READER_INPUTS, ["nifti_manifest", "nifti_rejected", "nifti_items"],
                  name="read_nifti_items"),
-            Node(read_dicom_items, _READER_INPUTS, ["dicom_manifest", "dicom_rejected", "dicom_items"],
+            Node(_nodes.read_dicom_items, _READER_INPUTS, ["dicom_manifest", "dicom_rejected", "dicom_items"],
                  name="read_dicom_items"),
             Node(
-                combine_ingestion,
+                _nodes.combine_ingestion,
                 ["source_listing", "raster_manifest", "nifti_manifest", "dicom_manifest",
                  "raster_rejected", "nifti_rejected", "dicom_rejected",
                  "raster_items", "nifti_items", "dicom_items"],
@@ -41,7 +35,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             # tag "gate": nothing staged in the primary layer is published before it passes
             # (synthmed.hooks.StagingHook), whatever order the runner picks.
-            Node(enforce_rejection_policy, ["ingestion_metrics", "params:ingestion"], None,
+            Node(_nodes.enforce_rejection_policy, ["ingestion_metrics", "params:ingestion"], None,
                  name="enforce_rejection_policy", tags=["gate"]),
         ]
     )

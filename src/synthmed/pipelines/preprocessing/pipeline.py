@@ -2,27 +2,24 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from synthmed.pipelines.preprocessing.nodes import (
-    assign_item_splits,
-    deidentify_sources,
-    preprocess_items,
-    summarise_preprocessing,
-)
-from synthmed.pipelines.preprocessing.pixel_nodes import check_pixels
+from synthmed.core.lazy import lazy_module
+
+_nodes = lazy_module("synthmed.pipelines.preprocessing.nodes")
+_pixel_nodes = lazy_module("synthmed.pipelines.preprocessing.pixel_nodes")
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
-                check_pixels,
+                _pixel_nodes.check_pixels,
                 ["raw_sources@files", "ingestion_manifest", "ingested_images", "params:preprocessing.pixels",
                  "params:preprocessing.deid"],
                 "pixel_checks",
                 name="check_pixels",
             ),
             Node(
-                deidentify_sources,
+                _nodes.deidentify_sources,
                 ["raw_sources@files", "ingestion_manifest", "ingested_images", "ingested_masks",
                  "pseudonymisation_key", "params:preprocessing.deid", "params:preprocessing.workers",
                  "pixel_checks"],
@@ -30,17 +27,17 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="deidentify_sources",
             ),
             Node(
-                preprocess_items,
+                _nodes.preprocess_items,
                 ["ingestion_manifest", "ingested_images", "ingested_masks", "deid_quarantine",
                  "params:preprocessing", "pixel_checks"],
                 ["preprocessed_images", "preprocessed_masks", "preprocessed_foreground",
                  "preprocessed_manifest"],
                 name="preprocess_items",
             ),
-            Node(assign_item_splits, ["preprocessed_manifest", "params:preprocessing.split"],
+            Node(_nodes.assign_item_splits, ["preprocessed_manifest", "params:preprocessing.split"],
                  "split_table", name="assign_item_splits"),
             Node(
-                summarise_preprocessing,
+                _nodes.summarise_preprocessing,
                 ["ingestion_manifest", "deid_audit", "deid_quarantine", "preprocessed_manifest",
                  "split_table"],
                 "preprocessing_metrics",

@@ -2,24 +2,21 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from synthmed.pipelines.sample_data.nodes import (
-    assemble_sample_folder,
-    build_brain_sample,
-    build_fundus_sample,
-    collect_dicom_samples,
-)
+from synthmed.core.lazy import lazy_module
+
+_nodes = lazy_module("synthmed.pipelines.sample_data.nodes")
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            Node(build_brain_sample, "params:sample_data.brain", ["sample_t1", "sample_tissue"],
+            Node(_nodes.build_brain_sample, "params:sample_data.brain", ["sample_t1", "sample_tissue"],
                  name="build_brain_sample"),
-            Node(build_fundus_sample, "params:sample_data.fundus",
+            Node(_nodes.build_fundus_sample, "params:sample_data.fundus",
                  ["sample_fundus_jpeg", "sample_fundus_mask"], name="build_fundus_sample"),
-            Node(collect_dicom_samples, None, "sample_dicom_files", name="collect_dicom_samples"),
+            Node(_nodes.collect_dicom_samples, None, "sample_dicom_files", name="collect_dicom_samples"),
             Node(
-                assemble_sample_folder,
+                _nodes.assemble_sample_folder,
                 ["sample_t1", "sample_tissue", "sample_fundus_jpeg", "sample_fundus_mask",
                  "sample_dicom_files", "sample_readme"],
                 # `raw_sources@sample`: the sample's fixed folder, transcoded with the `raw_sources@files`

@@ -2,8 +2,10 @@
 
 from kedro.pipeline import Node, Pipeline, pipeline
 
-from synthmed.generators.registry import FAMILIES
-from synthmed.pipelines.training.nodes import train_generator
+from synthmed.core.lazy import lazy_module
+from synthmed.generators.names import FAMILY_NAMES
+
+_nodes = lazy_module("synthmed.pipelines.training.nodes")
 
 _SHARED = {"slices", "slice_manifest", "patches", "patch_manifest"}
 
@@ -12,7 +14,7 @@ def template() -> Pipeline:
     return Pipeline(
         [
             Node(
-                train_generator,
+                _nodes.train_generator,
                 ["slices", "slice_manifest", "patches", "patch_manifest", "params:family", "params:model",
                  "params:training", "params:run"],
                 ["generator", "training_history", "sample_grid", "loss_curve"],
@@ -23,4 +25,4 @@ def template() -> Pipeline:
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return sum((pipeline(template(), namespace=family, inputs=_SHARED) for family in FAMILIES), Pipeline([]))
+    return sum((pipeline(template(), namespace=family, inputs=_SHARED) for family in FAMILY_NAMES), Pipeline([]))

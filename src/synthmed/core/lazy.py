@@ -1,0 +1,70 @@
+"""Node functions imported when a node runs, not when Kedro loads the project.
+
+Kedro imports every pipeline's ``pipeline.py`` (``find_pipelines``) whenever a project starts,
+whichever pipeline runs; a ``pipeline.py`` that imports its nodes module at the top pulls in
+torch, diffusers, matplotlib, ... for every ``kedro run``. ``lazy_module("pkg.nodes").fn`` is
+a stand-in for ``pkg.nodes.fn`` that imports the module on the first call.
+
+What the stand-in gives up: Kedro checks a node's inputs against the function's signature
+when the node is built; the stand-in takes ``*args, **kwargs``, so a mismatch shows when the node
+runs. ``tests/test_startup.py`` checks every node's real signature instead.
+
+The module's dependencies are unchanged for ``tools/dvc_deps.py``: it lists every module of a
+pipeline package (``nodes.py`` included) and what those import, whoever imports them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+
+class LazyFunction:
+    """``module.name``, imported on the first call; picklable (ParallelRunner sends nodes to workers)."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.__module__ = module
+        self.__name__ = name
+        self.__qualname__ = name
+        self._function: Callable[..., Any] | None = None
+
+    def resolve(self) -> Callable[..., Any]:
+        """The real function (imports its module the first time)."""
+        if self._function is None:
+            module = importlib.import_module(self.__module__)
+            try:
+                self._function = getattr(module, self.__name__)
+            except AttributeError:
+                raise AttributeError(
+                    f"Node function {self.__name__!r} not found in {self.__module__} "
+                    f"({module.__file__}): fix the name in the pipeline's lazy_module(...) reference."
+                ) from None
+        return self._function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The function itself is found again by name in the worker.
+        return {**self.__dict__, "_function": None}
+
+    def __repr__(self) -> str:
+        return f"<lazy {self.__module__}.{self.__name__}>"
+
+
+class LazyModule:
+    """``lazy_module(name).fn`` is ``LazyFunction(name, "fn")``; the module is not imported here."""
+
+    def __init__(self, module: str) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> LazyFunction:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return LazyFunction(self._module, name)
+
+
+def lazy_module(module: str) -> LazyModule:
+    """A stand-in for the module ``module`` whose attributes are ``LazyFunction`` s."""
+    return LazyModule(module)
