@@ -3,9 +3,11 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from synthmed.pipelines.sample_cohort.nodes import build_sample_cohort
+from synthmed.core.lazy import lazy_module
+
+_nodes = lazy_module("synthmed.pipelines.sample_cohort.nodes")
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return Pipeline([Node(build_sample_cohort, "params:sample_cohort", "sample_cohort_files",
+    return Pipeline([Node(_nodes.build_sample_cohort, "params:sample_cohort", "sample_cohort_files",
                           name="build_sample_cohort")])
