@@ -1,7 +1,8 @@
-"""Adding a generator family is one module, one registry line and one parameter block.
+"""Adding a generator family is one module, one registry line, its name and one parameter block.
 
 A toy family (DCGAN's implementation under a new name, so the test needs no new model code)
-is registered in ``synthmed.generators.registry.FAMILIES`` and given a parameter block; the
+is registered in ``synthmed.generators.registry.FAMILIES`` and ``generators.names.FAMILY_NAMES``
+and given a parameter block; the
 training, sampling, rebalancing and evaluation pipelines are then built and run unchanged,
 and the toy family must appear in every output a family appears in.
 """
@@ -14,7 +15,7 @@ import json
 import pandas as pd
 import pytest
 
-from synthmed.generators import dcgan, registry
+from synthmed.generators import dcgan, names, registry
 from tests.conftest import _merge, load_parameters, project_catalog, run, write_source_folder
 
 
@@ -30,8 +31,16 @@ def test_a_registered_toy_family_runs_through_training_sampling_and_evaluation(t
         sampling,
         training,
     )
+    from synthmed.pipelines.evaluation import pipeline as evaluation_wiring
+    from synthmed.pipelines.rebalancing import pipeline as rebalancing_wiring
+    from synthmed.pipelines.sampling import pipeline as sampling_wiring
+    from synthmed.pipelines.training import pipeline as training_wiring
 
     monkeypatch.setitem(registry.FAMILIES, "toy", dataclasses.replace(dcgan.FAMILY, name="toy"))
+    # ... and its name in generators.names (importable without torch), which each pipeline's wiring imports.
+    with_toy = (*names.FAMILY_NAMES, "toy")
+    for module in (names, training_wiring, sampling_wiring, rebalancing_wiring, evaluation_wiring):
+        monkeypatch.setattr(module, "FAMILY_NAMES", with_toy)
     checkpoints = {"run": {"checkpoint_root": str(tmp_path / "checkpoints")}}
     toy_block = {**load_parameters()["dcgan"], "family": "toy"}  # the one parameter block
     write_source_folder(tmp_path / "source")
