@@ -235,7 +235,7 @@ def test_a_failure_after_the_copies_are_written_keeps_the_previous_copies(tmp_pa
         "from pathlib import Path\n"
         "from kedro.framework.session import KedroSession\n"
         "from kedro.framework.startup import bootstrap_project\n"
-        "import synthmed.pipelines.preprocessing.pipeline as preprocessing\n"
+        "import synthmed.pipelines.preprocessing.nodes as preprocessing\n"  # nodes are looked up when they run
         "def failing_split(*args, **kwargs):\n"
         "    raise RuntimeError('the split failed after the copies were saved')\n"
         "preprocessing.assign_item_splits = failing_split\n"
