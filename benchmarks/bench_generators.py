@@ -9,6 +9,15 @@ DDPMScheduler, AdamW, clipping, diffusers EMAModel, batch) and prints synthmed /
 
     .venv/bin/python benchmarks/bench_generators.py --profile base
     .venv/bin/python benchmarks/bench_generators.py --profile gpu --families ddpm
+    make bench-gpu   # on a CUDA machine: gpu profile DDPM, with --mfu, appended to RESULTS.md
+
+``--mfu`` adds model FLOPs utilisation for the DDPM: the FLOPs of one training step (forward
+and backward of the U-Net at the training batch, counted by ``torch.utils.flop_counter``)
+times the measured steps/s, over the device's peak (``--peak-tflops``, or a known peak for
+the GPU's name: dense bf16 tensor-core figures from the vendors' data sheets).
+``--append-results FILE`` appends the printed table to FILE as a Markdown section with the
+command and the machine. Without CUDA the gpu profile is refused unless ``--allow-cpu``
+(the test suite runs the whole command at the ``test`` profile's tiny sizes on CPU).
 
 Figures, not tests: record them with the machine and command in benchmarks/RESULTS.md.
 """
@@ -16,8 +25,11 @@ Figures, not tests: record them with the machine and command in benchmarks/RESUL
 from __future__ import annotations
 
 import argparse
+import datetime
 import platform
 import resource
+import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -111,6 +123,37 @@ def bench_plain_ddpm(config, batch: int, steps: int, device: torch.device) -> fl
     return batch * (steps - steps // 2) / (time.perf_counter() - tic)
 
 
+# Dense bf16 tensor-core peaks in TFLOP/s (vendor data sheets; SXM variants), by a substring
+# of torch.cuda.get_device_name(). Anything else: pass --peak-tflops.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0}
+
+
+def device_peak_tflops(device: torch.device, given: float | None) -> float | None:
+    """The peak to divide by: ``given``, else the known peak of the CUDA device's name, else None."""
+    if given is not None:
+        return given
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
+
+
+def ddpm_step_flops(config, batch: int, device: torch.device) -> int:
+    """FLOPs of one DDPM training step (forward + backward of the U-Net on one batch)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from synthmed.generators.ddpm import build
+
+    unet = build(config, 0)["unet"].to(device).train()
+    x = torch.randn(batch, config.channels, config.image_size, config.image_size, device=device)
+    t = torch.randint(0, config.train_timesteps, (batch,), device=device)
+    labels = (torch.arange(batch, device=device) % max(config.num_classes, 1)
+              if "class" in config.conditioning else None)
+    with FlopCounterMode(display=False) as counter:
+        unet(x, t, class_labels=labels).sample.float().pow(2).mean().backward()
+    return int(counter.get_total_flops())
+
+
 def bench_sampling(family: str, config, sampler: SamplerSpec, n: int) -> float:
     spec = get_family(family)
     models = spec.build(config, 0).eval()
@@ -135,14 +178,40 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=3,
                         help="interleaved synthmed/plain DDPM training measurements (median reported)")
+    parser.add_argument("--mfu", action="store_true", help="DDPM model FLOPs utilisation (see above)")
+    parser.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for --mfu")
+    parser.add_argument("--append-results", type=Path, metavar="FILE", help="append the table to FILE (Markdown)")
+    parser.add_argument("--allow-cpu", action="store_true", help="run the gpu profile without CUDA (slow)")
     args = parser.parse_args()
     device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    if args.profile == "gpu" and device.type != "cuda" and not args.allow_cpu:
+        sys.exit("bench_generators: the gpu profile needs a CUDA device (torch.cuda.is_available() is False); "
+                 "run it on a GPU machine, or pass --allow-cpu to run it here anyway.")
     params = parameters(args.profile)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"device {device}{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, "
-          f"torch {torch.__version__}")
-    print(f"profile: {args.profile}; training steps {args.steps} (last half timed); samples {args.samples}")
-    print(f"{'family':8} {'measure':38} {'value':>12}")
+    lines: list[str] = []
+
+    def say(text: str) -> None:
+        print(text)
+        lines.append(text)
+
+    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+               f"device {device}{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, "
+               f"torch {torch.__version__}")
+    say(f"machine: {machine}")
+    say(f"profile: {args.profile}; training steps {args.steps} (last half timed); samples {args.samples}")
+    say(f"{'family':8} {'measure':38} {'value':>12}")
+    _measure(args, params, device, say)
+    if args.append_results:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        command = "python benchmarks/bench_generators.py " + shlex.join(sys.argv[1:])
+        with args.append_results.open("a", encoding="utf-8") as out:
+            out.write(f"\n## Generators, `{args.profile}` profile on {device.type} ({stamp})\n\n"
+                      f"```\n{command}\n```\n\n```\n" + "\n".join(lines) + "\n```\n")
+        print(f"appended to {args.append_results}")
+
+
+def _measure(args, params, device: torch.device, say) -> None:
+    print = say  # noqa: A001 - every line of the table also goes to --append-results
     for family in args.families.split(","):
         config = config_from_params(family, params[family]["model"])
         batch = int(params[family]["training"]["batch_size"])
@@ -160,11 +229,20 @@ def main() -> None:
             print(f"{family:8} {f'ratio synthmed / plain (median of {len(ratios)})':38} "
                   f"{float(np.median(ratios)):>12.2f}")
             print(f"{family:8} {'ratio range':38} {min(ratios):>6.2f}..{max(ratios):.2f}")
+            if args.mfu:
+                flops = ddpm_step_flops(config, batch, device)
+                achieved = flops * ours / batch  # FLOP/s: steps/s x FLOPs per step
+                peak = device_peak_tflops(device, args.peak_tflops)
+                print(f"{family:8} {'GFLOPs per training step':38} {flops / 1e9:>12.2f}")
+                print(f"{family:8} {'achieved TFLOP/s (model FLOPs)':38} {achieved / 1e12:>12.3f}")
+                mfu = f"{100 * achieved / (peak * 1e12):>11.1f}%" if peak else f"{'n/a':>12}"
+                print(f"{family:8} {f'MFU (peak {peak or 0:g} TFLOP/s)':38} {mfu}")
         else:
             ours = bench_training(family, config, batch, args.steps, args.device)
             print(f"{family:8} {f'training images/s (batch {batch}, {config.image_size} px)':38} {ours:>12.1f}")
         if family == "ddpm":
-            samplers = [SamplerSpec("ddim", 50), SamplerSpec("dpmsolver++", 20), SamplerSpec("ddpm", 1000),
+            ddpm_steps = min(1000, int(config.train_timesteps))  # ancestral DDPM: at most the training steps
+            samplers = [SamplerSpec("ddim", 50), SamplerSpec("dpmsolver++", 20), SamplerSpec("ddpm", ddpm_steps),
                         SamplerSpec("ddim", 50, guidance_scale=2.0)]
         else:
             samplers = [SamplerSpec("ddim", 1)]

@@ -1,0 +1,45 @@
+"""`make bench-gpu`'s command, run whole at the test profile's tiny sizes on CPU (the GPU run needs a GPU)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks/bench_generators.py"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=600)
+
+
+def test_the_benchmark_prints_throughput_mfu_and_appends_its_table(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n")
+    done = _run("--profile", "test", "--families", "ddpm", "--steps", "4", "--samples", "2", "--repeats", "1",
+                "--mfu", "--peak-tflops", "0.5", "--append-results", str(results))
+    assert done.returncode == 0, done.stderr[-2000:]
+    def value(pattern: str) -> float:
+        return float(re.search(pattern + r"\s+([\d.]+)", done.stdout).group(1))
+
+    gflops, images_per_s = value("GFLOPs per training step"), value(r"training images/s \(batch 4, 16 px\)")
+    mfu = value(r"MFU \(peak 0.5 TFLOP/s\)")
+    # MFU = FLOPs per step x steps/s (images/s / batch) / peak, from the printed (rounded) figures
+    expected = 100 * gflops * 1e9 * images_per_s / 4 / 0.5e12
+    assert gflops > 0 and abs(mfu - expected) <= 0.06 * expected + 0.1, (mfu, expected)
+    for measure in ("training images/s", "plain diffusers loop images/s", "ratio synthmed / plain",
+                    "sampling images/s ddim 50 steps w=2", "peak memory MB"):
+        assert measure in done.stdout, measure
+    text = results.read_text()
+    assert text.startswith("# Results\n") and "## Generators, `test` profile on cpu" in text
+    assert "--append-results" in text and "MFU (peak 0.5 TFLOP/s)" in text
+
+
+def test_the_gpu_profile_is_refused_without_cuda() -> None:
+    refused = _run("--profile", "gpu", "--families", "ddpm")
+    assert refused.returncode != 0 and "needs a CUDA device" in refused.stderr
