@@ -459,28 +459,26 @@ def _apply(ds: Dataset, tag: BaseTag, vr: str, action: str, ctx: _Context) -> bo
         ds.add_new(tag, vr, _DUMMIES[vr])
         ctx.counts["dummy"] += 1
         return True
-    reads_value = (action == "U*" and vr == "SQ") or (vr == "UI" and action in ("U", "U*", "D")) or action in (
-        "shift", "date_only")
-    if not reads_value:
-        del ds[tag]  # X, and any action that does not fit the VR (X is always the safest)
-        ctx.counts["private_removed" if tag.is_private else "removed"] += 1
-        return False
-    element = ds[tag]
     if action == "U*" and vr == "SQ":
         # X/Z/U*: keep the references, i.e. only the UIDs of each item, which the
         # recursion then remaps (instance UIDs) or keeps (SOP Class UIDs).
-        for item in element.value:
+        for item in ds[tag].value:
             for item_tag in [t for t in item.keys() if item[t].VR != "UI"]:
                 del item[item_tag]
                 ctx.counts["removed"] += 1
         return True
     if vr == "UI" and action in ("U", "U*", "D"):
+        element = ds[tag]
         values = element.value if element.VM > 1 else [element.value]
         remapped = [remap_uid(ctx.key, str(uid)) for uid in values if str(uid).strip()]
         element.value = remapped if element.VM > 1 else (remapped[0] if remapped else None)
         ctx.counts["uid_remapped"] += len(remapped)
         return True
-    return _shift_dates(ds, tag, ctx.offset_days if action == "shift" else 0, ctx)  # shift, date_only
+    if action not in ("shift", "date_only"):
+        del ds[tag]  # X, and any action that does not fit the VR (X is always the safest)
+        ctx.counts["private_removed" if tag.is_private else "removed"] += 1
+        return False
+    return _shift_dates(ds, tag, ctx.offset_days if action == "shift" else 0, ctx)
 
 
 def _shift_dates(ds: Dataset, tag: BaseTag, days: int, ctx: _Context) -> bool:
