@@ -21,13 +21,21 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def _rate(done: int, elapsed_s: float, start: int) -> float:
+    return (done - start) / elapsed_s if elapsed_s > 0 else 0.0
+
+
+def timing_text(done: int, total: int, elapsed_s: float, *, start: int = 0) -> str:
+    """``"elapsed 3s, ETA 8s"``; ``start`` items were done before timing began."""
+    rate = _rate(done, elapsed_s, start)
+    eta = duration((total - done) / rate) if rate > 0 else "unknown"
+    return f"elapsed {duration(elapsed_s)}, ETA {eta}"
+
+
 def progress_text(done: int, total: int, elapsed_s: float, unit: str, *, start: int = 0) -> str:
     """``"120/400 images (35.2 images/s), elapsed 3s, ETA 8s"``; ``start`` items were done before timing began."""
-    timed = done - start
-    rate = timed / elapsed_s if elapsed_s > 0 else 0.0
-    eta = (total - done) / rate if rate > 0 else float("nan")
-    eta_text = duration(eta) if eta == eta else "unknown"
-    return f"{done}/{total} {unit} ({rate:.3g} {unit}/s), elapsed {duration(elapsed_s)}, ETA {eta_text}"
+    return (f"{done}/{total} {unit} ({_rate(done, elapsed_s, start):.3g} {unit}/s), "
+            + timing_text(done, total, elapsed_s, start=start))
 
 
 class ProgressLog:
@@ -41,6 +49,10 @@ class ProgressLog:
 
     def text(self, done: int) -> str:
         return progress_text(done, self.total, time.perf_counter() - self.began, self.unit, start=self.start)
+
+    def timing(self, done: int) -> str:
+        """Elapsed time and ETA only (for lines that give the count themselves)."""
+        return timing_text(done, self.total, time.perf_counter() - self.began, start=self.start)
 
     def update(self, done: int) -> None:
         now = time.perf_counter()

@@ -497,7 +497,7 @@ def train(
                 if accelerator.is_main_process:  # the bar is silent without a terminal (DVC, logs)
                     logger.info("%s step %d/%d %s; %s", spec.name, step, config.steps,
                                 " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"),
-                                timing.text(step).split(", ", 1)[1])  # elapsed and ETA
+                                timing.timing(step))
                 if tracker is not None and accelerator.is_main_process:
                     tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
                 tic, images_seen = time.perf_counter(), 0
