@@ -81,13 +81,17 @@ def _under(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
 
 
+def _in_pushable_layer(path: str) -> bool:
+    return any(_under(path, prefix) for prefix in PUSHABLE_PREFIXES)
+
+
 def pushable_problems(root: Path) -> list[str]:
     """One line per cached output that would be pushed although it is not de-identified."""
     problems = []
     for out in dvc_outputs(root):
         if not out.cache or not out.push:
             continue
-        if not any(_under(out.path, prefix) for prefix in PUSHABLE_PREFIXES):
+        if not _in_pushable_layer(out.path):
             fix = (f"run `synthmed add-raw {out.path}` (it sets push: false)" if _under(out.path, RAW_PREFIX)
                    else f"add `push: false` to it in {out.declared_in}")
             problems.append(f"{out.path} (declared in {out.declared_in}) would be pushed: it is not under "
@@ -102,8 +106,7 @@ def shareable_outputs(root: Path) -> list[str]:
     the tables of source paths), which are never there, and exits 1; ``synthmed pull``
     pulls these paths instead.
     """
-    return sorted({out.path for out in dvc_outputs(root) if out.cache and out.push
-                   and any(_under(out.path, prefix) for prefix in PUSHABLE_PREFIXES)})
+    return sorted({out.path for out in dvc_outputs(root) if out.cache and out.push and _in_pushable_layer(out.path)})
 
 
 def mark_no_push(dvc_file: Path) -> None:
