@@ -211,12 +211,12 @@ def main() -> None:
 
 
 def _measure(args, params, device: torch.device, say) -> None:
-    print = say  # noqa: A001 - every line of the table also goes to --append-results
+    """Every line of the table goes through ``say`` (printed, and kept for --append-results)."""
     for family in args.families.split(","):
         config = config_from_params(family, params[family]["model"])
         batch = int(params[family]["training"]["batch_size"])
         n_params = sum(p.numel() for p in get_family(family).build(config, 0).parameters())
-        print(f"{family:8} {'parameters (all modules)':38} {n_params:>12,}")
+        say(f"{family:8} {'parameters (all modules)':38} {n_params:>12,}")
         if family == "ddpm":
             # Interleaved, so machine drift hits both loops alike; the median is reported.
             pairs = [(bench_training(family, config, batch, args.steps, args.device),
@@ -224,22 +224,22 @@ def _measure(args, params, device: torch.device, say) -> None:
             ours = float(np.median([a for a, _ in pairs]))
             plain = float(np.median([b for _, b in pairs]))
             ratios = [a / b for a, b in pairs]
-            print(f"{family:8} {f'training images/s (batch {batch}, {config.image_size} px)':38} {ours:>12.1f}")
-            print(f"{family:8} {'plain diffusers loop images/s':38} {plain:>12.1f}")
-            print(f"{family:8} {f'ratio synthmed / plain (median of {len(ratios)})':38} "
+            say(f"{family:8} {f'training images/s (batch {batch}, {config.image_size} px)':38} {ours:>12.1f}")
+            say(f"{family:8} {'plain diffusers loop images/s':38} {plain:>12.1f}")
+            say(f"{family:8} {f'ratio synthmed / plain (median of {len(ratios)})':38} "
                   f"{float(np.median(ratios)):>12.2f}")
-            print(f"{family:8} {'ratio range':38} {min(ratios):>6.2f}..{max(ratios):.2f}")
+            say(f"{family:8} {'ratio range':38} {min(ratios):>6.2f}..{max(ratios):.2f}")
             if args.mfu:
                 flops = ddpm_step_flops(config, batch, device)
                 achieved = flops * ours / batch  # FLOP/s: steps/s x FLOPs per step
                 peak = device_peak_tflops(device, args.peak_tflops)
-                print(f"{family:8} {'GFLOPs per training step':38} {flops / 1e9:>12.2f}")
-                print(f"{family:8} {'achieved TFLOP/s (model FLOPs)':38} {achieved / 1e12:>12.3f}")
+                say(f"{family:8} {'GFLOPs per training step':38} {flops / 1e9:>12.2f}")
+                say(f"{family:8} {'achieved TFLOP/s (model FLOPs)':38} {achieved / 1e12:>12.3f}")
                 mfu = f"{100 * achieved / (peak * 1e12):>11.1f}%" if peak else f"{'n/a':>12}"
-                print(f"{family:8} {f'MFU (peak {peak or 0:g} TFLOP/s)':38} {mfu}")
+                say(f"{family:8} {f'MFU (peak {peak or 0:g} TFLOP/s)':38} {mfu}")
         else:
             ours = bench_training(family, config, batch, args.steps, args.device)
-            print(f"{family:8} {f'training images/s (batch {batch}, {config.image_size} px)':38} {ours:>12.1f}")
+            say(f"{family:8} {f'training images/s (batch {batch}, {config.image_size} px)':38} {ours:>12.1f}")
         if family == "ddpm":
             ddpm_steps = min(1000, int(config.train_timesteps))  # ancestral DDPM: at most the training steps
             samplers = [SamplerSpec("ddim", 50), SamplerSpec("dpmsolver++", 20), SamplerSpec("ddpm", ddpm_steps),
@@ -250,8 +250,8 @@ def _measure(args, params, device: torch.device, say) -> None:
             label = f"sampling images/s {sampler.name} {sampler.steps} steps" + (
                 f" w={sampler.guidance_scale:g}" if sampler.guidance_scale != 1.0 else "")
             n = args.samples if sampler.steps <= 100 else max(args.samples // 4, 1)
-            print(f"{family:8} {label:38} {bench_sampling(family, config, sampler, n):>12.1f}")
-        print(f"{family:8} {'peak memory MB (process, so far)':38} {peak_memory_mb(device):>12.0f}")
+            say(f"{family:8} {label:38} {bench_sampling(family, config, sampler, n):>12.1f}")
+        say(f"{family:8} {'peak memory MB (process, so far)':38} {peak_memory_mb(device):>12.0f}")
 
 
 if __name__ == "__main__":
