@@ -3,13 +3,15 @@ that uses the project's real catalog with every path moved under a temporary fol
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import nibabel as nib
@@ -291,15 +293,18 @@ def sh(*args: str, cwd: Path, check: bool = True, timeout: int = 900,
     return result
 
 
+@functools.cache
+def public_collections_tool() -> ModuleType:
+    """``tools/public_collections.py`` as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("public_collections", PROJECT_ROOT / "tools/public_collections.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def project_copy(target: Path) -> Path:
     """The working tree's tracked and untracked (not ignored) files, as a fresh git repo."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=PROJECT_ROOT, capture_output=True, check=True).stdout.split(b"\0")
-    for rel in filter(None, files):
-        source = PROJECT_ROOT / rel.decode()
-        if source.is_file():
-            (target / rel.decode()).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / rel.decode())
+    public_collections_tool().project_copy(target)  # the same copy as tools/public_collections.py makes
     sh("git", "init", "-q", "-b", "main", cwd=target)
     sh("git", "add", "-A", cwd=target)
     sh("git", "commit", "-q", "-m", "copy", cwd=target)

@@ -6,24 +6,15 @@ reports, RT objects, a DICOMDIR. The run must finish and account for every file.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import public_collections_tool
 
 pytestmark = pytest.mark.slow
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("public_collections", PROJECT_ROOT / "tools/public_collections.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_whole_pydicom_collection_runs_and_every_file_is_accounted_for(tmp_path):
-    tool = _tool()
+    tool = public_collections_tool()
     result = tool.run_collection("pydicom", tmp_path)
     assert result["returncode"] == 0, result.get("error")
     metrics = result["metrics"]
