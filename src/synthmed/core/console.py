@@ -26,36 +26,31 @@ PACKAGE = "synthmed"
 TRACEBACK_ENV = "SYNTHMED_TRACEBACK"
 
 
+def _in_package(module: str) -> bool:
+    return module == PACKAGE or module.startswith(PACKAGE + ".")
+
+
 def is_own_error(exc: BaseException) -> bool:
     """Whether ``exc`` is one of synthmed's checks, whose message is meant for the user."""
-    module = type(exc).__module__ or ""
-    if module == PACKAGE or module.startswith(PACKAGE + "."):
+    if _in_package(type(exc).__module__ or ""):
         return True
-    if not isinstance(exc, ValueError):
-        return False
     tb = exc.__traceback__
-    if tb is None:
+    if not isinstance(exc, ValueError) or tb is None:
         return False
     while tb.tb_next is not None:  # the innermost frame: where the error was raised
         tb = tb.tb_next
-    name = tb.tb_frame.f_globals.get("__name__", "")
-    return name == PACKAGE or name.startswith(PACKAGE + ".")
-
-
-def _log_files() -> list[str]:
-    return [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    return _in_package(tb.tb_frame.f_globals.get("__name__", ""))
 
 
 def _excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
     if os.environ.get(TRACEBACK_ENV) or not is_own_error(exc) or issubclass(kind, KeyboardInterrupt):
         sys.__excepthook__(kind, exc, tb)
         return
-    files = _log_files()
-    for handler in logging.getLogger().handlers:  # the traceback goes to the log file only
-        if isinstance(handler, logging.FileHandler):
-            record = logging.LogRecord(PACKAGE, logging.ERROR, __file__, 0, "Command failed", None, (kind, exc, tb))
-            handler.handle(record)
-    where = f"{os.path.relpath(files[0])}, or rerun" if files else "rerun"
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    record = logging.LogRecord(PACKAGE, logging.ERROR, __file__, 0, "Command failed", None, (kind, exc, tb))
+    for handler in files:  # the traceback goes to the log file only
+        handler.handle(record)
+    where = f"{os.path.relpath(files[0].baseFilename)}, or rerun" if files else "rerun"
     sys.stderr.write(f"{PACKAGE}: {kind.__name__}: {exc}\n(traceback: {where} with {TRACEBACK_ENV}=1)\n")
 
 
