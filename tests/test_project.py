@@ -18,7 +18,7 @@ PIPELINES = ("sample_data", "ingestion", "preprocessing", "extraction", "trainin
              "rebalancing", "evaluation")
 # Catalog datasets that can hold identifiers or source paths: their DVC outs must not be pushed.
 IDENTIFIABLE = {"raw_sources", "raw_sources@sample", "source_inventory", "ingestion_manifest", "ingestion_rejected",
-                "ingested_images", "ingested_masks"}
+                "ingested_images", "ingested_masks", "deid_candidates", "deid_candidate_items"}
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """The per-file pass in worker processes: same outputs with any number of workers, one file's
-failure is that file's rejection, and no per-file pixels or copies are held in memory."""
+failure is that file's rejection (or, for de-identification, its item's quarantine), and no
+per-file pixels or copies are held in memory."""
 
 from __future__ import annotations
 
@@ -15,16 +16,19 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from synthmed.core.config import from_params
 from synthmed.datasets.file_folder import FileFolderDataset
+from synthmed.datasets.integrity import DataChecksumError
 from synthmed.pipelines import ingestion, preprocessing
-from synthmed.pipelines.ingestion import nodes
+from synthmed.pipelines.ingestion import dicom_pass, nodes
 from synthmed.pipelines.preprocessing import nodes as preprocessing_nodes
-from synthmed.privacy.dicom_deid import DicomDeidConfig
 from synthmed.privacy.pixel_checks import PIXEL_COLUMNS
 from tests.conftest import TEST_KEY, project_catalog, run
 
 BOOM = "s01/i002.dcm"
 PARAMS = {"max_rejection_rate": 1.0, "labels_csv": None}
+DEID = {"dates": "shift", "date_shift_days": (-3650, -365), "keep_private": (),
+        "quarantine_modalities": ("US", "SC", "OT"), "quarantine_burned_in": True, "allow_classes": ()}
 
 
 def write_ct_series(root: Path, n_series: int, length: int) -> None:
@@ -48,8 +52,7 @@ def write_ct_series(root: Path, n_series: int, length: int) -> None:
 def _outputs(tmp_path: Path, source: Path, workers: int) -> dict[str, str]:
     """sha256 of every file ingestion and de-identification write, by relative path."""
     work = tmp_path / f"work{workers}"
-    catalog = project_catalog(work, source, overrides={"ingestion": {**PARAMS, "workers": workers},
-                                                       "preprocessing": {"workers": workers}})
+    catalog = project_catalog(work, source, overrides={"ingestion": {**PARAMS, "workers": workers}})
     pipeline = ingestion.create_pipeline() + preprocessing.create_pipeline().only_nodes(
         "check_pixels", "deidentify_sources")
     run(pipeline, catalog)
@@ -66,6 +69,8 @@ def test_two_workers_write_the_same_files_as_one(tmp_path):
     one, two = _outputs(tmp_path, source, 1), _outputs(tmp_path, source, 2)
     assert sum(p.startswith("03_primary/deidentified/dicom/") for p in one) == 8
     assert any(p.startswith("02_intermediate/ingestion/images/") and p.endswith(".npy") for p in one)
+    # The candidate layer (copies and their table) is an output too: the same with 2 workers.
+    assert sum(p.startswith("02_intermediate/deid_candidates/files/dicom/") for p in one) == 8
     assert one == two
 
 
@@ -84,14 +89,14 @@ def _read(source: Path, workers: int):
     params = {**PARAMS, "workers": workers}
     inventory = nodes.inventory_sources(raw, params)
     labels = nodes.read_label_table(raw, params)
-    return raw, nodes.read_dicom_items(raw, inventory, labels, TEST_KEY, params)
+    return raw, nodes.read_dicom_items(raw, inventory, labels, TEST_KEY, params, DEID)
 
 
 def test_an_exception_escaping_a_worker_rejects_only_its_file(tmp_path, monkeypatch):
     source = tmp_path / "src"
     write_ct_series(source, 3, 3)
     monkeypatch.setattr(nodes, "scan_dicom_file", _scan_or_die)
-    _, (manifest, rejected, items) = _read(source, workers=2)
+    _, (manifest, rejected, items, _, _) = _read(source, workers=2)
     assert rejected[["source_path", "reason", "detail"]].values.tolist() == [
         [BOOM, "decode_failed", "MemoryError: the worker ran out of memory on this file"]]
     # The pool went on: every other file, those after BOOM included, was read and accepted.
@@ -102,17 +107,20 @@ def test_an_exception_escaping_a_worker_rejects_only_its_file(tmp_path, monkeypa
 def test_the_reader_holds_no_pixels_and_its_spill_folder_goes_with_its_loaders(tmp_path):
     source = tmp_path / "src"
     write_ct_series(source, 2, 3)
-    _, (manifest, _, items) = _read(source, workers=1)
+    _, (manifest, _, items, copies, _) = _read(source, workers=1)
     assert len(items) == 2
     for loader in items.values():  # paths and checksums only; the arrays wait on disk
         assert not any(isinstance(v, np.ndarray | bytes) for v in vars(loader).values())
         assert loader.array_path.is_file()
     spill = next(iter(items.values())).spill.path
-    # Per-file pixels were removed once stacked into their series: one array per item is left.
-    assert sorted(p.name for p in spill.iterdir()) == sorted(loader.array_path.name for loader in items.values())
+    # Per-file pixels were removed once stacked into their series: one array per item is left,
+    # and each file's de-identified copy, handed over as a loader of its bytes.
+    assert len(copies) == 6 and all(callable(v) for v in copies.values())
+    assert sorted(p.name for p in spill.iterdir()) == sorted(
+        [loader.array_path.name for loader in items.values()] + [f"{i:08d}.dcm" for i in range(6)])
     arrays = [loader.image() for loader in items.values()]
     assert [a.shape for a in arrays] == [(1, 128, 128, 3)] * 2
-    del items, loader, arrays
+    del items, loader, arrays, copies
     gc.collect()
     assert not spill.exists()
 
@@ -125,7 +133,7 @@ def _peak_bytes_of_reading(tmp_path: Path, n_series: int) -> int:
     labels = nodes.read_label_table(raw, PARAMS)
     gc.collect()
     tracemalloc.start()
-    result = nodes.read_dicom_items(raw, inventory, labels, TEST_KEY, {**PARAMS, "workers": 1})
+    result = nodes.read_dicom_items(raw, inventory, labels, TEST_KEY, {**PARAMS, "workers": 1}, DEID)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert len(result[2]) == n_series
@@ -140,24 +148,46 @@ def test_reading_memory_does_not_grow_with_the_pixels_of_every_file(tmp_path):
     assert large - small < 300_000, (small, large)
 
 
-def test_deidentify_sources_hands_over_loaders_not_copies(tmp_path):
+def _candidates(tmp_path: Path, copies: dict) -> object:
+    """The candidate layer as preprocessing loads it (saved, then listed and verified)."""
+    dataset = FileFolderDataset(path=str(tmp_path / "candidates"))
+    dataset.save(copies)
+    return dataset.load()
+
+
+def test_deidentify_sources_publishes_the_candidate_copies_as_they_are(tmp_path):
     source = tmp_path / "src"
     write_ct_series(source, 2, 3)
-    raw, (manifest, _, _) = _read(source, workers=1)
-    deid = {"dates": "shift", "date_shift_days": (-3650, -365), "keep_private": (),
-            "quarantine_modalities": ("US", "SC", "OT"), "quarantine_burned_in": True, "allow_classes": ()}
-    DicomDeidConfig.from_params(deid)
+    raw, (manifest, _, _, copies, table) = _read(source, workers=1)
+    candidates = _candidates(tmp_path, copies)
     files, audit, quarantine = preprocessing_nodes.deidentify_sources(
-        raw, manifest, {}, {}, TEST_KEY, deid, 2, NO_PIXEL_CHECKS)
+        raw, manifest, {}, {}, candidates, table, DEID, NO_PIXEL_CHECKS)
     assert len(files) == 6 and quarantine.empty
     assert all(callable(v) for v in files.values())  # nothing de-identified is held in memory
-    first = next(iter(files.values()))
-    spill = Path(first.args[0]).parent
-    assert pydicom.dcmread(Path(first.args[0])).PatientIdentityRemoved == "YES"
+    # Published byte for byte as ingestion's pass made them: not parsed or re-encoded again.
+    assert sorted(files) == sorted(candidates.files)
+    assert all(files[name]() == candidates.read_bytes(name) for name in files)
+    first = pydicom.dcmread(candidates.root / next(iter(files)))
+    assert first.PatientIdentityRemoved == "YES" and first.PatientID.startswith("SM")
     assert audit["actions"].str.contains("private_removed=").all()
-    del files, first
-    gc.collect()
-    assert not spill.exists()
+    assert audit["actions"].tolist() == table["actions"].tolist()
+
+
+def test_preprocessing_refuses_copies_of_another_profile_or_a_missing_copy(tmp_path):
+    source = tmp_path / "src"
+    write_ct_series(source, 1, 2)
+    raw, (manifest, _, _, copies, table) = _read(source, workers=1)
+    other = {**DEID, "dates": "remove"}
+    with pytest.raises(ValueError, match="made with another preprocessing.deid profile"):
+        preprocessing_nodes.deidentify_sources(raw, manifest, {}, {}, _candidates(tmp_path, copies), table, other,
+                                               NO_PIXEL_CHECKS)
+    first = sorted(copies)[0]
+    candidates = _candidates(tmp_path, {name: v for name, v in copies.items() if name != first})
+    with pytest.raises(DataChecksumError, match="missing from the de-identification candidates"):
+        preprocessing_nodes.deidentify_sources(raw, manifest, {}, {}, candidates, table, DEID, NO_PIXEL_CHECKS)
+    with pytest.raises(ValueError, match="1 DICOM item.s. without a row"):
+        preprocessing_nodes.deidentify_sources(raw, manifest, {}, {}, candidates, table.iloc[0:0], DEID,
+                                               NO_PIXEL_CHECKS)
 
 
 def test_workers_must_be_positive_or_null():
@@ -165,32 +195,43 @@ def test_workers_must_be_positive_or_null():
     for bad in (0, -2, True):
         with pytest.raises(ValueError, match="ingestion.workers must be a positive number"):
             nodes.IngestionConfig(workers=bad)
-        with pytest.raises(ValueError, match="preprocessing.workers must be a positive number"):
-            preprocessing_nodes.PreprocessingConfig(intensity={"default": {}}, workers=bad)
+    # DICOM files are de-identified by ingestion's workers: preprocessing has no pool any more.
+    with pytest.raises(ValueError, match=r"Unknown key\(s\) \['workers'\]"):
+        from_params(preprocessing_nodes.PreprocessingConfig, {"intensity": {"default": {}}, "workers": 2},
+                    "preprocessing")
 
 
-def _deidentify_or_die(root, rel, *args):
-    """`deidentify_dicom_file`, except that it raises for one file (module level: picklable)."""
-    if rel == BOOM:
+def _scan_with_failing_deid(root, rel, *args):
+    """`scan_dicom_file`, whose de-identification raises for BOOM (module level: picklable)."""
+    if rel != BOOM:
+        return _SCAN(root, rel, *args)
+
+    def fail(*_args, **_kwargs):
         raise ValueError("SECRET-VALUE in a header")
-    return _DEIDENTIFY(root, rel, *args)
+
+    real, dicom_pass.deidentify = dicom_pass.deidentify, fail
+    try:
+        return _SCAN(root, rel, *args)
+    finally:
+        dicom_pass.deidentify = real
 
 
-_DEIDENTIFY = preprocessing_nodes.deidentify_dicom_file
 NO_PIXEL_CHECKS = pd.DataFrame(columns=PIXEL_COLUMNS)
 
 
 def test_a_file_that_cannot_be_deidentified_quarantines_its_item_only(tmp_path, monkeypatch):
     source = tmp_path / "src"
     write_ct_series(source, 3, 3)
-    raw, (manifest, _, _) = _read(source, workers=1)
-    monkeypatch.setattr(preprocessing_nodes, "deidentify_dicom_file", _deidentify_or_die)
-    deid = {"dates": "shift", "date_shift_days": (-3650, -365), "keep_private": (),
-            "quarantine_modalities": ("US", "SC", "OT"), "quarantine_burned_in": True, "allow_classes": ()}
-    files, audit, quarantine = preprocessing_nodes.deidentify_sources(
-        raw, manifest, {}, {}, TEST_KEY, deid, 2, NO_PIXEL_CHECKS)
-    assert quarantine["reason"].tolist() == ["de-identification failed on instance 0002 (ValueError)"]
+    monkeypatch.setattr(nodes, "scan_dicom_file", _scan_with_failing_deid)
+    raw, (manifest, rejected, _, copies, table) = _read(source, workers=2)
+    assert rejected.empty  # read and decoded: accepted; only its item stays out of the primary layer
     boom_item = manifest.loc[manifest["source_paths"].str.contains(BOOM), "item_id"].item()
+    failed = "de-identification failed on instance 0002 (ValueError)"
+    assert table.set_index("item_id").loc[boom_item, "reason"] == failed
+    assert len(copies) == 6 and not any(boom_item in path for path in copies)  # no copy of its other files either
+    files, audit, quarantine = preprocessing_nodes.deidentify_sources(
+        raw, manifest, {}, {}, _candidates(tmp_path, copies), table, DEID, NO_PIXEL_CHECKS)
+    assert quarantine["reason"].tolist() == [failed]
     assert quarantine["item_id"].tolist() == [boom_item]
     assert len(files) == 6 and not any(boom_item in path for path in files)
-    assert "SECRET" not in audit.to_csv() + quarantine.to_csv()
+    assert "SECRET" not in audit.to_csv() + quarantine.to_csv() + table.to_csv()

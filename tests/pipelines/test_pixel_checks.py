@@ -148,8 +148,8 @@ def test_defaced_nifti_copy_of_a_left_right_flipped_scaled_image_matches_the_can
 
 
 def test_an_item_whose_pixel_check_fails_stays_out_and_the_others_are_checked(tmp_path, monkeypatch):
-    from synthmed.datasets.file_folder import FileFolderDataset
     from synthmed.pipelines.preprocessing import pixel_nodes
+    from synthmed.privacy.dicom_deid import CANDIDATE_COLUMNS
 
     real = pixel_nodes.check_item
 
@@ -165,11 +165,10 @@ def test_an_item_whose_pixel_check_fails_stays_out_and_the_others_are_checked(tm
     named = "a1"
     monkeypatch.setattr(pixel_nodes, "check_item", fail_on_the_named_photo)
     plain = np.asarray(Image.open(io.BytesIO(_gradient_png(None))))[None].astype(np.float32)
-    (tmp_path / "src").mkdir()
-    raw = FileFolderDataset(path=str(tmp_path / "src")).load()
     deid = {"dates": "shift", "date_shift_days": (-3650, -365), "keep_private": (),
             "quarantine_modalities": ("US", "SC", "OT"), "quarantine_burned_in": True, "allow_classes": ()}
-    table = pixel_nodes.check_pixels(raw, manifest, {"a1": plain, "b2": plain}, _pixel_params(), deid)
+    no_dicom = pd.DataFrame(columns=CANDIDATE_COLUMNS)
+    table = pixel_nodes.check_pixels(manifest, {"a1": plain, "b2": plain}, no_dicom, _pixel_params(), deid)
     rows = table.set_index("item_id")
     assert rows.loc["a1", "reason"] == "pixel check failed (RuntimeError)"
     assert rows.loc["b2", "reason"] == "" and bool(rows.loc["b2", "ocr_checked"])

@@ -77,6 +77,8 @@ def test_split_table_is_leak_free(processed):
 
 
 def test_a_source_changed_after_ingestion_stops_preprocessing(tmp_path, source_folder):
+    """Sources preprocessing reads again (NIfTI) are checked against ingestion's checksums; DICOM
+    copies come from the candidate layer, whose listing is checked the same way."""
     import pytest
 
     from synthmed.pipelines import ingestion, preprocessing
@@ -85,11 +87,40 @@ def test_a_source_changed_after_ingestion_stops_preprocessing(tmp_path, source_f
     source, _ = source_folder
     catalog = project_catalog(tmp_path, source, overrides={"ingestion": {"max_rejection_rate": 0.5}})
     run(ingestion.create_pipeline(), catalog)
-    with open(source / "dicom/series/slice2.dcm", "ab") as handle:
-        handle.write(b"\x00")
+    head = (source / "nifti/head.nii.gz").read_bytes()
+    (source / "nifti/head.nii.gz").write_bytes(head + b"\x00")
     with pytest.raises(Exception, match="changed since its checksum was recorded"):
         run(preprocessing.create_pipeline(), catalog)
     assert not (tmp_path / "data/03_primary/deidentified").exists()
+    (source / "nifti/head.nii.gz").write_bytes(head)
+    (copy,) = (tmp_path / "data/02_intermediate/deid_candidates/files").rglob("0001.dcm")  # a series slice
+    copy.write_bytes(copy.read_bytes().replace(b"YES", b"NO "))
+    with pytest.raises(Exception, match="sha256"):
+        run(preprocessing.create_pipeline(), catalog)
+    assert not (tmp_path / "data/03_primary/deidentified").exists()
+
+
+def test_preprocessing_parses_no_raw_dicom_file(processed, monkeypatch):
+    """Issue 9 item 11: each DICOM file is parsed once, by ingestion; preprocessing reads its copies."""
+    import pydicom
+
+    from synthmed.pipelines import preprocessing
+
+    workdir, catalog = processed
+    parsed = []
+    real = pydicom.dcmread
+
+    def counting(*args, **kwargs):
+        parsed.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", counting)
+    monkeypatch.setattr(pydicom.filereader, "dcmread", counting)
+    from tests.conftest import run
+
+    run(preprocessing.create_pipeline().only_nodes("check_pixels", "deidentify_sources"), catalog)
+    assert parsed == []
+    assert len(list((workdir / "data/03_primary/deidentified/dicom").rglob("*.dcm"))) == 5
 
 
 def test_a_float_tiff_is_copied_losslessly_as_npy(tmp_path):

@@ -13,8 +13,11 @@ Where the table allows several actions, the safer one is taken:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import functools
+import hashlib
+import json
 import logging
 import re
 from collections import Counter
@@ -135,6 +138,50 @@ class DicomDeidConfig:
     def from_params(cls, params: Mapping[str, Any]) -> DicomDeidConfig:
         """Build from a ``params:`` mapping; unknown and missing keys fail, naming them."""
         return from_params(cls, params, "preprocessing.deid")
+
+    def fingerprint(self) -> str:
+        """A short digest of every option (and of the table edition), to tell copies made with another profile.
+
+        Ingestion makes the de-identified copies; preprocessing publishes them only if they
+        were made with the profile it is configured with now (``kedro run --pipelines
+        preprocessing`` after editing ``preprocessing.deid`` must not publish old copies).
+        """
+        options = {**dataclasses.asdict(self), "table_edition": TABLE_EDITION}
+        return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# The candidate table (``deid_candidate_items``, local): one row per accepted DICOM item,
+# written by ingestion's one pass, read by preprocessing. ``actions``: `format_actions` of the
+# files de-identified before the first that failed or was quarantined (all when none did);
+# ``reason``: why the item must not be published ("" when its copies are in the candidate
+# layer); ``at_risk``, ``body_part``: of the first instance (the pixel checks' OCR and head
+# rules); ``source_sha256``: the series checksum of the ingestion manifest; ``deid_profile``:
+# `DicomDeidConfig.fingerprint` of the profile the copies were made with.
+CANDIDATE_COLUMNS = ["item_id", "instances", "actions", "reason", "at_risk", "body_part", "source_sha256",
+                     "deid_profile"]
+
+
+def format_actions(actions: Mapping[str, int]) -> str:
+    """Action counts as the audit writes them: ``"name=count;..."``, sorted, zero counts left out."""
+    return ";".join(f"{name}={count}" for name, count in sorted(actions.items()) if count)
+
+
+def parse_actions(text: str) -> Counter[str]:
+    """The counts of a `format_actions` text (empty text: no action)."""
+    counts: Counter[str] = Counter()
+    for part in filter(None, str(text).split(";")):
+        name, count = part.split("=")
+        counts[name] += int(count)
+    return counts
+
+
+def failed_reason(instance: int, error: str) -> str:
+    """The quarantine reason of an item one of whose instances could not be de-identified.
+
+    Only the exception class is kept: the reason goes to the primary layer (pushed), and an
+    exception text may quote a header value.
+    """
+    return f"de-identification failed on instance {instance:04d} ({error})"
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,19 @@
 
 ``scan_dicom_file`` runs in a worker process (``synthmed.core.parallel.ordered_map``) for
 each file: it reads the bytes, parses them once, classifies the object
-(``synthmed.imaging.dicom_objects``), decodes the pixel data once, and leaves the header
-elements that series assembly needs and the decoded pixels in a spill folder, so that the
-parent process holds a small record per file and not its pixels. ``assemble_dicom_series``
-then stacks each series from those spilled pixels (also in a worker), without decoding
-again, and writes the item's array for saving.
+(``synthmed.imaging.dicom_objects``), decodes the pixel data once, de-identifies the parsed
+dataset (``synthmed.privacy.dicom_deid``: the same pass gives the copy's bytes, its audit
+counts and its quarantine decision), and leaves the header elements that series assembly
+needs, the decoded pixels and the de-identified copy in a spill folder, so that the parent
+process holds a small record per file and neither its pixels nor its copy.
+``assemble_dicom_series`` then stacks each series from those spilled pixels (also in a
+worker), without decoding again, and writes the item's array for saving. The copies become
+the local candidate layer (``deid_candidates``), which preprocessing publishes after the
+pixel checks; no later step parses the file again.
 
 Spill format (no pickle): the header is the elements as parsed, written back as a DICOM
 data set in the file's own encoding (raw values, no conversion: about 0.2 ms per file), the
-pixels an ``.npy`` file.
+pixels an ``.npy`` file, the de-identified copy a ``.dcm`` file.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from pydicom.filewriter import write_dataset
 from pydicom.tag import Tag
 
 from synthmed.core.checksums import sha256_bytes
-from synthmed.datasets.file_folder import SourceFolder
+from synthmed.core.parallel import SpillFolder
+from synthmed.datasets.file_folder import SourceFolder, encode
 from synthmed.imaging.dicom_objects import (
     SEGMENTATION,
     DicomRecord,
@@ -38,7 +43,7 @@ from synthmed.imaging.dicom_objects import (
 )
 from synthmed.imaging.readers import Decoded, ReadError, decode_dicom_series, dicom_pixels, read_dicom
 from synthmed.imaging.series import SegRecord, dicom_record
-from synthmed.privacy.dicom_deid import dicom_patient_identity
+from synthmed.privacy.dicom_deid import DicomDeidConfig, deidentify, dicom_patient_identity, quarantine_reason
 
 # Reason code of a file whose reading or decoding raised an exception no reader anticipated.
 DECODE_FAILED = "decode_failed"
@@ -68,6 +73,56 @@ def as_read_error(exc: Exception) -> ReadError:
 
 
 @dataclass(frozen=True)
+class DeidOutcome:
+    """What de-identifying one parsed file gave (small: it crosses process boundaries).
+
+    Attributes:
+        copy: where the de-identified file's bytes wait (spill folder), or None.
+        actions: the action counts of `deidentify` (never values), sorted by name.
+        quarantine_reason: why `deidentify` would not publish the file (header rule), or "".
+        error: the exception class when de-identification raised (the text may quote a
+            header value, so it is not kept), or "".
+        at_risk: the header quarantine rule flags the file (burned-in text likely): the
+            pixel checks read such items by OCR.
+        body_part: Body Part Examined (the pixel checks' head rule), or "".
+    """
+
+    copy: str | None = None
+    actions: tuple[tuple[str, int], ...] = ()
+    quarantine_reason: str = ""
+    error: str = ""
+    at_risk: bool = False
+    body_part: str = ""
+
+
+def deidentify_copy(ds: pydicom.Dataset, key: bytes, config: DicomDeidConfig, target: Path) -> DeidOutcome:
+    """De-identify ``ds`` (consumed: the caller is done with it) and write the copy to ``target``.
+
+    A file that cannot be de-identified is not rejected (it was read and decoded): its item
+    is quarantined by preprocessing, so the outcome carries the error class instead.
+    """
+    try:
+        at_risk = quarantine_reason(ds, config) is not None
+        body_part = str(ds.get("BodyPartExamined", "") or "")
+    except Exception as exc:  # noqa: BLE001 - one file never stops the run; its item stays out
+        return DeidOutcome(error=type(exc).__name__)
+    try:
+        result = deidentify(ds, key, config, consume=True)
+        if result.quarantine_reason is not None:
+            return DeidOutcome(quarantine_reason=result.quarantine_reason, at_risk=at_risk, body_part=body_part)
+        target.write_bytes(encode(target.name, result.dataset))
+    except Exception as exc:  # noqa: BLE001 - as above
+        target.unlink(missing_ok=True)
+        return DeidOutcome(error=type(exc).__name__, at_risk=at_risk, body_part=body_part)
+    return DeidOutcome(str(target), tuple(sorted(result.actions.items())), at_risk=at_risk, body_part=body_part)
+
+
+def read_copy(path: str, spill: SpillFolder) -> bytes:
+    """The bytes of a de-identified copy (``spill`` keeps its folder alive until they are saved)."""
+    return Path(path).read_bytes()
+
+
+@dataclass(frozen=True)
 class DicomScan:
     """What the one pass over one DICOM file found (small: it crosses process boundaries).
 
@@ -80,6 +135,7 @@ class DicomScan:
         encoding: ``(is_implicit_VR, is_little_endian)`` of the spilled header.
         class_label: the SOP class keyword or name ("" when the file could not be parsed).
         reason, detail: the rejection, or an ignored reason (``non_image``); "" when usable.
+        deid: the de-identification of an image file (its copy is ``<stem>.dcm``), else None.
     """
 
     path: str
@@ -90,6 +146,7 @@ class DicomScan:
     class_label: str = ""
     reason: str = ""
     detail: str = ""
+    deid: DeidOutcome | None = None
 
     def load(self) -> tuple[pydicom.Dataset, np.ndarray]:
         """The header and the decoded pixels the worker left in the spill folder."""
@@ -97,9 +154,15 @@ class DicomScan:
         return header, np.load(f"{self.spilled}.npy", allow_pickle=False)
 
     def remove_spilled(self) -> None:
+        """Remove the header and pixels (stacked into the item's array, or not needed)."""
         if self.spilled is not None:
             for suffix in (".hdr", ".npy"):
                 Path(f"{self.spilled}{suffix}").unlink(missing_ok=True)
+
+    def remove_copy(self) -> None:
+        """Remove the de-identified copy (a rejected file, a duplicate, an item that stays out)."""
+        if self.deid is not None and self.deid.copy is not None:
+            Path(self.deid.copy).unlink(missing_ok=True)
 
 
 def _header_bytes(elements: dict, encoding: tuple[bool, bool], character_set: list[str]) -> bytes:
@@ -130,13 +193,15 @@ def _write_header(path: Path, ds: pydicom.Dataset) -> tuple[bool, bool]:
     return encoding
 
 
-def scan_dicom_file(root: Path, rel: str, size: int, max_pixels: int, spill_dir: Path, index: int) -> DicomScan:
-    """Read, parse, classify and decode one DICOM file: the only time ingestion parses its bytes.
+def scan_dicom_file(root: Path, rel: str, size: int, max_pixels: int, spill_dir: Path, index: int,
+                    key: bytes, deid_config: DicomDeidConfig) -> DicomScan:
+    """Read, parse, classify, decode and de-identify one DICOM file: the only time synthmed parses its bytes.
 
     Runs in a worker process. The file is read through a `SourceFolder` of that one file (the
     boundary check on links is repeated). Non-image objects come back with the ignored reason
-    ``non_image``; a DICOM SEG with its `SegRecord`, not decoded here. Every exception
-    becomes the file's rejection.
+    ``non_image``; a DICOM SEG with its `SegRecord`, not decoded here. Every exception while
+    reading or decoding becomes the file's rejection; one while de-identifying is kept in
+    ``deid`` (the file is accepted, its item quarantined later).
     """
     class_label = ""
     try:
@@ -161,7 +226,9 @@ def scan_dicom_file(root: Path, rel: str, size: int, max_pixels: int, spill_dir:
     except Exception as exc:  # noqa: BLE001 - one file never stops the run (see as_read_error)
         error = as_read_error(exc)
         return DicomScan(rel, class_label=class_label, reason=error.reason, detail=error.detail)
-    return DicomScan(rel, record=record, spilled=str(stem), encoding=encoding, class_label=class_label)
+    # Last: de-identification consumes the dataset (no deep copy), so nothing may read it after.
+    deid = deidentify_copy(ds, key, deid_config, Path(f"{stem}.dcm"))
+    return DicomScan(rel, record=record, spilled=str(stem), encoding=encoding, class_label=class_label, deid=deid)
 
 
 @dataclass(frozen=True)
@@ -187,7 +254,7 @@ def assemble_dicom_series(root: Path, scans: list[DicomScan], sizes: Mapping[str
 
     The series checksum (sha256 of its files in order) is computed from the bytes read again
     here, each checked against the checksum of the bytes its scan decoded. The per-file
-    spill files are removed.
+    header and pixel spill files are removed (the de-identified copies stay for saving).
     """
     source = SourceFolder(root=root, files=tuple(sizes), sizes=sizes)
     try:

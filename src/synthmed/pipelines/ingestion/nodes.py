@@ -12,6 +12,11 @@ Identifiers are never written: item ids and patient keys are keyed pseudonyms
 (``synthmed.privacy.pseudonyms``). The manifest and the rejected table keep the relative
 source path so that a data engineer can find a file; they stay on this machine (DVC
 ``push: false``) and no source path is logged or sent to MLflow.
+
+DICOM files are de-identified in the same pass that decodes them (issue 9 item 11): the
+copies and one row per item (audit counts, quarantine decision, what the pixel checks need
+from the header) form the candidate layer ``data/02_intermediate/deid_candidates`` (local,
+``push: false``), which preprocessing publishes once the pixel checks have decided per item.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,7 @@ from synthmed.core.checksums import sha256_bytes
 from synthmed.core.config import from_params
 from synthmed.core.manifest import PATH_SEPARATOR, format_shape, format_spacing
 from synthmed.core.parallel import SpillFolder, chunk_size, ordered_map, resolve_workers
+from synthmed.core.progress import ProgressLog
 from synthmed.datasets.file_folder import SourceFolder
 from synthmed.imaging.dicom_objects import DUPLICATE_OF, IGNORED_REASONS, NON_IMAGE, deduplicate, item_key
 from synthmed.imaging.readers import (
@@ -52,8 +59,10 @@ from synthmed.pipelines.ingestion.dicom_pass import (
     SeriesAssembly,
     as_read_error,
     assemble_dicom_series,
+    read_copy,
     scan_dicom_file,
 )
+from synthmed.privacy.dicom_deid import CANDIDATE_COLUMNS, DicomDeidConfig, failed_reason, format_actions
 from synthmed.privacy.pseudonyms import pseudonym
 
 logger = logging.getLogger(__name__)
@@ -311,7 +320,10 @@ def _read_file_items(
     mask_of, orphans = pair_masks(rows[rows["role"] == "image"]["source_path"],
                                   rows[rows["role"] == "mask"]["source_path"], config.mask_suffix)
     manifest, rejected, items = [], [], {}
-    for rel, mask_rel in tqdm(mask_of.items(), desc=f"reading {family}", unit="file", disable=None):
+    progress = ProgressLog(logger, f"Reading {family} files", len(mask_of), "files")
+    for done, (rel, mask_rel) in enumerate(tqdm(mask_of.items(), desc=f"reading {family}", unit="file",
+                                                disable=None)):
+        progress.update(done)  # before the item: a rejected file continues the loop
         try:
             blob = raw_sources.read_bytes(rel)
             decoded = decode_item(family, [blob], config.max_pixels)
@@ -345,6 +357,8 @@ def _read_file_items(
         patient_key = pseudonym(key, "patient", meta["patient"])
         manifest.append(_manifest_row(item_id, patient_key, family, decoded, meta, loader))
         items[item_id] = loader
+    if mask_of:
+        progress.update(len(mask_of))
     for stem, mask_rel in orphans.items():
         rejected.append(_rejection(mask_rel, family, "mask_without_image",
                                    f"no {family} image named like {stem!r} for this mask"))
@@ -373,11 +387,13 @@ def read_dicom_items(
     label_table: pd.DataFrame,
     pseudonymisation_key: bytes,
     params: dict[str, Any],
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, ItemLoader]]:
-    """DICOM files grouped into one item per series (patient, study, series).
+    deid_params: dict[str, Any],
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, ItemLoader], dict[str, Any], pd.DataFrame]:
+    """DICOM files grouped into one item per series (patient, study, series), and their de-identified copies.
 
     One pass per file (`scan_dicom_file`, in ``ingestion.workers`` processes): it is read,
-    parsed, classified by its SOP class and its pixel data decoded once. Non-image objects
+    parsed, classified by its SOP class, its pixel data decoded and the dataset de-identified
+    (``preprocessing.deid``, the PS3.15 profile) once. Non-image objects
     (reports, RT plans and structure sets, RT Dose, DICOMDIR, presentation states,
     waveforms, ...) are ignored with the reason ``non_image`` and the class name
     (``synthmed.imaging.dicom_objects.classify``); one truncated or undecodable instance is
@@ -392,13 +408,22 @@ def read_dicom_items(
     as ``mask_without_image``, a second one as ``extra_mask``, an unreadable or misaligned
     one with its reason (the image item stays, without a mask).
 
+    The de-identified copies of an accepted item are named like their published copies
+    (``dicom/<patient_key>/<item_id>/<instance>.dcm``); an item one of whose files the
+    profile quarantines (burned-in text likely) or could not de-identify has no copy, only
+    its reason (the first such file in series order decides, as in the audit).
+
     Returns:
-        ``(manifest, rejected, loaders)``; ``rejected`` also holds the ignored files, with a
-        reason in ``IGNORED_REASONS``, which ``combine_ingestion`` moves to the inventory.
-        Arrays (at save time): a single instance is ``(C, H, W)``; a series or multi-frame
-        instance is ``(1, X, Y, Z)``.
+        ``(manifest, rejected, loaders, candidates, candidate_items)``; ``rejected`` also holds
+        the ignored files, with a reason in ``IGNORED_REASONS``, which ``combine_ingestion``
+        moves to the inventory. Arrays (at save time): a single instance is ``(C, H, W)``; a
+        series or multi-frame instance is ``(1, X, Y, Z)``. ``candidates`` maps copy names
+        to loaders of their bytes (``FileFolderDataset``), ``candidate_items`` has
+        ``CANDIDATE_COLUMNS``.
     """
     config = _config(params)
+    deid_config = DicomDeidConfig.from_params(deid_params)
+    profile = deid_config.fingerprint()
     lookup = _label_lookup(label_table)
     key = pseudonymisation_key
     is_image = (source_inventory["format"] == "dicom") & (source_inventory["role"] == "image")
@@ -406,7 +431,7 @@ def read_dicom_items(
     spill = SpillFolder("synthmed-ingestion-")
     workers = resolve_workers(config.workers, len(files))
     logger.info("Reading %d DICOM files with %d process(es)", len(files), workers)
-    jobs = ((raw_sources.root, rel, raw_sources.sizes[rel], config.max_pixels, spill.path, index)
+    jobs = ((raw_sources.root, rel, raw_sources.sizes[rel], config.max_pixels, spill.path, index, key, deid_config)
             for index, rel in enumerate(files))
     # Rejected rows, and ignored rows (reasons in IGNORED_REASONS) that combine_ingestion moves
     # to the inventory: one table keeps this node's outputs as they were.
@@ -415,7 +440,10 @@ def read_dicom_items(
     segs: list[SegRecord] = []
     classes: Counter[str] = Counter()
     results = ordered_map(scan_dicom_file, jobs, workers, chunk_size(len(files), workers))
-    for rel, scan in tqdm(zip(files, results), total=len(files), desc="reading DICOM", unit="file", disable=None):
+    progress = ProgressLog(logger, "Reading and de-identifying DICOM files", len(files), "files")
+    for done, (rel, scan) in enumerate(tqdm(zip(files, results), total=len(files), desc="reading DICOM",
+                                            unit="file", disable=None), start=1):
+        progress.update(done)
         if isinstance(scan, Exception):  # the worker itself failed (e.g. it was killed)
             error = as_read_error(scan)
             scan = DicomScan(rel, reason=error.reason, detail=error.detail)
@@ -432,7 +460,9 @@ def read_dicom_items(
     kept, duplicates = deduplicate([scan.record for scan in scans.values()])
     for record, kept_path, note in duplicates:
         rejected.append(_rejection(record.path, "dicom", DUPLICATE_OF, f"{kept_path} ({note})"))
-        scans.pop(record.path).remove_spilled()
+        duplicate = scans.pop(record.path)
+        duplicate.remove_spilled()
+        duplicate.remove_copy()
     groups = group_series((item_key(record), record.path) for record in kept)
     # Stacking, the series checksum and writing the item's array also run in the workers:
     # done here, they were a fifth of the time per file, which no second core could share.
@@ -440,6 +470,8 @@ def read_dicom_items(
              config.max_pixels, spill.path, index) for index, (_, paths) in enumerate(groups))
     assembled = ordered_map(assemble_dicom_series, jobs, resolve_workers(config.workers, len(groups)))
     manifest, items, item_of = [], {}, {}
+    candidates: dict[str, Any] = {}
+    candidate_rows: list[dict[str, Any]] = []
     for (group, paths), series in zip(groups, assembled):
         if isinstance(series, Exception):  # the worker itself failed
             for p in paths:
@@ -448,6 +480,8 @@ def read_dicom_items(
             series = SeriesAssembly(reason=error.reason, detail=error.detail)
         if series.reason:
             rejected.extend(_rejection(p, "dicom", series.reason, series.detail) for p in paths)
+            for p in paths:
+                scans[p].remove_copy()
             continue
         identity = group[0]
         decoded = series.decoded()
@@ -456,10 +490,14 @@ def read_dicom_items(
         loader = ItemLoader(raw_sources, "dicom", paths, series.sha256, None, None, config.max_pixels,
                             Path(series.array_path), spill)
         item_id = pseudonym(key, "series", "\x00".join(group))
-        manifest.append(_manifest_row(item_id, pseudonym(key, "patient", identity), "dicom", decoded, meta, loader))
+        patient_key = pseudonym(key, "patient", identity)
+        manifest.append(_manifest_row(item_id, patient_key, "dicom", decoded, meta, loader))
         items[item_id] = loader
         item_of[group] = item_id
         del decoded
+        row, copies = _candidate_item(item_id, f"dicom/{patient_key}/{item_id}", [scans[p] for p in paths], spill)
+        candidate_rows.append({**row, "source_sha256": series.sha256, "deid_profile": profile})
+        candidates.update(copies)
     # Issue 9 item 6: a DICOM SEG is the mask of the one accepted item of the series it references.
     mask_of, unpaired = pair_segmentations(segs, {group: group[2] for group in item_of})
     rejected.extend(_rejection(seg.path, "dicom", reason, detail) for seg, reason, detail in unpaired)
@@ -478,7 +516,42 @@ def read_dicom_items(
                              n_files=rows[item_id]["n_files"] + 1)
     if not items:
         spill.remove()
-    return (pd.DataFrame(manifest, columns=MANIFEST_COLUMNS), pd.DataFrame(rejected, columns=REJECTED_COLUMNS), items)
+    logger.info("De-identified copies of %d of %d DICOM items (the others stay out: %s)",
+                sum(not row["reason"] for row in candidate_rows), len(candidate_rows),
+                dict(Counter(row["reason"].split(":")[0] for row in candidate_rows if row["reason"])))
+    return (pd.DataFrame(manifest, columns=MANIFEST_COLUMNS), pd.DataFrame(rejected, columns=REJECTED_COLUMNS), items,
+            candidates, pd.DataFrame(candidate_rows, columns=CANDIDATE_COLUMNS))
+
+
+def _candidate_item(item_id: str, base: str, scans: list[DicomScan],
+                    spill: SpillFolder) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One item's candidate row (``CANDIDATE_COLUMNS`` but the checksum and profile) and copies.
+
+    The first instance (series order) that the profile quarantines or that could not be
+    de-identified decides the item's reason; the counts are those of the instances before it,
+    as the audit has always counted them. An item with a reason keeps no copy.
+    """
+    actions: Counter[str] = Counter()
+    reason = ""
+    for index, scan in enumerate(scans):
+        outcome = scan.deid
+        if outcome is None or outcome.error:
+            reason = failed_reason(index, outcome.error if outcome is not None else "no de-identification")
+        elif outcome.quarantine_reason:
+            reason = outcome.quarantine_reason
+        if reason:
+            break
+        actions.update(dict(outcome.actions))
+    first = scans[0].deid
+    row = {"item_id": item_id, "instances": len(scans), "actions": format_actions(actions), "reason": reason,
+           "at_risk": bool(first is not None and first.at_risk),
+           "body_part": first.body_part if first is not None else ""}
+    if reason:
+        for scan in scans:
+            scan.remove_copy()
+        return row, {}
+    return row, {f"{base}/{index:04d}.dcm": partial(read_copy, scan.deid.copy, spill)
+                 for index, scan in enumerate(scans)}
 
 
 # ------------------------------------------------------------------------- combine

@@ -22,7 +22,10 @@ def create_pipeline(**kwargs) -> Pipeline:
                  name="read_raster_items"),
             Node(_nodes.read_nifti_items, _READER_INPUTS, ["nifti_manifest", "nifti_rejected", "nifti_items"],
                  name="read_nifti_items"),
-            Node(_nodes.read_dicom_items, _READER_INPUTS, ["dicom_manifest", "dicom_rejected", "dicom_items"],
+            # One pass per DICOM file: pixels, de-identified copy and audit counts (issue 9 item 11);
+            # the copies wait in the local candidate layer until preprocessing's pixel checks.
+            Node(_nodes.read_dicom_items, [*_READER_INPUTS, "params:preprocessing.deid"],
+                 ["dicom_manifest", "dicom_rejected", "dicom_items", "deid_candidates", "deid_candidate_items"],
                  name="read_dicom_items"),
             Node(
                 _nodes.combine_ingestion,

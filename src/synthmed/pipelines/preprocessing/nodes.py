@@ -1,9 +1,10 @@
 """Nodes of the ``preprocessing`` pipeline.
 
 1. ``deidentify_sources``: a de-identified copy of every accepted item in its own format
-   (DICOM per PS3.15 Annex E, NIfTI with blank header text, 2D images re-encoded from
-   pixels), named only by pseudonyms, plus an audit table of the actions applied (counts,
-   never values) and the items quarantined (burned-in annotation, US/SC/OT by default).
+   (DICOM per PS3.15 Annex E, made by ingestion's one pass and published here as they are;
+   NIfTI with blank header text; 2D images re-encoded from pixels), named only by
+   pseudonyms, plus an audit table of the actions applied (counts, never values) and the
+   items quarantined (burned-in annotation, US/SC/OT by default, the pixel checks).
 2. ``preprocess_items``: per modality, resampling to a target spacing, resizing, CT
    windowing, percentile clipping, histogram normalisation and scaling to [-1, 1], with a
    foreground mask; arrays are computed one item at a time while they are saved.
@@ -13,13 +14,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -27,18 +26,17 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from synthmed.core.checksums import sha256_bytes
 from synthmed.core.config import from_params
-from synthmed.core.manifest import PATH_SEPARATOR, format_shape, format_spacing, parse_spacing
-from synthmed.core.parallel import SpillFolder, chunk_size, ordered_map, resolve_workers
+from synthmed.core.manifest import format_shape, format_spacing, parse_spacing
 from synthmed.core.splits import assign_splits
 from synthmed.datasets.array_store import ArrayStore
-from synthmed.datasets.file_folder import SourceFolder, encode
+from synthmed.datasets.file_folder import SourceFolder
 from synthmed.datasets.integrity import DataChecksumError
 from synthmed.imaging.geometry import resample_to_spacing, resize_longest_side
 from synthmed.imaging.intensity import IntensitySpec, apply_intensity, foreground_mask
-from synthmed.imaging.readers import load_nifti_image, read_dicom
-from synthmed.privacy.dicom_deid import DicomDeidConfig, deidentify
+from synthmed.imaging.readers import load_nifti_image
+from synthmed.pipelines.preprocessing.candidates import dicom_candidates
+from synthmed.privacy.dicom_deid import format_actions, parse_actions
 from synthmed.privacy.nifti_deid import deidentify_nifti
 from synthmed.privacy.pixel_checks import PixelFix, pixel_fixes, pixel_quarantine, with_fix
 
@@ -56,82 +54,18 @@ _NIFTI_MAX_PIXELS = 2**40  # size was already checked at ingestion
 # ------------------------------------------------------------------ de-identification
 
 
-def _actions_text(actions: Mapping[str, int]) -> str:
-    return ";".join(f"{name}={count}" for name, count in sorted(actions.items()) if count)
-
-
-@dataclass(frozen=True)
-class DicomDeidOutcome:
-    """What de-identifying one DICOM file gave (small: it crosses process boundaries).
-
-    Attributes:
-        sha256: of the bytes that were parsed and de-identified.
-        quarantine_reason: why the file must not be published, or None.
-        actions: the action counts of `deidentify` (never values).
-        spilled: where the de-identified file's bytes were written, or None.
-    """
-
-    sha256: str
-    quarantine_reason: str | None = None
-    actions: Mapping[str, int] = field(default_factory=dict)
-    spilled: str | None = None
-
-
-def deidentify_dicom_file(root: Path, rel: str, size: int, expected_sha256: str, key: bytes,
-                          config: DicomDeidConfig, spill_dir: Path, index: int) -> DicomDeidOutcome:
-    """Read, parse and de-identify one DICOM file once; its bytes go to ``spill_dir``.
-
-    Runs in a worker process. The audit counts and the published copy come from this one
-    pass, so they describe the same bytes; nothing is written for a quarantined file or for
-    bytes that are not the ones ingestion checksummed (``sha256`` tells the caller).
-    """
-    data = SourceFolder(root=root, files=(rel,), sizes={rel: size}).read_bytes(rel)
-    found = sha256_bytes(data)
-    if found != expected_sha256:
-        return DicomDeidOutcome(found)
-    # The dataset is parsed for this call only, so deidentify may consume it (no deep copy).
-    result = deidentify(read_dicom(data), key, config, consume=True)
-    if result.quarantine_reason is not None:
-        return DicomDeidOutcome(found, result.quarantine_reason)
-    spilled = spill_dir / f"{index:08d}.dcm"
-    spilled.write_bytes(encode(spilled.name, result.dataset))
-    return DicomDeidOutcome(found, None, result.actions, str(spilled))
-
-
-def _read_spilled(path: str, spill: SpillFolder) -> bytes:
-    """The bytes of a de-identified file (``spill`` keeps its folder alive until saved)."""
-    return Path(path).read_bytes()
-
-
-def _dicom_file_checksums(raw_sources: SourceFolder, paths: list[str], sha256: str) -> list[str]:
-    """Each file's sha256, after checking that the series is the one ingestion saw.
+def _check_copies(candidates: SourceFolder, names: list[str]) -> None:
+    """Every copy an item needs is in the candidate layer (its checksums were verified on load).
 
     Raises:
-        DataChecksumError: the files changed since ingestion (as ``SourceFolder.read_verified``).
+        DataChecksumError: a copy is missing (the layer was changed after ingestion).
     """
-    series, each = hashlib.sha256(), []
-    for rel in paths:  # one file in memory at a time, not the whole series
-        data = raw_sources.read_bytes(rel)
-        series.update(data)
-        each.append(sha256_bytes(data))
-    if series.hexdigest() != sha256:
-        raw_sources.read_verified(paths, sha256)  # raises the usual DataChecksumError (file, checksums, fix)
-        raise DataChecksumError(f"{paths[0]} in {raw_sources.root} changed while it was being read; run again.",
-                                path=raw_sources.root / paths[0], kind="sha256", expected=sha256, found="unstable")
-    return each
-
-
-def _dicom_jobs(raw_sources: SourceFolder, manifest: pd.DataFrame, key: bytes, config: DicomDeidConfig,
-                spill: SpillFolder) -> Iterator[tuple[Any, ...]]:
-    """One `deidentify_dicom_file` job per file of every DICOM item, in manifest order."""
-    index = 0
-    for item in manifest.itertuples():
-        if item.format != "dicom":
-            continue
-        paths = item.source_paths.split(PATH_SEPARATOR)
-        for rel, sha in zip(paths, _dicom_file_checksums(raw_sources, paths, item.source_sha256)):
-            yield raw_sources.root, rel, raw_sources.sizes[rel], sha, key, config, spill.path, index
-            index += 1
+    for name in names:
+        if name not in candidates.sizes:
+            raise DataChecksumError(
+                f"{name} is missing from the de-identification candidates in {candidates.root}; run the "
+                "ingestion pipeline again (`kedro run --pipelines ingestion`, or `dvc repro`).",
+                path=candidates.root / name, kind="file", expected="present", found="missing")
 
 
 def _deidentified_nifti(raw_sources: SourceFolder, relpath: str, sha256: str) -> nib.Nifti1Image:
@@ -157,44 +91,38 @@ def deidentify_sources(
     ingestion_manifest: pd.DataFrame,
     ingested_images: ArrayStore,
     ingested_masks: ArrayStore,
-    pseudonymisation_key: bytes,
+    deid_candidates: SourceFolder,
+    deid_candidate_items: pd.DataFrame,
     params: dict[str, Any],
-    workers: int | None,
     pixel_checks: pd.DataFrame,
 ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """De-identified copies of the accepted items, an audit table and the quarantined items.
 
-    Output names are ``<format>/<patient_key>/<item_id>...``: pseudonyms only. Each DICOM
-    file is read, parsed and de-identified once (`deidentify_dicom_file`, in ``workers``
-    processes): the same pass gives its audit counts, its quarantine decision and the
-    bytes of its copy, which wait in a temporary folder until the copies are saved.
+    Output names are ``<format>/<patient_key>/<item_id>...``: pseudonyms only. DICOM files
+    were de-identified by ingestion, in the pass that decoded them: their copies are taken
+    from the candidate layer as they are (bytes, not parsed or re-encoded), with the audit
+    counts and the quarantine decision of that pass. NIfTI and 2D copies are made here. The
+    returned mapping is saved into the staged primary layer, which replaces
+    ``data/03_primary`` only when every check of the run passed (``synthmed.core.staging``).
 
     Args:
-        raw_sources: the source folder (DICOM and NIfTI headers are read from it again).
+        raw_sources: the source folder (NIfTI headers are read from it again).
         ingestion_manifest: one row per accepted item.
         ingested_images, ingested_masks: stored pixel values of raster items.
-        pseudonymisation_key: HMAC key for UIDs, patient keys and date offsets.
-        params: ``DicomDeidConfig`` keys (``preprocessing.deid``).
-        workers: processes (``preprocessing.workers``; None: every available core).
+        deid_candidates: the de-identified DICOM copies ingestion made.
+        deid_candidate_items: one row per DICOM item (``CANDIDATE_COLUMNS``).
+        params: ``DicomDeidConfig`` keys (``preprocessing.deid``): the copies must have been
+            made with this profile.
         pixel_checks: the ``check_pixels`` table: items to quarantine, copies to redact or deface.
 
     Returns:
         ``(files, audit, quarantined)``: ``files`` maps output paths to zero-argument
         loaders (written one at a time by ``FileFolderDataset``).
     """
-    config = DicomDeidConfig.from_params(params)
-    key = pseudonymisation_key
+    candidates = dicom_candidates(deid_candidate_items, ingestion_manifest, params)
     files: dict[str, Any] = {}
     audit, quarantined = [], []
     pixel_reasons, fixes = pixel_quarantine(pixel_checks), pixel_fixes(pixel_checks)  # pixel checks
-    # DICOM files are de-identified in the workers, in manifest order; items the pixel checks
-    # quarantine are not de-identified at all.
-    to_deidentify = ingestion_manifest[~ingestion_manifest["item_id"].isin(list(pixel_reasons))]
-    spill = SpillFolder("synthmed-deid-")
-    n_dicom_files = int(to_deidentify.loc[to_deidentify["format"] == "dicom", "n_files"].sum())
-    workers = resolve_workers(workers, n_dicom_files)
-    dicom_results = ordered_map(deidentify_dicom_file, _dicom_jobs(raw_sources, to_deidentify, key, config, spill),
-                                workers, chunk_size(n_dicom_files, workers))
     for item in tqdm(ingestion_manifest.itertuples(), total=len(ingestion_manifest),
                      desc="de-identifying", unit="item", disable=None):
         base = f"{item.format}/{item.patient_key}/{item.item_id}"
@@ -209,33 +137,20 @@ def deidentify_sources(
         actions.update(fix.actions() if fix else {})
         # --- end pixel checks
         if item.format == "dicom":
-            paths = item.source_paths.split(PATH_SEPARATOR)
-            outcomes = [next(dicom_results) for _ in paths]  # every file's result, in order
-            outputs = {}
-            for index, (rel, outcome) in enumerate(zip(paths, outcomes)):
-                if isinstance(outcome, Exception):
-                    # One file never stops the run; an item that cannot be de-identified is not
-                    # published. The reason is in the primary layer (pushed): neither the source
-                    # path nor the exception text (which may quote a header value) goes into it.
-                    reason = f"de-identification failed on instance {index:04d} ({type(outcome).__name__})"
-                    logger.warning("Quarantined item %s: %s", item.item_id, reason)
-                    break
-                if outcome.spilled is None and outcome.quarantine_reason is None:
-                    raise DataChecksumError(
-                        f"{rel} in {raw_sources.root} changed while it was being de-identified (sha256 "
-                        f"{outcome.sha256}); run the ingestion pipeline again.", path=raw_sources.root / rel,
-                        kind="sha256", expected="the checksum recorded at ingestion", found=outcome.sha256)
-                if outcome.quarantine_reason is not None:
-                    reason = outcome.quarantine_reason
-                    break
-                actions.update(outcome.actions)
-                outputs[f"{base}/{index:04d}.dcm"] = partial(_read_spilled, outcome.spilled, spill)
-            if reason is None:
-                files.update(outputs)
-            else:  # nothing of a quarantined item is kept, not even in the spill folder
-                for outcome in outcomes:
-                    if not isinstance(outcome, Exception) and outcome.spilled:
-                        Path(outcome.spilled).unlink(missing_ok=True)
+            candidate = candidates[item.item_id]
+            actions.update(parse_actions(candidate.actions))
+            if candidate.reason:
+                reason = candidate.reason
+                logger.info("Quarantined item %s: %s", item.item_id, reason)
+            else:
+                if fix is not None:
+                    # check_item quarantines every DICOM item a check would change (copies keep
+                    # their pixels); a fix here means that rule was broken, not bad input.
+                    raise RuntimeError(f"DICOM item {item.item_id} has a pixel fix ({fix.actions()}) but DICOM "
+                                       "copies are published unchanged; the pixel checks must quarantine it.")
+                names = [f"{base}/{index:04d}.dcm" for index in range(candidate.instances)]
+                _check_copies(deid_candidates, names)
+                files.update({name: partial(deid_candidates.read_bytes, name) for name in names})
         elif item.format == "nifti":
             files[f"{base}.nii.gz"] = with_fix(  # pixel checks: defaced copy
                 partial(_deidentified_nifti, raw_sources, item.source_paths, item.source_sha256), fix)
@@ -254,7 +169,7 @@ def deidentify_sources(
             actions.update({"reencoded_from_pixels": 1, "metadata_dropped": 1})
         if reason is not None:
             quarantined.append((item.item_id, item.format, reason))
-        audit.append((item.item_id, item.format, int(item.n_files), _actions_text(actions),
+        audit.append((item.item_id, item.format, int(item.n_files), format_actions(actions),
                       reason is not None, reason or ""))
     logger.info("De-identified %d items, quarantined %d", len(audit) - len(quarantined), len(quarantined))
     return (files, pd.DataFrame(audit, columns=AUDIT_COLUMNS), pd.DataFrame(quarantined, columns=QUARANTINE_COLUMNS))
@@ -279,21 +194,19 @@ class GeometrySpec:
 
 @dataclass(frozen=True)
 class PreprocessingConfig:
-    """``params:preprocessing`` (``deid``, ``split``, ``pixels`` and ``workers`` are read by their own nodes)."""
+    """``params:preprocessing`` (``deid``, ``split`` and ``pixels`` are read by their own nodes).
+
+    ``deid`` is read by ingestion too: its workers de-identify DICOM files in the pass that
+    decodes them (``ingestion.workers`` processes; preprocessing parses no DICOM file).
+    """
 
     intensity: Mapping[str, Mapping[str, Any]]
     geometry: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     deid: Mapping[str, Any] = field(default_factory=dict)
     split: Mapping[str, Any] = field(default_factory=dict)
     pixels: Mapping[str, Any] = field(default_factory=dict)
-    workers: int | None = None  # read by deidentify_sources
 
     def __post_init__(self) -> None:
-        if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 1):
-            raise ValueError(
-                f"preprocessing.workers must be a positive number of processes or null (all available cores), "
-                f"got {self.workers!r}."
-            )
         if "default" not in self.intensity:
             raise ValueError(
                 "preprocessing.intensity needs a 'default' entry (used for modalities without "
@@ -443,9 +356,7 @@ def summarise_preprocessing(
         raise RuntimeError(f"Preprocessing lost items: {n_in} in != {n_out} preprocessed + {n_q} quarantined.")
     actions: Counter[str] = Counter()
     for text in deid_audit["actions"].fillna(""):
-        for part in filter(None, str(text).split(";")):
-            name, count = part.split("=")
-            actions[name] += int(count)
+        actions.update(parse_actions(text))
     metrics: dict[str, float] = {
         "items_in": n_in,
         "items_preprocessed": n_out,

@@ -11,9 +11,11 @@ _pixel_nodes = lazy_module("synthmed.pipelines.preprocessing.pixel_nodes")
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
+            # DICOM: no raw file is parsed here; ingestion's one pass left the de-identified
+            # copies and their header facts in the candidate layer (deid_candidates).
             Node(
                 _pixel_nodes.check_pixels,
-                ["raw_sources@files", "ingestion_manifest", "ingested_images", "params:preprocessing.pixels",
+                ["ingestion_manifest", "ingested_images", "deid_candidate_items", "params:preprocessing.pixels",
                  "params:preprocessing.deid"],
                 "pixel_checks",
                 name="check_pixels",
@@ -21,8 +23,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 _nodes.deidentify_sources,
                 ["raw_sources@files", "ingestion_manifest", "ingested_images", "ingested_masks",
-                 "pseudonymisation_key", "params:preprocessing.deid", "params:preprocessing.workers",
-                 "pixel_checks"],
+                 "deid_candidates", "deid_candidate_items", "params:preprocessing.deid", "pixel_checks"],
                 ["deidentified_files", "deid_audit", "deid_quarantine"],
                 name="deidentify_sources",
             ),

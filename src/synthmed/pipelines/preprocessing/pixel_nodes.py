@@ -2,7 +2,9 @@
 
 Runs before ``deidentify_sources``: its table tells that node which items to quarantine
 and which copies to redact or deface, and ``preprocess_items`` which arrays to fix. The
-checks themselves are ``synthmed.privacy.pixel_checks``.
+checks themselves are ``synthmed.privacy.pixel_checks``. Each item is decided here, per
+item: a DICOM item whose pixels a check would change is quarantined (its copy, made by
+ingestion, keeps its pixels and is never re-encoded).
 """
 
 from __future__ import annotations
@@ -13,40 +15,37 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from synthmed.core.manifest import PATH_SEPARATOR, parse_spacing
+from synthmed.core.manifest import parse_spacing
 from synthmed.datasets.array_store import ArrayStore
-from synthmed.datasets.file_folder import SourceFolder
-from synthmed.imaging.readers import read_dicom
-from synthmed.privacy.dicom_deid import DicomDeidConfig, quarantine_reason
+from synthmed.pipelines.preprocessing.candidates import dicom_candidates
 from synthmed.privacy.pixel_checks import PIXEL_COLUMNS, PixelChecksConfig, check_item, unchecked_row
 
 logger = logging.getLogger(__name__)
 
 
 def check_pixels(
-    raw_sources: SourceFolder,
     ingestion_manifest: pd.DataFrame,
     ingested_images: ArrayStore,
+    deid_candidate_items: pd.DataFrame,
     params: dict[str, Any],
     deid_params: dict[str, Any],
 ) -> pd.DataFrame:
     """One row per item (``PIXEL_COLUMNS``): text boxes found, face plane, quarantine reason.
 
     DICOM items are judged by the header of their first instance: the quarantine rule of
-    ``preprocessing.deid`` (text likely) and Body Part Examined (head or not).
+    ``preprocessing.deid`` (text likely) and Body Part Examined (head or not), as ingestion's
+    one pass recorded them in the candidate table (no DICOM file is parsed here).
     """
     config = PixelChecksConfig.from_params(params)
-    deid = DicomDeidConfig.from_params(deid_params)
+    candidates = dicom_candidates(deid_candidate_items, ingestion_manifest, deid_params)
     rows = []
     for item in tqdm(ingestion_manifest.itertuples(), total=len(ingestion_manifest),
                      desc="checking pixels", unit="item", disable=None):
         try:
             at_risk, body_part = False, None
             if item.format == "dicom":
-                first = str(item.source_paths).split(PATH_SEPARATOR)[0]
-                header = read_dicom(raw_sources.read_bytes(first), stop_before_pixels=True)
-                at_risk = quarantine_reason(header, deid) is not None
-                body_part = str(header.get("BodyPartExamined", "") or "") or None
+                candidate = candidates[item.item_id]
+                at_risk, body_part = candidate.at_risk, candidate.body_part or None
             row = check_item(
                 ingested_images[item.item_id], item_id=item.item_id, item_format=item.format,
                 modality=str(item.modality), spacing=parse_spacing(item.spacing_mm), at_risk=at_risk,
