@@ -5,10 +5,16 @@ explicit VR little endian, 39 KB): every series gets its own patient, study and 
 UIDs, every instance its own SOP Instance UID, position and (shifted) pixels. On the same
 files, interleaved ``--repeats`` times, it measures:
 
-- ``synthmed``: the ingestion nodes (inventory, DICOM reader, combine) and the
-  ``deidentify_sources`` node with the base parameters, and saving what they return
+- ``synthmed``: the ingestion nodes (inventory, DICOM reader, combine), whose one pass per
+  file reads, parses, decodes and de-identifies it, and saving what they return
   (``ArrayStoreDataset``: the ingested arrays; ``FileFolderDataset``: the de-identified
-  copies), with 1 and with 2 worker processes (``ingestion.workers``);
+  candidate copies), then preprocessing's ``check_pixels`` and ``deidentify_sources`` nodes
+  and saving the published copies (``FileFolderDataset``), with the base parameters, with 1
+  and with 2 worker processes (``ingestion.workers``). Phases: ``one pass`` (ingestion with
+  de-identification) and ``publication`` (pixel checks, copies promoted into the primary
+  layer); the de-identification's share of the pass is measured alone (``deid in the pass``:
+  ``deidentify`` + writing the copy, per file, on datasets parsed and decoded beforehand, one
+  process);
 - ``plain loop``: one process, per file ``dcmread`` + ``pixel_array`` + ``np.save`` (no
   de-identification, no checks, no series assembly);
 - ``plain loop + copy``: the same, plus ``save_as`` of the dataset as read: the reading and
@@ -32,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import inspect
 import json
 import pstats
 import resource
@@ -52,8 +57,12 @@ from pydicom.uid import generate_uid
 
 from synthmed.datasets.array_store import ArrayStoreDataset
 from synthmed.datasets.file_folder import FileFolderDataset
+from synthmed.imaging.readers import dicom_pixels
 from synthmed.pipelines.ingestion import nodes as ingestion
+from synthmed.pipelines.ingestion.dicom_pass import deidentify_copy
 from synthmed.pipelines.preprocessing import nodes as preprocessing
+from synthmed.pipelines.preprocessing.pixel_nodes import check_pixels
+from synthmed.privacy.dicom_deid import DicomDeidConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SERIES_LENGTH = 50  # instances per series
@@ -100,49 +109,58 @@ def _params() -> dict[str, Any]:
     return {"ingestion": ingestion, "deid": deid, "pixels": pixels}
 
 
-def run_synthmed(source: Path, out: Path, workers: int, phases: dict[str, list[float]] | None = None) -> None:
-    """Ingestion + de-identification nodes and their saves, as ``kedro run`` calls them.
+KEY = b"benchmark-key-0123456789abcdef!!"
 
-    ``phases`` receives ``{"ingestion": [wall, cpu], "deidentification": [wall, cpu]}``.
+
+def run_synthmed(source: Path, out: Path, workers: int, phases: dict[str, list[float]] | None = None) -> None:
+    """Ingestion (one pass per file, de-identification included) and publication, as ``kedro run`` calls them.
+
+    ``phases`` receives ``{"one pass": [wall, cpu], "publication": [wall, cpu]}``.
     """
     params = _params()
-    # Before the worker pools existed, there was no ``workers`` parameter ("before" figures).
-    takes_workers = "workers" in ingestion.IngestionConfig.__dataclass_fields__
-    ingest = {k: v for k, v in params["ingestion"].items() if k != "workers"}
-    ingest = {**ingest, "labels_csv": None, **({"workers": workers} if takes_workers else {})}
-    pooled = {"workers": workers} if "workers" in inspect.signature(preprocessing.deidentify_sources).parameters else {}
-    key = b"benchmark-key-0123456789abcdef!!"
+    ingest = {**params["ingestion"], "labels_csv": None, "workers": workers}
     phases = {} if phases is None else phases
     cpu, wall = _cpu(), time.perf_counter()
     raw = FileFolderDataset(path=str(source)).load()
     inventory = ingestion.inventory_sources(raw, ingest)
     labels = ingestion.read_label_table(raw, ingest)
-    empty = ingestion.read_raster_items(raw, inventory.iloc[0:0], labels, key, ingest)
-    dicom = ingestion.read_dicom_items(raw, inventory, labels, key, ingest)
+    empty = ingestion.read_raster_items(raw, inventory.iloc[0:0], labels, KEY, ingest)
+    dicom = ingestion.read_dicom_items(raw, inventory, labels, KEY, ingest, params["deid"])
     manifest, rejected, images, masks = ingestion.combine_ingestion(
         inventory, empty[0], empty[0], dicom[0], empty[1], empty[1], dicom[1], {}, {}, dicom[2])[:4]
     ArrayStoreDataset(path=str(out / "images")).save(images)
     ArrayStoreDataset(path=str(out / "masks")).save(masks)
+    FileFolderDataset(path=str(out / "candidates")).save(dicom[3])
+    candidate_items = dicom[4]
     del images, masks, dicom
-    phases["ingestion"] = [time.perf_counter() - wall, _cpu() - cpu]
+    phases["one pass"] = [time.perf_counter() - wall, _cpu() - cpu]
     cpu, wall = _cpu(), time.perf_counter()
     stored = ArrayStoreDataset(path=str(out / "images")).load()
     stored_masks = ArrayStoreDataset(path=str(out / "masks")).load()
-    if params["pixels"] is None:  # before the pixel checks existed ("before" figures)
-        files, audit, quarantine = preprocessing.deidentify_sources(raw, manifest, stored, stored_masks, key,
-                                                                    params["deid"], **pooled)
-    else:  # the pixel checks (OCR of at-risk items, defacing of heads) come before the copies
-        from synthmed.pipelines.preprocessing.pixel_nodes import check_pixels
-
-        pixel_checks = check_pixels(raw, manifest, stored, params["pixels"], params["deid"])
-        files, audit, quarantine = preprocessing.deidentify_sources(raw, manifest, stored, stored_masks, key,
-                                                                    params["deid"], workers, pixel_checks)
+    candidates = FileFolderDataset(path=str(out / "candidates")).load()
+    pixel_checks = check_pixels(manifest, stored, candidate_items, params["pixels"], params["deid"])
+    files, audit, quarantine = preprocessing.deidentify_sources(raw, manifest, stored, stored_masks, candidates,
+                                                                candidate_items, params["deid"], pixel_checks)
     FileFolderDataset(path=str(out / "deidentified")).save(files)
-    phases["deidentification"] = [time.perf_counter() - wall, _cpu() - cpu]
+    phases["publication"] = [time.perf_counter() - wall, _cpu() - cpu]
     manifest.to_csv(out / "manifest.csv", index=False)
     rejected.to_csv(out / "rejected.csv", index=False)
     audit.to_csv(out / "audit.csv", index=False)
     quarantine.to_csv(out / "quarantine.csv", index=False)
+
+
+def deid_in_the_pass(source: Path, out: Path) -> float:
+    """CPU seconds of the pass's de-identification alone: `deidentify_copy` on each file parsed and decoded first."""
+    config = DicomDeidConfig.from_params(_params()["deid"])
+    out.mkdir(parents=True, exist_ok=True)
+    spent = 0.0
+    for index, path in enumerate(sorted(source.rglob("*.dcm"))):
+        ds = pydicom.dcmread(path)
+        dicom_pixels(ds, max_pixels=10**9)  # as in the pass: the dataset was decoded before
+        start = time.process_time()
+        deidentify_copy(ds, KEY, config, out / f"{index:06d}.dcm")
+        spent += time.process_time() - start
+    return spent
 
 
 def run_plain(source: Path, out: Path, workers: int = 1) -> None:
@@ -183,6 +201,9 @@ def _timed(fn, source: Path, workers: int) -> dict[str, list[float]]:
         cpu, wall, own = _cpu(), time.perf_counter(), _own_cpu()
         if fn is run_synthmed:
             fn(source, Path(tmp) / "out", workers, phases)
+        elif fn is deid_in_the_pass:
+            spent = fn(source, Path(tmp) / "out")
+            return {"total": [float("nan"), spent], "parent": [0.0, spent]}
         else:
             fn(source, Path(tmp) / "out", workers)
         return {"total": [time.perf_counter() - wall, _cpu() - cpu], "parent": [0.0, _own_cpu() - own], **phases}
@@ -201,7 +222,8 @@ def throughput(n_files: int, repeats: int) -> None:
         make_ct_folder(source, n_files)
         megabytes = sum(p.stat().st_size for p in source.rglob("*.dcm")) / 1e6
         runs = {"plain loop": (run_plain, 1), "plain loop + copy": (run_plain_copy, 1), "dicognito": (run_dicognito, 1),
-                "synthmed 1 process": (run_synthmed, 1), "synthmed 2 processes": (run_synthmed, 2)}
+                "synthmed 1 process": (run_synthmed, 1), "synthmed 2 processes": (run_synthmed, 2),
+                "deid in the pass": (deid_in_the_pass, 1)}
         results: dict[str, list[dict[str, list[float]]]] = {name: [] for name in runs}
         for _ in range(repeats):  # interleaved, so that load from other processes hits all alike
             for name, (fn, workers) in runs.items():
@@ -221,13 +243,18 @@ def throughput(n_files: int, repeats: int) -> None:
         return f"{statistics.median(values):5.2f} (runs {min(values):.2f}..{max(values):.2f})"
 
     one, two = ("synthmed 1 process", "total"), ("synthmed 2 processes", "total")
+    one_pass, deid = ("synthmed 1 process", "one pass"), ("deid in the pass", "total")
+    reading = [x[one_pass[1]][1] - y["total"][1] for x, y in zip(results[one_pass[0]], results[deid[0]])]
+    print(f"{'synthmed 1 process: one pass less deid in the pass':44s} {'':7s} {'':8s} {'':6s} "
+          f"{statistics.median(reading) / n_files * 1e3:11.2f}")
     print("ratios of CPU time per file (median of the per-repeat ratios):")
     print(f"  synthmed 1 process / plain loop                    {ratio(one, ('plain loop', 'total'))}")
     print(f"  synthmed 1 process / plain loop + copy             {ratio(one, ('plain loop + copy', 'total'))}")
-    print(f"  synthmed ingestion only, 1 process / plain loop     "
-          f"{ratio(('synthmed 1 process', 'ingestion'), ('plain loop', 'total'))}")
-    print(f"  synthmed de-identification, 1 process / dicognito   "
-          f"{ratio(('synthmed 1 process', 'deidentification'), ('dicognito', 'total'))}")
+    print(f"  one pass (ingestion + deid), 1 process / plain loop + copy "
+          f"{ratio(one_pass, ('plain loop + copy', 'total'))}")
+    print(f"  one pass (ingestion + deid), 1 process / plain loop "
+          f"{ratio(one_pass, ('plain loop', 'total'))}")
+    print(f"  deid in the pass / dicognito                       {ratio(deid, ('dicognito', 'total'))}")
     print(f"  synthmed 1 process / dicognito                     {ratio(one, ('dicognito', 'total'))}")
     print(f"  synthmed 2 processes / 1 process                   {ratio(two, one)}")
     print(f"speed-up 1 -> 2 processes (wall time 1 / wall time 2)  {ratio(one, two, 0)}")
