@@ -8,6 +8,11 @@ write them and the run's check nodes have all finished (``synthmed.hooks.Staging
 decides when). A run that fails before that leaves the previous primary layer byte for byte
 as it was and removes its staging folder.
 
+The de-identified DICOM copies come from ingestion's one pass through a local layer that is
+not staged (``data/02_intermediate/deid_candidates``: never pushed, so it needs no staging):
+preprocessing writes the copies of the items every check released into the staged primary
+layer, and none of them is published before the run's checks pass.
+
 Each output is replaced by renames (``synthmed.core.atomic.replace_path``), one output after
 the other: a crash during those few renames can leave some outputs new and some old, never
 one half-written. ``dvc repro`` deletes a stage's outputs before running it, so under DVC
