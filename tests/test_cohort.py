@@ -1,5 +1,6 @@
 """The sample cohort (issue 10 item 1): deterministic, lesions inside tissue, DICOM geometry
-that reassembles exactly, fictitious headers, bad files that ingestion quarantines."""
+that reassembles exactly, fictitious headers, bad files that ingestion quarantines, and every
+subject's label map reaching ingestion as its mask (DICOM SEG for DICOM subjects)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,25 @@ import pytest
 
 from synthmed.core.checksums import sha256_bytes
 from synthmed.core.config import from_params
-from synthmed.imaging.cohort import GREY, LESION, WHITE, CohortConfig, load_template, subject_files, synthesize_subject
-from synthmed.imaging.dicom_export import PRIVATE_CREATOR, PRIVATE_GROUP
+from synthmed.core.splits import SPLIT_COLUMNS
+from synthmed.imaging.cohort import (
+    GREY,
+    LESION,
+    SEGMENTS,
+    WHITE,
+    CohortConfig,
+    load_template,
+    subject_files,
+    synthesize_subject,
+)
+from synthmed.imaging.dicom_export import PRIVATE_CREATOR, PRIVATE_GROUP, SegHeader, Segment, segmentation_file
+from synthmed.imaging.extraction import SliceConfig, extract_slices
 from synthmed.pipelines.sample_cohort.nodes import build_sample_cohort
 from tests.conftest import load_parameters, project_catalog, run
 
-TINY = {"n_subjects": 3, "spacing_mm": 3.0, "dicom_fraction": 0.5}
+# 4 subjects, seed of conf/base: sub-001 NIfTI normal, sub-002 DICOM normal, sub-003 DICOM lesion,
+# sub-004 NIfTI lesion (every format with and without a finding).
+TINY = {"n_subjects": 4, "spacing_mm": 3.0, "dicom_fraction": 0.5}
 
 
 @functools.cache
@@ -55,18 +69,21 @@ def _hash(files: dict[str, bytes]) -> str:
 def test_same_seed_same_bytes_other_seed_other_bytes(cohort):
     again = build_sample_cohort(tiny_params())
     assert _hash(again) == _hash(cohort)
-    other = build_sample_cohort(tiny_params(seed=tiny_params()["seed"] + 1))
-    assert _hash(other) != _hash(cohort)
-    # Not only the UIDs and the assignment of subjects: one subject's anatomy differs too.
+    # Another seed: one subject's anatomy differs, and so does every file of it (series and SEGs).
     config = from_params(CohortConfig, tiny_params(), "sample_cohort")
     reseeded = from_params(CohortConfig, tiny_params(seed=config.seed + 1), "sample_cohort")
     template = load_template(config.spacing_mm)
     first, second = (synthesize_subject(template, c, 0, lesions=False, artefact="") for c in (config, reseeded))
     assert not np.array_equal(first.images["T1w"], second.images["T1w"])
     assert not np.array_equal(first.tissue, second.tissue)
+    files, other = (subject_files(s, c, 0, as_dicom=True) for s, c in ((first, config), (second, reseeded)))
+    assert files.keys() == other.keys() and not any(files[name] == other[name] for name in files)
     subjects = pd.read_csv(io.BytesIO(cohort["subjects.csv"]))
-    assert len(subjects) == 3 and subjects["lesion_count"].gt(0).sum() == 2
-    assert set(subjects["format"]) == {"dicom", "nifti"}
+    assert len(subjects) == 4 and subjects["lesion_count"].gt(0).sum() == 2
+    assert set(zip(subjects["format"], subjects["label"])) == {(f, c) for f in ("dicom", "nifti")
+                                                              for c in ("normal", "lesion")}
+    # The DICOM SEGs are among the files compared: one per DICOM series.
+    assert sum("/SEG_" in name for name in cohort) == 2 * (subjects["format"] == "dicom").sum()
     assert b"not clinical data" in cohort["README.md"] and b"Louis Collins" in cohort["README.md"]
 
 
@@ -142,8 +159,17 @@ def test_headers_are_present_and_fictitious(cohort):
     block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
     assert "NOT CLINICAL DATA" in block[0x01].value and block[0x02].value == first.split("/")[1]
     # Every DICOM subject has its own patient and study.
-    firsts = [pydicom.dcmread(io.BytesIO(cohort[n])) for n in sorted(cohort) if n.endswith("T1w/IM0001.dcm")]
+    firsts = [pydicom.dcmread(io.BytesIO(cohort[n])) for n in sorted(cohort) if n.endswith("/T1w/IM0001.dcm")]
     assert len(firsts) == 2 and len({d.PatientID for d in firsts}) == len({d.StudyInstanceUID for d in firsts}) == 2
+    # Each SEG belongs to its series' patient and study, references that series, and is marked fictitious.
+    for name in (n for n in sorted(cohort) if "/SEG_" in n):
+        seg = pydicom.dcmread(io.BytesIO(cohort[name]))
+        series = pydicom.dcmread(io.BytesIO(cohort[name.replace("/SEG_", "/")]))
+        assert seg.Modality == "SEG" and seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+        assert (seg.PatientID, seg.StudyInstanceUID) == (series.PatientID, series.StudyInstanceUID)
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.SeriesInstanceUID
+        assert [s.SegmentLabel for s in seg.SegmentSequence] == ["csf", "grey_matter", "white_matter", "lesion"]
+        assert "NOT CLINICAL DATA" in seg.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)[0x01].value
 
 
 def test_bad_files_are_bad_the_intended_way(cohort):
@@ -159,25 +185,40 @@ def test_bad_files_are_bad_the_intended_way(cohort):
     assert image.shape != mask.shape
 
 
-def test_ingestion_accepts_every_good_series_and_quarantines_the_bad_files(cohort, tmp_path):
+@pytest.fixture(scope="module")
+def ingested(cohort, tmp_path_factory) -> dict:
+    """The cohort written to a folder and read by synthmed's ingestion with its default
+    parameters (only ``workers: 1``): the outputs, loaded."""
     from synthmed.pipelines.ingestion import create_pipeline
 
+    tmp_path = tmp_path_factory.mktemp("ingested")
     root = tmp_path / "cohort"
     for name, data in cohort.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
-    ignore = [*load_parameters()["ingestion"]["ignore"], "subjects.csv"]
-    catalog = project_catalog(tmp_path / "work", root, overrides={"ingestion": {"ignore": ignore, "workers": 1}})
+    catalog = project_catalog(tmp_path / "work", root, overrides={"ingestion": {"workers": 1}})
     run(create_pipeline(), catalog)
-    manifest = catalog.load("ingestion_manifest")
-    rejected = catalog.load("ingestion_rejected")
+    return {name: catalog.load(name) for name in ("ingestion_manifest", "ingestion_rejected", "source_inventory",
+                                                  "ingested_images", "ingested_masks")}
+
+
+def _subject_of(manifest: pd.DataFrame) -> pd.Series:
+    """Subject id of each item, from its source paths (``dicom/sub-002/T1w/...``, ``nifti/sub-001/...``)."""
+    return manifest["source_paths"].astype(str).str.extract(r"(sub-\d{3})", expand=False)
+
+
+def test_ingestion_accepts_every_good_series_and_quarantines_the_bad_files(cohort, ingested):
+    manifest, rejected = ingested["ingestion_manifest"], ingested["ingestion_rejected"]
     subjects = pd.read_csv(io.BytesIO(cohort["subjects.csv"]))
     n_dicom = int((subjects["format"] == "dicom").sum())
     n_nifti = len(subjects) - n_dicom
-    # Two series per DICOM subject, two NIfTI volumes (each with its label map) per NIfTI subject.
+    # Two series per DICOM subject (each with its SEG), two NIfTI volumes (each with its label map) per NIfTI subject.
     assert (manifest["format"] == "dicom").sum() == 2 * n_dicom
     assert (manifest["format"] == "nifti").sum() == 2 * n_nifti
-    assert manifest.loc[manifest["format"] == "nifti", "has_mask"].astype(str).eq("True").all()
+    assert manifest["has_mask"].astype(str).eq("True").all()
+    dicom_masks = manifest.loc[manifest["format"] == "dicom", "mask_path"].astype(str)
+    assert dicom_masks.str.fullmatch(r"dicom/sub-\d{3}/SEG_(T1w|FLAIR)/IM0001\.dcm").all()
+    assert dicom_masks.nunique() == 2 * n_dicom
     assert set(manifest["label"]) == {"lesion", "normal"}
     assert manifest["patient_key"].nunique() == len(subjects)
     reasons = dict(zip(rejected["source_path"], rejected["reason"]))
@@ -203,3 +244,94 @@ def test_cohort_readme_names_every_bad_file(cohort):
     assert all(f"`{path}" in readme for path in ("bad/truncated_dicom/IM0001.dcm", "bad/dicom_wrong_geometry/",
                                                 "bad/nifti_mask_mismatch/"))
     assert "SAMPLE_MANIFEST.json" in cohort
+
+
+def test_the_cohort_tables_and_notes_are_ignored_by_default(cohort, ingested):
+    """Ingestion's default ignore list covers every non-image file the cohort writes (the
+    labels table is read as such): nothing of the cohort is rejected for its format."""
+    inventory = ingested["source_inventory"]
+    role = dict(zip(inventory["source_path"], inventory["role"]))
+    assert {name: role[name] for name in ("subjects.csv", "README.md", "SAMPLE_MANIFEST.json")} == dict.fromkeys(
+        ("subjects.csv", "README.md", "SAMPLE_MANIFEST.json"), "ignored")
+    assert role["labels.csv"] == "labels"
+    assert not inventory["reason"].astype(str).eq("unsupported_format").any()
+    assert set(role) == set(cohort)  # every file of the cohort is in the inventory
+
+
+@pytest.fixture(scope="module")
+def label_maps(cohort) -> dict[str, tuple[np.ndarray, tuple]]:
+    """Each subject's label map in ingestion's voxel order (RAS+), synthesised again, and its subjects.csv row."""
+    config = from_params(CohortConfig, tiny_params(), "sample_cohort")
+    template = load_template(config.spacing_mm)
+    out = {}
+    for row in pd.read_csv(io.BytesIO(cohort["subjects.csv"]), keep_default_na=False).itertuples():
+        index = int(row.subject_id.split("-")[1]) - 1
+        subject = synthesize_subject(template, config, index, lesions=row.lesion_count > 0, artefact=row.artefact)
+        canonical = nib.as_closest_canonical(nib.Nifti1Image(subject.label_map(), subject.affine))
+        out[row.subject_id] = (np.asarray(canonical.dataobj), row)
+    return out
+
+
+def test_every_subject_ends_with_its_label_map_as_mask(ingested, label_maps):
+    """The SEG round trip: cohort -> ingestion -> the mask of every item (DICOM series: its SEG;
+    NIfTI: its _mask file) equals the subject's label map, lesion voxels where subjects.csv says."""
+    manifest, masks, images = ingested["ingestion_manifest"], ingested["ingested_masks"], ingested["ingested_images"]
+    expected = label_maps
+    voxel_ml = tiny_params()["spacing_mm"] ** 3 / 1000
+    seen = set()
+    for item_id, subject_id, fmt in zip(manifest["item_id"], _subject_of(manifest), manifest["format"]):
+        labels, row = expected[subject_id]
+        mask = np.asarray(masks[item_id])
+        assert mask.shape == (1, *labels.shape) == np.asarray(images[item_id]).shape, (subject_id, fmt)
+        assert np.array_equal(mask[0], labels), (subject_id, fmt)
+        lesion = mask[0] == LESION
+        # subjects.csv: axial slices (inferior = 0) holding lesion voxels, and the lesion volumes.
+        listed = {int(z) for z in str(row.lesion_slices).split(";") if z}
+        assert set(np.nonzero(lesion.any(axis=(0, 1)))[0].tolist()) == listed, subject_id
+        volumes = [float(v) for v in str(row.lesion_volumes_ml).split(";") if v]
+        assert lesion.sum() * voxel_ml == pytest.approx(sum(volumes), abs=1e-3 * max(len(volumes), 1))
+        assert (row.label == "lesion") == bool(lesion.any())
+        seen.add((subject_id, fmt))
+    assert {s for s, _ in seen} == set(expected) and {f for _, f in seen} == {"dicom", "nifti"}
+
+
+def test_finding_classes_label_the_slices_of_dicom_subjects(ingested, label_maps):
+    """``extraction.slices.classes: finding`` on the ingested cohort: DICOM subjects' slices are
+    classed from their SEG, lesion exactly where the subject has enough lesion pixels."""
+    manifest, masks, images = ingested["ingestion_manifest"], ingested["ingested_masks"], ingested["ingested_images"]
+    manifest = manifest.assign(kind="volume", subject=_subject_of(manifest),
+                               has_mask=manifest["has_mask"].astype(str).eq("True"))
+    dicom = manifest[manifest["format"] == "dicom"]
+    splits = pd.DataFrame([(item, patient, "train", "group", -1, 0, 0, 0)
+                           for item, patient in zip(dicom["item_id"], dicom["patient_key"])], columns=SPLIT_COLUMNS)
+    config = from_params(SliceConfig, {"planes": ["axial"], "keep_every": {"axial": 1}, "size_px": 16,
+                                       "min_foreground_fraction": 0.0, "classes": "finding",
+                                       "finding": {"lesion_labels": [LESION], "min_lesion_px": 3}},
+                         "extraction.slices")
+    foreground = {item: np.ones_like(np.asarray(masks[item])) for item in dicom["item_id"]}
+    _, table = extract_slices(images, masks, foreground, dicom, splits, config)
+    expected = label_maps
+    for item, subject_id in zip(dicom["item_id"], dicom["subject"]):
+        rows = table[table["item_id"] == item]
+        counts = (expected[subject_id][0] == LESION).sum(axis=(0, 1))
+        assert len(rows) == len(counts) - int(((counts > 0) & (counts < 3)).sum())  # slivers left out
+        lesion = set(rows.loc[rows["label"] == "lesion", "slice_index"].tolist())
+        assert lesion == set(np.nonzero(counts >= 3)[0].tolist()), subject_id
+    assert set(table["label"]) == {"normal", "lesion"}  # the tiny cohort has a DICOM subject with lesions
+
+
+def test_segmentation_file_refuses_labels_it_cannot_describe(cohort):
+    blobs = [cohort[n] for n in sorted(cohort) if n.startswith("dicom/sub-002/T1w/")]
+    labels = np.zeros((2, 2, len(blobs)), dtype=np.uint8)
+    header = SegHeader(series_uid="2.25.1", series_number=101, series_description="x", algorithm_name="test",
+                       algorithm_version="1", private={})
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    with pytest.raises(ValueError, match=r"numbered 1\.\.n"):
+        segmentation_file(labels, affine, blobs, SEGMENTS[1:], header, seed=0)
+    labels[0, 0, 0] = 7
+    with pytest.raises(ValueError, match=r"values \[7\] that no segment"):
+        segmentation_file(labels, affine, blobs, SEGMENTS, header, seed=0)
+    labels[0, 0, 0] = 1
+    one = [Segment(1, "a", SEGMENTS[0].category, SEGMENTS[0].property_type)]
+    with pytest.raises(ValueError, match="2 axial slices, the series"):
+        segmentation_file(labels[:, :, :2], affine, blobs, one, header, seed=0)

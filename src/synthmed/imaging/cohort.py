@@ -10,8 +10,9 @@ draws an affine and an elastic deformation applied to the T1 and its tissue labe
 share of subjects, motion or ghosting. Volumes are stored as uint16 (about 1000 = white
 matter on T1), as scanners do.
 
-`build_cohort` returns the files of the cohort folder (DICOM series for ``dicom_fraction`` of
-the subjects, NIfTI volumes with label maps for the others, deliberately bad files, tables);
+`build_cohort` returns the files of the cohort folder (DICOM series, each with a DICOM SEG of
+the label map, for ``dicom_fraction`` of the subjects, NIfTI volumes with label maps for the
+others, deliberately bad files, tables);
 see the cohort's README (``templates/cohort_README.md.j2``) for the layout.
 """
 
@@ -29,11 +30,12 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pydicom
+from pydicom.sr.coding import Code
 from scipy import ndimage
 
 from synthmed.core.seeding import seeded
 from synthmed.core.templates import render
-from synthmed.imaging.dicom_export import SeriesHeader, series_files, uid
+from synthmed.imaging.dicom_export import SegHeader, Segment, SeriesHeader, segmentation_file, series_files, uid
 from synthmed.imaging.lesions import CORE, EDEMA, RIM, Lesion, LesionConfig, lesion_mask, place_lesions
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,17 @@ logger = logging.getLogger(__name__)
 BACKGROUND, CSF, GREY, WHITE, LESION = 0, 1, 2, 3, 4
 LABEL_NAMES = {BACKGROUND: "background", CSF: "csf", GREY: "grey_matter", WHITE: "white_matter", LESION: "lesion"}
 CONTRASTS = ("T1w", "FLAIR")
+# The DICOM SEG's segments: segment number = label value, so the SEG read back is the label map.
+# Codes: SNOMED CT, categories of PS3.16 CID 7150.
+SEGMENTS = [
+    Segment(CSF, LABEL_NAMES[CSF], Code("91720002", "SCT", "Body Substance"),
+            Code("65216001", "SCT", "Cerebrospinal Fluid")),
+    Segment(GREY, LABEL_NAMES[GREY], Code("85756007", "SCT", "Tissue"), Code("389081007", "SCT", "Gray Matter")),
+    Segment(WHITE, LABEL_NAMES[WHITE], Code("85756007", "SCT", "Tissue"), Code("389080008", "SCT", "White Matter")),
+    Segment(LESION, LABEL_NAMES[LESION], Code("49755003", "SCT", "Morphologically Altered Structure"),
+            Code("52988006", "SCT", "Lesion")),
+]
+SEG_ALGORITHM_VERSION = "1"  # of the labelling (tissue thresholds, lesion mask); raise it when that changes
 BadFile = Literal["truncated_dicom", "dicom_wrong_geometry", "nifti_mask_mismatch"]
 # Synthesis labels of the FLAIR: the tissue labels, then the lesion regions.
 _SYNTH_EDEMA, _SYNTH_RIM, _SYNTH_CORE = 4, 5, 6
@@ -311,13 +324,14 @@ def _nifti(volume: np.ndarray, affine: np.ndarray) -> bytes:
 
 
 def subject_files(subject: Subject, config: CohortConfig, index: int, as_dicom: bool) -> dict[str, bytes]:
-    """The files of one subject: two DICOM series, or NIfTI volumes with label maps."""
+    """The files of one subject: two DICOM series with a DICOM SEG each, or NIfTI volumes with label maps."""
     files: dict[str, bytes] = {}
     sid = subject.subject_id
     if as_dicom:
         rng = np.random.default_rng(np.random.SeedSequence([config.seed, index, 1]))
         patient = fictitious_patient(config.seed, sid, rng)
         study_uid = uid(config.seed, sid, "study")
+        labels = subject.label_map()
         for contrast, (number, description, sequence) in _SEQUENCES.items():
             header = SeriesHeader(
                 patient=patient, study_uid=study_uid, series_uid=uid(config.seed, sid, contrast),
@@ -326,8 +340,17 @@ def subject_files(subject: Subject, config: CohortConfig, index: int, as_dicom: 
                 private={0x01: "FICTITIOUS RECORD - TEST COHORT, NOT CLINICAL DATA", 0x02: sid,
                          0x03: f"lesions={len(subject.lesions)}"},
             )
-            for k, blob in enumerate(series_files(subject.images[contrast], subject.affine, header, seed=config.seed)):
+            blobs = series_files(subject.images[contrast], subject.affine, header, seed=config.seed)
+            for k, blob in enumerate(blobs):
                 files[f"dicom/{sid}/{contrast}/IM{k + 1:04d}.dcm"] = blob
+            # The label map as a DICOM SEG of this series (one per contrast, as the NIfTI subjects
+            # have one mask per contrast): ingestion reads it as the mask of the series it references.
+            seg_header = SegHeader(
+                series_uid=uid(config.seed, sid, contrast, "seg"), series_number=100 + number,
+                series_description=f"SEG labels of {description}", algorithm_name="synthmed sample_cohort",
+                algorithm_version=SEG_ALGORITHM_VERSION, private=header.private)
+            files[f"dicom/{sid}/SEG_{contrast}/IM0001.dcm"] = segmentation_file(
+                labels, subject.affine, blobs, SEGMENTS, seg_header, seed=config.seed)
     else:
         labels = _nifti(subject.label_map(), subject.affine)
         for contrast in CONTRASTS:
@@ -423,6 +446,11 @@ def subject_row(subject: Subject, files: list[str], as_dicom: bool, spacing_mm: 
     }
 
 
+def _is_mask(path: str) -> bool:
+    """A label map: a NIfTI ``_mask`` file or a DICOM SEG (not an image to label)."""
+    return path.endswith("_mask.nii.gz") or "/SEG_" in path
+
+
 def build_cohort(config: CohortConfig) -> tuple[dict[str, bytes], list[float]]:
     """Every file of the cohort folder (relative path -> bytes; the per-subject table is
     ``subjects.csv``) and the seconds each subject took (not in the files: they would not be
@@ -442,7 +470,7 @@ def build_cohort(config: CohortConfig) -> tuple[dict[str, bytes], list[float]]:
         rows.append(subject_row(subject, sorted(own), bool(as_dicom[index]), config.spacing_mm))
         label = rows[-1]["label"]
         label_rows += [{"path": path, "label": label, "modality": "MR", "patient": subject.subject_id}
-                       for path in sorted(own) if not path.endswith("_mask.nii.gz")]
+                       for path in sorted(own) if not _is_mask(path)]
         logger.info("Cohort %s: %d lesion(s), %s, %s, %.2f s", subject.subject_id, len(subject.lesions),
                     rows[-1]["format"], artefacts[index] or "no artefact", subject.seconds)
     bad, bad_rows = _bad_files(config.bad_files, first.get(True), first.get(False), config)

@@ -8,6 +8,10 @@ as stored (no rescale), so reading the series back gives the exported volume exa
 
 All UIDs come from `uid`, a hash of the seed and the object's name: the same cohort has the
 same UIDs, a different seed different ones, and nothing random is drawn at write time.
+
+`segmentation_file` writes a label map of such a series as a DICOM SEG (highdicom, binary
+segments, one frame per slice and segment, referencing the series' instances): segment
+number = label value, so a reader that combines the segments gets the label map back.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
+from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 # The private block carried by every exported file (PS3.5 7.8: group 0x0011, one creator).
@@ -146,3 +152,100 @@ def _slice_dataset(pixels: np.ndarray, position: np.ndarray, spacing: np.ndarray
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
     return ds
 
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment of a DICOM SEG: ``number`` is the label value it holds in the label map."""
+
+    number: int
+    label: str
+    category: Code        # SegmentedPropertyCategoryCodeSequence (SNOMED CT, PS3.16 CID 7150)
+    property_type: Code   # SegmentedPropertyTypeCodeSequence
+
+
+@dataclass(frozen=True)
+class SegHeader:
+    """The SEG series' own descriptors (patient and study are copied from its source images)."""
+
+    series_uid: str
+    series_number: int
+    series_description: str
+    algorithm_name: str
+    algorithm_version: str
+    private: Mapping[int, str]   # private element offset (0x01..) -> LO value, as in `SeriesHeader`
+
+
+def segmentation_file(labels: np.ndarray, affine: np.ndarray, source_blobs: list[bytes], segments: list[Segment],
+                      header: SegHeader, *, seed: int) -> bytes:
+    """A DICOM SEG (bytes) of the label map ``labels`` of the series ``source_blobs``.
+
+    Args:
+        labels: uint8 ``(X, Y, Z)`` on the grid of the exported volume (same ``affine``).
+        source_blobs: the series' files as `series_files` returned them (slice k = file k).
+        segments: one per label value 1..n, numbered 1..n in order; 0 is background.
+        header: the SEG series' UID, number, description, algorithm and private block.
+        seed: the cohort seed (the SEG's SOP Instance UID and the UIDs highdicom draws).
+
+    Raises:
+        ValueError: labels not uint8 3D, segments not numbered 1..n, a label without a
+            segment, or a number of slices other than the number of source files.
+    """
+    if labels.ndim != 3 or labels.dtype != np.uint8:
+        raise ValueError(f"segmentation_file exports a 3D uint8 label map, got {labels.dtype} {labels.shape}.")
+    numbers = [segment.number for segment in segments]
+    if numbers != list(range(1, len(segments) + 1)):
+        raise ValueError(f"DICOM SEG segments are numbered 1..n in order (PS3.3 C.8.20.2); got {numbers}.")
+    unknown = sorted(set(np.unique(labels).tolist()) - {0, *numbers})
+    if unknown:
+        raise ValueError(f"The label map holds values {unknown} that no segment describes (segments {numbers}).")
+    data, _ = to_lps(labels, affine)
+    if data.shape[2] != len(source_blobs):
+        raise ValueError(f"The label map has {data.shape[2]} axial slices, the series {len(source_blobs)} files.")
+    sources = [pydicom.dcmread(io.BytesIO(blob), stop_before_pixels=True) for blob in source_blobs]
+    # Frame k annotates source file k: the same (rows = P, columns = L) layout as `series_files`.
+    frames = np.stack([data[:, :, k].T for k in range(data.shape[2])])
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=header.algorithm_name, version=header.algorithm_version,
+        family=Code("110001", "DCM", "Image Processing"))
+    descriptions = [hd.seg.SegmentDescription(
+        segment_number=segment.number, segment_label=segment.label,
+        segmented_property_category=segment.category, segmented_property_type=segment.property_type,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
+        for segment in segments]
+    first = sources[0]
+    date, time = str(first.get("SeriesDate") or first.StudyDate), str(first.get("SeriesTime") or first.StudyTime)
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=header.series_uid,
+        series_number=header.series_number, sop_instance_uid=uid(seed, header.series_uid, "0"), instance_number=1,
+        manufacturer=str(first.get("Manufacturer", "")), manufacturer_model_name=header.algorithm_name,
+        software_versions=header.algorithm_version, device_serial_number=str(first.get("DeviceSerialNumber", "")),
+        series_description=header.series_description, content_date=date, content_time=time,
+        series_date=date, series_time=time, content_label="LABELS",
+        content_description=header.series_description[:64])
+    _pin_generated_values(seg, date, time, uid(seed, header.series_uid, "dimension-organization"))
+    block = seg.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
+    for offset, value in sorted(header.private.items()):
+        block.add_new(offset, "LO", value)
+    buffer = io.BytesIO()
+    seg.save_as(buffer)
+    return buffer.getvalue()
+
+
+def _pin_generated_values(ds: pydicom.Dataset, date: str, time: str, dimension_uid: str) -> None:
+    """Replace what highdicom takes from the clock or draws at random (instance creation date
+    and time, the contribution date-time, the dimension organisation UID) with values derived
+    from the series, so the same cohort gives the same bytes."""
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+
+    def pin(dataset: pydicom.Dataset, element: pydicom.DataElement) -> None:
+        if element.keyword == "DimensionOrganizationUID":
+            element.value = dimension_uid
+        elif element.keyword == "ContributionDateTime":
+            element.value = f"{date}{time}"
+
+    ds.walk(pin)
