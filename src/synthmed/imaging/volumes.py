@@ -207,12 +207,17 @@ def extract_subvolumes(
             "lesion_voxels": int(lesion_crop.sum()),
             "brain_fraction": round(int((label_crop > 0).sum()) / brain_total, 4) if brain_total else 0.0,
         })
-    n_channels = values.shape[0]
-    shapes = {"images": (n_channels, *size), "label_maps": (1, *size), "lesion_masks": (1, *size)}
-    dtypes = {"images": np.float32, "label_maps": np.uint8, "lesion_masks": np.uint8}
-    stacked = {name: (np.stack(items).astype(dtypes[name]) if items else np.zeros((0, *shapes[name]), dtypes[name]))
+    empty = empty_volumes(config, values.shape[0])
+    stacked = {name: (np.stack(items).astype(empty[name].dtype) if items else empty[name])
                for name, items in arrays.items()}
     return stacked, rows
+
+
+def empty_volumes(config: VolumeConfig, n_channels: int = 1) -> dict[str, np.ndarray]:
+    """The three arrays with no sub-volume: what a run with volumes disabled, or none found, stores."""
+    size = tuple(int(n) for n in config.size_vox)
+    return {"images": np.zeros((0, n_channels, *size), np.float32),
+            "label_maps": np.zeros((0, 1, *size), np.uint8), "lesion_masks": np.zeros((0, 1, *size), np.uint8)}
 
 
 def _slab(array: np.ndarray, split_row: Mapping[str, Any]) -> tuple[np.ndarray, int, int]:
@@ -281,12 +286,9 @@ def extract_volumes(
     if len(channels) > 1:
         raise ValueError(f"Volume items have different channel counts {sorted(channels)}; filter them with "
                          "extraction.volumes.labels.")
-    n_channels = channels.pop() if channels else 1
-    size = tuple(int(n) for n in config.size_vox)
-    empty = {"images": (n_channels, np.float32), "label_maps": (1, np.uint8), "lesion_masks": (1, np.uint8)}
-    arrays = {name: (np.concatenate(items) if items else np.zeros((0, empty[name][0], *size), empty[name][1]))
-              for name, items in parts.items()}
+    empty = empty_volumes(config, channels.pop() if channels else 1)
+    arrays = {name: (np.concatenate(items) if items else empty[name]) for name, items in parts.items()}
     table = pd.DataFrame([{"index": k, **row} for k, row in enumerate(rows)], columns=VOLUME_COLUMNS)
-    logger.info("Extracted %d sub-volumes of %s voxels at %g mm: %s", len(table), "x".join(map(str, size)),
+    logger.info("Extracted %d sub-volumes of %s voxels at %g mm: %s", len(table), "x".join(map(str, config.size_vox)),
                 config.spacing_mm, dict(Counter(zip(table["split"], table["crop"]))))
     return arrays, table
