@@ -10,6 +10,7 @@ import pytest
 from scipy import ndimage
 
 from synthmed.core.config import from_params
+from synthmed.core.manifest import parse_spacing
 from synthmed.core.splits import SPLIT_COLUMNS
 from synthmed.datasets.array_store import ArrayStoreDataset
 from synthmed.imaging.volumes import VOLUME_COLUMNS, VolumeConfig, crop_at, extract_subvolumes, extract_volumes
@@ -165,3 +166,43 @@ def test_mismatched_label_map_is_refused():
     image, labels = phantom()
     with pytest.raises(ValueError, match=r"got \(1, 40, 36, 30\) and \(40, 36, 29\)"):
         extract_subvolumes(image, labels[:, :, :-1], SPACING, config())
+
+
+@pytest.mark.slow
+def test_the_sample_cohort_gives_brain_and_lesion_crops_and_a_held_out_map_takes_a_placed_lesion(tmp_path: Path):
+    """Cohort -> ingestion -> preprocessing -> extraction with volumes on (about 30 s), then item 3 on its output."""
+    from synthmed.imaging.lesion_placement import LesionRequest, place_lesion
+    from synthmed.pipelines import extraction, ingestion, preprocessing
+    from synthmed.pipelines.sample_cohort.nodes import build_sample_cohort
+    from tests.conftest import load_parameters, project_catalog, run
+    from tests.test_cohort import tiny_params
+
+    root = tmp_path / "cohort"
+    for name, data in build_sample_cohort(tiny_params(n_subjects=4, dicom_fraction=0.25)).items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    overrides = {
+        "ingestion": {"ignore": [*load_parameters()["ingestion"]["ignore"], "subjects.csv"], "workers": 1},
+        "preprocessing": {"split": {"strategy": "group", "fractions": {"train": 0.5, "validation": 0.25,
+                                                                         "test": 0.25}}},
+        "extraction": {"volumes": {"enabled": True, "size_vox": [16, 16, 16], "spacing_mm": 6.0}},
+    }
+    catalog = project_catalog(tmp_path / "work", root, overrides=overrides)
+    run(ingestion.create_pipeline() + preprocessing.create_pipeline() + extraction.create_pipeline(), catalog)
+    table, store = catalog.load("volume_manifest"), catalog.load("volumes")
+    items = catalog.load("preprocessed_manifest")
+    masked = set(items.loc[items["has_mask"].astype(str) == "True", "item_id"])
+    assert set(table["item_id"]) == masked and len(masked) < len(items)  # the DICOM subject has no label map
+    assert store["images"].shape == (len(table), 1, 16, 16, 16)
+    assert set(np.unique(store["label_maps"])) <= {0, 1, 2, 3, 4}
+    lesion = table["crop"] == "lesion"
+    assert lesion.any() and (table.loc[lesion, "lesion_voxels"] > 0).all()
+    splits = catalog.load("split_table").set_index("item_id")["split"]
+    assert (table["split"] == table["item_id"].map(splits)).all()
+    # A lesion placed into a held-out patient's whole label map, exactly where and as large as asked.
+    held_out = next(i for i in sorted(masked) if splits[i] != "train")
+    labels = np.asarray(catalog.load("preprocessed_masks")[held_out])[0]
+    spacing = parse_spacing(items.set_index("item_id").loc[held_out, "spacing_mm"])
+    result, placed = place_lesion(labels, spacing, LesionRequest(radius_mm=6.0, location="white_matter", seed=0))
+    assert placed.voxels == int((result == 4).sum() - (labels == 4).sum()) > 0
+    assert np.isin(labels[(result == 4) & (labels != 4)], (2, 3)).all()
