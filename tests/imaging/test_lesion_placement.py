@@ -136,3 +136,17 @@ def test_radius_for_volume_never_puts_a_voxel_centre_on_the_surface():
     radius = radius_for_volume(0.2, spacing)
     distances = np.sqrt(((ball_offsets(radius + 3, spacing) * spacing) ** 2).sum(axis=1))
     assert np.abs(distances - radius).min() > 1e-3
+
+
+def test_a_plan_row_s_lesion_block_parses_into_a_request():
+    from synthmed.core.config import from_params
+
+    request = from_params(LesionRequest, {"volume_ml": 2, "location": [15, 14, 8], "within": ["white_matter"]},
+                          "plan[0].lesion")
+    assert request == LesionRequest(volume_ml=2.0, location=(15, 14, 8), within=("white_matter",))
+    with pytest.raises(ValueError, match="'sed' -> did you mean 'seed'"):
+        from_params(LesionRequest, {"radius_mm": 3, "location": "random", "sed": 1}, "plan[0].lesion")
+    placed = place_lesion(phantom(), SPACING, request)[1]
+    row = placed.row()
+    assert row["requested_volume_ml"] == 2.0 and row["requested_location"] == "15 14 8"
+    assert row["realised_voxels"] == placed.voxels and row["within"] == "white_matter"

@@ -43,6 +43,7 @@ from scipy import ndimage
 
 from synthmed.core.manifest import parse_spacing
 from synthmed.core.splits import check_no_leakage
+from synthmed.imaging.extraction import _region
 from synthmed.imaging.geometry import resample_to_spacing
 
 logger = logging.getLogger(__name__)
@@ -220,16 +221,6 @@ def empty_volumes(config: VolumeConfig, n_channels: int = 1) -> dict[str, np.nda
             "label_maps": np.zeros((0, 1, *size), np.uint8), "lesion_masks": np.zeros((0, 1, *size), np.uint8)}
 
 
-def _slab(array: np.ndarray, split_row: Mapping[str, Any]) -> tuple[np.ndarray, int, int]:
-    """The part of ``(C, X, Y, Z)`` ``array`` the split row gives its split, its axis and first index."""
-    if split_row["strategy"] == "group":
-        return array, 0, 0
-    axis, start = int(split_row["axis"]), int(split_row["start"])
-    index = [slice(None)] * array.ndim
-    index[axis + 1] = slice(start, int(split_row["stop"]))
-    return array[tuple(index)], axis, start
-
-
 def extract_volumes(
     images_by_item: Mapping[str, ArrayLike],
     masks_by_item: Mapping[str, ArrayLike],
@@ -273,12 +264,12 @@ def extract_volumes(
             raise ValueError(f"Item {item.item_id} is split into slabs along axes {sorted(axes)}; sub-volumes need "
                              "slabs along one axis (preprocessing.split.slab_axis) or a group split.")
         for split_row in item_rows:
-            region, axis, start = _slab(image, split_row)
-            label_region = _slab(label_map, split_row)[0]
             region_start = [0.0, 0.0, 0.0]
-            region_start[axis] = start * spacing[axis]
-            arrays, item_rows = extract_subvolumes(region, label_region, spacing, config,
-                                                   region_start_mm=region_start)
+            if split_row["strategy"] == "slab":
+                axis = int(split_row["axis"])
+                region_start[axis] = int(split_row["start"]) * spacing[axis]
+            arrays, item_rows = extract_subvolumes(_region(image, split_row), _region(label_map, split_row), spacing,
+                                                   config, region_start_mm=region_start)
             for name, array in arrays.items():
                 parts[name].append(array)
             rows += [{"item_id": item.item_id, "patient_key": item.patient_key, "split": split_row["split"], **row}
