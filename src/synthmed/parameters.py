@@ -67,6 +67,7 @@ class PreviewParams:
 class ExtractionParams:
     slices: Mapping[str, Any]
     patches: Mapping[str, Any]
+    volumes: Mapping[str, Any]
     preview: Mapping[str, Any]
 
 
@@ -104,6 +105,7 @@ def _schema() -> dict[str, type]:
     from synthmed.imaging.extraction import PatchConfig, SliceConfig
     from synthmed.imaging.intensity import IntensitySpec
     from synthmed.imaging.slicing import PatchSpec
+    from synthmed.imaging.volumes import VolumeConfig
     from synthmed.metrics.features import FeatureNetworkConfig, FitConfig
     from synthmed.metrics.utility import UtilityConfig
     from synthmed.pipelines.ingestion.nodes import IngestionConfig
@@ -132,6 +134,7 @@ def _schema() -> dict[str, type]:
         "extraction.slices": SliceConfig,
         "extraction.patches": PatchConfig,
         "extraction.patches.patch": PatchSpec,
+        "extraction.volumes": VolumeConfig,
         "extraction.preview": PreviewParams,
         "rebalancing": RebalancingConfig,
         "rebalancing.sampler": SamplerSpec,

@@ -160,3 +160,39 @@ def test_missing_index_is_a_clear_error_and_not_exists(tmp_path: Path) -> None:
     assert not dataset.exists()
     with pytest.raises(DatasetError, match=f"{INDEX} is missing"):
         dataset.load()
+
+
+def test_volumes_round_trip_as_five_axis_memory_maps(tmp_path: Path) -> None:
+    """Sub-volumes (N, C, D, H, W) with their label maps: shape, dtype, values, batch indexing."""
+    rng = np.random.default_rng(3)
+    arrays = {
+        "images": rng.uniform(-1, 1, size=(3, 1, 5, 6, 7)).astype(np.float32),
+        "label_maps": rng.integers(0, 5, size=(3, 1, 5, 6, 7)).astype(np.uint8),
+    }
+    dataset = ArrayStoreDataset(path=str(tmp_path / "volumes"))
+    dataset.save(arrays)
+    store = dataset.load()
+    for name, expected in arrays.items():
+        loaded = store[name]
+        assert isinstance(loaded, np.memmap) and loaded.shape == expected.shape and loaded.dtype == expected.dtype
+        assert store.info(name)["shape"] == [3, 1, 5, 6, 7]
+        np.testing.assert_array_equal(loaded[[0, 2]], expected[[0, 2]])
+    assert dataset.preview(max_images=2)  # a volume's middle slice is a picture
+
+
+def test_an_index_that_misstates_a_volume_s_shape_is_refused(tmp_path: Path) -> None:
+    """The checksum covers the file; the index's shape and dtype are checked against the file's header too."""
+    folder = tmp_path / "volumes"
+    dataset = ArrayStoreDataset(path=str(folder))
+    dataset.save({"images": np.zeros((2, 1, 4, 4, 4), np.float32)})
+    index = json.loads((folder / INDEX).read_text())
+    index["arrays"]["images"]["shape"] = [2, 1, 4, 4]  # a 2D store's shape for a volume file
+    (folder / INDEX).write_text(json.dumps(index))
+    with pytest.raises(DatasetError, match=r"images.npy holds a float32 array of shape \[2, 1, 4, 4, 4\].*"
+                                           r"records float32 \[2, 1, 4, 4\]"):
+        dataset.load()
+    index["arrays"]["images"]["shape"] = [2, 1, 4, 4, 4]
+    index["arrays"]["images"]["dtype"] = "<f8"
+    (folder / INDEX).write_text(json.dumps(index))
+    with pytest.raises(DatasetError, match="records float64"):
+        dataset.load()

@@ -55,3 +55,34 @@ def test_preview_figures_and_metrics_are_written(processed):
         assert (workdir / "data/08_reporting/extraction" / name).read_bytes()[:4] == b"\x89PNG"
     metrics = pd.read_json(workdir / "data/08_reporting/extraction_metrics.json", typ="series")
     assert metrics["slices_total"] == len(pd.read_csv(workdir / "data/05_model_input/slices/manifest.csv"))
+
+
+def test_volumes_are_off_by_default_and_written_empty(processed):
+    _, catalog = processed
+    from synthmed.imaging.volumes import VOLUME_COLUMNS
+
+    volumes = catalog.load("volumes")
+    assert {name: volumes[name].shape for name in volumes} == {
+        "images": (0, 1, 32, 32, 32), "label_maps": (0, 1, 32, 32, 32), "lesion_masks": (0, 1, 32, 32, 32)}
+    assert list(catalog.load("volume_manifest").columns) == VOLUME_COLUMNS
+
+
+def test_volumes_mode_cuts_sub_volumes_inside_one_axis_slabs(processed):
+    """The node with ``enabled: true`` on the tiny folder's head volume (one patient: slabs)."""
+    import pytest
+
+    from synthmed.pipelines.extraction.nodes import extract_volumes
+
+    _, catalog = processed
+    params = {**catalog.load("params:extraction.volumes"), "enabled": True, "size_vox": [8, 8, 8],
+              "spacing_mm": 4.0, "lesion_labels": [2]}
+    inputs = [catalog.load(name) for name in ("preprocessed_images", "preprocessed_masks", "preprocessed_manifest")]
+    splits = catalog.load("split_table")
+    with pytest.raises(ValueError, match="slabs along axes .* need slabs along one axis"):
+        extract_volumes(*inputs, splits, params)
+    one_axis = splits[(splits.strategy != "slab") | (splits.axis == 0)]
+    arrays, manifest = extract_volumes(*inputs, one_axis, params)
+    assert len(manifest) > 0 and set(manifest["split"]) <= {"train", "validation", "test"}
+    assert arrays["images"].shape == (len(manifest), 1, 8, 8, 8)
+    assert np.array_equal(arrays["lesion_masks"], (arrays["label_maps"] == 2).astype(np.uint8))
+    assert set(manifest["crop"]) == {"brain", "lesion"}

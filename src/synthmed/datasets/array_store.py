@@ -12,7 +12,10 @@ fix. Indexes written before sizes were recorded are verified by sha256 alone.
 
 Loading returns an ``ArrayStore`` mapping whose values are read-only memory maps, so a
 training loop can index batches (``store["images"][idx]``) without reading the whole
-array. Saving accepts arrays or zero-argument callables returning arrays (the
+array. Any number of axes is stored as is: images ``(N, C, H, W)``, volumes
+``(N, C, D, H, W)``; each opened array's shape and dtype are checked against the index, so
+an index edited by hand (or a file swapped with its checksum) cannot hand a training loop
+arrays of another geometry. Saving accepts arrays or zero-argument callables returning arrays (the
 ``PartitionedDataset`` idiom), so a node can hand over one item at a time.
 """
 
@@ -61,14 +64,22 @@ class ArrayStore(Mapping[str, np.ndarray]):
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._index:
             raise KeyError(f"{name!r} is not in the array store at {self._root}")
-        path = self._root / f"{name}.npy"
-        # A stat when unchanged since load (cached); a re-hash if the file was replaced.
-        self._verify(name)
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        return self._open(name)
 
-    def _verify(self, name: str) -> None:
+    def _open(self, name: str) -> np.ndarray:
+        """The verified array as a read-only memory map (only its header is read here)."""
+        path = self._root / f"{name}.npy"
         info = self._index[name]
-        verified(self._root / f"{name}.npy", info["sha256"], info.get("size"), store=self._root)
+        # A stat when unchanged since load (cached); a re-hash if the file was replaced.
+        verified(path, info["sha256"], info.get("size"), store=self._root)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        expected = (list(info.get("shape", array.shape)), np.dtype(info.get("dtype", array.dtype)))
+        if (list(array.shape), array.dtype) != expected:
+            raise DataChecksumError(
+                f"{path} holds a {array.dtype} array of shape {list(array.shape)}, but {self._root / INDEX} "
+                f"records {expected[1]} {expected[0]}; {hint_for(self._root)}", path=path, kind="listing",
+                expected=f"{expected[1]} {expected[0]}", found=f"{array.dtype} {list(array.shape)}")
+        return array
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._index)
@@ -81,9 +92,9 @@ class ArrayStore(Mapping[str, np.ndarray]):
         return self._index[name]
 
     def verify(self) -> None:
-        """Check every array's size and sha256; raise ``DataChecksumError`` on the first mismatch."""
+        """Check every array's size, sha256, shape and dtype; raise ``DataChecksumError`` on the first mismatch."""
         for name in self._index:
-            self._verify(name)
+            self._open(name)
 
 
 class ArrayStoreDataset(AbstractDataset[Mapping[str, Any], ArrayStore]):

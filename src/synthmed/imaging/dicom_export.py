@@ -6,6 +6,10 @@ patient's left, rows to posterior, slices to superior), so ImageOrientationPatie
 LPS mm, PixelSpacing is (row spacing, column spacing). Pixels are the volume's uint16 values
 as stored (no rescale), so reading the series back gives the exported volume exactly.
 
+The test cohort writes its series with fictitious identities and an ``ORIGINAL`` image type;
+synthetic volumes (``synthmed.generators.volume_export``) use the same writer with a
+``DERIVED\\SECONDARY\\SYNTHETIC`` image type, no identities and a rescale (``SeriesHeader``).
+
 All UIDs come from `uid`, a hash of the seed and the object's name: the same cohort has the
 same UIDs, a different seed different ones, and nothing random is drawn at write time.
 
@@ -19,7 +23,8 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import highdicom as hd
 import nibabel as nib
@@ -55,7 +60,9 @@ class SeriesHeader:
     series_number: int
     series_description: str
     sequence: Mapping[str, str]  # MR acquisition keywords (ScanningSequence, EchoTime, ...)
-    private: Mapping[int, str]   # private element offset (0x01..) -> LO value
+    private: Mapping[int, str]   # private element offset (0x01..) -> LO value; empty: no private block
+    image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "M", "ND")
+    extra: Mapping[str, Any] = field(default_factory=dict)  # keyword -> value, set last (overrides)
 
 
 def to_lps(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +120,7 @@ def _slice_dataset(pixels: np.ndarray, position: np.ndarray, spacing: np.ndarray
     ds = pydicom.Dataset()
     ds.file_meta = meta
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+    ds.ImageType = list(header.image_type)
     ds.SOPClassUID = MRImageStorage
     ds.SOPInstanceUID = sop_uid
     ds.Modality = "MR"
@@ -146,9 +153,12 @@ def _slice_dataset(pixels: np.ndarray, position: np.ndarray, spacing: np.ndarray
     ds.PixelRepresentation = 0
     ds.WindowCenter = "600"
     ds.WindowWidth = "1200"
-    block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
-    for offset, value in sorted(header.private.items()):
-        block.add_new(offset, "LO", value)
+    if header.private:
+        block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
+        for offset, value in sorted(header.private.items()):
+            block.add_new(offset, "LO", value)
+    for keyword, value in header.extra.items():
+        setattr(ds, keyword, value)
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
     return ds
 

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from synthmed.core.config import from_params
 from synthmed.datasets.array_store import ArrayStore
-from synthmed.imaging import extraction
+from synthmed.imaging import extraction, volumes
 from synthmed.imaging.extraction import PatchConfig, SliceConfig
 from synthmed.imaging.figures import class_grid
 
@@ -43,6 +43,21 @@ def extract_patches(
     config = from_params(PatchConfig, params, "extraction.patches")
     return extraction.extract_patches(preprocessed_images, preprocessed_masks, preprocessed_foreground,
                                       preprocessed_manifest, split_table, config)
+
+
+def extract_volumes(
+    preprocessed_images: ArrayStore,
+    preprocessed_masks: ArrayStore,
+    preprocessed_manifest: pd.DataFrame,
+    split_table: pd.DataFrame,
+    params: dict[str, Any],
+) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """Sub-volumes ``(N, C, D, H, W)`` with label maps and lesion masks (`synthmed.imaging.volumes`);
+    with ``extraction.volumes.enabled: false`` an empty store and manifest (the 2D studies need none)."""
+    config = from_params(volumes.VolumeConfig, params, "extraction.volumes")
+    if not config.enabled:
+        return volumes.empty_volumes(config), pd.DataFrame(columns=volumes.VOLUME_COLUMNS)
+    return volumes.extract_volumes(preprocessed_images, preprocessed_masks, preprocessed_manifest, split_table, config)
 
 
 def plot_slice_preview(slices: ArrayStore, slice_params: dict[str, Any], preview: dict[str, Any]) -> Figure:
