@@ -221,10 +221,13 @@ def test_sampling_from_a_label_map_is_seeded_and_follows_the_lesion():
     assert torch.equal(draw(conditions, 5), draw(conditions, 5))
     assert not torch.equal(draw(conditions, 5), draw(conditions, 6))  # test-time dropout is the noise
     assert torch.equal(torch.get_rng_state(), global_state)
-    # Another lesion (mask and label) in the same anatomy gives another volume.
+    # The volume follows both inputs: another lesion mask alone, or another label map alone,
+    # gives another volume.
     moved = batch["masks"].flip(-1)
+    assert not torch.equal(draw(Conditions(n=2, label_maps=batch["label_maps"], masks=moved), 5), draw(conditions, 5))
     label_maps = torch.where(moved > 0, 4, torch.where(batch["masks"] > 0, 2, batch["label_maps"]))
-    assert not torch.equal(draw(Conditions(n=2, label_maps=label_maps, masks=moved), 5), draw(conditions, 5))
+    assert not torch.equal(draw(Conditions(n=2, label_maps=label_maps, masks=batch["masks"]), 5),
+                           draw(conditions, 5))
 
 
 def test_sample_needs_label_maps_and_masks():
