@@ -119,13 +119,9 @@ def bench_plain_ddpm(config, batch: int, steps: int, device: torch.device) -> fl
     loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
-    tic = None
     batches = (b for _ in range(10**9) for b in loader)
-    for step in range(steps):
-        if step == steps // 2:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            tic = time.perf_counter()
+
+    def one_step() -> None:
         x0, labels = (t.to(device) for t in next(batches))
         noise = torch.randn_like(x0)
         t = torch.randint(0, config.train_timesteps, (batch,), device=device)
@@ -138,6 +134,19 @@ def bench_plain_ddpm(config, batch: int, steps: int, device: torch.device) -> fl
         torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip_norm or 1e9)
         optimizer.step()
         ema.step(unet.parameters())
+
+    return examples_per_s(one_step, steps, batch, device)
+
+
+def examples_per_s(one_step, steps: int, batch: int, device: torch.device) -> float:
+    """Call ``one_step`` ``steps`` times; examples/s over the second half (the first half warms up)."""
+    tic = None
+    for step in range(steps):
+        if step == steps // 2:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            tic = time.perf_counter()
+        one_step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return batch * (steps - steps // 2) / (time.perf_counter() - tic)
@@ -166,13 +175,9 @@ def bench_plain_pix2pix3d(config, batch: int, steps: int, device: torch.device) 
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
     bce = torch.nn.BCEWithLogitsLoss()
-    tic = None
     batches = (b for _ in range(10**9) for b in loader)
-    for step in range(steps):
-        if step == steps // 2:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            tic = time.perf_counter()
+
+    def one_step() -> None:
         images, label_maps, masks = (t.to(device) for t in next(batches))
         one_hot = F.one_hot(label_maps[:, 0].long(), config.label_classes).movedim(-1, 1).float()
         x = torch.cat([one_hot, masks.float()], dim=1) * 2 - 1
@@ -194,9 +199,8 @@ def bench_plain_pix2pix3d(config, batch: int, steps: int, device: torch.device) 
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return batch * (steps - steps // 2) / (time.perf_counter() - tic)
+
+    return examples_per_s(one_step, steps, batch, device)
 
 
 # Plain reference loops by family, and what they are called in the table.
