@@ -25,6 +25,7 @@ from synthmed.generators.previews import check_training_input, preview_condition
 from synthmed.generators.registry import FAMILIES, config_from_params, get_family, load_generator
 from synthmed.generators.sampling import generate_from_plan
 from synthmed.generators.training import ArrayBatches, TrainingConfig, checkpoint_dirs, load_trainer_state, train
+from synthmed.parameters import ParameterError, validate_parameters
 from tests.conftest import load_parameters
 
 SIDE, LABELS = 8, 5
@@ -84,6 +85,11 @@ def test_the_parameter_blocks_build(env):
     block = load_parameters(env)["pix2pix3d"]
     config = config_from_params("pix2pix3d", block["model"])
     assert block["family"] == "pix2pix3d" and block["run"]["source"] == "volumes"
+    # The project's parameter check knows the block: a misspelt key is named before any node runs.
+    params = load_parameters(env)
+    params["pix2pix3d"]["model"]["label_encodng"] = "scaled"
+    with pytest.raises(ParameterError, match=r"Unknown key\(s\) \['label_encodng'\] in parameters 'pix2pix3d.model'"):
+        validate_parameters(params)
     TrainingConfig(**block["training"])
     assert config.image_size == (32 if env == "base" else 128)
     assert config.image_size == 2**config.depth  # a 1-voxel bottleneck, as in the paper
