@@ -5,10 +5,14 @@ sizes): training images/s through ``synthmed.generators.training.train`` (Accele
 checkpointing off), sampling images/s per sampler and step count, and peak memory. For the
 DDPM U-Net it also times a plain reference loop written directly against diffusers and
 PyTorch, as the diffusers training examples do it (same UNet2DModel, DataLoader,
-DDPMScheduler, AdamW, clipping, diffusers EMAModel, batch) and prints synthmed / plain.
+DDPMScheduler, AdamW, clipping, diffusers EMAModel, batch) and prints synthmed / plain. For
+the volume family ``pix2pix3d`` (training volumes/s on ``(N, C, D, H, W)`` volumes) the
+reference is a plain PyTorch Pix2Pix loop over the same 3D U-Net and PatchGAN (DataLoader,
+one-hot label maps, left-right flips, D step then G step with BCE + lambda * L1, two Adams).
 
     .venv/bin/python benchmarks/bench_generators.py --profile base
     .venv/bin/python benchmarks/bench_generators.py --profile gpu --families ddpm
+    .venv/bin/python benchmarks/bench_generators.py --families pix2pix3d   # alone: peak memory is the process's
     make bench-gpu   # on a CUDA machine: gpu profile DDPM, with --mfu, appended to RESULTS.md
 
 ``--mfu`` adds model FLOPs utilisation for the DDPM: the FLOPs of one training step (forward
@@ -32,6 +36,7 @@ import shlex
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,19 +63,34 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
 
 
-def synthetic_store(config, n: int) -> dict[str, np.ndarray]:
+@contextmanager
+def device_peak(device: torch.device, peaks: dict[str, float], key: str):
+    """On CUDA, ``peaks[key]``: the most GPU memory (MB) allocated inside the block, over calls."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    yield
+    if device.type == "cuda":
+        peaks[key] = max(peaks[key], torch.cuda.max_memory_allocated() / 2**20)
+
+
+def synthetic_store(family: str, config, n: int) -> dict[str, np.ndarray]:
+    """Random images (or volumes) with labels and masks; label maps where the family takes them."""
     rng = np.random.default_rng(0)
-    size = config.image_size
-    return {
-        "images": rng.uniform(-1, 1, (n, config.channels, size, size)).astype(np.float32),
+    channels, *sides = get_family(family).sample_shape(config)
+    store = {
+        "images": rng.uniform(-1, 1, (n, channels, *sides)).astype(np.float32),
         "labels": (np.arange(n) % max(config.num_classes, 1)).astype(np.int64),
-        "masks": (rng.uniform(size=(n, 1, size, size)) > 0.8).astype(np.uint8),
+        "masks": (rng.uniform(size=(n, 1, *sides)) > 0.8).astype(np.uint8),
     }
+    if "label_maps" in config.needed_conditions():
+        store["label_maps"] = rng.integers(0, config.label_classes, (n, 1, *sides)).astype(np.uint8)
+    return store
 
 
 def bench_training(family: str, config, batch: int, steps: int, device: str) -> float:
     spec = get_family(family)
-    store = synthetic_store(config, max(batch * 4, 64))
+    store = synthetic_store(family, config, max(batch * 4, 64))
     training = TrainingConfig(steps=steps, batch_size=batch, checkpoint_every=0, log_every=max(steps // 2, 1),
                               device=device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,18 +114,14 @@ def bench_plain_ddpm(config, batch: int, steps: int, device: torch.device) -> fl
     ema = EMAModel(unet.parameters(), decay=getattr(config, "ema_decay", 0.999))
     scheduler = DDPMScheduler(num_train_timesteps=config.train_timesteps, beta_schedule=config.beta_schedule)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    store = synthetic_store(config, max(batch * 4, 64))
+    store = synthetic_store("ddpm", config, max(batch * 4, 64))
     data = TensorDataset(torch.from_numpy(store["images"]), torch.from_numpy(store["labels"]))
     loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
-    tic = None
     batches = (b for _ in range(10**9) for b in loader)
-    for step in range(steps):
-        if step == steps // 2:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            tic = time.perf_counter()
+
+    def one_step() -> None:
         x0, labels = (t.to(device) for t in next(batches))
         noise = torch.randn_like(x0)
         t = torch.randint(0, config.train_timesteps, (batch,), device=device)
@@ -118,9 +134,78 @@ def bench_plain_ddpm(config, batch: int, steps: int, device: torch.device) -> fl
         torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip_norm or 1e9)
         optimizer.step()
         ema.step(unet.parameters())
+
+    return examples_per_s(one_step, steps, batch, device)
+
+
+def examples_per_s(one_step, steps: int, batch: int, device: torch.device) -> float:
+    """Call ``one_step`` ``steps`` times; examples/s over the second half (the first half warms up)."""
+    tic = None
+    for step in range(steps):
+        if step == steps // 2:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            tic = time.perf_counter()
+        one_step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return batch * (steps - steps // 2) / (time.perf_counter() - tic)
+
+
+def bench_plain_pix2pix3d(config, batch: int, steps: int, device: torch.device) -> float:
+    """The same 3D U-Net and PatchGAN trained by a Pix2Pix loop written directly in PyTorch.
+
+    What a Pix2Pix training script does: a shuffled DataLoader over in-memory tensors, the
+    condition built from the one-hot label map and the lesion mask, a random left-right flip
+    of each pair, one D step (halved BCE on real and fake) and one G step (BCE against 1 plus
+    lambda * L1), two Adams. Returns volumes/s over the second half of the steps.
+    """
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from synthmed.generators.pix2pix3d import build
+
+    models = build(config, 0).to(device).train()
+    generator, discriminator = models["generator"], models["discriminator"]
+    betas = (config.beta1, config.beta2)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=config.learning_rate, betas=betas)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.learning_rate, betas=betas)
+    store = synthetic_store("pix2pix3d", config, max(batch * 4, 64))
+    data = TensorDataset(*(torch.from_numpy(store[k]) for k in ("images", "label_maps", "masks")))
+    loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    bce = torch.nn.BCEWithLogitsLoss()
+    batches = (b for _ in range(10**9) for b in loader)
+
+    def one_step() -> None:
+        images, label_maps, masks = (t.to(device) for t in next(batches))
+        one_hot = F.one_hot(label_maps[:, 0].long(), config.label_classes).movedim(-1, 1).float()
+        x = torch.cat([one_hot, masks.float()], dim=1) * 2 - 1
+        y = images
+        if config.augment:
+            flip = (torch.rand(batch, device=device) < 0.5).view(-1, 1, 1, 1, 1)
+            x, y = torch.where(flip, x.flip(-1), x), torch.where(flip, y.flip(-1), y)
+        with autocast:
+            fake = generator(x)
+            real_logits, fake_logits = discriminator(x, y).float(), discriminator(x, fake.detach()).float()
+            loss_d = 0.5 * (bce(real_logits, torch.ones_like(real_logits))
+                            + bce(fake_logits, torch.zeros_like(fake_logits)))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        with autocast:
+            fake_logits = discriminator(x, fake).float()
+            loss_g = bce(fake_logits, torch.ones_like(fake_logits)) + config.lambda_l1 * F.l1_loss(fake.float(), y)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+
+    return examples_per_s(one_step, steps, batch, device)
+
+
+# Plain reference loops by family, and what they are called in the table.
+PLAIN_LOOPS = {"ddpm": (bench_plain_ddpm, "plain diffusers loop images/s"),
+               "pix2pix3d": (bench_plain_pix2pix3d, "plain PyTorch loop volumes/s")}
 
 
 # Dense bf16 tensor-core peaks in TFLOP/s (vendor data sheets; SXM variants), by a substring
@@ -157,12 +242,13 @@ def ddpm_step_flops(config, batch: int, device: torch.device) -> int:
 def bench_sampling(family: str, config, sampler: SamplerSpec, n: int) -> float:
     spec = get_family(family)
     models = spec.build(config, 0).eval()
-    store = synthetic_store(config, n)
+    store = synthetic_store(family, config, n)
     needed = config.needed_conditions()
     conditions = Conditions(
         n=n,
         labels=torch.from_numpy(store["labels"]) if "labels" in needed else None,
         masks=torch.from_numpy(store["masks"].astype(np.float32)) if "masks" in needed else None,
+        label_maps=torch.from_numpy(store["label_maps"].astype(np.int64)) if "label_maps" in needed else None,
     )
     tic = time.perf_counter()
     spec.sample(models, config, conditions, sampler, torch.Generator().manual_seed(0))
@@ -199,7 +285,7 @@ def main() -> None:
                f"torch {torch.__version__}")
     say(f"machine: {machine}")
     say(f"profile: {args.profile}; training steps {args.steps} (last half timed); samples {args.samples}")
-    say(f"{'family':8} {'measure':38} {'value':>12}")
+    say(f"{'family':9} {'measure':38} {'value':>12}")
     _measure(args, params, device, say)
     if args.append_results:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -213,33 +299,48 @@ def main() -> None:
 def _measure(args, params, device: torch.device, say) -> None:
     """Every line of the table goes through ``say`` (printed, and kept for --append-results)."""
     for family in args.families.split(","):
+        spec = get_family(family)
         config = config_from_params(family, params[family]["model"])
         batch = int(params[family]["training"]["batch_size"])
-        n_params = sum(p.numel() for p in get_family(family).build(config, 0).parameters())
-        say(f"{family:8} {'parameters (all modules)':38} {n_params:>12,}")
-        if family == "ddpm":
+        n_params = sum(p.numel() for p in spec.build(config, 0).parameters())
+        say(f"{family:9} {'parameters (all modules)':38} {n_params:>12,}")
+        unit = "volumes" if spec.spatial_dims == 3 else "images"
+        size = f"{config.image_size}^3" if spec.spatial_dims == 3 else f"{config.image_size} px"
+        training_label = f"training {unit}/s (batch {batch}, {size})"
+        digits = 2 if spec.spatial_dims == 3 else 1  # a few volumes/s: two decimals
+        if family in PLAIN_LOOPS:
+            plain_loop, plain_label = PLAIN_LOOPS[family]
             # Interleaved, so machine drift hits both loops alike; the median is reported.
-            pairs = [(bench_training(family, config, batch, args.steps, args.device),
-                      bench_plain_ddpm(config, batch, args.steps, device)) for _ in range(args.repeats)]
+            pairs, peaks = [], {"synthmed": 0.0, "plain": 0.0}
+            for _ in range(args.repeats):
+                with device_peak(device, peaks, "synthmed"):
+                    ours = bench_training(family, config, batch, args.steps, args.device)
+                with device_peak(device, peaks, "plain"):
+                    plain = plain_loop(config, batch, args.steps, device)
+                pairs.append((ours, plain))
             ours = float(np.median([a for a, _ in pairs]))
             plain = float(np.median([b for _, b in pairs]))
             ratios = [a / b for a, b in pairs]
-            say(f"{family:8} {f'training images/s (batch {batch}, {config.image_size} px)':38} {ours:>12.1f}")
-            say(f"{family:8} {'plain diffusers loop images/s':38} {plain:>12.1f}")
-            say(f"{family:8} {f'ratio synthmed / plain (median of {len(ratios)})':38} "
+            say(f"{family:9} {training_label:38} {ours:>12.{digits}f}")
+            say(f"{family:9} {plain_label:38} {plain:>12.{digits}f}")
+            say(f"{family:9} {f'ratio synthmed / plain (median of {len(ratios)})':38} "
                   f"{float(np.median(ratios)):>12.2f}")
-            say(f"{family:8} {'ratio range':38} {min(ratios):>6.2f}..{max(ratios):.2f}")
+            say(f"{family:9} {'ratio range':38} {min(ratios):>6.2f}..{max(ratios):.2f}")
+            if device.type == "cuda":
+                for who, peak in peaks.items():
+                    say(f"{family:9} {f'peak GPU memory MB, {who} training':38} {peak:>12.0f}")
+        else:
+            ours = bench_training(family, config, batch, args.steps, args.device)
+            say(f"{family:9} {training_label:38} {ours:>12.{digits}f}")
+        if family == "ddpm":
             if args.mfu:
                 flops = ddpm_step_flops(config, batch, device)
                 achieved = flops * ours / batch  # FLOP/s: steps/s x FLOPs per step
                 peak = device_peak_tflops(device, args.peak_tflops)
-                say(f"{family:8} {'GFLOPs per training step':38} {flops / 1e9:>12.2f}")
-                say(f"{family:8} {'achieved TFLOP/s (model FLOPs)':38} {achieved / 1e12:>12.3f}")
+                say(f"{family:9} {'GFLOPs per training step':38} {flops / 1e9:>12.2f}")
+                say(f"{family:9} {'achieved TFLOP/s (model FLOPs)':38} {achieved / 1e12:>12.3f}")
                 mfu = f"{100 * achieved / (peak * 1e12):>11.1f}%" if peak else f"{'n/a':>12}"
-                say(f"{family:8} {f'MFU (peak {peak or 0:g} TFLOP/s)':38} {mfu}")
-        else:
-            ours = bench_training(family, config, batch, args.steps, args.device)
-            say(f"{family:8} {f'training images/s (batch {batch}, {config.image_size} px)':38} {ours:>12.1f}")
+                say(f"{family:9} {f'MFU (peak {peak or 0:g} TFLOP/s)':38} {mfu}")
         if family == "ddpm":
             ddpm_steps = min(1000, int(config.train_timesteps))  # ancestral DDPM: at most the training steps
             samplers = [SamplerSpec("ddim", 50), SamplerSpec("dpmsolver++", 20), SamplerSpec("ddpm", ddpm_steps),
@@ -247,11 +348,11 @@ def _measure(args, params, device: torch.device, say) -> None:
         else:
             samplers = [SamplerSpec("ddim", 1)]
         for sampler in samplers:
-            label = f"sampling images/s {sampler.name} {sampler.steps} steps" + (
+            label = f"sampling {unit}/s {sampler.name} {sampler.steps} steps" + (
                 f" w={sampler.guidance_scale:g}" if sampler.guidance_scale != 1.0 else "")
             n = args.samples if sampler.steps <= 100 else max(args.samples // 4, 1)
-            say(f"{family:8} {label:38} {bench_sampling(family, config, sampler, n):>12.1f}")
-        say(f"{family:8} {'peak memory MB (process, so far)':38} {peak_memory_mb(device):>12.0f}")
+            say(f"{family:9} {label:38} {bench_sampling(family, config, sampler, n):>12.1f}")
+        say(f"{family:9} {'peak memory MB (process, so far)':38} {peak_memory_mb(device):>12.0f}")
 
 
 if __name__ == "__main__":

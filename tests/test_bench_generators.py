@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks/bench_generators.py"
 
@@ -38,6 +40,21 @@ def test_the_benchmark_prints_throughput_mfu_and_appends_its_table(tmp_path: Pat
     text = results.read_text()
     assert text.startswith("# Results\n") and "## Generators, `test` profile on cpu" in text
     assert "--append-results" in text and "MFU (peak 0.5 TFLOP/s)" in text
+
+
+@pytest.mark.slow  # about 45 s on the loaded 2-core machine (two subprocess imports, 8 training runs)
+def test_the_volume_family_is_timed_against_a_plain_pytorch_loop() -> None:
+    done = _run("--profile", "test", "--families", "pix2pix3d", "--steps", "4", "--samples", "2", "--repeats", "1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    values = {}
+    for measure in (r"training volumes/s \(batch 2, 8\^3\)", "plain PyTorch loop volumes/s",
+                    r"ratio synthmed / plain \(median of 1\)", "sampling volumes/s ddim 1 steps",
+                    r"peak memory MB \(process, so far\)"):
+        found = re.search(r"pix2pix3d +" + measure + r"\s+([\d.]+)", done.stdout)
+        assert found, (measure, done.stdout)
+        values[measure] = float(found.group(1))
+    ours, plain, ratio = list(values.values())[:3]
+    assert ours > 0 and plain > 0 and abs(ratio - ours / plain) <= 0.01 + 0.02 * ratio
 
 
 def test_the_gpu_profile_is_refused_without_cuda() -> None:

@@ -97,7 +97,7 @@ def _schema() -> dict[str, type]:
     pull in torch); importing this module stays cheap."""
     from synthmed.core.splits import SplitConfig
     from synthmed.generators.base import SamplerSpec
-    from synthmed.generators.registry import FAMILIES
+    from synthmed.generators.registry import ALL_FAMILIES
     from synthmed.generators.run import RunConfig
     from synthmed.generators.sampling import SamplingConfig
     from synthmed.generators.training import TrainingConfig
@@ -150,7 +150,7 @@ def _schema() -> dict[str, type]:
         "evaluation.reader_kit": ReaderKitConfig,
     }
     # One block per registered generator family (the registry is the only list of them).
-    for name, spec in FAMILIES.items():
+    for name, spec in ALL_FAMILIES.items():
         schema |= {
             name: FamilyParams,
             f"{name}.run": RunConfig,

@@ -10,7 +10,8 @@ defines a frozen ``Config`` dataclass and five functions, bundled in a module-le
   optimisation step on one batch (zero grads, forward, ``step.backward``, clip, step);
   returns the losses for logging.
 - ``sample(models, config, conditions, sampler, generator) -> Tensor``: ``(N, C, H, W)``
-  float32 in [-1, 1], deterministic for a given ``generator`` on CPU.
+  float32 in [-1, 1] (volume families: ``(N, C, D, H, W)``), deterministic for a given
+  ``generator`` on CPU.
 - ``ema_modules``: names of modules whose parameters the trainer keeps an EMA copy of
   (``"<name>_ema"`` in the ModuleDict), used by ``sample`` when present.
 
@@ -18,12 +19,15 @@ Saving and loading are common to all families (``common.save_generator`` /
 ``common.load_generator``); ``registry.py`` is the only place that maps a family name to
 its module.
 
-Batches and conditions use one vocabulary:
+Batches and conditions use one vocabulary. ``FamilySpec.spatial_dims`` says how many spatial
+sides a family's tensors have: 2 for images ``(H, W)``, 3 for volumes ``(D, H, W)``, written
+``*S`` below; every side is the config's ``image_size``.
 
-- ``images``: ``(B, C, H, W)`` float32 in [-1, 1];
+- ``images``: ``(B, C, *S)`` float32 in [-1, 1];
 - ``labels``: ``(B,)`` int64 class indices in ``[0, num_classes)``;
-- ``masks``: ``(B, 1, H, W)`` float32 in {0, 1}: the structure/lesion mask to condition on;
-- ``keep``: ``(B, 1, H, W)`` float32 in {0, 1}: inpainting, 1 where ``images`` is kept.
+- ``masks``: ``(B, 1, *S)`` float32 in {0, 1}: the structure/lesion mask to condition on;
+- ``keep``: ``(B, 1, *S)`` float32 in {0, 1}: inpainting, 1 where ``images`` is kept;
+- ``label_maps``: ``(B, 1, *S)`` int64 tissue labels (volume families: the anatomy to draw).
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ class SamplerSpec:
 
 @dataclass(frozen=True)
 class Conditions:
-    """What to generate: ``n`` images, optionally per label, mask and inpainting context.
+    """What to generate: ``n`` images, optionally per label, mask, label map and inpainting context.
 
     Every given tensor has ``n`` as its first dimension.
     """
@@ -79,11 +83,12 @@ class Conditions:
     masks: torch.Tensor | None = None
     images: torch.Tensor | None = None
     keep: torch.Tensor | None = None
+    label_maps: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"Conditions.n must be >= 1, got {self.n}.")
-        for name in ("labels", "masks", "images", "keep"):
+        for name in ("labels", "masks", "images", "keep", "label_maps"):
             value = getattr(self, name)
             if value is not None and value.shape[0] != self.n:
                 raise ValueError(f"Conditions.{name} has {value.shape[0]} rows, expected n={self.n}.")
@@ -112,7 +117,11 @@ class StepContext:
 
 @dataclass(frozen=True)
 class FamilySpec:
-    """One generator family: its config class and the contract functions."""
+    """One generator family: its config class and the contract functions.
+
+    ``spatial_dims``: 2 for image families ``(N, C, H, W)``, 3 for volume families
+    ``(N, C, D, H, W)``.
+    """
 
     name: str
     config_cls: type
@@ -121,6 +130,11 @@ class FamilySpec:
     train_step: Callable[[nn.ModuleDict, dict[str, torch.optim.Optimizer], Batch, Any, StepContext], dict[str, float]]
     sample: Callable[[nn.ModuleDict, Any, Conditions, SamplerSpec, torch.Generator], torch.Tensor]
     ema_modules: tuple[str, ...] = ()
+    spatial_dims: int = 2
+
+    def sample_shape(self, config: Any) -> tuple[int, ...]:
+        """``(channels, *sides)`` of one generated sample under ``config``."""
+        return (config.channels,) + (config.image_size,) * self.spatial_dims
 
 
 @dataclass(frozen=True)

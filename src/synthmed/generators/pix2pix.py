@@ -25,11 +25,15 @@ Deviations from the paper, all deliberate:
 - The PatchGAN's two stride-1 convolutions are zero-padded to keep the size ("same"), so the
   logit map is ``image_size / 2**discriminator_layers`` on a side (32x32 instead of 30x30
   at 256 px, the same 70x70 receptive field) and small images (16 px) still get one.
+
+The networks and the adversarial step take the number of spatial dimensions (``dims``, 2 by
+default): ``pix2pix3d`` builds the same U-Net and PatchGAN with 3D convolutions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -97,42 +101,48 @@ class Config:
     grad_clip_norm: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "channels", "mask_channels", "base_channels", "depth", "discriminator_layers"):
-            value = getattr(self, name)
-            if not is_int(value) or value < 1:
-                raise ValueError(f"pix2pix {name} must be an integer >= 1, got {value!r}.")
-        if not is_int(self.num_classes) or self.num_classes != 0:
-            raise ValueError(
-                f"pix2pix num_classes must be 0 (it is conditioned on masks, not labels), got {self.num_classes!r}."
-            )
-        if self.image_size % 2**self.depth:
-            raise ValueError(
-                f"pix2pix image_size must be divisible by 2**depth = {2**self.depth}, "
-                f"got image_size={self.image_size} with depth={self.depth}."
-            )
-        if 2**self.discriminator_layers > self.image_size:
-            raise ValueError(
-                f"pix2pix discriminator_layers must satisfy 2**discriminator_layers <= image_size={self.image_size}, "
-                f"got {self.discriminator_layers}."
-            )
-        if not is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"pix2pix dropout must be a number in [0, 1), got {self.dropout!r}.")
-        if not is_number(self.lambda_l1) or self.lambda_l1 < 0:
-            raise ValueError(f"pix2pix lambda_l1 must be a number >= 0, got {self.lambda_l1!r}.")
-        if not is_number(self.learning_rate) or self.learning_rate <= 0:
-            raise ValueError(f"pix2pix learning_rate must be a number > 0, got {self.learning_rate!r}.")
-        for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if not is_number(value) or not 0.0 <= value < 1.0:
-                raise ValueError(f"pix2pix {name} must be a number in [0, 1), got {value!r}.")
-        if not isinstance(self.augment, bool):
-            raise ValueError(f"pix2pix augment must be true or false, got {self.augment!r}.")
-        if self.grad_clip_norm is not None and (not is_number(self.grad_clip_norm) or self.grad_clip_norm <= 0):
-            raise ValueError(f"pix2pix grad_clip_norm must be a number > 0 or null, got {self.grad_clip_norm!r}.")
+        check_config(self, "pix2pix")
 
     def needed_conditions(self) -> frozenset[str]:
         """Pix2Pix translates a mask into an image: ``Conditions.masks`` is required."""
         return frozenset({"masks"})
+
+
+def check_config(config: Any, family: str) -> None:
+    """Raise a ``ValueError`` naming ``family``, the field and the value found unless the
+    shared Pix2Pix fields of ``config`` are valid (``pix2pix3d`` checks the same ones)."""
+    for name in ("image_size", "channels", "mask_channels", "base_channels", "depth", "discriminator_layers"):
+        value = getattr(config, name)
+        if not is_int(value) or value < 1:
+            raise ValueError(f"{family} {name} must be an integer >= 1, got {value!r}.")
+    if not is_int(config.num_classes) or config.num_classes != 0:
+        raise ValueError(
+            f"{family} num_classes must be 0 (it is conditioned on masks, not labels), got {config.num_classes!r}."
+        )
+    if config.image_size % 2**config.depth:
+        raise ValueError(
+            f"{family} image_size must be divisible by 2**depth = {2**config.depth}, "
+            f"got image_size={config.image_size} with depth={config.depth}."
+        )
+    if 2**config.discriminator_layers > config.image_size:
+        raise ValueError(
+            f"{family} discriminator_layers must satisfy 2**discriminator_layers <= image_size={config.image_size}, "
+            f"got {config.discriminator_layers}."
+        )
+    if not is_number(config.dropout) or not 0.0 <= config.dropout < 1.0:
+        raise ValueError(f"{family} dropout must be a number in [0, 1), got {config.dropout!r}.")
+    if not is_number(config.lambda_l1) or config.lambda_l1 < 0:
+        raise ValueError(f"{family} lambda_l1 must be a number >= 0, got {config.lambda_l1!r}.")
+    if not is_number(config.learning_rate) or config.learning_rate <= 0:
+        raise ValueError(f"{family} learning_rate must be a number > 0, got {config.learning_rate!r}.")
+    for name in ("beta1", "beta2"):
+        value = getattr(config, name)
+        if not is_number(value) or not 0.0 <= value < 1.0:
+            raise ValueError(f"{family} {name} must be a number in [0, 1), got {value!r}.")
+    if not isinstance(config.augment, bool):
+        raise ValueError(f"{family} augment must be true or false, got {config.augment!r}.")
+    if config.grad_clip_norm is not None and (not is_number(config.grad_clip_norm) or config.grad_clip_norm <= 0):
+        raise ValueError(f"{family} grad_clip_norm must be a number > 0 or null, got {config.grad_clip_norm!r}.")
 
 
 # ----------------------------------------------------------------------------- 2. networks
@@ -153,13 +163,28 @@ def _dropout(x: torch.Tensor, p: float, generator: torch.Generator | None, train
     return x * keep.to(x.dtype) / (1.0 - p)
 
 
-class Down(nn.Module):
-    """Encoder block C_k: Conv(4, stride 2) -> [BatchNorm] -> LeakyReLU(0.2); halves H and W."""
+# Layer classes by number of spatial dimensions: convolution, transposed convolution, batch
+# norm, zero padding.
+_LAYERS = {
+    2: (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.ZeroPad2d),
+    3: (nn.Conv3d, nn.ConvTranspose3d, nn.BatchNorm3d, nn.ZeroPad3d),
+}
 
-    def __init__(self, in_channels: int, out_channels: int, norm: bool) -> None:
+
+def _layers(dims: int) -> tuple[type, type, type, type]:
+    if dims not in _LAYERS:
+        raise ValueError(f"pix2pix networks have 2 or 3 spatial dimensions, got dims={dims!r}.")
+    return _LAYERS[dims]
+
+
+class Down(nn.Module):
+    """Encoder block C_k: Conv(4, stride 2) -> [BatchNorm] -> LeakyReLU(0.2); halves every side."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: bool, dims: int = 2) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1, bias=not norm)
-        self.norm = nn.BatchNorm2d(out_channels) if norm else nn.Identity()
+        conv, _, batch_norm, _ = _layers(dims)
+        self.conv = conv(in_channels, out_channels, 4, stride=2, padding=1, bias=not norm)
+        self.norm = batch_norm(out_channels) if norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu(self.norm(self.conv(x)), LEAKY_SLOPE)
@@ -168,10 +193,11 @@ class Down(nn.Module):
 class Up(nn.Module):
     """Decoder block CD_k / C_k: ConvTranspose(4, stride 2) -> BatchNorm -> [Dropout] -> ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, dims: int = 2) -> None:
         super().__init__()
-        self.conv = nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1, bias=False)
-        self.norm = nn.BatchNorm2d(out_channels)
+        _, conv_transpose, batch_norm, _ = _layers(dims)
+        self.conv = conv_transpose(in_channels, out_channels, 4, stride=2, padding=1, bias=False)
+        self.norm = batch_norm(out_channels)
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -183,17 +209,21 @@ class UNetGenerator(nn.Module):
     """U-Net (paper fig. 3): encoder level i is concatenated onto the decoder at the same size.
 
     ``forward(mask, generator)``: ``(B, mask_channels, H, W)`` in [-1, 1] ->
-    ``(B, channels, H, W)`` in [-1, 1]. Dropout masks come from ``generator`` when one is
-    given (then dropout is on in any mode), otherwise from the global RNG in training mode.
+    ``(B, channels, H, W)`` in [-1, 1] (``dims=3``: ``(B, C, D, H, W)``). Dropout masks come
+    from ``generator`` when one is given (then dropout is on in any mode), otherwise from the
+    global RNG in training mode. ``config`` needs ``depth``, ``mask_channels``, ``channels``,
+    ``base_channels`` and ``dropout``.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, dims: int = 2) -> None:
         super().__init__()
+        _, conv_transpose, _, _ = _layers(dims)
         d = config.depth
         # Encoder: level i outputs _width(i) channels at H / 2**(i+1). No batch norm on the first
         # level (paper) nor on the innermost one (bottleneck; see the module docstring).
         self.down = nn.ModuleList(
-            Down(config.mask_channels if i == 0 else _width(config, i - 1), _width(config, i), norm=0 < i < d - 1)
+            Down(config.mask_channels if i == 0 else _width(config, i - 1), _width(config, i), norm=0 < i < d - 1,
+                 dims=dims)
             for i in range(d)
         )
         # Decoder: up block j (j = d-2 .. 0) outputs _width(j) channels at H / 2**(j+1) and is
@@ -204,11 +234,12 @@ class UNetGenerator(nn.Module):
                 _width(config, j + 1) * (1 if j == d - 2 else 2),
                 _width(config, j),
                 config.dropout if j >= d - 1 - DROPOUT_BLOCKS else 0.0,
+                dims,
             )
             for j in reversed(range(d - 1))
         )
         # Output: ConvTranspose back to full size, Tanh into [-1, 1].
-        self.out = nn.ConvTranspose2d(_width(config, 0) * (1 if d == 1 else 2), config.channels, 4, stride=2, padding=1)
+        self.out = conv_transpose(_width(config, 0) * (1 if d == 1 else 2), config.channels, 4, stride=2, padding=1)
 
     def forward(self, mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         skips = []
@@ -228,25 +259,28 @@ class PatchDiscriminator(nn.Module):
 
     C64-C128-C256 (stride 2, ``discriminator_layers`` of them), C512 (stride 1), then a
     stride-1 convolution to one channel. ``forward(mask, image)``: ``(B, mask_channels, H, W)``
-    and ``(B, channels, H, W)`` -> ``(B, 1, H / 2**L, W / 2**L)`` logits (L = layers).
+    and ``(B, channels, H, W)`` -> ``(B, 1, H / 2**L, W / 2**L)`` logits (L = layers); with
+    ``dims=3`` a logit per overlapping cube, ``(B, 1, D / 2**L, H / 2**L, W / 2**L)``.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, dims: int = 2) -> None:
         super().__init__()
+        conv, _, batch_norm, zero_pad = _layers(dims)
+        same = (1, 2) * dims  # kernel 4, stride 1: padded 1 before and 2 after on every side
         layers: list[nn.Module] = []
         in_channels = config.mask_channels + config.channels
-        for i in range(config.discriminator_layers):  # stride 2: halves H and W
+        for i in range(config.discriminator_layers):  # stride 2: halves every side
             out_channels = _width(config, i)
             norm = i > 0  # no batch norm on the first layer (appendix 6.1.2)
-            layers += [nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1, bias=not norm)]
-            layers += [nn.BatchNorm2d(out_channels)] if norm else []
+            layers += [conv(in_channels, out_channels, 4, stride=2, padding=1, bias=not norm)]
+            layers += [batch_norm(out_channels)] if norm else []
             layers += [nn.LeakyReLU(LEAKY_SLOPE)]
             in_channels = out_channels
         out_channels = _width(config, config.discriminator_layers)
         # Kernel 4, stride 1, padded 1 before and 2 after: the size is kept ("same").
-        layers += [nn.ZeroPad2d((1, 2, 1, 2)), nn.Conv2d(in_channels, out_channels, 4, bias=False)]
-        layers += [nn.BatchNorm2d(out_channels), nn.LeakyReLU(LEAKY_SLOPE)]
-        layers += [nn.ZeroPad2d((1, 2, 1, 2)), nn.Conv2d(out_channels, 1, 4)]
+        layers += [zero_pad(same), conv(in_channels, out_channels, 4, bias=False)]
+        layers += [batch_norm(out_channels), nn.LeakyReLU(LEAKY_SLOPE)]
+        layers += [zero_pad(same), conv(out_channels, 1, 4)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -295,10 +329,17 @@ def augment_pair(
 # ----------------------------------------------------------------------------- 5. training
 
 
+def check_shape(tensor: torch.Tensor, channels: int, config: Config, where: str, dims: int = 2,
+                rows: int | None = None) -> None:
+    """Raise unless ``tensor`` is ``(rows or N, channels, image_size, ...)`` with ``dims`` spatial sides."""
+    expected = (channels,) + (config.image_size,) * dims
+    if tensor.ndim != 2 + dims or tuple(tensor.shape[1:]) != expected or rows not in (None, tensor.shape[0]):
+        raise ValueError(f"Expected {where} with shape ({'N' if rows is None else rows}, "
+                         f"{', '.join(map(str, expected))}), got {tuple(tensor.shape)}.")
+
+
 def _check_masks(masks: torch.Tensor, config: Config, where: str) -> None:
-    expected = (config.mask_channels, config.image_size, config.image_size)
-    if masks.ndim != 4 or tuple(masks.shape[1:]) != expected:
-        raise ValueError(f"Expected {where} with shape (N, {', '.join(map(str, expected))}), got {tuple(masks.shape)}.")
+    check_shape(masks, config.mask_channels, config, where)
 
 
 
@@ -325,30 +366,40 @@ def train_step(
         ``loss_d`` (halved BCE of D), ``loss_g_adv`` (BCE of D(x, G(x)) against 1) and
         ``loss_g_l1`` (unweighted L1), as floats.
     """
-    generator, discriminator = models["generator"], models["discriminator"]
     masks, images = batch["masks"], batch["images"]
     _check_masks(masks, config, "batch['masks']")
-    expected = (config.channels, config.image_size, config.image_size)
-    if images.ndim != 4 or tuple(images.shape[1:]) != expected or images.shape[0] != masks.shape[0]:
-        raise ValueError(
-            f"Expected batch['images'] with shape ({masks.shape[0]}, {', '.join(map(str, expected))}), "
-            f"got {tuple(images.shape)}."
-        )
-    generator.train()
-    discriminator.train()
+    check_shape(images, config.channels, config, "batch['images']", rows=masks.shape[0])
 
     # 0. Augmentation: the same random flip/rotation for each mask and its image; the mask
     #    {0, 1} -> x in [-1, 1], the range of the images.
     if config.augment:
         masks, images = augment_pair(masks, images, step.generator)
-    x, y = masks * 2.0 - 1.0, images
+    return adversarial_step(models, optimizers, masks * 2.0 - 1.0, images, config, step)
+
+
+def adversarial_step(
+    models: nn.ModuleDict,
+    optimizers: dict[str, torch.optim.Optimizer],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: Config,
+    step: StepContext,
+) -> dict[str, float]:
+    """One D update then one G update (eq. 4) for the condition ``x`` and the real ``y``, both in [-1, 1].
+
+    Any number of spatial dimensions (``pix2pix3d`` calls it with volumes); ``config`` needs
+    ``lambda_l1`` and ``grad_clip_norm``. Returns the losses as in ``train_step``.
+    """
+    generator, discriminator = models["generator"], models["discriminator"]
+    generator.train()
+    discriminator.train()
 
     # 1. D step: max_D L_cGAN. log D(x, y) and log(1 - D(x, G(x, z))) as BCE with targets 1 and
     #    0; G(x, z) is detached (only D is updated). The sum is halved "to slow down the rate
     #    at which D learns relative to G" (sec. 3.3).
     with step.autocast():
-        fake = generator(x, step.generator)  # (B, channels, H, W); dropout masks from step.generator
-        real_logits = discriminator(x, y)  # (B, 1, H / 2**L, W / 2**L)
+        fake = generator(x, step.generator)  # (B, channels, *sides); dropout masks from step.generator
+        real_logits = discriminator(x, y)  # (B, 1, *sides / 2**L)
         fake_logits = discriminator(x, fake.detach())
         loss_d = 0.5 * (bce_to(real_logits, 1.0) + bce_to(fake_logits, 0.0))
     apply_gradients(optimizers["discriminator"], loss_d, discriminator, step, clip=config.grad_clip_norm is not None)
@@ -396,10 +447,18 @@ def sample(
     if unsupported:
         raise ValueError(f"pix2pix is conditioned on masks only; got unsupported Conditions {unsupported}.")
     _check_masks(conditions.masks, config, "Conditions.masks")
+    return translate(models, conditions.masks.float() * 2.0 - 1.0, generator)  # {0, 1} -> [-1, 1]
+
+
+@torch.no_grad()
+def translate(models: nn.ModuleDict, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The generator (eval mode, dropout from ``generator``) applied to the condition ``x`` in [-1, 1].
+
+    Returns ``(n, channels, *sides)`` float32 in [-1, 1] (tanh) on the CPU.
+    """
     with evaluating(models["generator"]) as net:
         device = next(net.parameters()).device
-        x = conditions.masks.to(device=device, dtype=torch.float32) * 2.0 - 1.0  # {0, 1} -> [-1, 1]
-        images = net(x, generator)  # (n, channels, H, W) in [-1, 1] (tanh)
+        images = net(x.to(device=device, dtype=torch.float32), generator)
     return images.float().cpu()
 
 

@@ -1,4 +1,7 @@
-"""Sample grids of a generator, conditioned on real examples (classes, masks)."""
+"""Sample grids of a generator, conditioned on real examples (classes, masks, label maps).
+
+Volume families (``(N, C, D, H, W)``) are shown by their central axial slice.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from synthmed.generators.base import Conditions, FamilySpec, SamplerSpec
+from synthmed.generators.run import VOLUME_SOURCES
 from synthmed.imaging.figures import class_grid
 
 
@@ -17,8 +21,9 @@ def preview_conditions(config, store: Mapping[str, np.ndarray], indices: np.ndar
                        num_classes: int) -> Conditions:
     """Conditions for a preview grid: ``per_class`` examples of every class, masks from real data.
 
-    Labels cycle through the classes; masks (and the inpainting context, with the left half
-    kept) come from the real examples ``indices``, in order.
+    Labels cycle through the classes; masks, label maps (volume families) and the inpainting
+    context (with the left half kept) come from the real examples ``indices``, in order.
+    Works for images ``(N, C, H, W)`` and volumes ``(N, C, D, H, W)`` alike.
     """
     needed = config.needed_conditions()
     classes = max(num_classes, 1)
@@ -26,9 +31,14 @@ def preview_conditions(config, store: Mapping[str, np.ndarray], indices: np.ndar
     picks = np.resize(np.asarray(indices), n)
     masks = torch.from_numpy((np.asarray(store["masks"][np.sort(picks)]) > 0).astype(np.float32))
     images = torch.from_numpy(np.array(store["images"][np.sort(picks)], dtype=np.float32))
+    label_maps = None
+    if "label_maps" in needed:
+        label_maps = torch.from_numpy(np.array(store["label_maps"][np.sort(picks)], dtype=np.float32))
     if images.shape[-1] != config.image_size:  # training downsamples the same way
         images = torch.nn.functional.interpolate(images, size=config.image_size, mode="area")
         masks = torch.nn.functional.interpolate(masks, size=config.image_size, mode="nearest")
+        if label_maps is not None:
+            label_maps = torch.nn.functional.interpolate(label_maps, size=config.image_size, mode="nearest")
     keep = torch.zeros_like(masks)
     keep[..., : keep.shape[-1] // 2] = 1.0
     return Conditions(
@@ -37,24 +47,39 @@ def preview_conditions(config, store: Mapping[str, np.ndarray], indices: np.ndar
         masks=masks if "masks" in needed else None,
         images=images if "inpaint" in needed else None,
         keep=keep if "inpaint" in needed else None,
+        label_maps=label_maps.round().to(torch.int64) if label_maps is not None else None,
     )
 
 
 def sample_grid(spec: FamilySpec, config, models: nn.ModuleDict, conditions: Conditions, sampler: SamplerSpec,
                 class_names: Sequence[str], seed: int, title: str) -> Figure:
-    """Generate for ``conditions`` with ``seed`` and lay the images out one row per class."""
+    """Generate for ``conditions`` with ``seed`` and lay the images out one row per class.
+
+    Volumes are shown by their central slice along the first spatial axis (D), masks alike.
+    """
     images = spec.sample(models, config, conditions, sampler, torch.Generator().manual_seed(seed))
+    if images.ndim == 5:
+        images = images[:, :, images.shape[2] // 2]
     labels = conditions.labels.numpy() if conditions.labels is not None else np.zeros(conditions.n, dtype=np.int64)
     names = list(class_names) if conditions.labels is not None else ["samples"]
     per_row = int(np.bincount(labels).max())
     masks = conditions.masks.numpy() if conditions.masks is not None else None
+    if masks is not None and masks.ndim == 5:
+        masks = masks[:, :, masks.shape[2] // 2]
     return class_grid(images.numpy(), labels, names, per_class=per_row, title=title, masks=masks,
                       rng=np.random.default_rng(0))
 
 
 def check_training_input(family: str, config, image_shape: Sequence[int], class_names: Sequence[str],
-                         source: str) -> None:
-    """Refuse training data the model cannot take: channels, a size ``image_size`` divides, classes."""
+                         source: str, spatial_dims: int = 2) -> None:
+    """Refuse training data the model cannot take: images or volumes (``spatial_dims`` sides),
+    channels, a size ``image_size`` divides, classes."""
+    if (source in VOLUME_SOURCES) != (spatial_dims == 3) or len(image_shape) != 2 + spatial_dims:
+        kind = "volumes (N, C, D, H, W)" if spatial_dims == 3 else "images (N, C, H, W)"
+        raise ValueError(
+            f"{family} trains on {kind}, but {source} are shaped {tuple(image_shape)}: point {family}.run.source "
+            "at an extraction output of that kind."
+        )
     channels, stored = int(image_shape[1]), int(image_shape[-1])
     if channels != config.channels or stored % config.image_size:
         raise ValueError(

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from synthmed.core.config import from_params
-from synthmed.generators import dcgan, ddpm, pix2pix
+from synthmed.generators import dcgan, ddpm, pix2pix, pix2pix3d
 from synthmed.generators.base import FamilySpec
 from synthmed.generators.common import (
     CheckpointError,
@@ -16,21 +16,31 @@ from synthmed.generators.common import (
     read_manifest,
     verify_checksums,
 )
-from synthmed.generators.names import FAMILY_NAMES
+from synthmed.generators.names import FAMILY_NAMES, VOLUME_FAMILY_NAMES
 
+# The image families: the pipelines run each of them (one namespace per family).
 FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in (ddpm.FAMILY, pix2pix.FAMILY, dcgan.FAMILY)}
-if tuple(FAMILIES) != FAMILY_NAMES:
-    raise RuntimeError(
-        f"synthmed.generators.names.FAMILY_NAMES is {FAMILY_NAMES}, the registry has {tuple(FAMILIES)}: "
-        "list the same families in the same order in both (pipelines build their namespaces from the names)."
-    )
+# The volume families: same contract and trainer, tensors (N, C, D, H, W); no default pipeline runs them.
+VOLUME_FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in (pix2pix3d.FAMILY,)}
+for _names, _families, _what in ((FAMILY_NAMES, FAMILIES, "FAMILY_NAMES"),
+                                 (VOLUME_FAMILY_NAMES, VOLUME_FAMILIES, "VOLUME_FAMILY_NAMES")):
+    if tuple(_families) != _names:
+        raise RuntimeError(
+            f"synthmed.generators.names.{_what} is {_names}, the registry has {tuple(_families)}: "
+            "list the same families in the same order in both (pipelines build their namespaces from the names)."
+        )
+if any(spec.spatial_dims != 2 for spec in FAMILIES.values()) or \
+        any(spec.spatial_dims != 3 for spec in VOLUME_FAMILIES.values()):
+    raise RuntimeError("registry: FAMILIES must hold image families (spatial_dims=2), VOLUME_FAMILIES volume "
+                       "families (spatial_dims=3).")
+ALL_FAMILIES: dict[str, FamilySpec] = {**FAMILIES, **VOLUME_FAMILIES}
 
 
 def get_family(name: str) -> FamilySpec:
-    """The family called ``name``; a clear error lists the valid names."""
-    if name not in FAMILIES:
-        raise ValueError(f"Unknown generator family {name!r}; expected one of {sorted(FAMILIES)}.")
-    return FAMILIES[name]
+    """The family called ``name`` (image or volume); a clear error lists the valid names."""
+    if name not in ALL_FAMILIES:
+        raise ValueError(f"Unknown generator family {name!r}; expected one of {sorted(ALL_FAMILIES)}.")
+    return ALL_FAMILIES[name]
 
 
 def config_from_params(name: str, params: dict[str, Any]) -> Any:

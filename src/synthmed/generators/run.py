@@ -18,7 +18,11 @@ from synthmed.core.checksums import sha256_bytes
 if TYPE_CHECKING:
     import pandas as pd
 
-SOURCES = ("slices", "patches")
+# Image sources (N, C, H, W) for image families; volume sources (N, C, D, H, W) for volume
+# families (``synthmed.generators.previews.check_training_input`` refuses a mismatch).
+IMAGE_SOURCES = ("slices", "patches")
+VOLUME_SOURCES = ("volumes",)
+SOURCES = IMAGE_SOURCES + VOLUME_SOURCES
 
 
 @dataclass(frozen=True)
@@ -26,7 +30,8 @@ class RunConfig:
     """``params:<family>.run``.
 
     Args:
-        source: the extraction output trained on: ``slices`` or ``patches``.
+        source: the extraction output trained on: ``slices`` or ``patches`` (image
+            families), ``volumes`` (volume families).
         split: the split trained on.
         checkpoint_root: parent folder of every run's checkpoints.
         preview_per_class: images per class in the sample grid.

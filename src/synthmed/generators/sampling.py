@@ -3,7 +3,8 @@
 A plan row asks for ``count`` images of one kind:
 
 - ``condition: class``, ``label``: class-conditional images of that class;
-- ``condition: mask``: images for real structure masks (taken in order from ``real``);
+- ``condition: mask``: images for real structure masks (taken in order from ``real``; a
+  volume family takes the real label map with the mask, ``real["label_maps"]``);
 - ``condition: inpaint`` with ``case``: ``inside_mask`` (regenerate the masked structure of
   a real image, keep the rest), ``outside_box`` (keep a central box, regenerate around it),
   ``new_lesion`` (place the mask of one real image into another real image, regenerate it);
@@ -32,8 +33,6 @@ from synthmed.core.progress import ProgressLog
 from synthmed.generators.base import Conditions, FamilySpec, SamplerSpec, TrainedGenerator
 from synthmed.generators.common import CheckpointError, weights_digest
 from synthmed.generators.registry import load_generator
-
-logger = logging.getLogger(__name__)
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +107,10 @@ def validate_plan(plan: pd.DataFrame, class_names: Sequence[str], config) -> pd.
 
 @dataclass(frozen=True)
 class Sampled:
-    """Generated images ``(N, C, H, W)`` float32 in [-1, 1], labels ``(N,)``, masks, provenance."""
+    """Generated images ``(N, C, *S)`` float32 in [-1, 1], labels ``(N,)``, masks ``(N, 1, *S)``, provenance.
+
+    ``*S``: ``(H, W)`` for image families, ``(D, H, W)`` for volume families.
+    """
 
     images: np.ndarray
     labels: np.ndarray
@@ -116,16 +118,24 @@ class Sampled:
     provenance: pd.DataFrame
 
 
-def _box_keep(size: int) -> torch.Tensor:
-    keep = torch.zeros((1, size, size))
+def _box_keep(size: int, dims: int = 2) -> torch.Tensor:
+    keep = torch.zeros((1,) + (size,) * dims)
     a, b = size // 4, size - size // 4
-    keep[:, a:b, a:b] = 1.0
+    keep[(slice(None),) + (slice(a, b),) * dims] = 1.0
     return keep
 
 
+def _resized(array: np.ndarray, size: int, mode: str) -> torch.Tensor:
+    """``(C, *S)`` as float32, resized to ``size`` on every side (``interpolate``: 2D or 3D alike)."""
+    tensor = torch.from_numpy(np.array(array, dtype=np.float32))
+    if tensor.shape[-1] == size:
+        return tensor
+    return torch.nn.functional.interpolate(tensor[None], size=size, mode=mode)[0]
+
+
 def _expand(plan: pd.DataFrame, class_names: Sequence[str], real: Mapping[str, np.ndarray] | None,
-            real_indices: np.ndarray, size: int) -> list[dict]:
-    """One request per image, in plan order, with its conditioning tensors."""
+            real_indices: np.ndarray, size: int, dims: int = 2) -> list[dict]:
+    """One request per image, in plan order, with its conditioning tensors (``dims`` spatial sides)."""
     requests, cursor = [], 0
     for row in plan.to_dict("records"):
         for _ in range(int(row["count"])):
@@ -138,12 +148,11 @@ def _expand(plan: pd.DataFrame, class_names: Sequence[str], real: Mapping[str, n
                 j = int(real_indices[cursor % len(real_indices)])
                 other = int(real_indices[(cursor + 1) % len(real_indices)])
                 cursor += 1
-                mask = torch.from_numpy((np.asarray(real["masks"][j]) > 0).astype(np.float32))
-                image = torch.from_numpy(np.array(real["images"][j], dtype=np.float32))
-                if mask.shape[-1] != size:
-                    mask = torch.nn.functional.interpolate(mask[None], size=size, mode="nearest")[0]
-                    image = torch.nn.functional.interpolate(image[None], size=size, mode="area")[0]
+                mask = _resized(np.asarray(real["masks"][j]) > 0, size, "nearest")
+                image = _resized(real["images"][j], size, "area")
                 request.update(mask=mask, source_index=j)
+                if "label_maps" in real:
+                    request["label_map"] = _resized(real["label_maps"][j], size, "nearest").round().to(torch.int64)
                 if not row["label"] and "labels" in real:  # a mask row takes its source's class
                     request["class_id"] = int(real["labels"][j])
                     request["label"] = class_names[request["class_id"]] if class_names else ""
@@ -151,11 +160,9 @@ def _expand(plan: pd.DataFrame, class_names: Sequence[str], real: Mapping[str, n
                     if row["case"] == "inside_mask":
                         request.update(image=image, keep=1.0 - mask)
                     elif row["case"] == "outside_box":
-                        request.update(image=image, keep=_box_keep(size))
+                        request.update(image=image, keep=_box_keep(size, dims))
                     else:  # new_lesion: the mask of image j placed into image `other`
-                        host = torch.from_numpy(np.array(real["images"][other], dtype=np.float32))
-                        if host.shape[-1] != size:
-                            host = torch.nn.functional.interpolate(host[None], size=size, mode="area")[0]
+                        host = _resized(real["images"][other], size, "area")
                         request.update(image=host, keep=1.0 - mask, source_index=other)
             requests.append(request)
     return requests
@@ -180,25 +187,29 @@ def generate_from_plan(
     if batch_size < 1:
         raise ValueError(f"sampling batch_size must be >= 1, got {batch_size}.")
     needed = config.needed_conditions()
+    shape = spec.sample_shape(config)  # (C, *S)
+    sides = shape[1:]
     requests = _expand(plan, class_names, real, np.asarray(real_indices if real_indices is not None else []),
-                       config.image_size)
+                       config.image_size, spec.spatial_dims)
     images, rows = [], []
     progress = ProgressLog(logger, f"sampling {spec.name} ({sampler.name}, {sampler.steps} steps)", len(requests),
                            "images")
     for b, start in enumerate(range(0, len(requests), batch_size)):
         chunk = requests[start : start + batch_size]
         if "inpaint" in needed:  # an inpainting model always takes context: none known = keep 0
-            blank = torch.zeros((config.channels, config.image_size, config.image_size))
+            blank = torch.zeros(shape)
             for r in chunk:
                 r.setdefault("image", blank)
-                r.setdefault("keep", torch.zeros((1, config.image_size, config.image_size)))
-        has = {k: all(k in r for r in chunk) for k in ("mask", "image")}
+                r.setdefault("keep", torch.zeros((1, *sides)))
+        has = {k: all(k in r for r in chunk) for k in ("mask", "image", "label_map")}
         conditions = Conditions(
             n=len(chunk),
             labels=torch.tensor([r["class_id"] for r in chunk]) if "labels" in needed else None,
             masks=torch.stack([r["mask"] for r in chunk]) if "masks" in needed and has["mask"] else None,
             images=torch.stack([r["image"] for r in chunk]) if has["image"] else None,
             keep=torch.stack([r["keep"] for r in chunk]) if has["image"] else None,
+            label_maps=torch.stack([r["label_map"] for r in chunk]) if "label_maps" in needed and has["label_map"]
+            else None,
         )
         batch_seed = seed + b
         images.append(spec.sample(models, config, conditions, sampler, torch.Generator().manual_seed(batch_seed)))
@@ -206,11 +217,10 @@ def generate_from_plan(
             rows.append((start + position, spec.name, checkpoint, sampler.name, sampler.steps, sampler.guidance_scale,
                          batch_seed, position, r["condition"], r["label"], r["case"], r["source_index"]))
         progress.update(start + len(chunk))
-    stacked = (torch.cat(images).numpy() if images
-               else np.zeros((0, config.channels, config.image_size, config.image_size), np.float32))
+    stacked = torch.cat(images).numpy() if images else np.zeros((0, *shape), np.float32)
     masks = np.stack([(r["mask"].numpy() > 0).astype(np.uint8) if "mask" in r else
-                      np.zeros((1, config.image_size, config.image_size), np.uint8) for r in requests]) \
-        if requests else np.zeros((0, 1, config.image_size, config.image_size), np.uint8)
+                      np.zeros((1, *sides), np.uint8) for r in requests]) \
+        if requests else np.zeros((0, 1, *sides), np.uint8)
     labels = np.asarray([r["class_id"] for r in requests], dtype=np.int64)
     return Sampled(stacked.astype(np.float32), labels, masks, pd.DataFrame(rows, columns=PROVENANCE_COLUMNS))
 

@@ -118,10 +118,13 @@ class Tracker(Protocol):
 class ArrayBatches(Dataset):
     """Examples ``indices`` of an array store with ``images``, ``labels`` and ``masks``.
 
-    Items are ``{"images": (C, S, S) float32 in [-1, 1], "labels": () int64,
-    "masks": (1, S, S) float32 in {0, 1}}``, read from memory maps one at a time. With
-    ``size`` smaller than the stored size, images are area-averaged and masks
-    nearest-sampled down to ``size`` (a CPU model can train on 32 px from 64 px slices).
+    Items are ``{"images": (C, *S) float32 in [-1, 1], "labels": () int64, "masks": (1, *S)
+    float32 in {0, 1}}``, with ``*S`` the stored sides: ``(S, S)`` for images, ``(S, S, S)``
+    for volumes (a store of ``(N, C, D, H, W)`` arrays). A store that also holds
+    ``label_maps`` (``(N, 1, *S)`` integer tissue labels) adds ``"label_maps": (1, *S)``
+    int64. Items are read from memory maps one at a time. With ``size`` smaller than the
+    stored side, images are area-averaged and masks and label maps nearest-sampled down to
+    ``size`` on every side (a CPU model can train on 32 px from 64 px slices).
     """
 
     def __init__(self, store: Mapping[str, np.ndarray], indices: np.ndarray, size: int | None = None):
@@ -138,19 +141,28 @@ class ArrayBatches(Dataset):
             raise ValueError(
                 f"Training image size {self._size} must divide the stored size {stored} (downsampling only)."
             )
+        self._label_maps = "label_maps" in store
 
     def __len__(self) -> int:
         return len(self._indices)
+
+    def _resized(self, array: torch.Tensor, mode: str) -> torch.Tensor:
+        # interpolate takes (N, C, *S): 2D or 3D alike, one size for every side.
+        if self._size == array.shape[-1]:
+            return array
+        return torch.nn.functional.interpolate(array[None], size=self._size, mode=mode)[0]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         j = int(self._indices[i])
         images = torch.from_numpy(np.array(self._store["images"][j], dtype=np.float32))
         masks = torch.from_numpy((np.asarray(self._store["masks"][j]) > 0).astype(np.float32))
-        if self._size != images.shape[-1]:
-            images = torch.nn.functional.interpolate(images[None], size=self._size, mode="area")[0]
-            masks = torch.nn.functional.interpolate(masks[None], size=self._size, mode="nearest")[0]
-        return {"images": images, "labels": torch.tensor(int(self._store["labels"][j]), dtype=torch.int64),
-                "masks": masks}
+        item = {"images": self._resized(images, "area"),
+                "labels": torch.tensor(int(self._store["labels"][j]), dtype=torch.int64),
+                "masks": self._resized(masks, "nearest")}
+        if self._label_maps:
+            label_map = torch.from_numpy(np.array(self._store["label_maps"][j], dtype=np.float32))
+            item["label_maps"] = self._resized(label_map, "nearest").round().to(torch.int64)
+        return item
 
 
 # ------------------------------------------------------------------ checkpoints
