@@ -90,6 +90,7 @@ _FLIP_LABELS = {"none": "none", "horizontal": "hflip", "vertical": "vflip", "bot
 # Flips that `plant_copies` draws from when it flips a copy.
 _PLANT_FLIPS = ("horizontal", "vertical")
 ACTIONS: tuple[str, ...] = ("fail", "drop")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 COLUMNS: tuple[str, ...] = (
     "pixel_similarity",
     "pixel_distance",
@@ -106,6 +107,9 @@ _CONSTANT_STD = 1e-6
 _ZERO_FEATURE_NORM = 1e-12
 # Planted copies must lie in the image convention [-1, 1]; allow float rounding.
 _RANGE_TOLERANCE = 1e-5
+# The two-stage search gathers each query's shortlisted references into one block of about
+# this many bytes (64 px RGB, shortlist 32: about 40 queries at a time).
+_SHORTLIST_BLOCK_BYTES = 64 * 2**20
 
 
 class MemorisationError(ValueError):
@@ -171,11 +175,22 @@ class SearchConfig:
         max_shift_px: integer shifts ``dx, dy`` in ``[-max_shift_px, max_shift_px]`` are
             tried, ``(2 * max_shift_px + 1) ** 2`` per flip. Must leave an overlap of more
             than half of each image side (checked against the image size when used).
+        two_stage_above: when more references than this are searched (training images x
+            zooms), the search runs in two stages (`shortlist_references`): a shortlist per
+            query from compact embeddings, then the exact search on the shortlist only. At
+            or below it every query is compared with every reference. 0 = always two stages.
+        shortlist: references kept per query by the first stage (over all flips).
+        embedding_px: side of the compact embedding: each image average-pooled to
+            ``embedding_px x embedding_px`` per channel, centred and scaled to unit norm, so
+            the first stage ranks references by the correlation of these thumbnails.
     """
 
     flips: tuple[str, ...] = ("none", "horizontal", "vertical")
     max_shift_px: int = 2
     zooms: tuple[float, ...] = (1.0,)
+    two_stage_above: int = 20_000
+    shortlist: int = 32
+    embedding_px: int = 8
 
     def __post_init__(self) -> None:
         zooms = tuple(self.zooms) if isinstance(self.zooms, (list, tuple)) else self.zooms
@@ -197,6 +212,10 @@ class SearchConfig:
             )
         if not is_int(self.max_shift_px) or self.max_shift_px < 0:
             raise ValueError(f"SearchConfig.max_shift_px must be an integer >= 0, got {self.max_shift_px!r}.")
+        for name, low in (("two_stage_above", 0), ("shortlist", 1), ("embedding_px", 1)):
+            value = getattr(self, name)
+            if not is_int(value) or value < low:
+                raise ValueError(f"SearchConfig.{name} must be an integer >= {low}, got {value!r}.")
 
     def shifts(self) -> list[tuple[int, int]]:
         """The ``(dx, dy)`` shifts in search order: ``(0, 0)`` first, then row by row."""
@@ -306,11 +325,15 @@ class _References(NamedTuple):
     ``(S, R)`` float64, one over the L2 norm of each reference centred on the overlap of
     shift ``s`` (0 for a constant overlap). ``features``: ``(R, D)`` float32 unit-norm
     reference features (zero rows for zero features), or None for pixel space only.
+    ``compact``: ``(F, R, E)`` float32 unit-norm compact embeddings of every reference under
+    every flip of the search (`compact_embedding`), or None when every query is compared with
+    every reference (no first stage).
     """
 
     centred: Tensor
     inv_norms: Tensor
     features: Tensor | None
+    compact: Tensor | None = None
 
 
 def _unit_rows(features: Tensor) -> Tensor:
@@ -324,7 +347,7 @@ def _unit_rows(features: Tensor) -> Tensor:
 def _embed(embed: Embed, images: Tensor, name: str) -> Tensor:
     """``embed(images)`` without gradients, checked to be a finite ``(N, D)`` real tensor."""
     with torch.no_grad():
-        features = embed(images)
+        features = embed(images.cpu())  # the network lives where its caller put it: the CPU
     if not isinstance(features, Tensor):
         raise ValueError(f"Expected embed({name}) to return a torch.Tensor, got {type(features).__name__}.")
     if features.ndim != 2 or features.shape[0] != images.shape[0] or features.shape[1] == 0:
@@ -364,7 +387,47 @@ def _prepare_references(
         if len({b.shape[1] for b in blocks}) != 1:
             raise ValueError(f"Expected embed to return one feature size, got {sorted({b.shape[1] for b in blocks})}.")
         features = _unit_rows(torch.cat(blocks).to(references.device))
-    return _References(centred.reshape(count, -1).contiguous(), inv_norms, features)
+    compact = None
+    if count > search.two_stage_above:
+        # Flips as extra entries: a flip is its own inverse, so the correlation of a flipped
+        # query with a reference equals that of the query with the flipped reference.
+        compact = torch.stack([
+            torch.cat([compact_embedding(centred[i:i + chunk_size].flip(FLIPS[flip]), search.embedding_px)
+                       for i in range(0, count, chunk_size)])
+            for flip in search.flips
+        ])
+    return _References(centred.reshape(count, -1).contiguous(), inv_norms, features, compact)
+
+
+def compact_embedding(images: Tensor, side: int) -> Tensor:
+    """``(N, E)`` float32 thumbnails for the first stage: each image average-pooled to at most
+    ``side x side`` per channel, centred and scaled to unit L2 norm (zero rows for constant
+    images). The dot product of two rows is the correlation of the thumbnails, which a shift of
+    a few pixels, noise and a gain or offset barely change."""
+    height, width = images.shape[-2:]
+    pooled = F.adaptive_avg_pool2d(images.to(torch.float32), (min(side, height), min(side, width)))
+    rows = pooled.reshape(images.shape[0], -1).to(torch.float64)
+    return _unit_rows(rows - rows.mean(dim=1, keepdim=True))
+
+
+def shortlist_references(queries: Tensor, compact: Tensor, search: SearchConfig) -> Tensor:
+    """First stage: ``(B, k)`` int64 indices of the references whose compact embedding, under
+    any flip and shift of the search, correlates best with each query's, ``k = min(search.shortlist,
+    R)``, best first.
+
+    ``compact`` is ``(F, R, E)`` (`_References.compact`: every reference under every flip).
+    The query is shifted at full resolution before it is pooled, so a copy moved by a few
+    pixels (more than a thumbnail's cell) still ranks its source first. The exact search then
+    runs on these references only (`_search`): a copy is missed only when its training image
+    is not among the ``k`` best thumbnails.
+    """
+    best = None
+    for dx, dy in search.shifts():
+        moved = queries if (dx, dy) == (0, 0) else shift_image(queries, dx, dy)
+        embedded = compact_embedding(moved, search.embedding_px).to(compact.device)
+        scores = torch.einsum("be,fre->bfr", embedded, compact).amax(dim=1)  # (B, R)
+        best = scores if best is None else torch.maximum(best, scores)
+    return best.topk(min(search.shortlist, compact.shape[1]), dim=1).indices
 
 
 def _pixel_scores(transform: SearchTransform, references: _References, shift_index: int) -> Tensor:
@@ -376,6 +439,23 @@ def _pixel_scores(transform: SearchTransform, references: _References, shift_ind
     the product equals the correlation with each reference centred on the overlap, whose
     norm is in ``references.inv_norms``.
     """
+    products = _unit_overlap(transform) @ references.centred.T  # (B, R) float32
+    return (products.to(torch.float64) * references.inv_norms[shift_index]).clamp_(-1.0, 1.0)
+
+
+def _shortlist_scores(transform: SearchTransform, shortlisted: Tensor, inv_norms: Tensor) -> Tensor:
+    """``(B, k)`` float64: `_pixel_scores` against each query's own shortlisted references only.
+
+    ``shortlisted``: ``(B, k, C*H*W)`` the centred references of each query's shortlist;
+    ``inv_norms``: ``(B, k)`` their inverse norms on this transform's overlap.
+    """
+    products = torch.einsum("bp,bkp->bk", _unit_overlap(transform), shortlisted)
+    return (products.to(torch.float64) * inv_norms).clamp_(-1.0, 1.0)
+
+
+def _unit_overlap(transform: SearchTransform) -> Tensor:
+    """``(B, C*H*W)`` float32: each query's overlap centred and scaled to unit norm (float64
+    arithmetic), zero outside the overlap; zero rows for constant overlaps."""
     images = transform.images
     batch = images.shape[0]
     y0, y1, x0, x1 = transform.overlap
@@ -386,13 +466,19 @@ def _pixel_scores(transform: SearchTransform, references: _References, shift_ind
     scale = torch.where(constant, 0.0, 1.0 / norms.clamp_min(1e-300)).view(batch, 1, 1, 1)
     padded = torch.zeros(images.shape, dtype=torch.float32, device=images.device)
     padded[:, :, y0:y1, x0:x1] = (crop * scale).to(torch.float32)
-    products = padded.reshape(batch, -1) @ references.centred.T  # (B, R) float32
-    return (products.to(torch.float64) * references.inv_norms[shift_index]).clamp_(-1.0, 1.0)
+    return padded.reshape(batch, -1)
 
 
-def _keep_best(best: Tensor, best_index: Tensor, best_transform: Tensor, scores: Tensor, transform_index: int) -> None:
-    """Update the running maximum in place; ties keep the earlier transform (identity first)."""
+def _keep_best(best: Tensor, best_index: Tensor, best_transform: Tensor, scores: Tensor, transform_index: int,
+               columns: Tensor | None = None) -> None:
+    """Update the running maximum in place; ties keep the earlier transform (identity first).
+
+    ``columns``: ``(B, k)`` reference index of each column of ``scores`` (a shortlist), or None
+    when column ``j`` is reference ``j``.
+    """
     values, indices = scores.max(dim=1)
+    if columns is not None:
+        indices = columns.gather(1, indices[:, None])[:, 0]
     better = values > best
     best[better] = values[better]
     best_index[better] = indices[better]
@@ -428,13 +514,25 @@ def _search(
     shifts_per_flip = len(search.shifts())
     # disable=None: a bar (with images/s) on a terminal, silence in logs and CI.
     progress = tqdm(total=count, desc="memorisation search", unit="img", leave=False, disable=None)
+    if references.compact is not None:
+        # Two stages: each query's shortlist of references is gathered as a (B, k, C*H*W)
+        # block; keep that block near _SHORTLIST_BLOCK_BYTES.
+        k = min(search.shortlist, references.centred.shape[0])
+        chunk_size = max(1, min(chunk_size, _SHORTLIST_BLOCK_BYTES // (4 * k * references.centred.shape[1])))
     for start in range(0, count, chunk_size):
         stop = min(start + chunk_size, count)
         chunk = queries[start:stop].to(device)
+        shortlist = None
+        if references.compact is not None:
+            shortlist = shortlist_references(chunk, references.compact, search)
+            shortlisted, shortlisted_inv_norms = references.centred[shortlist], references.inv_norms[:, shortlist]
         for t, transform in enumerate(search_transforms(chunk, search)):
-            scores = _pixel_scores(transform, references, t % shifts_per_flip)
+            if shortlist is None:
+                scores = _pixel_scores(transform, references, t % shifts_per_flip)
+            else:
+                scores = _shortlist_scores(transform, shortlisted, shortlisted_inv_norms[t % shifts_per_flip])
             _keep_best(out["pixel_similarity"][start:stop], out["pixel_neighbour"][start:stop],
-                       out["pixel_transform_index"][start:stop], scores, t)
+                       out["pixel_transform_index"][start:stop], scores, t, shortlist)
             # The feature network sees each flip unshifted: global-pooled CNN features barely
             # move under a few pixels of shift, and embedding every shift would multiply the
             # cost by (2 * max_shift_px + 1) ** 2 (minutes for 64 px RGB patches on a CPU).
@@ -743,6 +841,8 @@ class GateConfig:
         search: flips and shifts; a mapping is built into a `SearchConfig`.
         plant: self-test copies; a mapping is built into a `PlantConfig`.
         seed: seed of the planting RNG, an integer >= 0.
+        device: where the search runs: "auto" (CUDA when available, else the CPU), "cpu" or
+            "cuda". The feature network (``embed``) always receives CPU tensors.
     """
 
     percentile: float = 99.9
@@ -754,6 +854,7 @@ class GateConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     plant: PlantConfig = field(default_factory=PlantConfig)
     seed: int = 0
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if not is_number(self.percentile) or not 0.0 < self.percentile <= 100.0:
@@ -784,6 +885,15 @@ class GateConfig:
                 )
         if not is_int(self.seed) or self.seed < 0:
             raise ValueError(f"GateConfig.seed must be an integer >= 0, got {self.seed!r}.")
+        if self.device not in DEVICES:
+            raise ValueError(f"GateConfig.device must be one of {list(DEVICES)}, got {self.device!r}.")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("GateConfig.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'.")
+
+    def search_device(self) -> torch.device:
+        """The device the search runs on (``device`` resolved)."""
+        auto = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device(auto if self.device == "auto" else self.device)
 
 
 @dataclass(frozen=True, eq=False)
@@ -842,52 +952,100 @@ def _flags(table: pd.DataFrame, pixel_threshold: float, feature_threshold: float
     return flagged
 
 
-def run_gate(
-    candidates: Tensor | ArrayLike,
+@dataclass(frozen=True, eq=False)
+class PreparedGate:
+    """The gate's reference side, computed once per run (`prepare_gate`) and shared by every
+    `score` call: the prepared (zoom-expanded, centred, embedded) training images, the
+    thresholds calibrated on held-out patients and the self-test on planted copies. Scoring a
+    batch of candidates then costs only their own search.
+    """
+
+    config: GateConfig
+    references: _References
+    reference_count: int
+    embed: Embed | None
+    chunk_size: int
+    pixel_threshold: float
+    feature_threshold: float | None
+    held_out: pd.DataFrame
+    held_out_count: int
+    planted: pd.DataFrame
+    self_test_recall: float
+    image_shape: tuple[int, ...]
+
+    @property
+    def _flag_threshold(self) -> float | None:
+        return self.feature_threshold if self.config.flag_on_features else None
+
+    def score(self, candidates: Tensor | ArrayLike) -> GateReport:
+        """Score ``candidates`` (``(N, C, H, W)``, N may be 0) with the prepared thresholds."""
+        candidate_images = _as_images(candidates, "candidates", allow_empty=True)
+        _check_same_geometry(candidate_images, "candidates", torch.empty((1, *self.image_shape)), "train")
+        table = nearest_table(candidate_images, self.references, self.config.search, self.embed, self.chunk_size,
+                              self.reference_count)
+        table["flagged"] = _flags(table, self.pixel_threshold, self._flag_threshold)
+        logger.info(
+            "Memorisation gate: pixel threshold %.4f%s at the %.4g-th percentile of %d held-out images; "
+            "self-test recall %.4f (%d of %d planted copies flagged); %d of %d candidates flagged.",
+            self.pixel_threshold,
+            "" if self.feature_threshold is None else f", feature threshold {self.feature_threshold:.4f}",
+            self.config.percentile, len(self.held_out), self.self_test_recall, int(self.planted["flagged"].sum()),
+            len(self.planted), int(table["flagged"].sum()), len(table),
+        )
+        return GateReport(
+            candidates=table,
+            pixel_threshold=self.pixel_threshold,
+            feature_threshold=self.feature_threshold,
+            self_test_recall=self.self_test_recall,
+            planted=self.planted,
+            held_out=self.held_out,
+            held_out_count=self.held_out_count,
+            config=self.config,
+        )
+
+
+def prepare_gate(
     train: Tensor | ArrayLike,
     held_out: Tensor | ArrayLike,
     *,
     config: GateConfig,
     embed: Embed | None = None,
     chunk_size: int = 256,
-) -> GateReport:
-    """Score candidates against the training set with a held-out-calibrated threshold, and self-test.
+) -> PreparedGate:
+    """Prepare the training images, calibrate the thresholds on held-out patients and self-test.
 
     (a) Nearest neighbours of ``held_out`` in ``train`` -> ``pixel_threshold`` (and
     ``feature_threshold`` when ``config.use_features`` and ``embed`` is given) at
-    ``config.percentile``. (b) Every candidate is scored; flagged when
-    ``pixel_similarity >= pixel_threshold`` or ``feature_similarity >= feature_threshold``.
-    (c) ``config.plant.count`` disguised training copies (`plant_copies`, seeded by
-    ``config.seed``) are scored with the same thresholds; the self-test recall is the
-    fraction flagged.
+    ``config.percentile``. (c) ``config.plant.count`` disguised training copies (`plant_copies`,
+    seeded by ``config.seed``) are scored with the same thresholds; the self-test recall is the
+    fraction flagged. Candidates are scored later, as often as needed, by `PreparedGate.score`
+    (b). Above ``config.search.two_stage_above`` references the search runs in two stages
+    (`shortlist_references`), for the held-out images, the planted copies and the candidates
+    alike, so the self-test measures the search that scores the candidates.
 
     Args:
-        candidates: ``(N, C, H, W)`` synthetic images, by convention float in [-1, 1]; N may
-            be 0.
         train: ``(R, C, H, W)`` training images in [-1, 1].
         held_out: ``(M, C, H, W)`` real images of patients not in ``train``.
         config: the gate settings.
         embed: feature network ``(B, C, H, W) float32 -> (B, D)``, or None.
         chunk_size: queries compared at a time (memory grows as ``chunk_size x R``).
 
-    Returns:
-        A `GateReport`; nothing is blocked yet (see `enforce`).
+    Raises:
+        MemorisationError: every held-out image is a copy of a training image.
     """
     if not isinstance(config, GateConfig):
         raise ValueError(f"Expected config to be a GateConfig, got {type(config).__name__}.")
     chunk_size = _check_chunk_size(chunk_size)
     train_images = _as_images(train, "train")
     held_out_images = _as_images(held_out, "held_out")
-    candidate_images = _as_images(candidates, "candidates", allow_empty=True)
     _check_same_geometry(held_out_images, "held_out", train_images, "train")
-    _check_same_geometry(candidate_images, "candidates", train_images, "train")
     use_features = config.use_features and embed is not None
     if config.use_features and embed is None:
         logger.warning("GateConfig.use_features is true but no embed was given: pixel space only.")
     features = embed if use_features else None
     search = config.search
-
-    prepared = _prepare_references(zoom_references(train_images, search.zooms), search, features, chunk_size)
+    references = zoom_references(train_images.to(config.search_device()), search.zooms)
+    prepared = _prepare_references(references, search, features, chunk_size)
 
     def score(images: Tensor) -> pd.DataFrame:
         return nearest_table(images, prepared, search, features, chunk_size, len(train_images))
@@ -913,9 +1071,6 @@ def run_gate(
     if use_features:
         feature_threshold = calibrate_threshold(calibration["feature_similarity"].to_numpy(), config.percentile)
     flag_threshold = feature_threshold if config.flag_on_features else None
-    # (b) candidates
-    candidate_table = score(candidate_images)
-    candidate_table["flagged"] = _flags(candidate_table, pixel_threshold, flag_threshold)
     # (c) self-test
     planted_images, plant_table = plant_copies(train_images, config.plant, rng=np.random.default_rng(config.seed))
     planted_table = pd.concat([plant_table, score(planted_images)], axis=1)
@@ -923,26 +1078,48 @@ def run_gate(
     planted_table["found_source"] = (planted_table["pixel_neighbour"] == planted_table["source_index"]) | (
         planted_table["feature_neighbour"] == planted_table["source_index"]
     )
-    recall = float(planted_table["flagged"].mean())
+    return PreparedGate(
+        config=config, references=prepared, reference_count=len(train_images), embed=features,
+        chunk_size=chunk_size, pixel_threshold=pixel_threshold, feature_threshold=feature_threshold,
+        held_out=held_out_table, held_out_count=len(calibration), planted=planted_table,
+        self_test_recall=float(planted_table["flagged"].mean()), image_shape=tuple(train_images.shape[1:]),
+    )
 
-    logger.info(
-        "Memorisation gate: pixel threshold %.4f%s at the %.4g-th percentile of %d held-out images; "
-        "self-test recall %.4f (%d of %d planted copies flagged); %d of %d candidates flagged.",
-        pixel_threshold,
-        "" if feature_threshold is None else f", feature threshold {feature_threshold:.4f}",
-        config.percentile, len(held_out_table), recall, int(planted_table["flagged"].sum()), len(planted_table),
-        int(candidate_table["flagged"].sum()), len(candidate_table),
-    )
-    return GateReport(
-        candidates=candidate_table,
-        pixel_threshold=pixel_threshold,
-        feature_threshold=feature_threshold,
-        self_test_recall=recall,
-        planted=planted_table,
-        held_out=held_out_table,
-        held_out_count=len(calibration),
-        config=config,
-    )
+
+def run_gate(
+    candidates: Tensor | ArrayLike,
+    train: Tensor | ArrayLike,
+    held_out: Tensor | ArrayLike,
+    *,
+    config: GateConfig,
+    embed: Embed | None = None,
+    chunk_size: int = 256,
+) -> GateReport:
+    """Score candidates against the training set with a held-out-calibrated threshold, and self-test.
+
+    `prepare_gate` (calibration on ``held_out``, self-test on planted copies of ``train``) then
+    `PreparedGate.score` (each candidate flagged when ``pixel_similarity >= pixel_threshold`` or
+    ``feature_similarity >= feature_threshold``). Callers that score several batches against
+    the same training set (rounds of over-generation) prepare once and call ``score``.
+
+    Args:
+        candidates: ``(N, C, H, W)`` synthetic images, by convention float in [-1, 1]; N may
+            be 0.
+        train: ``(R, C, H, W)`` training images in [-1, 1].
+        held_out: ``(M, C, H, W)`` real images of patients not in ``train``.
+        config: the gate settings.
+        embed: feature network ``(B, C, H, W) float32 -> (B, D)``, or None.
+        chunk_size: queries compared at a time (memory grows as ``chunk_size x R``).
+
+    Returns:
+        A `GateReport`; nothing is blocked yet (see `enforce`).
+    """
+    if not isinstance(config, GateConfig):
+        raise ValueError(f"Expected config to be a GateConfig, got {type(config).__name__}.")
+    _check_chunk_size(chunk_size)
+    _check_same_geometry(_as_images(candidates, "candidates", allow_empty=True), "candidates",
+                         _as_images(train, "train"), "train")
+    return prepare_gate(train, held_out, config=config, embed=embed, chunk_size=chunk_size).score(candidates)
 
 
 def enforce(report: GateReport, config: GateConfig, *, max_listed: int = 5) -> np.ndarray:

@@ -35,7 +35,7 @@ from synthmed.generators.export import SyntheticOrigin, to_dicom, to_nifti, to_p
 from synthmed.generators.registry import get_family
 from synthmed.generators.sampling import PLAN_COLUMNS, checkpoint_id, generate_from_plan
 from synthmed.metrics.features import TrainedClassifier, at_size
-from synthmed.privacy.memorisation import enforce, run_gate
+from synthmed.privacy.memorisation import enforce, prepare_gate
 from synthmed.protocols.encoders import source_config, split_images
 from synthmed.protocols.evaluation import (
     EvaluationConfig,
@@ -194,6 +194,42 @@ class GateDecision:
     flag_on_features: bool = False
 
 
+def rebalancing_gate(
+    slices: Mapping[str, np.ndarray],
+    slice_manifest: pd.DataFrame,
+    slice_encoder: TrainedClassifier,
+    config: RebalancingConfig,
+    evaluation: EvaluationConfig,
+) -> Gate:
+    """The memorisation gate over each round's candidates, before anything is published.
+
+    The reference side (training split, thresholds calibrated on the held-out split, the
+    self-test) is prepared here, once, and shared by every round (`prepare_gate`). Compared at
+    ``evaluation.sources.slices.image_px``; ``evaluation.memorisation`` holds the settings.
+
+    The returned callable raises `MemorisationError` when the self-test recall is below its
+    minimum (always), or any image is flagged and ``gate_action`` is ``fail``: nothing is
+    published then. It returns the decision, the gate's numbers (DVC metrics / MLflow) and the
+    planted self-test table (which disguised training copies were caught).
+    """
+    gate = gate_config(evaluation.memorisation, action=config.gate_action)
+    source = source_config(evaluation.sources["slices"], "evaluation.sources.slices")
+    train, _, train_ids = split_images(slices, slice_manifest, source.reference_split, source.image_px)
+    held_out, _, _ = split_images(slices, slice_manifest, source.held_out_split, source.image_px)
+    network = source_network(evaluation, slice_encoder)
+    prepared = prepare_gate(train, held_out, config=gate, embed=gate_embedding(network, network(train)))
+
+    def score(synthetic: Mapping[str, np.ndarray], provenance: pd.DataFrame):
+        candidates = at_size(np.asarray(synthetic["images"], dtype=np.float32), source.image_px)
+        report = prepared.score(candidates)
+        keep = enforce(report, gate)  # raises for a failed self-test, or flagged images with action "fail"
+        table = scored_provenance(provenance, report.candidates, train_ids)
+        numbers = {f"gate.{k}": v for k, v in report.summary().items()} | _count_numbers(table, keep)
+        return GateDecision(keep, table, numbers, gate.flag_on_features), finite(numbers), report.planted
+
+    return score
+
+
 def gate_rebalancing(
     synthetic: Mapping[str, np.ndarray],
     provenance: pd.DataFrame,
@@ -203,30 +239,8 @@ def gate_rebalancing(
     config: RebalancingConfig,
     evaluation: EvaluationConfig,
 ) -> tuple[GateDecision, dict[str, float], pd.DataFrame]:
-    """Run the memorisation gate over the synthetic images before anything is published.
-
-    Compared at ``evaluation.sources.slices.image_px`` with the reference (training) split;
-    threshold from the held-out split; ``evaluation.memorisation`` holds the settings.
-
-    Raises:
-        MemorisationError: the self-test recall is below its minimum (always), or any image
-            is flagged and ``gate_action`` is ``fail``. Nothing is published then.
-
-    Returns:
-        The decision, the gate's numbers (DVC metrics / MLflow) and the planted self-test
-        table (which disguised training copies were caught).
-    """
-    gate = gate_config(evaluation.memorisation, action=config.gate_action)
-    source = source_config(evaluation.sources["slices"], "evaluation.sources.slices")
-    train, _, train_ids = split_images(slices, slice_manifest, source.reference_split, source.image_px)
-    held_out, _, _ = split_images(slices, slice_manifest, source.held_out_split, source.image_px)
-    network = source_network(evaluation, slice_encoder)
-    candidates = at_size(np.asarray(synthetic["images"], dtype=np.float32), source.image_px)
-    report = run_gate(candidates, train, held_out, config=gate, embed=gate_embedding(network, network(train)))
-    keep = enforce(report, gate)  # raises for a failed self-test, or flagged images with action "fail"
-    table = scored_provenance(provenance, report.candidates, train_ids)
-    numbers = {f"gate.{k}": v for k, v in report.summary().items()} | _count_numbers(table, keep)
-    return GateDecision(keep, table, numbers, gate.flag_on_features), finite(numbers), report.planted
+    """The memorisation gate over one batch of synthetic images (`rebalancing_gate`, prepared for it alone)."""
+    return rebalancing_gate(slices, slice_manifest, slice_encoder, config, evaluation)(synthetic, provenance)
 
 
 def _count_numbers(table: pd.DataFrame, keep: np.ndarray) -> dict[str, float]:
@@ -397,13 +411,12 @@ def rebalance(
     config: RebalancingConfig,
     evaluation: EvaluationConfig,
 ) -> Rebalanced:
-    """``rebalance_in_rounds`` with ``generate_rebalancing`` as the sampler and ``gate_rebalancing`` as the gate."""
+    """``rebalance_in_rounds`` with ``generate_rebalancing`` as the sampler and ``rebalancing_gate`` as the gate
+    (prepared once for every round)."""
     def sample(round_plan: pd.DataFrame, seed: int) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
         return generate_rebalancing(generator, round_plan, slice_manifest, config, seed=seed)
 
-    def gate(synthetic: Mapping[str, np.ndarray], provenance: pd.DataFrame):
-        return gate_rebalancing(synthetic, provenance, slices, slice_manifest, slice_encoder, config, evaluation)
-
+    gate = rebalancing_gate(slices, slice_manifest, slice_encoder, config, evaluation)
     return rebalance_in_rounds(rebalancing_plan, sample, gate, config)
 
 
