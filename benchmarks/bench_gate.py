@@ -106,8 +106,7 @@ def main() -> None:
                     args.shortlist)["score_s"] for px in (args.px, 2 * args.px)}
     cost_staged = {px: run(small, px, args.candidates, args.held_out, args.planted, True, args.device,
                            args.shortlist)["score_s"] for px in (args.px, 2 * args.px)}
-    for name, scores, exponent, per_px in (("exact", exact_scores, e_exact, cost),
-                                           ("two-stage", staged_scores, e_staged, cost_staged)):
+    for name, scores, per_px in (("exact", exact_scores, cost), ("two-stage", staged_scores, cost_staged)):
         # Both searches cost a + b * R per batch of candidates (the exact search and the
         # two-stage first stage are linear in R; the second stage does not depend on R): fit
         # that line rather than extrapolate the power law, whose exponent drifts towards 1.
