@@ -317,3 +317,23 @@ def test_a_source_folder_reached_through_a_link_lists_its_files(tmp_path):
     folder = FileFolderDataset(path=str(tmp_path / "alias")).load()
     assert list(folder.files) == ["real.png", "sub/inner.png"]
     assert folder.read_bytes("real.png") == b"real"
+
+
+def test_a_spilled_file_is_moved_into_place_not_rewritten(tmp_path: Path) -> None:
+    from synthmed.core.checksums import sha256_bytes
+    from synthmed.core.parallel import SpilledFile, SpillFolder
+    from synthmed.datasets.integrity import FOLDER_LISTING
+
+    spill = SpillFolder("synthmed-test-")
+    written = spill.path / "copy.dcm"
+    written.write_bytes(b"de-identified bytes")
+    inode = written.stat().st_ino
+    dataset = FileFolderDataset(path=str(tmp_path / "out"))
+    dataset.save({"p/0000.dcm": SpilledFile(written, spill), "p/notes.txt": "text"})
+
+    target = tmp_path / "out" / "p" / "0000.dcm"
+    assert target.read_bytes() == b"de-identified bytes" and not written.exists()
+    assert target.stat().st_ino == inode  # renamed on one filesystem: no second write of the bytes
+    listing = json.loads((tmp_path / "out" / FOLDER_LISTING).read_text())["files"]
+    assert listing["p/0000.dcm"]["sha256"] == sha256_bytes([b"de-identified bytes"])
+    assert dataset.load().read_verified(["p/0000.dcm"], sha256_bytes([b"de-identified bytes"]))

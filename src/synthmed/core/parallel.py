@@ -127,6 +127,27 @@ def _outcomes(future: Future, n_jobs: int) -> list[Any]:
         return [exc] * n_jobs
 
 
+class SpilledFile:
+    """A finished file that a worker wrote into a `SpillFolder`, handed to the dataset that saves it.
+
+    ``FileFolderDataset`` moves it into place (a rename when the spill folder and the dataset
+    are on one filesystem) instead of reading its bytes and writing them again: the parent
+    process, the one serial part of a parallel pass, then touches each file once (its checksum)
+    and not three times. Called, it returns the bytes, like the loaders other nodes hand over.
+    """
+
+    def __init__(self, path: str | Path, spill: SpillFolder) -> None:
+        self.path = Path(path)
+        self._spill = spill  # keeps the folder alive until the file is saved
+
+    def __call__(self) -> bytes:
+        return self.path.read_bytes()
+
+    def move_to(self, target: Path) -> None:
+        """Move the file to ``target`` (its folder must exist); it leaves the spill folder."""
+        shutil.move(self.path, target)
+
+
 class SpillFolder:
     """A temporary folder for per-file results, removed when nothing refers to it any more.
 

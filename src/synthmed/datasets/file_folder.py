@@ -23,7 +23,7 @@ Objects are encoded by the file suffix:
 ============  ==============================================================
 suffix        object
 ============  ==============================================================
-any           ``bytes`` (written as is)
+any           ``bytes`` (written as is), or a ``SpilledFile`` (moved into place)
 .md .txt      ``str``
 .csv          ``pandas.DataFrame`` (no index) or ``str``
 .json         ``dict`` / ``list`` (sorted keys)
@@ -53,6 +53,7 @@ from kedro.io import AbstractDataset, DatasetError
 
 from synthmed.core.atomic import atomic_directory
 from synthmed.core.checksums import sha256_bytes, write_listing
+from synthmed.core.parallel import SpilledFile
 from synthmed.datasets.integrity import FOLDER_LISTING, DataChecksumError, verified_listing
 from synthmed.datasets.preview import TablePreview, table
 
@@ -273,6 +274,9 @@ class FileFolderDataset(AbstractDataset[Mapping[str, Any], SourceFolder]):
                 target = tmp.joinpath(*rel.parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 value = data[relpath]
+                if isinstance(value, SpilledFile):  # a finished file a worker wrote: moved, not rewritten
+                    value.move_to(target)
+                    continue
                 # Zero-argument callables are evaluated one at a time (PartitionedDataset
                 # idiom), so a node can hand over many large files without holding them.
                 target.write_bytes(encode(relpath, value() if callable(value) else value))

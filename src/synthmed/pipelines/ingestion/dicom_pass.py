@@ -32,7 +32,6 @@ from pydicom.filewriter import write_dataset
 from pydicom.tag import Tag
 
 from synthmed.core.checksums import sha256_bytes
-from synthmed.core.parallel import SpillFolder
 from synthmed.datasets.file_folder import SourceFolder, encode
 from synthmed.imaging.dicom_objects import (
     SEGMENTATION,
@@ -115,11 +114,6 @@ def deidentify_copy(ds: pydicom.Dataset, key: bytes, config: DicomDeidConfig, ta
         target.unlink(missing_ok=True)
         return DeidOutcome(error=type(exc).__name__, at_risk=at_risk, body_part=body_part)
     return DeidOutcome(str(target), tuple(sorted(result.actions.items())), at_risk=at_risk, body_part=body_part)
-
-
-def read_copy(path: str, spill: SpillFolder) -> bytes:
-    """The bytes of a de-identified copy (``spill`` keeps its folder alive until they are saved)."""
-    return Path(path).read_bytes()
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from tqdm.auto import tqdm
 from synthmed.core.checksums import sha256_bytes
 from synthmed.core.config import from_params
 from synthmed.core.manifest import PATH_SEPARATOR, format_shape, format_spacing
-from synthmed.core.parallel import SpillFolder, chunk_size, ordered_map, resolve_workers
+from synthmed.core.parallel import SpilledFile, SpillFolder, chunk_size, ordered_map, resolve_workers
 from synthmed.core.progress import ProgressLog
 from synthmed.datasets.file_folder import SourceFolder
 from synthmed.imaging.dicom_objects import DUPLICATE_OF, IGNORED_REASONS, NON_IMAGE, deduplicate, item_key
@@ -59,7 +58,6 @@ from synthmed.pipelines.ingestion.dicom_pass import (
     SeriesAssembly,
     as_read_error,
     assemble_dicom_series,
-    read_copy,
     scan_dicom_file,
 )
 from synthmed.privacy.dicom_deid import CANDIDATE_COLUMNS, DicomDeidConfig, failed_reason, format_actions
@@ -550,7 +548,7 @@ def _candidate_item(item_id: str, base: str, scans: list[DicomScan],
         for scan in scans:
             scan.remove_copy()
         return row, {}
-    return row, {f"{base}/{index:04d}.dcm": partial(read_copy, scan.deid.copy, spill)
+    return row, {f"{base}/{index:04d}.dcm": SpilledFile(scan.deid.copy, spill)
                  for index, scan in enumerate(scans)}
 
 
