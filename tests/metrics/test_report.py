@@ -12,6 +12,7 @@ from synthmed.__main__ import headline as headline_command
 from synthmed.metrics.report import (
     FLAG_DEGENERATE,
     FLAG_OUTSIDE,
+    FLAG_SMALL_N,
     estimate,
     estimate_flags,
     headline_text,
@@ -58,8 +59,8 @@ def test_a_degenerate_estimate_is_flagged_and_not_rounded_away():
 
 
 def test_too_few_images_is_flagged():
-    assert "⚠ N = 3 too small" in estimate(20.0, low=10.0, high=30.0, n=3)
-    assert "too small" not in estimate(20.0, low=10.0, high=30.0, n=96)
+    assert estimate(20.0, low=10.0, high=30.0, n=3, show_n=True) == f"20 [10, 30] (N = 3) ⚠ {FLAG_SMALL_N}"
+    assert FLAG_SMALL_N not in estimate(20.0, low=10.0, high=30.0, n=96)
 
 
 def _metrics() -> dict[str, float]:

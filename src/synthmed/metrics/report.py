@@ -33,7 +33,7 @@ DEGENERATE_RELATIVE_STD = 1e-9
 
 FLAG_OUTSIDE = "point outside its interval"
 FLAG_DEGENERATE = "degenerate: spread ≈ 0"
-FLAG_SMALL_N = "N = {n} too small"
+FLAG_SMALL_N = "too few images"
 # What each flag means, for the legend under the tables that use them.
 FLAG_LEGEND = {
     FLAG_OUTSIDE: "the full-set estimate lies outside its own bootstrap interval. Bootstrap resamples repeat "
@@ -41,15 +41,13 @@ FLAG_LEGEND = {
     FLAG_DEGENERATE: "the interval has no width or the standard deviation is about 0: the estimate did not vary "
                      "between resamples or subsets (for KID: every subset held the same images), so no spread "
                      "was measured.",
-    FLAG_SMALL_N.format(n="n"): f"fewer than {SMALL_N} images: the estimate and its interval are not stable.",
+    FLAG_SMALL_N: f"N below {SMALL_N} images: the estimate and its interval are not stable.",
 }
 
 
 def flags_used(text: str) -> list[tuple[str, str]]:
     """``(flag, meaning)`` for each flag that occurs in ``text`` (the legend under a table)."""
-    markers = {FLAG_OUTSIDE: FLAG_OUTSIDE, FLAG_DEGENERATE: FLAG_DEGENERATE,
-               FLAG_SMALL_N.format(n="n"): FLAG_SMALL_N.split("{n}")[0]}
-    return [(flag, FLAG_LEGEND[flag]) for flag, marker in markers.items() if f"⚠ {marker}" in text]
+    return [(flag, meaning) for flag, meaning in FLAG_LEGEND.items() if f"⚠ {flag}" in text]
 
 
 def _finite(value: Any) -> bool:
@@ -101,15 +99,16 @@ def estimate_flags(value: float, *, low: float | None = None, high: float | None
     if _finite(std) and _finite(value) and abs(std) <= DEGENERATE_RELATIVE_STD * max(abs(value), 1.0):
         flags.append(FLAG_DEGENERATE)
     if _finite(n) and n < SMALL_N:
-        flags.append(FLAG_SMALL_N.format(n=int(n)))
+        flags.append(FLAG_SMALL_N)
     return flags
 
 
 def estimate(value: Any, *, low: Any = None, high: Any = None, std: Any = None, n: Any = None,
-             digits: int = 3) -> str:
+             digits: int = 3, show_n: bool = False) -> str:
     """``value [low, high]`` or ``value ± std`` rounded to what the spread supports, then any flags.
 
-    Without an interval or a standard deviation, ``digits`` significant digits.
+    Without an interval or a standard deviation, ``digits`` significant digits. ``show_n``:
+    ``(N = n)`` after the value.
     """
     if not _finite(value):
         return "n/a"
@@ -132,6 +131,8 @@ def estimate(value: Any, *, low: Any = None, high: Any = None, std: Any = None, 
         text = f"{fixed(value, decimals)} [{fixed(low, decimals)}, {fixed(high, decimals)}]"
     else:
         text = f"{fixed(value, decimals)} ± {fixed(std, decimals)}"
+    if show_n and _finite(n):
+        text += f" (N = {int(n)})"
     return text + "".join(f" ⚠ {flag}" for flag in flags)
 
 
@@ -151,9 +152,7 @@ def headline_lines(headline: Mapping[str, float]) -> list[tuple[str, str]]:
         if any(name.endswith(s) and name[: -len(s)] in headline for s in _COMPANIONS):
             continue
         text = estimate(value, low=headline.get(f"{name}_low"), high=headline.get(f"{name}_high"),
-                        std=headline.get(f"{name}_std"), n=headline.get(f"{name}_n"))
-        if f"{name}_n" in headline:
-            text += f" (N = {int(headline[f'{name}_n'])})"
+                        std=headline.get(f"{name}_std"), n=headline.get(f"{name}_n"), show_n=True)
         lines.append((name, text))
     # The file's keys are sorted (MetricsDataset): put the family shown in full (the published
     # generator) first, then the other families, then the gate and the published dataset.
