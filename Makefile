@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED := 1
 # DVC stages call `kedro`: use the project's environment.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup demo test test-fast lint check-lock dvc-deps verify add-raw bench-gpu push pull viz viz-build mlflow-ui status clean
+.PHONY: help setup demo metrics-all plots test test-fast lint check-lock dvc-deps verify add-raw bench-gpu push pull viz viz-build mlflow-ui status clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,17 +40,24 @@ demo: setup ## build the sample data, run every pipeline through DVC, push to th
 	$(BIN)/synthmed push; \
 	echo; echo "== dvc status (clean means every output matches dvc.lock) =="; \
 	dvc status; \
-	echo; echo "== metrics (dvc metrics show) =="; \
-	dvc metrics show --json | python -c 'import json,sys,re; keep=re.compile(r"(fidelity\.(fid|fid_floor_halves|fid_n)|memorisation\.(self_test_recall|flagged_fraction)|utility\.real_synthetic\.balanced_accuracy_delta)$$"); [print(f"  {f}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(m.get("data", {}).items()) if not f.endswith("/metrics.json") or keep.search(k))) for r in json.load(sys.stdin).values() for f, m in r.get("data", {}).items()]'; \
+	echo; echo "== headline (synthmed headline; the same numbers: dvc metrics show) =="; \
+	$(BIN)/synthmed headline; \
 	echo; echo "demo finished in $$(( $$(date +%s) - start )) s"; \
 	echo "  report:      data/08_reporting/report.html (every metric with its N, floor and figures)"; \
-	echo "  comparison:  data/08_reporting/family_comparison.csv   all metrics: dvc metrics show"; \
+	echo "  comparison:  data/08_reporting/family_comparison.csv   every metric: make metrics-all"; \
+	echo "  plots:       make plots  ->  dvc_plots/index.html (opens offline)"; \
 	echo "  published:   data/07_model_output/rebalanced (README.md: the memorisation gate's numbers)"; \
 	echo "  outputs:     data/ (de-identified: data/03_primary, model input: data/05_model_input,"; \
 	echo "               previews and metrics: data/08_reporting)"; \
 	echo "  DVC remote:  $$(dvc remote list | head -n 1)"; \
 	echo "  MLflow UI:   make mlflow-ui  ->  http://127.0.0.1:5000"; \
 	echo "  kedro-viz:   make viz        ->  http://127.0.0.1:4141"
+
+metrics-all: setup ## every evaluation number (about 600; `dvc metrics show` prints the headline only)
+	$(BIN)/dvc metrics show data/08_reporting/metrics.json
+
+plots: setup ## dvc plots show with Vega inlined: dvc_plots/index.html opens without a network
+	$(BIN)/synthmed plots
 
 test: setup lint ## lint, import contracts, then the test suite (CPU, tiny configurations)
 	$(BIN)/python -m pytest

@@ -6,7 +6,10 @@ checksums its writer recorded (see ``synthmed.datasets.integrity``).
 ``push: false``; ``synthmed push [DVC PUSH OPTIONS]`` runs ``dvc push`` only if no raw or
 identifiable output would be pushed (``synthmed.core.dvc_outputs``); ``synthmed pull
 [DVC PULL OPTIONS]`` pulls exactly the outputs that push sends; ``synthmed generate --model DIR
---n N [--label NAME] --out DIR`` samples a saved generator folder. Anything else is
+--n N [--label NAME] --out DIR`` samples a saved generator folder. ``synthmed headline
+[--file FILE]`` prints the evaluation's headline numbers, rounded to their intervals;
+``synthmed plots [DVC PLOTS SHOW OPTIONS]`` runs ``dvc plots show`` with Vega inlined (the page
+opens offline). Anything else is
 Kedro's ``run`` command, as before: ``synthmed --pipelines ingestion``.
 """
 import argparse
@@ -151,6 +154,66 @@ def generate(argv: list[str]) -> int:
     return 0
 
 
+def headline(argv: list[str]) -> int:
+    """``synthmed headline``: the evaluation's headline numbers, rounded to their intervals, flags in words."""
+    from synthmed.metrics.report import headline_text, load_headline
+
+    parser = argparse.ArgumentParser(
+        prog="synthmed headline",
+        description="Print the headline of the last evaluation (data/08_reporting/headline.json, what "
+                    "`dvc metrics show` shows): each value with its interval rounded to the digits the interval "
+                    "supports, and a flag in words where an estimate is degenerate, lies outside its interval or "
+                    "rests on too few images. Every number: `make metrics-all`.")
+    parser.add_argument("--file", type=Path, default=Path("data/08_reporting/headline.json"), metavar="FILE",
+                        help="the headline file (default: data/08_reporting/headline.json)")
+    args = parser.parse_args(argv)
+    if not args.file.is_file():
+        sys.stderr.write(f"synthmed headline: {args.file} does not exist; run `make demo` (or `dvc repro "
+                         "evaluation`) from the project root first.\n")
+        return 2
+    try:
+        numbers = load_headline(str(args.file))
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        sys.stderr.write(f"synthmed headline: {args.file}: {exc}\n")
+        return 2
+    sys.stdout.write(f"{args.file} (every number: make metrics-all; the report: data/08_reporting/report.html)\n"
+                     f"{headline_text(numbers)}\n")
+    return 0
+
+
+def plots(argv: list[str]) -> int:
+    """``synthmed plots``: ``dvc plots show`` whose page inlines Vega (opens offline); refused if it loads any."""
+    import tempfile
+
+    from synthmed.core.offline_plots import remote_scripts, write_offline_template
+
+    root = _project_root("plots", argv, (
+        "usage: synthmed plots [DVC PLOTS SHOW OPTIONS]\n\nRuns `dvc plots show` with an HTML template that "
+        "inlines Vega, Vega-Lite and Vega-Embed from the installed vl-convert-python package, so that "
+        "dvc_plots/index.html (or the folder given with -o) opens without a network. Exit status 1 if the page "
+        "still loads a script from the network.\n"))
+    if not isinstance(root, Path):
+        return root
+    out = Path(argv[argv.index("-o") + 1] if "-o" in argv[:-1] else
+               argv[argv.index("--out") + 1] if "--out" in argv[:-1] else "dvc_plots")
+    with tempfile.TemporaryDirectory() as folder:
+        template = write_offline_template(Path(folder) / "offline.html")
+        code = subprocess.run([_dvc(), "plots", "show", "--html-template", str(template), *argv], cwd=root).returncode
+    page = (out if out.is_absolute() else root / out) / "index.html"
+    if code != 0:
+        return code
+    if not page.is_file():
+        sys.stderr.write(f"synthmed plots: dvc plots show wrote no {page}.\n")
+        return 1
+    remote = remote_scripts(page.read_text(encoding="utf-8"))
+    if remote:
+        sys.stderr.write(f"synthmed plots: {page} still loads {len(remote)} script(s) from the network: "
+                         f"{remote[:3]}\n")
+        return 1
+    sys.stdout.write(f"{page}: every chart's libraries are inlined; open it in a browser (no network needed).\n")
+    return 0
+
+
 def _project_root(command: str, argv: list[str], usage: str) -> Path | int:
     """The project root (the working directory, with a dvc.yaml), or the exit status to return.
 
@@ -172,7 +235,8 @@ def _dvc() -> str:
     return str(beside) if beside.is_file() else "dvc"
 
 
-_COMMANDS = {"verify": verify, "add-raw": add_raw, "push": push, "pull": pull, "generate": generate}
+_COMMANDS = {"verify": verify, "add-raw": add_raw, "push": push, "pull": pull, "generate": generate,
+             "headline": headline, "plots": plots}
 
 
 def main(*args, **kwargs) -> Any:

@@ -180,7 +180,7 @@ def test_gate_flags_planted_training_copies_and_publish_drops_or_refuses_them(ge
 
 
 def test_evaluation_writes_metrics_report_comparison_and_reader_kit(generated):
-    from synthmed.metrics.report import number
+    from synthmed.metrics.report import number, with_interval
 
     workdir, _ = generated
     metrics = json.loads((workdir / "data/08_reporting/metrics.json").read_text())
@@ -206,9 +206,18 @@ def test_evaluation_writes_metrics_report_comparison_and_reader_kit(generated):
     assert metrics["ddpm.memorisation.candidate_count"] == 3  # the family's own samples only
     row = ddpm.iloc[0]
     report = (workdir / "data/08_reporting/report.html").read_text()
-    for key in ("ddpm.fidelity.fid", "ddpm.fidelity.fid_floor_halves", "pix2pix.fidelity.paired_psnr",
-                "dcgan.memorisation.pixel_threshold"):
-        assert number(metrics[key]) in report, key  # the report shows the numbers of metrics.json
+    for family, key in (("ddpm", "fid"), ("ddpm", "fid_floor_halves"), ("pix2pix", "paired_psnr")):
+        fidelity = {k.split(".", 2)[2]: v for k, v in metrics.items() if k.startswith(f"{family}.fidelity.")}
+        assert with_interval(fidelity, key) in report, key  # the numbers of metrics.json, rounded to their interval
+    assert number(metrics["dcgan.memorisation.pixel_threshold"]) in report
+    # headline first: the image grids, then the headline table, then the details
+    assert report.index('id="images"') < report.index("data:image/png;base64,") < report.index('id="headline"') \
+        < report.index('id="details"')
+    headline = json.loads((workdir / "data/08_reporting/headline.json").read_text())
+    assert headline["ddpm.fid"] == metrics["ddpm.fidelity.fid"]  # rebalancing.generator: ddpm, in full
+    assert {"ddpm.fid_low", "ddpm.fid_floor", "ddpm.kid", "ddpm.precision", "ddpm.recall", "ddpm.utility_delta",
+            "dcgan.fid", "dcgan.fid_floor", "gate.self_test_recall", "published.synthetic"} <= set(headline)
+    assert "dcgan.kid" not in headline and len(headline) <= 30
     assert "Fraction flagged per family and checkpoint" in report and row.checkpoint in report
     assert report.count("data:image/png;base64,") >= 11  # 3 per family + utility + losses
     comparison = pd.read_csv(workdir / "data/08_reporting/family_comparison.csv")

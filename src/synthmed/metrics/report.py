@@ -1,12 +1,21 @@
 """The evaluation report: one self-contained HTML page per run (figures embedded as PNG).
 
-Every number is shown with its N and, for FID/KID/PRDC/diversity, beside its real-vs-real
-floor; the same numbers are in ``data/08_reporting/metrics.json`` (DVC) and MLflow.
+The page opens with real and synthetic images side by side, then the headline table (the
+numbers of ``data/08_reporting/headline.json``), then the details. Every number is shown with
+its N and, for FID/KID/PRDC/diversity, beside its real-vs-real floor; the same numbers are in
+``data/08_reporting/metrics.json`` (DVC) and MLflow.
+
+Rounding: a value with an interval ``[low, high]`` is printed to the decimals its interval
+supports, two significant digits of the interval's width (``interval_decimals``): FID 15.525
+[4.027, 42.94] is printed ``16 [4, 43]``. A value whose interval has no width, whose standard
+deviation is about 0, that lies outside its own interval, or that rests on fewer than
+``SMALL_N`` images, is flagged in words next to it (``estimate_flags``).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,6 +24,34 @@ import pandas as pd
 from markupsafe import Markup
 
 from synthmed.core.templates import render
+
+# Below this N, an estimate (and its bootstrap interval) rests on too few images to be stable.
+SMALL_N = 20
+# A standard deviation below this fraction of the value's magnitude is taken as zero: the
+# estimate did not vary (KID's subsets were all the same images, say) and says nothing about spread.
+DEGENERATE_RELATIVE_STD = 1e-9
+
+FLAG_OUTSIDE = "point outside its interval"
+FLAG_DEGENERATE = "degenerate: spread ≈ 0"
+FLAG_SMALL_N = "too few images"
+# What each flag means, for the legend under the tables that use them.
+FLAG_LEGEND = {
+    FLAG_OUTSIDE: "the full-set estimate lies outside its own bootstrap interval. Bootstrap resamples repeat "
+                  "images, which biases statistics such as FID; read the interval, not the point.",
+    FLAG_DEGENERATE: "the interval has no width or the standard deviation is about 0: the estimate did not vary "
+                     "between resamples or subsets (for KID: every subset held the same images), so no spread "
+                     "was measured.",
+    FLAG_SMALL_N: f"N below {SMALL_N} images: the estimate and its interval are not stable.",
+}
+
+
+def flags_used(text: str) -> list[tuple[str, str]]:
+    """``(flag, meaning)`` for each flag that occurs in ``text`` (the legend under a table)."""
+    return [(flag, meaning) for flag, meaning in FLAG_LEGEND.items() if f"⚠ {flag}" in text]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def number(value: Any, digits: int = 4) -> str:
@@ -28,6 +65,154 @@ def number(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def interval_decimals(low: float, high: float) -> int | None:
+    """The decimal places an interval supports: two significant digits of its width.
+
+    Negative for wide intervals (-1: round to tens); ``None`` when the width is not a positive
+    finite number (a degenerate interval supports no rounding rule).
+    """
+    width = high - low
+    if not (math.isfinite(width) and width > 0):
+        return None
+    return 1 - math.floor(math.log10(width))
+
+
+def fixed(value: float, decimals: int) -> str:
+    """``value`` rounded to ``decimals`` places (negative: to tens, hundreds...), without a "-0"."""
+    if decimals >= 0:
+        text = f"{value:.{decimals}f}"
+    else:
+        step = 10 ** -decimals
+        text = f"{round(value / step) * step:.0f}"
+    return text[1:] if text.startswith("-") and not text.strip("-0.") else text
+
+
+def estimate_flags(value: float, *, low: float | None = None, high: float | None = None, std: float | None = None,
+                   n: float | None = None) -> list[str]:
+    """The words that qualify an estimate: outside its interval, degenerate, N too small."""
+    flags = []
+    if _finite(low) and _finite(high) and _finite(value):
+        if not low <= value <= high:
+            flags.append(FLAG_OUTSIDE)
+        if high - low <= DEGENERATE_RELATIVE_STD * max(abs(value), 1.0):
+            flags.append(FLAG_DEGENERATE)
+    if _finite(std) and _finite(value) and abs(std) <= DEGENERATE_RELATIVE_STD * max(abs(value), 1.0):
+        flags.append(FLAG_DEGENERATE)
+    if _finite(n) and n < SMALL_N:
+        flags.append(FLAG_SMALL_N)
+    return flags
+
+
+def estimate(value: Any, *, low: Any = None, high: Any = None, std: Any = None, n: Any = None,
+             digits: int = 3, show_n: bool = False) -> str:
+    """``value [low, high]`` or ``value ± std`` rounded to what the spread supports, then any flags.
+
+    Without an interval or a standard deviation, ``digits`` significant digits. ``show_n``:
+    ``(N = n)`` after the value.
+    """
+    if not _finite(value):
+        return "n/a"
+    flags = list(dict.fromkeys(estimate_flags(value, low=low if _finite(high) else None,
+                                              high=high if _finite(low) else None, std=std, n=n)))
+    decimals = None
+    if FLAG_DEGENERATE in flags:
+        pass  # a spread of about 0 supports no rounding rule: significant digits
+    elif _finite(low) and _finite(high):
+        decimals = interval_decimals(low, high)
+    elif _finite(std):
+        decimals = interval_decimals(value - std, value + std)
+    if decimals is None:
+        text = number(value, digits)
+        if _finite(low) and _finite(high):
+            text += f" [{number(low, digits)}, {number(high, digits)}]"
+        elif _finite(std):
+            text += f" ± {number(std, 2)}"
+    elif _finite(low) and _finite(high):
+        text = f"{fixed(value, decimals)} [{fixed(low, decimals)}, {fixed(high, decimals)}]"
+    else:
+        text = f"{fixed(value, decimals)} ± {fixed(std, decimals)}"
+    if show_n and _finite(n):
+        text += f" (N = {int(n)})"
+    return text + "".join(f" ⚠ {flag}" for flag in flags)
+
+
+# ------------------------------------------------------------------ the headline
+
+# Companion suffixes: ``x_low``/``x_high`` (interval), ``x_std``, ``x_n`` qualify ``x``.
+_COMPANIONS = ("_low", "_high", "_std", "_n")
+
+
+def headline_lines(headline: Mapping[str, float]) -> list[tuple[str, str]]:
+    """``(name, text)`` per headline number, companions folded into their value's text.
+
+    ``fid 16 [4, 43]`` instead of three lines for ``fid``, ``fid_low`` and ``fid_high``.
+    """
+    lines = []
+    for name, value in headline.items():
+        if any(name.endswith(s) and name[: -len(s)] in headline for s in _COMPANIONS):
+            continue
+        text = estimate(value, low=headline.get(f"{name}_low"), high=headline.get(f"{name}_high"),
+                        std=headline.get(f"{name}_std"), n=headline.get(f"{name}_n"), show_n=True)
+        lines.append((name, text))
+    # The file's keys are sorted (MetricsDataset): put the family shown in full (the published
+    # generator) first, then the other families, then the gate and the published dataset.
+    full = {k.split(".")[0] for k in headline if k.endswith(".utility_delta")}
+
+    def rank(line: tuple[str, str]) -> int:
+        group = line[0].split(".")[0]
+        return 2 if group in ("gate", "published") else 0 if group in full else 1
+    return sorted(lines, key=rank)
+
+
+def headline_text(headline: Mapping[str, float]) -> str:
+    """The headline as aligned lines (``synthmed headline``, ``make demo``), flags explained below."""
+    lines = headline_lines(headline)
+    width = max((len(name) for name, _ in lines), default=0)
+    out = [f"  {name.ljust(width)}  {text}" for name, text in lines]
+    out += [f"  ⚠ {flag}: {meaning}" for flag, meaning in flags_used("\n".join(out))]
+    return "\n".join(out)
+
+
+def load_headline(path: str) -> dict[str, float]:
+    """``headline.json`` as written by the evaluation stage (a flat name -> number mapping)."""
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of metric names to numbers, found {type(data).__name__}; "
+                         "rerun the evaluation stage (dvc repro evaluation).")
+    return data
+
+
+def headline_family_table(headline: Mapping[str, float]) -> pd.DataFrame:
+    """One row per family of the headline: fidelity with floor, PRDC, utility difference, fraction flagged.
+
+    Families are the prefixes of ``<family>.fid`` keys, in the headline's order.
+    """
+    families = [k[: -len(".fid")] for k in headline if k.endswith(".fid")]
+    rows = []
+
+    def cell(f: str, name: str, *, n: bool = False) -> str:
+        key = f"{f}.{name}"
+        return estimate(headline.get(key), low=headline.get(f"{key}_low"), high=headline.get(f"{key}_high"),
+                        std=headline.get(f"{key}_std"), n=headline.get(f"{f}.fid_n") if n else None)
+    for f in families:
+        rows.append({
+            "family": f, "N": number(headline.get(f"{f}.fid_n")),
+            "FID [interval]": cell(f, "fid", n=True), "FID floor (real vs real)": cell(f, "fid_floor"),
+            "KID": cell(f, "kid"), "precision": cell(f, "precision"), "recall": cell(f, "recall"),
+            "utility: balanced accuracy of real+synthetic − real": cell(f, "utility_delta"),
+            "fraction flagged by the gate": cell(f, "flagged_fraction"),
+        })
+    return pd.DataFrame(rows)
+
+
+def headline_gate_table(headline: Mapping[str, float]) -> pd.DataFrame:
+    """The published dataset's gate numbers and per class shortfall, one row each."""
+    rows = [{"measure": name, "value": text} for name, text in headline_lines(headline)
+            if name.startswith(("gate.", "published."))]
+    return pd.DataFrame(rows, columns=["measure", "value"])
+
+
 def html_table(frame: pd.DataFrame) -> str:
     """A DataFrame as an HTML table (escaped; numbers formatted by ``number``)."""
     return frame.to_html(index=False, escape=True, na_rep="n/a", formatters={c: number for c in frame.columns},
@@ -35,12 +220,11 @@ def html_table(frame: pd.DataFrame) -> str:
 
 
 def with_interval(metrics: Mapping[str, float], name: str) -> str:
-    """``value [low, high]`` for a metric with ``_low``/``_high`` companions."""
+    """``value [low, high]`` for a metric with ``_low``/``_high`` (and ``_n``) companions, rounded and flagged."""
     if name not in metrics:
         return "n/a"
-    if f"{name}_low" in metrics:
-        return f"{number(metrics[name])} [{number(metrics[f'{name}_low'])}, {number(metrics[f'{name}_high'])}]"
-    return number(metrics[name])
+    return estimate(metrics[name], low=metrics.get(f"{name}_low"), high=metrics.get(f"{name}_high"),
+                    n=metrics.get(f"{name}_n"))
 
 
 def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:
@@ -48,8 +232,8 @@ def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:
     rows = [
         ("FID", with_interval(metrics, "fid"), with_interval(metrics, "fid_floor_halves"),
          with_interval(metrics, "fid_floor_neighbour_slices"), metrics.get("fid_n")),
-        ("KID", f"{number(metrics.get('kid'))} ± {number(metrics.get('kid_std'))}",
-         f"{number(metrics.get('kid_floor_halves'))} ± {number(metrics.get('kid_floor_halves_std'))}", "",
+        ("KID", estimate(metrics.get("kid"), std=metrics.get("kid_std")),
+         estimate(metrics.get("kid_floor_halves"), std=metrics.get("kid_floor_halves_std")), "",
          metrics.get("fid_n")),
     ]
     rows += [(name, number(metrics.get(name)), number(metrics.get(f"{name}_floor_halves")), "", metrics.get("fid_n"))
@@ -71,10 +255,10 @@ def utility_table(summary: pd.DataFrame) -> pd.DataFrame:
     for row in summary.itertuples():
         if not (row.score in ("balanced_accuracy", "auroc") or row.score.startswith("f1.")):
             continue
-        value = f"{number(row.mean)} ± {number(row.std)}" if math.isnan(row.low) \
-            else f"{number(row.mean)} [{number(row.low)}, {number(row.high)}]"
+        value = estimate(row.mean, std=row.std) if math.isnan(row.low) \
+            else estimate(row.mean, low=row.low, high=row.high)
         delta = "" if math.isnan(row.delta_low) or row.mode == "real" \
-            else f"{number(row.delta_vs_real)} [{number(row.delta_low)}, {number(row.delta_high)}]"
+            else estimate(row.delta_vs_real, low=row.delta_low, high=row.delta_high)
         rows.append({"mode": row.mode, "score": row.score, "value": value, "difference to real only": delta,
                      "n test": row.n_test})
     return pd.DataFrame(rows)
@@ -88,16 +272,32 @@ def memorisation_table(metrics: Mapping[str, float]) -> pd.DataFrame:
     return pd.DataFrame([{"measure": n, "value": number(metrics.get(n))} for n in names])
 
 
+def transposed(table: pd.DataFrame, key: str = "family") -> pd.DataFrame:
+    """One column per ``key`` value and one row per measure: a table of many measures that fits the page."""
+    if key not in table or not len(table):
+        return table
+    out = table.set_index(key).T
+    out.columns = [str(c) for c in out.columns]
+    return out.rename_axis("measure").reset_index()
+
+
 def png64(png: bytes) -> str:
     return base64.b64encode(png).decode("ascii")
 
 
 def render_report(*, title: str, comparison: pd.DataFrame, families: Sequence[Mapping[str, Any]],
                   shared_figures: Sequence[tuple[str, bytes]], gate: Mapping[str, Any] | None, reader_images: int,
-                  level: float, checkpoints: pd.DataFrame | None = None) -> str:
-    """The HTML page. ``families``: dicts with family, source, feature_space, fidelity (metrics),
-    utility (summary DataFrame), memorisation (metrics), figures [(caption, png bytes)].
-    ``checkpoints``: the fraction flagged by the gate per family and sampled checkpoint."""
+                  level: float, checkpoints: pd.DataFrame | None = None,
+                  grids: Sequence[tuple[str, bytes]] = (), headline: Mapping[str, float] | None = None) -> str:
+    """The HTML page: image grids, then the headline, then the details.
+
+    ``grids``: (caption, PNG) of real vs synthetic images per class, one per family (study),
+    shown first. ``headline``: the flat headline numbers (``headline.json``; every family in
+    full), shown as one row per family and the gate's numbers. ``families``: dicts with family,
+    source, feature_space, fidelity (metrics), utility (summary DataFrame), memorisation
+    (metrics), figures [(caption, png bytes)] for the details. ``checkpoints``: the fraction
+    flagged by the gate per family and sampled checkpoint.
+    """
     rendered = []
     for f in families:
         utility: pd.DataFrame = f["utility"]
@@ -112,9 +312,14 @@ def render_report(*, title: str, comparison: pd.DataFrame, families: Sequence[Ma
             "minority": str(utility["minority_class"].iloc[0]) if len(utility) else "",
             "figures": [(caption, png64(png)) for caption, png in f["figures"]],
         })
+    headline = dict(headline or {})
+    tables = [html_table(t) for t in (headline_family_table(headline), headline_gate_table(headline)) if len(t)]
     return render(
         "report.html.j2",
-        title=title, comparison=Markup(html_table(comparison)), families=rendered,
+        title=title, comparison=Markup(html_table(transposed(comparison))), families=rendered,
         shared_figures=[(caption, png64(png)) for caption, png in shared_figures], gate=gate,
         reader_images=reader_images, level_pct=round(100 * level),
-        checkpoints=Markup(html_table(checkpoints)) if checkpoints is not None and len(checkpoints) else None)
+        checkpoints=Markup(html_table(checkpoints)) if checkpoints is not None and len(checkpoints) else None,
+        grids=[(caption, png64(png)) for caption, png in grids],
+        headline_tables=[Markup(t) for t in tables],
+        flag_legend=flags_used("\n".join(tables)))

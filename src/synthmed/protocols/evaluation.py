@@ -474,6 +474,10 @@ def family_figures(evaluation: EvaluationSet, memorisation_table: pd.DataFrame,
     return side, nearest, tsne, coordinates, pngs
 
 
+# Position of the real-vs-synthetic grid in the figures ``family_figures`` returns (the report opens with it).
+GRID_FIGURE = 0
+
+
 def figure_png(figure: Figure) -> bytes:
     """A figure as PNG bytes (for the self-contained HTML report)."""
     buffer = io.BytesIO()
@@ -576,6 +580,50 @@ def collect_metrics(results: Sequence[FamilyResult], rebalancing_gate: Mapping[s
     return finite(metrics)
 
 
+# headline name -> the name of its value in ``collect_metrics`` (under ``<family>.``). The
+# published generator's rows come in full; the other families' only with FID and its floor.
+HEADLINE_FAMILY = {
+    "fid": "fidelity.fid", "fid_low": "fidelity.fid_low", "fid_high": "fidelity.fid_high", "fid_n": "fidelity.fid_n",
+    "fid_floor": "fidelity.fid_floor_halves", "fid_floor_low": "fidelity.fid_floor_halves_low",
+    "fid_floor_high": "fidelity.fid_floor_halves_high", "kid": "fidelity.kid", "kid_std": "fidelity.kid_std",
+    "precision": "fidelity.precision", "recall": "fidelity.recall",
+    "utility_delta": "utility.real_synthetic.balanced_accuracy_delta",
+    "utility_delta_low": "utility.real_synthetic.balanced_accuracy_delta_low",
+    "utility_delta_high": "utility.real_synthetic.balanced_accuracy_delta_high",
+    "flagged_fraction": "memorisation.flagged_fraction",
+}
+HEADLINE_OTHER_FAMILIES = ("fid", "fid_floor")
+# The published dataset's gate (rebalancing), from the ``rebalanced.`` part of ``collect_metrics``.
+HEADLINE_GATE = {
+    "gate.pixel_threshold": "rebalanced.gate.pixel_threshold",
+    "gate.self_test_recall": "rebalanced.gate.self_test_recall",
+    "gate.flagged_fraction": "rebalanced.gate.flagged_fraction",
+    "published.synthetic": "rebalanced.published_synthetic",
+}
+
+
+def headline_metrics(metrics: Mapping[str, float], generator: str, *, every_family: bool = False) -> dict[str, float]:
+    """The few numbers to read first (``headline.json``; ``dvc metrics show``), from ``collect_metrics``'s.
+
+    The published ``generator`` (``rebalancing.generator``) first and in full (FID with its
+    interval, N and floor, KID, precision, recall, utility difference with its interval, fraction
+    flagged), the other families with FID and floor only (``every_family``: all in full, for the
+    report's table), then the published dataset's gate: threshold, self-test recall, fraction
+    flagged, synthetic images published and the shortfall per class. Missing numbers are left out.
+    """
+    families = [k[: -len(".fidelity.fid")] for k in metrics if k.endswith(".fidelity.fid")]
+    families.sort(key=lambda f: f != generator)  # stable: the published generator first
+    headline: dict[str, float] = {}
+    for family in families:
+        names = HEADLINE_FAMILY if every_family or family == generator else HEADLINE_OTHER_FAMILIES
+        headline |= {f"{family}.{name}": metrics[f"{family}.{HEADLINE_FAMILY[name]}"] for name in names
+                     if f"{family}.{HEADLINE_FAMILY[name]}" in metrics}
+    headline |= {name: metrics[key] for name, key in HEADLINE_GATE.items() if key in metrics}
+    headline |= {f"published.shortfall.{k[len('rebalanced.shortfall.'):]}": v for k, v in metrics.items()
+                 if k.startswith("rebalanced.shortfall.")}
+    return headline
+
+
 def build_reader_kit(evaluation_sets: Sequence[EvaluationSet],
                      config: ReaderKitConfig) -> tuple[dict[str, Any], pd.DataFrame]:
     """A blinded sheet of real (``real_split``) and synthetic images of one family, and its answer key."""
@@ -600,10 +648,13 @@ def build_reader_kit(evaluation_sets: Sequence[EvaluationSet],
 
 
 def build_report(comparison: pd.DataFrame, results: Sequence[FamilyResult], rebalancing_gate: Mapping[str, float],
-                 reader_key: pd.DataFrame, *, level: float, gate: GateConfig, gate_action: str) -> str:
-    """The self-contained HTML report of this run (every number with its N and floor, every figure).
+                 reader_key: pd.DataFrame, *, level: float, gate: GateConfig, gate_action: str,
+                 generator: str = "") -> str:
+    """The self-contained HTML report of this run: image grids, the headline, then every number with its N and
+    floor and every figure.
 
     Args:
+        generator: the published generator (``rebalancing.generator``), first in the headline.
         level: the confidence level of the fidelity intervals.
         gate: the memorisation gate's settings (its minimum self-test recall is reported).
         gate_action: what the rebalancing gate does with flagged images (``rebalancing.gate_action``).
@@ -628,8 +679,13 @@ def build_report(comparison: pd.DataFrame, results: Sequence[FamilyResult], reba
                 "dropped_count": number(g.get("gate.dropped_count")),
                 "published_synthetic": number(g.get("published_synthetic")),
                 "action": gate_action}
+    # family_figures puts the real-vs-synthetic grid first: it opens the report, the rest go to the details
     families = [{"family": r.family, "source": r.source, "feature_space": r.feature_space, "fidelity": r.fidelity,
-                 "utility": r.utility, "memorisation": r.memorisation, "figures": r.figures} for r in results]
+                 "utility": r.utility, "memorisation": r.memorisation,
+                 "figures": [fig for i, fig in enumerate(r.figures) if i != GRID_FIGURE]} for r in results]
+    grids = [(f"{r.family} ({r.source}): {r.figures[GRID_FIGURE][0].split(': ', 1)[-1]}", r.figures[GRID_FIGURE][1])
+             for r in results if r.figures]
+    headline = headline_metrics(collect_metrics(results, rebalancing_gate), generator, every_family=True)
     return render_report(title="synthmed evaluation report", comparison=comparison, families=families,
                          shared_figures=shared, gate=section, reader_images=len(reader_key), level=level,
-                         checkpoints=checkpoint_table(results))
+                         checkpoints=checkpoint_table(results), grids=grids, headline=headline)

@@ -4,8 +4,8 @@ The protocol itself (what is compared with what, at which size, with which floor
 ``synthmed.protocols.evaluation`` and docs/evaluation.md. Per family (one template,
 namespaced by the registry's families): ``prepare_evaluation``, ``fidelity_scores``,
 ``memorisation_scores``, ``utility_scores``, ``family_figures``, ``family_result``; then
-across families ``compare_families``, ``collect_metrics``, ``build_reader_kit`` and
-``build_report``, which take one input per family.
+across families ``compare_families``, ``collect_metrics``, ``headline_metrics``,
+``build_reader_kit`` and ``build_report``, which take one input per family.
 """
 
 from __future__ import annotations
@@ -96,6 +96,11 @@ def collect_metrics(rebalancing_gate: dict[str, float], *results: FamilyResult) 
     return protocol.collect_metrics(results, rebalancing_gate)
 
 
+def headline_metrics(metrics: dict[str, float], rebalancing_params: dict[str, Any]) -> dict[str, float]:
+    """About 20 numbers of ``metrics`` to read first (``headline.json``, what ``dvc metrics show`` prints)."""
+    return protocol.headline_metrics(metrics, str(rebalancing_params.get("generator", "")))
+
+
 def build_reader_kit(params: dict[str, Any], *evaluation_sets: EvaluationSet) -> tuple[dict[str, Any], pd.DataFrame]:
     """The blinded reader sheet of ``evaluation.reader_kit.family`` and its answer key."""
     config = from_params(protocol.ReaderKitConfig, protocol.evaluation_config(params).reader_kit,
@@ -110,4 +115,5 @@ def build_report(comparison: pd.DataFrame, rebalancing_gate: dict[str, float], r
     fidelity = from_params(protocol.FidelityConfig, config.fidelity, "evaluation.fidelity")
     return protocol.build_report(comparison, results, rebalancing_gate, reader_key, level=float(fidelity.level),
                                  gate=protocol.gate_config(config.memorisation),
-                                 gate_action=str(rebalancing_params.get("gate_action", "fail")))
+                                 gate_action=str(rebalancing_params.get("gate_action", "fail")),
+                                 generator=str(rebalancing_params.get("generator", "")))

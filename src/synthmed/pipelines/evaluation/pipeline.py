@@ -49,6 +49,8 @@ def create_pipeline(**kwargs) -> Pipeline:
              ["reader_kit", "reader_key"], name="build_reader_kit"),
         Node(_nodes.collect_metrics, ["rebalancing_gate_metrics", *results], "evaluation_metrics",
              name="collect_metrics"),
+        Node(_nodes.headline_metrics, ["evaluation_metrics", "params:rebalancing"], "evaluation_headline",
+             name="headline_metrics"),
         Node(_nodes.build_report,
              ["family_comparison", "rebalancing_gate_metrics", "reader_key", "params:evaluation",
               "params:rebalancing", *results],
