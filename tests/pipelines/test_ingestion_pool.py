@@ -177,6 +177,7 @@ def test_preprocessing_refuses_copies_of_another_profile_or_a_missing_copy(tmp_p
     source = tmp_path / "src"
     write_ct_series(source, 1, 2)
     raw, (manifest, _, _, copies, table) = _read(source, workers=1)
+    copies = {name: copy() for name, copy in copies.items()}  # saved three times below: moved files only once
     other = {**DEID, "dates": "remove"}
     with pytest.raises(ValueError, match="made with another preprocessing.deid profile"):
         preprocessing_nodes.deidentify_sources(raw, manifest, {}, {}, _candidates(tmp_path, copies), table, other,
