@@ -254,6 +254,41 @@ class ReportingArtifactsHook:
                 mlflow.log_artifact(str(path), artifact_path=f"reporting/{folder}".rstrip("/"))
 
 
+class ModelRegistryHook:
+    """Each released generator folder goes to MLflow's model registry (``synthmed.mlflow_runs.register_release``).
+
+    A dataset whose catalog metadata has ``synthmed: {registered_model: NAME}`` (the release
+    pipeline's ``{family}.released_model``) is, once saved, logged as an artifact of the active
+    run and registered as a new version of ``NAME``, tagged with the run's versions
+    (``build_info``). Nothing happens without an active run (MLflow tracking disabled).
+    """
+
+    def __init__(self) -> None:
+        self._catalog: Any = None
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any) -> None:
+        self._catalog = catalog
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
+        import mlflow
+
+        if self._catalog is None or mlflow.active_run() is None:
+            return
+        dataset = self._catalog.get(dataset_name)
+        model_name = ((getattr(dataset, "metadata", None) or {}).get("synthmed") or {}).get("registered_model")
+        if not model_name:
+            return
+        from synthmed.mlflow_runs import register_release
+
+        info = self._catalog.load(BUILD_INFO_DATASET) if BUILD_INFO_DATASET in self._catalog else {}
+        folder = Path(str(dataset._describe().get("path")))
+        with disk_full_reported(uri_path(mlflow.get_artifact_uri())):
+            register_release(mlflow.tracking.MlflowClient(), mlflow.active_run().info.run_id, str(model_name),
+                             folder, info)
+
+
 class StagingHook:
     """Outputs in the primary layer are staged and published only after the run's checks
     (``synthmed.core.staging``).
