@@ -114,6 +114,21 @@ def test_a_run_left_running_at_a_normal_exit_is_marked_killed(tmp_path):
     assert tags.get(PID_TAG) == result.stdout.strip()
 
 
+def _child_json(script: str, tmp_path) -> dict:
+    """Run ``script`` with an MLflow SQLite store in ``tmp_path`` and the project's catalog.yml; its last
+    stdout line, as JSON."""
+    import json
+
+    from tests.conftest import PROJECT_ROOT
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = subprocess.run([sys.executable, "-c", script, uri, str(PROJECT_ROOT / "conf/base/catalog.yml"),
+                             str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
 TAGGING_CHILD = textwrap.dedent(
     """
     import json, sys
@@ -158,16 +173,7 @@ TAGGING_CHILD = textwrap.dedent(
 
 
 def test_runs_carry_versions_the_experiment_opens_on_models_and_the_answer_key_is_not_logged(tmp_path):
-    import json
-
-    from tests.conftest import PROJECT_ROOT
-
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = subprocess.run([sys.executable, "-c", TAGGING_CHILD, uri, str(PROJECT_ROOT / "conf/base/catalog.yml"),
-                             str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=300,
-                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    seen = json.loads(result.stdout.splitlines()[-1])
+    seen = _child_json(TAGGING_CHILD, tmp_path)
     assert seen["kind"] == "custom_model_development"  # what the MLflow 3 UI opens on model training with
     assert seen["chosen"] == "genai_development"  # a kind someone chose is kept
     tags = seen["tags"]
@@ -218,16 +224,7 @@ REGISTRY_CHILD = textwrap.dedent(
 
 
 def test_released_folders_are_registered_one_version_per_run_without_a_flavor(tmp_path):
-    import json
-
-    from tests.conftest import PROJECT_ROOT
-
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = subprocess.run([sys.executable, "-c", REGISTRY_CHILD, uri, str(PROJECT_ROOT / "conf/base/catalog.yml"),
-                             str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=300,
-                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    seen = json.loads(result.stdout.splitlines()[-1])
+    seen = _child_json(REGISTRY_CHILD, tmp_path)
     assert seen["models"] == ["synthmed-ddpm"]
     first, second = seen["versions"]
     assert (int(first["version"]), int(second["version"])) == (1, 2)
