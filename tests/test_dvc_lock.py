@@ -58,13 +58,17 @@ def test_a_new_import_becomes_a_dependency(monkeypatch):
 
 def test_every_registered_family_has_its_params_and_outs(stages):
     """dvc.yaml names families where DVC needs fixed paths; they must be the registry's."""
-    for stage_name, block in (("training", ("family", "run", "model", "training")), ("sampling", ("sampling",))):
+    for stage_name, block in (("training", ("family", "run", "model", "training")), ("sampling", ("sampling",)),
+                              ("release", ("family",))):
         params = {key for entry in stages[stage_name]["params"] for keys in entry.values() for key in keys}
         assert params == {f"{family}.{part}" for family in FAMILIES for part in block}, stage_name
     outs = {next(iter(o)) if isinstance(o, dict) else o for o in stages["training"]["outs"]}
     assert {f"data/06_models/{family}" for family in FAMILIES} <= outs
     outs = {next(iter(o)) if isinstance(o, dict) else o for o in stages["sampling"]["outs"]}
     assert {f"data/07_model_output/{family}" for family in FAMILIES} <= outs
+    outs = {next(iter(o)) if isinstance(o, dict) else o for o in stages["release"]["outs"]}
+    assert outs == {f"data/09_release/models/{family}" for family in FAMILIES}
+    assert {f"data/06_models/{family}" for family in FAMILIES} <= set(stages["release"]["deps"])
 
 
 def _dvc() -> str:

@@ -114,6 +114,21 @@ def test_a_run_left_running_at_a_normal_exit_is_marked_killed(tmp_path):
     assert tags.get(PID_TAG) == result.stdout.strip()
 
 
+def _child_json(script: str, tmp_path) -> dict:
+    """Run ``script`` with an MLflow SQLite store in ``tmp_path`` and the project's catalog.yml; its last
+    stdout line, as JSON."""
+    import json
+
+    from tests.conftest import PROJECT_ROOT
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = subprocess.run([sys.executable, "-c", script, uri, str(PROJECT_ROOT / "conf/base/catalog.yml"),
+                             str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
 TAGGING_CHILD = textwrap.dedent(
     """
     import json, sys
@@ -158,19 +173,69 @@ TAGGING_CHILD = textwrap.dedent(
 
 
 def test_runs_carry_versions_the_experiment_opens_on_models_and_the_answer_key_is_not_logged(tmp_path):
-    import json
-
-    from tests.conftest import PROJECT_ROOT
-
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = subprocess.run([sys.executable, "-c", TAGGING_CHILD, uri, str(PROJECT_ROOT / "conf/base/catalog.yml"),
-                             str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=300,
-                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    seen = json.loads(result.stdout.splitlines()[-1])
+    seen = _child_json(TAGGING_CHILD, tmp_path)
     assert seen["kind"] == "custom_model_development"  # what the MLflow 3 UI opens on model training with
     assert seen["chosen"] == "genai_development"  # a kind someone chose is kept
     tags = seen["tags"]
     assert tags["mlflow.source.git.commit"] == "c" * 40 and tags["synthmed.dvc_lock_sha256"] == "d" * 64
     assert tags["synthmed.kedro_env"] == "base+local" and tags["synthmed.version"] == "0.1.0"
     assert seen["artifacts"] == ["reporting/family_comparison.csv"]  # logged, but never the answer key
+
+
+REGISTRY_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    import mlflow
+    import yaml
+    from kedro.io import DataCatalog, MemoryDataset
+    from mlflow.tracking import MlflowClient
+    from synthmed.hooks import ModelRegistryHook
+
+    uri, catalog_yml, workdir = sys.argv[1:4]
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("synthmed")
+    # The project's catalog entry of the released folders (a dataset factory), under workdir.
+    entry = yaml.safe_load(open(catalog_yml))["{family}.released_model"]
+    catalog = DataCatalog.from_config({"{family}.released_model": {**entry, "path": workdir + "/" + entry["path"]}})
+    hook = ModelRegistryHook()
+    hook.after_catalog_created(catalog)
+    hook.after_dataset_saved("ddpm.released_model", None, None)  # no active run: nothing registered
+    runs = []
+    for n in (1, 2):
+        catalog["build_info"] = MemoryDataset({"git_commit": str(n) * 40, "dvc_lock_sha256": "d" * 64})
+        with mlflow.start_run() as run:
+            card = "---\\nfamily: ddpm\\n---\\n# ddpm generator, release " + str(n) + "\\n" + "x" * (6000 * (n - 1))
+            catalog.save("ddpm.released_model", {"MODEL_CARD.md": card, "generator.json": {"family": "ddpm"},
+                                                 "unet.safetensors": b"weights" + bytes([n])})
+            hook.after_dataset_saved("ddpm.released_model", None, None)
+            runs.append(run.info.run_id)
+    client = MlflowClient()
+    versions = sorted(client.search_model_versions("name='synthmed-ddpm'"), key=lambda v: int(v.version))
+    got = Path(mlflow.artifacts.download_artifacts("models:/synthmed-ddpm/2", dst_path=workdir + "/got"))
+    print(json.dumps({
+        "runs": runs, "models": [m.name for m in client.search_registered_models()],
+        "versions": [{"version": v.version, "run_id": v.run_id, "source": v.source, "tags": v.tags,
+                      "description": v.description} for v in versions],
+        "downloaded": sorted(p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file()),
+        "weights": (got / "unet.safetensors").read_bytes().decode("latin-1")}))
+    """
+)
+
+
+def test_released_folders_are_registered_one_version_per_run_without_a_flavor(tmp_path):
+    seen = _child_json(REGISTRY_CHILD, tmp_path)
+    assert seen["models"] == ["synthmed-ddpm"]
+    first, second = seen["versions"]
+    assert (int(first["version"]), int(second["version"])) == (1, 2)
+    for version, run_id, commit in ((first, seen["runs"][0], "1" * 40), (second, seen["runs"][1], "2" * 40)):
+        assert version["run_id"] == run_id and version["source"] == f"runs:/{run_id}/release/ddpm"
+        assert version["tags"]["mlflow.source.git.commit"] == commit
+        assert version["tags"]["synthmed.dvc_lock_sha256"] == "d" * 64
+    assert first["description"].startswith("---\nfamily: ddpm\n---\n# ddpm generator, release 1")
+    # A card longer than the registry's column is cut, saying where the whole card is.
+    assert len(second["description"]) == 5000
+    assert second["description"].endswith("MODEL_CARD.md in this version's files]")
+    # The version's files are the released folder as saved: no MLmodel, no pickle.
+    assert seen["downloaded"] == [".synthmed-checksums.json", "MODEL_CARD.md", "generator.json", "unet.safetensors"]
+    assert seen["weights"] == "weights\x02"

@@ -12,10 +12,11 @@ import yaml
 from kedro.config import OmegaConfigLoader
 from kedro.framework.project import configure_project
 
+from synthmed.generators.names import FAMILY_NAMES
 from tests.conftest import PROJECT_ROOT, load_parameters
 
 PIPELINES = ("sample_data", "ingestion", "preprocessing", "extraction", "training", "sampling", "feature_encoders",
-             "rebalancing", "evaluation")
+             "rebalancing", "evaluation", "release")
 # Catalog datasets that can hold identifiers or source paths: their DVC outs must not be pushed.
 IDENTIFIABLE = {"raw_sources", "raw_sources@sample", "source_inventory", "ingestion_manifest", "ingestion_rejected",
                 "ingested_images", "ingested_masks", "deid_candidates", "deid_candidate_items"}
@@ -80,7 +81,14 @@ def test_registry_and_node_names(pipelines):
     # One run of everything needs no input from outside: each pipeline's inputs are produced
     # by the ones before it (Kedro orders the nodes), or are parameters and configured sources.
     free = {d for d in pipelines["__default__"].inputs() if not d.startswith("params:")}
-    assert free <= {"raw_sources@files", "pseudonymisation_key", "sample_readme", "build_info"}, free
+    # `{family}.model_files` is the folder training saves as `{family}.generator`, read as files by
+    # release, which also reads `evaluation_metrics` and so runs after evaluation, hence after training.
+    model_files = {f"{family}.model_files" for family in FAMILY_NAMES}
+    assert free <= {"raw_sources@files", "pseudonymisation_key", "sample_readme", "build_info", *model_files}, free
+    order = [n.name for n in pipelines["__default__"].nodes]  # topologically sorted
+    for family in FAMILY_NAMES:
+        assert order.index(f"{family}.release_model") > order.index("collect_metrics") > order.index(
+            f"{family}.train_generator")
     for name in PIPELINES:
         for node in pipelines[name].nodes:
             # Namespaced nodes are "<family>.<function>".

@@ -217,7 +217,26 @@ class MlflowRunGuard:
             tag_versions(client, run.info.run_id, run.info.experiment_id, catalog.load(BUILD_INFO_DATASET))
 
 
-class ReportingArtifactsHook:
+class _CatalogHook:
+    """Keeps the run's catalog, to look up the datasets a node saves."""
+
+    def __init__(self) -> None:
+        self._catalog: Any = None
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any) -> None:
+        self._catalog = catalog
+
+    def _saved_during_a_run(self, dataset_name: str) -> Any:
+        """The saved dataset, or None without a catalog or an active MLflow run (tracking disabled)."""
+        import mlflow
+
+        if self._catalog is None or mlflow.active_run() is None:
+            return None
+        return self._catalog.get(dataset_name)
+
+
+class ReportingArtifactsHook(_CatalogHook):
     """Every file a node saves to the ``reporting`` layer also goes to the active MLflow run.
 
     Figures (PNG), tables (CSV) and the HTML report land under the run's artifacts in the
@@ -228,20 +247,12 @@ class ReportingArtifactsHook:
     study's answer key stays in ``data/08_reporting/reader_key/``, apart from the readers.
     """
 
-    def __init__(self) -> None:
-        self._catalog: Any = None
-
-    @hook_impl
-    def after_catalog_created(self, catalog: Any) -> None:
-        self._catalog = catalog
-
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
         import mlflow
 
-        if self._catalog is None or mlflow.active_run() is None:
+        if (dataset := self._saved_during_a_run(dataset_name)) is None:
             return
-        dataset = self._catalog.get(dataset_name)
         metadata = getattr(dataset, "metadata", None) or {}
         layer = (metadata.get("kedro-viz") or {}).get("layer")
         if layer != "reporting" or not (metadata.get("synthmed") or {}).get("mlflow_artifact", True):
@@ -252,6 +263,33 @@ class ReportingArtifactsHook:
             folder = path.parent.as_posix().split("08_reporting", 1)[-1].strip("/")
             with disk_full_reported(uri_path(mlflow.get_artifact_uri())):
                 mlflow.log_artifact(str(path), artifact_path=f"reporting/{folder}".rstrip("/"))
+
+
+class ModelRegistryHook(_CatalogHook):
+    """Each released generator folder goes to MLflow's model registry (``synthmed.mlflow_runs.register_release``).
+
+    A dataset whose catalog metadata has ``synthmed: {registered_model: NAME}`` (the release
+    pipeline's ``{family}.released_model``) is, once saved, logged as an artifact of the active
+    run and registered as a new version of ``NAME``, tagged with the run's versions
+    (``build_info``). Nothing happens without an active run (MLflow tracking disabled).
+    """
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
+        import mlflow
+
+        if (dataset := self._saved_during_a_run(dataset_name)) is None:
+            return
+        model_name = ((getattr(dataset, "metadata", None) or {}).get("synthmed") or {}).get("registered_model")
+        if not model_name:
+            return
+        from synthmed.mlflow_runs import register_release
+
+        info = self._catalog.load(BUILD_INFO_DATASET) if BUILD_INFO_DATASET in self._catalog else {}
+        folder = Path(str(dataset._describe().get("path")))
+        with disk_full_reported(uri_path(mlflow.get_artifact_uri())):
+            register_release(mlflow.tracking.MlflowClient(), mlflow.active_run().info.run_id, str(model_name),
+                             folder, info)
 
 
 class StagingHook:

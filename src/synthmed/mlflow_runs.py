@@ -14,6 +14,14 @@ the start of every pipeline, ends as KILLED the RUNNING runs whose process is go
 its runs and models, not on the GenAI traces page) and tags each run with what it was built
 from: the git commit (MLflow's own ``mlflow.source.git.commit``), the ``dvc.lock`` hash, the
 Kedro environment and the synthmed version.
+
+``register_release`` puts a released generator folder (``data/09_release/models/<family>``)
+into MLflow's model registry: the folder becomes an artifact of the run and a new version of
+the registered model ``synthmed-<family>`` points at it (``runs:/<run>/release/<family>``),
+with the model card as description and the run's versions as tags. No model flavor is used
+(``mlflow.pytorch`` / ``pyfunc`` would pickle): a version with a source URI needs none. The
+registry needs a database-backed store in older MLflow versions; the project's store is
+SQLite (``conf/base/mlflow.yml``), which has it.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -50,6 +59,55 @@ def tag_versions(client: Any, run_id: str, experiment_id: str, info: dict[str, s
         tags[GIT_COMMIT_TAG] = info["git_commit"]
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
+
+
+RELEASE_ARTIFACT_PATH = "release"
+# The registry's description columns hold at most 5,000 characters (MLflow's SQL schema).
+DESCRIPTION_LIMIT = 5000
+MODEL_CARD = "MODEL_CARD.md"
+
+
+def _description(card: str) -> str:
+    if len(card) <= DESCRIPTION_LIMIT:
+        return card
+    note = "\n\n[... the full card is MODEL_CARD.md in this version's files]"
+    return card[:DESCRIPTION_LIMIT - len(note)] + note
+
+
+def register_release(client: Any, run_id: str, model_name: str, folder: Path, info: dict[str, str]) -> Any:
+    """Log ``folder`` as the run's artifact ``release/<folder name>`` and register it as a new version of
+    ``model_name`` (created when missing). Returns the ``ModelVersion``.
+
+    Args:
+        info: the run's versions (``synthmed.core.build_info``): git commit, ``dvc.lock`` sha256, ...
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    folder = Path(folder)
+    card_file = folder / MODEL_CARD
+    if not card_file.is_file():
+        raise FileNotFoundError(f"{folder} has no {MODEL_CARD}: only released generator folders (written by the "
+                                "release pipeline) are registered. Run `kedro run --pipelines release`.")
+    card = card_file.read_text(encoding="utf-8")
+    artifact_path = f"{RELEASE_ARTIFACT_PATH}/{folder.name}"
+    client.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        client.create_registered_model(
+            model_name, description=f"synthmed generator `{folder.name}`: one version per released run; each "
+                                    "version's description is its model card, its files the released folder.")
+    tags = {tag: info[key] for key, tag in VERSION_TAGS.items() if key in info}
+    if info.get("git_commit", "unknown") != "unknown":
+        tags[GIT_COMMIT_TAG] = info["git_commit"]
+    version = client.create_model_version(model_name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id,
+                                          description=_description(card), tags=tags)
+    logger.info("Registered %s version %s (MLflow run %s, artifact %s)", model_name, version.version, run_id,
+                artifact_path)
+    return version
 
 
 def _alive(pid: int) -> bool:

@@ -9,7 +9,7 @@ from kedro.pipeline import Pipeline
 # them; `sample_data` writes only its own folder, data/01_raw/sample, so a team's `raw_sources`
 # is never overwritten by it.
 PIPELINE_ORDER = ("sample_data", "ingestion", "preprocessing", "extraction", "training", "sampling",
-                  "feature_encoders", "rebalancing", "evaluation")
+                  "feature_encoders", "rebalancing", "evaluation", "release")
 # `kedro run --pipelines data`: what `raw_sources` points at, up to the model inputs.
 DATA_PIPELINES = ("ingestion", "preprocessing", "extraction")
 # Run only when named: `sample_cohort` builds the multi-patient test cohort (data/01_raw/cohort),

@@ -5,6 +5,7 @@ from synthmed.hooks import (
     BuildInfoHook,
     ConfigCheckHook,
     MlflowRunGuard,
+    ModelRegistryHook,
     PseudonymisationKeyHook,
     ReportingArtifactsHook,
     RunLockHook,
@@ -24,7 +25,7 @@ install_error_display()
 # (a run refused for a missing key writes nothing under data/).
 HOOKS = (
     ConfigCheckHook(), RunLockHook(), StagingHook(), PseudonymisationKeyHook(), MlflowRunGuard(),
-    ReportingArtifactsHook(), BuildInfoHook(),
+    ReportingArtifactsHook(), ModelRegistryHook(), BuildInfoHook(),
 )
 
 CONFIG_LOADER_ARGS = {

@@ -19,6 +19,7 @@ from synthmed.pipelines import (
     ingestion,
     preprocessing,
     rebalancing,
+    release,
     sampling,
     training,
 )
@@ -231,3 +232,24 @@ def test_evaluation_writes_metrics_report_comparison_and_reader_kit(generated):
     assert not any("answer" in p.name and p.suffix == ".csv" and "template" not in p.name for p in kit.rglob("*"))
     for figure in ("real_vs_synthetic", "nearest_pairs", "tsne"):
         assert (workdir / f"data/08_reporting/evaluation/ddpm_{figure}.png").stat().st_size > 1000
+
+
+def test_release_copies_each_generator_with_its_evaluation_in_the_card(generated):
+    """The release pipeline on the evaluated run: a loadable folder per family, its numbers from metrics.json."""
+    import yaml
+
+    workdir, catalog = generated
+    run(release.create_pipeline(), catalog)
+    metrics = json.loads((workdir / "data/08_reporting/metrics.json").read_text())
+    for family in ("ddpm", "pix2pix", "dcgan"):
+        folder = workdir / f"data/09_release/models/{family}"
+        assert catalog.load(f"{family}.released_model").root == folder
+        released = catalog.load(f"{family}.generator").__class__  # the same loader reads the released folder
+        from synthmed.datasets.generator import GeneratorDataset
+
+        assert isinstance(GeneratorDataset(path=str(folder)).load(), released)
+        front = yaml.safe_load((folder / "MODEL_CARD.md").read_text().split("---")[1])
+        assert front["evaluation"]["fidelity.fid"] == metrics[f"{family}.fidelity.fid"]
+    ddpm = yaml.safe_load((workdir / "data/09_release/models/ddpm/MODEL_CARD.md").read_text().split("---")[1])
+    assert len(ddpm["memorisation_gate"]["flagged_fraction_per_checkpoint"]) == 2  # step 2 and the final model
+    assert set(ddpm["memorisation_gate"]["flagged_fraction_per_class"]) == {"sagittal"}

@@ -25,6 +25,7 @@ PUSHABLE_PREFIXES = (
     "data/06_models",
     "data/07_model_output",
     "data/08_reporting",
+    "data/09_release",  # released generator folders: weights of models trained on de-identified data, cards
 )
 RAW_PREFIX = "data/01_raw"
 _SKIP_DIRS = {".git", ".dvc", ".venv", "node_modules", "__pycache__"}

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from synthmed.core.progress import ProgressLog
 from synthmed.core.seeding import seeded
 from synthmed.core.validation import is_int, is_number
 
@@ -260,7 +261,8 @@ def fit_classifier(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=fit.steps)
     rng = torch.Generator().manual_seed(seed)
     x_all, y_all = images.float(), labels
-    for _ in tqdm(range(fit.steps), desc=description, unit="step", leave=False, mininterval=2.0):
+    log = ProgressLog(logger, f"{description} training", fit.steps, "steps")
+    for step in tqdm(range(fit.steps), desc=description, unit="step", leave=False, mininterval=2.0):
         index = torch.randint(len(x_all), (min(fit.batch_size, len(x_all)),), generator=rng)
         x, y = x_all[index], y_all[index]
         if flips:
@@ -273,17 +275,25 @@ def fit_classifier(
         loss.backward()
         optimiser.step()
         schedule.step()
+        # A line every 30 s; the end line only after one of them: the utility loop fits dozens of
+        # short classifiers and logs each one's completion itself.
+        if step + 1 < fit.steps or log.last > log.began:
+            log.update(step + 1)
     return model.cpu().eval()
 
 
 @torch.no_grad()
 def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int,
-             device: torch.device) -> torch.Tensor:
+             device: torch.device, what: str | None = None) -> torch.Tensor:
+    """``fn`` over batches of ``images``; with ``what``, progress lines (every 30 s and at the end)."""
     outputs = []
+    log = ProgressLog(logger, what, len(images), "images") if what else None
     for start in range(0, len(images), batch_size):
         with _autocast(device):
             out = fn(images[start:start + batch_size].to(device))
         outputs.append(out.float().flatten(1).cpu())
+        if log is not None:
+            log.update(min(start + batch_size, len(images)))
     return torch.cat(outputs) if outputs else torch.zeros(0, 0)
 
 
@@ -361,7 +371,7 @@ class FeatureNetwork:
         self._module.to(self._device)
         try:
             return _batched(lambda x: self._module(self._prepare(x)), at_size(images, self.image_px),
-                            self._batch_size, self._device)
+                            self._batch_size, self._device, what=f"{self.name} features")
         finally:
             self._module.cpu()
 

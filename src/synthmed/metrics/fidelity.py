@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from synthmed.core.progress import ProgressLog
+
 logger = logging.getLogger(__name__)
 # torchmetrics (about 1 s to import) is imported inside the functions that use it: the parameter
 # check imports the modules that define configuration dataclasses before every kedro run.
@@ -428,7 +430,7 @@ def frechet_interval(
         return moments.distance(*counts)
 
     return _percentile_bootstrap(moments.full(), resampled, n_real, n_fake, resamples=resamples, level=level,
-                                 seed=seed)
+                                 seed=seed, what="FID bootstrap")
 
 
 def _percentile_bootstrap(
@@ -440,14 +442,17 @@ def _percentile_bootstrap(
     resamples: int,
     level: float,
     seed: int,
+    what: str = "bootstrap",
 ) -> Interval:
     """Draw the resamples' rows (real then fake, per resample) and take the percentiles."""
     rng = np.random.default_rng(seed)
     values = np.empty(resamples, dtype=np.float64)
+    log = ProgressLog(logger, what, resamples, "resamples")
     for i in range(resamples):
         real_rows = rng.integers(0, n_real, size=n_real)
         fake_rows = rng.integers(0, n_fake, size=n_fake)
         values[i] = resampled(real_rows, fake_rows)
+        log.update(i + 1)
     if not np.isfinite(values).all():
         bad = int((~np.isfinite(values)).sum())
         raise ValueError(f"Expected statistic to return finite values, got {bad} NaN/inf of {resamples} resamples.")
@@ -532,7 +537,8 @@ def _row_blocks(rows: int, columns: int, block_bytes: int) -> Iterator[slice]:
     return _batches(rows, size)
 
 
-def _knn_radii(features: Tensor, k: int, *, block_bytes: int = DISTANCE_BLOCK_BYTES) -> Tensor:
+def _knn_radii(features: Tensor, k: int, *, block_bytes: int = DISTANCE_BLOCK_BYTES,
+              advance: Callable[[int], None] | None = None) -> Tensor:
     """``(N,)`` distance from each row to its k-th nearest other row (itself excluded once).
 
     Blocks of rows against the whole set: memory is one block plus the ``(N,)`` result, not
@@ -546,6 +552,8 @@ def _knn_radii(features: Tensor, k: int, *, block_bytes: int = DISTANCE_BLOCK_BY
         own = torch.arange(rows.stop - rows.start, device=features.device)
         distances[own, own + rows.start] = math.inf
         radii[rows] = distances.kthvalue(k, dim=1).values
+        if advance is not None:
+            advance(rows.stop - rows.start)
     return radii
 
 
@@ -596,8 +604,16 @@ def precision_recall_density_coverage(
     block_bytes = _check_positive_int("block_bytes", block_bytes)
     real = real.detach().to(torch.float64)
     fake = fake.detach().to(device=real.device, dtype=torch.float64)
-    real_radii = _knn_radii(real, k, block_bytes=block_bytes)  # (N,)
-    fake_radii = _knn_radii(fake, k, block_bytes=block_bytes)  # (M,)
+    # Progress in rows of distances done: the real radii (N), the fake radii (M), real vs fake (N).
+    log = ProgressLog(logger, "PRDC", 2 * real.shape[0] + fake.shape[0], "rows")
+    done = [0]
+
+    def advance(rows: int) -> None:
+        done[0] += rows
+        log.update(done[0])
+
+    real_radii = _knn_radii(real, k, block_bytes=block_bytes, advance=advance)  # (N,)
+    fake_radii = _knn_radii(fake, k, block_bytes=block_bytes, advance=advance)  # (M,)
     fake_in_a_real_ball = torch.zeros(fake.shape[0], dtype=torch.bool, device=real.device)
     hits = real_covered = real_recalled = 0
     # Blocks of real rows against all fakes: one (block, M) slice of the real-fake distances
@@ -609,6 +625,7 @@ def precision_recall_density_coverage(
         hits += int(in_real_ball.sum())
         real_covered += int(in_real_ball.any(dim=1).sum())
         real_recalled += int((real_fake <= fake_radii[None, :]).any(dim=1).sum())  # X_i in some B(Y_j, r(Y_j))
+        advance(rows.stop - rows.start)
     n_real, n_fake = real.shape[0], fake.shape[0]
     return {
         "precision": float(fake_in_a_real_ball.double().mean()),

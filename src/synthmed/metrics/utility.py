@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from synthmed.core.progress import ProgressLog
 from synthmed.core.validation import is_int
 from synthmed.metrics.features import ClassifierConfig, FitConfig, fit_classifier, predict_proba
 
@@ -167,8 +168,10 @@ def evaluate_utility(
     target = torch.as_tensor(test[1], dtype=torch.int64)
     predictions: dict[str, list[np.ndarray]] = {}
     rows = []
+    modes = [mode for mode in config.run_modes if "synthetic" not in mode or len(synthetic[0]) > 0]
+    log = ProgressLog(logger, "utility classifiers", len(modes) * len(config.seeds), "classifiers")
     for mode in config.run_modes:
-        if "synthetic" in mode and len(synthetic[0]) == 0:
+        if mode not in modes:
             logger.warning("utility: no synthetic images, mode %s skipped", mode)
             continue
         x, y, flips = training_set(mode, real, synthetic)
@@ -180,6 +183,7 @@ def evaluate_utility(
             predictions[mode].append(probs.argmax(1).numpy())
             for score, value in classification_scores(probs, target, class_names).items():
                 rows.append({"mode": mode, "seed": int(s), "score": score, "value": value})
+            log.update(sum(len(p) for p in predictions.values()))
     runs = pd.DataFrame(rows, columns=["mode", "seed", "score", "value"])
     summary = _summary(runs, predictions, target.numpy(), k, minority, class_names[minority], config, seed)
     return UtilityResult(runs, summary, class_names[minority])

@@ -71,6 +71,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from synthmed.core.config import from_params
+from synthmed.core.progress import ProgressLog
 from synthmed.core.validation import is_int, is_number
 
 logger = logging.getLogger(__name__)
@@ -514,6 +515,7 @@ def _search(
     shifts_per_flip = len(search.shifts())
     # disable=None: a bar (with images/s) on a terminal, silence in logs and CI.
     progress = tqdm(total=count, desc="memorisation search", unit="img", leave=False, disable=None)
+    log = ProgressLog(logger, "memorisation search", count, "images")  # in the log too: every 30 s, at the end
     if references.compact is not None:
         # Two stages: each query's shortlist of references is gathered as a (B, k, C*H*W)
         # block; keep that block near _SHORTLIST_BLOCK_BYTES.
@@ -547,6 +549,7 @@ def _search(
                 _keep_best(out["feature_similarity"][start:stop], out["feature_neighbour"][start:stop],
                            unused[start:stop], scores, t)
         progress.update(stop - start)
+        log.update(stop)
     progress.close()
     return out
 
