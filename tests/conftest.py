@@ -302,6 +302,23 @@ def public_collections_tool() -> ModuleType:
     return module
 
 
+@pytest.fixture(scope="session")
+def reproduced_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project after `dvc repro` with the `test` configuration, its outputs committed
+    (commit "outputs" on top of "copy").
+
+    The slow tests that need a finished run (the push / pull round trip, the notebooks, the kedro-viz
+    screenshot) share this one run instead of each running every pipeline again (minutes each on 2
+    cores). They only read it or add to it (a DVC remote, a push); a test that would change its
+    outputs works on a `shutil.copytree` of it.
+    """
+    project = project_copy(tmp_path_factory.mktemp("reproduced") / "project")
+    sh("dvc", "repro", cwd=project)
+    sh("git", "add", "-A", cwd=project)
+    sh("git", "commit", "-q", "-m", "outputs", cwd=project)
+    return project
+
+
 def project_copy(target: Path) -> Path:
     """The working tree's tracked and untracked (not ignored) files, as a fresh git repo."""
     public_collections_tool().project_copy(target)  # the same copy as tools/public_collections.py makes

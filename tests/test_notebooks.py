@@ -1,7 +1,7 @@
 """The notebooks in notebooks/ run (nbmake) against a tiny run of the project.
 
-A copy of the working tree runs every pipeline once with the `test` configuration (Kedro in a
-subprocess) and commits its headline; then the headline node alone runs again with DCGAN as
+A copy of the shared finished run of the project (`reproduced_project` in conftest: `dvc repro`
+with the `test` configuration) commits its headline; then the headline node alone runs again with DCGAN as
 the published generator (seconds, not another evaluation): two MLflow runs with a headline and a
 `dvc metrics diff` to show. Each notebook then runs in
 its own kernel (nbmake, in a pytest subprocess) with SYNTHMED_PROJECT pointing at that copy.
@@ -9,13 +9,14 @@ its own kernel (nbmake, in a pytest subprocess) with SYNTHMED_PROJECT pointing a
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT, _env, project_copy, sh
+from tests.conftest import PROJECT_ROOT, _env, sh
 
 pytestmark = pytest.mark.slow
 
@@ -23,11 +24,13 @@ NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
 
 
 @pytest.fixture(scope="module")
-def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    project = project_copy(tmp_path_factory.mktemp("notebooks") / "project")
-    sh("kedro", "run", cwd=project)  # __default__: every pipeline, KEDRO_ENV=test
+def tiny_project(tmp_path_factory: pytest.TempPathFactory, reproduced_project: Path) -> Path:
+    # A copy of the shared finished run (every pipeline, KEDRO_ENV=test; conftest): the second run
+    # below changes its headline.
+    project = tmp_path_factory.mktemp("notebooks") / "project"
+    shutil.copytree(reproduced_project, project, symlinks=True)
     sh("git", "add", "-f", "data/08_reporting/headline.json", "data/08_reporting/metrics.json", cwd=project)
-    sh("git", "commit", "-q", "-m", "first run", cwd=project)
+    sh("git", "commit", "-q", "--allow-empty", "-m", "first run", cwd=project)
     sh("kedro", "run", "--pipelines", "evaluation", "--nodes", "headline_metrics", "--params",
        "rebalancing.generator=dcgan", cwd=project)
     return project

@@ -14,7 +14,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT, project_copy, sh
+from tests.conftest import PROJECT_ROOT
 
 REQUIRED = os.environ.get("SYNTHMED_REQUIRE_BROWSER") == "1"
 
@@ -43,11 +43,11 @@ def _texts(page, selector: str) -> set[str]:
 
 
 @pytest.mark.slow
-def test_kedro_viz_draws_every_pipeline_and_a_dataset_preview_in_a_browser(tmp_path: Path) -> None:
+def test_kedro_viz_draws_every_pipeline_and_a_dataset_preview_in_a_browser(tmp_path: Path,
+                                                                           reproduced_project: Path) -> None:
     tool = _tool()
     _browser_or_skip(tool)
-    project = project_copy(tmp_path / "project")
-    sh("kedro", "run", "--pipelines", "sample_data,ingestion,preprocessing,extraction", cwd=project)
+    project = reproduced_project  # every pipeline run once (conftest); kedro-viz only reads it
     with tool.browser_page() as page, tool.kedro_viz(project, log_file=tmp_path / "kedro_viz.log",
                                                       env={"KEDRO_ENV": "test"}) as url:
         tool.open_viz(page, url)
