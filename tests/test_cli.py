@@ -178,3 +178,17 @@ def test_dvc_pull_refuses_an_object_corrupted_in_the_default_remote(tmp_path: Pa
     result = run("pull")
     assert result.returncode != 0, result.stdout + result.stderr
     assert not (repo / "d" / "a.txt").exists()
+
+
+@pytest.mark.slow
+def test_kedro_run_verbose_shows_the_traceback_of_synthmed_s_own_errors(tmp_path: Path) -> None:
+    from tests.conftest import project_copy, sh
+
+    project = project_copy(tmp_path / "project")
+    command = ("kedro", "run", "--pipelines", "ingestion", "--params", "ingestion.max_rejection_rate=2")
+    quiet = sh(*command, cwd=project, check=False)
+    loud = sh(*command, "--verbose", cwd=project, check=False)
+    for result in (quiet, loud):
+        assert result.returncode != 0 and "max_rejection_rate" in result.stderr, result.stderr[-2000:]
+    assert quiet.stderr.startswith("synthmed: ") and "Traceback (most recent call last)" not in quiet.stderr
+    assert "Traceback (most recent call last)" in loud.stderr
