@@ -93,3 +93,56 @@ def test_the_release_module_names_the_generator_folder_files_as_training_does():
     # The section the release replaces is in the training card's template.
     template = Path(common.__file__).parents[1] / "templates/model_card.md.j2"
     assert release.EVALUATION_HEADING + "\n" in template.read_text()
+
+
+CARD = """---
+license: other
+synthetic: true
+---
+# Synthetic dataset
+
+- **Gate:** 3 dropped.
+- **Evaluation:** this folder is published before the evaluation runs, so its figures are not
+  here: see the report (the `rebalanced.*` rows are this
+  folder's gate).
+
+## Intended use
+
+Research.
+"""
+HEADLINE = {"ddpm.fid": 16.2, "ddpm.fid_low": 4.1, "ddpm.fid_high": 43.0, "ddpm.fid_n": 8.0,
+            "ddpm.fid_floor": 21.0, "ddpm.fid_floor_low": 3.9, "ddpm.fid_floor_high": 63.5,
+            "ddpm.utility_delta": -0.0333, "ddpm.utility_delta_low": -0.0707, "ddpm.utility_delta_high": 0.0,
+            "gate.self_test_recall": 1.0, "published.shortfall.lesion": 18.0}
+
+
+def test_the_released_dataset_card_carries_the_evaluation_headline():
+    card = release.dataset_card_with_headline(CARD, HEADLINE)
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["synthetic"] is True and meta["evaluation_headline"] == HEADLINE
+    body = card.split("---\n", 2)[2]
+    assert body.index("## Evaluation headline") < body.index("## Intended use")
+    assert "published before the evaluation runs" not in body and '"Evaluation headline" below' in body
+    assert "| `ddpm.fid` | 16 [4, 43]" in body  # rounded to its interval, N shown
+    assert "| `published.shortfall.lesion` | 18 |" in body
+    assert "too few images" in body  # N = 8: flagged in words, with the legend
+    with pytest.raises(release.ReleaseError, match="headline.json is empty"):
+        release.dataset_card_with_headline(CARD, {})
+
+
+def test_release_dataset_copies_the_published_files_and_extends_only_the_card(tmp_path):
+    from synthmed.pipelines.release.nodes import release_dataset
+
+    published = FileFolderDataset(path=str(tmp_path / "rebalanced"))
+    published.save({"README.md": CARD, "images/lesion/a.png": b"\x89PNG-a", "data/images.npy": b"npy-bytes",
+                    "metadata.csv": "file_name,label\nimages/lesion/a.png,lesion\n"})
+    released = FileFolderDataset(path=str(tmp_path / "released"))
+    released.save(release_dataset(published.load(), HEADLINE))
+
+    for rel in ("images/lesion/a.png", "data/images.npy", "metadata.csv"):
+        assert (tmp_path / "released" / rel).read_bytes() == (tmp_path / "rebalanced" / rel).read_bytes()
+    assert "## Evaluation headline" in (tmp_path / "released/README.md").read_text()
+    assert released.load().files  # its checksum listing verifies
+    (tmp_path / "rebalanced/README.md").unlink()
+    with pytest.raises(Exception, match="README.md"):
+        release_dataset(FileFolderDataset(path=str(tmp_path / "rebalanced")).load(), HEADLINE)

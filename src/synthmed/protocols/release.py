@@ -26,6 +26,7 @@ import yaml
 
 from synthmed.core.checksums import LISTING_FORMAT, ChecksumError, FileDigest, read_listing, sha256_bytes
 from synthmed.core.templates import render
+from synthmed.metrics.report import flags_used, headline_lines
 
 # The generator folder's names (synthmed.generators.common; repeated here so that releasing
 # imports no torch; tests/pipelines/test_release.py checks they agree).
@@ -196,3 +197,38 @@ def release_folder(files: Mapping[str, bytes], family: str, metrics: Mapping[str
                         gate_figures(family, metrics, memorisation))
     released = {rel: data for rel, data in files.items() if rel != CHECKSUMS} | {MODEL_CARD: card.encode("utf-8")}
     return released | {CHECKSUMS: checksum_listing(released)}
+
+
+# ------------------------------------------------------------------ the published dataset
+
+DATASET_CARD = "README.md"
+DATASET_HEADLINE_HEADING = "## Evaluation headline"
+# The published card says its figures are elsewhere (it is written before the evaluation runs);
+# the released card has them, so that sentence is replaced.
+_PENDING_EVALUATION = re.compile(r"- \*\*Evaluation:\*\* this folder is published before the evaluation runs.*?"
+                                 r"folder's gate\)\.\n", flags=re.DOTALL)
+
+
+def dataset_card_with_headline(card: str, headline: Mapping[str, float]) -> str:
+    """The published dataset's card (``README.md`` of the rebalanced folder) with the evaluation headline.
+
+    The YAML block gains ``evaluation_headline`` (the numbers of ``headline.json``); a section
+    ``DATASET_HEADLINE_HEADING`` (each number rounded to its interval, with N, floors and flags in
+    words, as ``synthmed headline`` prints them) goes before the card's first ``## `` section.
+
+    Raises:
+        ReleaseError: the headline is empty (the evaluation has not run).
+    """
+    if not headline:
+        raise ReleaseError("data/08_reporting/headline.json is empty: run the evaluation stage "
+                           "(`dvc repro evaluation`) before releasing the dataset.")
+    meta, body = _front_matter(card)
+    meta["evaluation_headline"] = {name: float(value) for name, value in headline.items()}
+    lines = headline_lines(headline)
+    section = render("dataset_release.md.j2", lines=lines,
+                     flags=flags_used("\n".join(text for _, text in lines))).rstrip("\n") + "\n\n"
+    body = _PENDING_EVALUATION.sub(f"- **Evaluation:** the headline of the run that released this folder is in "
+                                   f"\"{DATASET_HEADLINE_HEADING[3:]}\" below.\n", body)
+    start = body.find("\n## ")
+    body = body.rstrip("\n") + "\n\n" + section if start < 0 else body[:start + 1] + section + body[start + 1:]
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n" + body

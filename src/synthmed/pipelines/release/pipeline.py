@@ -20,5 +20,6 @@ def create_pipeline(**kwargs) -> Pipeline:
         (pipeline(template(), namespace=family, inputs={"evaluation_metrics"},
                   parameters={"params:family": f"params:{family}.family"})
          for family in FAMILY_NAMES),
-        Pipeline([]),
+        Pipeline([Node(_nodes.release_dataset, ["rebalanced_dataset", "evaluation_headline"], "released_dataset",
+                       name="release_dataset")]),
     )
