@@ -44,7 +44,8 @@ def test_dvc_repro_push_and_teammate_pull_are_byte_identical(tmp_path, reproduce
     db = sqlite3.connect(first / "mlflow.db")
     runs = db.execute("select name, status from runs").fetchall()
     assert sorted(name for name, _ in runs) == ["evaluation", "extraction", "feature_encoders", "ingestion",
-                                                 "preprocessing", "rebalancing", "sample_data", "sampling", "training"]
+                                                 "preprocessing", "rebalancing", "release", "sample_data", "sampling",
+                                                 "training"]
     assert {status for _, status in runs} == {"FINISHED"}
     # Each run carries the commit it was built from; the experiment opens on model development in
     # the MLflow UI; the reader study's answer key is no MLflow artifact.
@@ -70,9 +71,14 @@ def test_dvc_repro_push_and_teammate_pull_are_byte_identical(tmp_path, reproduce
     assert len(evaluation) > 100 and {k: in_mlflow.get(k) for k in evaluation} == pytest.approx(evaluation)
     assert [p for p in first.rglob("report.html") if "data" not in p.relative_to(first).parts]
 
-    # The published, rebalanced dataset is among the pulled outputs (checked below) and balanced.
+    # The published, rebalanced dataset is among the pulled outputs (checked below) and balanced;
+    # its release carries the evaluation headline in its card, and every released generator is a
+    # version of its registered model.
     labels = (first / "data/07_model_output/rebalanced/labels.csv").read_text().splitlines()
     assert labels[0].startswith("path,label,class_id,is_synthetic")
+    assert "## Evaluation headline" in (first / "data/09_release/dataset/README.md").read_text()
+    registered = {name for (name,) in db.execute("select name from model_versions")}
+    assert registered == {"synthmed-ddpm", "synthmed-pix2pix", "synthmed-dcgan"}
 
     second = tmp_path / "second"
     sh("git", "clone", "-q", str(first), str(second), cwd=tmp_path)
