@@ -27,12 +27,13 @@ def test_the_project_dvc_yaml_pushes_only_deidentified_outputs():
     assert {"data/01_raw/sample", "data/02_intermediate/ingestion"} <= private
 
 
-def test_released_models_are_pushed_and_pulled():
+def test_released_models_and_dataset_are_pushed_and_pulled():
     """The release stage's folders are what `dvc get` and a teammate's `synthmed pull` fetch."""
     from synthmed.core.dvc_outputs import shareable_outputs
 
     released = {o.path for o in dvc_outputs(ROOT) if o.path.startswith("data/09_release/")}
-    assert released == {f"data/09_release/models/{family}" for family in ("ddpm", "pix2pix", "dcgan")}
+    assert released == {f"data/09_release/models/{family}" for family in ("ddpm", "pix2pix", "dcgan")} | {
+        "data/09_release/dataset"}
     assert released <= set(shareable_outputs(ROOT))
 
 
