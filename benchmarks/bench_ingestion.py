@@ -218,7 +218,7 @@ def _dask_cluster(workers: int):
     """A local Dask cluster for the whole benchmark (its start-up is not timed)."""
     from distributed import Client, LocalCluster
 
-    from synthmed.core.parallel import DASK_SCHEDULER_ENV
+    from synthmed.core.parallel import DASK_SCHEDULER_ENV, close_dask_clients
 
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
     try:
@@ -228,6 +228,7 @@ def _dask_cluster(workers: int):
             yield
     finally:
         _DASK.clear()
+        close_dask_clients()  # ordered_map's own client, before its scheduler goes
         cluster.close()
 
 

@@ -13,8 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+from kedro.framework.hooks import hook_impl
+from kedro.framework.hooks.manager import _create_hook_manager
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.pipeline import Pipeline, node
 
 from synthmed.core import parallel
+from synthmed.runners import DaskRunner
 from tests.conftest import project_copy, sh
 
 distributed = pytest.importorskip("distributed")
@@ -59,9 +64,7 @@ def test_ordered_map_on_dask_equals_the_local_pool_in_order_with_failures_as_val
         with distributed.Client(cluster.scheduler_address) as client:
             worker_pids = set(client.run(os.getpid).values())
     finally:
-        for client in parallel._clients.values():
-            client.close()
-        parallel._clients.clear()
+        parallel.close_dask_clients()
     values = [r if isinstance(r, Exception) else r[0] for r in on_dask]
     assert [v for i, v in enumerate(values) if i != 7] == [n * n for n in range(40) if n != 7]
     assert [v for i, v in enumerate(values) if i != 7] == [r[0] for i, r in enumerate(local) if i != 7]
@@ -104,3 +107,62 @@ def test_kedro_run_with_the_dask_runner_writes_the_sequential_runs_bytes(tmp_pat
     result = sh(*run, "--runner", "synthmed.runners.DaskRunner", cwd=project, timeout=300)
     assert "on the Dask cluster" in result.stdout + result.stderr
     assert _digests(project, folders) == sequential
+
+
+def _scale(numbers: list[int], factor: int) -> list[int]:
+    return [n * factor for n in numbers]
+
+
+def _where(numbers: list[int]) -> tuple[list[int], int]:
+    return numbers, os.getpid()
+
+
+def _summary(numbers: list[int]) -> dict[str, float]:
+    return {"total": float(sum(numbers))}
+
+
+class _LogsToMlflow(MemoryDataset):
+    """Stands for MetricsDataset: a node writing it must run in the driver."""
+
+    def _log_to_mlflow(self, metrics: dict[str, float]) -> None:
+        """Never called here: its presence is what the runner looks for."""
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, int]] = []
+
+    @hook_impl
+    def before_node_run(self, node, inputs) -> None:
+        self.calls.append(("before", node.name, os.getpid()))
+        # Remote nodes: their parameters only; a node run in the driver: all its inputs, as Kedro gives them.
+        assert inputs == {"double": {"params:factor": 2}, "where": {}, "summarise": {"kept": [2, 4, 6]}}[node.name]
+
+    @hook_impl
+    def after_node_run(self, node) -> None:
+        self.calls.append(("after", node.name, os.getpid()))
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name) -> None:
+        self.calls.append(("saved", dataset_name, os.getpid()))
+
+
+def test_the_dask_runner_runs_nodes_on_workers_and_hooks_in_the_driver(cluster):
+    pipeline = Pipeline([
+        node(_scale, ["numbers", "params:factor"], "doubled", name="double"),
+        node(_where, "doubled", ["kept", "pid"], name="where"),
+        node(_summary, "kept", "summary", name="summarise"),
+    ])
+    summary = _LogsToMlflow()
+    catalog = DataCatalog({"numbers": MemoryDataset([1, 2, 3]), "params:factor": MemoryDataset(2),
+                           "summary": summary})
+    recorder = _Recorder()
+    hooks = _create_hook_manager()
+    hooks.register(recorder)
+    DaskRunner(scheduler=cluster.scheduler_address).run(pipeline, catalog, hooks)
+    assert summary.load() == {"total": 12.0}  # ran in the driver, on the workers' in-memory results
+    assert catalog.load("pid") != os.getpid()  # a free output came back from the worker that made it
+    order = [(kind, name) for kind, name, _ in recorder.calls]
+    assert order.index(("before", "double")) < order.index(("after", "double")) < order.index(("before", "where"))
+    assert ("saved", "doubled") in order and ("after", "summarise") in order
+    assert {pid for *_, pid in recorder.calls} == {os.getpid()}  # every hook ran in the driver

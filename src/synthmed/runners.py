@@ -12,9 +12,9 @@ This follows Kedro's documented Dask deployment pattern (a runner that submits e
 - Node hooks run in the driver (the ``kedro run`` process), around the remote task: the
   project's hooks keep run-wide state there (staging, the pseudonymisation key check, the
   MLflow run), which copies on the workers would not share. ``before_node_run`` receives the
-  node's parameters only, ``after_node_run`` no outputs, and ``after_dataset_saved`` is called
-  in the driver with ``data=None`` for each output the worker saved; the other dataset hooks are
-  not called for remote nodes.
+  node's parameters only (input overrides it returns are not applied), ``after_node_run`` no
+  outputs, and ``after_dataset_saved`` is called in the driver with ``data=None`` for each
+  output the worker saved; the other dataset hooks are not called for remote nodes.
 - A node with an output that logs to the driver's MLflow run (``synthmed.datasets.MetricsDataset``,
   kedro-mlflow's datasets) runs in the driver, as under ``SequentialRunner``: such nodes are
   small summaries, and a worker has no active MLflow run.
@@ -40,7 +40,7 @@ from kedro.pipeline import Pipeline
 from kedro.runner import AbstractRunner
 from kedro.runner.task import Task
 
-from synthmed.core.parallel import available_cores, connect_dask, dask_scheduler, local_cluster_size
+from synthmed.core.parallel import available_cores, close_dask, connect_dask, dask_scheduler, local_cluster_size
 
 
 def _run_remote(node: Any, catalog: Any, is_async: bool, run_id: str | None, *upstream: dict[str, Any]) -> dict:
@@ -133,6 +133,11 @@ class DaskRunner(AbstractRunner):
                                                         is_async=self._is_async, run_id=run_id)
                         self._suggest_resume_scenario(pipeline, done, catalog)
                         raise
+                    free = [name for name in node.outputs if name in pipeline.outputs() and _is_memory(catalog, name)]
+                    if free:  # the run's in-memory results come back to the driver, as Kedro returns them
+                        values = task.result()
+                        for name in free:
+                            catalog[name] = MemoryDataset(values[name], copy_mode="assign")
                     for name in node.outputs:
                         hook_manager.hook.after_dataset_saved(dataset_name=name, data=None, node=node)
                     hook_manager.hook.after_node_run(node=node, catalog=catalog, inputs=self._params(node, catalog),
@@ -144,7 +149,7 @@ class DaskRunner(AbstractRunner):
                     if node in done:
                         del futures[node]
         finally:
-            client.close()
+            close_dask(client)
 
     def _run_here(self, node: Any, catalog: Any, hook_manager: Any, run_id: str | None, futures: dict,
                   producers: dict) -> None:

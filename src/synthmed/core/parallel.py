@@ -150,10 +150,16 @@ def connect_dask(scheduler: str) -> Any:
         return Client(scheduler)
     logger.info("Starting a local Dask cluster of %d worker process(es)", workers)
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-    client = Client(cluster)
-    # Closing the client alone would leave the cluster's processes running until exit.
-    weakref.finalize(client, cluster.close)
-    return client
+    return Client(cluster)
+
+
+def close_dask(client: Any) -> None:
+    """Close a client from `connect_dask`, and the local cluster it started (its processes would
+    otherwise run until this process exits)."""
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
 
 
 _clients: dict[str, Any] = {}
@@ -165,8 +171,15 @@ def _shared_client(scheduler: str) -> Any:
     client = _clients.get(scheduler)
     if client is None or client.status in ("closed", "closing"):
         client = _clients[scheduler] = connect_dask(scheduler)
-        atexit.register(client.close)
+        atexit.register(close_dask, client)
     return client
+
+
+def close_dask_clients() -> None:
+    """Close the clients `ordered_map` opened (and the local clusters they started); also done at exit."""
+    while _clients:
+        _, client = _clients.popitem()
+        close_dask(client)
 
 
 def _dask_map(fn: Callable[..., T], jobs: Iterable[tuple[Any, ...]], chunk: int) -> Iterator[T | Exception]:
