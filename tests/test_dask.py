@@ -22,7 +22,11 @@ from synthmed.core import parallel
 from synthmed.runners import DaskRunner
 from tests.conftest import project_copy, sh
 
-distributed = pytest.importorskip("distributed")
+
+def _distributed():
+    # Imported by the tests that use it, not at collection: importing distributed installs tblib's
+    # pickling of every exception class for the whole process, which other test files must not see.
+    return pytest.importorskip("distributed")
 
 
 def _slow_square(n: int) -> tuple[int, int]:
@@ -48,7 +52,7 @@ def hard_timeout():
 @pytest.fixture
 def cluster(hard_timeout):
     hard_timeout(120)
-    local = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    local = _distributed().LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     try:
         yield local
     finally:
@@ -61,7 +65,7 @@ def test_ordered_map_on_dask_equals_the_local_pool_in_order_with_failures_as_val
     monkeypatch.setenv(parallel.DASK_SCHEDULER_ENV, cluster.scheduler_address)
     try:
         on_dask = list(parallel.ordered_map(_slow_square, jobs, workers=2, chunk=3))
-        with distributed.Client(cluster.scheduler_address) as client:
+        with _distributed().Client(cluster.scheduler_address) as client:
             worker_pids = set(client.run(os.getpid).values())
     finally:
         parallel.close_dask_clients()
