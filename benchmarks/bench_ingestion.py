@@ -12,9 +12,11 @@ files, interleaved ``--repeats`` times, it measures:
   and saving the published copies (``FileFolderDataset``), with the base parameters, with 1
   and with 2 worker processes (``ingestion.workers``). Phases: ``one pass`` (ingestion with
   de-identification) and ``publication`` (pixel checks, copies promoted into the primary
-  layer); the de-identification's share of the pass is measured alone (``deid in the pass``:
-  ``deidentify`` + writing the copy, per file, on datasets parsed and decoded beforehand, one
-  process);
+  layer); and with ``SYNTHMED_DASK_SCHEDULER`` pointing at a local Dask cluster of 2
+  single-threaded worker processes (``synthmed Dask 2 workers``; the cluster is started before
+  the timings, its workers' CPU is read with psutil); the de-identification's share of the
+  pass is measured alone (``deid in the pass``: ``deidentify`` + writing the copy, per file,
+  on datasets parsed and decoded beforehand, one process);
 - ``plain loop``: one process, per file ``dcmread`` + ``pixel_array`` + ``np.save`` (no
   de-identification, no checks, no series assembly);
 - ``plain loop + copy``: the same, plus ``save_as`` of the dataset as read: the reading and
@@ -37,8 +39,10 @@ dicognito (``dicognito==0.19.0``) is a benchmark-only dependency: ``pip install 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
+import os
 import pstats
 import resource
 import statistics
@@ -190,12 +194,59 @@ def run_dicognito(source: Path, out: Path, workers: int = 1) -> None:
         ds.save_as(out / f"{index:06d}.dcm")
 
 
+# The Dask cluster's client while a Dask run is timed: its workers are not children of this process.
+_DASK: dict[str, Any] = {}
+
+
 def _cpu() -> float:
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    total = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    if "client" in _DASK:
+        total += sum(_DASK["client"].run(_process_cpu).values())
+    return total
 
 
-def _timed(fn, source: Path, workers: int) -> dict[str, list[float]]:
+def _process_cpu() -> float:
+    import psutil
+
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
+@contextlib.contextmanager
+def _dask_cluster(workers: int):
+    """A local Dask cluster for the whole benchmark (its start-up is not timed)."""
+    from distributed import Client, LocalCluster
+
+    from synthmed.core.parallel import DASK_SCHEDULER_ENV, close_dask_clients
+
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    try:
+        with Client(cluster) as client:
+            _DASK["address"], _DASK["cluster_client"] = cluster.scheduler_address, client
+            _DASK["env"] = DASK_SCHEDULER_ENV
+            yield
+    finally:
+        _DASK.clear()
+        close_dask_clients()  # ordered_map's own client, before its scheduler goes
+        cluster.close()
+
+
+@contextlib.contextmanager
+def _on_dask():
+    """``ordered_map`` sends its batches to the benchmark's cluster while this block runs."""
+    os.environ[_DASK["env"]] = _DASK["address"]
+    _DASK["client"] = _DASK["cluster_client"]
+    try:
+        yield
+    finally:
+        del os.environ[_DASK["env"]], _DASK["client"]
+
+
+def _timed(fn, source: Path, workers: int | str) -> dict[str, list[float]]:
+    if workers == "dask":
+        with _on_dask():
+            return _timed(fn, source, 2)
     with tempfile.TemporaryDirectory() as tmp:
         phases: dict[str, list[float]] = {}
         cpu, wall, own = _cpu(), time.perf_counter(), _own_cpu()
@@ -223,11 +274,12 @@ def throughput(n_files: int, repeats: int) -> None:
         megabytes = sum(p.stat().st_size for p in source.rglob("*.dcm")) / 1e6
         runs = {"plain loop": (run_plain, 1), "plain loop + copy": (run_plain_copy, 1), "dicognito": (run_dicognito, 1),
                 "synthmed 1 process": (run_synthmed, 1), "synthmed 2 processes": (run_synthmed, 2),
-                "deid in the pass": (deid_in_the_pass, 1)}
+                "synthmed Dask 2 workers": (run_synthmed, "dask"), "deid in the pass": (deid_in_the_pass, 1)}
         results: dict[str, list[dict[str, list[float]]]] = {name: [] for name in runs}
-        for _ in range(repeats):  # interleaved, so that load from other processes hits all alike
-            for name, (fn, workers) in runs.items():
-                results[name].append(_timed(fn, source, workers))
+        with _dask_cluster(2):
+            for _ in range(repeats):  # interleaved, so that load from other processes hits all alike
+                for name, (fn, workers) in runs.items():
+                    results[name].append(_timed(fn, source, workers))
     print(f"{n_files} CT files in series of {SERIES_LENGTH}, {megabytes:.1f} MB; median of {repeats} interleaved runs; "
           f"CPU = user + system of the process and its pool's workers")
     print(f"{'run':44s} {'wall s':>7s} {'files/s':>8s} {'MB/s':>6s} {'CPU ms/file':>11s}")
@@ -257,7 +309,10 @@ def throughput(n_files: int, repeats: int) -> None:
     print(f"  deid in the pass / dicognito                       {ratio(deid, ('dicognito', 'total'))}")
     print(f"  synthmed 1 process / dicognito                     {ratio(one, ('dicognito', 'total'))}")
     print(f"  synthmed 2 processes / 1 process                   {ratio(two, one)}")
+    print(f"  synthmed Dask 2 workers / 2 processes              {ratio(('synthmed Dask 2 workers', 'total'), two)}")
     print(f"speed-up 1 -> 2 processes (wall time 1 / wall time 2)  {ratio(one, two, 0)}")
+    print(f"speed-up 1 process -> Dask 2 workers (wall time)       "
+          f"{ratio(one, ('synthmed Dask 2 workers', 'total'), 0)}")
     # What the parent does alone (listing, grouping, bookkeeping, saving) bounds the speed-up
     # (Amdahl) whatever else runs on the machine; the wall-time speed-up needs idle cores.
     serial = statistics.median(r["parent"][1] / r["total"][1] for r in results["synthmed 2 processes"])

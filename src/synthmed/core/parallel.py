@@ -3,22 +3,35 @@
 Ingestion and de-identification do the same thing to thousands of independent files, so
 the nodes run their per-file function in a pool of worker processes (not Kedro's
 ``ParallelRunner``, which runs whole nodes in parallel and so can use at most as many cores
-as there are independent nodes, three readers here; not Dask, a large dependency for one
-map). ``ordered_map`` keeps at most a few tasks per worker in flight, so the memory of the
+as there are independent nodes, three readers here). Dask is the engine beyond one machine
+(below), off by default. ``ordered_map`` keeps at most a few tasks per worker in flight, so the memory of the
 parent stays flat in the number of files, and it yields results in the order of the jobs,
 so every output is the same whatever the number of workers.
 
 An exception raised by the function for one job is yielded as that job's value (the
 caller turns it into a rejected row); it never stops the other jobs. Arguments and
 results cross process boundaries by pickling: keep them small (paths, not arrays).
+
+Beyond one machine, the same map runs on a Dask distributed cluster (off by default): set
+``SYNTHMED_DASK_SCHEDULER`` to a scheduler's address (``tcp://host:8786``) or to ``local:N``
+(a ``LocalCluster`` of N single-threaded worker processes started on first use). The batches,
+the in-flight bound and the order are the same, so the outputs are the same byte for byte.
+Inside a task of a Dask worker (a node run by ``synthmed.runners.DaskRunner``), where a
+process pool cannot start (the worker is a daemon process), the batches go to the same
+cluster through ``distributed.worker_client``. Paths in the jobs must mean the same on every
+worker: on a real cluster the project's data and ``TMPDIR`` are on a shared filesystem.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import logging
 import multiprocessing
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 import weakref
 from collections import deque
@@ -28,8 +41,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 # Tasks queued per worker: enough to keep every worker busy, few enough to bound memory.
 _IN_FLIGHT_PER_WORKER = 4
+DASK_SCHEDULER_ENV = "SYNTHMED_DASK_SCHEDULER"
+_LOCAL_PREFIX = "local:"
 
 
 def available_cores() -> int:
@@ -66,7 +82,8 @@ def ordered_map(fn: Callable[..., T], jobs: Iterable[tuple[Any, ...]], workers: 
     Args:
         fn: a module-level function (picklable).
         jobs: argument tuples; consumed lazily.
-        workers: 1 runs in this process (no pool); more starts that many worker processes.
+        workers: 1 runs in this process (no pool); more starts that many worker processes, or
+            uses the Dask cluster when one is configured (then the cluster's size sets the pace).
         chunk: jobs sent to a worker at a time. Each task costs the parent about a
             millisecond of pickling and queue handling, as much as a small file's work:
             a few jobs per task keep the parent's share small, so the speed-up grows with
@@ -79,11 +96,108 @@ def ordered_map(fn: Callable[..., T], jobs: Iterable[tuple[Any, ...]], workers: 
             except Exception as exc:  # noqa: BLE001 - the caller records it against its job
                 yield exc
         return
+    if in_dask_worker() or dask_scheduler():
+        yield from _dask_map(fn, jobs, chunk)
+        return
     pending: deque[tuple[Future, int]] = deque()
     with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
         for batch in _batches(jobs, chunk):
             pending.append((pool.submit(_run_batch, fn, batch), len(batch)))
             if len(pending) >= workers * _IN_FLIGHT_PER_WORKER:
+                yield from _outcomes(*pending.popleft())
+        while pending:
+            yield from _outcomes(*pending.popleft())
+
+
+def dask_scheduler() -> str | None:
+    """The scheduler ``SYNTHMED_DASK_SCHEDULER`` names (an address or ``local:N``), None when unset."""
+    value = os.environ.get(DASK_SCHEDULER_ENV, "").strip()
+    return value or None
+
+
+def in_dask_worker() -> bool:
+    """Whether this code runs inside a task on a Dask worker."""
+    if "distributed" not in sys.modules:  # never imported: certainly not a worker (and no import cost)
+        return False
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
+
+
+def local_cluster_size(scheduler: str) -> int | None:
+    """N for ``local:N``, None for a scheduler address; a malformed ``local:`` value is an error."""
+    if not scheduler.startswith(_LOCAL_PREFIX):
+        return None
+    count = scheduler[len(_LOCAL_PREFIX):]
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"{DASK_SCHEDULER_ENV}={scheduler!r}: expected 'local:N' with N a positive number of "
+                         "workers (e.g. 'local:4'), or a scheduler address such as 'tcp://host:8786'.")
+    return int(count)
+
+
+def connect_dask(scheduler: str) -> Any:
+    """A ``distributed.Client`` for ``scheduler``: a new ``LocalCluster`` for ``local:N`` (closed with
+    the client), else the running scheduler at that address."""
+    from distributed import Client, LocalCluster
+
+    workers = local_cluster_size(scheduler)
+    if workers is None:
+        logger.info("Connecting to the Dask scheduler at %s", scheduler)
+        return Client(scheduler)
+    logger.info("Starting a local Dask cluster of %d worker process(es)", workers)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    return Client(cluster)
+
+
+def close_dask(client: Any) -> None:
+    """Close a client from `connect_dask`, and the local cluster it started (its processes would
+    otherwise run until this process exits)."""
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+_clients: dict[str, Any] = {}
+
+
+def _shared_client(scheduler: str) -> Any:
+    """One client per scheduler for this process: a local cluster takes seconds to start, and a
+    node may map more than once."""
+    client = _clients.get(scheduler)
+    if client is None or client.status in ("closed", "closing"):
+        client = _clients[scheduler] = connect_dask(scheduler)
+        atexit.register(close_dask, client)
+    return client
+
+
+def close_dask_clients() -> None:
+    """Close the clients `ordered_map` opened (and the local clusters they started); also done at exit."""
+    while _clients:
+        _, client = _clients.popitem()
+        close_dask(client)
+
+
+def _dask_map(fn: Callable[..., T], jobs: Iterable[tuple[Any, ...]], chunk: int) -> Iterator[T | Exception]:
+    """`ordered_map` on a Dask cluster: same batches, in-flight bound per worker thread and order."""
+    if in_dask_worker():
+        from distributed import worker_client
+
+        # Secedes from the worker's thread pool while waiting, so the batches can use this worker too.
+        session: Any = worker_client()
+    else:
+        session = contextlib.nullcontext(_shared_client(dask_scheduler() or ""))
+    with session as client:
+        threads = max(1, sum(client.nthreads().values()))
+        pending: deque[tuple[Any, int]] = deque()
+        for batch in _batches(jobs, chunk):
+            # pure=False: two batches with equal arguments are still two tasks (the work writes files).
+            pending.append((client.submit(_run_batch, fn, batch, pure=False), len(batch)))
+            if len(pending) >= threads * _IN_FLIGHT_PER_WORKER:
                 yield from _outcomes(*pending.popleft())
         while pending:
             yield from _outcomes(*pending.popleft())
@@ -120,10 +234,10 @@ def _picklable(exc: Exception) -> Exception:
     return exc
 
 
-def _outcomes(future: Future, n_jobs: int) -> list[Any]:
+def _outcomes(future: Future | Any, n_jobs: int) -> list[Any]:
     try:
         return future.result()
-    except Exception as exc:  # noqa: BLE001 - the worker died (BrokenProcessPool) or a result did not pickle
+    except Exception as exc:  # noqa: BLE001 - the worker died (BrokenProcessPool, KilledWorker) or a result did not pickle
         return [exc] * n_jobs
 
 
