@@ -46,7 +46,7 @@ demo: setup ## build the sample data, run every pipeline through DVC, push to th
 	echo "  report:      data/08_reporting/report.html (every metric with its N, floor and figures)"; \
 	echo "  comparison:  data/08_reporting/family_comparison.csv   every metric: make metrics-all"; \
 	echo "  plots:       make plots  ->  dvc_plots/index.html (opens offline)"; \
-	echo "  published:   data/07_model_output/rebalanced (README.md: the memorisation gate's numbers)"; \
+	echo "  released:    data/09_release/dataset (card: the gate and the evaluation headline), data/09_release/models"; \
 	echo "  outputs:     data/ (de-identified: data/03_primary, model input: data/05_model_input,"; \
 	echo "               previews and metrics: data/08_reporting)"; \
 	echo "  DVC remote:  $$(dvc remote list | head -n 1)"; \
