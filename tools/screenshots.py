@@ -159,7 +159,9 @@ def open_preview(page: Any, dataset: str = PREVIEW_DATASET) -> Any:
 
 def open_mlflow(page: Any, url: str) -> None:
     """Load the MLflow UI and wait until its single-page app has drawn the experiments (not its skeleton)."""
-    page.goto(url, wait_until="networkidle", timeout=180_000)
+    # "load", not "networkidle": the UI keeps polling its server, so the network may never go idle
+    # (seen on a loaded 2-core machine: a 180 s timeout); the text below says when it has drawn.
+    page.goto(url, wait_until="load", timeout=180_000)
     page.wait_for_function("() => /Welcome to MLflow|Experiments/.test(document.body.innerText)", timeout=180_000)
     try:  # the home page lists the recent experiments (the project's is `synthmed`) after a second request
         page.wait_for_function("() => document.body.innerText.includes('synthmed')", timeout=60_000)
