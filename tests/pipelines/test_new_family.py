@@ -36,7 +36,9 @@ def test_a_registered_toy_family_runs_through_training_sampling_and_evaluation(t
     from synthmed.pipelines.sampling import pipeline as sampling_wiring
     from synthmed.pipelines.training import pipeline as training_wiring
 
-    monkeypatch.setitem(registry.FAMILIES, "toy", dataclasses.replace(dcgan.FAMILY, name="toy"))
+    toy = dataclasses.replace(dcgan.FAMILY, name="toy")
+    monkeypatch.setitem(registry.FAMILIES, "toy", toy)
+    monkeypatch.setitem(registry.ALL_FAMILIES, "toy", toy)  # the image and volume families, looked up by name
     # ... and its name in generators.names (importable without torch), which each pipeline's wiring imports.
     with_toy = (*names.FAMILY_NAMES, "toy")
     for module in (names, training_wiring, sampling_wiring, rebalancing_wiring, evaluation_wiring):
