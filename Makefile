@@ -98,9 +98,7 @@ viz-build: setup ## write kedro-viz as a static site to ./build (offline)
 	$(BIN)/kedro viz build
 
 mlflow-ui: setup ## open the MLflow UI on http://127.0.0.1:5000 (prints the link to synthmed's runs)
-	@# MLflow 3.17's UI opens every experiment in its GenAI view unless the link says otherwise
-	@# (its GenAI / Model training toggle overrides the experiment's mlflow.experimentKind tag).
-	@$(BIN)/python -c 'import sqlite3, pathlib; row = sqlite3.connect("mlflow.db").execute("select experiment_id from experiments where name = ?", ("synthmed",)).fetchone() if pathlib.Path("mlflow.db").is_file() else None; print("synthmed runs (model-training view): " + (f"http://127.0.0.1:5000/#/experiments/{row[0]}?workflowType=machine_learning" if row else "none yet: run make demo first"))'
+	@$(BIN)/synthmed mlflow-url
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 status: setup ## what DVC thinks is out of date

@@ -21,7 +21,6 @@ import logging
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -193,11 +192,11 @@ def take(project: Path, out: Path) -> list[Path]:
                 page.screenshot(path=out / "mlflow.png")
                 written.append(out / "mlflow.png")
                 # The synthmed experiment as `make mlflow-ui` links it: the model-training view of its runs.
-                experiment = sqlite3.connect(project / "mlflow.db").execute(
-                    "select experiment_id from experiments where name = 'synthmed'").fetchone()
-                if experiment is not None:
-                    page.goto(f"{url}#/experiments/{experiment[0]}?workflowType=machine_learning", wait_until="load",
-                              timeout=180_000)
+                from synthmed.__main__ import runs_url
+
+                runs = runs_url(project, url.rstrip("/"))
+                if runs is not None:
+                    page.goto(runs, wait_until="load", timeout=180_000)
                     page.wait_for_function("() => document.body.innerText.includes('rebalancing')", timeout=180_000)
                     page.wait_for_timeout(2000)
                     page.screenshot(path=out / "mlflow_runs.png")

@@ -9,7 +9,8 @@ identifiable output would be pushed (``synthmed.core.dvc_outputs``); ``synthmed 
 --n N [--label NAME] --out DIR`` samples a saved generator folder. ``synthmed headline
 [--file FILE]`` prints the evaluation's headline numbers, rounded to their intervals;
 ``synthmed plots [DVC PLOTS SHOW OPTIONS]`` runs ``dvc plots show`` with Vega inlined (the page
-opens offline). Anything else is
+opens offline); ``synthmed mlflow-url`` prints the link to the runs in MLflow's model-training
+view. Anything else is
 Kedro's ``run`` command, as before: ``synthmed --pipelines ingestion``.
 """
 import argparse
@@ -214,6 +215,32 @@ def plots(argv: list[str]) -> int:
     return 0
 
 
+MLFLOW_UI = "http://127.0.0.1:5000"
+
+
+def runs_url(project: Path, base: str = MLFLOW_UI) -> str | None:
+    """The MLflow UI link to the ``synthmed`` experiment's runs in the model-training view, or None before any run.
+
+    MLflow 3.17's UI opens an experiment in its GenAI view unless the link asks otherwise: its
+    GenAI / Model training toggle overrides the experiment's ``mlflow.experimentKind`` tag.
+    """
+    import sqlite3
+
+    database = project / "mlflow.db"
+    if not database.is_file():
+        return None
+    with sqlite3.connect(database) as connection:
+        row = connection.execute("select experiment_id from experiments where name = 'synthmed'").fetchone()
+    return None if row is None else f"{base}/#/experiments/{row[0]}?workflowType=machine_learning"
+
+
+def mlflow_url(argv: list[str]) -> int:
+    """``synthmed mlflow-url [PROJECT]``: print the link `runs_url` gives (what `make mlflow-ui` shows)."""
+    url = runs_url(Path(argv[0]) if argv else Path.cwd())
+    sys.stdout.write(f"synthmed runs (model-training view): {url or 'none yet: run make demo first'}\n")
+    return 0
+
+
 def _project_root(command: str, argv: list[str], usage: str) -> Path | int:
     """The project root (the working directory, with a dvc.yaml), or the exit status to return.
 
@@ -236,7 +263,7 @@ def _dvc() -> str:
 
 
 _COMMANDS = {"verify": verify, "add-raw": add_raw, "push": push, "pull": pull, "generate": generate,
-             "headline": headline, "plots": plots}
+             "headline": headline, "plots": plots, "mlflow-url": mlflow_url}
 
 
 def main(*args, **kwargs) -> Any:
