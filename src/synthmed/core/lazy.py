@@ -27,6 +27,11 @@ class LazyFunction:
         self.__module__ = module
         self.__name__ = name
         self.__qualname__ = name
+        # Kedro 1.7 reads a node function's type hints to validate typed ``params:`` inputs;
+        # a stand-in has none to offer without importing its module (synthmed checks every
+        # parameter block itself, synthmed.parameters). Without this attribute
+        # ``typing.get_type_hints`` raises and Kedro logs a warning per lazy node and run.
+        self.__annotations__: dict[str, Any] = {}
         self._function: Callable[..., Any] | None = None
 
     def resolve(self) -> Callable[..., Any]:
