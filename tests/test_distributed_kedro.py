@@ -60,9 +60,9 @@ def test_rank_and_world_size_come_from_torchrun_or_mpi_variables(launched, monke
     assert distributed.describe() == "process 1 of 2"
     for name in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name)
-    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "0")
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "3")
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
-    assert distributed.is_main_process() and distributed.world_size() == 4
+    assert not distributed.is_main_process() and distributed.describe() == "process 3 of 4"
 
 
 def test_a_malformed_rank_is_refused_with_the_variable_named(launched, monkeypatch):
@@ -102,6 +102,12 @@ def test_synthmed_train_refuses_another_pipeline_before_launching(tmp_path):
 def _catalog(tmp_path: Path) -> MainProcessCatalog:
     return MainProcessCatalog({"table": CSVDataset(filepath=str(tmp_path / "table.csv")),
                                "in_memory": MemoryDataset()})
+
+
+def test_the_catalog_keeps_kedros_catalog_commands():
+    from kedro.framework.context import CatalogCommandsMixin
+
+    assert issubclass(MainProcessCatalog, CatalogCommandsMixin)  # what Kedro adds to its default catalog
 
 
 def test_only_the_main_process_saves_to_storage(tmp_path, launched):
@@ -144,7 +150,7 @@ SETTINGS_PROBE = textwrap.dedent(
     from synthmed import settings
     print(json.dumps({"hooks": [type(h).__name__ for h in settings.HOOKS],
                       "disabled": list(getattr(settings, "DISABLE_HOOKS_FOR_PLUGINS", ())),
-                      "catalog": settings.DATA_CATALOG_CLASS.__name__,
+                      "catalog": getattr(getattr(settings, "DATA_CATALOG_CLASS", None), "__name__", None),
                       "installed": sorted(d.metadata["Name"] for d in distributions())}))
     """
 )
@@ -157,11 +163,11 @@ def test_a_non_main_process_gets_only_the_hooks_that_read(rank):
                             env={**env, "PYTHONPATH": str(ROOT / "src"), "RANK": str(rank), "WORLD_SIZE": "2"})
     assert result.returncode == 0, result.stderr[-2000:]
     probe = json.loads(result.stdout.strip().splitlines()[-1])
-    assert probe["catalog"] == "MainProcessCatalog"
     writers = {"RunLockHook", "StagingHook", "MlflowRunGuard", "ReportingArtifactsHook", "ModelRegistryHook"}
     if rank == 0:
-        assert writers <= set(probe["hooks"]) and probe["disabled"] == []
+        assert writers <= set(probe["hooks"]) and probe["disabled"] == [] and probe["catalog"] is None
     else:
+        assert probe["catalog"] == "MainProcessCatalog"
         assert not writers & set(probe["hooks"]) and "DistributedRunHook" in probe["hooks"]
         # Kedro matches the distribution's name exactly: a misspelt one would leave kedro-mlflow on.
         assert "kedro_mlflow" in probe["disabled"]
@@ -330,4 +336,14 @@ def test_an_fsdp_or_deepspeed_accelerate_config_is_refused(monkeypatch, variable
 
     monkeypatch.setenv(variable, "true")
     with pytest.raises(ValueError, match=f"{variable} is set .*data-parallel \\(DDP\\) only"):
+        _accelerator(TrainingConfig(steps=1, batch_size=1))
+
+
+def test_more_processes_than_gpus_are_refused(monkeypatch):
+    from synthmed.generators.training import TrainingConfig, _accelerator
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"2 processes on this machine \(LOCAL_WORLD_SIZE\) but 1 CUDA device"):
         _accelerator(TrainingConfig(steps=1, batch_size=1))

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from kedro.framework.context import CatalogCommandsMixin
 from kedro.framework.hooks import hook_impl
 from kedro.io import DataCatalog, MemoryDataset, SharedMemoryDataset
 
@@ -92,10 +93,12 @@ class DistributedRunHook:
                     if distributed.is_main_process() else " (it trains; the main process saves)")
 
 
-class MainProcessCatalog(DataCatalog):
+class MainProcessCatalog(DataCatalog, CatalogCommandsMixin):
     """Kedro's catalog, except that only the main process of a launch saves to storage.
 
-    ``settings.DATA_CATALOG_CLASS``. On the other processes of a multi-process launch
+    ``settings.DATA_CATALOG_CLASS`` on the processes other than the main one (the main one
+    keeps Kedro's own; the mixin is the one Kedro adds to its default catalog, for
+    ``kedro catalog`` commands). On the other processes of a multi-process launch
     (``synthmed.core.distributed``), saving a dataset that writes somewhere (files, MLflow)
     does nothing: they still run the nodes, so they train together with the main process,
     but one copy of each output is written, by rank 0. In-memory datasets still save, so a

@@ -43,8 +43,7 @@ HOOKS = (
 if not is_main_process():
     HOOKS = (ConfigCheckHook(), PseudonymisationKeyHook(), BuildInfoHook(), DistributedRunHook())
     DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-viz", "kedro-telemetry")
-
-DATA_CATALOG_CLASS = MainProcessCatalog
+    DATA_CATALOG_CLASS = MainProcessCatalog
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

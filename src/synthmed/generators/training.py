@@ -418,6 +418,11 @@ def _accelerator(config: TrainingConfig):
         raise ValueError(f"{', '.join(sharded)} is set (an `accelerate config` with FSDP or DeepSpeed): synthmed's "
                          "trainer runs data-parallel (DDP) only. Choose 'No distributed training' or multi-GPU "
                          "in `accelerate config`, or use `synthmed train --processes N` (torchrun).")
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)  # set by torchrun
+    if cuda and local_processes > torch.cuda.device_count():  # Accelerate gives process k the GPU k
+        raise ValueError(f"{local_processes} processes on this machine (LOCAL_WORLD_SIZE) but "
+                         f"{torch.cuda.device_count()} CUDA device(s): one process per GPU. Run "
+                         f"`synthmed train --processes {torch.cuda.device_count()}` (or fewer).")
     precision = config.mixed_precision
     if precision == "auto":
         precision = "bf16" if cuda else "no"
