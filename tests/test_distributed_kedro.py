@@ -195,19 +195,25 @@ RESUME = textwrap.dedent(
 )
 
 
-def _torchrun(script: Path, *args: str) -> subprocess.CompletedProcess:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
+def _launched(command: list[str], **popen: object) -> tuple[int, str]:
+    """Run ``command`` in a session of its own, for at most LAUNCH_TIMEOUT_S; then kill it and every
+    process below it (torchrun gives each rank a session of its own). Returns (status, output)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True, **popen)
     try:
-        stdout, stderr = process.communicate(timeout=LAUNCH_TIMEOUT_S)
+        output, _ = process.communicate(timeout=LAUNCH_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"torchrun did not finish within {LAUNCH_TIMEOUT_S} s (a hung rank?)")
+        pytest.fail(f"{' '.join(command[:6])} ... did not finish within {LAUNCH_TIMEOUT_S} s (a hung rank?)")
     finally:
         kill_tree(process)
-    assert process.returncode == 0, stderr[-3000:]
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    return process.returncode, " ".join(output.split())
+
+
+def _torchrun(script: Path, *args: str) -> str:
+    code, log = _launched([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), *args], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert code == 0, log[-3000:]
+    return log
 
 
 @pytest.mark.slow
@@ -220,8 +226,7 @@ def test_the_trainer_resumes_on_another_number_of_processes(tmp_path, caplog):
 
     one_first = tmp_path / "one_then_two" / "checkpoints"
     _train(one_first, steps=4, checkpoint_every=2, log_every=2)
-    result = _torchrun(script, str(one_first), "8")
-    log = " ".join((result.stdout + result.stderr).split())
+    log = _torchrun(script, str(one_first), "8")
     assert "(step 4 of 8) on 2 process(es); the checkpoint was written by 1" in log
     first = torch.load(one_first.parent / "weights-0.pt", weights_only=True)
     second = torch.load(one_first.parent / "weights-1.pt", weights_only=True)
@@ -248,18 +253,9 @@ def _synthmed_train(project: Path, processes: int) -> tuple[int, str]:
     """``synthmed train --processes N`` in ``project``; every process it started is killed at the end."""
     params = ",".join(f"{f}.training.steps=4,{f}.training.checkpoint_every=2,{f}.training.log_every=2,"
                       f"{f}.training.batch_size=2" for f in FAMILIES)
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("synthmed")), "train", "--processes", str(processes),
-         "--namespaces", ",".join(FAMILIES), "--params", params],
-        cwd=project, env=_env(OMP_NUM_THREADS="1", COLUMNS="1000"), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=LAUNCH_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"synthmed train --processes {processes} did not finish within {LAUNCH_TIMEOUT_S} s")
-    finally:
-        kill_tree(process)
-    return process.returncode, " ".join(output.split())
+    return _launched([str(Path(sys.executable).with_name("synthmed")), "train", "--processes", str(processes),
+                      "--namespaces", ",".join(FAMILIES), "--params", params],
+                     cwd=project, env=_env(OMP_NUM_THREADS="1", COLUMNS="1000"))
 
 
 def _processes_in(folder: Path) -> list[int]:
