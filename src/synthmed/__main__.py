@@ -10,7 +10,8 @@ identifiable output would be pushed (``synthmed.core.dvc_outputs``); ``synthmed 
 [--file FILE]`` prints the evaluation's headline numbers, rounded to their intervals;
 ``synthmed plots [DVC PLOTS SHOW OPTIONS]`` runs ``dvc plots show`` with Vega inlined (the page
 opens offline); ``synthmed mlflow-url`` prints the link to the runs in MLflow's model-training
-view. Anything else is
+view. ``synthmed train --processes N [KEDRO RUN OPTIONS]`` runs the training pipeline on N
+processes (torchrun; ``synthmed.core.distributed``). Anything else is
 Kedro's ``run`` command, as before: ``synthmed --pipelines ingestion``.
 """
 import argparse
@@ -241,6 +242,36 @@ def mlflow_url(argv: list[str]) -> int:
     return 0
 
 
+def train(argv: list[str]) -> int:
+    """``synthmed train --processes N [KEDRO RUN OPTIONS]``: the training pipeline on N processes."""
+    import os
+
+    from synthmed.core.distributed import TRAINING_PIPELINE, launch_command
+
+    parser = argparse.ArgumentParser(
+        prog="synthmed train",
+        usage="synthmed train [--processes N] [KEDRO RUN OPTIONS]",
+        description=f"Run the {TRAINING_PIPELINE!r} pipeline through `kedro run` on N processes: with N > 1 under "
+                    "torchrun (`python -m torch.distributed.run --standalone --nproc-per-node N -m kedro run "
+                    f"--pipelines {TRAINING_PIPELINE} ...`), one node, data-parallel (DDP over gloo on CPU, NCCL on "
+                    "CUDA; Accelerate picks). Only the main process saves the outputs and checkpoints and opens the "
+                    "MLflow run. Every other option goes to `kedro run` (--namespaces, --params, --env, ...). "
+                    "Several nodes: run torchrun yourself (README, Generators).")
+    parser.add_argument("--processes", "-n", type=int, default=1, metavar="N",
+                        help="processes on this machine, one per GPU on CUDA (default: 1, no launcher)")
+    args, kedro_args = parser.parse_known_args(argv)
+    if not (Path.cwd() / "pyproject.toml").is_file():
+        parser.error(f"no pyproject.toml in {Path.cwd()}; run it from the project root")
+    try:
+        command = launch_command(args.processes, kedro_args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    sys.stderr.write(f"synthmed train: {' '.join(command)}\n")
+    sys.stderr.flush()
+    os.execv(command[0], command)  # the launcher takes this process's place: Ctrl-C reaches it directly
+    return 0  # not reached
+
+
 def _project_root(command: str, argv: list[str], usage: str) -> Path | int:
     """The project root (the working directory, with a dvc.yaml), or the exit status to return.
 
@@ -263,7 +294,7 @@ def _dvc() -> str:
 
 
 _COMMANDS = {"verify": verify, "add-raw": add_raw, "push": push, "pull": pull, "generate": generate,
-             "headline": headline, "plots": plots, "mlflow-url": mlflow_url}
+             "headline": headline, "plots": plots, "mlflow-url": mlflow_url, "train": train}
 
 
 def main(*args, **kwargs) -> Any:

@@ -6,8 +6,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from kedro.framework.context import CatalogCommandsMixin
 from kedro.framework.hooks import hook_impl
+from kedro.io import DataCatalog, MemoryDataset, SharedMemoryDataset
 
+from synthmed.core import distributed
 from synthmed.core.atomic import disk_full_reported, uri_path
 from synthmed.datasets.secrets import PseudonymisationKeyDataset
 
@@ -57,6 +60,57 @@ class ConfigCheckHook:
             files.append(project / LOCAL_CREDENTIALS)
         check_yaml_files(sorted(set(files)), project)
         validate_parameters(context.params)
+
+
+class DistributedRunHook:
+    """Under a launcher with several processes (``synthmed train --processes N``, torchrun,
+    ``accelerate launch``), only the training pipeline may run.
+
+    Training is the one pipeline whose nodes work together across processes (Accelerate's
+    process group: each process trains on its share of every batch, gradients are averaged).
+    Every other node would run N times over the same data, and the other processes' saves are
+    skipped (``MainProcessCatalog``), so a later node of theirs would read what the main
+    process has not written yet. ``tryfirst`` and registered last: it refuses before the run
+    lock, the key check and the MLflow run, on every process alike.
+    """
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        if not distributed.is_distributed():
+            return
+        from kedro.framework.project import pipelines
+
+        training = set(pipelines[distributed.TRAINING_PIPELINE].nodes)
+        others = sorted(node.name for node in pipeline.nodes if node not in training)
+        if others:
+            raise ValueError(
+                f"This run has {distributed.world_size()} processes (WORLD_SIZE), but only the "
+                f"'{distributed.TRAINING_PIPELINE}' pipeline runs on several processes; it also has "
+                f"{len(others)} other node(s): {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}. "
+                f"Run those with one process (`kedro run --pipelines ...`), then `synthmed train --processes N`.")
+        logger.info("Training on %d processes; this is %s%s.", distributed.world_size(), distributed.describe(),
+                    " (the main process: it saves the outputs, checkpoints and MLflow records)"
+                    if distributed.is_main_process() else " (it trains; the main process saves)")
+
+
+class MainProcessCatalog(DataCatalog, CatalogCommandsMixin):
+    """Kedro's catalog, except that only the main process of a launch saves to storage.
+
+    ``settings.DATA_CATALOG_CLASS`` on the processes other than the main one (the main one
+    keeps Kedro's own; the mixin is the one Kedro adds to its default catalog, for
+    ``kedro catalog`` commands). On the other processes of a multi-process launch
+    (``synthmed.core.distributed``), saving a dataset that writes somewhere (files, MLflow)
+    does nothing: they still run the nodes, so they train together with the main process,
+    but one copy of each output is written, by rank 0. In-memory datasets still save, so a
+    node's outputs reach the next node on every process. A single process saves as usual.
+    """
+
+    def save(self, ds_name: str, data: Any) -> None:
+        if not distributed.is_main_process() and \
+                not isinstance(self[ds_name], (MemoryDataset, SharedMemoryDataset)):
+            logger.debug("Not saving %s on %s: the main process saves it.", ds_name, distributed.describe())
+            return
+        super().save(ds_name, data)
 
 
 class RunLockHook:

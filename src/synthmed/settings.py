@@ -1,9 +1,12 @@
 """Kedro project settings for synthmed."""
 
 from synthmed.core.console import install_error_display
+from synthmed.core.distributed import is_main_process
 from synthmed.hooks import (
     BuildInfoHook,
     ConfigCheckHook,
+    DistributedRunHook,
+    MainProcessCatalog,
     MlflowRunGuard,
     ModelRegistryHook,
     PseudonymisationKeyHook,
@@ -23,10 +26,24 @@ install_error_display()
 # Order matters among the `tryfirst` before_pipeline_run hooks: pluggy calls the one
 # registered last first, so the key is checked before RunLockHook creates its lock file
 # (a run refused for a missing key writes nothing under data/).
+# DistributedRunHook, registered last, refuses first a multi-process run of anything but training.
 HOOKS = (
     ConfigCheckHook(), RunLockHook(), StagingHook(), PseudonymisationKeyHook(), MlflowRunGuard(),
-    ReportingArtifactsHook(), ModelRegistryHook(), BuildInfoHook(),
+    ReportingArtifactsHook(), ModelRegistryHook(), BuildInfoHook(), DistributedRunHook(),
 )
+
+# Several processes (`synthmed train --processes N`, torchrun, accelerate launch): the main one
+# (rank 0, read from the launcher's environment by synthmed.core.distributed) runs every hook
+# and saves; the others keep only the hooks that read (configuration, key, build info) and the
+# refusal of other pipelines: no run lock (the main process holds it for the run), no staging,
+# no MLflow run (kedro-mlflow's hook disabled: it would open one per process, and log
+# parameters, metrics and artifacts N times), no kedro-viz statistics file, no telemetry.
+# Their catalog saves are skipped (MainProcessCatalog); checkpoints are written by rank 0 alone
+# (synthmed.generators.training).
+if not is_main_process():
+    HOOKS = (ConfigCheckHook(), PseudonymisationKeyHook(), BuildInfoHook(), DistributedRunHook())
+    DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-viz", "kedro-telemetry")
+    DATA_CATALOG_CLASS = MainProcessCatalog
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

@@ -18,8 +18,10 @@ optimisation step (``FamilySpec.train_step``); this module owns everything aroun
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import errno
+import functools
 import io
 import json
 import logging
@@ -397,6 +399,10 @@ def restore_latest(root: Path, spec: FamilySpec, model_config: Any, seed: int) -
 # ------------------------------------------------------------------ the loop
 
 
+# Set by `accelerate launch` from an Accelerate config that shards the model.
+_SHARDING_VARIABLES = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
+
+
 def _accelerator(config: TrainingConfig):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -405,6 +411,18 @@ def _accelerator(config: TrainingConfig):
     mps = not cuda and torch.backends.mps.is_available() and config.device in ("auto", "mps")
     if config.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("training.device is 'cuda' but no CUDA device is available.")
+    sharded = [name for name in _SHARDING_VARIABLES if os.environ.get(name, "").lower() == "true"]
+    if sharded:
+        # Checkpoints, EMA and the saved generator read each module's full state dict from
+        # one process; sharded modules would save a shard. Every model here fits one GPU.
+        raise ValueError(f"{', '.join(sharded)} is set (an `accelerate config` with FSDP or DeepSpeed): synthmed's "
+                         "trainer runs data-parallel (DDP) only. Choose 'No distributed training' or multi-GPU "
+                         "in `accelerate config`, or use `synthmed train --processes N` (torchrun).")
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)  # set by torchrun
+    if cuda and local_processes > torch.cuda.device_count():  # Accelerate gives process k the GPU k
+        raise ValueError(f"{local_processes} processes on this machine (LOCAL_WORLD_SIZE) but "
+                         f"{torch.cuda.device_count()} CUDA device(s): one process per GPU. Run "
+                         f"`synthmed train --processes {torch.cuda.device_count()}` (or fewer).")
     precision = config.mixed_precision
     if precision == "auto":
         precision = "bf16" if cuda else "no"
@@ -445,8 +463,11 @@ def train(
         record per logged step (``step``, the losses, ``lr``, ``images_per_s``).
     """
     accelerator = _accelerator(config)
-    if len(dataset) < config.batch_size:
-        raise ValueError(f"The train split has {len(dataset)} examples, fewer than batch_size={config.batch_size}.")
+    per_step = config.batch_size * accelerator.num_processes
+    if len(dataset) < per_step:
+        raise ValueError(f"The train split has {len(dataset)} examples, fewer than one step takes: batch_size="
+                         f"{config.batch_size} per process x {accelerator.num_processes} process(es) = {per_step}. "
+                         "Lower training.batch_size or the number of processes.")
     if accelerator.is_main_process:
         remove_stale_temporaries(checkpoint_root)
     generator = torch.Generator(device=accelerator.device).manual_seed(config.seed + accelerator.process_index)
@@ -460,9 +481,14 @@ def train(
     else:
         models, optimizers, history = resume.models, resume.optimizers, list(resume.history)
         states = resume.generator_states
-        generator.set_state(states[accelerator.process_index % len(states)].to(torch.uint8))
         start = resume.step
-        logger.info("Resuming %s training from %s (step %d of %d)", spec.name, resume.folder, start, config.steps)
+        if accelerator.process_index < len(states):  # each process continues its own random stream
+            generator.set_state(states[accelerator.process_index].to(torch.uint8))
+        else:  # more processes than the checkpoint had: a new stream, not a copy of another process's
+            generator.manual_seed(config.seed + accelerator.process_index + 1_000_003 * start)
+        logger.info("Resuming %s training from %s (step %d of %d)%s", spec.name, resume.folder, start, config.steps,
+                    "" if len(states) == accelerator.num_processes else
+                    f" on {accelerator.num_processes} process(es); the checkpoint was written by {len(states)}")
 
     trainable = list(optimizers)
     for name in trainable:
@@ -479,7 +505,9 @@ def train(
         if clip_norm:
             accelerator.clip_grad_norm_(parameters, clip_norm)
 
-    steps_per_epoch = len(dataset) // (config.batch_size * accelerator.num_processes)
+    # An epoch is as many steps as the processes together fill: after a resume on another number
+    # of processes, the same step falls elsewhere in the (seeded) epoch order (README, Generators).
+    steps_per_epoch = len(dataset) // per_step
     progress = tqdm(total=config.steps, initial=start, desc=f"training {spec.name}", unit="step",
                     disable=not accelerator.is_main_process or None)
     step = start
@@ -529,8 +557,31 @@ def train(
         _checkpoint(accelerator, checkpoint_root, step, spec, model_config, models, optimizers, generator,
                     config.keep_checkpoints, history)
     final = _unwrapped(accelerator, models).to("cpu").eval()
-    accelerator.end_training()
+    _end(accelerator)
     return final, history
+
+
+def _end(accelerator: Any) -> None:
+    """End one ``train`` call without ending the process group.
+
+    ``Accelerator.end_training`` destroys the process group, and Accelerate's state (one per
+    process) does not set it up again for the next ``Accelerator``: a multi-process
+    ``kedro run --pipelines training`` trains several families in one process, and the second
+    one would fail ("Default process group has not been initialized"). The group is destroyed
+    when the process exits instead.
+    """
+    accelerator.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        _destroy_process_group_at_exit()
+
+
+@functools.cache
+def _destroy_process_group_at_exit() -> None:
+    def destroy() -> None:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    atexit.register(destroy)
 
 
 def _unwrapped(accelerator: Any, models: nn.ModuleDict) -> nn.ModuleDict:
