@@ -40,16 +40,6 @@ class BrainSampleParams:
 
 
 @dataclass(frozen=True)
-class FundusSampleParams:
-    """``params:sample_data.fundus`` (read by ``sample_data.nodes.build_fundus_sample``)."""
-
-    sigmas: tuple[float, ...]
-    quantile: float
-    fov_threshold: float
-    min_size_px: int
-
-
-@dataclass(frozen=True)
 class SampleDataParams:
     brain: Mapping[str, Any]
     fundus: Mapping[str, Any]
@@ -103,6 +93,7 @@ def _schema() -> dict[str, type]:
     from synthmed.generators.training import TrainingConfig
     from synthmed.imaging.cohort import CohortConfig
     from synthmed.imaging.extraction import PatchConfig, SliceConfig
+    from synthmed.imaging.fundus_sample import FundusSampleConfig
     from synthmed.imaging.intensity import IntensitySpec
     from synthmed.imaging.slicing import PatchSpec
     from synthmed.imaging.volumes import VolumeConfig
@@ -115,12 +106,13 @@ def _schema() -> dict[str, type]:
     from synthmed.privacy.pixel_checks import PixelChecksConfig
     from synthmed.protocols.encoders import EncoderConfig, SourceConfig
     from synthmed.protocols.evaluation import EvaluationConfig, FidelityConfig, FigureConfig, ReaderKitConfig
+    from synthmed.protocols.mask_to_image import MaskToImageConfig
     from synthmed.protocols.rebalancing import RebalancingConfig
 
     schema: dict[str, type] = {
         "sample_data": SampleDataParams,
         "sample_data.brain": BrainSampleParams,
-        "sample_data.fundus": FundusSampleParams,
+        "sample_data.fundus": FundusSampleConfig,
         "sample_cohort": CohortConfig,
         "ingestion": IngestionConfig,
         "preprocessing": PreprocessingConfig,
@@ -148,6 +140,9 @@ def _schema() -> dict[str, type]:
         "evaluation.memorisation": GateConfig,
         "evaluation.figures": FigureConfig,
         "evaluation.reader_kit": ReaderKitConfig,
+        "study_mask_to_image": MaskToImageConfig,
+        "study_mask_to_image.model": ALL_FAMILIES["pix2pix"].config_cls,
+        "study_mask_to_image.training": TrainingConfig,
     }
     # One block per registered generator family (the registry is the only list of them).
     for name, spec in ALL_FAMILIES.items():

@@ -14,7 +14,7 @@ PIPELINE_ORDER = ("sample_data", "ingestion", "preprocessing", "extraction", "tr
 DATA_PIPELINES = ("ingestion", "preprocessing", "extraction")
 # Run only when named: `sample_cohort` builds the multi-patient test cohort (data/01_raw/cohort),
 # which no stage reads yet.
-ON_REQUEST = ("sample_cohort",)
+ON_REQUEST = ("sample_cohort", "study_mask_to_image")
 
 
 def register_pipelines() -> dict[str, Pipeline]:

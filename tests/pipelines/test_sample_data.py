@@ -8,6 +8,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 
@@ -50,8 +51,11 @@ def test_dicom_samples_carry_identifiers_and_one_is_truncated():
 
 def test_sample_folder_is_deterministic_and_lists_its_checksums(brain):
     t1, tissue = brain
-    mask = np.zeros((8, 8), dtype=np.uint8)
-    args = (t1, tissue, b"jpeg bytes", mask, {"CT_small.dcm": b"dcm"}, "# readme")
+    fundus = {"fundus/retina_r00_a0.png": np.zeros((8, 8, 3), dtype=np.uint8),
+              "fundus/retina_r00_a0_mask.png": np.zeros((8, 8), dtype=np.uint8)}
+    rows = pd.DataFrame([("fundus/retina_r00_a0.png", "fundus", "OP", "retina")],
+                        columns=["path", "label", "modality", "patient"])
+    args = (t1, tissue, fundus, rows, {"CT_small.dcm": b"dcm"}, "# readme")
     first, second = assemble_sample_folder(*args), assemble_sample_folder(*args)
     assert first == second
     manifest = json.loads(first[PUBLIC_SAMPLE_MANIFEST])["sha256"]
@@ -59,5 +63,6 @@ def test_sample_folder_is_deterministic_and_lists_its_checksums(brain):
     assert all(hashlib.sha256(first[name]).hexdigest() == digest for name, digest in manifest.items())
     labels = first["labels.csv"].decode()
     assert labels.splitlines()[0] == "path,label,modality,patient"
+    assert "fundus/retina_r00_a0.png,fundus,OP,retina" in labels.splitlines()
     reloaded = nib.Nifti1Image.from_bytes(__import__("gzip").decompress(first["brain/mni152_t1_mask.nii.gz"]))
     assert np.array_equal(np.asarray(reloaded.dataobj), np.asarray(tissue.dataobj))

@@ -17,13 +17,13 @@ import pandas as pd
 from synthmed.core.checksums import sha256_bytes
 from synthmed.datasets.file_folder import encode
 from synthmed.datasets.secrets import PUBLIC_SAMPLE_MANIFEST
-from synthmed.imaging.vesselness import vessel_mask
 
 logger = logging.getLogger(__name__)
 
 # Tissue labels of the brain sample's label volume.
 TISSUE_LABELS = {0: "background", 1: "grey_matter", 2: "white_matter", 3: "other_brain"}
 DICOM_FILES = ("CT_small.dcm", "MR_small.dcm", "MR_truncated.dcm")
+LABEL_COLUMNS = ["path", "label", "modality", "patient"]
 
 
 def build_brain_sample(params: dict[str, Any]) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
@@ -60,33 +60,44 @@ def build_brain_sample(params: dict[str, Any]) -> tuple[nib.Nifti1Image, nib.Nif
     return t1_out, label_out
 
 
-def build_fundus_sample(params: dict[str, Any]) -> tuple[bytes, np.ndarray]:
-    """scikit-image's bundled fundus photograph and a vesselness pseudo-label mask.
+def build_fundus_sample(params: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Fundus photographs derived from scikit-image's bundled ``retina.jpg``, with vessel pseudo-labels.
+
+    The photograph is cut into non-overlapping source regions, each augmented ``per_region``
+    times (``synthmed.imaging.fundus_sample``); the original is not copied, since it shares
+    its vessels with every region.
 
     Args:
-        params: ``sigmas``, ``quantile``, ``fov_threshold``, ``min_size_px`` of
-            ``synthmed.imaging.vesselness.vessel_mask``.
+        params: ``synthmed.imaging.fundus_sample.FundusSampleConfig`` keys.
 
     Returns:
-        ``(jpeg_bytes, mask)``: the original JPEG file as shipped, and an ``(H, W)`` uint8
-        mask with 255 = vessel (so that it is visible in an image viewer).
+        ``(files, rows)``: ``fundus/<name>.png`` (RGB), ``fundus/<name>_mask.png`` (255 =
+        vessel) and ``fundus/photographs.json`` (each photograph's region and random draws);
+        and the photographs' ``labels.csv`` rows (``path, label, modality, patient``).
     """
-    import io
-
     import skimage.data
-    from PIL import Image
 
-    jpeg = (Path(skimage.data.data_dir) / "retina.jpg").read_bytes()
-    rgb = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
-    mask = vessel_mask(
-        rgb,
-        sigmas=tuple(float(s) for s in params["sigmas"]),
-        quantile=float(params["quantile"]),
-        fov_threshold=float(params["fov_threshold"]),
-        min_size_px=int(params["min_size_px"]),
-    )
-    logger.info("Fundus sample: %s, vessel fraction %.3f", rgb.shape, float(mask.mean()))
-    return jpeg, mask * np.uint8(255)
+    from synthmed.core.config import from_params
+    from synthmed.imaging.fundus_sample import FundusSampleConfig, build_fundus_photos
+
+    config = from_params(FundusSampleConfig, params, "sample_data.fundus")
+    photos = build_fundus_photos(skimage.data.retina(), config)
+    files: dict[str, Any] = {}
+    provenance = []
+    for photo in photos:
+        files[f"fundus/{photo.name}.png"] = photo.rgb
+        files[f"fundus/{photo.name}_mask.png"] = photo.mask * np.uint8(255)
+        provenance.append({"path": f"fundus/{photo.name}.png", "region": photo.region, "copy": photo.index,
+                           "angle_deg": round(photo.angle_deg, 4), "zoom": round(photo.zoom, 4),
+                           "flipped": photo.flipped, "gamma": round(photo.gamma, 4),
+                           "brightness": round(photo.brightness, 4)})
+    # The group key travels in photographs.json (ingestion ignores *.json): every photograph is
+    # of the same eye, so labels.csv gives them one patient.
+    files["fundus/photographs.json"] = {"source": "skimage.data.retina()", "grid": config.grid,
+                                        "seed": config.seed, "photographs": provenance}
+    rows = pd.DataFrame([(f"fundus/{p.name}.png", "fundus", "OP", "retina") for p in photos],
+                        columns=["path", "label", "modality", "patient"])
+    return files, rows
 
 
 def collect_dicom_samples() -> dict[str, bytes]:
@@ -103,8 +114,8 @@ def collect_dicom_samples() -> dict[str, bytes]:
 def assemble_sample_folder(
     t1: nib.Nifti1Image,
     tissue: nib.Nifti1Image,
-    fundus_jpeg: bytes,
-    fundus_mask: np.ndarray,
+    fundus_files: dict[str, Any],
+    fundus_rows: pd.DataFrame,
     dicom_files: dict[str, bytes],
     readme: str,
 ) -> dict[str, bytes]:
@@ -117,19 +128,14 @@ def assemble_sample_folder(
     files: dict[str, Any] = {
         "brain/mni152_t1.nii.gz": t1,
         "brain/mni152_t1_mask.nii.gz": tissue,
-        "fundus/retina.jpg": fundus_jpeg,
-        "fundus/retina_mask.png": fundus_mask,
+        **fundus_files,
         **{f"dicom/{name}": data for name, data in dicom_files.items()},
-        "labels.csv": pd.DataFrame(
-            [
-                ("brain/mni152_t1.nii.gz", "brain_t1", "MR", "mni152"),
-                ("fundus/retina.jpg", "fundus", "OP", "retina"),
-                ("dicom/CT_small.dcm", "ct", "", ""),
-                ("dicom/MR_small.dcm", "mr", "", ""),
-                ("dicom/MR_truncated.dcm", "mr", "", ""),
-            ],
-            columns=["path", "label", "modality", "patient"],
-        ),
+        "labels.csv": pd.concat([
+            pd.DataFrame([("brain/mni152_t1.nii.gz", "brain_t1", "MR", "mni152")], columns=LABEL_COLUMNS),
+            fundus_rows[LABEL_COLUMNS],
+            pd.DataFrame([(f"dicom/{name}", "ct" if name.startswith("CT") else "mr", "", "") for name in DICOM_FILES],
+                         columns=LABEL_COLUMNS),
+        ], ignore_index=True),
         "README.md": readme,
     }
     encoded = {name: encode(name, obj) for name, obj in files.items()}

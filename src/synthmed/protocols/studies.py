@@ -1,0 +1,139 @@
+"""Study tables: our rows beside a published figure, as a CSV and an HTML section.
+
+A study (``study_<name>`` pipelines) reproduces a published table. Its result is one table
+with the published table's columns (the metrics, in its order) and these rows:
+
+- ``ours``: what synthmed measured, each metric a mean with a bootstrap interval and N;
+- ``floor`` / ``reference``: baselines that say what a number is worth (for example the
+  mean image, or the real image blurred), measured on the same images;
+- ``published``: the cited figure, a constant labelled with its citation, without
+  interval or N (papers rarely give them).
+
+``study_table`` builds the table (columns ``STUDY_COLUMNS`` + per metric ``<m>``,
+``<m>_low``, ``<m>_high``), ``render_study_section`` an HTML fragment with the table and the
+study's figures (``templates/study_section.html.j2``), ``render_study_page`` a standalone
+page around it. Nothing here knows a particular study.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from synthmed.core.templates import render
+
+ROW_KINDS = ("ours", "floor", "reference", "published")
+STUDY_COLUMNS = ["row", "kind", "n", "level", "source"]
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """One measured row.
+
+    Args:
+        label: what the row is (e.g. "pix2pix (ours)").
+        kind: ``ours``, ``floor`` or ``reference``.
+        summaries: per metric ``{"mean", "low", "high", "n"}`` (``synthmed.metrics.fidelity.summarise``).
+        source: how the row was made, one line.
+    """
+
+    label: str
+    kind: str
+    summaries: Mapping[str, Mapping[str, float]]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ROW_KINDS[:-1]:
+            raise ValueError(f"StudyRow {self.label!r}: kind must be one of {list(ROW_KINDS[:-1])}, got {self.kind!r}.")
+
+
+@dataclass(frozen=True)
+class PublishedRow:
+    """A published figure: constants, with the citation they come from (table/figure)."""
+
+    label: str
+    values: Mapping[str, float]
+    citation: str
+    notes: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.citation.strip():
+            raise ValueError(f"PublishedRow {self.label!r} needs a citation: a published figure is a cited constant.")
+
+
+def study_table(rows: Sequence[StudyRow], published: Sequence[PublishedRow], metrics: Sequence[str],
+                *, level: float) -> pd.DataFrame:
+    """Our rows, then the published ones, with the columns ``STUDY_COLUMNS`` and per metric ``m, m_low, m_high``.
+
+    Raises:
+        ValueError: a measured row lacks a metric, or rows of one table disagree on N for a
+            metric (a floor must be measured on the same images as ours).
+    """
+    if not metrics:
+        raise ValueError("study_table needs at least one metric column.")
+    records = []
+    for row in rows:
+        missing = [m for m in metrics if m not in row.summaries]
+        if missing:
+            raise ValueError(f"Study row {row.label!r} lacks metric(s) {missing}; it has {sorted(row.summaries)}.")
+        counts = {int(row.summaries[m]["n"]) for m in metrics}
+        if len(counts) != 1:
+            raise ValueError(f"Study row {row.label!r} has different N per metric: {sorted(counts)}.")
+        record: dict[str, Any] = {"row": row.label, "kind": row.kind, "n": counts.pop(), "level": level,
+                                  "source": row.source}
+        for m in metrics:
+            record.update({m: row.summaries[m]["mean"], f"{m}_low": row.summaries[m]["low"],
+                           f"{m}_high": row.summaries[m]["high"]})
+        records.append(record)
+    measured_n = {r["n"] for r in records}
+    if len(measured_n) > 1:
+        raise ValueError(f"The measured rows of a study table must share N; got {sorted(measured_n)}.")
+    for pub in published:
+        record = {"row": pub.label, "kind": "published", "n": None, "level": None, "source": pub.citation}
+        for m in metrics:
+            record.update({m: pub.values.get(m), f"{m}_low": None, f"{m}_high": None})
+        records.append(record)
+    columns = STUDY_COLUMNS + [c for m in metrics for c in (m, f"{m}_low", f"{m}_high")]
+    return pd.DataFrame(records, columns=columns)
+
+
+def _cell(value: Any, low: Any, high: Any, digits: int) -> str:
+    def finite(v: Any) -> bool:
+        return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+    if not finite(value):
+        return "-"
+    text = f"{float(value):.{digits}f}"
+    if finite(low) and finite(high):
+        text += f" [{float(low):.{digits}f}, {float(high):.{digits}f}]"
+    return text
+
+
+def render_study_section(*, title: str, anchor: str, table: pd.DataFrame, metrics: Sequence[str],
+                         metric_labels: Mapping[str, str], digits: Mapping[str, int],
+                         figures: Sequence[tuple[str, str]], notes: Sequence[str]) -> str:
+    """An HTML ``<section>`` with the table (mean [interval], N per row) and figures.
+
+    Args:
+        figures: ``(caption, base64 PNG)`` pairs.
+        notes: paragraphs under the table (what the floors are, limitations).
+    """
+    header = ["row", "kind", "N"] + [metric_labels.get(m, m) for m in metrics] + ["source"]
+    body = []
+    for record in table.to_dict("records"):
+        n = record["n"]
+        body.append([record["row"], record["kind"], "-" if n is None or n != n else str(int(n))]
+                    + [_cell(record[m], record[f"{m}_low"], record[f"{m}_high"], digits.get(m, 3)) for m in metrics]
+                    + [record["source"] or ""])
+    levels = {float(v) for v in table["level"].dropna()}
+    return render("study_section.html.j2", title=title, anchor=anchor, header=header, body=body,
+                  level=levels.pop() if len(levels) == 1 else None, figures=list(figures), notes=list(notes))
+
+
+def render_study_page(*, title: str, sections: Sequence[str]) -> str:
+    """A standalone HTML page around already rendered study sections."""
+    return render("study_page.html.j2", title=title, sections=list(sections))
