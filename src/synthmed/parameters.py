@@ -99,7 +99,7 @@ def _schema() -> dict[str, type]:
     from synthmed.generators.base import SamplerSpec
     from synthmed.generators.registry import ALL_FAMILIES
     from synthmed.generators.run import RunConfig
-    from synthmed.generators.sampling import SamplingConfig
+    from synthmed.generators.sampling import SamplingConfig, ThroughputConfig
     from synthmed.generators.training import TrainingConfig
     from synthmed.imaging.cohort import CohortConfig
     from synthmed.imaging.extraction import PatchConfig, SliceConfig
@@ -116,6 +116,7 @@ def _schema() -> dict[str, type]:
     from synthmed.protocols.encoders import EncoderConfig, SourceConfig
     from synthmed.protocols.evaluation import EvaluationConfig, FidelityConfig, FigureConfig, ReaderKitConfig
     from synthmed.protocols.rebalancing import RebalancingConfig
+    from synthmed.protocols.steps_sweep import StepsSweepConfig
 
     schema: dict[str, type] = {
         "sample_data": SampleDataParams,
@@ -148,6 +149,7 @@ def _schema() -> dict[str, type]:
         "evaluation.memorisation": GateConfig,
         "evaluation.figures": FigureConfig,
         "evaluation.reader_kit": ReaderKitConfig,
+        "evaluation.steps_sweep": StepsSweepConfig,
     }
     # One block per registered generator family (the registry is the only list of them).
     for name, spec in ALL_FAMILIES.items():
@@ -159,6 +161,7 @@ def _schema() -> dict[str, type]:
             f"{name}.training": TrainingConfig,
             f"{name}.sampling": SamplingConfig,
             f"{name}.sampling.sampler": SamplerSpec,
+            f"{name}.sampling.throughput": ThroughputConfig,
             f"{name}.sampling.plan[]": PlanRow,
         }
     return schema
