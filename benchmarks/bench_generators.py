@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import resource
@@ -268,10 +269,11 @@ def bench_sampling(family: str, config, sampler: SamplerSpec, n: int) -> float:
 
 
 def plan_images_per_s(family: str, config, sampler: SamplerSpec, batch: int | str, throughput: ThroughputConfig,
-                      batches: int) -> tuple[float, int, str]:
+                      batches: int) -> tuple[float, float, int, str]:
     """Images/s of ``generate_from_plan`` over ``batches`` batches (class rows; a 2-step warm-up first).
 
-    Returns ``(images/s, batch size used, precision used)`` (``batch`` may be ``auto``).
+    Returns ``(images/s, CPU seconds per image, batch size used, precision used)`` (``batch`` may be
+    ``auto``). CPU seconds (the process's, all threads) hold on a shared machine where wall time does not.
     """
     import pandas as pd
 
@@ -289,11 +291,11 @@ def plan_images_per_s(family: str, config, sampler: SamplerSpec, batch: int | st
                               checkpoint="bench", throughput=throughput)
     size = int(warm.provenance["batch_size"].iloc[0])  # with auto: the probe's choice, reused below
     n = size * batches
-    tic = time.perf_counter()
+    tic, cpu = time.perf_counter(), time.process_time()
     result = generate_from_plan(spec, config, models, plan(n), names, sampler, seed=0, batch_size=size,
                                 checkpoint="bench", throughput=throughput)
-    elapsed = time.perf_counter() - tic
-    return n / elapsed, size, str(result.provenance["precision"].iloc[0])
+    elapsed, cpu = time.perf_counter() - tic, time.process_time() - cpu
+    return n / elapsed, cpu / n, size, str(result.provenance["precision"].iloc[0])
 
 
 def image_step_seconds(family: str, params: dict, px: int, batch: int, guidance: float, device: torch.device) -> float:
@@ -322,19 +324,24 @@ def sampling_throughput(args, params, device: torch.device, say) -> None:
     batches = [b if b == "auto" else int(b) for b in args.sampling_batches.split(",")]
     samplers = [("ddim", 50), ("dpmsolver++", 20)]
     measured: dict[tuple[str, float], float] = {}
-    say(f"{'sampler':16} {'w':>4} {'batch':>6} {'precision':>9} {'images/s':>10} {'s/image':>9}")
+    cpu_per_image: dict[tuple[str, float], float] = {}
+    say(f"{'sampler':16} {'w':>4} {'batch':>6} {'precision':>9} {'images/s':>10} {'s/image':>9} {'CPU s/image':>12}")
     for name, steps in samplers:
         for guidance in (1.0, 2.0):
             for batch in batches:
-                rate, size, precision = plan_images_per_s(family, config, SamplerSpec(name, steps, guidance), batch,
-                                                          throughput, args.sampling_repeats)
+                rate, cpu, size, precision = plan_images_per_s(family, config, SamplerSpec(name, steps, guidance),
+                                                               batch, throughput, args.sampling_repeats)
                 label = f"{size}" + (" (auto)" if batch == "auto" else "")
-                say(f"{f'{name}-{steps}':16} {guidance:>4g} {label:>6} {precision:>9} {rate:>10.2f} {1 / rate:>9.4f}")
+                say(f"{f'{name}-{steps}':16} {guidance:>4g} {label:>6} {precision:>9} {rate:>10.2f} {1 / rate:>9.4f} "
+                    f"{cpu:>12.4f}")
+                cpu_per_image[(name, guidance)] = min(cpu_per_image.get((name, guidance), math.inf), cpu)
                 measured[(name, guidance)] = max(measured.get((name, guidance), 0.0), rate)
     for name, _ in samplers:
-        say(f"{name:16} guidance cost w=2 / w=1 (best batch): {measured[(name, 1.0)] / measured[(name, 2.0)]:.2f}x")
+        say(f"{name:16} guidance cost w=2 / w=1 (best batch): {measured[(name, 1.0)] / measured[(name, 2.0)]:.2f}x "
+            f"wall, {cpu_per_image[(name, 2.0)] / cpu_per_image[(name, 1.0)]:.2f}x CPU")
     say(f"{'DPM-Solver++-20 vs DDIM-50 (w=2, best batch): ':48}"
-        f"{measured[('dpmsolver++', 2.0)] / measured[('ddim', 2.0)]:.2f}x faster")
+        f"{measured[('dpmsolver++', 2.0)] / measured[('ddim', 2.0)]:.2f}x faster wall, "
+        f"{cpu_per_image[('ddim', 2.0)] / cpu_per_image[('dpmsolver++', 2.0)]:.2f}x less CPU")
     # One image-step at each size (same architecture), relative to the profile's own size.
     base_px = int(config.image_size)
     small_batch = max(int(b) for b in batches if b != "auto") if any(b != "auto" for b in batches) else 8
@@ -343,13 +350,15 @@ def sampling_throughput(args, params, device: torch.device, say) -> None:
         + ", ".join(f"{px} px {cost:.4g}" for px, cost in costs.items()))
     say(f"extrapolation to {args.target_images:,} images (the measured best batch at {base_px} px, scaled by "
         "the image-step cost of each size):")
-    say(f"{'sampler':16} {'w':>4} " + " ".join(f"{f'{px} px h':>10}" for px in costs))
+    say(f"{'sampler':16} {'w':>4} " + " ".join(f"{f'{px} px h':>10}" for px in costs)
+        + "   " + " ".join(f"{f'{px} px CPU-h':>12}" for px in costs))
     for name, steps in samplers:
         for guidance in (1.0, 2.0):
-            per_image = 1.0 / measured[(name, guidance)]
-            hours = [args.target_images * per_image * costs[px] / costs.get(base_px, costs[px]) / 3600
-                     if base_px in costs else float("nan") for px in costs]
-            say(f"{f'{name}-{steps}':16} {guidance:>4g} " + " ".join(f"{h:>10.2f}" for h in hours))
+            scale = [costs[px] / costs[base_px] if base_px in costs else float("nan") for px in costs]
+            hours = [args.target_images / measured[(name, guidance)] * k / 3600 for k in scale]
+            cpu_hours = [args.target_images * cpu_per_image[(name, guidance)] * k / 3600 for k in scale]
+            say(f"{f'{name}-{steps}':16} {guidance:>4g} " + " ".join(f"{h:>10.2f}" for h in hours)
+                + "   " + " ".join(f"{h:>12.2f}" for h in cpu_hours))
 
 
 def main() -> None:

@@ -48,21 +48,28 @@ def test_sampling_throughput_prints_guidance_solvers_batches_and_the_extrapolati
     done = _run("--profile", "test", "--sampling-throughput", "--sampling-batches", "2,3", "--extrapolate-px",
                 "16,32", "--threads", "1", "--append-results", str(results))
     assert done.returncode == 0, done.stderr[-2000:]
-    rates = {}
+    rates, cpu = {}, {}
     for name in ("ddim-50", "dpmsolver++-20"):
         for w in ("1", "2"):
             for batch in ("2", "3"):
-                found = re.search(rf"{re.escape(name)} +{w} +{batch} +fp32 +([\d.]+) +([\d.]+)", done.stdout)
+                found = re.search(rf"{re.escape(name)} +{w} +{batch} +fp32 +([\d.]+) +([\d.]+) +([\d.]+)",
+                                  done.stdout)
                 assert found, (name, w, batch, done.stdout)
                 rate, seconds = float(found.group(1)), float(found.group(2))
                 assert rate > 0 and abs(seconds - 1 / rate) <= 0.01 * seconds + 1e-3
                 rates[(name, w)] = max(rates.get((name, w), 0.0), rate)
-    ratio = float(re.search(r"ddim +guidance cost w=2 / w=1 \(best batch\): ([\d.]+)x", done.stdout).group(1))
+                cpu[(name, w)] = min(cpu.get((name, w), float("inf")), float(found.group(3)))
+    ratio = float(re.search(r"ddim +guidance cost w=2 / w=1 \(best batch\): ([\d.]+)x wall", done.stdout).group(1))
     assert ratio == pytest.approx(rates[("ddim-50", "1")] / rates[("ddim-50", "2")], rel=0.05)
-    hours = re.search(r"ddim-50 +2 +([\d.]+) +([\d.]+)\n", done.stdout)
+    hours = re.search(r"ddim-50 +2 +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+)\n", done.stdout)
     assert hours, done.stdout
-    # 20,000 images at the profile's 16 px: 20,000 / the best measured rate, in hours
+    # 20,000 images at the profile's 16 px: 20,000 / the best measured rate (and x the least CPU s per image)
     assert float(hours.group(1)) == pytest.approx(20000 / rates[("ddim-50", "2")] / 3600, rel=0.05, abs=0.01)
+    assert float(hours.group(3)) == pytest.approx(20000 * cpu[("ddim-50", "2")] / 3600, rel=0.05, abs=0.01)
+    # 32 px: scaled by the printed ratio of image-step costs
+    step = dict(re.findall(r"(\d+) px ([\d.e-]+)", done.stdout.split("seconds per image-step")[1].split("\n")[0]))
+    assert float(hours.group(2)) == pytest.approx(float(hours.group(1)) * float(step["32"]) / float(step["16"]),
+                                                  rel=0.05, abs=0.01)
     assert "## DDPM sampling throughput, `test` profile on cpu" in results.read_text()
 
 
