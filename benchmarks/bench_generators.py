@@ -33,6 +33,11 @@ and the extrapolation to ``--target-images`` (20,000) images at each size:
     .venv/bin/python benchmarks/bench_generators.py --sampling-throughput --sampling-batches 4,8,16
     .venv/bin/python benchmarks/bench_generators.py --profile gpu --sampling-throughput --sampling-batches 64,256,auto
 
+``--steps-sweep-cost`` runs the profile's ``evaluation.steps_sweep`` (``synthmed.protocols.steps_sweep``)
+on the profile's DDPM architecture, untrained (sampling costs the same whatever the weights), against
+600 random reference images through an untrained domain encoder, and prints its table and its total
+wall and CPU time: what the sweep adds to ``kedro run --pipelines evaluation`` (``make demo``).
+
 Figures, not tests: record them with the machine and command in benchmarks/RESULTS.md.
 """
 
@@ -299,7 +304,8 @@ def plan_images_per_s(family: str, config, sampler: SamplerSpec, batch: int | st
 
 
 def image_step_seconds(family: str, params: dict, px: int, batch: int, guidance: float, device: torch.device) -> float:
-    """Seconds per image per denoising step at ``px`` (the profile's architecture at that size; 3 steps timed)."""
+    """Seconds per image per denoising step at ``px`` (the profile's architecture at that size; 3 steps timed):
+    on the CPU, the process's CPU seconds (load-independent), on CUDA wall seconds (synchronised)."""
     config = config_from_params(family, {**params[family]["model"], "image_size": px})
     spec = get_family(family)
     models = spec.build(config, 0).eval().to(device)
@@ -307,11 +313,12 @@ def image_step_seconds(family: str, params: dict, px: int, batch: int, guidance:
     conditions = Conditions(n=batch, labels=labels if "labels" in config.needed_conditions() else None)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
         "cpu", enabled=False)
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
     with autocast:
         spec.sample(models, config, conditions, SamplerSpec("ddim", 1, guidance), torch.Generator().manual_seed(0))
-        tic = time.perf_counter()
+        tic = clock()
         spec.sample(models, config, conditions, SamplerSpec("ddim", 3, guidance), torch.Generator().manual_seed(0))
-    return (time.perf_counter() - tic) / (3 * batch)
+    return (clock() - tic) / (3 * batch)  # sample() returns CPU tensors: the device is synchronised
 
 
 def sampling_throughput(args, params, device: torch.device, say) -> None:
@@ -346,7 +353,7 @@ def sampling_throughput(args, params, device: torch.device, say) -> None:
     base_px = int(config.image_size)
     small_batch = max(int(b) for b in batches if b != "auto") if any(b != "auto" for b in batches) else 8
     costs = {px: image_step_seconds(family, params, px, small_batch, 2.0, device) for px in args.extrapolate_px}
-    say(f"seconds per image-step, w=2, batch {small_batch}: "
+    say(f"{'CPU ' if device.type == 'cpu' else ''}seconds per image-step, w=2, batch {small_batch}: "
         + ", ".join(f"{px} px {cost:.4g}" for px, cost in costs.items()))
     say(f"extrapolation to {args.target_images:,} images (the measured best batch at {base_px} px, scaled by "
         "the image-step cost of each size):")
@@ -359,6 +366,44 @@ def sampling_throughput(args, params, device: torch.device, say) -> None:
             cpu_hours = [args.target_images * cpu_per_image[(name, guidance)] * k / 3600 for k in scale]
             say(f"{f'{name}-{steps}':16} {guidance:>4g} " + " ".join(f"{h:>10.2f}" for h in hours)
                 + "   " + " ".join(f"{h:>12.2f}" for h in cpu_hours))
+
+
+def steps_sweep_cost(params, say) -> None:
+    """The ``--steps-sweep-cost`` table (see the module docstring)."""
+    import pandas as pd
+
+    from synthmed.core.config import from_params
+    from synthmed.generators.base import TrainedGenerator
+    from synthmed.generators.sampling import SamplingConfig
+    from synthmed.metrics.features import ClassifierConfig, ConvClassifier, FeatureNetworkConfig, feature_network
+    from synthmed.protocols.evaluation import EvaluationSet, FidelityConfig, Split
+    from synthmed.protocols.steps_sweep import StepsSweepConfig, steps_sweep
+
+    config = config_from_params("ddpm", params["ddpm"]["model"])
+    names = tuple(f"class{i}" for i in range(max(config.num_classes, 1)))
+    plan = [{"condition": "class", "label": name, "count": 32} for name in names]
+    generator = TrainedGenerator("ddpm", config, get_family("ddpm").build(config, 0).eval(), names)
+    evaluation_params = params["evaluation"]
+    px = int(evaluation_params["sources"]["slices"]["image_px"])
+    encoder = ConvClassifier(ClassifierConfig(channels=config.channels, num_classes=max(len(names), 2), image_px=px,
+                                              width=evaluation_params["encoder"]["width"],
+                                              feature_dim=evaluation_params["encoder"]["feature_dim"]))
+    network = feature_network(from_params(FeatureNetworkConfig, evaluation_params["feature_network"], "fn"), encoder)
+    images = torch.as_tensor(np.random.default_rng(0).uniform(-1, 1, (600, config.channels, px, px)).astype(np.float32))
+    reference = Split(images, torch.arange(600) % len(names), np.arange(600), network(images))
+    evaluation = EvaluationSet("ddpm", "slices", names, network, reference, reference, reference, reference,
+                               pd.DataFrame({"index": range(600)}), None, None)
+    sampling = from_params(SamplingConfig, {**params["ddpm"]["sampling"], "plan": plan}, "ddpm.sampling")
+    sweep = from_params(StepsSweepConfig, evaluation_params["steps_sweep"], "evaluation.steps_sweep")
+    fidelity = from_params(FidelityConfig, evaluation_params["fidelity"], "evaluation.fidelity")
+    wall, cpu = time.perf_counter(), time.process_time()
+    table = steps_sweep(generator, evaluation, sampling, sweep, fidelity)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    for line in table[["sampler", "steps", "guidance", "images", "seconds_per_image", "cpu_seconds_per_image",
+                       "batch_size", "precision"]].to_string(index=False).splitlines():
+        say(line)
+    say(f"steps sweep total ({len(table)} points, {int(table['images'].sum())} images, untrained model): "
+        f"wall {wall:.1f} s, CPU {cpu:.1f} s")
 
 
 def main() -> None:
@@ -382,6 +427,8 @@ def main() -> None:
     parser.add_argument("--extrapolate-px", type=lambda v: [int(x) for x in v.split(",")], default=[32, 64, 128])
     parser.add_argument("--target-images", type=int, default=20000)
     parser.add_argument("--compile", action="store_true", help="--sampling-throughput with torch.compile")
+    parser.add_argument("--steps-sweep-cost", action="store_true",
+                        help="time the profile's evaluation.steps_sweep (instead of the table)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 on a shared machine: several processes "
                                                     "spinning 2 OpenMP threads each on 2 cores slow down ~40x)")
     args = parser.parse_args()
@@ -402,7 +449,11 @@ def main() -> None:
                f"device {device}{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, "
                f"torch {torch.__version__}")
     say(f"machine: {machine}")
-    if args.sampling_throughput:
+    if args.steps_sweep_cost:
+        say(f"profile: {args.profile}; evaluation.steps_sweep cost; load average "
+            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        steps_sweep_cost(params, say)
+    elif args.sampling_throughput:
         say(f"profile: {args.profile}; DDPM sampling throughput, {args.sampling_repeats} batch(es) timed per row; "
             f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
         sampling_throughput(args, params, device, say)
@@ -414,7 +465,8 @@ def main() -> None:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         command = "python benchmarks/bench_generators.py " + shlex.join(sys.argv[1:])
         with args.append_results.open("a", encoding="utf-8") as out:
-            what = "DDPM sampling throughput" if args.sampling_throughput else "Generators"
+            what = ("Steps sweep cost" if args.steps_sweep_cost else
+                    "DDPM sampling throughput" if args.sampling_throughput else "Generators")
             out.write(f"\n## {what}, `{args.profile}` profile on {device.type} ({stamp})\n\n"
                       f"```\n{command}\n```\n\n```\n" + "\n".join(lines) + "\n```\n")
         print(f"appended to {args.append_results}")

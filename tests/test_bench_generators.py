@@ -67,10 +67,20 @@ def test_sampling_throughput_prints_guidance_solvers_batches_and_the_extrapolati
     assert float(hours.group(1)) == pytest.approx(20000 / rates[("ddim-50", "2")] / 3600, rel=0.05, abs=0.01)
     assert float(hours.group(3)) == pytest.approx(20000 * cpu[("ddim-50", "2")] / 3600, rel=0.05, abs=0.01)
     # 32 px: scaled by the printed ratio of image-step costs
-    step = dict(re.findall(r"(\d+) px ([\d.e-]+)", done.stdout.split("seconds per image-step")[1].split("\n")[0]))
+    step = dict(re.findall(r"(\d+) px ([\d.e-]+)", done.stdout.split("CPU seconds per image-step")[1].split("\n")[0]))
     assert float(hours.group(2)) == pytest.approx(float(hours.group(1)) * float(step["32"]) / float(step["16"]),
                                                   rel=0.05, abs=0.01)
     assert "## DDPM sampling throughput, `test` profile on cpu" in results.read_text()
+
+
+@pytest.mark.slow  # a subprocess import and 3 tiny sweep points: about 20 s on the loaded machine
+def test_the_steps_sweep_cost_runs_the_profiles_sweep() -> None:
+    done = _run("--profile", "test", "--steps-sweep-cost", "--threads", "1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    points = re.findall(r"^ *(ddim|dpmsolver\+\+) +(\d+) +2\.0 +6 ", done.stdout, flags=re.M)
+    assert points == [("ddim", "2"), ("ddim", "3"), ("dpmsolver++", "2")], done.stdout  # conf/test's points
+    assert re.search(r"steps sweep total \(3 points, 18 images, untrained model\): wall [\d.]+ s, CPU [\d.]+ s",
+                     done.stdout)
 
 
 @pytest.mark.slow  # about 45 s on the loaded 2-core machine (two subprocess imports, 8 training runs)
