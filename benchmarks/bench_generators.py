@@ -23,6 +23,21 @@ the GPU's name: dense bf16 tensor-core figures from the vendors' data sheets).
 command and the machine. Without CUDA the gpu profile is refused unless ``--allow-cpu``
 (the test suite runs the whole command at the ``test`` profile's tiny sizes on CPU).
 
+``--sampling-throughput`` prints, instead of the table above, the DDPM's sampling images/s
+through ``synthmed.generators.sampling.generate_from_plan`` (the profile's ``ddpm.sampling.throughput``
+options: bf16, channels-last on CUDA, ``--compile`` for torch.compile) for DDIM-50 and
+DPM-Solver++-20, without (w=1) and with (w=2) classifier-free guidance, at each of
+``--sampling-batches``; then the cost of one image-step at 32/64/128 px (same architecture)
+and the extrapolation to ``--target-images`` (20,000) images at each size:
+
+    .venv/bin/python benchmarks/bench_generators.py --sampling-throughput --sampling-batches 4,8,16
+    .venv/bin/python benchmarks/bench_generators.py --profile gpu --sampling-throughput --sampling-batches 64,256,auto
+
+``--steps-sweep-cost`` runs the profile's ``evaluation.steps_sweep`` (``synthmed.protocols.steps_sweep``)
+on the profile's DDPM architecture, untrained (sampling costs the same whatever the weights), against
+600 random reference images through an untrained domain encoder, and prints its table and its total
+wall and CPU time: what the sweep adds to ``kedro run --pipelines evaluation`` (``make demo``).
+
 Figures, not tests: record them with the machine and command in benchmarks/RESULTS.md.
 """
 
@@ -30,6 +45,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
+import os
 import platform
 import resource
 import shlex
@@ -46,6 +63,7 @@ from kedro.config import OmegaConfigLoader
 
 from synthmed.generators.base import Conditions, SamplerSpec
 from synthmed.generators.registry import config_from_params, get_family
+from synthmed.generators.sampling import ThroughputConfig, generate_from_plan
 from synthmed.generators.training import ArrayBatches, TrainingConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,6 +273,139 @@ def bench_sampling(family: str, config, sampler: SamplerSpec, n: int) -> float:
     return n / (time.perf_counter() - tic)
 
 
+def plan_images_per_s(family: str, config, sampler: SamplerSpec, batch: int | str, throughput: ThroughputConfig,
+                      batches: int) -> tuple[float, float, int, str]:
+    """Images/s of ``generate_from_plan`` over ``batches`` batches (class rows; a 2-step warm-up first).
+
+    Returns ``(images/s, CPU seconds per image, batch size used, precision used)`` (``batch`` may be
+    ``auto``). CPU seconds (the process's, all threads) hold on a shared machine where wall time does not.
+    """
+    import pandas as pd
+
+    spec = get_family(family)
+    models = spec.build(config, 0).eval()
+    names = [f"class{i}" for i in range(max(config.num_classes, 1))]
+    condition = "class" if "labels" in config.needed_conditions() else "unconditional"
+
+    def plan(n: int) -> pd.DataFrame:
+        return pd.DataFrame([(condition, names[i % len(names)], 1, "") for i in range(n)],
+                            columns=["condition", "label", "count", "case"])
+
+    warm = generate_from_plan(spec, config, models, plan(batch if batch != "auto" else 8), names,
+                              SamplerSpec(sampler.name, 2, sampler.guidance_scale), seed=0, batch_size=batch,
+                              checkpoint="bench", throughput=throughput)
+    size = int(warm.provenance["batch_size"].iloc[0])  # with auto: the probe's choice, reused below
+    n = size * batches
+    tic, cpu = time.perf_counter(), time.process_time()
+    result = generate_from_plan(spec, config, models, plan(n), names, sampler, seed=0, batch_size=size,
+                                checkpoint="bench", throughput=throughput)
+    elapsed, cpu = time.perf_counter() - tic, time.process_time() - cpu
+    return n / elapsed, cpu / n, size, str(result.provenance["precision"].iloc[0])
+
+
+def image_step_seconds(family: str, params: dict, px: int, batch: int, guidance: float, device: torch.device) -> float:
+    """Seconds per image per denoising step at ``px`` (the profile's architecture at that size; 3 steps timed):
+    on the CPU, the process's CPU seconds (load-independent), on CUDA wall seconds (synchronised)."""
+    config = config_from_params(family, {**params[family]["model"], "image_size": px})
+    spec = get_family(family)
+    models = spec.build(config, 0).eval().to(device)
+    labels = torch.arange(batch) % max(config.num_classes, 1)
+    conditions = Conditions(n=batch, labels=labels if "labels" in config.needed_conditions() else None)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
+        "cpu", enabled=False)
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    with autocast:
+        spec.sample(models, config, conditions, SamplerSpec("ddim", 1, guidance), torch.Generator().manual_seed(0))
+        tic = clock()
+        spec.sample(models, config, conditions, SamplerSpec("ddim", 3, guidance), torch.Generator().manual_seed(0))
+    return (clock() - tic) / (3 * batch)  # sample() returns CPU tensors: the device is synchronised
+
+
+def sampling_throughput(args, params, device: torch.device, say) -> None:
+    """The ``--sampling-throughput`` table (see the module docstring)."""
+    family = "ddpm"
+    config = config_from_params(family, params[family]["model"])
+    options = dict(params[family]["sampling"].get("throughput", {}))
+    options |= {"device": str(device)} | ({"compile": True} if args.compile else {})
+    throughput = ThroughputConfig(**options)
+    batches = [b if b == "auto" else int(b) for b in args.sampling_batches.split(",")]
+    samplers = [("ddim", 50), ("dpmsolver++", 20)]
+    measured: dict[tuple[str, float], float] = {}
+    cpu_per_image: dict[tuple[str, float], float] = {}
+    say(f"{'sampler':16} {'w':>4} {'batch':>6} {'precision':>9} {'images/s':>10} {'s/image':>9} {'CPU s/image':>12}")
+    for name, steps in samplers:
+        for guidance in (1.0, 2.0):
+            for batch in batches:
+                rate, cpu, size, precision = plan_images_per_s(family, config, SamplerSpec(name, steps, guidance),
+                                                               batch, throughput, args.sampling_repeats)
+                label = f"{size}" + (" (auto)" if batch == "auto" else "")
+                say(f"{f'{name}-{steps}':16} {guidance:>4g} {label:>6} {precision:>9} {rate:>10.2f} {1 / rate:>9.4f} "
+                    f"{cpu:>12.4f}")
+                cpu_per_image[(name, guidance)] = min(cpu_per_image.get((name, guidance), math.inf), cpu)
+                measured[(name, guidance)] = max(measured.get((name, guidance), 0.0), rate)
+    for name, _ in samplers:
+        say(f"{name:16} guidance cost w=2 / w=1 (best batch): {measured[(name, 1.0)] / measured[(name, 2.0)]:.2f}x "
+            f"wall, {cpu_per_image[(name, 2.0)] / cpu_per_image[(name, 1.0)]:.2f}x CPU")
+    say(f"{'DPM-Solver++-20 vs DDIM-50 (w=2, best batch): ':48}"
+        f"{measured[('dpmsolver++', 2.0)] / measured[('ddim', 2.0)]:.2f}x faster wall, "
+        f"{cpu_per_image[('ddim', 2.0)] / cpu_per_image[('dpmsolver++', 2.0)]:.2f}x less CPU")
+    # One image-step at each size (same architecture), relative to the profile's own size.
+    base_px = int(config.image_size)
+    small_batch = max(int(b) for b in batches if b != "auto") if any(b != "auto" for b in batches) else 8
+    costs = {px: image_step_seconds(family, params, px, small_batch, 2.0, device) for px in args.extrapolate_px}
+    say(f"{'CPU ' if device.type == 'cpu' else ''}seconds per image-step, w=2, batch {small_batch}: "
+        + ", ".join(f"{px} px {cost:.4g}" for px, cost in costs.items()))
+    say(f"extrapolation to {args.target_images:,} images (the measured best batch at {base_px} px, scaled by "
+        "the image-step cost of each size):")
+    say(f"{'sampler':16} {'w':>4} " + " ".join(f"{f'{px} px h':>10}" for px in costs)
+        + "   " + " ".join(f"{f'{px} px CPU-h':>12}" for px in costs))
+    for name, steps in samplers:
+        for guidance in (1.0, 2.0):
+            scale = [costs[px] / costs[base_px] if base_px in costs else float("nan") for px in costs]
+            hours = [args.target_images / measured[(name, guidance)] * k / 3600 for k in scale]
+            cpu_hours = [args.target_images * cpu_per_image[(name, guidance)] * k / 3600 for k in scale]
+            say(f"{f'{name}-{steps}':16} {guidance:>4g} " + " ".join(f"{h:>10.2f}" for h in hours)
+                + "   " + " ".join(f"{h:>12.2f}" for h in cpu_hours))
+
+
+def steps_sweep_cost(params, say) -> None:
+    """The ``--steps-sweep-cost`` table (see the module docstring)."""
+    import pandas as pd
+
+    from synthmed.core.config import from_params
+    from synthmed.generators.base import TrainedGenerator
+    from synthmed.generators.sampling import SamplingConfig
+    from synthmed.metrics.features import ClassifierConfig, ConvClassifier, FeatureNetworkConfig, feature_network
+    from synthmed.protocols.evaluation import EvaluationSet, FidelityConfig, Split
+    from synthmed.protocols.steps_sweep import StepsSweepConfig, steps_sweep
+
+    config = config_from_params("ddpm", params["ddpm"]["model"])
+    names = tuple(f"class{i}" for i in range(max(config.num_classes, 1)))
+    plan = [{"condition": "class", "label": name, "count": 32} for name in names]
+    generator = TrainedGenerator("ddpm", config, get_family("ddpm").build(config, 0).eval(), names)
+    evaluation_params = params["evaluation"]
+    px = int(evaluation_params["sources"]["slices"]["image_px"])
+    encoder = ConvClassifier(ClassifierConfig(channels=config.channels, num_classes=max(len(names), 2), image_px=px,
+                                              width=evaluation_params["encoder"]["width"],
+                                              feature_dim=evaluation_params["encoder"]["feature_dim"]))
+    network = feature_network(from_params(FeatureNetworkConfig, evaluation_params["feature_network"], "fn"), encoder)
+    images = torch.as_tensor(np.random.default_rng(0).uniform(-1, 1, (600, config.channels, px, px)).astype(np.float32))
+    reference = Split(images, torch.arange(600) % len(names), np.arange(600), network(images))
+    evaluation = EvaluationSet("ddpm", "slices", names, network, reference, reference, reference, reference,
+                               pd.DataFrame({"index": range(600)}), None, None)
+    sampling = from_params(SamplingConfig, {**params["ddpm"]["sampling"], "plan": plan}, "ddpm.sampling")
+    sweep = from_params(StepsSweepConfig, evaluation_params["steps_sweep"], "evaluation.steps_sweep")
+    fidelity = from_params(FidelityConfig, evaluation_params["fidelity"], "evaluation.fidelity")
+    wall, cpu = time.perf_counter(), time.process_time()
+    table = steps_sweep(generator, evaluation, sampling, sweep, fidelity)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    for line in table[["sampler", "steps", "guidance", "images", "seconds_per_image", "cpu_seconds_per_image",
+                       "batch_size", "precision"]].to_string(index=False).splitlines():
+        say(line)
+    say(f"steps sweep total ({len(table)} points, {int(table['images'].sum())} images, untrained model): "
+        f"wall {wall:.1f} s, CPU {cpu:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="base", help="configuration environment: base (CPU sizes) or gpu")
@@ -268,7 +419,21 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for --mfu")
     parser.add_argument("--append-results", type=Path, metavar="FILE", help="append the table to FILE (Markdown)")
     parser.add_argument("--allow-cpu", action="store_true", help="run the gpu profile without CUDA (slow)")
+    parser.add_argument("--sampling-throughput", action="store_true",
+                        help="DDPM sampling images/s with and without guidance, DDIM-50 vs DPM-Solver++-20, at "
+                             "--sampling-batches, and the extrapolation to --target-images (instead of the table)")
+    parser.add_argument("--sampling-batches", default="4,8,16", help="comma-separated batch sizes (or auto)")
+    parser.add_argument("--sampling-repeats", type=int, default=1, help="batches timed per measurement")
+    parser.add_argument("--extrapolate-px", type=lambda v: [int(x) for x in v.split(",")], default=[32, 64, 128])
+    parser.add_argument("--target-images", type=int, default=20000)
+    parser.add_argument("--compile", action="store_true", help="--sampling-throughput with torch.compile")
+    parser.add_argument("--steps-sweep-cost", action="store_true",
+                        help="time the profile's evaluation.steps_sweep (instead of the table)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 on a shared machine: several processes "
+                                                    "spinning 2 OpenMP threads each on 2 cores slow down ~40x)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     if args.profile == "gpu" and device.type != "cuda" and not args.allow_cpu:
         sys.exit("bench_generators: the gpu profile needs a CUDA device (torch.cuda.is_available() is False); "
@@ -284,14 +449,25 @@ def main() -> None:
                f"device {device}{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, "
                f"torch {torch.__version__}")
     say(f"machine: {machine}")
-    say(f"profile: {args.profile}; training steps {args.steps} (last half timed); samples {args.samples}")
-    say(f"{'family':9} {'measure':38} {'value':>12}")
-    _measure(args, params, device, say)
+    if args.steps_sweep_cost:
+        say(f"profile: {args.profile}; evaluation.steps_sweep cost; load average "
+            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        steps_sweep_cost(params, say)
+    elif args.sampling_throughput:
+        say(f"profile: {args.profile}; DDPM sampling throughput, {args.sampling_repeats} batch(es) timed per row; "
+            f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        sampling_throughput(args, params, device, say)
+    else:
+        say(f"profile: {args.profile}; training steps {args.steps} (last half timed); samples {args.samples}")
+        say(f"{'family':9} {'measure':38} {'value':>12}")
+        _measure(args, params, device, say)
     if args.append_results:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         command = "python benchmarks/bench_generators.py " + shlex.join(sys.argv[1:])
         with args.append_results.open("a", encoding="utf-8") as out:
-            out.write(f"\n## Generators, `{args.profile}` profile on {device.type} ({stamp})\n\n"
+            what = ("Steps sweep cost" if args.steps_sweep_cost else
+                    "DDPM sampling throughput" if args.sampling_throughput else "Generators")
+            out.write(f"\n## {what}, `{args.profile}` profile on {device.type} ({stamp})\n\n"
                       f"```\n{command}\n```\n\n```\n" + "\n".join(lines) + "\n```\n")
         print(f"appended to {args.append_results}")
 

@@ -42,6 +42,47 @@ def test_the_benchmark_prints_throughput_mfu_and_appends_its_table(tmp_path: Pat
     assert "--append-results" in text and "MFU (peak 0.5 TFLOP/s)" in text
 
 
+@pytest.mark.slow  # about 22 s on the loaded 2-core machine (16 timed sampling runs)
+def test_sampling_throughput_prints_guidance_solvers_batches_and_the_extrapolation(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    done = _run("--profile", "test", "--sampling-throughput", "--sampling-batches", "2,3", "--extrapolate-px",
+                "16,32", "--threads", "1", "--append-results", str(results))
+    assert done.returncode == 0, done.stderr[-2000:]
+    rates, cpu = {}, {}
+    for name in ("ddim-50", "dpmsolver++-20"):
+        for w in ("1", "2"):
+            for batch in ("2", "3"):
+                found = re.search(rf"{re.escape(name)} +{w} +{batch} +fp32 +([\d.]+) +([\d.]+) +([\d.]+)",
+                                  done.stdout)
+                assert found, (name, w, batch, done.stdout)
+                rate, seconds = float(found.group(1)), float(found.group(2))
+                assert rate > 0 and abs(seconds - 1 / rate) <= 0.01 * seconds + 1e-3
+                rates[(name, w)] = max(rates.get((name, w), 0.0), rate)
+                cpu[(name, w)] = min(cpu.get((name, w), float("inf")), float(found.group(3)))
+    ratio = float(re.search(r"ddim +guidance cost w=2 / w=1 \(best batch\): ([\d.]+)x wall", done.stdout).group(1))
+    assert ratio == pytest.approx(rates[("ddim-50", "1")] / rates[("ddim-50", "2")], rel=0.05)
+    hours = re.search(r"ddim-50 +2 +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+)\n", done.stdout)
+    assert hours, done.stdout
+    # 20,000 images at the profile's 16 px: 20,000 / the best measured rate (and x the least CPU s per image)
+    assert float(hours.group(1)) == pytest.approx(20000 / rates[("ddim-50", "2")] / 3600, rel=0.05, abs=0.01)
+    assert float(hours.group(3)) == pytest.approx(20000 * cpu[("ddim-50", "2")] / 3600, rel=0.05, abs=0.01)
+    # 32 px: scaled by the printed ratio of image-step costs
+    step = dict(re.findall(r"(\d+) px ([\d.e-]+)", done.stdout.split("CPU seconds per image-step")[1].split("\n")[0]))
+    assert float(hours.group(2)) == pytest.approx(float(hours.group(1)) * float(step["32"]) / float(step["16"]),
+                                                  rel=0.05, abs=0.01)
+    assert "## DDPM sampling throughput, `test` profile on cpu" in results.read_text()
+
+
+@pytest.mark.slow  # a subprocess import and 3 tiny sweep points: about 20 s on the loaded machine
+def test_the_steps_sweep_cost_runs_the_profiles_sweep() -> None:
+    done = _run("--profile", "test", "--steps-sweep-cost", "--threads", "1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    points = re.findall(r"^ *(ddim|dpmsolver\+\+) +(\d+) +2\.0 +6 ", done.stdout, flags=re.M)
+    assert points == [("ddim", "2"), ("ddim", "3"), ("dpmsolver++", "2")], done.stdout  # conf/test's points
+    assert re.search(r"steps sweep total \(3 points, 18 images, untrained model\): wall [\d.]+ s, CPU [\d.]+ s",
+                     done.stdout)
+
+
 @pytest.mark.slow  # about 45 s on the loaded 2-core machine (two subprocess imports, 8 training runs)
 def test_the_volume_family_is_timed_against_a_plain_pytorch_loop() -> None:
     done = _run("--profile", "test", "--families", "pix2pix3d", "--steps", "4", "--samples", "2", "--repeats", "1")

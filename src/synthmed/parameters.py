@@ -89,7 +89,7 @@ def _schema() -> dict[str, type]:
     from synthmed.generators.base import SamplerSpec
     from synthmed.generators.registry import ALL_FAMILIES
     from synthmed.generators.run import RunConfig
-    from synthmed.generators.sampling import SamplingConfig
+    from synthmed.generators.sampling import SamplingConfig, ThroughputConfig
     from synthmed.generators.training import TrainingConfig
     from synthmed.imaging.cohort import CohortConfig
     from synthmed.imaging.extraction import PatchConfig, SliceConfig
@@ -108,6 +108,7 @@ def _schema() -> dict[str, type]:
     from synthmed.protocols.evaluation import EvaluationConfig, FidelityConfig, FigureConfig, ReaderKitConfig
     from synthmed.protocols.mask_to_image import MaskToImageConfig
     from synthmed.protocols.rebalancing import RebalancingConfig
+    from synthmed.protocols.steps_sweep import StepsSweepConfig
 
     schema: dict[str, type] = {
         "sample_data": SampleDataParams,
@@ -140,6 +141,7 @@ def _schema() -> dict[str, type]:
         "evaluation.memorisation": GateConfig,
         "evaluation.figures": FigureConfig,
         "evaluation.reader_kit": ReaderKitConfig,
+        "evaluation.steps_sweep": StepsSweepConfig,
         "study_mask_to_image": MaskToImageConfig,
         "study_mask_to_image.model": ALL_FAMILIES["pix2pix"].config_cls,
         "study_mask_to_image.training": TrainingConfig,
@@ -154,6 +156,7 @@ def _schema() -> dict[str, type]:
             f"{name}.training": TrainingConfig,
             f"{name}.sampling": SamplingConfig,
             f"{name}.sampling.sampler": SamplerSpec,
+            f"{name}.sampling.throughput": ThroughputConfig,
             f"{name}.sampling.plan[]": PlanRow,
         }
     return schema

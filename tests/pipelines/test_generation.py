@@ -232,6 +232,12 @@ def test_evaluation_writes_metrics_report_comparison_and_reader_kit(generated):
     assert not any("answer" in p.name and p.suffix == ".csv" and "template" not in p.name for p in kit.rglob("*"))
     for figure in ("real_vs_synthetic", "nearest_pairs", "tsne"):
         assert (workdir / f"data/08_reporting/evaluation/ddpm_{figure}.png").stat().st_size > 1000
+    # FID against solver steps (evaluation.steps_sweep, conf/test: ddim 2 and 3, dpmsolver++ 2): ddpm only
+    sweep = pd.read_csv(workdir / "data/08_reporting/evaluation/ddpm_steps_sweep.csv")
+    assert list(zip(sweep["sampler"], sweep["steps"])) == [("ddim", 2), ("ddim", 3), ("dpmsolver++", 2)]
+    assert sweep["recommended"].sum() == 1 and metrics["ddpm.steps_sweep.recommended_steps"] in (2, 3)
+    assert pd.read_csv(workdir / "data/08_reporting/evaluation/dcgan_steps_sweep.csv").empty
+    assert 'id="steps-sweep-ddpm"' in report and 'id="steps-sweep-dcgan"' not in report
 
 
 def test_release_copies_each_generator_with_its_evaluation_in_the_card(generated):

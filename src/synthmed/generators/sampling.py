@@ -14,15 +14,26 @@ The plan is expanded in row order and generated in batches of ``batch_size``; ba
 draws from ``torch.Generator().manual_seed(seed + b)``. The same plan, seed and batch size
 therefore give the same images bit for bit on CPU; each provenance row records the batch
 seed and the image's position in its batch.
+
+Throughput (``ThroughputConfig``, ``params:<family>.sampling.throughput``): the device, the
+autocast precision (``auto``: bf16 on CUDA, fp32 on CPU), channels-last weights (``auto``: on
+CUDA), ``torch.compile`` (off by default) and ``batch_size: auto`` (CPU: ``cpu_batch_size``;
+CUDA: the largest batch that fits ``memory_fraction`` of the free memory, measured by a
+one-step probe and halved on out-of-memory). With the ``auto`` settings a CPU run is the
+run of before, bit for bit. Each provenance row records what was used (``THROUGHPUT_COLUMNS``).
+The noise is drawn on the CPU generator and moved to the device, so a batch's seed means the
+same starting noise on every device.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -39,8 +50,171 @@ logger = logging.getLogger(__name__)
 PLAN_COLUMNS = ["condition", "label", "count", "case"]
 CONDITIONS = ("class", "mask", "inpaint", "unconditional")
 INPAINT_CASES = ("inside_mask", "outside_box", "new_lesion")
+# What ran where: the throughput choice of the run (``Throughput.columns``), on every row.
+THROUGHPUT_COLUMNS = ["batch_size", "device", "precision", "channels_last", "compiled"]
 PROVENANCE_COLUMNS = ["index", "family", "checkpoint", "sampler", "steps", "guidance", "seed", "batch_position",
-                      "condition", "label", "case", "source_index"]
+                      "condition", "label", "case", "source_index", *THROUGHPUT_COLUMNS]
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# batch_size: auto on CUDA: the probe batch whose peak memory, per image, sizes the real one.
+PROBE_BATCH = 8
+
+
+@dataclass(frozen=True)
+class ThroughputConfig:
+    """``params:<family>.sampling.throughput``: where and how fast the plan is sampled.
+
+    Args:
+        device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:<n>``.
+        precision: autocast dtype of the networks: ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32``
+            (no autocast), ``bf16`` or ``fp16``. The samplers' updates stay in fp32.
+        channels_last: 4D weights in channels-last memory format (faster convolutions on
+            tensor cores); ``auto``: on CUDA only. Image families only (volumes keep theirs).
+        compile: wrap each network in ``torch.compile`` (first batch pays the compilation).
+        cpu_batch_size: ``batch_size: auto`` on the CPU (32 = the batch of the CPU profile).
+        max_batch_size: ``batch_size: auto`` on CUDA: never more than this.
+        memory_fraction: ``batch_size: auto`` on CUDA: the share of the free device memory to fill.
+    """
+
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
+    compile: bool = False
+    cpu_batch_size: int = 32
+    max_batch_size: int = 1024
+    memory_fraction: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"sampling.throughput.precision must be one of {list(PRECISIONS)}, "
+                             f"got {self.precision!r}.")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"sampling.throughput.device must be auto, cpu, cuda or cuda:<n>, got {self.device!r}.")
+        for name in ("cpu_batch_size", "max_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sampling.throughput.{name} must be >= 1, got {getattr(self, name)}.")
+        if not 0.0 < self.memory_fraction <= 1.0:
+            raise ValueError(f"sampling.throughput.memory_fraction must be in (0, 1], got {self.memory_fraction}.")
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """The resolved choice: what ``ThroughputConfig`` means on this machine for this run."""
+
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16
+    channels_last: bool
+    compiled: bool
+    batch_size: int
+
+    def columns(self) -> dict[str, Any]:
+        """The provenance columns (``THROUGHPUT_COLUMNS``)."""
+        return {"batch_size": self.batch_size, "device": str(self.device), "precision": self.precision,
+                "channels_last": self.channels_last, "compiled": self.compiled}
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for the networks' forward passes (nothing for fp32)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
+
+
+def sampling_device(name: str) -> torch.device:
+    """``ThroughputConfig.device`` as a device (``auto``: CUDA when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"sampling.throughput.device is {name!r} but torch sees no CUDA device; "
+                         "use auto or cpu.")
+    return device
+
+
+def resolve_throughput(options: ThroughputConfig, batch_size: int | str, spatial_dims: int = 2,
+                       probe: Callable[[int], None] | None = None) -> Throughput:
+    """The device, precision, memory format, compilation and batch size ``options`` ask for here.
+
+    ``batch_size``: a number, or ``auto``: ``cpu_batch_size`` on the CPU; on CUDA
+    ``auto_batch_size`` with ``probe(b)`` (one sampling step at batch ``b``).
+    """
+    device = sampling_device(options.device)
+    cuda = device.type == "cuda"
+    precision = ("bf16" if cuda else "fp32") if options.precision == "auto" else options.precision
+    channels_last = (cuda if options.channels_last == "auto" else bool(options.channels_last)) and spatial_dims == 2
+    if batch_size == "auto":
+        if cuda and probe is not None:
+            batch_size = auto_batch_size(probe, device=device, fraction=options.memory_fraction,
+                                         largest=options.max_batch_size)
+        else:
+            batch_size = options.cpu_batch_size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"sampling batch_size must be a positive integer or 'auto', got {batch_size!r}.")
+    return Throughput(device, precision, channels_last, bool(options.compile), batch_size)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A device allocation failure (CUDA's own error, or a RuntimeError saying so)."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
+
+
+def largest_batch_that_runs(probe: Callable[[int], None], start: int, *,
+                            on_failure: Callable[[], None] = lambda: None) -> int:
+    """``start``, halved after each out-of-memory failure of ``probe(batch)`` until one runs.
+
+    Raises the last out-of-memory error if even a batch of 1 fails; other errors pass through.
+    """
+    batch = max(int(start), 1)
+    while True:
+        try:
+            probe(batch)
+            return batch
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+            if not is_out_of_memory(error) or batch == 1:
+                raise
+            logger.info("sampling batch %d ran out of device memory; trying %d", batch, batch // 2)
+            on_failure()
+            batch //= 2
+
+
+def auto_batch_size(probe: Callable[[int], None], *, device: torch.device, fraction: float, largest: int) -> int:
+    """The CUDA batch size: free memory x ``fraction`` over the peak memory per image of a probe batch.
+
+    The estimate is rounded down to a power of two, capped at ``largest``, then checked with one
+    probe at that size and halved on out-of-memory (``largest_batch_that_runs``).
+    """
+    def release() -> None:
+        torch.cuda.empty_cache()
+
+    torch.cuda.synchronize(device)
+    release()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    small = largest_batch_that_runs(probe, min(PROBE_BATCH, largest), on_failure=release)
+    per_image = max((torch.cuda.max_memory_allocated(device) - base) / small, 1.0)
+    free, _ = torch.cuda.mem_get_info(device)
+    estimate = int(free * fraction / per_image)
+    start = min(largest, 2 ** max(int(np.log2(max(estimate, 1))), 0))
+    batch = largest_batch_that_runs(probe, max(start, small), on_failure=release)
+    logger.info("sampling batch_size auto on %s: %d (%.1f MiB per image, %.0f MiB free)", device, batch,
+                per_image / 2**20, free / 2**20)
+    return batch
+
+
+def prepare_models(models: nn.ModuleDict, throughput: Throughput) -> nn.ModuleDict:
+    """``models`` on the device, in the memory format and compiled as ``throughput`` says.
+
+    A copy when anything changes (the caller's modules stay as they were); the same object otherwise.
+    """
+    current = next((p.device for p in models.parameters()), torch.device("cpu"))
+    if current == throughput.device and not throughput.channels_last and not throughput.compiled:
+        return models
+    prepared = copy.deepcopy(models).to(throughput.device)
+    if throughput.channels_last:
+        prepared = prepared.to(memory_format=torch.channels_last)
+    if throughput.compiled:
+        prepared = nn.ModuleDict({name: torch.compile(module) for name, module in prepared.items()})
+    return prepared
 
 
 
@@ -52,21 +226,24 @@ class SamplingConfig:
         plan: rows of ``condition``, ``label``, ``count``, ``case`` (see the module docstring).
         sampler: the ``SamplerSpec`` keys.
         seed: batch ``b`` draws from ``seed + b``.
-        batch_size: images per batch.
+        batch_size: images per batch, or ``auto`` (chosen for the device, see ``throughput``).
         real_split: the split whose masks and images condition mask and inpainting rows.
         retained_checkpoints: also sample the plan (same seed) from every training checkpoint
             still kept under ``run.checkpoint_root`` (``training.keep_checkpoints``) other than
             the final one, for the memorisation gate's fraction flagged per checkpoint; these
             samples are kept apart from the family's samples (fidelity and utility use the
             final generator only).
+        throughput: the ``ThroughputConfig`` keys (device, precision, channels-last, compile,
+            how ``batch_size: auto`` chooses).
     """
 
     plan: tuple[Mapping[str, Any], ...]
     sampler: Mapping[str, Any] = field(default_factory=lambda: {"name": "ddim", "steps": 50})
     seed: int = 0
-    batch_size: int = 32
+    batch_size: int | Literal["auto"] = 32
     real_split: str = "validation"
     retained_checkpoints: bool = False
+    throughput: Mapping[str, Any] = field(default_factory=dict)
 
 
 def plan_table(config: SamplingConfig) -> pd.DataFrame:
@@ -177,45 +354,97 @@ def generate_from_plan(
     sampler: SamplerSpec,
     *,
     seed: int,
-    batch_size: int,
+    batch_size: int | str,
     checkpoint: str,
     real: Mapping[str, np.ndarray] | None = None,
     real_indices: np.ndarray | None = None,
+    throughput: ThroughputConfig | None = None,
 ) -> Sampled:
-    """Generate every image the plan asks for (see the module docstring for the seeding)."""
+    """Generate every image the plan asks for (see the module docstring for the seeding).
+
+    ``batch_size``: a number or ``auto``; ``throughput``: device, precision, memory format and
+    compilation (default ``ThroughputConfig()``: the ``auto`` choices, i.e. on a CPU machine
+    fp32 on the CPU as before). On CUDA with ``batch_size: auto``, a batch that runs out of
+    memory halves the batch size and starts the plan again (so every image's seed follows
+    the batch size its provenance row records).
+    """
     plan = validate_plan(plan, class_names, config)
-    if batch_size < 1:
-        raise ValueError(f"sampling batch_size must be >= 1, got {batch_size}.")
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                 or batch_size < 1):
+        raise ValueError(f"sampling batch_size must be >= 1 or 'auto', got {batch_size!r}.")
+    options = throughput if throughput is not None else ThroughputConfig()
     needed = config.needed_conditions()
     shape = spec.sample_shape(config)  # (C, *S)
-    sides = shape[1:]
     requests = _expand(plan, class_names, real, np.asarray(real_indices if real_indices is not None else []),
                        config.image_size, spec.spatial_dims)
+    # Everything but the batch size first: the probe runs the prepared networks as the run will.
+    chosen = resolve_throughput(options, 1, spec.spatial_dims)
+    prepared = prepare_models(models, chosen)
+
+    def probe(b: int) -> None:  # one sampling step at batch b (every step of a sampler costs about the same)
+        chunk = [dict(requests[i % len(requests)]) for i in range(b)]
+        with chosen.autocast():
+            spec.sample(prepared, config, _conditions(chunk, needed, shape), replace(sampler, steps=1),
+                        torch.Generator().manual_seed(seed))
+
+    if batch_size == "auto":
+        chosen = resolve_throughput(options, "auto", spec.spatial_dims, probe if requests else None)
+    else:
+        chosen = replace(chosen, batch_size=int(batch_size))
+    while True:
+        try:
+            return _generate(spec, config, prepared, requests, sampler, chosen, seed=seed, checkpoint=checkpoint)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+            if not (is_out_of_memory(error) and batch_size == "auto" and chosen.batch_size > 1):
+                raise
+            logger.warning("sampling batch %d ran out of device memory; sampling the plan again at %d",
+                           chosen.batch_size, chosen.batch_size // 2)
+            torch.cuda.empty_cache()
+            chosen = replace(chosen, batch_size=chosen.batch_size // 2)
+
+
+def _conditions(chunk: Sequence[dict], needed: frozenset[str], shape: tuple[int, ...]) -> Conditions:
+    """The ``Conditions`` of one batch of requests (``_expand``)."""
+    sides = shape[1:]
+    if "inpaint" in needed:  # an inpainting model always takes context: none known = keep 0
+        blank = torch.zeros(shape)
+        for r in chunk:
+            r.setdefault("image", blank)
+            r.setdefault("keep", torch.zeros((1, *sides)))
+    has = {k: all(k in r for r in chunk) for k in ("mask", "image", "label_map")}
+    return Conditions(
+        n=len(chunk),
+        labels=torch.tensor([r["class_id"] for r in chunk]) if "labels" in needed else None,
+        masks=torch.stack([r["mask"] for r in chunk]) if "masks" in needed and has["mask"] else None,
+        images=torch.stack([r["image"] for r in chunk]) if has["image"] else None,
+        keep=torch.stack([r["keep"] for r in chunk]) if has["image"] else None,
+        label_maps=torch.stack([r["label_map"] for r in chunk]) if "label_maps" in needed and has["label_map"]
+        else None,
+    )
+
+
+def _generate(spec: FamilySpec, config, models: nn.ModuleDict, requests: list[dict], sampler: SamplerSpec,
+              throughput: Throughput, *, seed: int, checkpoint: str) -> Sampled:
+    """The requests in batches of ``throughput.batch_size``, batch ``b`` from ``seed + b``."""
+    needed = config.needed_conditions()
+    shape = spec.sample_shape(config)
+    sides = shape[1:]
+    batch_size = throughput.batch_size
     images, rows = [], []
     progress = ProgressLog(logger, f"sampling {spec.name} ({sampler.name}, {sampler.steps} steps)", len(requests),
                            "images")
+    extra = throughput.columns()
     for b, start in enumerate(range(0, len(requests), batch_size)):
         chunk = requests[start : start + batch_size]
-        if "inpaint" in needed:  # an inpainting model always takes context: none known = keep 0
-            blank = torch.zeros(shape)
-            for r in chunk:
-                r.setdefault("image", blank)
-                r.setdefault("keep", torch.zeros((1, *sides)))
-        has = {k: all(k in r for r in chunk) for k in ("mask", "image", "label_map")}
-        conditions = Conditions(
-            n=len(chunk),
-            labels=torch.tensor([r["class_id"] for r in chunk]) if "labels" in needed else None,
-            masks=torch.stack([r["mask"] for r in chunk]) if "masks" in needed and has["mask"] else None,
-            images=torch.stack([r["image"] for r in chunk]) if has["image"] else None,
-            keep=torch.stack([r["keep"] for r in chunk]) if has["image"] else None,
-            label_maps=torch.stack([r["label_map"] for r in chunk]) if "label_maps" in needed and has["label_map"]
-            else None,
-        )
+        conditions = _conditions(chunk, needed, shape)
         batch_seed = seed + b
-        images.append(spec.sample(models, config, conditions, sampler, torch.Generator().manual_seed(batch_seed)))
+        with throughput.autocast():
+            drawn = spec.sample(models, config, conditions, sampler, torch.Generator().manual_seed(batch_seed))
+        images.append(drawn.float().cpu())
         for position, r in enumerate(chunk):
             rows.append((start + position, spec.name, checkpoint, sampler.name, sampler.steps, sampler.guidance_scale,
-                         batch_seed, position, r["condition"], r["label"], r["case"], r["source_index"]))
+                         batch_seed, position, r["condition"], r["label"], r["case"], r["source_index"],
+                         *(extra[c] for c in THROUGHPUT_COLUMNS)))
         progress.update(start + len(chunk))
     stacked = torch.cat(images).numpy() if images else np.zeros((0, *shape), np.float32)
     masks = np.stack([(r["mask"].numpy() > 0).astype(np.uint8) if "mask" in r else
@@ -231,9 +460,10 @@ def checkpoint_step(folder: Path) -> int:
 
 
 def sample_checkpoints(folders: Sequence[Path], final: str, plan: pd.DataFrame, class_names: Sequence[str],
-                       sampler: SamplerSpec, *, seed: int, batch_size: int, empty: Sampled,
+                       sampler: SamplerSpec, *, seed: int, batch_size: int | str, empty: Sampled,
                        real: Mapping[str, np.ndarray] | None = None,
-                       real_indices: np.ndarray | None = None) -> Sampled:
+                       real_indices: np.ndarray | None = None,
+                       throughput: ThroughputConfig | None = None) -> Sampled:
     """The plan sampled from every checkpoint folder but the final generator (``final``: its ``checkpoint_id``).
 
     Each checkpoint draws the same plan with the same seed, so the checkpoints differ only by
@@ -252,7 +482,8 @@ def sample_checkpoints(folders: Sequence[Path], final: str, plan: pd.DataFrame, 
         if digest == final:  # the final generator's weights: its samples are the family's own
             continue
         result = generate_from_plan(spec, config, models, plan, class_names, sampler, seed=seed,
-                                    batch_size=batch_size, checkpoint=digest, real=real, real_indices=real_indices)
+                                    batch_size=batch_size, checkpoint=digest, real=real, real_indices=real_indices,
+                                    throughput=throughput)
         parts.append(replace(result, provenance=result.provenance.assign(checkpoint_step=checkpoint_step(folder))))
         logger.info("Sampled %d images from checkpoint %s (step %d)", len(result.images), folder,
                     checkpoint_step(folder))

@@ -281,8 +281,34 @@ def transposed(table: pd.DataFrame, key: str = "family") -> pd.DataFrame:
     return out.rename_axis("measure").reset_index()
 
 
+def steps_sweep_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The FID-versus-steps table for reading: FID with its interval, the floor, time per image, the choice."""
+    rows = []
+    for row in table.itertuples():
+        rows.append({"sampler": row.sampler, "steps": int(row.steps), "guidance": row.guidance,
+                     "FID": estimate(row.fid, low=row.fid_low, high=row.fid_high, n=row.fid_n),
+                     "real-vs-real floor": estimate(row.floor, low=row.floor_low, high=row.floor_high),
+                     "s per image": f"{row.seconds_per_image:.3g}",
+                     "within tolerance": "yes" if bool(row.within_tolerance) else "no",
+                     "choice": ("recommended" if bool(row.recommended) else "") + (" (best FID)" if bool(row.best)
+                                                                                    else "")})
+    return pd.DataFrame(rows)
+
+
 def png64(png: bytes) -> str:
     return base64.b64encode(png).decode("ascii")
+
+
+def _steps_sweep(sweep: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The report's view of a family's steps sweep (``table``, ``figure`` PNG bytes, ``device``), or None."""
+    if not sweep or sweep.get("table") is None or not len(sweep["table"]):
+        return None
+    table: pd.DataFrame = sweep["table"]
+    chosen = table[table["recommended"].astype(bool)].iloc[0]
+    return {"table": Markup(html_table(steps_sweep_table(table))), "figure": png64(sweep["figure"]),
+            "recommended": f"{chosen['sampler']}, {int(chosen['steps'])} steps",
+            "threshold": number(chosen["threshold"]),
+            "images": int(chosen["images"]), "device": f"{chosen['device']} ({chosen['precision']})"}
 
 
 def render_report(*, title: str, comparison: pd.DataFrame, families: Sequence[Mapping[str, Any]],
@@ -295,7 +321,8 @@ def render_report(*, title: str, comparison: pd.DataFrame, families: Sequence[Ma
     shown first. ``headline``: the flat headline numbers (``headline.json``; every family in
     full), shown as one row per family and the gate's numbers. ``families``: dicts with family,
     source, feature_space, fidelity (metrics), utility (summary DataFrame), memorisation
-    (metrics), figures [(caption, png bytes)] for the details. ``checkpoints``: the fraction
+    (metrics), figures [(caption, png bytes)] for the details, and optionally steps_sweep
+    ({table: the ``synthmed.metrics.steps_sweep`` table, figure: PNG bytes}). ``checkpoints``: the fraction
     flagged by the gate per family and sampled checkpoint.
     """
     rendered = []
@@ -311,6 +338,7 @@ def render_report(*, title: str, comparison: pd.DataFrame, families: Sequence[Ma
             "seeds": int(utility["seeds"].max()) if len(utility) else 0,
             "minority": str(utility["minority_class"].iloc[0]) if len(utility) else "",
             "figures": [(caption, png64(png)) for caption, png in f["figures"]],
+            "steps_sweep": _steps_sweep(f.get("steps_sweep")),
         })
     headline = dict(headline or {})
     tables = [html_table(t) for t in (headline_family_table(headline), headline_gate_table(headline)) if len(t)]

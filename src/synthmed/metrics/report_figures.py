@@ -138,3 +138,31 @@ def utility_bars(summary: pd.DataFrame) -> Figure:
                     fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def steps_sweep_figure(table: pd.DataFrame, *, title: str) -> Figure:
+    """FID against solver steps, one line per sampler with its bootstrap interval, the real-vs-real
+    floor as a band, the recommended point circled (``synthmed.metrics.steps_sweep`` table)."""
+    figure, axis = plt.subplots(figsize=(5.2, 3.4))
+    if len(table):
+        first = table.iloc[0]
+        axis.axhspan(first["floor_low"], first["floor_high"], color="0.85", label="real-vs-real floor (interval)")
+        axis.axhline(first["floor"], color="0.5", linewidth=0.8)
+        for sampler, part in table.groupby("sampler", sort=False):
+            part = part.sort_values("steps")
+            low = (part["fid"] - part["fid_low"]).clip(lower=0).to_numpy()
+            high = (part["fid_high"] - part["fid"]).clip(lower=0).to_numpy()
+            axis.errorbar(part["steps"], part["fid"], yerr=[low, high], marker="o", capsize=3, label=sampler)
+        chosen = table[table["recommended"].astype(bool)]
+        axis.scatter(chosen["steps"], chosen["fid"], s=160, facecolors="none", edgecolors="tab:red", zorder=5,
+                     label="recommended")
+        axis.axhline(float(first["threshold"]), color="tab:red", linestyle=":", linewidth=0.8,
+                     label="tolerance threshold")
+        axis.set_xscale("log")
+        axis.set_xticks(sorted(set(table["steps"].astype(int))), [str(s) for s in sorted(set(table["steps"]))])
+        axis.legend(fontsize=7)
+    axis.set_xlabel("solver steps")
+    axis.set_ylabel(f"FID (N = {int(table['fid_n'].iloc[0])})" if len(table) else "FID")
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return figure

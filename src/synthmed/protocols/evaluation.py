@@ -46,6 +46,7 @@ from synthmed.metrics.features import (
 )
 from synthmed.metrics.reader_study import build_reader_kit as _reader_kit
 from synthmed.metrics.report import number, render_report
+from synthmed.metrics.steps_sweep import SWEEP_COLUMNS, sweep_metrics
 from synthmed.metrics.utility import FitConfig, UtilityConfig, evaluate_utility
 from synthmed.privacy.memorisation import GateConfig, MemorisationError, run_gate
 from synthmed.protocols.encoders import source_config, split_images
@@ -102,6 +103,7 @@ class EvaluationConfig:
     memorisation: Mapping[str, Any] = field(default_factory=dict)
     figures: Mapping[str, Any] = field(default_factory=dict)
     reader_kit: Mapping[str, Any] = field(default_factory=dict)
+    steps_sweep: Mapping[str, Any] = field(default_factory=dict)
 
 
 def evaluation_config(params: Mapping[str, Any]) -> EvaluationConfig:
@@ -256,6 +258,29 @@ def _interval(prefix: str, interval: fidelity.Interval) -> dict[str, float]:
             f"{prefix}_n": float(min(interval.n_real, interval.n_fake))}
 
 
+def fid_sets(reference: torch.Tensor, synthetic: torch.Tensor, *,
+             seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.random.Generator]:
+    """The sets FID compares "on the same N": two disjoint real halves A and B of
+    ``n = min(N_synthetic, N_reference // 2)`` rows and ``n`` synthetic rows (features), and the
+    random generator that drew them (``fidelity_scores`` draws on from it)."""
+    half_a, half_b = fidelity.real_floor_split(reference, len(synthetic), seed=seed)
+    rng = np.random.default_rng(seed)
+    synthetic_n = synthetic[torch.as_tensor(np.sort(rng.choice(len(synthetic), size=len(half_a), replace=False)))]
+    return half_a, half_b, synthetic_n, rng
+
+
+def fid_intervals(half_a: torch.Tensor, half_b: torch.Tensor, synthetic_n: torch.Tensor, config: FidelityConfig, *,
+                  floor: bool = True) -> dict[str, float]:
+    """``fid`` (synthetic vs A) and, with ``floor``, ``fid_floor_halves`` (B vs A), each with its
+    bootstrap interval and N (``fid_low``, ``fid_high``, ``fid_n``, ...): the evaluation's FID."""
+    boot = {"resamples": config.resamples, "level": config.level, "seed": config.seed}
+    out = _interval("fid", fidelity.bootstrap_interval(fidelity.frechet_distance, half_a, synthetic_n, **boot))
+    if floor:
+        out |= _interval("fid_floor_halves",
+                         fidelity.bootstrap_interval(fidelity.frechet_distance, half_a, half_b, **boot))
+    return out
+
+
 def fidelity_scores(evaluation: EvaluationSet, config: FidelityConfig) -> dict[str, float]:
     """FID and KID against the reference split beside their real-vs-real floors, PRDC, diversity, paired metrics.
 
@@ -265,15 +290,12 @@ def fidelity_scores(evaluation: EvaluationSet, config: FidelityConfig) -> dict[s
     with the slice next to each.
     """
     ref, syn = evaluation.reference.features, evaluation.synthetic.features
-    half_a, half_b = fidelity.real_floor_split(ref, len(syn), seed=config.seed)
+    half_a, half_b, syn_n, rng = fid_sets(ref, syn, seed=config.seed)
     n = len(half_a)
-    rng = np.random.default_rng(config.seed)
-    syn_n = syn[torch.as_tensor(np.sort(rng.choice(len(syn), size=n, replace=False)))]
     boot = {"resamples": config.resamples, "level": config.level, "seed": config.seed}
     kid = {"subset_size": config.kid_subset_size, "subsets": config.kid_subsets, "seed": config.seed}
     out: dict[str, float] = {"n_synthetic": float(len(syn)), "n_reference": float(len(ref))}
-    out |= _interval("fid", fidelity.bootstrap_interval(fidelity.frechet_distance, half_a, syn_n, **boot))
-    out |= _interval("fid_floor_halves", fidelity.bootstrap_interval(fidelity.frechet_distance, half_a, half_b, **boot))
+    out |= fid_intervals(half_a, half_b, syn_n, config)
     if evaluation.neighbours is not None:
         a, b = evaluation.neighbours
         pick = torch.as_tensor(np.sort(rng.choice(len(a), size=min(n, len(a)), replace=False)))
@@ -501,21 +523,27 @@ class FamilyResult:
     figures: list[tuple[str, bytes]]
     history: pd.DataFrame
     checkpoints: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CHECKPOINT_COLUMNS))
+    # FID against solver steps (synthmed.protocols.steps_sweep); empty when not swept
+    steps_sweep: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SWEEP_COLUMNS))
 
 
 def family_result(evaluation: EvaluationSet, fidelity_metrics: dict[str, float], memorisation_metrics: dict[str, float],
                   utility_summary: pd.DataFrame, figures: list[tuple[str, bytes]],
-                  training_history: pd.DataFrame, memorisation_table: pd.DataFrame | None = None) -> FamilyResult:
+                  training_history: pd.DataFrame, memorisation_table: pd.DataFrame | None = None,
+                  steps_sweep: pd.DataFrame | None = None) -> FamilyResult:
     """Bundle one family's outputs (a node so the cross-family nodes take one input per family).
 
     ``memorisation_table``: every sampled checkpoint's scored samples (``memorisation_scores``);
-    the final generator's step is the last step of ``training_history``.
+    the final generator's step is the last step of ``training_history``. ``steps_sweep``: the
+    family's FID-versus-steps table (``synthmed.protocols.steps_sweep``), if swept.
     """
     final_step = int(training_history["step"].max()) if "step" in training_history and len(training_history) else None
     checkpoints = (flagged_by_checkpoint(evaluation.family, memorisation_table, final_step)
                    if memorisation_table is not None else pd.DataFrame(columns=CHECKPOINT_COLUMNS))
+    sweep = steps_sweep if steps_sweep is not None else pd.DataFrame(columns=SWEEP_COLUMNS)
     return FamilyResult(evaluation.family, evaluation.source, evaluation.network.name, dict(fidelity_metrics),
-                        dict(memorisation_metrics), utility_summary, list(figures), training_history, checkpoints)
+                        dict(memorisation_metrics), utility_summary, list(figures), training_history, checkpoints,
+                        sweep)
 
 
 def _utility_value(summary: pd.DataFrame, mode: str, score: str, column: str = "mean") -> float:
@@ -568,6 +596,7 @@ def collect_metrics(results: Sequence[FamilyResult], rebalancing_gate: Mapping[s
     for r in results:
         metrics |= {f"{r.family}.fidelity.{k}": v for k, v in r.fidelity.items()}
         metrics |= {f"{r.family}.memorisation.{k}": v for k, v in r.memorisation.items()}
+        metrics |= {f"{r.family}.{k}": v for k, v in sweep_metrics(r.steps_sweep).items()}
         for row in r.utility.itertuples():
             base = f"{r.family}.utility.{mode_key(row.mode)}.{row.score}"
             metrics |= {base: row.mean, f"{base}_std": row.std}
@@ -647,6 +676,16 @@ def build_reader_kit(evaluation_sets: Sequence[EvaluationSet],
     return kit, key
 
 
+def _sweep_view(result: FamilyResult) -> dict[str, Any] | None:
+    """The family's steps sweep for the report: its table and figure (None when not swept)."""
+    table = getattr(result, "steps_sweep", None)
+    if table is None or not len(table):
+        return None
+    figure = report_figures.steps_sweep_figure(
+        table, title=f"{result.family}: FID against solver steps (same plan and seed per point)")
+    return {"table": table, "figure": figure_png(figure)}
+
+
 def build_report(comparison: pd.DataFrame, results: Sequence[FamilyResult], rebalancing_gate: Mapping[str, float],
                  reader_key: pd.DataFrame, *, level: float, gate: GateConfig, gate_action: str,
                  generator: str = "") -> str:
@@ -682,7 +721,8 @@ def build_report(comparison: pd.DataFrame, results: Sequence[FamilyResult], reba
     # family_figures puts the real-vs-synthetic grid first: it opens the report, the rest go to the details
     families = [{"family": r.family, "source": r.source, "feature_space": r.feature_space, "fidelity": r.fidelity,
                  "utility": r.utility, "memorisation": r.memorisation,
-                 "figures": [fig for i, fig in enumerate(r.figures) if i != GRID_FIGURE]} for r in results]
+                 "figures": [fig for i, fig in enumerate(r.figures) if i != GRID_FIGURE],
+                 "steps_sweep": _sweep_view(r)} for r in results]
     grids = [(f"{r.family} ({r.source}): {r.figures[GRID_FIGURE][0].split(': ', 1)[-1]}", r.figures[GRID_FIGURE][1])
              for r in results if r.figures]
     headline = headline_metrics(collect_metrics(results, rebalancing_gate), generator, every_family=True)

@@ -3,7 +3,8 @@
 The protocol itself (what is compared with what, at which size, with which floors) lives in
 ``synthmed.protocols.evaluation`` and docs/evaluation.md. Per family (one template,
 namespaced by the registry's families): ``prepare_evaluation``, ``fidelity_scores``,
-``memorisation_scores``, ``utility_scores``, ``family_figures``, ``family_result``; then
+``memorisation_scores``, ``utility_scores``, ``family_figures``, ``steps_sweep`` (FID against
+solver steps, diffusion families), ``family_result``; then
 across families ``compare_families``, ``collect_metrics``, ``headline_metrics``,
 ``build_reader_kit`` and ``build_report``, which take one input per family.
 """
@@ -17,9 +18,12 @@ from matplotlib.figure import Figure
 
 from synthmed.core.config import from_params
 from synthmed.datasets.array_store import ArrayStore
+from synthmed.generators.base import TrainedGenerator
 from synthmed.generators.run import RunConfig
+from synthmed.generators.sampling import SamplingConfig
 from synthmed.metrics.features import TrainedClassifier
 from synthmed.protocols import evaluation as protocol
+from synthmed.protocols import steps_sweep as sweep
 from synthmed.protocols.evaluation import EvaluationSet, FamilyResult
 
 
@@ -73,12 +77,25 @@ def family_figures(evaluation: EvaluationSet, memorisation_table: pd.DataFrame,
     return protocol.family_figures(evaluation, memorisation_table, config)
 
 
+def steps_sweep(generator: TrainedGenerator, evaluation: EvaluationSet, family: str, sampling_params: dict[str, Any],
+                params: dict[str, Any]) -> pd.DataFrame:
+    """FID against solver steps for the families in ``evaluation.steps_sweep.families`` (else an empty table)."""
+    config = protocol.evaluation_config(params)
+    sweep_config = from_params(sweep.StepsSweepConfig, config.steps_sweep, "evaluation.steps_sweep")
+    if not sweep_config.enabled or family not in sweep_config.families:
+        return pd.DataFrame(columns=sweep.SWEEP_COLUMNS)
+    return sweep.steps_sweep(generator, evaluation, from_params(SamplingConfig, sampling_params, f"{family}.sampling"),
+                             sweep_config,
+                             from_params(protocol.FidelityConfig, config.fidelity, "evaluation.fidelity"))
+
+
 def family_result(evaluation: EvaluationSet, fidelity: dict[str, float], memorisation: dict[str, float],
                   utility_summary: pd.DataFrame, figures: list[tuple[str, bytes]],
-                  training_history: pd.DataFrame, memorisation_table: pd.DataFrame) -> FamilyResult:
-    """One family's numbers, figures, training history and fraction flagged per checkpoint, bundled."""
+                  training_history: pd.DataFrame, memorisation_table: pd.DataFrame,
+                  steps_sweep: pd.DataFrame) -> FamilyResult:
+    """One family's numbers, figures, training history, fraction flagged per checkpoint and steps sweep, bundled."""
     return protocol.family_result(evaluation, fidelity, memorisation, utility_summary, figures, training_history,
-                                  memorisation_table)
+                                  memorisation_table, steps_sweep)
 
 
 def checkpoint_table(*results: FamilyResult) -> pd.DataFrame:

@@ -26,8 +26,10 @@ def template() -> Pipeline:
         Node(_nodes.family_figures, ["evaluation_set", "memorisation_table", "params:evaluation"],
              ["real_vs_synthetic", "nearest_pairs", "tsne", "tsne_coordinates", "report_figures"],
              name="family_figures"),
+        Node(_nodes.steps_sweep, ["generator", "evaluation_set", "params:family", "params:sampling",
+                                  "params:evaluation"], "steps_sweep", name="steps_sweep"),
         Node(_nodes.family_result, ["evaluation_set", "fidelity", "memorisation", "utility_summary", "report_figures",
-                                    "training_history", "memorisation_checkpoints"],
+                                    "training_history", "memorisation_checkpoints", "steps_sweep"],
              "evaluation_result", name="family_result"),
     ])
 
@@ -37,6 +39,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         (pipeline(template(), namespace=family,
                   inputs=_SHARED,
                   parameters={"params:family": f"params:{family}.family", "params:run": f"params:{family}.run",
+                              "params:sampling": f"params:{family}.sampling",
                               "params:evaluation": "params:evaluation"})
          for family in FAMILY_NAMES),
         Pipeline([]),

@@ -19,6 +19,7 @@ from synthmed.generators.run import RunConfig, checkpoint_folder
 from synthmed.generators.sampling import (
     Sampled,
     SamplingConfig,
+    ThroughputConfig,
     checkpoint_id,
     generate_from_plan,
     plan_table,
@@ -59,7 +60,7 @@ def sample_generator(
     result: Sampled = generate_from_plan(
         get_family(generator.family), generator.config, generator.models, plan, names, sampler,
         seed=config.seed, batch_size=config.batch_size, checkpoint=checkpoint_id(generator),
-        real=store, real_indices=real_indices,
+        real=store, real_indices=real_indices, throughput=_throughput(generator.family, config),
     )
     logger.info("Sampled %d %s images with %s (%d steps)", len(result.images), generator.family, sampler.name,
                 sampler.steps)
@@ -71,6 +72,10 @@ def sample_generator(
                       masks=result.masks if result.masks.any() else None, rng=np.random.default_rng(0))
     arrays = {"images": result.images, "labels": result.labels, "masks": result.masks}
     return arrays, result.provenance, pngs, grid
+
+
+def _throughput(family: str, config: SamplingConfig) -> ThroughputConfig:
+    return from_params(ThroughputConfig, config.throughput, f"{family}.sampling.throughput")
 
 
 def _parse(family: str, slices: ArrayStore, slice_manifest: pd.DataFrame, patches: ArrayStore,
@@ -119,5 +124,6 @@ def sample_retained_checkpoints(
                     np.zeros((0, 1, size, size), np.uint8), pd.DataFrame())
     result = sample_checkpoints(folders, checkpoint_id(generator), plan, class_names_of(manifest), sampler,
                                 seed=config.seed, batch_size=config.batch_size, empty=empty, real=store,
+                                throughput=_throughput(family, config),
                                 real_indices=manifest.loc[manifest["split"] == config.real_split, "index"].to_numpy())
     return {"images": result.images, "labels": result.labels, "masks": result.masks}, result.provenance
