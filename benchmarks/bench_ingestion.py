@@ -32,6 +32,12 @@ process per folder size and reports its peak resident set size and its workers'.
     PYTHONPATH=src python benchmarks/bench_ingestion.py --files 400 --repeats 3
     PYTHONPATH=src python benchmarks/bench_ingestion.py --rss 100 1000
     PYTHONPATH=src python benchmarks/bench_ingestion.py --profile 300   # cProfile of synthmed, 1 worker
+    PYTHONPATH=src python benchmarks/bench_ingestion.py --sizes 100 200 400 --repeats 2   # growth, 100,000 files
+
+``--sizes`` compares the plain loop, synthmed with 1 and 2 processes and on a local Dask cluster
+of 2 workers at each size, fits the growth exponent of wall and CPU time over the sizes and
+extrapolates both to ``--extrapolate`` files (100,000). Kedro's ParallelRunner is not measured:
+it parallelises nodes, and a folder's per-file work is one node (see ``SCALING_RUNS``).
 
 dicognito (``dicognito==0.19.0``) is a benchmark-only dependency: ``pip install dicognito==0.19.0``.
 """
@@ -322,6 +328,66 @@ def throughput(n_files: int, repeats: int) -> None:
           f"{1 / extra / (serial + (1 - serial) / 2):.2f}")
 
 
+# The engines compared at several folder sizes (``--sizes``). Kedro's ParallelRunner is not
+# among them: it runs *nodes* in parallel, and the per-file work of a folder of DICOM files is
+# one node (``read_dicom_items``); the other readers' nodes have nothing to do, so it would run
+# that node in one process. The per-file parallelism is ``ingestion.workers`` (ordered_map's
+# process pool), or a Dask cluster through ``SYNTHMED_DASK_SCHEDULER`` (the same batches).
+SCALING_RUNS = {"plain pydicom loop": (run_plain, 1), "synthmed 1 process": (run_synthmed, 1),
+                "synthmed 2 processes (ingestion.workers)": (run_synthmed, 2),
+                "synthmed Dask 2 workers": (run_synthmed, "dask")}
+
+
+def _fit(sizes: list[int], values: list[float]) -> tuple[float, float]:
+    """``value = c * n ** e`` fitted in log-log: (e, c)."""
+    e, log_c = np.polyfit(np.log(sizes), np.log(values), 1)
+    return float(e), float(np.exp(log_c))
+
+
+def scaling(sizes: list[int], repeats: int, extrapolate: int) -> None:
+    """Files/s of each engine at each size (interleaved repeats, medians), the growth exponent of
+    the time over the sizes, and the time extrapolated to ``extrapolate`` files with it."""
+    table: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": [], "pass_wall": []} for name in SCALING_RUNS}
+    with _dask_cluster(2):
+        for n in sizes:
+            with tempfile.TemporaryDirectory() as tmp:
+                source = Path(tmp) / "ct"
+                make_ct_folder(source, n)
+                runs: dict[str, list[dict[str, list[float]]]] = {name: [] for name in SCALING_RUNS}
+                for _ in range(repeats):  # interleaved: load from other processes hits every engine alike
+                    for name, (fn, workers) in SCALING_RUNS.items():
+                        runs[name].append(_timed(fn, source, workers))
+            for name, found in runs.items():
+                table[name]["wall"].append(statistics.median(r["total"][0] for r in found))
+                table[name]["cpu"].append(statistics.median(r["total"][1] for r in found))
+                phase = "one pass" if "one pass" in found[0] else "total"
+                table[name]["pass_wall"].append(statistics.median(r[phase][0] for r in found))
+            print(f"  {n} files done (load average {os.getloadavg()[0]:.1f})", flush=True)
+    print(f"CT files in series of {SERIES_LENGTH} (39 KB each); median of {repeats} interleaved runs per size; "
+          "synthmed = the ingestion pass (inventory, read + decode + de-identify per file, combine, save) then "
+          "publication (pixel checks, copies promoted); the plain loop = dcmread + pixel_array + np.save per file")
+    header = " ".join(f"{n:>9d}" for n in sizes)
+    # Two extrapolations: the power law fitted over all sizes, and the marginal cost per file
+    # between the two largest sizes (fixed costs, e.g. process start-up, drop out of it).
+    print(f"{'files/s (wall), whole run':44s} {header}   exp(wall) exp(CPU)  {extrapolate:,} files, hours: "
+          "wall (power law, marginal), CPU (power law, marginal)")
+    for name, row in table.items():
+        e_wall, c_wall = _fit(sizes, row["wall"])
+        e_cpu, c_cpu = _fit(sizes, row["cpu"])
+        step = sizes[-1] - sizes[-2]
+        marginal_wall = (row["wall"][-1] - row["wall"][-2]) / step * extrapolate
+        marginal_cpu = (row["cpu"][-1] - row["cpu"][-2]) / step * extrapolate
+        rates = " ".join(f"{n / w:9.1f}" for n, w in zip(sizes, row["wall"]))
+        print(f"{name:44s} {rates}   {e_wall:9.2f} {e_cpu:8.2f}  "
+              f"{c_wall * extrapolate ** e_wall / 3600:6.2f} {marginal_wall / 3600:6.2f}  "
+              f"{c_cpu * extrapolate ** e_cpu / 3600:6.2f} {marginal_cpu / 3600:6.2f}")
+    print(f"{'files/s (wall), ingestion pass only':44s} {header}   exp(wall)")
+    for name, row in table.items():
+        if name.startswith("synthmed"):
+            rates = " ".join(f"{n / w:9.1f}" for n, w in zip(sizes, row["pass_wall"]))
+            print(f"{name:44s} {rates}   {_fit(sizes, row['pass_wall'])[0]:9.2f}")
+
+
 def peak_rss(n_files: int, workers: int) -> dict[str, float]:
     """Run synthmed on ``n_files`` in a fresh process: its peak RSS and its workers' (MB)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -344,7 +410,14 @@ def main() -> None:
     parser.add_argument("--rss", type=int, nargs="*", help="peak RSS for these folder sizes instead")
     parser.add_argument("--workers", type=int, default=2, help="workers for --rss (default 2)")
     parser.add_argument("--profile", type=int, help="cProfile synthmed (1 process) on this many files instead")
+    parser.add_argument("--sizes", type=int, nargs="+",
+                        help="files/s of the plain loop, 1 and 2 processes and Dask 2 workers at these folder sizes "
+                             "(>= 3 for the growth exponent) instead")
+    parser.add_argument("--extrapolate", type=int, default=100_000, help="files to extrapolate --sizes to")
     args = parser.parse_args()
+    if args.sizes:
+        scaling(args.sizes, args.repeats, args.extrapolate)
+        return
     if args.profile:
         with tempfile.TemporaryDirectory() as tmp:
             source = Path(tmp) / "ct"

@@ -16,6 +16,10 @@
     PYTHONPATH=src python benchmarks/bench_metrics.py                    # all three
     PYTHONPATH=src python benchmarks/bench_metrics.py --only prdc --sizes 1000 2000 4000 8000
     PYTHONPATH=src python benchmarks/bench_metrics.py --only startup --kedro-runs 3
+    PYTHONPATH=src python benchmarks/bench_metrics.py --only startup --before ../other-checkout
+
+  ``--before`` runs every start-up measurement alternately in another checkout (its sources,
+  conf and data; interleaved, so both see the same load); the parameter check is timed on its own.
 """
 
 from __future__ import annotations
@@ -51,8 +55,8 @@ print(json.dumps({"extra_mib": (peak - before) / 1024, "scores": scores}))
 """
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "KEDRO_DISABLE_TELEMETRY": "true",
+def _env(src: Path | None = None) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(src or ROOT / "src"), "KEDRO_DISABLE_TELEMETRY": "true",
             "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
 
 
@@ -131,37 +135,72 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _first_node_seconds(pipeline: str) -> tuple[float, float] | None:
-    """Wall and CPU seconds from starting ``kedro run`` to its first node (CPU: robust on a busy machine)."""
+def _first_node_seconds(pipeline: str, root: Path = ROOT) -> tuple[float, float] | None:
+    """Wall and CPU seconds from starting ``kedro run`` in the project ``root`` to its first node's
+    "Running node" line (CPU: robust on a busy machine). Earlier figures counted the first "Loading
+    data from" line, which the pseudonymisation key's hook prints before the MLflow run opens."""
     start = time.perf_counter()
     kedro = Path(sys.executable).with_name("kedro")
-    proc = subprocess.Popen([str(kedro), "run", "--pipelines", pipeline], cwd=ROOT, env=_env(),
+    proc = subprocess.Popen([str(kedro), "run", "--pipelines", pipeline], cwd=root, env=_env(root / "src"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = None
     for line in proc.stdout:
-        # The runner logs the node's first input load just before it calls the node.
-        if first is None and ("Running node" in line or "Loading data from" in line):
+        if first is None and "Running node" in line:
             first = (time.perf_counter() - start, _cpu_seconds(proc.pid))
     proc.wait()
     return first
 
 
-def bench_startup(kedro_runs: int) -> None:
-    loads = []
-    for _ in range(3):
-        out = subprocess.run([sys.executable, "-c", LOAD_PROJECT], cwd=ROOT, env=_env(), check=True,
-                             capture_output=True, text=True, timeout=600).stdout
-        loads.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"load the project (settings, hooks, register_pipelines), median of 3: "
-          f"{statistics.median(r['seconds'] for r in loads):.2f} s; heavy libraries imported: {loads[0]['heavy']}")
+CHECK_PARAMETERS = f"""
+import json, sys, time
+from kedro.config import OmegaConfigLoader
+params = OmegaConfigLoader("conf", base_env="base", default_run_env="local",
+                           merge_strategy={{"parameters": "soft"}})["parameters"]
+start, cpu = time.perf_counter(), time.process_time()
+from synthmed.parameters import validate_parameters
+validate_parameters(params)
+print(json.dumps({{"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu,
+                  "heavy": [m for m in {HEAVY + ("pandas", "nibabel")!r} if m in sys.modules]}}))
+"""
+
+
+def _child(code: str, root: Path) -> dict:
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=_env(root / "src"), check=True,
+                         capture_output=True, text=True, timeout=600).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def bench_startup(kedro_runs: int, before: Path | None) -> None:
+    """Each measurement alternates the project ``before`` (another checkout, with its own data and
+    conf) and this one, so that both see the same load on a shared machine."""
+    variants = [("before", before), ("after", ROOT)] if before else [("this checkout", ROOT)]
+    for what, code in (("load the project (settings, hooks, register_pipelines)", LOAD_PROJECT),
+                       ("parameter check (validate_parameters on conf/base + local)", CHECK_PARAMETERS)):
+        runs: dict[str, list[dict]] = {name: [] for name, _ in variants}
+        for _ in range(3):
+            for name, root in variants:
+                runs[name].append(_child(code, root))
+        for name, _ in variants:
+            found = runs[name]
+            cpu = f", {statistics.median(r['cpu'] for r in found):.2f} s CPU" if "cpu" in found[0] else ""
+            print(f"{what}, {name}, median of 3: {statistics.median(r['seconds'] for r in found):.2f} s wall{cpu}; "
+                  f"heavy libraries imported: {found[0]['heavy']}")
     if kedro_runs:
-        found = [f for f in (_first_node_seconds("ingestion") for _ in range(kedro_runs)) if f is not None]
-        if not found:
-            print("kedro run --pipelines ingestion: no node started")
-            return
-        wall, cpu = statistics.median(w for w, _ in found), statistics.median(c for _, c in found)
-        print(f"kedro run --pipelines ingestion to the first node, median of {len(found)}: {wall:.1f} s wall, "
-              f"{cpu:.1f} s CPU (wall/CPU each: {', '.join(f'{w:.1f}/{c:.1f}' for w, c in found)})")
+        runs = {name: [] for name, _ in variants}
+        for _ in range(kedro_runs):
+            for name, root in variants:
+                found = _first_node_seconds("ingestion", root)
+                if found is not None:
+                    runs[name].append(found)
+        for name, _ in variants:
+            found = runs[name]
+            if not found:
+                print(f"kedro run --pipelines ingestion, {name}: no node started")
+                continue
+            wall, cpu = statistics.median(w for w, _ in found), statistics.median(c for _, c in found)
+            print(f"kedro run --pipelines ingestion to the first node, {name}, median of {len(found)}: {wall:.1f} s "
+                  f"wall, {cpu:.1f} s CPU (wall/CPU each: {', '.join(f'{w:.1f}/{c:.1f}' for w, c in found)}; "
+                  f"load average {os.getloadavg()[0]:.1f} at the end)")
 
 
 def main() -> None:
@@ -173,13 +212,15 @@ def main() -> None:
     parser.add_argument("--old-resamples", type=int, default=3)
     parser.add_argument("--new-resamples", type=int, default=30)
     parser.add_argument("--kedro-runs", type=int, default=3)
+    parser.add_argument("--before", type=Path, default=None,
+                        help="another checkout (project root) to compare start-up with, run interleaved")
     args = parser.parse_args()
     if args.only in (None, "prdc"):
         bench_prdc(args.sizes)
     if args.only in (None, "bootstrap"):
         bench_bootstrap(args.bootstrap_n, args.dims, args.old_resamples, args.new_resamples)
     if args.only in (None, "startup"):
-        bench_startup(args.kedro_runs)
+        bench_startup(args.kedro_runs, args.before)
 
 
 if __name__ == "__main__":

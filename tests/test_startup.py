@@ -18,6 +18,8 @@ from synthmed.core.lazy import LazyFunction, lazy_module
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "diffusers", "mlflow", "matplotlib", "skimage", "scipy", "torchmetrics")
+# What the parameter check (every run, before the first node) must not import.
+CHECK_HEAVY = ("torch", "diffusers", "torchmetrics", "pandas", "scipy", "skimage", "matplotlib", "nibabel")
 
 LOAD_PROJECT = f"""
 import json, sys
@@ -49,16 +51,44 @@ def test_loading_the_project_imports_no_heavy_library() -> None:
     assert loaded["heavy"] == [], f"imported when Kedro loads the project: {loaded['heavy']}"
 
 
-def test_the_parameter_check_imports_neither_diffusers_nor_torchmetrics() -> None:
-    # ConfigCheckHook builds the whole schema before every run: ddpm's Config must come without
-    # diffusers, the metrics' configurations without torchmetrics (both imported where used).
-    code = ("import sys; from synthmed.parameters import parameter_schema; parameter_schema(); "
-            "print('diffusers' in sys.modules or 'torchmetrics' in sys.modules)")
+CHECK_PARAMETERS = f"""
+import json, sys
+from kedro.config import OmegaConfigLoader
+from synthmed.parameters import parameter_schema, validate_parameters
+loader = OmegaConfigLoader("conf", base_env="base", default_run_env="local", merge_strategy={{"parameters": "soft"}})
+params = loader["parameters"]
+validate_parameters(params)
+print(json.dumps({{"blocks": len(params), "schema": sorted(parameter_schema()),
+                  "heavy": [m for m in {CHECK_HEAVY!r} if m in sys.modules]}}))
+"""
+
+
+def test_the_parameter_check_imports_no_heavy_library() -> None:
+    # ConfigCheckHook checks the whole tree before every run, so it imports every module that
+    # defines a configuration dataclass: those import torch, pandas, ... on first use only
+    # (synthmed.core.lazy.lazy_import), and the families' Config live in torch-free modules.
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run([sys.executable, "-c", CHECK_PARAMETERS], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1] == "False"
+    checked = json.loads(result.stdout.strip().splitlines()[-1])
+    assert checked["blocks"] > 10 and {"ddpm.model", "pix2pix3d.model", "evaluation.fidelity"} <= set(checked["schema"])
+    assert checked["heavy"] == [], f"imported by the parameter check: {checked['heavy']}"
+
+
+def test_family_configs_are_the_registry_families_config_classes() -> None:
+    from synthmed.generators.configs import FAMILY_CONFIGS
+    from synthmed.generators.registry import ALL_FAMILIES
+
+    assert FAMILY_CONFIGS == {name: spec.config_cls for name, spec in ALL_FAMILIES.items()}
+
+
+def test_a_lazy_import_imports_on_first_attribute_use() -> None:
+    code = ("import sys; from synthmed.core.lazy import lazy_import; m = lazy_import('wave'); "
+            "before = 'wave' in sys.modules; m.open; print(before, 'wave' in sys.modules, repr(m))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "False True <lazy import of wave (imported)>"
 
 
 def test_every_node_function_exists_and_takes_its_inputs(pipelines) -> None:

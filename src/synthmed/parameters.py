@@ -87,7 +87,7 @@ def _schema() -> dict[str, type]:
     pull in torch); importing this module stays cheap."""
     from synthmed.core.splits import SplitConfig
     from synthmed.generators.base import SamplerSpec
-    from synthmed.generators.registry import ALL_FAMILIES
+    from synthmed.generators.configs import FAMILY_CONFIGS
     from synthmed.generators.run import RunConfig
     from synthmed.generators.sampling import SamplingConfig, ThroughputConfig
     from synthmed.generators.training import TrainingConfig
@@ -146,13 +146,13 @@ def _schema() -> dict[str, type]:
         "study_mask_to_image.model": ALL_FAMILIES["pix2pix"].config_cls,
         "study_mask_to_image.training": TrainingConfig,
     }
-    # One block per registered generator family (the registry is the only list of them).
-    for name, spec in ALL_FAMILIES.items():
+    # One block per registered generator family (the registry checks that FAMILY_CONFIGS lists them all).
+    for name, config_cls in FAMILY_CONFIGS.items():
         schema |= {
             name: FamilyParams,
             f"{name}.run": RunConfig,
             f"{name}.run.preview_sampler": SamplerSpec,
-            f"{name}.model": spec.config_cls,
+            f"{name}.model": config_cls,
             f"{name}.training": TrainingConfig,
             f"{name}.sampling": SamplingConfig,
             f"{name}.sampling.sampler": SamplerSpec,

@@ -73,3 +73,37 @@ class LazyModule:
 def lazy_module(module: str) -> LazyModule:
     """A stand-in for the module ``module`` whose attributes are ``LazyFunction`` s."""
     return LazyModule(module)
+
+
+class LazyImport:
+    """A stand-in for a heavy library's module (torch, pandas, scipy.ndimage, ...) that imports it
+    on the first attribute access.
+
+    The parameter check (``synthmed.parameters``) imports every module that defines a
+    configuration dataclass before each ``kedro run``; with ``torch = lazy_import("torch")`` at
+    the top of such a module instead of ``import torch``, importing it costs nothing until a
+    function uses ``torch.<name>``. Names only used in annotations go under ``TYPE_CHECKING``
+    instead; a module that needs the library at import time (an ``nn.Module`` subclass, a
+    decorator such as ``@torch.no_grad()``) imports it as usual.
+    """
+
+    def __init__(self, module: str) -> None:
+        self._lazy_name = module
+        self._lazy_module: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names not found on the stand-in itself: every library attribute.
+        if name.startswith("_lazy_"):
+            raise AttributeError(name)
+        if self._lazy_module is None:
+            self._lazy_module = importlib.import_module(self._lazy_name)
+        return getattr(self._lazy_module, name)
+
+    def __repr__(self) -> str:
+        state = "imported" if self._lazy_module is not None else "not imported yet"
+        return f"<lazy import of {self._lazy_name} ({state})>"
+
+
+def lazy_import(module: str) -> Any:
+    """``module``, imported when one of its attributes is first used (see ``LazyImport``)."""
+    return LazyImport(module)

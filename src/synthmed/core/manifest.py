@@ -10,7 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import pandas as pd
+from synthmed.core.lazy import lazy_import
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+pd = lazy_import("pandas")
 
 # The instance files of one DICOM series are joined with this in ``source_paths``.
 PATH_SEPARATOR = ";"

@@ -36,10 +36,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from torch import nn
+from synthmed.core.lazy import lazy_import
 
-Batch = Mapping[str, torch.Tensor]
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
+
+Batch = Mapping[str, "torch.Tensor"]  # a string: torch is imported on first use
 
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
 

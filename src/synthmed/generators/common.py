@@ -23,14 +23,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import nn
 
 from synthmed.core.atomic import free_bytes
 from synthmed.core.checksums import ChecksumError, read_listing, sha256_bytes, verify_listing, write_listing
+from synthmed.core.lazy import lazy_import, lazy_module
 from synthmed.core.templates import render
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
+# Functions named here (tests replace save_file to simulate a full disk); imported on the first call.
+save_file = lazy_module("safetensors.torch").save_file
+load_file = lazy_module("safetensors.torch").load_file
 
 FORMAT = "synthmed-generator/1"
 CHECKSUMS = "checksums.json"
@@ -234,14 +240,14 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
         module.train(was_training)
 
 
-@torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """``ema = decay * ema + (1 - decay) * model`` for parameters; buffers are copied."""
-    ema_params = [p for p in ema.parameters()]
-    model_params = [p.detach().to(p.dtype) for p in model.parameters()]
-    torch._foreach_lerp_(ema_params, model_params, 1.0 - decay)
-    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
-        ema_buffer.copy_(buffer)
+    with torch.no_grad():  # not a decorator: that would import torch with this module
+        ema_params = [p for p in ema.parameters()]
+        model_params = [p.detach().to(p.dtype) for p in model.parameters()]
+        torch._foreach_lerp_(ema_params, model_params, 1.0 - decay)
+        for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+            ema_buffer.copy_(buffer)
 
 
 def dcgan_init(module: nn.Module) -> None:

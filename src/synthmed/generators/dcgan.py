@@ -22,14 +22,12 @@ discriminator sees the image with one extra channel, ``Linear(embed(label))`` re
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from synthmed.core.seeding import seeded
-from synthmed.core.validation import is_int, is_number
 from synthmed.generators.base import Batch, Conditions, FamilySpec, SamplerSpec, StepContext
 from synthmed.generators.common import (
     adam_per_module,
@@ -38,81 +36,16 @@ from synthmed.generators.common import (
     dcgan_init,
     evaluating,
 )
+from synthmed.generators.dcgan_config import MIN_IMAGE_SIZE, Config  # noqa: F401 (re-exported)
 
 START_SIZE = 4  # the generator starts from a 4x4 feature map (Radford et al. fig. 1)
-MIN_IMAGE_SIZE = 16
 LEAKY_SLOPE = 0.2  # Radford et al. sec. 4
 
 
 
 # ----------------------------------------------------------------------------- 1. config
 
-
-@dataclass(frozen=True)
-class Config:
-    """DCGAN hyper-parameters; the defaults are Radford et al.'s (64 px, z of 100 dims).
-
-    Args:
-        image_size: side of the square images in pixels: a power of two >= 16.
-        channels: image channels.
-        num_classes: 0 = unconditional; otherwise labels in ``[0, num_classes)`` condition
-            both networks.
-        latent_dim: dimension of z ~ N(0, I).
-        base_channels: width of the generator's last hidden layer and the discriminator's
-            first; each resolution halving doubles it (64 -> 8x at 4x4 for 64 px).
-        learning_rate: Adam learning rate for both networks.
-        beta1, beta2: Adam momentum terms (0.5 "helped stabilize training", sec. 4).
-        label_embedding_dim: size of the learned class embedding (conditional only).
-        diff_augment: apply DiffAugment (Zhao et al. 2020: brightness, contrast, translation
-            by up to 1/8, cutout of 1/2) to real and fake images alike before D; with a few
-            hundred training images, D otherwise memorises them and G collapses.
-        minibatch_std: append the batch standard deviation of D's last features as an
-            extra channel (Karras et al. 2018, sec. 3), so D can see a collapsed batch.
-        grad_clip_norm: clip both networks' gradients to this norm; None = no clipping.
-    """
-
-    image_size: int = 64
-    channels: int = 1
-    num_classes: int = 0
-    latent_dim: int = 100
-    base_channels: int = 64
-    learning_rate: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    label_embedding_dim: int = 16
-    grad_clip_norm: float | None = None
-    diff_augment: bool = True
-    minibatch_std: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("image_size", "channels", "latent_dim", "base_channels", "label_embedding_dim"):
-            value = getattr(self, name)
-            if not is_int(value) or value < 1:
-                raise ValueError(f"dcgan {name} must be an integer >= 1, got {value!r}.")
-        if self.image_size < MIN_IMAGE_SIZE or self.image_size & (self.image_size - 1):
-            raise ValueError(
-                f"dcgan image_size must be a power of two >= {MIN_IMAGE_SIZE} (e.g. 64 or 128), got {self.image_size}."
-            )
-        if not is_int(self.num_classes) or self.num_classes < 0:
-            raise ValueError(
-                f"dcgan num_classes must be an integer >= 0 (0 = unconditional), got {self.num_classes!r}."
-            )
-        if not is_number(self.learning_rate) or self.learning_rate <= 0:
-            raise ValueError(f"dcgan learning_rate must be a number > 0, got {self.learning_rate!r}.")
-        for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if not is_number(value) or not 0.0 <= value < 1.0:
-                raise ValueError(f"dcgan {name} must be a number in [0, 1), got {value!r}.")
-        if self.grad_clip_norm is not None and (not is_number(self.grad_clip_norm) or self.grad_clip_norm <= 0):
-            raise ValueError(f"dcgan grad_clip_norm must be a number > 0 or null, got {self.grad_clip_norm!r}.")
-
-    @property
-    def conditional(self) -> bool:
-        return self.num_classes > 0
-
-    def needed_conditions(self) -> frozenset[str]:
-        """``labels`` for a class-conditional model, nothing otherwise."""
-        return frozenset({"labels"}) if self.conditional else frozenset()
+# In dcgan_config (no torch there: the parameter check imports it before every run).
 
 
 # ----------------------------------------------------------------------------- 2. networks

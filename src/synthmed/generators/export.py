@@ -8,9 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from synthmed.core.lazy import lazy_import
 from synthmed.generators.base import SamplerSpec, TrainedGenerator
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+pd = lazy_import("pandas")
 
 
 def to_png_pixels(image: np.ndarray, bits: int = 16) -> np.ndarray:

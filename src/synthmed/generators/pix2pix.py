@@ -32,15 +32,11 @@ default): ``pix2pix3d`` builds the same U-Net and PatchGAN with 3D convolutions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from synthmed.core.seeding import seeded
-from synthmed.core.validation import is_int, is_number
 from synthmed.generators.base import Batch, Conditions, FamilySpec, SamplerSpec, StepContext
 from synthmed.generators.common import (
     adam_per_module,
@@ -49,6 +45,7 @@ from synthmed.generators.common import (
     dcgan_init,
     evaluating,
 )
+from synthmed.generators.pix2pix_config import Config, check_config  # noqa: F401 (re-exported)
 
 # Paper, appendix 6.1.1: dropout (rate 0.5) in the first three decoder blocks (CD512, CD1024,
 # CD1024), i.e. the three innermost up-sampling blocks.
@@ -61,88 +58,7 @@ LEAKY_SLOPE = 0.2  # "All ReLUs in the encoder are leaky, with slope 0.2" (appen
 
 # ----------------------------------------------------------------------------- 1. config
 
-
-@dataclass(frozen=True)
-class Config:
-    """Pix2Pix hyper-parameters; the defaults are the paper's (at 64 px instead of 256).
-
-    Args:
-        image_size: side of the square images in pixels; divisible by ``2**depth``.
-        channels: channels of the generated image.
-        num_classes: kept for the shared vocabulary; Pix2Pix is not class-conditional, so 0.
-        mask_channels: channels of the conditioning mask (the batch vocabulary uses 1).
-        base_channels: width of the first encoder layer (the paper's 64); deeper layers
-            double it up to 8x.
-        depth: number of down-sampling levels of the U-Net (8 at 256 px in the paper, which
-            reaches a 1x1 bottleneck; 6 does the same at 64 px).
-        dropout: decoder dropout rate in the ``DROPOUT_BLOCKS`` innermost up blocks, also the
-            test-time noise source (paper sec. 3.2).
-        lambda_l1: weight of the L1 term in eq. 4 (paper: 100).
-        learning_rate: Adam learning rate for both networks (paper: 2e-4).
-        beta1, beta2: Adam momentum terms (paper: 0.5, 0.999).
-        discriminator_layers: stride-2 convolutions of the PatchGAN (3 = the 70x70 PatchGAN).
-        augment: random flips and 90-degree rotations, identical for mask and image.
-        grad_clip_norm: clip both networks' gradients to this norm; None = no clipping.
-    """
-
-    image_size: int = 64
-    channels: int = 3
-    num_classes: int = 0
-    mask_channels: int = 1
-    base_channels: int = 64
-    depth: int = 6
-    dropout: float = 0.5
-    lambda_l1: float = 100.0
-    learning_rate: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    discriminator_layers: int = 3
-    augment: bool = True
-    grad_clip_norm: float | None = None
-
-    def __post_init__(self) -> None:
-        check_config(self, "pix2pix")
-
-    def needed_conditions(self) -> frozenset[str]:
-        """Pix2Pix translates a mask into an image: ``Conditions.masks`` is required."""
-        return frozenset({"masks"})
-
-
-def check_config(config: Any, family: str) -> None:
-    """Raise a ``ValueError`` naming ``family``, the field and the value found unless the
-    shared Pix2Pix fields of ``config`` are valid (``pix2pix3d`` checks the same ones)."""
-    for name in ("image_size", "channels", "mask_channels", "base_channels", "depth", "discriminator_layers"):
-        value = getattr(config, name)
-        if not is_int(value) or value < 1:
-            raise ValueError(f"{family} {name} must be an integer >= 1, got {value!r}.")
-    if not is_int(config.num_classes) or config.num_classes != 0:
-        raise ValueError(
-            f"{family} num_classes must be 0 (it is conditioned on masks, not labels), got {config.num_classes!r}."
-        )
-    if config.image_size % 2**config.depth:
-        raise ValueError(
-            f"{family} image_size must be divisible by 2**depth = {2**config.depth}, "
-            f"got image_size={config.image_size} with depth={config.depth}."
-        )
-    if 2**config.discriminator_layers > config.image_size:
-        raise ValueError(
-            f"{family} discriminator_layers must satisfy 2**discriminator_layers <= image_size={config.image_size}, "
-            f"got {config.discriminator_layers}."
-        )
-    if not is_number(config.dropout) or not 0.0 <= config.dropout < 1.0:
-        raise ValueError(f"{family} dropout must be a number in [0, 1), got {config.dropout!r}.")
-    if not is_number(config.lambda_l1) or config.lambda_l1 < 0:
-        raise ValueError(f"{family} lambda_l1 must be a number >= 0, got {config.lambda_l1!r}.")
-    if not is_number(config.learning_rate) or config.learning_rate <= 0:
-        raise ValueError(f"{family} learning_rate must be a number > 0, got {config.learning_rate!r}.")
-    for name in ("beta1", "beta2"):
-        value = getattr(config, name)
-        if not is_number(value) or not 0.0 <= value < 1.0:
-            raise ValueError(f"{family} {name} must be a number in [0, 1), got {value!r}.")
-    if not isinstance(config.augment, bool):
-        raise ValueError(f"{family} augment must be true or false, got {config.augment!r}.")
-    if config.grad_clip_norm is not None and (not is_number(config.grad_clip_norm) or config.grad_clip_norm <= 0):
-        raise ValueError(f"{family} grad_clip_norm must be a number > 0 or null, got {config.grad_clip_norm!r}.")
+# In pix2pix_config (no torch there: the parameter check imports it before every run).
 
 
 # ----------------------------------------------------------------------------- 2. networks

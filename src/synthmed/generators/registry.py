@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from synthmed.core.config import from_params
+from synthmed.core.lazy import lazy_import
 from synthmed.generators import dcgan, ddpm, pix2pix, pix2pix3d
 from synthmed.generators.base import FamilySpec
 from synthmed.generators.common import (
@@ -16,7 +15,12 @@ from synthmed.generators.common import (
     read_manifest,
     verify_checksums,
 )
+from synthmed.generators.configs import FAMILY_CONFIGS
 from synthmed.generators.names import FAMILY_NAMES, VOLUME_FAMILY_NAMES
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+nn = lazy_import("torch.nn")
 
 # The image families: the pipelines run each of them (one namespace per family).
 FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in (ddpm.FAMILY, pix2pix.FAMILY, dcgan.FAMILY)}
@@ -34,6 +38,12 @@ if any(spec.spatial_dims != 2 for spec in FAMILIES.values()) or \
     raise RuntimeError("registry: FAMILIES must hold image families (spatial_dims=2), VOLUME_FAMILIES volume "
                        "families (spatial_dims=3).")
 ALL_FAMILIES: dict[str, FamilySpec] = {**FAMILIES, **VOLUME_FAMILIES}
+if {name: spec.config_cls for name, spec in ALL_FAMILIES.items()} != FAMILY_CONFIGS:
+    raise RuntimeError(
+        "synthmed.generators.configs.FAMILY_CONFIGS must map every registered family to its config_cls (the "
+        f"parameter check reads it without torch): it has {FAMILY_CONFIGS}, the registry "
+        f"{ {name: spec.config_cls for name, spec in ALL_FAMILIES.items()} }."
+    )
 
 
 def get_family(name: str) -> FamilySpec:

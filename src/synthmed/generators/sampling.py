@@ -36,14 +36,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
-import torch
-from torch import nn
 
+from synthmed.core.lazy import lazy_import
 from synthmed.core.progress import ProgressLog
 from synthmed.generators.base import Conditions, FamilySpec, SamplerSpec, TrainedGenerator
 from synthmed.generators.common import CheckpointError, weights_digest
-from synthmed.generators.registry import load_generator
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+pd = lazy_import("pandas")
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
 
 logger = logging.getLogger(__name__)
 
@@ -471,6 +474,8 @@ def sample_checkpoints(folders: Sequence[Path], final: str, plan: pd.DataFrame, 
     A checkpoint that does not load (broken, partly written) is skipped with a warning.
     ``empty``: what to return when no checkpoint is sampled (the shapes of the family's samples).
     """
+    from synthmed.generators.registry import load_generator  # here: it imports every family (torch)
+
     parts = []
     for folder in folders:
         try:

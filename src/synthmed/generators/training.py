@@ -34,15 +34,13 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 from safetensors import SafetensorError
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from synthmed.core.lazy import lazy_import
 from synthmed.core.progress import ProgressLog
 from synthmed.generators.base import FamilySpec, StepContext
 from synthmed.generators.common import (
@@ -62,6 +60,14 @@ from synthmed.generators.common import (
     write_checksums,
     write_generator_files,
 )
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader, Dataset
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +123,7 @@ class Tracker(Protocol):
     def log_samples(self, models: nn.ModuleDict, step: int) -> None: ...
 
 
-class ArrayBatches(Dataset):
+class ArrayBatches:  # a map-style torch Dataset (__len__, __getitem__); no base: torch at import
     """Examples ``indices`` of an array store with ``images``, ``labels`` and ``masks``.
 
     Items are ``{"images": (C, *S) float32 in [-1, 1], "labels": () int64, "masks": (1, *S)
@@ -432,6 +438,8 @@ def _accelerator(config: TrainingConfig):
 
 
 def _epoch_loader(dataset: Dataset, config: TrainingConfig, epoch: int) -> DataLoader:
+    from torch.utils.data import DataLoader
+
     order = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
     return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, generator=order,
                       num_workers=config.num_workers)

@@ -26,17 +26,21 @@ from functools import cache
 from io import BytesIO
 from typing import Any, Literal
 
-import nibabel as nib
 import numpy as np
-import pandas as pd
 import pydicom
 from pydicom.sr.coding import Code
-from scipy import ndimage
 
+from synthmed.core.lazy import lazy_import
 from synthmed.core.seeding import seeded
 from synthmed.core.templates import render
 from synthmed.imaging.dicom_export import SegHeader, Segment, SeriesHeader, segmentation_file, series_files, uid
 from synthmed.imaging.lesions import CORE, EDEMA, RIM, Lesion, LesionConfig, lesion_mask, place_lesions
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+pd = lazy_import("pandas")
+ndimage = lazy_import("scipy.ndimage")
+nib = lazy_import("nibabel")
 
 logger = logging.getLogger(__name__)
 

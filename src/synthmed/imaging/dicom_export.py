@@ -27,12 +27,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import highdicom as hd
-import nibabel as nib
 import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+
+from synthmed.core.lazy import lazy_import
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+nib = lazy_import("nibabel")
 
 # The private block carried by every exported file (PS3.5 7.8: group 0x0011, one creator).
 PRIVATE_GROUP = 0x0011

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 
+from synthmed.core.lazy import lazy_import
 from synthmed.core.splits import SPLITS, check_no_leakage
 from synthmed.imaging.slicing import (
     PLANES,
@@ -38,6 +38,10 @@ from synthmed.imaging.slicing import (
     to_square,
     volume_slice,
 )
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+pd = lazy_import("pandas")
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,12 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from skimage import transform
+
+from synthmed.core.lazy import lazy_import
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+transform = lazy_import("skimage.transform")
 
 MAX_SPLINE_ORDER = 5  # scipy.ndimage supports spline orders 0-5.
 

@@ -21,9 +21,13 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from skimage import exposure
 
 from synthmed.core.config import from_params
+from synthmed.core.lazy import lazy_import
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+exposure = lazy_import("skimage.exposure")
 
 HISTOGRAM_METHODS: tuple[str, ...] = ("none", "equalize", "zscore")
 

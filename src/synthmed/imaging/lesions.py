@@ -12,7 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+
+from synthmed.core.lazy import lazy_import
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+ndimage = lazy_import("scipy.ndimage")
 
 # Values of the region volume returned by `place_lesions`.
 EDEMA, RIM, CORE = 1, 2, 3

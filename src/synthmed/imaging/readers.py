@@ -21,12 +21,16 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import nibabel as nib
 import numpy as np
 import pydicom
 from PIL import Image, UnidentifiedImageError
 
+from synthmed.core.lazy import lazy_import
 from synthmed.imaging.dicom_objects import FrameGeometry, frame_geometry, frame_rescale
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+nib = lazy_import("nibabel")
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

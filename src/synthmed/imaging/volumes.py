@@ -37,14 +37,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from numpy.typing import ArrayLike
-from scipy import ndimage
 
+from synthmed.core.lazy import lazy_import
 from synthmed.core.manifest import parse_spacing
 from synthmed.core.splits import check_no_leakage
 from synthmed.imaging.extraction import _region
 from synthmed.imaging.geometry import resample_to_spacing
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+pd = lazy_import("pandas")
+ndimage = lazy_import("scipy.ndimage")
 
 logger = logging.getLogger(__name__)
 

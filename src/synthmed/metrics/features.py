@@ -21,20 +21,27 @@ Medical images reach an ImageNet network through one function, ``to_backbone_inp
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
+from synthmed.core.lazy import lazy_import
 from synthmed.core.progress import ProgressLog
 from synthmed.core.seeding import seeded
 from synthmed.core.validation import is_int, is_number
+
+if TYPE_CHECKING:
+    from synthmed.metrics.classifier_network import ConvClassifier
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+torch = lazy_import("torch")
+F = lazy_import("torch.nn.functional")
+nn = lazy_import("torch.nn")
 
 logger = logging.getLogger(__name__)
 
@@ -140,34 +147,6 @@ class ClassifierConfig:
             raise ValueError(f"classifier image_px must be a power of two >= 8, got {self.image_px}.")
 
 
-class ConvClassifier(nn.Module):
-    """Strided 3x3 conv blocks (GroupNorm, SiLU) -> global average -> feature layer -> classes.
-
-    ``features(x)`` is the penultimate layer ``(N, feature_dim)``: the domain feature space.
-    """
-
-    def __init__(self, config: ClassifierConfig):
-        super().__init__()
-        self.config = config
-        blocks: list[nn.Module] = []
-        c_in = config.channels
-        levels = int(math.log2(config.image_px // 4))
-        for level in range(levels):
-            c_out = config.width * min(2**level, 8)
-            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(min(8, c_out), c_out), nn.SiLU(),
-                       nn.Conv2d(c_out, c_out, 3, stride=2, padding=1), nn.GroupNorm(min(8, c_out), c_out), nn.SiLU()]
-            c_in = c_out
-        self.body = nn.Sequential(*blocks)
-        self.feature = nn.Linear(c_in, config.feature_dim)
-        self.head = nn.Sequential(nn.SiLU(), nn.Linear(config.feature_dim, config.num_classes))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.feature(self.body(x).mean(dim=(2, 3)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
 @dataclass(frozen=True)
 class TrainedClassifier:
     """A ``ConvClassifier``, the names of its classes and facts about its training."""
@@ -255,6 +234,8 @@ def fit_classifier(
         raise ValueError(f"labels must be in [0, {config.num_classes}), got values {labels.min()}..{labels.max()}.")
     device = resolve_device(fit.device)
     with seeded(seed):
+        from synthmed.metrics.classifier_network import ConvClassifier
+
         model = ConvClassifier(config)
     model.to(device).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=fit.learning_rate, weight_decay=fit.weight_decay)
@@ -282,10 +263,15 @@ def fit_classifier(
     return model.cpu().eval()
 
 
-@torch.no_grad()
 def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int,
              device: torch.device, what: str | None = None) -> torch.Tensor:
     """``fn`` over batches of ``images``; with ``what``, progress lines (every 30 s and at the end)."""
+    with torch.no_grad():  # not a decorator: that would import torch with this module
+        return _batches(fn, images, batch_size, device, what)
+
+
+def _batches(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int,
+             device: torch.device, what: str | None) -> torch.Tensor:
     outputs = []
     log = ProgressLog(logger, what, len(images), "images") if what else None
     for start in range(0, len(images), batch_size):
@@ -376,20 +362,11 @@ class FeatureNetwork:
             self._module.cpu()
 
 
-class _Features(nn.Module):
-    """``ConvClassifier.features`` as a module (what ``FeatureNetwork`` calls)."""
-
-    def __init__(self, model: ConvClassifier):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.features(x)
-
-
 def domain_network(encoder: ConvClassifier, *, batch_size: int = 256, device: str = "auto") -> FeatureNetwork:
     """The domain encoder's feature layer as a ``FeatureNetwork`` (no adaptation: it was trained
     on synthmed images as they are)."""
+    from synthmed.metrics.classifier_network import _Features
+
     return FeatureNetwork(f"domain encoder ({encoder.config.feature_dim}-d)", _Features(encoder), lambda x: x,
                           image_px=encoder.config.image_px, batch_size=batch_size, device=device)
 
@@ -471,3 +448,13 @@ def feature_network(config: FeatureNetworkConfig, encoder: ConvClassifier) -> Fe
     label = f"torchvision {config.name}" if config.kind == "torchvision" else f"exported {Path(config.weights).name}"
     return FeatureNetwork(label, module, lambda x: to_backbone_input(x, input_px=config.input_px),
                           image_px=encoder.config.image_px, batch_size=config.batch_size, device=config.device)
+
+
+def __getattr__(name: str) -> Any:
+    # ConvClassifier (an nn.Module, so torch at import) lives in classifier_network; this module
+    # holds the configurations that the parameter check imports before every run.
+    if name in ("ConvClassifier", "_Features"):
+        from synthmed.metrics import classifier_network
+
+        return getattr(classifier_network, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

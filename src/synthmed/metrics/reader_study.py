@@ -29,10 +29,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
+from synthmed.core.lazy import lazy_import
 from synthmed.core.templates import render
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+pd = lazy_import("pandas")
 
 logger = logging.getLogger(__name__)
 

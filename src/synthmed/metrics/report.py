@@ -20,10 +20,14 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pandas as pd
 from markupsafe import Markup
 
+from synthmed.core.lazy import lazy_import
 from synthmed.core.templates import render
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+pd = lazy_import("pandas")
 
 # Below this N, an estimate (and its bootstrap interval) rests on too few images to be stable.
 SMALL_N = 20

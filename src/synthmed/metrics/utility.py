@@ -22,12 +22,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
-import torch
 
+from synthmed.core.lazy import lazy_import
 from synthmed.core.progress import ProgressLog
 from synthmed.core.validation import is_int
 from synthmed.metrics.features import ClassifierConfig, FitConfig, fit_classifier, predict_proba
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+pd = lazy_import("pandas")
+torch = lazy_import("torch")
 
 logger = logging.getLogger(__name__)
 

@@ -42,9 +42,14 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
-from scipy.spatial import ConvexHull
-from skimage.filters import threshold_otsu
+
+from synthmed.core.lazy import lazy_import
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+ndimage = lazy_import("scipy.ndimage")
+spatial = lazy_import("scipy.spatial")
+filters = lazy_import("skimage.filters")
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +133,7 @@ def _brain_estimate(volume: np.ndarray, spacing: tuple[float, float, float], mod
         tissue = (volume > low) & (volume < high)
     else:
         finite = volume[np.isfinite(volume)]
-        tissue = volume > (threshold_otsu(finite) if finite.size and finite.min() < finite.max() else np.inf)
+        tissue = volume > (filters.threshold_otsu(finite) if finite.size and finite.min() < finite.max() else np.inf)
     if not tissue.any():
         return tissue
     inside = ndimage.distance_transform_edt(tissue, sampling=spacing) > settings.erode_mm
@@ -143,7 +148,7 @@ def _brain_estimate(volume: np.ndarray, spacing: tuple[float, float, float], mod
 
 def _anterior_inferior_edge(points: np.ndarray) -> tuple[np.ndarray, float] | None:
     """Outward unit normal ``(ny, nz)`` and offset of the hull edge below the most anterior point."""
-    hull = ConvexHull(points)
+    hull = spatial.ConvexHull(points)
     vertices = points[hull.vertices]  # counter-clockwise in the (y, z) plane
     front = max(range(len(vertices)), key=lambda i: (vertices[i, 0], -vertices[i, 1]))
     previous = vertices[front - 1]  # clockwise from the front point: downwards

@@ -60,23 +60,29 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import pandas as pd
-import torch
-import torch.nn.functional as F
 from numpy.typing import ArrayLike
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from synthmed.core.config import from_params
+from synthmed.core.lazy import lazy_import
 from synthmed.core.progress import ProgressLog
 from synthmed.core.validation import is_int, is_number
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+pd = lazy_import("pandas")
+torch = lazy_import("torch")
+F = lazy_import("torch.nn.functional")
+
 logger = logging.getLogger(__name__)
 
-Embed = Callable[[Tensor], Tensor]
+Embed = Callable[["torch.Tensor"], "torch.Tensor"]
 """A feature network: ``(N, C, H, W)`` float32 images in the input's range -> ``(N, D)``."""
 
 # Flip name -> the tensor dimensions it reverses. "both" (a 180 degree rotation) is not in
@@ -122,7 +128,7 @@ class MemorisationError(ValueError):
 
 def _as_images(images: Tensor | ArrayLike, name: str, *, allow_empty: bool = False) -> Tensor:
     """``images`` as a finite ``(N, C, H, W)`` float32 tensor (no copy when it already is one)."""
-    if not isinstance(images, Tensor):
+    if not isinstance(images, torch.Tensor):
         array = np.asarray(images)
         if array.dtype.kind not in "biuf":
             raise ValueError(f"Expected {name} to have a real numeric dtype, got {array.dtype}.")
@@ -349,7 +355,7 @@ def _embed(embed: Embed, images: Tensor, name: str) -> Tensor:
     """``embed(images)`` without gradients, checked to be a finite ``(N, D)`` real tensor."""
     with torch.no_grad():
         features = embed(images.cpu())  # the network lives where its caller put it: the CPU
-    if not isinstance(features, Tensor):
+    if not isinstance(features, torch.Tensor):
         raise ValueError(f"Expected embed({name}) to return a torch.Tensor, got {type(features).__name__}.")
     if features.ndim != 2 or features.shape[0] != images.shape[0] or features.shape[1] == 0:
         raise ValueError(

@@ -8,7 +8,10 @@ blocks, e.g. DICOM headers embedded by dcm2niix, AFNI or XML) are dropped whole.
 
 from __future__ import annotations
 
-import nibabel as nib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: nibabel (and scipy with it) load where images are read
+    import nibabel as nib
 
 TEXT_FIELDS = ("descrip", "aux_file", "intent_name", "db_name", "data_type")
 

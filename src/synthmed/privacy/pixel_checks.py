@@ -31,14 +31,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-import pandas as pd
 
 from synthmed.core.config import from_params
+from synthmed.core.lazy import lazy_import
 from synthmed.core.manifest import format_spacing
 from synthmed.privacy.burned_in_text import find_text, parse_boxes, redact
 from synthmed.privacy.deface import DefaceSettings, FacePlane, apply_deface, plan_deface
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+pd = lazy_import("pandas")
+nib = lazy_import("nibabel")
 
 logger = logging.getLogger(__name__)
 

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import torch
 
 from synthmed.core.config import from_params
+from synthmed.core.lazy import lazy_import
 from synthmed.core.manifest import class_names_of
 from synthmed.metrics.features import (
     ClassifierConfig,
@@ -26,6 +25,11 @@ from synthmed.metrics.features import (
     fit_classifier,
     predict_proba,
 )
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+pd = lazy_import("pandas")
+torch = lazy_import("torch")
 
 logger = logging.getLogger(__name__)
 

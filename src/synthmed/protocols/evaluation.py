@@ -26,17 +26,13 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import torch
-from matplotlib.figure import Figure
 
 from synthmed.core.config import from_params
+from synthmed.core.lazy import lazy_import
 from synthmed.core.manifest import class_names_of
-from synthmed.imaging.figures import loss_curves
-from synthmed.metrics import fidelity, report_figures
 from synthmed.metrics.features import (
     FeatureNetwork,
     FeatureNetworkConfig,
@@ -50,6 +46,16 @@ from synthmed.metrics.steps_sweep import SWEEP_COLUMNS, sweep_metrics
 from synthmed.metrics.utility import FitConfig, UtilityConfig, evaluate_utility
 from synthmed.privacy.memorisation import GateConfig, MemorisationError, run_gate
 from synthmed.protocols.encoders import source_config, split_images
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from synthmed.metrics import fidelity
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+pd = lazy_import("pandas")
+torch = lazy_import("torch")
 
 logger = logging.getLogger(__name__)
 
@@ -289,6 +295,8 @@ def fidelity_scores(evaluation: EvaluationSet, config: FidelityConfig) -> dict[s
     the floor is B against A. For volumes, the neighbouring-slice floor compares n slices
     with the slice next to each.
     """
+    from synthmed.metrics import fidelity  # here: torch and torchmetrics load with it
+
     ref, syn = evaluation.reference.features, evaluation.synthetic.features
     half_a, half_b, syn_n, rng = fid_sets(ref, syn, seed=config.seed)
     n = len(half_a)
@@ -469,6 +477,8 @@ def family_figures(evaluation: EvaluationSet, memorisation_table: pd.DataFrame,
         Three figures, the t-SNE coordinates (``x, y, class, kind``) and the figures as
         ``(caption, PNG bytes)`` for the report.
     """
+    from synthmed.metrics import report_figures  # here: matplotlib loads with it
+
     rng = np.random.default_rng(config.seed)
     title = f"{evaluation.family} ({evaluation.source}, {evaluation.reference.images.shape[-1]} px)"
     side = report_figures.real_vs_synthetic(
@@ -557,6 +567,8 @@ def compare_families(results: Sequence[FamilyResult]) -> tuple[pd.DataFrame, Fig
     Families of different sources (slices vs patches) are each compared with their own
     source's real data; compare rows of the same source with each other.
     """
+    from synthmed.metrics import report_figures  # here: matplotlib loads with it
+
     rows = []
     for r in results:
         f, m, u = r.fidelity, r.memorisation, r.utility
@@ -698,6 +710,9 @@ def build_report(comparison: pd.DataFrame, results: Sequence[FamilyResult], reba
         gate: the memorisation gate's settings (its minimum self-test recall is reported).
         gate_action: what the rebalancing gate does with flagged images (``rebalancing.gate_action``).
     """
+    from synthmed.imaging.figures import loss_curves
+    from synthmed.metrics import report_figures
+
     shared = [("Utility per training mode (balanced accuracy on the real test split)",
                figure_png(report_figures.utility_bars(pd.concat([r.utility for r in results], ignore_index=True)))),
               ("Training losses", figure_png(loss_curves({r.family: r.history for r in results})))]

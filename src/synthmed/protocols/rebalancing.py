@@ -23,16 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import torch
 
 from synthmed import __version__
 from synthmed.core.config import from_params
+from synthmed.core.lazy import lazy_import
 from synthmed.core.manifest import class_names_of
 from synthmed.core.templates import render
 from synthmed.generators.base import SamplerSpec, TrainedGenerator
 from synthmed.generators.export import SyntheticOrigin, to_dicom, to_nifti, to_png_pixels
-from synthmed.generators.registry import get_family
 from synthmed.generators.sampling import PLAN_COLUMNS, checkpoint_id, generate_from_plan
 from synthmed.metrics.features import TrainedClassifier, at_size
 from synthmed.privacy.memorisation import enforce, prepare_gate
@@ -45,6 +43,11 @@ from synthmed.protocols.evaluation import (
     scored_provenance,
     source_network,
 )
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+pd = lazy_import("pandas")
+torch = lazy_import("torch")
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +168,8 @@ def generate_rebalancing(
     (``num_classes > 0``), not from its family's name. ``seed`` (default
     ``config.seed``): the first batch's seed (one round's seed in ``rebalance_in_rounds``).
     """
+    from synthmed.generators.registry import get_family  # here: it imports every family (torch)
+
     if not getattr(generator.config, "num_classes", 0):
         raise ValueError(
             f"rebalancing.generator {config.generator!r} is not class-conditional (its model has num_classes=0): "
@@ -258,9 +263,9 @@ def _count_numbers(table: pd.DataFrame, keep: np.ndarray) -> dict[str, float]:
 
 # ------------------------------------------------------------------ over-generation
 
-Sample = Callable[[pd.DataFrame, int], tuple[dict[str, np.ndarray], pd.DataFrame]]
+Sample = Callable[["pd.DataFrame", int], tuple[dict[str, np.ndarray], "pd.DataFrame"]]  # strings: pandas loads on use
 """One round's candidates: ``(round plan, seed) -> (synthetic arrays, provenance)``."""
-Gate = Callable[[Mapping[str, np.ndarray], pd.DataFrame], tuple[GateDecision, dict[str, float], pd.DataFrame]]
+Gate = Callable[[Mapping[str, np.ndarray], "pd.DataFrame"], tuple[GateDecision, dict[str, float], "pd.DataFrame"]]
 """The memorisation gate over one round's candidates (``gate_rebalancing`` with its data bound)."""
 
 ROUND_COLUMNS = ["round", "seed", "label", "target", "missing", "pass_rate", "requested", "flagged", "passed",

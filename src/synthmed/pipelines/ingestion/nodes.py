@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 from synthmed.core.checksums import sha256_bytes
 from synthmed.core.config import from_params
+from synthmed.core.lazy import lazy_import
 from synthmed.core.manifest import PATH_SEPARATOR, format_shape, format_spacing
 from synthmed.core.parallel import SpilledFile, SpillFolder, chunk_size, ordered_map, resolve_workers
 from synthmed.core.progress import ProgressLog
@@ -62,6 +62,10 @@ from synthmed.pipelines.ingestion.dicom_pass import (
 )
 from synthmed.privacy.dicom_deid import CANDIDATE_COLUMNS, DicomDeidConfig, failed_reason, format_actions
 from synthmed.privacy.pseudonyms import pseudonym
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+pd = lazy_import("pandas")
 
 logger = logging.getLogger(__name__)
 

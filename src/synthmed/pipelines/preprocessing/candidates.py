@@ -15,9 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
-
+from synthmed.core.lazy import lazy_import
 from synthmed.privacy.dicom_deid import CANDIDATE_COLUMNS, DicomDeidConfig
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+pd = lazy_import("pandas")
 
 _RERUN = "run the ingestion pipeline again (`kedro run --pipelines ingestion`, or `dvc repro`)"
 

@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 from synthmed.core.config import from_params
+from synthmed.core.lazy import lazy_import
 from synthmed.core.manifest import format_shape, format_spacing, parse_spacing
 from synthmed.core.splits import assign_splits
 from synthmed.datasets.array_store import ArrayStore
@@ -39,6 +38,11 @@ from synthmed.pipelines.preprocessing.candidates import dicom_candidates
 from synthmed.privacy.dicom_deid import format_actions, parse_actions
 from synthmed.privacy.nifti_deid import deidentify_nifti
 from synthmed.privacy.pixel_checks import PixelFix, pixel_fixes, pixel_quarantine, with_fix
+
+# Heavy libraries are imported on first use: the parameter check imports this module for its
+# configuration without them (synthmed.core.lazy.lazy_import).
+pd = lazy_import("pandas")
+nib = lazy_import("nibabel")
 
 logger = logging.getLogger(__name__)
 
