@@ -143,7 +143,7 @@ def _schema() -> dict[str, type]:
         "evaluation.reader_kit": ReaderKitConfig,
         "evaluation.steps_sweep": StepsSweepConfig,
         "study_mask_to_image": MaskToImageConfig,
-        "study_mask_to_image.model": ALL_FAMILIES["pix2pix"].config_cls,
+        "study_mask_to_image.model": FAMILY_CONFIGS["pix2pix"],
         "study_mask_to_image.training": TrainingConfig,
     }
     # One block per registered generator family (the registry checks that FAMILY_CONFIGS lists them all).

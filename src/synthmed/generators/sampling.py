@@ -58,7 +58,7 @@ THROUGHPUT_COLUMNS = ["batch_size", "device", "precision", "channels_last", "com
 PROVENANCE_COLUMNS = ["index", "family", "checkpoint", "sampler", "steps", "guidance", "seed", "batch_position",
                       "condition", "label", "case", "source_index", *THROUGHPUT_COLUMNS]
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # torch dtype names (torch loads on first use)
 # batch_size: auto on CUDA: the probe batch whose peak memory, per image, sizes the real one.
 PROBE_BATCH = 8
 
@@ -119,7 +119,7 @@ class Throughput:
         """Mixed precision for the networks' forward passes (nothing for fp32)."""
         if self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
+        return torch.autocast(self.device.type, dtype=getattr(torch, AUTOCAST_DTYPES[self.precision]))
 
 
 def sampling_device(name: str) -> torch.device:

@@ -11,8 +11,13 @@ on the sample; it is not a clinical segmentation.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
-from skimage import filters, morphology
+
+from synthmed.core.lazy import lazy_import
+
+# On first use: the parameter check imports this module's neighbours for their configurations.
+ndimage = lazy_import("scipy.ndimage")
+filters = lazy_import("skimage.filters")
+morphology = lazy_import("skimage.morphology")
 
 
 def field_of_view(rgb: np.ndarray, threshold: float) -> np.ndarray:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import math
 
-import pandas as pd
+from synthmed.core.lazy import lazy_import
+
+pd = lazy_import("pandas")  # on first use: the parameter check imports this module
+
 
 SWEEP_COLUMNS = ["family", "sampler", "steps", "guidance", "images", "seed", "fid", "fid_low", "fid_high", "fid_n",
                  "floor", "floor_low", "floor_high", "seconds_per_image", "cpu_seconds_per_image", "device",

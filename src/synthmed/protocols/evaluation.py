@@ -269,6 +269,8 @@ def fid_sets(reference: torch.Tensor, synthetic: torch.Tensor, *,
     """The sets FID compares "on the same N": two disjoint real halves A and B of
     ``n = min(N_synthetic, N_reference // 2)`` rows and ``n`` synthetic rows (features), and the
     random generator that drew them (``fidelity_scores`` draws on from it)."""
+    from synthmed.metrics import fidelity  # here: torch and torchmetrics load with it
+
     half_a, half_b = fidelity.real_floor_split(reference, len(synthetic), seed=seed)
     rng = np.random.default_rng(seed)
     synthetic_n = synthetic[torch.as_tensor(np.sort(rng.choice(len(synthetic), size=len(half_a), replace=False)))]
@@ -279,6 +281,8 @@ def fid_intervals(half_a: torch.Tensor, half_b: torch.Tensor, synthetic_n: torch
                   floor: bool = True) -> dict[str, float]:
     """``fid`` (synthetic vs A) and, with ``floor``, ``fid_floor_halves`` (B vs A), each with its
     bootstrap interval and N (``fid_low``, ``fid_high``, ``fid_n``, ...): the evaluation's FID."""
+    from synthmed.metrics import fidelity  # here: torch and torchmetrics load with it
+
     boot = {"resamples": config.resamples, "level": config.level, "seed": config.seed}
     out = _interval("fid", fidelity.bootstrap_interval(fidelity.frechet_distance, half_a, synthetic_n, **boot))
     if floor:
@@ -693,6 +697,8 @@ def _sweep_view(result: FamilyResult) -> dict[str, Any] | None:
     table = getattr(result, "steps_sweep", None)
     if table is None or not len(table):
         return None
+    from synthmed.metrics import report_figures  # here: matplotlib loads with it
+
     figure = report_figures.steps_sweep_figure(
         table, title=f"{result.family}: FID against solver steps (same plan and seed per point)")
     return {"table": table, "figure": figure_png(figure)}

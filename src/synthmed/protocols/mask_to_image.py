@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import torch
 
+from synthmed.core.lazy import lazy_import
 from synthmed.core.splits import SPLITS, SplitConfig, assign_group_splits, check_no_leakage
 from synthmed.imaging.fundus_sample import FundusPhoto
-from synthmed.metrics.fidelity import paired_metrics, summarise
 from synthmed.protocols.studies import PublishedRow, StudyRow
 
+pd = lazy_import("pandas")
+torch = lazy_import("torch")
 logger = logging.getLogger(__name__)
 
 METRICS = ("mse", "ssim", "psnr")
@@ -159,6 +159,8 @@ def _blurred(images: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _summaries(fake: np.ndarray, real: np.ndarray, evaluation: MaskToImageEvaluation) -> dict[str, dict[str, float]]:
+    from synthmed.metrics.fidelity import paired_metrics, summarise  # here: torch and torchmetrics load with it
+
     scores = paired_metrics(torch.from_numpy(np.clip(fake, -1.0, 1.0)), torch.from_numpy(real), data_range=2.0)
     return {m: summarise(scores[m], resamples=evaluation.resamples, level=evaluation.level, seed=evaluation.seed)
             for m in METRICS}

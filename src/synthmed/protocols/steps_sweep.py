@@ -22,11 +22,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from synthmed.core.config import from_params
+from synthmed.core.lazy import lazy_import
 from synthmed.generators.base import SAMPLERS, SamplerSpec, TrainedGenerator
-from synthmed.generators.registry import get_family
 from synthmed.generators.sampling import (
     SamplingConfig,
     ThroughputConfig,
@@ -38,6 +37,7 @@ from synthmed.metrics.features import at_size
 from synthmed.metrics.steps_sweep import SWEEP_COLUMNS, recommend
 from synthmed.protocols.evaluation import EvaluationSet, FidelityConfig, fid_intervals, fid_sets
 
+pd = lazy_import("pandas")
 logger = logging.getLogger(__name__)
 
 # Plan rows the sweep can scale without real images to condition on.
@@ -116,6 +116,8 @@ def steps_sweep(generator: TrainedGenerator, evaluation: EvaluationSet, sampling
     family = evaluation.family
     if not config.enabled or family not in config.families:
         return pd.DataFrame(columns=SWEEP_COLUMNS)
+    from synthmed.generators.registry import get_family  # here: the networks (torch) load with it
+
     spec = get_family(generator.family)
     base = from_params(SamplerSpec, sampling.sampler, f"{family}.sampling.sampler")
     throughput = from_params(ThroughputConfig, sampling.throughput, f"{family}.sampling.throughput")

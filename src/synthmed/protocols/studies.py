@@ -22,9 +22,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
-
+from synthmed.core.lazy import lazy_import
 from synthmed.core.templates import render
+
+pd = lazy_import("pandas")  # on first use: the parameter check imports this module
 
 ROW_KINDS = ("ours", "floor", "reference", "published")
 STUDY_COLUMNS = ["row", "kind", "n", "level", "source"]
