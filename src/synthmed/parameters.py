@@ -104,12 +104,15 @@ def _schema() -> dict[str, type]:
     from synthmed.imaging.cohort import CohortConfig
     from synthmed.imaging.extraction import PatchConfig, SliceConfig
     from synthmed.imaging.intensity import IntensitySpec
+    from synthmed.imaging.lesion_placement import LesionPlanRow
     from synthmed.imaging.slicing import PatchSpec
     from synthmed.imaging.volumes import VolumeConfig
     from synthmed.metrics.features import FeatureNetworkConfig, FitConfig
     from synthmed.metrics.utility import UtilityConfig
+    from synthmed.metrics.volumes import PlaneEncoderConfig, SegmenterConfig
     from synthmed.pipelines.ingestion.nodes import IngestionConfig
     from synthmed.pipelines.preprocessing.nodes import GeometrySpec, PreprocessingConfig
+    from synthmed.pipelines.study_3d import nodes as study_3d
     from synthmed.privacy.dicom_deid import DicomDeidConfig
     from synthmed.privacy.memorisation import GateConfig
     from synthmed.privacy.pixel_checks import PixelChecksConfig
@@ -148,6 +151,16 @@ def _schema() -> dict[str, type]:
         "evaluation.memorisation": GateConfig,
         "evaluation.figures": FigureConfig,
         "evaluation.reader_kit": ReaderKitConfig,
+        "study_3d": study_3d.StudyConfig,
+        "study_3d.run": RunConfig,
+        "study_3d.model": ALL_FAMILIES["pix2pix3d"].config_cls,
+        "study_3d.training": TrainingConfig,
+        "study_3d.plan[]": LesionPlanRow,
+        "study_3d.evaluation": study_3d.StudyEvaluationConfig,
+        "study_3d.evaluation.encoder": PlaneEncoderConfig,
+        "study_3d.evaluation.segmenter": SegmenterConfig,
+        "study_3d.evaluation.fid": study_3d.FidConfig,
+        "study_3d.evaluation.memorisation": study_3d.VolumeGateConfig,
     }
     # One block per registered generator family (the registry is the only list of them).
     for name, spec in ALL_FAMILIES.items():

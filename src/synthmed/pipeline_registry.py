@@ -13,8 +13,8 @@ PIPELINE_ORDER = ("sample_data", "ingestion", "preprocessing", "extraction", "tr
 # `kedro run --pipelines data`: what `raw_sources` points at, up to the model inputs.
 DATA_PIPELINES = ("ingestion", "preprocessing", "extraction")
 # Run only when named: `sample_cohort` builds the multi-patient test cohort (data/01_raw/cohort),
-# which no stage reads yet.
-ON_REQUEST = ("sample_cohort",)
+# which no stage reads yet; `study_3d` the 3D study (issue 11) on extraction's sub-volumes.
+ON_REQUEST = ("sample_cohort", "study_3d")
 
 
 def register_pipelines() -> dict[str, Pipeline]:
