@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from synthmed.imaging.lesion_placement import LesionPlanRow, place_plan
+from synthmed.imaging.volumes import tissue_order
 from synthmed.metrics import fidelity
 from synthmed.metrics import volumes as vm
 from synthmed.pipelines.study_3d import nodes
@@ -71,6 +72,7 @@ def params(tmp_path):
         "export_dicom": True,
         "evaluation": {"views": 2, "encoder": {"width": 4, "feature_dim": 8, "steps": 3, "batch_size": 8},
                        "segmenter": {"width": 4, "steps": 3, "batch_size": 2},
+                       "utility": {"enabled": True, "test_split": "validation", "seeds": [0]},
                        "fid": {"resamples": 5, "level": 0.9, "seed": 0},
                        "memorisation": {"percentile": 99.0, "planted": 3, "noise_std": 0.05}},
     }
@@ -104,9 +106,15 @@ def test_study_nodes_end_to_end(cohort, params):
     assert len(table) == 3 and control["control_n"] == 3
     gate_table, gate = nodes.run_volume_gate(store, manifest, samples, params)
     assert set(gate_table["kind"]) == {"held_out", "synthetic", "planted"}
+    runs, utility = nodes.score_utility(store, manifest, samples, provenance, params)
+    # Test split validation: only the lesion volume drawn from a test patient's label map is trained on.
+    assert runs["train_volumes"].tolist() == [8, 9] and (runs["test_volumes"] == 1).all()
+    assert utility["utility_dice_difference"] == pytest.approx(
+        utility["utility_dice_real_synthetic"] - utility["utility_dice_real"])
     metrics, html, views, gate_figure = nodes.write_study_report(store, manifest, samples, provenance, fid, table,
-                                                                 control, gate_table, gate, params)
+                                                                 control, gate_table, gate, runs, utility, params)
     assert "Lesion control" in html and "2.5D FID" in html and metrics["n_lesion"] == 3
+    assert "utility_dice_real" in metrics and "real_synthetic" in html
     assert all(isinstance(v, float) for v in metrics.values())
 
 
@@ -242,3 +250,18 @@ def test_volume_gate_node_self_test(cohort, params):
     synthetic = table[table["kind"] == "synthetic"]
     assert synthetic["flagged"].all() and gate["gate_fraction_flagged"] == 1.0
     assert gate["gate_self_test_recall"] == 1.0 and gate["gate_blind"] == 0.0
+
+
+def test_contrast_selection(cohort, params):
+    store, manifest = cohort
+    images = np.asarray(store["images"]).copy()
+    maps = np.asarray(store["label_maps"])
+    # Sub-volumes 0-3 become T1w-like: grey matter darker than white matter.
+    images[:4][maps[:4] == 2] = -0.2
+    assert tissue_order(images, maps, 2, 3).tolist() == [False] * 4 + [True] * 8
+    with_contrast = copy.deepcopy(params) | {"contrast": {"brighter": "grey_matter", "darker": "white_matter"}}
+    kept = nodes._selected({**store, "images": images}, manifest, nodes._config(with_contrast))
+    assert kept["index"].tolist() == list(range(4, 12))
+    assert nodes._selected(store, manifest, nodes._config(params)) is manifest  # no contrast: every row
+    with pytest.raises(ValueError, match="study_3d.contrast"):
+        nodes._config(copy.deepcopy(params) | {"contrast": {"brighter": "bone", "darker": "white_matter"}})

@@ -160,6 +160,7 @@ def _schema() -> dict[str, type]:
         "study_3d.evaluation.encoder": PlaneEncoderConfig,
         "study_3d.evaluation.segmenter": SegmenterConfig,
         "study_3d.evaluation.fid": study_3d.FidConfig,
+        "study_3d.evaluation.utility": study_3d.UtilityConfig3D,
         "study_3d.evaluation.memorisation": study_3d.VolumeGateConfig,
     }
     # One block per registered generator family (the registry is the only list of them).

@@ -33,8 +33,9 @@ from synthmed.generators.sampling import checkpoint_id
 from synthmed.generators.tracking import active_tracker
 from synthmed.generators.training import ArrayBatches, TrainingConfig, train
 from synthmed.generators.volume_export import volume_affine, volume_files
-from synthmed.imaging.cohort import WHITE
+from synthmed.imaging.cohort import LABEL_NAMES, WHITE
 from synthmed.imaging.lesion_placement import LesionPlanRow, place_plan
+from synthmed.imaging.volumes import tissue_order
 from synthmed.metrics import report as report_format
 from synthmed.metrics import volumes as vm
 from synthmed.privacy.memorisation import calibrate_threshold
@@ -74,11 +75,28 @@ class VolumeGateConfig:
 
 
 @dataclass(frozen=True)
+class UtilityConfig3D:
+    """``params:study_3d.evaluation.utility``: lesion segmenters on real vs real + synthetic volumes.
+
+    Args:
+        enabled: run it (2 x len(seeds) segmenter trainings).
+        test_split: the real held-out volumes they are scored on; synthetic volumes drawn from this
+            split's label maps are not trained on.
+        seeds: one segmenter per mode and seed.
+    """
+
+    enabled: bool = True
+    test_split: str = "validation"
+    seeds: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
 class StudyEvaluationConfig:
     """``params:study_3d.evaluation``."""
 
     encoder: Mapping[str, Any] = field(default_factory=dict)
     segmenter: Mapping[str, Any] = field(default_factory=dict)
+    utility: Mapping[str, Any] = field(default_factory=dict)
     fid: Mapping[str, Any] = field(default_factory=dict)
     memorisation: Mapping[str, Any] = field(default_factory=dict)
     views: int = 4
@@ -99,6 +117,9 @@ class StudyConfig:
         clear_label: tissue written over a held-out map's own lesions before a lesion is placed.
         plan: `LesionPlanRow` keys per row.
         export_dicom: DICOM series beside the NIfTI files.
+        contrast: ``{brighter: <tissue>, darker: <tissue>}``: only sub-volumes whose mean intensity in
+            the first tissue exceeds the second's (one MR contrast per study when the manifest does not
+            record it: `synthmed.imaging.volumes.tissue_order`); empty = every sub-volume.
         evaluation: `StudyEvaluationConfig` keys.
     """
 
@@ -114,7 +135,14 @@ class StudyConfig:
     clear_label: int = WHITE
     plan: tuple[Mapping[str, Any], ...] = ()
     export_dicom: bool = True
+    contrast: Mapping[str, str] = field(default_factory=dict)
     evaluation: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.contrast and (set(self.contrast) != {"brighter", "darker"}
+                              or not set(self.contrast.values()) <= set(LABEL_NAMES.values())):
+            raise ValueError(f"study_3d.contrast must be empty or {{brighter: <tissue>, darker: <tissue>}} with tissue "
+                             f"names {sorted(LABEL_NAMES.values())}, got {dict(self.contrast)}.")
 
 
 def _config(params: Mapping[str, Any]) -> StudyConfig:
@@ -123,6 +151,19 @@ def _config(params: Mapping[str, Any]) -> StudyConfig:
 
 def _evaluation(config: StudyConfig) -> StudyEvaluationConfig:
     return from_params(StudyEvaluationConfig, config.evaluation, "study_3d.evaluation")
+
+
+def _selected(volumes: Mapping[str, np.ndarray], manifest: pd.DataFrame, config: StudyConfig) -> pd.DataFrame:
+    """The manifest rows of the study's contrast (``study_3d.contrast``), all rows without one."""
+    if not config.contrast:
+        return manifest
+    value = {name: label for label, name in LABEL_NAMES.items()}
+    keep = tissue_order(volumes["images"], volumes["label_maps"], value[config.contrast["brighter"]],
+                        value[config.contrast["darker"]])
+    rows = manifest[keep[manifest["index"].to_numpy()]]
+    logger.info("study_3d.contrast %s above %s: %d of %d sub-volumes", config.contrast["brighter"],
+                config.contrast["darker"], len(rows), len(manifest))
+    return rows
 
 
 def _rows(manifest: pd.DataFrame, splits: tuple[str, ...] | str, crop: str | None = None) -> pd.DataFrame:
@@ -156,6 +197,7 @@ def train_volume_generator(volumes: Mapping[str, np.ndarray], volume_manifest: p
                            params: dict[str, Any]) -> tuple[TrainedGenerator, pd.DataFrame]:
     """Train the volume family on the reference split's sub-volumes (the shared trainer, checkpoints, resume)."""
     config = _config(params)
+    volume_manifest = _selected(volumes, volume_manifest, config)
     spec = get_family(config.family)
     if spec.spatial_dims != 3:
         raise ValueError(f"study_3d.family {config.family!r} is not a volume family (spatial_dims "
@@ -197,6 +239,7 @@ def plan_lesion_volumes(volumes: Mapping[str, np.ndarray], volume_manifest: pd.D
         lesion placed.
     """
     config = _config(params)
+    volume_manifest = _selected(volumes, volume_manifest, config)
     rows = [from_params(LesionPlanRow, row, f"study_3d.plan[{k}]") for k, row in enumerate(config.plan)]
     held_out = _rows(volume_manifest, config.held_out_splits)
     if held_out.empty:
@@ -293,6 +336,7 @@ def score_fidelity(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFr
                    params: dict[str, Any]) -> dict[str, float]:
     """2.5D FID (reference split vs every synthetic volume) with its floor; paired 3D SSIM / PSNR."""
     config = _config(params)
+    volume_manifest = _selected(volumes, volume_manifest, config)
     evaluation = _evaluation(config)
     encoder_config = from_params(vm.PlaneEncoderConfig, evaluation.encoder, "study_3d.evaluation.encoder")
     fid = from_params(FidConfig, evaluation.fid, "study_3d.evaluation.fid")
@@ -325,6 +369,7 @@ def score_lesion_control(volumes: Mapping[str, np.ndarray], volume_manifest: pd.
     """Segment the lesion of each lesion-control volume (3D segmenter trained on real training volumes)
     and compare it with the lesion asked for; the segmenter's Dice on real held-out volumes beside it."""
     config = _config(params)
+    volume_manifest = _selected(volumes, volume_manifest, config)
     evaluation = _evaluation(config)
     seg_config = from_params(vm.SegmenterConfig, evaluation.segmenter, "study_3d.evaluation.segmenter")
     fid = from_params(FidConfig, evaluation.fid, "study_3d.evaluation.fid")
@@ -346,10 +391,40 @@ def score_lesion_control(volumes: Mapping[str, np.ndarray], volume_manifest: pd.
     return table, out
 
 
+def score_utility(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFrame,
+                  samples: Mapping[str, np.ndarray], provenance: pd.DataFrame,
+                  params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Dice on real held-out volumes of lesion segmenters trained on real vs real + lesion-control volumes."""
+    config = _config(params)
+    volume_manifest = _selected(volumes, volume_manifest, config)
+    evaluation = _evaluation(config)
+    utility = from_params(UtilityConfig3D, evaluation.utility, "study_3d.evaluation.utility")
+    if not utility.enabled:
+        return pd.DataFrame(columns=["mode", "seed", "train_volumes", "test_volumes", "dice"]), {}
+    seg_config = from_params(vm.SegmenterConfig, evaluation.segmenter, "study_3d.evaluation.segmenter")
+    fid = from_params(FidConfig, evaluation.fid, "study_3d.evaluation.fid")
+    reference = _arrays(volumes, _rows(volume_manifest, config.reference_split)["index"].to_numpy())
+    test = _arrays(volumes, _rows(volume_manifest, utility.test_split)["index"].to_numpy())
+    rows = provenance.index[(provenance["kind"] == LESION) & (provenance["split"] != utility.test_split)].to_numpy()
+    if not len(rows):
+        raise ValueError(f"No lesion-control volume was drawn outside study_3d.evaluation.utility.test_split "
+                         f"{utility.test_split!r}; add plan rows or choose another test split.")
+    synthetic = (np.asarray(samples["images"])[rows], np.asarray(samples["lesion_masks"])[rows])
+    runs, summary = vm.segmentation_utility((reference["images"], reference["lesion_masks"]), synthetic,
+                                            (test["images"], test["lesion_masks"]), seg_config, utility.seeds,
+                                            resamples=fid.resamples, level=fid.level)
+    logger.info("study_3d utility: Dice real %.3f, real + synthetic %.3f, difference %.3f [%.3f, %.3f]",
+                summary["utility_dice_real"], summary["utility_dice_real_synthetic"],
+                summary["utility_dice_difference"], summary["utility_dice_difference_low"],
+                summary["utility_dice_difference_high"])
+    return runs, summary
+
+
 def run_volume_gate(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFrame,
                     samples: Mapping[str, np.ndarray], params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, float]]:
     """Nearest training volume of every synthetic, held-out and planted volume; threshold from the held-out ones."""
     config = _config(params)
+    volume_manifest = _selected(volumes, volume_manifest, config)
     gate = from_params(VolumeGateConfig, _evaluation(config).memorisation, "study_3d.evaluation.memorisation")
     reference, held_out = _real_sets(volumes, volume_manifest, config)
     planted, planted_from = vm.plant_volume_copies(reference["images"], gate.planted, noise_std=gate.noise_std,
@@ -416,13 +491,15 @@ def _views(samples: Mapping[str, np.ndarray], provenance: pd.DataFrame, volumes:
 def write_study_report(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFrame,
                        samples: Mapping[str, np.ndarray], provenance: pd.DataFrame, fidelity: dict[str, float],
                        control_table: pd.DataFrame, control: dict[str, float], gate_table: pd.DataFrame,
-                       gate: dict[str, float], params: dict[str, Any]) -> tuple[dict[str, float], str, Figure, Figure]:
+                       gate: dict[str, float], utility_runs: pd.DataFrame, utility: dict[str, float],
+                       params: dict[str, Any]) -> tuple[dict[str, float], str, Figure, Figure]:
     """The study's metrics (JSON + MLflow), its HTML page, the orthogonal views and the gate figure."""
     config = _config(params)
+    volume_manifest = _selected(volumes, volume_manifest, config)
     evaluation = _evaluation(config)
     fid = from_params(FidConfig, evaluation.fid, "study_3d.evaluation.fid")
     gate_config = from_params(VolumeGateConfig, evaluation.memorisation, "study_3d.evaluation.memorisation")
-    metrics = {k: float(v) for k, v in {**fidelity, **control, **gate}.items()}
+    metrics = {k: float(v) for k, v in {**fidelity, **control, **gate, **utility}.items()}
     metrics |= {"n_paired": float((provenance["kind"] == PAIRED).sum()),
                 "n_lesion": float((provenance["kind"] == LESION).sum()),
                 "n_reference": float((volume_manifest["split"] == config.reference_split).sum())}
@@ -435,7 +512,8 @@ def write_study_report(volumes: Mapping[str, np.ndarray], volume_manifest: pd.Da
     html = render("study_3d_report.html.j2", config=config, metrics=metrics, level_pct=round(100 * fid.level),
                   number=report_format.number, control_table=report_format.html_table(shown.round(3)),
                   views=report_format.png64(_png(views)), gate_png=report_format.png64(_png(gate_figure)),
-                  planes=vm.PLANES, gate_percentile=gate_config.percentile)
+                  planes=vm.PLANES, gate_percentile=gate_config.percentile,
+                  utility_table=report_format.html_table(utility_runs.round(4)) if len(utility_runs) else "")
     return metrics, html, views, gate_figure
 
 
