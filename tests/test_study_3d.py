@@ -265,3 +265,22 @@ def test_contrast_selection(cohort, params):
     assert nodes._selected(store, manifest, nodes._config(params)) is manifest  # no contrast: every row
     with pytest.raises(ValueError, match="study_3d.contrast"):
         nodes._config(copy.deepcopy(params) | {"contrast": {"brighter": "bone", "darker": "white_matter"}})
+
+
+def test_segmentation_utility_difference(monkeypatch):
+    """Stub segmenters: the one trained with synthetic volumes finds every lesion, the real-only one none."""
+    masks = np.zeros((3, 1, 4, 4, 4), np.uint8)
+    masks[:2, 0, 1:3, 1:3, 1:3] = 1  # the third test volume has no lesion: not scored
+    monkeypatch.setattr(vm, "fit_segmenter", lambda images, target, config: len(images))
+    monkeypatch.setattr(vm, "segment", lambda model, images, threshold: masks[:len(images)] * int(model > 5))
+    real = (np.zeros((5, 1, 4, 4, 4), np.float32), np.zeros((5, 1, 4, 4, 4), np.uint8))
+    synthetic = (np.zeros((2, 1, 4, 4, 4), np.float32), np.zeros((2, 1, 4, 4, 4), np.uint8))
+    runs, summary = vm.segmentation_utility(real, synthetic, (np.zeros((3, 1, 4, 4, 4), np.float32), masks),
+                                            vm.SegmenterConfig(), seeds=[0, 1], resamples=10)
+    assert runs["mode"].tolist() == ["real", "real", "real_synthetic", "real_synthetic"]
+    assert runs["train_volumes"].tolist() == [5, 5, 7, 7] and (runs["test_volumes"] == 2).all()
+    assert summary["utility_dice_real"] == 0.0 and summary["utility_dice_real_synthetic"] == 1.0
+    assert summary["utility_dice_difference"] == 1.0 and summary["utility_test_volumes"] == 2
+    with pytest.raises(ValueError, match="No test volume holds a lesion"):
+        vm.segmentation_utility(real, synthetic, (np.zeros((1, 1, 4, 4, 4), np.float32), masks[2:]),
+                                vm.SegmenterConfig(), seeds=[0])
