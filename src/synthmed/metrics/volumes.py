@@ -54,7 +54,7 @@ from synthmed.core.progress import ProgressLog
 from synthmed.core.seeding import seeded
 from synthmed.core.validation import is_int, is_number
 from synthmed.metrics import fidelity
-from synthmed.metrics.features import ClassifierConfig, FitConfig, fit_classifier, predict_proba
+from synthmed.metrics.features import ClassifierConfig, FitConfig, fit_classifier, predict_proba, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ class PlaneEncoderConfig:
     batch_size: int = 32
     learning_rate: float = 0.002
     min_brain_fraction: float = 0.1
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if not is_number(self.min_brain_fraction) or not 0.0 <= self.min_brain_fraction < 1.0:
@@ -140,7 +141,7 @@ def train_plane_encoder(volumes: np.ndarray, label_maps: np.ndarray, config: Pla
     spec = ClassifierConfig(channels=1, num_classes=len(PLANES), image_px=side, width=config.width,
                             feature_dim=config.feature_dim)
     fit = FitConfig(steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate,
-                    device="cpu")
+                    device=config.device)
     model = fit_classifier(slices, labels, spec, fit, seed=config.seed, flips=False, description="2.5D FID encoder")
     accuracy = float((predict_proba(model, slices).argmax(1) == labels).float().mean())
     return model, {"encoder_train_slices": float(len(slices)), "encoder_train_accuracy": accuracy}
@@ -265,6 +266,7 @@ class SegmenterConfig:
         steps, batch_size, learning_rate: AdamW training on the real training volumes.
         threshold: lesion probability from which a voxel is lesion.
         seed: weights and batch order.
+        device: "auto" (CUDA when present), "cpu" or "cuda".
     """
 
     width: int = 8
@@ -273,6 +275,7 @@ class SegmenterConfig:
     learning_rate: float = 0.003
     threshold: float = 0.5
     seed: int = 0
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("width", "steps", "batch_size"):
@@ -320,6 +323,8 @@ def fit_segmenter(images: np.ndarray, masks: np.ndarray, config: SegmenterConfig
         raise ValueError("No training volumes for the lesion segmenter (the train split holds none).")
     with seeded(config.seed):
         model = LesionSegmenter(config.width)
+    device = resolve_device(config.device)
+    model.to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     rng = torch.Generator().manual_seed(config.seed)
     log = ProgressLog(logger, "lesion segmenter training", config.steps, "steps")
@@ -328,22 +333,24 @@ def fit_segmenter(images: np.ndarray, masks: np.ndarray, config: SegmenterConfig
         index = torch.randint(len(x_all), (min(config.batch_size, len(x_all)),), generator=rng)
         x, y = x_all[index], y_all[index]
         flip = (torch.rand(len(x), generator=rng) < 0.5).view(-1, 1, 1, 1, 1)
-        x, y = torch.where(flip, x.flip(-1), x), torch.where(flip, y.flip(-1), y)
+        x, y = torch.where(flip, x.flip(-1), x).to(device), torch.where(flip, y.flip(-1), y).to(device)
         logits = model(x)
         loss = F.binary_cross_entropy_with_logits(logits, y) + _soft_dice_loss(logits, y)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         log.update(step + 1)
-    return model.eval()
+    return model.cpu().eval()
 
 
 @torch.no_grad()
 def segment(model: LesionSegmenter, images: np.ndarray | Tensor, threshold: float, *,
             batch_size: int = 8) -> np.ndarray:
-    """``(N, 1, D, H, W)`` uint8 lesion masks (probability >= ``threshold``)."""
+    """``(N, 1, D, H, W)`` uint8 lesion masks (probability >= ``threshold``), on the model's device."""
     values = _volumes("images", images)
-    out = [torch.sigmoid(model(values[i:i + batch_size])) >= threshold for i in range(0, len(values), batch_size)]
+    device = next(model.parameters()).device
+    out = [(torch.sigmoid(model(values[i:i + batch_size].to(device))) >= threshold).cpu()
+           for i in range(0, len(values), batch_size)]
     return (torch.cat(out) if out else torch.zeros_like(values, dtype=torch.bool)).numpy().astype(np.uint8)
 
 

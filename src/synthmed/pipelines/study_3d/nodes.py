@@ -344,7 +344,7 @@ def score_fidelity(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFr
     encoder, facts = vm.train_plane_encoder(reference["images"], reference["label_maps"], encoder_config)
     from synthmed.metrics.features import domain_network
 
-    embed = domain_network(encoder, device="cpu")
+    embed = domain_network(encoder, device=encoder_config.device)
     fraction = encoder_config.min_brain_fraction
     real_features = vm.plane_features(embed, reference["images"], reference["label_maps"], fraction)
     fake_features = vm.plane_features(embed, np.asarray(samples["images"]), np.asarray(samples["label_maps"]),
