@@ -102,11 +102,11 @@ def test_study_nodes_end_to_end(cohort, params):
     fid = nodes.score_fidelity(store, manifest, samples, provenance, params)
     assert fid["fid_2_5d_n"] == 4 and fid["paired_ssim_n"] == held_out
     assert fid["fid_2_5d"] == pytest.approx(np.mean([fid[f"fid_{p}"] for p in vm.PLANES]))
-    table, control = nodes.score_lesion_control(store, manifest, samples, provenance, params)
+    table, control, segmenter = nodes.score_lesion_control(store, manifest, samples, provenance, params)
     assert len(table) == 3 and control["control_n"] == 3
     gate_table, gate = nodes.run_volume_gate(store, manifest, samples, params)
     assert set(gate_table["kind"]) == {"held_out", "synthetic", "planted"}
-    runs, utility = nodes.score_utility(store, manifest, samples, provenance, params)
+    runs, utility = nodes.score_utility(store, manifest, samples, provenance, segmenter, params)
     # Test split validation: only the lesion volume drawn from a test patient's label map is trained on.
     assert runs["train_volumes"].tolist() == [8, 9] and (runs["test_volumes"] == 1).all()
     assert utility["utility_dice_difference"] == pytest.approx(

@@ -365,7 +365,7 @@ def score_fidelity(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFr
 
 def score_lesion_control(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFrame,
                          samples: Mapping[str, np.ndarray], provenance: pd.DataFrame,
-                         params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, float]]:
+                         params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, float], vm.LesionSegmenter]:
     """Segment the lesion of each lesion-control volume (3D segmenter trained on real training volumes)
     and compare it with the lesion asked for; the segmenter's Dice on real held-out volumes beside it."""
     config = _config(params)
@@ -381,20 +381,21 @@ def score_lesion_control(volumes: Mapping[str, np.ndarray], volume_manifest: pd.
            "segmenter_held_out_with_lesion": float(with_lesion.sum())}
     rows = provenance.index[provenance["kind"] == LESION].to_numpy()
     if not len(rows):
-        return pd.DataFrame(), out
+        return pd.DataFrame(), out, model
     masks = vm.segment(model, np.asarray(samples["images"])[rows], seg_config.threshold)
     table = vm.lesion_control_table(provenance.iloc[rows].reset_index(drop=True), masks, _spacing(volume_manifest))
     out |= vm.control_summary(table, resamples=fid.resamples, level=fid.level, seed=fid.seed)
     logger.info("study_3d lesion control: detected %.2f, |volume error| %.2f mL, centre error %.1f mm (n = %d)",
                 out["control_detected"], out.get("control_abs_volume_error_ml", float("nan")),
                 out.get("control_centre_error_mm", float("nan")), len(table))
-    return table, out
+    return table, out, model
 
 
 def score_utility(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFrame,
-                  samples: Mapping[str, np.ndarray], provenance: pd.DataFrame,
+                  samples: Mapping[str, np.ndarray], provenance: pd.DataFrame, segmenter: vm.LesionSegmenter,
                   params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Dice on real held-out volumes of lesion segmenters trained on real vs real + lesion-control volumes."""
+    """Dice on real held-out volumes of lesion segmenters trained on real vs real + lesion-control volumes
+    (the lesion-control segmenter is the real-only one of its seed: same data, same configuration)."""
     config = _config(params)
     volume_manifest = _selected(volumes, volume_manifest, config)
     evaluation = _evaluation(config)
@@ -412,7 +413,8 @@ def score_utility(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFra
     synthetic = (np.asarray(samples["images"])[rows], np.asarray(samples["lesion_masks"])[rows])
     runs, summary = vm.segmentation_utility((reference["images"], reference["lesion_masks"]), synthetic,
                                             (test["images"], test["lesion_masks"]), seg_config, utility.seeds,
-                                            resamples=fid.resamples, level=fid.level)
+                                            resamples=fid.resamples, level=fid.level,
+                                            trained={seg_config.seed: segmenter})
     logger.info("study_3d utility: Dice real %.3f, real + synthetic %.3f, difference %.3f [%.3f, %.3f]",
                 summary["utility_dice_real"], summary["utility_dice_real_synthetic"],
                 summary["utility_dice_difference"], summary["utility_dice_difference_low"],
