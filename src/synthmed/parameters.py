@@ -95,12 +95,15 @@ def _schema() -> dict[str, type]:
     from synthmed.imaging.extraction import PatchConfig, SliceConfig
     from synthmed.imaging.fundus_sample import FundusSampleConfig
     from synthmed.imaging.intensity import IntensitySpec
+    from synthmed.imaging.lesion_placement import LesionPlanRow
     from synthmed.imaging.slicing import PatchSpec
     from synthmed.imaging.volumes import VolumeConfig
     from synthmed.metrics.features import FeatureNetworkConfig, FitConfig
     from synthmed.metrics.utility import UtilityConfig
+    from synthmed.metrics.volumes import PlaneEncoderConfig, SegmenterConfig
     from synthmed.pipelines.ingestion.nodes import IngestionConfig
     from synthmed.pipelines.preprocessing.nodes import GeometrySpec, PreprocessingConfig
+    from synthmed.pipelines.study_3d import nodes as study_3d
     from synthmed.privacy.dicom_deid import DicomDeidConfig
     from synthmed.privacy.memorisation import GateConfig
     from synthmed.privacy.pixel_checks import PixelChecksConfig
@@ -145,6 +148,17 @@ def _schema() -> dict[str, type]:
         "study_mask_to_image": MaskToImageConfig,
         "study_mask_to_image.model": FAMILY_CONFIGS["pix2pix"],
         "study_mask_to_image.training": TrainingConfig,
+        "study_3d": study_3d.StudyConfig,
+        "study_3d.run": RunConfig,
+        "study_3d.model": FAMILY_CONFIGS["pix2pix3d"],
+        "study_3d.training": TrainingConfig,
+        "study_3d.plan[]": LesionPlanRow,
+        "study_3d.evaluation": study_3d.StudyEvaluationConfig,
+        "study_3d.evaluation.encoder": PlaneEncoderConfig,
+        "study_3d.evaluation.segmenter": SegmenterConfig,
+        "study_3d.evaluation.fid": study_3d.FidConfig,
+        "study_3d.evaluation.utility": study_3d.UtilityConfig3D,
+        "study_3d.evaluation.memorisation": study_3d.VolumeGateConfig,
     }
     # One block per registered generator family (the registry checks that FAMILY_CONFIGS lists them all).
     for name, config_cls in FAMILY_CONFIGS.items():

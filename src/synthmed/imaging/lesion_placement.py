@@ -235,3 +235,72 @@ def place_lesion(label_map: np.ndarray, spacing_mm: float | Sequence[float], req
         centre_mm=tuple(float(v) for v in centre_mm), voxels=len(voxels),
         volume_ml=len(voxels) * float(np.prod(spacing)) / 1000.0)
     return result, placed
+
+
+@dataclass(frozen=True)
+class LesionPlanRow:
+    """One row of a lesion-control plan: ``count`` label maps, each given the lesion of `LesionRequest`.
+
+    ``location`` is ``[i, j, k]``, a tissue name or ``"random"``; the seed of each drawn centre
+    comes from the plan's seed, the row and the copy (`place_plan`).
+    """
+
+    count: int = 1
+    radius_mm: float | None = None
+    volume_ml: float | None = None
+    location: Any = RANDOM
+    within: tuple[str, ...] = PARENCHYMA
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.count, int) or self.count < 1:
+            raise ValueError(f"A lesion plan row's count must be a positive integer, got {self.count!r}.")
+        self.request(0)  # the size, location and tissues are checked once, here
+
+    def request(self, seed: int) -> LesionRequest:
+        location = self.location if isinstance(self.location, str) else tuple(self.location)
+        return LesionRequest(radius_mm=self.radius_mm, volume_ml=self.volume_ml, location=location,
+                             seed=seed, within=tuple(self.within))
+
+
+def place_plan(label_maps: np.ndarray, spacing_mm: float | Sequence[float], rows: Sequence[LesionPlanRow], *,
+               seed: int, clear_label: int, lesion_label: int = LESION,
+               label_names: Mapping[int, str] = LABEL_NAMES) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Write each plan row's lesions into held-out label maps, taken in turn.
+
+    Each placement takes the next label map (cycling through ``label_maps``), replaces the lesions
+    it already holds by ``clear_label`` (so the lesion asked for is the only one) and places the
+    request with seed ``seed + 1000 * row + copy``.
+
+    Args:
+        label_maps: ``(N, 1, D, H, W)`` or ``(N, D, H, W)`` integer label maps (held-out patients').
+        spacing_mm: their voxel size.
+        rows: the plan.
+        clear_label: the tissue written over existing lesions (white matter in the cohort).
+
+    Returns:
+        ``(maps (M, 1, D, H, W), rows)``: one label map and one provenance row per placement,
+        ``source`` (the label map's row), the request (``requested_*``) and the lesion written
+        (``placed_voxels``, ``placed_volume_ml``, ``placed_radius_mm``, ``placed_centre_{d,h,w}``:
+        the centre voxel, also the lesion's centroid).
+    """
+    maps = np.asarray(label_maps)
+    if maps.ndim == 5 and maps.shape[1] == 1:
+        maps = maps[:, 0]
+    if maps.ndim != 4 or len(maps) == 0:
+        raise ValueError(f"place_plan needs (N, 1, D, H, W) label maps with N >= 1, got "
+                         f"{np.asarray(label_maps).shape}.")
+    out, table = [], []
+    cursor = 0
+    for r, row in enumerate(rows):
+        for copy in range(row.count):
+            source = cursor % len(maps)
+            cursor += 1
+            base = np.where(maps[source] == lesion_label, clear_label, maps[source]).astype(maps.dtype)
+            placed_map, placed = place_lesion(base, spacing_mm, row.request(seed + 1000 * r + copy),
+                                              lesion_label=lesion_label, label_names=label_names)
+            out.append(placed_map[None])
+            table.append({"plan_row": r, "copy": copy, "source": source, **placed.request.row(),
+                          "placed_radius_mm": round(placed.radius_mm, 4), "placed_voxels": placed.voxels,
+                          "placed_volume_ml": round(placed.volume_ml, 6),
+                          **{f"placed_centre_{a}": v for a, v in zip("dhw", placed.centre_voxel)}})
+    return (np.stack(out) if out else np.zeros((0, 1, *maps.shape[1:]), maps.dtype)), table

@@ -287,3 +287,22 @@ def extract_volumes(
     logger.info("Extracted %d sub-volumes of %s voxels at %g mm: %s", len(table), "x".join(map(str, config.size_vox)),
                 config.spacing_mm, dict(Counter(zip(table["split"], table["crop"]))))
     return arrays, table
+
+
+def tissue_order(images: ArrayLike, label_maps: ArrayLike, brighter: int, darker: int) -> np.ndarray:
+    """Per sub-volume, whether tissue ``brighter`` has a higher mean intensity than tissue ``darker``.
+
+    Tells MR contrasts apart from the image and its label map when the manifest does not record
+    the contrast (the test cohort's FLAIR-like volumes have grey matter above white matter, its
+    T1w volumes below). A sub-volume without one of the two tissues gives False.
+
+    Args:
+        images: ``(N, C, D, H, W)``; the first channel is compared.
+        label_maps: ``(N, 1, D, H, W)`` integer labels.
+    """
+    values, labels = np.asarray(images)[:, 0], np.asarray(label_maps)[:, 0]
+    result = np.zeros(len(values), dtype=bool)
+    for k, (image, label) in enumerate(zip(values, labels)):
+        high, low = image[label == brighter], image[label == darker]
+        result[k] = bool(high.size and low.size and float(high.mean()) > float(low.mean()))
+    return result

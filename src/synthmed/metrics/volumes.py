@@ -1,0 +1,576 @@
+"""Evaluation of generated volumes ``(N, 1, D, H, W)`` in [-1, 1] (issue 11, item 4; the study_3d pipeline).
+
+1. **2.5D FID** (`fid_2_5d`). Every volume is cut into 2D slices along its three axes (the
+   axial, coronal and sagittal planes of the RAS+ crops; only slices whose label map covers at
+   least ``min_brain_fraction`` of the slice, so the empty border does not dominate); each
+   plane's slices go through the same 2D feature network (``metrics.features``: the domain
+   encoder, a ``ConvClassifier`` trained here to tell the three planes apart on the real
+   training volumes' slices, as the ``slices`` source's encoder is); FID per plane is
+   ``metrics.fidelity.frechet_distance`` and the 2.5D FID is the mean of the three planes.
+   The floor is the same statistic between two disjoint halves of the real reference
+   volumes, at the same number of volumes as the synthetic set (``fidelity.real_floor_split``
+   on volume indices). Intervals: ``fidelity.bootstrap_interval`` over *volumes* (a volume's
+   slices are resampled together: they are not independent).
+2. **Paired SSIM / PSNR** (`paired_volume_metrics`): each synthetic volume against the real
+   volume whose label map it was drawn from; 3D SSIM (Gaussian window of 7 voxels, the
+   images shifted to [0, 2] as in ``fidelity.paired_metrics``), PSNR over the volume.
+3. **Lesion control** (`LesionSegmenter`, `fit_segmenter`, `measure_lesions`). The lesion in
+   a synthetic volume is found by a small 3D segmenter (a two-level 3D U-Net, BCE + soft
+   Dice) trained on the *real training* volumes and their lesion masks, thresholded at
+   ``threshold``; the realised lesion is the connected component (26-neighbourhood) that
+   contains the requested centre, else the one nearest to it. Its volume (mL) and centroid
+   (mm) are compared with the lesion written into the label map. Weakness, stated in the
+   report: the segmenter's own error (its Dice on real held-out volumes is reported beside
+   it) is part of every figure, and lesions of a few voxels (at 6 mm, a 10 mm radius is 19
+   voxels) are measured coarsely.
+4. **Memorisation on volumes** (`volume_nearest`, `plant_volume_copies`): the normalised
+   cross-correlation (Pearson over every voxel) of each synthetic volume with every training
+   volume, also left-right mirrored (the generator's augmentation), keeping the best; the
+   ideas of ``privacy.memorisation`` (NCC as one matrix product of centred unit rows, the
+   threshold from held-out patients' nearest-neighbour similarity, planted perturbed copies
+   as a self-test) carried to 3D; the threshold itself is ``privacy.memorisation.
+   calibrate_threshold`` (called by the pipeline, the metrics layer does not import privacy).
+5. **Figures** (`orthogonal_views`): axial, coronal and sagittal sections through a point
+   (the lesion's centre), real and synthetic side by side, the lesion outlined.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from scipy import ndimage
+from torch import Tensor, nn
+
+from synthmed.core.progress import ProgressLog
+from synthmed.core.seeding import seeded
+from synthmed.core.validation import is_int, is_number
+from synthmed.metrics import fidelity
+from synthmed.metrics.features import ClassifierConfig, FitConfig, fit_classifier, predict_proba, resolve_device
+
+logger = logging.getLogger(__name__)
+
+PLANES = ("axial", "coronal", "sagittal")
+# The axis each plane's slices are cut along, for (D, H, W) = the RAS+ axes (x, y, z):
+# axial slices are at fixed z (W), coronal at fixed y (H), sagittal at fixed x (D).
+PLANE_AXES = {"axial": 2, "coronal": 1, "sagittal": 0}
+SSIM_WINDOW_VOX = 7
+
+
+def _volumes(name: str, array: np.ndarray | Tensor) -> Tensor:
+    values = torch.as_tensor(np.asarray(array), dtype=torch.float32)
+    if values.ndim != 5 or values.shape[1] != 1:
+        raise ValueError(f"Expected {name} of shape (N, 1, D, H, W), got {tuple(values.shape)}.")
+    if not torch.isfinite(values).all():
+        raise ValueError(f"{name} holds NaN or infinite values.")
+    return values
+
+
+# ----------------------------------------------------------------------------- 1. 2.5D FID
+
+
+def plane_slices(volumes: np.ndarray | Tensor, label_maps: np.ndarray, plane: str,
+                 min_brain_fraction: float) -> tuple[Tensor, np.ndarray]:
+    """The 2D slices of ``volumes`` in ``plane`` that hold enough brain.
+
+    Returns:
+        ``(slices (M, 1, a, b), volume index of each slice (M,))``.
+    """
+    values = _volumes("volumes", volumes)
+    labels = np.asarray(label_maps)
+    if labels.shape != tuple(values.shape):
+        raise ValueError(f"Label maps {labels.shape} must have the volumes' shape {tuple(values.shape)}.")
+    axis = PLANE_AXES[plane] + 2
+    brain = (labels > 0).mean(axis=tuple(a for a in (2, 3, 4) if a != axis))[:, 0]  # (N, S)
+    volume_index, slice_index = np.nonzero(brain >= min_brain_fraction)
+    moved = values.movedim(axis, 2)  # (N, 1, S, a, b)
+    slices = moved[torch.as_tensor(volume_index), :, torch.as_tensor(slice_index)]
+    return slices.contiguous(), volume_index
+
+
+def plane_labelled_slices(volumes: np.ndarray, label_maps: np.ndarray,
+                          min_brain_fraction: float) -> tuple[Tensor, Tensor]:
+    """Slices of every plane with their plane as a class id (what the 2D encoder learns)."""
+    parts, labels = [], []
+    for k, plane in enumerate(PLANES):
+        slices, _ = plane_slices(volumes, label_maps, plane, min_brain_fraction)
+        parts.append(slices)
+        labels.append(torch.full((len(slices),), k, dtype=torch.int64))
+    return torch.cat(parts), torch.cat(labels)
+
+
+@dataclass(frozen=True)
+class PlaneEncoderConfig:
+    """``params:study_3d.evaluation.encoder``: the 2D feature network of the 2.5D FID."""
+
+    width: int = 16
+    feature_dim: int = 64
+    seed: int = 0
+    steps: int = 300
+    batch_size: int = 32
+    learning_rate: float = 0.002
+    min_brain_fraction: float = 0.1
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not is_number(self.min_brain_fraction) or not 0.0 <= self.min_brain_fraction < 1.0:
+            raise ValueError(f"study_3d.evaluation.encoder.min_brain_fraction must be in [0, 1), got "
+                             f"{self.min_brain_fraction!r}.")
+
+
+def train_plane_encoder(volumes: np.ndarray, label_maps: np.ndarray, config: PlaneEncoderConfig):
+    """A ``ConvClassifier`` telling axial, coronal and sagittal slices apart, trained on real volumes only.
+
+    Returns:
+        ``(model, facts)``: the encoder and its training accuracy (a sanity check of the feature space).
+    """
+    slices, labels = plane_labelled_slices(volumes, label_maps, config.min_brain_fraction)
+    if len(slices) == 0:
+        raise ValueError("No slice of the training volumes holds brain: nothing to train the 2.5D FID encoder on.")
+    side = int(slices.shape[-1])
+    if slices.shape[-2] != side:
+        raise ValueError(f"The 2.5D FID needs cubic volumes (square slices), got slices of {tuple(slices.shape[-2:])}.")
+    spec = ClassifierConfig(channels=1, num_classes=len(PLANES), image_px=side, width=config.width,
+                            feature_dim=config.feature_dim)
+    fit = FitConfig(steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate,
+                    device=config.device)
+    model = fit_classifier(slices, labels, spec, fit, seed=config.seed, flips=False, description="2.5D FID encoder")
+    accuracy = float((predict_proba(model, slices).argmax(1) == labels).float().mean())
+    return model, {"encoder_train_slices": float(len(slices)), "encoder_train_accuracy": accuracy}
+
+
+Embed = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class PlaneFeatures:
+    """Features of one set of volumes: per plane, ``(M, D)`` slice features and each slice's volume."""
+
+    features: dict[str, Tensor]
+    volume_of: dict[str, np.ndarray]
+    n_volumes: int
+
+
+def plane_features(embed: Embed, volumes: np.ndarray, label_maps: np.ndarray,
+                   min_brain_fraction: float) -> PlaneFeatures:
+    """Slice features of every plane (``embed``: 2D images ``(M, 1, a, b)`` -> ``(M, D)``)."""
+    features, volume_of = {}, {}
+    for plane in PLANES:
+        slices, owner = plane_slices(volumes, label_maps, plane, min_brain_fraction)
+        features[plane] = embed(slices).to(torch.float64)
+        volume_of[plane] = owner
+    return PlaneFeatures(features, volume_of, int(np.asarray(volumes).shape[0]))
+
+
+def _rows_of(features: PlaneFeatures, plane: str, volumes: Sequence[int]) -> Tensor:
+    """The slice features of ``volumes`` (with repeats, as a bootstrap draws them)."""
+    owner = features.volume_of[plane]
+    rows = np.concatenate([np.flatnonzero(owner == v) for v in volumes]) if len(volumes) else np.zeros(0, int)
+    return features.features[plane][torch.as_tensor(rows, dtype=torch.int64)]
+
+
+def fid_2_5d_of(real: PlaneFeatures, real_volumes: Sequence[int], fake: PlaneFeatures,
+                fake_volumes: Sequence[int]) -> dict[str, float]:
+    """FID per plane between the slices of two sets of volumes, and their mean (``fid_2_5d``)."""
+    out = {plane: fidelity.frechet_distance(_rows_of(real, plane, real_volumes), _rows_of(fake, plane, fake_volumes))
+           for plane in PLANES}
+    out["fid_2_5d"] = float(np.mean([out[p] for p in PLANES]))
+    return out
+
+
+def _volume_statistic(real: PlaneFeatures, fake: PlaneFeatures) -> Callable[[Tensor, Tensor], float]:
+    def statistic(real_rows: Tensor, fake_rows: Tensor) -> float:
+        return fid_2_5d_of(real, real_rows.flatten().tolist(), fake, fake_rows.flatten().tolist())["fid_2_5d"]
+    return statistic
+
+
+def fid_2_5d(reference: PlaneFeatures, synthetic: PlaneFeatures, *, resamples: int = 200, level: float = 0.95,
+             seed: int = 0) -> dict[str, float]:
+    """2.5D FID of ``synthetic`` against half of ``reference``, beside the real-vs-real floor on the same N.
+
+    The reference volumes are split into halves A and B of ``n = min(N_synthetic, N_reference // 2)``
+    volumes (``fidelity.real_floor_split``); ``n`` synthetic volumes are drawn; FID(A, synthetic) and
+    the floor FID(A, B), each per plane and averaged, with percentile-bootstrap intervals over volumes.
+
+    Returns:
+        ``fid_2_5d`` (+ ``_low``, ``_high``), ``fid_<plane>``, ``fid_2_5d_floor`` (+ intervals),
+        ``fid_<plane>_floor``, ``fid_2_5d_n`` (volumes per set) and the slice counts.
+    """
+    if synthetic.n_volumes < 2 or reference.n_volumes < 4:
+        raise ValueError(f"The 2.5D FID needs at least 2 synthetic and 4 reference volumes, got "
+                         f"{synthetic.n_volumes} and {reference.n_volumes}.")
+    half_a, half_b = fidelity.real_floor_split(torch.arange(reference.n_volumes)[:, None], synthetic.n_volumes,
+                                               seed=seed)
+    n = len(half_a)
+    rng = np.random.default_rng(seed)
+    fake_pick = torch.as_tensor(np.sort(rng.choice(synthetic.n_volumes, size=n, replace=False)))[:, None]
+    out: dict[str, float] = {"fid_2_5d_n": float(n)}
+    for suffix, first, second, other in (("", half_a, fake_pick, synthetic), ("_floor", half_a, half_b, reference)):
+        planes = fid_2_5d_of(reference, first.flatten().tolist(), other, second.flatten().tolist())
+        interval = fidelity.bootstrap_interval(_volume_statistic(reference, other), first, second,
+                                               resamples=resamples, level=level, seed=seed)
+        out |= {f"fid_2_5d{suffix}": planes["fid_2_5d"], f"fid_2_5d{suffix}_low": interval.low,
+                f"fid_2_5d{suffix}_high": interval.high}
+        out |= {f"fid_{plane}{suffix}": planes[plane] for plane in PLANES}
+    for plane in PLANES:
+        out[f"slices_{plane}_synthetic"] = float(len(_rows_of(synthetic, plane, fake_pick.flatten().tolist())))
+    logger.info("2.5D FID %.2f [%.2f, %.2f] vs floor %.2f [%.2f, %.2f] (n = %d volumes per set)", out["fid_2_5d"],
+                out["fid_2_5d_low"], out["fid_2_5d_high"], out["fid_2_5d_floor"], out["fid_2_5d_floor_low"],
+                out["fid_2_5d_floor_high"], n)
+    return out
+
+
+# ----------------------------------------------------------------------------- 2. paired scores
+
+
+def paired_volume_metrics(fake: np.ndarray | Tensor, real: np.ndarray | Tensor, *,
+                          data_range: float = 2.0) -> dict[str, Tensor]:
+    """Per-volume 3D SSIM and PSNR of ``fake[i]`` against ``real[i]`` (same label map).
+
+    Returns:
+        ``{"ssim", "psnr"}``, each ``(N,)`` float64; PSNR is inf for identical volumes.
+    """
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    fake_t, real_t = _volumes("fake", fake), _volumes("real", real)
+    if fake_t.shape != real_t.shape:
+        raise ValueError(f"Paired volumes must have one shape, got fake {tuple(fake_t.shape)}, "
+                         f"real {tuple(real_t.shape)}.")
+    window = min(SSIM_WINDOW_VOX, *[s if s % 2 else s - 1 for s in fake_t.shape[2:]])
+    shift = data_range / 2.0  # to [0, data_range]: SSIM's luminance term assumes non-negative values
+    ssim = structural_similarity_index_measure(
+        fake_t + shift, real_t + shift, gaussian_kernel=True, kernel_size=window,
+        sigma=fidelity.WANG_SIGMA_PX * window / fidelity.WANG_WINDOW_PX, reduction="none", data_range=data_range)
+    mse = ((fake_t.double() - real_t.double()) ** 2).flatten(1).mean(1)
+    psnr = 10.0 * torch.log10(data_range**2 / mse)
+    return {"ssim": ssim.reshape(-1).double(), "psnr": psnr}
+
+
+# ----------------------------------------------------------------------------- 3. lesion control
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """``params:study_3d.evaluation.segmenter``: the small 3D lesion segmenter.
+
+    Args:
+        width: channels of each convolution.
+        steps, batch_size, learning_rate: AdamW training on the real training volumes.
+        threshold: lesion probability from which a voxel is lesion.
+        seed: weights and batch order.
+        device: "auto" (CUDA when present), "cpu" or "cuda".
+    """
+
+    width: int = 8
+    steps: int = 200
+    batch_size: int = 4
+    learning_rate: float = 0.003
+    threshold: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("width", "steps", "batch_size"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"study_3d.evaluation.segmenter.{name} must be a positive integer, got "
+                                 f"{getattr(self, name)!r}.")
+        if not is_number(self.threshold) or not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"study_3d.evaluation.segmenter.threshold must be in (0, 1), got {self.threshold!r}.")
+
+
+def _block(c_in: int, c_out: int, **conv: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(c_in, c_out, 3, **conv), nn.GroupNorm(min(4, c_out), c_out), nn.SiLU())
+
+
+class LesionSegmenter(nn.Module):
+    """A two-level 3D U-Net: full-resolution features, then half resolution with dilations 2 and 4 (a
+    receptive field of about 30 voxels), upsampled and joined to the full-resolution features -> a
+    lesion logit per voxel. Dilated convolutions run only at half resolution: they are slow on CPUs."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.full = _block(1, width, padding=1)
+        self.coarse = nn.Sequential(_block(width, 2 * width, padding=1, stride=2),
+                                  _block(2 * width, 2 * width, padding=2, dilation=2),
+                                  _block(2 * width, 2 * width, padding=4, dilation=4))
+        self.out = nn.Sequential(_block(3 * width, width, padding=1), nn.Conv3d(width, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        full = self.full(x)
+        coarse = F.interpolate(self.coarse(full), size=full.shape[2:], mode="nearest")
+        return self.out(torch.cat([full, coarse], dim=1))
+
+
+def _soft_dice_loss(logits: Tensor, target: Tensor) -> Tensor:
+    probs = torch.sigmoid(logits)
+    overlap = (probs * target).sum(dim=(1, 2, 3, 4))
+    total = probs.sum(dim=(1, 2, 3, 4)) + target.sum(dim=(1, 2, 3, 4))
+    return (1.0 - (2.0 * overlap + 1.0) / (total + 1.0)).mean()
+
+
+def fit_segmenter(images: np.ndarray, masks: np.ndarray, config: SegmenterConfig) -> LesionSegmenter:
+    """Train a `LesionSegmenter` on ``images`` ``(N, 1, D, H, W)`` and their 0/1 lesion ``masks``.
+
+    BCE + soft Dice, AdamW, random left-right flips; deterministic for a seed on the CPU.
+    """
+    x_all, y_all = _volumes("images", images), (torch.as_tensor(np.asarray(masks)) > 0).float()
+    if y_all.shape != x_all.shape:
+        raise ValueError(f"Lesion masks {tuple(y_all.shape)} must have the images' shape {tuple(x_all.shape)}.")
+    if len(x_all) == 0:
+        raise ValueError("No training volumes for the lesion segmenter (the train split holds none).")
+    with seeded(config.seed):
+        model = LesionSegmenter(config.width)
+    device = resolve_device(config.device)
+    model.to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
+    rng = torch.Generator().manual_seed(config.seed)
+    log = ProgressLog(logger, "lesion segmenter training", config.steps, "steps")
+    model.train()
+    for step in range(config.steps):
+        index = torch.randint(len(x_all), (min(config.batch_size, len(x_all)),), generator=rng)
+        x, y = x_all[index], y_all[index]
+        flip = (torch.rand(len(x), generator=rng) < 0.5).view(-1, 1, 1, 1, 1)
+        x, y = torch.where(flip, x.flip(-1), x).to(device), torch.where(flip, y.flip(-1), y).to(device)
+        logits = model(x)
+        loss = F.binary_cross_entropy_with_logits(logits, y) + _soft_dice_loss(logits, y)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        log.update(step + 1)
+    return model.cpu().eval()
+
+
+@torch.no_grad()
+def segment(model: LesionSegmenter, images: np.ndarray | Tensor, threshold: float, *,
+            batch_size: int = 8) -> np.ndarray:
+    """``(N, 1, D, H, W)`` uint8 lesion masks (probability >= ``threshold``), on the model's device."""
+    values = _volumes("images", images)
+    device = next(model.parameters()).device
+    out = [(torch.sigmoid(model(values[i:i + batch_size].to(device))) >= threshold).cpu()
+           for i in range(0, len(values), batch_size)]
+    return (torch.cat(out) if out else torch.zeros_like(values, dtype=torch.bool)).numpy().astype(np.uint8)
+
+
+def dice(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per-volume Dice of 0/1 masks ``(N, ...)``; 1 where both are empty."""
+    p, t = np.asarray(predicted).reshape(len(predicted), -1) > 0, np.asarray(target).reshape(len(target), -1) > 0
+    overlap, total = (p & t).sum(1), p.sum(1) + t.sum(1)
+    return np.where(total > 0, 2.0 * overlap / np.maximum(total, 1), 1.0)
+
+
+def measure_lesion(mask: np.ndarray, centre_voxel: Sequence[float], spacing_mm: Sequence[float]) -> dict[str, float]:
+    """The segmented lesion nearest a requested centre: its volume (mL) and centroid (voxel and mm).
+
+    The component (26-neighbourhood) containing ``centre_voxel``; if none does, the one whose
+    nearest voxel is closest to it; NaN with ``found = 0`` when the mask is empty.
+    """
+    binary = np.asarray(mask).reshape(np.asarray(mask).shape[-3:]) > 0
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    empty = {"found": 0.0, "voxels": 0.0, "volume_ml": 0.0, **{f"centroid_{a}": math.nan for a in "dhw"}}
+    if not binary.any():
+        return empty
+    components, n = ndimage.label(binary, structure=np.ones((3, 3, 3)))
+    centre = np.asarray(centre_voxel, dtype=np.float64)
+    inside = tuple(np.clip(np.round(centre).astype(int), 0, np.array(binary.shape) - 1))
+    chosen = int(components[inside])
+    if chosen == 0:
+        voxels = np.argwhere(components > 0)
+        chosen = int(components[tuple(voxels[np.argmin((((voxels - centre) * spacing) ** 2).sum(1))])])
+    voxels = np.argwhere(components == chosen)
+    centroid = voxels.mean(axis=0)
+    return {"found": 1.0, "voxels": float(len(voxels)), "volume_ml": len(voxels) * float(np.prod(spacing)) / 1000.0,
+            **{f"centroid_{a}": float(v) for a, v in zip("dhw", centroid)}}
+
+
+def lesion_control_table(plan: pd.DataFrame, masks: np.ndarray, spacing_mm: Sequence[float]) -> pd.DataFrame:
+    """Requested (written into the label map) against realised (segmented in the synthetic volume) lesions.
+
+    Args:
+        plan: one row per lesion-control volume, in the order of ``masks``, with
+            ``placed_voxels``, ``placed_volume_ml`` and ``placed_centre_{d,h,w}`` (voxels).
+        masks: ``(N, 1, D, H, W)`` segmented lesion masks of the synthetic volumes.
+
+    Returns:
+        ``plan`` with ``realised_*`` columns, ``volume_error_ml`` (realised - requested),
+        ``abs_volume_error_ml``, ``centre_error_mm`` (Euclidean, NaN when nothing was found).
+    """
+    if len(plan) != len(masks):
+        raise ValueError(f"The lesion plan has {len(plan)} rows for {len(masks)} segmented volumes.")
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    rows = []
+    for row, mask in zip(plan.to_dict("records"), masks):
+        centre = [row[f"placed_centre_{a}"] for a in "dhw"]
+        found = measure_lesion(mask, centre, spacing)
+        offset = (np.array([found[f"centroid_{a}"] for a in "dhw"]) - np.asarray(centre, dtype=float)) * spacing
+        rows.append({**row, "realised_found": int(found["found"]), "realised_voxels": int(found["voxels"]),
+                     "realised_volume_ml": found["volume_ml"],
+                     **{f"realised_centroid_{a}": found[f"centroid_{a}"] for a in "dhw"},
+                     "volume_error_ml": found["volume_ml"] - float(row["placed_volume_ml"]),
+                     "abs_volume_error_ml": abs(found["volume_ml"] - float(row["placed_volume_ml"])),
+                     "centre_error_mm": float(np.sqrt((offset**2).sum()))})
+    return pd.DataFrame(rows)
+
+
+def control_summary(table: pd.DataFrame, *, resamples: int = 200, level: float = 0.95,
+                    seed: int = 0) -> dict[str, float]:
+    """Detection rate, mean absolute volume error (mL) and mean centre error (mm, found lesions) with intervals."""
+    out = {"control_n": float(len(table)), "control_detected": float(table["realised_found"].mean())
+           if len(table) else math.nan}
+    for column, name in (("abs_volume_error_ml", "control_abs_volume_error_ml"),
+                         ("volume_error_ml", "control_volume_error_ml"),
+                         ("centre_error_mm", "control_centre_error_mm")):
+        values = np.array(table[column].dropna(), dtype=np.float64)
+        if len(values):
+            stats = fidelity.summarise(torch.as_tensor(values), resamples=resamples, level=level, seed=seed)
+            out |= {name: stats["mean"], f"{name}_low": stats["low"], f"{name}_high": stats["high"]}
+    return out
+
+
+def segmentation_utility(real: tuple[np.ndarray, np.ndarray], synthetic: tuple[np.ndarray, np.ndarray],
+                         test: tuple[np.ndarray, np.ndarray], config: SegmenterConfig, seeds: Sequence[int], *,
+                         resamples: int = 200, level: float = 0.95,
+                         trained: Mapping[int, nn.Module] | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Lesion segmenters trained on real volumes and on real + synthetic volumes, scored on real test volumes.
+
+    Args:
+        real, synthetic, test: ``(images, lesion masks)``, each ``(N, 1, D, H, W)``; the synthetic
+            volumes' masks are the lesions of the label maps they were drawn from.
+        seeds: one segmenter per mode and seed (``config.seed`` is replaced).
+        trained: real-only segmenters already trained with this config, by seed (not trained again).
+
+    Returns:
+        ``(runs, summary)``: one row per mode and seed with the mean Dice over test volumes with a
+        lesion; ``utility_dice_real``, ``utility_dice_real_synthetic`` and their difference
+        (real + synthetic minus real), each a mean over seeds with a percentile-bootstrap interval
+        over the test volumes (per-volume Dice averaged over seeds, the difference paired by volume).
+    """
+    has_lesion = np.asarray(test[1]).reshape(len(test[1]), -1).any(1)
+    if not has_lesion.any():
+        raise ValueError("No test volume holds a lesion: the segmentation utility has nothing to score.")
+    images, masks = np.asarray(test[0])[has_lesion], np.asarray(test[1])[has_lesion]
+    modes = {"real": real, "real_synthetic": (np.concatenate([real[0], synthetic[0]]),
+                                              np.concatenate([real[1], synthetic[1]]))}
+    runs, per_volume = [], {}
+    for mode, (train_images, train_masks) in modes.items():
+        scores = []
+        for seed in seeds:
+            model = (trained[int(seed)] if mode == "real" and trained and int(seed) in trained
+                     else fit_segmenter(train_images, train_masks, dataclasses.replace(config, seed=int(seed))))
+            score = dice(segment(model, images, config.threshold), masks)
+            runs.append({"mode": mode, "seed": int(seed), "train_volumes": len(train_images),
+                         "test_volumes": len(images), "dice": float(score.mean())})
+            scores.append(score)
+        per_volume[mode] = np.mean(scores, axis=0)
+    summary: dict[str, float] = {}
+    per_volume["difference"] = per_volume["real_synthetic"] - per_volume["real"]
+    for name, values in (("utility_dice_real", per_volume["real"]),
+                         ("utility_dice_real_synthetic", per_volume["real_synthetic"]),
+                         ("utility_dice_difference", per_volume["difference"])):
+        stats = fidelity.summarise(torch.as_tensor(values), resamples=resamples, level=level)
+        summary |= {name: stats["mean"], f"{name}_low": stats["low"], f"{name}_high": stats["high"]}
+    summary |= {"utility_test_volumes": float(len(images)), "utility_seeds": float(len(seeds))}
+    return pd.DataFrame(runs), summary
+
+
+# ----------------------------------------------------------------------------- 4. memorisation
+
+
+def _unit_centred(volumes: Tensor) -> Tensor:
+    """Each volume flattened, centred and scaled to unit L2 norm (float64); constant volumes stay zero."""
+    rows = volumes.flatten(1).to(torch.float64)
+    rows = rows - rows.mean(dim=1, keepdim=True)
+    norms = rows.norm(dim=1, keepdim=True)
+    return torch.where(norms > 1e-12, rows / norms.clamp_min(1e-12), torch.zeros_like(rows))
+
+
+def volume_nearest(queries: np.ndarray | Tensor, references: np.ndarray | Tensor, *,
+                   mirror: bool = True) -> pd.DataFrame:
+    """The most similar reference volume of each query: NCC over all voxels, also left-right mirrored.
+
+    Returns:
+        One row per query: ``similarity`` (Pearson correlation in [-1, 1]), ``neighbour`` (reference
+        row) and ``mirrored`` (1 when the best match was the mirrored query).
+    """
+    q, r = _volumes("queries", queries), _volumes("references", references)
+    if q.shape[1:] != r.shape[1:]:
+        raise ValueError(f"Queries {tuple(q.shape[1:])} and references {tuple(r.shape[1:])} differ in shape.")
+    if len(r) == 0:
+        raise ValueError("volume_nearest needs at least one reference volume.")
+    ref = _unit_centred(r)
+    scores = [_unit_centred(q) @ ref.T]
+    if mirror:
+        scores.append(_unit_centred(q.flip(-1)) @ ref.T)
+    stacked = torch.stack(scores)  # (transforms, Q, R)
+    best_per_transform, neighbour = stacked.max(dim=2)
+    best, transform = best_per_transform.max(dim=0)
+    return pd.DataFrame({"similarity": best.numpy(),
+                         "neighbour": neighbour.gather(0, transform[None])[0].numpy().astype(np.int64),
+                         "mirrored": transform.numpy().astype(np.int64)})
+
+
+def plant_volume_copies(references: np.ndarray | Tensor, n: int, *, noise_std: float = 0.05,
+                        gain: tuple[float, float] = (0.9, 1.1), offset: tuple[float, float] = (-0.05, 0.05),
+                        seed: int = 0) -> tuple[Tensor, np.ndarray]:
+    """``n`` perturbed copies of reference volumes (Gaussian noise, gain and offset, a mirror every other one).
+
+    Returns:
+        ``(copies (n, 1, D, H, W) clipped to [-1, 1], the reference row of each)``.
+    """
+    r = _volumes("references", references)
+    if len(r) == 0 or n < 1:
+        raise ValueError(f"Planting copies needs references and n >= 1, got {len(r)} references and n={n}.")
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(r), size=n, replace=n > len(r))
+    copies = r[torch.as_tensor(rows)].clone()
+    for k in range(n):
+        copies[k] = copies[k] * float(rng.uniform(*gain)) + float(rng.uniform(*offset))
+        copies[k] += torch.as_tensor(rng.normal(0.0, noise_std, size=tuple(copies[k].shape)), dtype=torch.float32)
+        if k % 2:
+            copies[k] = copies[k].flip(-1)
+    return copies.clamp(-1.0, 1.0), rows
+
+
+# ----------------------------------------------------------------------------- 5. figures
+
+
+def _sections(volume: np.ndarray, centre: Sequence[int]) -> dict[str, np.ndarray]:
+    """Axial, coronal and sagittal sections of ``(D, H, W)`` through ``centre``, superior / anterior up."""
+    d, h, w = (int(v) for v in centre)
+    return {"axial": volume[:, :, w].T, "coronal": volume[:, h, :].T, "sagittal": volume[d, :, :].T}
+
+
+def orthogonal_views(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray | None, Sequence[int]]], *,
+                     title: str) -> Figure:
+    """One row per pair: the real volume's three sections, then the synthetic one's, through one voxel.
+
+    Args:
+        rows: ``(caption, real (D, H, W) or (1, D, H, W), synthetic (same shape), lesion mask of the
+            synthetic's label map or None (outlined in red on both), centre voxel (d, h, w))``.
+    """
+    figure = Figure(figsize=(11.0, 1.9 * max(len(rows), 1) + 0.4), layout="constrained")
+    axes = figure.subplots(max(len(rows), 1), 6, squeeze=False)
+    for r, (caption, real, synthetic, mask, centre) in enumerate(rows):
+        shape = np.asarray(real).shape[-3:]
+        outline = None if mask is None else _sections(np.asarray(mask).reshape(shape) > 0, centre)
+        for half, (name, volume) in enumerate((("real", real), ("synthetic", synthetic))):
+            sections = _sections(np.asarray(volume).reshape(shape), centre)
+            for k, plane in enumerate(PLANES):
+                ax = axes[r][3 * half + k]
+                ax.imshow(sections[plane], cmap="gray", vmin=-1, vmax=1, origin="lower", interpolation="nearest")
+                if outline is not None and outline[plane].any():
+                    ax.contour(outline[plane].astype(float), levels=[0.5], colors="red", linewidths=0.7)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(f"{name} {plane}", fontsize=8)
+        axes[r][0].set_ylabel(caption, fontsize=7)
+    figure.suptitle(title, fontsize=9)
+    return figure

@@ -1,0 +1,527 @@
+"""Nodes of the ``study_3d`` pipeline: parse ``params:study_3d``, call the library, return.
+
+The study (issue 11): a 3D family (``pix2pix3d``) trained by the shared trainer on the
+training split of extraction's sub-volumes; a plan of volumes drawn from held-out patients'
+label maps, as they are (``paired``: scored against the real volume) and with a requested
+lesion placed (``lesion``: `synthmed.imaging.lesion_placement.place_plan`); export as NIfTI
+and DICOM series (`synthmed.generators.volume_export`); evaluation (`synthmed.metrics.volumes`):
+2.5D FID with its floor, paired SSIM / PSNR, lesion control, the memorisation gate on
+volumes; a report page.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from synthmed import __version__
+from synthmed.core.checksums import sha256_bytes
+from synthmed.core.config import from_params
+from synthmed.core.templates import render
+from synthmed.generators.base import Conditions, SamplerSpec, TrainedGenerator
+from synthmed.generators.export import SyntheticOrigin
+from synthmed.generators.registry import config_from_params, get_family
+from synthmed.generators.run import RunConfig, checkpoint_folder, model_card_facts
+from synthmed.generators.sampling import checkpoint_id
+from synthmed.generators.tracking import active_tracker
+from synthmed.generators.training import ArrayBatches, TrainingConfig, train
+from synthmed.generators.volume_export import volume_affine, volume_files
+from synthmed.imaging.cohort import LABEL_NAMES, WHITE
+from synthmed.imaging.lesion_placement import LesionPlanRow, place_plan
+from synthmed.imaging.volumes import tissue_order
+from synthmed.metrics import report as report_format
+from synthmed.metrics import volumes as vm
+from synthmed.privacy.memorisation import calibrate_threshold
+
+logger = logging.getLogger(__name__)
+
+PAIRED, LESION = "paired", "lesion"
+STORE_KEYS = ("images", "label_maps", "lesion_masks")
+
+
+@dataclass(frozen=True)
+class FidConfig:
+    """``params:study_3d.evaluation.fid``: bootstrap of the 2.5D FID and the other intervals."""
+
+    resamples: int = 200
+    level: float = 0.95
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class VolumeGateConfig:
+    """``params:study_3d.evaluation.memorisation``: the gate on volumes.
+
+    Args:
+        percentile: of the held-out volumes' nearest-neighbour NCC to the training volumes:
+            the threshold (``privacy.memorisation.calibrate_threshold``).
+        planted: perturbed copies of training volumes scored as a self-test.
+        noise_std: Gaussian noise added to each planted copy.
+        min_self_test_recall: below this share of planted copies flagged, the gate is reported blind.
+    """
+
+    percentile: float = 99.0
+    planted: int = 8
+    noise_std: float = 0.05
+    min_self_test_recall: float = 0.9
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class UtilityConfig3D:
+    """``params:study_3d.evaluation.utility``: lesion segmenters on real vs real + synthetic volumes.
+
+    Args:
+        enabled: run it (2 x len(seeds) segmenter trainings).
+        test_split: the real held-out volumes they are scored on; synthetic volumes drawn from this
+            split's label maps are not trained on.
+        seeds: one segmenter per mode and seed.
+    """
+
+    enabled: bool = True
+    test_split: str = "validation"
+    seeds: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
+class StudyEvaluationConfig:
+    """``params:study_3d.evaluation``."""
+
+    encoder: Mapping[str, Any] = field(default_factory=dict)
+    segmenter: Mapping[str, Any] = field(default_factory=dict)
+    utility: Mapping[str, Any] = field(default_factory=dict)
+    fid: Mapping[str, Any] = field(default_factory=dict)
+    memorisation: Mapping[str, Any] = field(default_factory=dict)
+    views: int = 4
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """``params:study_3d``.
+
+    Args:
+        family: the volume family trained (``pix2pix3d``).
+        reference_split: the split trained on, FID reference and gate references.
+        held_out_splits: the patients whose label maps the plan draws from (never trained on).
+        run, model, training: the family's ``RunConfig``, ``Config`` and ``TrainingConfig`` keys.
+        seed: sampling seed (volumes and lesion centres).
+        batch_size: volumes per generator pass.
+        paired: also draw one volume per held-out sub-volume from its own label map (paired scores).
+        clear_label: tissue written over a held-out map's own lesions before a lesion is placed.
+        plan: `LesionPlanRow` keys per row.
+        export_dicom: DICOM series beside the NIfTI files.
+        contrast: ``{brighter: <tissue>, darker: <tissue>}``: only sub-volumes whose mean intensity in
+            the first tissue exceeds the second's (one MR contrast per study when the manifest does not
+            record it: `synthmed.imaging.volumes.tissue_order`); empty = every sub-volume.
+        evaluation: `StudyEvaluationConfig` keys.
+    """
+
+    family: str = "pix2pix3d"
+    reference_split: str = "train"
+    held_out_splits: tuple[str, ...] = ("validation", "test")
+    run: Mapping[str, Any] = field(default_factory=dict)
+    model: Mapping[str, Any] = field(default_factory=dict)
+    training: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    batch_size: int = 4
+    paired: bool = True
+    clear_label: int = WHITE
+    plan: tuple[Mapping[str, Any], ...] = ()
+    export_dicom: bool = True
+    contrast: Mapping[str, str] = field(default_factory=dict)
+    evaluation: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.contrast and (set(self.contrast) != {"brighter", "darker"}
+                              or not set(self.contrast.values()) <= set(LABEL_NAMES.values())):
+            raise ValueError(f"study_3d.contrast must be empty or {{brighter: <tissue>, darker: <tissue>}} with tissue "
+                             f"names {sorted(LABEL_NAMES.values())}, got {dict(self.contrast)}.")
+
+
+def _config(params: Mapping[str, Any]) -> StudyConfig:
+    return from_params(StudyConfig, params, "study_3d")
+
+
+def _evaluation(config: StudyConfig) -> StudyEvaluationConfig:
+    return from_params(StudyEvaluationConfig, config.evaluation, "study_3d.evaluation")
+
+
+def _selected(volumes: Mapping[str, np.ndarray], manifest: pd.DataFrame, config: StudyConfig) -> pd.DataFrame:
+    """The manifest rows of the study's contrast (``study_3d.contrast``), all rows without one."""
+    if not config.contrast:
+        return manifest
+    value = {name: label for label, name in LABEL_NAMES.items()}
+    keep = tissue_order(volumes["images"], volumes["label_maps"], value[config.contrast["brighter"]],
+                        value[config.contrast["darker"]])
+    rows = manifest[keep[manifest["index"].to_numpy()]]
+    logger.info("study_3d.contrast %s above %s: %d of %d sub-volumes", config.contrast["brighter"],
+                config.contrast["darker"], len(rows), len(manifest))
+    return rows
+
+
+def _rows(manifest: pd.DataFrame, splits: tuple[str, ...] | str, crop: str | None = None) -> pd.DataFrame:
+    wanted = (splits,) if isinstance(splits, str) else splits
+    rows = manifest[manifest["split"].isin(wanted)]
+    return rows[rows["crop"] == crop] if crop is not None else rows
+
+
+def _arrays(store: Mapping[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
+    return {key: np.asarray(store[key][np.asarray(index, dtype=np.int64)]) for key in STORE_KEYS}
+
+
+def _checksum(store: Mapping[str, np.ndarray], key: str) -> str:
+    if hasattr(store, "info"):
+        return store.info(key)["sha256"]
+    return sha256_bytes(np.ascontiguousarray(store[key]).tobytes())
+
+
+def _spacing(manifest: pd.DataFrame) -> tuple[float, float, float]:
+    spacing = manifest[["spacing_mm_d", "spacing_mm_h", "spacing_mm_w"]].drop_duplicates()
+    if len(spacing) != 1:
+        raise ValueError(f"The volume manifest holds {len(spacing)} voxel spacings; the study needs one "
+                         "(extraction.volumes.spacing_mm resamples every crop to it).")
+    return tuple(float(v) for v in spacing.iloc[0])
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_volume_generator(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFrame,
+                           params: dict[str, Any]) -> tuple[TrainedGenerator, pd.DataFrame]:
+    """Train the volume family on the reference split's sub-volumes (the shared trainer, checkpoints, resume)."""
+    config = _config(params)
+    volume_manifest = _selected(volumes, volume_manifest, config)
+    spec = get_family(config.family)
+    if spec.spatial_dims != 3:
+        raise ValueError(f"study_3d.family {config.family!r} is not a volume family (spatial_dims "
+                         f"{spec.spatial_dims}); use one of the volume families, e.g. pix2pix3d.")
+    model_config = config_from_params(config.family, dict(config.model))
+    training = from_params(TrainingConfig, config.training, "study_3d.training")
+    run = from_params(RunConfig, {"source": "volumes", **config.run}, "study_3d.run")
+    indices = _rows(volume_manifest, config.reference_split)["index"].to_numpy()
+    shape = tuple(volumes["images"].shape)
+    if shape[2:] != (model_config.image_size,) * 3:
+        raise ValueError(f"The volume store holds {shape[2:]} sub-volumes but study_3d.model.image_size is "
+                         f"{model_config.image_size}; set extraction.volumes.size_vox to "
+                         f"{[model_config.image_size] * 3} or the image size to the crops' side.")
+    # The trainer's examples: images, lesion mask as `masks`, label maps, no class (one class).
+    store = {"images": volumes["images"], "masks": volumes["lesion_masks"], "label_maps": volumes["label_maps"],
+             "labels": np.zeros(shape[0], dtype=np.int64)}
+    run_dir = checkpoint_folder(run, f"study_3d-{config.family}", model_config, training,
+                                [_checksum(volumes, key) for key in STORE_KEYS])
+    logger.info("study_3d: training %s on %d %s sub-volumes of %s voxels; checkpoints in %s", config.family,
+                len(indices), config.reference_split, "x".join(map(str, shape[2:])), run_dir)
+    dataset = ArrayBatches(store, indices, size=model_config.image_size)
+    models, history = train(spec, model_config, training, dataset, run_dir, tracker=active_tracker("study_3d"))
+    card = model_card_facts(run, training, volume_manifest, indices, [],
+                            {key: _checksum(volumes, key) for key in STORE_KEYS}, history)
+    return TrainedGenerator(config.family, model_config, models, ("volume",), card), pd.DataFrame(history)
+
+
+# ----------------------------------------------------------------------------- plan and sampling
+
+
+def plan_lesion_volumes(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFrame,
+                        params: dict[str, Any]) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """The label maps to draw from: held-out sub-volumes as they are (``paired``), then the lesion plan's.
+
+    Returns:
+        ``({"label_maps", "lesion_masks", "real"}, plan)``: conditions ``(M, 1, D, H, W)``, the real
+        volume of each paired row (zeros for lesion rows, which have no real counterpart), and one
+        plan row per volume: ``kind``, ``source_index`` (volume store row), the request and the
+        lesion placed.
+    """
+    config = _config(params)
+    volume_manifest = _selected(volumes, volume_manifest, config)
+    rows = [from_params(LesionPlanRow, row, f"study_3d.plan[{k}]") for k, row in enumerate(config.plan)]
+    held_out = _rows(volume_manifest, config.held_out_splits)
+    if held_out.empty:
+        raise ValueError(f"No sub-volume in the held-out splits {list(config.held_out_splits)}: the plan needs "
+                         "held-out patients' label maps (check preprocessing.split and extraction.volumes).")
+    spacing = _spacing(volume_manifest)
+    maps, masks, real, table = [], [], [], []
+    if config.paired:
+        arrays = _arrays(volumes, held_out["index"].to_numpy())
+        maps.append(arrays["label_maps"])
+        masks.append(arrays["lesion_masks"])
+        real.append(arrays["images"])
+        table += [{"kind": PAIRED, "source_index": int(r.index), "item_id": r.item_id, "split": r.split,
+                   "crop": r.crop} for r in held_out.itertuples()]
+    if rows:
+        brains = _rows(volume_manifest, config.held_out_splits, "brain")
+        sources = brains if len(brains) else held_out
+        source_maps = _arrays(volumes, sources["index"].to_numpy())["label_maps"]
+        placed_maps, placed_rows = place_plan(source_maps, spacing, rows, seed=config.seed,
+                                              clear_label=config.clear_label)
+        maps.append(placed_maps)
+        masks.append((placed_maps == 4).astype(np.uint8))
+        real.append(np.zeros((len(placed_maps), *np.asarray(volumes["images"]).shape[1:]), np.float32))
+        for row in placed_rows:
+            source = sources.iloc[row["source"]]
+            table.append({"kind": LESION, "source_index": int(source["index"]), "item_id": source["item_id"],
+                          "split": source["split"], "crop": source["crop"],
+                          **{k: v for k, v in row.items() if k != "source"}})
+    plan = pd.DataFrame(table)
+    plan.insert(0, "index", np.arange(len(plan)))
+    for axis, value in zip("dhw", spacing):
+        plan[f"spacing_mm_{axis}"] = value
+    logger.info("study_3d plan: %d paired and %d lesion-control volumes", int((plan["kind"] == PAIRED).sum()),
+                int((plan["kind"] == LESION).sum()))
+    return {"label_maps": np.concatenate(maps), "lesion_masks": np.concatenate(masks),
+            "real": np.concatenate(real)}, plan
+
+
+def generate_volumes(generator: TrainedGenerator, conditions: Mapping[str, np.ndarray], plan: pd.DataFrame,
+                     params: dict[str, Any]) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """One volume per plan row, in batches, from a seeded generator (same seed, same volumes)."""
+    config = _config(params)
+    spec = get_family(generator.family)
+    torch_generator = torch.Generator().manual_seed(config.seed)
+    label_maps, masks = np.asarray(conditions["label_maps"]), np.asarray(conditions["lesion_masks"])
+    images = []
+    for start in range(0, len(plan), config.batch_size):
+        part = slice(start, start + config.batch_size)
+        batch = Conditions(n=len(label_maps[part]), label_maps=torch.as_tensor(label_maps[part].astype(np.int64)),
+                           masks=torch.as_tensor(masks[part].astype(np.float32)))
+        images.append(spec.sample(generator.models, generator.config, batch, SamplerSpec(), torch_generator)
+                      .numpy().astype(np.float32))
+    provenance = plan.assign(family=generator.family, checkpoint=checkpoint_id(generator), seed=config.seed)
+    return {"images": np.concatenate(images), "label_maps": label_maps.astype(np.uint8),
+            "lesion_masks": masks.astype(np.uint8), "real": np.asarray(conditions["real"], np.float32)}, provenance
+
+
+def export_volumes(samples: Mapping[str, np.ndarray], provenance: pd.DataFrame,
+                   params: dict[str, Any]) -> dict[str, Any]:
+    """NIfTI (volume + label map) and, with ``export_dicom``, a DICOM series per volume; the provenance table.
+
+    The files carry the voxel spacing only: the origin is 0 (a held-out patient's crop position
+    is not exported).
+    """
+    config = _config(params)
+    files: dict[str, Any] = {"provenance.csv": provenance}
+    for row in provenance.itertuples():
+        affine = volume_affine([row.spacing_mm_d, row.spacing_mm_h, row.spacing_mm_w])
+        origin = SyntheticOrigin(generator=str(row.family), checkpoint=str(row.checkpoint), label=str(row.kind),
+                                 seed=int(row.seed), index=int(row.index), software_version=__version__)
+        name = f"{row.kind}_{int(row.index):04d}"
+
+        def blobs(name=name, k=int(row.index), affine=affine, origin=origin):
+            return volume_files(name, np.asarray(samples["images"][k]), np.asarray(samples["label_maps"][k]), affine,
+                                origin, dicom=config.export_dicom)
+
+        for path, blob in blobs().items():
+            files[f"{row.kind}/{path}"] = blob
+    logger.info("study_3d: exported %d volumes (%d files)", len(provenance), len(files) - 1)
+    return files
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _real_sets(volumes: Mapping[str, np.ndarray], manifest: pd.DataFrame, config: StudyConfig):
+    reference = _arrays(volumes, _rows(manifest, config.reference_split)["index"].to_numpy())
+    held_out = _arrays(volumes, _rows(manifest, config.held_out_splits)["index"].to_numpy())
+    return reference, held_out
+
+
+def score_fidelity(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFrame,
+                   samples: Mapping[str, np.ndarray], provenance: pd.DataFrame,
+                   params: dict[str, Any]) -> dict[str, float]:
+    """2.5D FID (reference split vs every synthetic volume) with its floor; paired 3D SSIM / PSNR."""
+    config = _config(params)
+    volume_manifest = _selected(volumes, volume_manifest, config)
+    evaluation = _evaluation(config)
+    encoder_config = from_params(vm.PlaneEncoderConfig, evaluation.encoder, "study_3d.evaluation.encoder")
+    fid = from_params(FidConfig, evaluation.fid, "study_3d.evaluation.fid")
+    reference, _ = _real_sets(volumes, volume_manifest, config)
+    encoder, facts = vm.train_plane_encoder(reference["images"], reference["label_maps"], encoder_config)
+    from synthmed.metrics.features import domain_network
+
+    embed = domain_network(encoder, device=encoder_config.device)
+    fraction = encoder_config.min_brain_fraction
+    real_features = vm.plane_features(embed, reference["images"], reference["label_maps"], fraction)
+    fake_features = vm.plane_features(embed, np.asarray(samples["images"]), np.asarray(samples["label_maps"]),
+                                      fraction)
+    out = dict(facts) | vm.fid_2_5d(real_features, fake_features, resamples=fid.resamples, level=fid.level,
+                                    seed=fid.seed)
+    paired = provenance.index[provenance["kind"] == PAIRED].to_numpy()
+    if len(paired):
+        scores = vm.paired_volume_metrics(np.asarray(samples["images"])[paired], np.asarray(samples["real"])[paired])
+        from synthmed.metrics.fidelity import summarise
+
+        for name, values in scores.items():
+            stats = summarise(values, resamples=fid.resamples, level=fid.level, seed=fid.seed)
+            out |= {f"paired_{name}": stats["mean"], f"paired_{name}_low": stats["low"],
+                    f"paired_{name}_high": stats["high"], f"paired_{name}_n": stats["n"]}
+    return out
+
+
+def score_lesion_control(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFrame,
+                         samples: Mapping[str, np.ndarray], provenance: pd.DataFrame,
+                         params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, float], vm.LesionSegmenter]:
+    """Segment the lesion of each lesion-control volume (3D segmenter trained on real training volumes)
+    and compare it with the lesion asked for; the segmenter's Dice on real held-out volumes beside it."""
+    config = _config(params)
+    volume_manifest = _selected(volumes, volume_manifest, config)
+    evaluation = _evaluation(config)
+    seg_config = from_params(vm.SegmenterConfig, evaluation.segmenter, "study_3d.evaluation.segmenter")
+    fid = from_params(FidConfig, evaluation.fid, "study_3d.evaluation.fid")
+    reference, held_out = _real_sets(volumes, volume_manifest, config)
+    model = vm.fit_segmenter(reference["images"], reference["lesion_masks"], seg_config)
+    held_dice = vm.dice(vm.segment(model, held_out["images"], seg_config.threshold), held_out["lesion_masks"])
+    with_lesion = held_out["lesion_masks"].reshape(len(held_dice), -1).any(1)
+    out = {"segmenter_dice_held_out": float(held_dice[with_lesion].mean()) if with_lesion.any() else float("nan"),
+           "segmenter_held_out_with_lesion": float(with_lesion.sum())}
+    rows = provenance.index[provenance["kind"] == LESION].to_numpy()
+    if not len(rows):
+        return pd.DataFrame(), out, model
+    masks = vm.segment(model, np.asarray(samples["images"])[rows], seg_config.threshold)
+    table = vm.lesion_control_table(provenance.iloc[rows].reset_index(drop=True), masks, _spacing(volume_manifest))
+    out |= vm.control_summary(table, resamples=fid.resamples, level=fid.level, seed=fid.seed)
+    logger.info("study_3d lesion control: detected %.2f, |volume error| %.2f mL, centre error %.1f mm (n = %d)",
+                out["control_detected"], out.get("control_abs_volume_error_ml", float("nan")),
+                out.get("control_centre_error_mm", float("nan")), len(table))
+    return table, out, model
+
+
+def score_utility(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFrame,
+                  samples: Mapping[str, np.ndarray], provenance: pd.DataFrame, segmenter: vm.LesionSegmenter,
+                  params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Dice on real held-out volumes of lesion segmenters trained on real vs real + lesion-control volumes
+    (the lesion-control segmenter is the real-only one of its seed: same data, same configuration)."""
+    config = _config(params)
+    volume_manifest = _selected(volumes, volume_manifest, config)
+    evaluation = _evaluation(config)
+    utility = from_params(UtilityConfig3D, evaluation.utility, "study_3d.evaluation.utility")
+    if not utility.enabled:
+        return pd.DataFrame(columns=["mode", "seed", "train_volumes", "test_volumes", "dice"]), {}
+    seg_config = from_params(vm.SegmenterConfig, evaluation.segmenter, "study_3d.evaluation.segmenter")
+    fid = from_params(FidConfig, evaluation.fid, "study_3d.evaluation.fid")
+    reference = _arrays(volumes, _rows(volume_manifest, config.reference_split)["index"].to_numpy())
+    test = _arrays(volumes, _rows(volume_manifest, utility.test_split)["index"].to_numpy())
+    rows = provenance.index[(provenance["kind"] == LESION) & (provenance["split"] != utility.test_split)].to_numpy()
+    if not len(rows):
+        raise ValueError(f"No lesion-control volume was drawn outside study_3d.evaluation.utility.test_split "
+                         f"{utility.test_split!r}; add plan rows or choose another test split.")
+    synthetic = (np.asarray(samples["images"])[rows], np.asarray(samples["lesion_masks"])[rows])
+    runs, summary = vm.segmentation_utility((reference["images"], reference["lesion_masks"]), synthetic,
+                                            (test["images"], test["lesion_masks"]), seg_config, utility.seeds,
+                                            resamples=fid.resamples, level=fid.level,
+                                            trained={seg_config.seed: segmenter})
+    logger.info("study_3d utility: Dice real %.3f, real + synthetic %.3f, difference %.3f [%.3f, %.3f]",
+                summary["utility_dice_real"], summary["utility_dice_real_synthetic"],
+                summary["utility_dice_difference"], summary["utility_dice_difference_low"],
+                summary["utility_dice_difference_high"])
+    return runs, summary
+
+
+def run_volume_gate(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFrame,
+                    samples: Mapping[str, np.ndarray], params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Nearest training volume of every synthetic, held-out and planted volume; threshold from the held-out ones."""
+    config = _config(params)
+    volume_manifest = _selected(volumes, volume_manifest, config)
+    gate = from_params(VolumeGateConfig, _evaluation(config).memorisation, "study_3d.evaluation.memorisation")
+    reference, held_out = _real_sets(volumes, volume_manifest, config)
+    planted, planted_from = vm.plant_volume_copies(reference["images"], gate.planted, noise_std=gate.noise_std,
+                                                   seed=gate.seed)
+    parts = []
+    for kind, queries in (("held_out", held_out["images"]), ("synthetic", np.asarray(samples["images"])),
+                          ("planted", planted)):
+        table = vm.volume_nearest(queries, reference["images"])
+        parts.append(table.assign(kind=kind, query=np.arange(len(table))))
+    table = pd.concat(parts, ignore_index=True)
+    threshold = calibrate_threshold(table.loc[table["kind"] == "held_out", "similarity"].to_numpy(), gate.percentile)
+    table["flagged"] = table["similarity"] >= threshold
+    planted_rows = table[table["kind"] == "planted"]
+    table.loc[planted_rows.index, "planted_from"] = planted_from
+    recall = float(planted_rows["flagged"].mean())
+    out = {"gate_threshold": threshold, "gate_self_test_recall": recall,
+           "gate_fraction_flagged": float(table.loc[table["kind"] == "synthetic", "flagged"].mean()),
+           "gate_held_out_n": float((table["kind"] == "held_out").sum()),
+           "gate_blind": float(recall < gate.min_self_test_recall)}
+    logger.info("study_3d gate: threshold %.4f (held-out NCC, %g-th percentile), %.2f of synthetic volumes flagged, "
+                "self-test recall %.2f", threshold, gate.percentile, out["gate_fraction_flagged"], recall)
+    return table, out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _gate_figure(table: pd.DataFrame, threshold: float) -> Figure:
+    figure = Figure(figsize=(6.0, 3.0), layout="constrained")
+    ax = figure.subplots()
+    bins = np.linspace(min(float(table["similarity"].min()), threshold) - 0.01, 1.0, 40)
+    for kind, colour in (("held_out", "tab:blue"), ("synthetic", "tab:orange"), ("planted", "tab:red")):
+        values = table.loc[table["kind"] == kind, "similarity"]
+        ax.hist(values, bins=bins, alpha=0.6, color=colour, label=f"{kind} (n = {len(values)})")
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4f}")
+    ax.set_xlabel("NCC with the nearest training volume")
+    ax.set_ylabel("volumes")
+    ax.legend(fontsize=7)
+    ax.set_title("Memorisation gate on volumes", fontsize=9)
+    return figure
+
+
+def _views(samples: Mapping[str, np.ndarray], provenance: pd.DataFrame, volumes: Mapping[str, np.ndarray],
+           n: int) -> Figure:
+    rows = []
+    lesion = provenance[provenance["kind"] == LESION].head(n)
+    for row in lesion.itertuples():
+        real = np.asarray(volumes["images"][int(row.source_index)])
+        centre = (row.placed_centre_d, row.placed_centre_h, row.placed_centre_w)
+        caption = (f"#{row.index} {row.requested_location}\n"
+                   f"{row.placed_volume_ml:.2f} mL at {' '.join(str(int(v)) for v in centre)}")
+        rows.append((caption, real, samples["images"][int(row.index)], samples["lesion_masks"][int(row.index)],
+                     centre))
+    for row in provenance[provenance["kind"] == PAIRED].head(max(n - len(rows), 2)).itertuples():
+        mask = np.asarray(samples["lesion_masks"][int(row.index)])
+        centre = (np.argwhere(mask[0]).mean(0).round().astype(int) if mask.any()
+                  else np.array(mask.shape[-3:]) // 2)
+        rows.append((f"#{row.index} paired ({row.crop})", samples["real"][int(row.index)],
+                     samples["images"][int(row.index)], mask if mask.any() else None, tuple(centre)))
+    return vm.orthogonal_views(rows, title="Real (held-out patient, left) and synthetic (right), through the lesion; "
+                                           "red: the lesion of the label map")
+
+
+def write_study_report(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFrame,
+                       samples: Mapping[str, np.ndarray], provenance: pd.DataFrame, fidelity: dict[str, float],
+                       control_table: pd.DataFrame, control: dict[str, float], gate_table: pd.DataFrame,
+                       gate: dict[str, float], utility_runs: pd.DataFrame, utility: dict[str, float],
+                       params: dict[str, Any]) -> tuple[dict[str, float], str, Figure, Figure]:
+    """The study's metrics (JSON + MLflow), its HTML page, the orthogonal views and the gate figure."""
+    config = _config(params)
+    volume_manifest = _selected(volumes, volume_manifest, config)
+    evaluation = _evaluation(config)
+    fid = from_params(FidConfig, evaluation.fid, "study_3d.evaluation.fid")
+    gate_config = from_params(VolumeGateConfig, evaluation.memorisation, "study_3d.evaluation.memorisation")
+    metrics = {k: float(v) for k, v in {**fidelity, **control, **gate, **utility}.items()}
+    metrics |= {"n_paired": float((provenance["kind"] == PAIRED).sum()),
+                "n_lesion": float((provenance["kind"] == LESION).sum()),
+                "n_reference": float((volume_manifest["split"] == config.reference_split).sum())}
+    views = _views(samples, provenance, volumes, evaluation.views)
+    gate_figure = _gate_figure(gate_table, gate["gate_threshold"])
+    columns = ["index", "requested_radius_mm", "requested_volume_ml", "requested_location", "within",
+               "placed_volume_ml", "placed_centre_d", "placed_centre_h", "placed_centre_w", "realised_found",
+               "realised_volume_ml", "volume_error_ml", "centre_error_mm"]
+    shown = control_table[[c for c in columns if c in control_table]] if len(control_table) else control_table
+    html = render("study_3d_report.html.j2", config=config, metrics=metrics, level_pct=round(100 * fid.level),
+                  number=report_format.number, control_table=report_format.html_table(shown.round(3)),
+                  views=report_format.png64(_png(views)), gate_png=report_format.png64(_png(gate_figure)),
+                  planes=vm.PLANES, gate_percentile=gate_config.percentile,
+                  utility_table=report_format.html_table(utility_runs.round(4)) if len(utility_runs) else "")
+    return metrics, html, views, gate_figure
+
+
+def _png(figure: Figure) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()

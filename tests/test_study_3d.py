@@ -1,0 +1,286 @@
+"""The 3D study (issue 11): its nodes end to end on a tiny cohort of 16^3 volumes, and the volume metrics."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from synthmed.imaging.lesion_placement import LesionPlanRow, place_plan
+from synthmed.imaging.volumes import tissue_order
+from synthmed.metrics import fidelity
+from synthmed.metrics import volumes as vm
+from synthmed.pipelines.study_3d import nodes
+
+SIDE = 16
+SPACING = 6.0
+
+
+def _label_map(rng: np.random.Generator, lesion: bool) -> np.ndarray:
+    """A ball of brain: CSF at the centre, white matter, a grey-matter shell; a lesion ball if asked."""
+    grid = np.stack(np.meshgrid(*[np.arange(SIDE)] * 3, indexing="ij"), axis=-1).astype(float)
+    centre = SIDE / 2 - 0.5 + rng.uniform(-0.7, 0.7, 3)
+    r = np.sqrt(((grid - centre) ** 2).sum(-1))
+    radius = rng.uniform(6.0, 7.2)
+    labels = np.zeros((SIDE,) * 3, np.uint8)
+    labels[r < radius] = 2
+    labels[r < radius - 1.5] = 3
+    labels[r < 1.6] = 1
+    if lesion:
+        spot = centre + np.array([3.0, 0.0, 0.0])
+        labels[np.sqrt(((grid - spot) ** 2).sum(-1)) < 1.6] = 4
+    return labels
+
+
+def _image(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    values = np.array([-1.0, -0.6, 0.3, 0.0, 0.9], np.float32)[labels]
+    return np.clip(values + rng.normal(0, 0.05, labels.shape).astype(np.float32), -1, 1)
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    """12 sub-volumes of 6 patients: 8 train, 2 validation, 2 test; every other one with a lesion."""
+    rng = np.random.default_rng(0)
+    maps = np.stack([_label_map(rng, lesion=bool(k % 2))[None] for k in range(12)])
+    images = np.stack([_image(m[0], rng)[None] for m in maps])
+    splits = ["train"] * 8 + ["validation"] * 2 + ["test"] * 2
+    manifest = pd.DataFrame({
+        "index": np.arange(12), "item_id": [f"item{k // 2}" for k in range(12)],
+        "patient_key": [f"p{k // 2}" for k in range(12)], "split": splits,
+        "crop": ["brain", "lesion"] * 6, "lesion_number": [0, 1] * 6,
+        "spacing_mm_d": SPACING, "spacing_mm_h": SPACING, "spacing_mm_w": SPACING})
+    store = {"images": images, "label_maps": maps, "lesion_masks": (maps == 4).astype(np.uint8)}
+    return store, manifest
+
+
+@pytest.fixture()
+def params(tmp_path):
+    return {
+        "family": "pix2pix3d", "reference_split": "train", "held_out_splits": ["validation", "test"],
+        "run": {"split": "train", "checkpoint_root": str(tmp_path / "checkpoints")},
+        "model": {"image_size": SIDE, "channels": 1, "num_classes": 0, "label_classes": 5, "base_channels": 4,
+                  "depth": 4, "augment": True},
+        "training": {"steps": 3, "batch_size": 2, "seed": 0, "checkpoint_every": 0, "log_every": 1,
+                     "device": "cpu", "mixed_precision": "no"},
+        "seed": 0, "batch_size": 3, "paired": True, "clear_label": 3,
+        "plan": [{"count": 2, "radius_mm": 6.0, "location": "random", "within": ["grey_matter", "white_matter"]},
+                 {"count": 1, "volume_ml": 1.0, "location": [8, 8, 10],
+                  "within": ["csf", "grey_matter", "white_matter"]}],
+        "export_dicom": True,
+        "evaluation": {"views": 2, "encoder": {"width": 4, "feature_dim": 8, "steps": 3, "batch_size": 8},
+                       "segmenter": {"width": 4, "steps": 3, "batch_size": 2},
+                       "utility": {"enabled": True, "test_split": "validation", "seeds": [0]},
+                       "fid": {"resamples": 5, "level": 0.9, "seed": 0},
+                       "memorisation": {"percentile": 99.0, "planted": 3, "noise_std": 0.05}},
+    }
+
+
+def test_study_nodes_end_to_end(cohort, params):
+    store, manifest = cohort
+    generator, history = nodes.train_volume_generator(store, manifest, params)
+    assert len(history) == 3 and np.isfinite(history["loss_d"]).all()
+    conditions, plan = nodes.plan_lesion_volumes(store, manifest, params)
+    held_out = (manifest["split"] != "train").sum()
+    assert list(plan["kind"]) == ["paired"] * held_out + ["lesion"] * 3
+    lesion = plan[plan["kind"] == "lesion"]
+    # Each lesion row's label map holds exactly the lesion written (the source's own lesion cleared).
+    for row in lesion.itertuples():
+        assert int((conditions["label_maps"][row.index] == 4).sum()) == row.placed_voxels
+        centre = tuple(int(v) for v in (row.placed_centre_d, row.placed_centre_h, row.placed_centre_w))
+        assert conditions["label_maps"][row.index][0][centre] == 4
+    assert lesion.iloc[2][["placed_centre_d", "placed_centre_h", "placed_centre_w"]].tolist() == [8, 8, 10]
+    samples, provenance = nodes.generate_volumes(generator, conditions, plan, params)
+    assert samples["images"].shape == (len(plan), 1, SIDE, SIDE, SIDE)
+    assert np.abs(samples["images"]).max() <= 1.0
+    again, _ = nodes.generate_volumes(generator, conditions, plan, params)
+    np.testing.assert_array_equal(again["images"], samples["images"])  # seeded
+    files = nodes.export_volumes(samples, provenance, params)
+    assert "lesion/lesion_0004_mask.nii.gz" in files and "paired/dicom/paired_0000/IM0016.dcm" in files
+    fid = nodes.score_fidelity(store, manifest, samples, provenance, params)
+    assert fid["fid_2_5d_n"] == 4 and fid["paired_ssim_n"] == held_out
+    assert fid["fid_2_5d"] == pytest.approx(np.mean([fid[f"fid_{p}"] for p in vm.PLANES]))
+    table, control, segmenter = nodes.score_lesion_control(store, manifest, samples, provenance, params)
+    assert len(table) == 3 and control["control_n"] == 3
+    gate_table, gate = nodes.run_volume_gate(store, manifest, samples, params)
+    assert set(gate_table["kind"]) == {"held_out", "synthetic", "planted"}
+    runs, utility = nodes.score_utility(store, manifest, samples, provenance, segmenter, params)
+    # Test split validation: only the lesion volume drawn from a test patient's label map is trained on.
+    assert runs["train_volumes"].tolist() == [8, 9] and (runs["test_volumes"] == 1).all()
+    assert utility["utility_dice_difference"] == pytest.approx(
+        utility["utility_dice_real_synthetic"] - utility["utility_dice_real"])
+    metrics, html, views, gate_figure = nodes.write_study_report(store, manifest, samples, provenance, fid, table,
+                                                                 control, gate_table, gate, runs, utility, params)
+    assert "Lesion control" in html and "2.5D FID" in html and metrics["n_lesion"] == 3
+    assert "utility_dice_real" in metrics and "real_synthetic" in html
+    assert all(isinstance(v, float) for v in metrics.values())
+
+
+def test_study_refuses_a_2d_family_and_a_size_mismatch(cohort, params):
+    store, manifest = cohort
+    wrong = copy.deepcopy(params) | {"family": "pix2pix"}
+    with pytest.raises(ValueError, match="not a volume family"):
+        nodes.train_volume_generator(store, manifest, wrong)
+    wrong = copy.deepcopy(params)
+    wrong["model"] |= {"image_size": 32, "depth": 5}
+    with pytest.raises(ValueError, match="size_vox"):
+        nodes.train_volume_generator(store, manifest, wrong)
+
+
+# ----------------------------------------------------------------------------- 2.5D FID
+
+
+def test_plane_slices_cut_each_axis():
+    volume = np.zeros((1, 1, 4, 5, 6), np.float32)
+    labels = np.ones((1, 1, 4, 5, 6), np.uint8)
+    volume[0, 0, 1, 2, 3] = 1.0
+    for plane, axis, shape in (("sagittal", 0, (5, 6)), ("coronal", 1, (4, 6)), ("axial", 2, (4, 5))):
+        slices, owner = vm.plane_slices(volume, labels, plane, 0.0)
+        assert slices.shape == (volume.shape[2 + axis], 1, *shape) and (owner == 0).all()
+        # Only the slice through the marked voxel holds it.
+        assert [int(s.sum() > 0) for s in slices] == [int(k == (1, 2, 3)[axis]) for k in range(len(slices))]
+    labels[0, 0, 0] = 0  # the first sagittal slice holds no brain
+    assert len(vm.plane_slices(volume, labels, "sagittal", 0.5)[0]) == 3
+
+
+def test_fid_2_5d_is_the_mean_of_the_three_planes():
+    torch.manual_seed(0)
+
+    def features(n_volumes, shift):
+        per = {p: torch.randn(n_volumes * 6, 3, dtype=torch.float64) + shift * (k + 1)
+               for k, p in enumerate(vm.PLANES)}
+        return vm.PlaneFeatures(per, {p: np.repeat(np.arange(n_volumes), 6) for p in vm.PLANES}, n_volumes)
+
+    real, fake = features(12, 0.0), features(5, 0.5)
+    out = vm.fid_2_5d(real, fake, resamples=4, seed=0)
+    assert out["fid_2_5d_n"] == 5
+    assert out["fid_2_5d"] == pytest.approx(np.mean([out[f"fid_{p}"] for p in vm.PLANES]))
+    assert out["fid_2_5d_floor"] == pytest.approx(np.mean([out[f"fid_{p}_floor"] for p in vm.PLANES]))
+    # Each plane's value is the plain FID of that plane's slices (volumes chosen as fid_2_5d does).
+    half_a, _ = fidelity.real_floor_split(torch.arange(12)[:, None], 5, seed=0)
+    pick = np.sort(np.random.default_rng(0).choice(5, size=5, replace=False))
+    for plane in vm.PLANES:
+        rows_a = np.concatenate([np.flatnonzero(real.volume_of[plane] == v) for v in half_a.flatten().tolist()])
+        rows_f = np.concatenate([np.flatnonzero(fake.volume_of[plane] == v) for v in pick])
+        expected = fidelity.frechet_distance(real.features[plane][rows_a], fake.features[plane][rows_f])
+        assert out[f"fid_{plane}"] == pytest.approx(expected)
+    # The shifted set is further than the floor.
+    assert out["fid_2_5d"] > out["fid_2_5d_floor"]
+
+
+def test_paired_volume_metrics():
+    rng = np.random.default_rng(1)
+    real = np.clip(rng.normal(0, 0.3, (3, 1, 12, 12, 12)), -1, 1).astype(np.float32)
+    noisy = np.clip(real + rng.normal(0, 0.1, real.shape), -1, 1).astype(np.float32)
+    scores = vm.paired_volume_metrics(noisy, real)
+    mse = ((noisy.astype(float) - real) ** 2).reshape(3, -1).mean(1)
+    np.testing.assert_allclose(scores["psnr"].numpy(), 10 * np.log10(4 / mse), rtol=1e-9)
+    assert (scores["ssim"] < 1).all() and (vm.paired_volume_metrics(real, real)["ssim"] > 0.999).all()
+
+
+# ----------------------------------------------------------------------------- lesion control
+
+
+def test_lesion_control_errors():
+    mask = np.zeros((2, 1, 10, 10, 10), np.uint8)
+    mask[0, 0, 4:7, 4:7, 5:8] = 1   # 27 voxels centred at (5, 5, 6): one voxel off the request along w
+    mask[0, 0, 0, 0, 0] = 1         # a speck elsewhere: not the lesion asked for
+    plan = pd.DataFrame({"placed_centre_d": [5, 5], "placed_centre_h": [5, 5], "placed_centre_w": [5, 5],
+                         "placed_volume_ml": [20 * 8 / 1000, 1.0]})
+    table = vm.lesion_control_table(plan, mask, (2.0, 2.0, 2.0))
+    first, second = table.iloc[0], table.iloc[1]
+    assert first["realised_found"] == 1 and first["realised_voxels"] == 27
+    assert first["realised_volume_ml"] == pytest.approx(27 * 8 / 1000)
+    assert first["volume_error_ml"] == pytest.approx(7 * 8 / 1000)
+    assert first["centre_error_mm"] == pytest.approx(2.0)
+    assert second["realised_found"] == 0 and np.isnan(second["centre_error_mm"])
+    assert second["volume_error_ml"] == pytest.approx(-1.0)
+    summary = vm.control_summary(table, resamples=10)
+    assert summary["control_detected"] == 0.5 and summary["control_centre_error_mm"] == pytest.approx(2.0)
+    # The nearest component is taken when none covers the requested centre.
+    shifted = np.zeros((1, 1, 10, 10, 10), np.uint8)
+    shifted[0, 0, 7:9, 5, 5] = 1
+    shifted[0, 0, 0, 0, 0:3] = 1
+    far = vm.lesion_control_table(plan.iloc[:1], shifted, (1.0, 1.0, 1.0)).iloc[0]
+    assert far["realised_voxels"] == 2 and far["centre_error_mm"] == pytest.approx(2.5)
+
+
+def test_place_plan_clears_own_lesions_and_cycles():
+    maps = np.full((2, 1, 12, 12, 12), 3, np.uint8)
+    maps[0, 0, 1, 1, 1] = 4
+    rows = [LesionPlanRow(count=3, radius_mm=2.0, location=[6, 6, 6])]
+    placed, table = place_plan(maps, 1.0, rows, seed=0, clear_label=3)
+    assert [r["source"] for r in table] == [0, 1, 0]
+    assert placed.shape == (3, 1, 12, 12, 12)
+    assert all(int((p == 4).sum()) == r["placed_voxels"] == 33 for p, r in zip(placed, table))
+    assert placed[0, 0, 1, 1, 1] == 3
+    with pytest.raises(ValueError, match="count"):
+        LesionPlanRow(count=0, radius_mm=2.0)
+    with pytest.raises(ValueError, match="exactly one of"):
+        LesionPlanRow(count=1)
+
+
+# ----------------------------------------------------------------------------- memorisation
+
+
+def test_volume_gate_flags_a_planted_copy():
+    rng = np.random.default_rng(2)
+    smooth = [torch.nn.functional.avg_pool3d(torch.as_tensor(rng.normal(0, 1, (1, 1, 16, 16, 16)),
+                                                             dtype=torch.float32), 5, 1, 2) for _ in range(10)]
+    volumes = torch.cat(smooth).clamp(-1, 1) * 3
+    volumes = volumes.clamp(-1, 1)
+    train, held_out = volumes[:7], volumes[7:]
+    copies, source = vm.plant_volume_copies(train, 2, noise_std=0.05, seed=0)
+    held = vm.volume_nearest(held_out, train)
+    threshold = float(np.percentile(held["similarity"], 99))
+    found = vm.volume_nearest(copies, train)
+    assert (found["similarity"] > threshold).all()
+    assert found["neighbour"].tolist() == source.tolist()
+    assert found["mirrored"].tolist() == [0, 1]  # the second copy was mirrored, and found mirrored
+    exact = vm.volume_nearest(train[3:4], train)
+    assert exact["similarity"].iloc[0] == pytest.approx(1.0) and exact["neighbour"].iloc[0] == 3
+
+
+def test_volume_gate_node_self_test(cohort, params):
+    store, manifest = cohort
+    samples = {"images": np.asarray(store["images"])[:2].copy()}  # two training volumes passed off as synthetic
+    table, gate = nodes.run_volume_gate(store, manifest, samples, params)
+    synthetic = table[table["kind"] == "synthetic"]
+    assert synthetic["flagged"].all() and gate["gate_fraction_flagged"] == 1.0
+    assert gate["gate_self_test_recall"] == 1.0 and gate["gate_blind"] == 0.0
+
+
+def test_contrast_selection(cohort, params):
+    store, manifest = cohort
+    images = np.asarray(store["images"]).copy()
+    maps = np.asarray(store["label_maps"])
+    # Sub-volumes 0-3 become T1w-like: grey matter darker than white matter.
+    images[:4][maps[:4] == 2] = -0.2
+    assert tissue_order(images, maps, 2, 3).tolist() == [False] * 4 + [True] * 8
+    with_contrast = copy.deepcopy(params) | {"contrast": {"brighter": "grey_matter", "darker": "white_matter"}}
+    kept = nodes._selected({**store, "images": images}, manifest, nodes._config(with_contrast))
+    assert kept["index"].tolist() == list(range(4, 12))
+    assert nodes._selected(store, manifest, nodes._config(params)) is manifest  # no contrast: every row
+    with pytest.raises(ValueError, match="study_3d.contrast"):
+        nodes._config(copy.deepcopy(params) | {"contrast": {"brighter": "bone", "darker": "white_matter"}})
+
+
+def test_segmentation_utility_difference(monkeypatch):
+    """Stub segmenters: the one trained with synthetic volumes finds every lesion, the real-only one none."""
+    masks = np.zeros((3, 1, 4, 4, 4), np.uint8)
+    masks[:2, 0, 1:3, 1:3, 1:3] = 1  # the third test volume has no lesion: not scored
+    monkeypatch.setattr(vm, "fit_segmenter", lambda images, target, config: len(images))
+    monkeypatch.setattr(vm, "segment", lambda model, images, threshold: masks[:len(images)] * int(model > 5))
+    real = (np.zeros((5, 1, 4, 4, 4), np.float32), np.zeros((5, 1, 4, 4, 4), np.uint8))
+    synthetic = (np.zeros((2, 1, 4, 4, 4), np.float32), np.zeros((2, 1, 4, 4, 4), np.uint8))
+    runs, summary = vm.segmentation_utility(real, synthetic, (np.zeros((3, 1, 4, 4, 4), np.float32), masks),
+                                            vm.SegmenterConfig(), seeds=[0, 1], resamples=10)
+    assert runs["mode"].tolist() == ["real", "real", "real_synthetic", "real_synthetic"]
+    assert runs["train_volumes"].tolist() == [5, 5, 7, 7] and (runs["test_volumes"] == 2).all()
+    assert summary["utility_dice_real"] == 0.0 and summary["utility_dice_real_synthetic"] == 1.0
+    assert summary["utility_dice_difference"] == 1.0 and summary["utility_test_volumes"] == 2
+    with pytest.raises(ValueError, match="No test volume holds a lesion"):
+        vm.segmentation_utility(real, synthetic, (np.zeros((1, 1, 4, 4, 4), np.float32), masks[2:]),
+                                vm.SegmenterConfig(), seeds=[0])
