@@ -100,10 +100,10 @@ def _schema() -> dict[str, type]:
     from synthmed.imaging.volumes import VolumeConfig
     from synthmed.metrics.features import FeatureNetworkConfig, FitConfig
     from synthmed.metrics.utility import UtilityConfig
-    from synthmed.metrics.volumes import PlaneEncoderConfig, SegmenterConfig
+    from synthmed.metrics.volume_config import PlaneEncoderConfig, SegmenterConfig
     from synthmed.pipelines.ingestion.nodes import IngestionConfig
     from synthmed.pipelines.preprocessing.nodes import GeometrySpec, PreprocessingConfig
-    from synthmed.pipelines.study_3d import nodes as study_3d
+    from synthmed.pipelines.study_3d import config as study_3d
     from synthmed.privacy.dicom_deid import DicomDeidConfig
     from synthmed.privacy.memorisation import GateConfig
     from synthmed.privacy.pixel_checks import PixelChecksConfig

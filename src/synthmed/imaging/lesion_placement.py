@@ -25,9 +25,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
+from synthmed.core.lazy import lazy_import
 from synthmed.imaging.cohort import LABEL_NAMES, LESION
+
+# On first use: the parameter check imports this module for LesionPlanRow.
+ndimage = lazy_import("scipy.ndimage")
 
 RANDOM = "random"
 PARENCHYMA = ("grey_matter", "white_matter")

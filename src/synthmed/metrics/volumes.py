@@ -52,9 +52,9 @@ from torch import Tensor, nn
 
 from synthmed.core.progress import ProgressLog
 from synthmed.core.seeding import seeded
-from synthmed.core.validation import is_int, is_number
 from synthmed.metrics import fidelity
 from synthmed.metrics.features import ClassifierConfig, FitConfig, fit_classifier, predict_proba, resolve_device
+from synthmed.metrics.volume_config import PlaneEncoderConfig, SegmenterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -105,25 +105,6 @@ def plane_labelled_slices(volumes: np.ndarray, label_maps: np.ndarray,
         parts.append(slices)
         labels.append(torch.full((len(slices),), k, dtype=torch.int64))
     return torch.cat(parts), torch.cat(labels)
-
-
-@dataclass(frozen=True)
-class PlaneEncoderConfig:
-    """``params:study_3d.evaluation.encoder``: the 2D feature network of the 2.5D FID."""
-
-    width: int = 16
-    feature_dim: int = 64
-    seed: int = 0
-    steps: int = 300
-    batch_size: int = 32
-    learning_rate: float = 0.002
-    min_brain_fraction: float = 0.1
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if not is_number(self.min_brain_fraction) or not 0.0 <= self.min_brain_fraction < 1.0:
-            raise ValueError(f"study_3d.evaluation.encoder.min_brain_fraction must be in [0, 1), got "
-                             f"{self.min_brain_fraction!r}.")
 
 
 def train_plane_encoder(volumes: np.ndarray, label_maps: np.ndarray, config: PlaneEncoderConfig):
@@ -255,35 +236,6 @@ def paired_volume_metrics(fake: np.ndarray | Tensor, real: np.ndarray | Tensor, 
 
 
 # ----------------------------------------------------------------------------- 3. lesion control
-
-
-@dataclass(frozen=True)
-class SegmenterConfig:
-    """``params:study_3d.evaluation.segmenter``: the small 3D lesion segmenter.
-
-    Args:
-        width: channels of each convolution.
-        steps, batch_size, learning_rate: AdamW training on the real training volumes.
-        threshold: lesion probability from which a voxel is lesion.
-        seed: weights and batch order.
-        device: "auto" (CUDA when present), "cpu" or "cuda".
-    """
-
-    width: int = 8
-    steps: int = 200
-    batch_size: int = 4
-    learning_rate: float = 0.003
-    threshold: float = 0.5
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        for name in ("width", "steps", "batch_size"):
-            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
-                raise ValueError(f"study_3d.evaluation.segmenter.{name} must be a positive integer, got "
-                                 f"{getattr(self, name)!r}.")
-        if not is_number(self.threshold) or not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"study_3d.evaluation.segmenter.threshold must be in (0, 1), got {self.threshold!r}.")
 
 
 def _block(c_in: int, c_out: int, **conv: int) -> nn.Sequential:

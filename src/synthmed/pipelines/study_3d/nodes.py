@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,116 +32,24 @@ from synthmed.generators.sampling import checkpoint_id
 from synthmed.generators.tracking import active_tracker
 from synthmed.generators.training import ArrayBatches, TrainingConfig, train
 from synthmed.generators.volume_export import volume_affine, volume_files
-from synthmed.imaging.cohort import LABEL_NAMES, WHITE
+from synthmed.imaging.cohort import LABEL_NAMES
 from synthmed.imaging.lesion_placement import LesionPlanRow, place_plan
 from synthmed.imaging.volumes import tissue_order
 from synthmed.metrics import report as report_format
 from synthmed.metrics import volumes as vm
+from synthmed.pipelines.study_3d.config import (  # noqa: F401  (re-exported: the configurations' old home)
+    FidConfig,
+    StudyConfig,
+    StudyEvaluationConfig,
+    UtilityConfig3D,
+    VolumeGateConfig,
+)
 from synthmed.privacy.memorisation import calibrate_threshold
 
 logger = logging.getLogger(__name__)
 
 PAIRED, LESION = "paired", "lesion"
 STORE_KEYS = ("images", "label_maps", "lesion_masks")
-
-
-@dataclass(frozen=True)
-class FidConfig:
-    """``params:study_3d.evaluation.fid``: bootstrap of the 2.5D FID and the other intervals."""
-
-    resamples: int = 200
-    level: float = 0.95
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class VolumeGateConfig:
-    """``params:study_3d.evaluation.memorisation``: the gate on volumes.
-
-    Args:
-        percentile: of the held-out volumes' nearest-neighbour NCC to the training volumes:
-            the threshold (``privacy.memorisation.calibrate_threshold``).
-        planted: perturbed copies of training volumes scored as a self-test.
-        noise_std: Gaussian noise added to each planted copy.
-        min_self_test_recall: below this share of planted copies flagged, the gate is reported blind.
-    """
-
-    percentile: float = 99.0
-    planted: int = 8
-    noise_std: float = 0.05
-    min_self_test_recall: float = 0.9
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class UtilityConfig3D:
-    """``params:study_3d.evaluation.utility``: lesion segmenters on real vs real + synthetic volumes.
-
-    Args:
-        enabled: run it (2 x len(seeds) segmenter trainings).
-        test_split: the real held-out volumes they are scored on; synthetic volumes drawn from this
-            split's label maps are not trained on.
-        seeds: one segmenter per mode and seed.
-    """
-
-    enabled: bool = True
-    test_split: str = "validation"
-    seeds: tuple[int, ...] = (0,)
-
-
-@dataclass(frozen=True)
-class StudyEvaluationConfig:
-    """``params:study_3d.evaluation``."""
-
-    encoder: Mapping[str, Any] = field(default_factory=dict)
-    segmenter: Mapping[str, Any] = field(default_factory=dict)
-    utility: Mapping[str, Any] = field(default_factory=dict)
-    fid: Mapping[str, Any] = field(default_factory=dict)
-    memorisation: Mapping[str, Any] = field(default_factory=dict)
-    views: int = 4
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    """``params:study_3d``.
-
-    Args:
-        family: the volume family trained (``pix2pix3d``).
-        reference_split: the split trained on, FID reference and gate references.
-        held_out_splits: the patients whose label maps the plan draws from (never trained on).
-        run, model, training: the family's ``RunConfig``, ``Config`` and ``TrainingConfig`` keys.
-        seed: sampling seed (volumes and lesion centres).
-        batch_size: volumes per generator pass.
-        paired: also draw one volume per held-out sub-volume from its own label map (paired scores).
-        clear_label: tissue written over a held-out map's own lesions before a lesion is placed.
-        plan: `LesionPlanRow` keys per row.
-        export_dicom: DICOM series beside the NIfTI files.
-        contrast: ``{brighter: <tissue>, darker: <tissue>}``: only sub-volumes whose mean intensity in
-            the first tissue exceeds the second's (one MR contrast per study when the manifest does not
-            record it: `synthmed.imaging.volumes.tissue_order`); empty = every sub-volume.
-        evaluation: `StudyEvaluationConfig` keys.
-    """
-
-    family: str = "pix2pix3d"
-    reference_split: str = "train"
-    held_out_splits: tuple[str, ...] = ("validation", "test")
-    run: Mapping[str, Any] = field(default_factory=dict)
-    model: Mapping[str, Any] = field(default_factory=dict)
-    training: Mapping[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    batch_size: int = 4
-    paired: bool = True
-    clear_label: int = WHITE
-    plan: tuple[Mapping[str, Any], ...] = ()
-    export_dicom: bool = True
-    contrast: Mapping[str, str] = field(default_factory=dict)
-    evaluation: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.contrast and (set(self.contrast) != {"brighter", "darker"}
-                              or not set(self.contrast.values()) <= set(LABEL_NAMES.values())):
-            raise ValueError(f"study_3d.contrast must be empty or {{brighter: <tissue>, darker: <tissue>}} with tissue "
-                             f"names {sorted(LABEL_NAMES.values())}, got {dict(self.contrast)}.")
 
 
 def _config(params: Mapping[str, Any]) -> StudyConfig:
