@@ -188,3 +188,22 @@ def test_documents_the_code_cites_are_in_the_repository():
     assert not missing, f"cited but not in docs/: {missing}"
     outside = [p for p in sources if "PRIVACY.md" in p.read_text()]
     assert not outside, f"cite docs/privacy.md, not a file outside the repository: {outside}"
+
+
+@pytest.mark.parametrize("requested", [["data"], ["ingestion", "data"], ["study_3d"]])
+def test_a_pipeline_named_on_the_command_line_is_found(requested: list[str]) -> None:
+    # `kedro run --pipelines data` sets Kedro's requested-pipelines filter before the registry is
+    # read; Kedro 1.7's find_pipelines raised ImportError for `data` (no package of that name).
+    from kedro.framework.project import pipelines as project_pipelines
+
+    configure_project("synthmed")
+    try:
+        project_pipelines.set_requested(requested)
+        nodes = {node.name for name in requested for node in project_pipelines[name].nodes}
+        stages = {node.name for name in ("ingestion", "preprocessing", "extraction")
+                  for node in project_pipelines[name].nodes}
+    finally:
+        project_pipelines.set_requested(None)
+    assert nodes, f"{requested}: no node"
+    if "data" in requested:
+        assert nodes == stages

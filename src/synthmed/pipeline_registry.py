@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from kedro.framework.project import find_pipelines
+import importlib
+from importlib import resources
+
 from kedro.pipeline import Pipeline
 
 # The order of the DVC stages (dvc.yaml). `kedro run` (and kedro-viz's default view) is all of
@@ -25,9 +27,34 @@ def register_pipelines() -> dict[str, Pipeline]:
         (ingestion, preprocessing, extraction) and ``__default__`` (every pipeline, in the
         order of ``PIPELINE_ORDER``, then any other pipeline package by name, except ``ON_REQUEST``).
     """
-    pipelines = find_pipelines(raise_errors=True)
+    pipelines = _pipeline_packages()
     ordered = [name for name in PIPELINE_ORDER if name in pipelines]
     ordered += sorted(set(pipelines) - set(ordered) - {"__default__"} - set(ON_REQUEST))
     pipelines["data"] = sum((pipelines[name] for name in DATA_PIPELINES if name in pipelines), Pipeline([]))
     pipelines["__default__"] = sum((pipelines[name] for name in ordered), Pipeline([]))
     return pipelines
+
+
+def _pipeline_packages() -> dict[str, Pipeline]:
+    """Every package under ``synthmed.pipelines``, by name, from its ``create_pipeline()``.
+
+    Not ``kedro.framework.project.find_pipelines``: in Kedro 1.7 it loads only the packages named
+    on the command line (``--pipelines``) and raises for a name that is no package, so the
+    composite ``data`` (and any name built here) could not be run. Loading every package is
+    cheap: node functions are imported when a node runs (``synthmed.core.lazy``).
+    """
+    found: dict[str, Pipeline] = {}
+    for entry in sorted(resources.files("synthmed.pipelines").iterdir(), key=lambda e: e.name):
+        if not entry.is_dir() or not entry.joinpath("__init__.py").is_file():
+            continue
+        module = importlib.import_module(f"synthmed.pipelines.{entry.name}")
+        create = getattr(module, "create_pipeline", None)
+        if create is None:
+            raise ImportError(f"synthmed.pipelines.{entry.name} ({module.__file__}) has no create_pipeline(): "
+                              "every pipeline package exposes one (see the other packages' __init__.py).")
+        pipeline = create()
+        if not isinstance(pipeline, Pipeline):
+            raise TypeError(f"synthmed.pipelines.{entry.name}.create_pipeline() returned {type(pipeline).__name__}, "
+                            "expected a kedro Pipeline.")
+        found[entry.name] = pipeline
+    return found
