@@ -15,6 +15,11 @@ Two strategies:
 - ``auto``: ``group`` when every split can receive ``min_groups_per_split`` patients,
   otherwise ``slab``; the choice is logged.
 
+``stratify: finding`` makes the group split stratified: patients with a finding (a lesion
+label in one of their items' masks) and patients without are each shared out over the
+splits in proportion, so that a rare finding does not land in one split by chance. The
+finding is read from what preprocessing has (the masks), never from an answer key.
+
 ``check_no_leakage`` verifies a split table and is called after every assignment and again
 at the extraction boundary.
 """
@@ -40,6 +45,10 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 STRATEGIES = ("group", "slab", "auto")
+STRATIFY = ("none", "finding")
+# Strata of a stratified group split: a patient whose items have no mask at all cannot be
+# called normal, so it is a stratum of its own (spread like the others).
+FINDING, NO_FINDING, NO_MASK = "finding", "no finding", "no mask"
 SPLIT_COLUMNS = ["item_id", "patient_key", "split", "strategy", "axis", "start", "stop", "gap_px"]
 
 
@@ -59,8 +68,16 @@ class SplitConfig:
     slab_axis: Mapping[str, int | str] = field(default_factory=lambda: {"volume": 2, "image2d": 0})
     gap_px: int = 8
     min_groups_per_split: int = 2
+    stratify: str = "none"
+    lesion_labels: tuple[int, ...] = (1,)
 
     def __post_init__(self) -> None:
+        if self.stratify not in STRATIFY:
+            raise ValueError(f"split.stratify must be one of {list(STRATIFY)}, got {self.stratify!r}.")
+        if not self.lesion_labels or any(int(v) <= 0 for v in self.lesion_labels):
+            raise ValueError(
+                f"split.lesion_labels must list mask values > 0 (0 is background), got {list(self.lesion_labels)}."
+            )
         if self.strategy not in STRATEGIES:
             raise ValueError(f"split.strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}.")
         if set(self.fractions) != set(SPLITS):
@@ -93,17 +110,68 @@ def _allocate(n: int, fractions: Mapping[str, float]) -> list[int]:
     return counts
 
 
-def assign_group_splits(manifest: pd.DataFrame, config: SplitConfig) -> pd.DataFrame:
-    """Every item of a patient in the same split; patients shuffled with ``config.seed``."""
+def _allocate_each(n: int, fractions: Mapping[str, float]) -> list[int]:
+    """``_allocate``, then one unit moved to every split with a fraction > 0 that got none,
+    taken from the largest split, as long as ``n`` is enough for one each."""
+    counts = _allocate(n, fractions)
+    wanted = [i for i, s in enumerate(SPLITS) if float(fractions[s]) > 0]
+    if n < len(wanted):
+        return counts
+    for i in wanted:
+        if counts[i] == 0:
+            donor = int(np.argmax(counts))
+            counts[donor] -= 1
+            counts[i] += 1
+    return counts
+
+
+def item_has_finding(mask: np.ndarray, lesion_labels: tuple[int, ...]) -> bool:
+    """Whether a label mask holds any voxel of ``lesion_labels``."""
+    return bool(np.isin(np.asarray(mask), np.asarray(lesion_labels)).any())
+
+
+def patient_strata(manifest: pd.DataFrame, findings: Mapping[str, bool | None]) -> dict[str, str]:
+    """Stratum of every patient: ``finding`` if any of its items has one, else ``no finding``
+    if any has a mask, else ``no mask``. ``findings``: item id -> bool, None (no mask)."""
+    strata = {}
+    for patient, items in manifest.groupby("patient_key")["item_id"]:
+        values = [findings.get(item) for item in items]
+        strata[patient] = (FINDING if any(v is True for v in values)
+                           else NO_FINDING if any(v is False for v in values) else NO_MASK)
+    return strata
+
+
+def assign_group_splits(
+    manifest: pd.DataFrame, config: SplitConfig, findings: Mapping[str, bool | None] | None = None
+) -> pd.DataFrame:
+    """Every item of a patient in the same split; patients shuffled with ``config.seed``.
+
+    With ``config.stratify == "finding"`` (``findings`` required: item id -> whether its mask
+    has a lesion label, None for an item without mask), each stratum of ``patient_strata`` is
+    shuffled and shared out by ``config.fractions`` on its own, every split with a fraction
+    getting at least one patient of a stratum that has enough patients.
+    """
     groups = sorted(manifest["patient_key"].unique())
+    if config.stratify == "finding":
+        if findings is None:
+            raise ValueError("split.stratify is 'finding' but no item findings were given (masks are needed).")
+        strata = patient_strata(manifest, findings)
+    else:
+        strata = dict.fromkeys(groups, "all")
     rng = np.random.default_rng(config.seed)
-    order = [groups[i] for i in rng.permutation(len(groups))]
-    counts = _allocate(len(order), config.fractions)
     split_of = {}
-    start = 0
-    for split, count in zip(SPLITS, counts):
-        split_of.update({g: split for g in order[start : start + count]})
-        start += count
+    for stratum in sorted(set(strata.values())):
+        members = [g for g in groups if strata[g] == stratum]
+        order = [members[i] for i in rng.permutation(len(members))]
+        counts = _allocate_each(len(order), config.fractions) if config.stratify == "finding" else \
+            _allocate(len(order), config.fractions)
+        start = 0
+        for split, count in zip(SPLITS, counts):
+            split_of.update({g: split for g in order[start : start + count]})
+            start += count
+        if config.stratify == "finding":
+            logger.info("Stratified split, %s: %d patients -> %s", stratum, len(order),
+                        ", ".join(f"{s} {c}" for s, c in zip(SPLITS, counts)))
     rows = []
     for item in manifest.itertuples():
         spatial = spatial_shape(item.shape)
@@ -156,13 +224,17 @@ def _slabs(item: Any, axis: int, length: int, config: SplitConfig) -> list[tuple
     return [(item.item_id, item.patient_key, split, "slab", axis, a, b, config.gap_px) for split, a, b in bounds]
 
 
-def assign_splits(manifest: pd.DataFrame, params: Mapping[str, Any]) -> pd.DataFrame:
+def assign_splits(
+    manifest: pd.DataFrame, params: Mapping[str, Any], findings: Mapping[str, bool | None] | None = None
+) -> pd.DataFrame:
     """The split table of ``manifest`` (columns ``SPLIT_COLUMNS``), checked for leakage.
 
     Args:
         manifest: needs ``item_id``, ``patient_key``, ``kind``, ``shape`` (``"CxHxW"`` or
             ``"CxXxYxZ"``).
         params: ``SplitConfig`` keys.
+        findings: item id -> whether its mask has a lesion label (None: no mask); needed for
+            ``stratify: finding`` (see ``item_has_finding``).
     """
     config = split_config(params)
     strategy = config.strategy
@@ -172,7 +244,12 @@ def assign_splits(manifest: pd.DataFrame, params: Mapping[str, Any]) -> pd.DataF
         strategy = "group" if smallest >= config.min_groups_per_split else "slab"
         logger.info("split.strategy auto -> %s (%d patient groups; %d in the smallest split)",
                     strategy, n_groups, smallest)
-    table = assign_group_splits(manifest, config) if strategy == "group" else assign_slab_splits(manifest, config)
+    if strategy == "group":
+        table = assign_group_splits(manifest, config, findings)
+    else:
+        if config.stratify != "none":
+            logger.warning("split.stratify %r applies to group splits only; the slab split ignores it", config.stratify)
+        table = assign_slab_splits(manifest, config)
     check_no_leakage(table)
     return table
 

@@ -19,6 +19,7 @@ from synthmed.core.lazy import lazy_import
 from synthmed.core.manifest import class_names_of
 from synthmed.metrics.features import (
     ClassifierConfig,
+    ConvClassifier,
     FitConfig,
     TrainedClassifier,
     at_size,
@@ -84,6 +85,16 @@ def train_encoder(store: Mapping[str, np.ndarray], manifest: pd.DataFrame, sourc
         The encoder with its facts: images trained on, and its accuracy on the reference and
         held-out splits (a sanity check of the feature space, not a result).
     """
+    if len(manifest) == 0:
+        # A dataset without this kind of image (the brain cohort has no 2D images with masks,
+        # so no patches): the pipeline still needs one encoder per source. An untrained one is
+        # saved and marked; a family whose source this is has no real images to be judged on.
+        logger.warning("The source has no images at all (empty extraction output): its feature encoder is an "
+                       "untrained placeholder (facts: untrained = 1); no generator family can be evaluated on it.")
+        torch.manual_seed(config.seed)
+        spec = ClassifierConfig(channels=1, num_classes=2, image_px=source.image_px, width=config.width,
+                                feature_dim=config.feature_dim)
+        return TrainedClassifier(ConvClassifier(spec).eval(), (), {"train_images": 0.0, "untrained": 1.0})
     names = class_names_of(manifest)
     images, labels, _ = split_images(store, manifest, source.reference_split, source.image_px)
     if len(images) == 0:

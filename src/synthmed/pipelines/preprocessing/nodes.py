@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from synthmed.core.config import from_params
 from synthmed.core.lazy import lazy_import
 from synthmed.core.manifest import format_shape, format_spacing, parse_spacing
-from synthmed.core.splits import assign_splits
+from synthmed.core.splits import assign_splits, item_has_finding, split_config
 from synthmed.datasets.array_store import ArrayStore
 from synthmed.datasets.file_folder import SourceFolder
 from synthmed.datasets.integrity import DataChecksumError
@@ -342,9 +342,22 @@ def preprocess_items(
     return images, masks, foreground, manifest
 
 
-def assign_item_splits(preprocessed_manifest: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
-    """Train / validation / test per patient or per slab; fails on any leakage."""
-    return assign_splits(preprocessed_manifest, params)
+def assign_item_splits(
+    preprocessed_manifest: pd.DataFrame, preprocessed_masks: Mapping[str, np.ndarray], params: dict[str, Any]
+) -> pd.DataFrame:
+    """Train / validation / test per patient or per slab; fails on any leakage.
+
+    ``stratify: finding``: each item's finding is read from its preprocessed mask (masks are
+    loaded only then).
+    """
+    findings = None
+    if split_config(params).stratify == "finding":
+        labels = split_config(params).lesion_labels
+        findings = {
+            item.item_id: item_has_finding(preprocessed_masks[item.item_id], labels) if item.has_mask else None
+            for item in preprocessed_manifest.itertuples()
+        }
+    return assign_splits(preprocessed_manifest, params, findings)
 
 
 def summarise_preprocessing(

@@ -35,7 +35,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                  "preprocessed_manifest"],
                 name="preprocess_items",
             ),
-            Node(_nodes.assign_item_splits, ["preprocessed_manifest", "params:preprocessing.split"],
+            Node(_nodes.assign_item_splits,
+                 ["preprocessed_manifest", "preprocessed_masks", "params:preprocessing.split"],
                  "split_table", name="assign_item_splits"),
             Node(
                 _nodes.summarise_preprocessing,
