@@ -26,7 +26,7 @@ from kedro_datasets.pandas import CSVDataset
 from synthmed.core import distributed
 from synthmed.hooks import DistributedRunHook, MainProcessCatalog
 from tests.conftest import _env, project_catalog, project_copy, run, write_source_folder
-from tests.generators.test_training import _train, kill_tree
+from tests.generators.test_training import _train, run_launched
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT_S = 420
@@ -195,23 +195,9 @@ RESUME = textwrap.dedent(
 )
 
 
-def _launched(command: list[str], **popen: object) -> tuple[int, str]:
-    """Run ``command`` in a session of its own, for at most LAUNCH_TIMEOUT_S; then kill it and every
-    process below it (torchrun gives each rank a session of its own). Returns (status, output)."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True, **popen)
-    try:
-        output, _ = process.communicate(timeout=LAUNCH_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{' '.join(command[:6])} ... did not finish within {LAUNCH_TIMEOUT_S} s (a hung rank?)")
-    finally:
-        kill_tree(process)
-    return process.returncode, " ".join(output.split())
-
-
 def _torchrun(script: Path, *args: str) -> str:
-    code, log = _launched([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(script), *args], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    code, log = run_launched([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                              str(script), *args], timeout=LAUNCH_TIMEOUT_S, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert code == 0, log[-3000:]
     return log
 
@@ -253,9 +239,9 @@ def _synthmed_train(project: Path, processes: int) -> tuple[int, str]:
     """``synthmed train --processes N`` in ``project``; every process it started is killed at the end."""
     params = ",".join(f"{f}.training.steps=4,{f}.training.checkpoint_every=2,{f}.training.log_every=2,"
                       f"{f}.training.batch_size=2" for f in FAMILIES)
-    return _launched([str(Path(sys.executable).with_name("synthmed")), "train", "--processes", str(processes),
-                      "--namespaces", ",".join(FAMILIES), "--params", params],
-                     cwd=project, env=_env(OMP_NUM_THREADS="1", COLUMNS="1000"))
+    return run_launched([str(Path(sys.executable).with_name("synthmed")), "train", "--processes", str(processes),
+                         "--namespaces", ",".join(FAMILIES), "--params", params],
+                        timeout=LAUNCH_TIMEOUT_S, cwd=project, env=_env(OMP_NUM_THREADS="1", COLUMNS="1000"))
 
 
 def _processes_in(folder: Path) -> list[int]:

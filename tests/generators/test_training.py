@@ -205,24 +205,28 @@ def kill_tree(process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
+def run_launched(command: list[str], timeout: float = LAUNCH_TIMEOUT_S, **popen: object) -> tuple[int, str]:
+    """Run ``command`` in a session of its own, for at most ``timeout`` seconds; then kill it and every
+    process below it (torchrun gives each rank a session of its own). Returns (status, output)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True, **popen)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{' '.join(command[:6])} ... did not finish within {timeout} s (a hung rank?)")
+    finally:
+        kill_tree(process)
+    return process.returncode, " ".join(output.split())
+
+
 def test_two_cpu_processes_train_one_usable_model(tmp_path):
     """Two CPU processes (torchrun, which `accelerate launch` wraps): one model, gradients synced."""
     script = tmp_path / "launched.py"
     script.write_text(LAUNCHED.format(root=ROOT))
     launcher = Path(sys.executable).with_name("torchrun")
-    # Its own session: on any failure or timeout the finally kills torchrun and every rank.
-    process = subprocess.Popen(
-        [str(launcher), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    try:
-        _, stderr = process.communicate(timeout=LAUNCH_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"torchrun did not finish within {LAUNCH_TIMEOUT_S} s (a hung rank?)")
-    finally:
-        kill_tree(process)
-    assert process.returncode == 0, stderr[-3000:]
+    code, log = run_launched([str(launcher), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)],
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert code == 0, log[-3000:]
     first = torch.load(tmp_path / "weights-0.pt", weights_only=True)
     second = torch.load(tmp_path / "weights-1.pt", weights_only=True)
     trainable = [k for k in first if "running" not in k and "num_batches" not in k]

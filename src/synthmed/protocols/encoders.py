@@ -19,7 +19,6 @@ from synthmed.core.lazy import lazy_import
 from synthmed.core.manifest import class_names_of
 from synthmed.metrics.features import (
     ClassifierConfig,
-    ConvClassifier,
     FitConfig,
     TrainedClassifier,
     at_size,
@@ -94,6 +93,8 @@ def train_encoder(store: Mapping[str, np.ndarray], manifest: pd.DataFrame, sourc
         torch.manual_seed(config.seed)
         spec = ClassifierConfig(channels=1, num_classes=2, image_px=source.image_px, width=config.width,
                                 feature_dim=config.feature_dim)
+        from synthmed.metrics.classifier_network import ConvClassifier  # here: torch loads with it
+
         return TrainedClassifier(ConvClassifier(spec).eval(), (), {"train_images": 0.0, "untrained": 1.0})
     names = class_names_of(manifest)
     images, labels, _ = split_images(store, manifest, source.reference_split, source.image_px)
