@@ -85,8 +85,9 @@ add-raw: setup ## track your raw folder with DVC, never pushed: make add-raw DIR
 train: setup ## the training pipeline through Kedro on N processes (torchrun): make train PROCESSES=2 [ARGS="--namespaces ddpm"]
 	$(BIN)/synthmed train --processes $(or $(PROCESSES),1) $(ARGS)
 
-bench-gpu: setup ## on a CUDA machine: gpu-profile DDPM training/sampling at 128 px, images/s, MFU, plain-loop ratio, peak memory -> benchmarks/RESULTS.md
+bench-gpu: setup ## on a CUDA machine: gpu-profile DDPM training/sampling at 128 px, images/s, MFU, plain-loop ratio, peak memory, sampling throughput -> benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_generators.py --profile gpu --families ddpm --mfu --append-results benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_generators.py --profile gpu --sampling-throughput --sampling-batches 64,256,auto --append-results benchmarks/RESULTS.md
 
 push: setup ## dvc push, refused if any raw or identifiable output would reach the remote
 	$(BIN)/synthmed push

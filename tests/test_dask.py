@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -96,8 +98,9 @@ def _digests(root: Path, folders: tuple[str, ...]) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_kedro_run_with_the_dask_runner_writes_the_sequential_runs_bytes(tmp_path, monkeypatch, hard_timeout):
-    hard_timeout(600)
+def test_kedro_run_on_dask_and_on_parallel_runner_writes_the_sequential_runs_bytes(tmp_path, monkeypatch,
+                                                                                  hard_timeout):
+    hard_timeout(900)
     project = project_copy(tmp_path / "project")
     sh("kedro", "run", "--pipelines", "sample_data", cwd=project, timeout=300)
     run = ["kedro", "run", "--pipelines", "ingestion,preprocessing"]
@@ -111,6 +114,15 @@ def test_kedro_run_with_the_dask_runner_writes_the_sequential_runs_bytes(tmp_pat
     result = sh(*run, "--runner", "synthmed.runners.DaskRunner", cwd=project, timeout=300)
     assert "on the Dask cluster" in result.stdout + result.stderr
     assert _digests(project, folders) == sequential
+    # Kedro's ParallelRunner: nodes in worker processes, whose outputs (with ingestion's spill
+    # folders) are read by nodes in other processes (synthmed.hooks.SpillRunHook).
+    sh("git", "clean", "-fdxq", *folders, cwd=project)
+    monkeypatch.delenv(parallel.DASK_SCHEDULER_ENV)
+    result = sh(*run, "--runner", "ParallelRunner", cwd=project, timeout=300)
+    found = re.search(r"synthmed-run-spill-\w+", result.stdout + result.stderr)  # the log line may wrap
+    assert found, "the run did not give its spill folders to the run"
+    assert _digests(project, folders) == sequential
+    assert not (Path(tempfile.gettempdir()) / found.group(0)).exists()  # removed with the run
 
 
 def _scale(numbers: list[int], factor: int) -> list[int]:

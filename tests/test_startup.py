@@ -19,7 +19,8 @@ from synthmed.core.lazy import LazyFunction, lazy_module
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "diffusers", "mlflow", "matplotlib", "skimage", "scipy", "torchmetrics")
 # What the parameter check (every run, before the first node) must not import.
-CHECK_HEAVY = ("torch", "diffusers", "torchmetrics", "pandas", "scipy", "skimage", "matplotlib", "nibabel")
+CHECK_HEAVY = ("torch", "diffusers", "torchmetrics", "pandas", "scipy", "skimage", "matplotlib", "nibabel", "pydicom",
+               "highdicom", "dicomanonymizer")
 
 LOAD_PROJECT = f"""
 import json, sys

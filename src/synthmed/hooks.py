@@ -42,7 +42,11 @@ class ConfigCheckHook:
        ``synthmed.parameters.PARAMETER_SCHEMA``: unknown blocks and keys (with the closest
        valid name), missing keys, wrong types and out-of-range values.
 
-    ``tryfirst``: before kedro-mlflow's ``after_context_created`` reads ``mlflow.yml``.
+    ``tryfirst``: the files before kedro-mlflow's ``after_context_created`` reads ``mlflow.yml``;
+    the parameters in ``after_catalog_created``, from the tree Kedro has just loaded for the
+    catalog (reading ``context.params`` here would load and type-check every parameter file a
+    second time: about a second of every run's start-up), before kedro-mlflow's hook and
+    before any MLflow run opens (``before_pipeline_run``).
     """
 
     @hook_impl(tryfirst=True)
@@ -50,7 +54,6 @@ class ConfigCheckHook:
         from kedro.framework.project import settings
 
         from synthmed.core.config import check_yaml_files
-        from synthmed.parameters import validate_parameters
 
         project = Path(context.project_path)
         conf = project / settings.CONF_SOURCE
@@ -59,7 +62,12 @@ class ConfigCheckHook:
         if (project / LOCAL_CREDENTIALS).is_file():
             files.append(project / LOCAL_CREDENTIALS)
         check_yaml_files(sorted(set(files)), project)
-        validate_parameters(context.params)
+
+    @hook_impl(tryfirst=True)
+    def after_catalog_created(self, catalog: Any, parameters: dict[str, Any]) -> None:
+        from synthmed.parameters import validate_parameters
+
+        validate_parameters(parameters.get("parameters", {}))
 
 
 class DistributedRunHook:
@@ -111,6 +119,57 @@ class MainProcessCatalog(DataCatalog, CatalogCommandsMixin):
             logger.debug("Not saving %s on %s: the main process saves it.", ds_name, distributed.describe())
             return
         super().save(ds_name, data)
+
+
+class SpillRunHook:
+    """Spill folders that outlive the process that made them, under multi-process runners.
+
+    Ingestion's readers leave decoded arrays and de-identified copies in spill folders
+    (``synthmed.core.parallel.SpillFolder``) that the next nodes read. ``SequentialRunner`` and
+    ``ThreadRunner`` run every node in this process: a folder goes when nothing refers to it.
+    Under ``ParallelRunner`` nodes run in worker processes, so before the run this hook sets
+    ``SYNTHMED_SPILL_ROOT`` to a temporary folder of the run (inherited by the workers); folders
+    made there belong to the run, and the hook removes the root when the run ends or fails.
+    """
+
+    def __init__(self) -> None:
+        self._root: Path | None = None
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        import os
+        import re
+        import tempfile
+
+        from synthmed.core.parallel import SPILL_ROOT_VARIABLE
+
+        # Kedro records the runner as its class name or as the instance's repr ("<kedro.runner.X object at ...>").
+        found = re.search(r"(\w*Runner)\b", str(run_params.get("runner") or ""))
+        runner = found.group(1) if found else "SequentialRunner"
+        if runner in ("SequentialRunner", "ThreadRunner") or SPILL_ROOT_VARIABLE in os.environ:
+            return
+        self._root = Path(tempfile.mkdtemp(prefix="synthmed-run-spill-"))
+        os.environ[SPILL_ROOT_VARIABLE] = str(self._root)
+        logger.info("Runner %s: spill folders of this run under %s (removed when the run ends).", runner, self._root)
+
+    def _remove(self) -> None:
+        import os
+        import shutil
+
+        from synthmed.core.parallel import SPILL_ROOT_VARIABLE
+
+        if self._root is not None:
+            os.environ.pop(SPILL_ROOT_VARIABLE, None)
+            shutil.rmtree(self._root, ignore_errors=True)
+            self._root = None
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._remove()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._remove()
 
 
 class RunLockHook:

@@ -91,7 +91,7 @@ def _schema() -> dict[str, type]:
     from synthmed.generators.run import RunConfig
     from synthmed.generators.sampling import SamplingConfig, ThroughputConfig
     from synthmed.generators.training import TrainingConfig
-    from synthmed.imaging.cohort import CohortConfig
+    from synthmed.imaging.cohort_config import CohortConfig
     from synthmed.imaging.extraction import PatchConfig, SliceConfig
     from synthmed.imaging.fundus_sample import FundusSampleConfig
     from synthmed.imaging.intensity import IntensitySpec
@@ -101,10 +101,10 @@ def _schema() -> dict[str, type]:
     from synthmed.metrics.features import FeatureNetworkConfig, FitConfig
     from synthmed.metrics.utility import UtilityConfig
     from synthmed.metrics.volume_config import PlaneEncoderConfig, SegmenterConfig
-    from synthmed.pipelines.ingestion.nodes import IngestionConfig
-    from synthmed.pipelines.preprocessing.nodes import GeometrySpec, PreprocessingConfig
+    from synthmed.pipelines.ingestion.config import IngestionConfig
+    from synthmed.pipelines.preprocessing.config import GeometrySpec, PreprocessingConfig
     from synthmed.pipelines.study_3d import config as study_3d
-    from synthmed.privacy.dicom_deid import DicomDeidConfig
+    from synthmed.privacy.dicom_deid_config import DicomDeidConfig
     from synthmed.privacy.memorisation import GateConfig
     from synthmed.privacy.pixel_checks import PixelChecksConfig
     from synthmed.protocols.encoders import EncoderConfig, SourceConfig

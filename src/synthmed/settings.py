@@ -12,6 +12,7 @@ from synthmed.hooks import (
     PseudonymisationKeyHook,
     ReportingArtifactsHook,
     RunLockHook,
+    SpillRunHook,
     StagingHook,
 )
 
@@ -26,10 +27,11 @@ install_error_display()
 # Order matters among the `tryfirst` before_pipeline_run hooks: pluggy calls the one
 # registered last first, so the key is checked before RunLockHook creates its lock file
 # (a run refused for a missing key writes nothing under data/).
+# SpillRunHook: ingestion's spill folders belong to the run under ParallelRunner (workers hand them on).
 # DistributedRunHook, registered last, refuses first a multi-process run of anything but training.
 HOOKS = (
     ConfigCheckHook(), RunLockHook(), StagingHook(), PseudonymisationKeyHook(), MlflowRunGuard(),
-    ReportingArtifactsHook(), ModelRegistryHook(), BuildInfoHook(), DistributedRunHook(),
+    ReportingArtifactsHook(), ModelRegistryHook(), BuildInfoHook(), SpillRunHook(), DistributedRunHook(),
 )
 
 # Several processes (`synthmed train --processes N`, torchrun, accelerate launch): the main one

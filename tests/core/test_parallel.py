@@ -58,3 +58,43 @@ def test_batches_keep_order_and_failures_that_cannot_be_pickled_stay_with_their_
     assert (isinstance(failure, RuntimeError) and str(failure) == "_OddError: odd: five") or (
         type(failure).__name__ == "_OddError" and str(failure) == "odd: five"), repr(failure)
     assert parallel.chunk_size(400, 2) == 16 and parallel.chunk_size(20, 2) == 1
+
+
+# ----------------------------------------------------------------- spill folders across processes
+
+
+def _spill_in_a_worker(text: str) -> tuple[parallel.SpillFolder, str]:
+    """What an ingestion node does in a ParallelRunner worker: spill a file, return the folder."""
+    spill = parallel.SpillFolder("test-spill-")
+    path = spill.path / "item.txt"
+    path.write_text(text)
+    return spill, str(path)
+
+
+def test_a_spill_folder_of_the_run_outlives_the_worker_process_that_made_it(tmp_path, monkeypatch) -> None:
+    import gc
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    monkeypatch.setenv(parallel.SPILL_ROOT_VARIABLE, str(tmp_path / "run"))
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        spill, path = pool.submit(_spill_in_a_worker, "pixels").result()
+    gc.collect()  # the worker is gone, and its objects with it
+    assert spill.path.parent == tmp_path / "run"
+    assert open(path).read() == "pixels"
+    spill.remove()
+    assert not spill.path.exists()
+
+
+def test_a_spill_folder_of_its_process_is_removed_with_it_and_refuses_to_travel(monkeypatch) -> None:
+    import gc
+    import pickle
+
+    monkeypatch.delenv(parallel.SPILL_ROOT_VARIABLE, raising=False)
+    spill, path = _spill_in_a_worker("pixels")
+    folder = spill.path
+    with pytest.raises(pickle.PicklingError, match=parallel.SPILL_ROOT_VARIABLE):
+        pickle.dumps(spill)
+    del spill
+    gc.collect()
+    assert not folder.exists()

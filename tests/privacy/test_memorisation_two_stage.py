@@ -43,10 +43,11 @@ def test_two_stage_flags_every_planted_copy_the_exact_search_flags(images):
     exact = run_gate(candidates, train, held_out, config=_gate(EXACT))
     staged = run_gate(candidates, train, held_out, config=_gate(0))
 
-    # A subset search: never more similar than the exact one.
+    # A subset search: never more similar than the exact one, up to float32 rounding: the two
+    # paths sum the same products in another order (1.7e-6 apart on an AVX-512 EPYC, where 1e-6 failed).
     for table in ("planted", "held_out", "candidates"):
         ours, theirs = getattr(staged, table), getattr(exact, table)
-        assert (ours["pixel_similarity"].to_numpy() <= theirs["pixel_similarity"].to_numpy() + 1e-6).all(), table
+        assert (ours["pixel_similarity"].to_numpy() <= theirs["pixel_similarity"].to_numpy() + 1e-5).all(), table
     found = exact.planted["flagged"].to_numpy()
     # Enough copies to compare (pixel NCC misses cropped copies of anatomy: test_memorisation.py).
     assert found.sum() >= len(found) // 2

@@ -255,10 +255,18 @@ def check_yaml_files(paths: Sequence[Path], root: Path) -> None:
     """
     import yaml
 
+    fast = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: every run parses every file, ~10x faster
     problems = []
     for path in paths:
+        text = Path(path).read_text()
         try:
-            for _ in yaml.compose_all(Path(path).read_text(), Loader=yaml.SafeLoader):
+            for _ in yaml.compose_all(text, Loader=fast):
+                pass
+            continue
+        except yaml.YAMLError:
+            pass  # parsed again below: the pure-Python parser's marks and wording are the ones documented
+        try:
+            for _ in yaml.compose_all(text, Loader=yaml.SafeLoader):
                 pass
         except yaml.YAMLError as exc:
             shown = Path(path).relative_to(root).as_posix() if Path(path).is_relative_to(root) else str(path)

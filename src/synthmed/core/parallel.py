@@ -262,6 +262,9 @@ class SpilledFile:
         shutil.move(self.path, target)
 
 
+SPILL_ROOT_VARIABLE = "SYNTHMED_SPILL_ROOT"
+
+
 class SpillFolder:
     """A temporary folder for per-file results, removed when nothing refers to it any more.
 
@@ -270,15 +273,42 @@ class SpillFolder:
     in the number of files. The folder is in the system's temporary folder (``TMPDIR``) and
     holds at most about one copy of the data being ingested. Kedro deep-copies node outputs
     held in memory: a copy is this same folder.
+
+    Under a runner that runs nodes in other processes (Kedro's ``ParallelRunner``), a node's
+    outputs are pickled to the process of the node that reads them, and the process that made
+    the folder would remove it as soon as its node's copy is gone. There ``SpillRunHook`` sets
+    ``SYNTHMED_SPILL_ROOT`` to a folder of the run: folders are made inside it, belong to the
+    run (no removal when an object goes; `remove` still removes one) and the hook removes the
+    root when the run ends, failed or not.
     """
 
     def __init__(self, prefix: str) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix=prefix))
-        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.path), ignore_errors=True)
+        root = os.environ.get(SPILL_ROOT_VARIABLE)
+        if root:
+            Path(root).mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=root or None))
+        self._cleanup = None if root else weakref.finalize(self, shutil.rmtree, str(self.path), ignore_errors=True)
 
     def __deepcopy__(self, memo: dict) -> SpillFolder:
         return self
 
+    def __reduce__(self) -> tuple:
+        if self._cleanup is not None:
+            raise pickle.PicklingError(
+                f"A spill folder ({self.path}) removed when its process lets it go cannot be sent to another "
+                f"process: run with {SPILL_ROOT_VARIABLE} set (SpillRunHook sets it under multi-process runners).")
+        return _run_spill_folder, (str(self.path),)
+
     def remove(self) -> None:
-        """Remove the folder now (also done when the last reference goes, or at exit)."""
-        self._cleanup()
+        """Remove the folder now (also done when the last reference goes, or at exit, or with its run)."""
+        if self._cleanup is not None:
+            self._cleanup()
+        else:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _run_spill_folder(path: str) -> SpillFolder:
+    """A spill folder of the run, received from another process (no removal when it goes)."""
+    folder = SpillFolder.__new__(SpillFolder)
+    folder.path, folder._cleanup = Path(path), None
+    return folder

@@ -3,6 +3,7 @@
 - ``ArrayStoreDataset``: a folder of ``.npy`` arrays (pickle-free, memory-mapped on load).
 - ``FileFolderDataset``: a folder of files; loads as a lazy ``SourceFolder`` listing and
   saves objects (bytes, text, tables, NIfTI images, DICOM datasets, PNG arrays) by suffix.
+- ``FigureDataset``: a matplotlib figure as PNG, without importing matplotlib until a node draws.
 - ``MetricsDataset``: flat ``dict[str, float]`` to JSON (DVC metrics) and to MLflow.
 - ``PseudonymisationKeyDataset``: the pseudonymisation key from Kedro credentials.
 - ``GeneratorDataset``: a trained generator (safetensors weights + config, checksummed).
@@ -13,6 +14,7 @@
 from synthmed.datasets.array_store import ArrayStore, ArrayStoreDataset
 from synthmed.datasets.build_info import BuildInfoDataset
 from synthmed.datasets.classifier import ClassifierDataset
+from synthmed.datasets.figure import FigureDataset
 from synthmed.datasets.file_folder import FileFolderDataset, SourceFolder
 from synthmed.datasets.generator import GeneratorDataset
 from synthmed.datasets.metrics import MetricsDataset
@@ -23,6 +25,7 @@ __all__ = [
     "ArrayStoreDataset",
     "BuildInfoDataset",
     "ClassifierDataset",
+    "FigureDataset",
     "FileFolderDataset",
     "GeneratorDataset",
     "MetricsDataset",

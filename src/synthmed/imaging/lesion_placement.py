@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from synthmed.core.lazy import lazy_import
-from synthmed.imaging.cohort import LABEL_NAMES, LESION
+from synthmed.imaging.cohort_config import LABEL_NAMES, LESION
 
 # On first use: the parameter check imports this module for LesionPlanRow.
 ndimage = lazy_import("scipy.ndimage")

@@ -27,15 +27,12 @@ from PIL import Image, UnidentifiedImageError
 
 from synthmed.core.lazy import lazy_import
 from synthmed.imaging.dicom_objects import FrameGeometry, frame_geometry, frame_rescale
+from synthmed.imaging.formats import DICOM_SUFFIXES, FORMATS, NIFTI_SUFFIXES, RASTER_SUFFIXES  # noqa: F401  (re-exported)
 
 # Heavy libraries are imported on first use: the parameter check imports this module for its
 # configuration without them (synthmed.core.lazy.lazy_import).
 nib = lazy_import("nibabel")
 
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-DICOM_SUFFIXES = (".dcm", ".dicom")
-FORMATS = ("raster", "dicom", "nifti")
 
 # PS3.10 section 7.1: a DICOM file has a 128-byte preamble followed by "DICM".
 _DICOM_MAGIC_OFFSET = 128

@@ -27,7 +27,7 @@ import io
 import logging
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,6 @@ from synthmed.datasets.file_folder import SourceFolder
 from synthmed.imaging.dicom_objects import DUPLICATE_OF, IGNORED_REASONS, NON_IMAGE, deduplicate, item_key
 from synthmed.imaging.readers import (
     DICOM_SUFFIXES,
-    FORMATS,
     NIFTI_SUFFIXES,
     RASTER_SUFFIXES,
     Decoded,
@@ -53,6 +52,7 @@ from synthmed.imaging.readers import (
     strip_suffix,
 )
 from synthmed.imaging.series import SegRecord, decode_item, decode_mask, group_series, pair_masks, pair_segmentations
+from synthmed.pipelines.ingestion.config import IngestionConfig  # noqa: F401  (re-exported)
 from synthmed.pipelines.ingestion.dicom_pass import (
     DicomScan,
     SeriesAssembly,
@@ -82,47 +82,6 @@ KNOWN_SUFFIXES = RASTER_SUFFIXES + NIFTI_SUFFIXES + DICOM_SUFFIXES
 
 class IngestionError(RuntimeError):
     """The ingestion run must stop (strict mode, rejection rate, broken conservation)."""
-
-
-@dataclass(frozen=True)
-class IngestionConfig:
-    """``params:ingestion``. See conf/base/parameters_ingestion.yml for each key."""
-
-    formats: tuple[str, ...] = FORMATS
-    ignore: tuple[str, ...] = ()
-    labels_csv: str | None = None
-    labels_from_subfolders: bool = False
-    default_label: str = "unlabelled"
-    default_modality: Mapping[str, str] = field(default_factory=lambda: {"raster": "OT", "nifti": "MR"})
-    mask_suffix: str = "_mask"
-    patient_from: str = "stem"
-    max_pixels: int = 400_000_000
-    max_file_mb: float = 2048.0
-    strict: bool = False
-    max_rejection_rate: float = 0.2
-    workers: int | None = None
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.formats) - set(FORMATS))
-        if unknown:
-            raise ValueError(f"ingestion.formats has unknown format(s) {unknown}; valid: {list(FORMATS)}.")
-        if self.patient_from not in ("stem", "parent"):
-            raise ValueError(f"ingestion.patient_from must be 'stem' or 'parent', got {self.patient_from!r}.")
-        if not 0.0 <= self.max_rejection_rate <= 1.0:
-            raise ValueError(
-                f"ingestion.max_rejection_rate must be in [0, 1], got {self.max_rejection_rate}."
-            )
-        if not self.mask_suffix:
-            raise ValueError("ingestion.mask_suffix must not be empty.")
-        if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 1):
-            raise ValueError(
-                f"ingestion.workers must be a positive number of processes or null (all available cores), "
-                f"got {self.workers!r}."
-            )
-        if self.max_pixels <= 0 or self.max_file_mb <= 0:
-            raise ValueError(
-                f"ingestion.max_pixels and max_file_mb must be positive, got {self.max_pixels} and {self.max_file_mb}."
-            )
 
 
 def _config(params: Mapping[str, Any]) -> IngestionConfig:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -35,6 +35,7 @@ from synthmed.imaging.geometry import resample_to_spacing, resize_longest_side
 from synthmed.imaging.intensity import IntensitySpec, apply_intensity, foreground_mask
 from synthmed.imaging.readers import load_nifti_image
 from synthmed.pipelines.preprocessing.candidates import dicom_candidates
+from synthmed.pipelines.preprocessing.config import GeometrySpec, PreprocessingConfig  # noqa: F401  (re-exported)
 from synthmed.privacy.dicom_deid import format_actions, parse_actions
 from synthmed.privacy.nifti_deid import deidentify_nifti
 from synthmed.privacy.pixel_checks import PixelFix, pixel_fixes, pixel_quarantine, with_fix
@@ -180,51 +181,6 @@ def deidentify_sources(
 
 
 # ------------------------------------------------------------------ intensity and geometry
-
-
-@dataclass(frozen=True)
-class GeometrySpec:
-    """Per-modality geometry: isotropic target spacing (mm) and longest side (px, 2D only)."""
-
-    target_spacing_mm: float | None = None
-    resize_longest_px: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.target_spacing_mm is not None and not float(self.target_spacing_mm) > 0:
-            raise ValueError(f"target_spacing_mm must be positive or null, got {self.target_spacing_mm}.")
-        if self.resize_longest_px is not None and int(self.resize_longest_px) < 8:
-            raise ValueError(f"resize_longest_px must be at least 8 or null, got {self.resize_longest_px}.")
-
-
-@dataclass(frozen=True)
-class PreprocessingConfig:
-    """``params:preprocessing`` (``deid``, ``split`` and ``pixels`` are read by their own nodes).
-
-    ``deid`` is read by ingestion too: its workers de-identify DICOM files in the pass that
-    decodes them (``ingestion.workers`` processes; preprocessing parses no DICOM file).
-    """
-
-    intensity: Mapping[str, Mapping[str, Any]]
-    geometry: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    deid: Mapping[str, Any] = field(default_factory=dict)
-    split: Mapping[str, Any] = field(default_factory=dict)
-    pixels: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if "default" not in self.intensity:
-            raise ValueError(
-                "preprocessing.intensity needs a 'default' entry (used for modalities without "
-                f"their own); found {sorted(self.intensity)}."
-            )
-
-    def for_modality(self, modality: str) -> tuple[IntensitySpec, GeometrySpec]:
-        """The ``default`` settings overridden by the modality's own (e.g. ``CT``)."""
-        intensity = {**self.intensity["default"], **self.intensity.get(modality, {})}
-        geometry = {**self.geometry.get("default", {}), **self.geometry.get(modality, {})}
-        return (
-            IntensitySpec.from_params(intensity),
-            from_params(GeometrySpec, geometry, f"preprocessing.geometry.{modality}"),
-        )
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from synthmed.imaging.cohort import LABEL_NAMES, WHITE
+from synthmed.imaging.cohort_config import LABEL_NAMES, WHITE
 
 
 @dataclass(frozen=True)
