@@ -83,9 +83,14 @@ def test_marks_point_at_the_centre_row_and_column_from_the_margin() -> None:
 
 def test_lesion_centre_takes_the_largest_component_and_stays_inside_it() -> None:
     mask = np.zeros((SIDE,) * 3, np.uint8)
-    mask[2, 2, 2] = 1  # a one-voxel speck
+    mask[1:3, 1:3, 1:3] = 1  # a small second lesion: with it, the centroid of all voxels is (9, 5, 5)
     mask[8:13, 4:7, 4:7] = 1  # the lesion: centroid (10, 5, 5)
     assert lesion_centre(mask) == (10, 5, 5)
+    # Two cubes touching at a corner are one lesion (26-neighbourhood), larger than a third of 40 voxels.
+    corner = np.zeros((SIDE,) * 3, np.uint8)
+    corner[4:7, 4:7, 4:7] = corner[7:10, 7:10, 7:10] = 1
+    corner[12:14, 0:4, 0:5] = 1
+    assert lesion_centre(corner) == (6, 6, 6)
     ring = np.zeros((SIDE,) * 3, np.uint8)  # a hollow square: its centroid is outside it
     ring[5, 4:11, 4:11] = 1
     ring[5, 5:10, 5:10] = 0
