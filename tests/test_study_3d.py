@@ -114,6 +114,7 @@ def test_study_nodes_end_to_end(cohort, params):
     metrics, html, views, gate_figure = nodes.write_study_report(store, manifest, samples, provenance, fid, table,
                                                                  control, gate_table, gate, runs, utility, params)
     assert "Lesion control" in html and "2.5D FID" in html and metrics["n_lesion"] == 3
+    assert '<a href="reader_kit/sheet.html">' in html and "reader_key/answer_key.csv" in html
     assert "utility_dice_real" in metrics and "real_synthetic" in html
     assert all(isinstance(v, float) for v in metrics.values())
 
@@ -284,3 +285,70 @@ def test_segmentation_utility_difference(monkeypatch):
     with pytest.raises(ValueError, match="No test volume holds a lesion"):
         vm.segmentation_utility(real, synthetic, (np.zeros((1, 1, 4, 4, 4), np.float32), masks[2:]),
                                 vm.SegmenterConfig(), seeds=[0])
+
+
+# ----------------------------------------------------------------------------- reader kit
+
+
+def _drawn(store, manifest, params):
+    """The plan's volumes without a generator: each drawn from its label map by the cohort's intensity rule."""
+    conditions, plan = nodes.plan_lesion_volumes(store, manifest, params)
+    rng = np.random.default_rng(5)
+    images = np.stack([_image(m[0], rng)[None] for m in conditions["label_maps"]])
+    samples = {"images": images, "label_maps": conditions["label_maps"].astype(np.uint8),
+               "lesion_masks": conditions["lesion_masks"].astype(np.uint8), "real": conditions["real"]}
+    return samples, plan.assign(family="pix2pix3d", checkpoint="test", seed=0)
+
+
+def test_reader_kit_node_blinds_held_out_lesions_against_placed_ones(cohort, params):
+    store, manifest = cohort
+    samples, provenance = _drawn(store, manifest, params)
+    # The fixture's lesions are in its lesion crops; its brain crops (the plan's sources) have none.
+    params["evaluation"]["reader_kit"] = {"real_splits": ["validation"], "real_crop": "", "per_source": 5,
+                                          "display_px": 132, "distinct_patients": True}
+    kit, key = nodes.build_reader_kit(store, manifest, samples, provenance, params)
+    # Real: the validation lesion crop (patient p4); synthetic: only the lesion row drawn from p5's brain crop.
+    lesion = provenance[provenance["kind"] == "lesion"]
+    assert lesion["source_index"].tolist() == [8, 10, 8]
+    assert sorted(key["truth"]) == ["real", "synthetic"] and len([n for n in kit if n.startswith("images/")]) == 2
+    real, synthetic = key.set_index("truth").loc["real"], key.set_index("truth").loc["synthetic"]
+    assert (real["volume_index"], real["patient_key"], real["split"], real["kind"]) == (9, "p4", "validation", "real")
+    placed = lesion[lesion["source_index"] == 10].iloc[0]
+    assert (synthetic["volume_index"], synthetic["patient_key"], synthetic["kind"]) == (placed["index"], "p5", "lesion")
+    # The views go through the lesion: the real mask's centre, the placed lesion's recorded centre.
+    real_mask = store["lesion_masks"][9, 0]
+    assert real_mask[real["centre_d"], real["centre_h"], real["centre_w"]] == 1
+    assert [synthetic[f"centre_{a}"] for a in "dhw"] == [placed[f"placed_centre_{a}"] for a in "dhw"]
+    assert "truth" not in kit["answers_template.csv"].columns
+
+    # Without distinct patients: both held-out lesion crops and the 3 lesion rows, so 2 of each.
+    params["evaluation"]["reader_kit"] |= {"distinct_patients": False, "real_splits": ["validation", "test"]}
+    _, key = nodes.build_reader_kit(store, manifest, samples, provenance, params)
+    assert key["truth"].value_counts().to_dict() == {"real": 2, "synthetic": 2}
+    # With them, every synthetic source is a shown patient: the node says what is missing.
+    params["evaluation"]["reader_kit"]["distinct_patients"] = True
+    with pytest.raises(ValueError, match=r"2 real volume\(s\) with a lesion .* and 0 synthetic volume\(s\) of kinds "
+                                         r"\['lesion'\] with a lesion from other patients"):
+        nodes.build_reader_kit(store, manifest, samples, provenance, params)
+    # The default crop (brain) has no lesion in this fixture.
+    params["evaluation"]["reader_kit"] = {"real_crop": "brain"}
+    with pytest.raises(ValueError, match=r"0 real volume\(s\) with a lesion in \['validation', 'test'\] "
+                                         r"\(crop 'brain'\)"):
+        nodes.build_reader_kit(store, manifest, samples, provenance, params)
+    params["evaluation"]["reader_kit"] = {"enabled": False}
+    kit, key = nodes.build_reader_kit(store, manifest, samples, provenance, params)
+    assert kit == {} and key.empty
+
+
+@pytest.mark.parametrize(("block", "message"), [
+    ({"per_source": 0}, r"reader_kit.per_source must be an integer >= 1, got 0"),
+    ({"synthetic_kinds": ["real"]}, r"reader_kit.synthetic_kinds must be a non-empty list of lesion, paired"),
+    ({"real_crop": "skull"}, r"reader_kit.real_crop must be brain, lesion or"),
+    ({"real_splits": []}, r"reader_kit.real_splits must be a non-empty list"),
+    ({"margin": 1}, r"reader_kit.margin must be an integer >= 2, got 1"),
+])
+def test_reader_kit_parameters_are_checked(cohort, params, block, message):
+    store, manifest = cohort
+    params["evaluation"]["reader_kit"] = block
+    with pytest.raises(ValueError, match=message):
+        nodes.build_reader_kit(store, manifest, {}, pd.DataFrame(), params)

@@ -159,6 +159,7 @@ def _schema() -> dict[str, type]:
         "study_3d.evaluation.fid": study_3d.FidConfig,
         "study_3d.evaluation.utility": study_3d.UtilityConfig3D,
         "study_3d.evaluation.memorisation": study_3d.VolumeGateConfig,
+        "study_3d.evaluation.reader_kit": study_3d.VolumeReaderKitConfig,
     }
     # One block per registered generator family (the registry checks that FAMILY_CONFIGS lists them all).
     for name, config_cls in FAMILY_CONFIGS.items():

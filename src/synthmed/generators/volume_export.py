@@ -27,6 +27,7 @@ import numpy as np
 
 from synthmed.generators.export import SYNTHETIC_MARK, SyntheticOrigin, to_png_pixels
 from synthmed.imaging.dicom_export import SeriesHeader, series_files, uid
+from synthmed.imaging.volumes import single_volume as _volume
 
 # Stored 0..65535 -> [-1, 1] (the inverse of to_png_pixels' 16-bit mapping).
 RESCALE_SLOPE = f"{2 / 65535:.10g}"
@@ -48,16 +49,6 @@ def volume_affine(spacing_mm: float | Sequence[float], origin_mm: Sequence[float
     affine = np.diag([*spacing, 1.0])
     affine[:3, 3] = origin
     return affine
-
-
-def _volume(volume: np.ndarray, what: str) -> np.ndarray:
-    """``(D, H, W)`` from ``(D, H, W)`` or ``(1, D, H, W)``."""
-    array = np.asarray(volume)
-    if array.ndim == 4 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 3:
-        raise ValueError(f"Expected {what} with shape (D, H, W) or (1, D, H, W), got {np.asarray(volume).shape}.")
-    return array
 
 
 def to_stored(volume: np.ndarray) -> np.ndarray:

@@ -113,6 +113,16 @@ class Crop:
     origin: tuple[int, int, int]
 
 
+def single_volume(volume: ArrayLike, what: str) -> np.ndarray:
+    """``(D, H, W)`` from ``(D, H, W)`` or ``(1, D, H, W)``; ``what`` names it in the error."""
+    array = np.asarray(volume)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 3:
+        raise ValueError(f"Expected {what} with shape (D, H, W) or (1, D, H, W), got {np.asarray(volume).shape}.")
+    return array
+
+
 def crop_at(array: np.ndarray, origin: Sequence[int], size: Sequence[int], fill: float) -> np.ndarray:
     """``array[:, o:o+s, ...]`` for ``(C, X, Y, Z)``, padded with ``fill`` where it reaches past the volume."""
     out = np.full((array.shape[0], *size), fill, dtype=array.dtype)

@@ -10,6 +10,9 @@ Blinding rests on three things: the ids follow the shuffled order and say nothin
 the source; both sources are written the same way (8-bit PNG, same mode, same size,
 nearest-neighbour upscaling, no metadata); no kit file carries the truth.
 
+The volume kit (``synthmed.metrics.volume_reader``: orthogonal-view sheets of volumes through the
+lesion, with its own ``Wording``) is built by the same function and scored by the same command.
+
 Command line::
 
     python -m synthmed.metrics.reader_study score --key key.csv answers_ab.csv answers_cd.csv \
@@ -26,6 +29,7 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +61,23 @@ MEASURES = (
 # Float rounding in normalisation and sampling can overshoot [-1, 1] by a few ulps; anything
 # beyond this is a different scale (e.g. [0, 255] or HU) and is rejected, not clipped away.
 _RANGE_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Wording:
+    """What the sheet and the instructions tell readers each image shows and what to judge beside the source.
+
+    The answer column stays ``anatomically_correct`` (one scoring for every kit); only its question changes.
+
+    Args:
+        what: a paragraph on what each image shows ("" for the 2D kit: one image, its class under it).
+        plausible_question: the sheet's yes / no question.
+        plausible_answer: the instructions' entry for the ``anatomically_correct`` column.
+    """
+
+    what: str = ""
+    plausible_question: str = "Anatomically plausible"
+    plausible_answer: str = "`yes` if the anatomy is plausible, otherwise `no`"
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,6 +151,7 @@ def build_reader_kit(
     display_px: int = 256,
     seed: int = 0,
     title: str,
+    wording: Wording | None = None,
 ) -> tuple[dict[str, object], pd.DataFrame]:
     """Draw, shuffle and blind real and synthetic images for a reader study.
 
@@ -146,6 +168,8 @@ def build_reader_kit(
         seed: seeds ``np.random.default_rng`` for drawing and shuffling: the same seed gives
             the same kit and key.
         title: the study title shown on the sheet and in the instructions.
+        wording: what the images show and the plausibility question (`Wording`; default: the
+            2D kit's, anatomy). A label of ``""`` prints no class under the image.
 
     Returns:
         ``(files, answer_key)``. ``files`` maps a path relative to the kit folder to its
@@ -182,6 +206,7 @@ def build_reader_kit(
             f"(images are only upscaled), got {display_px!r}."
         )
 
+    wording = Wording() if wording is None else wording
     rng = np.random.default_rng(seed)
     sources = {REAL: real_images, SYNTHETIC: synthetic_images}
     drawn: list[tuple[str, int]] = []
@@ -209,7 +234,7 @@ def build_reader_kit(
 
     files["sheet.html"] = render(
         "reader_sheet.html.j2",
-        title=title, items=sheet_items, width_px=size[0], height_px=size[1]
+        title=title, items=sheet_items, width_px=size[0], height_px=size[1], wording=wording
     )
     files["answers_template.csv"] = pd.DataFrame(
         {
@@ -223,7 +248,7 @@ def build_reader_kit(
     )
     files["INSTRUCTIONS.md"] = render(
         "reader_instructions.md.j2",
-        title=title, n_images=len(key_rows)
+        title=title, n_images=len(key_rows), wording=wording
     )
     answer_key = pd.DataFrame(key_rows, columns=list(KEY_COLUMNS))
     logger.info(

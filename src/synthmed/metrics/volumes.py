@@ -55,6 +55,7 @@ from synthmed.core.seeding import seeded
 from synthmed.metrics import fidelity
 from synthmed.metrics.features import ClassifierConfig, FitConfig, fit_classifier, predict_proba, resolve_device
 from synthmed.metrics.volume_config import PlaneEncoderConfig, SegmenterConfig
+from synthmed.metrics.volume_reader import orthogonal_sections as _sections
 
 logger = logging.getLogger(__name__)
 
@@ -491,12 +492,6 @@ def plant_volume_copies(references: np.ndarray | Tensor, n: int, *, noise_std: f
 
 
 # ----------------------------------------------------------------------------- 5. figures
-
-
-def _sections(volume: np.ndarray, centre: Sequence[int]) -> dict[str, np.ndarray]:
-    """Axial, coronal and sagittal sections of ``(D, H, W)`` through ``centre``, superior / anterior up."""
-    d, h, w = (int(v) for v in centre)
-    return {"axial": volume[:, :, w].T, "coronal": volume[:, h, :].T, "sagittal": volume[d, :, :].T}
 
 
 def orthogonal_views(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray | None, Sequence[int]]], *,

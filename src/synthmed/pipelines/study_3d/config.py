@@ -55,6 +55,56 @@ class UtilityConfig3D:
 
 
 @dataclass(frozen=True)
+class VolumeReaderKitConfig:
+    """``params:study_3d.evaluation.reader_kit``: the blinded orthogonal-view sheets for readers.
+
+    Args:
+        enabled: build the kit (an empty kit and key when false).
+        real_splits: the real held-out volumes shown (those with a lesion; never the training split).
+        real_crop: the real volumes' crop kind: ``brain`` (whole-brain crops, as the lesion-control
+            volumes are drawn from: a ``lesion`` crop centres its lesion, which would give the real ones
+            away) or ``""`` for every crop.
+        synthetic_kinds: the plan rows shown: ``lesion`` (a lesion placed as asked), ``paired`` (the
+            held-out map's own lesions; the same anatomy as a real volume).
+        distinct_patients: leave out synthetic volumes drawn from the label map of a patient whose real
+            volumes are shown (the same brain twice would give the pair away).
+        per_source: volumes drawn from each source (at most the smaller source's count).
+        display_px: width of each sheet (three views side by side) in pixels; nearest-neighbour upscaling.
+        margin: background pixels around each view; with ``marks``, ticks at the lesion centre's row
+            and column in it.
+        seed: drawing and shuffling.
+        title: on the sheet and in the instructions.
+    """
+
+    enabled: bool = True
+    real_splits: tuple[str, ...] = ("validation", "test")
+    real_crop: str = "brain"
+    synthetic_kinds: tuple[str, ...] = ("lesion",)
+    distinct_patients: bool = True
+    per_source: int = 10
+    display_px: int = 684
+    margin: int = 3
+    marks: bool = True
+    seed: int = 0
+    title: str = "synthmed 3D reader study"
+
+    def __post_init__(self) -> None:
+        name = "study_3d.evaluation.reader_kit"
+        if not self.real_splits or not set(self.real_splits) <= {"train", "validation", "test"}:
+            raise ValueError(f"{name}.real_splits must be a non-empty list of validation, test (or train), "
+                             f"got {list(self.real_splits)}.")
+        if self.real_crop not in ("", "brain", "lesion"):
+            raise ValueError(f"{name}.real_crop must be brain, lesion or \"\" (every crop), got {self.real_crop!r}.")
+        if not self.synthetic_kinds or not set(self.synthetic_kinds) <= {"lesion", "paired"}:
+            raise ValueError(f"{name}.synthetic_kinds must be a non-empty list of lesion, paired, "
+                             f"got {list(self.synthetic_kinds)}.")
+        for key, low in (("per_source", 1), ("display_px", 16), ("margin", 2 if self.marks else 0)):
+            value = getattr(self, key)
+            if type(value) is not int or value < low:
+                raise ValueError(f"{name}.{key} must be an integer >= {low}, got {value!r}.")
+
+
+@dataclass(frozen=True)
 class StudyEvaluationConfig:
     """``params:study_3d.evaluation``."""
 
@@ -64,6 +114,7 @@ class StudyEvaluationConfig:
     fid: Mapping[str, Any] = field(default_factory=dict)
     memorisation: Mapping[str, Any] = field(default_factory=dict)
     views: int = 4
+    reader_kit: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

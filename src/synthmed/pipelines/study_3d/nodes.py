@@ -37,12 +37,14 @@ from synthmed.imaging.lesion_placement import LesionPlanRow, place_plan
 from synthmed.imaging.volumes import tissue_order
 from synthmed.metrics import report as report_format
 from synthmed.metrics import volumes as vm
+from synthmed.metrics.volume_reader import build_volume_reader_kit
 from synthmed.pipelines.study_3d.config import (  # noqa: F401  (re-exported: the configurations' old home)
     FidConfig,
     StudyConfig,
     StudyEvaluationConfig,
     UtilityConfig3D,
     VolumeGateConfig,
+    VolumeReaderKitConfig,
 )
 from synthmed.privacy.memorisation import calibrate_threshold
 
@@ -356,6 +358,60 @@ def run_volume_gate(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataF
     logger.info("study_3d gate: threshold %.4f (held-out NCC, %g-th percentile), %.2f of synthetic volumes flagged, "
                 "self-test recall %.2f", threshold, gate.percentile, out["gate_fraction_flagged"], recall)
     return table, out
+
+
+def build_reader_kit(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFrame,
+                     samples: Mapping[str, np.ndarray], provenance: pd.DataFrame,
+                     params: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The blinded reader kit of volumes (`synthmed.metrics.volume_reader`) and its answer key.
+
+    Real: held-out sub-volumes of ``reader_kit.real_splits`` and ``real_crop`` with a lesion.
+    Synthetic: the plan rows of ``synthetic_kinds`` with a lesion in their label map, without those
+    drawn from a patient whose real volumes are candidates (``distinct_patients``). The key adds,
+    per image, the volume's store row (``volume_index``: the volume store for real, the samples
+    for synthetic), its patient and split and the centre voxel the views go through.
+    """
+    config = _config(params)
+    reader = from_params(VolumeReaderKitConfig, _evaluation(config).reader_kit, "study_3d.evaluation.reader_kit")
+    if not reader.enabled:
+        return {}, pd.DataFrame(columns=["image_id", "truth", "label", "source_index"])
+    volume_manifest = _selected(volumes, volume_manifest, config)
+    real_rows = _rows(volume_manifest, reader.real_splits, reader.real_crop or None)
+    real = _arrays(volumes, real_rows["index"].to_numpy())
+    with_lesion = real["lesion_masks"].reshape(len(real_rows), -1).any(axis=1)
+    real_rows, real = real_rows[with_lesion], {k: v[with_lesion] for k, v in real.items()}
+    patient = volume_manifest.set_index("index")["patient_key"]
+    synthetic_rows = provenance[provenance["kind"].isin(reader.synthetic_kinds)]
+    synthetic_masks = np.asarray(samples["lesion_masks"])[synthetic_rows["index"].to_numpy()]
+    keep = synthetic_masks.reshape(len(synthetic_rows), -1).any(axis=1)
+    if reader.distinct_patients:
+        shown = set(patient.loc[real_rows["index"]])
+        keep &= ~patient.loc[synthetic_rows["source_index"]].isin(shown).to_numpy()
+    synthetic_rows = synthetic_rows[keep]
+    if real_rows.empty or synthetic_rows.empty:
+        raise ValueError(
+            f"study_3d.evaluation.reader_kit: {len(real_rows)} real volume(s) with a lesion in "
+            f"{list(reader.real_splits)} (crop {reader.real_crop or 'any'!r}) and {len(synthetic_rows)} synthetic "
+            f"volume(s) of kinds {list(reader.synthetic_kinds)} with a lesion"
+            f"{' from other patients' if reader.distinct_patients else ''}; the kit needs both. Widen real_splits "
+            "or real_crop, add plan rows, or set enabled: false.")
+    index = synthetic_rows["index"].to_numpy()
+    kit, key = build_volume_reader_kit(
+        real["images"], real["lesion_masks"], np.asarray(samples["images"])[index],
+        np.asarray(samples["lesion_masks"])[index], per_source=reader.per_source, display_px=reader.display_px,
+        seed=reader.seed, title=reader.title, margin=reader.margin, marks=reader.marks)
+    rows = {"real": real_rows.reset_index(drop=True), "synthetic": synthetic_rows.reset_index(drop=True)}
+    picked = [rows[truth].iloc[int(k)] for truth, k in zip(key["truth"], key["source_index"], strict=True)]
+    key = key.assign(
+        volume_index=[int(r["index"]) for r in picked],
+        kind=[str(r["kind"]) if truth == "synthetic" else "real" for truth, r in zip(key["truth"], picked)],
+        patient_key=[patient.loc[int(r["index"] if truth == "real" else r["source_index"])]
+                     for truth, r in zip(key["truth"], picked)],
+        split=[str(r["split"]) for r in picked])
+    logger.info("study_3d reader kit: %d sheets (%d real of %d candidates, %d synthetic of %d)", len(key),
+                int((key["truth"] == "real").sum()), len(real_rows), int((key["truth"] == "synthetic").sum()),
+                len(synthetic_rows))
+    return kit, key
 
 
 # ----------------------------------------------------------------------------- report

@@ -31,6 +31,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                  ["study_3d_utility", "study_3d_utility_summary"], name="score_utility"),
             Node(_nodes.run_volume_gate, [*_REAL, "study_3d_samples", "params:study_3d"],
                  ["study_3d_memorisation", "study_3d_gate"], name="run_volume_gate"),
+            Node(_nodes.build_reader_kit, [*_REAL, "study_3d_samples", "study_3d_provenance", "params:study_3d"],
+                 ["study_3d_reader_kit", "study_3d_reader_key"], name="build_volume_reader_kit"),
             Node(_nodes.write_study_report,
                  [*_REAL, "study_3d_samples", "study_3d_provenance", "study_3d_fidelity", "study_3d_lesion_control",
                   "study_3d_control", "study_3d_memorisation", "study_3d_gate", "study_3d_utility",
