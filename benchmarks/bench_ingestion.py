@@ -36,8 +36,11 @@ process per folder size and reports its peak resident set size and its workers'.
 
 ``--sizes`` compares the plain loop, synthmed with 1 and 2 processes and on a local Dask cluster
 of 2 workers at each size, fits the growth exponent of wall and CPU time over the sizes and
-extrapolates both to ``--extrapolate`` files (100,000). Kedro's ParallelRunner is not measured:
-it parallelises nodes, and a folder's per-file work is one node (see ``SCALING_RUNS``).
+extrapolates both to ``--extrapolate`` files (100,000). Kedro's ParallelRunner parallelises nodes,
+and a folder's per-file work is one node, so it is measured apart, through ``kedro run`` (start-up
+included) against the SequentialRunner with 1 and 2 ingestion workers:
+
+    PYTHONPATH=src python benchmarks/bench_ingestion.py --runners 100 200 400 --mixed --repeats 2
 
 dicognito (``dicognito==0.19.0``) is a benchmark-only dependency: ``pip install dicognito==0.19.0``.
 """
@@ -388,6 +391,81 @@ def scaling(sizes: list[int], repeats: int, extrapolate: int) -> None:
             print(f"{name:44s} {rates}   {_fit(sizes, row['pass_wall'])[0]:9.2f}")
 
 
+RUNNERS = {  # name: (kedro run arguments, ingestion.workers)
+    "kedro run, SequentialRunner, 1 process": ([], 1),
+    "kedro run, SequentialRunner, ingestion.workers 2": ([], 2),
+    "kedro run, ParallelRunner (2 processes), workers 1": (["--runner", "ParallelRunner"], 1),
+}
+
+
+def _kedro_project(tmp: Path, n_files: int, mixed: bool) -> Path:
+    """A copy of this project whose raw folder holds ``n_files`` CT files (and, with ``mixed``, the
+    bundled sample's NIfTI volumes and raster images, so that ingestion's three reader nodes
+    all have work), with a throw-away key."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from public_collections import project_copy
+
+    project = project_copy(tmp / "project")
+    source = project / "data/01_raw/bench"
+    make_ct_folder(source / "ct", n_files)
+    if mixed:
+        sample = ROOT / "data/01_raw/sample"
+        if not sample.is_dir():
+            raise SystemExit("--runners with --mixed needs the bundled sample: kedro run --pipelines sample_data")
+        for path in sample.rglob("*"):
+            if path.is_file() and path.suffix.lower() in (".png", ".jpg", ".gz", ".nii") and "dicom" not in path.parts:
+                target = source / "sample" / path.relative_to(sample)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(path.read_bytes())
+    local = project / "conf/local"
+    local.mkdir(parents=True, exist_ok=True)
+    (local / "catalog.yml").write_text("raw_sources:\n  type: synthmed.datasets.FileFolderDataset\n"
+                                       "  path: data/01_raw/bench\n")
+    (local / "credentials.yml").write_text("pseudonymisation:\n  key: bench-" + os.urandom(16).hex() + "\n")
+    (local / "parameters_ingestion.yml").write_text("ingestion:\n  labels_csv: null\n")  # the sample's table stays
+    return project
+
+
+def runners(sizes: list[int], repeats: int, mixed: bool) -> None:
+    """``kedro run --pipelines ingestion`` on one folder per size with each of ``RUNNERS`` (interleaved):
+    wall time and the CPU of the run's processes (the kedro process and its children), and with
+    three sizes or more the growth exponent of each over the sizes."""
+    kedro = Path(sys.executable).with_name("kedro")
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(ROOT / "src")}
+    table: dict[str, list[tuple[float, float]]] = {name: [] for name in RUNNERS}
+    counts = []
+    for n_files in sizes:
+        found: dict[str, list[tuple[float, float]]] = {name: [] for name in RUNNERS}
+        with tempfile.TemporaryDirectory() as tmp:
+            project = _kedro_project(Path(tmp), n_files, mixed)
+            counts.append(sum(1 for p in (project / "data/01_raw/bench").rglob("*") if p.is_file()))
+            for _ in range(repeats):
+                for name, (extra, workers) in RUNNERS.items():
+                    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    start = time.perf_counter()
+                    subprocess.run([str(kedro), "run", "--pipelines", "ingestion", "--params",
+                                    f"ingestion.workers={workers}", *extra], cwd=project, env=env, check=True,
+                                   capture_output=True, timeout=3600)
+                    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+                    found[name].append((time.perf_counter() - start, cpu))
+        print(f"kedro run --pipelines ingestion on {counts[-1]} files ({n_files} CT files in series of "
+              f"{SERIES_LENGTH}{' + the sample NIfTI and raster files' if mixed else ''}), median of {repeats} "
+              f"interleaved runs, start-up included; load average {os.getloadavg()[0]:.1f} at the end")
+        print(f"{'runner':54s} {'wall s':>8s} {'files/s':>8s} {'CPU s':>7s}")
+        for name, runs in found.items():
+            wall, cpu = statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)
+            table[name].append((wall, cpu))
+            print(f"{name:54s} {wall:8.1f} {counts[-1] / wall:8.1f} {cpu:7.1f}   (wall/CPU each: "
+                  f"{', '.join(f'{w:.1f}/{c:.1f}' for w, c in runs)})", flush=True)
+    if len(sizes) >= 3:
+        print(f"growth over {counts} files (time ~ files^e; start-up keeps e below 1 at small sizes)")
+        for name, rows in table.items():
+            print(f"{name:54s} e(wall) {_fit(counts, [w for w, _ in rows])[0]:5.2f}   "
+                  f"e(CPU) {_fit(counts, [c for _, c in rows])[0]:5.2f}")
+
+
 def peak_rss(n_files: int, workers: int) -> dict[str, float]:
     """Run synthmed on ``n_files`` in a fresh process: its peak RSS and its workers' (MB)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -414,7 +492,14 @@ def main() -> None:
                         help="files/s of the plain loop, 1 and 2 processes and Dask 2 workers at these folder sizes "
                              "(>= 3 for the growth exponent) instead")
     parser.add_argument("--extrapolate", type=int, default=100_000, help="files to extrapolate --sizes to")
+    parser.add_argument("--runners", type=int, nargs="+", metavar="FILES",
+                        help="kedro run --pipelines ingestion on FILES CT files (one folder per size) with "
+                             "SequentialRunner (1 and 2 workers) and ParallelRunner, start-up included, instead")
+    parser.add_argument("--mixed", action="store_true", help="--runners: add the sample's NIfTI and raster files")
     args = parser.parse_args()
+    if args.runners:
+        runners(args.runners, args.repeats, args.mixed)
+        return
     if args.sizes:
         scaling(args.sizes, args.repeats, args.extrapolate)
         return
