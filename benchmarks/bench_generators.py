@@ -429,6 +429,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="--sampling-throughput with torch.compile")
     parser.add_argument("--steps-sweep-cost", action="store_true",
                         help="time the profile's evaluation.steps_sweep (instead of the table)")
+    parser.add_argument("--loader", action="store_true",
+                        help="images/s of the training loader (one read per image / per batch / from memory)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 on a shared machine: several processes "
                                                     "spinning 2 OpenMP threads each on 2 cores slow down ~40x)")
     args = parser.parse_args()
@@ -449,7 +451,11 @@ def main() -> None:
                f"device {device}{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, "
                f"torch {torch.__version__}")
     say(f"machine: {machine}")
-    if args.steps_sweep_cost:
+    if args.loader:
+        say(f"training loader over a memory-mapped store, batch 64, 2,048 images, 0 workers; load average "
+            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        loader_throughput(args, say)
+    elif args.steps_sweep_cost:
         say(f"profile: {args.profile}; evaluation.steps_sweep cost; load average "
             f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
         steps_sweep_cost(params, say)
@@ -465,11 +471,58 @@ def main() -> None:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         command = "python benchmarks/bench_generators.py " + shlex.join(sys.argv[1:])
         with args.append_results.open("a", encoding="utf-8") as out:
-            what = ("Steps sweep cost" if args.steps_sweep_cost else
+            what = ("Training loader" if args.loader else "Steps sweep cost" if args.steps_sweep_cost else
                     "DDPM sampling throughput" if args.sampling_throughput else "Generators")
             out.write(f"\n## {what}, `{args.profile}` profile on {device.type} ({stamp})\n\n"
                       f"```\n{command}\n```\n\n```\n" + "\n".join(lines) + "\n```\n")
         print(f"appended to {args.append_results}")
+
+
+def loader_throughput(args, say, sizes: tuple[tuple[int, int], ...] = ((64, 32), (128, 128)),
+                      images: int = 2048, batch: int = 64) -> None:
+    """Images/s of the training loader (``ArrayBatches`` in a ``DataLoader``) over a memory-mapped
+    store on disk: one item at a time (``__getitem__``, as before), a whole batch per read
+    (``__getitems__``), and the same images from memory (a ``TensorDataset``, the ceiling)."""
+    import tempfile
+
+    from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+    from synthmed.generators.training import ArrayBatches
+
+    class OneByOne(Dataset):  # the loader as it was: the DataLoader reads item by item
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __getitem__(self, i):
+            return self.inner[i]
+
+    say(f"{'stored px':>9} {'trained px':>10} {'loader':32} {'images/s':>10} {'ms/image':>9} "
+        f"{'CPU ms/image':>12}")
+    for stored, size in sizes:
+        rng = np.random.default_rng(0)
+        with tempfile.TemporaryDirectory() as tmp:
+            arrays = {"images": rng.uniform(-1, 1, (images, 1, stored, stored)).astype(np.float32),
+                      "labels": (np.arange(images) % 3).astype(np.int64),
+                      "masks": (rng.uniform(size=(images, 1, stored, stored)) > 0.5).astype(np.uint8)}
+            for name, array in arrays.items():
+                np.save(Path(tmp) / f"{name}.npy", array)
+            store = {name: np.load(Path(tmp) / f"{name}.npy", mmap_mode="r") for name in arrays}
+            batches = ArrayBatches(store, np.arange(images), size=size)
+            memory = TensorDataset(torch.from_numpy(np.asarray(batches.__getitems__(range(images))[0]["images"][None])
+                                                    .repeat(images, 0)))
+            for name, dataset in (("one image per read (before)", OneByOne(batches)),
+                                  ("one batch per read (__getitems__)", batches),
+                                  ("from memory (TensorDataset)", memory)):
+                loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
+                                    generator=torch.Generator().manual_seed(0))
+                start, cpu = time.perf_counter(), time.process_time()
+                count = sum(len(next(iter(b.values())) if isinstance(b, dict) else b[0]) for b in loader)
+                wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+                say(f"{stored:9d} {size:10d} {name:32} {count / wall:10.0f} {1000 * wall / count:9.3f} "
+                    f"{1000 * cpu / count:12.3f}")
 
 
 def _measure(args, params, device: torch.device, say) -> None:

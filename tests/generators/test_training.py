@@ -241,3 +241,46 @@ def test_two_cpu_processes_train_one_usable_model(tmp_path):
     images = spec.sample(models, config, Conditions(n=4, labels=torch.tensor([0, 1, 0, 1])), SamplerSpec(),
                          torch.Generator().manual_seed(0))
     assert images.shape == (4, 1, 16, 16) and torch.isfinite(images).all()
+
+
+class _CountingArray:
+    """An array of the store that counts the reads made from it (a memory map stands behind it in a run)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.reads = array, 0
+        self.shape = array.shape
+
+    def __getitem__(self, index):
+        self.reads += 1
+        return self.array[index]
+
+
+def test_a_loader_batch_is_one_read_per_array_with_the_values_of_single_reads() -> None:
+    store = tiny_store(12)
+    store["label_maps"] = (np.arange(12 * 256).reshape(12, 1, 16, 16) % 5).astype(np.uint8)
+    counted = {name: _CountingArray(array) for name, array in store.items()}
+    indices = np.array([9, 2, 7, 4, 11, 0])
+    batches = ArrayBatches(counted, indices, size=8)
+    positions = [3, 0, 5, 1]  # rows 4, 9, 0, 2 of the store: not in store order
+    items = batches.__getitems__(positions)
+    assert {name: a.reads for name, a in counted.items()} == dict.fromkeys(counted, 1)
+    for position, item in zip(positions, items):  # the reference: one row, resized alone
+        row = indices[position]
+
+        def alone(array: np.ndarray, mode: str) -> torch.Tensor:
+            return torch.nn.functional.interpolate(torch.from_numpy(array[None].astype(np.float32)), size=8,
+                                                   mode=mode)[0]
+
+        assert torch.equal(item["images"], alone(store["images"][row], "area"))
+        assert torch.equal(item["masks"], alone((store["masks"][row] > 0).astype(np.float32), "nearest"))
+        assert torch.equal(item["label_maps"], alone(store["label_maps"][row], "nearest").round().long())
+        assert item["labels"].dtype == torch.int64 and int(item["labels"]) == store["labels"][row]
+    assert torch.equal(batches[3]["images"], items[0]["images"])  # one item: the same values
+
+    from torch.utils.data import DataLoader
+
+    for array in counted.values():
+        array.reads = 0
+    loaded = list(DataLoader(batches, batch_size=3, shuffle=False))
+    assert len(loaded) == 2 and counted["images"].reads == 2  # the DataLoader asks for whole batches
+    assert torch.equal(loaded[1]["images"][0], batches[3]["images"])
