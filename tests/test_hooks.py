@@ -51,14 +51,11 @@ def test_a_broken_parameters_file_is_named_with_its_line(project) -> None:
     ConfigCheckHook().after_context_created(_context(project, load_parameters("local")))
 
 
-def test_the_run_parameters_are_validated_when_the_catalog_is_made(project) -> None:
+def test_the_context_parameters_are_validated(project) -> None:
     params = load_parameters("local")
-    ConfigCheckHook().after_catalog_created(DataCatalog(), {"parameters": params})
     params["ddpm"]["trainng"] = params["ddpm"].pop("training")
     with pytest.raises(ParameterError, match="did you mean 'training'"):
-        ConfigCheckHook().after_catalog_created(DataCatalog(), {"parameters": params})
-    # The file check does not load the parameters again (Kedro loads them once, for the catalog).
-    ConfigCheckHook().after_context_created(_context(project, params))
+        ConfigCheckHook().after_context_created(_context(project, params))
 
 
 def test_the_key_hook_reads_a_broken_credentials_file_naming_it(project) -> None:
