@@ -88,6 +88,26 @@ def test_the_launch_command_refuses_other_pipelines(args):
         distributed.launch_command(0, [])
 
 
+def test_the_launch_command_runs_sampling_and_rebalancing_and_refuses_the_others():
+    allowed = dict(allowed=distributed.MULTI_PROCESS_PIPELINES, default=None, command="synthmed launch")
+    two = distributed.launch_command(2, ["--pipelines", "sampling,rebalancing", "--namespaces", "ddpm"],
+                                     python="py", **allowed)
+    assert two == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "kedro",
+                   "run", "--pipelines", "sampling,rebalancing", "--namespaces", "ddpm"]
+    with pytest.raises(ValueError, match="rebalancing only, got --pipelines 'sampling,evaluation'"):
+        distributed.launch_command(2, ["-p", "sampling,evaluation"], **allowed)
+    with pytest.raises(ValueError, match="synthmed launch needs --pipelines: one or more of training, sampling"):
+        distributed.launch_command(2, ["--namespaces", "ddpm"], **allowed)
+
+
+def test_synthmed_launch_refuses_the_evaluation_before_launching(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("")
+    result = subprocess.run([sys.executable, "-m", "synthmed", "launch", "--processes", "2", "--pipelines",
+                             "evaluation"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert result.returncode == 2 and "runs the pipelines training, sampling, rebalancing only" in result.stderr
+
+
 def test_synthmed_train_refuses_another_pipeline_before_launching(tmp_path):
     (tmp_path / "pyproject.toml").write_text("")
     result = subprocess.run([sys.executable, "-m", "synthmed", "train", "--processes", "2", "--pipelines",
@@ -133,12 +153,15 @@ def test_a_multi_process_run_of_another_pipeline_is_refused(launched, monkeypatc
     evaluation = Pipeline([Node(identity, "b", "c", name="evaluate")])
     import kedro.framework.project as project
 
-    monkeypatch.setattr(project, "pipelines", {"training": training})
+    sampling = Pipeline([Node(identity, "b", "s", name="sample_generator")])
+    monkeypatch.setattr(project, "pipelines", {"training": training, "sampling": sampling})
     hook = DistributedRunHook()
     launched(0, 2)
     hook.before_pipeline_run({}, training, None)  # training alone: allowed
-    with pytest.raises(ValueError, match=r"only the 'training' pipeline runs on several processes.*evaluate"):
-        hook.before_pipeline_run({}, training + evaluation, None)
+    hook.before_pipeline_run({}, training + sampling, None)  # and sampling
+    with pytest.raises(ValueError, match=r"only the pipelines 'training', 'sampling', 'rebalancing' run on several "
+                                         r"processes.*1 other node\(s\): evaluate"):
+        hook.before_pipeline_run({}, sampling + evaluation, None)
     launched(0, 1)
     hook.before_pipeline_run({}, training + evaluation, None)  # one process: anything runs
 
@@ -276,8 +299,8 @@ def test_two_processes_train_through_kedro_then_one_process_resumes(tmp_path):
 
     code, log = _synthmed_train(project, 2)
     assert code == 0, log[-4000:]
-    assert "Training on 2 processes; this is process 0 of 2 (the main process" in log
-    assert "this is process 1 of 2 (it trains" in log
+    assert "Running on 2 processes; this is process 0 of 2 (the main process" in log
+    assert "this is process 1 of 2 (it trains or takes its share" in log
     for family in FAMILIES:  # Kedro logs each save: one process saved
         assert log.count(f"Saving data to {family}.generator ") == 1, log[-4000:]
     assert _processes_in(project) == []
