@@ -100,20 +100,14 @@ def test_the_launch_command_runs_sampling_and_rebalancing_and_refuses_the_others
         distributed.launch_command(2, ["--namespaces", "ddpm"], **allowed)
 
 
-def test_synthmed_launch_refuses_the_evaluation_before_launching(tmp_path):
+@pytest.mark.parametrize(("command", "refusal"), [("train", "runs the 'training' pipeline only"),
+                                                  ("launch", "runs the pipelines training, sampling, rebalancing")])
+def test_synthmed_train_and_launch_refuse_the_evaluation_before_launching(tmp_path, command, refusal):
     (tmp_path / "pyproject.toml").write_text("")
-    result = subprocess.run([sys.executable, "-m", "synthmed", "launch", "--processes", "2", "--pipelines",
+    result = subprocess.run([sys.executable, "-m", "synthmed", command, "--processes", "2", "--pipelines",
                              "evaluation"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    assert result.returncode == 2 and "runs the pipelines training, sampling, rebalancing only" in result.stderr
-
-
-def test_synthmed_train_refuses_another_pipeline_before_launching(tmp_path):
-    (tmp_path / "pyproject.toml").write_text("")
-    result = subprocess.run([sys.executable, "-m", "synthmed", "train", "--processes", "2", "--pipelines",
-                             "evaluation"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    assert result.returncode == 2 and "runs the 'training' pipeline only" in result.stderr
+    assert result.returncode == 2 and refusal in result.stderr
 
 
 # ---------------------------------------------------------------- catalog and hooks
