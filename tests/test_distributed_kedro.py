@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -132,6 +133,10 @@ def test_only_the_main_process_saves_to_storage(tmp_path, launched):
     other.save("in_memory", 42)
     assert not (tmp_path / "table.csv").exists()  # rank 1 writes nothing
     assert other.load("in_memory") == 42  # but passes in-memory outputs on to its next node
+    assert other.load("table") is table  # and the outputs it did not save: never a stale or absent file
+    other.release("table")
+    with pytest.raises(Exception, match="table.csv"):
+        other.load("table")  # released: the stored data again (none here)
     launched(0, 2)
     _catalog(tmp_path).save("table", table)
     assert (tmp_path / "table.csv").is_file()
@@ -346,3 +351,53 @@ def test_more_processes_than_gpus_are_refused(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     with pytest.raises(ValueError, match=r"2 processes on this machine \(LOCAL_WORLD_SIZE\) but 1 CUDA device"):
         _accelerator(TrainingConfig(steps=1, batch_size=1))
+
+
+# ---------------------------------------------------------------- sampling through kedro run
+
+SAMPLED = ("arrays", "provenance.csv", "png", "checkpoints")  # under data/07_model_output/<family>
+
+
+def _synthmed(project: Path, *args: str) -> str:
+    """``synthmed ARGS`` in ``project`` (hard timeout, every process it started killed); its output."""
+    code, log = run_launched([str(Path(sys.executable).with_name("synthmed")), *args], timeout=LAUNCH_TIMEOUT_S,
+                             cwd=project, env=_env(OMP_NUM_THREADS="1", COLUMNS="1000"))
+    assert code == 0, log[-4000:]
+    return log
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    from synthmed.core.checksums import sha256_file
+
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_two_processes_sample_through_kedro_what_one_process_samples(tmp_path):
+    """`synthmed launch --processes 2 --pipelines sampling`: the outputs of a 1-process run, saved once."""
+    from synthmed.pipelines import extraction, ingestion, preprocessing
+
+    project = project_copy(tmp_path / "project").resolve()
+    write_source_folder(tmp_path / "source")
+    catalog = project_catalog(project, tmp_path / "source", overrides={"ingestion": {"max_rejection_rate": 0.5}})
+    run(ingestion.create_pipeline() + preprocessing.create_pipeline() + extraction.create_pipeline(), catalog)
+    family = "dcgan"  # 3 classes x 32 images in batches of 32: 3 batches on 2 processes (2 and 1)
+    _synthmed(project, "train", "--namespaces", family, "--params",
+              f"{family}.training.steps=2,{family}.training.checkpoint_every=2,{family}.training.batch_size=2")
+    outputs = project / "data/07_model_output" / family
+
+    _synthmed(project, "launch", "--processes", "1", "--pipelines", "sampling", "--namespaces", family)
+    one = _digests(outputs)
+    assert {k.split("/")[0] for k in one} == set(SAMPLED) and len(one) > 96
+    for path in SAMPLED:
+        target = outputs / path
+        target.unlink() if target.is_file() else shutil.rmtree(target)
+
+    log = _synthmed(project, "launch", "--processes", "2", "--pipelines", "sampling", "--namespaces", family)
+    assert "Running on 2 processes; this is process 1 of 2" in log
+    assert f"sampling {family} (ddim, 1 steps) on process 1 of 2" in log  # the second process drew its share
+    for dataset in ("samples", "sample_provenance", "sample_pngs", "sampled_grid", "checkpoint_samples"):
+        assert log.count(f"Saving data to {family}.{dataset} ") == 1, log[-4000:]
+    assert _digests(outputs) == one  # arrays, provenance and PNGs of one process, byte for byte
+    assert _processes_in(project) == []
+    assert len(_mlflow_runs(project)) == 3  # training, then one per sampling run (not one per process)

@@ -73,9 +73,8 @@ class DistributedRunHook:
     scores a block of its queries, gathered so every process holds the whole result
     (``synthmed.core.collectives``); the nodes that only build files (PNGs, the sampled grid, the
     published folder) do that work on the main process alone. Any other node (the evaluation's
-    metrics and classifiers, the data pipelines) would run N times over the same data, and the
-    other processes' saves are skipped (``MainProcessCatalog``), so a later node of theirs would
-    read what the main process has not written yet. ``tryfirst`` and registered last: it refuses
+    metrics and classifiers, the data pipelines) would run N times over the same data.
+    ``tryfirst`` and registered last: it refuses
     before the run lock, the key check and the MLflow run, on every process alike.
     """
 
@@ -108,16 +107,35 @@ class MainProcessCatalog(DataCatalog, CatalogCommandsMixin):
     ``kedro catalog`` commands). On the other processes of a multi-process launch
     (``synthmed.core.distributed``), saving a dataset that writes somewhere (files, MLflow)
     does nothing: they still run the nodes, so they train together with the main process,
-    but one copy of each output is written, by rank 0. In-memory datasets still save, so a
-    node's outputs reach the next node on every process. A single process saves as usual.
+    but one copy of each output is written, by rank 0. In-memory datasets still save, and an
+    output whose save was skipped is kept in memory and loaded from there by the later nodes
+    of the run (the rebalancing plan, a CSV, feeds the next node), so a node's outputs reach
+    the next node on every process. A single process saves as usual.
     """
 
     def save(self, ds_name: str, data: Any) -> None:
         if not distributed.is_main_process() and \
                 not isinstance(self[ds_name], (MemoryDataset, SharedMemoryDataset)):
             logger.debug("Not saving %s on %s: the main process saves it.", ds_name, distributed.describe())
+            self._unsaved()[ds_name] = data
             return
         super().save(ds_name, data)
+
+    def load(self, ds_name: str, version: str | None = None) -> Any:
+        """What this process computed for ``ds_name`` when it skipped the save, else the stored data."""
+        unsaved = self._unsaved()
+        if ds_name in unsaved:
+            return unsaved[ds_name]
+        return super().load(ds_name, version)
+
+    def release(self, ds_name: str) -> None:
+        self._unsaved().pop(ds_name, None)
+        super().release(ds_name)
+
+    def _unsaved(self) -> dict[str, Any]:
+        # Outputs whose save was skipped, kept for the later nodes of this process: they read
+        # what this process computed, never a file the main process may not have written yet.
+        return self.__dict__.setdefault("_skipped_saves", {})
 
 
 class RunLockHook:

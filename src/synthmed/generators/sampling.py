@@ -15,6 +15,14 @@ draws from ``torch.Generator().manual_seed(seed + b)``. The same plan, seed and 
 therefore give the same images bit for bit on CPU; each provenance row records the batch
 seed and the image's position in its batch.
 
+Several processes (``synthmed launch --processes N --pipelines sampling``, torchrun): each
+process draws a contiguous block of the batches (``synthmed.core.collectives.block``), still
+batch ``b`` from ``seed + b``, and the images are gathered on every process in batch order
+(``all_gather`` of padded tensors); the provenance, labels and masks follow from the plan on
+every process. The result is the one-process result bit for bit. ``batch_size: auto`` takes
+the smallest batch size the processes chose, and an out-of-memory batch on any process makes
+all of them sample the plan again at half the size.
+
 Throughput (``ThroughputConfig``, ``params:<family>.sampling.throughput``): the device, the
 autocast precision (``auto``: bf16 on CUDA, fp32 on CPU), channels-last weights (``auto``: on
 CUDA), ``torch.compile`` (off by default) and ``batch_size: auto`` (CPU: ``cpu_batch_size``;
@@ -371,7 +379,9 @@ def generate_from_plan(
     compilation (default ``ThroughputConfig()``: the ``auto`` choices, i.e. on a CPU machine
     fp32 on the CPU as before). On CUDA with ``batch_size: auto``, a batch that runs out of
     memory halves the batch size and starts the plan again (so every image's seed follows
-    the batch size its provenance row records).
+    the batch size its provenance row records). Under a launcher with several processes the
+    batches are split over them and gathered (module docstring): every process returns the
+    whole plan's ``Sampled``.
     """
     plan = validate_plan(plan, class_names, config)
     if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))

@@ -48,6 +48,13 @@ and a 10% crop drops a copy to ~0.85-0.98: pixel NCC cannot see cropped copies t
 self-test fails and `enforce` blocks publication. Such data needs a crop-robust ``embed`` (a copy-detection network
 trained with crop augmentation) in the feature space.
 
+Several processes (a launcher's ``WORLD_SIZE`` > 1: ``synthmed launch --processes N --pipelines
+rebalancing``, or any script under torchrun). Every search (held-out calibration, planted
+copies, candidates) splits its queries over the processes in contiguous blocks of whole chunks
+(``chunk_size`` queries, `_search_shared`); each process searches its block against all the
+references and the per-query results are gathered on every process (``synthmed.core.collectives``),
+so the tables are those of one process bit for bit. Each process prepares the references itself.
+
 Conventions. Images are ``(N, C, H, W)`` tensors (or arrays) of any real dtype, by
 convention float in ``[-1, 1]``; they are converted to float32 before any arithmetic
 (uint8 arithmetic wraps around) and the statistics that need it are taken in float64.
