@@ -284,18 +284,24 @@ def _mlflow_runs(project: Path) -> list[tuple[str, str]]:
         return db.execute("select run_uuid, status from runs").fetchall()
 
 
-@pytest.mark.slow
-def test_two_processes_train_through_kedro_then_one_process_resumes(tmp_path):
-    from synthmed.core.checksums import sha256_file
-    from synthmed.generators.common import verify_checksums
+def _project_with_model_inputs(tmp_path: Path) -> Path:
+    """A copy of the project with the training inputs written where its catalog reads them
+    (the data pipelines in-process: faster than `kedro run`)."""
     from synthmed.pipelines import extraction, ingestion, preprocessing
 
     project = project_copy(tmp_path / "project").resolve()
     write_source_folder(tmp_path / "source")
-    # The training inputs, written where the project's catalog reads them (in-process: faster).
     catalog = project_catalog(project, tmp_path / "source", overrides={"ingestion": {"max_rejection_rate": 0.5}})
     run(ingestion.create_pipeline() + preprocessing.create_pipeline() + extraction.create_pipeline(), catalog)
+    return project
 
+
+@pytest.mark.slow
+def test_two_processes_train_through_kedro_then_one_process_resumes(tmp_path):
+    from synthmed.core.checksums import sha256_file
+    from synthmed.generators.common import verify_checksums
+
+    project = _project_with_model_inputs(tmp_path)
     code, log = _synthmed_train(project, 2)
     assert code == 0, log[-4000:]
     assert "Running on 2 processes; this is process 0 of 2 (the main process" in log
@@ -375,12 +381,7 @@ def _digests(folder: Path) -> dict[str, str]:
 @pytest.mark.slow
 def test_two_processes_sample_through_kedro_what_one_process_samples(tmp_path):
     """`synthmed launch --processes 2 --pipelines sampling`: the outputs of a 1-process run, saved once."""
-    from synthmed.pipelines import extraction, ingestion, preprocessing
-
-    project = project_copy(tmp_path / "project").resolve()
-    write_source_folder(tmp_path / "source")
-    catalog = project_catalog(project, tmp_path / "source", overrides={"ingestion": {"max_rejection_rate": 0.5}})
-    run(ingestion.create_pipeline() + preprocessing.create_pipeline() + extraction.create_pipeline(), catalog)
+    project = _project_with_model_inputs(tmp_path)
     family = "dcgan"  # 3 classes x 32 images in batches of 32: 3 batches on 2 processes (2 and 1)
     _synthmed(project, "train", "--namespaces", family, "--params",
               f"{family}.training.steps=2,{family}.training.checkpoint_every=2,{family}.training.batch_size=2")
