@@ -402,3 +402,34 @@ def test_two_processes_sample_through_kedro_what_one_process_samples(tmp_path):
     assert _digests(outputs) == one  # arrays, provenance and PNGs of one process, byte for byte
     assert _processes_in(project) == []
     assert len(_mlflow_runs(project)) == 3  # training, then one per sampling run (not one per process)
+
+
+@pytest.mark.slow
+def test_two_processes_rebalance_through_kedro_what_one_process_publishes(tmp_path):
+    """`synthmed launch --processes 2 --pipelines rebalancing --env test`: sampling and the gate split,
+    the published folder of a 1-process run, written once."""
+    from synthmed.pipelines import extraction, feature_encoders, ingestion, preprocessing, training
+
+    project = project_copy(tmp_path / "project").resolve()
+    write_source_folder(tmp_path / "source")
+    checkpoints = {"run": {"checkpoint_root": str(project / "data/06_models/checkpoints")}}
+    catalog = project_catalog(project, tmp_path / "source", overrides={
+        "ingestion": {"max_rejection_rate": 0.5}, **{family: checkpoints for family in ("ddpm", "pix2pix", "dcgan")}})
+    run(ingestion.create_pipeline() + preprocessing.create_pipeline() + extraction.create_pipeline()
+        + training.create_pipeline() + feature_encoders.create_pipeline(), catalog)
+    published = project / "data/07_model_output/rebalanced"
+
+    # batches of 2: each round's few candidates are split (the gate's queries, fewer than one chunk, are not)
+    options = ["--pipelines", "rebalancing", "--env", "test", "--params", "rebalancing.batch_size=2"]
+    _synthmed(project, "launch", "--processes", "1", *options)
+    one = _digests(published)
+    shutil.rmtree(published)
+    log = _synthmed(project, "launch", "--processes", "2", *options)
+    assert "Running on 2 processes; this is process 1 of 2" in log
+    assert "steps) on process 1 of 2" in log  # the second process sampled its share
+    assert log.count("Saving data to rebalanced_dataset ") == 1, log[-4000:]
+    two = _digests(published)
+    assert two.keys() == one.keys() and len(one) > 5
+    differ = sorted(k for k in one if one[k] != two[k])
+    assert differ == [], differ
+    assert _processes_in(project) == []
