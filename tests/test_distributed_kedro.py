@@ -1,12 +1,14 @@
-"""The training pipeline on several processes through Kedro (`synthmed train --processes N`).
+"""Training, sampling and rebalancing on several processes through Kedro (`synthmed train|launch
+--processes N`).
 
-Fast tests: the rank read from the launcher's environment, the launch command, the catalog
-that saves on the main process only, the refusal of other pipelines, the settings a non-main
-process gets. Slow tests: two CPU processes (gloo) train through `kedro run` in a copy of the
-project (one set of outputs, one MLflow run, no process left), then the run resumes on one
-process; the trainer resumes across a changed process count both ways.
+Fast tests: the rank read from the launcher's environment, the launch commands, the catalog
+that saves on the main process only (and keeps what it did not save for its later nodes), the
+refusal of other pipelines, the settings a non-main process gets. Slow tests: two CPU processes
+(gloo) train through `kedro run` in a copy of the project (one set of outputs, one MLflow run,
+no process left), then the run resumes on one process; the trainer resumes across a changed
+process count both ways; two processes sample, and rebalance, through `kedro run` what one
+process writes, file for file, saved once.
 """
-
 from __future__ import annotations
 
 import json
