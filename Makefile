@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED := 1
 # DVC stages call `kedro`: use the project's environment.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup demo metrics-all plots test test-fast lint check-lock dvc-deps verify add-raw train bench-gpu push pull viz viz-build mlflow-ui status clean
+.PHONY: help setup demo metrics-all plots test test-fast lint check-lock dvc-deps verify add-raw train sample bench-gpu push pull viz viz-build mlflow-ui status clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -84,6 +84,9 @@ add-raw: setup ## track your raw folder with DVC, never pushed: make add-raw DIR
 
 train: setup ## the training pipeline through Kedro on N processes (torchrun): make train PROCESSES=2 [ARGS="--namespaces ddpm"]
 	$(BIN)/synthmed train --processes $(or $(PROCESSES),1) $(ARGS)
+
+sample: setup ## sampling (and PIPELINES=sampling,rebalancing) on N processes, work split, one process's outputs: make sample PROCESSES=2
+	$(BIN)/synthmed launch --processes $(or $(PROCESSES),1) --pipelines $(or $(PIPELINES),sampling) $(ARGS)
 
 bench-gpu: setup ## on a CUDA machine: gpu-profile DDPM training/sampling at 128 px, images/s, MFU, plain-loop ratio, peak memory, sampling throughput -> benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_generators.py --profile gpu --families ddpm --mfu --append-results benchmarks/RESULTS.md

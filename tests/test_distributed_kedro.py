@@ -1,16 +1,19 @@
-"""The training pipeline on several processes through Kedro (`synthmed train --processes N`).
+"""Training, sampling and rebalancing on several processes through Kedro (`synthmed train|launch
+--processes N`).
 
-Fast tests: the rank read from the launcher's environment, the launch command, the catalog
-that saves on the main process only, the refusal of other pipelines, the settings a non-main
-process gets. Slow tests: two CPU processes (gloo) train through `kedro run` in a copy of the
-project (one set of outputs, one MLflow run, no process left), then the run resumes on one
-process; the trainer resumes across a changed process count both ways.
+Fast tests: the rank read from the launcher's environment, the launch commands, the catalog
+that saves on the main process only (and keeps what it did not save for its later nodes), the
+refusal of other pipelines, the settings a non-main process gets. Slow tests: two CPU processes
+(gloo) train through `kedro run` in a copy of the project (one set of outputs, one MLflow run,
+no process left), then the run resumes on one process; the trainer resumes across a changed
+process count both ways; two processes sample, and rebalance, through `kedro run` what one
+process writes, file for file, saved once.
 """
-
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -88,12 +91,26 @@ def test_the_launch_command_refuses_other_pipelines(args):
         distributed.launch_command(0, [])
 
 
-def test_synthmed_train_refuses_another_pipeline_before_launching(tmp_path):
+def test_the_launch_command_runs_sampling_and_rebalancing_and_refuses_the_others():
+    allowed = dict(allowed=distributed.MULTI_PROCESS_PIPELINES, default=None, command="synthmed launch")
+    two = distributed.launch_command(2, ["--pipelines", "sampling,rebalancing", "--namespaces", "ddpm"],
+                                     python="py", **allowed)
+    assert two == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "kedro",
+                   "run", "--pipelines", "sampling,rebalancing", "--namespaces", "ddpm"]
+    with pytest.raises(ValueError, match="rebalancing only, got --pipelines 'sampling,evaluation'"):
+        distributed.launch_command(2, ["-p", "sampling,evaluation"], **allowed)
+    with pytest.raises(ValueError, match="synthmed launch needs --pipelines: one or more of training, sampling"):
+        distributed.launch_command(2, ["--namespaces", "ddpm"], **allowed)
+
+
+@pytest.mark.parametrize(("command", "refusal"), [("train", "runs the 'training' pipeline only"),
+                                                  ("launch", "runs the pipelines training, sampling, rebalancing")])
+def test_synthmed_train_and_launch_refuse_the_evaluation_before_launching(tmp_path, command, refusal):
     (tmp_path / "pyproject.toml").write_text("")
-    result = subprocess.run([sys.executable, "-m", "synthmed", "train", "--processes", "2", "--pipelines",
+    result = subprocess.run([sys.executable, "-m", "synthmed", command, "--processes", "2", "--pipelines",
                              "evaluation"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    assert result.returncode == 2 and "runs the 'training' pipeline only" in result.stderr
+    assert result.returncode == 2 and refusal in result.stderr
 
 
 # ---------------------------------------------------------------- catalog and hooks
@@ -118,6 +135,10 @@ def test_only_the_main_process_saves_to_storage(tmp_path, launched):
     other.save("in_memory", 42)
     assert not (tmp_path / "table.csv").exists()  # rank 1 writes nothing
     assert other.load("in_memory") == 42  # but passes in-memory outputs on to its next node
+    assert other.load("table") is table  # and the outputs it did not save: never a stale or absent file
+    other.release("table")
+    with pytest.raises(Exception, match="table.csv"):
+        other.load("table")  # released: the stored data again (none here)
     launched(0, 2)
     _catalog(tmp_path).save("table", table)
     assert (tmp_path / "table.csv").is_file()
@@ -133,12 +154,15 @@ def test_a_multi_process_run_of_another_pipeline_is_refused(launched, monkeypatc
     evaluation = Pipeline([Node(identity, "b", "c", name="evaluate")])
     import kedro.framework.project as project
 
-    monkeypatch.setattr(project, "pipelines", {"training": training})
+    sampling = Pipeline([Node(identity, "b", "s", name="sample_generator")])
+    monkeypatch.setattr(project, "pipelines", {"training": training, "sampling": sampling})
     hook = DistributedRunHook()
     launched(0, 2)
     hook.before_pipeline_run({}, training, None)  # training alone: allowed
-    with pytest.raises(ValueError, match=r"only the 'training' pipeline runs on several processes.*evaluate"):
-        hook.before_pipeline_run({}, training + evaluation, None)
+    hook.before_pipeline_run({}, training + sampling, None)  # and sampling
+    with pytest.raises(ValueError, match=r"only the pipelines 'training', 'sampling', 'rebalancing' run on several "
+                                         r"processes.*1 other node\(s\): evaluate"):
+        hook.before_pipeline_run({}, sampling + evaluation, None)
     launched(0, 1)
     hook.before_pipeline_run({}, training + evaluation, None)  # one process: anything runs
 
@@ -262,22 +286,28 @@ def _mlflow_runs(project: Path) -> list[tuple[str, str]]:
         return db.execute("select run_uuid, status from runs").fetchall()
 
 
-@pytest.mark.slow
-def test_two_processes_train_through_kedro_then_one_process_resumes(tmp_path):
-    from synthmed.core.checksums import sha256_file
-    from synthmed.generators.common import verify_checksums
+def _project_with_model_inputs(tmp_path: Path) -> Path:
+    """A copy of the project with the training inputs written where its catalog reads them
+    (the data pipelines in-process: faster than `kedro run`)."""
     from synthmed.pipelines import extraction, ingestion, preprocessing
 
     project = project_copy(tmp_path / "project").resolve()
     write_source_folder(tmp_path / "source")
-    # The training inputs, written where the project's catalog reads them (in-process: faster).
     catalog = project_catalog(project, tmp_path / "source", overrides={"ingestion": {"max_rejection_rate": 0.5}})
     run(ingestion.create_pipeline() + preprocessing.create_pipeline() + extraction.create_pipeline(), catalog)
+    return project
 
+
+@pytest.mark.slow
+def test_two_processes_train_through_kedro_then_one_process_resumes(tmp_path):
+    from synthmed.core.checksums import sha256_file
+    from synthmed.generators.common import verify_checksums
+
+    project = _project_with_model_inputs(tmp_path)
     code, log = _synthmed_train(project, 2)
     assert code == 0, log[-4000:]
-    assert "Training on 2 processes; this is process 0 of 2 (the main process" in log
-    assert "this is process 1 of 2 (it trains" in log
+    assert "Running on 2 processes; this is process 0 of 2 (the main process" in log
+    assert "this is process 1 of 2 (it trains or takes its share" in log
     for family in FAMILIES:  # Kedro logs each save: one process saved
         assert log.count(f"Saving data to {family}.generator ") == 1, log[-4000:]
     assert _processes_in(project) == []
@@ -329,3 +359,79 @@ def test_more_processes_than_gpus_are_refused(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     with pytest.raises(ValueError, match=r"2 processes on this machine \(LOCAL_WORLD_SIZE\) but 1 CUDA device"):
         _accelerator(TrainingConfig(steps=1, batch_size=1))
+
+
+# ---------------------------------------------------------------- sampling through kedro run
+
+SAMPLED = ("arrays", "provenance.csv", "png", "checkpoints")  # under data/07_model_output/<family>
+
+
+def _synthmed(project: Path, *args: str) -> str:
+    """``synthmed ARGS`` in ``project`` (hard timeout, every process it started killed); its output."""
+    code, log = run_launched([str(Path(sys.executable).with_name("synthmed")), *args], timeout=LAUNCH_TIMEOUT_S,
+                             cwd=project, env=_env(OMP_NUM_THREADS="1", COLUMNS="1000"))
+    assert code == 0, log[-4000:]
+    return log
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    from synthmed.core.checksums import sha256_file
+
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_two_processes_sample_through_kedro_what_one_process_samples(tmp_path):
+    """`synthmed launch --processes 2 --pipelines sampling`: the outputs of a 1-process run, saved once."""
+    project = _project_with_model_inputs(tmp_path)
+    family = "dcgan"  # 3 classes x 32 images in batches of 32: 3 batches on 2 processes (2 and 1)
+    _synthmed(project, "train", "--namespaces", family, "--params",
+              f"{family}.training.steps=2,{family}.training.checkpoint_every=2,{family}.training.batch_size=2")
+    outputs = project / "data/07_model_output" / family
+
+    _synthmed(project, "launch", "--processes", "1", "--pipelines", "sampling", "--namespaces", family)
+    one = _digests(outputs)
+    assert {k.split("/")[0] for k in one} == set(SAMPLED) and len(one) > 96
+    for path in SAMPLED:
+        target = outputs / path
+        target.unlink() if target.is_file() else shutil.rmtree(target)
+
+    log = _synthmed(project, "launch", "--processes", "2", "--pipelines", "sampling", "--namespaces", family)
+    assert "Running on 2 processes; this is process 1 of 2" in log
+    assert f"sampling {family} (ddim, 1 steps) on process 1 of 2" in log  # the second process drew its share
+    for dataset in ("samples", "sample_provenance", "sample_pngs", "sampled_grid", "checkpoint_samples"):
+        assert log.count(f"Saving data to {family}.{dataset} ") == 1, log[-4000:]
+    assert _digests(outputs) == one  # arrays, provenance and PNGs of one process, byte for byte
+    assert _processes_in(project) == []
+    assert len(_mlflow_runs(project)) == 3  # training, then one per sampling run (not one per process)
+
+
+@pytest.mark.slow
+def test_two_processes_rebalance_through_kedro_what_one_process_publishes(tmp_path):
+    """`synthmed launch --processes 2 --pipelines rebalancing --env test`: sampling and the gate split,
+    the published folder of a 1-process run, written once."""
+    from synthmed.pipelines import extraction, feature_encoders, ingestion, preprocessing, training
+
+    project = project_copy(tmp_path / "project").resolve()
+    write_source_folder(tmp_path / "source")
+    checkpoints = {"run": {"checkpoint_root": str(project / "data/06_models/checkpoints")}}
+    catalog = project_catalog(project, tmp_path / "source", overrides={
+        "ingestion": {"max_rejection_rate": 0.5}, **{family: checkpoints for family in ("ddpm", "pix2pix", "dcgan")}})
+    run(ingestion.create_pipeline() + preprocessing.create_pipeline() + extraction.create_pipeline()
+        + training.create_pipeline() + feature_encoders.create_pipeline(), catalog)
+    published = project / "data/07_model_output/rebalanced"
+
+    # batches of 2: each round's few candidates are split (the gate's queries, fewer than one chunk, are not)
+    options = ["--pipelines", "rebalancing", "--env", "test", "--params", "rebalancing.batch_size=2"]
+    _synthmed(project, "launch", "--processes", "1", *options)
+    one = _digests(published)
+    shutil.rmtree(published)
+    log = _synthmed(project, "launch", "--processes", "2", *options)
+    assert "Running on 2 processes; this is process 1 of 2" in log
+    assert "steps) on process 1 of 2" in log  # the second process sampled its share
+    assert log.count("Saving data to rebalanced_dataset ") == 1, log[-4000:]
+    two = _digests(published)
+    assert two.keys() == one.keys() and len(one) > 5
+    differ = sorted(k for k in one if one[k] != two[k])
+    assert differ == [], differ
+    assert _processes_in(project) == []

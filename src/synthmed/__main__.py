@@ -11,7 +11,9 @@ identifiable output would be pushed (``synthmed.core.dvc_outputs``); ``synthmed 
 ``synthmed plots [DVC PLOTS SHOW OPTIONS]`` runs ``dvc plots show`` with Vega inlined (the page
 opens offline); ``synthmed mlflow-url`` prints the link to the runs in MLflow's model-training
 view. ``synthmed train --processes N [KEDRO RUN OPTIONS]`` runs the training pipeline on N
-processes (torchrun; ``synthmed.core.distributed``). Anything else is
+processes (torchrun; ``synthmed.core.distributed``); ``synthmed launch --processes N --pipelines
+sampling[,rebalancing]`` runs sampling and rebalancing so, their sampling and memorisation gate
+split over the processes (``synthmed.core.collectives``). Anything else is
 Kedro's ``run`` command, as before: ``synthmed --pipelines ingestion``.
 """
 import argparse
@@ -244,12 +246,10 @@ def mlflow_url(argv: list[str]) -> int:
 
 def train(argv: list[str]) -> int:
     """``synthmed train --processes N [KEDRO RUN OPTIONS]``: the training pipeline on N processes."""
-    import os
+    from synthmed.core.distributed import TRAINING_PIPELINE
 
-    from synthmed.core.distributed import TRAINING_PIPELINE, launch_command
-
-    parser = argparse.ArgumentParser(
-        prog="synthmed train",
+    return _launch(
+        argv, "train", (TRAINING_PIPELINE,), TRAINING_PIPELINE,
         usage="synthmed train [--processes N] [KEDRO RUN OPTIONS]",
         description=f"Run the {TRAINING_PIPELINE!r} pipeline through `kedro run` on N processes: with N > 1 under "
                     "torchrun (`python -m torch.distributed.run --standalone --nproc-per-node N -m kedro run "
@@ -257,16 +257,43 @@ def train(argv: list[str]) -> int:
                     "CUDA; Accelerate picks). Only the main process saves the outputs and checkpoints and opens the "
                     "MLflow run. Every other option goes to `kedro run` (--namespaces, --params, --env, ...). "
                     "Several nodes: run torchrun yourself (README, Generators).")
+
+
+def launch(argv: list[str]) -> int:
+    """``synthmed launch --processes N --pipelines NAMES [KEDRO RUN OPTIONS]``: sampling, rebalancing
+    (and training) on N processes."""
+    from synthmed.core.distributed import MULTI_PROCESS_PIPELINES
+
+    return _launch(
+        argv, "launch", MULTI_PROCESS_PIPELINES, None,
+        usage="synthmed launch [--processes N] --pipelines NAMES [KEDRO RUN OPTIONS]",
+        description=f"Run pipelines of {', '.join(MULTI_PROCESS_PIPELINES)} through `kedro run` on N processes "
+                    "(torchrun when N > 1, as `synthmed train`). Sampling and the memorisation gate split their "
+                    "work: each process draws a contiguous block of the batches, and scores a block of the gate's "
+                    "queries; the blocks are gathered, so the outputs are those of one process, bit for bit. Only "
+                    "the main process saves and opens the MLflow run. --pipelines is required; every other option "
+                    "goes to `kedro run`.")
+
+
+def _launch(argv: list[str], name: str, allowed: tuple[str, ...], default: str | None, *, usage: str,
+            description: str) -> int:
+    """Parse ``--processes``, build the command (``launch_command``) and let it take this process's place."""
+    import os
+
+    from synthmed.core.distributed import launch_command
+
+    parser = argparse.ArgumentParser(prog=f"synthmed {name}", usage=usage, description=description)
     parser.add_argument("--processes", "-n", type=int, default=1, metavar="N",
                         help="processes on this machine, one per GPU on CUDA (default: 1, no launcher)")
     args, kedro_args = parser.parse_known_args(argv)
     if not (Path.cwd() / "pyproject.toml").is_file():
         parser.error(f"no pyproject.toml in {Path.cwd()}; run it from the project root")
     try:
-        command = launch_command(args.processes, kedro_args)
+        command = launch_command(args.processes, kedro_args, allowed=allowed, default=default,
+                                 command=f"synthmed {name}")
     except ValueError as exc:
         parser.error(str(exc))
-    sys.stderr.write(f"synthmed train: {' '.join(command)}\n")
+    sys.stderr.write(f"synthmed {name}: {' '.join(command)}\n")
     sys.stderr.flush()
     os.execv(command[0], command)  # the launcher takes this process's place: Ctrl-C reaches it directly
     return 0  # not reached
@@ -294,7 +321,7 @@ def _dvc() -> str:
 
 
 _COMMANDS = {"verify": verify, "add-raw": add_raw, "push": push, "pull": pull, "generate": generate,
-             "headline": headline, "plots": plots, "mlflow-url": mlflow_url, "train": train}
+             "headline": headline, "plots": plots, "mlflow-url": mlflow_url, "train": train, "launch": launch}
 
 
 def main(*args, **kwargs) -> Any:

@@ -66,15 +66,19 @@ class ConfigCheckHook:
 
 
 class DistributedRunHook:
-    """Under a launcher with several processes (``synthmed train --processes N``, torchrun,
-    ``accelerate launch``), only the training pipeline may run.
+    """Under a launcher with several processes (``synthmed train|launch --processes N``, torchrun,
+    ``accelerate launch``), only the pipelines of ``distributed.MULTI_PROCESS_PIPELINES`` may run:
+    training, sampling and rebalancing.
 
-    Training is the one pipeline whose nodes work together across processes (Accelerate's
-    process group: each process trains on its share of every batch, gradients are averaged).
-    Every other node would run N times over the same data, and the other processes' saves are
-    skipped (``MainProcessCatalog``), so a later node of theirs would read what the main
-    process has not written yet. ``tryfirst`` and registered last: it refuses before the run
-    lock, the key check and the MLflow run, on every process alike.
+    Their nodes work together across processes or are cheap: training is data-parallel
+    (Accelerate's process group: each process trains on its share of every batch, gradients are
+    averaged); sampling draws a block of the batches on each process and the memorisation gate
+    scores a block of its queries, gathered so every process holds the whole result
+    (``synthmed.core.collectives``); the nodes that only build files (PNGs, the sampled grid, the
+    published folder) do that work on the main process alone. Any other node (the evaluation's
+    metrics and classifiers, the data pipelines) would run N times over the same data.
+    ``tryfirst`` and registered last: it refuses
+    before the run lock, the key check and the MLflow run, on every process alike.
     """
 
     @hook_impl(tryfirst=True)
@@ -83,17 +87,19 @@ class DistributedRunHook:
             return
         from kedro.framework.project import pipelines
 
-        training = set(pipelines[distributed.TRAINING_PIPELINE].nodes)
-        others = sorted(node.name for node in pipeline.nodes if node not in training)
+        allowed = {node for name in distributed.MULTI_PROCESS_PIPELINES if name in pipelines
+                   for node in pipelines[name].nodes}
+        others = sorted(node.name for node in pipeline.nodes if node not in allowed)
+        names = ", ".join(repr(name) for name in distributed.MULTI_PROCESS_PIPELINES)
         if others:
             raise ValueError(
-                f"This run has {distributed.world_size()} processes (WORLD_SIZE), but only the "
-                f"'{distributed.TRAINING_PIPELINE}' pipeline runs on several processes; it also has "
-                f"{len(others)} other node(s): {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}. "
-                f"Run those with one process (`kedro run --pipelines ...`), then `synthmed train --processes N`.")
-        logger.info("Training on %d processes; this is %s%s.", distributed.world_size(), distributed.describe(),
+                f"This run has {distributed.world_size()} processes (WORLD_SIZE), but only the pipelines {names} "
+                f"run on several processes; it also has {len(others)} other node(s): "
+                f"{', '.join(others[:5])}{' ...' if len(others) > 5 else ''}. Run those with one process "
+                f"(`kedro run --pipelines ...`), then `synthmed train|launch --processes N`.")
+        logger.info("Running on %d processes; this is %s%s.", distributed.world_size(), distributed.describe(),
                     " (the main process: it saves the outputs, checkpoints and MLflow records)"
-                    if distributed.is_main_process() else " (it trains; the main process saves)")
+                    if distributed.is_main_process() else " (it trains or takes its share; the main process saves)")
 
 
 class MainProcessCatalog(DataCatalog, CatalogCommandsMixin):
@@ -104,16 +110,35 @@ class MainProcessCatalog(DataCatalog, CatalogCommandsMixin):
     ``kedro catalog`` commands). On the other processes of a multi-process launch
     (``synthmed.core.distributed``), saving a dataset that writes somewhere (files, MLflow)
     does nothing: they still run the nodes, so they train together with the main process,
-    but one copy of each output is written, by rank 0. In-memory datasets still save, so a
-    node's outputs reach the next node on every process. A single process saves as usual.
+    but one copy of each output is written, by rank 0. In-memory datasets still save, and an
+    output whose save was skipped is kept in memory and loaded from there by the later nodes
+    of the run (the rebalancing plan, a CSV, feeds the next node), so a node's outputs reach
+    the next node on every process. A single process saves as usual.
     """
 
     def save(self, ds_name: str, data: Any) -> None:
         if not distributed.is_main_process() and \
                 not isinstance(self[ds_name], (MemoryDataset, SharedMemoryDataset)):
             logger.debug("Not saving %s on %s: the main process saves it.", ds_name, distributed.describe())
+            self._unsaved()[ds_name] = data
             return
         super().save(ds_name, data)
+
+    def load(self, ds_name: str, version: str | None = None) -> Any:
+        """What this process computed for ``ds_name`` when it skipped the save, else the stored data."""
+        unsaved = self._unsaved()
+        if ds_name in unsaved:
+            return unsaved[ds_name]
+        return super().load(ds_name, version)
+
+    def release(self, ds_name: str) -> None:
+        self._unsaved().pop(ds_name, None)
+        super().release(ds_name)
+
+    def _unsaved(self) -> dict[str, Any]:
+        # Outputs whose save was skipped, kept for the later nodes of this process: they read
+        # what this process computed, never a file the main process may not have written yet.
+        return self.__dict__.setdefault("_skipped_saves", {})
 
 
 class SpillRunHook:

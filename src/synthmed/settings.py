@@ -28,19 +28,21 @@ install_error_display()
 # registered last first, so the key is checked before RunLockHook creates its lock file
 # (a run refused for a missing key writes nothing under data/).
 # SpillRunHook: ingestion's spill folders belong to the run under ParallelRunner (workers hand them on).
-# DistributedRunHook, registered last, refuses first a multi-process run of anything but training.
+# DistributedRunHook, registered last, refuses first a multi-process run of anything but training,
+# sampling and rebalancing.
 HOOKS = (
     ConfigCheckHook(), RunLockHook(), StagingHook(), PseudonymisationKeyHook(), MlflowRunGuard(),
     ReportingArtifactsHook(), ModelRegistryHook(), BuildInfoHook(), SpillRunHook(), DistributedRunHook(),
 )
 
-# Several processes (`synthmed train --processes N`, torchrun, accelerate launch): the main one
-# (rank 0, read from the launcher's environment by synthmed.core.distributed) runs every hook
-# and saves; the others keep only the hooks that read (configuration, key, build info) and the
-# refusal of other pipelines: no run lock (the main process holds it for the run), no staging,
-# no MLflow run (kedro-mlflow's hook disabled: it would open one per process, and log
-# parameters, metrics and artifacts N times), no kedro-viz statistics file, no telemetry.
-# Their catalog saves are skipped (MainProcessCatalog); checkpoints are written by rank 0 alone
+# Several processes (`synthmed train|launch --processes N`, torchrun, accelerate launch): the
+# main one (rank 0, read from the launcher's environment by synthmed.core.distributed) runs
+# every hook and saves; the others (training, or taking their share of sampling and the gate)
+# keep only the hooks that read (configuration, key, build info) and the refusal of other
+# pipelines: no run lock (the main process holds it for the run), no staging, no MLflow run
+# (kedro-mlflow's hook disabled: it would open one per process, and log parameters, metrics and
+# artifacts N times), no kedro-viz statistics file, no telemetry. Their catalog saves are
+# skipped (MainProcessCatalog); checkpoints are written by rank 0 alone
 # (synthmed.generators.training).
 if not is_main_process():
     HOOKS = (ConfigCheckHook(), PseudonymisationKeyHook(), BuildInfoHook(), DistributedRunHook())

@@ -6,10 +6,12 @@ every node), ``LOCAL_RANK`` (on this node) and ``WORLD_SIZE``. MPI launchers use
 names (``OMPI_COMM_WORLD_RANK``, ``PMI_RANK``). Reading them here needs no torch and no
 process group, so Kedro's settings and hooks can ask "am I the main process?" before any
 node has started: the main process (global rank 0) saves the catalog outputs, writes
-checkpoints, holds the run lock and opens the MLflow run; the others only train.
+checkpoints, holds the run lock and opens the MLflow run; the others train with it, or take
+their share of the sampling and of the memorisation gate (``synthmed.core.collectives``).
 
-``launch_command`` builds the ``synthmed train --processes N`` command line: the training
-pipeline through ``kedro run``, under torchrun when N > 1.
+``launch_command`` builds the ``synthmed train --processes N`` and ``synthmed launch
+--processes N --pipelines NAMES`` command lines: pipelines of ``MULTI_PROCESS_PIPELINES``
+through ``kedro run``, under torchrun when N > 1.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ import sys
 RANK_VARIABLES = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
 WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 TRAINING_PIPELINE = "training"
+# The pipelines that run on several processes: training (data-parallel), sampling and
+# rebalancing (their sampling and memorisation gate split the work, synthmed.core.collectives;
+# their other nodes are cheap or do their file-only work on the main process).
+MULTI_PROCESS_PIPELINES = (TRAINING_PIPELINE, "sampling", "rebalancing")
 
 
 def _first_int(names: tuple[str, ...], default: int) -> int:
@@ -76,24 +82,31 @@ def _pipelines_requested(kedro_args: list[str]) -> list[str] | None:
     return None
 
 
-def launch_command(processes: int, kedro_args: list[str], python: str = sys.executable) -> list[str]:
-    """The command that runs the training pipeline through ``kedro run`` on ``processes`` processes.
+def launch_command(processes: int, kedro_args: list[str], python: str = sys.executable, *,
+                   allowed: tuple[str, ...] = (TRAINING_PIPELINE,), default: str | None = TRAINING_PIPELINE,
+                   command: str = "synthmed train") -> list[str]:
+    """The command that runs pipelines through ``kedro run`` on ``processes`` processes.
 
-    One process: ``python -m kedro run --pipelines training ARGS``. More: the same under
+    One process: ``python -m kedro run --pipelines NAMES ARGS``. More: the same under
     ``python -m torch.distributed.run --standalone --nproc-per-node N`` (torchrun, of this
     Python: no other executable on PATH needed), one node, a free rendezvous port.
+    ``--pipelines`` in ``kedro_args`` must name pipelines of ``allowed`` only; without it,
+    ``default`` runs (None: ``--pipelines`` is required). ``command`` names the caller in errors.
 
     Raises:
-        ValueError: ``processes`` < 1, or ``--pipelines`` names anything but ``training``.
+        ValueError: ``processes`` < 1, ``--pipelines`` names a pipeline not in ``allowed``, or is
+            missing when there is no ``default``.
     """
     if processes < 1:
         raise ValueError(f"--processes must be 1 or more, got {processes}.")
     requested = _pipelines_requested(kedro_args)
-    if requested is not None and requested != [TRAINING_PIPELINE]:
-        raise ValueError(f"synthmed train runs the {TRAINING_PIPELINE!r} pipeline only, got --pipelines "
-                         f"{','.join(requested)!r}. Run the other pipelines with one process (`kedro run "
-                         f"--pipelines ...`), or leave --pipelines out here.")
-    run = ["-m", "kedro", "run", *([] if requested else ["--pipelines", TRAINING_PIPELINE]), *kedro_args]
+    which = f"the {allowed[0]!r} pipeline" if len(allowed) == 1 else f"the pipelines {', '.join(allowed)}"
+    if requested is None and default is None:
+        raise ValueError(f"{command} needs --pipelines: one or more of {', '.join(allowed)}.")
+    if requested is not None and (not requested or set(requested) - set(allowed)):
+        raise ValueError(f"{command} runs {which} only, got --pipelines {','.join(requested)!r}. Run the other "
+                         f"pipelines with one process (`kedro run --pipelines ...`), or leave them out here.")
+    run = ["-m", "kedro", "run", *([] if requested else ["--pipelines", default]), *kedro_args]
     if processes == 1:
         return [python, *run]
     return [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), *run]

@@ -15,6 +15,14 @@ draws from ``torch.Generator().manual_seed(seed + b)``. The same plan, seed and 
 therefore give the same images bit for bit on CPU; each provenance row records the batch
 seed and the image's position in its batch.
 
+Several processes (``synthmed launch --processes N --pipelines sampling``, torchrun): each
+process draws a contiguous block of the batches (``synthmed.core.collectives.block``), still
+batch ``b`` from ``seed + b``, and the images are gathered on every process in batch order
+(``all_gather`` of padded tensors); the provenance, labels and masks follow from the plan on
+every process. The result is the one-process result bit for bit. ``batch_size: auto`` takes
+the smallest batch size the processes chose, and an out-of-memory batch on any process makes
+all of them sample the plan again at half the size.
+
 Throughput (``ThroughputConfig``, ``params:<family>.sampling.throughput``): the device, the
 autocast precision (``auto``: bf16 on CUDA, fp32 on CPU), channels-last weights (``auto``: on
 CUDA), ``torch.compile`` (off by default) and ``batch_size: auto`` (CPU: ``cpu_batch_size``;
@@ -37,6 +45,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from synthmed.core import collectives, distributed
 from synthmed.core.lazy import lazy_import
 from synthmed.core.progress import ProgressLog
 from synthmed.generators.base import Conditions, FamilySpec, SamplerSpec, TrainedGenerator
@@ -123,14 +132,15 @@ class Throughput:
 
 
 def sampling_device(name: str) -> torch.device:
-    """``ThroughputConfig.device`` as a device (``auto``: CUDA when available)."""
+    """``ThroughputConfig.device`` as a device (``auto``: CUDA when available; ``cuda`` under a launcher:
+    this process's GPU, ``collectives.local_device``)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return collectives.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"sampling.throughput.device is {name!r} but torch sees no CUDA device; "
                          "use auto or cpu.")
-    return device
+    return collectives.local_device(device)
 
 
 def resolve_throughput(options: ThroughputConfig, batch_size: int | str, spatial_dims: int = 2,
@@ -369,7 +379,9 @@ def generate_from_plan(
     compilation (default ``ThroughputConfig()``: the ``auto`` choices, i.e. on a CPU machine
     fp32 on the CPU as before). On CUDA with ``batch_size: auto``, a batch that runs out of
     memory halves the batch size and starts the plan again (so every image's seed follows
-    the batch size its provenance row records).
+    the batch size its provenance row records). Under a launcher with several processes the
+    batches are split over them and gathered (module docstring): every process returns the
+    whole plan's ``Sampled``.
     """
     plan = validate_plan(plan, class_names, config)
     if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
@@ -382,6 +394,7 @@ def generate_from_plan(
                        config.image_size, spec.spatial_dims)
     # Everything but the batch size first: the probe runs the prepared networks as the run will.
     chosen = resolve_throughput(options, 1, spec.spatial_dims)
+    collectives.process_group(cpu=chosen.device.type != "cuda")  # several processes: before any probe
     prepared = prepare_models(models, chosen)
 
     def probe(b: int) -> None:  # one sampling step at batch b (every step of a sampler costs about the same)
@@ -392,18 +405,28 @@ def generate_from_plan(
 
     if batch_size == "auto":
         chosen = resolve_throughput(options, "auto", spec.spatial_dims, probe if requests else None)
+        # Several processes: one batch size for all (each probed its own device), so the batches,
+        # and the seeds, are those of one process.
+        chosen = replace(chosen, batch_size=collectives.all_min(chosen.batch_size))
     else:
         chosen = replace(chosen, batch_size=int(batch_size))
     while True:
+        failed: BaseException | None = None
         try:
-            return _generate(spec, config, prepared, requests, sampler, chosen, seed=seed, checkpoint=checkpoint)
+            local = _draw(spec, config, prepared, requests, sampler, chosen, seed=seed)
         except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
             if not (is_out_of_memory(error) and batch_size == "auto" and chosen.batch_size > 1):
                 raise
-            logger.warning("sampling batch %d ran out of device memory; sampling the plan again at %d",
-                           chosen.batch_size, chosen.batch_size // 2)
-            torch.cuda.empty_cache()
+            failed = error
+        # Every process learns whether one ran out of memory: they start again together.
+        if collectives.all_max(failed is not None):
+            logger.warning("sampling batch %d ran out of device memory%s; sampling the plan again at %d",
+                           chosen.batch_size, "" if failed else " on another process", chosen.batch_size // 2)
+            if chosen.device.type == "cuda":
+                torch.cuda.empty_cache()
             chosen = replace(chosen, batch_size=chosen.batch_size // 2)
+            continue
+        return _assemble(spec, config, requests, sampler, chosen, local, seed=seed, checkpoint=checkpoint)
 
 
 def _conditions(chunk: Sequence[dict], needed: frozenset[str], shape: tuple[int, ...]) -> Conditions:
@@ -426,30 +449,54 @@ def _conditions(chunk: Sequence[dict], needed: frozenset[str], shape: tuple[int,
     )
 
 
-def _generate(spec: FamilySpec, config, models: nn.ModuleDict, requests: list[dict], sampler: SamplerSpec,
-              throughput: Throughput, *, seed: int, checkpoint: str) -> Sampled:
-    """The requests in batches of ``throughput.batch_size``, batch ``b`` from ``seed + b``."""
+def _batches(count: int, batch_size: int) -> list[range]:
+    """The request positions of each batch: batch ``b`` is ``[b * batch_size, (b + 1) * batch_size)``."""
+    return [range(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+
+
+def _draw(spec: FamilySpec, config, models: nn.ModuleDict, requests: list[dict], sampler: SamplerSpec,
+          throughput: Throughput, *, seed: int) -> torch.Tensor:
+    """This process's images: every batch on one process; on several, its contiguous block of the
+    batches (``collectives.block``). Batch ``b`` draws from ``seed + b`` wherever it runs."""
     needed = config.needed_conditions()
     shape = spec.sample_shape(config)
-    sides = shape[1:]
-    batch_size = throughput.batch_size
-    images, rows = [], []
-    progress = ProgressLog(logger, f"sampling {spec.name} ({sampler.name}, {sampler.steps} steps)", len(requests),
-                           "images")
-    extra = throughput.columns()
-    for b, start in enumerate(range(0, len(requests), batch_size)):
-        chunk = requests[start : start + batch_size]
-        conditions = _conditions(chunk, needed, shape)
-        batch_seed = seed + b
+    batches = _batches(len(requests), throughput.batch_size)
+    first, stop = collectives.block(len(batches))
+    mine = batches[first:stop]
+    images = []
+    progress = ProgressLog(logger, f"sampling {spec.name} ({sampler.name}, {sampler.steps} steps)"
+                           + (f" on {distributed.describe()}" if collectives.active() else ""),
+                           sum(len(b) for b in mine), "images")
+    done = 0
+    for b, positions in enumerate(mine, start=first):
+        conditions = _conditions(requests[positions.start : positions.stop], needed, shape)
         with throughput.autocast():
-            drawn = spec.sample(models, config, conditions, sampler, torch.Generator().manual_seed(batch_seed))
+            drawn = spec.sample(models, config, conditions, sampler, torch.Generator().manual_seed(seed + b))
         images.append(drawn.float().cpu())
-        for position, r in enumerate(chunk):
-            rows.append((start + position, spec.name, checkpoint, sampler.name, sampler.steps, sampler.guidance_scale,
-                         batch_seed, position, r["condition"], r["label"], r["case"], r["source_index"],
-                         *(extra[c] for c in THROUGHPUT_COLUMNS)))
-        progress.update(start + len(chunk))
-    stacked = torch.cat(images).numpy() if images else np.zeros((0, *shape), np.float32)
+        done += len(positions)
+        progress.update(done)
+    return torch.cat(images) if images else torch.zeros((0, *shape), dtype=torch.float32)
+
+
+def _assemble(spec: FamilySpec, config, requests: list[dict], sampler: SamplerSpec, throughput: Throughput,
+              local: torch.Tensor, *, seed: int, checkpoint: str) -> Sampled:
+    """The ``Sampled`` of the whole plan from this process's images ``local`` (`_draw`).
+
+    On several processes the blocks are gathered on every process in rank order, which is
+    batch order; the provenance rows, labels and masks follow from the requests alone, so every
+    process writes them itself.
+    """
+    shape = spec.sample_shape(config)
+    sides = shape[1:]
+    batches = _batches(len(requests), throughput.batch_size)
+    counts = [sum(len(b) for b in batches[slice(*collectives.block(len(batches), distributed.world_size(), r))])
+              for r in range(distributed.world_size())]
+    stacked = collectives.gather_rows(local, counts).numpy() if requests else np.zeros((0, *shape), np.float32)
+    extra = throughput.columns()
+    rows = [(i, spec.name, checkpoint, sampler.name, sampler.steps, sampler.guidance_scale, seed + b,
+             i - positions.start, r["condition"], r["label"], r["case"], r["source_index"],
+             *(extra[c] for c in THROUGHPUT_COLUMNS))
+            for b, positions in enumerate(batches) for i in positions for r in (requests[i],)]
     masks = np.stack([(r["mask"].numpy() > 0).astype(np.uint8) if "mask" in r else
                       np.zeros((1, *sides), np.uint8) for r in requests]) \
         if requests else np.zeros((0, 1, *sides), np.uint8)

@@ -48,6 +48,13 @@ and a 10% crop drops a copy to ~0.85-0.98: pixel NCC cannot see cropped copies t
 self-test fails and `enforce` blocks publication. Such data needs a crop-robust ``embed`` (a copy-detection network
 trained with crop augmentation) in the feature space.
 
+Several processes (a launcher's ``WORLD_SIZE`` > 1: ``synthmed launch --processes N --pipelines
+rebalancing``, or any script under torchrun). Every search (held-out calibration, planted
+copies, candidates) splits its queries over the processes in contiguous blocks of whole chunks
+(``chunk_size`` queries, `_search_shared`); each process searches its block against all the
+references and the per-query results are gathered on every process (``synthmed.core.collectives``),
+so the tables are those of one process bit for bit. Each process prepares the references itself.
+
 Conventions. Images are ``(N, C, H, W)`` tensors (or arrays) of any real dtype, by
 convention float in ``[-1, 1]``; they are converted to float32 before any arithmetic
 (uint8 arithmetic wraps around) and the statistics that need it are taken in float64.
@@ -66,6 +73,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 
+from synthmed.core import collectives, distributed
 from synthmed.core.config import from_params
 from synthmed.core.lazy import lazy_import
 from synthmed.core.progress import ProgressLog
@@ -492,6 +500,15 @@ def _keep_best(best: Tensor, best_index: Tensor, best_transform: Tensor, scores:
     best_transform[better] = transform_index
 
 
+def _query_chunk(references: _References, search: SearchConfig, chunk_size: int) -> int:
+    """Queries searched at a time: ``chunk_size``, or fewer in two stages, where each query's
+    shortlist of references is gathered as a (B, k, C*H*W) block kept near _SHORTLIST_BLOCK_BYTES."""
+    if references.compact is None:
+        return chunk_size
+    k = min(search.shortlist, references.centred.shape[0])
+    return max(1, min(chunk_size, _SHORTLIST_BLOCK_BYTES // (4 * k * references.centred.shape[1])))
+
+
 def _search(
     queries: Tensor,
     references: _References,
@@ -522,11 +539,7 @@ def _search(
     # disable=None: a bar (with images/s) on a terminal, silence in logs and CI.
     progress = tqdm(total=count, desc="memorisation search", unit="img", leave=False, disable=None)
     log = ProgressLog(logger, "memorisation search", count, "images")  # in the log too: every 30 s, at the end
-    if references.compact is not None:
-        # Two stages: each query's shortlist of references is gathered as a (B, k, C*H*W)
-        # block; keep that block near _SHORTLIST_BLOCK_BYTES.
-        k = min(search.shortlist, references.centred.shape[0])
-        chunk_size = max(1, min(chunk_size, _SHORTLIST_BLOCK_BYTES // (4 * k * references.centred.shape[1])))
+    chunk_size = _query_chunk(references, search, chunk_size)
     for start in range(0, count, chunk_size):
         stop = min(start + chunk_size, count)
         chunk = queries[start:stop].to(device)
@@ -622,8 +635,31 @@ def nearest_table(
     ``pixel_transform`` (str, e.g. ``"hflip dx=+1 dy=0"``), ``feature_similarity`` (float64
     cosine; NaN without features), ``feature_neighbour`` (int64; -1 without features).
     """
-    result = _search(queries, references, search, embed, chunk_size)
+    result = _search_shared(queries, references, search, embed, chunk_size)
     return _fold_zooms(_frame(result, search.transform_names()), reference_count, search.zooms)
+
+
+def _search_shared(
+    queries: Tensor, references: _References, search: SearchConfig, embed: Embed | None, chunk_size: int,
+) -> dict[str, Tensor]:
+    """`_search` of every query; on several processes (``synthmed.core.collectives``) each searches a
+    contiguous block of whole chunks of queries (`_query_chunk`) against all the references, and
+    the per-query results are gathered on every process, in query order.
+
+    Whole chunks: every chunk is the same matrix product as on one process, so the table is the
+    one-process table bit for bit (a chunk cut differently rounds differently). The work is
+    split only when there are more queries than one chunk: lower ``chunk_size`` to split finer.
+    """
+    if not collectives.active():
+        return _search(queries, references, search, embed, chunk_size)
+    count, parts = queries.shape[0], distributed.world_size()
+    step = _query_chunk(references, search, chunk_size)
+    chunks = -(-count // step)
+    rows = [(min(a * step, count), min(b * step, count)) for a, b in
+            (collectives.block(chunks, parts, r) for r in range(parts))]
+    start, stop = rows[distributed.rank()]
+    mine = _search(queries[start:stop], references, search, embed, chunk_size)
+    return {key: collectives.gather_rows(value, [b - a for a, b in rows]) for key, value in mine.items()}
 
 
 # ------------------------------------------------------------------ 4. calibration
@@ -900,9 +936,10 @@ class GateConfig:
             raise ValueError("GateConfig.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'.")
 
     def search_device(self) -> torch.device:
-        """The device the search runs on (``device`` resolved)."""
+        """The device the search runs on (``device`` resolved; CUDA under a launcher: this
+        process's GPU, ``collectives.local_device``)."""
         auto = "cuda" if torch.cuda.is_available() else "cpu"
-        return torch.device(auto if self.device == "auto" else self.device)
+        return collectives.local_device(torch.device(auto if self.device == "auto" else self.device))
 
 
 @dataclass(frozen=True, eq=False)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from synthmed.core import distributed
 from synthmed.datasets.array_store import ArrayStore
 from synthmed.generators.base import TrainedGenerator
 from synthmed.metrics.features import TrainedClassifier
@@ -45,6 +46,12 @@ def rebalance(rebalancing_plan: pd.DataFrame, slices: ArrayStore, slice_manifest
 def publish_rebalanced(slices: ArrayStore, slice_manifest: pd.DataFrame, synthetic: dict[str, np.ndarray],
                        decision: GateDecision, params: dict[str, Any],
                        build_info: dict[str, str]) -> dict[str, Any]:
-    """The published folder (8-bit ImageFolder view, float array, metadata/labels/provenance CSVs, the card)."""
+    """The published folder (8-bit ImageFolder view, float array, metadata/labels/provenance CSVs, the card).
+
+    Built on the main process only (``{}`` on the others of a ``synthmed launch``): it is saved
+    there alone (``MainProcessCatalog``) and no node reads it in the same run.
+    """
+    if not distributed.is_main_process():
+        return {}
     return rebalancing.publish_rebalanced(slices, slice_manifest, synthetic, decision, rebalancing_config(params),
                                           build_info)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from synthmed.core import distributed
 from synthmed.core.config import from_params
 from synthmed.core.manifest import class_names_of
 from synthmed.datasets.array_store import ArrayStore
@@ -51,7 +52,9 @@ def sample_generator(
     Returns:
         ``(arrays, provenance, png_files, grid)``: arrays ``images`` ``(N, C, H, W)``
         float32 in [-1, 1], ``labels``, ``masks``; one provenance row per image; PNG files
-        ``<label>/<index>.png``; a preview grid.
+        ``<label>/<index>.png``; a preview grid. On several processes (``synthmed launch``) every
+        process samples its share and holds all the images; the PNGs and the grid, which only
+        the main process saves, are made there alone (the others return ``{}`` and None).
     """
     config, run, sampler, store, manifest = _parse(generator.family, slices, slice_manifest, patches, patch_manifest,
                                                    run_params, params)
@@ -64,13 +67,15 @@ def sample_generator(
     )
     logger.info("Sampled %d %s images with %s (%d steps)", len(result.images), generator.family, sampler.name,
                 sampler.steps)
+    arrays = {"images": result.images, "labels": result.labels, "masks": result.masks}
+    if not distributed.is_main_process():  # files only: the main process encodes and saves them
+        return arrays, result.provenance, {}, None
     pngs = {f"{row.label or 'samples'}/{row.index:06d}.png": to_png_pixels(result.images[row.index])
             for row in result.provenance.itertuples()}
     labels = result.labels if names else result.labels * 0
     grid = class_grid(result.images, labels, names or ["samples"], per_class=8,
                       title=f"{generator.family}: sampled ({sampler.name}, {sampler.steps} steps)",
                       masks=result.masks if result.masks.any() else None, rng=np.random.default_rng(0))
-    arrays = {"images": result.images, "labels": result.labels, "masks": result.masks}
     return arrays, result.provenance, pngs, grid
 
 
