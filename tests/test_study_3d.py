@@ -117,6 +117,7 @@ def test_study_nodes_end_to_end(cohort, params):
     metrics, html, views, gate_figure = nodes.write_study_report(store, manifest, samples, provenance, fid, table,
                                                                  control, gate_table, gate, runs, utility, params)
     assert "Lesion control" in html and "2.5D FID" in html and metrics["n_lesion"] == 3
+    assert "floor: real held-out lesions" in html and "false detections" in html
     assert "utility_dice_real" in metrics and "real_synthetic" in html
     assert all(isinstance(v, float) for v in metrics.values())
 
