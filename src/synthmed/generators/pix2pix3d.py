@@ -48,7 +48,7 @@ from synthmed.generators.pix2pix import (
     translate,
 )
 from synthmed.generators.pix2pix3d_config import LABEL_ENCODINGS, NAME, Config  # noqa: F401 (re-exported)
-from synthmed.imaging.cohort import CSF, GREY, LESION, WHITE
+from synthmed.imaging.labels import CSF, GREY, LESION, WHITE
 
 DIMS = 3
 

@@ -34,6 +34,7 @@ from synthmed.core.lazy import lazy_import
 from synthmed.core.seeding import seeded
 from synthmed.core.templates import render
 from synthmed.imaging.dicom_export import SegHeader, Segment, SeriesHeader, segmentation_file, series_files, uid
+from synthmed.imaging.labels import BACKGROUND, CSF, GREY, LABEL_NAMES, LESION, WHITE  # noqa: F401 (re-exported)
 from synthmed.imaging.lesions import CORE, EDEMA, RIM, Lesion, LesionConfig, lesion_mask, place_lesions
 
 # Heavy libraries are imported on first use: the parameter check imports this module for its
@@ -44,9 +45,6 @@ nib = lazy_import("nibabel")
 
 logger = logging.getLogger(__name__)
 
-# Tissue labels of the label maps; LESION overwrites the tissue under the lesion mask.
-BACKGROUND, CSF, GREY, WHITE, LESION = 0, 1, 2, 3, 4
-LABEL_NAMES = {BACKGROUND: "background", CSF: "csf", GREY: "grey_matter", WHITE: "white_matter", LESION: "lesion"}
 CONTRASTS = ("T1w", "FLAIR")
 # The DICOM SEG's segments: segment number = label value, so the SEG read back is the label map.
 # Codes: SNOMED CT, categories of PS3.16 CID 7150.

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from synthmed.core.progress import ProgressLog
 from synthmed.core.seeding import seeded
-from synthmed.imaging.cohort import CSF, GREY, LABEL_NAMES, LESION, WHITE
+from synthmed.imaging.labels import CSF, GREY, LABEL_NAMES, LESION, WHITE
 from synthmed.metrics import fidelity
 from synthmed.metrics.features import ClassifierConfig, FitConfig, fit_classifier, predict_proba, resolve_device
 from synthmed.metrics.volume_config import IntensityControlConfig, PlaneEncoderConfig, SegmenterConfig
