@@ -35,6 +35,8 @@ class SegmenterConfig:
         width: channels of each convolution.
         steps, batch_size, learning_rate: AdamW training on the real training volumes.
         threshold: lesion probability from which a voxel is lesion.
+        pos_weight: weight of the lesion voxels in the BCE term (lesions are a fraction of a percent
+            of the voxels; 1 = unweighted).
         seed: weights and batch order.
         device: "auto" (CUDA when present), "cpu" or "cuda".
     """
@@ -44,10 +46,13 @@ class SegmenterConfig:
     batch_size: int = 4
     learning_rate: float = 0.003
     threshold: float = 0.5
+    pos_weight: float = 1.0
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        if not is_number(self.pos_weight) or self.pos_weight <= 0:
+            raise ValueError(f"study_3d.evaluation.segmenter.pos_weight must be a number > 0, got {self.pos_weight!r}.")
         for name in ("width", "steps", "batch_size"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"study_3d.evaluation.segmenter.{name} must be a positive integer, got "

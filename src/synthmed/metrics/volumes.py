@@ -263,16 +263,17 @@ class LesionSegmenter(nn.Module):
 
 
 def _soft_dice_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Soft Dice over the whole batch: a lesion-free volume in it does not pull every voxel towards 0
+    (as a Dice per volume does, where the empty target's best score is an empty prediction)."""
     probs = torch.sigmoid(logits)
-    overlap = (probs * target).sum(dim=(1, 2, 3, 4))
-    total = probs.sum(dim=(1, 2, 3, 4)) + target.sum(dim=(1, 2, 3, 4))
-    return (1.0 - (2.0 * overlap + 1.0) / (total + 1.0)).mean()
+    return 1.0 - (2.0 * (probs * target).sum() + 1.0) / (probs.sum() + target.sum() + 1.0)
 
 
 def fit_segmenter(images: np.ndarray, masks: np.ndarray, config: SegmenterConfig) -> LesionSegmenter:
     """Train a `LesionSegmenter` on ``images`` ``(N, 1, D, H, W)`` and their 0/1 lesion ``masks``.
 
-    BCE + soft Dice, AdamW, random left-right flips; deterministic for a seed on the CPU.
+    BCE (lesion voxels weighted ``pos_weight``) + soft Dice over the batch, AdamW, random left-right
+    flips; deterministic for a seed on the CPU.
     """
     x_all, y_all = _volumes("images", images), (torch.as_tensor(np.asarray(masks)) > 0).float()
     if y_all.shape != x_all.shape:
@@ -293,7 +294,8 @@ def fit_segmenter(images: np.ndarray, masks: np.ndarray, config: SegmenterConfig
         flip = (torch.rand(len(x), generator=rng) < 0.5).view(-1, 1, 1, 1, 1)
         x, y = torch.where(flip, x.flip(-1), x).to(device), torch.where(flip, y.flip(-1), y).to(device)
         logits = model(x)
-        loss = F.binary_cross_entropy_with_logits(logits, y) + _soft_dice_loss(logits, y)
+        loss = (F.binary_cross_entropy_with_logits(logits, y, pos_weight=torch.tensor(config.pos_weight, device=device))
+                + _soft_dice_loss(logits, y))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
