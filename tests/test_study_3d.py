@@ -104,6 +104,9 @@ def test_study_nodes_end_to_end(cohort, params):
     assert fid["fid_2_5d"] == pytest.approx(np.mean([fid[f"fid_{p}"] for p in vm.PLANES]))
     table, control, segmenter = nodes.score_lesion_control(store, manifest, samples, provenance, params)
     assert len(table) == 3 and control["control_n"] == 3
+    # The intensity method's floor: the held-out phantoms' bright lesions are found where they are.
+    assert control["floor_dice"] > 0.8 and control["floor_detected"] == 1.0 and control["floor_false_detection"] == 0
+    assert {"control_lesion_contrast", "control_false_detection", "control_threshold"} <= set(control)
     gate_table, gate = nodes.run_volume_gate(store, manifest, samples, params)
     assert set(gate_table["kind"]) == {"held_out", "synthetic", "planted"}
     runs, utility = nodes.score_utility(store, manifest, samples, provenance, segmenter, params)
@@ -115,6 +118,7 @@ def test_study_nodes_end_to_end(cohort, params):
                                                                  control, gate_table, gate, runs, utility, params)
     assert "Lesion control" in html and "2.5D FID" in html and metrics["n_lesion"] == 3
     assert '<a href="reader_kit/sheet.html">' in html and "reader_key/answer_key.csv" in html
+    assert "floor: real held-out lesions" in html and "false detections" in html
     assert "utility_dice_real" in metrics and "real_synthetic" in html
     assert all(isinstance(v, float) for v in metrics.values())
 
@@ -206,6 +210,46 @@ def test_lesion_control_errors():
     shifted[0, 0, 0, 0, 0:3] = 1
     far = vm.lesion_control_table(plan.iloc[:1], shifted, (1.0, 1.0, 1.0)).iloc[0]
     assert far["realised_voxels"] == 2 and far["centre_error_mm"] == pytest.approx(2.5)
+
+
+def test_tissue_residual_ignores_the_intensity_scale():
+    rng = np.random.default_rng(3)
+    labels = _label_map(rng, lesion=True)
+    image = _image(labels, rng)
+    residual = vm.tissue_residual(image, labels)
+    np.testing.assert_allclose(vm.tissue_residual(0.4 * image - 0.2, labels), residual, atol=1e-5)
+    # (lesion 0.9 - white 0.0) / (white 0.0 - CSF -0.6): 1.5 contrast units, give or take the noise.
+    assert np.median(residual[labels == 4]) == pytest.approx(1.5, abs=0.15)
+    with pytest.raises(ValueError, match=r"no voxel of label 1 \(csf\)"):
+        vm.tissue_residual(image, np.where(labels == 1, 3, labels))
+
+
+def test_intensity_control_finds_bright_lesions_and_only_them(cohort):
+    store, _ = cohort
+    spacing = (SPACING,) * 3
+    config = vm.IntensityControlConfig()
+    train, held = slice(0, 8), slice(8, 12)
+    threshold, train_dice = vm.calibrate_intensity_threshold(store["images"][train], store["label_maps"][train],
+                                                             store["lesion_masks"][train], spacing, config)
+    assert 0.2 < threshold < 1.5 and train_dice > 0.8  # between tissue (0 .. 0.5) and lesion (1.5)
+    table, floor = vm.intensity_floor(store["images"][held], store["label_maps"][held], store["lesion_masks"][held],
+                                      spacing, threshold, config, resamples=5)
+    assert len(table) == 2 and floor["floor_detected"] == 1.0 and floor["floor_centre_error_mm"] < SPACING
+    assert floor["floor_lesion_contrast"] == pytest.approx(1.5, abs=0.2)
+    # A "generator" that ignores the lesion (white matter drawn where the label map says lesion):
+    # nothing is found there, and the contrast inside the lesion is about 0.
+    images = store["images"][held].copy()
+    masks = store["lesion_masks"][held].astype(bool)
+    images[masks] = 0.0
+    plan = vm.real_lesions(store["lesion_masks"][held], spacing)
+    found = vm.intensity_masks(images, store["label_maps"][held], plan, spacing, threshold, config)
+    assert vm.lesion_control_table(plan, found, spacing)["realised_found"].sum() == 0
+    residuals = [vm.tissue_residual(i, m) for i, m in zip(images, store["label_maps"][held])]
+    assert np.nanmean(vm.lesion_contrast(residuals, store["lesion_masks"][held])) == pytest.approx(0.0, abs=0.1)
+    # A fixed threshold is used as it is.
+    assert vm.calibrate_intensity_threshold(images, store["label_maps"][held], masks, spacing,
+                                            vm.IntensityControlConfig(threshold=0.7)) == (0.7, pytest.approx(np.nan,
+                                                                                                        nan_ok=True))
 
 
 def test_place_plan_clears_own_lesions_and_cycles():
@@ -352,3 +396,15 @@ def test_reader_kit_parameters_are_checked(cohort, params, block, message):
     params["evaluation"]["reader_kit"] = block
     with pytest.raises(ValueError, match=message):
         nodes.build_reader_kit(store, manifest, {}, pd.DataFrame(), params)
+def test_the_segmenter_learns_the_phantom_lesions(cohort):
+    # Weighted BCE + Dice over the batch: a lesion in 2 of 3 training volumes, a few voxels each, is
+    # learnt in 80 steps (held-out Dice above 0.5).
+    store, _ = cohort
+    config = vm.SegmenterConfig(width=4, steps=80, batch_size=2, learning_rate=0.003, pos_weight=20.0, device="cpu")
+    model = vm.fit_segmenter(store["images"][:8], store["lesion_masks"][:8], config)
+    held = slice(8, 12)
+    with_lesion = store["lesion_masks"][held].reshape(4, -1).any(1)
+    scores = vm.dice(vm.segment(model, store["images"][held], config.threshold), store["lesion_masks"][held])
+    assert scores[with_lesion].mean() > 0.5
+    with pytest.raises(ValueError, match=r"segmenter.pos_weight must be a number > 0, got 0"):
+        vm.SegmenterConfig(pos_weight=0)

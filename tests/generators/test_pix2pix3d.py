@@ -60,8 +60,8 @@ def volume_store(n: int, side: int = SIDE, seed: int = 0) -> dict[str, np.ndarra
             "masks": masks, "label_maps": label_maps}
 
 
-def _batch(n: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
-    item = ArrayBatches(volume_store(n, seed=seed), np.arange(n))
+def _batch(n: int = 2, seed: int = 0, side: int = SIDE) -> dict[str, torch.Tensor]:
+    item = ArrayBatches(volume_store(n, side=side, seed=seed), np.arange(n))
     items = [item[i] for i in range(n)]
     return {key: torch.stack([it[key] for it in items]) for key in items[0]}
 
@@ -110,6 +110,8 @@ def test_mask_channels_follow_the_label_encoding():
         ({"image_size": 12}, r"pix2pix3d image_size must be divisible by 2\*\*depth = 8, got image_size=12"),
         ({"lambda_l1": -1.0}, r"pix2pix3d lambda_l1 must be a number >= 0, got -1.0"),
         ({"num_classes": 3}, r"pix2pix3d num_classes must be 0"),
+        ({"lesion_l1_weight": -1.0}, r"pix2pix3d lesion_l1_weight must be a number >= 0, got -1.0"),
+        ({"lesion_paste": 1.5}, r"pix2pix3d lesion_paste must be a probability in \[0, 1\], got 1.5"),
     ],
 )
 def test_invalid_config_values_are_named(overrides, message):
@@ -168,6 +170,69 @@ def test_train_step_updates_both_networks_with_finite_losses():
     assert len(clipped) == 2
     for name, module in models.items():
         assert any(not torch.equal(a, b) for a, b in zip(before[name], module.parameters())), name
+
+
+def _one_step(config: pix2pix3d.Config, batch: dict[str, torch.Tensor]):
+    models = pix2pix3d.build(config, 0)
+    losses = pix2pix3d.train_step(models, pix2pix3d.make_optimizers(models, config), batch, config, _context())
+    return models, losses
+
+
+def test_lesion_l1_weight_adds_the_l1_inside_the_lesion():
+    batch = _batch(2)
+    plain, plain_losses = _one_step(_config(), batch)
+    focused, losses = _one_step(_config(lesion_l1_weight=20.0), batch)
+    assert "loss_g_focus" not in plain_losses and 0.0 < losses["loss_g_focus"] <= 2.0
+    assert losses["loss_d"] == plain_losses["loss_d"]  # the D step comes first, unchanged
+    changed = [not torch.equal(a, b) for a, b in zip(plain["generator"].parameters(),
+                                                       focused["generator"].parameters())]
+    assert any(changed)
+    # Without lesion voxels the extra term is 0 and the step is the paper's, bit for bit.
+    empty = {**batch, "masks": torch.zeros_like(batch["masks"]),
+             "label_maps": torch.where(batch["label_maps"] == 4, 3, batch["label_maps"])}
+    plain, _ = _one_step(_config(), empty)
+    focused, losses = _one_step(_config(lesion_l1_weight=20.0), empty)
+    assert losses["loss_g_focus"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(plain["generator"].parameters(), focused["generator"].parameters()))
+
+
+def test_paste_lesions_copies_a_real_lesion_onto_parenchyma_with_its_contrast():
+    # Two heads of 16^3: CSF outside, grey matter, a white matter core; a lesion of 2x3x2 voxels in
+    # the first only; the second's intensities on another gain and offset.
+    labels = torch.zeros(2, 1, 16, 16, 16, dtype=torch.int64)
+    labels[:, :, 1:15, 1:15, 1:15] = 1
+    labels[:, :, 2:14, 2:14, 2:14] = 2
+    labels[:, :, 4:12, 4:12, 4:12] = 3
+    labels[0, 0, 5:7, 5:8, 6:8] = 4
+    value = torch.tensor([-1.0, -0.6, 0.3, 0.0, 0.9])
+    noise = torch.Generator().manual_seed(1)
+    images = value[labels] + 0.05 * torch.randn(labels.shape, generator=noise)
+    images[1] = images[1] * 0.5 + 0.1
+    batch = {"label_maps": labels, "masks": (labels == 4).float(), "images": images}
+    original = {k: v.clone() for k, v in batch.items()}
+    maps, masks, images = pix2pix3d.paste_lesions(batch["label_maps"], batch["masks"], batch["images"], 1.0,
+                                                  torch.Generator().manual_seed(0))
+    assert all(torch.equal(batch[k], original[k]) for k in batch)  # inputs untouched
+    new = (masks[1, 0] > 0) & (original["masks"][1, 0] == 0)
+    donor = original["masks"][0, 0] > 0
+    assert int(new.sum()) == int(donor.sum())  # the donor's one lesion, whole
+    offsets = torch.nonzero(new) - torch.nonzero(new).min(0).values
+    assert torch.equal(offsets, torch.nonzero(donor) - torch.nonzero(donor).min(0).values)  # same shape
+    assert torch.isin(original["label_maps"][1, 0][new], torch.tensor([2, 3])).all()  # landed on parenchyma
+    assert (maps[1, 0][new] == 4).all() and torch.equal(maps[1, 0] == 4, masks[1, 0] > 0)
+    # Its intensities keep their distance to white matter in units of the white matter - CSF contrast.
+    def relative(values, before, labels):  # tissue medians of the volume before the paste
+        white, csf = before[labels == 3].median(), before[labels == 1].median()
+        return ((values - white) / (white - csf)).sort().values
+    torch.testing.assert_close(relative(images[1, 0][new], original["images"][1, 0], original["label_maps"][1, 0]),
+                               relative(original["images"][0, 0][donor], original["images"][0, 0],
+                                        original["label_maps"][0, 0]))
+    # Seeded; probability 0 returns the batch as it is.
+    again = pix2pix3d.paste_lesions(batch["label_maps"], batch["masks"], batch["images"], 1.0,
+                                    torch.Generator().manual_seed(0))
+    assert torch.equal(again[2], images)
+    off = pix2pix3d.paste_lesions(batch["label_maps"], batch["masks"], batch["images"], 0.0, torch.Generator())
+    assert all(a is b for a, b in zip(off, (batch["label_maps"], batch["masks"], batch["images"])))
 
 
 def test_train_step_names_what_a_batch_lacks_or_gets_wrong():

@@ -300,11 +300,17 @@ def adversarial_step(
     y: torch.Tensor,
     config: Config,
     step: StepContext,
+    focus: tuple[torch.Tensor, float] | None = None,
 ) -> dict[str, float]:
     """One D update then one G update (eq. 4) for the condition ``x`` and the real ``y``, both in [-1, 1].
 
     Any number of spatial dimensions (``pix2pix3d`` calls it with volumes); ``config`` needs
     ``lambda_l1`` and ``grad_clip_norm``. Returns the losses as in ``train_step``.
+
+    ``focus = (region, weight)``: a 0/1 ``region`` shaped like ``y`` (``pix2pix3d``: the lesion
+    mask) whose L1, averaged over the region's voxels only, is added with ``weight * lambda_l1``
+    (so a region of a few voxels weighs as much as ``weight`` whole images); ``loss_g_focus`` is
+    returned too (0 for a batch without region voxels).
     """
     generator, discriminator = models["generator"], models["discriminator"]
     generator.train()
@@ -326,11 +332,17 @@ def adversarial_step(
     with step.autocast():
         fake_logits = discriminator(x, fake)
         loss_g_adv = bce_to(fake_logits, 1.0)
-        loss_g_l1 = F.l1_loss(fake.float(), y.float())
+        error = (fake.float() - y.float()).abs()
+        loss_g_l1 = error.mean()
         loss_g = loss_g_adv + config.lambda_l1 * loss_g_l1
+        if focus is not None:
+            region, weight = focus
+            loss_g_focus = (error * region).sum() / region.sum().clamp_min(1.0)
+            loss_g = loss_g + weight * config.lambda_l1 * loss_g_focus
     apply_gradients(optimizers["generator"], loss_g, generator, step, clip=config.grad_clip_norm is not None)
 
-    return {"loss_d": loss_d.item(), "loss_g_adv": loss_g_adv.item(), "loss_g_l1": loss_g_l1.item()}
+    losses = {"loss_d": loss_d.item(), "loss_g_adv": loss_g_adv.item(), "loss_g_l1": loss_g_l1.item()}
+    return losses | ({"loss_g_focus": loss_g_focus.item()} if focus is not None else {})
 
 
 # ----------------------------------------------------------------------------- 6. sampling

@@ -18,6 +18,13 @@ The lesion is an input of its own (a binary channel), so that a sampling plan pl
 lesion of the size and location it wants by editing the mask (and the label map) of a
 held-out patient; the label map may carry the lesion label too (the test cohort's maps do).
 
+The lesion covers a fraction of a percent of a volume, so its share of the L1 term is too small
+for a short CPU training to learn it: ``lesion_l1_weight`` adds the L1 averaged over the lesion
+mask's voxels, weighted ``lesion_l1_weight * lambda_l1`` (``pix2pix.adversarial_step``'s ``focus``).
+And a few training patients hold lesions at a few places only, which the generator learns by heart
+instead of "lesion label -> lesion intensity": ``lesion_paste`` copies the batch's real lesions to
+random places of grey and white matter (`paste_lesions`) before each step.
+
 Deviation from the 2D family: augmentation is a random left-right flip only (the last axis),
 applied identically to condition and volume; the 2D family's 90-degree rotations would turn
 a head on its side, which a brain volume never shows.
@@ -25,6 +32,7 @@ a head on its side, which a brain volume never shows.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,6 +48,7 @@ from synthmed.generators.pix2pix import (
     translate,
 )
 from synthmed.generators.pix2pix3d_config import LABEL_ENCODINGS, NAME, Config  # noqa: F401 (re-exported)
+from synthmed.imaging.labels import CSF, GREY, LESION, WHITE
 
 DIMS = 3
 
@@ -99,6 +108,69 @@ def flip_pairs(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> 
     return torch.where(where, x.flip(-1), x), torch.where(where, y.flip(-1), y)
 
 
+def _draw(generator: torch.Generator, n: int) -> int:
+    """A uniform integer in [0, n) from ``generator`` (on its device: CUDA generators too)."""
+    return int(torch.randint(n, (1,), generator=generator, device=generator.device).item())
+
+
+def paste_lesions(label_maps: torch.Tensor, masks: torch.Tensor, images: torch.Tensor, probability: float,
+                  generator: torch.Generator, *, tries: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Copy real lesions of the batch to other places (lesion copy-paste augmentation, as CarveMix does
+    for lesion segmentation), so that the generator sees lesions at many places, not at the few where
+    the training patients have them.
+
+    Each volume, with ``probability``, receives one lesion (a connected component, 26-neighbourhood)
+    of a batch volume that holds one: centred on a grey or white matter voxel drawn at random, kept
+    only where every voxel lands on grey or white matter inside the volume (else up to ``tries``
+    other centres, then nothing). Its voxels become ``LESION`` in the label map and 1 in the mask;
+    their intensities, per channel, keep their distance to the donor's white matter median, scaled
+    by the ratio of the two volumes' white matter - CSF contrasts (`synthmed.metrics.volumes.
+    tissue_residual` measures lesions the same way). Labels: the test cohort's
+    (`synthmed.imaging.cohort`).
+
+    Returns:
+        New ``(label_maps, masks, images)``; the inputs are not modified.
+    """
+    from scipy import ndimage
+
+    donors = [b for b in range(len(masks)) if bool(masks[b].any())]
+    if probability <= 0 or not donors:
+        return label_maps, masks, images
+    label_maps, masks, images = label_maps.clone(), masks.clone(), images.clone()
+    labels = label_maps[:, 0].cpu().numpy()
+    shape = torch.tensor(labels.shape[1:])
+    for b in range(len(masks)):
+        if float(torch.rand(1, generator=generator, device=generator.device)) >= probability:
+            continue
+        donor = donors[_draw(generator, len(donors))]
+        components, n = ndimage.label(masks[donor, 0].cpu().numpy() > 0, structure=np.ones((3, 3, 3)))
+        lesion = torch.as_tensor(np.argwhere(components == 1 + _draw(generator, n)))
+        offsets = lesion - lesion.float().mean(0).round().long()
+        parenchyma = torch.as_tensor(np.isin(labels[b], (GREY, WHITE)))
+        candidates = torch.nonzero(parenchyma)
+        for _ in range(tries):
+            target = candidates[_draw(generator, len(candidates))] + offsets
+            if bool(((target >= 0) & (target < shape)).all()) and bool(parenchyma[tuple(target.T)].all()):
+                break
+        else:
+            continue
+        source, where = tuple(lesion.T.to(images.device)), tuple(target.T.to(images.device))
+        for c in range(images.shape[1]):
+            donor_ref, donor_scale = _reference(images[donor, c], label_maps[donor, 0])
+            ref, scale = _reference(images[b, c], label_maps[b, 0])
+            images[b, c][where] = (ref + (images[donor, c][source] - donor_ref) * scale / donor_scale).clamp(-1, 1)
+        label_maps[b, 0][where] = LESION
+        masks[b, 0][where] = 1.0
+    return label_maps, masks, images
+
+
+def _reference(image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """White matter median and |white matter - CSF| median contrast of one channel (floored at 1e-3)."""
+    white = image[labels == WHITE].median() if bool((labels == WHITE).any()) else image.median()
+    csf = image[labels == CSF].median() if bool((labels == CSF).any()) else image.min()
+    return white, (white - csf).abs().clamp_min(1e-3)
+
+
 def train_step(
     models: nn.ModuleDict,
     optimizers: dict[str, torch.optim.Optimizer],
@@ -113,18 +185,24 @@ def train_step(
             lesion mask in {0, 1}, ``images`` ``(B, channels, D, H, W)`` in [-1, 1].
 
     Returns:
-        ``loss_d``, ``loss_g_adv`` and ``loss_g_l1`` (unweighted), as floats.
+        ``loss_d``, ``loss_g_adv`` and ``loss_g_l1`` (unweighted), as floats; with
+        ``lesion_l1_weight`` also ``loss_g_focus``, the L1 averaged over lesion voxels.
     """
     missing = [key for key in ("label_maps", "masks", "images") if key not in batch]
     if missing:
         raise ValueError(f"{NAME} batches need label_maps, masks and images; missing {missing} "
                          f"(the training store must hold label maps: key 'label_maps').")
-    x = encode_conditions(batch["label_maps"], batch["masks"], config, "batch")
-    y = batch["images"]
-    check_shape(y, config.channels, config, "batch['images']", DIMS, rows=x.shape[0])
+    label_maps, masks, y = batch["label_maps"], batch["masks"], batch["images"]
+    check_shape(y, config.channels, config, "batch['images']", DIMS, rows=label_maps.shape[0])
+    if config.lesion_paste:
+        label_maps, masks, y = paste_lesions(label_maps, masks, y, config.lesion_paste, step.generator)
+    x = encode_conditions(label_maps, masks, config, "batch")
     if config.augment:
         x, y = flip_pairs(x, y, step.generator)
-    return adversarial_step(models, optimizers, x, y, config, step)
+    if not config.lesion_l1_weight:
+        return adversarial_step(models, optimizers, x, y, config, step)
+    lesion = (x[:, -1:] > 0).to(y.dtype)  # the mask channel after the flip: (B, 1, D, H, W) in {0, 1}
+    return adversarial_step(models, optimizers, x, y, config, step, focus=(lesion, config.lesion_l1_weight))
 
 
 @torch.no_grad()

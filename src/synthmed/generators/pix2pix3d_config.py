@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from synthmed.core.validation import is_int
+from synthmed.core.validation import is_int, is_number
 from synthmed.generators.pix2pix_config import check_config
 
 NAME = "pix2pix3d"
@@ -37,6 +37,10 @@ class Config:
         discriminator_layers: stride-2 convolutions of the PatchGAN (3: 70-voxel cubes).
         augment: random left-right flips, identical for condition and volume.
         grad_clip_norm: clip both networks' gradients to this norm; None = no clipping.
+        lesion_l1_weight: weight (times ``lambda_l1``) of an extra L1 term averaged over the
+            lesion mask's voxels only; 0 = the paper's objective.
+        lesion_paste: probability that a training volume receives a copy of a real lesion of its
+            batch at a random grey / white matter place (``pix2pix3d.paste_lesions``); 0 = off.
     """
 
     image_size: int = 32
@@ -54,8 +58,14 @@ class Config:
     discriminator_layers: int = 3
     augment: bool = True
     grad_clip_norm: float | None = None
+    lesion_l1_weight: float = 0.0
+    lesion_paste: float = 0.0
 
     def __post_init__(self) -> None:
+        if not is_number(self.lesion_l1_weight) or self.lesion_l1_weight < 0:
+            raise ValueError(f"{NAME} lesion_l1_weight must be a number >= 0, got {self.lesion_l1_weight!r}.")
+        if not is_number(self.lesion_paste) or not 0 <= self.lesion_paste <= 1:
+            raise ValueError(f"{NAME} lesion_paste must be a probability in [0, 1], got {self.lesion_paste!r}.")
         if not is_int(self.label_classes) or self.label_classes < 2:
             raise ValueError(f"{NAME} label_classes must be an integer >= 2, got {self.label_classes!r}.")
         if self.label_encoding not in LABEL_ENCODINGS:

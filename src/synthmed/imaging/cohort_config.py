@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from synthmed.imaging.labels import BACKGROUND, CSF, GREY, LABEL_NAMES, LESION, WHITE  # noqa: F401 (re-exported)
 from synthmed.imaging.lesions import LesionConfig
 
-# Tissue labels of the label maps; LESION overwrites the tissue under the lesion mask.
-BACKGROUND, CSF, GREY, WHITE, LESION = 0, 1, 2, 3, 4
-LABEL_NAMES = {BACKGROUND: "background", CSF: "csf", GREY: "grey_matter", WHITE: "white_matter", LESION: "lesion"}
 CONTRASTS = ("T1w", "FLAIR")
 BadFile = Literal["truncated_dicom", "dicom_wrong_geometry", "nifti_mask_mismatch"]
 

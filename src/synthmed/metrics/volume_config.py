@@ -35,6 +35,8 @@ class SegmenterConfig:
         width: channels of each convolution.
         steps, batch_size, learning_rate: AdamW training on the real training volumes.
         threshold: lesion probability from which a voxel is lesion.
+        pos_weight: weight of the lesion voxels in the BCE term (lesions are a fraction of a percent
+            of the voxels; 1 = unweighted).
         seed: weights and batch order.
         device: "auto" (CUDA when present), "cpu" or "cuda".
     """
@@ -44,13 +46,55 @@ class SegmenterConfig:
     batch_size: int = 4
     learning_rate: float = 0.003
     threshold: float = 0.5
+    pos_weight: float = 1.0
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        if not is_number(self.pos_weight) or self.pos_weight <= 0:
+            raise ValueError(f"study_3d.evaluation.segmenter.pos_weight must be a number > 0, got {self.pos_weight!r}.")
         for name in ("width", "steps", "batch_size"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"study_3d.evaluation.segmenter.{name} must be a positive integer, got "
                                  f"{getattr(self, name)!r}.")
         if not is_number(self.threshold) or not 0.0 < self.threshold < 1.0:
             raise ValueError(f"study_3d.evaluation.segmenter.threshold must be in (0, 1), got {self.threshold!r}.")
+
+
+@dataclass(frozen=True)
+class IntensityControlConfig:
+    """``params:study_3d.evaluation.control``: how a synthetic volume's lesion is found.
+
+    Args:
+        method: ``intensity`` (`synthmed.metrics.volumes.intensity_candidates`: voxels brighter
+            than their tissue by ``threshold``, inside a window around the requested lesion) or
+            ``segmenter`` (the small 3D segmenter over the whole volume).
+        margin_mm: the window's radius is the requested lesion's equivalent-sphere radius plus this.
+        sigma_vox: Gaussian smoothing of the image before the threshold (0 = none).
+        threshold: tissue-relative intensity above which a voxel is lesion; None = calibrated on the
+            training split's real lesions (the value with the best mean Dice, over ``thresholds``).
+        thresholds: ``[start, stop, step]`` of the calibration grid.
+        lesion_brighter: the lesion is brighter than tissue (the cohort's FLAIR); False: darker (T1w).
+    """
+
+    method: str = "intensity"
+    margin_mm: float = 6.0
+    sigma_vox: float = 0.0
+    threshold: float | None = None
+    thresholds: tuple[float, float, float] = (0.2, 2.0, 0.05)
+    lesion_brighter: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in ("intensity", "segmenter"):
+            raise ValueError(f"study_3d.evaluation.control.method must be 'intensity' or 'segmenter', got "
+                             f"{self.method!r}.")
+        for name in ("margin_mm", "sigma_vox"):
+            if not is_number(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"study_3d.evaluation.control.{name} must be a number >= 0, got "
+                                 f"{getattr(self, name)!r}.")
+        if self.threshold is not None and not is_number(self.threshold):
+            raise ValueError(f"study_3d.evaluation.control.threshold must be a number or null, got {self.threshold!r}.")
+        grid = tuple(self.thresholds)
+        if len(grid) != 3 or not all(is_number(v) for v in grid) or not (grid[0] < grid[1] and grid[2] > 0):
+            raise ValueError(f"study_3d.evaluation.control.thresholds must be [start, stop, step] with start < stop "
+                             f"and step > 0, got {list(grid)}.")

@@ -52,9 +52,10 @@ from torch import Tensor, nn
 
 from synthmed.core.progress import ProgressLog
 from synthmed.core.seeding import seeded
+from synthmed.imaging.labels import CSF, GREY, LABEL_NAMES, LESION, WHITE
 from synthmed.metrics import fidelity
 from synthmed.metrics.features import ClassifierConfig, FitConfig, fit_classifier, predict_proba, resolve_device
-from synthmed.metrics.volume_config import PlaneEncoderConfig, SegmenterConfig
+from synthmed.metrics.volume_config import IntensityControlConfig, PlaneEncoderConfig, SegmenterConfig
 from synthmed.metrics.volume_reader import orthogonal_sections as _sections
 
 logger = logging.getLogger(__name__)
@@ -263,16 +264,17 @@ class LesionSegmenter(nn.Module):
 
 
 def _soft_dice_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Soft Dice over the whole batch: a lesion-free volume in it does not pull every voxel towards 0
+    (as a Dice per volume does, where the empty target's best score is an empty prediction)."""
     probs = torch.sigmoid(logits)
-    overlap = (probs * target).sum(dim=(1, 2, 3, 4))
-    total = probs.sum(dim=(1, 2, 3, 4)) + target.sum(dim=(1, 2, 3, 4))
-    return (1.0 - (2.0 * overlap + 1.0) / (total + 1.0)).mean()
+    return 1.0 - (2.0 * (probs * target).sum() + 1.0) / (probs.sum() + target.sum() + 1.0)
 
 
 def fit_segmenter(images: np.ndarray, masks: np.ndarray, config: SegmenterConfig) -> LesionSegmenter:
     """Train a `LesionSegmenter` on ``images`` ``(N, 1, D, H, W)`` and their 0/1 lesion ``masks``.
 
-    BCE + soft Dice, AdamW, random left-right flips; deterministic for a seed on the CPU.
+    BCE (lesion voxels weighted ``pos_weight``) + soft Dice over the batch, AdamW, random left-right
+    flips; deterministic for a seed on the CPU.
     """
     x_all, y_all = _volumes("images", images), (torch.as_tensor(np.asarray(masks)) > 0).float()
     if y_all.shape != x_all.shape:
@@ -293,7 +295,8 @@ def fit_segmenter(images: np.ndarray, masks: np.ndarray, config: SegmenterConfig
         flip = (torch.rand(len(x), generator=rng) < 0.5).view(-1, 1, 1, 1, 1)
         x, y = torch.where(flip, x.flip(-1), x).to(device), torch.where(flip, y.flip(-1), y).to(device)
         logits = model(x)
-        loss = F.binary_cross_entropy_with_logits(logits, y) + _soft_dice_loss(logits, y)
+        loss = (F.binary_cross_entropy_with_logits(logits, y, pos_weight=torch.tensor(config.pos_weight, device=device))
+                + _soft_dice_loss(logits, y))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -319,27 +322,36 @@ def dice(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.where(total > 0, 2.0 * overlap / np.maximum(total, 1), 1.0)
 
 
-def measure_lesion(mask: np.ndarray, centre_voxel: Sequence[float], spacing_mm: Sequence[float]) -> dict[str, float]:
-    """The segmented lesion nearest a requested centre: its volume (mL) and centroid (voxel and mm).
-
-    The component (26-neighbourhood) containing ``centre_voxel``; if none does, the one whose
-    nearest voxel is closest to it; NaN with ``found = 0`` when the mask is empty.
-    """
+def lesion_component(mask: np.ndarray, centre_voxel: Sequence[float], spacing_mm: Sequence[float]) -> np.ndarray:
+    """The component (26-neighbourhood) of a 0/1 ``(D, H, W)`` mask that contains ``centre_voxel``, else the
+    one whose nearest voxel is closest to it (mm); all False when the mask is empty."""
     binary = np.asarray(mask).reshape(np.asarray(mask).shape[-3:]) > 0
-    spacing = np.asarray(spacing_mm, dtype=np.float64)
-    empty = {"found": 0.0, "voxels": 0.0, "volume_ml": 0.0, **{f"centroid_{a}": math.nan for a in "dhw"}}
     if not binary.any():
-        return empty
-    components, n = ndimage.label(binary, structure=np.ones((3, 3, 3)))
+        return binary
+    components, _ = ndimage.label(binary, structure=np.ones((3, 3, 3)))
     centre = np.asarray(centre_voxel, dtype=np.float64)
     inside = tuple(np.clip(np.round(centre).astype(int), 0, np.array(binary.shape) - 1))
     chosen = int(components[inside])
     if chosen == 0:
         voxels = np.argwhere(components > 0)
+        spacing = np.asarray(spacing_mm, dtype=np.float64)
         chosen = int(components[tuple(voxels[np.argmin((((voxels - centre) * spacing) ** 2).sum(1))])])
-    voxels = np.argwhere(components == chosen)
+    return components == chosen
+
+
+def measure_lesion(mask: np.ndarray, centre_voxel: Sequence[float], spacing_mm: Sequence[float]) -> dict[str, float]:
+    """The segmented lesion nearest a requested centre: its volume (mL) and centroid (voxel and mm).
+
+    The component (26-neighbourhood) containing ``centre_voxel``; if none does, the one whose
+    nearest voxel is closest to it (`lesion_component`); NaN with ``found = 0`` when the mask is empty.
+    """
+    component = lesion_component(mask, centre_voxel, spacing_mm)
+    if not component.any():
+        return {"found": 0.0, "voxels": 0.0, "volume_ml": 0.0, **{f"centroid_{a}": math.nan for a in "dhw"}}
+    voxels = np.argwhere(component)
     centroid = voxels.mean(axis=0)
-    return {"found": 1.0, "voxels": float(len(voxels)), "volume_ml": len(voxels) * float(np.prod(spacing)) / 1000.0,
+    return {"found": 1.0, "voxels": float(len(voxels)),
+            "volume_ml": len(voxels) * float(np.prod(np.asarray(spacing_mm, dtype=np.float64))) / 1000.0,
             **{f"centroid_{a}": float(v) for a, v in zip("dhw", centroid)}}
 
 
@@ -385,6 +397,212 @@ def control_summary(table: pd.DataFrame, *, resamples: int = 200, level: float =
             stats = fidelity.summarise(torch.as_tensor(values), resamples=resamples, level=level, seed=seed)
             out |= {name: stats["mean"], f"{name}_low": stats["low"], f"{name}_high": stats["high"]}
     return out
+
+
+# ----------------------------------------------------------------------------- 3b. lesion control by intensity
+
+
+def tissue_residual(image: np.ndarray, label_map: np.ndarray, sigma_vox: float = 0.0) -> np.ndarray:
+    """How much brighter each voxel is than its tissue, in units of the white matter - CSF contrast.
+
+    ``(x - m(t)) / (m(white) - m(csf))`` with ``m`` the median over the volume's voxels of a tissue
+    of its label map and ``t`` the voxel's tissue: grey matter for grey-matter voxels, white matter
+    for every other voxel (a lesion written into a label map replaces white matter, the plan's
+    ``clear_label``). Dividing by the contrast makes one threshold fit volumes whose intensity
+    scales differ (bias, gamma).
+
+    Args:
+        image: ``(D, H, W)`` or ``(1, D, H, W)``.
+        label_map: integer labels of the same shape (the cohort's: CSF 1, grey 2, white 3, lesion 4).
+        sigma_vox: Gaussian smoothing of the image first (0 = none).
+    """
+    shape = np.asarray(image).shape[-3:]
+    values = np.asarray(image, dtype=np.float64).reshape(shape)
+    labels = np.asarray(label_map).reshape(shape)
+    if sigma_vox > 0:
+        values = ndimage.gaussian_filter(values, sigma_vox)
+    medians = {}
+    for label in (CSF, GREY, WHITE):
+        inside = values[labels == label]
+        if not inside.size:
+            raise ValueError(f"The label map has no voxel of label {label} ({LABEL_NAMES[label]}): the lesion "
+                             "measurement compares intensities with csf, grey and white matter.")
+        medians[label] = float(np.median(inside))
+    contrast = medians[WHITE] - medians[CSF]
+    if abs(contrast) < 1e-6:
+        raise ValueError("White matter and CSF have the same median intensity: no contrast to measure a lesion by.")
+    return (values - np.where(labels == GREY, medians[GREY], medians[WHITE])) / abs(contrast)
+
+
+def intensity_candidates(residual: np.ndarray, label_map: np.ndarray, centre_voxel: Sequence[float],
+                         volume_ml: float, spacing_mm: Sequence[float], threshold: float,
+                         config: IntensityControlConfig) -> np.ndarray:
+    """Lesion candidates around a requested lesion: parenchyma or lesion voxels of the label map whose
+    `tissue_residual` passes ``threshold`` (above it, or below ``-threshold`` for dark lesions), within
+    the requested volume's equivalent-sphere radius plus ``margin_mm`` of the requested centre.
+
+    Returns:
+        ``(D, H, W)`` bool; `measure_lesion` then keeps the component at (or nearest) the centre.
+    """
+    labels = np.asarray(label_map).reshape(np.asarray(residual).shape)
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    radius = (3.0 * float(volume_ml) * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0) + float(config.margin_mm)
+    grids = np.ogrid[tuple(slice(0, n) for n in labels.shape)]
+    distance2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, centre_voxel, spacing))
+    signed = residual if config.lesion_brighter else -residual
+    return (signed > threshold) & np.isin(labels, (GREY, WHITE, LESION)) & (distance2 <= radius**2)
+
+
+def real_lesions(lesion_masks: np.ndarray, spacing_mm: Sequence[float]) -> pd.DataFrame:
+    """Every connected lesion (26-neighbourhood) of real volumes as a request: ``volume`` (row of the
+    masks), ``lesion`` (component number), ``placed_centre_{d,h,w}`` (its centroid, voxels),
+    ``placed_voxels`` and ``placed_volume_ml``."""
+    voxel_ml = float(np.prod(np.asarray(spacing_mm, dtype=np.float64))) / 1000.0
+    rows = []
+    for v, mask in enumerate(np.asarray(lesion_masks)):
+        components, n = ndimage.label(mask.reshape(mask.shape[-3:]) > 0, structure=np.ones((3, 3, 3)))
+        for k in range(1, n + 1):
+            voxels = np.argwhere(components == k)
+            rows.append({"volume": v, "lesion": k, **{f"placed_centre_{a}": float(c)
+                                                      for a, c in zip("dhw", voxels.mean(axis=0))},
+                         "placed_voxels": len(voxels), "placed_volume_ml": len(voxels) * voxel_ml})
+    return pd.DataFrame(rows, columns=["volume", "lesion", "placed_centre_d", "placed_centre_h", "placed_centre_w",
+                                       "placed_voxels", "placed_volume_ml"])
+
+
+def _centre(row: Mapping[str, float]) -> tuple[float, float, float]:
+    return tuple(float(row[f"placed_centre_{a}"]) for a in "dhw")
+
+
+def intensity_masks(images: np.ndarray, label_maps: np.ndarray, plan: pd.DataFrame, spacing_mm: Sequence[float],
+                    threshold: float, config: IntensityControlConfig, *,
+                    residuals: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """``(N, 1, D, H, W)`` uint8 candidate masks of each plan row's volume (`intensity_candidates`), for
+    `lesion_control_table`. ``plan`` rows are in the order of ``images`` (a ``volume`` column, when
+    present, names the row of ``images`` instead); ``residuals`` reuses `tissue_residual`s already computed."""
+    values, labels = _volumes("images", images).numpy(), np.asarray(label_maps)
+    out = np.zeros((len(plan), *values.shape[1:]), np.uint8)
+    for k, row in enumerate(plan.to_dict("records")):
+        v = int(row.get("volume", k))
+        residual = residuals[v] if residuals is not None else tissue_residual(values[v], labels[v], config.sigma_vox)
+        out[k, 0] = intensity_candidates(residual, labels[v], _centre(row), float(row["placed_volume_ml"]),
+                                         spacing_mm, threshold, config)
+    return out
+
+
+def _lesion_dice(plan: pd.DataFrame, candidates: np.ndarray, lesion_masks: np.ndarray,
+                 spacing_mm: Sequence[float]) -> np.ndarray:
+    """Per real lesion: Dice of the measured component with that lesion's own component of the mask."""
+    scores = []
+    for row, candidate in zip(plan.to_dict("records"), candidates):
+        truth = lesion_component(lesion_masks[int(row["volume"])], _centre(row), spacing_mm)
+        found = lesion_component(candidate, _centre(row), spacing_mm)
+        scores.append(2.0 * (found & truth).sum() / max(found.sum() + truth.sum(), 1))
+    return np.asarray(scores, dtype=np.float64)
+
+
+def calibrate_intensity_threshold(images: np.ndarray, label_maps: np.ndarray, lesion_masks: np.ndarray,
+                                  spacing_mm: Sequence[float], config: IntensityControlConfig) -> tuple[float, float]:
+    """The threshold of ``config.thresholds`` with the best mean per-lesion Dice on real (training) volumes
+    (the middle one of several equally good).
+
+    Returns:
+        ``(threshold, mean Dice there)``; ``config.threshold`` when it is set (Dice NaN).
+
+    Raises:
+        ValueError: no lesion in ``lesion_masks`` to calibrate on.
+    """
+    if config.threshold is not None:
+        return float(config.threshold), math.nan
+    plan = real_lesions(lesion_masks, spacing_mm)
+    if plan.empty:
+        raise ValueError("No lesion in the training volumes to calibrate study_3d.evaluation.control.threshold on; "
+                         "set it explicitly.")
+    values, labels = _volumes("images", images).numpy(), np.asarray(label_maps)
+    residuals = [tissue_residual(values[v], labels[v], config.sigma_vox) for v in range(len(values))]
+    start, stop, step = (float(v) for v in config.thresholds)
+    grid = np.round(np.arange(start, stop + step / 2, step), 6)
+    scores = np.array([_lesion_dice(plan, intensity_masks(values, labels, plan, spacing_mm, float(t), config,
+                                                          residuals=residuals), lesion_masks, spacing_mm).mean()
+                       for t in grid])
+    # The middle of the best thresholds: where lesion and tissue separate cleanly, every threshold
+    # between them is best, and the lowest would find noise.
+    best = grid[scores >= scores.max() - 1e-9]
+    threshold = float(best[(len(best) - 1) // 2])
+    logger.info("lesion control: intensity threshold %.3f (mean Dice %.3f over %d training lesions)", threshold,
+                scores.max(), len(plan))
+    return threshold, float(scores.max())
+
+
+def intensity_floor(images: np.ndarray, label_maps: np.ndarray, lesion_masks: np.ndarray,
+                    spacing_mm: Sequence[float], threshold: float, config: IntensityControlConfig, *,
+                    sites_per_volume: int = 5, min_distance_mm: float = 30.0, resamples: int = 200,
+                    level: float = 0.95, seed: int = 0) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The intensity method's own error on real (held-out) volumes: the floor of the control table.
+
+    Every real lesion is measured as if it had been requested (its centroid and volume); and, at
+    ``sites_per_volume`` parenchyma voxels per volume at least ``min_distance_mm`` from any lesion,
+    a request of the real lesions' median volume tells how often the method finds a lesion where
+    there is none.
+
+    Returns:
+        ``(table, summary)``: one row per real lesion (`lesion_control_table` columns, ``dice``);
+        ``floor_dice``, ``floor_detected``, ``floor_abs_volume_error_ml`` (+ max), ``floor_volume_error_ml``,
+        ``floor_centre_error_mm`` (+ max), ``floor_false_detection`` and the counts.
+    """
+    values, labels = _volumes("images", images).numpy(), np.asarray(label_maps)
+    residuals = [tissue_residual(values[v], labels[v], config.sigma_vox) for v in range(len(values))]
+    plan = real_lesions(lesion_masks, spacing_mm)
+    if plan.empty:
+        raise ValueError("No lesion in the held-out volumes: the lesion-control floor has nothing to measure.")
+    masks = intensity_masks(values, labels, plan, spacing_mm, threshold, config, residuals=residuals)
+    table = lesion_control_table(plan, masks, spacing_mm).assign(dice=_lesion_dice(plan, masks, lesion_masks,
+                                                                                    spacing_mm))
+    summary = {f"floor_{k.removeprefix('control_')}": v
+               for k, v in control_summary(table, resamples=resamples, level=level, seed=seed).items()}
+    summary |= {"floor_dice": float(table["dice"].mean()), "floor_threshold": float(threshold),
+                "floor_abs_volume_error_ml_max": float(table["abs_volume_error_ml"].max()),
+                "floor_centre_error_mm_max": float(table["centre_error_mm"].max())}
+    summary |= false_detection(values, labels, lesion_masks, float(plan["placed_volume_ml"].median()), spacing_mm,
+                               threshold, config, residuals=residuals, sites_per_volume=sites_per_volume,
+                               min_distance_mm=min_distance_mm, seed=seed, prefix="floor")
+    summary["floor_lesion_contrast"] = float(np.nanmean(lesion_contrast(residuals, lesion_masks)))
+    return table, summary
+
+
+def lesion_contrast(residuals: Sequence[np.ndarray], lesion_masks: np.ndarray) -> np.ndarray:
+    """Per volume, the mean `tissue_residual` over its lesion voxels (NaN without any): how much brighter
+    than its tissue the lesion is, without a threshold (real lesions: ``floor_lesion_contrast``)."""
+    return np.array([float(r[np.asarray(m).reshape(r.shape) > 0].mean()) if np.asarray(m).any() else math.nan
+                     for r, m in zip(residuals, lesion_masks)])
+
+
+def false_detection(images: np.ndarray, label_maps: np.ndarray, lesion_masks: np.ndarray, volume_ml: float,
+                    spacing_mm: Sequence[float], threshold: float, config: IntensityControlConfig, *,
+                    residuals: Sequence[np.ndarray] | None = None, sites_per_volume: int = 5,
+                    min_distance_mm: float = 30.0, seed: int = 0, prefix: str = "control") -> dict[str, float]:
+    """How often the intensity method finds a lesion where there is none: requests of ``volume_ml`` at
+    ``sites_per_volume`` grey / white matter voxels per volume, at least ``min_distance_mm`` from any
+    voxel of ``lesion_masks``. Returns ``<prefix>_false_detection`` and ``<prefix>_false_detection_sites``."""
+    values, labels = _volumes("images", images).numpy(), np.asarray(label_maps)
+    if residuals is None:
+        residuals = [tissue_residual(values[v], labels[v], config.sigma_vox) for v in range(len(values))]
+    rng = np.random.default_rng(seed)
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    sites = []
+    for v in range(len(values)):
+        shape = labels[v].shape[-3:]
+        far = ndimage.distance_transform_edt(np.asarray(lesion_masks[v]).reshape(shape) == 0,
+                                             sampling=spacing) >= min_distance_mm
+        options = np.argwhere(np.isin(labels[v].reshape(shape), (GREY, WHITE)) & far)
+        for voxel in options[rng.choice(len(options), size=min(sites_per_volume, len(options)), replace=False)]:
+            sites.append({"volume": v, **{f"placed_centre_{a}": float(c) for a, c in zip("dhw", voxel)},
+                          "placed_volume_ml": float(volume_ml)})
+    if not sites:
+        return {}
+    found = intensity_masks(values, labels, pd.DataFrame(sites), spacing_mm, threshold, config, residuals=residuals)
+    hits = [measure_lesion(mask, _centre(row), spacing)["found"] for row, mask in zip(sites, found)]
+    return {f"{prefix}_false_detection": float(np.mean(hits)), f"{prefix}_false_detection_sites": float(len(sites))}
 
 
 def segmentation_utility(real: tuple[np.ndarray, np.ndarray], synthetic: tuple[np.ndarray, np.ndarray],

@@ -110,6 +110,7 @@ class StudyEvaluationConfig:
 
     encoder: Mapping[str, Any] = field(default_factory=dict)
     segmenter: Mapping[str, Any] = field(default_factory=dict)
+    control: Mapping[str, Any] = field(default_factory=dict)
     utility: Mapping[str, Any] = field(default_factory=dict)
     fid: Mapping[str, Any] = field(default_factory=dict)
     memorisation: Mapping[str, Any] = field(default_factory=dict)

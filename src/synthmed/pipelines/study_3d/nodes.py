@@ -275,29 +275,76 @@ def score_fidelity(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFr
 def score_lesion_control(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFrame,
                          samples: Mapping[str, np.ndarray], provenance: pd.DataFrame,
                          params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, float], vm.LesionSegmenter]:
-    """Segment the lesion of each lesion-control volume (3D segmenter trained on real training volumes)
-    and compare it with the lesion asked for; the segmenter's Dice on real held-out volumes beside it."""
+    """Find the lesion of each lesion-control volume and compare it with the lesion asked for.
+
+    ``evaluation.control.method``: ``intensity`` (voxels brighter than their tissue around the request,
+    the threshold calibrated on the real training lesions; its floor, the same measurement of the real
+    held-out lesions, beside it) or ``segmenter`` (the small 3D segmenter trained on real training
+    volumes). The segmenter is trained either way (the utility's real-only segmenter) and its Dice on
+    real held-out volumes reported.
+    """
     config = _config(params)
     volume_manifest = _selected(volumes, volume_manifest, config)
     evaluation = _evaluation(config)
     seg_config = from_params(vm.SegmenterConfig, evaluation.segmenter, "study_3d.evaluation.segmenter")
+    control = from_params(vm.IntensityControlConfig, evaluation.control, "study_3d.evaluation.control")
     fid = from_params(FidConfig, evaluation.fid, "study_3d.evaluation.fid")
+    spacing = _spacing(volume_manifest)
     reference, held_out = _real_sets(volumes, volume_manifest, config)
     model = vm.fit_segmenter(reference["images"], reference["lesion_masks"], seg_config)
     held_dice = vm.dice(vm.segment(model, held_out["images"], seg_config.threshold), held_out["lesion_masks"])
     with_lesion = held_out["lesion_masks"].reshape(len(held_dice), -1).any(1)
     out = {"segmenter_dice_held_out": float(held_dice[with_lesion].mean()) if with_lesion.any() else float("nan"),
            "segmenter_held_out_with_lesion": float(with_lesion.sum())}
+    if control.method == "intensity":
+        # Each patient once: the brain crops (lesion crops repeat its lesions), every crop without them.
+        train_real = _one_crop_per_item(volumes, volume_manifest, config.reference_split)
+        held_real = _one_crop_per_item(volumes, volume_manifest, config.held_out_splits)
+        threshold, train_dice = vm.calibrate_intensity_threshold(
+            train_real["images"], train_real["label_maps"], train_real["lesion_masks"], spacing, control)
+        _, floor = vm.intensity_floor(held_real["images"], held_real["label_maps"], held_real["lesion_masks"],
+                                      spacing, threshold, control, resamples=fid.resamples, level=fid.level,
+                                      seed=fid.seed)
+        out |= floor | {"control_threshold": threshold, "control_threshold_train_dice": train_dice}
+        logger.info("study_3d lesion control by intensity: threshold %.2f; on real held-out lesions (the floor) Dice "
+                    "%.3f, detected %.2f, volume error %+.2f mL, centre error %.1f mm, false detections %.2f",
+                    threshold, out["floor_dice"], out["floor_detected"], out.get("floor_volume_error_ml", np.nan),
+                    out.get("floor_centre_error_mm", np.nan), out.get("floor_false_detection", np.nan))
     rows = provenance.index[provenance["kind"] == LESION].to_numpy()
     if not len(rows):
         return pd.DataFrame(), out, model
-    masks = vm.segment(model, np.asarray(samples["images"])[rows], seg_config.threshold)
-    table = vm.lesion_control_table(provenance.iloc[rows].reset_index(drop=True), masks, _spacing(volume_manifest))
+    plan = provenance.iloc[rows].reset_index(drop=True)
+    images = np.asarray(samples["images"])[rows]
+    if control.method == "intensity":
+        label_maps = np.asarray(samples["label_maps"])[rows]
+        lesion_masks = np.asarray(samples["lesion_masks"])[rows]
+        residuals = [vm.tissue_residual(image, labels, control.sigma_vox) for image, labels in zip(images, label_maps)]
+        masks = vm.intensity_masks(images, label_maps, plan, spacing, threshold, control, residuals=residuals)
+        out["control_lesion_contrast"] = float(np.nanmean(vm.lesion_contrast(residuals, lesion_masks)))
+        out |= vm.false_detection(images, label_maps, lesion_masks, float(plan["placed_volume_ml"].median()), spacing,
+                                  threshold, control, residuals=residuals, seed=fid.seed)
+    else:
+        masks = vm.segment(model, images, seg_config.threshold)
+    table = vm.lesion_control_table(plan, masks, spacing)
     out |= vm.control_summary(table, resamples=fid.resamples, level=fid.level, seed=fid.seed)
+    found = table[table["realised_found"] > 0]
+    out |= {"control_abs_volume_error_ml_max": float(table["abs_volume_error_ml"].max()),
+            "control_centre_error_mm_max": float(found["centre_error_mm"].max()) if len(found) else float("nan")}
     logger.info("study_3d lesion control: detected %.2f, |volume error| %.2f mL, centre error %.1f mm (n = %d)",
                 out["control_detected"], out.get("control_abs_volume_error_ml", float("nan")),
                 out.get("control_centre_error_mm", float("nan")), len(table))
     return table, out, model
+
+
+def _one_crop_per_item(volumes: Mapping[str, np.ndarray], manifest: pd.DataFrame,
+                       splits: tuple[str, ...] | str) -> dict[str, np.ndarray]:
+    """One sub-volume per item of ``splits``: the one with the most lesion voxels, the brain crop on a tie
+    (a lesion crop repeats lesions its item's brain crop holds: the same lesion would count twice)."""
+    rows = _rows(manifest, splits).copy()
+    rows["lesion_count"] = [int(np.count_nonzero(volumes["lesion_masks"][int(i)])) for i in rows["index"]]
+    rows["not_brain"] = rows["crop"] != "brain"
+    chosen = rows.sort_values(["item_id", "lesion_count", "not_brain", "index"], ascending=[True, False, True, True])
+    return _arrays(volumes, chosen.drop_duplicates("item_id")["index"].to_numpy())
 
 
 def score_utility(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFrame,
