@@ -408,3 +408,22 @@ def test_the_segmenter_learns_the_phantom_lesions(cohort):
     assert scores[with_lesion].mean() > 0.5
     with pytest.raises(ValueError, match=r"segmenter.pos_weight must be a number > 0, got 0"):
         vm.SegmenterConfig(pos_weight=0)
+
+
+def test_the_views_outline_the_lesion_on_real_sections_and_leave_the_synthetic_ones_uncovered() -> None:
+    from matplotlib.lines import Line2D
+
+    shape = (12, 12, 12)
+    real, synthetic, mask = -np.ones(shape), -np.ones(shape), np.zeros(shape, np.uint8)
+    mask[5:8, 6:9, 3:6] = 1
+    synthetic[mask > 0] = 1.0  # the lesion the generator drew, where it was asked
+    figure = vm.orthogonal_views([("#0", real, synthetic, mask, (6, 7, 4))], title="t")
+    axes = figure.axes
+    contours = [len(ax.collections) for ax in axes]
+    assert contours[:3] == [1, 1, 1] and contours[3:] == [0, 0, 0]  # outlines on the real sections only
+    for ax in axes[3:]:
+        ticks = [line for line in ax.lines if isinstance(line, Line2D) and line.get_color() == "red"]
+        assert len(ticks) == 2  # the centre's row and column, in the margins
+        (x0, x1), (y0, y1) = ticks[0].get_xdata(), ticks[1].get_ydata()
+        assert max(x0, x1) < -0.5 and max(y0, y1) < -0.5  # outside the image: nothing drawn over it
+        assert ax.get_xlim() == (-0.5, 11.5) and ax.get_ylim() == (-0.5, 11.5)

@@ -712,13 +712,30 @@ def plant_volume_copies(references: np.ndarray | Tensor, n: int, *, noise_std: f
 # ----------------------------------------------------------------------------- 5. figures
 
 
+def _margin_ticks(ax, region: np.ndarray) -> None:
+    """Red ticks outside the image at the row and column of ``region``'s centre (``imshow`` with origin lower)."""
+    rows, columns = np.nonzero(region)
+    y, x = float(rows.mean()), float(columns.mean())
+    height, width = region.shape
+    style = {"color": "red", "linewidth": 1.2, "clip_on": False}
+    ax.plot([-0.5 - 0.12 * width, -0.5 - 0.02 * width], [y, y], **style)
+    ax.plot([x, x], [-0.5 - 0.12 * height, -0.5 - 0.02 * height], **style)
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(-0.5, height - 0.5)
+
+
 def orthogonal_views(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray | None, Sequence[int]]], *,
                      title: str) -> Figure:
     """One row per pair: the real volume's three sections, then the synthetic one's, through one voxel.
 
+    The lesion mask of the synthetic's label map is outlined in red on the real sections only; on
+    the synthetic ones red ticks in the margins mark the centre's row and column, so that what the
+    generator drew there is not hidden under the outline (a lesion of a few voxels is narrower
+    than the line around it).
+
     Args:
         rows: ``(caption, real (D, H, W) or (1, D, H, W), synthetic (same shape), lesion mask of the
-            synthetic's label map or None (outlined in red on both), centre voxel (d, h, w))``.
+            synthetic's label map or None, centre voxel (d, h, w))``.
     """
     figure = Figure(figsize=(11.0, 1.9 * max(len(rows), 1) + 0.4), layout="constrained")
     axes = figure.subplots(max(len(rows), 1), 6, squeeze=False)
@@ -731,7 +748,10 @@ def orthogonal_views(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarra
                 ax = axes[r][3 * half + k]
                 ax.imshow(sections[plane], cmap="gray", vmin=-1, vmax=1, origin="lower", interpolation="nearest")
                 if outline is not None and outline[plane].any():
-                    ax.contour(outline[plane].astype(float), levels=[0.5], colors="red", linewidths=0.7)
+                    if half == 0:
+                        ax.contour(outline[plane].astype(float), levels=[0.5], colors="red", linewidths=0.7)
+                    else:
+                        _margin_ticks(ax, outline[plane])
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if r == 0:

@@ -497,7 +497,8 @@ def _views(samples: Mapping[str, np.ndarray], provenance: pd.DataFrame, volumes:
         rows.append((f"#{row.index} paired ({row.crop})", samples["real"][int(row.index)],
                      samples["images"][int(row.index)], mask if mask.any() else None, tuple(centre)))
     return vm.orthogonal_views(rows, title="Real (held-out patient, left) and synthetic (right), through the lesion; "
-                                           "red: the lesion of the label map")
+                                           "red: the lesion of the label map (outline on real, margin ticks on "
+                                           "synthetic)")
 
 
 def write_study_report(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFrame,
