@@ -177,6 +177,22 @@ def test_blocks_cover_the_items_once_in_order_and_differ_by_at_most_one():
         collectives.block(3, 2, 2)
 
 
+def test_chunk_blocks_split_rows_by_whole_chunks_only():
+    for count in (0, 1, 7, 8, 9, 25):
+        for chunk in (1, 3, 8):
+            for parts in (1, 2, 3):
+                rows = collectives.chunk_blocks(count, chunk, parts)
+                assert len(rows) == parts
+                assert [i for a, b in rows for i in range(a, b)] == list(range(count))
+                # every boundary between processes falls on a chunk boundary (or the end)
+                assert all(a % chunk == 0 or a == count for a, _ in rows)
+    # 9 rows in chunks of 4 (4, 4, 1): 2 chunks to the first process, 1 to the second
+    assert collectives.chunk_blocks(9, 4, 2) == [(0, 8), (8, 9)]
+    assert collectives.chunk_blocks(3, 4, 2) == [(0, 3), (3, 3)]  # one chunk: the second process has none
+    with pytest.raises(ValueError, match="chunk >= 1, got 0"):
+        collectives.chunk_blocks(3, 0, 2)
+
+
 def test_one_process_gathers_nothing_and_agrees_with_itself(monkeypatch):
     for name in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)

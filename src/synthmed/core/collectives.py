@@ -2,7 +2,7 @@
 
 Sampling (``synthmed.generators.sampling``) and the memorisation gate
 (``synthmed.privacy.memorisation``) run unchanged on one process. Under a launcher with
-several processes (``synthmed sample --processes N``, torchrun; ``synthmed.core.distributed``
+several processes (``synthmed launch --processes N``, torchrun; ``synthmed.core.distributed``
 reads the environment) each process takes a contiguous block of the work (`block`), and the
 blocks are gathered on every process, in rank order, with ``all_gather`` of padded tensors
 (`gather_rows`): every process then holds what one process would have computed alone.
@@ -73,6 +73,21 @@ def block(count: int, parts: int | None = None, part: int | None = None) -> tupl
     size, larger = divmod(count, parts)
     start = part * size + min(part, larger)
     return start, start + size + (1 if part < larger else 0)
+
+
+def chunk_blocks(count: int, chunk: int, parts: int | None = None) -> list[tuple[int, int]]:
+    """``[start, stop)`` rows of every process when ``count`` rows, taken in chunks of ``chunk``
+    (the last one may be shorter), are split by whole chunks (`block` over the chunks).
+
+    Sampling splits its batches this way and the gate its query chunks: a chunk computed whole
+    on any process rounds as on one process. ``parts`` defaults to the launch's world size.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk_blocks: expected chunk >= 1, got {chunk}.")
+    parts = distributed.world_size() if parts is None else parts
+    chunks = -(-count // chunk)
+    return [(min(a * chunk, count), min(b * chunk, count))
+            for a, b in (block(chunks, parts, r) for r in range(parts))]
 
 
 def _group_device() -> torch.device:

@@ -489,8 +489,7 @@ def _assemble(spec: FamilySpec, config, requests: list[dict], sampler: SamplerSp
     shape = spec.sample_shape(config)
     sides = shape[1:]
     batches = _batches(len(requests), throughput.batch_size)
-    counts = [sum(len(b) for b in batches[slice(*collectives.block(len(batches), distributed.world_size(), r))])
-              for r in range(distributed.world_size())]
+    counts = [stop - start for start, stop in collectives.chunk_blocks(len(requests), throughput.batch_size)]
     stacked = collectives.gather_rows(local, counts).numpy() if requests else np.zeros((0, *shape), np.float32)
     extra = throughput.columns()
     rows = [(i, spec.name, checkpoint, sampler.name, sampler.steps, sampler.guidance_scale, seed + b,

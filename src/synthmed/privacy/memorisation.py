@@ -652,11 +652,7 @@ def _search_shared(
     """
     if not collectives.active():
         return _search(queries, references, search, embed, chunk_size)
-    count, parts = queries.shape[0], distributed.world_size()
-    step = _query_chunk(references, search, chunk_size)
-    chunks = -(-count // step)
-    rows = [(min(a * step, count), min(b * step, count)) for a, b in
-            (collectives.block(chunks, parts, r) for r in range(parts))]
+    rows = collectives.chunk_blocks(queries.shape[0], _query_chunk(references, search, chunk_size))
     start, stop = rows[distributed.rank()]
     mine = _search(queries[start:stop], references, search, embed, chunk_size)
     return {key: collectives.gather_rows(value, [b - a for a, b in rows]) for key, value in mine.items()}
