@@ -23,7 +23,7 @@ from tests.conftest import PROJECT_ROOT, load_parameters
 
 
 def _context(project: Path, params: dict, env: str = "local") -> SimpleNamespace:
-    return SimpleNamespace(project_path=project, env=env, params=params)
+    return SimpleNamespace(project_path=project, env=env, config_loader={"parameters": params})
 
 
 @pytest.fixture()
