@@ -32,6 +32,7 @@ from synthmed.metrics.fidelity import (
     precision_recall_density_coverage,
     real_floor_split,
     summarise,
+    summarise_paired,
 )
 
 
@@ -249,6 +250,16 @@ def test_summarise_bootstraps_the_mean() -> None:
     # The standard error of the mean is 0.30 / sqrt(41) ~ 0.047: a 95 % interval spans ~0.18.
     assert 0.1 < summary["high"] - summary["low"] < 0.3
     assert summarise(values, resamples=300, seed=2) == summary
+
+
+def test_summarise_paired_names_each_score_as_the_metrics_files_do() -> None:
+    scores = {"ssim": torch.linspace(0.0, 1.0, 41), "psnr": torch.full((5,), 20.0)}
+    out = summarise_paired(scores, resamples=300, seed=2)
+    assert set(out) == {f"paired_{n}{s}" for n in scores for s in ("", "_low", "_high", "_n")}
+    ssim = summarise(scores["ssim"], resamples=300, seed=2)
+    assert (out["paired_ssim"], out["paired_ssim_low"], out["paired_ssim_high"], out["paired_ssim_n"]) == (
+        ssim["mean"], ssim["low"], ssim["high"], ssim["n"])
+    assert out["paired_psnr"] == 20.0 and out["paired_psnr_n"] == 5.0
 
 
 def test_summarise_rejects_non_finite_values_and_wrong_shapes() -> None:

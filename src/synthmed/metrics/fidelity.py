@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -786,6 +786,19 @@ def ms_ssim_diversity(
         raise RuntimeError(f"MS-SSIM returned NaN for {bad} of {len(per_pair)} pairs (normalize={normalize!r}).")
     logger.debug("MS-SSIM diversity on %d pairs, %d px window, %d scales.", len(first), window, len(betas))
     return float(per_pair.mean())
+
+
+def summarise_paired(scores: Mapping[str, Tensor], *, resamples: int = 200, level: float = 0.95,
+                     seed: int = 0) -> dict[str, float]:
+    """`summarise` of each paired score (`paired_metrics`, or a volume's), flattened as the
+    metrics files and the report name them: ``paired_<name>``, ``paired_<name>_low``,
+    ``paired_<name>_high``, ``paired_<name>_n``."""
+    out: dict[str, float] = {}
+    for name, values in scores.items():
+        stats = summarise(values, resamples=resamples, level=level, seed=seed)
+        out |= {f"paired_{name}": stats["mean"], f"paired_{name}_low": stats["low"],
+                f"paired_{name}_high": stats["high"], f"paired_{name}_n": stats["n"]}
+    return out
 
 
 def paired_metrics(fake: Tensor, real: Tensor, *, data_range: float = 2.0) -> dict[str, Tensor]:

@@ -326,10 +326,8 @@ def fidelity_scores(evaluation: EvaluationSet, config: FidelityConfig) -> dict[s
     out["diversity_ms_ssim_real"] = fidelity.ms_ssim_diversity(evaluation.reference.images[pick_real],
                                                                max_pairs=config.diversity_pairs, seed=config.seed)
     if evaluation.paired is not None:
-        for name, values in fidelity.paired_metrics(evaluation.synthetic.images, evaluation.paired).items():
-            stats = fidelity.summarise(values, resamples=config.resamples, level=config.level, seed=config.seed)
-            out |= {f"paired_{name}": stats["mean"], f"paired_{name}_low": stats["low"],
-                    f"paired_{name}_high": stats["high"], f"paired_{name}_n": stats["n"]}
+        out |= fidelity.summarise_paired(fidelity.paired_metrics(evaluation.synthetic.images, evaluation.paired),
+                                         resamples=config.resamples, level=config.level, seed=config.seed)
     logger.info("%s fidelity: FID %.2f [%.2f, %.2f] (n=%d) vs floor %.2f", evaluation.family, out["fid"],
                 out["fid_low"], out["fid_high"], n, out["fid_floor_halves"])
     return finite(out)

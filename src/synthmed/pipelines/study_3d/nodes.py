@@ -263,12 +263,9 @@ def score_fidelity(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFr
     paired = provenance.index[provenance["kind"] == PAIRED].to_numpy()
     if len(paired):
         scores = vm.paired_volume_metrics(np.asarray(samples["images"])[paired], np.asarray(samples["real"])[paired])
-        from synthmed.metrics.fidelity import summarise
+        from synthmed.metrics.fidelity import summarise_paired
 
-        for name, values in scores.items():
-            stats = summarise(values, resamples=fid.resamples, level=fid.level, seed=fid.seed)
-            out |= {f"paired_{name}": stats["mean"], f"paired_{name}_low": stats["low"],
-                    f"paired_{name}_high": stats["high"], f"paired_{name}_n": stats["n"]}
+        out |= summarise_paired(scores, resamples=fid.resamples, level=fid.level, seed=fid.seed)
     return out
 
 
