@@ -98,6 +98,7 @@ def _schema() -> dict[str, type]:
     from synthmed.imaging.lesion_placement import LesionPlanRow
     from synthmed.imaging.slicing import PatchSpec
     from synthmed.imaging.volumes import VolumeConfig
+    from synthmed.metrics.detectability import DetectabilityConfig
     from synthmed.metrics.features import FeatureNetworkConfig, FitConfig
     from synthmed.metrics.utility import UtilityConfig
     from synthmed.metrics.volume_config import PlaneEncoderConfig, SegmenterConfig
@@ -141,6 +142,7 @@ def _schema() -> dict[str, type]:
         "evaluation.feature_network": FeatureNetworkConfig,
         "evaluation.fidelity": FidelityConfig,
         "evaluation.utility": UtilityConfig,
+        "evaluation.detectability": DetectabilityConfig,
         "evaluation.memorisation": GateConfig,
         "evaluation.figures": FigureConfig,
         "evaluation.reader_kit": ReaderKitConfig,

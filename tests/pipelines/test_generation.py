@@ -196,6 +196,9 @@ def test_evaluation_writes_metrics_report_comparison_and_reader_kit(generated):
     assert metrics["ddpm.memorisation.calibrated"] == 1 and "ddpm.memorisation.flagged_fraction" in metrics
     assert "ddpm.fidelity.fid_floor_neighbour_slices" in metrics  # volumes: the neighbouring-slice floor
     assert "pix2pix.fidelity.paired_ssim" in metrics and "ddpm.fidelity.paired_ssim" not in metrics
+    # detectability: dcgan's samples are scored; ddpm draws 3 here, too few for 2 folds (skipped, warned)
+    assert {"dcgan.fidelity.detectability_auc", "dcgan.fidelity.detectability_auc_floor"} <= set(metrics)
+    assert "ddpm.fidelity.detectability_auc" not in metrics
     assert "rebalanced.gate.self_test_recall" in metrics
     # the gate's fraction flagged per sampled checkpoint: ddpm's step-2 checkpoint and its final generator (step 4)
     by_checkpoint = pd.read_csv(workdir / "data/08_reporting/evaluation/memorisation_by_checkpoint.csv")
@@ -207,7 +210,8 @@ def test_evaluation_writes_metrics_report_comparison_and_reader_kit(generated):
     assert metrics["ddpm.memorisation.candidate_count"] == 3  # the family's own samples only
     row = ddpm.iloc[0]
     report = (workdir / "data/08_reporting/report.html").read_text()
-    for family, key in (("ddpm", "fid"), ("ddpm", "fid_floor_halves"), ("pix2pix", "paired_psnr")):
+    for family, key in (("ddpm", "fid"), ("ddpm", "fid_floor_halves"), ("pix2pix", "paired_psnr"),
+                        ("dcgan", "detectability_auc"), ("dcgan", "detectability_auc_floor")):
         fidelity = {k.split(".", 2)[2]: v for k, v in metrics.items() if k.startswith(f"{family}.fidelity.")}
         assert with_interval(fidelity, key) in report, key  # the numbers of metrics.json, rounded to their interval
     assert number(metrics["dcgan.memorisation.pixel_threshold"]) in report

@@ -244,6 +244,10 @@ def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:
              for name in ("precision", "recall", "density", "coverage")]
     rows.append(("diversity (mean pairwise MS-SSIM, lower = more diverse)", number(metrics.get("diversity_ms_ssim")),
                  number(metrics.get("diversity_ms_ssim_real")), "", metrics.get("n_synthetic")))
+    if "detectability_auc" in metrics:
+        rows.append(("detectability AUC (a classifier telling synthetic from real; 0.5 = it cannot)",
+                     with_interval(metrics, "detectability_auc"), with_interval(metrics, "detectability_auc_floor"),
+                     "", metrics.get("detectability_auc_n")))
     for name in ("mse", "ssim", "psnr"):
         if f"paired_{name}" in metrics:
             rows.append((f"paired {name.upper()} vs the real image of the same mask",

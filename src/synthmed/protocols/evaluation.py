@@ -33,6 +33,7 @@ import numpy as np
 from synthmed.core.config import from_params
 from synthmed.core.lazy import lazy_import
 from synthmed.core.manifest import class_names_of
+from synthmed.metrics.detectability import DetectabilityConfig, detectability_scores
 from synthmed.metrics.features import (
     FeatureNetwork,
     FeatureNetworkConfig,
@@ -106,6 +107,7 @@ class EvaluationConfig:
     feature_network: Mapping[str, Any] = field(default_factory=dict)
     fidelity: Mapping[str, Any] = field(default_factory=dict)
     utility: Mapping[str, Any] = field(default_factory=dict)
+    detectability: Mapping[str, Any] = field(default_factory=dict)
     memorisation: Mapping[str, Any] = field(default_factory=dict)
     figures: Mapping[str, Any] = field(default_factory=dict)
     reader_kit: Mapping[str, Any] = field(default_factory=dict)
@@ -127,9 +129,18 @@ def gate_config(params: Mapping[str, Any], **overrides: Any) -> GateConfig:
     return from_params(GateConfig, {**params, **overrides}, "evaluation.memorisation")
 
 
+def _with_fit(cls: type, params: Mapping[str, Any], path: str) -> Any:
+    """``cls`` from a parameter block whose ``fit`` sub-block is a ``FitConfig``."""
+    fit = from_params(FitConfig, params.get("fit", {}), f"{path}.fit")
+    return from_params(cls, {**params, "fit": fit}, path)
+
+
 def utility_config(params: Mapping[str, Any]) -> UtilityConfig:
-    fit = from_params(FitConfig, params.get("fit", {}), "evaluation.utility.fit")
-    return from_params(UtilityConfig, {**params, "fit": fit}, "evaluation.utility")
+    return _with_fit(UtilityConfig, params, "evaluation.utility")
+
+
+def detectability_config(params: Mapping[str, Any]) -> DetectabilityConfig:
+    return _with_fit(DetectabilityConfig, params, "evaluation.detectability")
 
 
 def finite(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -334,6 +345,20 @@ def fidelity_scores(evaluation: EvaluationSet, config: FidelityConfig) -> dict[s
 
 
 # ------------------------------------------------------------------ memorisation
+
+
+def detectability(evaluation: EvaluationSet, config: DetectabilityConfig) -> dict[str, float]:
+    """The detectability AUC of the family's samples against its reference split (what it learnt
+    from), with the real-vs-real floor (`synthmed.metrics.detectability`); empty when disabled, and
+    with a warning when either side has fewer images than the folds need."""
+    sizes = (len(evaluation.reference.images), len(evaluation.synthetic.images))
+    if config.enabled and min(sizes) < 2 * config.folds:
+        logger.warning("%s: detectability not measured: %d reference and %d synthetic images, %d of each needed "
+                       "for %d folds (evaluation.detectability.folds).", evaluation.family, *sizes, 2 * config.folds,
+                       config.folds)
+        return {}
+    return finite(detectability_scores(evaluation.reference.images, evaluation.synthetic.images, config,
+                                       what=f"{evaluation.family} samples"))
 
 
 def gate_embedding(network: Callable[[torch.Tensor], torch.Tensor],

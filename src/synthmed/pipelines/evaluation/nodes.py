@@ -52,9 +52,12 @@ def prepare_evaluation(
 
 
 def fidelity_scores(evaluation: EvaluationSet, params: dict[str, Any]) -> dict[str, float]:
-    """FID/KID with intervals beside real-vs-real floors, PRDC, diversity, paired metrics."""
-    config = from_params(protocol.FidelityConfig, protocol.evaluation_config(params).fidelity, "evaluation.fidelity")
-    return protocol.fidelity_scores(evaluation, config)
+    """FID/KID with intervals beside real-vs-real floors, PRDC, diversity, paired metrics, and the
+    detectability AUC (a classifier telling synthetic from real) beside its real-vs-real floor."""
+    config = protocol.evaluation_config(params)
+    fidelity = from_params(protocol.FidelityConfig, config.fidelity, "evaluation.fidelity")
+    return protocol.fidelity_scores(evaluation, fidelity) | protocol.detectability(
+        evaluation, protocol.detectability_config(config.detectability))
 
 
 def memorisation_scores(evaluation: EvaluationSet,
