@@ -228,6 +228,7 @@ def test_evaluation_writes_metrics_report_comparison_and_reader_kit(generated):
     comparison = pd.read_csv(workdir / "data/08_reporting/family_comparison.csv")
     assert comparison["family"].tolist() == ["ddpm", "pix2pix", "dcgan"]
     assert comparison.loc[0, "fid"] == pytest.approx(metrics["ddpm.fidelity.fid"])
+    assert comparison.loc[2, "detectability_auc"] == pytest.approx(metrics["dcgan.fidelity.detectability_auc"])
     memorised = pd.read_csv(workdir / "data/08_reporting/evaluation/ddpm_memorisation.csv")
     assert {"nn_pixel_similarity", "nn_pixel_neighbour_index", "memorisation_flagged"} <= set(memorised)
     kit = workdir / "data/08_reporting/reader_kit"

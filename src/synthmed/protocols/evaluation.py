@@ -589,7 +589,7 @@ def _utility_value(summary: pd.DataFrame, mode: str, score: str, column: str = "
 
 
 def compare_families(results: Sequence[FamilyResult]) -> tuple[pd.DataFrame, Figure]:
-    """One row per family: fidelity with floors, PRDC, paired metrics, utility, memorisation.
+    """One row per family: fidelity with floors, PRDC, paired metrics, detectability, utility, memorisation.
 
     Families of different sources (slices vs patches) are each compared with their own
     source's real data; compare rows of the same source with each other.
@@ -611,6 +611,8 @@ def compare_families(results: Sequence[FamilyResult]) -> tuple[pd.DataFrame, Fig
             "coverage": f.get("coverage"), "diversity_ms_ssim": f.get("diversity_ms_ssim"),
             "diversity_ms_ssim_real": f.get("diversity_ms_ssim_real"),
             "paired_ssim": f.get("paired_ssim"), "paired_psnr": f.get("paired_psnr"), "paired_mse": f.get("paired_mse"),
+            "detectability_auc": f.get("detectability_auc"),
+            "detectability_auc_floor": f.get("detectability_auc_floor"),
             "utility_real_balanced_accuracy": _utility_value(u, "real", "balanced_accuracy"),
             "utility_synthetic_balanced_accuracy": _utility_value(u, "synthetic", "balanced_accuracy"),
             "utility_real_synthetic_delta": _utility_value(u, "real+synthetic", "balanced_accuracy", "delta_vs_real"),
