@@ -107,6 +107,8 @@ def test_study_nodes_end_to_end(cohort, params):
     # The intensity method's floor: the held-out phantoms' bright lesions are found where they are.
     assert control["floor_dice"] > 0.8 and control["floor_detected"] == 1.0 and control["floor_false_detection"] == 0
     assert {"control_lesion_contrast", "control_false_detection", "control_threshold"} <= set(control)
+    assert {"lesion_contrast_sd", "real_contrast_sd"} <= set(table) and "floor_lesion_contrast_sd" in control
+    assert {"control_visible", "control_lesion_contrast_sd_row0", "control_visible_row1"} <= set(control)
     gate_table, gate = nodes.run_volume_gate(store, manifest, samples, params)
     assert set(gate_table["kind"]) == {"held_out", "synthetic", "planted"}
     runs, utility = nodes.score_utility(store, manifest, samples, provenance, segmenter, params)
@@ -120,6 +122,7 @@ def test_study_nodes_end_to_end(cohort, params):
     assert '<a href="reader_kit/sheet.html">' in html and "reader_key/answer_key.csv" in html
     assert "floor: real held-out lesions" in html and "false detections" in html
     assert "utility_dice_real" in metrics and "real_synthetic" in html
+    assert "Lesion contrast by size" in html and "radius 6 mm" in html
     assert all(isinstance(v, float) for v in metrics.values())
 
 
@@ -250,6 +253,86 @@ def test_intensity_control_finds_bright_lesions_and_only_them(cohort):
     assert vm.calibrate_intensity_threshold(images, store["label_maps"][held], masks, spacing,
                                             vm.IntensityControlConfig(threshold=0.7)) == (0.7, pytest.approx(np.nan,
                                                                                                         nan_ok=True))
+
+
+def _block(side: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """White matter (value 0, noise sd 0.1) with a grey-matter slab, a CSF corner and a lesion ball of 1.0."""
+    rng = np.random.default_rng(5)
+    labels = np.full((side,) * 3, 3, np.uint8)
+    labels[:, :, :4] = 2
+    labels[:3, :3, :3] = 1
+    grid = np.stack(np.meshgrid(*[np.arange(side)] * 3, indexing="ij"), axis=-1)
+    lesion = np.sqrt(((grid - 10) ** 2).sum(-1)) <= 2.0
+    labels[lesion] = 4
+    image = np.array([-1.0, -1.0, 0.3, 0.0, 1.0])[labels] + rng.normal(0, 0.1, labels.shape)
+    return image, labels, lesion
+
+
+def test_lesion_contrast_sd_of_a_known_lesion():
+    image, labels, lesion = _block()
+    residual = vm.tissue_residual(image, labels)
+    # Lesion 1.0 above white matter, which varies with sd 0.1 around it: about 10 sd, whatever the scale.
+    contrast = vm.lesion_contrast_sd(residual, labels, lesion, (6.0,) * 3, 12.0)
+    assert contrast == pytest.approx(10.0, rel=0.15)
+    assert vm.lesion_contrast_sd(vm.tissue_residual(3 * image + 1, labels), labels, lesion, (6.0,) * 3,
+                                 12.0) == pytest.approx(contrast)
+    # Drawn as white matter (the generator ignored it): about 0.
+    blank = np.where(lesion, image - 1.0, image)
+    assert abs(vm.lesion_contrast_sd(vm.tissue_residual(blank, labels), labels, lesion, (6.0,) * 3, 12.0)) < 0.5
+    # Half as bright: half the contrast.
+    half = np.where(lesion, image - 0.5, image)
+    assert vm.lesion_contrast_sd(vm.tissue_residual(half, labels), labels, lesion, (6.0,) * 3,
+                                 12.0) == pytest.approx(contrast / 2, rel=0.15)
+    assert np.isnan(vm.lesion_contrast_sd(residual, labels, np.zeros_like(lesion), (6.0,) * 3, 12.0))
+    with pytest.raises(ValueError, match="shell_mm must be a number > 0, got 0"):
+        vm.lesion_contrast_sd(residual, labels, lesion, (6.0,) * 3, 0)
+    # Two lesions, one per component, in `real_lesions` order (scan order: the unlit one at d = 2 first).
+    two = lesion.copy()
+    two[2:4, 15:17, 15:17] = True
+    values = vm.component_contrast_sd(residual, labels, two, (6.0,) * 3, 12.0)
+    assert len(values) == 2 and values[1] == pytest.approx(contrast) and abs(values[0]) < 2.0
+
+
+def test_visibility_by_size_and_the_warnings(caplog):
+    table = pd.DataFrame({"plan_row": [0, 0, 1, 1], "requested_volume_ml": [4.0, 4.0, np.nan, np.nan],
+                          "requested_radius_mm": [np.nan, np.nan, 12.0, 12.0],
+                          "placed_volume_ml": [4.1, 3.9, 7.2, 7.2], "lesion_contrast_sd": [0.5, np.nan, 2.0, 3.0],
+                          "real_contrast_sd": 2.5})
+    by_size = vm.visibility_by_size(table, 1.0)
+    assert by_size["requested"].tolist() == ["4 mL", "radius 12 mm"]
+    assert by_size["visible"].tolist() == [0.0, 1.0] and by_size["contrast_sd"].tolist() == [0.5, 2.5]
+    assert by_size["placed_volume_ml"].tolist() == pytest.approx([4.0, 7.2])
+    assert (by_size["real_contrast_sd"] == 2.5).all()
+    with pytest.raises(ValueError, match=r"lacks columns \['lesion_contrast_sd'\]"):
+        vm.visibility_by_size(table.drop(columns="lesion_contrast_sd"), 1.0)
+    floor = pd.DataFrame({"lesion_contrast_sd": [2.0, 3.0]})
+    with caplog.at_level("WARNING", logger=nodes.logger.name):
+        out = nodes._visibility(table, floor, 1.0)
+    assert out["control_visible"] == 0.5 and out["control_min_visible_volume_ml"] == pytest.approx(7.2)
+    assert out["control_lesion_contrast_sd_row0"] == 0.5 and out["floor_lesion_contrast_sd_min"] == 2.0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith("study_3d.plan[0] (4 mL): 2 of 2 lesions drawn below")
+    # A plan row asking below the profile's smallest visible size is kept, with a warning.
+    rows = [LesionPlanRow(count=1, volume_ml=4.0), LesionPlanRow(count=1, radius_mm=12.0)]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=nodes.logger.name):
+        assert nodes.warn_invisible_rows(rows, 5.0) == [0]
+    assert "study_3d.plan[0] asks for 4.00 mL lesions, below 5.00 mL" in caplog.text
+    assert nodes.warn_invisible_rows(rows, 0.0) == []
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("contrast_shell_mm", 0, r"control.contrast_shell_mm must be a number > 0, got 0"),
+    ("visible_contrast_sd", -1, r"control.visible_contrast_sd must be a number >= 0, got -1"),
+])
+def test_lesion_contrast_parameters_are_checked(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        vm.IntensityControlConfig(**{key: value})
+
+
+def test_min_visible_volume_is_checked(params):
+    with pytest.raises(ValueError, match=r"study_3d.min_visible_volume_ml must be a number >= 0, got -1.0"):
+        nodes._config(params | {"min_visible_volume_ml": -1.0})
 
 
 def test_place_plan_clears_own_lesions_and_cycles():

@@ -75,6 +75,10 @@ class IntensityControlConfig:
             training split's real lesions (the value with the best mean Dice, over ``thresholds``).
         thresholds: ``[start, stop, step]`` of the calibration grid.
         lesion_brighter: the lesion is brighter than tissue (the cohort's FLAIR); False: darker (T1w).
+        contrast_shell_mm: the lesion contrast (`synthmed.metrics.volumes.lesion_contrast_sd`) compares
+            the lesion with the grey and white matter within this distance of it.
+        visible_contrast_sd: a lesion whose contrast (in units of the surrounding tissue's std) reaches
+            this counts as visible; the study warns about plan rows whose lesions stay below it.
     """
 
     method: str = "intensity"
@@ -83,15 +87,20 @@ class IntensityControlConfig:
     threshold: float | None = None
     thresholds: tuple[float, float, float] = (0.2, 2.0, 0.05)
     lesion_brighter: bool = True
+    contrast_shell_mm: float = 12.0
+    visible_contrast_sd: float = 1.0
 
     def __post_init__(self) -> None:
         if self.method not in ("intensity", "segmenter"):
             raise ValueError(f"study_3d.evaluation.control.method must be 'intensity' or 'segmenter', got "
                              f"{self.method!r}.")
-        for name in ("margin_mm", "sigma_vox"):
+        for name in ("margin_mm", "sigma_vox", "visible_contrast_sd"):
             if not is_number(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"study_3d.evaluation.control.{name} must be a number >= 0, got "
                                  f"{getattr(self, name)!r}.")
+        if not is_number(self.contrast_shell_mm) or self.contrast_shell_mm <= 0:
+            raise ValueError(f"study_3d.evaluation.control.contrast_shell_mm must be a number > 0, got "
+                             f"{self.contrast_shell_mm!r}.")
         if self.threshold is not None and not is_number(self.threshold):
             raise ValueError(f"study_3d.evaluation.control.threshold must be a number or null, got {self.threshold!r}.")
         grid = tuple(self.thresholds)

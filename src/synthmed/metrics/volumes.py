@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from synthmed.core.progress import ProgressLog
 from synthmed.core.seeding import seeded
+from synthmed.core.validation import is_number
 from synthmed.imaging.labels import CSF, GREY, LABEL_NAMES, LESION, WHITE
 from synthmed.metrics import fidelity
 from synthmed.metrics.features import ClassifierConfig, FitConfig, fit_classifier, predict_proba, resolve_device
@@ -548,7 +549,9 @@ def intensity_floor(images: np.ndarray, label_maps: np.ndarray, lesion_masks: np
     Returns:
         ``(table, summary)``: one row per real lesion (`lesion_control_table` columns, ``dice``);
         ``floor_dice``, ``floor_detected``, ``floor_abs_volume_error_ml`` (+ max), ``floor_volume_error_ml``,
-        ``floor_centre_error_mm`` (+ max), ``floor_false_detection`` and the counts.
+        ``floor_centre_error_mm`` (+ max), ``floor_false_detection`` and the counts; the lesion
+        contrast, per lesion (``lesion_contrast_sd``, `lesion_contrast_sd`) and as means
+        (``floor_lesion_contrast``, ``floor_lesion_contrast_sd``).
     """
     values, labels = _volumes("images", images).numpy(), np.asarray(label_maps)
     residuals = [tissue_residual(values[v], labels[v], config.sigma_vox) for v in range(len(values))]
@@ -567,6 +570,10 @@ def intensity_floor(images: np.ndarray, label_maps: np.ndarray, lesion_masks: np
                                threshold, config, residuals=residuals, sites_per_volume=sites_per_volume,
                                min_distance_mm=min_distance_mm, seed=seed, prefix="floor")
     summary["floor_lesion_contrast"] = float(np.nanmean(lesion_contrast(residuals, lesion_masks)))
+    contrast = {v: component_contrast_sd(residuals[v], labels[v], lesion_masks[v], spacing_mm,
+                                         config.contrast_shell_mm) for v in sorted(set(table["volume"]))}
+    table["lesion_contrast_sd"] = [contrast[int(v)][int(k) - 1] for v, k in zip(table["volume"], table["lesion"])]
+    summary["floor_lesion_contrast_sd"] = float(np.nanmean(table["lesion_contrast_sd"]))
     return table, summary
 
 
@@ -575,6 +582,94 @@ def lesion_contrast(residuals: Sequence[np.ndarray], lesion_masks: np.ndarray) -
     than its tissue the lesion is, without a threshold (real lesions: ``floor_lesion_contrast``)."""
     return np.array([float(r[np.asarray(m).reshape(r.shape) > 0].mean()) if np.asarray(m).any() else math.nan
                      for r, m in zip(residuals, lesion_masks)])
+
+
+def lesion_contrast_sd(residual: np.ndarray, label_map: np.ndarray, lesion_mask: np.ndarray,
+                       spacing_mm: Sequence[float], shell_mm: float) -> float:
+    """How far one lesion stands out of the tissue around it, in units of that tissue's spread.
+
+    ``(mean r inside - mean r around) / std r around`` with ``r`` the `tissue_residual` (each voxel
+    relative to its own tissue's median, so grey and white matter around a lesion share a scale) and
+    "around" the grey and white matter voxels of ``label_map`` outside the lesion within ``shell_mm``
+    of it: a contrast-to-noise ratio, the quantity that decides whether an eye sees the lesion in a
+    noisy texture (0: not at all; a real FLAIR lesion of the cohort: see ``floor_lesion_contrast_sd``).
+
+    Args:
+        residual: ``(D, H, W)`` `tissue_residual` of the volume.
+        label_map: its integer labels (the cohort's: CSF 1, grey 2, white 3, lesion 4), same shape.
+        lesion_mask: 0/1 mask of the lesion, same shape.
+        spacing_mm: voxel size (D, H, W).
+        shell_mm: width of the ring of surrounding tissue (> 0).
+
+    Returns:
+        The ratio; NaN when the mask is empty, fewer than 2 tissue voxels surround it or they do not vary.
+    """
+    if not (is_number(shell_mm) and shell_mm > 0):
+        raise ValueError(f"lesion_contrast_sd: shell_mm must be a number > 0, got {shell_mm!r}.")
+    values = np.asarray(residual, dtype=np.float64)
+    shape = values.shape[-3:]
+    values = values.reshape(shape)
+    labels = np.asarray(label_map).reshape(shape)
+    lesion = np.asarray(lesion_mask).reshape(shape) > 0
+    if not lesion.any():
+        return math.nan
+    distance = ndimage.distance_transform_edt(~lesion, sampling=np.asarray(spacing_mm, dtype=np.float64))
+    around = values[(~lesion) & (distance <= shell_mm) & np.isin(labels, (GREY, WHITE))]
+    spread = float(around.std()) if around.size >= 2 else 0.0
+    if spread <= 1e-12:
+        return math.nan
+    return (float(values[lesion].mean()) - float(around.mean())) / spread
+
+
+def component_contrast_sd(residual: np.ndarray, label_map: np.ndarray, lesion_mask: np.ndarray,
+                          spacing_mm: Sequence[float], shell_mm: float) -> list[float]:
+    """`lesion_contrast_sd` of each connected lesion (26-neighbourhood) of one volume, in the order of
+    `real_lesions`' ``lesion`` column (component 1, 2, ...)."""
+    shape = np.asarray(residual).shape[-3:]
+    components, n = ndimage.label(np.asarray(lesion_mask).reshape(shape) > 0, structure=np.ones((3, 3, 3)))
+    return [lesion_contrast_sd(residual, label_map, components == k, spacing_mm, shell_mm) for k in range(1, n + 1)]
+
+
+def visibility_by_size(control_table: pd.DataFrame, visible_contrast_sd: float) -> pd.DataFrame:
+    """The lesion contrast (`lesion_contrast_sd`) per plan row (one size and place asked for).
+
+    Args:
+        control_table: the lesion-control table with ``plan_row``, ``requested_radius_mm``,
+            ``requested_volume_ml``, ``placed_volume_ml``, ``lesion_contrast_sd`` and, optionally,
+            ``real_contrast_sd`` (the real held-out lesions' mean contrast, the reference).
+        visible_contrast_sd: contrast from which a lesion counts as visible.
+
+    Returns:
+        One row per plan row: ``plan_row``, ``requested`` (as asked: "4 mL" or "radius 9 mm"), ``n``,
+        ``placed_volume_ml`` (mean), ``contrast_sd`` (mean; NaN-free lesions), ``contrast_sd_min``,
+        ``visible`` (share of the row's lesions at or above ``visible_contrast_sd``; NaN counts as not
+        visible) and ``real_contrast_sd``.
+    """
+    columns = ["plan_row", "requested", "n", "placed_volume_ml", "contrast_sd", "contrast_sd_min", "visible",
+               "real_contrast_sd"]
+    if control_table.empty:
+        return pd.DataFrame(columns=columns)
+    missing = [c for c in ("plan_row", "placed_volume_ml", "lesion_contrast_sd") if c not in control_table]
+    if missing:
+        raise ValueError(f"visibility_by_size: the lesion-control table lacks columns {missing} (it needs the "
+                         "plan rows and each lesion's lesion_contrast_sd).")
+    rows = []
+    for plan_row, group in control_table.groupby("plan_row", sort=True):
+        first = group.iloc[0]
+        volume = pd.to_numeric(pd.Series([first.get("requested_volume_ml")]), errors="coerce").iloc[0]
+        radius = pd.to_numeric(pd.Series([first.get("requested_radius_mm")]), errors="coerce").iloc[0]
+        requested = f"{volume:g} mL" if np.isfinite(volume) else f"radius {radius:g} mm"
+        contrasts = group["lesion_contrast_sd"].to_numpy(dtype=np.float64)
+        finite = contrasts[np.isfinite(contrasts)]
+        reference = (group["real_contrast_sd"].to_numpy(dtype=np.float64) if "real_contrast_sd" in group
+                     else np.array([math.nan]))
+        rows.append({"plan_row": int(plan_row), "requested": requested, "n": len(group),
+                     "placed_volume_ml": float(group["placed_volume_ml"].astype(float).mean()),
+                     "contrast_sd": float(finite.mean()) if finite.size else math.nan,
+                     "contrast_sd_min": float(finite.min()) if finite.size else math.nan,
+                     "visible": float(np.mean(np.nan_to_num(contrasts, nan=-np.inf) >= visible_contrast_sd)),
+                     "real_contrast_sd": float(reference[0])})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def false_detection(images: np.ndarray, label_maps: np.ndarray, lesion_masks: np.ndarray, volume_ml: float,

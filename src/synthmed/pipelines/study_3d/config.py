@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from synthmed.core.validation import is_number
 from synthmed.imaging.cohort_config import LABEL_NAMES, WHITE
 
 
@@ -132,6 +133,9 @@ class StudyConfig:
         paired: also draw one volume per held-out sub-volume from its own label map (paired scores).
         clear_label: tissue written over a held-out map's own lesions before a lesion is placed.
         plan: `LesionPlanRow` keys per row.
+        min_visible_volume_ml: the smallest lesion this profile's generator draws visibly (measured:
+            ``evaluation.control.visible_contrast_sd``); a plan row asking for less is kept and warned
+            about (0 = no warning).
         export_dicom: DICOM series beside the NIfTI files.
         contrast: ``{brighter: <tissue>, darker: <tissue>}``: only sub-volumes whose mean intensity in
             the first tissue exceeds the second's (one MR contrast per study when the manifest does not
@@ -150,11 +154,15 @@ class StudyConfig:
     paired: bool = True
     clear_label: int = WHITE
     plan: tuple[Mapping[str, Any], ...] = ()
+    min_visible_volume_ml: float = 0.0
     export_dicom: bool = True
     contrast: Mapping[str, str] = field(default_factory=dict)
     evaluation: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not is_number(self.min_visible_volume_ml) or self.min_visible_volume_ml < 0:
+            raise ValueError(f"study_3d.min_visible_volume_ml must be a number >= 0, got "
+                             f"{self.min_visible_volume_ml!r}.")
         if self.contrast and (set(self.contrast) != {"brighter", "darker"}
                               or not set(self.contrast.values()) <= set(LABEL_NAMES.values())):
             raise ValueError(f"study_3d.contrast must be empty or {{brighter: <tissue>, darker: <tissue>}} with tissue "

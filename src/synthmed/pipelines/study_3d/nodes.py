@@ -12,6 +12,7 @@ volumes; a report page.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -137,6 +138,22 @@ def train_volume_generator(volumes: Mapping[str, np.ndarray], volume_manifest: p
 # ----------------------------------------------------------------------------- plan and sampling
 
 
+def warn_invisible_rows(rows: list[LesionPlanRow], min_visible_volume_ml: float) -> list[int]:
+    """Warn about the plan rows asking for a lesion smaller than ``min_visible_volume_ml`` (the smallest
+    size this profile draws visibly, ``study_3d.min_visible_volume_ml``); they are kept. Returns their
+    numbers."""
+    below = []
+    for k, row in enumerate(rows):
+        volume_ml = row.volume_ml if row.volume_ml is not None else 4.0 / 3.0 * math.pi * row.radius_mm**3 / 1000.0
+        if volume_ml < min_visible_volume_ml:
+            below.append(k)
+            logger.warning("study_3d.plan[%d] asks for %.2f mL lesions, below %.2f mL, the smallest this profile's "
+                           "generator draws visibly (study_3d.min_visible_volume_ml): they are placed and measured, "
+                           "but expect them to be hard to see (lesion_contrast_sd in the lesion-control table).",
+                           k, volume_ml, min_visible_volume_ml)
+    return below
+
+
 def plan_lesion_volumes(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFrame,
                         params: dict[str, Any]) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     """The label maps to draw from: held-out sub-volumes as they are (``paired``), then the lesion plan's.
@@ -150,6 +167,7 @@ def plan_lesion_volumes(volumes: Mapping[str, np.ndarray], volume_manifest: pd.D
     config = _config(params)
     volume_manifest = _selected(volumes, volume_manifest, config)
     rows = [from_params(LesionPlanRow, row, f"study_3d.plan[{k}]") for k, row in enumerate(config.plan)]
+    warn_invisible_rows(rows, config.min_visible_volume_ml)
     held_out = _rows(volume_manifest, config.held_out_splits)
     if held_out.empty:
         raise ValueError(f"No sub-volume in the held-out splits {list(config.held_out_splits)}: the plan needs "
@@ -299,9 +317,9 @@ def score_lesion_control(volumes: Mapping[str, np.ndarray], volume_manifest: pd.
         held_real = _one_crop_per_item(volumes, volume_manifest, config.held_out_splits)
         threshold, train_dice = vm.calibrate_intensity_threshold(
             train_real["images"], train_real["label_maps"], train_real["lesion_masks"], spacing, control)
-        _, floor = vm.intensity_floor(held_real["images"], held_real["label_maps"], held_real["lesion_masks"],
-                                      spacing, threshold, control, resamples=fid.resamples, level=fid.level,
-                                      seed=fid.seed)
+        floor_table, floor = vm.intensity_floor(held_real["images"], held_real["label_maps"],
+                                                held_real["lesion_masks"], spacing, threshold, control,
+                                                resamples=fid.resamples, level=fid.level, seed=fid.seed)
         out |= floor | {"control_threshold": threshold, "control_threshold_train_dice": train_dice}
         logger.info("study_3d lesion control by intensity: threshold %.2f; on real held-out lesions (the floor) Dice "
                     "%.3f, detected %.2f, volume error %+.2f mL, centre error %.1f mm, false detections %.2f",
@@ -318,12 +336,17 @@ def score_lesion_control(volumes: Mapping[str, np.ndarray], volume_manifest: pd.
         residuals = [vm.tissue_residual(image, labels, control.sigma_vox) for image, labels in zip(images, label_maps)]
         masks = vm.intensity_masks(images, label_maps, plan, spacing, threshold, control, residuals=residuals)
         out["control_lesion_contrast"] = float(np.nanmean(vm.lesion_contrast(residuals, lesion_masks)))
+        contrast_sd = [vm.lesion_contrast_sd(r, labels, mask, spacing, control.contrast_shell_mm)
+                       for r, labels, mask in zip(residuals, label_maps, lesion_masks)]
         out |= vm.false_detection(images, label_maps, lesion_masks, float(plan["placed_volume_ml"].median()), spacing,
                                   threshold, control, residuals=residuals, seed=fid.seed)
     else:
         masks = vm.segment(model, images, seg_config.threshold)
     table = vm.lesion_control_table(plan, masks, spacing)
     out |= vm.control_summary(table, resamples=fid.resamples, level=fid.level, seed=fid.seed)
+    if control.method == "intensity":
+        table = table.assign(lesion_contrast_sd=contrast_sd, real_contrast_sd=out["floor_lesion_contrast_sd"])
+        out |= _visibility(table, floor_table, control.visible_contrast_sd)
     found = table[table["realised_found"] > 0]
     out |= {"control_abs_volume_error_ml_max": float(table["abs_volume_error_ml"].max()),
             "control_centre_error_mm_max": float(found["centre_error_mm"].max()) if len(found) else float("nan")}
@@ -331,6 +354,38 @@ def score_lesion_control(volumes: Mapping[str, np.ndarray], volume_manifest: pd.
                 out["control_detected"], out.get("control_abs_volume_error_ml", float("nan")),
                 out.get("control_centre_error_mm", float("nan")), len(table))
     return table, out, model
+
+
+def _visibility(table: pd.DataFrame, floor_table: pd.DataFrame, visible_contrast_sd: float) -> dict[str, float]:
+    """Lesion contrast per plan row against the real lesions'; a warning for each row drawn below
+    ``visible_contrast_sd``. Metrics: ``control_lesion_contrast_sd`` (mean over lesions),
+    ``control_visible`` (share visible), per row ``control_lesion_contrast_sd_row<k>`` and
+    ``control_visible_row<k>``, ``control_min_visible_volume_ml`` (the smallest row, by mean placed
+    volume, whose lesions are all visible; NaN when none) and the real lesions' contrast range."""
+    by_size = vm.visibility_by_size(table, visible_contrast_sd)
+    values = table["lesion_contrast_sd"].to_numpy(dtype=np.float64)
+    out = {"control_lesion_contrast_sd": float(np.nanmean(values)) if np.isfinite(values).any() else float("nan"),
+           "control_visible": float(np.mean(np.nan_to_num(values, nan=-np.inf) >= visible_contrast_sd)),
+           "control_visible_contrast_sd": float(visible_contrast_sd)}
+    real = floor_table["lesion_contrast_sd"].to_numpy(dtype=np.float64)
+    if np.isfinite(real).any():
+        out |= {"floor_lesion_contrast_sd_min": float(np.nanmin(real)),
+                "floor_lesion_contrast_sd_max": float(np.nanmax(real))}
+    for row in by_size.itertuples():
+        out |= {f"control_lesion_contrast_sd_row{row.plan_row}": row.contrast_sd,
+                f"control_visible_row{row.plan_row}": row.visible}
+        logger.info("study_3d lesion contrast, plan row %d (%s, %.2f mL placed, n = %d): %.2f sd (min %.2f), %.0f%% "
+                    "visible; real held-out lesions %.2f sd", row.plan_row, row.requested, row.placed_volume_ml,
+                    row.n, row.contrast_sd, row.contrast_sd_min, 100 * row.visible, row.real_contrast_sd)
+        if row.visible < 1.0:
+            logger.warning("study_3d.plan[%d] (%s): %d of %d lesions drawn below the visible contrast %.2f sd "
+                           "(study_3d.evaluation.control.visible_contrast_sd; mean %.2f, real lesions %.2f).",
+                           row.plan_row, row.requested, round((1 - row.visible) * row.n), row.n,
+                           visible_contrast_sd, row.contrast_sd, row.real_contrast_sd)
+    visible = by_size[by_size["visible"] >= 1.0]
+    out["control_min_visible_volume_ml"] = (float(visible["placed_volume_ml"].min()) if len(visible)
+                                            else float("nan"))
+    return out
 
 
 def _one_crop_per_item(volumes: Mapping[str, np.ndarray], manifest: pd.DataFrame,
@@ -517,10 +572,15 @@ def write_study_report(volumes: Mapping[str, np.ndarray], volume_manifest: pd.Da
     gate_figure = _gate_figure(gate_table, gate["gate_threshold"])
     columns = ["index", "requested_radius_mm", "requested_volume_ml", "requested_location", "within",
                "placed_volume_ml", "placed_centre_d", "placed_centre_h", "placed_centre_w", "realised_found",
-               "realised_volume_ml", "volume_error_ml", "centre_error_mm"]
+               "realised_volume_ml", "volume_error_ml", "centre_error_mm", "lesion_contrast_sd", "real_contrast_sd"]
     shown = control_table[[c for c in columns if c in control_table]] if len(control_table) else control_table
+    control = from_params(vm.IntensityControlConfig, evaluation.control, "study_3d.evaluation.control")
+    visibility = (vm.visibility_by_size(control_table, control.visible_contrast_sd)
+                  if "lesion_contrast_sd" in control_table else pd.DataFrame())
     html = render("study_3d_report.html.j2", config=config, metrics=metrics, level_pct=round(100 * fid.level),
                   number=report_format.number, control_table=report_format.html_table(shown.round(3)),
+                  visibility_table=report_format.html_table(visibility.round(3)) if len(visibility) else "",
+                  control=control,
                   views=report_format.png64(_png(views)), gate_png=report_format.png64(_png(gate_figure)),
                   planes=vm.PLANES, gate_percentile=gate_config.percentile,
                   utility_table=report_format.html_table(utility_runs.round(4)) if len(utility_runs) else "")
