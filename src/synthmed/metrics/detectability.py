@@ -62,8 +62,9 @@ class DetectabilityConfig:
             raise ValueError(f"evaluation.detectability.enabled must be true or false, got {self.enabled!r}.")
         if not is_int(self.folds) or self.folds < 2:
             raise ValueError(f"evaluation.detectability.folds must be an integer >= 2, got {self.folds!r}.")
-        if not is_int(self.max_images) or self.max_images < 2:
-            raise ValueError(f"evaluation.detectability.max_images must be an integer >= 2, got {self.max_images!r}.")
+        if not is_int(self.max_images) or self.max_images < 2 * self.folds:
+            raise ValueError(f"evaluation.detectability.max_images must be an integer >= 2 x folds "
+                             f"({2 * self.folds}, two images per fold), got {self.max_images!r}.")
         if not is_int(self.resamples) or self.resamples < 10:
             raise ValueError(f"evaluation.detectability.resamples must be an integer >= 10, got {self.resamples!r}.")
         if not is_number(self.level) or not 0.5 < float(self.level) < 1.0:
