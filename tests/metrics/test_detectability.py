@@ -62,7 +62,8 @@ def test_disabled_gives_nothing_and_bad_input_is_named():
         detectability_scores(_smooth(8, 0), _smooth(8, 1, side=8), FAST)
     with pytest.raises(ValueError, match="folds must be an integer >= 2, got 1"):
         DetectabilityConfig(folds=1)
-    with pytest.raises(ValueError, match=r"max_images must be an integer >= 2 x folds \(10, two images per fold\), got 8"):
+    with pytest.raises(ValueError, match=r"max_images must be an integer >= 2 x folds \(10, two images per fold\), "
+                                         r"got 8"):
         DetectabilityConfig(folds=5, max_images=8)
     with pytest.raises(ValueError, match=r"level must be in \(0.5, 1\), got 1.5"):
         DetectabilityConfig(level=1.5)
