@@ -132,3 +132,43 @@ def test_a_configured_key_passes_and_pipelines_without_the_key_are_not_checked(p
     hook.before_pipeline_run({}, Pipeline([writer]), catalog)  # does not need the key
     catalog["pseudonymisation_key"] = MemoryDataset(b"k" * 32)
     hook.before_pipeline_run({}, pipeline, catalog)
+
+
+OPEN_A_RUN = """
+import json, sys
+import mlflow
+from synthmed.hooks import MlflowRunGuard, NotebookProbeHook
+mlflow.set_tracking_uri(sys.argv[1])
+mlflow.set_experiment("synthmed")
+blocked = sys.argv[2] == "blocked"
+if blocked:
+    NotebookProbeHook().before_pipeline_run({}, None, {})
+run = mlflow.start_run(run_name="probe")  # what kedro-mlflow's before_pipeline_run does
+imported = sys.modules.get("IPython") is not None
+if blocked:
+    MlflowRunGuard().before_pipeline_run({}, None, {})
+still_blocked = "IPython" in sys.modules and sys.modules["IPython"] is None
+tags = sorted(t for t in mlflow.get_run(run.info.run_id).data.tags if not t.startswith("synthmed."))  # the guard's
+mlflow.end_run()
+import IPython  # importable again once the run is open
+print(json.dumps({"imported": imported, "still_blocked": still_blocked, "tags": tags}))
+"""
+
+
+def _open_a_run(tmp_path: Path, how: str) -> dict:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src"), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    result = subprocess.run([sys.executable, "-c", OPEN_A_RUN, f"sqlite:///{tmp_path}/mlflow-{how}.db", how],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_opening_the_mlflow_run_does_not_import_ipython_and_tags_it_the_same(tmp_path) -> None:
+    plain, blocked = _open_a_run(tmp_path, "plain"), _open_a_run(tmp_path, "blocked")
+    assert plain["imported"]  # MLflow's notebook probes import IPython when let (0.5-0.7 CPU-s)
+    assert not blocked["imported"] and not blocked["still_blocked"]
+    assert blocked["tags"] == plain["tags"]  # MLflow found the same context: no notebook

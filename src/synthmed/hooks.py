@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -332,6 +333,53 @@ class BuildInfoHook:
         catalog[BUILD_INFO_DATASET] = BuildInfoDataset(project_path=str(self._project_path), env=self._env)
 
 
+# MLflow's start_run looks for a notebook (Databricks' dbutils, a Jupyter or VS Code kernel) by
+# importing IPython: 0.5-0.7 CPU-s of every `kedro run`'s start-up (benchmarks/RESULTS.md). A
+# notebook shell exists only in a process that has imported IPython; while one has not, the
+# import is blocked around kedro-mlflow's before_pipeline_run, and MLflow's probes read the
+# ImportError as "no notebook": the answer IPython itself would give them.
+_NOTEBOOK_PROBE = "IPython"
+_probe_blocked = False
+
+
+def block_notebook_probe() -> None:
+    """Blocks ``import IPython`` (``sys.modules[name] = None``) unless IPython is already imported."""
+    global _probe_blocked
+    if _NOTEBOOK_PROBE not in sys.modules:
+        sys.modules[_NOTEBOOK_PROBE] = None  # type: ignore[assignment]
+        _probe_blocked = True
+
+
+def lift_notebook_probe() -> None:
+    """Undoes ``block_notebook_probe``: IPython imports normally again (idempotent)."""
+    global _probe_blocked
+    if _probe_blocked and sys.modules.get(_NOTEBOOK_PROBE, "") is None:
+        del sys.modules[_NOTEBOOK_PROBE]
+    _probe_blocked = False
+
+
+class NotebookProbeHook:
+    """Spares MLflow's notebook probe its import of IPython when the run opens (see above).
+
+    ``tryfirst`` blocks the import before kedro-mlflow's ``before_pipeline_run`` opens the
+    run; ``MlflowRunGuard`` (``trylast``) lifts it once the run is open, and the run's end or
+    error lifts it if kedro-mlflow's hook failed in between. ``kedro ipython`` and notebooks
+    have IPython imported already and are left alone.
+    """
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        block_notebook_probe()
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        lift_notebook_probe()
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        lift_notebook_probe()
+
+
 class MlflowRunGuard:
     """Leaves no MLflow run RUNNING and tags it with its versions (``synthmed.mlflow_runs``).
 
@@ -340,6 +388,7 @@ class MlflowRunGuard:
 
     @hook_impl(trylast=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        lift_notebook_probe()  # kedro-mlflow has opened the run: nodes import what they like
         import mlflow
 
         from synthmed.mlflow_runs import end_orphaned_runs, guard_active_run, tag_versions

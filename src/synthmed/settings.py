@@ -9,6 +9,7 @@ from synthmed.hooks import (
     MainProcessCatalog,
     MlflowRunGuard,
     ModelRegistryHook,
+    NotebookProbeHook,
     PseudonymisationKeyHook,
     ReportingArtifactsHook,
     RunLockHook,
@@ -30,8 +31,10 @@ install_error_display()
 # SpillRunHook: ingestion's spill folders belong to the run under ParallelRunner (workers hand them on).
 # DistributedRunHook, registered last, refuses first a multi-process run of anything but training,
 # sampling and rebalancing.
+# NotebookProbeHook, registered first, is the last `tryfirst` one: it blocks MLflow's import of
+# IPython only once the checks above have passed, just before kedro-mlflow opens the run.
 HOOKS = (
-    ConfigCheckHook(), RunLockHook(), StagingHook(), PseudonymisationKeyHook(), MlflowRunGuard(),
+    NotebookProbeHook(), ConfigCheckHook(), RunLockHook(), StagingHook(), PseudonymisationKeyHook(), MlflowRunGuard(),
     ReportingArtifactsHook(), ModelRegistryHook(), BuildInfoHook(), SpillRunHook(), DistributedRunHook(),
 )
 
