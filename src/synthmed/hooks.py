@@ -334,10 +334,10 @@ class BuildInfoHook:
 
 
 # MLflow's start_run looks for a notebook (Databricks' dbutils, a Jupyter or VS Code kernel) by
-# importing IPython: 0.5-0.7 CPU-s of every `kedro run`'s start-up (benchmarks/RESULTS.md). A
-# notebook shell exists only in a process that has imported IPython; while one has not, the
-# import is blocked around kedro-mlflow's before_pipeline_run, and MLflow's probes read the
-# ImportError as "no notebook": the answer IPython itself would give them.
+# importing IPython: 0.4-0.5 CPU-s of every `kedro run`'s start-up once MLflow is imported
+# (benchmarks/RESULTS.md). A notebook shell exists only in a process that has imported IPython;
+# while one has not, the import is blocked around kedro-mlflow's before_pipeline_run, and MLflow's
+# probes read the ImportError as "no notebook": the answer IPython itself would give them.
 _NOTEBOOK_PROBE = "IPython"
 _probe_blocked = False
 
