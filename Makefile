@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Test processes (pytest-xdist): CI has 2 cores. `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 # Telemetry off for every tool we call.
 export KEDRO_DISABLE_TELEMETRY := true
@@ -60,7 +63,7 @@ plots: setup ## dvc plots show with Vega inlined: dvc_plots/index.html opens wit
 	$(BIN)/synthmed plots
 
 test: setup lint ## lint, import contracts, then the test suite (CPU, tiny configurations)
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 lint: setup ## ruff (lint + import order) and the import-layer contracts (docs/architecture.md)
 	$(BIN)/ruff check src tests tools benchmarks
@@ -73,7 +76,7 @@ dvc-deps: setup ## rewrite the src/ deps of dvc.yaml from the pipelines' imports
 	$(BIN)/python tools/dvc_deps.py --write
 
 test-fast: setup ## the unit tests only (skips the end-to-end DVC round trip and slow tests)
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 verify: setup ## check every store under data/ against its recorded sha256 and size
 	$(BIN)/synthmed verify

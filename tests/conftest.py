@@ -293,13 +293,49 @@ def sh(*args: str, cwd: Path, check: bool = True, timeout: int = 900,
     return result
 
 
+# `make test` runs the suite on several processes (pytest-xdist, `-n 2 --dist loadscope`). Each test
+# module goes to one process whole, so a module-scoped fixture is built once; the modules whose
+# tests read the session's shared `dvc repro` (`reproduced_project`, minutes on 2 cores) are one
+# unit on one process. (xdist's `xdist_group` mark cannot do this with pytest 9: xdist 3.8 renames
+# `item._nodeid`, which pytest 9 no longer reads, so the groups are silently ignored.)
+SHARED_RUN_FIXTURE = "reproduced_project"
+SHARED_RUN_MODULES = ("tests/test_end_to_end.py", "tests/test_notebooks.py", "tests/test_screenshots.py")
+
+
+def xdist_unit(nodeid: str) -> str:
+    """The unit of work one xdist process runs whole: the test's module, or the shared run's modules."""
+    module = nodeid.split("::", 1)[0]
+    return SHARED_RUN_FIXTURE if module in SHARED_RUN_MODULES else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadscope":
+        return None  # xdist's own scheduler for any other --dist
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_unit(nodeid)
+
+    return ModuleScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    strays = sorted({item.nodeid.split("::", 1)[0] for item in items
+                     if SHARED_RUN_FIXTURE in getattr(item, "fixturenames", ())} - set(SHARED_RUN_MODULES))
+    if strays:
+        raise pytest.UsageError(f"{strays} use the `{SHARED_RUN_FIXTURE}` fixture but are not in SHARED_RUN_MODULES "
+                                "(tests/conftest.py): add them, or every xdist process runs its own `dvc repro`.")
+
+
 @functools.cache
 def public_collections_tool() -> ModuleType:
     """``tools/public_collections.py`` as a module (tools/ is not a package)."""
     spec = importlib.util.spec_from_file_location("public_collections", PROJECT_ROOT / "tools/public_collections.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    return SHARED_RUN_FIXTURE if module in SHARED_RUN_MODULES else module
 
 
 @pytest.fixture(scope="session")
