@@ -238,7 +238,7 @@ def evaluate_inpainting(arrays: dict[str, np.ndarray], cases: pd.DataFrame, fill
     section = render_study_section(
         title="Inpainting: Pix2Pix, diffusion and the neighbouring slice, FID per structure",
         anchor="study-inpainting", table=table, metrics=ip.METRICS, metric_labels=ip.METRIC_LABELS,
-        digits={m: 2 for m in ip.METRICS}, figures=pngs, notes=_notes(config, metrics, encoder_name, n_train))
+        digits={m: 4 for m in ip.METRICS}, figures=pngs, notes=_notes(config, metrics, encoder_name, n_train))
     logger.info("Inpainting study: %s", {r.label: {m: round(r.summaries[m]["mean"], 2) for m in ip.METRICS}
                                         for r in rows})
     return (table, render_study_page(title="synthmed study: inpainting", sections=[section]),
@@ -309,7 +309,10 @@ def _notes(config: ip.InpaintingConfig, metrics: dict[str, float], encoder_name:
         f"Features: {encoder_name}, a ConvClassifier (normal vs lesion) trained on the {n_train} slices of the "
         f"training patients ({config.train_split}), as the evaluation pipeline's default; FID of the "
         f"{evaluation.fid_view}. Intervals: {evaluation.resamples} percentile-bootstrap resamples, level "
-        f"{evaluation.level}.",
+        f"{evaluation.level}; a resample repeats slices, which raises FID, so at this N an interval can lie above its "
+        "estimate (synthmed.metrics.fidelity.bootstrap_interval): it shows the spread, and overlapping intervals "
+        "mean the difference is not resolved. FID depends on the feature space's scale: compare a row with its "
+        "floor, not with the published (Inception) values.",
         f"Diffusion: ddpm with conditioning {list(config.diffusion_model.get('conditioning', []))}, "
         f"{config.diffusion_training.get('steps')} steps, sampled with {dict(evaluation.sampler)} (known pixels "
         f"pasted at every step). Pix2Pix: mask_channels 2 (masked slice, keep mask), "
