@@ -110,6 +110,7 @@ def _schema() -> dict[str, type]:
     from synthmed.privacy.pixel_checks import PixelChecksConfig
     from synthmed.protocols.encoders import EncoderConfig, SourceConfig
     from synthmed.protocols.evaluation import EvaluationConfig, FidelityConfig, FigureConfig, ReaderKitConfig
+    from synthmed.protocols.inpainting import InpaintingConfig, InpaintingEvaluation, PublishedStructure
     from synthmed.protocols.mask_to_image import MaskToImageConfig
     from synthmed.protocols.rebalancing import RebalancingConfig
     from synthmed.protocols.steps_sweep import StepsSweepConfig
@@ -162,6 +163,13 @@ def _schema() -> dict[str, type]:
         "study_3d.evaluation.utility": study_3d.UtilityConfig3D,
         "study_3d.evaluation.memorisation": study_3d.VolumeGateConfig,
         "study_3d.evaluation.reader_kit": study_3d.VolumeReaderKitConfig,
+        "study_inpainting": InpaintingConfig,
+        "study_inpainting.evaluation": InpaintingEvaluation,
+        "study_inpainting.published[]": PublishedStructure,
+        "study_inpainting.diffusion_model": FAMILY_CONFIGS["ddpm"],
+        "study_inpainting.diffusion_training": TrainingConfig,
+        "study_inpainting.pix2pix_model": FAMILY_CONFIGS["pix2pix"],
+        "study_inpainting.pix2pix_training": TrainingConfig,
     }
     # One block per registered generator family (the registry checks that FAMILY_CONFIGS lists them all).
     for name, config_cls in FAMILY_CONFIGS.items():

@@ -16,7 +16,8 @@ PIPELINE_ORDER = ("sample_data", "ingestion", "preprocessing", "extraction", "tr
 DATA_PIPELINES = ("ingestion", "preprocessing", "extraction")
 # Run only when named: `sample_cohort` builds the multi-patient test cohort (data/01_raw/cohort),
 # which no stage reads yet; `study_mask_to_image` (issue 10) and `study_3d` (issue 11) are studies run on request.
-ON_REQUEST = ("sample_cohort", "study_mask_to_image", "study_3d")
+# `study_inpainting` (issue 10) too: it reads the cohort env's extraction outputs.
+ON_REQUEST = ("sample_cohort", "study_mask_to_image", "study_3d", "study_inpainting")
 
 
 def register_pipelines() -> dict[str, Pipeline]:
