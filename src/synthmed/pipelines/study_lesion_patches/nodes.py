@@ -211,6 +211,7 @@ def score_patch_utility(patches: Mapping[str, np.ndarray], patch_manifest: pd.Da
     """The lesion classifier in four modes (real, real+flips, real+GAN, real+GAN+flips) over several seeds,
     tested on the held-out patients' real patches: the table, the per-seed runs, metrics."""
     from synthmed.metrics.utility import UtilityConfig, evaluate_utility
+    from synthmed.protocols.evaluation import mode_key
 
     config = _config(params)
     evaluation = config.evaluation
@@ -242,7 +243,7 @@ def score_patch_utility(patches: Mapping[str, np.ndarray], patch_manifest: pd.Da
                                  "n_test_patients": float(patch_manifest.loc[patch_manifest["split"].isin(
                                      evaluation.test_splits), "patient_key"].nunique())}
     for record in result.summary.to_dict("records"):
-        key = f"{lp.UTILITY_MODES[record['mode']]}.{record['score']}"
+        key = f"{mode_key(lp.UTILITY_MODES[record['mode']])}.{record['score']}"  # MLflow names allow no "+"
         for part in ("mean", "std", "low", "high", "delta_vs_real", "delta_low", "delta_high"):
             value = record[part]
             if value == value:  # not NaN
