@@ -111,6 +111,7 @@ def _schema() -> dict[str, type]:
     from synthmed.protocols.encoders import EncoderConfig, SourceConfig
     from synthmed.protocols.evaluation import EvaluationConfig, FidelityConfig, FigureConfig, ReaderKitConfig
     from synthmed.protocols.inpainting import InpaintingConfig, InpaintingEvaluation, PublishedStructure
+    from synthmed.protocols.lesion_patches import LesionPatchesConfig, Normalisation, PatchSampling, StudyEvaluation
     from synthmed.protocols.mask_to_image import MaskToImageConfig
     from synthmed.protocols.rebalancing import RebalancingConfig
     from synthmed.protocols.steps_sweep import StepsSweepConfig
@@ -151,6 +152,15 @@ def _schema() -> dict[str, type]:
         "study_mask_to_image": MaskToImageConfig,
         "study_mask_to_image.model": FAMILY_CONFIGS["pix2pix"],
         "study_mask_to_image.training": TrainingConfig,
+        "study_lesion_patches": LesionPatchesConfig,
+        "study_lesion_patches.patches": PatchSampling,
+        "study_lesion_patches.normalisation": Normalisation,
+        "study_lesion_patches.model": FAMILY_CONFIGS["dcgan"],
+        "study_lesion_patches.training": TrainingConfig,
+        "study_lesion_patches.evaluation": StudyEvaluation,
+        "study_lesion_patches.evaluation.encoder": EncoderConfig,
+        "study_lesion_patches.evaluation.encoder.fit": FitConfig,
+        "study_lesion_patches.evaluation.utility": UtilityConfig,
         "study_3d": study_3d.StudyConfig,
         "study_3d.run": RunConfig,
         "study_3d.model": FAMILY_CONFIGS["pix2pix3d"],

@@ -1,0 +1,316 @@
+"""Nodes of the ``study_lesion_patches`` pipeline: parse ``params:study_lesion_patches``, call the library, return.
+
+The study (issue 10, "DCGAN lesion patches"): lesion-centred and normal patches cut from the
+cohort's preprocessed volumes inside each patient's split, a class-conditional DCGAN trained on
+the training patches with synthmed's trainer, FID with its real-vs-real floor beside the
+published figure, a t-SNE of real and synthetic features, and the downstream lesion classifier
+in four modes; see ``synthmed.protocols.lesion_patches`` for the protocol.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from synthmed.core.checksums import sha256_bytes
+from synthmed.core.config import from_params
+from synthmed.generators.base import SamplerSpec, TrainedGenerator
+from synthmed.generators.registry import config_from_params, get_family
+from synthmed.generators.run import RunConfig, checkpoint_folder, model_card_facts
+from synthmed.generators.sampling import PLAN_COLUMNS, generate_from_plan
+from synthmed.generators.tracking import active_tracker
+from synthmed.generators.training import ArrayBatches, TrainingConfig, train
+from synthmed.protocols import lesion_patches as lp
+from synthmed.protocols.studies import render_study_page, render_study_section, study_table
+
+logger = logging.getLogger(__name__)
+
+FAMILY = "dcgan"
+WHERE = lp.WHERE
+
+
+def _config(params: Mapping[str, Any]) -> lp.LesionPatchesConfig:
+    return from_params(lp.LesionPatchesConfig, params, WHERE)
+
+
+def _rows(manifest: pd.DataFrame, splits: tuple[str, ...] | str) -> np.ndarray:
+    wanted = (splits,) if isinstance(splits, str) else splits
+    return manifest.loc[manifest["split"].isin(wanted), "index"].to_numpy(dtype=np.int64)
+
+
+def _images(store: Mapping[str, np.ndarray], index: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(store["images"][index], dtype=np.float32))
+
+
+def _labels(store: Mapping[str, np.ndarray], index: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(store["labels"][index], dtype=np.int64))
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- patches
+
+
+def cut_lesion_patches(preprocessed_images: Mapping[str, np.ndarray], preprocessed_masks: Mapping[str, np.ndarray],
+                       preprocessed_manifest: pd.DataFrame, split_table: pd.DataFrame,
+                       params: dict[str, Any]) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """Lesion-centred and normal patches inside each patient's split, normalised per patch.
+
+    Returns:
+        ``({"images" (N, 1, P, P) float32 in [-1, 1], "masks" (N, 1, P, P) uint8 lesion mask,
+        "brain" (N, 1, P, P) uint8, "labels" (N,) int64: 0 normal, 1 lesion}, manifest)``.
+    """
+    config = _config(params)
+    arrays, manifest = lp.cut_patches(preprocessed_images, preprocessed_masks, preprocessed_manifest, split_table,
+                                      config.patches)
+    arrays["images"] = lp.normalise_patches(arrays["images"], arrays["brain"], config.normalisation)
+    return arrays, manifest
+
+
+# ----------------------------------------------------------------------------- generator
+
+
+def train_patch_generator(patches: Mapping[str, np.ndarray], patch_manifest: pd.DataFrame,
+                          params: dict[str, Any]) -> tuple[TrainedGenerator, pd.DataFrame]:
+    """The class-conditional DCGAN trained on the training patches (synthmed's trainer, checkpoints, resume)."""
+    config = _config(params)
+    spec = get_family(FAMILY)
+    model_config = config_from_params(FAMILY, dict(config.model))
+    if model_config.image_size != config.patches.patch_px or model_config.num_classes != len(lp.CLASS_NAMES):
+        raise ValueError(
+            f"{WHERE}.model: image_size={model_config.image_size} and num_classes={model_config.num_classes}, "
+            f"expected image_size = patches.patch_px = {config.patches.patch_px} and num_classes = "
+            f"{len(lp.CLASS_NAMES)} ({', '.join(lp.CLASS_NAMES)})."
+        )
+    training = from_params(TrainingConfig, config.training, f"{WHERE}.training")
+    indices = _rows(patch_manifest, "train")
+    lp.check_patient_splits(patch_manifest)
+    run = RunConfig(source="patches", split="train", checkpoint_root=config.checkpoint_root)
+    checksums = {k: sha256_bytes(np.ascontiguousarray(patches[k]).tobytes()) for k in ("images", "labels")}
+    run_dir = checkpoint_folder(run, WHERE, model_config, training,
+                                [*checksums.values(), sha256_bytes(indices.tobytes())])
+    logger.info("%s: training the dcgan on %d training patches (%s); checkpoints in %s", WHERE, len(indices),
+                dict(patch_manifest.loc[patch_manifest["split"] == "train", "label"].value_counts()), run_dir)
+    store = {"images": patches["images"], "labels": patches["labels"], "masks": patches["masks"]}
+    models, history = train(spec, model_config, training, ArrayBatches(store, indices), run_dir,
+                            tracker=active_tracker(WHERE))
+    card = model_card_facts(run, training, patch_manifest, indices, list(lp.CLASS_NAMES), checksums, history)
+    return TrainedGenerator(FAMILY, model_config, models, lp.CLASS_NAMES, card), pd.DataFrame(history)
+
+
+def sample_patches(generator: TrainedGenerator, patches: Mapping[str, np.ndarray], patch_manifest: pd.DataFrame,
+                   params: dict[str, Any]) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """``synthetic_per_real`` synthetic patches per real training patch of each class (synthmed's sampler).
+
+    Returns:
+        ``({"images" (M, 1, P, P) float32 in [-1, 1], "labels" (M,) int64}, provenance)``.
+    """
+    config = _config(params)
+    evaluation = config.evaluation
+    train_rows = patch_manifest[patch_manifest["split"] == "train"]
+    counts = {name: int(round(evaluation.synthetic_per_real * (train_rows["label"] == name).sum()))
+              for name in lp.CLASS_NAMES}
+    plan = pd.DataFrame([{"condition": "class", "label": name, "count": count, "case": ""}
+                         for name, count in counts.items() if count > 0], columns=PLAN_COLUMNS)
+    if plan.empty:
+        raise ValueError(f"{WHERE}: the training split has no patch to match; nothing to sample.")
+    sampled = generate_from_plan(get_family(FAMILY), generator.config, generator.models, plan, list(lp.CLASS_NAMES),
+                                 SamplerSpec(name="ddim", steps=1), seed=evaluation.sample_seed,
+                                 batch_size=evaluation.batch_size, checkpoint=WHERE)
+    logger.info("%s: sampled %s synthetic patches", WHERE, counts)
+    return {"images": sampled.images.astype(np.float32), "labels": sampled.labels.astype(np.int64)}, \
+        sampled.provenance
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def score_patch_fidelity(patches: Mapping[str, np.ndarray], patch_manifest: pd.DataFrame,
+                   synthetic: Mapping[str, np.ndarray], params: dict[str, Any]
+                   ) -> tuple[pd.DataFrame, dict[str, float], Figure, str]:
+    """FID of the synthetic lesion patches against the real training ones, with the real-vs-real floor on
+    the same N, beside the published figure; FID per class and overall in the metrics; the t-SNE figure.
+
+    The feature space is a domain encoder (``synthmed.protocols.encoders``' small CNN) trained on the
+    real training patches to tell lesion from normal.
+    """
+    from synthmed.metrics import report_figures
+    from synthmed.metrics.features import ClassifierConfig, FitConfig, domain_network, fit_classifier
+    from synthmed.protocols.encoders import EncoderConfig
+    from synthmed.protocols.evaluation import FidelityConfig, fid_intervals, fid_sets
+
+    config = _config(params)
+    evaluation = config.evaluation
+    encoder = from_params(EncoderConfig, evaluation.encoder, f"{WHERE}.evaluation.encoder")
+    fit = from_params(FitConfig, encoder.fit or {}, f"{WHERE}.evaluation.encoder.fit")
+    train_index = _rows(patch_manifest, "train")
+    real, real_labels = _images(patches, train_index), _labels(patches, train_index)
+    fake = torch.from_numpy(np.asarray(synthetic["images"], dtype=np.float32))
+    fake_labels = torch.from_numpy(np.asarray(synthetic["labels"], dtype=np.int64))
+    spec = ClassifierConfig(channels=1, num_classes=len(lp.CLASS_NAMES), image_px=config.patches.patch_px,
+                            width=encoder.width, feature_dim=encoder.feature_dim)
+    model = fit_classifier(real, real_labels, spec, fit, seed=encoder.seed, flips=encoder.flips,
+                           description="lesion patch feature encoder")
+    network = domain_network(model, device=fit.device)
+    real_features, fake_features = network(real), network(fake)
+    fidelity = FidelityConfig(resamples=evaluation.fid_resamples, level=evaluation.level, seed=evaluation.seed)
+    metrics: dict[str, float] = {}
+    for name, real_rows, fake_rows in (("lesion", real_labels == lp.LESION, fake_labels == lp.LESION),
+                                       ("normal", real_labels == lp.NORMAL, fake_labels == lp.NORMAL),
+                                       ("all", torch.ones_like(real_labels, dtype=torch.bool),
+                                        torch.ones_like(fake_labels, dtype=torch.bool))):
+        if int(real_rows.sum()) < 8 or int(fake_rows.sum()) < 4:
+            raise ValueError(f"{WHERE}: FID of the {name} patches needs >= 8 real training and >= 4 synthetic "
+                             f"patches, got {int(real_rows.sum())} and {int(fake_rows.sum())}; cut more patches "
+                             "(patches.normal_per_lesion, slice_step) or sample more (synthetic_per_real).")
+        half_a, half_b, fake_n, _ = fid_sets(real_features[real_rows], fake_features[fake_rows],
+                                             seed=evaluation.seed)
+        scores = fid_intervals(half_a, half_b, fake_n, fidelity)
+        metrics |= {f"{name}.{key}": float(value) for key, value in scores.items()}
+        logger.info("%s: FID %s patches %.2f [%.2f, %.2f] vs real-vs-real floor %.2f (n=%d)", WHERE, name,
+                    scores["fid"], scores["fid_low"], scores["fid_high"], scores["fid_floor_halves"],
+                    int(scores["fid_n"]))
+    lesion = {key.removeprefix("lesion."): value for key, value in metrics.items() if key.startswith("lesion.")}
+    source = (f"synthetic vs real training lesion patches, {config.patches.patch_px} px at "
+              f"{config.patches.pixel_mm:g} mm, domain encoder ({encoder.feature_dim}-d) features; "
+              f"{config.training.get('steps')} steps")
+    table = study_table(lp.fid_rows(lesion, model_source=source), lp.published_rows(config.published),
+                        lp.FID_METRICS, level=evaluation.level)
+    coordinates = report_figures.tsne_coordinates(real_features.numpy(), real_labels.numpy(), fake_features.numpy(),
+                                                  fake_labels.numpy(), list(lp.CLASS_NAMES),
+                                                  perplexity=evaluation.tsne_perplexity, seed=evaluation.seed)
+    tsne = report_figures.tsne_figure(coordinates, list(lp.CLASS_NAMES),
+                                      title="t-SNE of domain-encoder features: real training vs synthetic patches")
+    metrics |= {"encoder.train_accuracy": float((model_accuracy(model, real, real_labels, fit.device))),
+                "n_real_train": float(len(real)), "n_synthetic": float(len(fake))}
+    from synthmed.metrics.report import png64
+
+    return table, metrics, tsne, png64(_png(tsne))
+
+
+def model_accuracy(model, images: torch.Tensor, labels: torch.Tensor, device: str) -> float:
+    from synthmed.metrics.features import predict_proba
+
+    return float((predict_proba(model, images, device=device).argmax(1) == labels).float().mean())
+
+
+def score_patch_utility(patches: Mapping[str, np.ndarray], patch_manifest: pd.DataFrame,
+                  synthetic: Mapping[str, np.ndarray], params: dict[str, Any]
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
+    """The lesion classifier in four modes (real, real+flips, real+GAN, real+GAN+flips) over several seeds,
+    tested on the held-out patients' real patches: the table, the per-seed runs, metrics."""
+    from synthmed.metrics.utility import UtilityConfig, evaluate_utility
+    from synthmed.protocols.evaluation import mode_key
+
+    config = _config(params)
+    evaluation = config.evaluation
+    utility = from_params(UtilityConfig, {"modes": list(lp.UTILITY_MODES), **evaluation.utility},
+                          f"{WHERE}.evaluation.utility")
+    unknown = sorted(set(utility.modes) - set(lp.UTILITY_MODES))
+    if unknown:
+        raise ValueError(f"{WHERE}.evaluation.utility.modes {unknown} are not modes of this study; expected a subset "
+                         f"of {list(lp.UTILITY_MODES)}.")
+    train_index, test_index = _rows(patch_manifest, "train"), _rows(patch_manifest, evaluation.test_splits)
+    real = (_images(patches, train_index), _labels(patches, train_index))
+    test = (_images(patches, test_index), _labels(patches, test_index))
+    counts = np.bincount(real[1].numpy(), minlength=len(lp.CLASS_NAMES))
+    if counts[lp.LESION] >= counts[lp.NORMAL]:
+        # evaluate_utility bootstraps the F1 of the rarest training class: it must be the lesion class.
+        raise ValueError(f"{WHERE}: the training split has {counts[lp.LESION]} lesion and {counts[lp.NORMAL]} "
+                         "normal patches; the study scores the lesion class as the minority class, so set "
+                         "patches.normal_per_lesion above 1.")
+    if not (test[1] == lp.LESION).any():
+        raise ValueError(f"{WHERE}: no lesion patch in the test splits {list(evaluation.test_splits)}; the lesion F1 "
+                         "needs held-out patients with lesions (preprocessing.split stratify: finding).")
+    fake = (torch.from_numpy(np.asarray(synthetic["images"], dtype=np.float32)),
+            torch.from_numpy(np.asarray(synthetic["labels"], dtype=np.int64)))
+    result = evaluate_utility(real, fake, test, list(lp.CLASS_NAMES), utility, seed=evaluation.seed)
+    n_train = {mode: len(real[0]) + (len(fake[0]) if "synthetic" in mode else 0) for mode in lp.UTILITY_MODES}
+    table = study_table(lp.utility_rows(result.summary, result.runs, n_train=n_train), [], lp.UTILITY_METRICS,
+                        level=utility.level)
+    metrics: dict[str, float] = {"n_test": float(len(test[0])), "n_test_lesion": float((test[1] == lp.LESION).sum()),
+                                 "n_test_patients": float(patch_manifest.loc[patch_manifest["split"].isin(
+                                     evaluation.test_splits), "patient_key"].nunique())}
+    for record in result.summary.to_dict("records"):
+        key = f"{mode_key(lp.UTILITY_MODES[record['mode']])}.{record['score']}"  # MLflow names allow no "+"
+        for part in ("mean", "std", "low", "high", "delta_vs_real", "delta_low", "delta_high"):
+            value = record[part]
+            if value == value:  # not NaN
+                metrics[f"{key}.{part}"] = float(value)
+    runs = result.runs.assign(mode=result.runs["mode"].map(lp.UTILITY_MODES))
+    logger.info("%s: lesion F1 by mode %s", WHERE,
+                {row.row: round(float(row.f1_lesion), 3) for row in table.itertuples()})
+    return table, runs, metrics
+
+
+def write_lesion_patches_report(fid_table: pd.DataFrame, utility_table: pd.DataFrame, fidelity: dict[str, float],
+                       utility: dict[str, float], tsne_png: str, patches: Mapping[str, np.ndarray],
+                       patch_manifest: pd.DataFrame, synthetic: Mapping[str, np.ndarray], params: dict[str, Any]
+                       ) -> tuple[str, Figure, dict[str, float]]:
+    """The HTML page (the FID table beside the published figure, the classifier table, figures), the
+    sample grid and the study's metrics (JSON and MLflow)."""
+    from synthmed.metrics.report import png64
+
+    config = _config(params)
+    evaluation = config.evaluation
+    train_index = _rows(patch_manifest, "train")
+    grid = lp.sample_grid(np.asarray(patches["images"][train_index]), np.asarray(patches["labels"][train_index]),
+                          np.asarray(synthetic["images"]), np.asarray(synthetic["labels"]), evaluation.grid_examples)
+    per_split = patch_manifest.groupby(["split", "label"]).size().unstack(fill_value=0)
+    patients = patch_manifest.groupby("split")["patient_key"].nunique()
+    counts = "; ".join(f"{split}: {', '.join(f'{int(n)} {label}' for label, n in row.items())} "
+                       f"({int(patients[split])} patients)" for split, row in per_split.iterrows())
+    p = config.patches
+    notes_fid = [
+        f"Patches: {p.patch_px} px at {p.pixel_mm:g} mm ({p.patch_px * p.pixel_mm:g} mm field of view) from axial "
+        f"slices of the cohort's preprocessed volumes. Lesion patches: centred on each lesion component's centroid "
+        f"(>= {p.min_lesion_px} px, jitter up to {p.jitter_px} px); normal patches: no lesion pixel, >= "
+        f"{100 * p.min_brain_fraction:.0f}% brain, {p.normal_per_lesion:g} per lesion patch. Per split: {counts}. "
+        "Patches never cross a patient's split (checked).",
+        f"Normalisation: {config.normalisation.method}"
+        + (f" (per patch, brain pixels' {config.normalisation.low:g}th-{config.normalisation.high:g}th percentiles "
+           "to [-1, 1], background -1)" if config.normalisation.method == "percentile" else "") + ".",
+        "FID: the project's Frechet distance (synthmed.metrics.fidelity) in the feature space of a domain encoder "
+        "trained on the real training patches, synthetic lesion patches against one half of the real training "
+        "lesion patches; the floor compares the two disjoint real halves on the same N. Intervals: percentile "
+        "bootstrap. The published figure was measured on mammography at 128 px with Inception features: its scale "
+        "is not ours; read our row against our floor, not against the published number.",
+        f"FID of the normal patches: {fidelity['normal.fid']:.2f} (floor {fidelity['normal.fid_floor_halves']:.2f}, "
+        f"n={int(fidelity['normal.fid_n'])}); all patches: {fidelity['all.fid']:.2f} "
+        f"(floor {fidelity['all.fid_floor_halves']:.2f}, n={int(fidelity['all.fid_n'])}).",
+    ]
+    notes_utility = [
+        f"A small CNN (synthmed.metrics.utility) per mode and seed, tested on the real patches of the held-out "
+        f"patients ({', '.join(evaluation.test_splits)}: {int(utility['n_test'])} patches, "
+        f"{int(utility['n_test_lesion'])} lesion, {int(utility['n_test_patients'])} patients). real+GAN adds "
+        f"{evaluation.synthetic_per_real:g} synthetic patch per real training patch of each class.",
+        "F1 (lesion) and balanced accuracy: mean over seeds with a percentile-bootstrap interval over the test "
+        "patches; AUC: mean over seeds, [min, max] over seeds. Test patches from one patient are correlated, so "
+        "the bootstrap over patches understates the uncertainty.",
+    ]
+    section_fid = render_study_section(
+        title="Lesion patches: DCGAN FID beside the published figure", anchor="study-lesion-patches-fid",
+        table=fid_table, metrics=lp.FID_METRICS, metric_labels={"fid": "FID"}, digits={"fid": 2},
+        figures=[("Rows: real lesion, synthetic lesion, real normal, synthetic normal", png64(_png(grid))),
+                 ("t-SNE of real training and synthetic patches (domain-encoder features)", tsne_png)],
+        notes=notes_fid)
+    section_utility = render_study_section(
+        title="Lesion patches: downstream lesion classifier", anchor="study-lesion-patches-utility",
+        table=utility_table, metrics=lp.UTILITY_METRICS, metric_labels=lp.UTILITY_LABELS,
+        digits={m: 3 for m in lp.UTILITY_METRICS}, figures=[], notes=notes_utility)
+    html = render_study_page(title="synthmed study: lesion patches", sections=[section_fid, section_utility])
+    metrics = {**{f"fid.{k}": v for k, v in fidelity.items()}, **{f"utility.{k}": v for k, v in utility.items()},
+               "n_patches": float(len(patch_manifest)),
+               "n_lesion_patches": float((patch_manifest["label"] == "lesion").sum())}
+    return html, grid, {k: float(v) for k, v in metrics.items()}
