@@ -145,6 +145,14 @@ def test_catalog_has_no_kedro_versioning(catalog_conf):
     assert not [name for name, entry in catalog_conf.items() if entry.get("versioned")]
 
 
+def test_metric_prefixes_end_with_a_dot(catalog_conf):
+    """MLflow names are prefix + name: `study_3d.fid`, never `study_3dfid`."""
+    prefixes = {name: entry["prefix"] for name, entry in catalog_conf.items()
+                if isinstance(entry, dict) and "prefix" in entry}
+    assert prefixes  # the metric datasets are found
+    assert {name: p for name, p in prefixes.items() if p and not p.endswith(".")} == {}
+
+
 def test_no_secret_is_tracked():
     tracked = subprocess.run(["git", "ls-files"], cwd=PROJECT_ROOT, capture_output=True, text=True,
                              check=True).stdout.split()
