@@ -138,3 +138,14 @@ def render_study_section(*, title: str, anchor: str, table: pd.DataFrame, metric
 def render_study_page(*, title: str, sections: Sequence[str]) -> str:
     """A standalone HTML page around already rendered study sections."""
     return render("study_page.html.j2", title=title, sections=list(sections))
+
+
+def figure_png64(figure: Any, *, dpi: int = 90) -> str:
+    """A matplotlib figure as a base64 PNG for a study's HTML page (``synthmed.metrics.report.png64``)."""
+    import io
+
+    from synthmed.metrics.report import png64
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return png64(buffer.getvalue())

@@ -48,6 +48,7 @@ from synthmed.pipelines.study_3d.config import (  # noqa: F401  (re-exported: th
     VolumeReaderKitConfig,
 )
 from synthmed.privacy.memorisation import calibrate_threshold
+from synthmed.protocols.studies import figure_png64
 
 logger = logging.getLogger(__name__)
 
@@ -581,15 +582,9 @@ def write_study_report(volumes: Mapping[str, np.ndarray], volume_manifest: pd.Da
                   number=report_format.number, control_table=report_format.html_table(shown.round(3)),
                   visibility_table=report_format.html_table(visibility.round(3)) if len(visibility) else "",
                   control=control,
-                  views=report_format.png64(_png(views)), gate_png=report_format.png64(_png(gate_figure)),
+                  views=figure_png64(views, dpi=100), gate_png=figure_png64(gate_figure, dpi=100),
                   planes=vm.PLANES, gate_percentile=gate_config.percentile,
                   utility_table=report_format.html_table(utility_runs.round(4)) if len(utility_runs) else "")
     return metrics, html, views, gate_figure
 
 
-def _png(figure: Figure) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()

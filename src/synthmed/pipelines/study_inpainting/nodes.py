@@ -8,7 +8,6 @@ neighbouring slice) on held-out patients, FID per structure with its floor and i
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Any
 
@@ -26,7 +25,7 @@ from synthmed.generators.sampling import PLAN_COLUMNS, generate_from_plan
 from synthmed.generators.tracking import active_tracker
 from synthmed.generators.training import ArrayBatches, TrainingConfig, train
 from synthmed.protocols import inpainting as ip
-from synthmed.protocols.studies import render_study_page, render_study_section, study_table
+from synthmed.protocols.studies import figure_png64, render_study_page, render_study_section, study_table
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +207,6 @@ def _features(fills: dict[str, np.ndarray], arrays: dict[str, np.ndarray], confi
 def evaluate_inpainting(arrays: dict[str, np.ndarray], cases: pd.DataFrame, fills: dict[str, np.ndarray],
                         params: dict[str, Any]) -> tuple[pd.DataFrame, str, Figure, Figure, Figure, dict[str, float]]:
     """FID per structure beside the published figure, the report page, a grid per case, the metrics."""
-    from synthmed.metrics.report import png64
 
     config = _config(params)
     evaluation = config.evaluation
@@ -231,10 +229,8 @@ def evaluate_inpainting(arrays: dict[str, np.ndarray], cases: pd.DataFrame, fill
         figure = _grid(case, cases, fills, evaluation)
         figures[case] = figure
         if (cases["case"] == case).any():
-            buffer = io.BytesIO()
-            figure.savefig(buffer, format="png", dpi=90)
             pngs.append((f"{case}: context (region in red) | real | Pix2Pix | diffusion | neighbouring slice",
-                         png64(buffer.getvalue())))
+                         figure_png64(figure)))
     section = render_study_section(
         title="Inpainting: Pix2Pix, diffusion and the neighbouring slice, FID per structure",
         anchor="study-inpainting", table=table, metrics=ip.METRICS, metric_labels=ip.METRIC_LABELS,

@@ -9,7 +9,6 @@ in four modes; see ``synthmed.protocols.lesion_patches`` for the protocol.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -28,7 +27,7 @@ from synthmed.generators.sampling import PLAN_COLUMNS, generate_from_plan
 from synthmed.generators.tracking import active_tracker
 from synthmed.generators.training import ArrayBatches, TrainingConfig, train
 from synthmed.protocols import lesion_patches as lp
-from synthmed.protocols.studies import render_study_page, render_study_section, study_table
+from synthmed.protocols.studies import figure_png64, render_study_page, render_study_section, study_table
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +50,6 @@ def _images(store: Mapping[str, np.ndarray], index: np.ndarray) -> torch.Tensor:
 
 def _labels(store: Mapping[str, np.ndarray], index: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(store["labels"][index], dtype=np.int64))
-
-
-def _png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    return buffer.getvalue()
 
 
 # ----------------------------------------------------------------------------- patches
@@ -194,9 +187,8 @@ def score_patch_fidelity(patches: Mapping[str, np.ndarray], patch_manifest: pd.D
                                       title="t-SNE of domain-encoder features: real training vs synthetic patches")
     metrics |= {"encoder.train_accuracy": float((model_accuracy(model, real, real_labels, fit.device))),
                 "n_real_train": float(len(real)), "n_synthetic": float(len(fake))}
-    from synthmed.metrics.report import png64
 
-    return table, metrics, tsne, png64(_png(tsne))
+    return table, metrics, tsne, figure_png64(tsne)
 
 
 def model_accuracy(model, images: torch.Tensor, labels: torch.Tensor, device: str) -> float:
@@ -260,7 +252,6 @@ def write_lesion_patches_report(fid_table: pd.DataFrame, utility_table: pd.DataF
                        ) -> tuple[str, Figure, dict[str, float]]:
     """The HTML page (the FID table beside the published figure, the classifier table, figures), the
     sample grid and the study's metrics (JSON and MLflow)."""
-    from synthmed.metrics.report import png64
 
     config = _config(params)
     evaluation = config.evaluation
@@ -302,7 +293,7 @@ def write_lesion_patches_report(fid_table: pd.DataFrame, utility_table: pd.DataF
     section_fid = render_study_section(
         title="Lesion patches: DCGAN FID beside the published figure", anchor="study-lesion-patches-fid",
         table=fid_table, metrics=lp.FID_METRICS, metric_labels={"fid": "FID"}, digits={"fid": 2},
-        figures=[("Rows: real lesion, synthetic lesion, real normal, synthetic normal", png64(_png(grid))),
+        figures=[("Rows: real lesion, synthetic lesion, real normal, synthetic normal", figure_png64(grid)),
                  ("t-SNE of real training and synthetic patches (domain-encoder features)", tsne_png)],
         notes=notes_fid)
     section_utility = render_study_section(

@@ -7,7 +7,6 @@ not weigh on the demo's sample; see ``synthmed.protocols.mask_to_image`` for the
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Any
 
@@ -34,7 +33,7 @@ from synthmed.protocols.mask_to_image import (
     region_split,
     study_rows,
 )
-from synthmed.protocols.studies import render_study_page, render_study_section, study_table
+from synthmed.protocols.studies import figure_png64, render_study_page, render_study_section, study_table
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +83,6 @@ def train_study_generator(arrays: dict[str, np.ndarray], split: pd.DataFrame, pa
 def evaluate_study(arrays: dict[str, np.ndarray], split: pd.DataFrame, models, params: dict[str, Any]
                    ) -> tuple[pd.DataFrame, str, Figure, dict[str, float]]:
     """Paired MSE / SSIM / PSNR on the held-out regions' images: the table, the HTML page, the grid, metrics."""
-    from synthmed.metrics.report import png64
 
     config = _config(params)
     evaluation = config.evaluation
@@ -106,8 +104,6 @@ def evaluate_study(arrays: dict[str, np.ndarray], split: pd.DataFrame, models, p
     table = study_table(rows, published_rows(config.published), METRICS, level=evaluation.level)
     names = split["name"].to_numpy()[test]
     figure = comparison_grid(arrays["masks"][test], real, sampled.images, names, evaluation.grid_examples)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
     test_regions = sorted(split.loc[split["split"] == "test", "region"].unique())
     notes = [
         f"Held-out images: {len(test)} photographs of {len(test_regions)} source regions ({', '.join(test_regions)}) "
@@ -120,7 +116,7 @@ def evaluate_study(arrays: dict[str, np.ndarray], split: pd.DataFrame, models, p
     section = render_study_section(
         title="Mask to image: Pix2Pix from vessel mask to whole fundus image", anchor="study-mask-to-image",
         table=table, metrics=METRICS, metric_labels=METRIC_LABELS, digits={"mse": 4, "ssim": 3, "psnr": 2},
-        figures=[("Held-out images: vessel mask | real | synthetic", png64(buffer.getvalue()))], notes=notes)
+        figures=[("Held-out images: vessel mask | real | synthetic", figure_png64(figure))], notes=notes)
     metrics = {"n_test": float(len(test)), "n_train": float(len(train_indices))}
     for row in rows:
         key = row.kind if row.kind != "ours" else "pix2pix"
