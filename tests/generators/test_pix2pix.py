@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 import pytest
 import torch
@@ -61,6 +62,7 @@ def test_defaults_are_the_papers_and_masks_are_needed():
         ({"image_size": 16, "depth": 3, "discriminator_layers": 5}, r"discriminator_layers.*<= image_size=16, got 5"),
         ({"augment": "yes"}, r"augment must be true or false, got 'yes'"),
         ({"grad_clip_norm": 0.0}, r"grad_clip_norm must be a number > 0 or null, got 0.0"),
+        ({"upsampling": "bilinear"}, r"pix2pix upsampling must be one of \['transpose', 'resize'\], got 'bilinear'"),
     ],
 )
 def test_invalid_config_values_are_named(overrides, message):
@@ -68,15 +70,19 @@ def test_invalid_config_values_are_named(overrides, message):
         pix2pix.Config(**overrides)
 
 
+@pytest.mark.parametrize("upsampling", ["transpose", "resize"])
 @pytest.mark.parametrize(
     ("image_size", "depth", "channels", "layers"),
     [(16, 3, 1, 3), (16, 4, 3, 2), (32, 5, 1, 3), (64, 6, 3, 3)],
 )
-def test_network_and_sample_shapes(image_size, depth, channels, layers):
+def test_network_and_sample_shapes(image_size, depth, channels, layers, upsampling):
     config = pix2pix.Config(
-        image_size=image_size, depth=depth, channels=channels, base_channels=4, discriminator_layers=layers
+        image_size=image_size, depth=depth, channels=channels, base_channels=4, discriminator_layers=layers,
+        upsampling=upsampling,
     )
     models = pix2pix.build(config, 0)
+    transposed = any(isinstance(m, torch.nn.ConvTranspose2d) for m in models["generator"].modules())
+    assert transposed == (upsampling == "transpose")
     masks = _rectangles(2, image_size, torch.Generator().manual_seed(0))
     x = masks * 2 - 1
     fake = models["generator"](x)
@@ -101,6 +107,23 @@ def test_parameter_counts_match_the_reference_implementation():
         discriminator = pix2pix.PatchDiscriminator(config)
     assert abs(sum(p.numel() for p in generator.parameters()) - 54.414e6) < 1e3
     assert abs(sum(p.numel() for p in discriminator.parameters()) - 2.769e6) < 1e3
+
+
+def _digest(text: bytes) -> str:
+    return hashlib.sha256(text).hexdigest()
+
+
+def test_the_default_upsampling_is_the_papers_network_unchanged():
+    # Digests taken before `upsampling` existed (commit 7e570fd): the default config builds the same
+    # parameters (names and shapes) and, from the same seeds, the same output bit for bit.
+    config = pix2pix.Config(**TINY)
+    assert config.upsampling == "transpose"
+    models = pix2pix.build(config, 0)
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    out = pix2pix.translate(models, x, torch.Generator().manual_seed(1))
+    layout = [(k, tuple(v.shape)) for k, v in models.state_dict().items()]
+    assert _digest(repr(layout).encode()) == "e8c27da4923e633c36c3413b3b7a533ce7de005c2d1065e454cf575934329f25"
+    assert _digest(out.numpy().tobytes()) == "bd2bb17a499de78878bf54161d4c2e8f622e6a1d0fd26a026a7a4c2db17709e8"
 
 
 def test_dropout_only_in_the_three_innermost_up_blocks():

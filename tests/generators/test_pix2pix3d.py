@@ -9,6 +9,7 @@ Tiny volumes (8^3) from in-memory arrays: the volume array store is another modu
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -112,6 +113,8 @@ def test_mask_channels_follow_the_label_encoding():
         ({"num_classes": 3}, r"pix2pix3d num_classes must be 0"),
         ({"lesion_l1_weight": -1.0}, r"pix2pix3d lesion_l1_weight must be a number >= 0, got -1.0"),
         ({"lesion_paste": 1.5}, r"pix2pix3d lesion_paste must be a probability in \[0, 1\], got 1.5"),
+        ({"upsampling": "trilinear"},
+         r"pix2pix3d upsampling must be one of \['transpose', 'resize'\], got 'trilinear'"),
     ],
 )
 def test_invalid_config_values_are_named(overrides, message):
@@ -122,11 +125,14 @@ def test_invalid_config_values_are_named(overrides, message):
 # ----------------------------------------------------------------------------- shapes and the step
 
 
-@pytest.mark.parametrize("encoding", ["one_hot", "scaled"])
-def test_network_and_sample_shapes(encoding):
-    config = _config(label_encoding=encoding, channels=2)
+@pytest.mark.parametrize(("encoding", "upsampling"), [("one_hot", "transpose"), ("scaled", "transpose"),
+                                                     ("one_hot", "resize")])
+def test_network_and_sample_shapes(encoding, upsampling):
+    config = _config(label_encoding=encoding, channels=2, upsampling=upsampling)
     models = pix2pix3d.build(config, 0)
     assert isinstance(models["generator"].down[0].conv, torch.nn.Conv3d)
+    transposed = any(isinstance(m, torch.nn.ConvTranspose3d) for m in models["generator"].modules())
+    assert transposed == (upsampling == "transpose")
     batch = _batch(3)
     x = pix2pix3d.encode_conditions(batch["label_maps"], batch["masks"], config, "test")
     assert x.shape == (3, config.mask_channels, SIDE, SIDE, SIDE) and x.min() >= -1 and x.max() <= 1
@@ -137,6 +143,18 @@ def test_network_and_sample_shapes(encoding):
     volumes = pix2pix3d.sample(models, config, _conditions(batch), SamplerSpec(), torch.Generator().manual_seed(0))
     assert volumes.shape == (3, 2, SIDE, SIDE, SIDE) and volumes.dtype == torch.float32
     assert volumes.device.type == "cpu" and volumes.min() >= -1 and volumes.max() <= 1
+
+
+def test_the_default_upsampling_is_the_papers_network_unchanged():
+    # Digests taken before `upsampling` existed (commit 7e570fd): same parameters, same output bit for bit.
+    models = pix2pix3d.build(_config(), 0)
+    x = torch.rand(2, LABELS + 1, SIDE, SIDE, SIDE, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    out = pix2pix3d.translate(models, x, torch.Generator().manual_seed(1))
+    layout = [(k, tuple(v.shape)) for k, v in models.state_dict().items()]
+    digest = hashlib.sha256(repr(layout).encode()).hexdigest()
+    assert digest == "dcc587a524c4b59e722f933d95187d2961f988a92334413ff695aef82266696f"
+    digest = hashlib.sha256(out.numpy().tobytes()).hexdigest()
+    assert digest == "1a4316176828994ae0084b5bc36a2f9a0746dfcba73d1d7613128e67a75c4ecc"
 
 
 def test_one_hot_encoding_puts_each_label_in_its_channel_and_the_lesion_last():
@@ -347,8 +365,8 @@ def test_a_sampling_plan_draws_volumes_from_real_label_maps():
 # ----------------------------------------------------------------------------- trainer, save and load
 
 
-def _train(root: Path, steps: int, on_step=None, n: int = 10):
-    spec, config = get_family("pix2pix3d"), _config()
+def _train(root: Path, steps: int, on_step=None, n: int = 10, upsampling: str = "transpose"):
+    spec, config = get_family("pix2pix3d"), _config(upsampling=upsampling)
     training = TrainingConfig(steps=steps, batch_size=2, seed=3, checkpoint_every=3, log_every=1, device="cpu")
     return train(spec, config, training, ArrayBatches(volume_store(n), np.arange(n)), root, on_step=on_step)
 
@@ -357,19 +375,20 @@ class Stop(Exception):
     """Raised from ``on_step`` to interrupt training like a crash would."""
 
 
-def test_resumed_training_equals_a_straight_run_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("upsampling", ["transpose", "resize"])
+def test_resumed_training_equals_a_straight_run_bit_for_bit(tmp_path, upsampling):
     steps, resume_step = 8, 3  # 5 batches an epoch: the checkpoint at step 3 is mid-epoch
-    straight, straight_history = _train(tmp_path / "straight", steps)
+    straight, straight_history = _train(tmp_path / "straight", steps, upsampling=upsampling)
 
     def stop(step: int) -> None:
         if step == resume_step + 1:
             raise Stop
 
     with pytest.raises(Stop):
-        _train(tmp_path / "resumed", steps, on_step=stop)
+        _train(tmp_path / "resumed", steps, on_step=stop, upsampling=upsampling)
     assert [d.name for d in checkpoint_dirs(tmp_path / "resumed")] == [f"step-{resume_step:09d}"]
     trained: list[int] = []
-    resumed, history = _train(tmp_path / "resumed", steps, on_step=trained.append)
+    resumed, history = _train(tmp_path / "resumed", steps, on_step=trained.append, upsampling=upsampling)
     assert trained == list(range(resume_step + 1, steps + 1))  # it resumed, not restarted
     first, second = straight.state_dict(), resumed.state_dict()
     assert list(first) == list(second)
@@ -378,19 +397,22 @@ def test_resumed_training_equals_a_straight_run_bit_for_bit(tmp_path):
     assert [r["loss_g_l1"] for r in history] == [r["loss_g_l1"] for r in straight_history]
 
 
-def test_checkpoints_and_saved_models_hold_no_pickle_and_round_trip(tmp_path):
-    models, _ = _train(tmp_path / "run", 3)
+@pytest.mark.parametrize("upsampling", ["transpose", "resize"])
+def test_checkpoints_and_saved_models_hold_no_pickle_and_round_trip(tmp_path, upsampling):
+    models, _ = _train(tmp_path / "run", 3, upsampling=upsampling)
     folder = checkpoint_dirs(tmp_path / "run")[0]
     assert sorted(p.name for p in folder.iterdir()) == [
         "checksums.json", "discriminator.safetensors", "generator.json", "generator.safetensors", "history.json",
         "trainer_state.pt"]
     assert load_trainer_state(folder)["step"] == 3  # torch.load(weights_only=True): tensors and containers only
 
-    config = _config()
+    config = _config(upsampling=upsampling)
     (tmp_path / "saved").mkdir()
     write_generator_files(tmp_path / "saved", "pix2pix3d", config, models)
     write_checksums(tmp_path / "saved")
-    assert json.loads((tmp_path / "saved/generator.json").read_text())["family"] == "pix2pix3d"
+    manifest = json.loads((tmp_path / "saved/generator.json").read_text())
+    assert manifest["family"] == "pix2pix3d"
+    assert manifest["config"]["upsampling"] == upsampling  # the loader rebuilds this architecture
     spec, loaded_config, loaded = load_generator(tmp_path / "saved")
     assert spec.name == "pix2pix3d" and loaded_config == config
     conditions = _conditions(_batch(2))

@@ -25,6 +25,11 @@ Deviations from the paper, all deliberate:
 - The PatchGAN's two stride-1 convolutions are zero-padded to keep the size ("same"), so the
   logit map is ``image_size / 2**discriminator_layers`` on a side (32x32 instead of 30x30
   at 256 px, the same 70x70 receptive field) and small images (16 px) still get one.
+- ``upsampling: resize`` (not the default) replaces the decoder's ConvTranspose(4, stride 2)
+  by a nearest-neighbour x2 resize then a 3x3 (3x3x3) convolution, same channels and skips:
+  resize-convolution (Odena, Dumoulin, Olah 2016, "Deconvolution and Checkerboard Artifacts",
+  Distill) has no uneven kernel overlap, the source of the transposed convolution's
+  checkerboard texture. The default, ``transpose``, is the paper's.
 
 The networks and the adversarial step take the number of spatial dimensions (``dims``, 2 by
 default): ``pix2pix3d`` builds the same U-Net and PatchGAN with 3D convolutions.
@@ -45,7 +50,7 @@ from synthmed.generators.common import (
     dcgan_init,
     evaluating,
 )
-from synthmed.generators.pix2pix_config import Config, check_config  # noqa: F401 (re-exported)
+from synthmed.generators.pix2pix_config import UPSAMPLINGS, Config, check_config  # noqa: F401 (re-exported)
 
 # Paper, appendix 6.1.1: dropout (rate 0.5) in the first three decoder blocks (CD512, CD1024,
 # CD1024), i.e. the three innermost up-sampling blocks.
@@ -106,13 +111,27 @@ class Down(nn.Module):
         return F.leaky_relu(self.norm(self.conv(x)), LEAKY_SLOPE)
 
 
-class Up(nn.Module):
-    """Decoder block CD_k / C_k: ConvTranspose(4, stride 2) -> BatchNorm -> [Dropout] -> ReLU."""
+def upsampling_layer(in_channels: int, out_channels: int, dims: int, upsampling: str, bias: bool) -> nn.Module:
+    """A layer that doubles every side: ``transpose`` = ConvTranspose(4, stride 2, padding 1) (the
+    paper's), ``resize`` = nearest-neighbour x2 then Conv(3, padding 1) (resize-convolution)."""
+    conv, conv_transpose, _, _ = _layers(dims)
+    if upsampling == "transpose":
+        return conv_transpose(in_channels, out_channels, 4, stride=2, padding=1, bias=bias)
+    if upsampling == "resize":
+        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                             conv(in_channels, out_channels, 3, padding=1, bias=bias))
+    raise ValueError(f"pix2pix upsampling must be one of {list(UPSAMPLINGS)}, got {upsampling!r}.")
 
-    def __init__(self, in_channels: int, out_channels: int, dropout: float, dims: int = 2) -> None:
+
+class Up(nn.Module):
+    """Decoder block CD_k / C_k: ConvTranspose(4, stride 2) -> BatchNorm -> [Dropout] -> ReLU
+    (``upsampling="resize"``: nearest x2 + Conv(3) instead of the ConvTranspose)."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, dims: int = 2,
+                 upsampling: str = "transpose") -> None:
         super().__init__()
-        _, conv_transpose, batch_norm, _ = _layers(dims)
-        self.conv = conv_transpose(in_channels, out_channels, 4, stride=2, padding=1, bias=False)
+        _, _, batch_norm, _ = _layers(dims)
+        self.conv = upsampling_layer(in_channels, out_channels, dims, upsampling, bias=False)
         self.norm = batch_norm(out_channels)
         self.dropout = dropout
 
@@ -128,12 +147,11 @@ class UNetGenerator(nn.Module):
     ``(B, channels, H, W)`` in [-1, 1] (``dims=3``: ``(B, C, D, H, W)``). Dropout masks come
     from ``generator`` when one is given (then dropout is on in any mode), otherwise from the
     global RNG in training mode. ``config`` needs ``depth``, ``mask_channels``, ``channels``,
-    ``base_channels`` and ``dropout``.
+    ``base_channels``, ``dropout`` and ``upsampling``.
     """
 
     def __init__(self, config: Config, dims: int = 2) -> None:
         super().__init__()
-        _, conv_transpose, _, _ = _layers(dims)
         d = config.depth
         # Encoder: level i outputs _width(i) channels at H / 2**(i+1). No batch norm on the first
         # level (paper) nor on the innermost one (bottleneck; see the module docstring).
@@ -151,11 +169,13 @@ class UNetGenerator(nn.Module):
                 _width(config, j),
                 config.dropout if j >= d - 1 - DROPOUT_BLOCKS else 0.0,
                 dims,
+                config.upsampling,
             )
             for j in reversed(range(d - 1))
         )
-        # Output: ConvTranspose back to full size, Tanh into [-1, 1].
-        self.out = conv_transpose(_width(config, 0) * (1 if d == 1 else 2), config.channels, 4, stride=2, padding=1)
+        # Output: ConvTranspose (or resize + Conv) back to full size, Tanh into [-1, 1].
+        self.out = upsampling_layer(_width(config, 0) * (1 if d == 1 else 2), config.channels, dims,
+                                    config.upsampling, bias=True)
 
     def forward(self, mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         skips = []

@@ -41,6 +41,8 @@ class Config:
             lesion mask's voxels only; 0 = the paper's objective.
         lesion_paste: probability that a training volume receives a copy of a real lesion of its
             batch at a random grey / white matter place (``pix2pix3d.paste_lesions``); 0 = off.
+        upsampling: ``transpose`` (the paper's ConvTranspose(4, stride 2) in the decoder) or
+            ``resize`` (nearest-neighbour x2 then a 3x3x3 convolution: no checkerboard texture).
     """
 
     image_size: int = 32
@@ -60,6 +62,7 @@ class Config:
     grad_clip_norm: float | None = None
     lesion_l1_weight: float = 0.0
     lesion_paste: float = 0.0
+    upsampling: str = "transpose"
 
     def __post_init__(self) -> None:
         if not is_number(self.lesion_l1_weight) or self.lesion_l1_weight < 0:

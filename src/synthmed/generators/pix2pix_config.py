@@ -11,6 +11,10 @@ from typing import Any
 
 from synthmed.core.validation import is_int, is_number
 
+# How the U-Net decoder doubles the size: the paper's ConvTranspose(4, stride 2), or a
+# nearest-neighbour resize then a 3x3 convolution (no checkerboard texture; Odena et al. 2016).
+UPSAMPLINGS = ("transpose", "resize")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -33,6 +37,8 @@ class Config:
         discriminator_layers: stride-2 convolutions of the PatchGAN (3 = the 70x70 PatchGAN).
         augment: random flips and 90-degree rotations, identical for mask and image.
         grad_clip_norm: clip both networks' gradients to this norm; None = no clipping.
+        upsampling: ``transpose`` (the paper's ConvTranspose(4, stride 2) in the decoder) or
+            ``resize`` (nearest-neighbour x2 then a 3x3 convolution: no checkerboard texture).
     """
 
     image_size: int = 64
@@ -49,6 +55,7 @@ class Config:
     discriminator_layers: int = 3
     augment: bool = True
     grad_clip_norm: float | None = None
+    upsampling: str = "transpose"
 
     def __post_init__(self) -> None:
         check_config(self, "pix2pix")
@@ -93,3 +100,5 @@ def check_config(config: Any, family: str) -> None:
         raise ValueError(f"{family} augment must be true or false, got {config.augment!r}.")
     if config.grad_clip_norm is not None and (not is_number(config.grad_clip_norm) or config.grad_clip_norm <= 0):
         raise ValueError(f"{family} grad_clip_norm must be a number > 0 or null, got {config.grad_clip_norm!r}.")
+    if config.upsampling not in UPSAMPLINGS:
+        raise ValueError(f"{family} upsampling must be one of {list(UPSAMPLINGS)}, got {config.upsampling!r}.")
