@@ -91,6 +91,13 @@ def test_slices_are_downsampled_with_their_class_split_and_patient(cohort):
         cm.class_slices(store["images"], crossing, SIZE)
 
 
+def test_duplicate_rows_copy_every_real_lesion_in_turn():
+    np.testing.assert_array_equal(cm.duplicate_rows(np.array([7, 3, 5]), 7), [7, 3, 5, 7, 3, 5, 7])
+    assert len(cm.duplicate_rows(np.array([4]), 0)) == 0
+    with pytest.raises(ValueError, match="no real lesion slice"):
+        cm.duplicate_rows(np.array([], dtype=int), 3)
+
+
 def test_factors_count_the_real_training_lesions():
     labels = np.array([0] * 30 + [1] * 7)
     assert cm.lesion_counts(labels, (1.0, 2.0, 0.5)) == {1.0: 7, 2.0: 14, 0.5: 4}
@@ -175,9 +182,16 @@ def test_study_nodes_end_to_end(cohort, params):
     assert "sheet.html" in kit and not any("synthetic" in str(v) for k, v in kit.items() if k.endswith(".csv"))
     table, html, grid, metrics = nodes.write_class_multiplication_report(summary, utility, detectability, gate, key,
                                                                          arrays, synthetic, params)
-    assert table["kind"].tolist() == ["ours", "ours", "floor", "reference", "ours", "ours", "ours", "published"]
+    assert table["kind"].tolist() == ["ours", "ours", "floor", "reference", "ours", "reference", "ours", "reference",
+                                      "ours", "published"]
+    assert set(summary["added"]) == {cm.ADDED_SYNTHETIC, cm.ADDED_DUPLICATES}
     f1 = summary[(summary["score"] == "f1.lesion") & (summary["mode"] == "real+synthetic")]
-    x2 = table[table["row"].str.endswith("x2")].iloc[0]
+    copies = f1[f1["added"] == cm.ADDED_DUPLICATES]
+    f1 = f1[f1["added"] == cm.ADDED_SYNTHETIC]
+    x2 = table[table["row"].str.contains("synthetic lesion slices x2")].iloc[0]
+    control = table[table["row"].str.contains("copies of the real lesion slices .* x2")].iloc[0]
+    assert control["f1_lesion"] == pytest.approx(copies.loc[copies["factor"] == 2.0, "mean"].iloc[0])
+    assert utility["x2.duplicates.real_synthetic.f1.lesion.mean"] == pytest.approx(control["f1_lesion"])
     assert x2["f1_lesion"] == pytest.approx(f1.loc[f1["factor"] == 2.0, "mean"].iloc[0])
     assert x2["f1_lesion_delta"] == pytest.approx(f1.loc[f1["factor"] == 2.0, "delta_vs_real"].iloc[0])
     assert x2["f1_lesion_delta_low"] <= x2["f1_lesion_delta_high"] and x2["n"] == 40
@@ -221,3 +235,17 @@ def test_registered_on_request_with_checked_parameters(base_params):
     assert cm.published_rows(config.published)[0].values == {"anatomically_correct": 0.66}
     gpu = load_parameters("gpu")["study_class_multiplication"]
     assert gpu["image_size"] == gpu["model"]["image_size"] == 128
+
+
+def test_utility_rows_keep_the_synthetic_and_the_copied_additions_apart():
+    def record(mode, added, mean):
+        return {"score": "f1.lesion", "mode": mode, "added": added, "mean": mean, "low": mean - 0.1,
+                "high": mean + 0.1, "delta_vs_real": mean - 0.2, "delta_low": mean - 0.3, "delta_high": mean - 0.1,
+                "n_test": 40, "seeds": 3}
+    summary = pd.DataFrame([record("real", cm.ADDED_SYNTHETIC, 0.2), record("real+synthetic", cm.ADDED_SYNTHETIC, 0.5),
+                            record("real", cm.ADDED_DUPLICATES, 0.2),
+                            record("real+synthetic", cm.ADDED_DUPLICATES, 0.3)])
+    rows = cm.utility_rows({2.0: summary}, n_train={"real": 100, "x2": 116})
+    assert [(r.kind, r.summaries["f1_lesion"]["mean"]) for r in rows] == [("reference", 0.2), ("ours", 0.5),
+                                                                          ("reference", 0.3)]
+    assert "copies" in rows[2].label and rows[2].summaries["f1_lesion_delta"]["mean"] == pytest.approx(0.1)

@@ -14,7 +14,8 @@ copy of it:
   the held-out patients' slices, a self-test on planted copies): the fraction flagged;
 - the downstream classifier (``synthmed.metrics.utility.evaluate_utility``, modes ``real`` and
   ``real+synthetic``) per factor over several seeds, tested on the held-out patients' real
-  slices: lesion F1 with a bootstrap interval and the paired difference to ``real``;
+  slices: lesion F1 with a bootstrap interval and the paired difference to ``real``; beside each
+  factor the control, real + as many copies of the real training lesion slices (rebalancing alone);
 - the detectability AUC (``synthmed.metrics.detectability``): real training lesion slices
   against the synthetic ones, with the real-vs-real floor;
 - a blinded reader kit (``synthmed.metrics.reader_study.build_reader_kit``) of held-out real
@@ -57,6 +58,9 @@ METRIC_LABELS = {"anatomically_correct": "judged anatomically correct (readers)"
                  "detectability_auc": "detectability AUC", "f1_lesion": "lesion F1",
                  "f1_lesion_delta": "lesion F1 - real", "flagged_fraction": "fraction flagged (gate)"}
 UTILITY_MODES = ("real", "real+synthetic")
+# What the classifier's "real+synthetic" mode adds to the real training slices: the ddpm's lesion slices, or
+# (the control) as many copies of the real training lesion slices, so that the rebalancing alone is measured.
+ADDED_SYNTHETIC, ADDED_DUPLICATES = "synthetic", "duplicates"
 
 
 @dataclass(frozen=True)
@@ -250,6 +254,14 @@ def lesion_counts(labels: np.ndarray, factors: Sequence[float]) -> dict[float, i
     return {float(f): max(1, int(round(f * real))) for f in factors}
 
 
+def duplicate_rows(rows: np.ndarray, count: int) -> np.ndarray:
+    """``count`` rows taken in turn from ``rows`` (each real lesion slice copied as evenly as possible)."""
+    rows = np.asarray(rows)
+    if len(rows) == 0:
+        raise ValueError("duplicate_rows: no real lesion slice to copy.")
+    return rows[np.arange(int(count)) % len(rows)]
+
+
 def factor_key(factor: float) -> str:
     """A factor as a metric-name part: ``x1``, ``x2``, ``x0_5``."""
     return "x" + f"{factor:g}".replace(".", "_")
@@ -304,26 +316,31 @@ def detectability_rows(scores: Mapping[str, float]) -> list[StudyRow]:
 
 
 def utility_rows(summaries: Mapping[float, pd.DataFrame], *, n_train: Mapping[str, int]) -> list[StudyRow]:
-    """Lesion F1 of the classifier trained on real (once) and on real + each factor's synthetic slices,
-    with the paired difference to real (``evaluate_utility``'s summary, ``f1.lesion`` rows)."""
+    """Lesion F1 of the classifier trained on real (once), on real + each factor's synthetic slices and, as the
+    control, on real + as many copies of the real lesion slices, each with the paired difference to real
+    (``evaluate_utility``'s summary, ``f1.lesion`` rows; ``added`` says which addition a row is)."""
     rows: list[StudyRow] = []
     for k, (factor, summary) in enumerate(summaries.items()):
-        f1 = summary[summary["score"] == f"f1.{CLASS_NAMES[LESION]}"].set_index("mode")
+        f1 = summary[summary["score"] == f"f1.{CLASS_NAMES[LESION]}"]
         n_test = float(f1["n_test"].iloc[0])
         seeds = int(f1["seeds"].iloc[0])
         if k == 0:
-            real = f1.loc["real"]
+            real = f1[f1["mode"] == "real"].iloc[0]
             rows.append(StudyRow("machine: lesion F1, classifier trained on real slices", "reference",
                                  _summary("f1_lesion", real["mean"], real["low"], real["high"], n_test),
                                  f"{n_train['real']} real training slices, {seeds} seeds, tested on held-out "
                                  "patients' real slices"))
-        ours = f1.loc["real+synthetic"]
-        summaries_ = _summary("f1_lesion", ours["mean"], ours["low"], ours["high"], n_test)
-        summaries_["f1_lesion_delta"] = {"mean": ours["delta_vs_real"], "low": ours["delta_low"],
-                                         "high": ours["delta_high"], "n": n_test}
-        rows.append(StudyRow(f"machine: lesion F1, real + synthetic lesion slices x{factor:g}", "ours", summaries_,
-                             f"{n_train[factor_key(factor)]} training slices (real + synthetic lesion), {seeds} "
-                             "seeds; difference to real: paired bootstrap"))
+        for added, label, kind, how in (
+                (ADDED_SYNTHETIC, "real + synthetic lesion slices", "ours", "real + synthetic lesion"),
+                (ADDED_DUPLICATES, "real + copies of the real lesion slices (rebalancing alone)", "reference",
+                 "real + copied real lesion")):
+            ours = f1[(f1["mode"] == "real+synthetic") & (f1["added"] == added)].iloc[0]
+            summaries_ = _summary("f1_lesion", ours["mean"], ours["low"], ours["high"], n_test)
+            summaries_["f1_lesion_delta"] = {"mean": ours["delta_vs_real"], "low": ours["delta_low"],
+                                             "high": ours["delta_high"], "n": n_test}
+            rows.append(StudyRow(f"machine: lesion F1, {label} x{factor:g}", kind, summaries_,
+                                 f"{n_train[factor_key(factor)]} training slices ({how}), {seeds} seeds; "
+                                 "difference to real: paired bootstrap"))
     return rows
 
 
