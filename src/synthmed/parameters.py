@@ -108,6 +108,7 @@ def _schema() -> dict[str, type]:
     from synthmed.privacy.dicom_deid_config import DicomDeidConfig
     from synthmed.privacy.memorisation import GateConfig
     from synthmed.privacy.pixel_checks import PixelChecksConfig
+    from synthmed.protocols import class_multiplication as class_multiplication
     from synthmed.protocols.encoders import EncoderConfig, SourceConfig
     from synthmed.protocols.evaluation import EvaluationConfig, FidelityConfig, FigureConfig, ReaderKitConfig
     from synthmed.protocols.inpainting import InpaintingConfig, InpaintingEvaluation, PublishedStructure
@@ -161,6 +162,17 @@ def _schema() -> dict[str, type]:
         "study_lesion_patches.evaluation.encoder": EncoderConfig,
         "study_lesion_patches.evaluation.encoder.fit": FitConfig,
         "study_lesion_patches.evaluation.utility": UtilityConfig,
+        "study_class_multiplication": class_multiplication.ClassMultiplicationConfig,
+        "study_class_multiplication.model": FAMILY_CONFIGS["ddpm"],
+        "study_class_multiplication.training": TrainingConfig,
+        "study_class_multiplication.multiplication": class_multiplication.Multiplication,
+        "study_class_multiplication.multiplication.sampler": SamplerSpec,
+        "study_class_multiplication.evaluation": class_multiplication.StudyEvaluation,
+        "study_class_multiplication.evaluation.utility": UtilityConfig,
+        "study_class_multiplication.evaluation.detectability": DetectabilityConfig,
+        "study_class_multiplication.evaluation.memorisation": GateConfig,
+        "study_class_multiplication.evaluation.reader_kit": class_multiplication.ReaderKit,
+        "study_class_multiplication.published": class_multiplication.PublishedFigure,
         "study_3d": study_3d.StudyConfig,
         "study_3d.run": RunConfig,
         "study_3d.model": FAMILY_CONFIGS["pix2pix3d"],

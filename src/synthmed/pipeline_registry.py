@@ -15,9 +15,11 @@ PIPELINE_ORDER = ("sample_data", "ingestion", "preprocessing", "extraction", "tr
 # `kedro run --pipelines data`: what `raw_sources` points at, up to the model inputs.
 DATA_PIPELINES = ("ingestion", "preprocessing", "extraction")
 # Run only when named: `sample_cohort` builds the multi-patient test cohort (data/01_raw/cohort),
-# which no stage reads yet; `study_mask_to_image`, `study_inpainting` and `study_lesion_patches` (issue 10)
-# and `study_3d` (issue 11) are studies run on request (the cohort's studies read the cohort env's outputs).
-ON_REQUEST = ("sample_cohort", "study_mask_to_image", "study_3d", "study_inpainting", "study_lesion_patches")
+# which no stage reads yet; `study_mask_to_image`, `study_inpainting`, `study_lesion_patches` and
+# `study_class_multiplication` (issue 10) and `study_3d` (issue 11) are studies run on request (the
+# cohort's studies read the cohort env's outputs).
+ON_REQUEST = ("sample_cohort", "study_mask_to_image", "study_3d", "study_inpainting", "study_lesion_patches",
+              "study_class_multiplication")
 
 
 def register_pipelines() -> dict[str, Pipeline]:
