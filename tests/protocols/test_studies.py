@@ -8,6 +8,8 @@ from synthmed.protocols.studies import (
     STUDY_COLUMNS,
     PublishedRow,
     StudyRow,
+    check_held_out_splits,
+    check_level,
     render_study_page,
     render_study_section,
     study_table,
@@ -63,3 +65,24 @@ def test_section_shows_intervals_n_and_the_citation():
     assert "<td>8</td>" in section and 'src="data:image/png;base64,AAAA"' in section
     page = render_study_page(title="t", sections=[section])
     assert page.startswith("<!DOCTYPE html>") and section in page
+
+
+@pytest.mark.parametrize("splits", [[], ["train"], ["validation", "train"], ["tset"]])
+def test_held_out_splits_other_than_validation_and_test_are_refused_by_name(splits):
+    with pytest.raises(ValueError, match=r"study_x\.test_splits must be a non-empty list of validation, test"):
+        check_held_out_splits("study_x.test_splits", splits)
+
+
+@pytest.mark.parametrize("splits", [["validation"], ["test"], ("validation", "test")])
+def test_validation_and_test_are_held_out_splits(splits):
+    check_held_out_splits("study_x.test_splits", splits)
+
+
+@pytest.mark.parametrize("level", [0.5, 1.0, 95, "0.95", True, float("nan")])
+def test_levels_outside_one_half_to_one_are_refused(level):
+    with pytest.raises(ValueError, match=r"study_x\.level must be in \(0\.5, 1\)"):
+        check_level("study_x.level", level)
+
+
+def test_a_level_inside_is_accepted():
+    check_level("study_x.level", 0.95)

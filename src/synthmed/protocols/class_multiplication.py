@@ -37,7 +37,7 @@ import numpy as np
 
 from synthmed.core.lazy import lazy_import
 from synthmed.core.validation import is_int, is_number
-from synthmed.protocols.studies import PublishedRow, StudyRow, study_table
+from synthmed.protocols.studies import PublishedRow, StudyRow, check_held_out_splits, check_level, study_table
 
 pd = lazy_import("pandas")
 torch = lazy_import("torch")
@@ -139,11 +139,8 @@ class StudyEvaluation:
 
     def __post_init__(self) -> None:
         where = f"{WHERE}.evaluation"
-        if not self.test_splits or not set(self.test_splits) <= {"validation", "test"}:
-            raise ValueError(f"{where}.test_splits must be a non-empty list of validation, test; "
-                             f"got {list(self.test_splits)!r}.")
-        if not is_number(self.level) or not 0.5 < self.level < 1.0:
-            raise ValueError(f"{where}.level must be in (0.5, 1), got {self.level!r}.")
+        check_held_out_splits(f"{where}.test_splits", self.test_splits)
+        check_level(f"{where}.level", self.level)
         if not is_int(self.grid_examples) or self.grid_examples < 1:
             raise ValueError(f"{where}.grid_examples must be an integer >= 1, got {self.grid_examples!r}.")
 

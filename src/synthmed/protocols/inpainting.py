@@ -44,7 +44,7 @@ import numpy as np
 
 from synthmed.core.lazy import lazy_import
 from synthmed.imaging.labels import LABEL_NAMES, LESION
-from synthmed.protocols.studies import PublishedRow, StudyRow
+from synthmed.protocols.studies import PublishedRow, StudyRow, check_held_out_splits
 
 pd = lazy_import("pandas")
 torch = lazy_import("torch")
@@ -130,9 +130,7 @@ class InpaintingEvaluation:
         if not self.host_tissues or bad_hosts:
             raise ValueError(f"{where}.host_tissues must be tissues of {[s for s in STRUCTURES if s != 'lesion']}, "
                              f"got {list(self.host_tissues)}.")
-        if not self.held_out_splits or not set(self.held_out_splits) <= {"validation", "test"}:
-            raise ValueError(f"{where}.held_out_splits must be a non-empty list of validation, test; "
-                             f"got {list(self.held_out_splits)}.")
+        check_held_out_splits(f"{where}.held_out_splits", self.held_out_splits)
         if self.fid_view not in FID_VIEWS:
             raise ValueError(f"{where}.fid_view must be one of {list(FID_VIEWS)}, got {self.fid_view!r}.")
         for key, low in (("min_structure_px", 1), ("max_slices", 8), ("max_neighbour_gap", 1), ("new_lesions", 1),

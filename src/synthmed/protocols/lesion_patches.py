@@ -38,7 +38,7 @@ import numpy as np
 from synthmed.core.lazy import lazy_import
 from synthmed.core.manifest import parse_spacing
 from synthmed.core.validation import is_int, is_number
-from synthmed.protocols.studies import PublishedRow, StudyRow
+from synthmed.protocols.studies import PublishedRow, StudyRow, check_held_out_splits, check_level
 
 pd = lazy_import("pandas")
 torch = lazy_import("torch")
@@ -156,16 +156,13 @@ class StudyEvaluation:
 
     def __post_init__(self) -> None:
         where = f"{WHERE}.evaluation"
-        if not self.test_splits or not set(self.test_splits) <= {"validation", "test"}:
-            raise ValueError(f"{where}.test_splits must be a non-empty list of validation, test; "
-                             f"got {list(self.test_splits)!r}.")
+        check_held_out_splits(f"{where}.test_splits", self.test_splits)
         if not is_number(self.synthetic_per_real) or self.synthetic_per_real <= 0:
             raise ValueError(f"{where}.synthetic_per_real must be a number > 0, got {self.synthetic_per_real!r}.")
         for key in ("batch_size", "fid_resamples", "grid_examples"):
             if not is_int(getattr(self, key)) or getattr(self, key) < 1:
                 raise ValueError(f"{where}.{key} must be an integer >= 1, got {getattr(self, key)!r}.")
-        if not is_number(self.level) or not 0.5 < self.level < 1.0:
-            raise ValueError(f"{where}.level must be in (0.5, 1), got {self.level!r}.")
+        check_level(f"{where}.level", self.level)
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,28 @@ from typing import Any
 
 from synthmed.core.lazy import lazy_import
 from synthmed.core.templates import render
+from synthmed.core.validation import is_number
 
 pd = lazy_import("pandas")  # on first use: the parameter check imports this module
 
 ROW_KINDS = ("ours", "floor", "reference", "published")
 STUDY_COLUMNS = ["row", "kind", "n", "level", "source"]
+HELD_OUT_SPLITS = ("validation", "test")
+
+
+def check_held_out_splits(key: str, splits: Sequence[str]) -> None:
+    """Refuse an empty list of held-out splits, or one naming a split other than validation / test.
+
+    ``key`` is the parameter's full name (e.g. ``study_inpainting.held_out_splits``), for the message.
+    """
+    if not splits or not set(splits) <= set(HELD_OUT_SPLITS):
+        raise ValueError(f"{key} must be a non-empty list of {', '.join(HELD_OUT_SPLITS)}; got {list(splits)!r}.")
+
+
+def check_level(key: str, level: Any) -> None:
+    """Refuse a confidence level outside (0.5, 1); ``key`` is the parameter's full name."""
+    if not is_number(level) or not 0.5 < level < 1.0:
+        raise ValueError(f"{key} must be in (0.5, 1), got {level!r}.")
 
 
 @dataclass(frozen=True)
