@@ -510,3 +510,15 @@ def test_the_views_outline_the_lesion_on_real_sections_and_leave_the_synthetic_o
         (x0, x1), (y0, y1) = ticks[0].get_xdata(), ticks[1].get_ydata()
         assert max(x0, x1) < -0.5 and max(y0, y1) < -0.5  # outside the image: nothing drawn over it
         assert ax.get_xlim() == (-0.5, 11.5) and ax.get_ylim() == (-0.5, 11.5)
+
+
+def test_the_views_show_each_plan_row_before_a_second_volume_of_any() -> None:
+    provenance = pd.DataFrame({
+        "index": range(9),
+        "kind": ["paired", "paired", "lesion", "lesion", "lesion", "lesion", "lesion", "lesion", "lesion"],
+        "plan_row": [np.nan, np.nan, 0, 0, 0, 1, 1, 2, 3],
+    })
+    assert nodes.view_rows(provenance, 4)["index"].tolist() == [2, 5, 7, 8]
+    assert nodes.view_rows(provenance, 6)["index"].tolist() == [2, 5, 7, 8, 3, 6]
+    assert nodes.view_rows(provenance, 20)["index"].tolist() == [2, 5, 7, 8, 3, 6, 4]
+    assert "_turn" not in nodes.view_rows(provenance, 2).columns

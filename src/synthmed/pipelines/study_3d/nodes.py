@@ -532,11 +532,19 @@ def _gate_figure(table: pd.DataFrame, threshold: float) -> Figure:
     return figure
 
 
+def view_rows(provenance: pd.DataFrame, n: int) -> pd.DataFrame:
+    """At most ``n`` lesion rows of the provenance for the views: each plan row's first volume, then
+    each one's second, and so on, so that the figure shows every size and place the plan asked for."""
+    lesion = provenance[provenance["kind"] == LESION]
+    turn = lesion.groupby("plan_row", sort=False).cumcount()
+    return lesion.assign(_turn=turn.to_numpy()).sort_values(["_turn", "plan_row"], kind="stable").head(n) \
+        .drop(columns="_turn")
+
+
 def _views(samples: Mapping[str, np.ndarray], provenance: pd.DataFrame, volumes: Mapping[str, np.ndarray],
            n: int) -> Figure:
     rows = []
-    lesion = provenance[provenance["kind"] == LESION].head(n)
-    for row in lesion.itertuples():
+    for row in view_rows(provenance, n).itertuples():
         real = np.asarray(volumes["images"][int(row.source_index)])
         centre = (row.placed_centre_d, row.placed_centre_h, row.placed_centre_w)
         caption = (f"#{row.index} {row.requested_location}\n"
