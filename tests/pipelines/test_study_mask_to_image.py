@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import skimage.data
 
@@ -61,8 +62,13 @@ def test_the_study_nodes_run_end_to_end_and_give_the_published_table_shape(tiny_
     monkeypatch.setattr(skimage.data, "retina", lambda: small)
     study = tiny_params["study_mask_to_image"]
     arrays, split = build_study_photographs(tiny_params["sample_data"]["fundus"], study)
-    assert arrays["images"].shape == (12, 3, 32, 32) and arrays["masks"].shape == (12, 1, 32, 32)
-    assert -1.0 <= arrays["images"].min() and arrays["images"].max() <= 1.0 and arrays["masks"].any()
+    assert arrays["images"].shape == (12, 3, 32, 32) and arrays["masks"].shape == (12, 2, 32, 32)
+    assert -1.0 <= arrays["images"].min() and arrays["images"].max() <= 1.0 and arrays["masks"][:, 0].any()
+    # Channel 1 is the camera's aperture: black pixels (red channel about -1) lie outside it, and some
+    # sub-fields cross its edge.
+    aperture, red = arrays["masks"][:, 1].astype(bool), arrays["images"][:, 0]
+    assert (~aperture).any() and aperture.mean() > 0.5
+    assert red[~aperture].mean() < -0.6 < red[aperture].mean()
     assert split.groupby("region")["split"].nunique().max() == 1
     models, history = train_study_generator(arrays, split, study)
     assert len(history) == 2
@@ -78,3 +84,16 @@ def test_the_study_nodes_run_end_to_end_and_give_the_published_table_shape(tiny_
     assert "published" in page and "data:image/png;base64," in page
     assert len(figure.axes) == 2 * 3
     assert metrics["n_test"] == n_test and "floor.ssim.mean" in metrics and "pix2pix.psnr.high" in metrics
+
+
+def test_the_model_must_take_as_many_mask_channels_as_the_study_gives(tiny_params):
+    study = tiny_params["study_mask_to_image"]
+    study["model"]["mask_channels"] = 1
+    arrays = {"images": np.zeros((2, 3, 32, 32), np.float32), "masks": np.zeros((2, 2, 32, 32), np.uint8),
+              "labels": np.zeros(2, np.int64)}
+    split = pd.DataFrame({"name": ["a", "b"], "region": ["r0", "r1"], "split": ["train", "test"]})
+    with pytest.raises(ValueError, match=r"model\.mask_channels=1, but the study's masks have 2 channel\(s\)"):
+        train_study_generator(arrays, split, study)
+    study["aperture_channel"] = "yes"
+    with pytest.raises(ValueError, match=r"'study_mask_to_image\.aperture_channel' must be true or false, got 'yes'"):
+        train_study_generator(arrays, split, study)

@@ -91,6 +91,10 @@ class MaskToImageConfig:
         image_size: side of the whole images the model maps masks to.
         mask_threshold: a pixel of the resized mask is vessel when at least this share of
             its source pixels was.
+        aperture_channel: give the model the camera's aperture (field of view) as a second mask
+            channel: a pixel is inside when at least half of its source pixels are brighter than
+            ``photographs``' ``fov_threshold`` in red. A sub-field that crosses the aperture is
+            black beyond it, which the vessel mask alone does not say. False: vessels only.
         split: ``fractions`` and ``seed`` of the split by region (validation may be 0).
         checkpoint_root: parent folder of the study's training checkpoints.
         evaluation: ``MaskToImageEvaluation`` keys.
@@ -101,6 +105,7 @@ class MaskToImageConfig:
     photographs: Mapping[str, Any]
     image_size: int = 128
     mask_threshold: float = 0.5
+    aperture_channel: bool = True
     split: Mapping[str, Any] = field(default_factory=lambda: {"fractions": {"train": 0.67, "validation": 0.0,
                                                                            "test": 0.33}, "seed": 0})
     checkpoint_root: str = "data/06_models/checkpoints"
@@ -116,17 +121,29 @@ class MaskToImageConfig:
                 f"and {self.mask_threshold}."
             )
 
+    @property
+    def mask_channels(self) -> int:
+        """Channels of ``masks``: the vessel mask, and the aperture when ``aperture_channel``."""
+        return 2 if self.aperture_channel else 1
 
-def photo_arrays(photos: Sequence[FundusPhoto], size: int, mask_threshold: float) -> dict[str, np.ndarray]:
-    """Whole photographs resized to ``size``: ``images`` (N, 3, S, S) float32 in [-1, 1], ``masks`` (N, 1, S, S)."""
+
+def photo_arrays(photos: Sequence[FundusPhoto], size: int, mask_threshold: float,
+                 aperture_threshold: float | None = None) -> dict[str, np.ndarray]:
+    """Whole photographs resized to ``size``: ``images`` (N, 3, S, S) float32 in [-1, 1], ``masks`` (N, C, S, S)
+    uint8: channel 0 the vessels, and with ``aperture_threshold`` (red, 0-255) channel 1 the camera's aperture."""
     from skimage.transform import resize
+
+    def shrink(mask: np.ndarray) -> np.ndarray:
+        return resize(mask.astype(np.float64), (size, size), order=1, anti_aliasing=True)
 
     images, masks = [], []
     for photo in photos:
         rgb = resize(photo.rgb.astype(np.float64) / 255.0, (size, size), order=1, anti_aliasing=True)
-        share = resize(photo.mask.astype(np.float64), (size, size), order=1, anti_aliasing=True)
         images.append(np.moveaxis(rgb, -1, 0) * 2.0 - 1.0)
-        masks.append((share >= mask_threshold)[None])
+        channels = [shrink(photo.mask) >= mask_threshold]
+        if aperture_threshold is not None:
+            channels.append(shrink(photo.rgb[..., 0] > aperture_threshold) >= 0.5)
+        masks.append(np.stack(channels))
     return {"images": np.asarray(images, dtype=np.float32), "masks": np.asarray(masks, dtype=np.uint8),
             "labels": np.zeros(len(photos), dtype=np.int64)}
 

@@ -54,7 +54,8 @@ def build_study_photographs(fundus_params: dict[str, Any], params: dict[str, Any
     photographs = from_params(FundusSampleConfig, {**fundus_params, **config.photographs}, f"{WHERE}.photographs")
     photos = build_fundus_photos(skimage.data.retina(), photographs)
     split = region_split(photos, config.split, config.image_size)
-    return photo_arrays(photos, config.image_size, config.mask_threshold), split
+    aperture = photographs.fov_threshold if config.aperture_channel else None
+    return photo_arrays(photos, config.image_size, config.mask_threshold, aperture), split
 
 
 def train_study_generator(arrays: dict[str, np.ndarray], split: pd.DataFrame, params: dict[str, Any]):
@@ -66,6 +67,12 @@ def train_study_generator(arrays: dict[str, np.ndarray], split: pd.DataFrame, pa
         raise ValueError(
             f"{WHERE}.model.image_size={model_config.image_size} differs from {WHERE}.image_size="
             f"{config.image_size}: the model maps masks to whole images of the study's size; set both alike."
+        )
+    if model_config.mask_channels != config.mask_channels:
+        raise ValueError(
+            f"{WHERE}.model.mask_channels={model_config.mask_channels}, but the study's masks have "
+            f"{config.mask_channels} channel(s) (the vessels{', the aperture' if config.aperture_channel else ''}; "
+            f"{WHERE}.aperture_channel={config.aperture_channel}); set mask_channels to {config.mask_channels}."
         )
     training = from_params(TrainingConfig, config.training, f"{WHERE}.training")
     train_indices = np.flatnonzero(split["split"].to_numpy() == "train")
