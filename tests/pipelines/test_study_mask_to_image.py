@@ -97,3 +97,18 @@ def test_the_model_must_take_as_many_mask_channels_as_the_study_gives(tiny_param
     study["aperture_channel"] = "yes"
     with pytest.raises(ValueError, match=r"'study_mask_to_image\.aperture_channel' must be true or false, got 'yes'"):
         train_study_generator(arrays, split, study)
+
+
+def test_the_grid_draws_the_aperture_edge_only_where_the_model_was_given_one():
+    from synthmed.protocols.mask_to_image import comparison_grid
+
+    masks = np.zeros((2, 2, 16, 16), np.uint8)
+    masks[:, 1, :, :10] = 1  # the aperture: the left 10 columns
+    masks[1, 1] = 1  # the second image lies wholly inside: no edge to draw
+    images = np.zeros((2, 3, 16, 16), np.float32)
+    figure = comparison_grid(masks, images, images, ["a", "b"], 2)
+    first, second = figure.axes[0], figure.axes[3]
+    assert len(first.collections) == 1 and not second.collections
+    assert "aperture" in first.get_title()
+    figure = comparison_grid(masks[:, :1], images, images, ["a", "b"], 2)
+    assert not figure.axes[0].collections and "aperture" not in figure.axes[0].get_title()

@@ -205,15 +205,23 @@ def published_rows(figure: PublishedFigure | None) -> list[PublishedRow]:
 
 
 def comparison_grid(masks: np.ndarray, real: np.ndarray, fake: np.ndarray, names: Sequence[str], count: int):
-    """A figure of ``count`` held-out images, one row each: mask | real | synthetic."""
+    """A figure of ``count`` held-out images, one row each: mask | real | synthetic.
+
+    The mask panel shows the vessels (channel 0) and, where ``masks`` has an aperture channel
+    (channel 1), the aperture's edge as an orange line: every input the model was given.
+    """
     import matplotlib.pyplot as plt
 
     count = min(count, len(real))
+    aperture = masks.shape[1] > 1
     figure, axes = plt.subplots(count, 3, figsize=(6.0, 2.0 * count), squeeze=False)
+    titles = ("vessels" + (", aperture (orange)" if aperture else ""), "real (held out)", "synthetic")
     for i in range(count):
         panels = (masks[i, 0].astype(np.float32), np.moveaxis((real[i] + 1.0) / 2.0, 0, -1),
                   np.moveaxis((np.clip(fake[i], -1.0, 1.0) + 1.0) / 2.0, 0, -1))
-        for j, (panel, title) in enumerate(zip(panels, ("vessel mask", "real (held out)", "synthetic"))):
+        if aperture and 0 < masks[i, 1].mean() < 1:
+            axes[i, 0].contour(masks[i, 1].astype(np.float32), levels=[0.5], colors="tab:orange", linewidths=1.0)
+        for j, (panel, title) in enumerate(zip(panels, titles)):
             axes[i, j].imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0.0, vmax=1.0)
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
