@@ -133,13 +133,12 @@ def photo_arrays(photos: Sequence[FundusPhoto], size: int, mask_threshold: float
     uint8: channel 0 the vessels, and with ``aperture_threshold`` (red, 0-255) channel 1 the camera's aperture."""
     from skimage.transform import resize
 
-    def shrink(mask: np.ndarray) -> np.ndarray:
-        return resize(mask.astype(np.float64), (size, size), order=1, anti_aliasing=True)
+    def shrink(array: np.ndarray) -> np.ndarray:  # (H, W[, C]) -> (size, size[, C]) float64
+        return resize(array.astype(np.float64), (size, size), order=1, anti_aliasing=True)
 
     images, masks = [], []
     for photo in photos:
-        rgb = resize(photo.rgb.astype(np.float64) / 255.0, (size, size), order=1, anti_aliasing=True)
-        images.append(np.moveaxis(rgb, -1, 0) * 2.0 - 1.0)
+        images.append(np.moveaxis(shrink(photo.rgb / 255.0), -1, 0) * 2.0 - 1.0)
         channels = [shrink(photo.mask) >= mask_threshold]
         if aperture_threshold is not None:
             channels.append(shrink(photo.rgb[..., 0] > aperture_threshold) >= 0.5)
