@@ -412,3 +412,28 @@ def test_gate_config_builds_nested_blocks_from_parameters() -> None:
     }, "memorisation")
     assert config.search == SearchConfig(flips=("none", "both"), max_shift_px=1)
     assert config.plant.intensity_gain == (0.8, 1.2) and config.plant.count == 10
+
+
+def test_content_free_held_out_images_are_left_out_of_the_threshold(fields_gate_data: dict[str, torch.Tensor]) -> None:
+    # Near-empty slices (standard deviation ~0.002, like the ends of a volume): the held-out ones
+    # match the training ones at ~0.995 (not duplicates), above every image with content.
+    faint = -0.9 + 0.002 * smooth_fields(6, 7)
+    generator = torch.Generator().manual_seed(0)
+    faint_held_out = faint + 0.1 * faint.std() * torch.randn(faint.shape, generator=generator)
+    train = torch.cat([fields_gate_data["train"][:100], faint])
+    held_out = torch.cat([fields_gate_data["held_out"][:100], faint_held_out])
+    config = GateConfig(use_features=False, action="drop", plant=PlantConfig(count=20))
+    report = run_gate(fields_gate_data["unrelated"][:5], train, held_out, config=config)
+
+    table = report.held_out
+    assert table["content_free"].tolist() == [False] * 100 + [True] * 6 and not table["duplicate"].any()
+    assert table["pixel_similarity"].iloc[100:].min() > 0.99 > table["pixel_similarity"].iloc[:100].max()
+    assert report.held_out_count == 100
+    assert report.pixel_threshold == pytest.approx(
+        np.percentile(table["pixel_similarity"].iloc[:100], config.percentile, method="linear"))
+    assert report.summary()["held_out_content_free"] == 6.0
+    # Never planted either: every planted copy comes from an image with content.
+    assert (report.planted["source_index"] < 100).all()
+
+    with pytest.raises(MemorisationError, match=r"None of the 6 held-out images .* 0 are copies .* 6 have no content"):
+        run_gate(fields_gate_data["unrelated"][:5], train, faint_held_out, config=config)

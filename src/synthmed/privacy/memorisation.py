@@ -737,8 +737,13 @@ class PlantConfig:
         intensity_gain: ``(low, high)``, ``0 < low <= high``.
         intensity_offset: ``(low, high)``, in image units.
         crop_fraction: in (0, 1]; 1 means no crop.
-        min_source_std: only training images whose standard deviation exceeds this are
-            planted (a blank image has nothing to recognise).
+        min_source_std: images whose standard deviation is at most this carry no content (a
+            blank slice, the near-empty end of a volume): they have nothing to recognise, so
+            training images are planted only above it, and held-out images at or below it are
+            left out of the calibration (`prepare_gate`): a blank unseen slice correlates with
+            a blank training slice almost perfectly and would set the threshold for every image
+            with content. Three times ``noise_std`` keeps only sources whose copies are more
+            image than noise (a copy's correlation is at most ``1/sqrt(1 + (noise_std/std)^2)``).
     """
 
     count: int = 100
@@ -813,7 +818,7 @@ def plant_copies(
     # Draw every random number up front, in a fixed order: same rng state, same copies.
     # A blank image (an empty slice, a background patch) has no identity to copy and its
     # correlation with anything is undefined: plant only images with structure.
-    eligible = np.flatnonzero(images.to(torch.float64).std(dim=(1, 2, 3)).cpu().numpy() > config.min_source_std)
+    eligible = np.flatnonzero(~content_free(images, config.min_source_std))
     if len(eligible) == 0:
         raise ValueError(
             f"No training image has a standard deviation above PlantConfig.min_source_std={config.min_source_std}: "
@@ -857,6 +862,12 @@ def plant_copies(
         "transform": pd.Series(descriptions, dtype=object),
     })
     return copies, table
+
+
+def content_free(images: Tensor, min_std: float) -> np.ndarray:
+    """``(N,)`` bool: the images whose standard deviation (over pixels and channels, in float64) is at
+    most ``min_std`` (`PlantConfig.min_source_std`)."""
+    return images.to(torch.float64).std(dim=(1, 2, 3)).cpu().numpy() <= min_std
 
 
 # ------------------------------------------------------------------ 6. the gate
@@ -953,7 +964,8 @@ class GateReport:
             nearest-neighbour columns, ``flagged`` and ``found_source`` (the pixel or feature
             neighbour is the training image the copy was made from).
         held_out: one row per held-out image, the nearest-neighbour columns (the
-            calibration data).
+            calibration data), ``duplicate`` and ``content_free`` (bool: left out of the
+            thresholds).
         held_out_count: number of held-out images behind the thresholds.
         config: the configuration that produced the report.
     """
@@ -979,6 +991,8 @@ class GateReport:
             "percentile": float(self.config.percentile),
             "held_out_count": float(self.held_out_count),
             "held_out_duplicates": float(self.held_out["duplicate"].sum()) if "duplicate" in self.held_out else 0.0,
+            "held_out_content_free": (float(self.held_out["content_free"].sum())
+                                      if "content_free" in self.held_out else 0.0),
             "self_test_recall": self.self_test_recall,
             "planted_count": float(len(self.planted)),
             "planted_missed": float((~self.planted["flagged"]).sum()),
@@ -1095,18 +1109,28 @@ def prepare_gate(
     # (a) calibration on held-out patients. A held-out image that is itself a copy of a
     # training image (a split leak, e.g. mirrored slices of a symmetric template) says nothing
     # about how close an unseen patient comes: it is reported and left out of the threshold.
+    # So is a content-free one (a blank slice, never planted either): it matches a blank
+    # training slice almost perfectly and would set the threshold for every image with content.
     held_out_table = score(held_out_images)
     held_out_table["duplicate"] = held_out_table["pixel_similarity"].to_numpy() >= config.duplicate_similarity
-    calibration = held_out_table[~held_out_table["duplicate"]]
+    held_out_table["content_free"] = content_free(held_out_images, config.plant.min_source_std)
+    calibration = held_out_table[~held_out_table["duplicate"] & ~held_out_table["content_free"]]
     if held_out_table["duplicate"].any():
         logger.warning(
             "%d of %d held-out images are copies of training images (pixel similarity >= %s): a leak between the "
             "splits; they are left out of the threshold.", int(held_out_table["duplicate"].sum()),
             len(held_out_table), config.duplicate_similarity)
+    if held_out_table["content_free"].any():
+        logger.info(
+            "%d of %d held-out images have a standard deviation <= plant.min_source_std=%s (no content): left out "
+            "of the threshold.", int(held_out_table["content_free"].sum()), len(held_out_table),
+            config.plant.min_source_std)
     if calibration.empty:
         raise MemorisationError(
-            f"All {len(held_out_table)} held-out images are copies of training images (pixel similarity >= "
-            f"{config.duplicate_similarity}): the threshold cannot be calibrated. Check the splits."
+            f"None of the {len(held_out_table)} held-out images can calibrate the threshold: "
+            f"{int(held_out_table['duplicate'].sum())} are copies of training images (pixel similarity >= "
+            f"{config.duplicate_similarity}; check the splits) and {int(held_out_table['content_free'].sum())} have "
+            f"no content (standard deviation <= plant.min_source_std={config.plant.min_source_std})."
         )
     pixel_threshold = calibrate_threshold(calibration["pixel_similarity"].to_numpy(), config.percentile)
     feature_threshold: float | None = None
