@@ -9,7 +9,15 @@ settings. Then runs `prepare_gate` with the network as ``embed`` and ``flag_on_f
 (threshold calibrated on the held-out split like the pixel one) and prints both thresholds, the
 self-test recall in each space and together, and the time taken. Nothing is saved.
 
+Random batches hold few hard negatives: most pairs are slices of different levels of the head,
+which a pooled feature tells apart without looking at the patient. ``--hard-negatives K`` builds
+each batch from anchors and, for each, K of its ``--pool`` nearest training slices of *other*
+patients (plain correlation), so the network must tell patients apart at the same level;
+``--encoder spatial`` keeps an 8x8 feature map (flattened) instead of pooling it away.
+
     PYTHONPATH=src python benchmarks/copy_detector_probe.py --env cohort --steps 600
+    PYTHONPATH=src python benchmarks/copy_detector_probe.py --env cohort --steps 1500 --batch 32 \
+        --hard-negatives 3 --encoder spatial
 """
 
 from __future__ import annotations
@@ -73,6 +81,34 @@ class Encoder(nn.Module):
         return self.backbone(x)
 
 
+class SpatialEncoder(nn.Module):
+    """Keeps where things are: an 8x8 map of 16 channels at 32 px, flattened, then a linear layer."""
+
+    def __init__(self, width: int, dim: int, image_px: int):
+        super().__init__()
+        side = image_px // 4
+        self.backbone = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+            nn.Conv2d(2 * width, 16, 1), nn.Flatten(), nn.Linear(16 * side * side, dim))
+        self.head = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+
+def other_patient_neighbours(train: torch.Tensor, patients: np.ndarray, pool: int) -> torch.Tensor:
+    """``(N, pool)``: each training slice's most correlated slices of other patients (no search)."""
+    flat = train.flatten(1)
+    flat = F.normalize(flat - flat.mean(dim=1, keepdim=True), dim=1)
+    similarity = flat @ flat.T
+    codes = torch.as_tensor(pd.factorize(patients)[0])
+    similarity[codes[:, None] == codes[None, :]] = -2.0
+    return similarity.topk(pool, dim=1).indices
+
+
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
     z = F.normalize(torch.cat([a, b]), dim=1)
     logits = z @ z.T / temperature
@@ -90,6 +126,12 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--encoder", choices=("pooled", "spatial"), default="pooled")
+    parser.add_argument("--dim", type=int, default=64, help="feature size (spatial encoder)")
+    parser.add_argument("--hard-negatives", type=int, default=0, metavar="K",
+                        help="per anchor, K other patients' nearest slices in the batch (0: random batches; "
+                             "with K, --batch is the number of anchors)")
+    parser.add_argument("--pool", type=int, default=8, help="the nearest slices K is drawn from")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(args.seed)
@@ -99,11 +141,19 @@ def main() -> None:
     gate = gate_config(params["memorisation"], action="drop")
     store = ArrayStoreDataset(path=str(SLICES / "arrays")).load()
     manifest = pd.read_csv(SLICES / "manifest.csv", dtype={"patient_key": str, "item_id": str})
-    train, _, _ = split_images(store, manifest, source["reference_split"], source["image_px"])
+    train, _, train_ids = split_images(store, manifest, source["reference_split"], source["image_px"])
     held_out, _, _ = split_images(store, manifest, source["held_out_split"], source["image_px"])
 
-    model = Encoder(args.width, 64)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    if args.encoder == "spatial":
+        model: nn.Module = SpatialEncoder(args.width, args.dim, source["image_px"])
+        optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    else:
+        model = Encoder(args.width, 64)
+        optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    if args.hard_negatives:
+        patients = manifest.set_index("index").loc[train_ids, "patient_key"].to_numpy()
+        neighbours = other_patient_neighbours(train, patients, args.pool)
+        anchors_from = torch.nonzero(train.std(dim=(1, 2, 3)) > gate.plant.min_source_std).flatten()
     generator = torch.Generator().manual_seed(args.seed)
     plant = gate.plant
     kwargs = {"min_crop": plant.crop_fraction - 0.05, "max_shift_px": plant.max_shift_px + 1,
@@ -111,10 +161,15 @@ def main() -> None:
     start = time.perf_counter()
     model.train()
     for step in range(args.steps):
-        batch = train[torch.randint(0, len(train), (args.batch,), generator=generator)]
+        if args.hard_negatives:
+            anchors = anchors_from[torch.randint(0, len(anchors_from), (args.batch,), generator=generator)]
+            chosen = torch.randperm(args.pool, generator=generator)[:args.hard_negatives]
+            batch = train[torch.unique(torch.cat([anchors, neighbours[anchors][:, chosen].flatten()]))]
+        else:
+            batch = train[torch.randint(0, len(train), (args.batch,), generator=generator)]
         views = disguise(torch.cat([batch, batch]), generator, **kwargs)
         projected = model.head(model(views))
-        loss = nt_xent(projected[:args.batch], projected[args.batch:], args.temperature)
+        loss = nt_xent(projected[:len(batch)], projected[len(batch):], args.temperature)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -8,10 +8,12 @@ reference split against the held-out split exactly as ``synthmed.protocols.rebal
 on pixel similarity unless ``flag_on_features`` is true). Printed: the threshold, the self-test
 recall, every missed planted copy with its score, the held-out nearest-neighbour distribution
 (and the image statistics of the held-out images that set the threshold), and with
-``--components``, the planted copies' scores with one disguise at a time.
+``--components``, the planted copies' scores with one disguise at a time; with ``--strengths``, the
+self-test recall with the whole disguise scaled (its detection limit on these slices).
 
     PYTHONPATH=src python benchmarks/gate_diagnose.py --env cohort
     PYTHONPATH=src python benchmarks/gate_diagnose.py --env cohort --components
+    PYTHONPATH=src python benchmarks/gate_diagnose.py --env cohort --strengths 0.25 0.5 0.75 1
     PYTHONPATH=src python benchmarks/gate_diagnose.py --env local        # the make demo sample
 """
 
@@ -30,7 +32,7 @@ import yaml
 from kedro.config import OmegaConfigLoader
 
 from synthmed.datasets.array_store import ArrayStoreDataset
-from synthmed.privacy.memorisation import nearest_table, plant_copies, prepare_gate
+from synthmed.privacy.memorisation import PlantConfig, nearest_table, plant_copies, prepare_gate
 from synthmed.protocols.encoders import split_images
 from synthmed.protocols.evaluation import gate_config
 
@@ -54,6 +56,23 @@ COMPONENTS = {
                      "intensity_offset": (0.0, 0.0)},
     "all (the configured plant)": {},
 }
+
+
+def scaled_plant(plant: PlantConfig, strength: float, zooms: tuple[float, ...]) -> PlantConfig:
+    """The configured disguise at ``strength`` (0: an exact copy, 1: as configured): noise, shift and
+    the gain's and offset's distance from (1, 0) scale with it; flips (which the search undoes
+    exactly) stay. The crop fraction is the searched zoom nearest to the scaled one (at least the
+    configured crop): a crop size the search has no zoom for measures the zoom grid, not the
+    disguise (a 31 px crop of a 32 px slice against zooms 1.0 / 0.95 / 0.9 scores ~0.975)."""
+    def around(pair: tuple[float, float], centre: float) -> tuple[float, float]:
+        return (centre + strength * (pair[0] - centre), centre + strength * (pair[1] - centre))
+
+    wanted = 1.0 - strength * (1.0 - plant.crop_fraction)
+    crop = min((z for z in (*zooms, 1.0) if z >= plant.crop_fraction), key=lambda z: abs(z - wanted))
+    return dataclasses.replace(
+        plant, noise_std=plant.noise_std * strength, max_shift_px=round(plant.max_shift_px * strength),
+        intensity_gain=around(plant.intensity_gain, 1.0), intensity_offset=around(plant.intensity_offset, 0.0),
+        crop_fraction=crop)
 
 
 def parameters(env: str) -> dict:
@@ -80,6 +99,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="cohort", help="configuration environment (local = the make demo sample)")
     parser.add_argument("--components", action="store_true", help="score the planted copies one disguise at a time")
+    parser.add_argument("--min-std", type=float, metavar="S",
+                        help="plant.min_source_std: images with standard deviation <= S are neither planted nor "
+                             "calibrated on (default: the environment's)")
+    parser.add_argument("--strengths", type=float, nargs="*", default=[], metavar="S",
+                        help="score planted copies with the disguise scaled by S (0: exact copy, 1: as configured)")
     parser.add_argument("--top", type=int, default=10, help="held-out images listed, most similar first")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=YAML",
                         help="override evaluation.memorisation keys, e.g. search.max_shift_px=5")
@@ -97,6 +121,8 @@ def main() -> None:
     manifest = pd.read_csv(SLICES / "manifest.csv", dtype={"patient_key": str, "item_id": str})
     train, _, _ = split_images(store, manifest, source["reference_split"], source["image_px"])
     held_out, _, held_ids = split_images(store, manifest, source["held_out_split"], source["image_px"])
+    if args.min_std is not None:
+        gate = dataclasses.replace(gate, plant=dataclasses.replace(gate.plant, min_source_std=args.min_std))
     held_rows = manifest.set_index("index").loc[held_ids]
     print(f"env {args.env}: {len(train)} {source['reference_split']} and {len(held_out)} "
           f"{source['held_out_split']} slices at {source['image_px']} px "
@@ -139,17 +165,25 @@ def main() -> None:
     print("\nplanted similarity quantiles:",
           ", ".join(f"q{q:g}={planted['pixel_similarity'].quantile(q):.4f}" for q in (0.0, 0.1, 0.5)))
 
+    # Only the planted copies are searched again, against the prepared references (same
+    # threshold, same sources: the planting RNG draws every number in the same order).
+    variants: dict[str, PlantConfig] = {}
     if args.components:
-        # Only the planted copies are searched again, against the prepared references (same
-        # threshold, same sources: the planting RNG draws every number in the same order).
-        print(f"\nplanted copies one disguise at a time (threshold {prepared.pixel_threshold:.4f}):")
-        for name, change in COMPONENTS.items():
-            plant = dataclasses.replace(gate.plant, **change)
+        variants |= {name: dataclasses.replace(gate.plant, **change) for name, change in COMPONENTS.items()}
+    for strength in args.strengths:
+        if not 0.0 <= strength <= 1.0:
+            parser.error(f"--strengths: each S must be in [0, 1], got {strength}")
+        plant = scaled_plant(gate.plant, strength, gate.search.zooms)
+        variants[f"strength {strength:g}: noise {plant.noise_std:.3g}, shift {plant.max_shift_px}, "
+                 f"crop {plant.crop_fraction:.3g}, gain {plant.intensity_gain[1]:.3g}"] = plant
+    if variants:
+        print(f"\nplanted copies, other disguises (threshold {prepared.pixel_threshold:.4f}):")
+        for name, plant in variants.items():
             images, table = plant_copies(train, plant, rng=np.random.default_rng(gate.seed))
             scores = nearest_table(images, prepared.references, gate.search, None, prepared.chunk_size,
                                    prepared.reference_count)["pixel_similarity"]
             recall = float((scores >= prepared.pixel_threshold).mean())
-            print(f"  {name:28s} recall {recall:.3f}  min {scores.min():.4f}  q10 {scores.quantile(0.1):.4f}  "
+            print(f"  {name:44s} recall {recall:.3f}  min {scores.min():.4f}  q10 {scores.quantile(0.1):.4f}  "
                   f"median {scores.median():.4f}")
 
 if __name__ == "__main__":
