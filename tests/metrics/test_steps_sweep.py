@@ -44,11 +44,14 @@ def test_the_recommended_point_is_the_fewest_steps_within_the_best_interval():
     table = recommend(_points([9.0, 6.0, 5.0, 5.5], [11.0, 7.0, 6.5, 7.0], [5, 10, 25, 50]), 0.7)
     assert table["threshold"].iloc[0] == pytest.approx(5.7) and table["within_tolerance"].tolist() == [0, 0, 1, 1] \
         and table["recommended"].tolist() == [0, 0, 1, 0]
-    # equal steps: the faster point; an interval below its estimate still admits the best
+    # equal steps and FID: the faster point; an interval below its estimate still admits the best
     table = recommend(_points([5.0, 5.2], [4.0, 6.0], [10, 10], seconds=[0.3, 0.1]), None)
     assert table["threshold"].iloc[0] == 5.0 and table["recommended"].tolist() == [True, False]
     table = recommend(_points([5.0, 5.0], [6.0, 6.0], [10, 10], seconds=[0.3, 0.1]), None)
     assert table["recommended"].tolist() == [False, True]
+    # equal steps, both within: the lower FID, not the faster (measured time varies between runs)
+    table = recommend(_points([5.0, 5.3], [6.0, 6.5], [10, 10], seconds=[0.3, 0.1]), None)
+    assert table["within_tolerance"].tolist() == [True, True] and table["recommended"].tolist() == [True, False]
 
 
 def test_scaled_plan_keeps_the_proportions_and_refuses_rows_needing_real_images():

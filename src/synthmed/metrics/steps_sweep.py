@@ -22,7 +22,11 @@ def recommend(table: pd.DataFrame, tolerance: float | None) -> pd.DataFrame:
     The best point has the lowest FID. The threshold is its interval's upper end
     (``tolerance`` None) or its FID plus ``tolerance``, and never below its FID. The
     recommended point is the one with the fewest steps whose FID is at most the threshold;
-    ties in steps go to the lower time per image, then to the earlier row.
+    ties in steps go to the lower FID, then to the lower time per image, then to the earlier row.
+    The FID comes before the time because it is the same on every run of the same data and seed,
+    and the time is not: at equal steps (the same number of network evaluations) the timing noise
+    of the machine would otherwise pick the sampler, and the recommended FID in ``metrics.json``
+    would change between two runs of the same code (19.72 / 18.08 for DDIM-4 / DPM-Solver++-4).
     """
     table = table.reset_index(drop=True).copy()
     if table.empty:
@@ -33,7 +37,7 @@ def recommend(table: pd.DataFrame, tolerance: float | None) -> pd.DataFrame:
     # The best point always qualifies, even when its interval lies above its estimate.
     threshold = max(threshold, float(table.loc[best, "fid"]))
     within = table["fid"] <= threshold
-    order = table[within].sort_values(["steps", "seconds_per_image"], kind="stable")
+    order = table[within].sort_values(["steps", "fid", "seconds_per_image"], kind="stable")
     recommended = int(order.index[0])
     return table.assign(threshold=threshold, within_tolerance=within, best=table.index == best,
                         recommended=table.index == recommended)
