@@ -145,8 +145,8 @@ def main() -> None:
     quantiles = [0.5, 0.9, 0.99, 0.999, 1.0]
     print("\nheld-out nearest-neighbour similarity quantiles:",
           ", ".join(f"q{q:g}={held['pixel_similarity'].quantile(q):.4f}" for q in quantiles))
-    print(f"held-out images with std <= min_source_std {gate.plant.min_source_std}: "
-          f"{int((held['std'] <= gate.plant.min_source_std).sum())}")
+    print(f"held-out images with std <= min_source_std {gate.plant.min_source_std} (left out of the threshold): "
+          f"{int(held['content_free'].sum())}")
     columns = ["pixel_similarity", "pixel_transform", "std", "foreground_fraction", "patient", "slice_index"]
     print(f"\nthe {args.top} held-out images most similar to a training image:")
     print(held.sort_values("pixel_similarity", ascending=False)[columns].head(args.top).to_string())
