@@ -4,8 +4,9 @@ Loads the slices and manifest that the rebalancing gate uses (``data/05_model_in
 built by ``kedro run --env <env> --pipelines data``), the gate settings of that environment
 (``evaluation.memorisation``, ``evaluation.sources.slices``), and runs `prepare_gate` on the
 reference split against the held-out split exactly as ``synthmed.protocols.rebalancing`` does
-(same image size, same search, same planted copies), in pixel space (the rebalancing gate flags
-on pixel similarity unless ``flag_on_features`` is true). Printed: the threshold, the self-test
+(same image size, same search, same planted copies, the training slices' patient keys), in pixel
+space (the rebalancing gate flags on pixel similarity and on the relative distance to the other
+patients, and in feature space only when ``flag_on_features`` is true). Printed: the threshold, the self-test
 recall, every missed planted copy with its score, the held-out nearest-neighbour distribution
 (and the image statistics of the held-out images that set the threshold), and with
 ``--components``, the planted copies' scores with one disguise at a time; with ``--strengths``, the
@@ -119,7 +120,7 @@ def main() -> None:
     gate = gate_config(overridden(params["memorisation"], args.set), action="drop")
     store = ArrayStoreDataset(path=str(SLICES / "arrays")).load()
     manifest = pd.read_csv(SLICES / "manifest.csv", dtype={"patient_key": str, "item_id": str})
-    train, _, _ = split_images(store, manifest, source["reference_split"], source["image_px"])
+    train, _, train_ids = split_images(store, manifest, source["reference_split"], source["image_px"])
     held_out, _, held_ids = split_images(store, manifest, source["held_out_split"], source["image_px"])
     if args.min_std is not None:
         gate = dataclasses.replace(gate, plant=dataclasses.replace(gate.plant, min_source_std=args.min_std))
@@ -129,10 +130,15 @@ def main() -> None:
           f"({held_rows['patient_key'].nunique()} held-out patients); search {gate.search}")
 
     start = time.perf_counter()
-    prepared = prepare_gate(train, held_out, config=dataclasses.replace(gate, use_features=False))
+    train_groups = manifest.set_index("index").loc[train_ids, "patient_key"].to_numpy()
+    prepared = prepare_gate(train, held_out, config=dataclasses.replace(gate, use_features=False),
+                            train_groups=train_groups)
     seconds = time.perf_counter() - start
     planted = prepared.planted
-    print(f"\nprepare_gate: {seconds:.1f} s; pixel threshold {prepared.pixel_threshold:.4f} "
+    relative = prepared.relative_threshold
+    print(f"\nprepare_gate: {seconds:.1f} s; pixel threshold {prepared.pixel_threshold:.4f}"
+          + ("" if relative is None else f", relative distance threshold {relative:.4f}")
+          + " "
           f"(percentile {gate.percentile} of {prepared.held_out_count} held-out images); self-test recall "
           f"{prepared.self_test_recall:.4f} ({int(planted['flagged'].sum())} of {len(planted)} flagged, "
           f"minimum {gate.min_self_test_recall})")
@@ -145,9 +151,12 @@ def main() -> None:
     quantiles = [0.5, 0.9, 0.99, 0.999, 1.0]
     print("\nheld-out nearest-neighbour similarity quantiles:",
           ", ".join(f"q{q:g}={held['pixel_similarity'].quantile(q):.4f}" for q in quantiles))
+    print("held-out relative distance quantiles:",
+          ", ".join(f"q{q:g}={held['relative_distance'].quantile(q):.4f}" for q in (0.0, 0.001, 0.01, 0.1, 0.5)))
     print(f"held-out images with std <= min_source_std {gate.plant.min_source_std} (left out of the threshold): "
           f"{int(held['content_free'].sum())}")
-    columns = ["pixel_similarity", "pixel_transform", "std", "foreground_fraction", "patient", "slice_index"]
+    columns = ["pixel_similarity", "relative_distance", "pixel_transform", "std", "foreground_fraction", "patient",
+               "slice_index"]
     print(f"\nthe {args.top} held-out images most similar to a training image:")
     print(held.sort_values("pixel_similarity", ascending=False)[columns].head(args.top).to_string())
 
@@ -160,10 +169,13 @@ def main() -> None:
     missed = planted[~planted["flagged"]]
     print(f"\nmissed planted copies ({len(missed)}):")
     if len(missed):
-        print(missed[["source_index", "pixel_similarity", "found_source", "pixel_transform", "transform"]]
+        print(missed[["source_index", "pixel_similarity", "relative_distance", "found_source", "pixel_transform",
+                      "transform"]]
               .to_string(max_colwidth=70))
     print("\nplanted similarity quantiles:",
           ", ".join(f"q{q:g}={planted['pixel_similarity'].quantile(q):.4f}" for q in (0.0, 0.1, 0.5)))
+    print("planted relative distance quantiles:",
+          ", ".join(f"q{q:g}={planted['relative_distance'].quantile(q):.4f}" for q in (0.5, 0.9, 1.0)))
 
     # Only the planted copies are searched again, against the prepared references (same
     # threshold, same sources: the planting RNG draws every number in the same order).
@@ -177,12 +189,16 @@ def main() -> None:
         variants[f"strength {strength:g}: noise {plant.noise_std:.3g}, shift {plant.max_shift_px}, "
                  f"crop {plant.crop_fraction:.3g}, gain {plant.intensity_gain[1]:.3g}"] = plant
     if variants:
-        print(f"\nplanted copies, other disguises (threshold {prepared.pixel_threshold:.4f}):")
+        print("\nplanted copies, other disguises (the same thresholds; min, q10 and median of the pixel similarity):")
         for name, plant in variants.items():
             images, table = plant_copies(train, plant, rng=np.random.default_rng(gate.seed))
-            scores = nearest_table(images, prepared.references, gate.search, None, prepared.chunk_size,
-                                   prepared.reference_count)["pixel_similarity"]
-            recall = float((scores >= prepared.pixel_threshold).mean())
+            table = nearest_table(images, prepared.references, gate.search, None, prepared.chunk_size,
+                                  prepared.reference_count)
+            scores = table["pixel_similarity"]
+            flagged = scores.to_numpy() >= prepared.pixel_threshold
+            if relative is not None:
+                flagged |= table["relative_distance"].to_numpy() <= relative
+            recall = float(flagged.mean())
             print(f"  {name:44s} recall {recall:.3f}  min {scores.min():.4f}  q10 {scores.quantile(0.1):.4f}  "
                   f"median {scores.median():.4f}")
 

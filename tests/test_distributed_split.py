@@ -105,7 +105,9 @@ CASES = textwrap.dedent(
         plant = {"count": 6}
         for name, search in (("exact", {}), ("two_stage", {"two_stage_above": 0, "shortlist": 4})):
             gate = GateConfig(plant=plant, search=search, device="cpu", min_self_test_recall=0.0)
-            prepared = prepare_gate(train, held_out, config=gate, embed=embed, chunk_size=4)
+            # four "patients" of 10 images: the search for each image's nearest other patient is split too
+            prepared = prepare_gate(train, held_out, config=gate, embed=embed, chunk_size=4,
+                                    train_groups=np.repeat(["a", "b", "c", "d"], 10))
             report = prepared.score(candidates)
             _save(out, f"gate-{name}-held_out", rank, table=report.held_out)
             _save(out, f"gate-{name}-planted", rank, table=report.planted)
@@ -255,3 +257,5 @@ def test_the_gate_on_two_processes_gives_the_tables_of_one(results, search):
     # the planted copies (last two candidates: training images 5 mirrored and 23 shifted) are found
     assert candidates["pixel_neighbour"].tolist()[-2:] == [5, 23]
     assert candidates["flagged"].tolist()[-2:] == [True, True] and not candidates["flagged"][:7].any()
+    relative = candidates["relative_distance"].to_numpy()
+    assert np.isfinite(relative).all() and (relative[-2:] < 1e-3).all()

@@ -201,7 +201,7 @@ def test_memorisation_scores_report_each_checkpoint(monkeypatch):
 
     class Report:  # what run_gate returns, for 4 samples of which checkpoint "late" drew the flagged ones
         candidates = pd.DataFrame({"pixel_similarity": [0.2, 0.3, 0.99, 0.98], "pixel_distance": 0.0,
-                                   "pixel_transform": "", "feature_similarity": 0.0,
+                                   "pixel_transform": "", "feature_similarity": 0.0, "relative_distance": 0.9,
                                    "flagged": [False, False, True, True], "pixel_neighbour": 0,
                                    "feature_neighbour": 0})
         held_out = pd.DataFrame({"pixel_similarity": [0.5]})

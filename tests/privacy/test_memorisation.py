@@ -26,6 +26,7 @@ from synthmed.privacy.memorisation import (
     MemorisationError,
     PlantConfig,
     SearchConfig,
+    ZoomView,
     _as_images,
     _check_chunk_size,
     _check_same_geometry,
@@ -34,10 +35,12 @@ from synthmed.privacy.memorisation import (
     enforce,
     nearest_table,
     plant_copies,
+    relative_distance,
     run_gate,
     search_transforms,
     shift_image,
     zoom_references,
+    zoom_views,
 )
 
 NO_SEARCH = SearchConfig(flips=("none",), max_shift_px=0)
@@ -51,7 +54,7 @@ def nearest_neighbours(queries, references, *, search: SearchConfig, embed=None,
     reference_images = _as_images(references, "references")
     query_images = _as_images(queries, "queries", allow_empty=True)
     _check_same_geometry(query_images, "queries", reference_images, "references")
-    prepared = _prepare_references(zoom_references(reference_images, search.zooms), search, embed, chunk_size)
+    prepared = _prepare_references(zoom_references(reference_images, search), search, embed, chunk_size)
     return nearest_table(query_images, prepared, search, embed, chunk_size, len(reference_images))
 
 
@@ -373,6 +376,93 @@ def test_crops_defeat_pixel_similarity_on_anatomy_and_the_self_test_says_so() ->
     assert run_gate(phantoms(5, 32), train, held_out, config=uncropped).self_test_recall >= 0.99
 
 
+def test_zoom_views_hold_every_crop_position_up_to_the_configured_count() -> None:
+    search = SearchConfig(zooms=(1.0, 0.95, 0.9))
+    views = zoom_views(32, 32, search)
+    # 32 px: a 30 px crop has 3 x 3 positions, a 29 px crop 4 x 4; the image itself once.
+    assert len(views) == 1 + 9 + 16 and views[0] == ZoomView(1.0, 0, 0)
+    assert {(v.top, v.left) for v in views if v.zoom == 0.9} == {(y, x) for y in range(4) for x in range(4)}
+    # 64 px: a 58 px crop has 7 positions per axis; 4 of them, edge to edge.
+    assert sorted({v.top for v in zoom_views(64, 64, search) if v.zoom == 0.9}) == [0, 2, 4, 6]
+    # One position: the central crop.
+    assert [v for v in zoom_views(32, 32, dataclasses.replace(search, zoom_positions=1)) if v.zoom == 0.9] == [
+        ZoomView(0.9, 1, 1)]
+    zoomed = zoom_references(phantoms(3, 5), search)
+    assert zoomed.shape == (3 * 26, 1, SIZE_PX, SIZE_PX)
+
+
+def test_a_crop_at_the_edge_is_lined_up_only_when_its_position_is_searched() -> None:
+    # A 29 px crop at the bottom-left corner, enlarged and moved: the central crop cannot line it up
+    # (the edge holds content the central crop lacks, and its offset is 2.2 px after resizing).
+    train, held_out = phantoms(150, 30), phantoms(150, 31)
+    cropped = F.interpolate(train[[5, 77]][:, :, 3:32, 0:29], size=(SIZE_PX, SIZE_PX), mode="bilinear",
+                            align_corners=False)
+    copies = shift_image(cropped, 2, -2)
+    every = SearchConfig(max_shift_px=3, zooms=(1.0, 0.9))
+    central = dataclasses.replace(every, zoom_positions=1)
+    found = nearest_neighbours(copies, train, search=every)
+    np.testing.assert_allclose(found["pixel_similarity"], 1.0, atol=1e-5)
+    assert found["pixel_neighbour"].tolist() == [5, 77]
+    assert (found["pixel_transform"] == "none dx=-2 dy=+2 zoom=0.90 at y=3 x=0").all()
+    assert (nearest_neighbours(copies, train, search=central)["pixel_similarity"] < 0.97).all()
+    # The self-test of the previous test, with the zoom searched: every crop position sees every
+    # copy (measured 1.00); the central crop alone 0.84; the threshold is the same.
+    config = GateConfig(use_features=False, plant=PlantConfig(count=50), search=every)
+    report = run_gate(phantoms(5, 32), train, held_out, config=config)
+    assert report.self_test_recall >= 0.99
+    report_central = run_gate(phantoms(5, 32), train, held_out, config=dataclasses.replace(config, search=central))
+    assert report_central.self_test_recall < 0.9
+    assert report.pixel_threshold == pytest.approx(report_central.pixel_threshold, abs=1e-4)
+
+
+def alike_patients(patients: int, seed: int, *, amplitude: float = 0.15) -> tuple[torch.Tensor, np.ndarray]:
+    """A cohort of one template: each patient's 12 images are the template's 12 plus that patient's
+    own smooth variation of ``amplitude`` (0.15: other patients' same image correlates at ~0.98)."""
+    template = smooth_fields(12, 1000)
+    images = [(template + amplitude * smooth_fields(12, seed * 100 + p)).clamp(-1, 1) for p in range(patients)]
+    return torch.cat(images), np.repeat([f"patient-{seed}-{p}" for p in range(patients)], 12)
+
+
+def test_relative_distance_is_near_over_other_and_nan_without_another_patient() -> None:
+    similarity = np.array([1.0, 0.99, 0.95, 0.9, 1.0])
+    other = np.array([0.98, 0.98, 0.95, -np.inf, 1.0])
+    np.testing.assert_allclose(relative_distance(similarity, other), [0.0, 0.5, 1.0, np.nan, 0.0])
+
+
+def test_patient_keys_let_the_gate_see_copies_that_unseen_patients_match_as_closely() -> None:
+    # Unseen patients of one template come as close to some training image as a disguised copy
+    # does (absolute recall 0.86 measured), but a copy is far nearer its own patient than the
+    # others (relative distance), an unseen patient is not (recall 1.00 measured).
+    train, keys = alike_patients(20, 1)
+    held_out, _ = alike_patients(10, 2)
+    config = GateConfig(use_features=False, search=SearchConfig(max_shift_px=2, zooms=(1.0, 0.9)))
+    candidates = torch.cat([held_out[:6], train[[3, 50]]])
+    absolute = run_gate(candidates, train, held_out, config=config)
+    relative = run_gate(candidates, train, held_out, config=config, train_groups=keys)
+    assert absolute.self_test_recall < 0.9 and absolute.relative_threshold is None
+    assert absolute.candidates["relative_distance"].isna().all()
+    assert relative.self_test_recall >= 0.99 and relative.passed_self_test()
+    assert relative.pixel_threshold == absolute.pixel_threshold
+    # The threshold is the low tail of the held-out patients' relative distances.
+    calibration = relative.held_out["relative_distance"].to_numpy()
+    assert relative.relative_threshold == pytest.approx(np.percentile(calibration, 0.1))
+    assert relative.summary()["relative_threshold"] == relative.relative_threshold
+    # The training images themselves are copies (distance ~0); unseen patients' images are not flagged.
+    assert relative.candidates["flagged"].tolist() == [False] * 6 + [True, True]
+    assert (relative.candidates["relative_distance"].to_numpy()[-2:] < 1e-3).all()
+    # Each image's other-patient neighbour really is another patient's: leaving the nearest patient
+    # out can only lower the similarity.
+    table = relative.planted
+    assert (table["other_similarity"] <= table["pixel_similarity"] + 1e-9).all()
+    # One patient: nothing to be nearer to than the others; the absolute gate alone.
+    alone = run_gate(candidates, train, held_out, config=config, train_groups=np.full(len(train), "p"))
+    assert alone.relative_threshold is None and alone.self_test_recall == absolute.self_test_recall
+    off = dataclasses.replace(config, flag_on_relative=False)
+    assert run_gate(candidates, train, held_out, config=off, train_groups=keys).relative_threshold is None
+    with pytest.raises(ValueError, match=r"one patient key per training image \(240\), got 3"):
+        run_gate(candidates, train, held_out, config=config, train_groups=keys[:3])
+
+
 # ------------------------------------------------------------------ configuration
 
 
@@ -384,6 +474,7 @@ def test_crops_defeat_pixel_similarity_on_anatomy_and_the_self_test_says_so() ->
          r"\['none', 'horizontal', 'vertical', 'both'\], got \('diagonal',\)"),
         (lambda: SearchConfig(flips=()), r"got \(\)"),
         (lambda: SearchConfig(max_shift_px=-1), r"max_shift_px must be an integer >= 0, got -1"),
+        (lambda: SearchConfig(zoom_positions=0), r"zoom_positions must be an integer >= 1, got 0"),
         (lambda: PlantConfig(count=0), r"count must be an integer >= 1, got 0"),
         (lambda: PlantConfig(crop_fraction=0.0), r"crop_fraction must be in \(0, 1\], got 0.0"),
         (lambda: PlantConfig(intensity_gain=(1.1, 0.9)),
@@ -394,6 +485,7 @@ def test_crops_defeat_pixel_similarity_on_anatomy_and_the_self_test_says_so() ->
         (lambda: GateConfig(percentile="99.9"), r"percentile must be a number in \(0, 100\], got '99.9'"),
         (lambda: GateConfig(min_self_test_recall=1.5), r"min_self_test_recall must be a number in \[0, 1\], got 1.5"),
         (lambda: GateConfig(use_features="yes"), r"use_features must be true or false, got 'yes'"),
+        (lambda: GateConfig(flag_on_relative=1), r"flag_on_relative must be true or false, got 1"),
         (lambda: GateConfig(seed=-1), r"seed must be an integer >= 0, got -1"),
         (lambda: GateConfig(search={"flip": ["none"]}),
          r"Unknown key\(s\) \['flip'\] in parameters 'memorisation.search'"),

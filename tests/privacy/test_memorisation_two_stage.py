@@ -65,7 +65,7 @@ def test_two_stage_flags_every_planted_copy_the_exact_search_flags(images):
 def test_shortlist_puts_the_source_of_a_flipped_shifted_copy_first():
     train = phantoms(200, 21)
     search = SearchConfig(**SEARCH, two_stage_above=0, shortlist=4)
-    prepared = _prepare_references(zoom_references(train, search.zooms), search, None, 64)
+    prepared = _prepare_references(zoom_references(train, search), search, None, 64)
     copies = shift_image(train[[7, 120, 199]].flip(-1), 2, -1) * 0.9 + 0.05
     shortlist = shortlist_references(copies, prepared.compact, search)
     assert shortlist.shape == (3, 4)
@@ -74,7 +74,7 @@ def test_shortlist_puts_the_source_of_a_flipped_shifted_copy_first():
 
 def test_two_stages_start_above_the_configured_number_of_references():
     train = smooth_fields(50, 31)
-    zoomed = zoom_references(train, SEARCH["zooms"])  # 100 references searched
+    zoomed = zoom_references(train, SearchConfig(**SEARCH, zoom_positions=1))  # 100 references: 50 x (1 + 1 crop)
     at = SearchConfig(**SEARCH, two_stage_above=100)
     above = SearchConfig(**SEARCH, two_stage_above=99)
     assert _prepare_references(zoomed, at, None, 64).compact is None

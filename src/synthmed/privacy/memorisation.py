@@ -22,7 +22,12 @@ in four parts.
 3. Threshold (`calibrate_threshold`). Not guessed: a high percentile (99.9 by default) of the
    nearest-neighbour similarity of *held-out* real images (patients not in the training set)
    to the training set. A synthetic image closer to a training image than almost every
-   unseen real patient is flagged.
+   unseen real patient is flagged. With the training images' patient keys (``train_groups``),
+   a second search finds each image's nearest image of another patient, and an image whose
+   `relative_distance` (to its nearest training image, over that to the other patients) is
+   below all but the same small fraction of held-out images' is flagged too: where patients
+   look alike, an unseen patient comes as close to some training image as a disguised copy,
+   but not far closer to one patient than to all the others.
 4. Self-test (`plant_copies`, `run_gate`, `enforce`). Perturbed copies of training images
    (noise, a crop resized back, flips, a shift, gain and offset jitter) are scored with the
    same thresholds; if fewer than `GateConfig.min_self_test_recall` of them are flagged the
@@ -40,13 +45,16 @@ Limits (measured on the synthetic images of tests/privacy/test_memorisation.py, 
 NCC is invariant to gain and offset, and the search undoes flips and shifts of up to
 ``max_shift_px``; noise of std 0.05 costs about 0.005 of similarity. A crop resized back is a
 zoom (10% for ``crop_fraction=0.9``) plus a translation of up to ``(1 - crop_fraction) / 2``
-of the side, which the shift search does not undo. On smooth textures (Gaussian-filtered
-noise) the held-out threshold is ~0.63 and cropped copies still score >= 0.67, so the
-default self-test passes (with little margin). On anatomy-like slices (a body on air),
-unrelated patients correlate at ~0.97-0.99 because they share the layout (threshold ~0.99),
-and a 10% crop drops a copy to ~0.85-0.98: pixel NCC cannot see cropped copies there, the
-self-test fails and `enforce` blocks publication. Such data needs a crop-robust ``embed`` (a copy-detection network
-trained with crop augmentation) in the feature space.
+of the side, which the shift search alone does not undo. On smooth textures (Gaussian-filtered
+noise) the held-out threshold is ~0.63 and cropped copies still score >= 0.67, so a search
+without zooms passes the default self-test (with little margin). On anatomy-like slices (a
+body on air), unrelated patients correlate at ~0.97-0.99 because they share the layout
+(threshold ~0.99), and a 10% crop drops a copy to ~0.85-0.98 unless the search holds that zoom
+(`SearchConfig.zooms`) at the crop's position (`SearchConfig.zoom_positions`): then the crop is
+lined up exactly and only the noise and the resampling remain (on the 20-subject test cohort's
+32 px slices, self-test recall 0.83 with central crops only, 0.99 with every crop position;
+docs/privacy.md, section 3). Where that is not enough, a crop-robust ``embed`` (a copy-detection
+network trained with crop augmentation) can flag in the feature space.
 
 Several processes (a launcher's ``WORLD_SIZE`` > 1: ``synthmed launch --processes N --pipelines
 rebalancing``, or any script under torchrun). Every search (held-out calibration, planted
@@ -113,6 +121,8 @@ COLUMNS: tuple[str, ...] = (
     "pixel_transform",
     "feature_similarity",
     "feature_neighbour",
+    "other_similarity",
+    "relative_distance",
 )
 # An image (or an image's overlap) whose standard deviation is at most this is constant:
 # its correlation with anything is undefined and is reported as 0. Images live in [-1, 1],
@@ -125,6 +135,8 @@ _RANGE_TOLERANCE = 1e-5
 # The two-stage search gathers each query's shortlisted references into one block of about
 # this many bytes (64 px RGB, shortlist 32: about 40 queries at a time).
 _SHORTLIST_BLOCK_BYTES = 64 * 2**20
+# Relative distance: a distance to the other patients this small (similarity 1 - 1e-12) is 0.
+_RELATIVE_EPSILON = 1e-12
 
 
 class MemorisationError(ValueError):
@@ -183,15 +195,23 @@ class SearchConfig:
         flips: flips to try, from ``FLIPS``: "none", "horizontal" (left-right),
             "vertical" (up-down), "both" (180 degree rotation). ``("none",)`` and
             ``max_shift_px=0`` switch the search off.
-        zooms: each reference is also searched as its central crop of these fractions of
-            the side, resized back (bilinear, antialiased): a copy that was cropped and
-            enlarged (by a generator or by the self-test's planting) is matched at the zoom
-            that undoes it, the remaining offset by the shifts. ``(1.0,)`` = no zoom search.
+        zooms: each reference is also searched as crops of these fractions of the side,
+            resized back (bilinear, antialiased): a copy that was cropped and enlarged (by a
+            generator or by the self-test's planting) is matched at the zoom that undoes it.
+            ``(1.0,)`` = no zoom search.
+        zoom_positions: crop positions per axis for each zoom below 1: every position when
+            there are at most this many (a 29 px crop of a 32 px image has 4), else this many
+            evenly spaced from edge to edge (both edges included); 1 = the central crop only.
+            A crop has content at its edge that a crop elsewhere lacks, and after resizing its
+            offset is a fraction of a pixel that no integer shift undoes: the central crop
+            alone, with shifts, matched a 32 px slice's copy cropped at its edge and shifted at
+            0.95 against 1.00 at its own position (docs/privacy.md, section 3). References
+            searched: training images x (1 + positions^2 per zoom below 1).
         max_shift_px: integer shifts ``dx, dy`` in ``[-max_shift_px, max_shift_px]`` are
             tried, ``(2 * max_shift_px + 1) ** 2`` per flip. Must leave an overlap of more
             than half of each image side (checked against the image size when used).
         two_stage_above: when more references than this are searched (training images x
-            zooms), the search runs in two stages (`shortlist_references`): a shortlist per
+            zoom views, `zoom_views`), the search runs in two stages (`shortlist_references`): a shortlist per
             query from compact embeddings, then the exact search on the shortlist only. At
             or below it every query is compared with every reference. 0 = always two stages.
         shortlist: references kept per query by the first stage (over all flips).
@@ -203,6 +223,7 @@ class SearchConfig:
     flips: tuple[str, ...] = ("none", "horizontal", "vertical")
     max_shift_px: int = 2
     zooms: tuple[float, ...] = (1.0,)
+    zoom_positions: int = 4
     two_stage_above: int = 20_000
     shortlist: int = 32
     embedding_px: int = 8
@@ -227,7 +248,7 @@ class SearchConfig:
             )
         if not is_int(self.max_shift_px) or self.max_shift_px < 0:
             raise ValueError(f"SearchConfig.max_shift_px must be an integer >= 0, got {self.max_shift_px!r}.")
-        for name, low in (("two_stage_above", 0), ("shortlist", 1), ("embedding_px", 1)):
+        for name, low in (("zoom_positions", 1), ("two_stage_above", 0), ("shortlist", 1), ("embedding_px", 1)):
             value = getattr(self, name)
             if not is_int(value) or value < low:
                 raise ValueError(f"SearchConfig.{name} must be an integer >= {low}, got {value!r}.")
@@ -342,13 +363,15 @@ class _References(NamedTuple):
     reference features (zero rows for zero features), or None for pixel space only.
     ``compact``: ``(F, R, E)`` float32 unit-norm compact embeddings of every reference under
     every flip of the search (`compact_embedding`), or None when every query is compared with
-    every reference (no first stage).
+    every reference (no first stage). ``groups``: ``(R,)`` int64 patient code of every reference
+    (`prepare_gate`'s ``train_groups``, repeated per zoom view), or None.
     """
 
     centred: Tensor
     inv_norms: Tensor
     features: Tensor | None
     compact: Tensor | None = None
+    groups: Tensor | None = None
 
 
 def _unit_rows(features: Tensor) -> Tensor:
@@ -379,8 +402,10 @@ def _prepare_references(
     search: SearchConfig,
     embed: Embed | None,
     chunk_size: int,
+    groups: np.ndarray | None = None,
 ) -> _References:
-    """Centre the references, take their norm on every shift overlap, and embed them."""
+    """Centre the references, take their norm on every shift overlap, and embed them.
+    ``groups``: ``(R,)`` integer patient codes of the references, or None."""
     count, channels, height, width = references.shape
     _check_search_fits(search, height, width)
     centred = references - references.to(torch.float64).mean(dim=(1, 2, 3), keepdim=True).to(torch.float32)
@@ -411,7 +436,8 @@ def _prepare_references(
                        for i in range(0, count, chunk_size)])
             for flip in search.flips
         ])
-    return _References(centred.reshape(count, -1).contiguous(), inv_norms, features, compact)
+    codes = None if groups is None else torch.as_tensor(np.asarray(groups), dtype=torch.int64, device=references.device)
+    return _References(centred.reshape(count, -1).contiguous(), inv_norms, features, compact, codes)
 
 
 def compact_embedding(images: Tensor, side: int) -> Tensor:
@@ -425,7 +451,8 @@ def compact_embedding(images: Tensor, side: int) -> Tensor:
     return _unit_rows(rows - rows.mean(dim=1, keepdim=True))
 
 
-def shortlist_references(queries: Tensor, compact: Tensor, search: SearchConfig) -> Tensor:
+def shortlist_references(queries: Tensor, compact: Tensor, search: SearchConfig,
+                         excluded: Tensor | None = None) -> Tensor:
     """First stage: ``(B, k)`` int64 indices of the references whose compact embedding, under
     any flip and shift of the search, correlates best with each query's, ``k = min(search.shortlist,
     R)``, best first.
@@ -434,7 +461,8 @@ def shortlist_references(queries: Tensor, compact: Tensor, search: SearchConfig)
     The query is shifted at full resolution before it is pooled, so a copy moved by a few
     pixels (more than a thumbnail's cell) still ranks its source first. The exact search then
     runs on these references only (`_search`): a copy is missed only when its training image
-    is not among the ``k`` best thumbnails.
+    is not among the ``k`` best thumbnails. ``excluded``: ``(B, R)`` bool, references a query
+    may not be matched with (another search's patient), or None.
     """
     best = None
     for dx, dy in search.shifts():
@@ -442,6 +470,8 @@ def shortlist_references(queries: Tensor, compact: Tensor, search: SearchConfig)
         embedded = compact_embedding(moved, search.embedding_px).to(compact.device)
         scores = torch.einsum("be,fre->bfr", embedded, compact).amax(dim=1)  # (B, R)
         best = scores if best is None else torch.maximum(best, scores)
+    if excluded is not None:
+        best = best.masked_fill(excluded, -math.inf)
     return best.topk(min(search.shortlist, compact.shape[1]), dim=1).indices
 
 
@@ -515,8 +545,12 @@ def _search(
     search: SearchConfig,
     embed: Embed | None,
     chunk_size: int,
+    exclude: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Best pixel and feature match of every query: ``(N,)`` tensors on the references' device.
+
+    ``exclude``: ``(N,)`` int64, a patient code per query (`_References.groups`) whose references
+    that query is not compared with (the search for the nearest image of another patient), or None.
 
     Keys: ``pixel_similarity`` (float64), ``pixel_neighbour`` (int64),
     ``pixel_transform_index`` (int64, into ``search.transform_names()``),
@@ -543,15 +577,22 @@ def _search(
     for start in range(0, count, chunk_size):
         stop = min(start + chunk_size, count)
         chunk = queries[start:stop].to(device)
+        excluded = None
+        if exclude is not None:
+            excluded = references.groups[None, :] == exclude[start:stop].to(device)[:, None]  # (B, R)
         shortlist = None
         if references.compact is not None:
-            shortlist = shortlist_references(chunk, references.compact, search)
+            shortlist = shortlist_references(chunk, references.compact, search, excluded)
             shortlisted, shortlisted_inv_norms = references.centred[shortlist], references.inv_norms[:, shortlist]
+            if excluded is not None:  # fewer references than the shortlist outside the patient
+                excluded = excluded.gather(1, shortlist)
         for t, transform in enumerate(search_transforms(chunk, search)):
             if shortlist is None:
                 scores = _pixel_scores(transform, references, t % shifts_per_flip)
             else:
                 scores = _shortlist_scores(transform, shortlisted, shortlisted_inv_norms[t % shifts_per_flip])
+            if excluded is not None:
+                scores = scores.masked_fill(excluded, -math.inf)
             _keep_best(out["pixel_similarity"][start:stop], out["pixel_neighbour"][start:stop],
                        out["pixel_transform_index"][start:stop], scores, t, shortlist)
             # The feature network sees each flip unshifted: global-pooled CNN features barely
@@ -573,33 +614,69 @@ def _search(
     return out
 
 
-def zoom_references(references: Tensor, zooms: tuple[float, ...]) -> Tensor:
-    """``references`` once per zoom, in ``zooms`` order: the central crop of fraction ``z`` of
-    each side, resized back to full size (``z = 1`` is the image itself)."""
-    if zooms == (1.0,):
-        return references
-    height, width = references.shape[-2:]
+class ZoomView(NamedTuple):
+    """One searched view of the references: the crop of ``zoom`` of each side at ``(top, left)``,
+    resized back (``zoom = 1``: the image itself)."""
+
+    zoom: float
+    top: int
+    left: int
+
+    def label(self) -> str:
+        return "" if self.zoom == 1.0 else f" zoom={self.zoom:.2f} at y={self.top} x={self.left}"
+
+
+def _positions(span: int, count: int) -> list[int]:
+    """Crop offsets along one axis: every offset in ``[0, span]`` when there are at most ``count``,
+    else ``count`` of them evenly spaced from 0 to ``span``; the centre when ``count`` is 1."""
+    if count == 1:
+        return [span // 2]
+    if span + 1 <= count:
+        return list(range(span + 1))
+    return sorted({int(round(v)) for v in np.linspace(0, span, count)})
+
+
+def zoom_views(height: int, width: int, search: SearchConfig) -> list[ZoomView]:
+    """The views `zoom_references` stacks, in its order: per zoom of ``search.zooms``, each crop
+    position (rows of positions, top to bottom)."""
     views = []
-    for zoom in zooms:
+    for zoom in search.zooms:
         if zoom == 1.0:
-            views.append(references)
+            views.append(ZoomView(1.0, 0, 0))
             continue
         h, w = max(1, round(height * zoom)), max(1, round(width * zoom))
-        y, x = (height - h) // 2, (width - w) // 2
-        crop = references[:, :, y:y + h, x:x + w].to(torch.float32)
-        views.append(F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False, antialias=True))
-    return torch.cat(views)
+        views += [ZoomView(zoom, top, left) for top in _positions(height - h, search.zoom_positions)
+                  for left in _positions(width - w, search.zoom_positions)]
+    return views
 
 
-def _fold_zooms(frame: pd.DataFrame, reference_count: int, zooms: tuple[float, ...]) -> pd.DataFrame:
+def zoom_references(references: Tensor, search: SearchConfig) -> Tensor:
+    """``references`` once per view of `zoom_views` (``R x len(views)`` images, view-major): the crop
+    of fraction ``z`` of each side at each searched position, resized back to full size."""
+    height, width = references.shape[-2:]
+    views = zoom_views(height, width, search)
+    if len(views) == 1:
+        return references
+    stacked = []
+    for view in views:
+        if view.zoom == 1.0:
+            stacked.append(references)
+            continue
+        h, w = max(1, round(height * view.zoom)), max(1, round(width * view.zoom))
+        crop = references[:, :, view.top:view.top + h, view.left:view.left + w].to(torch.float32)
+        stacked.append(F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False,
+                                     antialias=True))
+    return torch.cat(stacked)
+
+
+def _fold_zooms(frame: pd.DataFrame, reference_count: int, views: list[ZoomView]) -> pd.DataFrame:
     """Neighbour indices of the zoom-expanded references back to the original references;
-    the zoom found joins the transform name."""
-    if zooms == (1.0,):
+    the view found (zoom and crop position) joins the transform name."""
+    if len(views) == 1:
         return frame
     pixel = frame["pixel_neighbour"].to_numpy()
-    zoom_of = [zooms[i // reference_count] for i in pixel]
-    frame["pixel_transform"] = [t if z == 1.0 else f"{t} zoom={z:.2f}"
-                                for t, z in zip(frame["pixel_transform"], zoom_of)]
+    frame["pixel_transform"] = [name + views[i // reference_count].label()
+                                for name, i in zip(frame["pixel_transform"], pixel)]
     for column in ("pixel_neighbour", "feature_neighbour"):
         raw = frame[column].to_numpy()
         frame[column] = np.where(raw >= 0, raw % reference_count, raw)
@@ -619,7 +696,21 @@ def _frame(result: Mapping[str, Tensor], names: tuple[str, ...]) -> pd.DataFrame
         "pixel_transform": pd.Series([names[i] for i in column("pixel_transform_index", np.int64)], dtype=object),
         "feature_similarity": column("feature_similarity", np.float64),
         "feature_neighbour": column("feature_neighbour", np.int64),
+        "other_similarity": np.nan,
+        "relative_distance": np.nan,
     })
+
+
+def relative_distance(similarity: np.ndarray, other_similarity: np.ndarray) -> np.ndarray:
+    """``(1 - similarity) / (1 - other_similarity)``: how much nearer an image is to its nearest
+    training image than to the nearest image of any other patient (0: a copy of one patient; about
+    1: as near to several patients, as an unseen patient's image is). NaN where there is no other
+    patient (``other_similarity`` is -inf); an image identical to two patients' images is 0."""
+    near = 1.0 - np.asarray(similarity, dtype=np.float64)
+    other = 1.0 - np.asarray(other_similarity, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(other > _RELATIVE_EPSILON, near / np.maximum(other, _RELATIVE_EPSILON), 0.0)
+    return np.where(np.isfinite(other), np.clip(ratio, 0.0, None), np.nan)
 
 
 def nearest_table(
@@ -632,15 +723,27 @@ def nearest_table(
     ``reference_count`` original images; neighbour indices refer to the original images.
     Columns: ``pixel_similarity`` (float64 in [-1, 1], Pearson correlation over the overlap),
     ``pixel_distance`` (``1 - pixel_similarity``, in [0, 2]), ``pixel_neighbour`` (int64),
-    ``pixel_transform`` (str, e.g. ``"hflip dx=+1 dy=0"``), ``feature_similarity`` (float64
-    cosine; NaN without features), ``feature_neighbour`` (int64; -1 without features).
+    ``pixel_transform`` (str, e.g. ``"hflip dx=+1 dy=0"``, or ``"none dx=-1 dy=0 zoom=0.90 at y=3
+    x=0"`` when a zoomed view matched), ``feature_similarity`` (float64
+    cosine; NaN without features), ``feature_neighbour`` (int64; -1 without features),
+    ``other_similarity`` (the best pixel similarity to an image of any patient other than the
+    nearest image's: a second search with that patient left out) and ``relative_distance``
+    (`relative_distance`); both NaN when the references carry no patient codes.
     """
     result = _search_shared(queries, references, search, embed, chunk_size)
-    return _fold_zooms(_frame(result, search.transform_names()), reference_count, search.zooms)
+    frame = _frame(result, search.transform_names())
+    if references.groups is not None:
+        exclude = references.groups[result["pixel_neighbour"]]
+        other = _search_shared(queries, references, search, None, chunk_size, exclude)["pixel_similarity"]
+        frame["other_similarity"] = other.detach().cpu().numpy().astype(np.float64)
+        frame["relative_distance"] = relative_distance(frame["pixel_similarity"], frame["other_similarity"])
+    views = zoom_views(*queries.shape[-2:], search)
+    return _fold_zooms(frame, reference_count, views)
 
 
 def _search_shared(
     queries: Tensor, references: _References, search: SearchConfig, embed: Embed | None, chunk_size: int,
+    exclude: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """`_search` of every query; on several processes (``synthmed.core.collectives``) each searches a
     contiguous block of whole chunks of queries (`_query_chunk`) against all the references, and
@@ -651,10 +754,11 @@ def _search_shared(
     split only when there are more queries than one chunk: lower ``chunk_size`` to split finer.
     """
     if not collectives.active():
-        return _search(queries, references, search, embed, chunk_size)
+        return _search(queries, references, search, embed, chunk_size, exclude)
     rows = collectives.chunk_blocks(queries.shape[0], _query_chunk(references, search, chunk_size))
     start, stop = rows[distributed.rank()]
-    mine = _search(queries[start:stop], references, search, embed, chunk_size)
+    mine = _search(queries[start:stop], references, search, embed, chunk_size,
+                   None if exclude is None else exclude[start:stop])
     return {key: collectives.gather_rows(value, [b - a for a, b in rows]) for key, value in mine.items()}
 
 
@@ -887,6 +991,14 @@ class GateConfig:
             neighbour and threshold are computed and reported, but only pixel similarity
             flags: right for a classifier's features, which cluster by class).
         use_features: also compare in feature space (needs an ``embed`` at `run_gate`).
+        flag_on_relative: flag too when an image's ``relative_distance`` (to its nearest training
+            image, over that to the nearest image of every other patient) is at or below its own
+            threshold, the ``100 - percentile``-th percentile of the held-out patients'. Needs the
+            training images' patient keys (``train_groups`` at `prepare_gate`) and two patients
+            or more; otherwise only the absolute thresholds flag. Where every patient's anatomy is
+            alike (deformed copies of one template, aligned slices), an unseen patient comes as
+            close to some training image as a disguised copy does, but not closer to one patient
+            than to all the others.
         min_self_test_recall: fraction of planted copies that must be flagged, in [0, 1].
         action: "fail" (block publication when any candidate is flagged) or "drop" (remove
             the flagged candidates).
@@ -901,6 +1013,7 @@ class GateConfig:
     duplicate_similarity: float = 0.999
     use_features: bool = True
     flag_on_features: bool = True
+    flag_on_relative: bool = True
     min_self_test_recall: float = 0.99
     action: str = "fail"
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -919,6 +1032,8 @@ class GateConfig:
             raise ValueError(f"GateConfig.flag_on_features must be true or false, got {self.flag_on_features!r}.")
         if not isinstance(self.use_features, bool):
             raise ValueError(f"GateConfig.use_features must be true or false, got {self.use_features!r}.")
+        if not isinstance(self.flag_on_relative, bool):
+            raise ValueError(f"GateConfig.flag_on_relative must be true or false, got {self.flag_on_relative!r}.")
         if not is_number(self.min_self_test_recall) or not 0.0 <= self.min_self_test_recall <= 1.0:
             raise ValueError(
                 f"GateConfig.min_self_test_recall must be a number in [0, 1], got {self.min_self_test_recall!r}."
@@ -959,6 +1074,8 @@ class GateReport:
         pixel_threshold: flag when ``pixel_similarity >= pixel_threshold``.
         feature_threshold: flag when ``feature_similarity >= feature_threshold``; None when
             the feature space was not used.
+        relative_threshold: flag when ``relative_distance <= relative_threshold``; None when
+            no patient keys were given (or one patient only) or ``flag_on_relative`` is false.
         self_test_recall: flagged planted copies / planted copies, in [0, 1].
         planted: one row per planted copy: ``source_index``, ``transform``, the
             nearest-neighbour columns, ``flagged`` and ``found_source`` (the pixel or feature
@@ -973,6 +1090,7 @@ class GateReport:
     candidates: pd.DataFrame
     pixel_threshold: float
     feature_threshold: float | None
+    relative_threshold: float | None
     self_test_recall: float
     planted: pd.DataFrame
     held_out: pd.DataFrame
@@ -988,6 +1106,7 @@ class GateReport:
         return {
             "pixel_threshold": self.pixel_threshold,
             "feature_threshold": math.nan if self.feature_threshold is None else self.feature_threshold,
+            "relative_threshold": math.nan if self.relative_threshold is None else self.relative_threshold,
             "percentile": float(self.config.percentile),
             "held_out_count": float(self.held_out_count),
             "held_out_duplicates": float(self.held_out["duplicate"].sum()) if "duplicate" in self.held_out else 0.0,
@@ -1001,10 +1120,13 @@ class GateReport:
         }
 
 
-def _flags(table: pd.DataFrame, pixel_threshold: float, feature_threshold: float | None) -> np.ndarray:
+def _flags(table: pd.DataFrame, pixel_threshold: float, feature_threshold: float | None,
+           relative_threshold: float | None) -> np.ndarray:
     flagged = table["pixel_similarity"].to_numpy() >= pixel_threshold
     if feature_threshold is not None:
         flagged |= table["feature_similarity"].to_numpy() >= feature_threshold
+    if relative_threshold is not None:
+        flagged |= table["relative_distance"].to_numpy() <= relative_threshold  # NaN: never
     return flagged
 
 
@@ -1023,6 +1145,7 @@ class PreparedGate:
     chunk_size: int
     pixel_threshold: float
     feature_threshold: float | None
+    relative_threshold: float | None
     held_out: pd.DataFrame
     held_out_count: int
     planted: pd.DataFrame
@@ -1039,12 +1162,13 @@ class PreparedGate:
         _check_same_geometry(candidate_images, "candidates", torch.empty((1, *self.image_shape)), "train")
         table = nearest_table(candidate_images, self.references, self.config.search, self.embed, self.chunk_size,
                               self.reference_count)
-        table["flagged"] = _flags(table, self.pixel_threshold, self._flag_threshold)
+        table["flagged"] = _flags(table, self.pixel_threshold, self._flag_threshold, self.relative_threshold)
         logger.info(
-            "Memorisation gate: pixel threshold %.4f%s at the %.4g-th percentile of %d held-out images; "
+            "Memorisation gate: pixel threshold %.4f%s%s at the %.4g-th percentile of %d held-out images; "
             "self-test recall %.4f (%d of %d planted copies flagged); %d of %d candidates flagged.",
             self.pixel_threshold,
             "" if self.feature_threshold is None else f", feature threshold {self.feature_threshold:.4f}",
+            "" if self.relative_threshold is None else f", relative distance threshold {self.relative_threshold:.4f}",
             self.config.percentile, len(self.held_out), self.self_test_recall, int(self.planted["flagged"].sum()),
             len(self.planted), int(table["flagged"].sum()), len(table),
         )
@@ -1052,12 +1176,31 @@ class PreparedGate:
             candidates=table,
             pixel_threshold=self.pixel_threshold,
             feature_threshold=self.feature_threshold,
+            relative_threshold=self.relative_threshold,
             self_test_recall=self.self_test_recall,
             planted=self.planted,
             held_out=self.held_out,
             held_out_count=self.held_out_count,
             config=self.config,
         )
+
+
+def _patient_codes(train_groups: ArrayLike | None, count: int) -> np.ndarray | None:
+    """``(count,)`` int64 codes of the training images' patient keys; None without keys or with one
+    patient (nothing to be nearer to than the others)."""
+    if train_groups is None:
+        return None
+    keys = np.asarray(train_groups).ravel()
+    if len(keys) != count:
+        raise ValueError(
+            f"Expected train_groups to hold one patient key per training image ({count}), got {len(keys)}.")
+    if pd.isna(keys).any():
+        raise ValueError(f"Expected a patient key for every training image, got {int(pd.isna(keys).sum())} missing.")
+    codes, uniques = pd.factorize(keys)
+    if len(uniques) < 2:
+        logger.info("The training images are of one patient: the gate flags on absolute similarity only.")
+        return None
+    return codes.astype(np.int64)
 
 
 def prepare_gate(
@@ -1067,6 +1210,7 @@ def prepare_gate(
     config: GateConfig,
     embed: Embed | None = None,
     chunk_size: int = 256,
+    train_groups: ArrayLike | None = None,
 ) -> PreparedGate:
     """Prepare the training images, calibrate the thresholds on held-out patients and self-test.
 
@@ -1085,6 +1229,10 @@ def prepare_gate(
         config: the gate settings.
         embed: feature network ``(B, C, H, W) float32 -> (B, D)``, or None.
         chunk_size: queries compared at a time (memory grows as ``chunk_size x R``).
+        train_groups: ``(R,)`` the patient key of every training image, or None. With two
+            patients or more (and ``config.flag_on_relative``), every search also finds each
+            image's nearest image of another patient, and ``relative_distance`` flags too
+            (`GateConfig.flag_on_relative`); the search then costs twice as much.
 
     Raises:
         MemorisationError: every held-out image is a copy of a training image.
@@ -1100,8 +1248,11 @@ def prepare_gate(
         logger.warning("GateConfig.use_features is true but no embed was given: pixel space only.")
     features = embed if use_features else None
     search = config.search
-    references = zoom_references(train_images.to(config.search_device()), search.zooms)
-    prepared = _prepare_references(references, search, features, chunk_size)
+    codes = _patient_codes(train_groups, len(train_images)) if config.flag_on_relative else None
+    references = zoom_references(train_images.to(config.search_device()), search)
+    views = len(references) // len(train_images)
+    prepared = _prepare_references(references, search, features, chunk_size,
+                                   None if codes is None else np.tile(codes, views))
 
     def score(images: Tensor) -> pd.DataFrame:
         return nearest_table(images, prepared, search, features, chunk_size, len(train_images))
@@ -1137,17 +1288,21 @@ def prepare_gate(
     if use_features:
         feature_threshold = calibrate_threshold(calibration["feature_similarity"].to_numpy(), config.percentile)
     flag_threshold = feature_threshold if config.flag_on_features else None
+    relative_threshold: float | None = None
+    if codes is not None:  # the low tail: an unseen patient is rarely much nearer one patient than the rest
+        relative_threshold = -calibrate_threshold(-calibration["relative_distance"].to_numpy(), config.percentile)
     # (c) self-test
     planted_images, plant_table = plant_copies(train_images, config.plant, rng=np.random.default_rng(config.seed))
     planted_table = pd.concat([plant_table, score(planted_images)], axis=1)
-    planted_table["flagged"] = _flags(planted_table, pixel_threshold, flag_threshold)
+    planted_table["flagged"] = _flags(planted_table, pixel_threshold, flag_threshold, relative_threshold)
     planted_table["found_source"] = (planted_table["pixel_neighbour"] == planted_table["source_index"]) | (
         planted_table["feature_neighbour"] == planted_table["source_index"]
     )
     return PreparedGate(
         config=config, references=prepared, reference_count=len(train_images), embed=features,
         chunk_size=chunk_size, pixel_threshold=pixel_threshold, feature_threshold=feature_threshold,
-        held_out=held_out_table, held_out_count=len(calibration), planted=planted_table,
+        relative_threshold=relative_threshold, held_out=held_out_table, held_out_count=len(calibration),
+        planted=planted_table,
         self_test_recall=float(planted_table["flagged"].mean()), image_shape=tuple(train_images.shape[1:]),
     )
 
@@ -1160,6 +1315,7 @@ def run_gate(
     config: GateConfig,
     embed: Embed | None = None,
     chunk_size: int = 256,
+    train_groups: ArrayLike | None = None,
 ) -> GateReport:
     """Score candidates against the training set with a held-out-calibrated threshold, and self-test.
 
@@ -1176,6 +1332,7 @@ def run_gate(
         config: the gate settings.
         embed: feature network ``(B, C, H, W) float32 -> (B, D)``, or None.
         chunk_size: queries compared at a time (memory grows as ``chunk_size x R``).
+        train_groups: ``(R,)`` patient keys of the training images (`prepare_gate`), or None.
 
     Returns:
         A `GateReport`; nothing is blocked yet (see `enforce`).
@@ -1185,7 +1342,8 @@ def run_gate(
     _check_chunk_size(chunk_size)
     _check_same_geometry(_as_images(candidates, "candidates", allow_empty=True), "candidates",
                          _as_images(train, "train"), "train")
-    return prepare_gate(train, held_out, config=config, embed=embed, chunk_size=chunk_size).score(candidates)
+    return prepare_gate(train, held_out, config=config, embed=embed, chunk_size=chunk_size,
+                        train_groups=train_groups).score(candidates)
 
 
 def enforce(report: GateReport, config: GateConfig, *, max_listed: int = 5) -> np.ndarray:
@@ -1214,7 +1372,10 @@ def enforce(report: GateReport, config: GateConfig, *, max_listed: int = 5) -> n
         raise MemorisationError(
             f"Memorisation gate self-test failed: recall {report.self_test_recall:.4f} is below the minimum "
             f"{config.min_self_test_recall}; {missed} of {planted} planted training copies were not flagged "
-            f"(pixel threshold {report.pixel_threshold:.4f}). The gate cannot see copies; nothing is published."
+            f"(pixel threshold {report.pixel_threshold:.4f}"
+            + ("" if report.relative_threshold is None
+               else f", relative distance threshold {report.relative_threshold:.4f}")
+            + "). The gate cannot see copies; nothing is published."
         )
     flagged = report.candidates["flagged"].to_numpy(bool)
     count = int(flagged.sum())
@@ -1223,6 +1384,7 @@ def enforce(report: GateReport, config: GateConfig, *, max_listed: int = 5) -> n
         listed = "; ".join(
             f"#{index}: pixel similarity {row.pixel_similarity:.4f} to training image {row.pixel_neighbour} "
             f"({row.pixel_transform})"
+            + ("" if math.isnan(row.relative_distance) else f", relative distance {row.relative_distance:.3f}")
             + ("" if row.feature_neighbour < 0
                else f", feature similarity {row.feature_similarity:.4f} to training image {row.feature_neighbour}")
             for index, row in rows.iterrows()
@@ -1231,6 +1393,8 @@ def enforce(report: GateReport, config: GateConfig, *, max_listed: int = 5) -> n
             f"Memorisation gate: {count} of {len(flagged)} candidates are flagged as copies of training images "
             f"(pixel threshold {report.pixel_threshold:.4f}"
             + ("" if report.feature_threshold is None else f", feature threshold {report.feature_threshold:.4f}")
+            + ("" if report.relative_threshold is None
+               else f", relative distance threshold {report.relative_threshold:.4f}")
             + f"); first {len(rows)}: {listed}."
         )
     logger.info(

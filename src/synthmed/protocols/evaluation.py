@@ -163,6 +163,7 @@ class Split:
     labels: torch.Tensor  # (N,) int64
     ids: np.ndarray  # manifest indices
     features: torch.Tensor  # (N, D)
+    patients: np.ndarray | None = None  # (N,) patient keys, where the manifest has them
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,9 @@ def prepare_evaluation(
 
     def split(name: str) -> Split:
         images, labels, ids = split_images(store, manifest, name, source.image_px)
-        return Split(images, labels, ids, network(images) if len(images) else torch.zeros(0, 0))
+        patients = (manifest.set_index("index").loc[ids, "patient_key"].to_numpy()
+                    if "patient_key" in manifest else None)
+        return Split(images, labels, ids, network(images) if len(images) else torch.zeros(0, 0), patients)
 
     images = at_size(np.asarray(samples["images"], dtype=np.float32), source.image_px)
     if len(images) == 0:
@@ -395,7 +398,8 @@ def memorisation_scores(evaluation: EvaluationSet,
                                                  else [evaluation.checkpoint_provenance]), ignore_index=True)
     try:
         report = run_gate(candidates, evaluation.reference.images, evaluation.held_out.images,
-                          config=gate, embed=gate_embedding(evaluation.network, evaluation.reference.features))
+                          config=gate, embed=gate_embedding(evaluation.network, evaluation.reference.features),
+                          train_groups=evaluation.reference.patients)
     except MemorisationError as exc:
         # The evaluation reports; only publishing refuses (rebalancing). An uncalibratable gate
         # is a finding about the splits, shown as such in the report.
@@ -431,9 +435,11 @@ def scored_provenance(provenance: pd.DataFrame, candidates: pd.DataFrame | None,
         n = len(table)
         candidates = pd.DataFrame({"pixel_similarity": np.full(n, np.nan), "pixel_distance": np.full(n, np.nan),
                                    "pixel_transform": [""] * n, "feature_similarity": np.full(n, np.nan),
+                                   "relative_distance": np.full(n, np.nan),
                                    "flagged": np.zeros(n, bool), "pixel_neighbour": np.full(n, -1),
                                    "feature_neighbour": np.full(n, -1)})
-    for column in ("pixel_similarity", "pixel_distance", "pixel_transform", "feature_similarity", "flagged"):
+    for column in ("pixel_similarity", "pixel_distance", "pixel_transform", "feature_similarity",
+                   "relative_distance", "flagged"):
         table[f"nn_{column}" if column != "flagged" else "memorisation_flagged"] = candidates[column].to_numpy()
     for column in ("pixel_neighbour", "feature_neighbour"):
         position = candidates[column].to_numpy()

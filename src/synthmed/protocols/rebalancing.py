@@ -222,7 +222,9 @@ def rebalancing_gate(
     train, _, train_ids = split_images(slices, slice_manifest, source.reference_split, source.image_px)
     held_out, _, _ = split_images(slices, slice_manifest, source.held_out_split, source.image_px)
     network = source_network(evaluation, slice_encoder)
-    prepared = prepare_gate(train, held_out, config=gate, embed=gate_embedding(network, network(train)))
+    patients = slice_manifest.set_index("index").loc[train_ids, "patient_key"].to_numpy()
+    prepared = prepare_gate(train, held_out, config=gate, embed=gate_embedding(network, network(train)),
+                            train_groups=patients)
 
     def score(synthetic: Mapping[str, np.ndarray], provenance: pd.DataFrame):
         candidates = at_size(np.asarray(synthetic["images"], dtype=np.float32), source.image_px)
@@ -468,6 +470,10 @@ def dataset_card(config: RebalancingConfig, counts: pd.DataFrame, provenance: pd
     feature_text = "" if feature != feature else (
         f"; feature space (cosine of centred features): {feature:.4f}"
         + (" (flags too)" if decision.flag_on_features else " (recorded, does not flag: see parameters)"))
+    relative = n.get("gate.relative_threshold", float("nan"))
+    if relative == relative:
+        feature_text += (f"; relative distance to the other training patients (nearest training image over the "
+                         f"nearest of another patient; flags at or below, the same level's low tail): {relative:.4f}")
     return render(
         "dataset_card.md.j2", config=config, counts=list(counts.itertuples()), size=size,
         front_matter=yaml.safe_dump(card_metadata(config, counts, versions), sort_keys=False, allow_unicode=True),

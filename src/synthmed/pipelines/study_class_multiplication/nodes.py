@@ -145,11 +145,12 @@ def gate_synthetic(arrays: dict[str, np.ndarray], synthetic: dict[str, np.ndarra
     config = _config(params)
     gate = from_params(GateConfig, {"use_features": False, **config.evaluation.memorisation},
                        f"{WHERE}.evaluation.memorisation")
-    train_images, _ = _tensors(arrays, _rows(arrays, config.train_split))
+    train_rows = _rows(arrays, config.train_split)
+    train_images, _ = _tensors(arrays, train_rows)
     held_out, _ = _tensors(arrays, _rows(arrays, config.evaluation.test_splits))
     candidates = _synthetic(synthetic)
     try:
-        report = run_gate(candidates, train_images, held_out, config=gate)
+        report = run_gate(candidates, train_images, held_out, config=gate, train_groups=arrays["patient"][train_rows])
     except MemorisationError as exc:  # reported, as the evaluation pipeline does
         logger.warning("%s: the memorisation gate cannot run on this data: %s", WHERE, exc)
         return pd.DataFrame(), {"calibrated": 0.0}
