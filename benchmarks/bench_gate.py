@@ -3,7 +3,9 @@
 For each training-set size R (smooth random fields, as in tests/privacy/test_memorisation.py,
 the hard case for thumbnails), both searches run the whole gate once (held-out calibration,
 planted self-test, candidates) with the project's default search (3 flips, shifts up to 3 px,
-zooms 1.0 / 0.95 / 0.9). Printed per size: CPU seconds (all threads) of preparing the gate and
+zooms 1.0 / 0.95 / 0.9 at ``--zoom-positions`` crop positions per axis; with ``--patients K`` the
+training images belong to K patients and the relative distance is searched too). Printed per
+size: CPU seconds (all threads) of preparing the gate and
 of scoring the candidates, the self-test recall of each, and the two-stage search's recall
 against the exact one (planted copies the exact search flags that the two-stage search also
 flags, from the same training image). A growth exponent of the scoring time in R is fitted over
@@ -15,6 +17,7 @@ the line holds beyond the sizes measured (memory, caches and the device are not 
 
     PYTHONPATH=src python benchmarks/bench_gate.py                         # R = 1000 .. 8000, 32 px
     PYTHONPATH=src python benchmarks/bench_gate.py --sizes 1000 2000 4000 8000 --px 64 --device cuda
+    PYTHONPATH=src python benchmarks/bench_gate.py --zoom-positions 1 --patients 0  # before 2026-12-04
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from synthmed.privacy.memorisation import GateConfig, prepare_gate
+from synthmed.privacy.memorisation import GateConfig, SearchConfig, prepare_gate
 
 SEARCH = {"flips": ["none", "horizontal", "vertical"], "max_shift_px": 3, "zooms": [1.0, 0.95, 0.9]}
 TARGET_TRAIN, TARGET_CANDIDATES = 100_000, 20_000
+OPTIONS = {"zoom_positions": SearchConfig().zoom_positions, "patients": 0}
 
 
 def fields(count: int, seed: int, px: int) -> torch.Tensor:
@@ -48,12 +52,16 @@ def _cpu() -> float:
 
 def run(size: int, px: int, candidates: int, held_out: int, planted: int, two_stage: bool, device: str,
         shortlist: int) -> dict[str, object]:
+    """One gate (prepare, then score the candidates); ``OPTIONS`` sets zoom positions and patients."""
     train = fields(size, 1, px)
     queries = torch.cat([fields(candidates - 10, 3, px), train[:10].flip(-1)])  # 10 mirrored copies
     config = GateConfig(percentile=99.0, use_features=False, device=device, plant={"count": planted},
-                        search={**SEARCH, "two_stage_above": 0 if two_stage else 10**12, "shortlist": shortlist})
+                        search={**SEARCH, "zoom_positions": OPTIONS["zoom_positions"],
+                                "two_stage_above": 0 if two_stage else 10**12, "shortlist": shortlist})
+    patients = OPTIONS["patients"]
     start = _cpu()
-    gate = prepare_gate(train, fields(held_out, 2, px), config=config)
+    gate = prepare_gate(train, fields(held_out, 2, px), config=config,
+                        train_groups=np.arange(size) % patients if patients else None)
     prepared = _cpu()
     report = gate.score(queries)
     scored = _cpu()
@@ -73,13 +81,20 @@ def main() -> None:
     parser.add_argument("--planted", type=int, default=100)
     parser.add_argument("--shortlist", type=int, default=32)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--zoom-positions", type=int, default=OPTIONS["zoom_positions"],
+                        help="crop positions per axis per zoom (1: the central crop, the search before 2026-12-04)")
+    parser.add_argument("--patients", type=int, default=0,
+                        help="training images dealt round-robin to this many patients: the relative distance "
+                             "is searched too (0: no patient keys)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: CPU seconds are not inflated by idle threads spinning)")
     args = parser.parse_args()
+    OPTIONS.update(zoom_positions=args.zoom_positions, patients=args.patients)
     torch.set_num_threads(args.threads)
     logging.getLogger("synthmed").setLevel(logging.ERROR)  # the small-N calibration warnings, once per run
     print(f"gate benchmark: {args.px} px, {args.candidates} candidates, {args.held_out} held-out, "
-          f"{args.planted} planted, shortlist {args.shortlist}, device {args.device}, torch threads "
+          f"{args.planted} planted, shortlist {args.shortlist}, zoom positions {args.zoom_positions}, "
+          f"patients {args.patients or 'none'}, device {args.device}, torch threads "
           f"{torch.get_num_threads()}; CPU seconds (all threads)")
     print(f"{'R':>7} {'exact prep':>10} {'exact score':>11} {'2-st prep':>9} {'2-st score':>10} "
           f"{'recall ex/2st':>13} {'2st vs exact':>12}")

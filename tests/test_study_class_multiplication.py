@@ -249,3 +249,18 @@ def test_utility_rows_keep_the_synthetic_and_the_copied_additions_apart():
     assert [(r.kind, r.summaries["f1_lesion"]["mean"]) for r in rows] == [("reference", 0.2), ("ours", 0.5),
                                                                           ("reference", 0.3)]
     assert "copies" in rows[2].label and rows[2].summaries["f1_lesion_delta"]["mean"] == pytest.approx(0.1)
+
+
+def test_the_gate_row_names_every_rule_that_flags():
+    from synthmed.protocols.class_multiplication import gate_row
+
+    numbers = {"calibrated": 1.0, "candidate_count": 308.0, "flagged_count": 3.0, "self_test_recall": 1.0,
+               "min_self_test_recall": 0.99, "pixel_threshold": 0.9846, "percentile": 99.9}
+    (absolute,) = gate_row(numbers, 0.95)
+    assert absolute.summaries["flagged_fraction"]["mean"] == pytest.approx(3 / 308)
+    assert "pixel NCC >= 0.9846" in absolute.source and "relative" not in absolute.source
+    (both,) = gate_row(numbers | {"relative_threshold": 0.5025}, 0.95)
+    assert "pixel NCC >= 0.9846" in both.source and "or relative distance <= 0.5025" in both.source
+    (missing,) = gate_row(numbers | {"self_test_recall": 0.83}, 0.95)
+    assert "the fraction is a lower bound" in missing.source
+    assert gate_row({"calibrated": 0.0}, 0.95) == []

@@ -1169,7 +1169,7 @@ class PreparedGate:
             self.pixel_threshold,
             "" if self.feature_threshold is None else f", feature threshold {self.feature_threshold:.4f}",
             "" if self.relative_threshold is None else f", relative distance threshold {self.relative_threshold:.4f}",
-            self.config.percentile, len(self.held_out), self.self_test_recall, int(self.planted["flagged"].sum()),
+            self.config.percentile, self.held_out_count, self.self_test_recall, int(self.planted["flagged"].sum()),
             len(self.planted), int(table["flagged"].sum()), len(table),
         )
         return GateReport(

@@ -353,11 +353,15 @@ def gate_row(numbers: Mapping[str, float], level: float) -> list[StudyRow]:
     if numbers["self_test_recall"] < numbers["min_self_test_recall"]:
         recall += (f", below the gate's minimum {numbers['min_self_test_recall']:g}: it misses disguised copies, so "
                    "the fraction is a lower bound")
+    rule = (f"pixel NCC >= {numbers['pixel_threshold']:.4f} (the {numbers['percentile']:g}th percentile of held-out "
+            "patients' nearest training slice)")
+    if "relative_threshold" in numbers:
+        rule += (f" or relative distance <= {numbers['relative_threshold']:.4f} (nearest training slice over the "
+                 "nearest of another patient; the held-out patients' low tail at the same level)")
     return [StudyRow(
         "machine: fraction of synthetic lesion slices flagged by the memorisation gate", "ours",
         _summary("flagged_fraction", k / n, float(interval.low), float(interval.high), float(n)),
-        f"pixel NCC >= {numbers['pixel_threshold']:.4f} (the {numbers['percentile']:g}th percentile of held-out "
-        f"patients' nearest training slice); {recall}; interval Clopper-Pearson")]
+        f"{rule}; {recall}; interval Clopper-Pearson")]
 
 
 def published_rows(figure: PublishedFigure | None) -> list[PublishedRow]:

@@ -672,6 +672,7 @@ HEADLINE_OTHER_FAMILIES = ("fid", "fid_floor")
 # The published dataset's gate (rebalancing), from the ``rebalanced.`` part of ``collect_metrics``.
 HEADLINE_GATE = {
     "gate.pixel_threshold": "rebalanced.gate.pixel_threshold",
+    "gate.relative_threshold": "rebalanced.gate.relative_threshold",
     "gate.self_test_recall": "rebalanced.gate.self_test_recall",
     "gate.flagged_fraction": "rebalanced.gate.flagged_fraction",
     "published.synthetic": "rebalanced.published_synthetic",
@@ -761,6 +762,7 @@ def build_report(comparison: pd.DataFrame, results: Sequence[FamilyResult], reba
                 "held_out_count": number(g.get("gate.held_out_count")),
                 "pixel_threshold": number(g.get("gate.pixel_threshold")),
                 "feature_threshold": number(g["gate.feature_threshold"]) if "gate.feature_threshold" in g else None,
+                "relative_threshold": number(g["gate.relative_threshold"]) if "gate.relative_threshold" in g else None,
                 "self_test_recall": number(g.get("gate.self_test_recall")),
                 "self_test_passed": g.get("gate.self_test_recall", 0.0) >= minimum, "min_recall": number(minimum),
                 "planted_count": number(g.get("gate.planted_count")),
