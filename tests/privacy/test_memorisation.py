@@ -269,6 +269,14 @@ def test_gate_in_feature_space_calibrates_a_feature_threshold_and_flags_copies(
 # ------------------------------------------------------------------ calibration
 
 
+def test_calibrate_threshold_low_tail_is_the_mirrored_percentile() -> None:
+    values = np.random.default_rng(4).random(500)
+    assert calibrate_threshold(values, 99.9, tail="low") == pytest.approx(np.percentile(values, 0.1))
+    assert calibrate_threshold(values, 99.9, tail="low") == pytest.approx(-calibrate_threshold(-values, 99.9))
+    with pytest.raises(ValueError, match="Expected tail 'high' or 'low', got 'left'"):
+        calibrate_threshold(values, 99.9, tail="left")
+
+
 def test_calibrate_threshold_is_numpys_linear_percentile() -> None:
     values = np.arange(1, 101, dtype=np.float64)  # 1..100
     assert calibrate_threshold(values, 50.0) == pytest.approx(50.5)
@@ -389,6 +397,13 @@ def test_zoom_views_hold_every_crop_position_up_to_the_configured_count() -> Non
         ZoomView(0.9, 1, 1)]
     zoomed = zoom_references(phantoms(3, 5), search)
     assert zoomed.shape == (3 * 26, 1, SIZE_PX, SIZE_PX)
+    # One view that is a crop is still a crop, and named as one.
+    only_crop = SearchConfig(zooms=(0.9,), zoom_positions=1, max_shift_px=0, flips=("none",))
+    images = phantoms(3, 5)
+    assert not torch.equal(zoom_references(images, only_crop), images)
+    found = nearest_neighbours(zoom_references(images, only_crop), images, search=only_crop)
+    assert (found["pixel_transform"] == "none dx=0 dy=0 zoom=0.90 at y=1 x=1").all()
+    np.testing.assert_allclose(found["pixel_similarity"], 1.0, atol=1e-5)
 
 
 def test_a_crop_at_the_edge_is_lined_up_only_when_its_position_is_searched() -> None:

@@ -206,7 +206,8 @@ class SearchConfig:
             offset is a fraction of a pixel that no integer shift undoes: the central crop
             alone, with shifts, matched a 32 px slice's copy cropped at its edge and shifted at
             0.95 against 1.00 at its own position (docs/privacy.md, section 3). References
-            searched: training images x (1 + positions^2 per zoom below 1).
+            searched: training images x the views of `zoom_views` (26 at 32 px with zooms 1.0,
+            0.95 and 0.9: the image, 3 x 3 positions of a 30 px crop, 4 x 4 of a 29 px one).
         max_shift_px: integer shifts ``dx, dy`` in ``[-max_shift_px, max_shift_px]`` are
             tried, ``(2 * max_shift_px + 1) ** 2`` per flip. Must leave an overlap of more
             than half of each image side (checked against the image size when used).
@@ -655,7 +656,7 @@ def zoom_references(references: Tensor, search: SearchConfig) -> Tensor:
     of fraction ``z`` of each side at each searched position, resized back to full size."""
     height, width = references.shape[-2:]
     views = zoom_views(height, width, search)
-    if len(views) == 1:
+    if views == [ZoomView(1.0, 0, 0)]:
         return references
     stacked = []
     for view in views:
@@ -672,7 +673,7 @@ def zoom_references(references: Tensor, search: SearchConfig) -> Tensor:
 def _fold_zooms(frame: pd.DataFrame, reference_count: int, views: list[ZoomView]) -> pd.DataFrame:
     """Neighbour indices of the zoom-expanded references back to the original references;
     the view found (zoom and crop position) joins the transform name."""
-    if len(views) == 1:
+    if views == [ZoomView(1.0, 0, 0)]:
         return frame
     pixel = frame["pixel_neighbour"].to_numpy()
     frame["pixel_transform"] = [name + views[i // reference_count].label()
@@ -765,7 +766,7 @@ def _search_shared(
 # ------------------------------------------------------------------ 4. calibration
 
 
-def calibrate_threshold(held_out_similarity: ArrayLike, percentile: float) -> float:
+def calibrate_threshold(held_out_similarity: ArrayLike, percentile: float, *, tail: str = "high") -> float:
     """The ``percentile``-th percentile of held-out nearest-neighbour similarities.
 
     ``held_out_similarity`` holds, for each held-out real image (a patient not in the
@@ -779,6 +780,8 @@ def calibrate_threshold(held_out_similarity: ArrayLike, percentile: float) -> fl
     Args:
         held_out_similarity: similarities, any shape (flattened), finite.
         percentile: in ``(0, 100]``; 100 gives the maximum.
+        tail: "high" (a similarity: flagged at or above the threshold) or "low" (a distance, such
+            as the relative distance: the ``100 - percentile``-th percentile, flagged at or below).
 
     Returns:
         The threshold as a float; a similarity at or above it is flagged.
@@ -788,6 +791,8 @@ def calibrate_threshold(held_out_similarity: ArrayLike, percentile: float) -> fl
     """
     if not is_number(percentile) or not 0.0 < percentile <= 100.0:
         raise ValueError(f"Expected percentile in (0, 100], got {percentile!r}.")
+    if tail not in ("high", "low"):
+        raise ValueError(f"Expected tail 'high' or 'low', got {tail!r}.")
     values = np.asarray(held_out_similarity)
     if values.dtype.kind not in "biuf":
         raise ValueError(f"Expected held_out_similarity to be a real numeric array, got dtype {values.dtype}.")
@@ -802,9 +807,11 @@ def calibrate_threshold(held_out_similarity: ArrayLike, percentile: float) -> fl
     if percentile < 100.0 and values.size < 100.0 / (100.0 - percentile):
         logger.warning(
             "Only %d held-out images for the %.4g-th percentile: the threshold is interpolated "
-            "between the largest held-out similarities (roughly 1 in %d unseen patients would be flagged).",
-            values.size, percentile, values.size + 1,
+            "between the %s held-out values (roughly 1 in %d unseen patients would be flagged).",
+            values.size, percentile, "largest" if tail == "high" else "smallest", values.size + 1,
         )
+    if tail == "low":
+        return float(np.percentile(values, 100.0 - percentile, method="linear"))
     return float(np.percentile(values, percentile, method="linear"))
 
 
@@ -1290,7 +1297,8 @@ def prepare_gate(
     flag_threshold = feature_threshold if config.flag_on_features else None
     relative_threshold: float | None = None
     if codes is not None:  # the low tail: an unseen patient is rarely much nearer one patient than the rest
-        relative_threshold = -calibrate_threshold(-calibration["relative_distance"].to_numpy(), config.percentile)
+        relative_threshold = calibrate_threshold(calibration["relative_distance"].to_numpy(), config.percentile,
+                                                 tail="low")
     # (c) self-test
     planted_images, plant_table = plant_copies(train_images, config.plant, rng=np.random.default_rng(config.seed))
     planted_table = pd.concat([plant_table, score(planted_images)], axis=1)
