@@ -36,7 +36,7 @@ from torch import nn
 from gate_diagnose import SLICES, parameters
 from synthmed.datasets.array_store import ArrayStoreDataset
 from synthmed.privacy.memorisation import prepare_gate
-from synthmed.protocols.encoders import split_images
+from synthmed.protocols.encoders import patient_keys, split_images
 from synthmed.protocols.evaluation import gate_config
 
 
@@ -151,7 +151,7 @@ def main() -> None:
         model = Encoder(args.width, 64)
         optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     if args.hard_negatives:
-        patients = manifest.set_index("index").loc[train_ids, "patient_key"].to_numpy()
+        patients = patient_keys(manifest, train_ids)
         neighbours = other_patient_neighbours(train, patients, args.pool)
         anchors_from = torch.nonzero(train.std(dim=(1, 2, 3)) > gate.plant.min_source_std).flatten()
     generator = torch.Generator().manual_seed(args.seed)

@@ -34,7 +34,7 @@ from kedro.config import OmegaConfigLoader
 
 from synthmed.datasets.array_store import ArrayStoreDataset
 from synthmed.privacy.memorisation import PlantConfig, nearest_table, plant_copies, prepare_gate
-from synthmed.protocols.encoders import split_images
+from synthmed.protocols.encoders import patient_keys, split_images
 from synthmed.protocols.evaluation import gate_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,9 +130,8 @@ def main() -> None:
           f"({held_rows['patient_key'].nunique()} held-out patients); search {gate.search}")
 
     start = time.perf_counter()
-    train_groups = manifest.set_index("index").loc[train_ids, "patient_key"].to_numpy()
     prepared = prepare_gate(train, held_out, config=dataclasses.replace(gate, use_features=False),
-                            train_groups=train_groups)
+                            train_groups=patient_keys(manifest, train_ids))
     seconds = time.perf_counter() - start
     planted = prepared.planted
     relative = prepared.relative_threshold
@@ -195,10 +194,7 @@ def main() -> None:
             table = nearest_table(images, prepared.references, gate.search, None, prepared.chunk_size,
                                   prepared.reference_count)
             scores = table["pixel_similarity"]
-            flagged = scores.to_numpy() >= prepared.pixel_threshold
-            if relative is not None:
-                flagged |= table["relative_distance"].to_numpy() <= relative
-            recall = float(flagged.mean())
+            recall = float(prepared.flag(table).mean())
             print(f"  {name:44s} recall {recall:.3f}  min {scores.min():.4f}  q10 {scores.quantile(0.1):.4f}  "
                   f"median {scores.median():.4f}")
 

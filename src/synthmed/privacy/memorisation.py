@@ -637,15 +637,16 @@ def _positions(span: int, count: int) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, span, count)})
 
 
+def _crop_size(height: int, width: int, zoom: float) -> tuple[int, int]:
+    return max(1, round(height * zoom)), max(1, round(width * zoom))
+
+
 def zoom_views(height: int, width: int, search: SearchConfig) -> list[ZoomView]:
     """The views `zoom_references` stacks, in its order: per zoom of ``search.zooms``, each crop
     position (rows of positions, top to bottom)."""
     views = []
     for zoom in search.zooms:
-        if zoom == 1.0:
-            views.append(ZoomView(1.0, 0, 0))
-            continue
-        h, w = max(1, round(height * zoom)), max(1, round(width * zoom))
+        h, w = _crop_size(height, width, zoom)
         views += [ZoomView(zoom, top, left) for top in _positions(height - h, search.zoom_positions)
                   for left in _positions(width - w, search.zoom_positions)]
     return views
@@ -663,10 +664,10 @@ def zoom_references(references: Tensor, search: SearchConfig) -> Tensor:
         if view.zoom == 1.0:
             stacked.append(references)
             continue
-        h, w = max(1, round(height * view.zoom)), max(1, round(width * view.zoom))
-        crop = references[:, :, view.top:view.top + h, view.left:view.left + w].to(torch.float32)
-        stacked.append(F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False,
-                                     antialias=True))
+        h, w = _crop_size(height, width, view.zoom)
+        crop = references[:, :, view.top:view.top + h, view.left:view.left + w]
+        stacked.append(F.interpolate(crop.to(torch.float32), size=(height, width), mode="bilinear",
+                                     align_corners=False, antialias=True))
     return torch.cat(stacked)
 
 
@@ -709,8 +710,7 @@ def relative_distance(similarity: np.ndarray, other_similarity: np.ndarray) -> n
     patient (``other_similarity`` is -inf); an image identical to two patients' images is 0."""
     near = 1.0 - np.asarray(similarity, dtype=np.float64)
     other = 1.0 - np.asarray(other_similarity, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.where(other > _RELATIVE_EPSILON, near / np.maximum(other, _RELATIVE_EPSILON), 0.0)
+    ratio = np.where(other > _RELATIVE_EPSILON, near / np.maximum(other, _RELATIVE_EPSILON), 0.0)
     return np.where(np.isfinite(other), np.clip(ratio, 0.0, None), np.nan)
 
 
@@ -1163,13 +1163,17 @@ class PreparedGate:
     def _flag_threshold(self) -> float | None:
         return self.feature_threshold if self.config.flag_on_features else None
 
+    def flag(self, table: pd.DataFrame) -> np.ndarray:
+        """``(N,)`` bool: the rows of a `nearest_table` this gate flags (every rule it was prepared with)."""
+        return _flags(table, self.pixel_threshold, self._flag_threshold, self.relative_threshold)
+
     def score(self, candidates: Tensor | ArrayLike) -> GateReport:
         """Score ``candidates`` (``(N, C, H, W)``, N may be 0) with the prepared thresholds."""
         candidate_images = _as_images(candidates, "candidates", allow_empty=True)
         _check_same_geometry(candidate_images, "candidates", torch.empty((1, *self.image_shape)), "train")
         table = nearest_table(candidate_images, self.references, self.config.search, self.embed, self.chunk_size,
                               self.reference_count)
-        table["flagged"] = _flags(table, self.pixel_threshold, self._flag_threshold, self.relative_threshold)
+        table["flagged"] = self.flag(table)
         logger.info(
             "Memorisation gate: pixel threshold %.4f%s%s at the %.4g-th percentile of %d held-out images; "
             "self-test recall %.4f (%d of %d planted copies flagged); %d of %d candidates flagged.",

@@ -76,6 +76,11 @@ def split_images(store: Mapping[str, np.ndarray], manifest: pd.DataFrame, split:
     return at_size(images, image_px), torch.as_tensor(rows["class_id"].to_numpy(), dtype=torch.int64), index
 
 
+def patient_keys(manifest: pd.DataFrame, ids: np.ndarray) -> np.ndarray:
+    """``(N,)`` the ``patient_key`` of each manifest index in ``ids`` (as `split_images` returns them)."""
+    return manifest.set_index("index").loc[ids, "patient_key"].to_numpy()
+
+
 def train_encoder(store: Mapping[str, np.ndarray], manifest: pd.DataFrame, source: SourceConfig,
                   config: EncoderConfig, fit: FitConfig) -> TrainedClassifier:
     """Train the domain encoder of one source on its real reference (training) split.

@@ -46,7 +46,7 @@ from synthmed.metrics.report import number, render_report
 from synthmed.metrics.steps_sweep import SWEEP_COLUMNS, sweep_metrics
 from synthmed.metrics.utility import FitConfig, UtilityConfig, evaluate_utility
 from synthmed.privacy.memorisation import GateConfig, MemorisationError, run_gate
-from synthmed.protocols.encoders import source_config, split_images
+from synthmed.protocols.encoders import patient_keys, source_config, split_images
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -237,8 +237,7 @@ def prepare_evaluation(
 
     def split(name: str) -> Split:
         images, labels, ids = split_images(store, manifest, name, source.image_px)
-        patients = (manifest.set_index("index").loc[ids, "patient_key"].to_numpy()
-                    if "patient_key" in manifest else None)
+        patients = patient_keys(manifest, ids) if "patient_key" in manifest else None
         return Split(images, labels, ids, network(images) if len(images) else torch.zeros(0, 0), patients)
 
     images = at_size(np.asarray(samples["images"], dtype=np.float32), source.image_px)

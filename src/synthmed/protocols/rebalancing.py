@@ -34,7 +34,7 @@ from synthmed.generators.export import SyntheticOrigin, to_dicom, to_nifti, to_p
 from synthmed.generators.sampling import PLAN_COLUMNS, checkpoint_id, generate_from_plan
 from synthmed.metrics.features import TrainedClassifier, at_size
 from synthmed.privacy.memorisation import enforce, prepare_gate
-from synthmed.protocols.encoders import source_config, split_images
+from synthmed.protocols.encoders import patient_keys, source_config, split_images
 from synthmed.protocols.evaluation import (
     EvaluationConfig,
     finite,
@@ -222,9 +222,8 @@ def rebalancing_gate(
     train, _, train_ids = split_images(slices, slice_manifest, source.reference_split, source.image_px)
     held_out, _, _ = split_images(slices, slice_manifest, source.held_out_split, source.image_px)
     network = source_network(evaluation, slice_encoder)
-    patients = slice_manifest.set_index("index").loc[train_ids, "patient_key"].to_numpy()
     prepared = prepare_gate(train, held_out, config=gate, embed=gate_embedding(network, network(train)),
-                            train_groups=patients)
+                            train_groups=patient_keys(slice_manifest, train_ids))
 
     def score(synthetic: Mapping[str, np.ndarray], provenance: pd.DataFrame):
         candidates = at_size(np.asarray(synthetic["images"], dtype=np.float32), source.image_px)
