@@ -21,7 +21,7 @@ export PYTHONUNBUFFERED := 1
 # DVC stages call `kedro`: use the project's environment.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup demo metrics-all plots test test-fast lint check-lock dvc-deps verify add-raw train sample bench-gpu push pull viz viz-build mlflow-ui status clean
+.PHONY: help setup demo studies metrics-all plots test test-fast lint check-lock dvc-deps verify add-raw train sample bench-gpu push pull viz viz-build mlflow-ui status clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,6 +55,14 @@ demo: setup ## build the sample data, run every pipeline through DVC, push to th
 	echo "  DVC remote:  $$(dvc remote list | head -n 1)"; \
 	echo "  MLflow UI:   make mlflow-ui  ->  http://127.0.0.1:5000 (it prints the link to the runs)"; \
 	echo "  kedro-viz:   make viz        ->  http://127.0.0.1:4141"
+
+studies: setup ## the four 2D studies one after another (after make demo; 30-40 min), then their tables on one page
+	@for study in class_multiplication lesion_patches inpainting mask_to_image; do \
+		echo "== kedro run --pipelines study_$$study"; \
+		$(BIN)/kedro run --pipelines study_$$study || exit 1; \
+	done
+	$(BIN)/synthmed studies
+	@echo "  the four tables beside the published figures: data/08_reporting/studies/index.html"
 
 metrics-all: setup ## every evaluation number (about 600; `dvc metrics show` prints the headline only)
 	$(BIN)/dvc metrics show data/08_reporting/metrics.json

@@ -15,8 +15,8 @@ each batch from anchors and, for each, K of its ``--pool`` nearest training slic
 patients (plain correlation), so the network must tell patients apart at the same level;
 ``--encoder spatial`` keeps an 8x8 feature map (flattened) instead of pooling it away.
 
-    PYTHONPATH=src python benchmarks/copy_detector_probe.py --env cohort --steps 600
-    PYTHONPATH=src python benchmarks/copy_detector_probe.py --env cohort --steps 1500 --batch 32 \
+    PYTHONPATH=src python benchmarks/copy_detector_probe.py --steps 600
+    PYTHONPATH=src python benchmarks/copy_detector_probe.py --steps 1500 --batch 32 \
         --hard-negatives 3 --encoder spatial
 """
 
@@ -120,7 +120,8 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tenso
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--env", default="cohort")
+    parser.add_argument("--env", default="local",
+                        help="Kedro configuration environment (local: conf/base, the make demo cohort)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--width", type=int, default=32)

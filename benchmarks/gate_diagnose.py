@@ -12,9 +12,9 @@ recall, every missed planted copy with its score, the held-out nearest-neighbour
 ``--components``, the planted copies' scores with one disguise at a time; with ``--strengths``, the
 self-test recall with the whole disguise scaled (its detection limit on these slices).
 
-    PYTHONPATH=src python benchmarks/gate_diagnose.py --env cohort
-    PYTHONPATH=src python benchmarks/gate_diagnose.py --env cohort --components
-    PYTHONPATH=src python benchmarks/gate_diagnose.py --env cohort --strengths 0.25 0.5 0.75 1
+    PYTHONPATH=src python benchmarks/gate_diagnose.py
+    PYTHONPATH=src python benchmarks/gate_diagnose.py --components
+    PYTHONPATH=src python benchmarks/gate_diagnose.py --strengths 0.25 0.5 0.75 1
     PYTHONPATH=src python benchmarks/gate_diagnose.py --env local        # the make demo sample
 """
 
@@ -98,7 +98,8 @@ def overridden(params: dict, assignments: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--env", default="cohort", help="configuration environment (local = the make demo sample)")
+    parser.add_argument("--env", default="local",
+                        help="Kedro configuration environment (local: conf/base, the make demo cohort)")
     parser.add_argument("--components", action="store_true", help="score the planted copies one disguise at a time")
     parser.add_argument("--min-std", type=float, metavar="S",
                         help="plant.min_source_std: images with standard deviation <= S are neither planted nor "

@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import yaml
 from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
@@ -141,6 +142,55 @@ def load_parameters(env: str = "test") -> dict[str, Any]:
     return loader["parameters"]
 
 
+# The toy source folder (`write_source_folder`: one small head, a few DICOM files and photographs)
+# has no patients to split by and no lesion label, like conf/template's one-template sample: tests
+# that run the pipelines on it use conf/test with these overrides (conf/template's choices at the
+# test sizes), while conf/test alone is the small sample cohort of the shared `dvc repro`.
+# Manifest columns that hold hex digests: read as text, as the catalog does (a digest such as
+# "12e456" parses as a float, inf, without it).
+MANIFEST_DTYPES = {"item_id": str, "patient_key": str}
+
+
+TOY_PARAMETERS: dict[str, Any] = {
+    "preprocessing": {"geometry": {"MR": {"target_spacing_mm": 3.0}},
+                      "split": {"strategy": "auto", "stratify": "none", "lesion_labels": [1]}},
+    "extraction": {"slices": {"planes": ["axial", "coronal", "sagittal"],
+                              "keep_every": {"axial": 2, "coronal": 2, "sagittal": 4},
+                              "classes": "plane", "finding": {"lesion_labels": [1]}},
+                   "volumes": {"enabled": False}},
+    "evaluation": {"memorisation": {"plant": {"min_source_std": 0.01}}},
+    "rebalancing": {"strategy": "match_majority", "ratio": 1.0},
+    "ddpm": {"model": {"num_classes": 3},
+             "sampling": {"plan": [{"condition": "class", "label": "sagittal", "count": 3}]}},
+    "dcgan": {"model": {"num_classes": 3},
+              "sampling": {"plan": [{"condition": "class", "label": plane, "count": 32}
+                                    for plane in ("axial", "coronal", "sagittal")]}},
+    "pix2pix": {"run": {"source": "patches"}, "model": {"channels": 3, "label_classes": 0, "mask_channels": 1}},
+}
+
+
+def toy_parameters() -> dict[str, Any]:
+    """conf/test's parameters with ``TOY_PARAMETERS`` merged in (lists replace lists)."""
+    params = load_parameters()
+    for block, values in TOY_PARAMETERS.items():
+        params[block] = _merge(params.get(block, {}), values)
+    return params
+
+
+def use_toy_parameters(project: Path) -> None:
+    """Write ``TOY_PARAMETERS`` into the conf/test of a project copy, for `kedro run` (KEDRO_ENV=test) on
+    the toy source folder. Each block goes into the conf/test file that holds it (Kedro refuses a
+    top-level key in two files of one environment), or into a file of its own."""
+    folder = project / "conf/test"
+    files = {path: yaml.safe_load(path.read_text()) or {} for path in sorted(folder.glob("parameters*.yml"))}
+    for block, values in TOY_PARAMETERS.items():
+        path = next((p for p, content in files.items() if block in content), folder / f"parameters_toy_{block}.yml")
+        content = files.setdefault(path, {})
+        content[block] = _merge(content.get(block, {}), values)
+    for path, content in files.items():
+        path.write_text(yaml.safe_dump(content, sort_keys=False))
+
+
 def _add_params(catalog: DataCatalog, prefix: str, value: Any) -> None:
     catalog[f"params:{prefix}"] = MemoryDataset(value, copy_mode="deepcopy")
     if isinstance(value, dict):
@@ -150,7 +200,8 @@ def _add_params(catalog: DataCatalog, prefix: str, value: Any) -> None:
 
 def project_catalog(workdir: Path, raw_sources: Path, key: bytes | None = TEST_KEY,
                     overrides: dict[str, Any] | None = None) -> DataCatalog:
-    """The project's catalog (conf/base/catalog.yml) with every path under ``workdir``.
+    """The project's catalog (conf/base/catalog.yml) with every path under ``workdir``, and the
+    parameters for a toy source folder (``toy_parameters``).
 
     Args:
         overrides: parameter overrides merged into the top-level blocks, e.g.
@@ -166,7 +217,7 @@ def project_catalog(workdir: Path, raw_sources: Path, key: bytes | None = TEST_K
     config["raw_sources"]["path"] = str(raw_sources)
     catalog = DataCatalog.from_config(config)
     add_source_alias(catalog)  # what synthmed.hooks does for a Kedro session
-    params = load_parameters()
+    params = toy_parameters()
     for block, values in (overrides or {}).items():
         params[block] = _merge(params.get(block, {}), values)
     for name, value in params.items():

@@ -102,7 +102,8 @@ def test_kedro_run_on_dask_and_on_parallel_runner_writes_the_sequential_runs_byt
                                                                                   hard_timeout):
     hard_timeout(900)
     project = project_copy(tmp_path / "project")
-    sh("kedro", "run", "--pipelines", "sample_data", cwd=project, timeout=300)
+    sh("kedro", "run", "--pipelines", "sample_cohort", "--params", "sample_cohort.n_subjects=4", cwd=project,
+       timeout=300)
     run = ["kedro", "run", "--pipelines", "ingestion,preprocessing"]
     sh(*run, cwd=project, timeout=300)
     folders = ("data/02_intermediate", "data/03_primary")

@@ -28,7 +28,7 @@ from kedro_datasets.pandas import CSVDataset
 
 from synthmed.core import distributed
 from synthmed.hooks import DistributedRunHook, MainProcessCatalog
-from tests.conftest import _env, project_catalog, project_copy, run, write_source_folder
+from tests.conftest import _env, project_catalog, project_copy, run, use_toy_parameters, write_source_folder
 from tests.generators.test_training import _train, run_launched
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -292,6 +292,7 @@ def _project_with_model_inputs(tmp_path: Path) -> Path:
     from synthmed.pipelines import extraction, ingestion, preprocessing
 
     project = project_copy(tmp_path / "project").resolve()
+    use_toy_parameters(project)  # the Kedro runs read conf/test: the toy folder's classes
     write_source_folder(tmp_path / "source")
     catalog = project_catalog(project, tmp_path / "source", overrides={"ingestion": {"max_rejection_rate": 0.5}})
     run(ingestion.create_pipeline() + preprocessing.create_pipeline() + extraction.create_pipeline(), catalog)
@@ -413,6 +414,7 @@ def test_two_processes_rebalance_through_kedro_what_one_process_publishes(tmp_pa
     from synthmed.pipelines import extraction, feature_encoders, ingestion, preprocessing, training
 
     project = project_copy(tmp_path / "project").resolve()
+    use_toy_parameters(project)  # the Kedro runs read conf/test: the toy folder's classes
     write_source_folder(tmp_path / "source")
     checkpoints = {"run": {"checkpoint_root": str(project / "data/06_models/checkpoints")}}
     catalog = project_catalog(project, tmp_path / "source", overrides={

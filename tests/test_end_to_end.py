@@ -33,23 +33,26 @@ def test_dvc_repro_push_and_teammate_pull_are_byte_identical(tmp_path, reproduce
     assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=first).stdout
     sh("dvc", "push", cwd=first)
 
-    # The sample's truncated DICOM is quarantined with its reason, and the counts conserve.
+    # The cohort's bad files are quarantined with their reasons, and the counts conserve.
     rejected = (first / "data/02_intermediate/ingestion/rejected.csv").read_text()
-    assert "dicom/MR_truncated.dcm,dicom,truncated," in rejected
+    assert "bad/truncated_dicom/IM0001.dcm,dicom,truncated," in rejected
+    assert "bad/nifti_mask_mismatch/bad_T1w.nii.gz,nifti,mask_mismatch," in rejected
+    assert ",dicom,inconsistent_series,uneven instances spacing" in rejected
     counts = yaml.safe_load((first / "data/08_reporting/ingestion_metrics.json").read_text())
-    # Every file of the sample but its own checksum list (.synthmed-checksums.json, not a source file).
-    sample_files = sum(1 for path in (first / "data/01_raw/sample").rglob("*")
+    # Every file of the cohort but its own checksum list (.synthmed-checksums.json, not a source file).
+    sample_files = sum(1 for path in (first / "data/01_raw/cohort").rglob("*")
                        if path.is_file() and not path.name.startswith("."))
     assert counts["files_found"] == sample_files
     assert (counts["files_read"] == counts["files_found"] - counts["files_ignored"] - counts["files_non_image"]
             == counts["files_accepted"] + counts["files_rejected"])
-    assert counts["files_rejected"] == counts["rejected_truncated"] == 1
+    assert counts["rejected_truncated"] == 1 and counts["rejected_mask_mismatch"] == 2  # the image and its mask
+    assert counts["files_rejected"] == sum(v for k, v in counts.items() if k.startswith("rejected_")) > 3
 
     # Every Kedro run of the four stages reached MLflow with its parameters and counts, and ended.
     db = sqlite3.connect(first / "mlflow.db")
     runs = db.execute("select name, status from runs").fetchall()
     assert sorted(name for name, _ in runs) == ["evaluation", "extraction", "feature_encoders", "ingestion",
-                                                 "preprocessing", "rebalancing", "release", "sample_data", "sampling",
+                                                 "preprocessing", "rebalancing", "release", "sample_cohort", "sampling",
                                                  "training"]
     assert {status for _, status in runs} == {"FINISHED"}
     # Each run carries the commit it was built from; the experiment opens on model development in
@@ -64,7 +67,7 @@ def test_dvc_repro_push_and_teammate_pull_are_byte_identical(tmp_path, reproduce
         "select r.name, count(p.key) from runs r join params p on p.run_uuid = r.run_uuid group by r.name").fetchall())
     assert all(logged.get(name, 0) > 0 for name in ("ingestion", "preprocessing", "extraction"))
     metric = db.execute("select value from metrics where key = 'ingestion.files_rejected'").fetchone()
-    assert metric == (1.0,)
+    assert metric == (float(counts["files_rejected"]),)
     losses = db.execute("select count(*) from metrics where key like 'ddpm.loss'").fetchone()[0]
     assert losses >= 2  # the training loss history reached MLflow
 
@@ -108,7 +111,7 @@ def test_dvc_repro_push_and_teammate_pull_are_byte_identical(tmp_path, reproduce
     for out in private:
         # Identifiable outputs never reach the remote, so a teammate cannot pull them.
         assert not (second / out).exists() or not _files(second / out), out
-    assert pull.returncode != 0 or "sample" not in pull.stdout
+    assert pull.returncode != 0 or "01_raw" not in pull.stdout
 
 
 def test_sentinel_reaches_no_byte_written(tmp_path):
@@ -165,26 +168,28 @@ def test_missing_key_stops_before_anything_is_written(tmp_path):
 
 
 def test_a_fresh_clone_runs_the_data_pipelines_with_the_sample_in_one_command(tmp_path):
-    """No key is needed for the public sample: sample_data writes the folder ingestion reads, in order."""
+    """No key is needed for the public cohort: sample_cohort writes the folder ingestion reads, in order
+    (the test profile's small cohort; conf/base's is the same code at 20 subjects)."""
     project = project_copy(tmp_path / "project")
     assert not (project / "conf/local/credentials.yml").exists()
-    sh("kedro", "run", "--pipelines", "sample_data,ingestion,preprocessing,extraction", cwd=project,
-       local_env=True)
-    assert (project / "data/01_raw/sample/SAMPLE_MANIFEST.json").is_file()
+    sh("kedro", "run", "--pipelines", "sample_cohort,ingestion,preprocessing,extraction", "--params",
+       "sample_cohort.n_subjects=4", cwd=project)
+    assert (project / "data/01_raw/cohort/SAMPLE_MANIFEST.json").is_file()
     assert (project / "data/05_model_input/slices/arrays/index.json").is_file()
     assert (project / "data/05_model_input/patches/arrays/index.json").is_file()
 
 
 def test_the_sample_never_replaces_your_own_data(tmp_path):
-    """With raw_sources pointed at your own folder, sample_data writes the sample to its own folder only."""
+    """With raw_sources pointed at your own folder, sample_cohort writes the cohort to its own folder only."""
     project = project_copy(tmp_path / "project")
     mine = project / "data/01_raw/mine"
     mine.mkdir(parents=True)
     (mine / "a.dcm").write_bytes(b"not the sample")
     (project / "conf/local/catalog.yml").write_text(
         "raw_sources:\n  type: synthmed.datasets.FileFolderDataset\n  path: data/01_raw/mine\n")
-    sh("kedro", "run", "--pipelines", "sample_data", cwd=project, local_env=True)
-    assert (project / "data/01_raw/sample/SAMPLE_MANIFEST.json").is_file()
+    sh("kedro", "run", "--pipelines", "sample_cohort", "--params",
+       "sample_cohort.n_subjects=3,sample_cohort.spacing_mm=4", cwd=project, local_env=True)
+    assert (project / "data/01_raw/cohort/SAMPLE_MANIFEST.json").is_file()
     assert _files(mine) == [Path("a.dcm")] and (mine / "a.dcm").read_bytes() == b"not the sample"
 
 

@@ -20,7 +20,7 @@ def base() -> dict:
     return load_parameters("base")
 
 
-@pytest.mark.parametrize("env", ["base", "test", "gpu", "local", "cohort"])
+@pytest.mark.parametrize("env", ["base", "test", "gpu", "local", "template"])
 def test_every_environment_passes_the_schema(env) -> None:
     validate_parameters(load_parameters(env))
 

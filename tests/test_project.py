@@ -15,10 +15,11 @@ from kedro.framework.project import configure_project
 from synthmed.generators.names import FAMILY_NAMES
 from tests.conftest import PROJECT_ROOT, load_parameters
 
-PIPELINES = ("sample_data", "ingestion", "preprocessing", "extraction", "training", "sampling", "feature_encoders",
+PIPELINES = ("sample_cohort", "ingestion", "preprocessing", "extraction", "training", "sampling", "feature_encoders",
              "rebalancing", "evaluation", "release")
 # Catalog datasets that can hold identifiers or source paths: their DVC outs must not be pushed.
-IDENTIFIABLE = {"raw_sources", "raw_sources@sample", "source_inventory", "ingestion_manifest", "ingestion_rejected",
+IDENTIFIABLE = {"raw_sources", "raw_sources@sample", "raw_sources@cohort",
+                "source_inventory", "ingestion_manifest", "ingestion_rejected",
                 "ingested_images", "ingested_masks", "deid_candidates", "deid_candidate_items"}
 
 

@@ -24,7 +24,7 @@ def _write(path: Path, text: str) -> None:
 def test_the_project_dvc_yaml_pushes_only_deidentified_outputs():
     assert pushable_problems(ROOT) == []
     private = {o.path for o in dvc_outputs(ROOT) if not o.push}
-    assert {"data/01_raw/sample", "data/02_intermediate/ingestion"} <= private
+    assert {"data/01_raw/cohort", "data/02_intermediate/ingestion"} <= private
 
 
 def test_released_models_and_dataset_are_pushed_and_pulled():
@@ -148,7 +148,7 @@ def test_the_readme_own_data_steps_push_no_raw_byte(tmp_path):
 
     synthmed = (sys.executable, "-m", "synthmed")
     sh(*synthmed, "add-raw", "data/01_raw/my_study", cwd=project, local_env=True)
-    # The stages that read the raw folder (sample_data would refuse to overwrite it: README).
+    # The stages that read the raw folder (sample_cohort writes only its own folder: README).
     for stage in ("ingestion", "preprocessing"):
         sh("dvc", "repro", "--single-item", stage, cwd=project, local_env=True)
     sh(*synthmed, "push", cwd=project, local_env=True)

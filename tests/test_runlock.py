@@ -117,7 +117,7 @@ def test_two_concurrent_kedro_runs_serialise_and_the_outputs_are_one_runs(tmp_pa
     from tests.conftest import _env, project_copy, sh
 
     project = project_copy(tmp_path / "project")
-    sh("kedro", "run", "--pipelines", "sample_data", cwd=project)
+    sh("kedro", "run", "--pipelines", "sample_cohort", "--params", "sample_cohort.n_subjects=4", cwd=project)
     sh("kedro", "run", "--pipelines", "ingestion,preprocessing", cwd=project)
     runs = [
         subprocess.Popen(["kedro", "run", "--pipelines", "extraction", "--params",

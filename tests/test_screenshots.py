@@ -54,7 +54,7 @@ def test_kedro_viz_draws_every_pipeline_and_a_dataset_preview_in_a_browser(tmp_p
         # The default view is __default__: nodes of the first and the last pipelines, and the
         # namespaced families as collapsed modular pipelines.
         tasks, datasets = _texts(page, ".pipeline-node--task"), _texts(page, ".pipeline-node--data")
-        assert {"assemble_sample_folder", "inventory_sources", "extract_slices", "build_report"} <= tasks, tasks
+        assert {"build_sample_cohort", "inventory_sources", "extract_slices", "build_report"} <= tasks, tasks
         assert {"slices", "evaluation_report", "ddpm.released_model"} <= datasets, datasets
         assert {"ddpm", "dcgan", "pix2pix"} <= _texts(page, ".pipeline-node--modularPipeline")
         page.screenshot(path=tmp_path / "kedro_viz.png")

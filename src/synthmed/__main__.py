@@ -185,6 +185,33 @@ def headline(argv: list[str]) -> int:
     return 0
 
 
+def studies(argv: list[str]) -> int:
+    """``synthmed studies``: one page with every 2D study's table beside its published figure."""
+    from synthmed.protocols.studies import STUDIES, render_studies_index
+
+    parser = argparse.ArgumentParser(
+        prog="synthmed studies",
+        description="Write one HTML page with the table of each 2D study that has run (its table.csv under "
+                    "--root), printed beside the published figure it reproduces, and the command for each "
+                    "study that has not run. `make studies` runs the four studies, then this.")
+    parser.add_argument("--root", type=Path, default=Path("data/08_reporting/studies"), metavar="DIR",
+                        help="the studies' folder (default: data/08_reporting/studies)")
+    args = parser.parse_args(argv)
+    try:
+        page, found = render_studies_index(args.root)
+    except ValueError as exc:
+        sys.stderr.write(f"synthmed studies: {exc}\n")
+        return 2
+    args.root.mkdir(parents=True, exist_ok=True)
+    index = args.root / "index.html"
+    index.write_text(page, encoding="utf-8")
+    for name in STUDIES:
+        state = f"{args.root / name / 'table.csv'}" if found[name] else f"not run: kedro run --pipelines study_{name}"
+        sys.stdout.write(f"  {name:22s} {state}\n")
+    sys.stdout.write(f"{index} ({sum(found.values())} of {len(found)} studies)\n")
+    return 0
+
+
 def plots(argv: list[str]) -> int:
     """``synthmed plots``: ``dvc plots show`` whose page inlines Vega (opens offline); refused if it loads any."""
     import tempfile
@@ -321,7 +348,8 @@ def _dvc() -> str:
 
 
 _COMMANDS = {"verify": verify, "add-raw": add_raw, "push": push, "pull": pull, "generate": generate,
-             "headline": headline, "plots": plots, "mlflow-url": mlflow_url, "train": train, "launch": launch}
+             "headline": headline, "studies": studies, "plots": plots, "mlflow-url": mlflow_url, "train": train,
+             "launch": launch}
 
 
 def main(*args, **kwargs) -> Any:

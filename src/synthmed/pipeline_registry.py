@@ -8,17 +8,17 @@ from importlib import resources
 from kedro.pipeline import Pipeline
 
 # The order of the DVC stages (dvc.yaml). `kedro run` (and kedro-viz's default view) is all of
-# them; `sample_data` writes only its own folder, data/01_raw/sample, so a team's `raw_sources`
+# them; `sample_cohort` writes only its own folder, data/01_raw/cohort, so a team's `raw_sources`
 # is never overwritten by it.
-PIPELINE_ORDER = ("sample_data", "ingestion", "preprocessing", "extraction", "training", "sampling",
+PIPELINE_ORDER = ("sample_cohort", "ingestion", "preprocessing", "extraction", "training", "sampling",
                   "feature_encoders", "rebalancing", "evaluation", "release")
 # `kedro run --pipelines data`: what `raw_sources` points at, up to the model inputs.
 DATA_PIPELINES = ("ingestion", "preprocessing", "extraction")
-# Run only when named: `sample_cohort` builds the multi-patient test cohort (data/01_raw/cohort),
-# which no stage reads yet; `study_mask_to_image`, `study_inpainting`, `study_lesion_patches` and
-# `study_class_multiplication` (issue 10) and `study_3d` (issue 11) are studies run on request (the
-# cohort's studies read the cohort env's outputs).
-ON_REQUEST = ("sample_cohort", "study_mask_to_image", "study_3d", "study_inpainting", "study_lesion_patches",
+# Run only when named: `sample_data` builds the one-template sample (data/01_raw/sample) that
+# conf/template reads; `study_mask_to_image`, `study_inpainting`, `study_lesion_patches` and
+# `study_class_multiplication` (issue 10) and `study_3d` (issue 11) are studies run on request
+# after the default pipeline (they read its outputs).
+ON_REQUEST = ("sample_data", "study_mask_to_image", "study_3d", "study_inpainting", "study_lesion_patches",
               "study_class_multiplication")
 
 

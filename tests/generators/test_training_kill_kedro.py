@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _env, project_catalog, project_copy, run, write_source_folder
+from tests.conftest import _env, project_catalog, project_copy, run, use_toy_parameters, write_source_folder
 from tests.generators.test_training import _dead_pid
 
 pytestmark = pytest.mark.slow
@@ -32,6 +32,7 @@ def _weights(folder: Path) -> dict[str, bytes]:
 
 def test_a_killed_kedro_training_run_resumes_to_the_same_generator(tmp_path):
     project = project_copy(tmp_path / "project")
+    use_toy_parameters(project)  # the Kedro run below reads conf/test: the toy folder's classes
     write_source_folder(tmp_path / "source")
     from synthmed.pipelines import extraction, ingestion, preprocessing
 

@@ -70,3 +70,22 @@ def test_utility_reports_modes_intervals_and_paired_deltas():
     assert result.minority in ("left", "right")
     with pytest.raises(ValueError, match=r"unknown mode\(s\) \['cutmix'\]"):
         UtilityConfig(modes=("cutmix",))
+
+
+def test_balanced_classes_let_the_real_only_classifier_find_a_rare_class():
+    """A class of 3 images among 63: with uniform batches the real-only classifier never predicts
+    it, so any rebalancing would look like a gain; with class-balanced batches it does."""
+    images, labels = _blobs(120, seed=4)
+    keep = torch.cat([torch.nonzero(labels == 0).flatten()[:60], torch.nonzero(labels == 1).flatten()[:3]])
+    real = (images[keep], labels[keep])
+    test = _blobs(40, seed=5)
+    recall = {}
+    for balanced in (False, True):
+        config = UtilityConfig(modes=("real",), seeds=(0, 1), width=4, feature_dim=4, resamples=20,
+                               fit=FitConfig(steps=100, batch_size=8, learning_rate=0.01), balance_classes=balanced)
+        result = evaluate_utility(real, (real[0][:0], real[1][:0]), test, ["left", "right"], config)
+        summary = result.summary.set_index(["mode", "score"])
+        recall[balanced] = float(summary.loc[("real", "recall.right"), "mean"])
+    assert recall[False] < 0.2 and recall[True] > 0.8, recall
+    with pytest.raises(ValueError, match="balance_classes must be true or false"):
+        UtilityConfig(balance_classes="yes")

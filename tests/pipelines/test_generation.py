@@ -264,3 +264,17 @@ def test_release_copies_each_generator_with_its_evaluation_in_the_card(generated
     ddpm = yaml.safe_load((workdir / "data/09_release/models/ddpm/MODEL_CARD.md").read_text().split("---")[1])
     assert len(ddpm["memorisation_gate"]["flagged_fraction_per_checkpoint"]) == 2  # step 2 and the final model
     assert set(ddpm["memorisation_gate"]["flagged_fraction_per_class"]) == {"sagittal"}
+
+
+def test_mask_rows_condition_on_rows_spread_over_the_split_not_its_first_patient():
+    from synthmed.pipelines.sampling.nodes import condition_rows
+
+    # Two validation patients of 40 slices, in manifest order; a plan of 8 masks.
+    manifest = pd.DataFrame({"index": np.arange(100), "split": ["train"] * 20 + ["validation"] * 80,
+                             "patient_key": ["t"] * 20 + ["a"] * 40 + ["b"] * 40})
+    rows = condition_rows(manifest, "validation", seed=0)
+    assert sorted(rows.tolist()) == list(range(20, 100))  # every validation row, each once, no other
+    assert (rows == condition_rows(manifest, "validation", seed=0)).all()
+    assert not (rows == condition_rows(manifest, "validation", seed=1)).all()
+    first = manifest.set_index("index").loc[rows[:8], "patient_key"]
+    assert set(first) == {"a", "b"}

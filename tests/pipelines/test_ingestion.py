@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from synthmed.pipelines import ingestion
-from tests.conftest import project_catalog, read_json, run
+from tests.conftest import MANIFEST_DTYPES, project_catalog, read_json, run
 
 LENIENT = {"ingestion": {"max_rejection_rate": 0.5}}
 
@@ -17,7 +17,7 @@ def _ingest(tmp_path, source, overrides=LENIENT):
     run(ingestion.create_pipeline(), catalog)
     base = tmp_path / "data/02_intermediate/ingestion"
     return (
-        pd.read_csv(base / "manifest.csv", keep_default_na=False),
+        pd.read_csv(base / "manifest.csv", keep_default_na=False, dtype=MANIFEST_DTYPES),
         pd.read_csv(base / "rejected.csv", keep_default_na=False),
         read_json(tmp_path / "data/08_reporting/ingestion_metrics.json"),
         catalog,
@@ -71,7 +71,7 @@ def test_same_key_same_ids_other_key_other_ids(tmp_path, source_folder):
 
     catalog = project_catalog(tmp_path / "c", source, key=b"another-key-of-enough-length", overrides=LENIENT)
     run(ingestion.create_pipeline(), catalog)
-    other = pd.read_csv(tmp_path / "c/data/02_intermediate/ingestion/manifest.csv")
+    other = pd.read_csv(tmp_path / "c/data/02_intermediate/ingestion/manifest.csv", dtype=MANIFEST_DTYPES)
     assert not set(other["item_id"]) & set(first["item_id"])
 
 

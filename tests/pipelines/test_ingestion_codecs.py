@@ -15,7 +15,7 @@ from pydicom.uid import generate_uid
 
 from synthmed.pipelines import ingestion
 from synthmed.pipelines.ingestion import dicom_pass
-from tests.conftest import project_catalog, read_json, run
+from tests.conftest import MANIFEST_DTYPES, project_catalog, read_json, run
 from tests.imaging.test_dicom_codecs import ybr_j2k_bytes
 
 LENIENT = {"ingestion": {"max_rejection_rate": 0.5, "labels_csv": None}}
@@ -42,7 +42,7 @@ def _ingest(tmp_path, source, overrides=LENIENT):
     run(ingestion.create_pipeline(), catalog)
     base = tmp_path / "work/data/02_intermediate/ingestion"
     return (
-        pd.read_csv(base / "manifest.csv", keep_default_na=False),
+        pd.read_csv(base / "manifest.csv", keep_default_na=False, dtype=MANIFEST_DTYPES),
         pd.read_csv(base / "rejected.csv", keep_default_na=False),
         read_json(tmp_path / "work/data/08_reporting/ingestion_metrics.json"),
     )

@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from synthmed.pipelines import ingestion
-from tests.conftest import ct_instance, project_catalog, read_json, run
+from tests.conftest import MANIFEST_DTYPES, ct_instance, project_catalog, read_json, run
 from tests.dicom_factory import dicom_bytes
 
 PARAMS = {"ingestion": {"labels_csv": None, "max_rejection_rate": 0.0}}
@@ -67,7 +67,7 @@ def test_non_image_objects_duplicates_and_loose_images(tmp_path, export_folder):
     base = tmp_path / "work/data/02_intermediate/ingestion"
     inventory = pd.read_csv(base / "inventory.csv", keep_default_na=False).set_index("source_path")
     rejected = pd.read_csv(base / "rejected.csv", keep_default_na=False)
-    manifest = pd.read_csv(base / "manifest.csv", keep_default_na=False)
+    manifest = pd.read_csv(base / "manifest.csv", keep_default_na=False, dtype=MANIFEST_DTYPES)
     metrics = read_json(tmp_path / "work/data/08_reporting/ingestion_metrics.json")
 
     assert rejected.empty
@@ -136,7 +136,7 @@ def test_a_dicom_seg_is_the_mask_of_its_source_series(tmp_path):
     catalog = project_catalog(tmp_path / "work", source, overrides={"ingestion": {"labels_csv": None}})
     run(ingestion.create_pipeline(), catalog)
     base = tmp_path / "work/data/02_intermediate/ingestion"
-    manifest = pd.read_csv(base / "manifest.csv", keep_default_na=False)
+    manifest = pd.read_csv(base / "manifest.csv", keep_default_na=False, dtype=MANIFEST_DTYPES)
     rejected = pd.read_csv(base / "rejected.csv", keep_default_na=False)
 
     (row,) = manifest.itertuples()

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from synthmed.generators import dcgan, names, registry
-from tests.conftest import _merge, load_parameters, project_catalog, run, write_source_folder
+from tests.conftest import _merge, project_catalog, run, toy_parameters, write_source_folder
 
 
 @pytest.mark.slow
@@ -44,7 +44,7 @@ def test_a_registered_toy_family_runs_through_training_sampling_and_evaluation(t
     for module in (names, training_wiring, sampling_wiring, rebalancing_wiring, evaluation_wiring):
         monkeypatch.setattr(module, "FAMILY_NAMES", with_toy)
     checkpoints = {"run": {"checkpoint_root": str(tmp_path / "checkpoints")}}
-    toy_block = {**load_parameters()["dcgan"], "family": "toy"}  # the one parameter block
+    toy_block = {**toy_parameters()["dcgan"], "family": "toy"}  # the one parameter block
     write_source_folder(tmp_path / "source")
     catalog = project_catalog(tmp_path, tmp_path / "source", overrides={
         "ingestion": {"max_rejection_rate": 0.5}, "toy": _merge(toy_block, checkpoints), "ddpm": checkpoints,

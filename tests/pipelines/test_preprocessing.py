@@ -7,6 +7,7 @@ import pandas as pd
 import pydicom
 
 from synthmed.core.splits import check_no_leakage
+from tests.conftest import MANIFEST_DTYPES
 from tests.dicom_factory import SENTINEL
 
 
@@ -41,8 +42,8 @@ def test_quarantine_and_conservation(processed):
     base = workdir / "data/03_primary/preprocessed"
     quarantined = pd.read_csv(base / "quarantined.csv")
     assert len(quarantined) == 1 and "modality US" in quarantined["reason"][0]
-    ingested = pd.read_csv(workdir / "data/02_intermediate/ingestion/manifest.csv")
-    manifest = pd.read_csv(base / "manifest.csv")
+    ingested = pd.read_csv(workdir / "data/02_intermediate/ingestion/manifest.csv", dtype=MANIFEST_DTYPES)
+    manifest = pd.read_csv(base / "manifest.csv", dtype=MANIFEST_DTYPES)
     assert len(ingested) == len(manifest) + len(quarantined)
     assert quarantined["item_id"][0] not in set(manifest["item_id"])
     audit = pd.read_csv(base / "audit.csv", keep_default_na=False)

@@ -44,7 +44,8 @@ def test_two_stage_flags_every_planted_copy_the_exact_search_flags(images):
     staged = run_gate(candidates, train, held_out, config=_gate(0))
 
     # A subset search: never more similar than the exact one, up to float32 rounding: the two
-    # paths sum the same products in another order (1.7e-6 apart on an AVX-512 EPYC, where 1e-6 failed).
+    # paths sum the same products in another order (1.7e-6 apart on an AVX-512 EPYC, where 1e-6
+    # failed; 1.8e-6 on another such EPYC in the closeness check below).
     for table in ("planted", "held_out", "candidates"):
         ours, theirs = getattr(staged, table), getattr(exact, table)
         assert (ours["pixel_similarity"].to_numpy() <= theirs["pixel_similarity"].to_numpy() + 1e-5).all(), table
@@ -56,7 +57,7 @@ def test_two_stage_flags_every_planted_copy_the_exact_search_flags(images):
     neighbours = staged.planted["pixel_neighbour"].to_numpy(), exact.planted["pixel_neighbour"].to_numpy()
     assert (neighbours[0][found] == neighbours[1][found]).all()
     np.testing.assert_allclose(staged.planted["pixel_similarity"].to_numpy()[found],
-                               exact.planted["pixel_similarity"].to_numpy()[found], atol=1e-6)
+                               exact.planted["pixel_similarity"].to_numpy()[found], rtol=0, atol=1e-5)
     # A lower threshold (a held-out neighbour missed) can only flag more, never fewer.
     assert staged.pixel_threshold <= exact.pixel_threshold + 1e-6
     assert staged.candidates["flagged"].to_numpy()[-3:].all() and exact.candidates["flagged"].to_numpy()[-3:].all()

@@ -302,8 +302,8 @@ def train_step(
         ``loss_d`` (halved BCE of D), ``loss_g_adv`` (BCE of D(x, G(x)) against 1) and
         ``loss_g_l1`` (unweighted L1), as floats.
     """
-    masks, images = batch["masks"], batch["images"]
-    _check_masks(masks, config, "batch['masks']")
+    masks = encode_condition(batch["masks"], batch.get("label_maps"), config, "batch")
+    images = batch["images"]
     check_shape(images, config.channels, config, "batch['images']", rows=masks.shape[0])
 
     # 0. Augmentation: the same random flip/rotation for each mask and its image; the mask
@@ -311,6 +311,33 @@ def train_step(
     if config.augment:
         masks, images = augment_pair(masks, images, step.generator)
     return adversarial_step(models, optimizers, masks * 2.0 - 1.0, images, config, step)
+
+
+def encode_condition(masks: torch.Tensor | None, label_maps: torch.Tensor | None, config: Config,
+                     where: str) -> torch.Tensor:
+    """The condition in {0, 1}: ``masks`` as given, or with ``config.label_classes`` the label map
+    one-hot encoded, ``(B, label_classes, H, W)``.
+
+    Raises:
+        ValueError: naming ``where``, when the needed input is missing, has the wrong shape or
+            holds a label outside ``0..label_classes - 1``.
+    """
+    if not config.label_classes:
+        if masks is None:
+            raise ValueError(f"pix2pix needs {where}.masks (the masks to translate into images), got None.")
+        _check_masks(masks, config, f"{where}.masks")
+        return masks.float()
+    if label_maps is None:
+        raise ValueError(f"pix2pix with label_classes={config.label_classes} needs {where}.label_maps "
+                         "(the label map to translate into an image), got None.")
+    check_shape(label_maps, 1, config, f"{where}.label_maps")
+    labels = label_maps[:, 0].long()
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= config.label_classes:
+        raise ValueError(f"pix2pix {where}.label_maps hold values {low}..{high}, expected "
+                         f"0..{config.label_classes - 1} (pix2pix.model.label_classes={config.label_classes}); "
+                         "raise label_classes to cover every label.")
+    return F.one_hot(labels, config.label_classes).movedim(-1, 1).float()
 
 
 def adversarial_step(
@@ -383,19 +410,18 @@ def sample(
     images. With ``dropout=0`` the output depends on the mask only.
 
     Args:
-        conditions: ``masks`` ``(n, mask_channels, H, W)`` in {0, 1}, required; labels and
-            inpainting context are not supported by this family.
+        conditions: ``masks`` ``(n, mask_channels, H, W)`` in {0, 1}, required; with
+            ``config.label_classes`` instead ``label_maps`` ``(n, 1, H, W)``, one-hot encoded
+            (``encode_condition``). Labels and inpainting context are not supported by this family.
 
     Returns:
         ``(n, channels, H, W)`` float32 in [-1, 1] on the CPU.
     """
-    if conditions.masks is None:
-        raise ValueError("pix2pix samples need Conditions.masks (the masks to translate into images), got None.")
     unsupported = [name for name in ("labels", "images", "keep") if getattr(conditions, name) is not None]
     if unsupported:
         raise ValueError(f"pix2pix is conditioned on masks only; got unsupported Conditions {unsupported}.")
-    _check_masks(conditions.masks, config, "Conditions.masks")
-    return translate(models, conditions.masks.float() * 2.0 - 1.0, generator)  # {0, 1} -> [-1, 1]
+    x = encode_condition(conditions.masks, conditions.label_maps, config, "Conditions")
+    return translate(models, x * 2.0 - 1.0, generator)  # {0, 1} -> [-1, 1]
 
 
 @torch.no_grad()

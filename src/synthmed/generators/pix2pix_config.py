@@ -24,7 +24,12 @@ class Config:
         image_size: side of the square images in pixels; divisible by ``2**depth``.
         channels: channels of the generated image.
         num_classes: kept for the shared vocabulary; Pix2Pix is not class-conditional, so 0.
-        mask_channels: channels of the conditioning mask (the batch vocabulary uses 1).
+        mask_channels: channels of the conditioning mask (the batch vocabulary uses 1); with
+            ``label_classes`` > 0, that many (one per label value).
+        label_classes: 0: the condition is the binary mask (mask > 0). K > 1: the condition is the
+            label map (values 0..K-1; 2D slices carry it as their mask, e.g. the cohort's 0
+            background, 1 CSF, 2 grey matter, 3 white matter, 4 lesion), one-hot encoded into K
+            channels, so the generator is told where each tissue and each lesion is.
         base_channels: width of the first encoder layer (the paper's 64); deeper layers
             double it up to 8x.
         depth: number of down-sampling levels of the U-Net (8 at 256 px in the paper, which
@@ -45,6 +50,7 @@ class Config:
     channels: int = 3
     num_classes: int = 0
     mask_channels: int = 1
+    label_classes: int = 0
     base_channels: int = 64
     depth: int = 6
     dropout: float = 0.5
@@ -59,10 +65,16 @@ class Config:
 
     def __post_init__(self) -> None:
         check_config(self, "pix2pix")
+        if not is_int(self.label_classes) or self.label_classes < 0 or self.label_classes == 1:
+            raise ValueError(f"pix2pix label_classes must be 0 (binary mask) or an integer >= 2, "
+                             f"got {self.label_classes!r}.")
+        if self.label_classes and self.mask_channels != self.label_classes:
+            raise ValueError(f"pix2pix mask_channels must equal label_classes ({self.label_classes}: one channel "
+                             f"per label value), got {self.mask_channels}.")
 
     def needed_conditions(self) -> frozenset[str]:
-        """Pix2Pix translates a mask into an image: ``Conditions.masks`` is required."""
-        return frozenset({"masks"})
+        """Pix2Pix translates a mask (or, with ``label_classes``, a label map) into an image."""
+        return frozenset({"masks", "label_maps"} if self.label_classes else {"masks"})
 
 
 def check_config(config: Any, family: str) -> None:

@@ -32,8 +32,9 @@ def preview_conditions(config, store: Mapping[str, np.ndarray], indices: np.ndar
     masks = torch.from_numpy((np.asarray(store["masks"][np.sort(picks)]) > 0).astype(np.float32))
     images = torch.from_numpy(np.array(store["images"][np.sort(picks)], dtype=np.float32))
     label_maps = None
-    if "label_maps" in needed:
-        label_maps = torch.from_numpy(np.array(store["label_maps"][np.sort(picks)], dtype=np.float32))
+    if "label_maps" in needed:  # the store's label maps, else the masks' values (2D slices: the mask is the label map)
+        source = store["label_maps"] if "label_maps" in store else store["masks"]
+        label_maps = torch.from_numpy(np.array(source[np.sort(picks)], dtype=np.float32))
     if images.shape[-1] != config.image_size:  # training downsamples the same way
         images = torch.nn.functional.interpolate(images, size=config.image_size, mode="area")
         masks = torch.nn.functional.interpolate(masks, size=config.image_size, mode="nearest")

@@ -179,8 +179,10 @@ class ArrayBatches:  # a map-style torch Dataset (__len__, __getitem__); no base
         columns = {"images": batch(read("images"), "area"),
                    "labels": torch.from_numpy(read("labels").astype(np.int64))[back],
                    "masks": batch((read("masks") > 0).astype(np.float32), "nearest")}
-        if self._label_maps:
-            columns["label_maps"] = batch(read("label_maps"), "nearest").round().to(torch.int64)
+        # The label maps: the store's own (volumes: label maps beside lesion masks), else the masks'
+        # values (2D slices: the mask is the label map; a family that reads label maps one-hot encodes it).
+        columns["label_maps"] = batch(read("label_maps" if self._label_maps else "masks").astype(np.float32),
+                                      "nearest").round().to(torch.int64)
         return [{name: values[k] for name, values in columns.items()} for k in range(len(rows))]
 
 

@@ -208,6 +208,7 @@ def fit_classifier(
     *,
     seed: int,
     flips: bool = False,
+    class_balanced: bool = False,
     description: str = "classifier",
 ) -> ConvClassifier:
     """Train a ``ConvClassifier`` with cross-entropy; deterministic for a seed on CPU.
@@ -217,6 +218,8 @@ def fit_classifier(
         labels: ``(N,)`` int64 class ids in ``[0, num_classes)``.
         seed: initial weights, batch order and flips.
         flips: random horizontal and vertical flips (p = 0.5 each) of every batch image.
+        class_balanced: draw each batch's images with probability 1 / (their class's count), so
+            every class is seen equally often (with replacement); otherwise uniformly.
 
     Returns:
         The trained model on the CPU, in eval mode.
@@ -242,9 +245,12 @@ def fit_classifier(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=fit.steps)
     rng = torch.Generator().manual_seed(seed)
     x_all, y_all = images.float(), labels
+    weights = (1.0 / torch.bincount(labels, minlength=config.num_classes).clamp(min=1).double())[labels]
     log = ProgressLog(logger, f"{description} training", fit.steps, "steps")
     for step in tqdm(range(fit.steps), desc=description, unit="step", leave=False, mininterval=2.0):
-        index = torch.randint(len(x_all), (min(fit.batch_size, len(x_all)),), generator=rng)
+        size = min(fit.batch_size, len(x_all))
+        index = (torch.multinomial(weights, size, replacement=True, generator=rng) if class_balanced
+                 else torch.randint(len(x_all), (size,), generator=rng))
         x, y = x_all[index], y_all[index]
         if flips:
             x = torch.where(torch.rand(len(x), 1, 1, 1, generator=rng) < 0.5, x.flip(-1), x)

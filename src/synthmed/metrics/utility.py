@@ -49,6 +49,10 @@ class UtilityConfig:
         fit: ``FitConfig`` fields (steps, batch_size, learning_rate, weight_decay, device).
         resamples: bootstrap resamples of the test images.
         level: confidence level of the intervals.
+        balance_classes: every classifier (every mode alike) sees each class equally often in
+            its batches (``fit_classifier(class_balanced=True)``). Without it a rare class can be
+            left unpredicted by the real-only classifier (lesion F1 0 on the sample cohort), and
+            adding synthetic minority images then measures the rebalancing, not the images.
     """
 
     modes: tuple[str, ...] = MODES
@@ -58,6 +62,7 @@ class UtilityConfig:
     fit: FitConfig = FitConfig(steps=150)
     resamples: int = 1000
     level: float = 0.95
+    balance_classes: bool = False
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.modes) - set(MODES))
@@ -69,6 +74,8 @@ class UtilityConfig:
             raise ValueError(f"evaluation.utility.resamples must be an integer >= 10, got {self.resamples!r}.")
         if not 0.5 < float(self.level) < 1.0:
             raise ValueError(f"evaluation.utility.level must be in (0.5, 1), got {self.level!r}.")
+        if not isinstance(self.balance_classes, bool):
+            raise ValueError(f"evaluation.utility.balance_classes must be true or false, got {self.balance_classes!r}.")
 
     @property
     def run_modes(self) -> tuple[str, ...]:
@@ -182,7 +189,7 @@ def evaluate_utility(
         predictions[mode] = []
         for s in config.seeds:
             model = fit_classifier(x, y, spec, config.fit, seed=int(s), flips=flips,
-                                   description=f"utility {mode} seed {s}")
+                                   class_balanced=config.balance_classes, description=f"utility {mode} seed {s}")
             probs = predict_proba(model, test[0], device=config.fit.device)
             predictions[mode].append(probs.argmax(1).numpy())
             for score, value in classification_scores(probs, target, class_names).items():

@@ -1,7 +1,7 @@
 """The "class multiplication" study (issue 10): a class-conditional DDPM multiplies the lesion class.
 
 Data: the cohort's axial slices whose classes are findings (``normal`` 0, ``lesion`` 1; the
-cohort env's ``extraction.slices.classes: finding``), area-downsampled to ``image_size``,
+conf/base's ``extraction.slices.classes: finding``), area-downsampled to ``image_size``,
 each in its patient's split (the split table is by patient; ``check_patient_splits``).
 
 Protocol: the ``ddpm`` family with ``num_classes: 2`` learns the training patients' slices
@@ -223,8 +223,8 @@ def class_slices(images: np.ndarray, manifest: pd.DataFrame, size: int) -> dict[
     names = dict(zip(table["class_id"].astype(int), table["label"].astype(str)))
     if any(names.get(i, name) != name for i, name in enumerate(CLASS_NAMES)) or not set(names) <= {NORMAL, LESION}:
         raise ValueError(f"{WHERE} needs slices classed by finding {dict(enumerate(CLASS_NAMES))}, got classes "
-                         f"{dict(sorted(names.items()))}: run the data pipeline in the cohort environment "
-                         "(extraction.slices.classes: finding).")
+                         f"{dict(sorted(names.items()))}: run the data pipeline on the cohort "
+                         "(conf/base: extraction.slices.classes: finding; not conf/template).")
     check_patient_splits(table)
     x = torch.from_numpy(np.ascontiguousarray(images))
     if size != stored:

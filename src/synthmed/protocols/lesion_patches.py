@@ -256,7 +256,7 @@ def cut_patches(images_by_item: Mapping[str, np.ndarray], masks_by_item: Mapping
     items = [r for r in manifest.itertuples() if r.kind == "volume" and r.has_mask and r.item_id in splits]
     if not items:
         raise ValueError(f"{WHERE}: no volume with a label map in the preprocessed manifest (of {len(manifest)} "
-                         "items); run the cohort's data pipeline (kedro run --env cohort --pipelines data).")
+                         "items); run the cohort's data pipeline (kedro run --pipelines data).")
     slices: dict[str, list[int]] = {}  # axial slices with brain, by item
     zooms: dict[str, tuple[float, float]] = {}
     patches: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]] = []

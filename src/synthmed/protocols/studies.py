@@ -166,3 +166,65 @@ def figure_png64(figure: Any, *, dpi: int = 90) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
     return png64(buffer.getvalue())
+
+
+# The 2D studies' folders under data/08_reporting/studies (each ``study_<name>`` pipeline writes
+# ``table.csv`` and ``report.html`` there), in the order of the index page.
+STUDIES = {
+    "class_multiplication": "Class multiplication: a class-conditional DDPM multiplies the lesion class",
+    "lesion_patches": "Lesion patches: DCGAN on lesion and normal patches, the classifier in four modes",
+    "inpainting": "Inpainting: diffusion vs Pix2Pix vs the neighbouring slice, per structure",
+    "mask_to_image": "Mask to image: Pix2Pix from the vessel mask to the whole fundus image",
+}
+
+
+def table_metrics(table: pd.DataFrame) -> list[str]:
+    """The metric columns of a ``study_table`` (every column but ``STUDY_COLUMNS`` and the interval bounds)."""
+    names = [c for c in table.columns if c not in STUDY_COLUMNS]
+    return [c for c in names if not c.endswith(("_low", "_high")) or c.rsplit("_", 1)[0] not in names]
+
+
+def _digits(values: pd.Series) -> int:
+    """Decimals that show the smallest non-zero magnitude of a metric with about three significant digits."""
+    finite = pd.to_numeric(values, errors="coerce").abs()
+    finite = finite[(finite > 0) & finite.map(math.isfinite)]
+    if finite.empty:
+        return 3
+    return min(6, max(2, 2 - math.floor(math.log10(float(finite.min())))))
+
+
+def render_studies_index(root: Any) -> tuple[str, dict[str, bool]]:
+    """One page with the table of every study in ``STUDIES`` that has run (``root/<name>/table.csv``),
+    each beside its published figure, and the command for each that has not.
+
+    Returns:
+        The page, and per study whether its table was found.
+    """
+    from pathlib import Path
+
+    root = Path(root)
+    sections, found = [], {}
+    for name, title in STUDIES.items():
+        table_file = root / name / "table.csv"
+        found[name] = table_file.is_file()
+        if not found[name]:
+            sections.append(f'<section class="study" id="{name}"><h2>{title}</h2><p class="note">Not run yet: '
+                            f"<code>kedro run --pipelines study_{name}</code> (or <code>make studies</code>).</p>"
+                            "</section>")
+            continue
+        try:
+            table = pd.read_csv(table_file, keep_default_na=True)
+            metrics = table_metrics(table)
+            missing = [c for c in STUDY_COLUMNS if c not in table.columns]
+            if missing or not metrics:
+                raise ValueError(f"columns {missing} missing" if missing else "no metric column")
+        except (ValueError, pd.errors.ParserError) as exc:
+            raise ValueError(f"{table_file}: not a study table ({exc}); expected the columns {STUDY_COLUMNS} and "
+                             "a metric with _low / _high. Re-run its study pipeline.") from exc
+        table = table.astype(object).where(table.notna(), None)
+        sections.append(render_study_section(
+            title=title, anchor=name, table=table, metrics=metrics, metric_labels={},
+            digits={m: _digits(table[m]) for m in metrics}, figures=[],
+            notes=[f"Figures, N per row and the study's notes: {name}/report.html; the table: {name}/table.csv."]))
+    return render_study_page(title="synthmed studies: our tables beside the published figures",
+                             sections=sections), found

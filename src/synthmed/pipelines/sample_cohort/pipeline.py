@@ -1,5 +1,4 @@
-"""Wiring of the ``sample_cohort`` pipeline (not part of the default pipeline; run on purpose:
-``kedro run --pipelines sample_cohort``)."""
+"""Wiring of the ``sample_cohort`` pipeline (the first DVC stage: the demo's raw source folder)."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -9,5 +8,7 @@ _nodes = lazy_module("synthmed.pipelines.sample_cohort.nodes")
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return Pipeline([Node(_nodes.build_sample_cohort, "params:sample_cohort", "sample_cohort_files",
+    # `raw_sources@cohort`: the cohort's fixed folder, transcoded with the `raw_sources@files` that
+    # ingestion reads, so a combined run writes the cohort first (synthmed.hooks).
+    return Pipeline([Node(_nodes.build_sample_cohort, "params:sample_cohort", "raw_sources@cohort",
                           name="build_sample_cohort")])

@@ -59,7 +59,7 @@ def sample_generator(
     config, run, sampler, store, manifest = _parse(generator.family, slices, slice_manifest, patches, patch_manifest,
                                                    run_params, params)
     names = class_names_of(manifest)
-    real_indices = manifest.loc[manifest["split"] == config.real_split, "index"].to_numpy()
+    real_indices = condition_rows(manifest, config.real_split, config.seed)
     result: Sampled = generate_from_plan(
         get_family(generator.family), generator.config, generator.models, plan, names, sampler,
         seed=config.seed, batch_size=config.batch_size, checkpoint=checkpoint_id(generator),
@@ -77,6 +77,16 @@ def sample_generator(
                       title=f"{generator.family}: sampled ({sampler.name}, {sampler.steps} steps)",
                       masks=result.masks if result.masks.any() else None, rng=np.random.default_rng(0))
     return arrays, result.provenance, pngs, grid
+
+
+def condition_rows(manifest: pd.DataFrame, split: str, seed: int) -> np.ndarray:
+    """Every ``split`` row's store index, in an order seeded by ``seed``: mask and inpainting rows of
+    the plan take them from the front, so a plan smaller than the split conditions on rows spread
+    over its patients and classes. In manifest order the 64 masks of the cohort's Pix2Pix plan were
+    the lowest 64 slices of one validation patient, none with a lesion.
+    """
+    rows = manifest.loc[manifest["split"] == split, "index"].to_numpy()
+    return np.random.default_rng(seed).permutation(rows)
 
 
 def _throughput(family: str, config: SamplingConfig) -> ThroughputConfig:
@@ -130,5 +140,5 @@ def sample_retained_checkpoints(
     result = sample_checkpoints(folders, checkpoint_id(generator), plan, class_names_of(manifest), sampler,
                                 seed=config.seed, batch_size=config.batch_size, empty=empty, real=store,
                                 throughput=_throughput(family, config),
-                                real_indices=manifest.loc[manifest["split"] == config.real_split, "index"].to_numpy())
+                                real_indices=condition_rows(manifest, config.real_split, config.seed))
     return {"images": result.images, "labels": result.labels, "masks": result.masks}, result.provenance

@@ -1,5 +1,5 @@
 """Wiring of the ``study_class_multiplication`` pipeline (on request, after the cohort's data pipeline:
-``kedro run --env cohort --pipelines study_class_multiplication``)."""
+``kedro run --pipelines study_class_multiplication``)."""
 
 from kedro.pipeline import Node, Pipeline
 

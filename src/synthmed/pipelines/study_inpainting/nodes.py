@@ -69,7 +69,8 @@ def prepare_inpainting_slices(slices: dict[str, np.ndarray], slice_manifest: pd.
     arrays = ip.working_arrays(np.asarray(slices["images"]), np.asarray(slices["masks"]), config.image_size)
     if not np.isin(np.unique(arrays["label_maps"]), list(ip.LABEL_NAMES)).all():
         raise ValueError(f"The slices' masks hold values {np.unique(arrays['label_maps']).tolist()}, not the "
-                         f"cohort's label map {ip.LABEL_NAMES}: run the study in the cohort environment.")
+                         f"cohort's label map {ip.LABEL_NAMES}: run the study on the cohort's slices (conf/base; not "
+                         "conf/template).")
     arrays |= {"labels": np.asarray(slices["labels"], dtype=np.int64),
                "neighbour": ip.neighbour_rows(manifest, config.evaluation.max_neighbour_gap),
                "split": manifest["split"].astype(str).to_numpy()}

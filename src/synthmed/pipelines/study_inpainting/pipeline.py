@@ -1,5 +1,5 @@
 """Wiring of the ``study_inpainting`` pipeline (not part of the default pipeline; run on purpose, after the
-cohort's ``sample_cohort`` and ``data``: ``kedro run --env cohort --pipelines study_inpainting``)."""
+cohort's ``sample_cohort`` and ``data``: ``kedro run --pipelines study_inpainting``)."""
 
 from kedro.pipeline import Node, Pipeline
 

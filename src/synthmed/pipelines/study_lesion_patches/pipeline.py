@@ -1,5 +1,5 @@
 """Wiring of the ``study_lesion_patches`` pipeline (on request, after the cohort's data pipeline:
-``kedro run --env cohort --pipelines study_lesion_patches``)."""
+``kedro run --pipelines study_lesion_patches``)."""
 
 from kedro.pipeline import Node, Pipeline
 
