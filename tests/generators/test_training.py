@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -284,3 +285,67 @@ def test_a_loader_batch_is_one_read_per_array_with_the_values_of_single_reads() 
     loaded = list(DataLoader(batches, batch_size=3, shuffle=False))
     assert len(loaded) == 2 and counted["images"].reads == 2  # the DataLoader asks for whole batches
     assert torch.equal(loaded[1]["images"][0], batches[3]["images"])
+
+
+def test_class_balanced_epochs_repeat_the_rare_class_up_to_the_largest() -> None:
+    store = tiny_store(40)
+    store["labels"] = (np.arange(40) >= 34).astype(np.int64)  # 34 of class 0, 6 of class 1 (rows 34-39)
+    indices = np.array([39, 3, 36, 5, 7, 34, 9, 11, 13])  # 6 of class 0, 3 of class 1, not in store order
+    batches = ArrayBatches(store, indices)
+    assert batches.class_counts() == {0: 6, 1: 3}
+    balanced = batches.class_balanced()
+    assert balanced.class_counts() == {0: 6, 1: 6} and len(balanced) == 12
+    rows = [int(balanced[i]["labels"]) for i in range(len(balanced))]
+    assert rows.count(1) == 6
+    # every row of the rare class twice, of the other once: nothing dropped, nothing drawn at random
+    seen = sorted(int(np.flatnonzero((store["images"] == balanced[i]["images"].numpy()).all(axis=(1, 2, 3)))[0])
+                  for i in range(len(balanced)))
+    assert seen == sorted([3, 5, 7, 9, 11, 13, 34, 34, 36, 36, 39, 39])
+
+
+def test_the_trainer_balances_classes_when_asked(tmp_path, caplog) -> None:
+    store = tiny_store(24)
+    store["labels"] = (np.arange(24) >= 20).astype(np.int64)  # 20 against 4
+    spec, config = get_family("dcgan"), config_from_params("dcgan", TINY_DCGAN)
+    seen: list[int] = []
+    original = spec.train_step
+
+    def counting(models, optimizers, batch, model_config, context):
+        seen.extend(batch["labels"].tolist())
+        return original(models, optimizers, batch, model_config, context)
+
+    for balance in (False, True):
+        seen.clear()
+        training = TrainingConfig(steps=10, batch_size=4, seed=3, checkpoint_every=0, log_every=5, device="cpu",
+                                  class_balance=balance)
+        with caplog.at_level("INFO"):
+            train(dataclasses.replace(spec, train_step=counting), config, training,
+                  ArrayBatches(store, np.arange(24)), tmp_path / str(balance))
+        share = seen.count(1) / len(seen)
+        if balance:
+            assert 0.35 <= share <= 0.65, share  # 40 draws from a 20 + 20 epoch
+            assert "class-balanced epochs" in caplog.text
+        else:
+            assert share <= 0.3, share  # 4 of 24 rows
+
+
+def test_class_balance_refuses_a_dataset_without_labels(tmp_path) -> None:
+    spec, config = get_family("dcgan"), config_from_params("dcgan", TINY_DCGAN)
+    training = TrainingConfig(steps=1, batch_size=2, device="cpu", class_balance=True)
+    with pytest.raises(TypeError, match="class_balance needs a dataset that knows its labels"):
+        train(spec, config, training, [{"images": torch.zeros(1, 16, 16)}] * 4, tmp_path)
+
+
+def test_preview_rows_take_examples_of_their_own_class_spread_over_the_split() -> None:
+    from synthmed.generators.previews import preview_conditions
+
+    store = tiny_store(40)
+    store["images"] = np.broadcast_to((np.arange(40, dtype=np.float32) / 40)[:, None, None, None], (40, 1, 16, 16))
+    store["labels"] = np.zeros(40, dtype=np.int64)
+    store["labels"][30:34] = 1  # the rare class: 4 rows late in store order
+    config = config_from_params("ddpm", {**TINY["ddpm"], "conditioning": ["class", "inpaint"]})
+    conditions = preview_conditions(config, store, np.arange(40)[::-1], per_class=3, num_classes=2)
+    rows = (conditions.images.mean(dim=(1, 2, 3)) * 40).round().int().tolist()  # which store row each came from
+    assert conditions.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    # class 0 (36 rows): the middle of each third; class 1 (rows 30-33): likewise, not the split's first rows
+    assert rows == [6, 18, 34, 30, 32, 33]

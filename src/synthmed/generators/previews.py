@@ -21,20 +21,28 @@ def preview_conditions(config, store: Mapping[str, np.ndarray], indices: np.ndar
                        num_classes: int) -> Conditions:
     """Conditions for a preview grid: ``per_class`` examples of every class, masks from real data.
 
-    Labels cycle through the classes; masks, label maps (volume families) and the inpainting
-    context (with the left half kept) come from the real examples ``indices``, in order.
-    Works for images ``(N, C, H, W)`` and volumes ``(N, C, D, H, W)`` alike.
+    Row ``c`` of the grid is class ``c``; its masks, label maps (mask- and label-map-conditional
+    families) and inpainting context (with the left half kept) come from ``per_class`` real
+    examples of that class among ``indices``, evenly spaced in store order (the middle of each of
+    ``per_class`` equal runs), so they spread over the split's patients instead of being
+    neighbouring slices of the first one (a class absent from ``indices`` takes examples of any
+    class). Without classes, the examples are spread over all of ``indices``. Works for images
+    ``(N, C, H, W)`` and volumes ``(N, C, D, H, W)`` alike.
     """
     needed = config.needed_conditions()
     classes = max(num_classes, 1)
     n = per_class * classes
-    picks = np.resize(np.asarray(indices), n)
-    masks = torch.from_numpy((np.asarray(store["masks"][np.sort(picks)]) > 0).astype(np.float32))
-    images = torch.from_numpy(np.array(store["images"][np.sort(picks)], dtype=np.float32))
+    indices = np.sort(np.asarray(indices))
+    labels = np.asarray(store["labels"][indices]).reshape(-1) if num_classes > 0 else np.zeros(len(indices), int)
+    picks = np.concatenate([_spread(indices[labels == c] if (labels == c).any() else indices, per_class)
+                            for c in range(classes)])
+    rows, back = np.unique(picks, return_inverse=True)  # read each row once, in store order
+    masks = torch.from_numpy((np.asarray(store["masks"][rows])[back] > 0).astype(np.float32))
+    images = torch.from_numpy(np.array(store["images"][rows], dtype=np.float32)[back])
     label_maps = None
     if "label_maps" in needed:  # the store's label maps, else the masks' values (2D slices: the mask is the label map)
         source = store["label_maps"] if "label_maps" in store else store["masks"]
-        label_maps = torch.from_numpy(np.array(source[np.sort(picks)], dtype=np.float32))
+        label_maps = torch.from_numpy(np.array(source[rows], dtype=np.float32)[back])
     if images.shape[-1] != config.image_size:  # training downsamples the same way
         images = torch.nn.functional.interpolate(images, size=config.image_size, mode="area")
         masks = torch.nn.functional.interpolate(masks, size=config.image_size, mode="nearest")
@@ -50,6 +58,11 @@ def preview_conditions(config, store: Mapping[str, np.ndarray], indices: np.ndar
         keep=keep if "inpaint" in needed else None,
         label_maps=label_maps.round().to(torch.int64) if label_maps is not None else None,
     )
+
+
+def _spread(rows: np.ndarray, count: int) -> np.ndarray:
+    """``count`` of ``rows``, the middle one of each of ``count`` equal runs (repeats when there are fewer)."""
+    return rows[((np.arange(count) + 0.5) * len(rows) / count).astype(np.int64)]
 
 
 def sample_grid(spec: FamilySpec, config, models: nn.ModuleDict, conditions: Conditions, sampler: SamplerSpec,

@@ -91,6 +91,10 @@ class TrainingConfig:
         device: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
         num_workers: DataLoader worker processes.
         keep_checkpoints: how many verified checkpoints to keep (>= 1).
+        class_balance: every class as often as the largest one in each epoch: the rows of the
+            smaller classes are repeated (``ArrayBatches.class_balanced``). A rare class (the
+            cohort's lesion slices, 7% of the train split) is otherwise seen about once per
+            batch, and a class-conditional GAN learns little more than one image of it.
     """
 
     steps: int
@@ -103,6 +107,7 @@ class TrainingConfig:
     device: str = "auto"
     num_workers: int = 0
     keep_checkpoints: int = 1
+    class_balance: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -158,6 +163,28 @@ class ArrayBatches:  # a map-style torch Dataset (__len__, __getitem__); no base
 
     def __len__(self) -> int:
         return len(self._indices)
+
+    def class_counts(self) -> dict[int, int]:
+        """Examples per stored label, this dataset's rows counted as often as they occur."""
+        values, counts = np.unique(self._labels(), return_counts=True)
+        return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
+
+    def class_balanced(self) -> ArrayBatches:
+        """The same examples with every class's rows repeated, in turn, up to the largest class's count.
+
+        Deterministic (no draw): a class of ``k`` rows against a largest class of ``m`` has each
+        row ``m // k`` or ``m // k + 1`` times; the trainer's seeded shuffle mixes them.
+        """
+        labels = self._labels()
+        groups = [self._indices[labels == value] for value in np.unique(labels)]
+        largest = max(len(group) for group in groups)
+        return ArrayBatches(self._store, np.concatenate([np.resize(group, largest) for group in groups]), self._size)
+
+    def _labels(self) -> np.ndarray:
+        order = np.argsort(self._indices, kind="stable")  # read in store order, as __getitems__ does
+        labels = np.empty(len(self._indices), dtype=np.int64)
+        labels[order] = np.asarray(self._store["labels"][self._indices[order]]).reshape(-1)
+        return labels
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return self.__getitems__([i])[0]
@@ -484,6 +511,14 @@ def train(
         record per logged step (``step``, the losses, ``lr``, ``images_per_s``).
     """
     accelerator = _accelerator(config)
+    if config.class_balance:
+        if not hasattr(dataset, "class_balanced"):
+            raise TypeError(f"training.class_balance needs a dataset that knows its labels (ArrayBatches), "
+                            f"got {type(dataset).__name__}.")
+        before = dataset.class_counts()
+        dataset = dataset.class_balanced()
+        logger.info("%s: class-balanced epochs, examples per label %s -> %s", spec.name, before,
+                    dataset.class_counts())
     per_step = config.batch_size * accelerator.num_processes
     if len(dataset) < per_step:
         raise ValueError(f"The train split has {len(dataset)} examples, fewer than one step takes: batch_size="
