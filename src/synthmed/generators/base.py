@@ -48,6 +48,13 @@ Batch = Mapping[str, "torch.Tensor"]  # a string: torch is imported on first use
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
 
 
+def label_map_array(store: Mapping[str, Any]) -> Any:
+    """The array of a store's label maps: its own ``label_maps`` (volumes: tissue labels beside the
+    lesion masks), else its ``masks``, whose values are the label map on 2D slices. A family that
+    reads label maps one-hot encodes them; one that reads masks takes ``masks > 0``."""
+    return store["label_maps"] if "label_maps" in store else store["masks"]
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """How to draw samples. GAN families ignore ``name`` and ``steps`` (one forward pass).

@@ -12,7 +12,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from synthmed.generators.base import Conditions, FamilySpec, SamplerSpec
+from synthmed.generators.base import Conditions, FamilySpec, SamplerSpec, label_map_array
 from synthmed.generators.run import VOLUME_SOURCES
 from synthmed.imaging.figures import class_grid
 
@@ -40,9 +40,8 @@ def preview_conditions(config, store: Mapping[str, np.ndarray], indices: np.ndar
     masks = torch.from_numpy((np.asarray(store["masks"][rows])[back] > 0).astype(np.float32))
     images = torch.from_numpy(np.array(store["images"][rows], dtype=np.float32)[back])
     label_maps = None
-    if "label_maps" in needed:  # the store's label maps, else the masks' values (2D slices: the mask is the label map)
-        source = store["label_maps"] if "label_maps" in store else store["masks"]
-        label_maps = torch.from_numpy(np.array(source[rows], dtype=np.float32)[back])
+    if "label_maps" in needed:
+        label_maps = torch.from_numpy(np.array(label_map_array(store)[rows], dtype=np.float32)[back])
     if images.shape[-1] != config.image_size:  # training downsamples the same way
         images = torch.nn.functional.interpolate(images, size=config.image_size, mode="area")
         masks = torch.nn.functional.interpolate(masks, size=config.image_size, mode="nearest")

@@ -48,7 +48,7 @@ import numpy as np
 from synthmed.core import collectives, distributed
 from synthmed.core.lazy import lazy_import
 from synthmed.core.progress import ProgressLog
-from synthmed.generators.base import Conditions, FamilySpec, SamplerSpec, TrainedGenerator
+from synthmed.generators.base import Conditions, FamilySpec, SamplerSpec, TrainedGenerator, label_map_array
 from synthmed.generators.common import CheckpointError, weights_digest
 
 # Heavy libraries are imported on first use: the parameter check imports this module for its
@@ -341,9 +341,7 @@ def _expand(plan: pd.DataFrame, class_names: Sequence[str], real: Mapping[str, n
                 mask = _resized(np.asarray(real["masks"][j]) > 0, size, "nearest")
                 image = _resized(real["images"][j], size, "area")
                 request.update(mask=mask, source_index=j)
-                # The label map: the real item's own, else its mask's values (2D slices: the mask is the label map).
-                labels = real["label_maps"][j] if "label_maps" in real else np.asarray(real["masks"][j], np.float32)
-                request["label_map"] = _resized(labels, size, "nearest").round().to(torch.int64)
+                request["label_map"] = _resized(label_map_array(real)[j], size, "nearest").round().to(torch.int64)
                 if not row["label"] and "labels" in real:  # a mask row takes its source's class
                     request["class_id"] = int(real["labels"][j])
                     request["label"] = class_names[request["class_id"]] if class_names else ""

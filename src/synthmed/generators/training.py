@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from synthmed.core.lazy import lazy_import
 from synthmed.core.progress import ProgressLog
-from synthmed.generators.base import FamilySpec, StepContext
+from synthmed.generators.base import FamilySpec, StepContext, label_map_array
 from synthmed.generators.common import (
     CHECKSUMS,
     MANIFEST,
@@ -159,7 +159,6 @@ class ArrayBatches:  # a map-style torch Dataset (__len__, __getitem__); no base
             raise ValueError(
                 f"Training image size {self._size} must divide the stored size {stored} (downsampling only)."
             )
-        self._label_maps = "label_maps" in store
 
     def __len__(self) -> int:
         return len(self._indices)
@@ -206,10 +205,8 @@ class ArrayBatches:  # a map-style torch Dataset (__len__, __getitem__); no base
         columns = {"images": batch(read("images"), "area"),
                    "labels": torch.from_numpy(read("labels").astype(np.int64))[back],
                    "masks": batch((read("masks") > 0).astype(np.float32), "nearest")}
-        # The label maps: the store's own (volumes: label maps beside lesion masks), else the masks'
-        # values (2D slices: the mask is the label map; a family that reads label maps one-hot encodes it).
-        columns["label_maps"] = batch(read("label_maps" if self._label_maps else "masks").astype(np.float32),
-                                      "nearest").round().to(torch.int64)
+        label_maps = np.asarray(label_map_array(self._store)[rows[order]], dtype=np.float32)
+        columns["label_maps"] = batch(label_maps, "nearest").round().to(torch.int64)
         return [{name: values[k] for name, values in columns.items()} for k in range(len(rows))]
 
 
@@ -515,10 +512,10 @@ def train(
         if not hasattr(dataset, "class_balanced"):
             raise TypeError(f"training.class_balance needs a dataset that knows its labels (ArrayBatches), "
                             f"got {type(dataset).__name__}.")
-        before = dataset.class_counts()
+        counts = dataset.class_counts()
         dataset = dataset.class_balanced()
-        logger.info("%s: class-balanced epochs, examples per label %s -> %s", spec.name, before,
-                    dataset.class_counts())
+        logger.info("%s: class-balanced epochs, examples per label %s, each label's rows repeated up to %d",
+                    spec.name, counts, max(counts.values()))
     per_step = config.batch_size * accelerator.num_processes
     if len(dataset) < per_step:
         raise ValueError(f"The train split has {len(dataset)} examples, fewer than one step takes: batch_size="

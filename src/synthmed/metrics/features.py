@@ -245,7 +245,8 @@ def fit_classifier(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=fit.steps)
     rng = torch.Generator().manual_seed(seed)
     x_all, y_all = images.float(), labels
-    weights = (1.0 / torch.bincount(labels, minlength=config.num_classes).clamp(min=1).double())[labels]
+    weights = (1.0 / torch.bincount(labels, minlength=config.num_classes).clamp(min=1).double())[labels] \
+        if class_balanced else None
     log = ProgressLog(logger, f"{description} training", fit.steps, "steps")
     for step in tqdm(range(fit.steps), desc=description, unit="step", leave=False, mininterval=2.0):
         size = min(fit.batch_size, len(x_all))

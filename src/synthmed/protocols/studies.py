@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from synthmed.core.lazy import lazy_import
@@ -200,8 +201,6 @@ def render_studies_index(root: Any) -> tuple[str, dict[str, bool]]:
     Returns:
         The page, and per study whether its table was found.
     """
-    from pathlib import Path
-
     root = Path(root)
     sections, found = [], {}
     for name, title in STUDIES.items():
