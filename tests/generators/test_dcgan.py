@@ -46,11 +46,22 @@ def test_defaults_are_the_papers_and_needed_conditions():
         ({"learning_rate": 0}, r"learning_rate must be a number > 0, got 0"),
         ({"beta2": -0.1}, r"beta2 must be a number in \[0, 1\), got -0.1"),
         ({"grad_clip_norm": -1.0}, r"grad_clip_norm must be a number > 0 or null, got -1.0"),
+        ({"discriminator_learning_rate": 0.0}, r"discriminator_learning_rate must be a number > 0 or null, got 0.0"),
     ],
 )
 def test_invalid_config_values_are_named(overrides, message):
     with pytest.raises(ValueError, match=message):
         dcgan.Config(**overrides)
+
+
+def test_the_discriminator_trains_at_its_own_learning_rate_when_one_is_set():
+    config = dcgan.Config(**TINY, learning_rate=1e-4, discriminator_learning_rate=4e-4)  # TTUR
+    optimizers = dcgan.make_optimizers(dcgan.build(config, seed=0), config)
+    assert optimizers["generator"].param_groups[0]["lr"] == 1e-4
+    assert optimizers["discriminator"].param_groups[0]["lr"] == 4e-4
+    same = dcgan.Config(**TINY, learning_rate=1e-4)
+    optimizers = dcgan.make_optimizers(dcgan.build(same, seed=0), same)
+    assert optimizers["discriminator"].param_groups[0]["lr"] == 1e-4
 
 
 @pytest.mark.parametrize(("image_size", "num_classes", "channels"), [(16, 0, 1), (32, 3, 1), (64, 2, 3), (128, 0, 1)])

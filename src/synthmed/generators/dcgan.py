@@ -151,8 +151,12 @@ def build(config: Config, seed: int) -> nn.ModuleDict:
 
 
 def make_optimizers(models: nn.ModuleDict, config: Config) -> dict[str, torch.optim.Optimizer]:
-    """Adam for each network (Radford et al. sec. 4: lr 2e-4, beta1 0.5)."""
-    return adam_per_module(models, ("generator", "discriminator"), config.learning_rate, (config.beta1, config.beta2))
+    """Adam for each network (Radford et al. sec. 4: lr 2e-4, beta1 0.5); the discriminator at
+    its own ``discriminator_learning_rate`` where set (two time-scale update rule)."""
+    betas = (config.beta1, config.beta2)
+    optimizers = adam_per_module(models, ("generator",), config.learning_rate, betas)
+    d_rate = config.discriminator_learning_rate or config.learning_rate
+    return optimizers | adam_per_module(models, ("discriminator",), d_rate, betas)
 
 
 # ----------------------------------------------------------------------------- 4. training

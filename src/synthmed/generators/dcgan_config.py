@@ -25,7 +25,11 @@ class Config:
         latent_dim: dimension of z ~ N(0, I).
         base_channels: width of the generator's last hidden layer and the discriminator's
             first; each resolution halving doubles it (64 -> 8x at 4x4 for 64 px).
-        learning_rate: Adam learning rate for both networks.
+        learning_rate: Adam learning rate of the generator (and of the discriminator unless
+            ``discriminator_learning_rate`` is set).
+        discriminator_learning_rate: the discriminator's own learning rate (the two time-scale
+            update rule, Heusel et al. 2017, https://arxiv.org/abs/1706.08500; Zhang et al. 2019
+            train D at 4e-4 and G at 1e-4); None = ``learning_rate``.
         beta1, beta2: Adam momentum terms (0.5 "helped stabilize training", sec. 4).
         label_embedding_dim: size of the learned class embedding (conditional only).
         diff_augment: apply DiffAugment (Zhao et al. 2020: brightness, contrast, translation
@@ -42,6 +46,7 @@ class Config:
     latent_dim: int = 100
     base_channels: int = 64
     learning_rate: float = 2e-4
+    discriminator_learning_rate: float | None = None
     beta1: float = 0.5
     beta2: float = 0.999
     label_embedding_dim: int = 16
@@ -64,6 +69,10 @@ class Config:
             )
         if not is_number(self.learning_rate) or self.learning_rate <= 0:
             raise ValueError(f"dcgan learning_rate must be a number > 0, got {self.learning_rate!r}.")
+        if self.discriminator_learning_rate is not None and (
+                not is_number(self.discriminator_learning_rate) or self.discriminator_learning_rate <= 0):
+            raise ValueError(f"dcgan discriminator_learning_rate must be a number > 0 or null, "
+                             f"got {self.discriminator_learning_rate!r}.")
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
             if not is_number(value) or not 0.0 <= value < 1.0:

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from scipy import ndimage
 
 from synthmed.imaging.figures import _display
 
@@ -22,32 +23,68 @@ UTILITY_SCORE = "balanced_accuracy"
 
 
 def real_vs_synthetic(real: np.ndarray, real_labels: np.ndarray, synthetic: np.ndarray, synthetic_labels: np.ndarray,
-                      class_names: Sequence[str], *, per_class: int, rng: np.random.Generator, title: str) -> Figure:
+                      class_names: Sequence[str], *, per_class: int, rng: np.random.Generator, title: str,
+                      real_outlines: np.ndarray | None = None, synthetic_outlines: np.ndarray | None = None,
+                      real_groups: np.ndarray | None = None,
+                      synthetic_groups: np.ndarray | None = None) -> Figure:
     """One row per class: ``per_class`` real images, a gap, ``per_class`` synthetic images.
 
     Args:
         real, synthetic: ``(N, C, H, W)`` float in [-1, 1] (same H, W).
         real_labels, synthetic_labels: class ids.
+        real_outlines, synthetic_outlines: ``(N, 1, H, W)`` bool regions (a lesion) drawn as a
+            ring ``OUTLINE_GAP`` px outside them, so the ring does not cover what it marks.
+        real_groups, synthetic_groups: a group (patient) per image; a row takes its examples
+            from different groups first (``spread_choice``).
     """
     classes = [c for c in range(len(class_names)) if np.any(synthetic_labels == c) or np.any(real_labels == c)]
     classes = classes or [0]
     columns = 2 * per_class + 1
     figure, axes = plt.subplots(len(classes), columns, figsize=(0.9 * columns, 1.0 * len(classes) + 0.6), squeeze=False)
+    sides = ((real, real_labels, real_outlines, real_groups),
+             (synthetic, synthetic_labels, synthetic_outlines, synthetic_groups))
     for row, c in enumerate(classes):
-        for side, (images, labels) in enumerate(((real, real_labels), (synthetic, synthetic_labels))):
+        for side, (images, labels, outlines, groups) in enumerate(sides):
             pool = np.flatnonzero(labels == c) if len(class_names) > 1 else np.arange(len(images))
-            chosen = rng.choice(pool, size=min(per_class, len(pool)), replace=False) if len(pool) else []
+            chosen = spread_choice(pool, None if groups is None else groups[pool], per_class, rng)
             for k in range(per_class):
                 axis = axes[row, k + side * (per_class + 1)]
                 axis.axis("off")
                 if k < len(chosen):
-                    axis.imshow(_display(images[chosen[k]]), cmap="gray", vmin=0, vmax=1)
+                    axis.imshow(_display(images[chosen[k]]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                    if outlines is not None and outlines[chosen[k]].any():
+                        ring = ndimage.binary_dilation(outlines[chosen[k], 0], iterations=OUTLINE_GAP)
+                        axis.contour(ring, levels=[0.5], colors="red", linewidths=0.5)
         axes[row, per_class].axis("off")
         axes[row, 0].set_title(f"{class_names[c] if class_names else ''} real", fontsize=7, loc="left")
         axes[row, per_class + 1].set_title("synthetic", fontsize=7, loc="left")
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     return figure
+
+
+OUTLINE_GAP = 2  # px between a region and the ring drawn around it
+
+
+def spread_choice(pool: np.ndarray, groups: np.ndarray | None, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``count`` of ``pool`` drawn with ``rng``, one per group before any group gives a second.
+
+    ``groups`` (aligned with ``pool``; None entries are each their own group) are, for a
+    slice, its patient: without them a grid can show neighbouring slices of one patient,
+    which look alike whatever the generator did.
+    """
+    if not len(pool):
+        return np.zeros(0, dtype=np.int64)
+    order = rng.permutation(len(pool))
+    if groups is None:
+        return pool[order[:count]]
+    keys = [("row", i) if groups[i] is None else ("group", groups[i]) for i in order]
+    rank = np.zeros(len(order), dtype=np.int64)  # 0 for a group's first image in draw order, 1 for its second, ...
+    seen: dict[tuple, int] = {}
+    for position, key in enumerate(keys):
+        rank[position] = seen.get(key, 0)
+        seen[key] = rank[position] + 1
+    return pool[order[np.argsort(rank, kind="stable")[:count]]]
 
 
 def nearest_pairs(synthetic: np.ndarray, reference: np.ndarray, neighbour: np.ndarray, similarity: np.ndarray,

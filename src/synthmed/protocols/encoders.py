@@ -42,6 +42,9 @@ class SourceConfig:
     reference_split: str = "train"
     held_out_split: str = "validation"
     test_split: str = "test"
+    # Mask values outlined in the report's real-vs-synthetic grid (the cohort's lesion label 4):
+    # on the real images, and on the synthetic ones a label map conditioned; () draws none.
+    outline_labels: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ import numpy as np
 from synthmed.core.config import from_params
 from synthmed.core.lazy import lazy_import
 from synthmed.core.manifest import class_names_of
+from synthmed.generators.base import label_map_array
 from synthmed.metrics.detectability import DetectabilityConfig, detectability_scores
 from synthmed.metrics.features import (
     FeatureNetwork,
@@ -167,6 +168,67 @@ class Split:
 
 
 @dataclass(frozen=True)
+class GridImages:
+    """What the report's real-vs-synthetic grid shows, at the samples' own size (not the
+    evaluation size, which can be smaller: a 3 px lesion of a 64 px slice is 1 px at 32).
+
+    ``outlines`` mark the ``outline_labels`` of the real rows' masks and, for samples conditioned
+    on a real label map (``condition: mask``), of that map; ``groups`` (patient keys) let the
+    grid take its examples from different patients, so neighbouring slices of one patient do
+    not sit side by side. None where the source has no masks or patients.
+    """
+
+    real: np.ndarray  # (N, C, S, S) float32 in [-1, 1]: the reference split
+    real_labels: np.ndarray
+    synthetic: np.ndarray  # (M, C, S, S)
+    synthetic_labels: np.ndarray
+    real_outlines: np.ndarray | None = None  # (N, 1, S, S) bool
+    synthetic_outlines: np.ndarray | None = None  # (M, 1, S, S) bool
+    real_groups: np.ndarray | None = None  # (N,)
+    synthetic_groups: np.ndarray | None = None  # (M,); None-valued rows have no patient
+    outline_labels: tuple[int, ...] = ()
+
+
+def grid_images(samples: Mapping[str, np.ndarray], synthetic_labels: np.ndarray, provenance: pd.DataFrame,
+                store: Mapping[str, np.ndarray], manifest: pd.DataFrame, reference_ids: np.ndarray,
+                outline_labels: Sequence[int]) -> GridImages:
+    """The grid's real (``reference_ids``) and synthetic images at the samples' size, with outlines and patients.
+
+    Images are area-averaged (the evaluation's rule, ``at_size``) and masks resized by nearest
+    neighbour, as sampling resized the label maps it conditioned on.
+    """
+    synthetic = np.asarray(samples["images"], dtype=np.float32)
+    size = synthetic.shape[-1]
+    real = at_size(np.asarray(store["images"][reference_ids], dtype=np.float32), size).numpy()
+    has_patients = "patient_key" in manifest
+    real_groups = patient_keys(manifest, reference_ids) if has_patients else None
+    mask = (provenance["condition"].to_numpy() == "mask") if "condition" in provenance else np.zeros(len(synthetic),
+                                                                                                      bool)
+    source = provenance["source_index"].to_numpy() if "source_index" in provenance else np.full(len(synthetic), -1)
+    conditioned = mask & (source >= 0)
+    synthetic_groups = None
+    if has_patients and conditioned.any():
+        synthetic_groups = np.full(len(synthetic), None, dtype=object)
+        synthetic_groups[conditioned] = patient_keys(manifest, source[conditioned])
+    real_outlines = synthetic_outlines = None
+    if outline_labels and ("masks" in store or "label_maps" in store):
+        maps = label_map_array(store)
+
+        def outlined(rows: np.ndarray) -> np.ndarray:
+            values = torch.as_tensor(np.asarray(maps[rows], dtype=np.float32))
+            values = torch.nn.functional.interpolate(values, size=size, mode="nearest").numpy()
+            return np.isin(np.rint(values).astype(np.int64), list(outline_labels))
+
+        real_outlines = outlined(reference_ids)
+        if conditioned.any():
+            synthetic_outlines = np.zeros((len(synthetic), 1, size, size), dtype=bool)
+            synthetic_outlines[conditioned] = outlined(source[conditioned])
+    return GridImages(real, np.asarray(manifest.set_index("index").loc[reference_ids, "class_id"], dtype=np.int64),
+                      synthetic, np.asarray(synthetic_labels, dtype=np.int64), real_outlines, synthetic_outlines,
+                      real_groups, synthetic_groups, tuple(outline_labels))
+
+
+@dataclass(frozen=True)
 class EvaluationSet:
     """Everything the per-family nodes score, at the source's evaluation size.
 
@@ -190,6 +252,7 @@ class EvaluationSet:
     # size; only the memorisation gate sees them (its fraction flagged per checkpoint)
     checkpoint_images: torch.Tensor | None = None
     checkpoint_provenance: pd.DataFrame | None = None
+    grid: GridImages | None = None  # the report grid's images (None: drawn from the evaluation-size splits)
 
 
 def _neighbour_pairs(manifest: pd.DataFrame, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -262,11 +325,13 @@ def prepare_evaluation(
     earlier = None
     if checkpoint_samples is not None and checkpoint_provenance is not None and len(checkpoint_provenance):
         earlier = at_size(np.asarray(checkpoint_samples["images"], dtype=np.float32), source.image_px)
-    return EvaluationSet(family, source_name, names, network, split(source.reference_split),
+    reference = split(source.reference_split)
+    grid = grid_images(samples, labels, provenance, store, manifest, reference.ids, source.outline_labels)
+    return EvaluationSet(family, source_name, names, network, reference,
                          split(source.held_out_split), split(source.test_split), synthetic,
                          provenance.reset_index(drop=True), paired,
                          (network(neighbours[0]), network(neighbours[1])) if neighbours else None,
-                         earlier, None if earlier is None else checkpoint_provenance.reset_index(drop=True))
+                         earlier, None if earlier is None else checkpoint_provenance.reset_index(drop=True), grid)
 
 
 # ------------------------------------------------------------------ fidelity
@@ -513,10 +578,16 @@ def family_figures(evaluation: EvaluationSet, memorisation_table: pd.DataFrame,
 
     rng = np.random.default_rng(config.seed)
     title = f"{evaluation.family} ({evaluation.source}, {evaluation.reference.images.shape[-1]} px)"
+    grid = evaluation.grid or GridImages(evaluation.reference.images.numpy(), evaluation.reference.labels.numpy(),
+                                         evaluation.synthetic.images.numpy(), evaluation.synthetic.labels.numpy())
     side = report_figures.real_vs_synthetic(
-        evaluation.reference.images.numpy(), evaluation.reference.labels.numpy(),
-        evaluation.synthetic.images.numpy(), evaluation.synthetic.labels.numpy(),
-        evaluation.class_names, per_class=config.per_class, rng=rng, title=title)
+        grid.real, grid.real_labels, grid.synthetic, grid.synthetic_labels, evaluation.class_names,
+        per_class=config.per_class, rng=rng,
+        title=f"{evaluation.family} ({evaluation.source}, {grid.synthetic.shape[-1]} px)"
+        + (f": mask label {', '.join(map(str, grid.outline_labels))} outlined 2 px outside"
+           if grid.real_outlines is not None else ""),
+        real_outlines=grid.real_outlines, synthetic_outlines=grid.synthetic_outlines,
+        real_groups=grid.real_groups, synthetic_groups=grid.synthetic_groups)
     position = {int(i): p for p, i in enumerate(evaluation.reference.ids)}
     scored = memorisation_table[memorisation_table["nn_pixel_neighbour_index"] >= 0]
     nearest = report_figures.nearest_pairs(
