@@ -136,6 +136,43 @@ def test_foreground_mask_is_strictly_greater() -> None:
     np.testing.assert_array_equal(foreground_mask(x, 0.0), [[[False, False, True]]])
 
 
+def _noisy_mr(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(1, 8, 48, 48) "MR": a disc of tissue (grey 800, a dark CSF core of 250) on Rayleigh
+    background noise of scale 12, as a magnitude image's air is; and the disc's mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:48, :48]
+    disc = (yy - 24) ** 2 + (xx - 24) ** 2 < 15**2
+    core = (yy - 24) ** 2 + (xx - 24) ** 2 < 5**2
+    slab = np.where(core, 250.0, np.where(disc, 800.0, 0.0))
+    volume = np.stack([slab] * 8)[None] + rng.rayleigh(12.0, (1, 8, 48, 48)) + rng.normal(0, 20, (1, 8, 48, 48)) * disc
+    return volume.astype(np.float32), np.stack([disc] * 8)[None]
+
+
+def test_a_fixed_zero_counts_background_noise_as_foreground_and_triangle_does_not() -> None:
+    volume, tissue = _noisy_mr()
+    assert foreground_mask(volume, 0.0).mean() == 1.0  # Rayleigh noise is never <= 0: all "foreground"
+    found = foreground_mask(volume, "triangle")
+    assert (tissue & ~found).sum() == 0  # the dark CSF core (250) is kept
+    assert (found & ~tissue).sum() < 0.001 * (~tissue).sum()  # the noise is not
+
+
+def test_triangle_foreground_puts_the_background_at_minus_one_and_rejects_unknown_methods() -> None:
+    volume, tissue = _noisy_mr(1)
+    spec = IntensitySpec.from_params({"window_hu": None, "clip_percentiles": [0.5, 99.5],
+                                      "foreground_threshold": "triangle"})
+    scaled, foreground = apply_intensity(volume, spec)
+    assert np.array_equal(foreground, foreground_mask(volume.mean(axis=0, keepdims=True), "triangle"))
+    assert np.all(scaled[~tissue] == -1.0)  # the percentiles are the tissue's: all noise lies below them
+    assert (scaled[tissue] > -1.0).mean() > 0.99  # and the tissue, dark CSF included, keeps its values
+    fixed, _ = apply_intensity(volume, IntensitySpec(window_hu=None, clip_percentiles=(0.5, 99.5)))
+    assert (fixed[~tissue] > -1.0).mean() > 0.9  # with 0.0 the noise sets the low percentile and keeps a value
+    assert not foreground_mask(np.full((1, 4, 4), 7.0), "triangle").any()  # one value: no foreground
+    with pytest.raises(ValueError, match=r"one of \['triangle'\], got 'otsu'"):
+        IntensitySpec(window_hu=None, clip_percentiles=None, foreground_threshold="otsu")
+    with pytest.raises(ValueError, match=r"one of \['triangle'\], got 'li'"):
+        foreground_mask(volume, "li")
+
+
 def test_functions_do_not_mutate_inputs(ct_like: np.ndarray) -> None:
     original = ct_like.copy()
     body = ct_like > -500

@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -28,8 +28,18 @@ from synthmed.core.lazy import lazy_import
 # Heavy libraries are imported on first use: the parameter check imports this module for its
 # configuration without them (synthmed.core.lazy.lazy_import).
 exposure = lazy_import("skimage.exposure")
+filters = lazy_import("skimage.filters")
 
 HISTOGRAM_METHODS: tuple[str, ...] = ("none", "equalize", "zscore")
+# Foreground thresholds computed from each image instead of given as a number. "triangle": Zack
+# et al. 1977 (scikit-image ``threshold_triangle``), made for a histogram with one dominant peak
+# at one end, as an MR image's background noise is. On the sample cohort's 12 raw NIfTI MR
+# volumes, against their tissue label maps: the number 0 counts about half of the background noise
+# as foreground (Dice 0.68-0.74; every one of 81 axial slices has >= 10% "foreground"); "triangle"
+# gives Dice 0.93-0.97 and misses at most 0.12% of the tissue, where Otsu's threshold (Dice
+# 0.96-0.98) misses 3.6-8.2% of it, dark CSF first. It needs a background to find: on a crop that
+# is tissue to its edges (pydicom's MR_small.dcm) it keeps 31% of the pixels (README, "Your own data").
+FOREGROUND_METHODS: tuple[str, ...] = ("triangle",)
 
 
 def _as_float32(x: ArrayLike, name: str) -> NDArray[np.float32]:
@@ -236,21 +246,30 @@ def scale_to_unit(
     return np.clip(scaled, -1.0, 1.0).astype(np.float32, copy=False)
 
 
-def foreground_mask(x: ArrayLike, threshold: float) -> NDArray[np.bool_]:
+def foreground_mask(x: ArrayLike, threshold: float | str) -> NDArray[np.bool_]:
     """Foreground as ``x > threshold`` (the "non-zero threshold" rule with threshold 0).
 
     Args:
         x: array of any shape, real dtype.
-        threshold: intensity in the units of ``x`` (raw HU or scanner units, not scaled).
+        threshold: intensity in the units of ``x`` (raw HU or scanner units, not scaled), or
+            one of ``FOREGROUND_METHODS`` to compute it from ``x``'s finite values (an image
+            with a single value then has no foreground).
 
     Returns:
         bool array of ``x``'s shape, True where ``x > threshold`` (NaN is background).
     """
-    threshold_value = _finite_number(threshold, "threshold")
     values = np.asarray(x)
     if values.dtype.kind not in "biuf":
         raise ValueError(f"Expected x to be a real numeric array, got dtype {values.dtype}.")
-    return values > threshold_value
+    if isinstance(threshold, str):
+        if threshold not in FOREGROUND_METHODS:
+            raise ValueError(f"Expected foreground_threshold to be a number or one of {list(FOREGROUND_METHODS)}, "
+                             f"got {threshold!r}.")
+        finite = values[np.isfinite(values)]
+        if finite.size == 0 or finite.min() == finite.max():
+            return np.zeros(values.shape, dtype=bool)
+        return values > float(filters.threshold_triangle(finite))
+    return values > _finite_number(threshold, "threshold")
 
 
 def _pair(value: Any, name: str) -> tuple[float, float] | None:
@@ -272,12 +291,14 @@ class IntensitySpec:
             after windowing, or None.
         histogram: one of ``HISTOGRAM_METHODS``.
         foreground_threshold: raw-intensity threshold; foreground is channel mean > it.
+            Or ``"triangle"``: the threshold computed per image (``FOREGROUND_METHODS``), for
+            MR whose background noise lies above any fixed number.
     """
 
     window_hu: tuple[float, float] | None
     clip_percentiles: tuple[float, float] | None
     histogram: str = "none"
-    foreground_threshold: float = 0.0
+    foreground_threshold: float | Literal["triangle"] = 0.0
 
     def __post_init__(self) -> None:
         # Frozen: normalise YAML lists to tuples through object.__setattr__.
@@ -297,7 +318,12 @@ class IntensitySpec:
                 f"Expected histogram to be one of {list(HISTOGRAM_METHODS)}, "
                 f"got {self.histogram!r}."
             )
-        threshold = _finite_number(self.foreground_threshold, "foreground_threshold")
+        threshold = self.foreground_threshold
+        if not isinstance(threshold, str):
+            threshold = _finite_number(threshold, "foreground_threshold")
+        elif threshold not in FOREGROUND_METHODS:
+            raise ValueError(f"Expected foreground_threshold to be a number or one of {list(FOREGROUND_METHODS)}, "
+                             f"got {threshold!r}.")
         object.__setattr__(self, "window_hu", window_hu)
         object.__setattr__(self, "clip_percentiles", percentiles)
         object.__setattr__(self, "foreground_threshold", threshold)
