@@ -7,9 +7,10 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
+import torch
 
 from synthmed.metrics.report_figures import real_vs_synthetic, spread_choice
-from synthmed.protocols.evaluation import grid_images
+from synthmed.protocols.evaluation import Split, grid_images
 
 
 def test_spread_choice_takes_one_image_per_patient_before_a_second():
@@ -41,12 +42,19 @@ def _cohort(size: int = 16):
     return {"images": images, "masks": masks, "labels": manifest["class_id"].to_numpy()}, manifest
 
 
+def _reference(store, manifest) -> Split:
+    """The first 4 rows as the reference split, as prepare_evaluation builds it (at the stored size here)."""
+    rows = np.arange(4)
+    return Split(torch.as_tensor(store["images"][rows]), torch.as_tensor(manifest["class_id"].to_numpy()[rows]), rows,
+                 torch.zeros(len(rows), 2), manifest["patient_key"].to_numpy(dtype=object)[rows])
+
+
 def test_grid_images_are_at_the_samples_size_with_lesion_outlines_from_the_conditioning_label_maps():
     store, manifest = _cohort(16)
     samples = {"images": np.zeros((3, 1, 8, 8), dtype=np.float32)}
     provenance = pd.DataFrame({"index": [0, 1, 2], "condition": ["mask", "mask", "class"],
                                "source_index": [5, 4, -1]})
-    grid = grid_images(samples, np.array([1, 0, 1]), provenance, store, manifest, np.arange(4), [4])
+    grid = grid_images(samples, np.array([1, 0, 1]), provenance, store, manifest, _reference(store, manifest), [4])
     assert grid.real.shape == (4, 1, 8, 8) and grid.synthetic.shape == (3, 1, 8, 8)
     assert grid.real_labels.tolist() == [0, 1, 0, 1]
     # the 2x2 lesion at 16 px is one pixel at 8 px, on the lesion rows only
@@ -62,10 +70,10 @@ def test_grid_images_without_outline_labels_or_conditioning_draw_no_rings():
     store, manifest = _cohort(16)
     samples = {"images": np.zeros((2, 1, 16, 16), dtype=np.float32)}
     provenance = pd.DataFrame({"index": [0, 1], "condition": ["class", "class"], "source_index": [-1, -1]})
-    grid = grid_images(samples, np.array([0, 1]), provenance, store, manifest, np.arange(4), ())
+    grid = grid_images(samples, np.array([0, 1]), provenance, store, manifest, _reference(store, manifest), ())
     assert grid.real_outlines is None and grid.synthetic_outlines is None and grid.synthetic_groups is None
     np.testing.assert_array_equal(grid.real, store["images"][:4])  # same size: the stored images as they are
-    grid = grid_images(samples, np.array([0, 1]), provenance, store, manifest, np.arange(4), [4])
+    grid = grid_images(samples, np.array([0, 1]), provenance, store, manifest, _reference(store, manifest), [4])
     assert grid.real_outlines is not None and grid.synthetic_outlines is None
 
 

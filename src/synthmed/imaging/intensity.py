@@ -258,18 +258,26 @@ def foreground_mask(x: ArrayLike, threshold: float | str) -> NDArray[np.bool_]:
     Returns:
         bool array of ``x``'s shape, True where ``x > threshold`` (NaN is background).
     """
+    threshold = _threshold(threshold, "threshold")
     values = np.asarray(x)
     if values.dtype.kind not in "biuf":
         raise ValueError(f"Expected x to be a real numeric array, got dtype {values.dtype}.")
-    if isinstance(threshold, str):
-        if threshold not in FOREGROUND_METHODS:
-            raise ValueError(f"Expected foreground_threshold to be a number or one of {list(FOREGROUND_METHODS)}, "
-                             f"got {threshold!r}.")
+    if isinstance(threshold, str):  # "triangle", the one method
         finite = values[np.isfinite(values)]
         if finite.size == 0 or finite.min() == finite.max():
             return np.zeros(values.shape, dtype=bool)
         return values > float(filters.threshold_triangle(finite))
-    return values > _finite_number(threshold, "threshold")
+    return values > threshold
+
+
+def _threshold(value: Any, name: str) -> float | str:
+    """A foreground threshold: one of ``FOREGROUND_METHODS``, else a finite number (as a float)."""
+    if isinstance(value, str):
+        if value not in FOREGROUND_METHODS:
+            raise ValueError(f"Expected foreground_threshold to be a number or one of {list(FOREGROUND_METHODS)}, "
+                             f"got {value!r}.")
+        return value
+    return _finite_number(value, name)
 
 
 def _pair(value: Any, name: str) -> tuple[float, float] | None:
@@ -318,12 +326,7 @@ class IntensitySpec:
                 f"Expected histogram to be one of {list(HISTOGRAM_METHODS)}, "
                 f"got {self.histogram!r}."
             )
-        threshold = self.foreground_threshold
-        if not isinstance(threshold, str):
-            threshold = _finite_number(threshold, "foreground_threshold")
-        elif threshold not in FOREGROUND_METHODS:
-            raise ValueError(f"Expected foreground_threshold to be a number or one of {list(FOREGROUND_METHODS)}, "
-                             f"got {threshold!r}.")
+        threshold = _threshold(self.foreground_threshold, "foreground_threshold")
         object.__setattr__(self, "window_hu", window_hu)
         object.__setattr__(self, "clip_percentiles", percentiles)
         object.__setattr__(self, "foreground_threshold", threshold)

@@ -190,24 +190,23 @@ class GridImages:
 
 
 def grid_images(samples: Mapping[str, np.ndarray], synthetic_labels: np.ndarray, provenance: pd.DataFrame,
-                store: Mapping[str, np.ndarray], manifest: pd.DataFrame, reference_ids: np.ndarray,
+                store: Mapping[str, np.ndarray], manifest: pd.DataFrame, reference: Split,
                 outline_labels: Sequence[int]) -> GridImages:
-    """The grid's real (``reference_ids``) and synthetic images at the samples' size, with outlines and patients.
+    """The grid's real (the ``reference`` split) and synthetic images at the samples' size, with outlines and patients.
 
-    Images are area-averaged (the evaluation's rule, ``at_size``) and masks resized by nearest
+    The reference's images are used as they are when the samples have the evaluation size, else
+    read again from ``store`` and area-averaged (``at_size``); masks are resized by nearest
     neighbour, as sampling resized the label maps it conditioned on.
     """
     synthetic = np.asarray(samples["images"], dtype=np.float32)
     size = synthetic.shape[-1]
-    real = at_size(np.asarray(store["images"][reference_ids], dtype=np.float32), size).numpy()
-    has_patients = "patient_key" in manifest
-    real_groups = patient_keys(manifest, reference_ids) if has_patients else None
-    mask = (provenance["condition"].to_numpy() == "mask") if "condition" in provenance else np.zeros(len(synthetic),
-                                                                                                      bool)
-    source = provenance["source_index"].to_numpy() if "source_index" in provenance else np.full(len(synthetic), -1)
-    conditioned = mask & (source >= 0)
+    real = reference.images if reference.images.shape[-1] == size else \
+        at_size(np.asarray(store["images"][reference.ids], dtype=np.float32), size)
+    source = provenance.get("source_index", pd.Series(-1, index=provenance.index)).to_numpy()
+    conditioned = (provenance.get("condition", pd.Series("", index=provenance.index)) == "mask").to_numpy() \
+        & (source >= 0)
     synthetic_groups = None
-    if has_patients and conditioned.any():
+    if reference.patients is not None and conditioned.any():
         synthetic_groups = np.full(len(synthetic), None, dtype=object)
         synthetic_groups[conditioned] = patient_keys(manifest, source[conditioned])
     real_outlines = synthetic_outlines = None
@@ -219,13 +218,12 @@ def grid_images(samples: Mapping[str, np.ndarray], synthetic_labels: np.ndarray,
             values = torch.nn.functional.interpolate(values, size=size, mode="nearest").numpy()
             return np.isin(np.rint(values).astype(np.int64), list(outline_labels))
 
-        real_outlines = outlined(reference_ids)
+        real_outlines = outlined(reference.ids)
         if conditioned.any():
             synthetic_outlines = np.zeros((len(synthetic), 1, size, size), dtype=bool)
             synthetic_outlines[conditioned] = outlined(source[conditioned])
-    return GridImages(real, np.asarray(manifest.set_index("index").loc[reference_ids, "class_id"], dtype=np.int64),
-                      synthetic, np.asarray(synthetic_labels, dtype=np.int64), real_outlines, synthetic_outlines,
-                      real_groups, synthetic_groups, tuple(outline_labels))
+    return GridImages(real.numpy(), reference.labels.numpy(), synthetic, np.asarray(synthetic_labels, dtype=np.int64),
+                      real_outlines, synthetic_outlines, reference.patients, synthetic_groups, tuple(outline_labels))
 
 
 @dataclass(frozen=True)
@@ -326,7 +324,7 @@ def prepare_evaluation(
     if checkpoint_samples is not None and checkpoint_provenance is not None and len(checkpoint_provenance):
         earlier = at_size(np.asarray(checkpoint_samples["images"], dtype=np.float32), source.image_px)
     reference = split(source.reference_split)
-    grid = grid_images(samples, labels, provenance, store, manifest, reference.ids, source.outline_labels)
+    grid = grid_images(samples, labels, provenance, store, manifest, reference, source.outline_labels)
     return EvaluationSet(family, source_name, names, network, reference,
                          split(source.held_out_split), split(source.test_split), synthetic,
                          provenance.reset_index(drop=True), paired,
