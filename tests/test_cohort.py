@@ -335,3 +335,41 @@ def test_segmentation_file_refuses_labels_it_cannot_describe(cohort):
     one = [Segment(1, "a", SEGMENTS[0].category, SEGMENTS[0].property_type)]
     with pytest.raises(ValueError, match="2 axial slices, the series"):
         segmentation_file(labels[:, :, :2], affine, blobs, one, header, seed=0)
+
+
+def test_ingestion_names_each_series_from_its_description_or_file_name(ingested):
+    """``ingestion.series`` (conf/base): DICOM series by their Series Description ("AX T1 3D GRE",
+    "AX FLAIR 3D"), NIfTI volumes by their file name (``sub-003_FLAIR.nii.gz``); only the name found
+    is kept, never the description."""
+    manifest = ingested["ingestion_manifest"]
+    first = manifest["source_paths"].astype(str).str.split(";").str[0]
+    # The exported folder (dicom/sub-001/FLAIR/...) or file name (sub-003_FLAIR.nii.gz) says the truth.
+    truth = first.str.extract(r"(T1w|FLAIR)[/.]", expand=False)
+    assert truth.notna().all()
+    assert manifest["series"].tolist() == truth.tolist()
+    text = manifest.to_csv(index=False)
+    assert "AX FLAIR 3D" not in text and "AX T1 3D GRE" not in text
+
+
+def test_extraction_keeps_the_chosen_series_and_says_which(ingested):
+    manifest, masks, images = ingested["ingestion_manifest"], ingested["ingested_masks"], ingested["ingested_images"]
+    manifest = manifest.assign(kind="volume", has_mask=manifest["has_mask"].astype(str).eq("True"))
+    splits = pd.DataFrame([(item, patient, "train", "group", -1, 0, 0, 0)
+                           for item, patient in zip(manifest["item_id"], manifest["patient_key"])],
+                          columns=SPLIT_COLUMNS)
+    foreground = {item: np.ones_like(np.asarray(masks[item])) for item in manifest["item_id"]}
+
+    def slices(series):
+        config = from_params(SliceConfig, {"planes": ["axial"], "keep_every": {"axial": 1}, "size_px": 16,
+                                           "min_foreground_fraction": 0.0, "classes": "finding", "series": series,
+                                           "finding": {"lesion_labels": [LESION], "min_lesion_px": 3}},
+                             "extraction.slices")
+        return extract_slices(images, masks, foreground, manifest, splits, config)[1]
+
+    flair = slices(["FLAIR"])
+    assert set(flair["series"]) == {"FLAIR"}
+    assert set(flair["item_id"]) == set(manifest.loc[manifest["series"] == "FLAIR", "item_id"])
+    both = slices(None)
+    assert set(both["series"]) == {"FLAIR", "T1w"} and len(both) == 2 * len(flair)
+    with pytest.raises(ValueError, match=r"extraction\.slices\.series=\['T2w'\] matches none .*'FLAIR', 'T1w'"):
+        slices(["T2w"])

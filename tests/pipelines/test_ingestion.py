@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from synthmed.pipelines import ingestion
+from synthmed.pipelines.ingestion.config import IngestionConfig
 from tests.conftest import MANIFEST_DTYPES, project_catalog, read_json, run
 
 LENIENT = {"ingestion": {"max_rejection_rate": 0.5}}
@@ -139,3 +140,28 @@ def test_links_out_of_the_source_folder_are_rejected_and_inside_duplicates_ignor
     assert inventory.set_index("source_path").loc["again.png", "reason"] == "duplicate_link"
     written = [p for p in tmp_path.joinpath("data").rglob("*") if p.is_file()]
     assert written and not any(b"SENTINEL-OUTSIDE" in p.read_bytes() for p in written)
+
+
+def test_series_names_come_from_whole_words_in_configuration_order():
+    config = IngestionConfig(series={"FLAIR": ("flair",), "T2w": ("t2", "t2w"), "T1w": ("t1", "mprage")})
+    assert config.series_of("AX T2 FLAIR", "") == "FLAIR"       # FLAIR is listed before T2w
+    assert config.series_of("t1_mprage_sag") == "T1w"
+    assert config.series_of("sub-003_T2w.nii.gz") == "T2w"
+    assert config.series_of("T10 localizer", "DWI") == ""        # "t10" is not the word "t1"
+    assert IngestionConfig().series_of("AX FLAIR") == ""  # no rules: no series
+    with pytest.raises(ValueError, match=r"ingestion\.series\.FLAIR must be a non-empty list of words.*'t2-flair'"):
+        IngestionConfig(series={"FLAIR": ("t2-flair",)})
+
+
+def test_the_labels_table_names_a_series_the_file_name_does_not(tmp_path, source_folder):
+    source, _ = source_folder
+    table = pd.read_csv(source / "labels.csv", dtype=str, keep_default_na=False)
+    table["series"] = ["T1w" if p == "nifti/head.nii.gz" else "" for p in table["path"]]
+    assert "nifti/head.nii.gz" in set(table["path"])
+    table.to_csv(source / "labels.csv", index=False)
+    rules = {"series": {"FLAIR": ["flair"], "PD": ["eye"]}, "max_rejection_rate": 0.5}
+    manifest, *_ = _ingest(tmp_path, source, overrides={"ingestion": rules})
+    series = {r.source_paths.split(";")[0]: r.series for r in manifest.itertuples()}
+    assert series["nifti/head.nii.gz"] == "T1w"     # the table
+    assert series["photos/eye.png"] == "PD"         # the file name's word "eye"
+    assert series["dicom/series/slice0.dcm"] == ""  # neither

@@ -46,7 +46,7 @@ pd = lazy_import("pandas")
 logger = logging.getLogger(__name__)
 
 SLICE_COLUMNS = ["index", "item_id", "patient_key", "split", "plane", "slice_index", "label", "class_id",
-                 "foreground_fraction"]
+                 "foreground_fraction", "series"]
 PATCH_COLUMNS = ["index", "item_id", "patient_key", "split", "row", "col", "label", "class_id",
                  "mask_fraction"]
 
@@ -100,6 +100,7 @@ class SliceConfig:
     min_foreground_fraction: float = 0.1
     size_px: int = 64
     labels: tuple[str, ...] | None = None
+    series: tuple[str, ...] | None = None
     classes: str = CLASS_BY_PLANE
     finding: FindingConfig = field(default_factory=FindingConfig)
 
@@ -148,6 +149,41 @@ class PatchConfig:
 
 def _wanted(row: Any, labels: tuple[str, ...] | None) -> bool:
     return labels is None or row.label in labels
+
+
+def series_of(row: Any) -> str:
+    """A manifest row's series name ("" when ingestion recognised none, or the manifest predates it)."""
+    value = getattr(row, "series", "")
+    return value if isinstance(value, str) else ""
+
+
+def selected_volumes(manifest: pd.DataFrame, labels: tuple[str, ...] | None, series: tuple[str, ...] | None,
+                     where: str) -> list[Any]:
+    """The manifest's volume rows with one of ``labels`` and of the ``series`` (None: any).
+
+    A volume's series (T1w, FLAIR, ...) is what ``ingestion.series`` recognised in its DICOM
+    description or file name. Mixing series mixes contrasts (a lesion dark in T1w is bright in
+    FLAIR), so a generator learns an average of them unless one is chosen.
+
+    Raises:
+        ValueError: ``series`` is set and no volume is of one of them; the message lists the
+            series the volumes have.
+    """
+    rows = [r for r in manifest.itertuples() if r.kind == "volume"]
+    if series is not None:
+        chosen = [r for r in rows if series_of(r) in series]
+        if rows and not chosen:
+            found = sorted({series_of(r) for r in rows})
+            raise ValueError(
+                f"{where}.series={list(series)} matches none of the {len(rows)} volumes; their series are {found} "
+                f"('' = not recognised: ingestion.series names a series from words of its DICOM Series "
+                f"Description or file name, or the labels table's series column). Set {where}.series to some of "
+                f"them, or null for all.")
+        if len(chosen) < len(rows):
+            logger.info("%s.series=%s: %d of %d volumes kept (%s)", where, list(series), len(chosen), len(rows),
+                        dict(Counter(series_of(r) for r in rows)))
+        rows = chosen
+    return [r for r in rows if _wanted(r, labels)]
 
 
 def _region(array: np.ndarray, split_row: Mapping[str, Any]) -> np.ndarray:
@@ -209,7 +245,7 @@ def extract_slices(
     by_finding = config.classes == CLASS_BY_FINDING
     class_id = {name: i for i, name in enumerate(config.class_names())}
     images, masks, labels, rows = [], [], [], []
-    volumes = [r for r in manifest.itertuples() if r.kind == "volume" and _wanted(r, config.labels)]
+    volumes = selected_volumes(manifest, config.labels, config.series, "extraction.slices")
     if by_finding:
         unmasked = [r.item_id for r in volumes if not r.has_mask]
         if unmasked:
@@ -243,7 +279,8 @@ def extract_slices(
                     labels.append(class_id[label])
                     along_slab = PLANES[plane] == int(split_row["axis"])
                     rows.append((len(rows), item.item_id, item.patient_key, split_row["split"], plane,
-                                 index + offset if along_slab else index, label, class_id[label], round(fraction, 4)))
+                                 index + offset if along_slab else index, label, class_id[label], round(fraction, 4),
+                                 series_of(item)))
     size = (1, config.size_px, config.size_px)
     arrays = {
         "images": np.clip(_stack(images, size, np.float32), -1.0, 1.0),

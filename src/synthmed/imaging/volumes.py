@@ -42,7 +42,7 @@ from numpy.typing import ArrayLike
 from synthmed.core.lazy import lazy_import
 from synthmed.core.manifest import parse_spacing
 from synthmed.core.splits import check_no_leakage
-from synthmed.imaging.extraction import _region
+from synthmed.imaging.extraction import _region, selected_volumes
 from synthmed.imaging.geometry import resample_to_spacing
 
 # Heavy libraries are imported on first use: the parameter check imports this module for its
@@ -75,6 +75,7 @@ class VolumeConfig:
         max_lesions_per_item: lesion crops per item, largest lesions first.
         fill: image value where a crop reaches past the volume (preprocessed background).
         labels: only items with these class labels; None = every item with a label map.
+        series: only items of these series (``ingestion.series``, e.g. FLAIR); None = all.
     """
 
     enabled: bool = False
@@ -85,6 +86,7 @@ class VolumeConfig:
     max_lesions_per_item: int = 3
     fill: float = -1.0
     labels: tuple[str, ...] | None = None
+    series: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.size_vox) != 3 or any(int(n) < 4 for n in self.size_vox):
@@ -257,8 +259,7 @@ def extract_volumes(
         one row per crop (``VOLUME_COLUMNS``).
     """
     check_no_leakage(split_table)
-    volumes = [r for r in manifest.itertuples() if r.kind == "volume"
-               and (config.labels is None or r.label in config.labels)]
+    volumes = selected_volumes(manifest, config.labels, config.series, "extraction.volumes")
     unmasked = [r.item_id for r in volumes if not r.has_mask]
     if unmasked:
         logger.warning("extraction.volumes: %d volume(s) without a label map left out, e.g. %s", len(unmasked),

@@ -3,6 +3,7 @@ check (``synthmed.parameters``) reads it before any node runs."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -26,8 +27,16 @@ class IngestionConfig:
     strict: bool = False
     max_rejection_rate: float = 0.2
     workers: int | None = None
+    # Series (contrast) name -> words that name it; the first name with a word in the text wins.
+    series: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name, words in self.series.items():
+            if not name or not words or any(not _WORD.fullmatch(w) for w in words):
+                raise ValueError(
+                    f"ingestion.series.{name or '<empty>'} must be a non-empty list of words (letters and digits "
+                    f"only, matched case-insensitively against the words of a series description or file name), "
+                    f"got {list(words)!r}.")
         unknown = sorted(set(self.formats) - set(FORMATS))
         if unknown:
             raise ValueError(f"ingestion.formats has unknown format(s) {unknown}; valid: {list(FORMATS)}.")
@@ -48,3 +57,20 @@ class IngestionConfig:
             raise ValueError(
                 f"ingestion.max_pixels and max_file_mb must be positive, got {self.max_pixels} and {self.max_file_mb}."
             )
+
+    def series_of(self, *texts: str) -> str:
+        """The series name whose words occur in ``texts``, or "" when none does.
+
+        ``texts`` are a DICOM series' Series Description and Protocol Name, or a file's name:
+        they are split into words (runs of letters and digits, case-insensitive), and the
+        first entry of ``series`` (in configuration order) with one of its words among them
+        names the series. "AX T2 FLAIR" is FLAIR when FLAIR comes before T2w.
+        """
+        words = {w.lower() for text in texts for w in _WORD.findall(text or "")}
+        for name, wanted in self.series.items():
+            if any(w.lower() in words for w in wanted):
+                return name
+        return ""
+
+
+_WORD = re.compile(r"[A-Za-z0-9]+")

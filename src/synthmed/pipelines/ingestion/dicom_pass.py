@@ -130,6 +130,9 @@ class DicomScan:
         class_label: the SOP class keyword or name ("" when the file could not be parsed).
         reason, detail: the rejection, or an ignored reason (``non_image``); "" when usable.
         deid: the de-identification of an image file (its copy is ``<stem>.dcm``), else None.
+        description: Series Description and Protocol Name of an image file, read before
+            de-identification removes them; ingestion matches it against ``ingestion.series``
+            and keeps only the series name it finds, never the text.
     """
 
     path: str
@@ -141,6 +144,7 @@ class DicomScan:
     reason: str = ""
     detail: str = ""
     deid: DeidOutcome | None = None
+    description: str = ""
 
     def load(self) -> tuple[pydicom.Dataset, np.ndarray]:
         """The header and the decoded pixels the worker left in the spill folder."""
@@ -216,13 +220,15 @@ def scan_dicom_file(root: Path, rel: str, size: int, max_pixels: int, spill_dir:
         # One instance must make an item on its own (multi-frame geometry, colour shape).
         decode_dicom_series([ds], max_pixels=max_pixels, pixels=[pixels])
         record = dicom_record(rel, ds, blob, dicom_patient_identity(ds), dicom_class)
+        description = " ".join(str(ds.get(keyword, "") or "") for keyword in ("SeriesDescription", "ProtocolName"))
         np.save(f"{stem}.npy", pixels, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - one file never stops the run (see as_read_error)
         error = as_read_error(exc)
         return DicomScan(rel, class_label=class_label, reason=error.reason, detail=error.detail)
     # Last: de-identification consumes the dataset (no deep copy), so nothing may read it after.
     deid = deidentify_copy(ds, key, deid_config, Path(f"{stem}.dcm"))
-    return DicomScan(rel, record=record, spilled=str(stem), encoding=encoding, class_label=class_label, deid=deid)
+    return DicomScan(rel, record=record, spilled=str(stem), encoding=encoding, class_label=class_label, deid=deid,
+                     description=description)
 
 
 @dataclass(frozen=True)

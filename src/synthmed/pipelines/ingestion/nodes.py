@@ -71,11 +71,11 @@ logger = logging.getLogger(__name__)
 
 INVENTORY_COLUMNS = ["source_path", "format", "role", "size_bytes", "reason", "detail"]
 MANIFEST_COLUMNS = [
-    "item_id", "patient_key", "format", "kind", "modality", "label", "shape", "spacing_mm",
+    "item_id", "patient_key", "format", "kind", "modality", "label", "series", "shape", "spacing_mm",
     "source_dtype", "n_files", "has_mask", "source_paths", "mask_path", "source_sha256", "mask_sha256",
 ]
 REJECTED_COLUMNS = ["source_path", "format", "reason", "detail"]
-LABEL_COLUMNS = ["path", "label", "modality", "patient"]
+LABEL_COLUMNS = ["path", "label", "modality", "patient", "series"]
 _DICOM_HEAD_BYTES = 132
 KNOWN_SUFFIXES = RASTER_SUFFIXES + NIFTI_SUFFIXES + DICOM_SUFFIXES
 
@@ -144,7 +144,7 @@ def inventory_sources(raw_sources: SourceFolder, params: dict[str, Any]) -> pd.D
 
 
 def read_label_table(raw_sources: SourceFolder, params: dict[str, Any]) -> pd.DataFrame:
-    """The labels table (``path, label[, modality][, patient]``), or an empty one.
+    """The labels table (``path, label[, modality][, patient][, series]``), or an empty one.
 
     Raises:
         ValueError: the configured table is missing, lacks ``path``/``label`` columns, or
@@ -163,12 +163,12 @@ def read_label_table(raw_sources: SourceFolder, params: dict[str, Any]) -> pd.Da
     if missing:
         raise ValueError(
             f"{config.labels_csv} needs columns 'path' and 'label' (optional: 'modality', "
-            f"'patient'); missing {sorted(missing)}, found {list(table.columns)}."
+            f"'patient', 'series'); missing {sorted(missing)}, found {list(table.columns)}."
         )
     duplicated = table["path"][table["path"].duplicated()].tolist()
     if duplicated:
         raise ValueError(f"{config.labels_csv} lists {len(duplicated)} path(s) twice, e.g. row for {duplicated[0]!r}.")
-    for column in ("modality", "patient"):
+    for column in ("modality", "patient", "series"):
         if column not in table.columns:
             table[column] = ""
     unknown = sorted(set(table["path"]) - set(raw_sources.files))
@@ -218,7 +218,13 @@ class ItemLoader:
 
 
 def _metadata(rel: str, family: str, labels: Mapping[str, Mapping[str, str]],
-              config: IngestionConfig) -> dict[str, str]:
+              config: IngestionConfig, description: str | None = None) -> dict[str, str]:
+    """An item's label, patient, modality and series (the labels table first, then the rules).
+
+    The series is the labels table's ``series``, else the ``ingestion.series`` name matched in
+    ``description`` (a DICOM series' description and protocol name) or, without one, in the
+    file's name.
+    """
     row = labels.get(rel, {})
     parts = rel.split("/")
     if row.get("label"):
@@ -234,7 +240,8 @@ def _metadata(rel: str, family: str, labels: Mapping[str, Mapping[str, str]],
     else:
         patient = strip_suffix(rel)
     modality = row.get("modality") or config.default_modality.get(family, "OT")
-    return {"label": label, "patient": patient, "modality": modality}
+    series = row.get("series") or config.series_of(rel.rsplit("/", 1)[-1] if description is None else description)
+    return {"label": label, "patient": patient, "modality": modality, "series": series}
 
 
 def _manifest_row(item_id: str, patient_key: str, family: str, decoded: Decoded, meta: Mapping[str, str],
@@ -246,6 +253,7 @@ def _manifest_row(item_id: str, patient_key: str, family: str, decoded: Decoded,
         "kind": decoded.kind,
         "modality": meta["modality"],
         "label": meta["label"],
+        "series": meta["series"],
         "shape": format_shape(decoded.array.shape),
         "spacing_mm": format_spacing(decoded.spacing),
         "source_dtype": decoded.source_dtype,
@@ -446,7 +454,7 @@ def read_dicom_items(
             continue
         identity = group[0]
         decoded = series.decoded()
-        meta = _metadata(paths[0], "dicom", lookup, config)
+        meta = _metadata(paths[0], "dicom", lookup, config, scans[paths[0]].description)
         meta["modality"] = decoded.modality or meta["modality"]
         loader = ItemLoader(raw_sources, "dicom", paths, series.sha256, None, None, config.max_pixels,
                             Path(series.array_path), spill)

@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 AUDIT_COLUMNS = ["item_id", "format", "n_files", "actions", "quarantined", "reason"]
 QUARANTINE_COLUMNS = ["item_id", "format", "reason"]
 MANIFEST_COLUMNS = [
-    "item_id", "patient_key", "format", "kind", "modality", "label", "shape", "spacing_mm", "has_mask",
+    "item_id", "patient_key", "format", "kind", "modality", "label", "series", "shape", "spacing_mm", "has_mask",
     "foreground_bbox",
 ]
 _NIFTI_MAX_PIXELS = 2**40  # size was already checked at ingestion
@@ -288,6 +288,8 @@ def preprocess_items(
         rows.append({
             "item_id": item.item_id, "patient_key": item.patient_key, "format": item.format,
             "kind": item.kind, "modality": item.modality, "label": item.label,
+            # A manifest written before ingestion recorded series has none: "" (no series known).
+            "series": getattr(item, "series", ""),
             "shape": format_shape(shape),
             "spacing_mm": format_spacing(spacing),
             "has_mask": bool(item.has_mask),
