@@ -11,7 +11,8 @@ draws 32 images per class and prints:
 
 It saves a PNG of the first 10 images of each class under ``--out``, to look at: pair figures
 say whether images repeat, not whether they show anatomy. The settings of conf/base's DCGAN
-(TTUR, no DiffAugment, 2000 steps) were chosen with it (benchmarks/RESULTS.md, "DCGAN settings").
+(TTUR, no DiffAugment; 2000 steps, 3000 since the 30-subject FLAIR cohort) were chosen with it
+(benchmarks/RESULTS.md, "DCGAN settings").
 
     PYTHONPATH=src:benchmarks python benchmarks/dcgan_settings_probe.py --name base
     PYTHONPATH=src:benchmarks python benchmarks/dcgan_settings_probe.py --name radford --steps 1000 \\
