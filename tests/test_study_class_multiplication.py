@@ -182,8 +182,13 @@ def test_study_nodes_end_to_end(cohort, params):
     assert "sheet.html" in kit and not any("synthetic" in str(v) for k, v in kit.items() if k.endswith(".csv"))
     table, html, grid, metrics = nodes.write_class_multiplication_report(summary, utility, detectability, gate, key,
                                                                          arrays, synthetic, params)
-    assert table["kind"].tolist() == ["ours", "ours", "floor", "reference", "ours", "reference", "ours", "reference",
-                                      "ours", "published"]
+    assert table["kind"].tolist() == ["ours", "ours", "floor", "ours", "reference", "reference", "ours", "reference",
+                                      "ours", "reference", "ours", "published"]
+    # the lesion signal: the synthetic lesion slices' and the real ones', each against the real normal slices
+    signal = table[table["row"].str.contains("lesion signal")].set_index("kind")["lesion_signal_auc"]
+    assert signal["ours"] == pytest.approx(metrics["lesion_signal.auc"])
+    assert signal["reference"] == pytest.approx(metrics["lesion_signal.auc_real"])
+    assert metrics["lesion_signal.auc_n"] == metrics["lesion_signal.n_normal"] + 16  # x2 synthetic lesion slices
     assert set(summary["added"]) == {cm.ADDED_SYNTHETIC, cm.ADDED_DUPLICATES}
     f1 = summary[(summary["score"] == "f1.lesion") & (summary["mode"] == "real+synthetic")]
     copies = f1[f1["added"] == cm.ADDED_DUPLICATES]

@@ -47,6 +47,8 @@ def test_defaults_are_the_papers_and_needed_conditions():
         ({"beta2": -0.1}, r"beta2 must be a number in \[0, 1\), got -0.1"),
         ({"grad_clip_norm": -1.0}, r"grad_clip_norm must be a number > 0 or null, got -1.0"),
         ({"discriminator_learning_rate": 0.0}, r"discriminator_learning_rate must be a number > 0 or null, got 0.0"),
+        ({"discriminator_conditioning": "concat"}, r"discriminator_conditioning must be one of \['label_map', "
+                                                   r"'projection'\], got 'concat'"),
     ],
 )
 def test_invalid_config_values_are_named(overrides, message):
@@ -180,3 +182,23 @@ def test_unconditional_sample_refuses_labels():
     assert _draw(models, config).shape == (3, 1, 16, 16)
     with pytest.raises(ValueError, match=r"num_classes=0\) does not support Conditions \['labels'\]"):
         _draw(models, config, torch.zeros(3, dtype=torch.long))
+
+
+def test_the_projection_discriminator_scores_the_class_by_an_inner_product_with_its_pooled_features():
+    config = dcgan.Config(**TINY, discriminator_conditioning="projection")
+    discriminator = dcgan.build(config, 0)["discriminator"].eval()  # eval: batch norm fixed, rows independent
+    assert discriminator.label_map is None and discriminator.net[0].in_channels == 1  # no label channel
+    images = torch.rand(3, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        per_label = torch.stack([discriminator(images, torch.full((3,), label)) for label in range(3)])
+        assert (per_label[0] - per_label[1]).abs().min() > 0  # the class moves every logit
+        pooled = discriminator.net(images).sum(dim=(2, 3))  # (3, C)
+        # the difference between two classes' logits is <project(a) - project(b), pooled features>
+        expected = ((discriminator.project.weight[0] - discriminator.project.weight[1]) * pooled).sum(dim=1)
+        assert torch.allclose(per_label[0] - per_label[1], expected, atol=1e-5)
+    # it trains like the label-map discriminator
+    models = dcgan.build(config, 0)
+    batch = {"images": torch.rand(4, 1, 16, 16) * 2 - 1, "labels": torch.tensor([0, 1, 2, 0])}
+    before = models["discriminator"].project.weight.detach().clone()
+    dcgan.train_step(models, dcgan.make_optimizers(models, config), batch, config, _context())
+    assert not torch.equal(before, models["discriminator"].project.weight)

@@ -16,7 +16,9 @@ with ``num_classes > 0``, conditioned on a class label as in Mirza & Osindero 20
 
 Conditioning (Mirza & Osindero): the generator sees ``[z, embed(label)]``; the
 discriminator sees the image with one extra channel, ``Linear(embed(label))`` reshaped to
-``H x W`` (a learned label map), so every layer of D can relate the class to the content.
+``H x W`` (a learned label map), so every layer of D can relate the class to the content;
+or (``discriminator_conditioning: projection``, Miyato & Koyama 2018) D adds to its logit
+the inner product of a class embedding with its sum-pooled last features.
 """
 
 from __future__ import annotations
@@ -100,20 +102,24 @@ class Discriminator(nn.Module):
 
     The generator mirrored: Conv(4, stride 2) + BatchNorm + LeakyReLU(0.2) halving H and W
     down to 4x4 (no batch norm on the first layer), then Conv(4, stride 1) to one logit.
-    Conditional: a learned label map ``Linear(embed(label)) -> (B, 1, H, W)`` is an extra
-    input channel.
+    Conditional, ``label_map``: a learned label map ``Linear(embed(label)) -> (B, 1, H, W)`` is
+    an extra input channel. ``projection``: the logit gains ``<project(label), sum of the last
+    features over the 4x4 positions>`` (Miyato & Koyama 2018, eq. 3).
     """
 
     def __init__(self, config: Config) -> None:
         super().__init__()
         n = _levels(config)
         self.image_size = config.image_size
-        if config.conditional:
+        self.embed, self.label_map, self.project = None, None, None
+        label_channel = config.conditional and config.discriminator_conditioning == "label_map"
+        if label_channel:
             self.embed = nn.Embedding(config.num_classes, config.label_embedding_dim)
             self.label_map = nn.Linear(config.label_embedding_dim, config.image_size**2)
-        else:
-            self.embed, self.label_map = None, None
-        in_channels = config.channels + (1 if config.conditional else 0)
+        elif config.conditional:
+            self.project = nn.Embedding(config.num_classes, _width(config, n - 1))
+            nn.init.normal_(self.project.weight, 0.0, 0.02)  # as the convolutions (dcgan_init skips embeddings)
+        in_channels = config.channels + (1 if label_channel else 0)
         layers: list[nn.Module] = []
         for level in range(n):  # H / 2**(level+1), _width(level) channels
             norm = level > 0  # no batch norm on the discriminator input layer (sec. 3)
@@ -132,11 +138,15 @@ class Discriminator(nn.Module):
             label_map = self.label_map(self.embed(labels)).view(-1, 1, side, side)  # (B, 1, H, W)
             images = torch.cat([images, label_map.to(images.dtype)], dim=1)  # (B, channels + 1, H, W)
         features = self.net(images)  # (B, C, 4, 4)
+        projected = None
+        if self.project is not None:  # <embed(y), phi(x)>, phi: sum pooling over the 4x4 positions
+            projected = (self.project(labels).to(features.dtype) * features.sum(dim=(2, 3))).sum(dim=1)  # (B,)
         if self.minibatch_std:
             # Karras et al. 2018 sec. 3: the mean over features of the batch std, as a channel.
             spread = features.float().std(dim=0, unbiased=False).mean().to(features.dtype)
             features = torch.cat([features, spread.expand(features.shape[0], 1, *features.shape[2:])], dim=1)
-        return self.head(features).flatten()  # (B,)
+        logits = self.head(features).flatten()  # (B,)
+        return logits if projected is None else logits + projected
 
 
 # ----------------------------------------------------------------------------- 3. build

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from synthmed.core.validation import is_int, is_number
 
 MIN_IMAGE_SIZE = 16
+DISCRIMINATOR_CONDITIONING = ("label_map", "projection")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class Config:
             train D at 4e-4 and G at 1e-4); None = ``learning_rate``.
         beta1, beta2: Adam momentum terms (0.5 "helped stabilize training", sec. 4).
         label_embedding_dim: size of the learned class embedding (conditional only).
+        discriminator_conditioning: how D sees the class (conditional only). ``label_map``: a
+            learned ``H x W`` map of the label as an extra input channel. ``projection``: the
+            projection discriminator of Miyato & Koyama 2018 (https://arxiv.org/abs/1802.05637),
+            logit = head(features) + <embed(label), sum-pooled features>, so D scores how well
+            the image's features match its class, not only how real it looks.
         diff_augment: apply DiffAugment (Zhao et al. 2020: brightness, contrast, translation
             by up to 1/8, cutout of 1/2) to real and fake images alike before D; with a few
             hundred training images, D otherwise memorises them and G collapses.
@@ -50,6 +56,7 @@ class Config:
     beta1: float = 0.5
     beta2: float = 0.999
     label_embedding_dim: int = 16
+    discriminator_conditioning: str = "label_map"
     grad_clip_norm: float | None = None
     diff_augment: bool = True
     minibatch_std: bool = True
@@ -67,6 +74,9 @@ class Config:
             raise ValueError(
                 f"dcgan num_classes must be an integer >= 0 (0 = unconditional), got {self.num_classes!r}."
             )
+        if self.discriminator_conditioning not in DISCRIMINATOR_CONDITIONING:
+            raise ValueError(f"dcgan discriminator_conditioning must be one of {list(DISCRIMINATOR_CONDITIONING)}, "
+                             f"got {self.discriminator_conditioning!r}.")
         if not is_number(self.learning_rate) or self.learning_rate <= 0:
             raise ValueError(f"dcgan learning_rate must be a number > 0, got {self.learning_rate!r}.")
         if self.discriminator_learning_rate is not None and (

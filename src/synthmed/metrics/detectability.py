@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -108,8 +109,10 @@ def _out_of_fold_scores(first: torch.Tensor, second: torch.Tensor, config: Detec
     return scores[0], scores[1]
 
 
-def _bootstrap(negatives: np.ndarray, positives: np.ndarray, config: DetectabilityConfig,
-               rng: np.random.Generator) -> tuple[float, float]:
+def bootstrap_auc(negatives: np.ndarray, positives: np.ndarray, config: DetectabilityConfig | Any,
+                  rng: np.random.Generator) -> tuple[float, float]:
+    """Percentile interval of ``auc`` over ``config.resamples`` draws (each side resampled apart) at
+    ``config.level`` (any config with those two fields)."""
     picks_neg = rng.integers(0, len(negatives), size=(config.resamples, len(negatives)))
     picks_pos = rng.integers(0, len(positives), size=(config.resamples, len(positives)))
     values = auc(negatives[picks_neg], positives[picks_pos])
@@ -153,7 +156,7 @@ def detectability_scores(real: torch.Tensor, synthetic: torch.Tensor, config: De
                                                    synthetic[torch.as_tensor(fake_pick)], config, rng,
                                                    f"detectability: real vs {what}")
     value = float(auc(real_scores, fake_scores))
-    low, high = _bootstrap(real_scores, fake_scores, config, rng)
+    low, high = bootstrap_auc(real_scores, fake_scores, config, rng)
     out = {"detectability_auc": value, "detectability_auc_low": low, "detectability_auc_high": high,
            "detectability_auc_n": float(n)}
     # The floor: two disjoint real sets of the same size (n when the split holds 2n, else halves).
@@ -163,7 +166,7 @@ def detectability_scores(real: torch.Tensor, synthetic: torch.Tensor, config: De
         first, second = np.sort(order[:half]), np.sort(order[half:2 * half])
         a, b = _out_of_fold_scores(real[torch.as_tensor(first)], real[torch.as_tensor(second)], config, rng,
                                    "detectability floor: real vs real")
-        low, high = _bootstrap(a, b, config, rng)
+        low, high = bootstrap_auc(a, b, config, rng)
         out |= {"detectability_auc_floor": float(auc(a, b)), "detectability_auc_floor_low": low,
                 "detectability_auc_floor_high": high, "detectability_auc_floor_n": float(half)}
     logger.info("detectability of %s: AUC %.3f [%.3f, %.3f] (n=%d per side)%s", what, value,

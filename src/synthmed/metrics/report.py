@@ -248,6 +248,11 @@ def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:
         rows.append(("detectability AUC (a classifier telling synthetic from real; 0.5 = it cannot)",
                      with_interval(metrics, "detectability_auc"), with_interval(metrics, "detectability_auc_floor"),
                      "", metrics.get("detectability_auc_n")))
+    if "lesion_signal_auc" in metrics:
+        rows.append(("lesion signal AUC (bright-spot score, lesion-class vs normal images; second column: the "
+                     "held-out real slices, the most it can reach; 0.5 = no sign of the lesions)",
+                     with_interval(metrics, "lesion_signal_auc"), with_interval(metrics, "lesion_signal_auc_real"),
+                     "", metrics.get("lesion_signal_auc_n")))
     for name in ("mse", "ssim", "psnr"):
         if f"paired_{name}" in metrics:
             rows.append((f"paired {name.upper()} vs the real image of the same mask",

@@ -53,9 +53,11 @@ READER_KIT_DIR = "data/08_reporting/studies/class_multiplication/reader_kit"
 READER_KEY_PATH = "data/08_reporting/studies/class_multiplication/reader_key/answer_key.csv"
 SCORE_COMMAND = f"python -m synthmed.metrics.reader_study score --key {READER_KEY_PATH} answers/*.csv"
 # The table's columns: the published figure's (anatomically_correct), then the machine measurements.
-METRICS = ("anatomically_correct", "detectability_auc", "f1_lesion", "f1_lesion_delta", "flagged_fraction")
+METRICS = ("anatomically_correct", "detectability_auc", "lesion_signal_auc", "f1_lesion", "f1_lesion_delta",
+           "flagged_fraction")
 METRIC_LABELS = {"anatomically_correct": "judged anatomically correct (readers)",
-                 "detectability_auc": "detectability AUC", "f1_lesion": "lesion F1",
+                 "detectability_auc": "detectability AUC", "lesion_signal_auc": "lesion signal AUC",
+                 "f1_lesion": "lesion F1",
                  "f1_lesion_delta": "lesion F1 - real", "flagged_fraction": "fraction flagged (gate)"}
 UTILITY_MODES = ("real", "real+synthetic")
 # What the classifier's "real+synthetic" mode adds to the real training slices: the ddpm's lesion slices, or
@@ -121,6 +123,7 @@ class StudyEvaluation:
             the reader kit's real slices.
         utility: ``synthmed.metrics.utility.UtilityConfig`` keys (modes: real, real+synthetic).
         detectability: ``synthmed.metrics.detectability.DetectabilityConfig`` keys.
+        lesion_signal: ``synthmed.metrics.lesion_signal.LesionSignalConfig`` keys.
         memorisation: ``synthmed.privacy.memorisation.GateConfig`` keys (``use_features`` false by default).
         reader_kit: ``ReaderKit`` keys.
         level: confidence level of the fraction flagged (Clopper-Pearson).
@@ -131,6 +134,7 @@ class StudyEvaluation:
     test_splits: tuple[str, ...] = ("validation", "test")
     utility: Mapping[str, Any] = field(default_factory=dict)
     detectability: Mapping[str, Any] = field(default_factory=dict)
+    lesion_signal: Mapping[str, Any] = field(default_factory=dict)
     memorisation: Mapping[str, Any] = field(default_factory=dict)
     reader_kit: ReaderKit = field(default_factory=ReaderKit)
     level: float = 0.95
@@ -309,6 +313,22 @@ def detectability_rows(scores: Mapping[str, float]) -> list[StudyRow]:
             _summary("detectability_auc", scores["detectability_auc_floor"], scores["detectability_auc_floor_low"],
                      scores["detectability_auc_floor_high"], scores["detectability_auc_floor_n"]),
             "two disjoint halves of the real training lesion slices: what the test reaches by chance at this N"))
+    return rows
+
+
+def lesion_signal_rows(scores: Mapping[str, float]) -> list[StudyRow]:
+    """The lesion signal of the synthetic lesion slices and of the real ones, each against the real training
+    normal slices (``synthmed.metrics.lesion_signal.lesion_signal``'s keys); none when not measured."""
+    rows = []
+    for suffix, label, kind, source in (
+            ("", "machine: lesion signal AUC, synthetic lesion vs real normal slices", "ours",
+             "AUC of the bright-spot score (lesions are the brightest FLAIR tissue): 0.5 = no sign of lesions"),
+            ("_real", "machine: lesion signal AUC, real lesion vs real normal slices", "reference",
+             "the same score on the real training lesion slices: what it reaches where the lesions are real")):
+        key = f"lesion_signal_auc{suffix}"
+        if key in scores:
+            rows.append(StudyRow(label, kind, _summary("lesion_signal_auc", scores[key], scores[f"{key}_low"],
+                                                       scores[f"{key}_high"], scores[f"{key}_n"]), source))
     return rows
 
 

@@ -42,6 +42,8 @@ from synthmed.metrics.features import (
     at_size,
     feature_network,
 )
+from synthmed.metrics.lesion_signal import LesionSignalConfig
+from synthmed.metrics.lesion_signal import lesion_signal as _lesion_signal
 from synthmed.metrics.reader_study import build_reader_kit as _reader_kit
 from synthmed.metrics.report import number, render_report
 from synthmed.metrics.steps_sweep import SWEEP_COLUMNS, sweep_metrics
@@ -109,6 +111,7 @@ class EvaluationConfig:
     fidelity: Mapping[str, Any] = field(default_factory=dict)
     utility: Mapping[str, Any] = field(default_factory=dict)
     detectability: Mapping[str, Any] = field(default_factory=dict)
+    lesion_signal: Mapping[str, Any] = field(default_factory=dict)
     memorisation: Mapping[str, Any] = field(default_factory=dict)
     figures: Mapping[str, Any] = field(default_factory=dict)
     reader_kit: Mapping[str, Any] = field(default_factory=dict)
@@ -142,6 +145,10 @@ def utility_config(params: Mapping[str, Any]) -> UtilityConfig:
 
 def detectability_config(params: Mapping[str, Any]) -> DetectabilityConfig:
     return _with_fit(DetectabilityConfig, params, "evaluation.detectability")
+
+
+def lesion_signal_config(params: Mapping[str, Any]) -> LesionSignalConfig:
+    return from_params(LesionSignalConfig, params, "evaluation.lesion_signal")
 
 
 def finite(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -426,6 +433,16 @@ def detectability(evaluation: EvaluationSet, config: DetectabilityConfig) -> dic
                                        what=f"{evaluation.family} samples"))
 
 
+def lesion_signal(evaluation: EvaluationSet, config: LesionSignalConfig) -> dict[str, float]:
+    """The lesion signal (``synthmed.metrics.lesion_signal``) of the family's samples by the class they
+    were drawn for, beside the same on the held-out real split; empty when disabled or when the
+    source has no such classes."""
+    held_out, synthetic = evaluation.held_out, evaluation.synthetic
+    return finite(_lesion_signal((held_out.images.numpy(), held_out.labels.numpy()),
+                                 (synthetic.images.numpy(), synthetic.labels.numpy()),
+                                 evaluation.class_names, config))
+
+
 def gate_embedding(network: Callable[[torch.Tensor], torch.Tensor],
                    train_features: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """``network`` centred on the training images' mean feature, for the gate's cosine similarity.
@@ -687,6 +704,7 @@ def compare_families(results: Sequence[FamilyResult]) -> tuple[pd.DataFrame, Fig
             "paired_ssim": f.get("paired_ssim"), "paired_psnr": f.get("paired_psnr"), "paired_mse": f.get("paired_mse"),
             "detectability_auc": f.get("detectability_auc"),
             "detectability_auc_floor": f.get("detectability_auc_floor"),
+            "lesion_signal_auc": f.get("lesion_signal_auc"), "lesion_signal_auc_real": f.get("lesion_signal_auc_real"),
             "utility_real_balanced_accuracy": _utility_value(u, "real", "balanced_accuracy"),
             "utility_synthetic_balanced_accuracy": _utility_value(u, "synthetic", "balanced_accuracy"),
             "utility_real_synthetic_delta": _utility_value(u, "real+synthetic", "balanced_accuracy", "delta_vs_real"),

@@ -52,12 +52,14 @@ def prepare_evaluation(
 
 
 def fidelity_scores(evaluation: EvaluationSet, params: dict[str, Any]) -> dict[str, float]:
-    """FID/KID with intervals beside real-vs-real floors, PRDC, diversity, paired metrics, and the
-    detectability AUC (a classifier telling synthetic from real) beside its real-vs-real floor."""
+    """FID/KID with intervals beside real-vs-real floors, PRDC, diversity, paired metrics, the
+    detectability AUC (a classifier telling synthetic from real) beside its real-vs-real floor, and
+    the lesion signal (does the lesion class carry the lesion's mark) beside the real split's."""
     config = protocol.evaluation_config(params)
     fidelity = from_params(protocol.FidelityConfig, config.fidelity, "evaluation.fidelity")
-    return protocol.fidelity_scores(evaluation, fidelity) | protocol.detectability(
-        evaluation, protocol.detectability_config(config.detectability))
+    return (protocol.fidelity_scores(evaluation, fidelity)
+            | protocol.detectability(evaluation, protocol.detectability_config(config.detectability))
+            | protocol.lesion_signal(evaluation, protocol.lesion_signal_config(config.lesion_signal)))
 
 
 def memorisation_scores(evaluation: EvaluationSet,

@@ -237,6 +237,20 @@ def score_class_detectability(arrays: dict[str, np.ndarray], synthetic: dict[str
     return {k: float(v) for k, v in scores.items() if np.isfinite(v)}
 
 
+def _lesion_signal(arrays: dict[str, np.ndarray], fake: np.ndarray,
+                   config: cm.ClassMultiplicationConfig) -> dict[str, float]:
+    """The lesion signal (``synthmed.metrics.lesion_signal``): the real training lesion slices and the synthetic
+    ones, each against the real training normal slices."""
+    from synthmed.metrics.lesion_signal import LesionSignalConfig, lesion_signal
+
+    signal = from_params(LesionSignalConfig, config.evaluation.lesion_signal, f"{WHERE}.evaluation.lesion_signal")
+    rows = _rows(arrays, config.train_split)
+    real = (np.asarray(arrays["images"][rows], dtype=np.float32), np.asarray(arrays["labels"][rows]))
+    normal = real[0][real[1] == cm.NORMAL]
+    synthetic = (np.concatenate([normal, fake]), np.r_[np.full(len(normal), cm.NORMAL), np.full(len(fake), cm.LESION)])
+    return lesion_signal(real, synthetic, cm.CLASS_NAMES, signal)
+
+
 def build_class_reader_kit(arrays: dict[str, np.ndarray], synthetic: dict[str, np.ndarray],
                            params: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
     """The blinded reader kit (``synthmed.metrics.reader_study``): synthetic lesion slices and real lesion slices
@@ -275,8 +289,10 @@ def write_class_multiplication_report(utility_summary: pd.DataFrame, utility: di
     n_train = {"real": int(utility["n_train_real"])}
     n_train |= {cm.factor_key(f): int(utility["n_train_real"] + utility[f"{cm.factor_key(f)}.n_synthetic"])
                 for f in summaries}
+    lesion_signal = _lesion_signal(arrays, fake, config)
     rows = [cm.reader_row(n_kit["synthetic"], n_kit["real"]), *cm.detectability_rows(detectability),
-            *cm.utility_rows(summaries, n_train=n_train), *cm.gate_row(gate, evaluation.level)]
+            *cm.lesion_signal_rows(lesion_signal), *cm.utility_rows(summaries, n_train=n_train),
+            *cm.gate_row(gate, evaluation.level)]
     table = cm.study_frame(rows, cm.published_rows(config.published), level=evaluation.level)
     # No two synthetic images alike: the most similar pair, beside the real training lesion slices' own.
     similar = {"synthetic": cm.pairwise_similarity(fake), "real": cm.pairwise_similarity(real_lesion)}
@@ -294,6 +310,7 @@ def write_class_multiplication_report(utility_summary: pd.DataFrame, utility: di
     html = render_study_page(title="synthmed study: class multiplication", sections=[section])
     metrics = {**{f"utility.{k}": v for k, v in utility.items()},
                **{f"detectability.{k}": v for k, v in detectability.items()},
+               **{f"lesion_signal.{k.removeprefix('lesion_signal_')}": v for k, v in lesion_signal.items()},
                **{f"gate.{k}": v for k, v in gate.items()}, **diversity,
                "n_synthetic": float(len(fake)), "n_real_train_lesion": float(len(real_lesion)),
                "reader_kit.real": float(n_kit["real"]), "reader_kit.synthetic": float(n_kit["synthetic"])}
