@@ -81,3 +81,24 @@ def test_the_report_prints_the_signal_beside_the_real_splits():
     row = fidelity_table(metrics).set_index("metric").filter(like="lesion signal", axis=0).iloc[0]
     assert "0.61" in row["synthetic vs real"] and "0.91" in row["floor: real vs real (halves)"]
     assert fidelity_table({}).metric.str.contains("lesion signal").sum() == 0
+
+
+def test_the_evaluation_compares_the_samples_with_the_split_the_family_learnt_from():
+    import torch
+
+    from synthmed.protocols.evaluation import EvaluationSet, Split
+    from synthmed.protocols.evaluation import lesion_signal as protocol_signal
+
+    labels = np.r_[np.zeros(30), np.ones(20)].astype(int)
+
+    def split(images: np.ndarray) -> Split:
+        return Split(torch.from_numpy(images), torch.from_numpy(labels), np.arange(len(labels)), torch.zeros(0, 0))
+
+    trained_on = split(np.concatenate([_brains(30, 1), _brains(20, 2, spot=0.6)]))  # lesions bright
+    unseen = split(np.concatenate([_brains(30, 3), _brains(20, 4)]))  # no lesion visible
+    evaluation = EvaluationSet(family="dcgan", source="slices", class_names=NAMES, network=None,
+                               reference=trained_on, held_out=unseen, test=unseen, synthetic=unseen,
+                               provenance=None, paired=None, neighbours=None)
+    out = protocol_signal(evaluation, CONFIG)
+    assert out["lesion_signal_auc_real"] > 0.95  # the reference (train) split, not the held-out one
+    assert out["lesion_signal_auc"] < 0.75

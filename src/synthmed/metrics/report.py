@@ -250,7 +250,7 @@ def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:
                      "", metrics.get("detectability_auc_n")))
     if "lesion_signal_auc" in metrics:
         rows.append(("lesion signal AUC (bright-spot score, lesion-class vs normal images; second column: the "
-                     "held-out real slices, the most it can reach; 0.5 = no sign of the lesions)",
+                     "real slices it learnt from, what a faithful copy reaches; 0.5 = no sign of the lesions)",
                      with_interval(metrics, "lesion_signal_auc"), with_interval(metrics, "lesion_signal_auc_real"),
                      "", metrics.get("lesion_signal_auc_n")))
     for name in ("mse", "ssim", "psnr"):

@@ -435,10 +435,11 @@ def detectability(evaluation: EvaluationSet, config: DetectabilityConfig) -> dic
 
 def lesion_signal(evaluation: EvaluationSet, config: LesionSignalConfig) -> dict[str, float]:
     """The lesion signal (``synthmed.metrics.lesion_signal``) of the family's samples by the class they
-    were drawn for, beside the same on the held-out real split; empty when disabled or when the
+    were drawn for, beside the same on the real split the family learnt from (the reference: what a
+    generator that drew its training slices exactly would reach); empty when disabled or when the
     source has no such classes."""
-    held_out, synthetic = evaluation.held_out, evaluation.synthetic
-    return finite(_lesion_signal((held_out.images.numpy(), held_out.labels.numpy()),
+    reference, synthetic = evaluation.reference, evaluation.synthetic
+    return finite(_lesion_signal((reference.images.numpy(), reference.labels.numpy()),
                                  (synthetic.images.numpy(), synthetic.labels.numpy()),
                                  evaluation.class_names, config))
 
