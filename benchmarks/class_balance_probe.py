@@ -35,7 +35,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from scipy import ndimage  # noqa: E402
 
 from gate_diagnose import SLICES, parameters  # noqa: E402
 from synthmed.core.config import from_params  # noqa: E402
@@ -43,6 +42,8 @@ from synthmed.datasets.array_store import ArrayStoreDataset  # noqa: E402
 from synthmed.generators.base import Conditions, SamplerSpec  # noqa: E402
 from synthmed.generators.registry import config_from_params, get_family  # noqa: E402
 from synthmed.generators.training import ArrayBatches, TrainingConfig, train  # noqa: E402
+from synthmed.metrics.lesion_signal import LesionSignalConfig  # noqa: E402
+from synthmed.metrics.lesion_signal import lesion_contrast as contrast_of  # noqa: E402
 
 N = 32
 
@@ -58,14 +59,11 @@ def pair_correlations(images: torch.Tensor) -> dict[str, float]:
 
 
 def lesion_contrast(images: torch.Tensor, label_maps: torch.Tensor, lesion: int) -> dict[str, float]:
-    """``(lesion mean - ring mean) / brain std`` per image with a lesion of >= 3 px: mean and median."""
-    values = []
-    for image, labels in zip(images[:, 0].numpy(), label_maps[:, 0].numpy(), strict=True):
-        inside = labels == lesion
-        if inside.sum() < 3:
-            continue
-        ring = ndimage.binary_dilation(inside, iterations=3) & ~inside & (labels > 0)
-        values.append((image[inside].mean() - image[ring].mean()) / (image[labels > 0].std() + 1e-6))
+    """The evaluation's lesion contrast (``synthmed.metrics.lesion_signal``) per image with a lesion of
+    >= 3 px: mean and median."""
+    config = LesionSignalConfig(mask_label=lesion, ring_px=3, min_lesion_px=3)
+    values = contrast_of(images.numpy(), label_maps.numpy(), config)
+    values = values[np.isfinite(values)]
     return {"mean": round(float(np.mean(values)), 3), "median": round(float(np.median(values)), 3),
             "images": len(values)}
 

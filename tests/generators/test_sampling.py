@@ -23,11 +23,12 @@ def ddpm():
 
 
 def _real(n: int = 4) -> dict[str, np.ndarray]:
+    """``n`` real rows of every class in turn (axial, coronal, sagittal, axial, ...)."""
     rng = np.random.default_rng(0)
     masks = np.zeros((n, 1, 16, 16), np.uint8)
     masks[:, :, 4:10, 4:10] = 1
     return {"images": rng.uniform(-1, 1, (n, 1, 16, 16)).astype(np.float32), "masks": masks,
-            "labels": np.zeros(n, np.int64)}
+            "labels": np.arange(n, dtype=np.int64) % len(CLASSES)}
 
 
 def _plan(rows):
@@ -69,6 +70,39 @@ def test_inpainting_keeps_the_known_region(ddpm):
     real = _real()
     result = generate_from_plan(spec, config, models, _plan([("inpaint", "axial", 2, "inside_mask")]), CLASSES,
                                 SamplerSpec("ddim", steps=2), seed=0, batch_size=2, checkpoint="x", real=real,
-                                real_indices=np.arange(2))
-    outside = real["masks"][:2] == 0
-    np.testing.assert_allclose(result.images[outside], real["images"][:2][outside], atol=1e-6)
+                                real_indices=np.array([0, 3]))  # the axial rows
+    outside = real["masks"][[0, 3]] == 0
+    np.testing.assert_allclose(result.images[outside], real["images"][[0, 3]][outside], atol=1e-6)
+
+
+def test_a_labelled_mask_row_conditions_on_that_class_only(ddpm):
+    """``{condition: mask, label: X}`` takes the masks of X's rows, in order and in turn; no label takes
+    every row's and each image keeps its source's class."""
+    spec, _, _ = ddpm
+    config = config_from_params("ddpm", {**TINY["ddpm"], "conditioning": ["mask"]})  # rows without a label
+    models = spec.build(config, 0).eval()
+    real = _real(6)  # labels 0 1 2 0 1 2
+    order = np.array([5, 4, 3, 2, 1, 0])
+    plan = _plan([("mask", "axial", 3, ""), ("mask", "sagittal", 2, ""), ("mask", "", 3, "")])
+    result = generate_from_plan(spec, config, models, plan, CLASSES, SamplerSpec("ddim", steps=1), seed=0,
+                                batch_size=4, checkpoint="x", real=real, real_indices=order)
+    sources = result.provenance["source_index"].tolist()
+    assert sources[:3] == [3, 0, 3]  # axial rows 3 and 0 (the order given), then again
+    assert sources[3:5] == [5, 2]  # sagittal
+    assert sources[5:] == [5, 4, 3]  # no label: every row, from the front
+    assert result.labels.tolist() == [0, 0, 0, 2, 2, 2, 1, 0]
+    np.testing.assert_array_equal(result.labels, real["labels"][sources])
+
+
+def test_a_labelled_mask_row_without_such_rows_names_the_class_and_counts(ddpm):
+    spec, _, _ = ddpm
+    config = config_from_params("ddpm", {**TINY["ddpm"], "conditioning": ["mask"]})
+    models = spec.build(config, 0).eval()
+    real = _real(6)
+    with pytest.raises(ValueError, match=r"row 0: no 'coronal' rows among the 2 real rows .*'axial': 1, "
+                                         r"'coronal': 0, 'sagittal': 1"):
+        generate_from_plan(spec, config, models, _plan([("mask", "coronal", 1, "")]), CLASSES, SamplerSpec("ddim", 1),
+                           seed=0, batch_size=1, checkpoint="x", real=real, real_indices=np.array([0, 2]))
+    with pytest.raises(ValueError, match=r"row 0: class 'lesion' is unknown"):
+        generate_from_plan(spec, config, models, _plan([("mask", "lesion", 1, "")]), CLASSES, SamplerSpec("ddim", 1),
+                           seed=0, batch_size=1, checkpoint="x", real=real, real_indices=np.arange(6))

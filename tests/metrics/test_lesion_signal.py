@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from synthmed.metrics.lesion_signal import LesionSignalConfig, lesion_signal, spot_scores
+from synthmed.metrics.lesion_signal import (
+    LesionSignalConfig,
+    lesion_contrast,
+    lesion_signal,
+    paired_lesion_contrast,
+    spot_scores,
+)
 from synthmed.metrics.report import fidelity_table
 
 CONFIG = LesionSignalConfig(resamples=200)
@@ -68,19 +74,23 @@ def test_no_numbers_when_disabled_or_the_classes_are_not_the_sources():
     ("foreground", 1.5, "foreground must be in"),
     ("lesion_class", "normal", "must differ"),
     ("resamples", 2, "resamples must be"),
+    ("mask_label", 0, "mask_label must be"),
+    ("ring_px", 0, "ring_px must be"),
+    ("min_lesion_px", 1.5, "min_lesion_px must be"),
 ])
 def test_bad_settings_are_named(field, value, message):
     with pytest.raises(ValueError, match=f"evaluation.lesion_signal.*{message}"):
         LesionSignalConfig(**{field: value})
 
 
-def test_the_report_prints_the_signal_beside_the_real_splits():
-    metrics = {"lesion_signal_auc": 0.61, "lesion_signal_auc_low": 0.5, "lesion_signal_auc_high": 0.7,
-               "lesion_signal_auc_n": 64.0, "lesion_signal_auc_real": 0.91, "lesion_signal_auc_real_low": 0.85,
-               "lesion_signal_auc_real_high": 0.95}
-    row = fidelity_table(metrics).set_index("metric").filter(like="lesion signal", axis=0).iloc[0]
-    assert "0.61" in row["synthetic vs real"] and "0.91" in row["floor: real vs real (halves)"]
-    assert fidelity_table({}).metric.str.contains("lesion signal").sum() == 0
+@pytest.mark.parametrize(("name", "row"), [("lesion_signal_auc", "lesion signal"),
+                                           ("lesion_contrast", "lesion contrast")])
+def test_the_report_prints_the_synthetic_figure_beside_the_real_one(name, row):
+    metrics = {name: 0.61, f"{name}_low": 0.5, f"{name}_high": 0.7, f"{name}_n": 64.0, f"{name}_real": 0.91,
+               f"{name}_real_low": 0.85, f"{name}_real_high": 0.95}
+    shown = fidelity_table(metrics).set_index("metric").filter(like=row, axis=0).iloc[0]
+    assert "0.61" in shown["synthetic vs real"] and "0.91" in shown["floor: real vs real (halves)"]
+    assert fidelity_table({}).metric.str.contains(row).sum() == 0
 
 
 def test_the_evaluation_compares_the_samples_with_the_split_the_family_learnt_from():
@@ -102,3 +112,87 @@ def test_the_evaluation_compares_the_samples_with_the_split_the_family_learnt_fr
     out = protocol_signal(evaluation, CONFIG)
     assert out["lesion_signal_auc_real"] > 0.95  # the reference (train) split, not the held-out one
     assert out["lesion_signal_auc"] < 0.75
+
+
+CONTRAST = LesionSignalConfig(resamples=200, mask_label=4)
+
+
+def _maps(n: int, side: int = 32, lesion_px: int = 4) -> np.ndarray:
+    """Label maps: tissue (3) in a disc, a ``lesion_px`` square of lesion (4) near the centre of each."""
+    y, x = np.mgrid[:side, :side]
+    maps = np.zeros((n, 1, side, side), dtype=np.int64)
+    maps[:, 0][:, (y - side / 2) ** 2 + (x - side / 2) ** 2 < (side / 2.5) ** 2] = 3
+    c = side // 2 - lesion_px // 2
+    maps[:, 0, c:c + lesion_px, c:c + lesion_px] = 4
+    return maps
+
+
+def _drawn(maps: np.ndarray, brightness: float, seed: int) -> np.ndarray:
+    """Noisy tissue on a -1 background with the lesion label ``brightness`` above it."""
+    rng = np.random.default_rng(seed)
+    images = np.where(maps > 0, rng.normal(0.0, 0.1, maps.shape), -1.0)
+    return (images + brightness * (maps == 4)).astype(np.float32)
+
+
+def test_the_lesion_contrast_is_high_where_the_lesion_is_drawn_and_zero_where_it_is_not():
+    maps = _maps(6)
+    bright, flat = lesion_contrast(_drawn(maps, 0.5, 0), maps, CONTRAST), lesion_contrast(_drawn(maps, 0.0, 1), maps,
+                                                                                          CONTRAST)
+    assert (bright > 3).all() and (np.abs(flat) < 0.5).all()
+    # a lesion below min_lesion_px, or none, gives no value; a wrong-sized map is named
+    tiny = _maps(2, lesion_px=1)
+    assert np.isnan(lesion_contrast(_drawn(tiny, 0.5, 2), tiny, CONTRAST)).all()
+    with pytest.raises(ValueError, match=r"images of \(16, 16\) pixels but label maps of \(32, 32\)"):
+        lesion_contrast(np.zeros((6, 1, 16, 16)), maps, CONTRAST)
+
+
+def test_the_paired_contrast_puts_the_samples_beside_the_real_images_of_the_same_maps():
+    maps = np.concatenate([_maps(20), _maps(4, lesion_px=1)])  # the last 4: lesions too small, left out
+    real = _drawn(maps, 0.5, 3)
+    faint = paired_lesion_contrast(_drawn(maps, 0.1, 4), real, maps, CONTRAST)
+    assert faint["lesion_contrast_n"] == faint["lesion_contrast_real_n"] == 20
+    assert faint["lesion_contrast_real_low"] <= faint["lesion_contrast_real"] <= faint["lesion_contrast_real_high"]
+    assert faint["lesion_contrast_high"] < faint["lesion_contrast_real_low"]  # drawn at a fifth of the real contrast
+    assert faint["lesion_contrast_low"] > 0  # but drawn
+    undrawn = paired_lesion_contrast(_drawn(maps, 0.0, 5), real, maps, CONTRAST)
+    assert undrawn["lesion_contrast_low"] < 0 < undrawn["lesion_contrast_high"]
+    assert paired_lesion_contrast(real, real, maps, CONFIG) == {}  # mask_label null: no contrast
+    assert paired_lesion_contrast(real, real, np.minimum(maps, 3), CONTRAST) == {}  # no lesion in any map
+
+
+def test_the_evaluation_measures_the_contrast_on_mask_samples_at_their_own_size_and_reports_it():
+    import pandas as pd
+    import torch
+
+    from synthmed.protocols.evaluation import EvaluationSet, Split, label_maps_at, prepare_evaluation
+    from synthmed.protocols.evaluation import lesion_signal as protocol_signal
+
+    # prepare_evaluation keeps the samples' own 32 px (the evaluation size is 16) with each one's real image and map
+    maps = _maps(8).astype(np.uint8)
+    store = {"images": _drawn(maps.astype(np.int64), 0.5, 6), "masks": maps, "labels": np.array([0, 1] * 4)}
+    manifest = pd.DataFrame({"index": np.arange(8), "split": ["train"] * 4 + ["validation"] * 2 + ["test"] * 2,
+                             "class_id": [0, 1] * 4, "label": ["normal", "lesion"] * 4})
+    samples = {"images": _drawn(maps[[5, 4]].astype(np.int64), 0.1, 7), "labels": np.ones(2, dtype=np.int64)}
+    provenance = pd.DataFrame({"index": [0, 1], "condition": "mask", "source_index": [5, 4]})
+
+    from synthmed.metrics.features import ClassifierConfig, ConvClassifier, TrainedClassifier
+    from synthmed.protocols import evaluation as protocol
+
+    encoder = TrainedClassifier(ConvClassifier(ClassifierConfig(channels=1, num_classes=2, image_px=16, width=2,
+                                                                feature_dim=4)), NAMES)
+    config = protocol.EvaluationConfig(sources={"slices": {"image_px": 16}}, encoder={})
+    prepared = prepare_evaluation("pix2pix", samples, provenance, "slices", store, manifest, encoder, config)
+    pairs = prepared.paired_maps
+    assert pairs.synthetic.shape == pairs.real.shape == (2, 1, 32, 32)
+    np.testing.assert_array_equal(pairs.real, store["images"][[5, 4]])
+    np.testing.assert_array_equal(pairs.label_maps, label_maps_at(store, np.array([5, 4]), 32))
+    out = protocol_signal(prepared, CONTRAST)
+    assert out["lesion_contrast"] < out["lesion_contrast_real"] / 2 and out["lesion_contrast_n"] == 2
+
+    # class samples have no maps: no contrast
+    labels = np.zeros(2, dtype=int)
+    split = Split(torch.zeros(2, 1, 8, 8), torch.from_numpy(labels), np.arange(2), torch.zeros(0, 0))
+    plain = EvaluationSet(family="dcgan", source="slices", class_names=NAMES, network=None, reference=split,
+                          held_out=split, test=split, synthetic=split, provenance=None, paired=None, neighbours=None)
+    assert "lesion_contrast" not in protocol_signal(plain, CONTRAST)
+

@@ -90,3 +90,21 @@ def test_the_grid_draws_a_ring_around_each_outlined_region_and_none_elsewhere():
     assert sorted(rings) == [7, 8, 9]
     for vertices in rings.values():  # the 2x2 lesion covers pixels 6-7: the ring runs 2 px outside it
         assert vertices.min() == 3.5 and vertices.max() == 9.5
+
+
+def test_the_paired_figure_shows_only_maps_with_an_outlined_region_ringed_on_both_rows():
+    from synthmed.metrics.report_figures import paired_outlines
+
+    store, manifest = _cohort(16)
+    outlines = store["masks"] == 4  # rows 1, 3, 5 hold the lesion
+    figure = paired_outlines(store["images"], -store["images"], outlines, count=6, rng=np.random.default_rng(0),
+                             title="t", groups=manifest["patient_key"].to_numpy(dtype=object))
+    shown = [axis for axis in figure.axes if axis.images]
+    assert len(shown) == 6  # 3 maps x (real, synthetic), not 6 maps
+    assert all(axis.collections for axis in shown)  # every panel rings its lesion
+    top = {round(float(axis.images[0].get_array().mean()), 4) for axis in figure.axes[:3]}
+    expected = {round(float(((store["images"][i, 0] + 1) / 2).mean()), 4) for i in (1, 3, 5)}
+    assert top == expected  # the real row holds the lesion rows' real slices
+    empty = paired_outlines(store["images"], store["images"], np.zeros_like(outlines), count=6,
+                            rng=np.random.default_rng(0), title="t")
+    assert not [axis for axis in empty.axes if axis.images] and "no map holds one" in empty._suptitle.get_text()

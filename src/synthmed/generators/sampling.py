@@ -4,10 +4,14 @@ A plan row asks for ``count`` images of one kind:
 
 - ``condition: class``, ``label``: class-conditional images of that class;
 - ``condition: mask``: images for real structure masks (taken in order from ``real``; a
-  volume family takes the real label map with the mask, ``real["label_maps"]``);
+  volume family takes the real label map with the mask, ``real["label_maps"]``); with a
+  ``label``, only the masks of that class's rows (``real["labels"]``), each class's rows in
+  turn, so a plan can ask for 32 lesion and 32 normal label maps of a split where lesions
+  are rare; without one, every row's, each image taking its source's class;
 - ``condition: inpaint`` with ``case``: ``inside_mask`` (regenerate the masked structure of
   a real image, keep the rest), ``outside_box`` (keep a central box, regenerate around it),
   ``new_lesion`` (place the mask of one real image into another real image, regenerate it);
+  a ``label`` chooses the rows as for masks;
 - ``condition: unconditional``.
 
 The plan is expanded in row order and generated in batches of ``batch_size``; batch ``b``
@@ -323,21 +327,44 @@ def _resized(array: np.ndarray, size: int, mode: str) -> torch.Tensor:
     return torch.nn.functional.interpolate(tensor[None], size=size, mode=mode)[0]
 
 
+def _class_rows(real: Mapping[str, np.ndarray], real_indices: np.ndarray, row: Mapping, number: int,
+                class_names: Sequence[str]) -> np.ndarray:
+    """The rows of ``real_indices`` a mask or inpainting plan row draws from: all of them without a
+    ``label``, else those of that class (in the same order), so ``{condition: mask, label: lesion}``
+    conditions on the lesion slices' masks."""
+    if not row["label"] or "labels" not in real:
+        return real_indices
+    if row["label"] not in class_names:
+        raise ValueError(f"sampling plan row {number}: class {row['label']!r} is unknown; expected one of "
+                         f"{list(class_names)} (or no label: masks of every class).")
+    labels = np.asarray(real["labels"])[real_indices]
+    rows = real_indices[labels == class_names.index(row["label"])]
+    if not len(rows):
+        counts = {name: int((labels == k).sum()) for k, name in enumerate(class_names)}
+        raise ValueError(f"sampling plan row {number}: no {row['label']!r} rows among the {len(real_indices)} "
+                         f"real rows it conditions on (per class: {counts}); give the row no label or choose "
+                         f"another sampling.real_split.")
+    return rows
+
+
 def _expand(plan: pd.DataFrame, class_names: Sequence[str], real: Mapping[str, np.ndarray] | None,
             real_indices: np.ndarray, size: int, dims: int = 2) -> list[dict]:
     """One request per image, in plan order, with its conditioning tensors (``dims`` spatial sides)."""
-    requests, cursor = [], 0
-    for row in plan.to_dict("records"):
+    requests, cursors = [], {}
+    for number, row in enumerate(plan.to_dict("records")):
+        pool = real_indices
+        if row["condition"] in ("mask", "inpaint"):
+            if real is None or len(real_indices) == 0:
+                raise ValueError(f"{row['condition']} rows need real masks/images, but none were given.")
+            pool = _class_rows(real, real_indices, row, number, class_names)
         for _ in range(int(row["count"])):
             request = {"condition": row["condition"], "label": row["label"], "case": row["case"] or "",
                        "class_id": class_names.index(row["label"]) if row["label"] in class_names else 0,
                        "source_index": -1}
             if row["condition"] in ("mask", "inpaint"):
-                if real is None or len(real_indices) == 0:
-                    raise ValueError(f"{row['condition']} rows need real masks/images, but none were given.")
-                j = int(real_indices[cursor % len(real_indices)])
-                other = int(real_indices[(cursor + 1) % len(real_indices)])
-                cursor += 1
+                cursor = cursors.get(row["label"], 0)
+                j, other = int(pool[cursor % len(pool)]), int(pool[(cursor + 1) % len(pool)])
+                cursors[row["label"]] = cursor + 1
                 mask = _resized(np.asarray(real["masks"][j]) > 0, size, "nearest")
                 image = _resized(real["images"][j], size, "area")
                 request.update(mask=mask, source_index=j)

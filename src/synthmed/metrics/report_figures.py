@@ -87,6 +87,35 @@ def spread_choice(pool: np.ndarray, groups: np.ndarray | None, count: int, rng: 
     return pool[order[np.argsort(rank, kind="stable")[:count]]]
 
 
+def paired_outlines(real: np.ndarray, synthetic: np.ndarray, outlines: np.ndarray, *, count: int,
+                    rng: np.random.Generator, title: str, groups: np.ndarray | None = None) -> Figure:
+    """Samples drawn from real label maps under the real image of the same map, the outlined region
+    (a lesion) ringed on both: is it drawn where the map puts it, as the real slice shows it?
+
+    Args:
+        real, synthetic: ``(N, C, H, W)`` float in [-1, 1], aligned (row i: one map).
+        outlines: ``(N, 1, H, W)`` bool; only rows with an outlined region are shown, up to
+            ``count``, drawn with ``rng`` one per group (patient) first.
+    """
+    pool = np.flatnonzero(np.asarray(outlines).reshape(len(outlines), -1).any(axis=1))
+    chosen = spread_choice(pool, None if groups is None else groups[pool], count, rng)
+    columns = max(len(chosen), 1)
+    figure, axes = plt.subplots(2, columns, figsize=(1.2 * columns + 0.4, 2.9), squeeze=False)
+    for k, i in enumerate(chosen):
+        ring = ndimage.binary_dilation(outlines[i, 0], iterations=OUTLINE_GAP)
+        for row, images in enumerate((real, synthetic)):
+            axes[row, k].imshow(_display(images[i]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            axes[row, k].contour(ring, levels=[0.5], colors="red", linewidths=0.5)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for row, label in enumerate(("real,\nsame map", "synthetic")):
+        axes[row, 0].text(-0.1, 0.5, label, transform=axes[row, 0].transAxes, rotation=90, va="center", ha="right",
+                          fontsize=7)
+    figure.suptitle(title + ("" if len(chosen) else " (no map holds one)"), fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
 def nearest_pairs(synthetic: np.ndarray, reference: np.ndarray, neighbour: np.ndarray, similarity: np.ndarray,
                   flagged: np.ndarray, *, count: int, title: str) -> Figure:
     """The ``count`` samples most similar to a training image, each above its nearest training image.

@@ -595,10 +595,11 @@ def lesion_contrast_sd(residual: np.ndarray, label_map: np.ndarray, lesion_mask:
     noisy texture (0: not at all; a real FLAIR lesion of the cohort: see ``floor_lesion_contrast_sd``).
 
     Args:
-        residual: ``(D, H, W)`` `tissue_residual` of the volume.
+        residual: ``(D, H, W)`` `tissue_residual` of the volume (or one slice ``(H, W)``, with
+            ``spacing_mm`` of two: ``synthmed.metrics.lesion_signal`` passes a 2D sample's intensities).
         label_map: its integer labels (the cohort's: CSF 1, grey 2, white 3, lesion 4), same shape.
         lesion_mask: 0/1 mask of the lesion, same shape.
-        spacing_mm: voxel size (D, H, W).
+        spacing_mm: voxel size (D, H, W), or (H, W).
         shell_mm: width of the ring of surrounding tissue (> 0).
 
     Returns:

@@ -42,7 +42,7 @@ from synthmed.metrics.features import (
     at_size,
     feature_network,
 )
-from synthmed.metrics.lesion_signal import LesionSignalConfig
+from synthmed.metrics.lesion_signal import LesionSignalConfig, paired_lesion_contrast
 from synthmed.metrics.lesion_signal import lesion_signal as _lesion_signal
 from synthmed.metrics.reader_study import build_reader_kit as _reader_kit
 from synthmed.metrics.report import number, render_report
@@ -196,6 +196,24 @@ class GridImages:
     outline_labels: tuple[int, ...] = ()
 
 
+def label_maps_at(store: Mapping[str, np.ndarray], rows: np.ndarray, size: int) -> np.ndarray:
+    """The label maps of ``rows`` ``(N, 1, size, size)`` int64, resized by nearest neighbour as sampling
+    resized the maps it conditioned on."""
+    values = torch.as_tensor(np.asarray(label_map_array(store)[rows], dtype=np.float32))
+    values = torch.nn.functional.interpolate(values, size=size, mode="nearest").numpy()
+    return np.rint(values).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class PairedMaps:
+    """Samples drawn from real label maps at their own size, with the real image and the map of each
+    (the lesion contrast: ``synthmed.metrics.lesion_signal``)."""
+
+    synthetic: np.ndarray  # (N, C, S, S) float32 in [-1, 1]
+    real: np.ndarray  # (N, C, S, S): the real image of each sample's map
+    label_maps: np.ndarray  # (N, 1, S, S) int64
+
+
 def grid_images(samples: Mapping[str, np.ndarray], synthetic_labels: np.ndarray, provenance: pd.DataFrame,
                 store: Mapping[str, np.ndarray], manifest: pd.DataFrame, reference: Split,
                 outline_labels: Sequence[int]) -> GridImages:
@@ -218,12 +236,9 @@ def grid_images(samples: Mapping[str, np.ndarray], synthetic_labels: np.ndarray,
         synthetic_groups[conditioned] = patient_keys(manifest, source[conditioned])
     real_outlines = synthetic_outlines = None
     if outline_labels and ("masks" in store or "label_maps" in store):
-        maps = label_map_array(store)
 
         def outlined(rows: np.ndarray) -> np.ndarray:
-            values = torch.as_tensor(np.asarray(maps[rows], dtype=np.float32))
-            values = torch.nn.functional.interpolate(values, size=size, mode="nearest").numpy()
-            return np.isin(np.rint(values).astype(np.int64), list(outline_labels))
+            return np.isin(label_maps_at(store, rows, size), list(outline_labels))
 
         real_outlines = outlined(reference.ids)
         if conditioned.any():
@@ -258,6 +273,7 @@ class EvaluationSet:
     checkpoint_images: torch.Tensor | None = None
     checkpoint_provenance: pd.DataFrame | None = None
     grid: GridImages | None = None  # the report grid's images (None: drawn from the evaluation-size splits)
+    paired_maps: PairedMaps | None = None  # mask-conditional samples at their own size with their maps
 
 
 def _neighbour_pairs(manifest: pd.DataFrame, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -332,11 +348,18 @@ def prepare_evaluation(
         earlier = at_size(np.asarray(checkpoint_samples["images"], dtype=np.float32), source.image_px)
     reference = split(source.reference_split)
     grid = grid_images(samples, labels, provenance, store, manifest, reference, source.outline_labels)
+    paired_maps = None
+    if paired is not None and ("masks" in store or "label_maps" in store):
+        native = np.asarray(samples["images"], dtype=np.float32)
+        size = native.shape[-1]
+        paired_maps = PairedMaps(native, at_size(np.asarray(store["images"][source_index], dtype=np.float32),
+                                                 size).numpy(), label_maps_at(store, source_index, size))
     return EvaluationSet(family, source_name, names, network, reference,
                          split(source.held_out_split), split(source.test_split), synthetic,
                          provenance.reset_index(drop=True), paired,
                          (network(neighbours[0]), network(neighbours[1])) if neighbours else None,
-                         earlier, None if earlier is None else checkpoint_provenance.reset_index(drop=True), grid)
+                         earlier, None if earlier is None else checkpoint_provenance.reset_index(drop=True), grid,
+                         paired_maps)
 
 
 # ------------------------------------------------------------------ fidelity
@@ -437,11 +460,15 @@ def lesion_signal(evaluation: EvaluationSet, config: LesionSignalConfig) -> dict
     """The lesion signal (``synthmed.metrics.lesion_signal``) of the family's samples by the class they
     were drawn for, beside the same on the real split the family learnt from (the reference: what a
     generator that drew its training slices exactly would reach); empty when disabled or when the
-    source has no such classes."""
+    source has no such classes. For samples drawn from real label maps, with ``mask_label`` set, also
+    the lesion contrast inside the lesion mask beside the real image's of the same map."""
     reference, synthetic = evaluation.reference, evaluation.synthetic
-    return finite(_lesion_signal((reference.images.numpy(), reference.labels.numpy()),
-                                 (synthetic.images.numpy(), synthetic.labels.numpy()),
-                                 evaluation.class_names, config))
+    out = _lesion_signal((reference.images.numpy(), reference.labels.numpy()),
+                         (synthetic.images.numpy(), synthetic.labels.numpy()), evaluation.class_names, config)
+    if evaluation.paired_maps is not None:
+        pairs = evaluation.paired_maps
+        out |= paired_lesion_contrast(pairs.synthetic, pairs.real, pairs.label_maps, config)
+    return finite(out)
 
 
 def gate_embedding(network: Callable[[torch.Tensor], torch.Tensor],
@@ -584,7 +611,9 @@ def utility_scores(evaluation: EvaluationSet, config: UtilityConfig) -> tuple[pd
 
 def family_figures(evaluation: EvaluationSet, memorisation_table: pd.DataFrame,
                    config: FigureConfig) -> tuple[Figure, Figure, Figure, pd.DataFrame, list[tuple[str, bytes]]]:
-    """Real vs synthetic per class, the most similar sample/training pairs, t-SNE per class.
+    """Real vs synthetic per class, the most similar sample/training pairs, t-SNE per class and, for
+    samples drawn from real label maps with outlined regions (Pix2Pix, lesions), the real slice of
+    each map above its sample (``report_figures.paired_outlines``; in the report only).
 
     Returns:
         Three figures, the t-SNE coordinates (``x, y, class, kind``) and the figures as
@@ -622,6 +651,15 @@ def family_figures(evaluation: EvaluationSet, memorisation_table: pd.DataFrame,
             (f"{evaluation.family}: samples most similar to a training image (pixel NCC above each pair)",
              figure_png(nearest)),
             (f"{evaluation.family}: t-SNE of real and synthetic features per class", figure_png(tsne))]
+    if evaluation.paired_maps is not None and grid.synthetic_outlines is not None and grid.synthetic_outlines.any():
+        labels = ", ".join(map(str, grid.outline_labels))
+        paired = report_figures.paired_outlines(
+            evaluation.paired_maps.real, evaluation.paired_maps.synthetic, grid.synthetic_outlines,
+            count=2 * config.per_class, rng=rng, groups=grid.synthetic_groups,
+            title=f"{evaluation.family}: held-out label maps with label {labels} (ringed), the real slice above the "
+                  "sample drawn from its map")
+        pngs.append((f"{evaluation.family}: samples drawn from held-out label maps under the real slice of the same "
+                     f"map, mask label {labels} ringed", figure_png(paired)))
     return side, nearest, tsne, coordinates, pngs
 
 
@@ -706,6 +744,7 @@ def compare_families(results: Sequence[FamilyResult]) -> tuple[pd.DataFrame, Fig
             "detectability_auc": f.get("detectability_auc"),
             "detectability_auc_floor": f.get("detectability_auc_floor"),
             "lesion_signal_auc": f.get("lesion_signal_auc"), "lesion_signal_auc_real": f.get("lesion_signal_auc_real"),
+            "lesion_contrast": f.get("lesion_contrast"), "lesion_contrast_real": f.get("lesion_contrast_real"),
             "utility_real_balanced_accuracy": _utility_value(u, "real", "balanced_accuracy"),
             "utility_synthetic_balanced_accuracy": _utility_value(u, "synthetic", "balanced_accuracy"),
             "utility_real_synthetic_delta": _utility_value(u, "real+synthetic", "balanced_accuracy", "delta_vs_real"),
