@@ -17,6 +17,12 @@ Nothing is saved but a PNG per run (generated row above the real row) under ``--
 
     PYTHONPATH=src python benchmarks/class_balance_probe.py --family dcgan
     PYTHONPATH=src python benchmarks/class_balance_probe.py --family pix2pix --steps 800
+    PYTHONPATH=src python benchmarks/class_balance_probe.py --family pix2pix --balance on \
+        --set lesion_l1_weight=1.0        # model settings over the profile's (repeatable)
+
+For Pix2Pix the contrast is also given for small (under ``--small-px`` pixels at the model's
+size) and large lesions apart, with the count of lesions at a contrast of 1 or more, and the
+mean paired SSIM and PSNR of the generated images against the real ones of the same maps.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from gate_diagnose import SLICES, parameters  # noqa: E402
 from synthmed.core.config import from_params  # noqa: E402
@@ -42,6 +49,7 @@ from synthmed.datasets.array_store import ArrayStoreDataset  # noqa: E402
 from synthmed.generators.base import Conditions, SamplerSpec  # noqa: E402
 from synthmed.generators.registry import config_from_params, get_family  # noqa: E402
 from synthmed.generators.training import ArrayBatches, TrainingConfig, train  # noqa: E402
+from synthmed.metrics.fidelity import paired_metrics  # noqa: E402
 from synthmed.metrics.lesion_signal import LesionSignalConfig  # noqa: E402
 from synthmed.metrics.lesion_signal import lesion_contrast as contrast_of  # noqa: E402
 
@@ -68,6 +76,23 @@ def lesion_contrast(images: torch.Tensor, label_maps: torch.Tensor, lesion: int)
             "images": len(values)}
 
 
+def contrast_by_size(generated: torch.Tensor, real: torch.Tensor, label_maps: torch.Tensor,
+                     args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Median lesion contrast of generated and real images for small and large lesions, and how
+    many of each reach a contrast of 1."""
+    config = LesionSignalConfig(mask_label=args.lesion_label, ring_px=3, min_lesion_px=3)
+    drawn, truth = (contrast_of(images.numpy(), label_maps.numpy(), config) for images in (generated, real))
+    sizes = (label_maps.numpy() == args.lesion_label).sum(axis=(1, 2, 3))
+    out = {}
+    for name, chosen in (("small", sizes < args.small_px), ("large", sizes >= args.small_px)):
+        keep = chosen & np.isfinite(drawn) & np.isfinite(truth)
+        if keep.any():
+            out[name] = {"lesions": int(keep.sum()), "median": round(float(np.median(drawn[keep])), 2),
+                         "real_median": round(float(np.median(truth[keep])), 2),
+                         "at_least_1": int((drawn[keep] >= 1).sum()), "real_at_least_1": int((truth[keep] >= 1).sum())}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=["dcgan", "pix2pix"], default="dcgan")
@@ -76,15 +101,25 @@ def main() -> None:
     parser.add_argument("--rare-label", type=int, default=1, help="stored label of the rare class (lesion: 1)")
     parser.add_argument("--lesion-label", type=int, default=4, help="label-map value of a lesion")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "class_balance_probe")
+    parser.add_argument("--balance", choices=["both", "off", "on"], default="both",
+                        help="train with plain epochs, class-balanced ones or both (default: both)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a model setting over the profile's, its value read as YAML (repeatable)")
+    parser.add_argument("--small-px", type=int, default=20, help="lesions under this many pixels are small")
+    parser.add_argument("--seed", type=int, default=None, help="training seed (default: the profile's)")
     args = parser.parse_args()
 
     params = parameters(args.env)[args.family]
+    for setting in args.set:
+        key, _, value = setting.partition("=")
+        params["model"][key] = yaml.safe_load(value)
     store = ArrayStoreDataset(path=str(SLICES / "arrays")).load()
     manifest = pd.read_csv(SLICES / "manifest.csv", dtype={"patient_key": str, "item_id": str})
     model_config = config_from_params(args.family, params["model"])
     training = from_params(TrainingConfig, params["training"], f"{args.family}.training")
     training = dataclasses.replace(training, checkpoint_every=0, sample_every=0,
-                                   steps=args.steps or training.steps)
+                                   steps=args.steps or training.steps,
+                                   seed=training.seed if args.seed is None else args.seed)
     sampler = from_params(SamplerSpec, params["sampling"]["sampler"], f"{args.family}.sampling.sampler")
     spec = get_family(args.family)
     train_rows = np.sort(manifest.loc[manifest["split"] == "train", "index"].to_numpy())
@@ -104,7 +139,7 @@ def main() -> None:
           f"of label {args.rare_label}; real pairs: {json.dumps(pair_correlations(real))}")
     if args.family == "pix2pix":
         print(f"  real lesion contrast: {json.dumps(lesion_contrast(real, label_maps, args.lesion_label))}")
-    for balance in (False, True):
+    for balance in {"both": (False, True), "off": (False,), "on": (True,)}[args.balance]:
         with tempfile.TemporaryDirectory() as checkpoints:
             tic = time.perf_counter()
             models, _ = train(spec, model_config, dataclasses.replace(training, class_balance=balance),
@@ -115,6 +150,9 @@ def main() -> None:
                 f"pairs {json.dumps(pair_correlations(generated))}")
         if args.family == "pix2pix":
             line += f"; lesion contrast {json.dumps(lesion_contrast(generated, label_maps, args.lesion_label))}"
+            line += f"; by size {json.dumps(contrast_by_size(generated, real, label_maps, args))}"
+            paired = paired_metrics(generated.clamp(-1, 1), real)
+            line += f"; paired SSIM {paired['ssim'].mean().item():.3f}, PSNR {paired['psnr'].mean().item():.2f} dB"
         print(line, flush=True)
         figure, axes = plt.subplots(2, 8, figsize=(12, 3.2))
         for k in range(8):

@@ -165,7 +165,8 @@ TOY_PARAMETERS: dict[str, Any] = {
     "dcgan": {"model": {"num_classes": 3},
               "sampling": {"plan": [{"condition": "class", "label": plane, "count": 32}
                                     for plane in ("axial", "coronal", "sagittal")]}},
-    "pix2pix": {"run": {"source": "patches"}, "model": {"channels": 3, "label_classes": 0, "mask_channels": 1}},
+    "pix2pix": {"run": {"source": "patches"}, "model": {"channels": 3, "label_classes": 0, "mask_channels": 1,
+                                                                 "lesion_l1_weight": 0.0}},
 }
 
 

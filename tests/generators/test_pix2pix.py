@@ -293,3 +293,35 @@ def test_with_label_maps_it_draws_what_each_label_stands_for():
         inside = held_out > 0
         errors[classes] = (drawn - truth).abs()[inside].mean().item()
     assert errors[3] < 0.5 * errors[0], errors
+
+
+def test_lesion_l1_weight_adds_the_l1_over_the_lesion_label_only():
+    """The 2D family's extra L1 over the ``lesion_label`` pixels (pix2pix3d's, on slices): a batch with
+    lesion pixels steps the generator differently; one without is the paper's step, bit for bit."""
+    generator = torch.Generator().manual_seed(0)
+    label_maps = _rectangles(2, 16, generator).long() * 2  # tissue 2
+    label_maps[:, :, 6:9, 6:9] = 3  # a 3x3 lesion (label 3)
+    batch = {"masks": (label_maps > 0).float(), "label_maps": label_maps,
+             "images": torch.where(label_maps == 3, 1.0, torch.where(label_maps > 0, 0.0, -1.0))}
+
+    def one_step(weight: float, data: dict[str, torch.Tensor]):
+        config = pix2pix.Config(**TINY, label_classes=4, mask_channels=4, lesion_label=3, lesion_l1_weight=weight)
+        models = pix2pix.build(config, 0)
+        return models, pix2pix.train_step(models, pix2pix.make_optimizers(models, config), data, config, _context())
+
+    plain, plain_losses = one_step(0.0, batch)
+    focused, losses = one_step(20.0, batch)
+    assert "loss_g_focus" not in plain_losses and 0.0 < losses["loss_g_focus"] <= 2.0
+    assert losses["loss_d"] == plain_losses["loss_d"]  # the D step comes first, unchanged
+    pairs = zip(plain["generator"].parameters(), focused["generator"].parameters())
+    assert any(not torch.equal(a, b) for a, b in pairs)
+    no_lesion = {**batch, "label_maps": torch.where(label_maps == 3, 2, label_maps)}
+    plain, _ = one_step(0.0, no_lesion)
+    focused, losses = one_step(20.0, no_lesion)
+    assert losses["loss_g_focus"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(plain["generator"].parameters(), focused["generator"].parameters()))
+    with pytest.raises(ValueError, match=r"lesion_l1_weight=1.0 needs lesion_label, a label-map value below "
+                                         r"label_classes=4 .* got 4"):
+        pix2pix.Config(**TINY, label_classes=4, mask_channels=4, lesion_label=4, lesion_l1_weight=1.0)
+    with pytest.raises(ValueError, match="lesion_l1_weight must be a number >= 0, got -1"):
+        pix2pix.Config(**TINY, lesion_l1_weight=-1)

@@ -298,9 +298,12 @@ def train_step(
         batch: ``masks`` ``(B, mask_channels, H, W)`` in {0, 1}; ``images`` ``(B, channels,
             H, W)`` in [-1, 1].
 
+    With ``lesion_l1_weight``, ``lambda * lesion_l1_weight`` times the L1 averaged over the
+    ``lesion_label`` pixels of the batch is added (``adversarial_step``'s ``focus``).
+
     Returns:
         ``loss_d`` (halved BCE of D), ``loss_g_adv`` (BCE of D(x, G(x)) against 1) and
-        ``loss_g_l1`` (unweighted L1), as floats.
+        ``loss_g_l1`` (unweighted L1), as floats; with ``lesion_l1_weight`` also ``loss_g_focus``.
     """
     masks = encode_condition(batch["masks"], batch.get("label_maps"), config, "batch")
     images = batch["images"]
@@ -310,7 +313,11 @@ def train_step(
     #    {0, 1} -> x in [-1, 1], the range of the images.
     if config.augment:
         masks, images = augment_pair(masks, images, step.generator)
-    return adversarial_step(models, optimizers, masks * 2.0 - 1.0, images, config, step)
+    if not config.lesion_l1_weight:
+        return adversarial_step(models, optimizers, masks * 2.0 - 1.0, images, config, step)
+    lesion = masks[:, config.lesion_label:config.lesion_label + 1].to(images.dtype)  # its one-hot channel, augmented
+    return adversarial_step(models, optimizers, masks * 2.0 - 1.0, images, config, step,
+                            focus=(lesion, config.lesion_l1_weight))
 
 
 def encode_condition(masks: torch.Tensor | None, label_maps: torch.Tensor | None, config: Config,

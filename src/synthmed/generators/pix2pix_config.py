@@ -44,6 +44,11 @@ class Config:
         grad_clip_norm: clip both networks' gradients to this norm; None = no clipping.
         upsampling: ``transpose`` (the paper's ConvTranspose(4, stride 2) in the decoder) or
             ``resize`` (nearest-neighbour x2 then a 3x3 convolution: no checkerboard texture).
+        lesion_label: with ``label_classes``, the label-map value of a lesion (the cohort's 4),
+            whose pixels ``lesion_l1_weight`` weighs; None: no such label.
+        lesion_l1_weight: weight (times ``lambda_l1``) of an extra L1 term averaged over the
+            ``lesion_label`` pixels of the batch only (``pix2pix3d``'s, on slices): a lesion of a
+            few pixels then weighs as much as this many whole images; 0 = the paper's objective.
     """
 
     image_size: int = 64
@@ -62,6 +67,8 @@ class Config:
     augment: bool = True
     grad_clip_norm: float | None = None
     upsampling: str = "transpose"
+    lesion_label: int | None = None
+    lesion_l1_weight: float = 0.0
 
     def __post_init__(self) -> None:
         check_config(self, "pix2pix")
@@ -71,6 +78,15 @@ class Config:
         if self.label_classes and self.mask_channels != self.label_classes:
             raise ValueError(f"pix2pix mask_channels must equal label_classes ({self.label_classes}: one channel "
                              f"per label value), got {self.mask_channels}.")
+        if self.lesion_label is not None and (not is_int(self.lesion_label) or self.lesion_label < 1):
+            raise ValueError(f"pix2pix lesion_label must be null or a label value >= 1, got {self.lesion_label!r}.")
+        if not is_number(self.lesion_l1_weight) or self.lesion_l1_weight < 0:
+            raise ValueError(f"pix2pix lesion_l1_weight must be a number >= 0, got {self.lesion_l1_weight!r}.")
+        if self.lesion_l1_weight and (self.lesion_label is None or self.lesion_label >= self.label_classes):
+            raise ValueError(f"pix2pix lesion_l1_weight={self.lesion_l1_weight} needs lesion_label, a label-map value "
+                             f"below label_classes={self.label_classes} (the pixels it weighs), got "
+                             f"{self.lesion_label!r}; a binary mask (label_classes 0) has no lesion label: set "
+                             "lesion_l1_weight: 0.")
 
     def needed_conditions(self) -> frozenset[str]:
         """Pix2Pix translates a mask (or, with ``label_classes``, a label map) into an image."""
