@@ -313,11 +313,10 @@ def train_step(
     #    {0, 1} -> x in [-1, 1], the range of the images.
     if config.augment:
         masks, images = augment_pair(masks, images, step.generator)
-    if not config.lesion_l1_weight:
-        return adversarial_step(models, optimizers, masks * 2.0 - 1.0, images, config, step)
-    lesion = masks[:, config.lesion_label:config.lesion_label + 1].to(images.dtype)  # its one-hot channel, augmented
-    return adversarial_step(models, optimizers, masks * 2.0 - 1.0, images, config, step,
-                            focus=(lesion, config.lesion_l1_weight))
+    focus = None
+    if config.lesion_l1_weight:  # the lesion label's one-hot channel, augmented with the image
+        focus = (masks[:, config.lesion_label:config.lesion_label + 1].to(images.dtype), config.lesion_l1_weight)
+    return adversarial_step(models, optimizers, masks * 2.0 - 1.0, images, config, step, focus=focus)
 
 
 def encode_condition(masks: torch.Tensor | None, label_maps: torch.Tensor | None, config: Config,

@@ -254,8 +254,8 @@ def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:
                      with_interval(metrics, "lesion_signal_auc"), with_interval(metrics, "lesion_signal_auc_real"),
                      "", metrics.get("lesion_signal_auc_n")))
     if "lesion_contrast" in metrics:
-        rows.append(("lesion contrast inside the lesion mask ((lesion - ring around it) / tissue std; second "
-                     "column: the real image of the same label map; 0 = no lesion drawn)",
+        rows.append(("lesion contrast inside the lesion mask ((lesion - grey and white matter around it) / that "
+                     "tissue's std; second column: the real image of the same label map; 0 = no lesion drawn)",
                      with_interval(metrics, "lesion_contrast"), with_interval(metrics, "lesion_contrast_real"),
                      "", metrics.get("lesion_contrast_n")))
     for name in ("mse", "ssim", "psnr"):

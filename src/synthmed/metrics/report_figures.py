@@ -51,10 +51,7 @@ def real_vs_synthetic(real: np.ndarray, real_labels: np.ndarray, synthetic: np.n
                 axis = axes[row, k + side * (per_class + 1)]
                 axis.axis("off")
                 if k < len(chosen):
-                    axis.imshow(_display(images[chosen[k]]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-                    if outlines is not None and outlines[chosen[k]].any():
-                        ring = ndimage.binary_dilation(outlines[chosen[k], 0], iterations=OUTLINE_GAP)
-                        axis.contour(ring, levels=[0.5], colors="red", linewidths=0.5)
+                    _ringed(axis, images[chosen[k]], None if outlines is None else outlines[chosen[k], 0])
         axes[row, per_class].axis("off")
         axes[row, 0].set_title(f"{class_names[c] if class_names else ''} real", fontsize=7, loc="left")
         axes[row, per_class + 1].set_title("synthetic", fontsize=7, loc="left")
@@ -64,6 +61,14 @@ def real_vs_synthetic(real: np.ndarray, real_labels: np.ndarray, synthetic: np.n
 
 
 OUTLINE_GAP = 2  # px between a region and the ring drawn around it
+
+
+def _ringed(axis, image: np.ndarray, outline: np.ndarray | None) -> None:
+    """``image`` (C, H, W) in [-1, 1] on ``axis``, with a red ring ``OUTLINE_GAP`` px outside ``outline``."""
+    axis.imshow(_display(image), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    if outline is not None and outline.any():
+        axis.contour(ndimage.binary_dilation(outline, iterations=OUTLINE_GAP), levels=[0.5], colors="red",
+                     linewidths=0.5)
 
 
 def spread_choice(pool: np.ndarray, groups: np.ndarray | None, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -102,10 +107,8 @@ def paired_outlines(real: np.ndarray, synthetic: np.ndarray, outlines: np.ndarra
     columns = max(len(chosen), 1)
     figure, axes = plt.subplots(2, columns, figsize=(1.2 * columns + 0.4, 2.9), squeeze=False)
     for k, i in enumerate(chosen):
-        ring = ndimage.binary_dilation(outlines[i, 0], iterations=OUTLINE_GAP)
         for row, images in enumerate((real, synthetic)):
-            axes[row, k].imshow(_display(images[i]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            axes[row, k].contour(ring, levels=[0.5], colors="red", linewidths=0.5)
+            _ringed(axes[row, k], images[i], outlines[i, 0])
     for axis in axes.ravel():
         axis.axis("off")
     for row, label in enumerate(("real,\nsame map", "synthetic")):

@@ -333,9 +333,10 @@ def prepare_evaluation(
     conditioned = source_index >= 0
     labels[conditioned] = by_index.loc[source_index[conditioned]].to_numpy()
     synthetic = Split(images, torch.as_tensor(labels), provenance["index"].to_numpy(), network(images))
-    paired = None
+    paired = sources = None
     if conditioned.all() and (provenance["condition"].isin(["mask", "inpaint"])).all():
-        paired = at_size(np.asarray(store["images"][source_index], dtype=np.float32), source.image_px)
+        sources = np.asarray(store["images"][source_index], dtype=np.float32)  # the real image of each sample
+        paired = at_size(sources, source.image_px)
     first, second = _neighbour_pairs(manifest, source.reference_split)
     neighbours = None
     if len(first):
@@ -349,11 +350,10 @@ def prepare_evaluation(
     reference = split(source.reference_split)
     grid = grid_images(samples, labels, provenance, store, manifest, reference, source.outline_labels)
     paired_maps = None
-    if paired is not None and ("masks" in store or "label_maps" in store):
+    if sources is not None and ("masks" in store or "label_maps" in store):
         native = np.asarray(samples["images"], dtype=np.float32)
         size = native.shape[-1]
-        paired_maps = PairedMaps(native, at_size(np.asarray(store["images"][source_index], dtype=np.float32),
-                                                 size).numpy(), label_maps_at(store, source_index, size))
+        paired_maps = PairedMaps(native, at_size(sources, size).numpy(), label_maps_at(store, source_index, size))
     return EvaluationSet(family, source_name, names, network, reference,
                          split(source.held_out_split), split(source.test_split), synthetic,
                          provenance.reset_index(drop=True), paired,
