@@ -22,7 +22,9 @@ Nothing is saved but a PNG per run (generated row above the real row) under ``--
 
 For Pix2Pix the contrast is also given for small (under ``--small-px`` pixels at the model's
 size) and large lesions apart, with the count of lesions at a contrast of 1 or more, and the
-mean paired SSIM and PSNR of the generated images against the real ones of the same maps.
+mean paired SSIM and PSNR of the generated images against the real ones of the same maps, and a
+ring profile: the median intensity inside the lesion and in bands of grey and white matter at
+0-1, 1-2, 2-3, 3-6 and over 10 px from it (a bright halo shows as bands above the far tissue).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from gate_diagnose import SLICES, parameters  # noqa: E402
 from synthmed.core.config import from_params  # noqa: E402
@@ -49,6 +52,7 @@ from synthmed.datasets.array_store import ArrayStoreDataset  # noqa: E402
 from synthmed.generators.base import Conditions, SamplerSpec  # noqa: E402
 from synthmed.generators.registry import config_from_params, get_family  # noqa: E402
 from synthmed.generators.training import ArrayBatches, TrainingConfig, train  # noqa: E402
+from synthmed.imaging.labels import GREY, WHITE  # noqa: E402
 from synthmed.metrics.fidelity import paired_metrics  # noqa: E402
 from synthmed.metrics.lesion_signal import LesionSignalConfig  # noqa: E402
 from synthmed.metrics.lesion_signal import lesion_contrast as contrast_of  # noqa: E402
@@ -91,6 +95,27 @@ def contrast_by_size(generated: torch.Tensor, real: torch.Tensor, label_maps: to
                          "real_median": round(float(np.median(truth[keep])), 2),
                          "at_least_1": int((drawn[keep] >= 1).sum()), "real_at_least_1": int((truth[keep] >= 1).sum())}
     return out
+
+
+def ring_profile(images: torch.Tensor, label_maps: torch.Tensor, lesion: int) -> dict[str, float]:
+    """Median over the images with a lesion of >= 3 px of the mean intensity inside the lesion and in
+    bands of grey and white matter at 0-1, 1-2, 2-3, 3-6 and over 10 px from it: a halo around
+    the lesion (perilesional edema, or the blur of downsampling) shows as bands brighter than the
+    far tissue."""
+    bands = {"0-1": (0, 1), "1-2": (1, 2), "2-3": (2, 3), "3-6": (3, 6), "far": (10, np.inf)}
+    rows = []
+    for image, labels in zip(images.numpy()[:, 0], label_maps.numpy()[:, 0]):
+        inside = labels == lesion
+        if inside.sum() < 3:
+            continue
+        distance = ndimage.distance_transform_edt(~inside)
+        tissue = np.isin(labels, (GREY, WHITE))
+        row = {"lesion": float(image[inside].mean())}
+        for name, (low, high) in bands.items():
+            band = tissue & (distance > low) & (distance <= high)
+            row[name] = float(image[band].mean()) if band.sum() > 2 else np.nan
+        rows.append(row)
+    return {key: round(float(np.nanmedian([row[key] for row in rows])), 3) for key in rows[0]} if rows else {}
 
 
 def main() -> None:
@@ -139,6 +164,7 @@ def main() -> None:
           f"of label {args.rare_label}; real pairs: {json.dumps(pair_correlations(real))}")
     if args.family == "pix2pix":
         print(f"  real lesion contrast: {json.dumps(lesion_contrast(real, label_maps, args.lesion_label))}")
+        print(f"  real ring profile: {json.dumps(ring_profile(real, label_maps, args.lesion_label))}")
     for balance in {"both": (False, True), "off": (False,), "on": (True,)}[args.balance]:
         with tempfile.TemporaryDirectory() as checkpoints:
             tic = time.perf_counter()
@@ -151,6 +177,7 @@ def main() -> None:
         if args.family == "pix2pix":
             line += f"; lesion contrast {json.dumps(lesion_contrast(generated, label_maps, args.lesion_label))}"
             line += f"; by size {json.dumps(contrast_by_size(generated, real, label_maps, args))}"
+            line += f"; ring profile {json.dumps(ring_profile(generated, label_maps, args.lesion_label))}"
             paired = paired_metrics(generated.clamp(-1, 1), real)
             line += f"; paired SSIM {paired['ssim'].mean().item():.3f}, PSNR {paired['psnr'].mean().item():.2f} dB"
         print(line, flush=True)

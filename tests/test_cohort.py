@@ -14,11 +14,13 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from scipy import ndimage
 
 from synthmed.core.checksums import sha256_bytes
 from synthmed.core.config import from_params
 from synthmed.core.splits import SPLIT_COLUMNS
 from synthmed.imaging.cohort import (
+    EDEMA,
     GREY,
     LESION,
     SEGMENTS,
@@ -30,6 +32,7 @@ from synthmed.imaging.cohort import (
 )
 from synthmed.imaging.dicom_export import PRIVATE_CREATOR, PRIVATE_GROUP, SegHeader, Segment, segmentation_file
 from synthmed.imaging.extraction import SliceConfig, extract_slices
+from synthmed.imaging.lesions import EDEMA as EDEMA_REGION
 from synthmed.pipelines.sample_cohort.nodes import build_sample_cohort
 from tests.conftest import load_parameters, project_catalog, run
 
@@ -107,6 +110,11 @@ def test_lesions_inside_brain_tissue_and_of_the_requested_radius(config):
             n_lesions += 1
         labels = subject.label_map()
         assert ((labels == LESION) == (subject.lesion_ids > 0)).all()
+        # The edema label: the edema shell, over grey or white matter only, touching its lesion.
+        edema = labels == EDEMA
+        assert (edema == (subject.regions == EDEMA_REGION)).all() and edema.any()
+        assert np.isin(subject.tissue[edema], (GREY, WHITE)).all()
+        assert (ndimage.binary_dilation(labels == LESION, iterations=2) & edema).any()
     assert n_lesions >= 3
 
 
@@ -168,7 +176,8 @@ def test_headers_are_present_and_fictitious(cohort):
         assert seg.Modality == "SEG" and seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
         assert (seg.PatientID, seg.StudyInstanceUID) == (series.PatientID, series.StudyInstanceUID)
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.SeriesInstanceUID
-        assert [s.SegmentLabel for s in seg.SegmentSequence] == ["csf", "grey_matter", "white_matter", "lesion"]
+        assert [s.SegmentLabel for s in seg.SegmentSequence] == [
+            "csf", "grey_matter", "white_matter", "lesion", "edema"]
         assert "NOT CLINICAL DATA" in seg.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)[0x01].value
 
 

@@ -338,12 +338,16 @@ def test_min_visible_volume_is_checked(params):
 def test_place_plan_clears_own_lesions_and_cycles():
     maps = np.full((2, 1, 12, 12, 12), 3, np.uint8)
     maps[0, 0, 1, 1, 1] = 4
+    maps[0, 0, 1, 1, 2] = 5  # its edema
     rows = [LesionPlanRow(count=3, radius_mm=2.0, location=[6, 6, 6])]
     placed, table = place_plan(maps, 1.0, rows, seed=0, clear_label=3)
     assert [r["source"] for r in table] == [0, 1, 0]
     assert placed.shape == (3, 1, 12, 12, 12)
     assert all(int((p == 4).sum()) == r["placed_voxels"] == 33 for p, r in zip(placed, table))
-    assert placed[0, 0, 1, 1, 1] == 3
+    assert placed[0, 0, 1, 1, 1] == placed[0, 0, 1, 1, 2] == 3
+    assert not (placed == 5).any()  # the placed lesion has no edema label
+    kept, _ = place_plan(maps[:1], 1.0, rows[:1], seed=0, clear_label=3, edema_label=None)
+    assert kept[0, 0, 1, 1, 2] == 5
     with pytest.raises(ValueError, match="count"):
         LesionPlanRow(count=0, radius_mm=2.0)
     with pytest.raises(ValueError, match="exactly one of"):

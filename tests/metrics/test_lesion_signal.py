@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from synthmed.metrics.lesion_signal import (
     LesionSignalConfig,
@@ -144,6 +145,22 @@ def test_the_lesion_contrast_is_high_where_the_lesion_is_drawn_and_zero_where_it
     assert np.isnan(lesion_contrast(_drawn(tiny, 0.5, 2), tiny, CONTRAST)).all()
     with pytest.raises(ValueError, match=r"images of \(16, 16\) pixels but label maps of \(32, 32\)"):
         lesion_contrast(np.zeros((6, 1, 16, 16)), maps, CONTRAST)
+
+
+def test_the_lesion_contrast_is_against_the_tissue_beyond_the_edema_label():
+    # A bright edema shell (label 5) around each lesion: with it labelled, the ring is the plain
+    # tissue beyond it and the lesion stands out as much as without the shell; the same shell left
+    # in the tissue label (3) lowers the contrast, because it brightens the ring.
+    maps = _maps(6)
+    lesion = maps[:, 0] == 4
+    shell = ndimage.binary_dilation(lesion, structure=np.ones((1, 3, 3), bool), iterations=2) & ~lesion
+    labelled = maps.copy()
+    labelled[:, 0][shell] = 5
+    images = _drawn(maps, 0.5, 0)
+    images[:, 0][shell] += 0.4
+    against_tissue = lesion_contrast(images, labelled, CONTRAST)
+    assert (against_tissue > 3).all()
+    assert (lesion_contrast(images, maps, CONTRAST) < against_tissue / 2).all()
 
 
 def test_the_paired_contrast_puts_the_samples_beside_the_real_images_of_the_same_maps():

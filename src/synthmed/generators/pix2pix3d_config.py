@@ -24,7 +24,7 @@ class Config:
         channels: channels of the generated volume.
         num_classes: kept for the shared vocabulary; not class-conditional, so 0.
         label_classes: label map values are ``0 .. label_classes - 1`` (the test cohort's:
-            background, CSF, grey matter, white matter, lesion = 5).
+            background, CSF, grey matter, white matter, lesion, edema = 6).
         label_encoding: ``one_hot`` (one input channel per label value) or ``scaled`` (one
             channel, the label value scaled into [-1, 1]: fewer weights, an ordering of the
             labels the network has to undo).

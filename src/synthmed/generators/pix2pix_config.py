@@ -28,7 +28,7 @@ class Config:
             ``label_classes`` > 0, that many (one per label value).
         label_classes: 0: the condition is the binary mask (mask > 0). K > 1: the condition is the
             label map (values 0..K-1; 2D slices carry it as their mask, e.g. the cohort's 0
-            background, 1 CSF, 2 grey matter, 3 white matter, 4 lesion), one-hot encoded into K
+            background, 1 CSF, 2 grey matter, 3 white matter, 4 lesion, 5 edema), one-hot encoded into K
             channels, so the generator is told where each tissue and each lesion is.
         base_channels: width of the first encoder layer (the paper's 64); deeper layers
             double it up to 8x.

@@ -37,6 +37,7 @@ from synthmed.imaging.cohort_config import (  # noqa: F401  (re-exported: the co
     BACKGROUND,
     CONTRASTS,
     CSF,
+    EDEMA,
     GREY,
     LABEL_NAMES,
     LESION,
@@ -47,7 +48,8 @@ from synthmed.imaging.cohort_config import (  # noqa: F401  (re-exported: the co
     ContrastIntensity,
 )
 from synthmed.imaging.dicom_export import SegHeader, Segment, SeriesHeader, segmentation_file, series_files, uid
-from synthmed.imaging.lesions import CORE, EDEMA, RIM, Lesion, lesion_mask, place_lesions
+from synthmed.imaging.lesions import CORE, RIM, Lesion, lesion_mask, place_lesions
+from synthmed.imaging.lesions import EDEMA as EDEMA_REGION
 
 # Heavy libraries are imported on first use: the parameter check imports this module for its
 # configuration without them (synthmed.core.lazy.lazy_import).
@@ -66,8 +68,11 @@ SEGMENTS = [
     Segment(WHITE, LABEL_NAMES[WHITE], Code("85756007", "SCT", "Tissue"), Code("389080008", "SCT", "White Matter")),
     Segment(LESION, LABEL_NAMES[LESION], Code("49755003", "SCT", "Morphologically Altered Structure"),
             Code("52988006", "SCT", "Lesion")),
+    Segment(EDEMA, LABEL_NAMES[EDEMA], Code("49755003", "SCT", "Morphologically Altered Structure"),
+            Code("79654002", "SCT", "Edema")),
 ]
-SEG_ALGORITHM_VERSION = "1"  # of the labelling (tissue thresholds, lesion mask); raise it when that changes
+# Of the labelling (tissue thresholds, lesion mask, edema); raise it when that changes. 2: the edema label.
+SEG_ALGORITHM_VERSION = "2"
 # Synthesis labels of the FLAIR: the tissue labels, then the lesion regions.
 _SYNTH_EDEMA, _SYNTH_RIM, _SYNTH_CORE = 4, 5, 6
 _MARGIN_VOXELS = 4  # background kept around the brain's bounding box (room for the deformation)
@@ -97,8 +102,9 @@ class Subject:
     seconds: float
 
     def label_map(self) -> np.ndarray:
-        """Tissue labels with LESION under the lesion mask (uint8)."""
+        """Tissue labels with LESION under the lesion mask and EDEMA over the edema shell (uint8)."""
         labels = self.tissue.copy()
+        labels[self.regions == EDEMA_REGION] = EDEMA
         labels[lesion_mask(self.regions)] = LESION
         return labels
 
@@ -170,12 +176,12 @@ def synthesize_subject(template: Template, config: CohortConfig, index: int, *, 
         # T1: lesion regions scale the local intensity, softened over a voxel like a partial volume.
         t1_gain = np.ones(t1.shape, dtype=np.float32)
         t1_lesion = config.lesion_intensity["T1w"]
-        for region, value in ((EDEMA, t1_lesion.edema), (RIM, t1_lesion.rim), (CORE, t1_lesion.core)):
+        for region, value in ((EDEMA_REGION, t1_lesion.edema), (RIM, t1_lesion.rim), (CORE, t1_lesion.core)):
             t1_gain[regions == region] = value
         t1 *= ndimage.gaussian_filter(t1_gain, sigma=0.6)
         # FLAIR: one Gaussian intensity per synthesis label, then blurred to the acquisition's smoothness.
         synth = tissue.astype(np.int16)
-        for region, label in ((EDEMA, _SYNTH_EDEMA), (RIM, _SYNTH_RIM), (CORE, _SYNTH_CORE)):
+        for region, label in ((EDEMA_REGION, _SYNTH_EDEMA), (RIM, _SYNTH_RIM), (CORE, _SYNTH_CORE)):
             synth[regions == region] = label
         flair_lesion = config.lesion_intensity["FLAIR"]
         means = [0.0, config.flair_tissue["csf"], config.flair_tissue["grey_matter"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from synthmed.imaging.labels import BACKGROUND, CSF, GREY, LABEL_NAMES, LESION, WHITE  # noqa: F401 (re-exported)
+from synthmed.imaging.labels import BACKGROUND, CSF, EDEMA, GREY, LABEL_NAMES, LESION, WHITE  # noqa: F401 (re-exported)
 from synthmed.imaging.lesions import LesionConfig
 
 CONTRASTS = ("T1w", "FLAIR")

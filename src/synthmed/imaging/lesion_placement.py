@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from synthmed.core.lazy import lazy_import
-from synthmed.imaging.cohort_config import LABEL_NAMES, LESION
+from synthmed.imaging.cohort_config import EDEMA, LABEL_NAMES, LESION
 
 # On first use: the parameter check imports this module for LesionPlanRow.
 ndimage = lazy_import("scipy.ndimage")
@@ -266,19 +266,23 @@ class LesionPlanRow:
 
 
 def place_plan(label_maps: np.ndarray, spacing_mm: float | Sequence[float], rows: Sequence[LesionPlanRow], *,
-               seed: int, clear_label: int, lesion_label: int = LESION,
+               seed: int, clear_label: int, lesion_label: int = LESION, edema_label: int | None = EDEMA,
                label_names: Mapping[int, str] = LABEL_NAMES) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Write each plan row's lesions into held-out label maps, taken in turn.
 
     Each placement takes the next label map (cycling through ``label_maps``), replaces the lesions
-    it already holds by ``clear_label`` (so the lesion asked for is the only one) and places the
-    request with seed ``seed + 1000 * row + copy``.
+    it already holds, and their edema, by ``clear_label`` (so the lesion asked for is the only one)
+    and places the request with seed ``seed + 1000 * row + copy``. The placed lesion gets no edema
+    label: the request is for a lesion of a size and place, and the map says exactly that.
 
     Args:
         label_maps: ``(N, 1, D, H, W)`` or ``(N, D, H, W)`` integer label maps (held-out patients').
         spacing_mm: their voxel size.
         rows: the plan.
-        clear_label: the tissue written over existing lesions (white matter in the cohort).
+        clear_label: the tissue written over existing lesions and their edema (white matter in the cohort).
+        lesion_label: the label value of a lesion (cleared, then written under the placed lesion).
+        edema_label: the label value of perilesional edema, cleared with the lesions; None: the
+            maps have no such label.
 
     Returns:
         ``(maps (M, 1, D, H, W), rows)``: one label map and one provenance row per placement,
@@ -298,7 +302,8 @@ def place_plan(label_maps: np.ndarray, spacing_mm: float | Sequence[float], rows
         for copy in range(row.count):
             source = cursor % len(maps)
             cursor += 1
-            base = np.where(maps[source] == lesion_label, clear_label, maps[source]).astype(maps.dtype)
+            cleared = [lesion_label] + ([] if edema_label is None else [edema_label])
+            base = np.where(np.isin(maps[source], cleared), clear_label, maps[source]).astype(maps.dtype)
             placed_map, placed = place_lesion(base, spacing_mm, row.request(seed + 1000 * r + copy),
                                               lesion_label=lesion_label, label_names=label_names)
             out.append(placed_map[None])

@@ -414,7 +414,7 @@ def tissue_residual(image: np.ndarray, label_map: np.ndarray, sigma_vox: float =
 
     Args:
         image: ``(D, H, W)`` or ``(1, D, H, W)``.
-        label_map: integer labels of the same shape (the cohort's: CSF 1, grey 2, white 3, lesion 4).
+        label_map: integer labels of the same shape (the cohort's: CSF 1, grey 2, white 3, lesion 4, edema 5).
         sigma_vox: Gaussian smoothing of the image first (0 = none).
     """
     shape = np.asarray(image).shape[-3:]
@@ -597,7 +597,7 @@ def lesion_contrast_sd(residual: np.ndarray, label_map: np.ndarray, lesion_mask:
     Args:
         residual: ``(D, H, W)`` `tissue_residual` of the volume (or one slice ``(H, W)``, with
             ``spacing_mm`` of two: ``synthmed.metrics.lesion_signal`` passes a 2D sample's intensities).
-        label_map: its integer labels (the cohort's: CSF 1, grey 2, white 3, lesion 4), same shape.
+        label_map: its integer labels (the cohort's: CSF 1, grey 2, white 3, lesion 4, edema 5), same shape.
         lesion_mask: 0/1 mask of the lesion, same shape.
         spacing_mm: voxel size (D, H, W), or (H, W).
         shell_mm: width of the ring of surrounding tissue (> 0).

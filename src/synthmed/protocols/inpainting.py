@@ -2,7 +2,7 @@
 
 Data: the axial slices of the multi-patient cohort (``extraction`` with conf/base)
 with their label maps (``synthmed.imaging.labels``: 1 csf, 2 grey matter, 3 white matter,
-4 lesion), resized to ``image_size`` (images area-averaged, label maps nearest); the split is
+4 lesion, 5 edema), resized to ``image_size`` (images area-averaged, label maps nearest); the split is
 preprocessing's, by patient. Three ways to fill a region (``keep = 0``) of a real slice:
 
 - diffusion: the ``ddpm`` family with ``conditioning: [inpaint]`` trained with synthmed's
