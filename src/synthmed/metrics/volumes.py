@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from synthmed.core.progress import ProgressLog
 from synthmed.core.seeding import seeded
 from synthmed.core.validation import is_number
-from synthmed.imaging.labels import CSF, GREY, LABEL_NAMES, LESION, WHITE
+from synthmed.imaging.labels import CSF, EDEMA, GREY, LABEL_NAMES, LESION, WHITE
 from synthmed.metrics import fidelity
 from synthmed.metrics.features import ClassifierConfig, FitConfig, fit_classifier, predict_proba, resolve_device
 from synthmed.metrics.volume_config import IntensityControlConfig, PlaneEncoderConfig, SegmenterConfig
@@ -590,8 +590,12 @@ def lesion_contrast_sd(residual: np.ndarray, label_map: np.ndarray, lesion_mask:
 
     ``(mean r inside - mean r around) / std r around`` with ``r`` the `tissue_residual` (each voxel
     relative to its own tissue's median, so grey and white matter around a lesion share a scale) and
-    "around" the grey and white matter voxels of ``label_map`` outside the lesion within ``shell_mm``
-    of it: a contrast-to-noise ratio, the quantity that decides whether an eye sees the lesion in a
+    "around" the grey and white matter voxels of ``label_map`` within ``shell_mm`` of the lesion or
+    of the edema labelled around it (``EDEMA`` voxels connected to the lesion): the normal-appearing
+    tissue beyond the edema, a shell as wide as around a lesion without edema (measured from the
+    lesion alone, a wide edema would leave a few voxels of tissue, or none, and their spread would
+    make the ratio explode).
+    A contrast-to-noise ratio, the quantity that decides whether an eye sees the lesion in a
     noisy texture (0: not at all; a real FLAIR lesion of the cohort: see ``floor_lesion_contrast_sd``).
 
     Args:
@@ -614,8 +618,11 @@ def lesion_contrast_sd(residual: np.ndarray, label_map: np.ndarray, lesion_mask:
     lesion = np.asarray(lesion_mask).reshape(shape) > 0
     if not lesion.any():
         return math.nan
-    distance = ndimage.distance_transform_edt(~lesion, sampling=np.asarray(spacing_mm, dtype=np.float64))
-    around = values[(~lesion) & (distance <= shell_mm) & np.isin(labels, (GREY, WHITE))]
+    # The lesion and the edema connected to it (another lesion's edema does not widen this one's shell).
+    parts, _ = ndimage.label(lesion | (labels == EDEMA))
+    affected = np.isin(parts, np.unique(parts[lesion]))
+    distance = ndimage.distance_transform_edt(~affected, sampling=np.asarray(spacing_mm, dtype=np.float64))
+    around = values[(~affected) & (distance <= shell_mm) & np.isin(labels, (GREY, WHITE))]
     spread = float(around.std()) if around.size >= 2 else 0.0
     if spread <= 1e-12:
         return math.nan
