@@ -195,7 +195,7 @@ def test_the_sample_cohort_gives_brain_and_lesion_crops_and_a_held_out_map_takes
     # Every item has its label map: NIfTI subjects their `_mask`, DICOM subjects their SEG.
     assert set(table["item_id"]) == masked == set(items["item_id"])
     assert store["images"].shape == (len(table), 1, 16, 16, 16)
-    assert set(np.unique(store["label_maps"])) <= {0, 1, 2, 3, 4}
+    assert set(np.unique(store["label_maps"])) <= {0, 1, 2, 3, 4, 5}  # background, tissue, lesion, edema
     lesion = table["crop"] == "lesion"
     assert lesion.any() and (table.loc[lesion, "lesion_voxels"] > 0).all()
     splits = catalog.load("split_table").set_index("item_id")["split"]
