@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -112,7 +114,14 @@ def test_the_evaluation_compares_the_samples_with_the_split_the_family_learnt_fr
                                provenance=None, paired=None, neighbours=None)
     out = protocol_signal(evaluation, CONFIG)
     assert out["lesion_signal_auc_real"] > 0.95  # the reference (train) split, not the held-out one
-    assert out["lesion_signal_auc"] < 0.75
+    assert out["lesion_signal_auc"] < 0.75 and out["lesion_signal_real_paired"] == 0.0
+    # Samples drawn from real maps: the real images of those maps, each with its sample's class.
+    from_maps = dataclasses.replace(evaluation, synthetic=trained_on, paired=unseen.images)
+    out = protocol_signal(from_maps, CONFIG)
+    assert out["lesion_signal_auc_real"] < 0.75 < out["lesion_signal_auc"]
+    assert out["lesion_signal_real_paired"] == 1.0
+    table = fidelity_table({**out, "n_synthetic": 50})
+    assert table.metric.str.contains("real slices of the same label maps").sum() == 1
 
 
 CONTRAST = LesionSignalConfig(resamples=200, mask_label=4)

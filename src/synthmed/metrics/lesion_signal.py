@@ -31,7 +31,7 @@ The lesion contrast answers the same question for families drawn from a real lab
 sample whose map holds a lesion of at least ``min_lesion_px`` pixels,
 
     contrast = (mean inside the lesion - mean of the grey and white matter within ``ring_px``
-                pixels of it) / std of that surrounding tissue
+                pixels of it or of its edema) / std of that surrounding tissue
 
 (a contrast-to-noise ratio, the volume study's ``lesion_contrast_sd`` on one slice; the
 cohort's labels: grey matter 2, white matter 3), on the sample and on the real image of the

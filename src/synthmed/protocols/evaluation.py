@@ -458,13 +458,20 @@ def detectability(evaluation: EvaluationSet, config: DetectabilityConfig) -> dic
 
 def lesion_signal(evaluation: EvaluationSet, config: LesionSignalConfig) -> dict[str, float]:
     """The lesion signal (``synthmed.metrics.lesion_signal``) of the family's samples by the class they
-    were drawn for, beside the same on the real split the family learnt from (the reference: what a
-    generator that drew its training slices exactly would reach); empty when disabled or when the
-    source has no such classes. For samples drawn from real label maps, with ``mask_label`` set, also
-    the lesion contrast inside the lesion mask beside the real image's of the same map."""
+    were drawn for, beside the same on real images: the real split the family learnt from (what a
+    generator that drew its training slices exactly would reach), or, for samples drawn from real
+    label maps or contexts, the real images of those same maps, each with its class
+    (``lesion_signal_real_paired`` 1: a held-out split's lesions can be far plainer than the training
+    split's); empty when disabled or when the source has no such classes. For samples drawn from real
+    label maps, with ``mask_label`` set, also the lesion contrast inside the lesion mask beside the
+    real image's of the same map."""
     reference, synthetic = evaluation.reference, evaluation.synthetic
-    out = _lesion_signal((reference.images.numpy(), reference.labels.numpy()),
-                         (synthetic.images.numpy(), synthetic.labels.numpy()), evaluation.class_names, config)
+    paired = evaluation.paired is not None
+    real = ((evaluation.paired.numpy(), synthetic.labels.numpy()) if paired else
+            (reference.images.numpy(), reference.labels.numpy()))
+    out = _lesion_signal(real, (synthetic.images.numpy(), synthetic.labels.numpy()), evaluation.class_names, config)
+    if out:
+        out["lesion_signal_real_paired"] = float(paired)
     if evaluation.paired_maps is not None:
         pairs = evaluation.paired_maps
         out |= paired_lesion_contrast(pairs.synthetic, pairs.real, pairs.label_maps, config)
