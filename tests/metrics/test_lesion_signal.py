@@ -175,6 +175,41 @@ def test_the_lesion_contrast_is_against_the_tissue_beyond_the_edema_label(edema_
     assert (lesion_contrast(images, maps, CONTRAST) < against_tissue / 2).all()
 
 
+def test_a_label_layout_of_its_own_gets_the_same_contrast_once_its_values_are_set():
+    # The cohort's layout (tissue 3, lesion 4, edema 5) against another (tissue 1, lesion 2, edema 7):
+    # the same images give the same contrasts when the config names the other layout's values.
+    maps = _maps(6)
+    lesion = maps[:, 0] == 4
+    shell = ndimage.binary_dilation(lesion, structure=np.ones((1, 3, 3), bool), iterations=2) & ~lesion
+    maps[:, 0][shell] = 5
+    images = _drawn(maps, 0.5, 0)
+    images[:, 0][shell] += 0.4
+    other = np.select([maps == 3, maps == 4, maps == 5], [1, 2, 7], 0)
+    own = dataclasses.replace(CONTRAST, mask_label=2, tissue_labels=(1,), edema_label=7)
+    expected = lesion_contrast(images, maps, CONTRAST)
+    assert np.isfinite(expected).all()
+    np.testing.assert_allclose(lesion_contrast(images, other, own), expected)
+    # left unset, the other layout's tissue (1) is not in the default tissue labels (2, 3): the run
+    # stops and names the values the maps hold
+    with pytest.raises(ValueError, match=r"holds a tissue label \[2, 3\].*their values are \[0, 1, 4, 7\]"):
+        lesion_contrast(images, np.select([maps == 3, maps == 4, maps == 5], [1, 4, 7], 0), CONTRAST)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"tissue_labels": []}, "tissue_labels must be a non-empty list"),
+    ({"tissue_labels": [2, 2]}, "tissue_labels must be a non-empty list of distinct"),
+    ({"tissue_labels": [2, -1]}, "tissue_labels must be a non-empty list"),
+    ({"tissue_labels": [2, 4]}, r"mask_label \(4\) is also in tissue_labels \[2, 4\]"),
+    ({"edema_label": 3}, r"edema_label \(3\) is also in tissue_labels"),
+    ({"edema_label": 4}, "mask_label and edema_label must differ"),
+    ({"edema_label": "five"}, "edema_label must be a label-map value >= 0 or null"),
+])
+def test_the_tissue_and_edema_labels_are_checked(fields, message):
+    with pytest.raises(ValueError, match=message):
+        LesionSignalConfig(mask_label=4, **fields)
+    assert LesionSignalConfig(mask_label=4, tissue_labels=[1, 2], edema_label=None).tissue_labels == (1, 2)
+
+
 def test_the_paired_contrast_puts_the_samples_beside_the_real_images_of_the_same_maps():
     maps = np.concatenate([_maps(20), _maps(4, lesion_px=1)])  # the last 4: lesions too small, left out
     real = _drawn(maps, 0.5, 3)

@@ -33,8 +33,10 @@ sample whose map holds a lesion of at least ``min_lesion_px`` pixels,
     contrast = (mean inside the lesion - mean of the grey and white matter within ``ring_px``
                 pixels of it or of its edema) / std of that surrounding tissue
 
-(a contrast-to-noise ratio, the volume study's ``lesion_contrast_sd`` on one slice; the
-cohort's labels: grey matter 2, white matter 3), on the sample and on the real image of the
+(a contrast-to-noise ratio, the volume study's ``lesion_contrast_sd`` on one slice; the tissue
+is ``tissue_labels``, the cohort's grey matter 2 and white matter 3 by default, and the edema
+``edema_label``, the cohort's 5; a run whose label maps hold none of the tissue labels stops
+with an error that names the values they hold), on the sample and on the real image of the
 same map, at the samples' own size (a 3 px lesion of a 64 px slice is 1 px at 32). The two
 means, each with a bootstrap interval over the same resampled maps, are reported side by
 side: a synthetic mean near the real one means the lesions stand out of the tissue around
@@ -49,6 +51,7 @@ import numpy as np
 
 from synthmed.core.lazy import lazy_import
 from synthmed.core.validation import is_int, is_number
+from synthmed.imaging.labels import EDEMA, GREY, WHITE
 from synthmed.metrics.detectability import auc, bootstrap_auc
 
 torch = lazy_import("torch")
@@ -74,6 +77,10 @@ class LesionSignalConfig:
             a label map; null: no lesion contrast.
         ring_px: width of the ring of tissue around a lesion the contrast compares with.
         min_lesion_px: lesions of fewer pixels (at the samples' size) are left out of the contrast.
+        tissue_labels: the label-map values of the tissue the ring takes (the cohort's grey and
+            white matter, 2 and 3).
+        edema_label: the label-map value of perilesional edema, left out of the ring (the ring lies
+            beyond the edema connected to the lesion); null: the maps mark none.
     """
 
     enabled: bool = True
@@ -88,6 +95,8 @@ class LesionSignalConfig:
     mask_label: int | None = None
     ring_px: int = 3
     min_lesion_px: int = 3
+    tissue_labels: tuple[int, ...] = (GREY, WHITE)
+    edema_label: int | None = EDEMA
 
     def __post_init__(self) -> None:
         where = "evaluation.lesion_signal"
@@ -115,6 +124,22 @@ class LesionSignalConfig:
         for name in ("ring_px", "min_lesion_px"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{where}.{name} must be an integer >= 1, got {getattr(self, name)!r}.")
+        if isinstance(self.tissue_labels, list):  # YAML lists
+            object.__setattr__(self, "tissue_labels", tuple(self.tissue_labels))
+        if (not isinstance(self.tissue_labels, tuple) or not self.tissue_labels
+                or not all(is_int(v) and v >= 0 for v in self.tissue_labels)
+                or len(set(self.tissue_labels)) != len(self.tissue_labels)):
+            raise ValueError(f"{where}.tissue_labels must be a non-empty list of distinct label-map values >= 0, "
+                             f"got {self.tissue_labels!r}.")
+        if self.edema_label is not None and (not is_int(self.edema_label) or self.edema_label < 0):
+            raise ValueError(f"{where}.edema_label must be a label-map value >= 0 or null, got {self.edema_label!r}.")
+        named = {"mask_label": self.mask_label, "edema_label": self.edema_label}
+        for name, value in named.items():
+            if value is not None and value in self.tissue_labels:
+                raise ValueError(f"{where}.{name} ({value}) is also in tissue_labels {list(self.tissue_labels)}: "
+                                 "the lesion, its edema and the tissue around them need values of their own.")
+        if self.mask_label is not None and self.mask_label == self.edema_label:
+            raise ValueError(f"{where}.mask_label and edema_label must differ, both are {self.mask_label!r}.")
 
 
 def spot_scores(images: np.ndarray, config: LesionSignalConfig) -> np.ndarray:
@@ -183,10 +208,16 @@ def lesion_contrast(images: np.ndarray, label_maps: np.ndarray, config: LesionSi
     if grey.shape != maps.shape:
         raise ValueError(f"lesion contrast: images of {grey.shape[1:]} pixels but label maps of {maps.shape[1:]}.")
     out = np.full(len(grey), np.nan)
-    for k, (image, labels) in enumerate(zip(grey, maps, strict=True)):
-        inside = labels == config.mask_label
-        if inside.sum() >= config.min_lesion_px:
-            out[k] = lesion_contrast_sd(image, labels, inside, (1.0, 1.0), float(config.ring_px))
+    measured = [k for k in range(len(maps)) if (maps[k] == config.mask_label).sum() >= config.min_lesion_px]
+    if measured and not np.isin(maps[measured], config.tissue_labels).any():
+        raise ValueError(
+            f"lesion contrast: none of the {len(measured)} label maps with a lesion (label {config.mask_label}) holds "
+            f"a tissue label {list(config.tissue_labels)} (evaluation.lesion_signal.tissue_labels); their values are "
+            f"{np.unique(maps[measured]).tolist()}. Set tissue_labels to the values of the tissue around a lesion, "
+            "or mask_label: null for no lesion contrast.")
+    for k in measured:
+        out[k] = lesion_contrast_sd(grey[k], maps[k], maps[k] == config.mask_label, (1.0, 1.0), float(config.ring_px),
+                                    tissue_labels=config.tissue_labels, edema_label=config.edema_label)
     return out
 
 

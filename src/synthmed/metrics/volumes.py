@@ -585,13 +585,15 @@ def lesion_contrast(residuals: Sequence[np.ndarray], lesion_masks: np.ndarray) -
 
 
 def lesion_contrast_sd(residual: np.ndarray, label_map: np.ndarray, lesion_mask: np.ndarray,
-                       spacing_mm: Sequence[float], shell_mm: float) -> float:
+                       spacing_mm: Sequence[float], shell_mm: float, *,
+                       tissue_labels: Sequence[int] = (GREY, WHITE), edema_label: int | None = EDEMA) -> float:
     """How far one lesion stands out of the tissue around it, in units of that tissue's spread.
 
     ``(mean r inside - mean r around) / std r around`` with ``r`` the `tissue_residual` (each voxel
     relative to its own tissue's median, so grey and white matter around a lesion share a scale) and
-    "around" the grey and white matter voxels of ``label_map`` within ``shell_mm`` of the lesion or
-    of the edema labelled around it (``EDEMA`` voxels connected to the lesion): the normal-appearing
+    "around" the tissue voxels (``tissue_labels``: grey and white matter) of ``label_map`` within
+    ``shell_mm`` of the lesion or of the edema labelled around it (``edema_label`` voxels connected to
+    the lesion): the normal-appearing
     tissue beyond the edema, a shell as wide as around a lesion without edema (measured from the
     lesion alone, a wide edema would leave a few voxels of tissue, or none, and their spread would
     make the ratio explode).
@@ -605,6 +607,8 @@ def lesion_contrast_sd(residual: np.ndarray, label_map: np.ndarray, lesion_mask:
         lesion_mask: 0/1 mask of the lesion, same shape.
         spacing_mm: voxel size (D, H, W), or (H, W).
         shell_mm: width of the ring of surrounding tissue (> 0).
+        tissue_labels: the label values of the tissue the ring takes (the cohort's grey and white matter).
+        edema_label: the label value of perilesional edema; None: the map marks none.
 
     Returns:
         The ratio; NaN when the mask is empty, fewer than 2 tissue voxels surround it or they do not vary.
@@ -619,10 +623,13 @@ def lesion_contrast_sd(residual: np.ndarray, label_map: np.ndarray, lesion_mask:
     if not lesion.any():
         return math.nan
     # The lesion and the edema connected to it (another lesion's edema does not widen this one's shell).
-    parts, _ = ndimage.label(lesion | (labels == EDEMA))
-    affected = np.isin(parts, np.unique(parts[lesion]))
+    if edema_label is None:
+        affected = lesion
+    else:
+        parts, _ = ndimage.label(lesion | (labels == edema_label))
+        affected = np.isin(parts, np.unique(parts[lesion]))
     distance = ndimage.distance_transform_edt(~affected, sampling=np.asarray(spacing_mm, dtype=np.float64))
-    around = values[(~affected) & (distance <= shell_mm) & np.isin(labels, (GREY, WHITE))]
+    around = values[(~affected) & (distance <= shell_mm) & np.isin(labels, tuple(tissue_labels))]
     spread = float(around.std()) if around.size >= 2 else 0.0
     if spread <= 1e-12:
         return math.nan
