@@ -1,0 +1,77 @@
+"""Probe (not wired into any pipeline): a mask-conditioned family's lesion contrast by lesion size, after ``make demo``.
+
+The evaluation reports one lesion contrast per family (``<family>.fidelity.lesion_contrast`` and
+``..._real``, a mean over the label maps with a lesion). Small lesions behave differently from
+large ones (at 64 px a lesion under 20 px is a few pixels wide), so this prints the contrast of
+the samples and of the real slices of the same maps separately for lesions under and over
+``--small-px`` pixels: median, mean and how many reach 1, and the correlation between the two
+over the maps. It reads the family's samples (``data/07_model_output/<family>``, whose
+provenance names each sample's source slice) and the slice store, and measures with the
+evaluation's own function and settings (``synthmed.metrics.lesion_signal.lesion_contrast``,
+``evaluation.lesion_signal`` of the environment), at the samples' size.
+
+    PYTHONPATH=src:benchmarks python benchmarks/lesion_contrast_by_size.py            # pix2pix, conf/base
+    PYTHONPATH=src:benchmarks python benchmarks/lesion_contrast_by_size.py --small-px 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gate_diagnose import ROOT, SLICES, parameters
+from synthmed.core.config import from_params
+from synthmed.datasets.array_store import ArrayStoreDataset
+from synthmed.metrics.lesion_signal import LesionSignalConfig, lesion_contrast
+
+
+def summary(values: np.ndarray) -> dict[str, float]:
+    """Median, mean, count and how many reach 1 (a lesion one tissue sd above its surroundings)."""
+    return {"median": round(float(np.median(values)), 2), "mean": round(float(values.mean()), 2),
+            "n": int(values.size), "at_least_1": int((values >= 1).sum())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="pix2pix", help="a mask-conditioned family of the demo (default: pix2pix)")
+    parser.add_argument("--env", default="local", help="Kedro environment over conf/base (default: local)")
+    parser.add_argument("--small-px", type=int, default=20, help="lesions under this many pixels are small")
+    args = parser.parse_args()
+
+    config = from_params(LesionSignalConfig, parameters(args.env)["evaluation"]["lesion_signal"],
+                         "evaluation.lesion_signal")
+    if config.mask_label is None:
+        raise SystemExit("evaluation.lesion_signal.mask_label is null: there is no lesion contrast to measure.")
+    output = ROOT / "data" / "07_model_output" / args.family
+    provenance = output / "provenance.csv"
+    if not provenance.is_file():
+        raise SystemExit(f"{provenance} is missing: run make demo first (the {args.family!r} family's samples).")
+    sources = pd.read_csv(provenance)["source_index"].to_numpy()
+    samples = np.asarray(ArrayStoreDataset(path=str(output / "arrays")).load()["images"], dtype=np.float32)
+    store = ArrayStoreDataset(path=str(Path(SLICES) / "arrays")).load()
+    size = samples.shape[-1]
+    real = torch.nn.functional.interpolate(torch.from_numpy(np.array(store["images"][sources], np.float32)),
+                                           size=size, mode="area").numpy()
+    maps = torch.nn.functional.interpolate(torch.from_numpy(np.array(store["masks"][sources], np.float32)),
+                                           size=size, mode="nearest").numpy().round().astype(np.int64)
+    synthetic, reference = lesion_contrast(samples, maps, config), lesion_contrast(real, maps, config)
+    lesion_px = (maps == config.mask_label).sum(axis=(1, 2, 3))
+    measured = np.isfinite(synthetic) & np.isfinite(reference)
+    out: dict[str, object] = {"family": args.family, "size_px": size, "maps": int(measured.sum())}
+    for name, chosen in ((f"under {args.small_px} px", lesion_px < args.small_px),
+                         (f"{args.small_px} px or more", lesion_px >= args.small_px)):
+        chosen = measured & chosen
+        if chosen.any():
+            out[name] = {"synthetic": summary(synthetic[chosen]), "real": summary(reference[chosen])}
+    if measured.sum() > 2:
+        out["correlation"] = round(float(np.corrcoef(synthetic[measured], reference[measured])[0, 1]), 2)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
