@@ -4,11 +4,12 @@ The evaluation reports one lesion contrast per family (``<family>.fidelity.lesio
 ``..._real``, a mean over the label maps with a lesion). Small lesions behave differently from
 large ones (at 64 px a lesion under 20 px is a few pixels wide), so this prints the contrast of
 the samples and of the real slices of the same maps separately for lesions under and over
-``--small-px`` pixels: median, mean and how many reach 1, and the correlation between the two
-over the maps. It reads the family's samples (``data/07_model_output/<family>``, whose
-provenance names each sample's source slice) and the slice store, and measures with the
-evaluation's own function and settings (``synthmed.metrics.lesion_signal.lesion_contrast``,
-``evaluation.lesion_signal`` of the environment), at the samples' size.
+``--small-px`` pixels, and the correlation between the two over the maps
+(``class_balance_probe.contrast_by_size``). It reads the family's samples
+(``data/07_model_output/<family>``, whose provenance names each sample's source slice) and
+the slice store, and measures with the evaluation's own function and settings
+(``synthmed.metrics.lesion_signal.lesion_contrast``, ``evaluation.lesion_signal`` of the
+environment), at the samples' size.
 
     PYTHONPATH=src:benchmarks python benchmarks/lesion_contrast_by_size.py            # pix2pix, conf/base
     PYTHONPATH=src:benchmarks python benchmarks/lesion_contrast_by_size.py --small-px 30
@@ -18,22 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from class_balance_probe import contrast_by_size
 from gate_diagnose import ROOT, SLICES, parameters
 from synthmed.core.config import from_params
 from synthmed.datasets.array_store import ArrayStoreDataset
-from synthmed.metrics.lesion_signal import LesionSignalConfig, lesion_contrast
-
-
-def summary(values: np.ndarray) -> dict[str, float]:
-    """Median, mean, count and how many reach 1 (a lesion one tissue sd above its surroundings)."""
-    return {"median": round(float(np.median(values)), 2), "mean": round(float(values.mean()), 2),
-            "n": int(values.size), "at_least_1": int((values >= 1).sum())}
+from synthmed.metrics.lesion_signal import LesionSignalConfig
 
 
 def main() -> None:
@@ -53,23 +48,14 @@ def main() -> None:
         raise SystemExit(f"{provenance} is missing: run make demo first (the {args.family!r} family's samples).")
     sources = pd.read_csv(provenance)["source_index"].to_numpy()
     samples = np.asarray(ArrayStoreDataset(path=str(output / "arrays")).load()["images"], dtype=np.float32)
-    store = ArrayStoreDataset(path=str(Path(SLICES) / "arrays")).load()
+    store = ArrayStoreDataset(path=str(SLICES / "arrays")).load()
     size = samples.shape[-1]
     real = torch.nn.functional.interpolate(torch.from_numpy(np.array(store["images"][sources], np.float32)),
                                            size=size, mode="area").numpy()
     maps = torch.nn.functional.interpolate(torch.from_numpy(np.array(store["masks"][sources], np.float32)),
                                            size=size, mode="nearest").numpy().round().astype(np.int64)
-    synthetic, reference = lesion_contrast(samples, maps, config), lesion_contrast(real, maps, config)
-    lesion_px = (maps == config.mask_label).sum(axis=(1, 2, 3))
-    measured = np.isfinite(synthetic) & np.isfinite(reference)
-    out: dict[str, object] = {"family": args.family, "size_px": size, "maps": int(measured.sum())}
-    for name, chosen in ((f"under {args.small_px} px", lesion_px < args.small_px),
-                         (f"{args.small_px} px or more", lesion_px >= args.small_px)):
-        chosen = measured & chosen
-        if chosen.any():
-            out[name] = {"synthetic": summary(synthetic[chosen]), "real": summary(reference[chosen])}
-    if measured.sum() > 2:
-        out["correlation"] = round(float(np.corrcoef(synthetic[measured], reference[measured])[0, 1]), 2)
+    out: dict[str, object] = {"family": args.family, "size_px": size, "small_px": args.small_px,
+                              **contrast_by_size(samples, real, maps, config, args.small_px)}
     print(json.dumps(out, indent=1))
 
 
