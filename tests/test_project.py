@@ -88,13 +88,28 @@ def test_registry_and_node_names(pipelines):
     assert free <= {"raw_sources@files", "pseudonymisation_key", "sample_readme", "build_info", *model_files}, free
     order = [n.name for n in pipelines["__default__"].nodes]  # topologically sorted
     for family in FAMILY_NAMES:
-        assert order.index(f"{family}.release_model") > order.index("collect_metrics") > order.index(
+        assert order.index(f"release.{family}.release_model") > order.index("collect_metrics") > order.index(
             f"{family}.train_generator")
     for name in PIPELINES:
         for node in pipelines[name].nodes:
             # Namespaced nodes are "<family>.<function>".
             assert node.name.split(".")[-1] == node.func.__name__, f"node {node.name!r} runs {node.func.__name__}"
 
+
+
+def test_every_namespace_is_a_contiguous_part_of_the_graph():
+    """Kedro warns "Namespace ... is interrupted by nodes ... and thus invalid" when a namespace's
+    nodes sit before and after nodes outside it (a family's release after the cross-family
+    ``collect_metrics`` did): deployment plugins that group nodes by namespace need it contiguous."""
+    import warnings
+
+    from synthmed.pipeline_registry import register_pipelines
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        register_pipelines()
+    interrupted = [str(w.message) for w in caught if "is interrupted by nodes" in str(w.message)]
+    assert interrupted == []
 
 def test_dvc_outs_match_catalog_paths(pipelines, resolved_paths, dvc_stages):
     assert set(dvc_stages) == set(PIPELINES)

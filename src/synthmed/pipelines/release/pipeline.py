@@ -1,4 +1,9 @@
-"""Wiring of the ``release`` pipeline: one template, one namespace per generator family."""
+"""Wiring of the ``release`` pipeline: one template, one namespace per generator family.
+
+A family's release runs after ``collect_metrics``, which reads every family's evaluation and the
+rebalancing gate. Its nodes are in ``release.<family>``, not in ``<family>``: a namespace must be a
+contiguous part of the graph (Kedro warns that it is "interrupted ... and thus invalid" otherwise,
+and deployment plugins that group nodes by namespace would have a cycle between the groups)."""
 
 from kedro.pipeline import Node, Pipeline, pipeline
 
@@ -17,7 +22,10 @@ def template() -> Pipeline:
 
 def create_pipeline(**kwargs) -> Pipeline:
     return sum(
-        (pipeline(template(), namespace=family, inputs={"evaluation_metrics"},
+        (pipeline(template(), namespace=f"release.{family}",
+                  inputs={"evaluation_metrics": "evaluation_metrics", "model_files": f"{family}.model_files",
+                          "memorisation_table": f"{family}.memorisation_table"},
+                  outputs={"released_model": f"{family}.released_model"},
                   parameters={"params:family": f"params:{family}.family"})
          for family in FAMILY_NAMES),
         Pipeline([Node(_nodes.release_dataset, ["rebalanced_dataset", "evaluation_headline"], "released_dataset",
