@@ -13,6 +13,7 @@ from kedro.io import DataCatalog, MemoryDataset, SharedMemoryDataset
 
 from synthmed.core import distributed
 from synthmed.core.atomic import disk_full_reported, uri_path
+from synthmed.core.catalog import replace_dataset
 from synthmed.datasets.secrets import PseudonymisationKeyDataset
 
 logger = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ def add_source_alias(catalog: Any) -> Any:
     """``raw_sources@files`` in ``catalog`` is the ``raw_sources`` the user configured; returns it (or None)."""
     source = catalog.get(SOURCE_DATASET) if SOURCE_DATASET in catalog else None
     if source is not None:
-        catalog[SOURCE_INPUT] = source
+        replace_dataset(catalog, SOURCE_INPUT, source)
     return source
 
 
@@ -284,7 +285,7 @@ class PseudonymisationKeyHook:
         if credentials is None and local.is_file():
             credentials = (parse_yaml_file(local, LOCAL_CREDENTIALS.as_posix()) or {}).get(CREDENTIALS_ENTRY)
         source = add_source_alias(catalog)
-        catalog[KEY_DATASET] = PseudonymisationKeyDataset(credentials=credentials, source=source)
+        replace_dataset(catalog, KEY_DATASET, PseudonymisationKeyDataset(credentials=credentials, source=source))
 
     # tryfirst: run before kedro-mlflow's before_pipeline_run opens an MLflow run, so a
     # missing key leaves no run behind (Kedro calls on_pipeline_error only for node errors).
@@ -330,7 +331,8 @@ class BuildInfoHook:
     def after_catalog_created(self, catalog: Any) -> None:
         from synthmed.datasets.build_info import BuildInfoDataset
 
-        catalog[BUILD_INFO_DATASET] = BuildInfoDataset(project_path=str(self._project_path), env=self._env)
+        info = BuildInfoDataset(project_path=str(self._project_path), env=self._env)
+        replace_dataset(catalog, BUILD_INFO_DATASET, info)
 
 
 # MLflow's start_run looks for a notebook (Databricks' dbutils, a Jupyter or VS Code kernel) by
@@ -522,7 +524,7 @@ class StagingHook:
                 continue
             self._published[name] = catalog.get(name)
             entry[key] = str(area.stage(Path(str(entry[key]))))
-            catalog[name] = AbstractDataset.from_config(name, entry)
+            replace_dataset(catalog, name, AbstractDataset.from_config(name, entry))
             staged_names.add(name)
         self._area = area if staged_names else None
         self._catalog = catalog
@@ -558,5 +560,5 @@ class StagingHook:
             self._area = None
         # The nodes still to run read the published outputs again.
         for name, dataset in self._published.items():
-            self._catalog[name] = dataset
+            replace_dataset(self._catalog, name, dataset)
         self._published = {}

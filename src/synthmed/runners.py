@@ -40,6 +40,7 @@ from kedro.pipeline import Pipeline
 from kedro.runner import AbstractRunner
 from kedro.runner.task import Task
 
+from synthmed.core.catalog import replace_dataset
 from synthmed.core.parallel import available_cores, close_dask, connect_dask, dask_scheduler, local_cluster_size
 
 
@@ -48,10 +49,10 @@ def _run_remote(node: Any, catalog: Any, is_async: bool, run_id: str | None, *up
     for produced in upstream:
         for name, value in produced.items():
             if name in node.inputs:
-                catalog[name] = MemoryDataset(value, copy_mode="assign")
+                replace_dataset(catalog, name, MemoryDataset(value, copy_mode="assign"))
     for name in node.outputs:
         if _is_memory(catalog, name):
-            catalog[name] = MemoryDataset(copy_mode="assign")
+            replace_dataset(catalog, name, MemoryDataset(copy_mode="assign"))
     Task(node=node, catalog=catalog, hook_manager=_NullPluginManager(), is_async=is_async, run_id=run_id).execute()
     return {name: catalog.load(name) for name in node.outputs if _is_memory(catalog, name)}
 
@@ -137,7 +138,7 @@ class DaskRunner(AbstractRunner):
                     if free:  # the run's in-memory results come back to the driver, as Kedro returns them
                         values = task.result()
                         for name in free:
-                            catalog[name] = MemoryDataset(values[name], copy_mode="assign")
+                            replace_dataset(catalog, name, MemoryDataset(values[name], copy_mode="assign"))
                     for name in node.outputs:
                         hook_manager.hook.after_dataset_saved(dataset_name=name, data=None, node=node)
                     hook_manager.hook.after_node_run(node=node, catalog=catalog, inputs=self._params(node, catalog),
@@ -157,7 +158,7 @@ class DaskRunner(AbstractRunner):
         for name in node.inputs:
             producer = producers.get(name)
             if producer in futures and _is_memory(catalog, name):
-                catalog[name] = MemoryDataset(futures[producer].result()[name], copy_mode="assign")
+                replace_dataset(catalog, name, MemoryDataset(futures[producer].result()[name], copy_mode="assign"))
         Task(node=node, catalog=catalog, hook_manager=hook_manager, is_async=self._is_async, run_id=run_id).execute()
 
     def _finish(self, node: Any, pipeline: Pipeline, catalog: Any, load_counts: Counter, done: set,
