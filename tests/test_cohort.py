@@ -255,6 +255,17 @@ def test_cohort_readme_names_every_bad_file(cohort):
     assert "SAMPLE_MANIFEST.json" in cohort
 
 
+
+def test_cohort_readme_states_the_label_values_the_maps_hold(cohort):
+    """The README's lesion and edema label values, and the label map layout, come from the label constants."""
+    from synthmed.imaging.labels import EDEMA, LABEL_NAMES, LESION
+
+    readme = " ".join(cohort["README.md"].decode().split())
+    assert f"(label {LESION}) is core + rim" in readme
+    assert f"in the label map ({EDEMA}, over the" in readme
+    layout = ", ".join(f"{value} {name}" for value, name in LABEL_NAMES.items())
+    assert f"label map layout: {layout}." in readme
+
 def test_the_cohort_tables_and_notes_are_ignored_by_default(cohort, ingested):
     """Ingestion's default ignore list covers every non-image file the cohort writes (the
     labels table is read as such): nothing of the cohort is rejected for its format."""

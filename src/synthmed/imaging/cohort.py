@@ -434,6 +434,7 @@ def build_cohort(config: CohortConfig) -> tuple[dict[str, bytes], list[float]]:
     files["labels.csv"] = _csv(pd.DataFrame(label_rows, columns=["path", "label", "modality", "patient"]))
     files["README.md"] = render(
         "cohort_README.md.j2", config=config, table=table, bad=bad_rows, label_names=LABEL_NAMES,
+        label_of={name: value for value, name in LABEL_NAMES.items()},
         template_shape="x".join(str(n) for n in template.t1.shape),
         n_files=len(files) + 2,  # this README and the manifest
         n_lesion=int(with_lesions.sum()), n_dicom=int(as_dicom.sum()),

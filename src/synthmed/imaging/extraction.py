@@ -151,7 +151,7 @@ def _wanted(row: Any, labels: tuple[str, ...] | None) -> bool:
     return labels is None or row.label in labels
 
 
-def series_of(row: Any) -> str:
+def row_series(row: Any) -> str:
     """A manifest row's series name ("" when ingestion recognised none, or the manifest predates it)."""
     value = getattr(row, "series", "")
     return value if isinstance(value, str) else ""
@@ -171,9 +171,9 @@ def selected_volumes(manifest: pd.DataFrame, labels: tuple[str, ...] | None, ser
     """
     rows = [r for r in manifest.itertuples() if r.kind == "volume"]
     if series is not None:
-        chosen = [r for r in rows if series_of(r) in series]
+        chosen = [r for r in rows if row_series(r) in series]
         if rows and not chosen:
-            found = sorted({series_of(r) for r in rows})
+            found = sorted({row_series(r) for r in rows})
             raise ValueError(
                 f"{where}.series={list(series)} matches none of the {len(rows)} volumes; their series are {found} "
                 f"('' = not recognised: ingestion.series names a series from words of its DICOM Series "
@@ -181,7 +181,7 @@ def selected_volumes(manifest: pd.DataFrame, labels: tuple[str, ...] | None, ser
                 f"them, or null for all.")
         if len(chosen) < len(rows):
             logger.info("%s.series=%s: %d of %d volumes kept (%s)", where, list(series), len(chosen), len(rows),
-                        dict(Counter(series_of(r) for r in rows)))
+                        dict(Counter(row_series(r) for r in rows)))
         rows = chosen
     return [r for r in rows if _wanted(r, labels)]
 
@@ -280,7 +280,7 @@ def extract_slices(
                     along_slab = PLANES[plane] == int(split_row["axis"])
                     rows.append((len(rows), item.item_id, item.patient_key, split_row["split"], plane,
                                  index + offset if along_slab else index, label, class_id[label], round(fraction, 4),
-                                 series_of(item)))
+                                 row_series(item)))
     size = (1, config.size_px, config.size_px)
     arrays = {
         "images": np.clip(_stack(images, size, np.float32), -1.0, 1.0),
