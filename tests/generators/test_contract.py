@@ -104,3 +104,33 @@ def test_build_train_sample_save_load(family, tmp_path):
 def test_unknown_config_key_is_named(family):
     with pytest.raises(ValueError, match=r"Unknown key\(s\) \['not_a_key'\]"):
         config_from_params(family, {**TINY[family], "not_a_key": 1})
+
+
+def test_the_gpu_profile_models_train_and_sample_at_their_size(family):
+    """conf/gpu (over conf/base) builds each family at the published scale (128 px), takes a training
+    step and samples with the profile's sampler on the CPU: what the GPU run needs apart from the GPU.
+    A batch of 2 and 2 sampler steps keep it to seconds; nothing here checks speed or memory."""
+    from tests.conftest import load_parameters
+
+    block = load_parameters("gpu")[family]
+    config = config_from_params(family, block["model"])
+    assert config.image_size == 128
+    spec = get_family(family)
+    models = spec.build(config, 0)
+    generator = torch.Generator().manual_seed(0)
+    batch = _batch(config, generator)
+    label_classes = getattr(config, "label_classes", 0)
+    if label_classes:
+        batch["label_maps"] = torch.randint(0, label_classes, batch["masks"].shape, generator=generator).float()
+    losses = spec.train_step(models, spec.make_optimizers(models, config), batch, config, _context())
+    assert losses and all(math.isfinite(v) for v in losses.values())
+
+    models.eval()
+    needed = config.needed_conditions()
+    conditions = Conditions(n=1, labels=batch["labels"][:1] if "labels" in needed else None,
+                            masks=batch["masks"][:1] if "masks" in needed else None,
+                            label_maps=batch["label_maps"][:1] if "label_maps" in needed else None)
+    sampler = SamplerSpec(**{**block["sampling"]["sampler"], "steps": min(2, block["sampling"]["sampler"]["steps"])})
+    with torch.no_grad():
+        image = spec.sample(models, config, conditions, sampler, torch.Generator().manual_seed(7))
+    assert image.shape == (1, config.channels, 128, 128) and torch.isfinite(image).all()
