@@ -255,7 +255,6 @@ def test_cohort_readme_names_every_bad_file(cohort):
     assert "SAMPLE_MANIFEST.json" in cohort
 
 
-
 def test_cohort_readme_states_the_label_values_the_maps_hold(cohort):
     """The README's lesion and edema label values, and the label map layout, come from the label constants."""
     from synthmed.imaging.labels import EDEMA, LABEL_NAMES, LESION

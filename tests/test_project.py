@@ -96,7 +96,6 @@ def test_registry_and_node_names(pipelines):
             assert node.name.split(".")[-1] == node.func.__name__, f"node {node.name!r} runs {node.func.__name__}"
 
 
-
 def test_every_namespace_is_a_contiguous_part_of_the_graph():
     """Kedro warns "Namespace ... is interrupted by nodes ... and thus invalid" when a namespace's
     nodes sit before and after nodes outside it (a family's release after the cross-family
@@ -110,6 +109,7 @@ def test_every_namespace_is_a_contiguous_part_of_the_graph():
         register_pipelines()
     interrupted = [str(w.message) for w in caught if "is interrupted by nodes" in str(w.message)]
     assert interrupted == []
+
 
 def test_dvc_outs_match_catalog_paths(pipelines, resolved_paths, dvc_stages):
     assert set(dvc_stages) == set(PIPELINES)

@@ -248,7 +248,7 @@ def add_source_alias(catalog: Any) -> Any:
     """``raw_sources@files`` in ``catalog`` is the ``raw_sources`` the user configured; returns it (or None)."""
     source = catalog.get(SOURCE_DATASET) if SOURCE_DATASET in catalog else None
     if source is not None:
-        replace_dataset(catalog, SOURCE_INPUT, source)
+        catalog[SOURCE_INPUT] = source
     return source
 
 
@@ -285,7 +285,7 @@ class PseudonymisationKeyHook:
         if credentials is None and local.is_file():
             credentials = (parse_yaml_file(local, LOCAL_CREDENTIALS.as_posix()) or {}).get(CREDENTIALS_ENTRY)
         source = add_source_alias(catalog)
-        replace_dataset(catalog, KEY_DATASET, PseudonymisationKeyDataset(credentials=credentials, source=source))
+        catalog[KEY_DATASET] = PseudonymisationKeyDataset(credentials=credentials, source=source)
 
     # tryfirst: run before kedro-mlflow's before_pipeline_run opens an MLflow run, so a
     # missing key leaves no run behind (Kedro calls on_pipeline_error only for node errors).
