@@ -48,6 +48,25 @@ def test_backbone_input_repeats_grey_and_normalises_like_imagenet():
         to_backbone_input(torch.zeros(2, 2, 8, 8), input_px=32)
 
 
+
+def test_at_size_copies_a_read_only_array_instead_of_sharing_it():
+    """A read-only array (a memory-mapped store) becomes a writable tensor, with no PyTorch warning
+    about non-writable arrays; a writable one is shared, not copied."""
+    import warnings
+
+    import numpy as np
+
+    frozen = np.linspace(-1, 1, 2 * 1 * 8 * 8, dtype=np.float32).reshape(2, 1, 8, 8)
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tensor = at_size(frozen, 8)
+    tensor.add_(1.0)  # writable, and the array is untouched
+    assert float(frozen[0, 0, 0, 0]) == -1.0 and float(tensor[0, 0, 0, 0]) == 0.0
+    shared = np.zeros((1, 1, 8, 8), dtype=np.float32)
+    at_size(shared, 8).add_(1.0)
+    assert shared.max() == 1.0
+
 def test_at_size_area_averages_down_and_keeps_the_range():
     images = torch.rand(3, 1, 64, 64) * 2 - 1
     small = at_size(images, 32)

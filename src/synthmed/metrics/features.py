@@ -65,8 +65,12 @@ def at_size(images: np.ndarray | torch.Tensor, image_px: int) -> torch.Tensor:
     Larger images are area-averaged (the same rule the generators' training data uses);
     smaller ones are upsampled bilinearly. Values keep their range ([-1, 1]).
     """
-    tensor = torch.as_tensor(np.asarray(images, dtype=np.float32) if not torch.is_tensor(images) else images)
-    tensor = tensor.float()
+    if torch.is_tensor(images):
+        tensor = images.float()
+    else:
+        array = np.asarray(images, dtype=np.float32)
+        # A tensor must be writable: a read-only array (a memory-mapped store) is copied, not shared.
+        tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
     if tensor.ndim != 4:
         raise ValueError(f"Expected images with shape (N, C, H, W), got {tuple(tensor.shape)}.")
     if tensor.shape[-1] == image_px and tensor.shape[-2] == image_px:

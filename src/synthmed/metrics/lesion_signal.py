@@ -208,7 +208,8 @@ def lesion_contrast(images: np.ndarray, label_maps: np.ndarray, config: LesionSi
     if grey.shape != maps.shape:
         raise ValueError(f"lesion contrast: images of {grey.shape[1:]} pixels but label maps of {maps.shape[1:]}.")
     out = np.full(len(grey), np.nan)
-    measured = [k for k in range(len(maps)) if (maps[k] == config.mask_label).sum() >= config.min_lesion_px]
+    lesions = maps == config.mask_label
+    measured = [k for k in range(len(maps)) if lesions[k].sum() >= config.min_lesion_px]
     if measured and not np.isin(maps[measured], config.tissue_labels).any():
         raise ValueError(
             f"lesion contrast: none of the {len(measured)} label maps with a lesion (label {config.mask_label}) holds "
@@ -216,7 +217,7 @@ def lesion_contrast(images: np.ndarray, label_maps: np.ndarray, config: LesionSi
             f"{np.unique(maps[measured]).tolist()}. Set tissue_labels to the values of the tissue around a lesion, "
             "or mask_label: null for no lesion contrast.")
     for k in measured:
-        out[k] = lesion_contrast_sd(grey[k], maps[k], maps[k] == config.mask_label, (1.0, 1.0), float(config.ring_px),
+        out[k] = lesion_contrast_sd(grey[k], maps[k], lesions[k], (1.0, 1.0), float(config.ring_px),
                                     tissue_labels=config.tissue_labels, edema_label=config.edema_label)
     return out
 

@@ -76,7 +76,7 @@ def split_images(store: Mapping[str, np.ndarray], manifest: pd.DataFrame, split:
     rows = manifest[manifest["split"] == split]
     index = rows["index"].to_numpy()
     images = np.asarray(store["images"][index], dtype=np.float32)
-    return at_size(images, image_px), torch.as_tensor(rows["class_id"].to_numpy(), dtype=torch.int64), index
+    return at_size(images, image_px), torch.tensor(rows["class_id"].to_numpy(), dtype=torch.int64), index
 
 
 def patient_keys(manifest: pd.DataFrame, ids: np.ndarray) -> np.ndarray:
