@@ -22,13 +22,14 @@ import json
 
 import numpy as np
 import pandas as pd
-import torch
 
 from class_balance_probe import contrast_by_size
 from gate_diagnose import ROOT, SLICES, parameters
 from synthmed.core.config import from_params
 from synthmed.datasets.array_store import ArrayStoreDataset
+from synthmed.metrics.features import at_size
 from synthmed.metrics.lesion_signal import LesionSignalConfig
+from synthmed.protocols.evaluation import label_maps_at
 
 
 def main() -> None:
@@ -50,10 +51,9 @@ def main() -> None:
     samples = np.asarray(ArrayStoreDataset(path=str(output / "arrays")).load()["images"], dtype=np.float32)
     store = ArrayStoreDataset(path=str(SLICES / "arrays")).load()
     size = samples.shape[-1]
-    real = torch.nn.functional.interpolate(torch.from_numpy(np.array(store["images"][sources], np.float32)),
-                                           size=size, mode="area").numpy()
-    maps = torch.nn.functional.interpolate(torch.from_numpy(np.array(store["masks"][sources], np.float32)),
-                                           size=size, mode="nearest").numpy().round().astype(np.int64)
+    # As the evaluation resizes them: images area-averaged, label maps by nearest neighbour.
+    real = at_size(store["images"][sources], size).numpy()
+    maps = label_maps_at(store, sources, size)
     out: dict[str, object] = {"family": args.family, "size_px": size, "small_px": args.small_px,
                               **contrast_by_size(samples, real, maps, config, args.small_px)}
     print(json.dumps(out, indent=1))

@@ -2,12 +2,11 @@
 
 ``DataCatalog.__setitem__`` logs ``WARNING Replacing dataset '<name>'`` whenever the name is
 already in the catalog. synthmed's hooks and runners replace entries by design: the staged copies
-of the primary layer and the published ones after the run's checks, the configured source under
-the build information, a node's in-memory results on a Dask worker. Those warnings (about twenty
-a run) said nothing a user could act on and hid the ones that do; the staging hook says what it
-stages in an INFO line. Any other replacement still warns: the pseudonymisation key and the source
-alias are set with a plain assignment, so a catalog entry of the user's own under those names is
-still reported as replaced.
+of the primary layer and the published ones after the run's checks, the build information, a
+node's in-memory results on a Dask worker. Those warnings (about twenty a run) said nothing a user
+could act on and hid the ones that do; the staging hook says what it stages in an INFO line. Any
+other replacement still warns: the pseudonymisation key and the source alias are set with a plain
+assignment, so a catalog entry of the user's own under those names is still reported as replaced.
 
 The filter sits on the shared logger for the one assignment; the local Dask cluster's workers are
 single-threaded processes. On a multi-threaded worker a record of another thread could pass
