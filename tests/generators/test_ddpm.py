@@ -258,6 +258,24 @@ def test_sample_validates_the_conditions(conditional):
         ddpm.sample(models, config, Conditions(n=2, **ok), SamplerSpec(name="ddpm", steps=11), torch.Generator())
 
 
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpmsolver++"])
+def test_every_sampler_clips_its_x0_estimate_to_the_data_range(name):
+    """At the first steps x0 = (x_t - sigma eps) / alpha divides by alpha ~ 0.006 (cosine schedule).
+
+    An eps model trained for minutes is off by far more than that allows: DPM-Solver++ without
+    the clip drew noise where DDIM drew brains (benchmarks/RESULTS.md, "Samplers on conf/base's DDPM").
+    """
+    config = _config(train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    scheduler = ddpm.sampling_scheduler(config, SamplerSpec(name=name, steps=25))
+    x = 3 * torch.randn((2, 1, SIZE, SIZE), generator=torch.Generator().manual_seed(0))
+    t = scheduler.timesteps[0]
+    out = scheduler.step(torch.zeros_like(x), t, x, generator=torch.Generator().manual_seed(0))
+    # DPM-Solver++ keeps its x0 estimates (it extrapolates from them); the others return theirs.
+    x0 = scheduler.model_outputs[-1] if name == "dpmsolver++" else out.pred_original_sample
+    assert x0.abs().max() <= ddpm.DATA_RANGE_MAX
+    assert x0.abs().max() > 0.5  # clipped, not zero: x_t / alpha_t is far outside [-1, 1] here
+
+
 def test_dpmsolver_refuses_repeated_timesteps():
     config = _config()  # 10 training steps; lambda clipping leaves fewer distinct ones
     with pytest.raises(ValueError, match="repeats timesteps"):

@@ -56,6 +56,9 @@ ATTENTION_HEAD_DIM = 8
 # DPM-Solver++: clip lambda(t) = log(alpha_t / sigma_t) from below; diffusers documents this
 # as critical for the cosine schedule, whose last steps have alpha_t ~ 0.
 DPM_LAMBDA_MIN_CLIPPED = -5.1
+# Images are in [-1, 1]: every sampler clips its estimate of x0 to this (diffusers' dynamic
+# thresholding with sample_max_value 1 is this static clip).
+DATA_RANGE_MAX = 1.0
 # Inpainting during training: the random rectangle to fill covers this fraction of the image.
 HOLE_AREA_RANGE = (0.25, 0.75)
 # ... and a sample with a mask uses "fill the mask" (keep = 1 - mask) with this probability.
@@ -125,7 +128,7 @@ def noise_scheduler(config: Config) -> DDPMScheduler:
         beta_schedule=config.beta_schedule,
         prediction_type=config.prediction_type,
         clip_sample=True,
-        clip_sample_range=1.0,
+        clip_sample_range=DATA_RANGE_MAX,
         timestep_spacing="trailing",
     )
 
@@ -271,8 +274,13 @@ def sampling_scheduler(config: Config, sampler: SamplerSpec):
         scheduler = DDIMScheduler.from_config(base)
     elif sampler.name == "dpmsolver++":
         # DPM-Solver++'s own "linspace" spacing also starts at T - 1 and honours the lambda clip.
+        # Its x0 estimate is clipped to the data range, as DDPM's and DDIM's are (their default
+        # clip_sample): at the first steps x0 = (x_t - sigma_t eps) / alpha_t divides by alpha_t
+        # ~ 0.006, and without the clip an eps model trained for minutes drew noise, not brains
+        # (benchmarks/RESULTS.md, "Samplers on conf/base's DDPM").
         scheduler = DPMSolverMultistepScheduler.from_config(
-            base, algorithm_type="dpmsolver++", timestep_spacing="linspace", lambda_min_clipped=DPM_LAMBDA_MIN_CLIPPED
+            base, algorithm_type="dpmsolver++", timestep_spacing="linspace", lambda_min_clipped=DPM_LAMBDA_MIN_CLIPPED,
+            thresholding=True, sample_max_value=DATA_RANGE_MAX,
         )
     else:  # SamplerSpec validates the name; this guards a new name added there only
         raise ValueError(f"ddpm cannot sample with {sampler.name!r}; expected ddpm, ddim or dpmsolver++.")
