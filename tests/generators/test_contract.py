@@ -101,6 +101,20 @@ def test_build_train_sample_save_load(family, tmp_path):
     assert torch.equal(first, reloaded)
 
 
+def test_a_family_is_described_as_iterative_exactly_when_its_samples_depend_on_the_steps(family):
+    """Titles and logs say "ddim, 3 steps" or "one forward pass" (``FamilySpec.describe_sampler``):
+    the flag behind it must match what the family's sampler does with the step count."""
+    spec = get_family(family)
+    config = config_from_params(family, TINY[family])
+    models = spec.build(config, 0).eval()
+    conditions = _conditions(config, _batch(config, torch.Generator().manual_seed(0)))
+    one, three = (spec.sample(models, config, conditions, SamplerSpec(name="ddim", steps=steps),
+                              torch.Generator().manual_seed(7)) for steps in (1, 3))
+    assert spec.iterative == (not torch.equal(one, three))
+    described = spec.describe_sampler(SamplerSpec(name="ddim", steps=3))
+    assert described == ("ddim, 3 steps" if spec.iterative else "one forward pass")
+
+
 def test_unknown_config_key_is_named(family):
     with pytest.raises(ValueError, match=r"Unknown key\(s\) \['not_a_key'\]"):
         config_from_params(family, {**TINY[family], "not_a_key": 1})

@@ -131,7 +131,9 @@ class FamilySpec:
     """One generator family: its config class and the contract functions.
 
     ``spatial_dims``: 2 for image families ``(N, C, H, W)``, 3 for volume families
-    ``(N, C, D, H, W)``.
+    ``(N, C, D, H, W)``. ``iterative``: the family samples in denoising steps with the
+    ``SamplerSpec``'s sampler; False for families that draw in one forward pass (the GANs), which
+    ignore the sampler's name and steps.
     """
 
     name: str
@@ -142,10 +144,17 @@ class FamilySpec:
     sample: Callable[[nn.ModuleDict, Any, Conditions, SamplerSpec, torch.Generator], torch.Tensor]
     ema_modules: tuple[str, ...] = ()
     spatial_dims: int = 2
+    iterative: bool = True
 
     def sample_shape(self, config: Any) -> tuple[int, ...]:
         """``(channels, *sides)`` of one generated sample under ``config``."""
         return (config.channels,) + (config.image_size,) * self.spatial_dims
+
+    def describe_sampler(self, sampler: SamplerSpec) -> str:
+        """How this family draws with ``sampler``, for titles and logs: "ddim, 50 steps" or "one forward pass"."""
+        if not self.iterative:
+            return "one forward pass"
+        return f"{sampler.name}, {sampler.steps} step{'' if sampler.steps == 1 else 's'}"
 
 
 @dataclass(frozen=True)

@@ -324,4 +324,5 @@ FAMILY = FamilySpec(
     train_step=train_step,
     sample=sample,
     ema_modules=(),
+    iterative=False,
 )

@@ -450,4 +450,5 @@ FAMILY = FamilySpec(
     train_step=train_step,
     sample=sample,
     ema_modules=(),
+    iterative=False,
 )

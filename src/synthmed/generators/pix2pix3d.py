@@ -246,4 +246,5 @@ FAMILY = FamilySpec(
     sample=sample,
     ema_modules=(),
     spatial_dims=DIMS,
+    iterative=False,
 )

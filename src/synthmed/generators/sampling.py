@@ -490,7 +490,7 @@ def _draw(spec: FamilySpec, config, models: nn.ModuleDict, requests: list[dict],
     first, stop = collectives.block(len(batches))
     mine = batches[first:stop]
     images = []
-    progress = ProgressLog(logger, f"sampling {spec.name} ({sampler.name}, {sampler.steps} steps)"
+    progress = ProgressLog(logger, f"sampling {spec.name} ({spec.describe_sampler(sampler)})"
                            + (f" on {distributed.describe()}" if collectives.active() else ""),
                            sum(len(b) for b in mine), "images")
     done = 0

@@ -60,13 +60,13 @@ def sample_generator(
                                                    run_params, params)
     names = class_names_of(manifest)
     real_indices = condition_rows(manifest, config.real_split, config.seed)
+    spec = get_family(generator.family)
     result: Sampled = generate_from_plan(
-        get_family(generator.family), generator.config, generator.models, plan, names, sampler,
+        spec, generator.config, generator.models, plan, names, sampler,
         seed=config.seed, batch_size=config.batch_size, checkpoint=checkpoint_id(generator),
         real=store, real_indices=real_indices, throughput=_throughput(generator.family, config),
     )
-    logger.info("Sampled %d %s images with %s (%d steps)", len(result.images), generator.family, sampler.name,
-                sampler.steps)
+    logger.info("Sampled %d %s images (%s)", len(result.images), generator.family, spec.describe_sampler(sampler))
     arrays = {"images": result.images, "labels": result.labels, "masks": result.masks}
     if not distributed.is_main_process():  # files only: the main process encodes and saves them
         return arrays, result.provenance, {}, None
@@ -74,7 +74,7 @@ def sample_generator(
             for row in result.provenance.itertuples()}
     labels = result.labels if names else result.labels * 0
     grid = class_grid(result.images, labels, names or ["samples"], per_class=8,
-                      title=f"{generator.family}: sampled ({sampler.name}, {sampler.steps} steps)",
+                      title=f"{generator.family}: sampled ({spec.describe_sampler(sampler)})",
                       masks=result.masks if result.masks.any() else None, rng=np.random.default_rng(0))
     return arrays, result.provenance, pngs, grid
 
