@@ -399,7 +399,7 @@ def test_two_processes_sample_through_kedro_what_one_process_samples(tmp_path):
 
     log = _synthmed(project, "launch", "--processes", "2", "--pipelines", "sampling", "--namespaces", family)
     assert "Running on 2 processes; this is process 1 of 2" in log
-    assert f"sampling {family} (ddim, 1 steps) on process 1 of 2" in log  # the second process drew its share
+    assert f"sampling {family} (one forward pass) on process 1 of 2" in log  # the second process drew its share
     for dataset in ("samples", "sample_provenance", "sample_pngs", "sampled_grid", "checkpoint_samples"):
         assert log.count(f"Saving data to {family}.{dataset} ") == 1, log[-4000:]
     assert _digests(outputs) == one  # arrays, provenance and PNGs of one process, byte for byte
