@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the profile's)")
     parser.add_argument("--seed", type=int, default=None, help="training seed (default: the profile's)")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the profile's)")
+    parser.add_argument("--mixed-precision", choices=["auto", "no", "bf16"], default=None,
+                        help="training.mixed_precision (default: the profile's; bf16 on CPU: autocast, fast with AMX)")
     parser.add_argument("--class-balance", action="store_true", help="class-balanced epochs (training.class_balance)")
     parser.add_argument("--guidance", type=float, nargs="*", default=None,
                         help="DDPM: classifier-free guidance scales to sample at (default: the profile's)")
@@ -104,7 +106,8 @@ def main() -> None:
     training = dataclasses.replace(training, checkpoint_every=0, sample_every=0, class_balance=args.class_balance,
                                    steps=args.steps or training.steps,
                                    batch_size=args.batch_size or training.batch_size,
-                                   seed=training.seed if args.seed is None else args.seed)
+                                   seed=training.seed if args.seed is None else args.seed,
+                                   mixed_precision=args.mixed_precision or training.mixed_precision)
     sampler = from_params(SamplerSpec, params["sampling"]["sampler"], f"{args.family}.sampling.sampler")
     store = ArrayStoreDataset(path=str(SLICES / "arrays")).load()
     manifest = pd.read_csv(SLICES / "manifest.csv", dtype={"patient_key": str, "item_id": str})

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from synthmed.generators.precision import auto_bf16
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks/bench_generators.py"
 
@@ -49,10 +51,11 @@ def test_sampling_throughput_prints_guidance_solvers_batches_and_the_extrapolati
                 "16,32", "--threads", "1", "--append-results", str(results))
     assert done.returncode == 0, done.stderr[-2000:]
     rates, cpu = {}, {}
+    used = "bf16" if auto_bf16("cpu") else "fp32"  # the auto precision of this CPU
     for name in ("ddim-50", "dpmsolver++-20"):
         for w in ("1", "2"):
             for batch in ("2", "3"):
-                found = re.search(rf"{re.escape(name)} +{w} +{batch} +fp32 +([\d.]+) +([\d.]+) +([\d.]+)",
+                found = re.search(rf"{re.escape(name)} +{w} +{batch} +{used} +([\d.]+) +([\d.]+) +([\d.]+)",
                                   done.stdout)
                 assert found, (name, w, batch, done.stdout)
                 rate, seconds = float(found.group(1)), float(found.group(2))

@@ -24,7 +24,7 @@ from synthmed.generators.base import Conditions, SamplerSpec, StepContext
 from synthmed.generators.common import write_checksums, write_generator_files
 from synthmed.generators.previews import check_training_input, preview_conditions, sample_grid
 from synthmed.generators.registry import FAMILIES, config_from_params, get_family, load_generator
-from synthmed.generators.sampling import generate_from_plan
+from synthmed.generators.sampling import ThroughputConfig, generate_from_plan
 from synthmed.generators.training import ArrayBatches, TrainingConfig, checkpoint_dirs, load_trainer_state, train
 from synthmed.parameters import ParameterError, validate_parameters
 from tests.conftest import load_parameters
@@ -353,8 +353,10 @@ def test_a_sampling_plan_draws_volumes_from_real_label_maps():
     plan = pd.DataFrame([{"condition": "mask", "label": "", "count": 5, "case": ""}])
 
     def run(seed: int):
+        # fp32 as the direct call below (``auto`` is bf16 on CUDA and on AMX CPUs)
         return generate_from_plan(spec, config, models, plan, [], SamplerSpec(), seed=seed, batch_size=2,
-                                  checkpoint="c", real=real, real_indices=np.arange(1, 6))
+                                  checkpoint="c", real=real, real_indices=np.arange(1, 6),
+                                  throughput=ThroughputConfig(precision="fp32"))
 
     result = run(0)
     assert result.images.shape == (5, 1, SIDE, SIDE, SIDE) and result.masks.shape == (5, 1, SIDE, SIDE, SIDE)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from synthmed.core.config import from_params
+from synthmed.generators import precision
 from synthmed.generators.base import SamplerSpec
 from synthmed.generators.registry import config_from_params, get_family
 from synthmed.generators.sampling import (
@@ -46,8 +47,14 @@ def _sample(ddpm, *, batch_size, throughput=None):
                               seed=3, batch_size=batch_size, checkpoint="c", throughput=throughput)
 
 
+@pytest.fixture
+def no_native_bf16(monkeypatch):
+    """A CPU without AMX-BF16 (where ``auto`` precision is fp32), whatever this machine has."""
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the auto choices are the CPU's only without CUDA")
-def test_auto_options_on_cpu_give_the_images_of_a_fixed_batch_bit_for_bit(ddpm):
+def test_auto_options_on_cpu_give_the_images_of_a_fixed_batch_bit_for_bit(ddpm, no_native_bf16):
     before = _sample(ddpm, batch_size=4, throughput=ThroughputConfig(device="cpu", precision="fp32",
                                                                         channels_last=False))
     auto = _sample(ddpm, batch_size="auto", throughput=ThroughputConfig(cpu_batch_size=4))
@@ -61,8 +68,10 @@ def test_auto_options_on_cpu_give_the_images_of_a_fixed_batch_bit_for_bit(ddpm):
 
 
 def test_channels_last_on_cpu_is_within_rounding_and_recorded(ddpm):
-    plain = _sample(ddpm, batch_size=4, throughput=ThroughputConfig(device="cpu", channels_last=False))
-    last = _sample(ddpm, batch_size=4, throughput=ThroughputConfig(device="cpu", channels_last=True))
+    plain = _sample(ddpm, batch_size=4, throughput=ThroughputConfig(device="cpu", precision="fp32",
+                                                                       channels_last=False))
+    last = _sample(ddpm, batch_size=4, throughput=ThroughputConfig(device="cpu", precision="fp32",
+                                                                      channels_last=True))
     np.testing.assert_allclose(last.images, plain.images, atol=CHANNELS_LAST_ATOL)
     assert last.provenance["channels_last"].all()
 
@@ -86,7 +95,24 @@ def test_prepare_models_leaves_the_callers_modules_alone(ddpm):
     assert not original.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_auto_batch_on_cpu_is_the_configured_default_and_volumes_keep_their_format():
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_on_cpu_is_bf16_only_where_the_cpu_has_amx_bf16(monkeypatch, native, expected):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    assert resolve_throughput(ThroughputConfig(device="cpu"), 4).precision == expected
+    # an explicit choice is kept whatever the CPU has
+    assert resolve_throughput(ThroughputConfig(device="cpu", precision="fp32"), 4).precision == "fp32"
+
+
+def test_native_bf16_is_read_from_torchs_cpu_capabilities(monkeypatch):
+    for capabilities, expected in (({"amx_bf16": True, "avx512_bf16": True}, True),
+                                   ({"amx_bf16": False, "avx512_bf16": True}, False), ({}, False)):
+        precision.cpu_has_native_bf16.cache_clear()
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda c=capabilities: c)
+        assert precision.cpu_has_native_bf16() is expected
+    precision.cpu_has_native_bf16.cache_clear()
+
+
+def test_auto_batch_on_cpu_is_the_configured_default_and_volumes_keep_their_format(no_native_bf16):
     chosen = resolve_throughput(ThroughputConfig(device="cpu", cpu_batch_size=12, channels_last=True), "auto",
                                 spatial_dims=3, probe=lambda b: pytest.fail("the CPU needs no probe"))
     assert chosen.batch_size == 12 and not chosen.channels_last and chosen.precision == "fp32"

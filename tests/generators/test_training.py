@@ -349,3 +349,44 @@ def test_preview_rows_take_examples_of_their_own_class_spread_over_the_split() -
     assert conditions.labels.tolist() == [0, 0, 0, 1, 1, 1]
     # class 0 (36 rows): the middle of each third; class 1 (rows 30-33): likewise, not the split's first rows
     assert rows == [6, 18, 34, 30, 32, 33]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="auto precision on the CPU only where torch sees no CUDA")
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "no")])
+def test_auto_precision_trains_in_bf16_only_on_cpus_with_amx_bf16(tmp_path, monkeypatch, native, expected):
+    from synthmed.generators import precision
+    from synthmed.generators.training import _accelerator
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    config = TrainingConfig(steps=1, batch_size=4, device="cpu")
+    assert _accelerator(config).mixed_precision == expected
+
+
+def test_one_process_trains_families_at_different_precisions(tmp_path):
+    """Accelerate keeps one state per process: a run that trains one family in bf16 and the next
+    in fp32 (a profile with ``no`` beside ``auto`` on an AMX CPU or a GPU) must not stop."""
+    spec = get_family("dcgan")
+    config = config_from_params("dcgan", TINY["dcgan"])
+    store = tiny_store(16)
+    for k, mixed in enumerate(("bf16", "no", "bf16")):
+        training = TrainingConfig(steps=2, batch_size=4, seed=3, checkpoint_every=0, log_every=1, device="cpu",
+                                  mixed_precision=mixed)
+        models, _ = train(spec, config, training, ArrayBatches(store, np.arange(16)), tmp_path / str(k))
+        assert all(torch.isfinite(p).all() for p in models.parameters())
+
+
+def test_models_trained_in_bf16_come_back_in_the_callers_precision(tmp_path):
+    """Accelerate wraps a module's forward in autocast under mixed precision; the trained models
+    handed back must compute like a copy loaded from their weights (fp32 on the CPU)."""
+    spec = get_family("dcgan")
+    config = config_from_params("dcgan", TINY["dcgan"])
+    training = TrainingConfig(steps=2, batch_size=4, seed=3, checkpoint_every=0, log_every=1, device="cpu",
+                              mixed_precision="bf16")
+    models, _ = train(spec, config, training, ArrayBatches(tiny_store(16), np.arange(16)), tmp_path)
+    loaded = spec.build(config, 0)
+    loaded.load_state_dict(models.state_dict())
+    loaded.eval()
+    z = torch.randn(4, TINY["dcgan"]["latent_dim"], generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 0, 1])
+    with torch.no_grad():
+        assert torch.equal(models["generator"](z, labels), loaded["generator"](z, labels))

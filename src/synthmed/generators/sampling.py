@@ -28,11 +28,12 @@ the smallest batch size the processes chose, and an out-of-memory batch on any p
 all of them sample the plan again at half the size.
 
 Throughput (``ThroughputConfig``, ``params:<family>.sampling.throughput``): the device, the
-autocast precision (``auto``: bf16 on CUDA, fp32 on CPU), channels-last weights (``auto``: on
-CUDA), ``torch.compile`` (off by default) and ``batch_size: auto`` (CPU: ``cpu_batch_size``;
-CUDA: the largest batch that fits ``memory_fraction`` of the free memory, measured by a
-one-step probe and halved on out-of-memory). With the ``auto`` settings a CPU run is the
-run of before, bit for bit. Each provenance row records what was used (``THROUGHPUT_COLUMNS``).
+autocast precision (``auto``: bf16 on CUDA and on CPUs with AMX-BF16, fp32 on other CPUs),
+channels-last weights (``auto``: on CUDA), ``torch.compile`` (off by default) and ``batch_size:
+auto`` (CPU: ``cpu_batch_size``; CUDA: the largest batch that fits ``memory_fraction`` of the
+free memory, measured by a one-step probe and halved on out-of-memory). A CPU run's images
+depend on the batch size and the precision, not on how many processes share the work. Each
+provenance row records what was used (``THROUGHPUT_COLUMNS``).
 The noise is drawn on the CPU generator and moved to the device, so a batch's seed means the
 same starting noise on every device.
 """
@@ -54,6 +55,7 @@ from synthmed.core.lazy import lazy_import
 from synthmed.core.progress import ProgressLog
 from synthmed.generators.base import Conditions, FamilySpec, SamplerSpec, TrainedGenerator, label_map_array
 from synthmed.generators.common import CheckpointError, weights_digest
+from synthmed.generators.precision import auto_bf16
 
 # Heavy libraries are imported on first use: the parameter check imports this module for its
 # configuration without them (synthmed.core.lazy.lazy_import).
@@ -82,7 +84,8 @@ class ThroughputConfig:
 
     Args:
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:<n>``.
-        precision: autocast dtype of the networks: ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32``
+        precision: autocast dtype of the networks: ``auto`` (bf16 on CUDA and on CPUs with AMX-BF16,
+            fp32 on other CPUs: ``synthmed.generators.precision``), ``fp32``
             (no autocast), ``bf16`` or ``fp16``. The samplers' updates stay in fp32.
         channels_last: 4D weights in channels-last memory format (faster convolutions on
             tensor cores); ``auto``: on CUDA only. Image families only (volumes keep theirs).
@@ -156,7 +159,7 @@ def resolve_throughput(options: ThroughputConfig, batch_size: int | str, spatial
     """
     device = sampling_device(options.device)
     cuda = device.type == "cuda"
-    precision = ("bf16" if cuda else "fp32") if options.precision == "auto" else options.precision
+    precision = ("bf16" if auto_bf16(device.type) else "fp32") if options.precision == "auto" else options.precision
     channels_last = (cuda if options.channels_last == "auto" else bool(options.channels_last)) and spatial_dims == 2
     if batch_size == "auto":
         if cuda and probe is not None:

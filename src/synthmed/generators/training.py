@@ -60,6 +60,7 @@ from synthmed.generators.common import (
     write_checksums,
     write_generator_files,
 )
+from synthmed.generators.precision import auto_bf16
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader, Dataset
@@ -87,7 +88,8 @@ class TrainingConfig:
         checkpoint_every: steps between checkpoints (0 = only the final one).
         log_every: steps between metric records.
         sample_every: steps between sample grids sent to the tracker (0 = none).
-        mixed_precision: "auto" (bf16 on CUDA, none elsewhere), "no", "bf16" or "fp16".
+        mixed_precision: "auto" (bf16 on CUDA and on CPUs with AMX-BF16, none elsewhere:
+            ``synthmed.generators.precision``), "no", "bf16" or "fp16".
         device: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
         num_workers: DataLoader worker processes.
         keep_checkpoints: how many verified checkpoints to keep (>= 1).
@@ -446,6 +448,22 @@ def restore_latest(root: Path, spec: FamilySpec, model_config: Any, seed: int) -
 _SHARDING_VARIABLES = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
 
 
+def _allow_precision(precision: str) -> None:
+    """Let this process's next ``Accelerator`` use ``precision`` after one with another.
+
+    Accelerate keeps one ``AcceleratorState`` per process and refuses an ``Accelerator`` whose
+    mixed precision differs from the first one's; one ``kedro run`` trains several families,
+    and a profile may set one to ``no`` and leave another on ``auto`` (bf16 on CUDA and on
+    AMX CPUs). The state is dropped, never the process group (``PartialState``), when the
+    precision changes; ``AcceleratorState._reset_state`` is what Accelerate's own tests use.
+    """
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, precision):
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 def _accelerator(config: TrainingConfig):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -468,7 +486,11 @@ def _accelerator(config: TrainingConfig):
                          f"`synthmed train --processes {torch.cuda.device_count()}` (or fewer).")
     precision = config.mixed_precision
     if precision == "auto":
-        precision = "bf16" if cuda else "no"
+        device_type = "cuda" if cuda else "mps" if mps else "cpu"
+        precision = "bf16" if auto_bf16(device_type) else "no"
+        if device_type == "cpu" and precision == "bf16":
+            logger.info("training.mixed_precision auto: bf16 autocast on this CPU (AMX-BF16); 'no' for fp32")
+    _allow_precision(precision)
     # GAN steps use a module in one loss and not in the other: let DDP allow unused parameters.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     return Accelerator(cpu=not (cuda or mps), mixed_precision=precision, kwargs_handlers=[ddp])
@@ -609,7 +631,7 @@ def train(
     if step > start or resume is None:  # a rerun of a finished run has nothing new to save
         _checkpoint(accelerator, checkpoint_root, step, spec, model_config, models, optimizers, generator,
                     config.keep_checkpoints, history)
-    final = _unwrapped(accelerator, models).to("cpu").eval()
+    final = _unwrapped(accelerator, models, keep_autocast=False).to("cpu").eval()
     _end(accelerator)
     return final, history
 
@@ -637,8 +659,12 @@ def _destroy_process_group_at_exit() -> None:
     atexit.register(destroy)
 
 
-def _unwrapped(accelerator: Any, models: nn.ModuleDict) -> nn.ModuleDict:
-    return nn.ModuleDict({name: accelerator.unwrap_model(module) for name, module in models.items()})
+def _unwrapped(accelerator: Any, models: nn.ModuleDict, keep_autocast: bool = True) -> nn.ModuleDict:
+    """The modules without their DDP wrappers. ``keep_autocast=False`` (the trained models handed
+    back): also without the autocast Accelerate wraps around ``forward`` under mixed precision, so
+    the caller's forward passes run in the precision it chooses, as a loaded copy's do."""
+    return nn.ModuleDict({name: accelerator.unwrap_model(module, keep_fp32_wrapper=keep_autocast)
+                          for name, module in models.items()})
 
 
 def _checkpoint(accelerator: Any, root: Path, step: int, spec: FamilySpec, model_config: Any,
