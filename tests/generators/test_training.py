@@ -353,7 +353,7 @@ def test_preview_rows_take_examples_of_their_own_class_spread_over_the_split() -
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="auto precision on the CPU only where torch sees no CUDA")
 @pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "no")])
-def test_auto_precision_trains_in_bf16_only_on_cpus_with_amx_bf16(tmp_path, monkeypatch, native, expected):
+def test_auto_precision_trains_in_bf16_only_on_cpus_with_amx_bf16(monkeypatch, native, expected):
     from synthmed.generators import precision
     from synthmed.generators.training import _accelerator
 
