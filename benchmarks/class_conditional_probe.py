@@ -94,6 +94,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the profile's)")
     parser.add_argument("--mixed-precision", choices=["auto", "no", "bf16"], default=None,
                         help="training.mixed_precision (default: the profile's; bf16 on CPU: autocast, fast with AMX)")
+    parser.add_argument("--min-lesion-px", type=int, default=0,
+                        help="leave out training lesion slices with fewer lesion pixels (label 4) at 64 px "
+                             "(default: keep all)")
     parser.add_argument("--class-balance", action="store_true", help="class-balanced epochs (training.class_balance)")
     parser.add_argument("--guidance", type=float, nargs="*", default=None,
                         help="DDPM: classifier-free guidance scales to sample at (default: the profile's)")
@@ -112,6 +115,11 @@ def main() -> None:
     store = ArrayStoreDataset(path=str(SLICES / "arrays")).load()
     manifest = pd.read_csv(SLICES / "manifest.csv", dtype={"patient_key": str, "item_id": str})
     train_rows = np.sort(manifest.loc[manifest["split"] == "train", "index"].to_numpy())
+    if args.min_lesion_px:
+        lesion_px = (np.asarray(store["masks"][train_rows]) == 4).reshape(len(train_rows), -1).sum(axis=1)
+        faint = (np.asarray(store["labels"][train_rows]) == 1) & (lesion_px < args.min_lesion_px)
+        print(f"{args.name}: {int(faint.sum())} training lesion slices with < {args.min_lesion_px} lesion px left out")
+        train_rows = train_rows[~faint]
     held_out = np.sort(manifest.loc[manifest["split"] == "validation", "index"].to_numpy())
     held_out_labels = np.asarray(store["labels"][held_out])
     size = model_config.image_size
