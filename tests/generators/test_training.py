@@ -362,6 +362,38 @@ def test_auto_precision_trains_in_bf16_only_on_cpus_with_amx_bf16(monkeypatch, n
     assert _accelerator(config).mixed_precision == expected
 
 
+class RecordingTracker:
+    """A ``Tracker`` that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.params: list[dict[str, str]] = []
+        self.metric_steps: list[int] = []
+
+    def log_params(self, params) -> None:
+        self.params.append(dict(params))
+
+    def log_metrics(self, metrics, step: int) -> None:
+        self.metric_steps.append(step)
+
+    def log_samples(self, models, step: int) -> None:
+        pass
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="auto precision on the CPU only where torch sees no CUDA")
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "no")])
+def test_the_tracker_records_what_auto_precision_became(tmp_path, monkeypatch, native, expected):
+    """The parameters say ``auto`` for an fp32 and a bf16 run alike; the run's record must say which."""
+    from synthmed.generators import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    tracker = RecordingTracker()
+    training = TrainingConfig(steps=2, batch_size=4, seed=3, checkpoint_every=0, log_every=1, device="auto")
+    train(get_family("dcgan"), config_from_params("dcgan", TINY["dcgan"]), training,
+          ArrayBatches(tiny_store(16), np.arange(16)), tmp_path, tracker=tracker)
+    assert tracker.params == [{"mixed_precision": expected, "device": "cpu", "processes": "1"}]
+    assert tracker.metric_steps == [1, 2]
+
+
 def test_one_process_trains_families_at_different_precisions(tmp_path):
     """Accelerate keeps one state per process: a run that trains one family in bf16 and the next
     in fp32 (a profile with ``no`` beside ``auto`` on an AMX CPU or a GPU) must not stop."""
@@ -371,8 +403,11 @@ def test_one_process_trains_families_at_different_precisions(tmp_path):
     for k, mixed in enumerate(("bf16", "no", "bf16")):
         training = TrainingConfig(steps=2, batch_size=4, seed=3, checkpoint_every=0, log_every=1, device="cpu",
                                   mixed_precision=mixed)
-        models, _ = train(spec, config, training, ArrayBatches(store, np.arange(16)), tmp_path / str(k))
+        tracker = RecordingTracker()
+        models, _ = train(spec, config, training, ArrayBatches(store, np.arange(16)), tmp_path / str(k),
+                          tracker=tracker)
         assert all(torch.isfinite(p).all() for p in models.parameters())
+        assert tracker.params[0]["mixed_precision"] == mixed
 
 
 def test_models_trained_in_bf16_come_back_in_the_callers_precision(tmp_path):

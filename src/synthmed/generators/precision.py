@@ -5,8 +5,10 @@ runs bf16 convolutions and matrix products on the AMX tiles: on 2 cores conf/bas
 DCGAN train 1.7-2 times faster than in fp32, its Pix2Pix 1.2 times, and DDIM samples twice as
 fast (benchmarks/RESULTS.md, "bf16 on CPUs with AMX"). fp32 on every other CPU: without native
 bf16 instructions autocast converts back and forth and gains nothing. The training log says
-when ``auto`` chose bf16 on the CPU (the run's ``mixed_precision`` parameter stays ``auto``); the
-sampling provenance records the precision of every row. ``no`` / ``fp32`` in the profile turn it off.
+when ``auto`` chose bf16 on the CPU, and the MLflow run records what training ran in as
+``<family>.resolved.mixed_precision`` (its ``<family>.training.mixed_precision`` parameter is the
+profile's ``auto``); the sampling provenance records the precision of every row. ``no`` / ``fp32``
+in the profile turn it off.
 """
 
 from __future__ import annotations

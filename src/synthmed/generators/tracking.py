@@ -1,4 +1,4 @@
-"""Sends training metrics and sample grids to the active MLflow run (opened by kedro-mlflow)."""
+"""Sends training metrics, sample grids and resolved settings to the active MLflow run (opened by kedro-mlflow)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,13 @@ class MlflowTracker:
     def __init__(self, prefix: str, grid: Callable[[nn.ModuleDict], Figure] | None = None):
         self._prefix = prefix
         self._grid = grid
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        """The run's resolved settings as ``<prefix>.resolved.<name>`` parameters."""
+        import mlflow
+
+        with disk_full_reported(uri_path(mlflow.get_tracking_uri())):
+            mlflow.log_params({f"{self._prefix}.resolved.{k}": str(v) for k, v in params.items()})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         import mlflow

@@ -123,7 +123,9 @@ class TrainingConfig:
 
 
 class Tracker(Protocol):
-    """Where metrics and sample grids go (MLflow in the pipeline; None in tests)."""
+    """Where metrics, sample grids and the run's resolved settings go (MLflow in the pipeline)."""
+
+    def log_params(self, params: Mapping[str, str]) -> None: ...
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
 
@@ -496,6 +498,13 @@ def _accelerator(config: TrainingConfig):
     return Accelerator(cpu=not (cuda or mps), mixed_precision=precision, kwargs_handlers=[ddp])
 
 
+def resolved_settings(accelerator: Any) -> dict[str, str]:
+    """What ``mixed_precision: auto`` and ``device: auto`` became on this machine, for the run's
+    record: the parameters say ``auto``, which reads the same for an fp32 and a bf16 run."""
+    return {"mixed_precision": str(accelerator.mixed_precision), "device": accelerator.device.type,
+            "processes": str(accelerator.num_processes)}
+
+
 def _epoch_loader(dataset: Dataset, config: TrainingConfig, epoch: int) -> DataLoader:
     from torch.utils.data import DataLoader
 
@@ -522,7 +531,9 @@ def train(
         config: the training settings.
         dataset: examples as produced by ``ArrayBatches``.
         checkpoint_root: folder of this run's checkpoints (``step-*``).
-        tracker: receives metrics every ``log_every`` steps and sample grids.
+        tracker: receives, once, what ``auto`` settings resolved to on this machine
+            (``mixed_precision``: bf16 / fp16 / no, ``device``, ``processes``), then metrics
+            every ``log_every`` steps and sample grids.
         on_step: called with the global step after each step (tests use it to interrupt).
 
     Returns:
@@ -530,6 +541,8 @@ def train(
         record per logged step (``step``, the losses, ``lr``, ``images_per_s``).
     """
     accelerator = _accelerator(config)
+    if tracker is not None and accelerator.is_main_process:
+        tracker.log_params(resolved_settings(accelerator))
     if config.class_balance:
         if not hasattr(dataset, "class_balanced"):
             raise TypeError(f"training.class_balance needs a dataset that knows its labels (ArrayBatches), "
