@@ -191,6 +191,17 @@ def test_dataset_card_has_huggingface_metadata_and_the_versions(published):
     assert "conf/base only" not in flat
 
 
+@pytest.mark.parametrize(("family", "expected"), [
+    ("ddpm", "name=ddim, steps=50, guidance_scale=2.0"),
+    ("dcgan", "none: `dcgan` draws each image in one forward pass"),
+])
+def test_the_cards_sampler_line_names_a_sampler_only_where_the_family_runs_one(family, expected):
+    from synthmed.protocols.rebalancing import sampler_text
+
+    text = sampler_text(RebalancingConfig(generator=family))
+    assert text.startswith(expected)
+
+
 def test_build_info_reads_git_dvc_lock_and_the_environment(tmp_path):
     from synthmed.core.build_info import build_info
     from synthmed.core.checksums import sha256_file

@@ -67,7 +67,9 @@ def test_sampling_follows_the_plan_with_provenance(generated):
     pix = catalog.load("pix2pix.samples")
     assert pix["images"].shape == (3, 3, 16, 16)
     # Each mask is the recorded real validation patch's mask.
-    sources = pd.read_csv(workdir / "data/07_model_output/pix2pix/provenance.csv")["source_index"]
+    pix_provenance = pd.read_csv(workdir / "data/07_model_output/pix2pix/provenance.csv")
+    assert (pix_provenance["sampler"] == "forward").all()  # a GAN names no sampler it never ran
+    sources = pix_provenance["source_index"]
     real = catalog.load("patches")["masks"]
     for k, j in enumerate(sources):
         assert np.array_equal(np.asarray(pix["masks"][k]), (np.asarray(real[j]) > 0).astype(np.uint8))

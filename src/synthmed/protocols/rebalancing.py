@@ -454,6 +454,16 @@ def card_metadata(config: RebalancingConfig, counts: pd.DataFrame, versions: Map
     }
 
 
+def sampler_text(config: RebalancingConfig) -> str:
+    """The card's "Sampler" line: the settings for a family that samples in steps, "one forward pass" for a GAN."""
+    from synthmed.generators.registry import get_family  # here: it imports every family (torch)
+
+    settings = ", ".join(f"{k}={v}" for k, v in config.sampler.items())
+    if get_family(config.generator).iterative:
+        return settings
+    return f"none: `{config.generator}` draws each image in one forward pass (`sampler` unused: {settings})"
+
+
 def dataset_card(config: RebalancingConfig, counts: pd.DataFrame, provenance: pd.DataFrame, size: int,
                  decision: GateDecision, versions: Mapping[str, str] | None = None) -> str:
     """The published folder's README (``synthmed/templates/dataset_card.md.j2``), a HuggingFace-style card.
@@ -477,7 +487,7 @@ def dataset_card(config: RebalancingConfig, counts: pd.DataFrame, provenance: pd
         "dataset_card.md.j2", config=config, counts=list(counts.itertuples()), size=size,
         front_matter=yaml.safe_dump(card_metadata(config, counts, versions), sort_keys=False, allow_unicode=True),
         versions=versions, checkpoint=provenance["checkpoint"].iloc[0] if len(provenance) else "-",
-        sampler=", ".join(f"{k}={v}" for k, v in config.sampler.items()), gate=n, feature_text=feature_text,
+        sampler=sampler_text(config), gate=n, feature_text=feature_text,
         per_checkpoint=[{"checkpoint": c, "size": int(r["size"]), "fraction": float(r["mean"])}
                         for c, r in per_checkpoint.iterrows()],
     )
