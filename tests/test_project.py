@@ -111,6 +111,17 @@ def test_every_namespace_is_a_contiguous_part_of_the_graph():
     assert interrupted == []
 
 
+def test_building_the_pipelines_warns_about_no_dotted_dataset_name():
+    """Kedro warns once per process about dotted dataset names read outside their namespace; the
+    registry silences exactly that warning (the names come from Kedro's own namespaces), no other."""
+    code = ("import warnings; from synthmed.pipeline_registry import register_pipelines; register_pipelines(); "
+            "warnings.warn('another UserWarning still shows')")
+    result = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True,
+                            cwd=PROJECT_ROOT, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}, check=True)
+    assert "dataset names contain '.'" not in result.stderr
+    assert "another UserWarning still shows" in result.stderr
+
+
 def test_dvc_outs_match_catalog_paths(pipelines, resolved_paths, dvc_stages):
     assert set(dvc_stages) == set(PIPELINES)
     for name in PIPELINES:

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 from importlib import resources
 
 from kedro.pipeline import Pipeline
+
+# Kedro warns, on every command, when a node reads a dataset named with a dot outside its own
+# namespace. Here that is by design: one namespace per family or source writes `ddpm.generator`,
+# `slices.feature_encoder` and the like, and the cross-family nodes (evaluation, rebalancing,
+# studies) read them by those names, as Kedro's namespaces produce them.
+warnings.filterwarnings("ignore", message=r"One or more dataset names contain '\.' characters", category=UserWarning)
 
 # The order of the DVC stages (dvc.yaml). `kedro run` (and kedro-viz's default view) is all of
 # them; `sample_cohort` writes only its own folder, data/01_raw/cohort, so a team's `raw_sources`
