@@ -111,6 +111,14 @@ def test_every_namespace_is_a_contiguous_part_of_the_graph():
     assert interrupted == []
 
 
+def test_every_pipeline_package_has_its_readme():
+    """The README says each pipeline's README lists its inputs, outputs, parameters and invariants."""
+    packages = [p.parent for p in (PROJECT_ROOT / "src/synthmed/pipelines").glob("*/pipeline.py")]
+    assert len(packages) >= 10
+    missing = sorted(p.name for p in packages if not (p / "README.md").is_file())
+    assert missing == []
+
+
 def test_building_the_pipelines_warns_about_no_dotted_dataset_name():
     """Kedro warns once per process about dotted dataset names read outside their namespace; the
     registry silences exactly that warning (the names come from Kedro's own namespaces), no other."""
