@@ -366,6 +366,9 @@ def test_self_test_failure_blocks_publication_whatever_the_action(fields_gate_da
     missed = int((~report.planted["flagged"]).sum())
     with pytest.raises(MemorisationError, match=rf"recall 0\.\d+ is below the minimum 0.99; {missed} of 20 planted"):
         enforce(report, config)
+    # The message says what the thresholds rest on and how to find out why.
+    with pytest.raises(MemorisationError, match=rf"from {report.held_out_count} held-out images.*gate_diagnose.py"):
+        enforce(report, config)
 
 
 def test_crops_defeat_pixel_similarity_on_anatomy_and_the_self_test_says_so() -> None:

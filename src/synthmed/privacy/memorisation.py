@@ -1387,7 +1387,12 @@ def enforce(report: GateReport, config: GateConfig, *, max_listed: int = 5) -> n
             f"(pixel threshold {report.pixel_threshold:.4f}"
             + ("" if report.relative_threshold is None
                else f", relative distance threshold {report.relative_threshold:.4f}")
-            + "). The gate cannot see copies; nothing is published."
+            + f"). The gate cannot see copies; nothing is published. The thresholds come from "
+            f"{report.held_out_count} held-out images: with few of them, the one or two most extreme set them (for "
+            "example an edge slice with little tissue that happens to lie near one training patient), and more "
+            "held-out patients make them steadier. For the rebalancing gate on slices, `PYTHONPATH=src python "
+            "benchmarks/gate_diagnose.py --env <env>` lists those images and the missed copies (README, "
+            "\"Evaluation and the memorisation gate\")."
         )
     flagged = report.candidates["flagged"].to_numpy(bool)
     count = int(flagged.sum())
