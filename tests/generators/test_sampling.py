@@ -106,3 +106,16 @@ def test_a_labelled_mask_row_without_such_rows_names_the_class_and_counts(ddpm):
     with pytest.raises(ValueError, match=r"row 0: class 'lesion' is unknown"):
         generate_from_plan(spec, config, models, _plan([("mask", "lesion", 1, "")]), CLASSES, SamplerSpec("ddim", 1),
                            seed=0, batch_size=1, checkpoint="x", real=real, real_indices=np.arange(6))
+
+
+def test_a_gans_provenance_records_one_unguided_forward_pass_whatever_the_sampler():
+    """GANs ignore the sampler; their rows must not claim the DDIM steps or guidance they were handed."""
+    config = config_from_params("dcgan", TINY["dcgan"])
+    spec = get_family("dcgan")
+    models = spec.build(config, 0).eval()
+    plan = _plan([("class", "axial", 2, ""), ("class", "sagittal", 1, "")])
+    drawn = generate_from_plan(spec, config, models, plan, CLASSES, SamplerSpec("ddim", steps=50, guidance_scale=2.0),
+                               seed=0, batch_size=3, checkpoint="abc")
+    provenance = drawn.provenance
+    assert provenance["sampler"].tolist() == ["forward"] * 3
+    assert provenance["steps"].tolist() == [1, 1, 1] and provenance["guidance"].tolist() == [1.0, 1.0, 1.0]

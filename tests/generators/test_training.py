@@ -387,7 +387,7 @@ def test_the_tracker_records_what_auto_precision_became(tmp_path, monkeypatch, n
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
     tracker = RecordingTracker()
-    training = TrainingConfig(steps=2, batch_size=4, seed=3, checkpoint_every=0, log_every=1, device="auto")
+    training = TrainingConfig(steps=2, batch_size=4, seed=3, checkpoint_every=0, log_every=1, device="cpu")
     train(get_family("dcgan"), config_from_params("dcgan", TINY["dcgan"]), training,
           ArrayBatches(tiny_store(16), np.arange(16)), tmp_path, tracker=tracker)
     assert tracker.params == [{"mixed_precision": expected, "device": "cpu", "processes": "1"}]

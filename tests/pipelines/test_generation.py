@@ -68,7 +68,9 @@ def test_sampling_follows_the_plan_with_provenance(generated):
     assert pix["images"].shape == (3, 3, 16, 16)
     # Each mask is the recorded real validation patch's mask.
     pix_provenance = pd.read_csv(workdir / "data/07_model_output/pix2pix/provenance.csv")
-    assert (pix_provenance["sampler"] == "forward").all()  # a GAN names no sampler it never ran
+    # A GAN names no sampler it never ran: one unguided forward pass.
+    assert (pix_provenance["sampler"] == "forward").all() and (pix_provenance["steps"] == 1).all()
+    assert (pix_provenance["guidance"] == 1.0).all()
     sources = pix_provenance["source_index"]
     real = catalog.load("patches")["masks"]
     for k, j in enumerate(sources):

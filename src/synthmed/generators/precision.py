@@ -6,9 +6,9 @@ DCGAN train 1.7-2 times faster than in fp32, its Pix2Pix 1.2 times, and DDIM sam
 fast (benchmarks/RESULTS.md, "bf16 on CPUs with AMX"). fp32 on every other CPU: without native
 bf16 instructions autocast converts back and forth and gains nothing. The training log says
 when ``auto`` chose bf16 on the CPU, and the MLflow run records what training ran in as
-``<family>.resolved.mixed_precision`` (its ``<family>.training.mixed_precision`` parameter is the
-profile's ``auto``); the sampling provenance records the precision of every row. ``no`` / ``fp32``
-in the profile turn it off.
+``<prefix>.resolved.mixed_precision`` (``ddpm.resolved...``, ``study_inpainting.diffusion.resolved...``;
+the profile's own parameter, e.g. ``ddpm.training.mixed_precision``, says ``auto``); the sampling
+provenance records the precision of every row. ``no`` / ``fp32`` in the profile turn it off.
 """
 
 from __future__ import annotations

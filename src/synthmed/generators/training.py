@@ -123,7 +123,8 @@ class TrainingConfig:
 
 
 class Tracker(Protocol):
-    """Where metrics, sample grids and the run's resolved settings go (MLflow in the pipeline)."""
+    """Where metrics, sample grids and the run's resolved settings go (MLflow in the pipeline; None in
+    most tests and whenever no MLflow run is active)."""
 
     def log_params(self, params: Mapping[str, str]) -> None: ...
 
