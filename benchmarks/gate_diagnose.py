@@ -155,8 +155,10 @@ def main() -> None:
           ", ".join(f"q{q:g}={held['relative_distance'].quantile(q):.4f}" for q in (0.0, 0.001, 0.01, 0.1, 0.5)))
     print(f"held-out images with std <= min_source_std {gate.plant.min_source_std} (left out of the threshold): "
           f"{int(held['content_free'].sum())}")
-    columns = ["pixel_similarity", "relative_distance", "pixel_transform", "std", "foreground_fraction", "patient",
-               "slice_index"]
+    print(f"held-out images with foreground below min_calibration_foreground {gate.min_calibration_foreground} "
+          f"(left out of the threshold): {int(held['low_foreground'].sum())}")
+    columns = ["pixel_similarity", "relative_distance", "pixel_transform", "std", "foreground", "foreground_fraction",
+               "patient", "slice_index"]
     print(f"\nthe {args.top} held-out images most similar to a training image:")
     print(held.sort_values("pixel_similarity", ascending=False)[columns].head(args.top).to_string())
 

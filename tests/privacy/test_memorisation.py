@@ -33,6 +33,7 @@ from synthmed.privacy.memorisation import (
     _prepare_references,
     calibrate_threshold,
     enforce,
+    foreground_fraction,
     nearest_table,
     plant_copies,
     relative_distance,
@@ -547,3 +548,59 @@ def test_content_free_held_out_images_are_left_out_of_the_threshold(fields_gate_
 
     with pytest.raises(MemorisationError, match=r"None of the 6 held-out images .* 0 are copies .* 6 have no content"):
         run_gate(fields_gate_data["unrelated"][:5], train, faint_held_out, config=config)
+
+
+def _small_silhouettes(count: int, seed: int) -> torch.Tensor:
+    """``(count, 1, 32, 32)``: air (-1) with one 5 x 5 px textured patch at (4, 4), 2.4% of the frame
+    (the tip of an organ at the edge of a volume); the same patch per index whatever the seed, the
+    texture's noise (std 0.08) differs."""
+    images = torch.full((count, 1, SIZE_PX, SIZE_PX), -1.0)
+    generator = torch.Generator().manual_seed(seed)
+    patch = 0.2 + 0.4 * smooth_fields(count, 40, size=5) + 0.08 * torch.randn((count, 1, 5, 5), generator=generator)
+    images[:, :, 4:9, 4:9] = patch
+    return images
+
+
+def test_foreground_fraction_counts_what_lies_above_the_background() -> None:
+    images = torch.full((3, 2, 4, 5), -1.0)
+    images[0, :, :2, :] = 0.5         # half of every channel
+    images[1] = torch.linspace(0, 1, 40).reshape(2, 4, 5)  # no flat background: all but the minimum
+    images[2, 0, 0, 0] = -1.0 + 0.005  # within the tolerance: background
+    np.testing.assert_allclose(foreground_fraction(images), [0.5, 39 / 40, 0.0])
+
+
+def test_held_out_images_with_little_foreground_are_left_out_of_the_thresholds(
+    fields_gate_data: dict[str, torch.Tensor],
+) -> None:
+    # An unseen patient's small silhouette matches a training one at ~0.995 (not a duplicate, not
+    # content-free), above every image with anatomy: with min_calibration_foreground it stops
+    # setting the threshold; without, it sets it.
+    train = torch.cat([fields_gate_data["train"][:100], _small_silhouettes(6, 1)])
+    held_out = torch.cat([fields_gate_data["held_out"][:100], _small_silhouettes(6, 2)])
+    config = GateConfig(use_features=False, action="drop", plant=PlantConfig(count=20),
+                        min_calibration_foreground=0.05)
+    keys = np.array([f"patient-{i}" for i in range(len(train))])
+    report = run_gate(fields_gate_data["unrelated"][:5], train, held_out, config=config, train_groups=keys)
+
+    table = report.held_out
+    np.testing.assert_allclose(table["foreground"].iloc[100:], 25 / SIZE_PX**2)
+    assert table["low_foreground"].tolist() == [False] * 100 + [True] * 6
+    assert not (table["duplicate"] | table["content_free"]).any()
+    assert table["pixel_similarity"].iloc[100:].min() > 0.99 > table["pixel_similarity"].iloc[:100].max()
+    assert report.held_out_count == 100 and report.summary()["held_out_low_foreground"] == 6.0
+    assert report.pixel_threshold == pytest.approx(
+        np.percentile(table["pixel_similarity"].iloc[:100], config.percentile, method="linear"))
+    assert report.relative_threshold == pytest.approx(
+        np.percentile(table["relative_distance"].iloc[:100], 100 - config.percentile, method="linear"))
+    everything = run_gate(fields_gate_data["unrelated"][:5], train, held_out, train_groups=keys,
+                          config=dataclasses.replace(config, min_calibration_foreground=0.0))
+    assert everything.held_out_count == 106 and everything.pixel_threshold > 0.99
+    # The silhouettes are far nearer one training patient than the rest: they would lower the
+    # relative threshold (fewer flagged) as well.
+    assert everything.relative_threshold < report.relative_threshold
+    assert everything.summary()["held_out_low_foreground"] == 0.0
+
+    with pytest.raises(MemorisationError, match=r"None of the 6 held-out images .* 6 too little foreground"):
+        run_gate(fields_gate_data["unrelated"][:5], train, held_out[100:], config=config)
+    with pytest.raises(ValueError, match=r"min_calibration_foreground must be a number in \[0, 1\), got 1.0"):
+        GateConfig(min_calibration_foreground=1.0)

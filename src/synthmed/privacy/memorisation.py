@@ -27,7 +27,10 @@ in four parts.
    `relative_distance` (to its nearest training image, over that to the other patients) is
    below all but the same small fraction of held-out images' is flagged too: where patients
    look alike, an unseen patient comes as close to some training image as a disguised copy,
-   but not far closer to one patient than to all the others.
+   but not far closer to one patient than to all the others. Held-out images that copy a
+   training image (a split leak), carry no content (`PlantConfig.min_source_std`) or whose
+   foreground fills little of the frame (`GateConfig.min_calibration_foreground`) are left out
+   of the calibration: each would set a threshold for every image with anatomy.
 4. Self-test (`plant_copies`, `run_gate`, `enforce`). Perturbed copies of training images
    (noise, a crop resized back, flips, a shift, gain and offset jitter) are scored with the
    same thresholds; if fewer than `GateConfig.min_self_test_recall` of them are flagged the
@@ -137,6 +140,10 @@ _RANGE_TOLERANCE = 1e-5
 _SHORTLIST_BLOCK_BYTES = 64 * 2**20
 # Relative distance: a distance to the other patients this small (similarity 1 - 1e-12) is 0.
 _RELATIVE_EPSILON = 1e-12
+# `foreground_fraction`: a pixel is foreground when it lies this far above its image's minimum
+# (0.5% of the [-1, 1] range): on the cohort's 64 px slices this fraction correlates at 0.999 with
+# the extraction's own foreground fraction (`foreground_fraction` in the slices' manifest).
+_FOREGROUND_TOLERANCE = 0.01
 
 
 class MemorisationError(ValueError):
@@ -981,6 +988,16 @@ def content_free(images: Tensor, min_std: float) -> np.ndarray:
     return images.to(torch.float64).std(dim=(1, 2, 3)).cpu().numpy() <= min_std
 
 
+def foreground_fraction(images: Tensor) -> np.ndarray:
+    """``(N,)`` float64 in [0, 1]: the fraction of each image's values (over pixels and channels) more
+    than 0.01 above that image's own minimum, its background (air around a body, the black outside
+    a fundus photograph's field). An image without a flat background (a patch inside an organ, a
+    noisy one) comes out near 1."""
+    flat = images.to(torch.float32).flatten(1)
+    floor = flat.min(dim=1, keepdim=True).values + _FOREGROUND_TOLERANCE
+    return (flat > floor).to(torch.float64).mean(dim=1).cpu().numpy()
+
+
 # ------------------------------------------------------------------ 6. the gate
 
 
@@ -1006,6 +1023,15 @@ class GateConfig:
             alike (deformed copies of one template, aligned slices), an unseen patient comes as
             close to some training image as a disguised copy does, but not closer to one patient
             than to all the others.
+        min_calibration_foreground: held-out images whose `foreground_fraction` is below this are
+            left out of the thresholds (reported as ``held_out_low_foreground``), in [0, 1); 0 keeps
+            them all. A slice with little tissue (the tip of the cerebellum, 10% of the frame) is a
+            small silhouette, and one unseen patient's such slice can lie far nearer one training
+            patient than the rest: on the 80%-lesion cohort one set the relative threshold alone
+            (0.33, the next-lowest slice 0.47) and the self-test failed (docs/privacy.md, section 3).
+            Leaving such images out can only raise the relative threshold and lower the pixel one
+            (more flagged, not fewer); candidates and planted copies of every foreground are scored
+            as before.
         min_self_test_recall: fraction of planted copies that must be flagged, in [0, 1].
         action: "fail" (block publication when any candidate is flagged) or "drop" (remove
             the flagged candidates).
@@ -1021,6 +1047,7 @@ class GateConfig:
     use_features: bool = True
     flag_on_features: bool = True
     flag_on_relative: bool = True
+    min_calibration_foreground: float = 0.0
     min_self_test_recall: float = 0.99
     action: str = "fail"
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -1041,6 +1068,11 @@ class GateConfig:
             raise ValueError(f"GateConfig.use_features must be true or false, got {self.use_features!r}.")
         if not isinstance(self.flag_on_relative, bool):
             raise ValueError(f"GateConfig.flag_on_relative must be true or false, got {self.flag_on_relative!r}.")
+        if not is_number(self.min_calibration_foreground) or not 0.0 <= self.min_calibration_foreground < 1.0:
+            raise ValueError(
+                "GateConfig.min_calibration_foreground must be a number in [0, 1), got "
+                f"{self.min_calibration_foreground!r}."
+            )
         if not is_number(self.min_self_test_recall) or not 0.0 <= self.min_self_test_recall <= 1.0:
             raise ValueError(
                 f"GateConfig.min_self_test_recall must be a number in [0, 1], got {self.min_self_test_recall!r}."
@@ -1088,8 +1120,8 @@ class GateReport:
             nearest-neighbour columns, ``flagged`` and ``found_source`` (the pixel or feature
             neighbour is the training image the copy was made from).
         held_out: one row per held-out image, the nearest-neighbour columns (the
-            calibration data), ``duplicate`` and ``content_free`` (bool: left out of the
-            thresholds).
+            calibration data), ``foreground`` (`foreground_fraction`), ``duplicate``,
+            ``content_free`` and ``low_foreground`` (bool: left out of the thresholds).
         held_out_count: number of held-out images behind the thresholds.
         config: the configuration that produced the report.
     """
@@ -1119,6 +1151,8 @@ class GateReport:
             "held_out_duplicates": float(self.held_out["duplicate"].sum()) if "duplicate" in self.held_out else 0.0,
             "held_out_content_free": (float(self.held_out["content_free"].sum())
                                       if "content_free" in self.held_out else 0.0),
+            "held_out_low_foreground": (float(self.held_out["low_foreground"].sum())
+                                        if "low_foreground" in self.held_out else 0.0),
             "self_test_recall": self.self_test_recall,
             "planted_count": float(len(self.planted)),
             "planted_missed": float((~self.planted["flagged"]).sum()),
@@ -1275,8 +1309,13 @@ def prepare_gate(
     # training slice almost perfectly and would set the threshold for every image with content.
     held_out_table = score(held_out_images)
     held_out_table["duplicate"] = held_out_table["pixel_similarity"].to_numpy() >= config.duplicate_similarity
+    # And so is one whose tissue fills little of the frame (`GateConfig.min_calibration_foreground`).
     held_out_table["content_free"] = content_free(held_out_images, config.plant.min_source_std)
-    calibration = held_out_table[~held_out_table["duplicate"] & ~held_out_table["content_free"]]
+    held_out_table["foreground"] = foreground_fraction(held_out_images)
+    held_out_table["low_foreground"] = held_out_table["foreground"].to_numpy() < config.min_calibration_foreground
+    calibration = held_out_table[
+        ~held_out_table["duplicate"] & ~held_out_table["content_free"] & ~held_out_table["low_foreground"]
+    ]
     if held_out_table["duplicate"].any():
         logger.warning(
             "%d of %d held-out images are copies of training images (pixel similarity >= %s): a leak between the "
@@ -1287,12 +1326,19 @@ def prepare_gate(
             "%d of %d held-out images have a standard deviation <= plant.min_source_std=%s (no content): left out "
             "of the threshold.", int(held_out_table["content_free"].sum()), len(held_out_table),
             config.plant.min_source_std)
+    if held_out_table["low_foreground"].any():
+        logger.info(
+            "%d of %d held-out images have foreground below min_calibration_foreground=%s: left out of the "
+            "threshold.", int(held_out_table["low_foreground"].sum()), len(held_out_table),
+            config.min_calibration_foreground)
     if calibration.empty:
         raise MemorisationError(
             f"None of the {len(held_out_table)} held-out images can calibrate the threshold: "
             f"{int(held_out_table['duplicate'].sum())} are copies of training images (pixel similarity >= "
-            f"{config.duplicate_similarity}; check the splits) and {int(held_out_table['content_free'].sum())} have "
-            f"no content (standard deviation <= plant.min_source_std={config.plant.min_source_std})."
+            f"{config.duplicate_similarity}; check the splits), {int(held_out_table['content_free'].sum())} have "
+            f"no content (standard deviation <= plant.min_source_std={config.plant.min_source_std}) and "
+            f"{int(held_out_table['low_foreground'].sum())} too little foreground (below "
+            f"min_calibration_foreground={config.min_calibration_foreground})."
         )
     pixel_threshold = calibrate_threshold(calibration["pixel_similarity"].to_numpy(), config.percentile)
     feature_threshold: float | None = None
