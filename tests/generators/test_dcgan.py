@@ -49,6 +49,9 @@ def test_defaults_are_the_papers_and_needed_conditions():
         ({"discriminator_learning_rate": 0.0}, r"discriminator_learning_rate must be a number > 0 or null, got 0.0"),
         ({"discriminator_conditioning": "concat"}, r"discriminator_conditioning must be one of \['label_map', "
                                                    r"'projection'\], got 'concat'"),
+        ({"auxiliary_classifier_weight": -1.0}, r"auxiliary_classifier_weight must be a number >= 0 \(0 = off\), "
+                                                r"got -1.0"),
+        ({"auxiliary_classifier_weight": 1.0}, r"auxiliary_classifier_weight=1.0 needs classes \(num_classes > 0\)"),
     ],
 )
 def test_invalid_config_values_are_named(overrides, message):
@@ -202,3 +205,43 @@ def test_the_projection_discriminator_scores_the_class_by_an_inner_product_with_
     before = models["discriminator"].project.weight.detach().clone()
     dcgan.train_step(models, dcgan.make_optimizers(models, config), batch, config, _context())
     assert not torch.equal(before, models["discriminator"].project.weight)
+
+
+def test_the_auxiliary_classifier_predicts_the_class_from_the_pooled_features():
+    plain = dcgan.build(dcgan.Config(**TINY), 0)["discriminator"]
+    assert plain.classifier is None
+    with pytest.raises(ValueError, match=r"no classifier \(dcgan auxiliary_classifier_weight is 0\)"):
+        plain(torch.zeros(2, 1, 16, 16), torch.tensor([0, 1]), with_classes=True)
+    config = dcgan.Config(**TINY, auxiliary_classifier_weight=1.0)
+    discriminator = dcgan.build(config, 0)["discriminator"].eval()
+    images, labels = torch.rand(3, 1, 16, 16) * 2 - 1, torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        logits, classes = discriminator(images, labels, with_classes=True)
+        assert torch.equal(logits, discriminator(images, labels))  # the real/fake logit is unchanged
+        label_map = discriminator.label_map(discriminator.embed(labels)).view(-1, 1, 16, 16)
+        pooled = discriminator.net(torch.cat([images, label_map], dim=1)).mean(dim=(2, 3))
+        assert classes.shape == (3, 3) and torch.allclose(classes, discriminator.classifier(pooled), atol=1e-6)
+
+
+def test_the_auxiliary_class_losses_enter_d_on_real_images_and_g_on_its_own():
+    # Two runs from the same weights and seeds, class weights 2 and 1: the losses differ by exactly
+    # one cross-entropy each (the discriminator barely moves: learning rate 1e-12).
+    images, labels = torch.rand(6, 1, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 0, 1, 2])
+    runs = {}
+    for weight in (2.0, 1.0):
+        config = dcgan.Config(**TINY, auxiliary_classifier_weight=weight, discriminator_learning_rate=1e-12,
+                              diff_augment=False)
+        models = dcgan.build(config, 0)
+        if weight == 1.0:  # D's class cross-entropy on the real batch, before the step (train mode, as the step)
+            _, classes = models["discriminator"].train()(images, labels, with_classes=True)
+            real_entropy = torch.nn.functional.cross_entropy(classes, labels).item()
+        runs[weight] = dcgan.train_step(models, dcgan.make_optimizers(models, config),
+                                        {"images": images, "labels": labels}, config, _context())
+    two, one = runs[2.0], runs[1.0]
+    assert set(one) == {"loss_d", "loss_g", "loss_class_real", "loss_class_fake"}
+    assert one["loss_class_real"] == pytest.approx(real_entropy, abs=1e-6)
+    assert two["loss_class_real"] == pytest.approx(one["loss_class_real"], abs=1e-6)
+    assert two["loss_d"] - one["loss_d"] == pytest.approx(one["loss_class_real"], abs=1e-5)
+    assert two["loss_class_fake"] == pytest.approx(one["loss_class_fake"], abs=1e-5)
+    assert two["loss_g"] - one["loss_g"] == pytest.approx(one["loss_class_fake"], abs=1e-5)
+    assert one["loss_class_fake"] > 0.5  # a fresh classifier: about ln 3

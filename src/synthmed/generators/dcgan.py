@@ -18,7 +18,9 @@ Conditioning (Mirza & Osindero): the generator sees ``[z, embed(label)]``; the
 discriminator sees the image with one extra channel, ``Linear(embed(label))`` reshaped to
 ``H x W`` (a learned label map), so every layer of D can relate the class to the content;
 or (``discriminator_conditioning: projection``, Miyato & Koyama 2018) D adds to its logit
-the inner product of a class embedding with its sum-pooled last features.
+the inner product of a class embedding with its sum-pooled last features. With
+``auxiliary_classifier_weight > 0`` D also predicts the class (AC-GAN, Odena et al. 2017),
+learning on real images, and G is trained to draw images D classifies as their class.
 """
 
 from __future__ import annotations
@@ -104,7 +106,9 @@ class Discriminator(nn.Module):
     down to 4x4 (no batch norm on the first layer), then Conv(4, stride 1) to one logit.
     Conditional, ``label_map``: a learned label map ``Linear(embed(label)) -> (B, 1, H, W)`` is
     an extra input channel. ``projection``: the logit gains ``<project(label), sum of the last
-    features over the 4x4 positions>`` (Miyato & Koyama 2018, eq. 3).
+    features over the 4x4 positions>`` (Miyato & Koyama 2018, eq. 3). With
+    ``auxiliary_classifier_weight > 0``, ``classifier`` maps the average-pooled last features to
+    class logits (``forward(..., with_classes=True)`` returns them too; AC-GAN, Odena et al. 2017).
     """
 
     def __init__(self, config: Config) -> None:
@@ -128,11 +132,17 @@ class Discriminator(nn.Module):
             layers += [nn.LeakyReLU(LEAKY_SLOPE)]
             in_channels = _width(config, level)
         self.net = nn.Sequential(*layers)
+        self.classifier = (nn.Linear(in_channels, config.num_classes)
+                           if config.auxiliary_classifier_weight > 0 else None)
         self.minibatch_std = config.minibatch_std
         final_in = in_channels + (1 if config.minibatch_std else 0)
         self.head = nn.Conv2d(final_in, 1, START_SIZE, 1, 0)  # 4x4 -> 1x1 logit
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, *,
+                with_classes: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``(B,)`` real/fake logits; with ``with_classes``, also ``(B, num_classes)`` class logits."""
+        if with_classes and self.classifier is None:
+            raise ValueError("This discriminator has no classifier (dcgan auxiliary_classifier_weight is 0).")
         if self.embed is not None:
             side = self.image_size
             label_map = self.label_map(self.embed(labels)).view(-1, 1, side, side)  # (B, 1, H, W)
@@ -141,12 +151,14 @@ class Discriminator(nn.Module):
         projected = None
         if self.project is not None:  # <embed(y), phi(x)>, phi: sum pooling over the 4x4 positions
             projected = (self.project(labels).to(features.dtype) * features.sum(dim=(2, 3))).sum(dim=1)  # (B,)
+        class_logits = self.classifier(features.mean(dim=(2, 3))) if with_classes else None  # (B, num_classes)
         if self.minibatch_std:
             # Karras et al. 2018 sec. 3: the mean over features of the batch std, as a channel.
             spread = features.float().std(dim=0, unbiased=False).mean().to(features.dtype)
             features = torch.cat([features, spread.expand(features.shape[0], 1, *features.shape[2:])], dim=1)
         logits = self.head(features).flatten()  # (B,)
-        return logits if projected is None else logits + projected
+        logits = logits if projected is None else logits + projected
+        return logits if class_logits is None else (logits, class_logits)
 
 
 # ----------------------------------------------------------------------------- 3. build
@@ -236,8 +248,14 @@ def train_step(
         batch: ``images`` ``(B, channels, H, W)`` in [-1, 1]; ``labels`` ``(B,)`` int64 when
             ``num_classes > 0``.
 
+    With ``auxiliary_classifier_weight`` w > 0 (AC-GAN, Odena et al. 2017, eq. 2-3, with the
+    class term of D on real images only): D also minimises w * CE(class(x), y), G also
+    w * CE(class(G(z, y)), y).
+
     Returns:
-        ``loss_d`` (BCE on real + BCE on fake) and ``loss_g`` (non-saturating), as floats.
+        ``loss_d`` (BCE on real + BCE on fake) and ``loss_g`` (non-saturating), as floats; with the
+        auxiliary classifier, ``loss_class_real`` and ``loss_class_fake`` (the cross-entropies,
+        unweighted) too.
     """
     generator, discriminator = models["generator"], models["discriminator"]
     images = batch["images"]
@@ -258,11 +276,18 @@ def train_step(
     # 2. D step: maximise log D(x) + log(1 - D(G(z))), i.e. minimise BCE(D(x), 1) +
     #    BCE(D(G(z)), 0); G(z) is detached so only D is updated.
     augment = (lambda x: diff_augment(x, step.generator)) if config.diff_augment else (lambda x: x)
+    weight = config.auxiliary_classifier_weight
+    losses: dict[str, float] = {}
     with step.autocast():
         fake = generator(z, labels)  # (B, channels, H, W)
-        real_logits = discriminator(augment(images), labels)  # (B,)
+        if weight > 0:
+            real_logits, real_classes = discriminator(augment(images), labels, with_classes=True)
+            loss_class_real = F.cross_entropy(real_classes.float(), labels)
+            losses["loss_class_real"] = loss_class_real.item()
+        else:
+            real_logits, loss_class_real = discriminator(augment(images), labels), 0.0  # (B,)
         fake_logits = discriminator(augment(fake.detach()), labels)
-        loss_d = bce_to(real_logits, 1.0) + bce_to(fake_logits, 0.0)
+        loss_d = bce_to(real_logits, 1.0) + bce_to(fake_logits, 0.0) + weight * loss_class_real
     apply_gradients(optimizers["discriminator"], loss_d, discriminator, step, clip=config.grad_clip_norm is not None)
 
     # 3. G step: min_G log(1 - D(G(z))) saturates when D rejects the fakes early on; the
@@ -270,11 +295,16 @@ def train_step(
     #    minimises BCE(D(G(z)), 1) through the updated D. D's gradients from this pass are
     #    discarded by its zero_grad in the next step.
     with step.autocast():
-        fake_logits = discriminator(augment(fake), labels)
-        loss_g = bce_to(fake_logits, 1.0)
+        if weight > 0:
+            fake_logits, fake_classes = discriminator(augment(fake), labels, with_classes=True)
+            loss_class_fake = F.cross_entropy(fake_classes.float(), labels)
+            losses["loss_class_fake"] = loss_class_fake.item()
+        else:
+            fake_logits, loss_class_fake = discriminator(augment(fake), labels), 0.0
+        loss_g = bce_to(fake_logits, 1.0) + weight * loss_class_fake
     apply_gradients(optimizers["generator"], loss_g, generator, step, clip=config.grad_clip_norm is not None)
 
-    return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
+    return {"loss_d": loss_d.item(), "loss_g": loss_g.item()} | losses
 
 
 # ----------------------------------------------------------------------------- 5. sampling

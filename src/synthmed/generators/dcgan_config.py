@@ -44,6 +44,11 @@ class Config:
         minibatch_std: append the batch standard deviation of D's last features as an
             extra channel (Karras et al. 2018, sec. 3), so D can see a collapsed batch.
         grad_clip_norm: clip both networks' gradients to this norm; None = no clipping.
+        auxiliary_classifier_weight: conditional only; > 0 adds an auxiliary classifier to D (the
+            AC-GAN of Odena, Olah & Shlens 2017, https://arxiv.org/abs/1610.09585): a linear head
+            on D's pooled last features predicts the class. It learns on real images only, and G
+            is trained to make its images classified as the class they were drawn for, with this
+            weight on the cross-entropy beside the adversarial loss. 0 = off (no head).
     """
 
     image_size: int = 64
@@ -60,6 +65,7 @@ class Config:
     grad_clip_norm: float | None = None
     diff_augment: bool = True
     minibatch_std: bool = True
+    auxiliary_classifier_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("image_size", "channels", "latent_dim", "base_channels", "label_embedding_dim"):
@@ -87,6 +93,12 @@ class Config:
             value = getattr(self, name)
             if not is_number(value) or not 0.0 <= value < 1.0:
                 raise ValueError(f"dcgan {name} must be a number in [0, 1), got {value!r}.")
+        if not is_number(self.auxiliary_classifier_weight) or self.auxiliary_classifier_weight < 0:
+            raise ValueError(f"dcgan auxiliary_classifier_weight must be a number >= 0 (0 = off), "
+                             f"got {self.auxiliary_classifier_weight!r}.")
+        if self.auxiliary_classifier_weight > 0 and not self.conditional:
+            raise ValueError(f"dcgan auxiliary_classifier_weight={self.auxiliary_classifier_weight} needs classes "
+                             "(num_classes > 0): an unconditional DCGAN has nothing to classify.")
         if self.grad_clip_norm is not None and (not is_number(self.grad_clip_norm) or self.grad_clip_norm <= 0):
             raise ValueError(f"dcgan grad_clip_norm must be a number > 0 or null, got {self.grad_clip_norm!r}.")
 
