@@ -227,19 +227,28 @@ def test_the_auxiliary_class_losses_enter_d_on_real_images_and_g_on_its_own():
     # Two runs from the same weights and seeds, class weights 2 and 1: the losses differ by exactly
     # one cross-entropy each (the discriminator barely moves: learning rate 1e-12).
     images, labels = torch.rand(6, 1, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 0, 1, 2])
-    runs = {}
+    runs, grads = {}, {}
     for weight in (2.0, 1.0):
         config = dcgan.Config(**TINY, auxiliary_classifier_weight=weight, discriminator_learning_rate=1e-12,
                               diff_augment=False)
         models = dcgan.build(config, 0)
-        if weight == 1.0:  # D's class cross-entropy on the real batch, before the step (train mode, as the step)
-            _, classes = models["discriminator"].train()(images, labels, with_classes=True)
-            real_entropy = torch.nn.functional.cross_entropy(classes, labels).item()
+        if weight == 1.0:  # the class cross-entropies, computed apart, before the step (train mode, as the step)
+            discriminator = models["discriminator"].train()
+            real_entropy = torch.nn.functional.cross_entropy(
+                discriminator(images, labels, with_classes=True)[1], labels).item()
+            z = torch.randn((6, config.latent_dim), generator=torch.Generator().manual_seed(0))  # the step's latents
+            fake = models["generator"].train()(z, labels)
+            fake_entropy = torch.nn.functional.cross_entropy(
+                discriminator(fake, labels, with_classes=True)[1], labels).item()
         runs[weight] = dcgan.train_step(models, dcgan.make_optimizers(models, config),
                                         {"images": images, "labels": labels}, config, _context())
+        grads[weight] = [p.grad.clone() for p in models["generator"].parameters()]
     two, one = runs[2.0], runs[1.0]
     assert set(one) == {"loss_d", "loss_g", "loss_class_real", "loss_class_fake"}
-    assert one["loss_class_real"] == pytest.approx(real_entropy, abs=1e-6)
+    assert one["loss_class_real"] == pytest.approx(real_entropy, abs=1e-5)
+    assert one["loss_class_fake"] == pytest.approx(fake_entropy, abs=1e-5)  # on G's images of the labels asked for
+    # ... and through G: its gradients differ by the class term's (not a detached copy of the images).
+    assert any(not torch.allclose(a, b) for a, b in zip(grads[2.0], grads[1.0]))
     assert two["loss_class_real"] == pytest.approx(one["loss_class_real"], abs=1e-6)
     assert two["loss_d"] - one["loss_d"] == pytest.approx(one["loss_class_real"], abs=1e-5)
     assert two["loss_class_fake"] == pytest.approx(one["loss_class_fake"], abs=1e-5)

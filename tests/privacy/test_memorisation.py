@@ -600,7 +600,10 @@ def test_held_out_images_with_little_foreground_are_left_out_of_the_thresholds(
     assert everything.relative_threshold < report.relative_threshold
     assert everything.summary()["held_out_low_foreground"] == 0.0
 
-    with pytest.raises(MemorisationError, match=r"None of the 6 held-out images .* 6 too little foreground"):
-        run_gate(fields_gate_data["unrelated"][:5], train, held_out[100:], config=config)
+    # The counts are exclusive: a blank slice (foreground 0) is content-free, not also low-foreground.
+    blank = torch.full((1, 1, SIZE_PX, SIZE_PX), -1.0)
+    with pytest.raises(MemorisationError, match=r"None of the 7 held-out images can calibrate the threshold: "
+                                                r"0 are copies .*, 1 have no content .* and 6 too little foreground"):
+        run_gate(fields_gate_data["unrelated"][:5], train, torch.cat([held_out[100:], blank]), config=config)
     with pytest.raises(ValueError, match=r"min_calibration_foreground must be a number in \[0, 1\), got 1.0"):
         GateConfig(min_calibration_foreground=1.0)

@@ -1029,9 +1029,11 @@ class GateConfig:
             small silhouette, and one unseen patient's such slice can lie far nearer one training
             patient than the rest: on the 80%-lesion cohort one set the relative threshold alone
             (0.33, the next-lowest slice 0.47) and the self-test failed (docs/privacy.md, section 3).
-            Leaving such images out can only raise the relative threshold and lower the pixel one
-            (more flagged, not fewer); candidates and planted copies of every foreground are scored
-            as before.
+            Left out are only those not already duplicates or content-free. Candidates and planted
+            copies of every foreground are scored as before. The thresholds are interpolated
+            percentiles of what is left, so leaving out the extreme slices makes them stricter, and
+            leaving out others can move them by a fraction of the gap between neighbouring values
+            either way (on the 40%-lesion cohort the relative threshold went from 0.4912 to 0.4897).
         min_self_test_recall: fraction of planted copies that must be flagged, in [0, 1].
         action: "fail" (block publication when any candidate is flagged) or "drop" (remove
             the flagged candidates).
@@ -1121,7 +1123,8 @@ class GateReport:
             neighbour is the training image the copy was made from).
         held_out: one row per held-out image, the nearest-neighbour columns (the
             calibration data), ``foreground`` (`foreground_fraction`), ``duplicate``,
-            ``content_free`` and ``low_foreground`` (bool: left out of the thresholds).
+            ``content_free`` and ``low_foreground`` (bool, exclusive in that order: left out of the
+            thresholds).
         held_out_count: number of held-out images behind the thresholds.
         config: the configuration that produced the report.
     """
@@ -1280,7 +1283,8 @@ def prepare_gate(
             (`GateConfig.flag_on_relative`); the search then costs twice as much.
 
     Raises:
-        MemorisationError: every held-out image is a copy of a training image.
+        MemorisationError: no held-out image is left to calibrate on (each is a copy of a training
+            image, content-free or below ``config.min_calibration_foreground``).
     """
     if not isinstance(config, GateConfig):
         raise ValueError(f"Expected config to be a GateConfig, got {type(config).__name__}.")
@@ -1309,10 +1313,14 @@ def prepare_gate(
     # training slice almost perfectly and would set the threshold for every image with content.
     held_out_table = score(held_out_images)
     held_out_table["duplicate"] = held_out_table["pixel_similarity"].to_numpy() >= config.duplicate_similarity
-    # And so is one whose tissue fills little of the frame (`GateConfig.min_calibration_foreground`).
     held_out_table["content_free"] = content_free(held_out_images, config.plant.min_source_std)
+    # And so is one whose tissue fills little of the frame (`GateConfig.min_calibration_foreground`);
+    # counted only when not left out already, so that the three counts add up.
     held_out_table["foreground"] = foreground_fraction(held_out_images)
-    held_out_table["low_foreground"] = held_out_table["foreground"].to_numpy() < config.min_calibration_foreground
+    held_out_table["low_foreground"] = (
+        (held_out_table["foreground"].to_numpy() < config.min_calibration_foreground)
+        & ~held_out_table["duplicate"].to_numpy() & ~held_out_table["content_free"].to_numpy()
+    )
     calibration = held_out_table[
         ~held_out_table["duplicate"] & ~held_out_table["content_free"] & ~held_out_table["low_foreground"]
     ]
