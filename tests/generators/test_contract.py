@@ -113,6 +113,9 @@ def test_a_family_is_described_as_iterative_exactly_when_its_samples_depend_on_t
     assert spec.iterative == (not torch.equal(one, three))
     described = spec.describe_sampler(SamplerSpec(name="ddim", steps=3))
     assert described == ("ddim, 3 steps" if spec.iterative else "one forward pass")
+    # What the provenance records: the settings that ran, or one unguided forward pass.
+    drawn = spec.drawn_with(SamplerSpec(name="ddim", steps=3, guidance_scale=2.0))
+    assert drawn == (("ddim", 3, 2.0) if spec.iterative else ("forward", 1, 1.0))
 
 
 def test_unknown_config_key_is_named(family):

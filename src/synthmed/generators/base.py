@@ -126,6 +126,10 @@ class StepContext:
     step: int
 
 
+# The sampler a family that draws in one forward pass records (`FamilySpec.drawn_with`).
+FORWARD_PASS = "forward"
+
+
 @dataclass(frozen=True)
 class FamilySpec:
     """One generator family: its config class and the contract functions.
@@ -150,11 +154,22 @@ class FamilySpec:
         """``(channels, *sides)`` of one generated sample under ``config``."""
         return (config.channels,) + (config.image_size,) * self.spatial_dims
 
-    def describe_sampler(self, sampler: SamplerSpec) -> str:
-        """How this family draws with ``sampler``, for titles and logs: "ddim, 50 steps" or "one forward pass"."""
+    def drawn_with(self, sampler: SamplerSpec) -> tuple[str, int, float]:
+        """``(sampler name, steps, guidance scale)`` as this family really draws when handed
+        ``sampler``: its settings for a family that samples in steps, ``("forward", 1, 1.0)`` for one
+        that draws in one unguided forward pass (``iterative`` false: the GANs), whatever was passed.
+        The provenance rows record this."""
         if not self.iterative:
+            return FORWARD_PASS, 1, 1.0
+        return sampler.name, sampler.steps, sampler.guidance_scale
+
+    def describe_sampler(self, sampler: SamplerSpec) -> str:
+        """How this family draws with ``sampler``, for titles, logs and cards: "ddim, 50 steps" or
+        "one forward pass"."""
+        name, steps, _ = self.drawn_with(sampler)
+        if name == FORWARD_PASS:
             return "one forward pass"
-        return f"{sampler.name}, {sampler.steps} step{'' if sampler.steps == 1 else 's'}"
+        return f"{name}, {steps} step{'' if steps == 1 else 's'}"
 
 
 @dataclass(frozen=True)

@@ -70,9 +70,6 @@ CONDITIONS = ("class", "mask", "inpaint", "unconditional")
 INPAINT_CASES = ("inside_mask", "outside_box", "new_lesion")
 # What ran where: the throughput choice of the run (``Throughput.columns``), on every row.
 THROUGHPUT_COLUMNS = ["batch_size", "device", "precision", "channels_last", "compiled"]
-# The provenance's ``sampler`` of families that draw in one forward pass (GANs, ``FamilySpec.iterative``
-# false), with ``steps`` 1 and ``guidance`` 1.0 (none) whatever sampler settings were passed.
-FORWARD_PASS = "forward"
 PROVENANCE_COLUMNS = ["index", "family", "checkpoint", "sampler", "steps", "guidance", "seed", "batch_position",
                       "condition", "label", "case", "source_index", *THROUGHPUT_COLUMNS]
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -524,8 +521,7 @@ def _assemble(spec: FamilySpec, config, requests: list[dict], sampler: SamplerSp
     counts = [stop - start for start, stop in collectives.chunk_blocks(len(requests), throughput.batch_size)]
     stacked = collectives.gather_rows(local, counts).numpy() if requests else np.zeros((0, *shape), np.float32)
     extra = throughput.columns()
-    # A GAN draws in one forward pass, unguided: its rows say so rather than the sampler settings it never ran.
-    drawn = (sampler.name, sampler.steps, sampler.guidance_scale) if spec.iterative else (FORWARD_PASS, 1, 1.0)
+    drawn = spec.drawn_with(sampler)  # a GAN's rows say "forward", not the sampler settings it never ran
     rows = [(i, spec.name, checkpoint, *drawn, seed + b,
              i - positions.start, r["condition"], r["label"], r["case"], r["source_index"],
              *(extra[c] for c in THROUGHPUT_COLUMNS))
