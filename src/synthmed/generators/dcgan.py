@@ -280,12 +280,7 @@ def train_step(
     losses: dict[str, float] = {}
     with step.autocast():
         fake = generator(z, labels)  # (B, channels, H, W)
-        if weight > 0:
-            real_logits, real_classes = discriminator(augment(images), labels, with_classes=True)
-            loss_class_real = F.cross_entropy(real_classes.float(), labels)
-            losses["loss_class_real"] = loss_class_real.item()
-        else:
-            real_logits, loss_class_real = discriminator(augment(images), labels), 0.0  # (B,)
+        real_logits, loss_class_real = _judge(discriminator, augment(images), labels, weight, "real", losses)
         fake_logits = discriminator(augment(fake.detach()), labels)
         loss_d = bce_to(real_logits, 1.0) + bce_to(fake_logits, 0.0) + weight * loss_class_real
     apply_gradients(optimizers["discriminator"], loss_d, discriminator, step, clip=config.grad_clip_norm is not None)
@@ -295,16 +290,30 @@ def train_step(
     #    minimises BCE(D(G(z)), 1) through the updated D. D's gradients from this pass are
     #    discarded by its zero_grad in the next step.
     with step.autocast():
-        if weight > 0:
-            fake_logits, fake_classes = discriminator(augment(fake), labels, with_classes=True)
-            loss_class_fake = F.cross_entropy(fake_classes.float(), labels)
-            losses["loss_class_fake"] = loss_class_fake.item()
-        else:
-            fake_logits, loss_class_fake = discriminator(augment(fake), labels), 0.0
+        fake_logits, loss_class_fake = _judge(discriminator, augment(fake), labels, weight, "fake", losses)
         loss_g = bce_to(fake_logits, 1.0) + weight * loss_class_fake
     apply_gradients(optimizers["generator"], loss_g, generator, step, clip=config.grad_clip_norm is not None)
 
     return {"loss_d": loss_d.item(), "loss_g": loss_g.item()} | losses
+
+
+def _judge(
+    discriminator: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    weight: float,
+    kind: str,
+    losses: dict[str, float],
+) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """D's real/fake logits ``(B,)`` for ``images`` and, when the auxiliary classifier is on
+    (``weight > 0``), the cross-entropy of its class prediction against ``labels`` (logged in
+    ``losses`` as ``loss_class_<kind>``); 0.0 when it is off."""
+    if weight <= 0:
+        return discriminator(images, labels), 0.0
+    logits, classes = discriminator(images, labels, with_classes=True)
+    loss_class = F.cross_entropy(classes.float(), labels)
+    losses[f"loss_class_{kind}"] = loss_class.item()
+    return logits, loss_class
 
 
 # ----------------------------------------------------------------------------- 5. sampling
