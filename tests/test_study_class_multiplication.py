@@ -113,6 +113,8 @@ def test_bad_parameters_name_the_value_and_what_was_expected():
         cm.Multiplication(factors=(2.0, 2.0))
     with pytest.raises(ValueError, match=r"test_splits must be .*'train'"):
         cm.StudyEvaluation(test_splits=("train",))
+    with pytest.raises(ValueError, match=r"gate_splits must be .*'train'"):
+        cm.StudyEvaluation(gate_splits=("train",))
     with pytest.raises(ValueError, match=r"anatomically_correct must be a fraction.*66"):
         cm.PublishedFigure(label="x", anatomically_correct=66.0, citation="c")
     with pytest.raises(ValueError, match="image_size must be a power of two"):
@@ -169,6 +171,10 @@ def test_study_nodes_end_to_end(cohort, params):
     np.testing.assert_array_equal(again["images"], synthetic["images"])        # seeded
     gate_table, gate = nodes.gate_synthetic(arrays, synthetic, params)
     assert gate["calibrated"] == 1.0 and len(gate_table) == 16
+    # calibrated on the gate_splits patients only (conf/base: validation, as the rebalancing gate)
+    assert params["evaluation"]["gate_splits"] == ["validation"]
+    left_out = sum(gate.get(f"held_out_{k}", 0.0) for k in ("duplicates", "content_free", "low_foreground"))
+    assert gate["held_out_count"] + left_out == SPLITS.count("validation") * SLICES
     assert gate["flagged_fraction"] == pytest.approx(gate_table["flagged"].mean())
     summary, runs, utility = nodes.score_class_utility(arrays, synthetic, params)
     assert set(summary["factor"]) == {1.0, 2.0} and set(runs["seed"]) == {0, 1}

@@ -119,8 +119,10 @@ class StudyEvaluation:
     """``params:study_class_multiplication.evaluation``.
 
     Args:
-        test_splits: the held-out patients: the classifier's test set, the gate's calibration set and
-            the reader kit's real slices.
+        test_splits: the held-out patients: the classifier's test set and the reader kit's real slices.
+        gate_splits: the held-out patients whose slices calibrate the memorisation gate. Validation, as
+            for the rebalancing gate (``evaluation.memorisation``), so that the study's thresholds are
+            those of the published dataset's; ``[validation, test]`` calibrates on more patients.
         utility: ``synthmed.metrics.utility.UtilityConfig`` keys (modes: real, real+synthetic).
         detectability: ``synthmed.metrics.detectability.DetectabilityConfig`` keys.
         lesion_signal: ``synthmed.metrics.lesion_signal.LesionSignalConfig`` keys.
@@ -132,6 +134,7 @@ class StudyEvaluation:
     """
 
     test_splits: tuple[str, ...] = ("validation", "test")
+    gate_splits: tuple[str, ...] = ("validation",)
     utility: Mapping[str, Any] = field(default_factory=dict)
     detectability: Mapping[str, Any] = field(default_factory=dict)
     lesion_signal: Mapping[str, Any] = field(default_factory=dict)
@@ -144,6 +147,7 @@ class StudyEvaluation:
     def __post_init__(self) -> None:
         where = f"{WHERE}.evaluation"
         check_held_out_splits(f"{where}.test_splits", self.test_splits)
+        check_held_out_splits(f"{where}.gate_splits", self.gate_splits)
         check_level(f"{where}.level", self.level)
         if not is_int(self.grid_examples) or self.grid_examples < 1:
             raise ValueError(f"{where}.grid_examples must be an integer >= 1, got {self.grid_examples!r}.")

@@ -139,7 +139,8 @@ def multiply_lesion_class(models, arrays: dict[str, np.ndarray], params: dict[st
 def gate_synthetic(arrays: dict[str, np.ndarray], synthetic: dict[str, np.ndarray], params: dict[str, Any]
                    ) -> tuple[pd.DataFrame, dict[str, float]]:
     """The memorisation gate over the synthetic lesion slices (reported, not enforced): training slices are
-    the references, the held-out patients' slices calibrate the threshold (pixel NCC; no feature network)."""
+    the references, the slices of the ``evaluation.gate_splits`` patients calibrate the thresholds (pixel NCC; no
+    feature network)."""
     from synthmed.privacy.memorisation import GateConfig, MemorisationError, run_gate
 
     config = _config(params)
@@ -147,7 +148,7 @@ def gate_synthetic(arrays: dict[str, np.ndarray], synthetic: dict[str, np.ndarra
                        f"{WHERE}.evaluation.memorisation")
     train_rows = _rows(arrays, config.train_split)
     train_images, _ = _tensors(arrays, train_rows)
-    held_out, _ = _tensors(arrays, _rows(arrays, config.evaluation.test_splits))
+    held_out, _ = _tensors(arrays, _rows(arrays, config.evaluation.gate_splits))
     candidates = _synthetic(synthetic)
     try:
         report = run_gate(candidates, train_images, held_out, config=gate, train_groups=arrays["patient"][train_rows])
