@@ -9,6 +9,7 @@ lock with ``make demo`` (or ``dvc repro``) and commit it (README, "Contributing"
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -114,3 +115,45 @@ def test_the_lock_check_sees_a_code_change(tmp_path):
     with open(copy / edited, "a") as handle:
         handle.write("\n# an edit\n")
     assert edited in stale_stages(copy)["extraction"]
+
+
+def metrics_off_the_lock(root: Path, tracked: list[str]) -> list[str]:
+    """The outputs of dvc.lock among ``tracked`` (the ``cache: false`` metrics git holds) whose bytes in
+    ``root`` are not those whose md5 dvc.lock records: a demo's lock committed without its metrics."""
+    stages = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    outs = {out["path"]: out.get("md5") for stage in stages.values() for out in stage.get("outs", [])}
+    return [path for path in tracked if path in outs
+            and hashlib.md5((root / path).read_bytes()).hexdigest() != outs[path]]
+
+
+def _tracked_lock_outputs() -> list[str]:
+    listed = subprocess.run(["git", "ls-files", "data"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            check=True).stdout.split()
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.lock").read_text())["stages"]
+    outs = {out["path"] for stage in stages.values() for out in stage.get("outs", [])}
+    return [path for path in listed if path in outs]
+
+
+def test_the_committed_metrics_are_those_of_the_lock():
+    """``make demo`` writes dvc.lock and the metrics beside it; both are committed together."""
+    if not (PROJECT_ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = _tracked_lock_outputs()
+    assert "data/08_reporting/metrics.json" in tracked and "data/08_reporting/extraction_metrics.json" in tracked
+    stale = metrics_off_the_lock(PROJECT_ROOT, tracked)
+    assert not stale, (f"{stale} differ from the md5 dvc.lock records: copy them from the `make demo` that wrote "
+                       "dvc.lock and commit them with it.")
+
+
+def test_the_metrics_check_sees_a_stale_file(tmp_path):
+    """Break-check of the test above: one committed metrics file from another run is found."""
+    if not (PROJECT_ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = _tracked_lock_outputs()
+    for path in ["dvc.lock", *tracked]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(PROJECT_ROOT / path, tmp_path / path)
+    assert metrics_off_the_lock(tmp_path, tracked) == []
+    stale = tmp_path / "data/08_reporting/extraction_metrics.json"
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "slices_total": -1}))
+    assert metrics_off_the_lock(tmp_path, tracked) == ["data/08_reporting/extraction_metrics.json"]
