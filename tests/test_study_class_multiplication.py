@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from synthmed.core.config import from_params
@@ -56,7 +57,7 @@ def base_params():
 @pytest.fixture()
 def params(tmp_path, base_params):
     study = copy.deepcopy(base_params["study_class_multiplication"])
-    study.update(image_size=SIZE, checkpoint_root=str(tmp_path / "checkpoints"))
+    study.update(image_size=SIZE, checkpoint_root=str(tmp_path / "checkpoints"), pretrained=None)
     study["model"].update(image_size=SIZE, block_out_channels=[8, 8])
     study["training"].update(steps=2, batch_size=4, log_every=1, device="cpu", mixed_precision="no")
     study["multiplication"].update(sampler={"name": "ddim", "steps": 2, "guidance_scale": 2.0, "eta": 0.0},
@@ -275,3 +276,46 @@ def test_the_gate_row_names_every_rule_that_flags():
     (missing,) = gate_row(numbers | {"self_test_recall": 0.83}, 0.95)
     assert "the fraction is a lower bound" in missing.source
     assert gate_row({"calibrated": 0.0}, 0.95) == []
+
+
+def _save(models, model_params, folder, class_names=cm.CLASS_NAMES):
+    from synthmed.generators.common import write_checksums, write_generator_files
+    from synthmed.generators.registry import config_from_params
+
+    folder.mkdir()
+    write_generator_files(folder, "ddpm", config_from_params("ddpm", model_params), models,
+                          class_names=list(class_names))
+    write_checksums(folder)
+    return str(folder)
+
+
+def test_the_study_samples_a_saved_ddpm_of_its_own_setup(cohort, params, tmp_path):
+    """pretrained: the saved model is sampled, not retrained; another config or other classes are refused."""
+    from synthmed.pipelines.study_class_multiplication import nodes
+
+    store, manifest = cohort
+    arrays = nodes.prepare_class_slices(store, manifest, params)
+    trained, _ = nodes.train_class_diffusion(arrays, params)
+    shared = {**params, "pretrained": _save(trained, params["model"], tmp_path / "demo_ddpm"),
+              "training": {**params["training"], "steps": 10_000}}   # would take long if it trained
+    models, history = nodes.train_class_diffusion(arrays, shared)
+    assert history["pretrained"].tolist() == [shared["pretrained"]]
+    for name, module in trained.items():
+        for (key, value), loaded in zip(module.state_dict().items(), models[name].state_dict().values(), strict=True):
+            assert torch.equal(value.cpu(), loaded.cpu()), (name, key)
+    other = {**shared, "model": {**params["model"], "ema_decay": 0.9}}
+    with pytest.raises(ValueError, match=r"pretrained .*differs from study_class_multiplication.model in ema_decay"):
+        nodes.train_class_diffusion(arrays, other)
+    wrong = {**params, "pretrained": _save(trained, params["model"], tmp_path / "planes", ("axial", "coronal"))}
+    with pytest.raises(ValueError, match=r"classes \['axial', 'coronal'\]; expected a ddpm with classes"):
+        nodes.train_class_diffusion(arrays, wrong)
+
+
+def test_conf_base_shares_the_demo_ddpm_of_the_same_setup(base_params):
+    """conf/base samples the demo's DDPM: the study's model block must be the training pipeline's."""
+    from synthmed.generators.registry import config_from_params
+
+    study = base_params["study_class_multiplication"]
+    assert study["pretrained"] == "data/06_models/ddpm"
+    assert config_from_params("ddpm", study["model"]) == config_from_params("ddpm", base_params["ddpm"]["model"])
+    assert load_parameters("gpu")["study_class_multiplication"]["pretrained"] is None

@@ -177,6 +177,11 @@ class ClassMultiplicationConfig:
         checkpoint_root: parent folder of the DDPM's training checkpoints.
         model, training: the ``ddpm`` family's ``Config`` (``num_classes: 2``, ``conditioning: [class]``)
             and ``TrainingConfig`` keys.
+        pretrained: a saved ``ddpm`` folder to sample instead of training one (``data/06_models/ddpm``:
+            the class-conditional DDPM of ``make demo``, trained on the same training patients' slices
+            at the same size). Its ``Config`` must equal ``model`` and its classes be normal / lesion,
+            so that the study's setup is the one it was trained in; null trains the study's own with
+            ``training``.
         multiplication: ``Multiplication`` keys.
         evaluation: ``StudyEvaluation`` keys.
         published: the published figure printed beside ours.
@@ -187,6 +192,7 @@ class ClassMultiplicationConfig:
     checkpoint_root: str = "data/06_models/checkpoints"
     model: Mapping[str, Any] = field(default_factory=dict)
     training: Mapping[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None
     multiplication: Multiplication = field(default_factory=Multiplication)
     evaluation: StudyEvaluation = field(default_factory=StudyEvaluation)
     published: PublishedFigure | None = None
@@ -197,6 +203,8 @@ class ClassMultiplicationConfig:
                              f"got {self.image_size!r}.")
         if self.train_split not in SPLITS:
             raise ValueError(f"{WHERE}.train_split must be one of {list(SPLITS)}, got {self.train_split!r}.")
+        if self.pretrained is not None and (not isinstance(self.pretrained, str) or not self.pretrained.strip()):
+            raise ValueError(f"{WHERE}.pretrained must be a folder path or null, got {self.pretrained!r}.")
         if self.train_split in self.evaluation.test_splits:
             raise ValueError(f"{WHERE}.train_split {self.train_split!r} is also in evaluation.test_splits "
                              f"{list(self.evaluation.test_splits)}; the classifier must be tested on other patients.")

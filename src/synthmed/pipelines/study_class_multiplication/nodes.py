@@ -10,8 +10,10 @@ see ``synthmed.protocols.class_multiplication`` for the protocol.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +24,8 @@ from matplotlib.figure import Figure
 from synthmed.core.checksums import sha256_bytes
 from synthmed.core.config import from_params
 from synthmed.generators.base import SamplerSpec
-from synthmed.generators.registry import config_from_params, get_family
+from synthmed.generators.common import read_manifest
+from synthmed.generators.registry import config_from_params, get_family, load_generator
 from synthmed.generators.run import RunConfig, checkpoint_folder
 from synthmed.generators.sampling import PLAN_COLUMNS, generate_from_plan
 from synthmed.generators.tracking import active_tracker
@@ -89,11 +92,34 @@ def prepare_class_slices(slices: Mapping[str, np.ndarray], slice_manifest: pd.Da
     return arrays
 
 
+def _pretrained(folder: Path, model_config) -> torch.nn.ModuleDict:
+    """The saved ``ddpm`` in ``folder`` (checksums verified), refused unless it is a ``ddpm`` with the classes
+    normal / lesion and the study's ``model`` config: the same setup, so the study may share it."""
+    spec, saved, models = load_generator(folder)
+    classes = list(read_manifest(folder).get("class_names") or [])
+    if spec.name != FAMILY or classes != list(cm.CLASS_NAMES):
+        raise ValueError(f"{WHERE}.pretrained {folder}: a {spec.name} with classes {classes}; expected a {FAMILY} "
+                         f"with classes {list(cm.CLASS_NAMES)}.")
+    differ = {f.name: (getattr(saved, f.name), getattr(model_config, f.name)) for f in dataclasses.fields(saved)
+              if getattr(saved, f.name) != getattr(model_config, f.name)}
+    if differ:
+        raise ValueError(f"{WHERE}.pretrained {folder}: its config differs from {WHERE}.model in "
+                         + ", ".join(f"{k} (saved {a!r}, study {b!r})" for k, (a, b) in differ.items())
+                         + f"; set {WHERE}.model to the saved config, or pretrained: null to train the study's own.")
+    return models
+
+
 def train_class_diffusion(arrays: dict[str, np.ndarray], params: dict[str, Any]):
-    """The class-conditional ``ddpm`` (normal / lesion) trained on the training patients' slices (synthmed's
-    trainer: checkpoints under ``checkpoint_root``, resumed when the data and parameters are the same)."""
+    """The class-conditional ``ddpm`` (normal / lesion): the saved one of ``pretrained`` when set (the demo's,
+    trained on the same patients' slices), else trained on the training patients' slices (synthmed's trainer:
+    checkpoints under ``checkpoint_root``, resumed when the data and parameters are the same)."""
     config = _config(params)
     model_config = _model_config(config)
+    if config.pretrained is not None:
+        folder = Path(config.pretrained)
+        models = _pretrained(folder, model_config)
+        logger.info("%s: sampling the saved ddpm in %s (not training one: pretrained is set)", WHERE, folder)
+        return models, pd.DataFrame({"pretrained": [str(folder)]})
     training = from_params(TrainingConfig, config.training, f"{WHERE}.training")
     rows = _rows(arrays, config.train_split)
     if len(rows) == 0:
@@ -330,9 +356,12 @@ def _notes(config: cm.ClassMultiplicationConfig, arrays: dict[str, np.ndarray], 
     notes = [
         f"Slices: the cohort's axial slices classed by finding, {config.image_size} px (area-averaged); {by_split}. "
         "The split is by patient (checked).",
-        f"Generator: ddpm, class-conditional (normal / lesion), {config.training.get('steps')} steps of "
-        f"{config.training.get('batch_size')} slices on the {config.train_split} patients; sampled with {sampler}. "
-        f"Factors {[f'x{f:g}' for f in config.multiplication.factors]}: that many synthetic lesion slices per real "
+        (f"Generator: the saved ddpm of {config.pretrained} (class-conditional, normal / lesion; the study's model "
+         f"config; trained outside the study, see its MODEL_CARD.md); sampled with {sampler}. "
+         if config.pretrained is not None else
+         f"Generator: ddpm, class-conditional (normal / lesion), {config.training.get('steps')} steps of "
+         f"{config.training.get('batch_size')} slices on the {config.train_split} patients; sampled with {sampler}. ")
+        + f"Factors {[f'x{f:g}' for f in config.multiplication.factors]}: that many synthetic lesion slices per real "
         "training lesion slice are added to the classifier's training set.",
         "The published figure (66% judged anatomically correct by clinicians after the first iteration) is a "
         "reader judgement: nothing here measures it, and no machine row stands for it. Its row stays empty until "
