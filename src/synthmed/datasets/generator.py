@@ -32,12 +32,9 @@ class GeneratorDataset(AbstractDataset["TrainedGenerator", "TrainedGenerator"]):
     def load(self) -> TrainedGenerator:
         # load_generator verifies checksums.json (synthmed.core.checksums) before reading
         # any weights and raises CheckpointError naming the file, both values and the fix.
-        from synthmed.generators.base import TrainedGenerator
-        from synthmed.generators.common import read_manifest
-        from synthmed.generators.registry import load_generator
+        from synthmed.generators.registry import load_trained_generator
 
-        spec, config, models = load_generator(self._path)
-        return TrainedGenerator(spec.name, config, models, tuple(read_manifest(self._path).get("class_names", ())))
+        return load_trained_generator(self._path)
 
     def save(self, data: TrainedGenerator) -> None:
         from synthmed.generators.base import TrainedGenerator

@@ -60,8 +60,7 @@ def generate_to_folder(model: Path, out: Path, n: int, *, label: str | None = No
     """
     from PIL import Image
 
-    from synthmed.generators.common import read_manifest
-    from synthmed.generators.registry import load_generator
+    from synthmed.generators.registry import get_family, load_trained_generator
     from synthmed.generators.sampling import checkpoint_id, generate_from_plan
 
     model, out = Path(model), Path(out)
@@ -69,8 +68,9 @@ def generate_to_folder(model: Path, out: Path, n: int, *, label: str | None = No
         raise ValueError(f"--n must be at least 1, got {n}.")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not an empty folder; name a new folder (nothing is overwritten).")
-    spec, config, models = load_generator(model)
-    class_names = list(read_manifest(model).get("class_names") or [])
+    trained = load_trained_generator(model)
+    spec, config, models, class_names = get_family(trained.family), trained.config, trained.models, \
+        list(trained.class_names)
     needed = config.needed_conditions()
     if needed - {"labels"}:
         raise ValueError(

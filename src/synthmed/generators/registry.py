@@ -8,7 +8,7 @@ from typing import Any
 from synthmed.core.config import from_params
 from synthmed.core.lazy import lazy_import
 from synthmed.generators import dcgan, ddpm, pix2pix, pix2pix3d
-from synthmed.generators.base import FamilySpec
+from synthmed.generators.base import FamilySpec, TrainedGenerator
 from synthmed.generators.common import (
     CheckpointError,
     load_weights,
@@ -59,7 +59,19 @@ def config_from_params(name: str, params: dict[str, Any]) -> Any:
 
 
 def load_generator(folder: Path) -> tuple[FamilySpec, Any, nn.ModuleDict]:
-    """Load a saved generator after verifying its checksums.
+    """Load a saved generator after verifying its checksums (``load_trained_generator`` without
+    the class names).
+
+    Raises:
+        CheckpointError: the folder is missing, incomplete, corrupt or of an unknown family.
+    """
+    trained = load_trained_generator(folder)
+    return get_family(trained.family), trained.config, trained.models
+
+
+def load_trained_generator(folder: Path) -> TrainedGenerator:
+    """A saved generator, its checksums verified, with the class names ``generator.json`` keeps (by
+    class id; empty when unconditional).
 
     Raises:
         CheckpointError: the folder is missing, incomplete, corrupt or of an unknown family.
@@ -77,4 +89,4 @@ def load_generator(folder: Path) -> tuple[FamilySpec, Any, nn.ModuleDict]:
     models = spec.build(config, 0)
     load_weights(folder, models)
     models.eval()
-    return spec, config, models
+    return TrainedGenerator(spec.name, config, models, tuple(manifest.get("class_names") or ()))

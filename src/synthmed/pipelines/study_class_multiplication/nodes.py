@@ -24,8 +24,7 @@ from matplotlib.figure import Figure
 from synthmed.core.checksums import sha256_bytes
 from synthmed.core.config import from_params
 from synthmed.generators.base import SamplerSpec
-from synthmed.generators.common import read_manifest
-from synthmed.generators.registry import config_from_params, get_family, load_generator
+from synthmed.generators.registry import config_from_params, get_family, load_trained_generator
 from synthmed.generators.run import RunConfig, checkpoint_folder
 from synthmed.generators.sampling import PLAN_COLUMNS, generate_from_plan
 from synthmed.generators.tracking import active_tracker
@@ -95,18 +94,18 @@ def prepare_class_slices(slices: Mapping[str, np.ndarray], slice_manifest: pd.Da
 def _pretrained(folder: Path, model_config) -> torch.nn.ModuleDict:
     """The saved ``ddpm`` in ``folder`` (checksums verified), refused unless it is a ``ddpm`` with the classes
     normal / lesion and the study's ``model`` config: the same setup, so the study may share it."""
-    spec, saved, models = load_generator(folder)
-    classes = list(read_manifest(folder).get("class_names") or [])
-    if spec.name != FAMILY or classes != list(cm.CLASS_NAMES):
-        raise ValueError(f"{WHERE}.pretrained {folder}: a {spec.name} with classes {classes}; expected a {FAMILY} "
-                         f"with classes {list(cm.CLASS_NAMES)}.")
+    trained = load_trained_generator(folder)
+    saved, classes = trained.config, list(trained.class_names)
+    if trained.family != FAMILY or classes != list(cm.CLASS_NAMES):
+        raise ValueError(f"{WHERE}.pretrained {folder}: a {trained.family} with classes {classes}; expected a "
+                         f"{FAMILY} with classes {list(cm.CLASS_NAMES)}.")
     differ = {f.name: (getattr(saved, f.name), getattr(model_config, f.name)) for f in dataclasses.fields(saved)
               if getattr(saved, f.name) != getattr(model_config, f.name)}
     if differ:
         raise ValueError(f"{WHERE}.pretrained {folder}: its config differs from {WHERE}.model in "
                          + ", ".join(f"{k} (saved {a!r}, study {b!r})" for k, (a, b) in differ.items())
                          + f"; set {WHERE}.model to the saved config, or pretrained: null to train the study's own.")
-    return models
+    return trained.models
 
 
 def train_class_diffusion(arrays: dict[str, np.ndarray], params: dict[str, Any]):
