@@ -343,6 +343,15 @@ def write_class_multiplication_report(utility_summary: pd.DataFrame, utility: di
     return table, html, grid, {k: float(v) for k, v in metrics.items()}
 
 
+def _generator_text(config: cm.ClassMultiplicationConfig) -> str:
+    """The report's words for where the study's DDPM comes from: shared (``pretrained``) or trained here."""
+    if config.pretrained is not None:
+        return (f"the saved ddpm of {config.pretrained} (class-conditional, normal / lesion; the study's model "
+                "config; trained outside the study, see its MODEL_CARD.md)")
+    return (f"ddpm, class-conditional (normal / lesion), {config.training.get('steps')} steps of "
+            f"{config.training.get('batch_size')} slices on the {config.train_split} patients")
+
+
 def _notes(config: cm.ClassMultiplicationConfig, arrays: dict[str, np.ndarray], utility: dict[str, float],
            detectability: dict[str, float], gate: dict[str, float], diversity: dict[str, float],
            duplicate: float) -> list[str]:
@@ -355,12 +364,8 @@ def _notes(config: cm.ClassMultiplicationConfig, arrays: dict[str, np.ndarray], 
     notes = [
         f"Slices: the cohort's axial slices classed by finding, {config.image_size} px (area-averaged); {by_split}. "
         "The split is by patient (checked).",
-        (f"Generator: the saved ddpm of {config.pretrained} (class-conditional, normal / lesion; the study's model "
-         f"config; trained outside the study, see its MODEL_CARD.md); sampled with {sampler}. "
-         if config.pretrained is not None else
-         f"Generator: ddpm, class-conditional (normal / lesion), {config.training.get('steps')} steps of "
-         f"{config.training.get('batch_size')} slices on the {config.train_split} patients; sampled with {sampler}. ")
-        + f"Factors {[f'x{f:g}' for f in config.multiplication.factors]}: that many synthetic lesion slices per real "
+        f"Generator: {_generator_text(config)}; sampled with {sampler}. "
+        f"Factors {[f'x{f:g}' for f in config.multiplication.factors]}: that many synthetic lesion slices per real "
         "training lesion slice are added to the classifier's training set.",
         "The published figure (66% judged anatomically correct by clinicians after the first iteration) is a "
         "reader judgement: nothing here measures it, and no machine row stands for it. Its row stays empty until "
