@@ -17,6 +17,7 @@ from synthmed.privacy.memorisation import MemorisationError
 from synthmed.protocols.rebalancing import (
     ROUND_SEED_STRIDE,
     GateDecision,
+    OverGeneration,
     RebalancingConfig,
     RebalancingShortfall,
     publish_rebalanced,
@@ -77,7 +78,7 @@ def test_rounds_replace_dropped_candidates_until_every_target_is_met():
     generator = FakeGenerator()
     # a: every second candidate of a round is a copy (pass rate 1/2); b: every third (2/3).
     gate = fake_gate({"a": lambda i: i % 2 == 0, "b": lambda i: i % 3 == 0})
-    result = rebalance_in_rounds(_plan(a=10, b=6), generator, gate, _config())
+    result = rebalance_in_rounds(_plan(a=10, b=6), generator, gate, _config().rounds)
     n, keep, table = result.numbers, result.decision.keep, result.decision.provenance
     assert n["published.a"] == 10 and n["published.b"] == 6 and n["shortfall_total"] == 0
     assert n["rounds"] > 1 and n["rounds"] == len(generator.calls)
@@ -98,7 +99,7 @@ def test_rounds_replace_dropped_candidates_until_every_target_is_met():
     assert rounds.groupby("label")["requested"].sum().to_dict() == {"a": n["sampled.a"], "b": n["sampled.b"]}
     assert result.self_test["flagged"].all()
     # deterministic: the same plan, seed and gate give the same rounds
-    again = rebalance_in_rounds(_plan(a=10, b=6), FakeGenerator(), gate, _config())
+    again = rebalance_in_rounds(_plan(a=10, b=6), FakeGenerator(), gate, _config().rounds)
     pd.testing.assert_frame_equal(again.rounds, rounds)
 
 
@@ -107,14 +108,14 @@ def test_limits_stop_the_rounds_and_the_shortfall_is_reported(caplog):
     gate = fake_gate({"b": lambda i: True})  # the generator only ever copies class b
     with caplog.at_level(logging.WARNING, logger="synthmed.protocols.rebalancing"):
         result = rebalance_in_rounds(_plan(a=3, b=4), generator, gate,
-                                     _config(max_rounds=5, max_candidates_factor=2.0))
+                                     _config(max_rounds=5, max_candidates_factor=2.0).rounds)
     n = result.numbers
     # b asks for its deficit, then for all its budget left (pass rate 0), then has none left: 2 rounds
     assert n["rounds"] == 2 and n["sampled.b"] == 8 and n["dropped.b"] == 8
     assert n["shortfall.b"] == 4 and n["shortfall.a"] == 0 and n["shortfall_total"] == 4
     assert "b short by 4 of 4 synthetic images (8 candidates sampled of at most 8, 8 dropped" in caplog.text
     # the round limit
-    result = rebalance_in_rounds(_plan(b=4), FakeGenerator(), gate, _config(max_rounds=1))
+    result = rebalance_in_rounds(_plan(b=4), FakeGenerator(), gate, _config(max_rounds=1).rounds)
     assert result.numbers["rounds"] == 1 and result.numbers["sampled.b"] == 4 and result.numbers["shortfall.b"] == 4
     # the card says who fell short and by how many
     slices = {"images": np.zeros((4, 1, 16, 16), np.float32)}
@@ -129,19 +130,26 @@ def test_limits_stop_the_rounds_and_the_shortfall_is_reported(caplog):
 def test_shortfall_fails_the_run_when_configured():
     gate = fake_gate({"b": lambda i: i % 2 == 0})
     with pytest.raises(RebalancingShortfall, match=r"b short by \d+ of 4 .*on_shortfall: fail.*max_rounds"):
-        rebalance_in_rounds(_plan(a=2, b=4), FakeGenerator(), gate, _config(max_rounds=1, on_shortfall="fail"))
+        rebalance_in_rounds(_plan(a=2, b=4), FakeGenerator(), gate, _config(max_rounds=1, on_shortfall="fail").rounds)
     # enough rounds: no shortfall, no failure
-    result = rebalance_in_rounds(_plan(a=2, b=4), FakeGenerator(), gate, _config(on_shortfall="fail"))
+    result = rebalance_in_rounds(_plan(a=2, b=4), FakeGenerator(), gate, _config(on_shortfall="fail").rounds)
     assert result.numbers["shortfall_total"] == 0
+    # another block's over-generation (a study's, which always fails short) is named, with its file
+    study = OverGeneration(max_rounds=1, on_shortfall="fail", where="study_x.multiplication.over_generation",
+                           on_shortfall_configurable=False)
+    with pytest.raises(RebalancingShortfall) as error:
+        rebalance_in_rounds(_plan(a=2, b=4), FakeGenerator(), gate, study)
+    assert "Raise study_x.multiplication.over_generation.max_rounds" in str(error.value)
+    assert "parameters_study_x.yml" in str(error.value) and "on_shortfall" not in str(error.value)
     # gate_action fail still stops at the first flagged image
     with pytest.raises(MemorisationError, match="flagged"):
         rebalance_in_rounds(_plan(b=4), FakeGenerator(), fake_gate({"b": lambda i: i == 1}, "fail"),
-                            _config(gate_action="fail"))
+                            _config(gate_action="fail").rounds)
 
 
 def test_an_empty_plan_still_runs_the_gate_once():
     generator = FakeGenerator()
-    result = rebalance_in_rounds(_plan(), generator, fake_gate({}), _config())
+    result = rebalance_in_rounds(_plan(), generator, fake_gate({}), _config().rounds)
     assert len(generator.calls) == 1 and result.numbers["rounds"] == 1 and result.numbers["shortfall_total"] == 0
     assert len(result.decision.keep) == 0 and result.numbers["gate.self_test_recall"] == 1.0
 

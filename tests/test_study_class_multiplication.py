@@ -112,6 +112,10 @@ def test_bad_parameters_name_the_value_and_what_was_expected():
         cm.Multiplication(factors=(1.0, -1.0))
     with pytest.raises(ValueError, match="factors must differ"):
         cm.Multiplication(factors=(2.0, 2.0))
+    with pytest.raises(ValueError, match=r"over_generation: unknown key\(s\) \['on_shortfall'\]"):
+        cm.Multiplication(over_generation={"on_shortfall": "warn"})
+    with pytest.raises(ValueError, match=r"multiplication\.over_generation\.max_rounds must be an integer >= 1, got 0"):
+        cm.Multiplication(over_generation={"max_rounds": 0})
     with pytest.raises(ValueError, match=r"test_splits must be .*'train'"):
         cm.StudyEvaluation(test_splits=("train",))
     with pytest.raises(ValueError, match=r"gate_splits must be .*'train'"):
@@ -165,18 +169,19 @@ def test_study_nodes_end_to_end(cohort, params):
     arrays = nodes.prepare_class_slices(store, manifest, params)
     models, history = nodes.train_class_diffusion(arrays, params)
     assert len(history) == 2
-    synthetic, provenance = nodes.multiply_lesion_class(models, arrays, params)
+    synthetic, provenance, gate_table, gate = nodes.multiply_lesion_class(models, arrays, params)
     assert synthetic["images"].shape == (16, 1, SIZE, SIZE)                    # x2 of the 8 training lesions
     assert (synthetic["labels"] == cm.LESION).all() and len(provenance) == 16
-    again, _ = nodes.multiply_lesion_class(models, arrays, params)
-    np.testing.assert_array_equal(again["images"], synthetic["images"])        # seeded
-    gate_table, gate = nodes.gate_synthetic(arrays, synthetic, params)
-    assert gate["calibrated"] == 1.0 and len(gate_table) == 16
+    again = nodes.multiply_lesion_class(models, arrays, params)
+    np.testing.assert_array_equal(again[0]["images"], synthetic["images"])     # seeded
+    assert gate["calibrated"] == 1.0 and len(gate_table) == gate["candidate_count"] >= 16
+    assert gate_table["used"].sum() == gate["used_count"] == 16
+    assert not (gate_table["used"] & gate_table["memorisation_flagged"]).any()
     # calibrated on the gate_splits patients only (conf/base: validation, as the rebalancing gate)
     assert params["evaluation"]["gate_splits"] == ["validation"]
     left_out = sum(gate.get(f"held_out_{k}", 0.0) for k in ("duplicates", "content_free", "low_foreground"))
     assert gate["held_out_count"] + left_out == SPLITS.count("validation") * SLICES
-    assert gate["flagged_fraction"] == pytest.approx(gate_table["flagged"].mean())
+    assert gate["flagged_fraction"] == pytest.approx(gate_table["memorisation_flagged"].mean())
     summary, runs, utility = nodes.score_class_utility(arrays, synthetic, params)
     assert set(summary["factor"]) == {1.0, 2.0} and set(runs["seed"]) == {0, 1}
     assert utility["x1.n_synthetic"] == 8 and utility["x2.n_synthetic"] == 16
@@ -214,6 +219,64 @@ def test_study_nodes_end_to_end(cohort, params):
     assert len(grid.axes) == 4 * 3
     assert metrics["synthetic.max_pairwise_similarity"] <= 1.0 + 1e-9
     assert all(re.fullmatch(r"[\w.\-/: ]+", name) for name in metrics), [n for n in metrics if "+" in n]
+
+
+def _copying_sampler(arrays, every: int):
+    """Stands in for ``generate_from_plan``: every ``every``-th slice an exact copy of a training lesion slice, the
+    others seeded noise; records the seed of each call."""
+    from synthmed.generators.sampling import Sampled
+
+    lesions = arrays["images"][(arrays["split"] == "train") & (arrays["labels"] == cm.LESION)]
+    seeds = []
+
+    def sample(spec, config, models, plan, class_names, sampler, *, seed, batch_size, checkpoint):
+        seeds.append(seed)
+        n = int(plan["count"].sum())
+        rng = np.random.default_rng(seed)
+        images = rng.uniform(-1, 1, (n, 1, SIZE, SIZE)).astype(np.float32)
+        copies = np.arange(n) % every == 0
+        images[copies] = lesions[np.arange(int(copies.sum())) % len(lesions)]
+        provenance = pd.DataFrame({"index": range(n), "family": "ddpm", "checkpoint": checkpoint, "seed": seed,
+                                   "condition": "class", "label": "lesion", "case": "", "source_index": -1,
+                                   "copy": copies})
+        return Sampled(images, np.full(n, cm.LESION), np.zeros((n, 1, SIZE, SIZE), np.uint8), provenance)
+
+    return sample, seeds
+
+
+def test_flagged_slices_are_dropped_and_sampled_again_before_any_measurement(cohort, params, monkeypatch):
+    from synthmed.pipelines.study_class_multiplication import nodes
+    from synthmed.privacy.memorisation import MemorisationError
+    from synthmed.protocols.rebalancing import RebalancingShortfall
+
+    store, manifest = cohort
+    arrays = nodes.prepare_class_slices(store, manifest, params)
+    sample, seeds = _copying_sampler(arrays, every=2)
+    monkeypatch.setattr(nodes, "generate_from_plan", sample)
+    synthetic, provenance, table, gate = nodes.multiply_lesion_class(None, arrays, params)
+    # round 1: 16 candidates, the 8 copies flagged and dropped; round 2 samples again for the 8 missing
+    assert len(seeds) >= 2 and seeds[1] != seeds[0]
+    assert gate["rounds"] == len(seeds) and gate["used_count"] == 16 and len(synthetic["images"]) == 16
+    assert table["memorisation_flagged"].tolist() == table["copy"].tolist()   # every copy, nothing else
+    assert not (table["used"] & table["copy"]).any() and not provenance["copy"].any()
+    assert gate["flagged_count"] == table["copy"].sum() and gate["flagged_fraction"] == pytest.approx(
+        table["copy"].mean())
+    training = arrays["images"][arrays["split"] == "train"].reshape(-1, SIZE * SIZE)
+    used = synthetic["images"].reshape(len(synthetic["images"]), -1)
+    assert not (np.abs(used[:, None] - training[None]).max(axis=2) == 0).any()  # no copy reaches the classifier
+    kit, key = nodes.build_class_reader_kit(arrays, synthetic, params)          # nor the readers
+    assert (key["truth"] == "synthetic").sum() == 5
+    # action fail stops at the first flagged slice; a sampler that only copies ends short, naming its limits
+    fail = copy.deepcopy(params)
+    fail["evaluation"]["memorisation"]["action"] = "fail"
+    with pytest.raises(MemorisationError, match="flagged"):
+        nodes.multiply_lesion_class(None, arrays, fail)
+    monkeypatch.setattr(nodes, "generate_from_plan", _copying_sampler(arrays, every=1)[0])
+    short = copy.deepcopy(params)
+    short["multiplication"]["over_generation"] = {"max_rounds": 2}
+    with pytest.raises(RebalancingShortfall, match=r"lesion short by 16 of 16 .*Raise study_class_multiplication"
+                                                   r"\.multiplication\.over_generation\.max_rounds"):
+        nodes.multiply_lesion_class(None, arrays, short)
 
 
 def test_the_lesion_class_must_be_the_minority(cohort, params):

@@ -10,8 +10,10 @@ training lesion slices; a factor ``f`` adds the first ``round(f x R)`` of them. 
 synthetic lesion slices are then put through is the project's existing evaluation, not a
 copy of it:
 
-- the memorisation gate (``synthmed.privacy.memorisation.run_gate``: thresholds calibrated on
-  the held-out patients' slices, a self-test on planted copies): the fraction flagged;
+- first the memorisation gate (``synthmed.privacy.memorisation``: thresholds calibrated on the
+  held-out patients' slices, a self-test on planted copies): flagged slices are dropped and sampled
+  again in rounds (``synthmed.protocols.rebalancing.rebalance_in_rounds``), so no measurement and
+  no reader sees them; the fraction of candidates flagged is reported;
 - the downstream classifier (``synthmed.metrics.utility.evaluate_utility``, modes ``real`` and
   ``real+synthetic``) per factor over several seeds, tested on the held-out patients' real
   slices: lesion F1 with a bootstrap interval and the paired difference to ``real``; beside each
@@ -37,6 +39,7 @@ import numpy as np
 
 from synthmed.core.lazy import lazy_import
 from synthmed.core.validation import is_int, is_number
+from synthmed.protocols.rebalancing import OverGeneration
 from synthmed.protocols.studies import PublishedRow, StudyRow, check_held_out_splits, check_level, study_table
 
 pd = lazy_import("pandas")
@@ -44,6 +47,7 @@ torch = lazy_import("torch")
 logger = logging.getLogger(__name__)
 
 WHERE = "study_class_multiplication"
+OVER_GENERATION_KEYS = ("max_rounds", "max_candidates_factor", "pass_rate_margin")
 CLASS_NAMES = ("normal", "lesion")  # class ids 0 and 1 (extraction.slices.classes: finding)
 NORMAL, LESION = 0, 1
 SPLITS = ("train", "validation", "test")
@@ -74,7 +78,10 @@ class Multiplication:
             (e.g. ``[1, 2]``: the lesion class doubled, tripled); the largest is sampled once and a
             smaller factor uses the first of those images.
         sampler: ``synthmed.generators.base.SamplerSpec`` keys (classifier-free guidance included).
-        sample_seed, batch_size: the sampler's seed and images per pass.
+        sample_seed, batch_size: the sampler's seed (the first round's) and images per pass.
+        over_generation: ``max_rounds``, ``max_candidates_factor``, ``pass_rate_margin`` of
+            ``synthmed.protocols.rebalancing.OverGeneration``: slices the memorisation gate drops are sampled
+            again in rounds, as rebalancing does; short after them, the study stops.
     """
 
     factors: tuple[float, ...] = (1.0, 2.0)
@@ -82,6 +89,7 @@ class Multiplication:
                                                                  "guidance_scale": 2.0, "eta": 0.0})
     sample_seed: int = 0
     batch_size: int = 32
+    over_generation: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         where = f"{WHERE}.multiplication"
@@ -94,6 +102,17 @@ class Multiplication:
             raise ValueError(f"{where}.sample_seed must be an integer >= 0, got {self.sample_seed!r}.")
         if not is_int(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"{where}.batch_size must be an integer >= 1, got {self.batch_size!r}.")
+        if unknown := sorted(set(self.over_generation) - set(OVER_GENERATION_KEYS)):
+            raise ValueError(f"{where}.over_generation: unknown key(s) {unknown}; expected some of "
+                             f"{list(OVER_GENERATION_KEYS)}.")
+        _ = self.rounds  # building it checks their values
+
+    @property
+    def rounds(self) -> OverGeneration:
+        """Over-generation with the study's seed; a shortfall stops the study (each factor needs its count)."""
+        return OverGeneration(seed=self.sample_seed, on_shortfall="fail",
+                              where=f"{WHERE}.multiplication.over_generation", on_shortfall_configurable=False,
+                              **self.over_generation)
 
 
 @dataclass(frozen=True)
@@ -391,7 +410,8 @@ def gate_row(numbers: Mapping[str, float], level: float) -> list[StudyRow]:
         rule += (f" or relative distance <= {numbers['relative_threshold']:.4f} (nearest training slice over the "
                  "nearest of another patient; the held-out patients' low tail at the same level)")
     return [StudyRow(
-        "machine: fraction of synthetic lesion slices flagged by the memorisation gate", "ours",
+        "machine: fraction of candidate synthetic lesion slices flagged by the memorisation gate (dropped and "
+        "sampled again before every other row)", "ours",
         _summary("flagged_fraction", k / n, float(interval.low), float(interval.high), float(n)),
         f"{rule}; {recall}; interval Clopper-Pearson")]
 

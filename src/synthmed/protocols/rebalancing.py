@@ -67,6 +67,39 @@ EXPORT_FORMATS = {"dicom": ".dcm", "nifti": ".nii.gz"}
 
 
 @dataclass(frozen=True)
+class OverGeneration:
+    """The limits of over-generation (`rebalance_in_rounds`): sample, gate, and sample again what the gate dropped.
+
+    Args:
+        seed: round r (from 1) samples with ``seed + (r - 1) * ROUND_SEED_STRIDE``.
+        max_rounds: at most this many rounds.
+        max_candidates_factor: a class samples at most this times its target in all.
+        pass_rate_margin: a round asks for what its class misses over the observed pass rate, times this.
+        on_shortfall: ``warn`` (go on short, named in the log) or ``fail`` (`RebalancingShortfall`).
+        where: the parameter block that holds these keys, named in errors.
+        on_shortfall_configurable: whether ``where`` has an ``on_shortfall`` key (the error then offers it).
+    """
+
+    seed: int = 0
+    max_rounds: int = 5
+    max_candidates_factor: float = 4.0
+    pass_rate_margin: float = 1.2
+    on_shortfall: str = "warn"
+    where: str = "rebalancing"
+    on_shortfall_configurable: bool = True
+
+    def __post_init__(self) -> None:
+        if self.on_shortfall not in SHORTFALL_ACTIONS:
+            raise ValueError(f"{self.where}.on_shortfall must be one of {list(SHORTFALL_ACTIONS)}, "
+                             f"got {self.on_shortfall!r}.")
+        if isinstance(self.max_rounds, bool) or not isinstance(self.max_rounds, int) or self.max_rounds < 1:
+            raise ValueError(f"{self.where}.max_rounds must be an integer >= 1, got {self.max_rounds!r}.")
+        for name in ("max_candidates_factor", "pass_rate_margin"):
+            if not float(getattr(self, name)) >= 1.0:
+                raise ValueError(f"{self.where}.{name} must be a number >= 1, got {getattr(self, name)!r}.")
+
+
+@dataclass(frozen=True)
 class RebalancingConfig:
     """``params:rebalancing``."""
 
@@ -95,14 +128,7 @@ class RebalancingConfig:
     def __post_init__(self) -> None:
         if self.gate_action not in GATE_ACTIONS:
             raise ValueError(f"rebalancing.gate_action must be one of {list(GATE_ACTIONS)}, got {self.gate_action!r}.")
-        if self.on_shortfall not in SHORTFALL_ACTIONS:
-            raise ValueError(f"rebalancing.on_shortfall must be one of {list(SHORTFALL_ACTIONS)}, "
-                             f"got {self.on_shortfall!r}.")
-        if isinstance(self.max_rounds, bool) or not isinstance(self.max_rounds, int) or self.max_rounds < 1:
-            raise ValueError(f"rebalancing.max_rounds must be an integer >= 1, got {self.max_rounds!r}.")
-        for name in ("max_candidates_factor", "pass_rate_margin"):
-            if not float(getattr(self, name)) >= 1.0:
-                raise ValueError(f"rebalancing.{name} must be a number >= 1, got {getattr(self, name)!r}.")
+        _ = self.rounds  # building it checks the over-generation keys
         if self.strategy not in STRATEGIES:
             raise ValueError(f"rebalancing.strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}.")
         if unknown := sorted(set(self.export_formats) - set(EXPORT_FORMATS)):
@@ -113,6 +139,14 @@ class RebalancingConfig:
         for name, count in self.target_counts.items():
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ValueError(f"rebalancing.target_counts.{name} must be a positive integer, got {count!r}.")
+
+
+    @property
+    def rounds(self) -> OverGeneration:
+        """The over-generation keys of ``params:rebalancing``."""
+        return OverGeneration(seed=self.seed, max_rounds=self.max_rounds,
+                              max_candidates_factor=self.max_candidates_factor,
+                              pass_rate_margin=self.pass_rate_margin, on_shortfall=self.on_shortfall)
 
 
 def rebalancing_config(params: Mapping[str, Any]) -> RebalancingConfig:
@@ -311,7 +345,7 @@ def _requests(needed: Mapping[str, int], budget: Mapping[str, int], sampled: Map
     return requests
 
 
-def rebalance_in_rounds(plan: pd.DataFrame, sample: Sample, gate: Gate, config: RebalancingConfig) -> Rebalanced:
+def rebalance_in_rounds(plan: pd.DataFrame, sample: Sample, gate: Gate, config: OverGeneration) -> Rebalanced:
     """Sample and gate in rounds until every class of ``plan`` has its ``count`` of images that passed the gate.
 
     Round ``r`` (from 1) samples, for each class still short, what it misses (sized by its
@@ -359,7 +393,7 @@ def rebalance_in_rounds(plan: pd.DataFrame, sample: Sample, gate: Gate, config: 
         decisions.append(decision)
         keeps.append(keep)
         offset += len(labels)
-        logger.info("Rebalancing round %d (seed %d): %s", r + 1, seed,
+        logger.info("%s: over-generation round %d (seed %d): %s", config.where.split(".")[0], r + 1, seed,
                     {row["label"]: f"{row['published']}/{row['requested']} kept, {row['flagged']} flagged"
                      for row in rows if row["round"] == r + 1} or "nothing to sample")
     keep = np.concatenate(keeps)
@@ -387,25 +421,28 @@ def _round_numbers(table: pd.DataFrame, keep: np.ndarray, needed: Mapping[str, i
 
 
 def _report_shortfall(numbers: Mapping[str, float], needed: Mapping[str, int], budget: Mapping[str, int],
-                      config: RebalancingConfig) -> None:
+                      config: OverGeneration) -> None:
     """Warn, or raise ``RebalancingShortfall`` (``on_shortfall: fail``), naming every class below its target."""
     short = [name for name in needed if numbers[f"shortfall.{name}"] > 0]
     if not short:
         return
+    where = config.where
     described = "; ".join(
         f"{name} short by {int(numbers[f'shortfall.{name}'])} of {needed[name]} synthetic images "
         f"({int(numbers[f'sampled.{name}'])} candidates sampled of at most {budget[name]}, "
         f"{int(numbers[f'dropped.{name}'])} dropped by the memorisation gate)" for name in short)
-    message = (f"Rebalancing fell short of its targets after {int(numbers['rounds'])} round(s) "
+    message = (f"Over-generation ({where}) fell short of its targets after {int(numbers['rounds'])} round(s) "
                f"(max_rounds {config.max_rounds}, max_candidates_factor {config.max_candidates_factor}): {described}.")
+    setting = f"{where}.on_shortfall"
     if config.on_shortfall == "fail":
         raise RebalancingShortfall(
-            f"{message} Nothing is published (rebalancing.on_shortfall: fail). Raise rebalancing.max_rounds or "
-            "rebalancing.max_candidates_factor in conf/base/parameters_rebalancing.yml, sample a checkpoint that "
-            "memorises less (the evaluation report gives the fraction flagged per checkpoint), or set "
-            "on_shortfall: warn to publish the classes short.")
-    logger.warning("%s Published short (rebalancing.on_shortfall: warn); the dataset card lists the shortfall.",
-                   message)
+            f"{message} Nothing is published"
+            + (f" ({setting}: fail)" if config.on_shortfall_configurable else "")
+            + f". Raise {where}.max_rounds or {where}.max_candidates_factor in "
+            f"conf/base/parameters_{where.split('.')[0]}.yml, or sample a checkpoint that memorises less (the "
+            "evaluation report gives the fraction flagged per checkpoint)"
+            + (f", or set {setting}: warn to publish the classes short." if config.on_shortfall_configurable else "."))
+    logger.warning("%s Published short (%s: warn); the dataset card lists the shortfall.", message, setting)
 
 
 def rebalance(
@@ -423,7 +460,7 @@ def rebalance(
         return generate_rebalancing(generator, round_plan, slice_manifest, config, seed=seed)
 
     gate = rebalancing_gate(slices, slice_manifest, slice_encoder, config, evaluation)
-    return rebalance_in_rounds(rebalancing_plan, sample, gate, config)
+    return rebalance_in_rounds(rebalancing_plan, sample, gate, config.rounds)
 
 
 

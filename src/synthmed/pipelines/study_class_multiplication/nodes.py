@@ -136,55 +136,80 @@ def train_class_diffusion(arrays: dict[str, np.ndarray], params: dict[str, Any])
 
 
 def multiply_lesion_class(models, arrays: dict[str, np.ndarray], params: dict[str, Any]
-                          ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """``max(factors) x R`` synthetic lesion slices (R: the real training lesion slices), synthmed's sampler.
+                          ) -> tuple[dict[str, np.ndarray], pd.DataFrame, pd.DataFrame, dict[str, float]]:
+    """``max(factors) x R`` synthetic lesion slices (R: the real training lesion slices) that passed the memorisation
+    gate: synthmed's sampler and gate in rounds (``synthmed.protocols.rebalancing.rebalance_in_rounds``, as
+    rebalancing does), so that slices flagged as copies of training patients reach neither the classifier, the
+    detectability test nor the reader kit.
+
+    The gate's references are the training slices; the slices of the ``evaluation.gate_splits`` patients
+    calibrate its thresholds (pixel NCC, no feature network), once for every round. ``evaluation.memorisation.action``
+    ``drop`` drops flagged slices and samples again; ``fail`` stops at the first one. A failed self-test stops the
+    study, as it stops rebalancing.
 
     Returns:
-        ``({"images" (M, 1, S, S) float32 in [-1, 1], "labels" (M,) int64 (all lesion)}, provenance)``.
+        ``(synthetic, provenance, gate_table, gate)``: the kept slices (``images`` (M, 1, S, S) float32 in [-1, 1],
+        ``labels`` (M,) int64, all lesion) in sampling order and their provenance; every candidate with the gate's
+        columns, its ``round`` and whether it was ``used``; the gate's numbers.
     """
+    from synthmed.protocols.rebalancing import rebalance_in_rounds
+
     config = _config(params)
     multiplication = config.multiplication
     counts = cm.lesion_counts(arrays["labels"][_rows(arrays, config.train_split)], multiplication.factors)
-    total = max(counts.values())
-    plan = pd.DataFrame([{"condition": "class", "label": cm.CLASS_NAMES[cm.LESION], "count": total, "case": ""}],
-                        columns=PLAN_COLUMNS)
+    plan = pd.DataFrame([{"condition": "class", "label": cm.CLASS_NAMES[cm.LESION], "count": max(counts.values()),
+                          "case": ""}], columns=PLAN_COLUMNS)
     sampler = from_params(SamplerSpec, multiplication.sampler, f"{WHERE}.multiplication.sampler")
-    sampled = generate_from_plan(get_family(FAMILY), _model_config(config), models, plan, list(cm.CLASS_NAMES),
-                                 sampler, seed=multiplication.sample_seed, batch_size=multiplication.batch_size,
-                                 checkpoint=WHERE)
-    logger.info("%s: sampled %d lesion slices (%s per factor)", WHERE, total,
-                {f"x{f:g}": n for f, n in counts.items()})
-    return ({"images": sampled.images.astype(np.float32), "labels": sampled.labels.astype(np.int64)},
-            sampled.provenance)
+    model_config = _model_config(config)
+
+    def sample(round_plan: pd.DataFrame, seed: int) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+        sampled = generate_from_plan(get_family(FAMILY), model_config, models, round_plan, list(cm.CLASS_NAMES),
+                                     sampler, seed=seed, batch_size=multiplication.batch_size, checkpoint=WHERE)
+        return ({"images": sampled.images.astype(np.float32), "labels": sampled.labels.astype(np.int64)},
+                sampled.provenance)
+
+    result = rebalance_in_rounds(plan, sample, _study_gate(arrays, config), multiplication.rounds)
+    keep, table = result.decision.keep, result.decision.provenance
+    synthetic = {key: value[keep] for key, value in result.synthetic.items()}
+    provenance = table.loc[keep, [c for c in table.columns if not c.startswith(("nn_", "memorisation_"))]]
+    numbers = {k.removeprefix("gate."): v for k, v in result.numbers.items()
+               if not k.startswith("gate.flagged_fraction.")}  # one checkpoint: the fraction below
+    numbers |= {"calibrated": 1.0, "flagged_fraction": float(table["memorisation_flagged"].mean()),
+                "max_pixel_similarity": float(table["nn_pixel_similarity"].max()), "used_count": float(keep.sum())}
+    logger.info("%s: %d synthetic lesion slices used (%s per factor); %d of %d candidates flagged and dropped in "
+                "%d round(s)", WHERE, int(keep.sum()), {f"x{f:g}": n for f, n in counts.items()},
+                int(numbers["flagged_count"]), len(table), int(numbers["rounds"]))
+    return (synthetic, provenance.reset_index(drop=True), table.assign(used=keep),
+            {k: float(v) for k, v in numbers.items() if np.isfinite(v)})
 
 
-# ----------------------------------------------------------------------------- evaluation (the project's parts)
+def _study_gate(arrays: dict[str, np.ndarray], config: cm.ClassMultiplicationConfig):
+    """The memorisation gate of ``multiply_lesion_class``, prepared once (references, thresholds, self-test) for
+    every round: ``(synthetic, provenance) -> (decision, numbers, planted)`` as ``rebalance_in_rounds`` takes it."""
+    from synthmed.privacy.memorisation import GateConfig, enforce, prepare_gate
+    from synthmed.protocols.evaluation import scored_provenance
+    from synthmed.protocols.rebalancing import GateDecision
 
-
-def gate_synthetic(arrays: dict[str, np.ndarray], synthetic: dict[str, np.ndarray], params: dict[str, Any]
-                   ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """The memorisation gate over the synthetic lesion slices (reported, not enforced): training slices are
-    the references, the slices of the ``evaluation.gate_splits`` patients calibrate the thresholds (pixel NCC; no
-    feature network)."""
-    from synthmed.privacy.memorisation import GateConfig, MemorisationError, run_gate
-
-    config = _config(params)
     gate = from_params(GateConfig, {"use_features": False, **config.evaluation.memorisation},
                        f"{WHERE}.evaluation.memorisation")
     train_rows = _rows(arrays, config.train_split)
     train_images, _ = _tensors(arrays, train_rows)
     held_out, _ = _tensors(arrays, _rows(arrays, config.evaluation.gate_splits))
-    candidates = _synthetic(synthetic)
-    try:
-        report = run_gate(candidates, train_images, held_out, config=gate, train_groups=arrays["patient"][train_rows])
-    except MemorisationError as exc:  # reported, as the evaluation pipeline does
-        logger.warning("%s: the memorisation gate cannot run on this data: %s", WHERE, exc)
-        return pd.DataFrame(), {"calibrated": 0.0}
-    numbers = report.summary() | {"calibrated": 1.0, "flagged_fraction": float(report.candidates["flagged"].mean()),
-                                  "min_self_test_recall": float(gate.min_self_test_recall),
-                                  "max_pixel_similarity": float(report.candidates["pixel_similarity"].max()),
-                                  "held_out_max_pixel_similarity": float(report.held_out["pixel_similarity"].max())}
-    return report.candidates, {k: float(v) for k, v in numbers.items() if np.isfinite(v)}
+    prepared = prepare_gate(train_images, held_out, config=gate, train_groups=arrays["patient"][train_rows])
+
+    def score(synthetic: Mapping[str, np.ndarray], provenance: pd.DataFrame):
+        report = prepared.score(_synthetic(synthetic))
+        keep = enforce(report, gate)  # raises for a failed self-test, or a flagged slice with action "fail"
+        table = scored_provenance(provenance, report.candidates, train_rows)
+        numbers = {f"gate.{k}": v for k, v in report.summary().items()}
+        numbers |= {"gate.min_self_test_recall": float(gate.min_self_test_recall),
+                    "gate.held_out_max_pixel_similarity": float(report.held_out["pixel_similarity"].max())}
+        return GateDecision(keep, table, numbers), numbers, report.planted
+
+    return score
+
+
+# ----------------------------------------------------------------------------- evaluation (the project's parts)
 
 
 def score_class_utility(arrays: dict[str, np.ndarray], synthetic: dict[str, np.ndarray], params: dict[str, Any]
@@ -385,8 +410,9 @@ def _notes(config: cm.ClassMultiplicationConfig, arrays: dict[str, np.ndarray], 
         f"{diversity['real.max_pairwise_similarity']:.4f}.",
     ]
     if gate.get("calibrated"):
-        notes.append(f"Memorisation gate (reported, not enforced): {int(gate['flagged_count'])} of "
-                     f"{int(gate['candidate_count'])} synthetic slices flagged; threshold "
+        notes.append(f"Memorisation gate (enforced before every other measurement): {int(gate['flagged_count'])} of "
+                     f"{int(gate['candidate_count'])} candidate synthetic slices flagged and dropped, "
+                     f"{int(gate['used_count'])} used, sampled in {int(gate['rounds'])} round(s); threshold "
                      f"{gate['pixel_threshold']:.4f} from {int(gate['held_out_count'])} held-out slices; self-test "
                      f"recall {gate['self_test_recall']:.2f} on {int(gate['planted_count'])} planted copies (minimum "
                      f"{gate['min_self_test_recall']:g}; below it the gate cannot see disguised copies and the "
