@@ -140,7 +140,6 @@ class RebalancingConfig:
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ValueError(f"rebalancing.target_counts.{name} must be a positive integer, got {count!r}.")
 
-
     @property
     def rounds(self) -> OverGeneration:
         """The over-generation keys of ``params:rebalancing``."""
