@@ -259,6 +259,7 @@ def test_flagged_slices_are_dropped_and_sampled_again_before_any_measurement(coh
     assert gate["rounds"] == len(seeds) and gate["used_count"] == 16 and len(synthetic["images"]) == 16
     assert table["memorisation_flagged"].tolist() == table["copy"].tolist()   # every copy, nothing else
     assert not (table["used"] & table["copy"]).any() and not provenance["copy"].any()
+    assert gate["max_pixel_similarity"] == pytest.approx(1.0) and gate["used_max_pixel_similarity"] < 0.9
     assert gate["flagged_count"] == table["copy"].sum() and gate["flagged_fraction"] == pytest.approx(
         table["copy"].mean())
     training = arrays["images"][arrays["split"] == "train"].reshape(-1, SIZE * SIZE)

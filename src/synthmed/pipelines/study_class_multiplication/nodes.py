@@ -175,7 +175,8 @@ def multiply_lesion_class(models, arrays: dict[str, np.ndarray], params: dict[st
     numbers = {k.removeprefix("gate."): v for k, v in result.numbers.items()
                if not k.startswith("gate.flagged_fraction.")}  # one checkpoint: the fraction below
     numbers |= {"calibrated": 1.0, "flagged_fraction": float(table["memorisation_flagged"].mean()),
-                "max_pixel_similarity": float(table["nn_pixel_similarity"].max()), "used_count": float(keep.sum())}
+                "max_pixel_similarity": float(table["nn_pixel_similarity"].max()), "used_count": float(keep.sum()),
+                "used_max_pixel_similarity": float(np.max(table["nn_pixel_similarity"].to_numpy()[keep], initial=-1.0))}
     logger.info("%s: %d synthetic lesion slices used (%s per factor); %d of %d candidates flagged and dropped in "
                 "%d round(s)", WHERE, int(keep.sum()), {f"x{f:g}": n for f, n in counts.items()},
                 int(numbers["flagged_count"]), len(table), int(numbers["rounds"]))
@@ -415,9 +416,9 @@ def _notes(config: cm.ClassMultiplicationConfig, arrays: dict[str, np.ndarray], 
                      f"{int(gate['used_count'])} used, sampled in {int(gate['rounds'])} round(s); threshold "
                      f"{gate['pixel_threshold']:.4f} from {int(gate['held_out_count'])} held-out slices; self-test "
                      f"recall {gate['self_test_recall']:.2f} on {int(gate['planted_count'])} planted copies (minimum "
-                     f"{gate['min_self_test_recall']:g}; below it the gate cannot see disguised copies and the "
-                     "fraction flagged is a lower bound, see the README's cohort section); the most similar synthetic "
-                     f"slice {gate['max_pixel_similarity']:.4f}.")
+                     f"{gate['min_self_test_recall']:g}: below it the gate cannot see disguised copies and the study "
+                     f"stops, as rebalancing does); the most similar candidate {gate['max_pixel_similarity']:.4f}, "
+                     f"the most similar slice used {gate['used_max_pixel_similarity']:.4f}.")
     else:
         notes.append("Memorisation gate: it could not be calibrated on these splits (every held-out slice a copy of a "
                      "training slice); no fraction flagged.")
