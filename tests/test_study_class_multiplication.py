@@ -112,6 +112,8 @@ def test_bad_parameters_name_the_value_and_what_was_expected():
         cm.Multiplication(factors=(1.0, -1.0))
     with pytest.raises(ValueError, match="factors must differ"):
         cm.Multiplication(factors=(2.0, 2.0))
+    with pytest.raises(ValueError, match=r"over_generation must be a mapping .*got None"):
+        cm.Multiplication(over_generation=None)
     with pytest.raises(ValueError, match=r"over_generation: unknown key\(s\) \['on_shortfall'\]"):
         cm.Multiplication(over_generation={"on_shortfall": "warn"})
     with pytest.raises(ValueError, match=r"multiplication\.over_generation\.max_rounds must be an integer >= 1, got 0"):
@@ -152,7 +154,6 @@ def test_the_reader_row_measures_nothing_and_the_published_row_is_a_constant():
     assert table.iloc[1]["detectability_auc"] == 0.9 and math.isnan(table.iloc[1]["f1_lesion"])
     assert table.iloc[2]["kind"] == "floor" and table.iloc[2]["detectability_auc"] == 0.55
     assert table.iloc[3]["kind"] == "published" and table.iloc[3]["anatomically_correct"] == 0.66
-    assert cm.gate_row({"calibrated": 0.0}, 0.95) == []
 
 
 def test_the_catalog_writes_the_kit_where_the_table_says():
@@ -174,7 +175,7 @@ def test_study_nodes_end_to_end(cohort, params):
     assert (synthetic["labels"] == cm.LESION).all() and len(provenance) == 16
     again = nodes.multiply_lesion_class(models, arrays, params)
     np.testing.assert_array_equal(again[0]["images"], synthetic["images"])     # seeded
-    assert gate["calibrated"] == 1.0 and len(gate_table) == gate["candidate_count"] >= 16
+    assert len(gate_table) == gate["candidate_count"] >= 16
     assert gate_table["used"].sum() == gate["used_count"] == 16
     assert not (gate_table["used"] & gate_table["memorisation_flagged"]).any()
     # calibrated on the gate_splits patients only (conf/base: validation, as the rebalancing gate)
@@ -259,6 +260,11 @@ def test_flagged_slices_are_dropped_and_sampled_again_before_any_measurement(coh
     assert gate["rounds"] == len(seeds) and gate["used_count"] == 16 and len(synthetic["images"]) == 16
     assert table["memorisation_flagged"].tolist() == table["copy"].tolist()   # every copy, nothing else
     assert not (table["used"] & table["copy"]).any() and not provenance["copy"].any()
+    assert seeds[0] == params["multiplication"]["sample_seed"]                  # round 1: the study's seed
+    # provenance: one row per kept slice in array order, joined to memorisation.csv by candidate_index
+    assert provenance["index"].tolist() == list(range(16))
+    assert provenance["candidate_index"].tolist() == table.loc[table["used"], "candidate_index"].tolist()
+    assert table["candidate_index"].tolist() == list(range(len(table)))
     assert gate["max_pixel_similarity"] == pytest.approx(1.0) and gate["used_max_pixel_similarity"] < 0.9
     assert gate["flagged_count"] == table["copy"].sum() and gate["flagged_fraction"] == pytest.approx(
         table["copy"].mean())
@@ -267,6 +273,10 @@ def test_flagged_slices_are_dropped_and_sampled_again_before_any_measurement(coh
     assert not (np.abs(used[:, None] - training[None]).max(axis=2) == 0).any()  # no copy reaches the classifier
     kit, key = nodes.build_class_reader_kit(arrays, synthetic, params)          # nor the readers
     assert (key["truth"] == "synthetic").sum() == 5
+    # without an action the study drops (not the gate's own default, fail)
+    default = copy.deepcopy(params)
+    del default["evaluation"]["memorisation"]["action"]
+    assert nodes.multiply_lesion_class(None, arrays, default)[3]["used_count"] == 16
     # action fail stops at the first flagged slice; a sampler that only copies ends short, naming its limits
     fail = copy.deepcopy(params)
     fail["evaluation"]["memorisation"]["action"] = "fail"
@@ -330,16 +340,13 @@ def test_utility_rows_keep_the_synthetic_and_the_copied_additions_apart():
 def test_the_gate_row_names_every_rule_that_flags():
     from synthmed.protocols.class_multiplication import gate_row
 
-    numbers = {"calibrated": 1.0, "candidate_count": 308.0, "flagged_count": 3.0, "self_test_recall": 1.0,
+    numbers = {"candidate_count": 308.0, "flagged_count": 3.0, "self_test_recall": 1.0,
                "min_self_test_recall": 0.99, "pixel_threshold": 0.9846, "percentile": 99.9}
     (absolute,) = gate_row(numbers, 0.95)
     assert absolute.summaries["flagged_fraction"]["mean"] == pytest.approx(3 / 308)
     assert "pixel NCC >= 0.9846" in absolute.source and "relative" not in absolute.source
     (both,) = gate_row(numbers | {"relative_threshold": 0.5025}, 0.95)
     assert "pixel NCC >= 0.9846" in both.source and "or relative distance <= 0.5025" in both.source
-    (missing,) = gate_row(numbers | {"self_test_recall": 0.83}, 0.95)
-    assert "the fraction is a lower bound" in missing.source
-    assert gate_row({"calibrated": 0.0}, 0.95) == []
 
 
 def _save(models, model_params, folder, class_names=cm.CLASS_NAMES):

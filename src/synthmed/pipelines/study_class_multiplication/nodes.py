@@ -169,12 +169,14 @@ def multiply_lesion_class(models, arrays: dict[str, np.ndarray], params: dict[st
                 sampled.provenance)
 
     result = rebalance_in_rounds(plan, sample, _study_gate(arrays, config), multiplication.rounds)
-    keep, table = result.decision.keep, result.decision.provenance
+    keep, table = result.decision.keep, result.decision.provenance.rename(columns={"index": "candidate_index"})
     synthetic = {key: value[keep] for key, value in result.synthetic.items()}
+    # One row per kept slice: `index` its row in the synthetic arrays, `candidate_index` its memorisation.csv row.
     provenance = table.loc[keep, [c for c in table.columns if not c.startswith(("nn_", "memorisation_"))]]
+    provenance.insert(0, "index", np.arange(len(provenance)))
     numbers = {k.removeprefix("gate."): v for k, v in result.numbers.items()
                if not k.startswith("gate.flagged_fraction.")}  # one checkpoint: the fraction below
-    numbers |= {"calibrated": 1.0, "flagged_fraction": float(table["memorisation_flagged"].mean()),
+    numbers |= {"flagged_fraction": float(table["memorisation_flagged"].mean()),
                 "max_pixel_similarity": float(table["nn_pixel_similarity"].max()), "used_count": float(keep.sum()),
                 "used_max_pixel_similarity": float(np.max(table["nn_pixel_similarity"].to_numpy()[keep], initial=-1.0))}
     logger.info("%s: %d synthetic lesion slices used (%s per factor); %d of %d candidates flagged and dropped in "
@@ -191,11 +193,12 @@ def _study_gate(arrays: dict[str, np.ndarray], config: cm.ClassMultiplicationCon
     from synthmed.protocols.evaluation import scored_provenance
     from synthmed.protocols.rebalancing import GateDecision
 
-    gate = from_params(GateConfig, {"use_features": False, **config.evaluation.memorisation},
+    gate = from_params(GateConfig, {"use_features": False, "action": "drop", **config.evaluation.memorisation},
                        f"{WHERE}.evaluation.memorisation")
     train_rows = _rows(arrays, config.train_split)
     train_images, _ = _tensors(arrays, train_rows)
     held_out, _ = _tensors(arrays, _rows(arrays, config.evaluation.gate_splits))
+    # Raises MemorisationError when no held-out slice can calibrate it: the study stops rather than go on ungated.
     prepared = prepare_gate(train_images, held_out, config=gate, train_groups=arrays["patient"][train_rows])
 
     def score(synthetic: Mapping[str, np.ndarray], provenance: pd.DataFrame):
@@ -410,18 +413,14 @@ def _notes(config: cm.ClassMultiplicationConfig, arrays: dict[str, np.ndarray], 
         f"lesion slices' most similar pair (neighbouring slices of one patient): "
         f"{diversity['real.max_pairwise_similarity']:.4f}.",
     ]
-    if gate.get("calibrated"):
-        notes.append(f"Memorisation gate (enforced before every other measurement): {int(gate['flagged_count'])} of "
-                     f"{int(gate['candidate_count'])} candidate synthetic slices flagged and dropped, "
-                     f"{int(gate['used_count'])} used, sampled in {int(gate['rounds'])} round(s); threshold "
-                     f"{gate['pixel_threshold']:.4f} from {int(gate['held_out_count'])} held-out slices; self-test "
-                     f"recall {gate['self_test_recall']:.2f} on {int(gate['planted_count'])} planted copies (minimum "
-                     f"{gate['min_self_test_recall']:g}: below it the gate cannot see disguised copies and the study "
-                     f"stops, as rebalancing does); the most similar candidate {gate['max_pixel_similarity']:.4f}, "
-                     f"the most similar slice used {gate['used_max_pixel_similarity']:.4f}.")
-    else:
-        notes.append("Memorisation gate: it could not be calibrated on these splits (every held-out slice a copy of a "
-                     "training slice); no fraction flagged.")
+    notes.append(f"Memorisation gate (enforced before every other measurement): {int(gate['flagged_count'])} of "
+                 f"{int(gate['candidate_count'])} candidate synthetic slices flagged and dropped, "
+                 f"{int(gate['used_count'])} used, sampled in {int(gate['rounds'])} round(s); threshold "
+                 f"{gate['pixel_threshold']:.4f} from {int(gate['held_out_count'])} held-out slices; self-test "
+                 f"recall {gate['self_test_recall']:.2f} on {int(gate['planted_count'])} planted copies (minimum "
+                 f"{gate['min_self_test_recall']:g}: below it the gate cannot see disguised copies and the study "
+                 f"stops, as rebalancing does); the most similar candidate {gate['max_pixel_similarity']:.4f}, "
+                 f"the most similar slice used {gate['used_max_pixel_similarity']:.4f}.")
     if "detectability_auc_floor" not in detectability:
         notes.append("Detectability floor: not measured (too few real lesion slices for two halves).")
     return notes
