@@ -117,11 +117,16 @@ def test_the_lock_check_sees_a_code_change(tmp_path):
     assert edited in stale_stages(copy)["extraction"]
 
 
+def _lock_outputs(root: Path) -> dict[str, str | None]:
+    """Every output dvc.lock records under ``root``, with its md5 (None for folders' entries without one)."""
+    stages = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    return {out["path"]: out.get("md5") for stage in stages.values() for out in stage.get("outs", [])}
+
+
 def metrics_off_the_lock(root: Path, tracked: list[str]) -> list[str]:
     """The outputs of dvc.lock among ``tracked`` (the ``cache: false`` metrics git holds) whose bytes in
     ``root`` are not those whose md5 dvc.lock records: a demo's lock committed without its metrics."""
-    stages = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-    outs = {out["path"]: out.get("md5") for stage in stages.values() for out in stage.get("outs", [])}
+    outs = _lock_outputs(root)
     return [path for path in tracked if path in outs
             and hashlib.md5((root / path).read_bytes()).hexdigest() != outs[path]]
 
@@ -129,8 +134,7 @@ def metrics_off_the_lock(root: Path, tracked: list[str]) -> list[str]:
 def _tracked_lock_outputs() -> list[str]:
     listed = subprocess.run(["git", "ls-files", "data"], cwd=PROJECT_ROOT, capture_output=True, text=True,
                             check=True).stdout.split()
-    stages = yaml.safe_load((PROJECT_ROOT / "dvc.lock").read_text())["stages"]
-    outs = {out["path"] for stage in stages.values() for out in stage.get("outs", [])}
+    outs = _lock_outputs(PROJECT_ROOT)
     return [path for path in listed if path in outs]
 
 

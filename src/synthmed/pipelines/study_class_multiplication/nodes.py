@@ -200,14 +200,14 @@ def _study_gate(arrays: dict[str, np.ndarray], config: cm.ClassMultiplicationCon
     held_out, _ = _tensors(arrays, _rows(arrays, config.evaluation.gate_splits))
     # Raises MemorisationError when no held-out slice can calibrate it: the study stops rather than go on ungated.
     prepared = prepare_gate(train_images, held_out, config=gate, train_groups=arrays["patient"][train_rows])
+    reference = {"gate.min_self_test_recall": float(gate.min_self_test_recall),  # the same for every round
+                 "gate.held_out_max_pixel_similarity": float(prepared.held_out["pixel_similarity"].max())}
 
     def score(synthetic: Mapping[str, np.ndarray], provenance: pd.DataFrame):
         report = prepared.score(_synthetic(synthetic))
         keep = enforce(report, gate)  # raises for a failed self-test, or a flagged slice with action "fail"
         table = scored_provenance(provenance, report.candidates, train_rows)
-        numbers = {f"gate.{k}": v for k, v in report.summary().items()}
-        numbers |= {"gate.min_self_test_recall": float(gate.min_self_test_recall),
-                    "gate.held_out_max_pixel_similarity": float(report.held_out["pixel_similarity"].max())}
+        numbers = {f"gate.{k}": v for k, v in report.summary().items()} | reference
         return GateDecision(keep, table, numbers), numbers, report.planted
 
     return score
