@@ -69,8 +69,8 @@ def generate_to_folder(model: Path, out: Path, n: int, *, label: str | None = No
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not an empty folder; name a new folder (nothing is overwritten).")
     trained = load_trained_generator(model)
-    spec, config, models, class_names = get_family(trained.family), trained.config, trained.models, \
-        list(trained.class_names)
+    spec, config, models = get_family(trained.family), trained.config, trained.models
+    class_names = list(trained.class_names)
     needed = config.needed_conditions()
     if needed - {"labels"}:
         raise ValueError(

@@ -98,6 +98,11 @@ class OverGeneration:
             if not float(getattr(self, name)) >= 1.0:
                 raise ValueError(f"{self.where}.{name} must be a number >= 1, got {getattr(self, name)!r}.")
 
+    @property
+    def block(self) -> str:
+        """The top-level parameter block of ``where`` (its file: ``conf/base/parameters_<block>.yml``)."""
+        return self.where.split(".")[0]
+
 
 @dataclass(frozen=True)
 class RebalancingConfig:
@@ -392,7 +397,7 @@ def rebalance_in_rounds(plan: pd.DataFrame, sample: Sample, gate: Gate, config: 
         decisions.append(decision)
         keeps.append(keep)
         offset += len(labels)
-        logger.info("%s: over-generation round %d (seed %d): %s", config.where.split(".")[0], r + 1, seed,
+        logger.info("%s: over-generation round %d (seed %d): %s", config.block, r + 1, seed,
                     {row["label"]: f"{row['published']}/{row['requested']} kept, {row['flagged']} flagged"
                      for row in rows if row["round"] == r + 1} or "nothing to sample")
     keep = np.concatenate(keeps)
@@ -438,7 +443,7 @@ def _report_shortfall(numbers: Mapping[str, float], needed: Mapping[str, int], b
             f"{message} Nothing is published"
             + (f" ({setting}: fail)" if config.on_shortfall_configurable else "")
             + f". Raise {where}.max_rounds or {where}.max_candidates_factor in "
-            f"conf/base/parameters_{where.split('.')[0]}.yml, or sample a checkpoint that memorises less (the "
+            f"conf/base/parameters_{config.block}.yml, or sample a checkpoint that memorises less (the "
             "evaluation report gives the fraction flagged per checkpoint)"
             + (f", or set {setting}: warn to publish the classes short." if config.on_shortfall_configurable else "."))
     logger.warning("%s Published short (%s: warn); the dataset card lists the shortfall.", message, setting)
