@@ -96,6 +96,26 @@ def test_lesion_patches_are_centred_on_lesions_and_normal_ones_hold_none(cohort,
     np.testing.assert_array_equal(again["images"], arrays["images"])       # seeded
 
 
+def test_only_the_chosen_series_is_cut(cohort, params):
+    images, masks, manifest, split_table = cohort
+    # Even items are FLAIR, odd ones T1w (the cohort's two series of one patient, here two patients).
+    labelled = manifest.assign(series=["FLAIR" if k % 2 == 0 else "T1w" for k in range(len(manifest))])
+    flair = {row.item_id for row in labelled.itertuples() if row.series == "FLAIR"}
+    _, all_series = lp.cut_patches(images, masks, labelled, split_table,
+                                   from_params(PatchSampling, params["patches"], "p"))
+    assert set(all_series["item_id"]) - flair
+    chosen = from_params(PatchSampling, {**params["patches"], "series": ["FLAIR"]}, "p")
+    assert chosen.series == ("FLAIR",)
+    _, table = lp.cut_patches(images, masks, labelled, split_table, chosen)
+    assert set(table["item_id"]) <= flair and len(table)
+    unknown = r"study_lesion_patches\.patches\.series=\['T2w'\] matches none.*'FLAIR', 'T1w'"
+    with pytest.raises(ValueError, match=unknown):
+        lp.cut_patches(images, masks, labelled, split_table,
+                       from_params(PatchSampling, {**params["patches"], "series": ["T2w"]}, "p"))
+    with pytest.raises(ValueError, match="series must be a non-empty list"):
+        PatchSampling(series=[])
+
+
 def test_patches_crossing_splits_are_refused(cohort, params):
     images, masks, manifest, split_table = cohort
     _, table = lp.cut_patches(images, masks, manifest, split_table, from_params(PatchSampling, params["patches"], "p"))
@@ -147,6 +167,11 @@ def test_study_nodes_end_to_end(cohort, params):
     assert fid_table["n"].iloc[0] == fid_table["n"].iloc[1] == fidelity["lesion.fid_n"]
     assert fid_table["fid"].iloc[2] == 16.0 and fid_table["source"].iloc[2] == "as given in issue 10"
     assert fidelity["lesion.fid_floor_halves"] >= 0 and tsne_png
+    for kind, n_lesion in (("synthetic", (synthetic["labels"] == lp.LESION).sum()),
+                           ("held_out", (table["split"].isin(["validation", "test"])
+                                         & (table["label"] == "lesion")).sum())):
+        assert fidelity[f"class_fidelity.{kind}.lesion_n"] == n_lesion
+        assert 0.0 <= fidelity[f"class_fidelity.{kind}.lesion"] <= 1.0
     utility_table, runs, utility = nodes.score_patch_utility(patches, table, synthetic, params)
     assert utility_table["row"].tolist() == ["real", "real+flips", "real+GAN", "real+GAN+flips"]
     held_out = table["split"].isin(["validation", "test"])
@@ -157,10 +182,38 @@ def test_study_nodes_end_to_end(cohort, params):
     html, grid, metrics = nodes.write_lesion_patches_report(fid_table, utility_table, fidelity, utility, tsne_png,
                                                             patches, table, synthetic, params)
     assert "as given in issue 10" in html and "real+GAN+flips" in html and "Normalisation: percentile" in html
+    assert "Class fidelity (GAN-test" in html and "Clopper-Pearson" in html
     assert len(grid.axes) == 4 * 3 and all(isinstance(v, float) for v in metrics.values())
     assert metrics["utility.real_GAN.f1.lesion.mean"] == pytest.approx(utility_table["f1_lesion"].iloc[2])
     # MLflow refuses metric names with other characters (the first cohort run failed on "real+GAN").
     assert all(re.fullmatch(r"[\w.\-/: ]+", name) for name in metrics), [n for n in metrics if "+" in n]
+
+
+def test_class_fidelity_counts_each_class_with_an_exact_interval():
+    labels = np.array([lp.LESION] * 10 + [lp.NORMAL] * 20)
+    predicted = np.array([lp.LESION] * 7 + [lp.NORMAL] * 3 + [lp.NORMAL] * 20)
+    shares = lp.class_fidelity(predicted, labels, 0.95)
+    assert shares["lesion"] == pytest.approx(0.7) and shares["normal"] == 1.0
+    assert shares["lesion_n"] == 10 and shares["normal_n"] == 20
+    # Clopper-Pearson, 7 of 10 at 95%: [0.348, 0.933] (scipy's binomtest agrees with the tables).
+    assert shares["lesion_low"] == pytest.approx(0.3475, abs=1e-3) and shares["lesion_high"] == pytest.approx(
+        0.9333, abs=1e-3)
+    assert shares["normal_low"] < 1.0 == shares["normal_high"]
+    # A lesion class drawn as normal: the classifier calls none of it lesion.
+    assert lp.class_fidelity(np.full(10, lp.NORMAL), np.full(10, lp.LESION), 0.95)["lesion"] == 0.0
+    assert "normal" not in lp.class_fidelity(np.full(10, lp.NORMAL), np.full(10, lp.LESION), 0.95)
+    with pytest.raises(ValueError, match="3 predictions for 4 labels"):
+        lp.class_fidelity(np.zeros(3), np.zeros(4), 0.95)
+
+
+def test_grid_rows_spread_over_the_class():
+    assert lp.spread(4, 10).tolist() == [0, 3, 6, 9]
+    assert lp.spread(8, 3).tolist() == [0, 1, 2] and lp.spread(3, 0).size == 0
+    real = np.arange(40, dtype=np.float32).reshape(40, 1, 1, 1) * np.ones((1, 1, 4, 4), np.float32) / 40
+    labels = np.array([lp.LESION] * 20 + [lp.NORMAL] * 20)
+    figure = lp.sample_grid(real, labels, real, labels, 4)
+    shown = [axis.images[0].get_array()[0, 0] for axis in figure.axes[:4]]  # the real lesion row
+    np.testing.assert_allclose(shown, (real[[0, 6, 13, 19], 0, 0, 0] + 1) / 2)
 
 
 def test_the_lesion_class_must_be_the_minority(cohort, params):

@@ -38,6 +38,7 @@ import numpy as np
 from synthmed.core.lazy import lazy_import
 from synthmed.core.manifest import parse_spacing
 from synthmed.core.validation import is_int, is_number
+from synthmed.imaging.extraction import selected_volumes
 from synthmed.protocols.studies import PublishedRow, StudyRow, check_held_out_splits, check_level
 
 pd = lazy_import("pandas")
@@ -73,6 +74,9 @@ class PatchSampling:
         min_brain_fraction: share of a normal patch that must be brain (label map > 0).
         max_tries: random centres tried per normal patch before giving up on it.
         seed: jitter and normal patch draws.
+        series: only volumes of these series (``ingestion.series``: T1w, FLAIR, ...); None = all.
+            Mixing series mixes contrasts: a lesion bright in FLAIR is dark in T1w, so the lesion
+            class holds two appearances and the per-patch normalisation does not join them.
     """
 
     patch_px: int = 32
@@ -85,9 +89,16 @@ class PatchSampling:
     min_brain_fraction: float = 0.75
     max_tries: int = 200
     seed: int = 0
+    series: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         where = f"{WHERE}.patches"
+        if isinstance(self.series, list):  # YAML lists
+            object.__setattr__(self, "series", tuple(self.series))
+        if self.series is not None and (not isinstance(self.series, tuple) or not self.series
+                                        or not all(isinstance(v, str) and v for v in self.series)):
+            raise ValueError(f"{where}.series must be a non-empty list of series names (e.g. [FLAIR]) or null for "
+                             f"all, got {self.series!r}.")
         if not is_int(self.patch_px) or self.patch_px < 16 or self.patch_px & (self.patch_px - 1):
             raise ValueError(f"{where}.patch_px must be a power of two >= 16 (the dcgan and classifier sizes), "
                              f"got {self.patch_px!r}.")
@@ -240,7 +251,8 @@ def cut_patches(images_by_item: Mapping[str, np.ndarray], masks_by_item: Mapping
         images_by_item, masks_by_item: ``(C, X, Y, Z)`` preprocessed volumes (float in [-1, 1]) and
             their label maps (0 background, > 0 tissue, ``lesion_labels`` lesion) by item id.
         manifest: the preprocessed manifest (``item_id``, ``patient_key``, ``kind``, ``has_mask``,
-            ``spacing_mm``); volumes without a label map are left out.
+            ``spacing_mm``, ``series``); volumes without a label map, and with ``config.series`` those of
+            other series, are left out.
         split_table: the split rows (``synthmed.core.splits``), by patient.
 
     Returns:
@@ -253,7 +265,8 @@ def cut_patches(images_by_item: Mapping[str, np.ndarray], masks_by_item: Mapping
     rng = np.random.default_rng(config.seed)
     lesion_values = np.asarray(config.lesion_labels)
     size = config.patch_px
-    items = [r for r in manifest.itertuples() if r.kind == "volume" and r.has_mask and r.item_id in splits]
+    volumes = selected_volumes(manifest, None, config.series, f"{WHERE}.patches")
+    items = [r for r in volumes if r.has_mask and r.item_id in splits]
     if not items:
         raise ValueError(f"{WHERE}: no volume with a label map in the preprocessed manifest (of {len(manifest)} "
                          "items); run the cohort's data pipeline (kedro run --pipelines data).")
@@ -436,15 +449,54 @@ def utility_rows(summary: pd.DataFrame, runs: pd.DataFrame, *, n_train: Mapping[
     return rows
 
 
+def class_fidelity(predicted: np.ndarray, labels: np.ndarray, level: float) -> dict[str, float]:
+    """The share of the patches of each class that a classifier trained on real patches assigns to
+    that class (GAN-test, Shmelkov, Schmid & Alahari 2018, https://arxiv.org/abs/1807.09499, per
+    class): ``<class>`` with a Clopper-Pearson interval ``<class>_low`` / ``<class>_high`` at
+    ``level`` and ``<class>_n``, for each class of ``CLASS_NAMES`` that has patches.
+
+    On synthetic patches it says whether a class is drawn as that class (a lesion class drawn
+    without lesions scores near the normal class's error rate); on held-out real patches the
+    same numbers are the reference: what the classifier reaches on real images of that class.
+    """
+    from scipy.stats import binomtest
+
+    predicted, labels = np.asarray(predicted), np.asarray(labels)
+    if predicted.shape != labels.shape:
+        raise ValueError(f"class_fidelity: {predicted.shape[0]} predictions for {labels.shape[0]} labels.")
+    out: dict[str, float] = {}
+    for cls, name in enumerate(CLASS_NAMES):
+        rows = labels == cls
+        n = int(rows.sum())
+        if n == 0:
+            continue
+        k = int((predicted[rows] == cls).sum())
+        interval = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
+        out |= {name: k / n, f"{name}_low": float(interval.low), f"{name}_high": float(interval.high),
+                f"{name}_n": float(n)}
+    return out
+
+
+def spread(count: int, available: int) -> np.ndarray:
+    """``min(count, available)`` indices spread evenly over ``range(available)``, first and last included
+    (patches are stored patient after patient, so a grid row shows several patients, not one lesion's
+    neighbouring slices)."""
+    if available <= 0 or count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.linspace(0, available - 1, min(count, available)).round().astype(np.int64))
+
+
 def sample_grid(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray, count: int):
-    """Four rows of ``count`` patches: real lesion, synthetic lesion, real normal, synthetic normal."""
+    """Four rows of ``count`` patches: real lesion, synthetic lesion, real normal, synthetic normal, each
+    row spread evenly over its class (``spread``)."""
     import matplotlib.pyplot as plt
 
     rows = [("real lesion", real, real_labels, LESION), ("synthetic lesion", fake, fake_labels, LESION),
             ("real normal", real, real_labels, NORMAL), ("synthetic normal", fake, fake_labels, NORMAL)]
     figure, axes = plt.subplots(4, count, figsize=(1.1 * count, 4.6), squeeze=False)
     for i, (title, images, labels, cls) in enumerate(rows):
-        chosen = images[labels == cls][:count]
+        of_class = images[labels == cls]
+        chosen = of_class[spread(count, len(of_class))]
         for j in range(count):
             axis = axes[i, j]
             axis.set_xticks([])

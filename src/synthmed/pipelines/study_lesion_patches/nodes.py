@@ -94,7 +94,8 @@ def train_patch_generator(patches: Mapping[str, np.ndarray], patch_manifest: pd.
     run_dir = checkpoint_folder(run, WHERE, model_config, training,
                                 [*checksums.values(), sha256_bytes(indices.tobytes())])
     logger.info("%s: training the dcgan on %d training patches (%s); checkpoints in %s", WHERE, len(indices),
-                dict(patch_manifest.loc[patch_manifest["split"] == "train", "label"].value_counts()), run_dir)
+                {label: int(n) for label, n in patch_manifest.loc[patch_manifest["split"] == "train", "label"]
+                 .value_counts().items()}, run_dir)
     store = {"images": patches["images"], "labels": patches["labels"], "masks": patches["masks"]}
     models, history = train(spec, model_config, training, ArrayBatches(store, indices), run_dir,
                             tracker=active_tracker(WHERE))
@@ -187,14 +188,27 @@ def score_patch_fidelity(patches: Mapping[str, np.ndarray], patch_manifest: pd.D
                                       title="t-SNE of domain-encoder features: real training vs synthetic patches")
     metrics |= {"encoder.train_accuracy": float((model_accuracy(model, real, real_labels, fit.device))),
                 "n_real_train": float(len(real)), "n_synthetic": float(len(fake))}
+    held_out = _rows(patch_manifest, evaluation.test_splits)
+    for kind, images, labels in (("synthetic", fake, fake_labels),
+                                 ("held_out", _images(patches, held_out), _labels(patches, held_out))):
+        shares = lp.class_fidelity(_predict(model, images, fit.device), labels.numpy(), evaluation.level)
+        metrics |= {f"class_fidelity.{kind}.{key}": value for key, value in shares.items()}
+    logger.info("%s: the encoder calls %.0f%% of the synthetic lesion patches lesion (held-out real: %.0f%%) and "
+                "%.0f%% of the synthetic normal patches normal (held-out real: %.0f%%)", WHERE,
+                *(100 * metrics[f"class_fidelity.{kind}.{name}"] for name in ("lesion", "normal")
+                  for kind in ("synthetic", "held_out")))
 
     return table, metrics, tsne, figure_png64(tsne)
 
 
-def model_accuracy(model, images: torch.Tensor, labels: torch.Tensor, device: str) -> float:
+def _predict(model, images: torch.Tensor, device: str) -> np.ndarray:
     from synthmed.metrics.features import predict_proba
 
-    return float((predict_proba(model, images, device=device).argmax(1) == labels).float().mean())
+    return predict_proba(model, images, device=device).argmax(1).numpy()
+
+
+def model_accuracy(model, images: torch.Tensor, labels: torch.Tensor, device: str) -> float:
+    return float((_predict(model, images, device) == labels.numpy()).mean())
 
 
 def score_patch_utility(patches: Mapping[str, np.ndarray], patch_manifest: pd.DataFrame,
@@ -246,6 +260,22 @@ def score_patch_utility(patches: Mapping[str, np.ndarray], patch_manifest: pd.Da
     return table, runs, metrics
 
 
+def _class_fidelity_note(fidelity: Mapping[str, float], level: float) -> str:
+    """Does each class carry its class? The encoder's calls on synthetic and on held-out real patches."""
+
+    def share(kind: str, name: str) -> str:
+        key = f"class_fidelity.{kind}.{name}"
+        return (f"{100 * fidelity[key]:.0f}% [{100 * fidelity[key + '_low']:.0f}, {100 * fidelity[key + '_high']:.0f}] "
+                f"of {int(fidelity[key + '_n'])}")
+
+    return (f"Class fidelity (GAN-test, Shmelkov et al. 2018): the feature encoder, trained on the real training "
+            f"patches to tell lesion from normal, calls {share('synthetic', 'lesion')} synthetic lesion patches "
+            f"lesion and {share('synthetic', 'normal')} synthetic normal patches normal; on the held-out patients' "
+            f"real patches, {share('held_out', 'lesion')} and {share('held_out', 'normal')} "
+            f"({100 * level:g}% Clopper-Pearson intervals). Synthetic lesion patches drawn without a lesion would "
+            "be called lesion about as often as real normal patches are (100% minus the held-out normal share).")
+
+
 def write_lesion_patches_report(fid_table: pd.DataFrame, utility_table: pd.DataFrame, fidelity: dict[str, float],
                        utility: dict[str, float], tsne_png: str, patches: Mapping[str, np.ndarray],
                        patch_manifest: pd.DataFrame, synthetic: Mapping[str, np.ndarray], params: dict[str, Any]
@@ -280,6 +310,7 @@ def write_lesion_patches_report(fid_table: pd.DataFrame, utility_table: pd.DataF
         f"FID of the normal patches: {fidelity['normal.fid']:.2f} (floor {fidelity['normal.fid_floor_halves']:.2f}, "
         f"n={int(fidelity['normal.fid_n'])}); all patches: {fidelity['all.fid']:.2f} "
         f"(floor {fidelity['all.fid_floor_halves']:.2f}, n={int(fidelity['all.fid_n'])}).",
+        _class_fidelity_note(fidelity, evaluation.level),
     ]
     notes_utility = [
         f"A small CNN (synthmed.metrics.utility) per mode and seed, tested on the real patches of the held-out "
