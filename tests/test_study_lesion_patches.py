@@ -98,8 +98,9 @@ def test_lesion_patches_are_centred_on_lesions_and_normal_ones_hold_none(cohort,
 
 def test_only_the_chosen_series_is_cut(cohort, params):
     images, masks, manifest, split_table = cohort
-    # Even items are FLAIR, odd ones T1w (the cohort's two series of one patient, here two patients).
-    labelled = manifest.assign(series=["FLAIR" if k % 2 == 0 else "T1w" for k in range(len(manifest))])
+    # Odd items are FLAIR, even ones T1w (every item is its own patient here; the FLAIR items hold the
+    # training lesions of patients 1, 3 and 5).
+    labelled = manifest.assign(series=["FLAIR" if k % 2 else "T1w" for k in range(len(manifest))])
     flair = {row.item_id for row in labelled.itertuples() if row.series == "FLAIR"}
     _, all_series = lp.cut_patches(images, masks, labelled, split_table,
                                    from_params(PatchSampling, params["patches"], "p"))
@@ -107,7 +108,8 @@ def test_only_the_chosen_series_is_cut(cohort, params):
     chosen = from_params(PatchSampling, {**params["patches"], "series": ["FLAIR"]}, "p")
     assert chosen.series == ("FLAIR",)
     _, table = lp.cut_patches(images, masks, labelled, split_table, chosen)
-    assert set(table["item_id"]) <= flair and len(table)
+    assert set(table["item_id"]) <= flair
+    assert ((table["split"] == "train") & (table["label"] == "lesion")).sum() == 3 * 4  # 3 patients x 4 slices
     unknown = r"study_lesion_patches\.patches\.series=\['T2w'\] matches none.*'FLAIR', 'T1w'"
     with pytest.raises(ValueError, match=unknown):
         lp.cut_patches(images, masks, labelled, split_table,
@@ -171,7 +173,8 @@ def test_study_nodes_end_to_end(cohort, params):
                            ("held_out", (table["split"].isin(["validation", "test"])
                                          & (table["label"] == "lesion")).sum())):
         assert fidelity[f"class_fidelity.{kind}.lesion_n"] == n_lesion
-        assert 0.0 <= fidelity[f"class_fidelity.{kind}.lesion"] <= 1.0
+        assert fidelity[f"class_fidelity.{kind}.lesion_low"] <= fidelity[f"class_fidelity.{kind}.lesion"] \
+            <= fidelity[f"class_fidelity.{kind}.lesion_high"]
     utility_table, runs, utility = nodes.score_patch_utility(patches, table, synthetic, params)
     assert utility_table["row"].tolist() == ["real", "real+flips", "real+GAN", "real+GAN+flips"]
     held_out = table["split"].isin(["validation", "test"])
@@ -183,6 +186,7 @@ def test_study_nodes_end_to_end(cohort, params):
                                                             patches, table, synthetic, params)
     assert "as given in issue 10" in html and "real+GAN+flips" in html and "Normalisation: percentile" in html
     assert "Class fidelity (GAN-test" in html and "Clopper-Pearson" in html
+    assert "(series FLAIR)" not in html and "(every series)" in html   # the fixture's manifest names none
     assert len(grid.axes) == 4 * 3 and all(isinstance(v, float) for v in metrics.values())
     assert metrics["utility.real_GAN.f1.lesion.mean"] == pytest.approx(utility_table["f1_lesion"].iloc[2])
     # MLflow refuses metric names with other characters (the first cohort run failed on "real+GAN").
@@ -202,8 +206,24 @@ def test_class_fidelity_counts_each_class_with_an_exact_interval():
     # A lesion class drawn as normal: the classifier calls none of it lesion.
     assert lp.class_fidelity(np.full(10, lp.NORMAL), np.full(10, lp.LESION), 0.95)["lesion"] == 0.0
     assert "normal" not in lp.class_fidelity(np.full(10, lp.NORMAL), np.full(10, lp.LESION), 0.95)
-    with pytest.raises(ValueError, match="3 predictions for 4 labels"):
+    with pytest.raises(ValueError, match=r"shape \(3,\) for labels of shape \(4,\)"):
         lp.class_fidelity(np.zeros(3), np.zeros(4), 0.95)
+
+
+def test_class_fidelity_note_puts_each_share_in_its_place():
+    from synthmed.pipelines.study_lesion_patches.nodes import _class_fidelity_note
+
+    fidelity = {}
+    for kind, shares in (("synthetic", {"lesion": (0.82, 0.78, 0.86, 405), "normal": (0.97, 0.96, 0.98, 810)}),
+                         ("held_out", {"lesion": (0.93, 0.88, 0.96, 158), "normal": (0.99, 0.98, 1.0, 316)})):
+        for name, (share, low, high, n) in shares.items():
+            fidelity |= {f"class_fidelity.{kind}.{name}": share, f"class_fidelity.{kind}.{name}_low": low,
+                         f"class_fidelity.{kind}.{name}_high": high, f"class_fidelity.{kind}.{name}_n": n}
+    note = _class_fidelity_note(fidelity, 0.95)
+    assert ("calls 82% [78, 86] of 405 synthetic lesion patches lesion and 97% [96, 98] of 810 synthetic normal "
+            "patches normal; on the held-out patients' real patches, 93% [88, 96] of 158 and 99% [98, 100] of 316"
+            in note)
+    assert "95% Clopper-Pearson" in note
 
 
 def test_grid_rows_spread_over_the_class():

@@ -40,7 +40,14 @@ import numpy as np
 from synthmed.core.lazy import lazy_import
 from synthmed.core.validation import is_int, is_number
 from synthmed.protocols.rebalancing import OverGeneration
-from synthmed.protocols.studies import PublishedRow, StudyRow, check_held_out_splits, check_level, study_table
+from synthmed.protocols.studies import (
+    PublishedRow,
+    StudyRow,
+    check_held_out_splits,
+    check_level,
+    clopper_pearson,
+    study_table,
+)
 
 pd = lazy_import("pandas")
 torch = lazy_import("torch")
@@ -400,10 +407,8 @@ def utility_rows(summaries: Mapping[float, pd.DataFrame], *, n_train: Mapping[st
 def gate_row(numbers: Mapping[str, float], level: float) -> list[StudyRow]:
     """The fraction of candidate synthetic lesion slices the memorisation gate flags (and the study drops), with a
     Clopper-Pearson interval. The study only gets here when the gate's self-test passed."""
-    from scipy.stats import binomtest
-
     n, k = int(numbers["candidate_count"]), int(numbers["flagged_count"])
-    interval = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
+    low, high = clopper_pearson(k, n, level)
     recall = f"self-test recall {numbers['self_test_recall']:.2f}"
     rule = (f"pixel NCC >= {numbers['pixel_threshold']:.4f} (the {numbers['percentile']:g}th percentile of held-out "
             "patients' nearest training slice)")
@@ -413,7 +418,7 @@ def gate_row(numbers: Mapping[str, float], level: float) -> list[StudyRow]:
     return [StudyRow(
         "machine: fraction of candidate synthetic lesion slices flagged by the memorisation gate (dropped and "
         "sampled again before every other row)", "ours",
-        _summary("flagged_fraction", k / n, float(interval.low), float(interval.high), float(n)),
+        _summary("flagged_fraction", k / n, low, high, float(n)),
         f"{rule}; {recall}; interval Clopper-Pearson")]
 
 

@@ -14,15 +14,19 @@ are resampled to ``pixel_mm`` and cut into square patches of ``patch_px``:
 
 Every patch belongs to its patient's split (the split table is by patient: ``group`` rows);
 ``check_patient_splits`` raises when a patient's patches cross splits or disagree with the
-split table. Patches are then normalised one by one (``normalise_patches``): per-patch
-percentile scaling of the brain pixels (``low`` -> -1, ``high`` -> 1, clipped), background
-set to -1. It removes the intensity scale of each acquisition (the cohort mixes scanners and
-two MR contrasts); it does not match histograms across patients.
+split table. Only volumes of the ``series`` chosen are cut (conf/base: FLAIR; a lesion is bright
+there and dark in T1w, so a lesion class of both series holds two opposite looks). Patches are
+then normalised one by one (``normalise_patches``): per-patch percentile scaling of the brain
+pixels (``low`` -> -1, ``high`` -> 1, clipped), background set to -1. It removes the intensity
+scale of each acquisition (the cohort mixes scanners); it does not match histograms across
+patients.
 
 Model, metrics and rows: the ``dcgan`` family, class-conditional on normal / lesion, trained
 with synthmed's trainer; FID (the project's Frechet distance with its real-vs-real floor on the
 same N, ``synthmed.protocols.evaluation.fid_sets`` / ``fid_intervals``) in the feature space of
-a domain encoder trained on the real training patches; the downstream classifier
+a domain encoder trained on the real training patches; class fidelity (``class_fidelity``: the
+share of each class's synthetic patches that encoder assigns to that class, beside its share on
+held-out real patches); the downstream classifier
 (``synthmed.metrics.utility.evaluate_utility``) in four modes tested on held-out patients.
 """
 
@@ -39,7 +43,7 @@ from synthmed.core.lazy import lazy_import
 from synthmed.core.manifest import parse_spacing
 from synthmed.core.validation import is_int, is_number
 from synthmed.imaging.extraction import selected_volumes
-from synthmed.protocols.studies import PublishedRow, StudyRow, check_held_out_splits, check_level
+from synthmed.protocols.studies import PublishedRow, StudyRow, check_held_out_splits, check_level, clopper_pearson
 
 pd = lazy_import("pandas")
 torch = lazy_import("torch")
@@ -98,7 +102,7 @@ class PatchSampling:
         if self.series is not None and (not isinstance(self.series, tuple) or not self.series
                                         or not all(isinstance(v, str) and v for v in self.series)):
             raise ValueError(f"{where}.series must be a non-empty list of series names (e.g. [FLAIR]) or null for "
-                             f"all, got {self.series!r}.")
+                             f"all, got {list(self.series) if isinstance(self.series, tuple) else self.series!r}.")
         if not is_int(self.patch_px) or self.patch_px < 16 or self.patch_px & (self.patch_px - 1):
             raise ValueError(f"{where}.patch_px must be a power of two >= 16 (the dcgan and classifier sizes), "
                              f"got {self.patch_px!r}.")
@@ -268,8 +272,9 @@ def cut_patches(images_by_item: Mapping[str, np.ndarray], masks_by_item: Mapping
     volumes = selected_volumes(manifest, None, config.series, f"{WHERE}.patches")
     items = [r for r in volumes if r.has_mask and r.item_id in splits]
     if not items:
-        raise ValueError(f"{WHERE}: no volume with a label map in the preprocessed manifest (of {len(manifest)} "
-                         "items); run the cohort's data pipeline (kedro run --pipelines data).")
+        chosen = f" of the series {list(config.series)} ({WHERE}.patches.series)" if config.series else ""
+        raise ValueError(f"{WHERE}: no volume{chosen} with a label map in the preprocessed manifest (of "
+                         f"{len(manifest)} items); run the cohort's data pipeline (kedro run --pipelines data).")
     slices: dict[str, list[int]] = {}  # axial slices with brain, by item
     zooms: dict[str, tuple[float, float]] = {}
     patches: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]] = []
@@ -459,11 +464,10 @@ def class_fidelity(predicted: np.ndarray, labels: np.ndarray, level: float) -> d
     without lesions scores near the normal class's error rate); on held-out real patches the
     same numbers are the reference: what the classifier reaches on real images of that class.
     """
-    from scipy.stats import binomtest
-
     predicted, labels = np.asarray(predicted), np.asarray(labels)
-    if predicted.shape != labels.shape:
-        raise ValueError(f"class_fidelity: {predicted.shape[0]} predictions for {labels.shape[0]} labels.")
+    if predicted.shape != labels.shape or labels.ndim != 1:
+        raise ValueError(f"class_fidelity: predictions of shape {predicted.shape} for labels of shape {labels.shape}; "
+                         "expected two (N,) arrays of class ids.")
     out: dict[str, float] = {}
     for cls, name in enumerate(CLASS_NAMES):
         rows = labels == cls
@@ -471,9 +475,8 @@ def class_fidelity(predicted: np.ndarray, labels: np.ndarray, level: float) -> d
         if n == 0:
             continue
         k = int((predicted[rows] == cls).sum())
-        interval = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
-        out |= {name: k / n, f"{name}_low": float(interval.low), f"{name}_high": float(interval.high),
-                f"{name}_n": float(n)}
+        low, high = clopper_pearson(k, n, level)
+        out |= {name: k / n, f"{name}_low": low, f"{name}_high": high, f"{name}_n": float(n)}
     return out
 
 

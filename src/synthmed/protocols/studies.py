@@ -84,6 +84,14 @@ class PublishedRow:
             raise ValueError(f"PublishedRow {self.label!r} needs a citation: a published figure is a cited constant.")
 
 
+def clopper_pearson(k: int, n: int, level: float) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval at ``level`` of a proportion ``k / n``, ``n >= 1``."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="exact")
+    return float(interval.low), float(interval.high)
+
+
 def study_table(rows: Sequence[StudyRow], published: Sequence[PublishedRow], metrics: Sequence[str],
                 *, level: float) -> pd.DataFrame:
     """Our rows, then the published ones, with the columns ``STUDY_COLUMNS`` and per metric ``m, m_low, m_high``.

@@ -137,7 +137,9 @@ def score_patch_fidelity(patches: Mapping[str, np.ndarray], patch_manifest: pd.D
     the same N, beside the published figure; FID per class and overall in the metrics; the t-SNE figure.
 
     The feature space is a domain encoder (``synthmed.protocols.encoders``' small CNN) trained on the
-    real training patches to tell lesion from normal.
+    real training patches to tell lesion from normal. The same encoder gives the class fidelity
+    (``lp.class_fidelity``) of the synthetic patches and of the held-out patients' real ones, in the
+    metrics as ``class_fidelity.<synthetic|held_out>.<class>`` with ``_low`` / ``_high`` / ``_n``.
     """
     from synthmed.metrics import report_figures
     from synthmed.metrics.features import ClassifierConfig, FitConfig, domain_network, fit_classifier
@@ -189,8 +191,10 @@ def score_patch_fidelity(patches: Mapping[str, np.ndarray], patch_manifest: pd.D
     metrics |= {"encoder.train_accuracy": float((model_accuracy(model, real, real_labels, fit.device))),
                 "n_real_train": float(len(real)), "n_synthetic": float(len(fake))}
     held_out = _rows(patch_manifest, evaluation.test_splits)
+    held_out_labels = _labels(patches, held_out)
+    _check_held_out_lesions(held_out_labels, evaluation.test_splits)
     for kind, images, labels in (("synthetic", fake, fake_labels),
-                                 ("held_out", _images(patches, held_out), _labels(patches, held_out))):
+                                 ("held_out", _images(patches, held_out), held_out_labels)):
         shares = lp.class_fidelity(_predict(model, images, fit.device), labels.numpy(), evaluation.level)
         metrics |= {f"class_fidelity.{kind}.{key}": value for key, value in shares.items()}
     logger.info("%s: the encoder calls %.0f%% of the synthetic lesion patches lesion (held-out real: %.0f%%) and "
@@ -199,6 +203,12 @@ def score_patch_fidelity(patches: Mapping[str, np.ndarray], patch_manifest: pd.D
                   for kind in ("synthetic", "held_out")))
 
     return table, metrics, tsne, figure_png64(tsne)
+
+
+def _check_held_out_lesions(labels: torch.Tensor, test_splits: tuple[str, ...]) -> None:
+    if not (labels == lp.LESION).any():
+        raise ValueError(f"{WHERE}: no lesion patch in the test splits {list(test_splits)}; class fidelity and the "
+                         "lesion F1 need held-out patients with lesions (preprocessing.split stratify: finding).")
 
 
 def _predict(model, images: torch.Tensor, device: str) -> np.ndarray:
@@ -236,9 +246,7 @@ def score_patch_utility(patches: Mapping[str, np.ndarray], patch_manifest: pd.Da
         raise ValueError(f"{WHERE}: the training split has {counts[lp.LESION]} lesion and {counts[lp.NORMAL]} "
                          "normal patches; the study scores the lesion class as the minority class, so set "
                          "patches.normal_per_lesion above 1.")
-    if not (test[1] == lp.LESION).any():
-        raise ValueError(f"{WHERE}: no lesion patch in the test splits {list(evaluation.test_splits)}; the lesion F1 "
-                         "needs held-out patients with lesions (preprocessing.split stratify: finding).")
+    _check_held_out_lesions(test[1], evaluation.test_splits)
     fake = (torch.from_numpy(np.asarray(synthetic["images"], dtype=np.float32)),
             torch.from_numpy(np.asarray(synthetic["labels"], dtype=np.int64)))
     result = evaluate_utility(real, fake, test, list(lp.CLASS_NAMES), utility, seed=evaluation.seed)
@@ -293,10 +301,11 @@ def write_lesion_patches_report(fid_table: pd.DataFrame, utility_table: pd.DataF
     counts = "; ".join(f"{split}: {', '.join(f'{int(n)} {label}' for label, n in row.items())} "
                        f"({int(patients[split])} patients)" for split, row in per_split.iterrows())
     p = config.patches
+    series = f"series {', '.join(p.series)}" if p.series else "every series"
     notes_fid = [
         f"Patches: {p.patch_px} px at {p.pixel_mm:g} mm ({p.patch_px * p.pixel_mm:g} mm field of view) from axial "
-        f"slices of the cohort's preprocessed volumes. Lesion patches: centred on each lesion component's centroid "
-        f"(>= {p.min_lesion_px} px, jitter up to {p.jitter_px} px); normal patches: no lesion pixel, >= "
+        f"slices of the cohort's preprocessed volumes ({series}). Lesion patches: centred on each lesion component's "
+        f"centroid (>= {p.min_lesion_px} px, jitter up to {p.jitter_px} px); normal patches: no lesion pixel, >= "
         f"{100 * p.min_brain_fraction:.0f}% brain, {p.normal_per_lesion:g} per lesion patch. Per split: {counts}. "
         "Patches never cross a patient's split (checked).",
         f"Normalisation: {config.normalisation.method}"
