@@ -13,6 +13,9 @@ ones (the rare class's rows repeated up to the common class's count), and for ea
   mean in a 3-pixel ring of tissue around it) / std of the brain``, on the same 32 validation
   label maps for generated and real images (negative: darker than the tissue around it).
 
+conf/base's DCGAN learns the lesion patches since 2026-12-06 (32 px, DiffAugment); its slice runs
+in RESULTS used the whole-slice settings now in conf/template (``--set image_size=64`` and so on).
+
 Nothing is saved but a PNG per run (generated row above the real row) under ``--out``.
 
     PYTHONPATH=src python benchmarks/class_balance_probe.py --family dcgan

@@ -22,9 +22,14 @@ It saves a PNG of the first 10 images of each class under ``--out``, to look at:
 say whether images repeat and whether bright spots come with the class, not whether they show
 anatomy. The settings of conf/base's DCGAN (TTUR, no DiffAugment, 3000 steps) and DDPM
 (class-balanced epochs) were chosen with it (benchmarks/RESULTS.md, "DCGAN settings" and
-"The lesion class of the class-conditional families").
+"The lesion class of the class-conditional families"). Since 2026-12-06 conf/base's DCGAN learns
+the lesion patches (``dcgan.run.source: lesion_patches``, 32 px, DiffAugment): to repeat the
+slice runs, give the slice settings (conf/template's) with ``--model``, as in the second example.
 
-    PYTHONPATH=src:benchmarks python benchmarks/class_conditional_probe.py --name base
+    PYTHONPATH=src:benchmarks python benchmarks/class_conditional_probe.py --family ddpm --name base
+    PYTHONPATH=src:benchmarks python benchmarks/class_conditional_probe.py --name slices --steps 3000 --batch-size 16 \
+        --model '{"image_size": 64, "base_channels": 32, "learning_rate": 0.0001, "discriminator_learning_rate": 0.0004,
+                  "diff_augment": false}'
     PYTHONPATH=src:benchmarks python benchmarks/class_conditional_probe.py --name radford --steps 1000 \\
         --model '{"learning_rate": 0.0002, "discriminator_learning_rate": null, "diff_augment": true}'
     PYTHONPATH=src:benchmarks python benchmarks/class_conditional_probe.py --family ddpm --name balanced \\

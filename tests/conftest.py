@@ -157,12 +157,13 @@ TOY_PARAMETERS: dict[str, Any] = {
     "extraction": {"slices": {"planes": ["axial", "coronal", "sagittal"],
                               "keep_every": {"axial": 2, "coronal": 2, "sagittal": 4},
                               "classes": "plane", "series": None, "finding": {"lesion_labels": [1]}},
-                   "volumes": {"enabled": False, "series": None}},
+                   "volumes": {"enabled": False, "series": None},
+                   "lesion_patches": {"enabled": False}},   # no lesion label: the DCGAN learns slices
     "evaluation": {"memorisation": {"plant": {"min_source_std": 0.01}}},
     "rebalancing": {"strategy": "match_majority", "ratio": 1.0},
     "ddpm": {"model": {"num_classes": 3},
              "sampling": {"plan": [{"condition": "class", "label": "sagittal", "count": 3}]}},
-    "dcgan": {"model": {"num_classes": 3},
+    "dcgan": {"run": {"source": "slices"}, "model": {"num_classes": 3},
               "sampling": {"plan": [{"condition": "class", "label": plane, "count": 32}
                                     for plane in ("axial", "coronal", "sagittal")]}},
     "pix2pix": {"run": {"source": "patches"}, "model": {"channels": 3, "label_classes": 0, "mask_channels": 1,

@@ -226,3 +226,13 @@ def test_memorisation_scores_report_each_checkpoint(monkeypatch):
     table, numbers, every = protocol.memorisation_scores(evaluation, GateConfig())
     assert numbers["flagged_fraction.checkpoint_early"] == 0.0 and numbers["flagged_fraction.checkpoint_late"] == 1.0
     assert numbers["flagged_fraction"] == 0.5 and len(table) == len(every) == 4
+
+
+def test_the_rebalancing_generator_must_have_learnt_slices():
+    from synthmed.generators.base import TrainedGenerator
+    from synthmed.pipelines.rebalancing.nodes import rebalance
+
+    # conf/base's DCGAN learns lesion patches: it cannot fill the slices' training split.
+    on_patches = TrainedGenerator("dcgan", None, None, ("normal", "lesion"), {"source": "lesion_patches"})
+    with pytest.raises(ValueError, match=r"generator='dcgan'.*trained on 'lesion_patches' \(dcgan.run.source\)"):
+        rebalance(pd.DataFrame(), None, pd.DataFrame(), None, {"generator": "dcgan"}, {}, on_patches)

@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 
 from synthmed.core.config import from_params
+from synthmed.imaging import lesion_patches as lpx
+from synthmed.imaging.lesion_patches import Normalisation, PatchSampling
 from synthmed.pipeline_registry import ON_REQUEST, register_pipelines
 from synthmed.protocols import lesion_patches as lp
-from synthmed.protocols.lesion_patches import Normalisation, PatchSampling
 from synthmed.protocols.studies import PublishedRow
 from tests.conftest import load_parameters
 
@@ -54,16 +55,43 @@ def cohort():
     return images, masks, pd.DataFrame(rows), pd.DataFrame(splits)
 
 
+MODEL = {"image_size": 16, "channels": 1, "num_classes": 2, "latent_dim": 8, "base_channels": 4}
+TRAINING = {"steps": 2, "batch_size": 4, "seed": 0, "checkpoint_every": 0, "log_every": 1, "sample_every": 0,
+            "device": "cpu", "mixed_precision": "no"}
+
+
 @pytest.fixture()
-def params(tmp_path):
+def extraction():
+    """``params:extraction.lesion_patches`` for the phantom cohort."""
     return {
         "patches": {"patch_px": 16, "pixel_mm": 2.0, "lesion_labels": [4], "min_lesion_px": 4, "jitter_px": 1,
                     "normal_per_lesion": 1.5, "min_brain_fraction": 0.75, "seed": 0},
         "normalisation": {"method": "percentile", "low": 1.0, "high": 99.0},
-        "checkpoint_root": str(tmp_path / "checkpoints"),
-        "model": {"image_size": 16, "channels": 1, "num_classes": 2, "latent_dim": 8, "base_channels": 4},
-        "training": {"steps": 2, "batch_size": 4, "seed": 0, "checkpoint_every": 0, "log_every": 1,
-                     "device": "cpu", "mixed_precision": "no"},
+    }
+
+
+def _train(tmp_path, patches, table, source="lesion_patches"):
+    """The demo's DCGAN as the training pipeline makes it, trained on ``source`` (every source given the same
+    arrays here), saved and loaded as the catalog does (``generator.json`` keeps the source)."""
+    from synthmed.datasets.array_store import ArrayStoreDataset
+    from synthmed.datasets.generator import GeneratorDataset
+    from synthmed.pipelines.training.nodes import train_generator
+
+    dataset = ArrayStoreDataset(path=str(tmp_path / "arrays"))
+    dataset.save(patches)
+    store = dataset.load()
+    run = {"source": source, "split": "train", "checkpoint_root": str(tmp_path / "checkpoints"),
+           "preview_per_class": 2, "preview_sampler": {"name": "ddim", "steps": 1}}
+    generator, history, _, _ = train_generator(store, table, store, table, store, table, "dcgan", MODEL, TRAINING,
+                                               run)
+    saved = GeneratorDataset(path=str(tmp_path / f"dcgan-{source}"))  # as the catalog hands it to the study
+    saved.save(generator)
+    return saved.load(), history
+
+
+@pytest.fixture()
+def params():
+    return {
         "evaluation": {"test_splits": ["validation", "test"], "batch_size": 8,
                        "encoder": {"width": 4, "feature_dim": 4, "fit": {"steps": 3, "batch_size": 8,
                                                                          "device": "cpu"}},
@@ -75,10 +103,10 @@ def params(tmp_path):
     }
 
 
-def test_lesion_patches_are_centred_on_lesions_and_normal_ones_hold_none(cohort, params):
+def test_lesion_patches_are_centred_on_lesions_and_normal_ones_hold_none(cohort, extraction):
     images, masks, manifest, split_table = cohort
-    config = from_params(PatchSampling, params["patches"], "patches")
-    arrays, table = lp.cut_patches(images, masks, manifest, split_table, config)
+    config = from_params(PatchSampling, extraction["patches"], "patches")
+    arrays, table = lpx.cut_patches(images, masks, manifest, split_table, config)
     lesion, normal = table["label"] == "lesion", table["label"] == "normal"
     # 5 lesion patients x 4 slices with the lesion disc, one component each.
     assert lesion.sum() == 20 and set(table.loc[lesion, "slice_index"]) == {1, 2, 3, 4}
@@ -92,48 +120,49 @@ def test_lesion_patches_are_centred_on_lesions_and_normal_ones_hold_none(cohort,
         assert (table[normal]["split"] == split).sum() == round(1.5 * count)
     patient_split = dict(zip(split_table["patient_key"], split_table["split"]))
     assert (table["patient_key"].map(patient_split) == table["split"]).all()
-    again, _ = lp.cut_patches(images, masks, manifest, split_table, config)
+    again, _ = lpx.cut_patches(images, masks, manifest, split_table, config)
     np.testing.assert_array_equal(again["images"], arrays["images"])       # seeded
 
 
-def test_only_the_chosen_series_is_cut(cohort, params):
+def test_only_the_chosen_series_is_cut(cohort, extraction):
     images, masks, manifest, split_table = cohort
     # Odd items are FLAIR, even ones T1w (every item is its own patient here; the FLAIR items hold the
     # training lesions of patients 1, 3 and 5).
     labelled = manifest.assign(series=["FLAIR" if k % 2 else "T1w" for k in range(len(manifest))])
     flair = {row.item_id for row in labelled.itertuples() if row.series == "FLAIR"}
-    _, all_series = lp.cut_patches(images, masks, labelled, split_table,
-                                   from_params(PatchSampling, params["patches"], "p"))
+    _, all_series = lpx.cut_patches(images, masks, labelled, split_table,
+                                   from_params(PatchSampling, extraction["patches"], "p"))
     assert set(all_series["item_id"]) - flair
-    chosen = from_params(PatchSampling, {**params["patches"], "series": ["FLAIR"]}, "p")
+    chosen = from_params(PatchSampling, {**extraction["patches"], "series": ["FLAIR"]}, "p")
     assert chosen.series == ("FLAIR",)
-    _, table = lp.cut_patches(images, masks, labelled, split_table, chosen)
+    _, table = lpx.cut_patches(images, masks, labelled, split_table, chosen)
     assert set(table["item_id"]) <= flair
     assert ((table["split"] == "train") & (table["label"] == "lesion")).sum() == 3 * 4  # 3 patients x 4 slices
-    unknown = r"study_lesion_patches\.patches\.series=\['T2w'\] matches none.*'FLAIR', 'T1w'"
+    unknown = r"extraction\.lesion_patches\.patches\.series=\['T2w'\] matches none.*'FLAIR', 'T1w'"
     with pytest.raises(ValueError, match=unknown):
-        lp.cut_patches(images, masks, labelled, split_table,
-                       from_params(PatchSampling, {**params["patches"], "series": ["T2w"]}, "p"))
+        lpx.cut_patches(images, masks, labelled, split_table,
+                       from_params(PatchSampling, {**extraction["patches"], "series": ["T2w"]}, "p"))
     with pytest.raises(ValueError, match="series must be a non-empty list"):
         PatchSampling(series=[])
 
 
-def test_patches_crossing_splits_are_refused(cohort, params):
+def test_patches_crossing_splits_are_refused(cohort, extraction):
     images, masks, manifest, split_table = cohort
-    _, table = lp.cut_patches(images, masks, manifest, split_table, from_params(PatchSampling, params["patches"], "p"))
+    sampling = from_params(PatchSampling, extraction["patches"], "p")
+    _, table = lpx.cut_patches(images, masks, manifest, split_table, sampling)
     moved = table.copy()
     moved.loc[moved.index[0], "split"] = "test" if moved["split"].iloc[0] != "test" else "train"
     with pytest.raises(ValueError, match="several splits"):
-        lp.check_patient_splits(moved)
+        lpx.check_patient_splits(moved)
     # A patient moved whole is still one split, but not the split table's.
     whole = table.copy()
     first = whole["patient_key"] == whole["patient_key"].iloc[0]
     whole.loc[first, "split"] = "test" if whole["split"].iloc[0] != "test" else "train"
     with pytest.raises(ValueError, match="not in their item's split"):
-        lp.check_patient_splits(whole, split_table)
+        lpx.check_patient_splits(whole, split_table)
     slabs = split_table.assign(strategy="slab", axis=2)
     with pytest.raises(ValueError, match="split by patient"):
-        lp.cut_patches(images, masks, manifest, slabs, from_params(PatchSampling, params["patches"], "p"))
+        lpx.cut_patches(images, masks, manifest, slabs, from_params(PatchSampling, extraction["patches"], "p"))
 
 
 def test_percentile_normalisation_maps_each_patch_to_the_unit_range():
@@ -141,30 +170,33 @@ def test_percentile_normalisation_maps_each_patch_to_the_unit_range():
     images = np.stack([rng.normal(0.0, 0.01, (1, 8, 8)), rng.normal(0.3, 0.2, (1, 8, 8))]).astype(np.float32)
     brain = np.ones_like(images, dtype=np.uint8)
     brain[:, :, :2] = 0
-    out = lp.normalise_patches(images, brain, Normalisation(low=0.0, high=100.0))
+    out = lpx.normalise_patches(images, brain, Normalisation(low=0.0, high=100.0))
     for k in range(2):
         inside = out[k][brain[k] > 0]
         assert inside.min() == pytest.approx(-1.0) and inside.max() == pytest.approx(1.0)
         assert (out[k][brain[k] == 0] == -1.0).all()
-    np.testing.assert_array_equal(lp.normalise_patches(images, brain, Normalisation(method="none")), images)
+    np.testing.assert_array_equal(lpx.normalise_patches(images, brain, Normalisation(method="none")), images)
     with pytest.raises(ValueError, match="low < high"):
         Normalisation(low=99.0, high=1.0)
 
 
-def test_study_nodes_end_to_end(cohort, params):
+def test_study_nodes_end_to_end(cohort, params, extraction, tmp_path):
+    from synthmed.pipelines.extraction.nodes import extract_lesion_patches
     from synthmed.pipelines.study_lesion_patches import nodes
 
     images, masks, manifest, split_table = cohort
-    patches, table = nodes.cut_lesion_patches(images, masks, manifest, split_table, params)
+    patches, table = extract_lesion_patches(images, masks, manifest, split_table, extraction)
     assert np.abs(patches["images"]).max() <= 1.0
-    generator, history = nodes.train_patch_generator(patches, table, params)
+    generator, history = _train(tmp_path, patches, table)
     assert len(history) == 2 and generator.class_names == ("normal", "lesion")
     synthetic, provenance = nodes.sample_patches(generator, patches, table, params)
     train = table[table["split"] == "train"]
     assert np.bincount(synthetic["labels"], minlength=2).tolist() == [int((train["label"] == "normal").sum()),
                                                                       int((train["label"] == "lesion").sum())]
     assert synthetic["images"].shape[1:] == (1, 16, 16) and len(provenance) == len(synthetic["images"])
-    fid_table, fidelity, _, tsne_png = nodes.score_patch_fidelity(patches, table, synthetic, params)
+    fid_table, fidelity, _, tsne_png = nodes.score_patch_fidelity(patches, table, synthetic, params, extraction,
+                                                                  TRAINING)
+    assert "the demo's dcgan, 2 steps" in fid_table["source"].iloc[0]
     assert fid_table["kind"].tolist() == ["ours", "floor", "published"]
     assert fid_table["n"].iloc[0] == fid_table["n"].iloc[1] == fidelity["lesion.fid_n"]
     assert fid_table["fid"].iloc[2] == 16.0 and fid_table["source"].iloc[2] == "as given in issue 10"
@@ -183,7 +215,7 @@ def test_study_nodes_end_to_end(cohort, params):
     assert ((utility_table["f1_lesion_low"] <= utility_table["f1_lesion"] + 1e-9)
             & (utility_table["f1_lesion"] <= utility_table["f1_lesion_high"] + 1e-9)).all()
     html, grid, metrics = nodes.write_lesion_patches_report(fid_table, utility_table, fidelity, utility, tsne_png,
-                                                            patches, table, synthetic, params)
+                                                            patches, table, synthetic, params, extraction)
     assert "as given in issue 10" in html and "real+GAN+flips" in html and "Normalisation: percentile" in html
     assert "Class fidelity (GAN-test" in html and "Clopper-Pearson" in html
     assert "(series FLAIR)" not in html and "(every series)" in html   # the fixture's manifest names none
@@ -236,25 +268,38 @@ def test_grid_rows_spread_over_the_class():
     np.testing.assert_allclose(shown, (real[[0, 6, 13, 19], 0, 0, 0] + 1) / 2)
 
 
-def test_the_lesion_class_must_be_the_minority(cohort, params):
+def test_the_lesion_class_must_be_the_minority(cohort, params, extraction):
+    from synthmed.pipelines.extraction.nodes import extract_lesion_patches
     from synthmed.pipelines.study_lesion_patches import nodes
 
     images, masks, manifest, split_table = cohort
-    balanced = copy.deepcopy(params)
+    balanced = copy.deepcopy(extraction)
     balanced["patches"]["normal_per_lesion"] = 1.0
-    patches, table = nodes.cut_lesion_patches(images, masks, manifest, split_table, balanced)
+    patches, table = extract_lesion_patches(images, masks, manifest, split_table, balanced)
     synthetic = {"images": patches["images"][:4], "labels": patches["labels"][:4]}
     with pytest.raises(ValueError, match="normal_per_lesion above 1"):
-        nodes.score_patch_utility(patches, table, synthetic, balanced)
+        nodes.score_patch_utility(patches, table, synthetic, params)
 
 
-def test_model_size_must_match_the_patches(cohort, params):
+def test_the_study_scores_only_a_dcgan_trained_on_the_lesion_patches(cohort, params, extraction, tmp_path):
+    from synthmed.pipelines.extraction.nodes import extract_lesion_patches
     from synthmed.pipelines.study_lesion_patches import nodes
 
-    wrong = copy.deepcopy(params)
-    wrong["model"]["image_size"] = 32
-    with pytest.raises(ValueError, match="patches.patch_px"):
-        nodes.train_patch_generator({}, pd.DataFrame(columns=lp.PATCH_COLUMNS), wrong)
+    images, masks, manifest, split_table = cohort
+    patches, table = extract_lesion_patches(images, masks, manifest, split_table, extraction)
+    on_slices, _ = _train(tmp_path, patches, table, source="slices")
+    with pytest.raises(ValueError, match=r"trained on 'slices'.*dcgan.run.source: lesion_patches"):
+        nodes.sample_patches(on_slices, patches, table, params)
+
+
+def test_disabled_extraction_writes_an_empty_store(cohort, extraction):
+    from synthmed.pipelines.extraction.nodes import extract_lesion_patches
+
+    images, masks, manifest, split_table = cohort
+    arrays, table = extract_lesion_patches(images, masks, manifest, split_table, {**extraction, "enabled": False})
+    assert arrays["images"].shape == (0, 1, 16, 16) and len(table) == 0 and list(table) == lpx.PATCH_COLUMNS
+    with pytest.raises(ValueError, match="lesion_patches.enabled' must be true or false, got 'yes'"):
+        extract_lesion_patches(images, masks, manifest, split_table, {**extraction, "enabled": "yes"})
 
 
 def test_registered_on_request_with_checked_parameters():
@@ -262,8 +307,11 @@ def test_registered_on_request_with_checked_parameters():
     pipelines = register_pipelines()
     assert "study_lesion_patches" in pipelines
     assert not set(pipelines["study_lesion_patches"].nodes) & set(pipelines["__default__"].nodes)
-    config = from_params(lp.LesionPatchesConfig, load_parameters("base")["study_lesion_patches"],
-                         "study_lesion_patches")
-    assert config.model["image_size"] == config.patches.patch_px
+    base = load_parameters("base")
+    config = from_params(lp.LesionPatchesConfig, base["study_lesion_patches"], "study_lesion_patches")
+    # The demo's DCGAN learns the extraction's lesion patches at their size: the model the study scores.
+    patches = from_params(lpx.LesionPatchExtraction, base["extraction"]["lesion_patches"], lpx.WHERE).patches
+    assert base["dcgan"]["run"]["source"] == "lesion_patches"
+    assert base["dcgan"]["model"]["image_size"] == patches.patch_px
     assert lp.published_rows(config.published) == [PublishedRow(config.published.label, {"fid": 16.0},
                                                                  config.published.citation)]

@@ -57,6 +57,7 @@ class PreviewParams:
 class ExtractionParams:
     slices: Mapping[str, Any]
     patches: Mapping[str, Any]
+    lesion_patches: Mapping[str, Any]
     volumes: Mapping[str, Any]
     preview: Mapping[str, Any]
 
@@ -95,6 +96,7 @@ def _schema() -> dict[str, type]:
     from synthmed.imaging.extraction import PatchConfig, SliceConfig
     from synthmed.imaging.fundus_sample import FundusSampleConfig
     from synthmed.imaging.intensity import IntensitySpec
+    from synthmed.imaging.lesion_patches import LesionPatchExtraction, Normalisation, PatchSampling
     from synthmed.imaging.lesion_placement import LesionPlanRow
     from synthmed.imaging.slicing import PatchSpec
     from synthmed.imaging.volumes import VolumeConfig
@@ -112,7 +114,7 @@ def _schema() -> dict[str, type]:
     from synthmed.protocols.encoders import EncoderConfig, SourceConfig
     from synthmed.protocols.evaluation import EvaluationConfig, FidelityConfig, FigureConfig, ReaderKitConfig
     from synthmed.protocols.inpainting import InpaintingConfig, InpaintingEvaluation, PublishedStructure
-    from synthmed.protocols.lesion_patches import LesionPatchesConfig, Normalisation, PatchSampling, StudyEvaluation
+    from synthmed.protocols.lesion_patches import LesionPatchesConfig, StudyEvaluation
     from synthmed.protocols.mask_to_image import MaskToImageConfig
     from synthmed.protocols.rebalancing import RebalancingConfig
     from synthmed.protocols.steps_sweep import StepsSweepConfig
@@ -134,6 +136,9 @@ def _schema() -> dict[str, type]:
         "extraction.slices": SliceConfig,
         "extraction.patches": PatchConfig,
         "extraction.patches.patch": PatchSpec,
+        "extraction.lesion_patches": LesionPatchExtraction,
+        "extraction.lesion_patches.patches": PatchSampling,
+        "extraction.lesion_patches.normalisation": Normalisation,
         "extraction.volumes": VolumeConfig,
         "extraction.preview": PreviewParams,
         "rebalancing": RebalancingConfig,
@@ -154,10 +159,6 @@ def _schema() -> dict[str, type]:
         "study_mask_to_image.model": FAMILY_CONFIGS["pix2pix"],
         "study_mask_to_image.training": TrainingConfig,
         "study_lesion_patches": LesionPatchesConfig,
-        "study_lesion_patches.patches": PatchSampling,
-        "study_lesion_patches.normalisation": Normalisation,
-        "study_lesion_patches.model": FAMILY_CONFIGS["dcgan"],
-        "study_lesion_patches.training": TrainingConfig,
         "study_lesion_patches.evaluation": StudyEvaluation,
         "study_lesion_patches.evaluation.encoder": EncoderConfig,
         "study_lesion_patches.evaluation.encoder.fit": FitConfig,

@@ -2,7 +2,7 @@
 
 A saved generator is a folder::
 
-    generator.json      {"format", "family", "config", "modules", "class_names"}
+    generator.json      {"format", "family", "config", "modules", "class_names", "source"}
     MODEL_CARD.md       what it was trained on and how, and how to sample from it (final models)
     <module>/           diffusers models (``save_pretrained``: config.json + safetensors)
     <module>.safetensors   other torch modules (state dict)
@@ -125,7 +125,8 @@ def write_generator_files(folder: Path, family: str, config: Any, models: nn.Mod
     Args:
         class_names: class names by class id, kept in ``generator.json``.
         card: the model card's facts (training data, training settings, last losses); when
-            given, ``MODEL_CARD.md`` is written too (template ``model_card.md.j2``).
+            given, ``MODEL_CARD.md`` is written too (template ``model_card.md.j2``), and its
+            ``source`` (the extraction output trained on) is kept in ``generator.json``.
 
     Raises:
         CheckpointWriteError: the filesystem refused a write (full disk, quota, permissions).
@@ -149,6 +150,8 @@ def _write_generator_files(folder: Path, family: str, config: Any, models: nn.Mo
             save_file(state, folder / f"{name}.safetensors")
     manifest = {"format": FORMAT, "family": family, "config": dataclasses.asdict(config), "modules": list(models),
                 "class_names": list(class_names)}
+    if card and card.get("source"):
+        manifest["source"] = card["source"]  # what it learnt (slices, lesion_patches, ...): read back on load
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     if card is not None:
         (folder / MODEL_CARD).write_text(render(

@@ -71,7 +71,8 @@ def load_generator(folder: Path) -> tuple[FamilySpec, Any, nn.ModuleDict]:
 
 def load_trained_generator(folder: Path) -> TrainedGenerator:
     """A saved generator, its checksums verified, with the class names ``generator.json`` keeps (by
-    class id; empty when unconditional).
+    class id; empty when unconditional) and, in its ``card``, the ``source`` it was trained on
+    (where ``generator.json`` names one; folders written before 2026-12-06 do not).
 
     Raises:
         CheckpointError: the folder is missing, incomplete, corrupt or of an unknown family.
@@ -89,4 +90,5 @@ def load_trained_generator(folder: Path) -> TrainedGenerator:
     models = spec.build(config, 0)
     load_weights(folder, models)
     models.eval()
-    return TrainedGenerator(spec.name, config, models, tuple(manifest.get("class_names") or ()))
+    card = {"source": manifest["source"]} if manifest.get("source") else {}
+    return TrainedGenerator(spec.name, config, models, tuple(manifest.get("class_names") or ()), card)

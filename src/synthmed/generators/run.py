@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 # Image sources (N, C, H, W) for image families; volume sources (N, C, D, H, W) for volume
 # families (``synthmed.generators.previews.check_training_input`` refuses a mismatch).
-IMAGE_SOURCES = ("slices", "patches")
+IMAGE_SOURCES = ("slices", "patches", "lesion_patches")
 VOLUME_SOURCES = ("volumes",)
 SOURCES = IMAGE_SOURCES + VOLUME_SOURCES
 
@@ -30,8 +30,9 @@ class RunConfig:
     """``params:<family>.run``.
 
     Args:
-        source: the extraction output trained on: ``slices`` or ``patches`` (image
-            families), ``volumes`` (volume families).
+        source: the extraction output trained on: ``slices``, ``patches`` (2D images'
+            masked patches) or ``lesion_patches`` (lesion-centred and normal patches of the
+            volumes) for image families, ``volumes`` for volume families.
         split: the split trained on.
         checkpoint_root: parent folder of every run's checkpoints.
         preview_per_class: images per class in the sample grid.

@@ -34,8 +34,11 @@ def prepare_evaluation(
     slice_manifest: pd.DataFrame,
     patches: ArrayStore,
     patch_manifest: pd.DataFrame,
+    lesion_patches: ArrayStore,
+    lesion_patch_manifest: pd.DataFrame,
     slice_encoder: TrainedClassifier,
     patch_encoder: TrainedClassifier,
+    lesion_patch_encoder: TrainedClassifier,
     family: str,
     run_params: dict[str, Any],
     params: dict[str, Any],
@@ -45,7 +48,8 @@ def prepare_evaluation(
     """The family's samples and the real splits of the source it learnt from, with their features
     (and the samples of earlier checkpoints, for the gate's fraction flagged per checkpoint)."""
     run = from_params(RunConfig, run_params, f"{family}.run")
-    real = {"slices": (slices, slice_manifest, slice_encoder), "patches": (patches, patch_manifest, patch_encoder)}
+    real = {"slices": (slices, slice_manifest, slice_encoder), "patches": (patches, patch_manifest, patch_encoder),
+            "lesion_patches": (lesion_patches, lesion_patch_manifest, lesion_patch_encoder)}
     store, manifest, encoder = real[run.source]
     return protocol.prepare_evaluation(family, samples, provenance, run.source, store, manifest, encoder,
                                        protocol.evaluation_config(params), checkpoint_samples, checkpoint_provenance)

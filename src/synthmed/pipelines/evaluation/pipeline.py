@@ -8,14 +8,16 @@ from synthmed.generators.names import FAMILY_NAMES
 _nodes = lazy_module("synthmed.pipelines.evaluation.nodes")
 
 # Shared across families (not namespaced); samples, provenance and params:run are the family's own.
-_SHARED = {"slices", "slice_manifest", "patches", "patch_manifest", "slices.feature_encoder", "patches.feature_encoder"}
+_SHARED = {"slices", "slice_manifest", "patches", "patch_manifest", "lesion_patches", "lesion_patch_manifest",
+           "slices.feature_encoder", "patches.feature_encoder", "lesion_patches.feature_encoder"}
 
 
 def template() -> Pipeline:
     return Pipeline([
         Node(_nodes.prepare_evaluation,
              ["samples", "sample_provenance", "slices", "slice_manifest", "patches", "patch_manifest",
-              "slices.feature_encoder", "patches.feature_encoder", "params:family", "params:run", "params:evaluation",
+              "lesion_patches", "lesion_patch_manifest", "slices.feature_encoder", "patches.feature_encoder",
+              "lesion_patches.feature_encoder", "params:family", "params:run", "params:evaluation",
               "checkpoint_samples", "checkpoint_provenance"],
              "evaluation_set", name="prepare_evaluation"),
         Node(_nodes.fidelity_scores, ["evaluation_set", "params:evaluation"], "fidelity", name="fidelity_scores"),

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from synthmed.core.config import from_params
 from synthmed.datasets.array_store import ArrayStore
-from synthmed.imaging import extraction, volumes
+from synthmed.imaging import extraction, lesion_patches, volumes
 from synthmed.imaging.extraction import PatchConfig, SliceConfig
 from synthmed.imaging.figures import class_grid
 
@@ -60,6 +60,25 @@ def extract_volumes(
     return volumes.extract_volumes(preprocessed_images, preprocessed_masks, preprocessed_manifest, split_table, config)
 
 
+def extract_lesion_patches(
+    preprocessed_images: ArrayStore,
+    preprocessed_masks: ArrayStore,
+    preprocessed_manifest: pd.DataFrame,
+    split_table: pd.DataFrame,
+    params: dict[str, Any],
+) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """Lesion-centred and normal patches of the labelled volumes, inside each patient's split and
+    normalised per patch (``synthmed.imaging.lesion_patches``: what the demo's DCGAN learns); with
+    ``extraction.lesion_patches.enabled: false`` an empty store and manifest."""
+    config = from_params(lesion_patches.LesionPatchExtraction, params, lesion_patches.WHERE)
+    if not config.enabled:
+        return lesion_patches.empty_patches(config.patches.patch_px)
+    arrays, manifest = lesion_patches.cut_patches(preprocessed_images, preprocessed_masks, preprocessed_manifest,
+                                                  split_table, config.patches)
+    arrays["images"] = lesion_patches.normalise_patches(arrays["images"], arrays["brain"], config.normalisation)
+    return arrays, manifest
+
+
 def plot_slice_preview(slices: ArrayStore, slice_params: dict[str, Any], preview: dict[str, Any]) -> Figure:
     """A grid of example slices, one row per class (plane, or normal / lesion)."""
     config = from_params(SliceConfig, slice_params, "extraction.slices")
@@ -77,10 +96,20 @@ def plot_patch_preview(patches: ArrayStore, patch_params: dict[str, Any], previe
                       masks=np.asarray(patches["masks"]), rng=np.random.default_rng(int(preview["seed"])))
 
 
-def summarise_extraction(slice_manifest: pd.DataFrame, patch_manifest: pd.DataFrame) -> dict[str, float]:
-    """Slices and patches per split and class, for DVC metrics and MLflow."""
-    metrics: dict[str, float] = {"slices_total": len(slice_manifest), "patches_total": len(patch_manifest)}
-    for prefix, table in (("slices", slice_manifest), ("patches", patch_manifest)):
+def plot_lesion_patch_preview(patches: ArrayStore, preview: dict[str, Any]) -> Figure:
+    """A grid of example lesion-centred and normal patches, the lesion mask drawn as a contour."""
+    return class_grid(np.asarray(patches["images"]), np.asarray(patches["labels"]), list(lesion_patches.CLASS_NAMES),
+                      per_class=int(preview["per_class"]), title="Lesion patches per class (all splits)",
+                      masks=np.asarray(patches["masks"]), rng=np.random.default_rng(int(preview["seed"])))
+
+
+def summarise_extraction(slice_manifest: pd.DataFrame, patch_manifest: pd.DataFrame,
+                         lesion_patch_manifest: pd.DataFrame) -> dict[str, float]:
+    """Slices, patches and lesion patches per split and class, for DVC metrics and MLflow."""
+    metrics: dict[str, float] = {"slices_total": len(slice_manifest), "patches_total": len(patch_manifest),
+                                 "lesion_patches_total": len(lesion_patch_manifest)}
+    for prefix, table in (("slices", slice_manifest), ("patches", patch_manifest),
+                          ("lesion_patches", lesion_patch_manifest)):
         for (split, label), n in table.groupby(["split", "label"]).size().items():
             metrics[f"{prefix}_{split}_{label}"] = int(n)
     return metrics

@@ -6,7 +6,8 @@ from synthmed.core.lazy import lazy_module
 
 _nodes = lazy_module("synthmed.pipelines.feature_encoders.nodes")
 
-SOURCES = {"slices": ("slices", "slice_manifest"), "patches": ("patches", "patch_manifest")}
+SOURCES = {"slices": ("slices", "slice_manifest"), "patches": ("patches", "patch_manifest"),
+           "lesion_patches": ("lesion_patches", "lesion_patch_manifest")}
 
 
 def template() -> Pipeline:

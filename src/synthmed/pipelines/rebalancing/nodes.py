@@ -38,7 +38,13 @@ def rebalance(rebalancing_plan: pd.DataFrame, slices: ArrayStore, slice_manifest
     by_family = {generator.family: generator for generator in generators}
     if config.generator not in by_family:
         raise ValueError(f"rebalancing.generator must be one of {sorted(by_family)}, got {config.generator!r}.")
-    result = rebalancing.rebalance(by_family[config.generator], rebalancing_plan, slices, slice_manifest,
+    chosen = by_family[config.generator]
+    source = chosen.card.get("source", "slices")
+    if source != "slices":
+        raise ValueError(f"rebalancing.generator={config.generator!r}: rebalancing adds synthetic slices to the "
+                         f"slices' {config.split!r} split, but {config.generator} was trained on {source!r} "
+                         f"({config.generator}.run.source); pick a family trained on slices.")
+    result = rebalancing.rebalance(chosen, rebalancing_plan, slices, slice_manifest,
                                    slice_encoder, config, evaluation_config(evaluation_params))
     return result.synthetic, result.decision, finite(result.numbers), result.self_test, result.rounds
 

@@ -44,6 +44,8 @@ def sample_generator(
     slice_manifest: pd.DataFrame,
     patches: ArrayStore,
     patch_manifest: pd.DataFrame,
+    lesion_patches: ArrayStore,
+    lesion_patch_manifest: pd.DataFrame,
     run_params: dict[str, Any],
     params: dict[str, Any],
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any], Figure]:
@@ -56,8 +58,9 @@ def sample_generator(
         process samples its share and holds all the images; the PNGs and the grid, which only
         the main process saves, are made there alone (the others return ``{}`` and None).
     """
-    config, run, sampler, store, manifest = _parse(generator.family, slices, slice_manifest, patches, patch_manifest,
-                                                   run_params, params)
+    real = {"slices": (slices, slice_manifest), "patches": (patches, patch_manifest),
+            "lesion_patches": (lesion_patches, lesion_patch_manifest)}
+    config, run, sampler, store, manifest = _parse(generator.family, real, run_params, params)
     names = class_names_of(manifest)
     real_indices = condition_rows(manifest, config.real_split, config.seed)
     spec = get_family(generator.family)
@@ -93,13 +96,13 @@ def _throughput(family: str, config: SamplingConfig) -> ThroughputConfig:
     return from_params(ThroughputConfig, config.throughput, f"{family}.sampling.throughput")
 
 
-def _parse(family: str, slices: ArrayStore, slice_manifest: pd.DataFrame, patches: ArrayStore,
-           patch_manifest: pd.DataFrame, run_params: dict[str, Any], params: dict[str, Any]
-           ) -> tuple[SamplingConfig, RunConfig, SamplerSpec, ArrayStore, pd.DataFrame]:
+def _parse(family: str, real: dict[str, tuple[ArrayStore, pd.DataFrame]], run_params: dict[str, Any],
+           params: dict[str, Any]) -> tuple[SamplingConfig, RunConfig, SamplerSpec, ArrayStore, pd.DataFrame]:
+    """The sampling settings and the store and manifest of the family's ``run.source`` (of ``real``)."""
     config = from_params(SamplingConfig, params, f"{family}.sampling")
     run = from_params(RunConfig, run_params, f"{family}.run")
     sampler = from_params(SamplerSpec, config.sampler, f"{family}.sampling.sampler")
-    store, manifest = (slices, slice_manifest) if run.source == "slices" else (patches, patch_manifest)
+    store, manifest = real[run.source]
     return config, run, sampler, store, manifest
 
 
@@ -110,6 +113,8 @@ def sample_retained_checkpoints(
     slice_manifest: pd.DataFrame,
     patches: ArrayStore,
     patch_manifest: pd.DataFrame,
+    lesion_patches: ArrayStore,
+    lesion_patch_manifest: pd.DataFrame,
     run_params: dict[str, Any],
     params: dict[str, Any],
     model_params: dict[str, Any],
@@ -123,8 +128,9 @@ def sample_retained_checkpoints(
     with ``checkpoint_step``; both empty when the option is off.
     """
     family = generator.family
-    config, run, sampler, store, manifest = _parse(family, slices, slice_manifest, patches, patch_manifest,
-                                                   run_params, params)
+    real = {"slices": (slices, slice_manifest), "patches": (patches, patch_manifest),
+            "lesion_patches": (lesion_patches, lesion_patch_manifest)}
+    config, run, sampler, store, manifest = _parse(family, real, run_params, params)
     folders = []
     if config.retained_checkpoints:
         run_dir = checkpoint_folder(run, family, config_from_params(family, model_params),

@@ -1,8 +1,8 @@
 """Nodes of the ``study_lesion_patches`` pipeline: parse ``params:study_lesion_patches``, call the library, return.
 
-The study (issue 10, "DCGAN lesion patches"): lesion-centred and normal patches cut from the
-cohort's preprocessed volumes inside each patient's split, a class-conditional DCGAN trained on
-the training patches with synthmed's trainer, FID with its real-vs-real floor beside the
+The study (issue 10, "DCGAN lesion patches"): the extraction's lesion-centred and normal patches
+(cut inside each patient's split), the demo's class-conditional DCGAN trained on their training
+split by the training pipeline, FID with its real-vs-real floor beside the
 published figure, a t-SNE of real and synthetic features, and the downstream lesion classifier
 in four modes; see ``synthmed.protocols.lesion_patches`` for the protocol.
 """
@@ -18,14 +18,12 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from synthmed.core.checksums import sha256_bytes
 from synthmed.core.config import from_params
 from synthmed.generators.base import SamplerSpec, TrainedGenerator
-from synthmed.generators.registry import config_from_params, get_family
-from synthmed.generators.run import RunConfig, checkpoint_folder, model_card_facts
+from synthmed.generators.registry import get_family
 from synthmed.generators.sampling import PLAN_COLUMNS, generate_from_plan
-from synthmed.generators.tracking import active_tracker
-from synthmed.generators.training import ArrayBatches, TrainingConfig, train
+from synthmed.imaging.lesion_patches import WHERE as EXTRACTION
+from synthmed.imaging.lesion_patches import LesionPatchExtraction, check_patient_splits
 from synthmed.protocols import lesion_patches as lp
 from synthmed.protocols.studies import figure_png64, render_study_page, render_study_section, study_table
 
@@ -37,6 +35,10 @@ WHERE = lp.WHERE
 
 def _config(params: Mapping[str, Any]) -> lp.LesionPatchesConfig:
     return from_params(lp.LesionPatchesConfig, params, WHERE)
+
+
+def _extraction(params: Mapping[str, Any]) -> LesionPatchExtraction:
+    return from_params(LesionPatchExtraction, params, EXTRACTION)
 
 
 def _rows(manifest: pd.DataFrame, splits: tuple[str, ...] | str) -> np.ndarray:
@@ -52,65 +54,33 @@ def _labels(store: Mapping[str, np.ndarray], index: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(store["labels"][index], dtype=np.int64))
 
 
-# ----------------------------------------------------------------------------- patches
-
-
-def cut_lesion_patches(preprocessed_images: Mapping[str, np.ndarray], preprocessed_masks: Mapping[str, np.ndarray],
-                       preprocessed_manifest: pd.DataFrame, split_table: pd.DataFrame,
-                       params: dict[str, Any]) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """Lesion-centred and normal patches inside each patient's split, normalised per patch.
-
-    Returns:
-        ``({"images" (N, 1, P, P) float32 in [-1, 1], "masks" (N, 1, P, P) uint8 lesion mask,
-        "brain" (N, 1, P, P) uint8, "labels" (N,) int64: 0 normal, 1 lesion}, manifest)``.
-    """
-    config = _config(params)
-    arrays, manifest = lp.cut_patches(preprocessed_images, preprocessed_masks, preprocessed_manifest, split_table,
-                                      config.patches)
-    arrays["images"] = lp.normalise_patches(arrays["images"], arrays["brain"], config.normalisation)
-    return arrays, manifest
-
-
 # ----------------------------------------------------------------------------- generator
 
 
-def train_patch_generator(patches: Mapping[str, np.ndarray], patch_manifest: pd.DataFrame,
-                          params: dict[str, Any]) -> tuple[TrainedGenerator, pd.DataFrame]:
-    """The class-conditional DCGAN trained on the training patches (synthmed's trainer, checkpoints, resume)."""
-    config = _config(params)
-    spec = get_family(FAMILY)
-    model_config = config_from_params(FAMILY, dict(config.model))
-    if model_config.image_size != config.patches.patch_px or model_config.num_classes != len(lp.CLASS_NAMES):
+def _check_generator(generator: TrainedGenerator) -> None:
+    """The study scores the demo's DCGAN on the patches it learnt: refuse any other model."""
+    source = generator.card.get("source")
+    if generator.family != FAMILY or source != "lesion_patches" or tuple(generator.class_names) != lp.CLASS_NAMES:
         raise ValueError(
-            f"{WHERE}.model: image_size={model_config.image_size} and num_classes={model_config.num_classes}, "
-            f"expected image_size = patches.patch_px = {config.patches.patch_px} and num_classes = "
-            f"{len(lp.CLASS_NAMES)} ({', '.join(lp.CLASS_NAMES)})."
+            f"{WHERE} scores the {FAMILY} generator trained on the lesion patches (dcgan.run.source: lesion_patches, "
+            f"classes {list(lp.CLASS_NAMES)}); got a {generator.family} generator trained on "
+            f"{repr(source) if source else 'a source its folder does not record'} with classes "
+            f"{list(generator.class_names)}. Set dcgan.run.source: lesion_patches and run kedro run --pipelines "
+            "training."
         )
-    training = from_params(TrainingConfig, config.training, f"{WHERE}.training")
-    indices = _rows(patch_manifest, "train")
-    lp.check_patient_splits(patch_manifest)
-    run = RunConfig(source="patches", split="train", checkpoint_root=config.checkpoint_root)
-    checksums = {k: sha256_bytes(np.ascontiguousarray(patches[k]).tobytes()) for k in ("images", "labels")}
-    run_dir = checkpoint_folder(run, WHERE, model_config, training,
-                                [*checksums.values(), sha256_bytes(indices.tobytes())])
-    logger.info("%s: training the dcgan on %d training patches (%s); checkpoints in %s", WHERE, len(indices),
-                {label: int(n) for label, n in patch_manifest.loc[patch_manifest["split"] == "train", "label"]
-                 .value_counts().items()}, run_dir)
-    store = {"images": patches["images"], "labels": patches["labels"], "masks": patches["masks"]}
-    models, history = train(spec, model_config, training, ArrayBatches(store, indices), run_dir,
-                            tracker=active_tracker(WHERE))
-    card = model_card_facts(run, training, patch_manifest, indices, list(lp.CLASS_NAMES), checksums, history)
-    return TrainedGenerator(FAMILY, model_config, models, lp.CLASS_NAMES, card), pd.DataFrame(history)
 
 
 def sample_patches(generator: TrainedGenerator, patches: Mapping[str, np.ndarray], patch_manifest: pd.DataFrame,
                    params: dict[str, Any]) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """``synthetic_per_real`` synthetic patches per real training patch of each class (synthmed's sampler).
+    """``synthetic_per_real`` synthetic patches per real training patch of each class, drawn from the
+    demo's DCGAN (``dcgan.generator``, trained on these patches) with synthmed's sampler.
 
     Returns:
         ``({"images" (M, 1, P, P) float32 in [-1, 1], "labels" (M,) int64}, provenance)``.
     """
     config = _config(params)
+    _check_generator(generator)
+    check_patient_splits(patch_manifest)
     evaluation = config.evaluation
     train_rows = patch_manifest[patch_manifest["split"] == "train"]
     counts = {name: int(round(evaluation.synthetic_per_real * (train_rows["label"] == name).sum()))
@@ -131,8 +101,8 @@ def sample_patches(generator: TrainedGenerator, patches: Mapping[str, np.ndarray
 
 
 def score_patch_fidelity(patches: Mapping[str, np.ndarray], patch_manifest: pd.DataFrame,
-                   synthetic: Mapping[str, np.ndarray], params: dict[str, Any]
-                   ) -> tuple[pd.DataFrame, dict[str, float], Figure, str]:
+                         synthetic: Mapping[str, np.ndarray], params: dict[str, Any], extraction_params: dict[str, Any],
+                         training_params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, float], Figure, str]:
     """FID of the synthetic lesion patches against the real training ones, with the real-vs-real floor on
     the same N, beside the published figure; FID per class and overall in the metrics; the t-SNE figure.
 
@@ -147,6 +117,7 @@ def score_patch_fidelity(patches: Mapping[str, np.ndarray], patch_manifest: pd.D
     from synthmed.protocols.evaluation import FidelityConfig, fid_intervals, fid_sets
 
     config = _config(params)
+    sampling = _extraction(extraction_params).patches
     evaluation = config.evaluation
     encoder = from_params(EncoderConfig, evaluation.encoder, f"{WHERE}.evaluation.encoder")
     fit = from_params(FitConfig, encoder.fit or {}, f"{WHERE}.evaluation.encoder.fit")
@@ -154,7 +125,7 @@ def score_patch_fidelity(patches: Mapping[str, np.ndarray], patch_manifest: pd.D
     real, real_labels = _images(patches, train_index), _labels(patches, train_index)
     fake = torch.from_numpy(np.asarray(synthetic["images"], dtype=np.float32))
     fake_labels = torch.from_numpy(np.asarray(synthetic["labels"], dtype=np.int64))
-    spec = ClassifierConfig(channels=1, num_classes=len(lp.CLASS_NAMES), image_px=config.patches.patch_px,
+    spec = ClassifierConfig(channels=1, num_classes=len(lp.CLASS_NAMES), image_px=sampling.patch_px,
                             width=encoder.width, feature_dim=encoder.feature_dim)
     model = fit_classifier(real, real_labels, spec, fit, seed=encoder.seed, flips=encoder.flips,
                            description="lesion patch feature encoder")
@@ -169,7 +140,8 @@ def score_patch_fidelity(patches: Mapping[str, np.ndarray], patch_manifest: pd.D
         if int(real_rows.sum()) < 8 or int(fake_rows.sum()) < 4:
             raise ValueError(f"{WHERE}: FID of the {name} patches needs >= 8 real training and >= 4 synthetic "
                              f"patches, got {int(real_rows.sum())} and {int(fake_rows.sum())}; cut more patches "
-                             "(patches.normal_per_lesion, slice_step) or sample more (synthetic_per_real).")
+                             "(extraction.lesion_patches.patches: normal_per_lesion, slice_step) or sample more "
+                             "(evaluation.synthetic_per_real).")
         half_a, half_b, fake_n, _ = fid_sets(real_features[real_rows], fake_features[fake_rows],
                                              seed=evaluation.seed)
         scores = fid_intervals(half_a, half_b, fake_n, fidelity)
@@ -178,9 +150,9 @@ def score_patch_fidelity(patches: Mapping[str, np.ndarray], patch_manifest: pd.D
                     scores["fid"], scores["fid_low"], scores["fid_high"], scores["fid_floor_halves"],
                     int(scores["fid_n"]))
     lesion = {key.removeprefix("lesion."): value for key, value in metrics.items() if key.startswith("lesion.")}
-    source = (f"synthetic vs real training lesion patches, {config.patches.patch_px} px at "
-              f"{config.patches.pixel_mm:g} mm, domain encoder ({encoder.feature_dim}-d) features; "
-              f"{config.training.get('steps')} steps")
+    source = (f"synthetic vs real training lesion patches, {sampling.patch_px} px at "
+              f"{sampling.pixel_mm:g} mm, domain encoder ({encoder.feature_dim}-d) features; "
+              f"the demo's dcgan, {training_params.get('steps')} steps")
     table = study_table(lp.fid_rows(lesion, model_source=source), lp.published_rows(config.published),
                         lp.FID_METRICS, level=evaluation.level)
     coordinates = report_figures.tsne_coordinates(real_features.numpy(), real_labels.numpy(), fake_features.numpy(),
@@ -245,7 +217,7 @@ def score_patch_utility(patches: Mapping[str, np.ndarray], patch_manifest: pd.Da
         # evaluate_utility bootstraps the F1 of the rarest training class: it must be the lesion class.
         raise ValueError(f"{WHERE}: the training split has {counts[lp.LESION]} lesion and {counts[lp.NORMAL]} "
                          "normal patches; the study scores the lesion class as the minority class, so set "
-                         "patches.normal_per_lesion above 1.")
+                         "extraction.lesion_patches.patches.normal_per_lesion above 1.")
     _check_held_out_lesions(test[1], evaluation.test_splits)
     fake = (torch.from_numpy(np.asarray(synthetic["images"], dtype=np.float32)),
             torch.from_numpy(np.asarray(synthetic["labels"], dtype=np.int64)))
@@ -286,12 +258,13 @@ def _class_fidelity_note(fidelity: Mapping[str, float], level: float) -> str:
 
 def write_lesion_patches_report(fid_table: pd.DataFrame, utility_table: pd.DataFrame, fidelity: dict[str, float],
                        utility: dict[str, float], tsne_png: str, patches: Mapping[str, np.ndarray],
-                       patch_manifest: pd.DataFrame, synthetic: Mapping[str, np.ndarray], params: dict[str, Any]
-                       ) -> tuple[str, Figure, dict[str, float]]:
+                       patch_manifest: pd.DataFrame, synthetic: Mapping[str, np.ndarray], params: dict[str, Any],
+                       extraction_params: dict[str, Any]) -> tuple[str, Figure, dict[str, float]]:
     """The HTML page (the FID table beside the published figure, the classifier table, figures), the
     sample grid and the study's metrics (JSON and MLflow)."""
 
     config = _config(params)
+    extraction = _extraction(extraction_params)
     evaluation = config.evaluation
     train_index = _rows(patch_manifest, "train")
     grid = lp.sample_grid(np.asarray(patches["images"][train_index]), np.asarray(patches["labels"][train_index]),
@@ -300,7 +273,7 @@ def write_lesion_patches_report(fid_table: pd.DataFrame, utility_table: pd.DataF
     patients = patch_manifest.groupby("split")["patient_key"].nunique()
     counts = "; ".join(f"{split}: {', '.join(f'{int(n)} {label}' for label, n in row.items())} "
                        f"({int(patients[split])} patients)" for split, row in per_split.iterrows())
-    p = config.patches
+    p = extraction.patches
     series = f"series {', '.join(p.series)}" if p.series else "every series"
     notes_fid = [
         f"Patches: {p.patch_px} px at {p.pixel_mm:g} mm ({p.patch_px * p.pixel_mm:g} mm field of view) from axial "
@@ -308,9 +281,10 @@ def write_lesion_patches_report(fid_table: pd.DataFrame, utility_table: pd.DataF
         f"centroid (>= {p.min_lesion_px} px, jitter up to {p.jitter_px} px); normal patches: no lesion pixel, >= "
         f"{100 * p.min_brain_fraction:.0f}% brain, {p.normal_per_lesion:g} per lesion patch. Per split: {counts}. "
         "Patches never cross a patient's split (checked).",
-        f"Normalisation: {config.normalisation.method}"
-        + (f" (per patch, brain pixels' {config.normalisation.low:g}th-{config.normalisation.high:g}th percentiles "
-           "to [-1, 1], background -1)" if config.normalisation.method == "percentile" else "") + ".",
+        f"Normalisation: {extraction.normalisation.method}"
+        + (f" (per patch, brain pixels' {extraction.normalisation.low:g}th-{extraction.normalisation.high:g}th "
+           "percentiles to [-1, 1], background -1)" if extraction.normalisation.method == "percentile" else "")
+        + ". Cut by the extraction stage (extraction.lesion_patches); the model is the demo's dcgan, trained on them.",
         "FID: the project's Frechet distance (synthmed.metrics.fidelity) in the feature space of a domain encoder "
         "trained on the real training patches, synthetic lesion patches against one half of the real training "
         "lesion patches; the floor compares the two disjoint real halves on the same N. Intervals: percentile "

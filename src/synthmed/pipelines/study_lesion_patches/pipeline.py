@@ -1,5 +1,6 @@
-"""Wiring of the ``study_lesion_patches`` pipeline (on request, after the cohort's data pipeline:
-``kedro run --pipelines study_lesion_patches``)."""
+"""Wiring of the ``study_lesion_patches`` pipeline (on request, after ``make demo`` or ``kedro run``:
+``kedro run --pipelines study_lesion_patches``). Its patches are the extraction's and its model
+is the demo's ``dcgan`` (trained on those patches), so it trains nothing itself."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -9,19 +10,16 @@ _nodes = lazy_module("synthmed.pipelines.study_lesion_patches.nodes")
 
 _PATCHES = ["lesion_patches", "lesion_patch_manifest"]
 _PARAMS = "params:study_lesion_patches"
+_EXTRACTION = "params:extraction.lesion_patches"
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            Node(_nodes.cut_lesion_patches, ["preprocessed_images", "preprocessed_masks", "preprocessed_manifest",
-                                             "split_table", _PARAMS],
-                 _PATCHES, name="cut_lesion_patches"),
-            Node(_nodes.train_patch_generator, [*_PATCHES, _PARAMS],
-                 ["lesion_patches_generator", "lesion_patches_history"], name="train_patch_generator"),
-            Node(_nodes.sample_patches, ["lesion_patches_generator", *_PATCHES, _PARAMS],
+            Node(_nodes.sample_patches, ["dcgan.generator", *_PATCHES, _PARAMS],
                  ["lesion_patches_synthetic", "lesion_patches_provenance"], name="sample_patches"),
-            Node(_nodes.score_patch_fidelity, [*_PATCHES, "lesion_patches_synthetic", _PARAMS],
+            Node(_nodes.score_patch_fidelity, [*_PATCHES, "lesion_patches_synthetic", _PARAMS, _EXTRACTION,
+                                               "params:dcgan.training"],
                  ["lesion_patches_fid_table", "lesion_patches_fidelity", "lesion_patches_tsne",
                   "lesion_patches_tsne_png"], name="score_patch_fidelity"),
             Node(_nodes.score_patch_utility, [*_PATCHES, "lesion_patches_synthetic", _PARAMS],
@@ -30,7 +28,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(_nodes.write_lesion_patches_report,
                  ["lesion_patches_fid_table", "lesion_patches_utility_table", "lesion_patches_fidelity",
                   "lesion_patches_utility", "lesion_patches_tsne_png", *_PATCHES, "lesion_patches_synthetic",
-                  _PARAMS],
+                  _PARAMS, _EXTRACTION],
                  ["lesion_patches_report", "lesion_patches_grid", "lesion_patches_metrics"],
                  name="write_lesion_patches_report"),
         ]

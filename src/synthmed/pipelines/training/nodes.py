@@ -31,16 +31,19 @@ def train_generator(
     slice_manifest: pd.DataFrame,
     patches: ArrayStore,
     patch_manifest: pd.DataFrame,
+    lesion_patches: ArrayStore,
+    lesion_patch_manifest: pd.DataFrame,
     family: str,
     model_params: dict[str, Any],
     training_params: dict[str, Any],
     run_params: dict[str, Any],
 ) -> tuple[TrainedGenerator, pd.DataFrame, Figure, Figure]:
-    """Train one generator family on the train split of slices or patches.
+    """Train one generator family on the train split of slices, patches or lesion patches.
 
     Args:
-        slices, slice_manifest, patches, patch_manifest: extraction outputs; ``run.source``
-            picks one (images ``(N, C, H, W)`` float32 in [-1, 1], masks, labels).
+        slices, slice_manifest, patches, patch_manifest, lesion_patches, lesion_patch_manifest:
+            extraction outputs; ``run.source`` picks one (images ``(N, C, H, W)`` float32 in
+            [-1, 1], masks, labels).
         family: a family of ``synthmed.generators.registry.FAMILIES``.
         model_params: the family's ``Config`` keys.
         training_params: ``TrainingConfig`` keys.
@@ -54,7 +57,8 @@ def train_generator(
     training = from_params(TrainingConfig, training_params, f"{family}.training")
     run = from_params(RunConfig, run_params, f"{family}.run")
     sampler = from_params(SamplerSpec, run.preview_sampler, f"{family}.run.preview_sampler")
-    store, manifest = (slices, slice_manifest) if run.source == "slices" else (patches, patch_manifest)
+    store, manifest = {"slices": (slices, slice_manifest), "patches": (patches, patch_manifest),
+                       "lesion_patches": (lesion_patches, lesion_patch_manifest)}[run.source]
     indices = manifest.loc[manifest["split"] == run.split, "index"].to_numpy()
     class_names = class_names_of(manifest)
     check_training_input(family, model_config, store["images"].shape, class_names, run.source)

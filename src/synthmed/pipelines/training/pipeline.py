@@ -7,7 +7,7 @@ from synthmed.generators.names import FAMILY_NAMES
 
 _nodes = lazy_module("synthmed.pipelines.training.nodes")
 
-_SHARED = {"slices", "slice_manifest", "patches", "patch_manifest"}
+_SHARED = {"slices", "slice_manifest", "patches", "patch_manifest", "lesion_patches", "lesion_patch_manifest"}
 
 
 def template() -> Pipeline:
@@ -15,8 +15,8 @@ def template() -> Pipeline:
         [
             Node(
                 _nodes.train_generator,
-                ["slices", "slice_manifest", "patches", "patch_manifest", "params:family", "params:model",
-                 "params:training", "params:run"],
+                ["slices", "slice_manifest", "patches", "patch_manifest", "lesion_patches", "lesion_patch_manifest",
+                 "params:family", "params:model", "params:training", "params:run"],
                 ["generator", "training_history", "sample_grid", "loss_curve"],
                 name="train_generator",
             )
