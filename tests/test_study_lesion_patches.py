@@ -70,7 +70,7 @@ def extraction():
     }
 
 
-def _train(tmp_path, patches, table, source="lesion_patches"):
+def _train(tmp_path, patches, table, source="lesion_patches", model=MODEL):
     """The demo's DCGAN as the training pipeline makes it, trained on ``source`` (every source given the same
     arrays here), saved and loaded as the catalog does (``generator.json`` keeps the source)."""
     from synthmed.datasets.array_store import ArrayStoreDataset
@@ -82,7 +82,7 @@ def _train(tmp_path, patches, table, source="lesion_patches"):
     store = dataset.load()
     run = {"source": source, "split": "train", "checkpoint_root": str(tmp_path / "checkpoints"),
            "preview_per_class": 2, "preview_sampler": {"name": "ddim", "steps": 1}}
-    generator, history, _, _ = train_generator(store, table, store, table, store, table, "dcgan", MODEL, TRAINING,
+    generator, history, _, _ = train_generator(store, table, store, table, store, table, "dcgan", model, TRAINING,
                                                run)
     saved = GeneratorDataset(path=str(tmp_path / f"dcgan-{source}"))  # as the catalog hands it to the study
     saved.save(generator)
@@ -290,6 +290,48 @@ def test_the_study_scores_only_a_dcgan_trained_on_the_lesion_patches(cohort, par
     on_slices, _ = _train(tmp_path, patches, table, source="slices")
     with pytest.raises(ValueError, match=r"trained on 'slices'.*dcgan.run.source: lesion_patches"):
         nodes.sample_patches(on_slices, patches, table, params)
+
+
+def test_the_study_refuses_a_model_of_another_size(cohort, params, extraction, tmp_path):
+    from synthmed.pipelines.extraction.nodes import extract_lesion_patches
+    from synthmed.pipelines.study_lesion_patches import nodes
+
+    images, masks, manifest, split_table = cohort
+    larger = copy.deepcopy(extraction)
+    larger["patches"] |= {"patch_px": 32, "pixel_mm": 1.0, "min_lesion_px": 16}
+    patches, table = extract_lesion_patches(images, masks, manifest, split_table, larger)
+    assert set(table["label"]) == {"normal", "lesion"}
+    # A 16 px model trains on the 32 px patches (image_size divides them), but draws patches the study's
+    # encoder cannot take.
+    generator, _ = _train(tmp_path, patches, table)
+    with pytest.raises(ValueError, match=r"draws 16 px patches, but the lesion patches are 32 px"):
+        nodes.sample_patches(generator, patches, table, params)
+
+
+def test_training_on_an_empty_source_names_the_switch(tmp_path):
+    arrays, table = lpx.empty_patches(16)
+    with pytest.raises(ValueError, match=r"wrote no lesion_patches.*extraction.lesion_patches.enabled is false"):
+        _train(tmp_path, arrays, table)
+
+
+def test_generator_json_keeps_what_the_model_learnt(cohort, extraction, tmp_path):
+    import json
+
+    from synthmed.generators.common import write_checksums
+    from synthmed.generators.registry import load_trained_generator
+    from synthmed.pipelines.extraction.nodes import extract_lesion_patches
+
+    images, masks, manifest, split_table = cohort
+    patches, table = extract_lesion_patches(images, masks, manifest, split_table, extraction)
+    generator, _ = _train(tmp_path, patches, table)
+    assert generator.card == {"source": "lesion_patches"}
+    # A folder written before generator.json kept the source loads with an empty card.
+    folder = tmp_path / "dcgan-lesion_patches"
+    description = json.loads((folder / "generator.json").read_text())
+    del description["source"]
+    (folder / "generator.json").write_text(json.dumps(description))
+    write_checksums(folder)
+    assert load_trained_generator(folder).card == {}
 
 
 def test_disabled_extraction_writes_an_empty_store(cohort, extraction):

@@ -260,3 +260,19 @@ def test_the_evaluation_measures_the_contrast_on_mask_samples_at_their_own_size_
                           held_out=split, test=split, synthetic=split, provenance=None, paired=None, neighbours=None)
     assert "lesion_contrast" not in protocol_signal(plain, CONTRAST)
 
+
+
+@pytest.mark.parametrize(("source", "measured"), [("slices", True), ("lesion_patches", False)])
+def test_the_evaluation_measures_the_lesion_signal_where_its_source_asks(monkeypatch, source, measured):
+    """conf/base switches it off for the DCGAN's lesion patches: normalised per patch, every patch's spot
+    percentile is 1, so the bright-spot score says nothing there."""
+    from types import SimpleNamespace
+
+    from synthmed.pipelines.evaluation import nodes
+    from tests.conftest import load_parameters
+
+    monkeypatch.setattr(nodes.protocol, "fidelity_scores", lambda evaluation, config: {"fid": 1.0})
+    monkeypatch.setattr(nodes.protocol, "detectability", lambda evaluation, config: {})
+    monkeypatch.setattr(nodes.protocol, "lesion_signal", lambda evaluation, config: {"lesion_signal_auc": 0.7})
+    scores = nodes.fidelity_scores(SimpleNamespace(source=source), load_parameters("base")["evaluation"])
+    assert ("lesion_signal_auc" in scores) == measured and scores["fid"] == 1.0

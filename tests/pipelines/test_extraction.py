@@ -51,10 +51,20 @@ def test_patches_follow_the_mask_and_stay_in_their_rows(processed):
 
 def test_preview_figures_and_metrics_are_written(processed):
     workdir, _ = processed
-    for name in ("slice_preview.png", "patch_preview.png"):
+    for name in ("slice_preview.png", "patch_preview.png", "lesion_patch_preview.png"):
         assert (workdir / "data/08_reporting/extraction" / name).read_bytes()[:4] == b"\x89PNG"
     metrics = pd.read_json(workdir / "data/08_reporting/extraction_metrics.json", typ="series")
     assert metrics["slices_total"] == len(pd.read_csv(workdir / "data/05_model_input/slices/manifest.csv"))
+    assert metrics["lesion_patches_total"] == 0   # the toy folder has no lesion label: switched off
+
+
+def test_lesion_patches_switched_off_are_written_empty(processed):
+    _, catalog = processed
+    from synthmed.imaging.lesion_patches import PATCH_COLUMNS
+
+    patches = catalog.load("lesion_patches")
+    assert {name: patches[name].shape[0] for name in patches} == {"images": 0, "masks": 0, "brain": 0, "labels": 0}
+    assert list(catalog.load("lesion_patch_manifest").columns) == PATCH_COLUMNS
 
 
 def test_volumes_are_off_by_default_and_written_empty(processed):

@@ -85,8 +85,15 @@ def sample_grid(spec: FamilySpec, config, models: nn.ModuleDict, conditions: Con
 
 def check_training_input(family: str, config, image_shape: Sequence[int], class_names: Sequence[str],
                          source: str, spatial_dims: int = 2) -> None:
-    """Refuse training data the model cannot take: images or volumes (``spatial_dims`` sides),
-    channels, a size ``image_size`` divides, classes."""
+    """Refuse training data the model cannot take: none at all, images or volumes (``spatial_dims``
+    sides), channels, a size ``image_size`` divides, classes."""
+    if not image_shape or int(image_shape[0]) == 0:
+        switch = f", or extraction.{source}.enabled is false" if source in ("lesion_patches", "volumes") else ""
+        raise ValueError(
+            f"{family}.run.source is {source!r}, but the extraction wrote no {source} (an empty store: the data has "
+            f"none{switch}): point {family}.run.source at a source the data has (conf/template trains the DCGAN "
+            "on slices)."
+        )
     if (source in VOLUME_SOURCES) != (spatial_dims == 3) or len(image_shape) != 2 + spatial_dims:
         kind = "volumes (N, C, D, H, W)" if spatial_dims == 3 else "images (N, C, H, W)"
         raise ValueError(

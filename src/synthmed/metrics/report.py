@@ -250,7 +250,7 @@ def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:
                      "", metrics.get("detectability_auc_n")))
     if "lesion_signal_auc" in metrics:
         real = ("the real slices of the same label maps" if metrics.get("lesion_signal_real_paired") else
-                "the real slices it learnt from, what a faithful copy reaches")
+                "the real images it learnt from, what a faithful copy reaches")
         rows.append((f"lesion signal AUC (bright-spot score, lesion-class vs normal images; second column: {real}; "
                      "0.5 = no sign of the lesions)",
                      with_interval(metrics, "lesion_signal_auc"), with_interval(metrics, "lesion_signal_auc_real"),

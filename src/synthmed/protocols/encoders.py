@@ -45,6 +45,10 @@ class SourceConfig:
     # Mask values outlined in the report's real-vs-synthetic grid (the cohort's lesion label 4):
     # on the real images, and on the synthetic ones a label map conditioned; () draws none.
     outline_labels: tuple[int, ...] = ()
+    # The lesion signal (a bright-spot score of whole images, ``evaluation.lesion_signal``) for the
+    # families of this source; false where it says nothing (lesion patches, normalised per patch,
+    # clip at their 99th percentile, so every patch's spot percentile is 1).
+    lesion_signal: bool = True
 
 
 @dataclass(frozen=True)

@@ -307,7 +307,7 @@ def prepare_evaluation(
         samples: the family's sampled arrays (``images (N, C, H, W)`` float32 in [-1, 1], ``labels``).
         provenance: one row per sample (``index``, ``condition``, ``source_index``).
         source_name, store, manifest, encoder: the extraction output the family learnt from
-            (``slices`` or ``patches``) and that source's domain encoder.
+            (``slices``, ``patches`` or ``lesion_patches``) and that source's domain encoder.
         config: ``params:evaluation``.
         checkpoint_samples, checkpoint_provenance: samples of earlier checkpoints (may be empty),
             for the memorisation gate only.
@@ -459,7 +459,7 @@ def detectability(evaluation: EvaluationSet, config: DetectabilityConfig) -> dic
 def lesion_signal(evaluation: EvaluationSet, config: LesionSignalConfig) -> dict[str, float]:
     """The lesion signal (``synthmed.metrics.lesion_signal``) of the family's samples by the class they
     were drawn for, beside the same on real images: the real split the family learnt from (what a
-    generator that drew its training slices exactly would reach), or, for samples drawn from real
+    generator that drew its training images exactly would reach), or, for samples drawn from real
     label maps or contexts, the real images of those same maps, each with its class
     (``lesion_signal_real_paired`` 1: a held-out split's lesions can be far plainer than the training
     split's); empty when disabled or when the source has no such classes. For samples drawn from real

@@ -24,6 +24,7 @@ from synthmed.generators.sampling import SamplingConfig
 from synthmed.metrics.features import TrainedClassifier
 from synthmed.protocols import evaluation as protocol
 from synthmed.protocols import steps_sweep as sweep
+from synthmed.protocols.encoders import source_config
 from synthmed.protocols.evaluation import EvaluationSet, FamilyResult
 
 
@@ -61,9 +62,11 @@ def fidelity_scores(evaluation: EvaluationSet, params: dict[str, Any]) -> dict[s
     the lesion signal (does the lesion class carry the lesion's mark) beside the real split's."""
     config = protocol.evaluation_config(params)
     fidelity = from_params(protocol.FidelityConfig, config.fidelity, "evaluation.fidelity")
+    source = source_config(config.sources[evaluation.source], f"evaluation.sources.{evaluation.source}")
+    signal = (protocol.lesion_signal(evaluation, protocol.lesion_signal_config(config.lesion_signal))
+              if source.lesion_signal else {})
     return (protocol.fidelity_scores(evaluation, fidelity)
-            | protocol.detectability(evaluation, protocol.detectability_config(config.detectability))
-            | protocol.lesion_signal(evaluation, protocol.lesion_signal_config(config.lesion_signal)))
+            | protocol.detectability(evaluation, protocol.detectability_config(config.detectability)) | signal)
 
 
 def memorisation_scores(evaluation: EvaluationSet,

@@ -80,6 +80,11 @@ def sample_patches(generator: TrainedGenerator, patches: Mapping[str, np.ndarray
     """
     config = _config(params)
     _check_generator(generator)
+    size = int(np.asarray(patches["images"]).shape[-1])
+    if generator.config.image_size != size:
+        raise ValueError(f"{WHERE}: the dcgan draws {generator.config.image_size} px patches, but the lesion patches "
+                         f"are {size} px; set dcgan.model.image_size = extraction.lesion_patches.patches.patch_px "
+                         f"({size}) and run kedro run --pipelines training.")
     check_patient_splits(patch_manifest)
     evaluation = config.evaluation
     train_rows = patch_manifest[patch_manifest["split"] == "train"]
