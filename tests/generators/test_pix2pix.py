@@ -113,9 +113,20 @@ def _digest(text: bytes) -> str:
     return hashlib.sha256(text).hexdigest()
 
 
+# Every 32nd value of the tiny network's output below (2 x 1 x 16 x 16), and its sum.
+_REFERENCE_OUTPUT = [-0.0009668983984738588, -0.0013221651315689087, 0.0006884786416776478, -0.0002896156220231205,
+                     -0.0005364718963392079, 0.0013753643725067377, 0.0008878646185621619, -0.0011646937346085906,
+                     0.0001894671586342156, -0.0024337582290172577, 0.003462910419330001, -5.917093949392438e-05,
+                     -0.003711092984303832, 0.0032987783197313547, 0.0002418074436718598, -0.00019366330525372177]
+_REFERENCE_SUM = 0.21728725083994505
+
+
 def test_the_default_upsampling_is_the_papers_network_unchanged():
-    # Digests taken before `upsampling` existed (commit 7e570fd): the default config builds the same
-    # parameters (names and shapes) and, from the same seeds, the same output bit for bit.
+    # The layout digest was taken before `upsampling` existed (commit 7e570fd): the default config
+    # builds the same parameters (names and shapes). The output, from the same seeds, was then checked
+    # by the digest of its bytes on an Intel CPU with AMX; on a CPU whose kernels round differently (a
+    # 2-core AMD EPYC with AVX2, 2026-12-06) the same network's output differs in the last bits, so it
+    # is compared value by value, at a tolerance far below what another network or init would move.
     config = pix2pix.Config(**TINY)
     assert config.upsampling == "transpose"
     models = pix2pix.build(config, 0)
@@ -123,7 +134,9 @@ def test_the_default_upsampling_is_the_papers_network_unchanged():
     out = pix2pix.translate(models, x, torch.Generator().manual_seed(1))
     layout = [(k, tuple(v.shape)) for k, v in models.state_dict().items()]
     assert _digest(repr(layout).encode()) == "e8c27da4923e633c36c3413b3b7a533ce7de005c2d1065e454cf575934329f25"
-    assert _digest(out.numpy().tobytes()) == "bd2bb17a499de78878bf54161d4c2e8f622e6a1d0fd26a026a7a4c2db17709e8"
+    expected = torch.tensor(_REFERENCE_OUTPUT)
+    torch.testing.assert_close(out.flatten()[::32], expected, rtol=1e-4, atol=1e-8)
+    assert float(out.double().sum()) == pytest.approx(_REFERENCE_SUM, rel=1e-5)
 
 
 def test_dropout_only_in_the_three_innermost_up_blocks():
