@@ -107,6 +107,38 @@ def test_diff_augment_is_seeded_and_keeps_the_shape():
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
 
 
+def _diff_augment_image_by_image(x, generator):
+    """DiffAugment as Zhao et al. write it, one image at a time: the reference for the batched one."""
+    b, _, h, w = x.shape
+    x = x + (torch.rand((b, 1, 1, 1), generator=generator) - 0.5)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * (torch.rand((b, 1, 1, 1), generator=generator) + 0.5) + mean
+    shift, size = max(h // 8, 1), h // 2
+    padded = torch.nn.functional.pad(x, (shift,) * 4)
+    offsets = torch.randint(0, 2 * shift + 1, (b, 2), generator=generator).tolist()
+    x = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+    corners = torch.randint(0, h - size + 1, (b, 2), generator=generator).tolist()
+    keep = torch.ones((b, 1, h, w))
+    for i, (cy, cx) in enumerate(corners):
+        keep[i, :, cy:cy + size, cx:cx + size] = 0
+    return x * keep
+
+
+@pytest.mark.parametrize("channels, size", [(1, 32), (3, 16)])
+def test_diff_augment_equals_the_image_by_image_definition_with_its_gradient(channels, size):
+    # Batched translation and cutout (gathers and a mask) must draw the same images and pass back the
+    # same gradient as the per-image slicing, bit for bit, so the DCGAN trains to the same weights.
+    x = (torch.rand(8, channels, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    out = dcgan.diff_augment(x, torch.Generator().manual_seed(3))
+    ref = _diff_augment_image_by_image(x_ref, torch.Generator().manual_seed(3))
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(4))
+    (out * weights).sum().backward()
+    (ref * weights).sum().backward()
+    assert torch.equal(out, ref) and torch.equal(x.grad, x_ref.grad)
+    assert ((out == 0).flatten(1).sum(1) >= channels * (size // 2) ** 2).all()  # every image has its cutout
+
+
 def test_build_is_deterministic_per_seed():
     config = dcgan.Config(**TINY)
     a, b, c = dcgan.build(config, 0), dcgan.build(config, 0), dcgan.build(config, 1)
