@@ -70,6 +70,9 @@ def test_plane_classes_stay_the_default() -> None:
     ({"classes": "finding", "finding": {"lesion_labels": [0]}}, "lesion_labels must list mask values > 0"),
     ({"classes": "finding", "finding": {"min_lesion_px": 0}}, "min_lesion_px must be at least 1"),
     ({"classes": "finding", "finding": {"class_names": {"lesion": "x"}}}, "needs keys 'normal' and 'lesion'"),
+    # An empty list would select no volume and fail later with an empty split; null means all.
+    ({"series": []}, r"extraction\.slices\.series must be a non-empty list of names \(e\.g\. \[FLAIR\]\) or null"),
+    ({"labels": []}, r"extraction\.slices\.labels must be a non-empty list of names"),
 ])
 def test_bad_finding_settings_are_named(params: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

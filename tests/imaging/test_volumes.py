@@ -156,6 +156,8 @@ def test_slabs_along_two_axes_are_refused_for_volumes():
     ({"crops": ["brain", "tumour"]}, r"unknown kind\(s\) \['tumour'\]"),
     ({"lesion_labels": [0]}, r"lesion_labels must list label values > 0, got \[0\]"),
     ({"max_lesions_per_item": 0}, "max_lesions_per_item must be at least 1"),
+    ({"series": []}, r"extraction\.volumes\.series must be a non-empty list of names .* or null for all, got \[\]"),
+    ({"labels": []}, r"extraction\.volumes\.labels must be a non-empty list of names"),
 ])
 def test_volume_parameters_are_checked(changes, message):
     with pytest.raises(ValueError, match=message):

@@ -284,3 +284,27 @@ def test_mask_rows_condition_on_rows_spread_over_the_split_not_its_first_patient
     assert not (rows == condition_rows(manifest, "validation", seed=1)).all()
     first = manifest.set_index("index").loc[rows[:8], "patient_key"]
     assert set(first) == {"a", "b"}
+
+
+def test_a_volume_source_on_a_2d_pipeline_is_refused_by_name():
+    # run.source accepts volumes (the volume families'); the 2D pipelines do not wire them and
+    # used to fail with a bare KeyError: 'volumes'.
+    from types import SimpleNamespace
+
+    import yaml
+
+    from synthmed.pipelines.evaluation.nodes import prepare_evaluation
+    from synthmed.pipelines.sampling.nodes import sample_generator
+    from synthmed.pipelines.training.nodes import train_generator
+    from tests.conftest import PROJECT_ROOT
+
+    ddpm = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_training.yml").read_text())["ddpm"]
+    run_params = {**ddpm["run"], "source": "volumes"}
+    message = (r"ddpm\.run\.source is 'volumes', but the {} pipeline reads only "
+               r"\['slices', 'patches', 'lesion_patches'\]")
+    with pytest.raises(ValueError, match=message.format("training")):
+        train_generator(*[None] * 6, "ddpm", ddpm["model"], ddpm["training"], run_params)
+    with pytest.raises(ValueError, match=message.format("sampling")):
+        sample_generator(SimpleNamespace(family="ddpm"), None, *[None] * 6, run_params, ddpm["sampling"])
+    with pytest.raises(ValueError, match=message.format("evaluation")):
+        prepare_evaluation(None, None, *[None] * 9, "ddpm", run_params, {}, None, None)

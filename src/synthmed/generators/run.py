@@ -52,6 +52,21 @@ class RunConfig:
             raise ValueError(f"run.source must be one of {list(SOURCES)}, got {self.source!r}.")
 
 
+def source_inputs(run: RunConfig, family: str, pipeline: str, by_source: Mapping[str, Any]) -> Any:
+    """``by_source[run.source]``: what ``pipeline`` wires for the family's source.
+
+    Raises:
+        ValueError: the source is valid but not one ``pipeline`` reads (``volumes`` for a 2D
+            pipeline), naming the family, the source and the sources it reads.
+    """
+    if run.source not in by_source:
+        raise ValueError(
+            f"{family}.run.source is {run.source!r}, but the {pipeline} pipeline reads only {list(by_source)}. "
+            f"Volume families ({list(VOLUME_SOURCES)}) are trained and sampled by study_3d (kedro run --pipelines "
+            f"study_3d); a 2D family needs one of {list(IMAGE_SOURCES)}.")
+    return by_source[run.source]
+
+
 def checkpoint_folder(run: RunConfig, family: str, model_config: Any, training_config: Any,
                       data_checksums: list[str]) -> Path:
     """``run.checkpoint_root/<family>-<digest>``.

@@ -91,6 +91,15 @@ class FindingConfig:
         return "lesion" if lesion_px >= int(self.min_lesion_px) else None
 
 
+def check_selection(where: str, value: Any, example: str) -> None:
+    """Raise unless ``value`` (``labels`` or ``series`` of an extraction block) is None or names at
+    least one item: an empty list would select nothing and leave the split empty."""
+    if value is not None and (not isinstance(value, (list, tuple)) or not value
+                              or not all(isinstance(v, str) and v for v in value)):
+        shown = list(value) if isinstance(value, (list, tuple)) else repr(value)
+        raise ValueError(f"{where} must be a non-empty list of names (e.g. [{example}]) or null for all, got {shown}.")
+
+
 @dataclass(frozen=True)
 class SliceConfig:
     """``params:extraction.slices``."""
@@ -123,6 +132,8 @@ class SliceConfig:
             )
         if self.size_px < 8:
             raise ValueError(f"extraction.slices.size_px must be at least 8, got {self.size_px}.")
+        check_selection("extraction.slices.labels", self.labels, "lesion")
+        check_selection("extraction.slices.series", self.series, "FLAIR")
 
     def class_names(self) -> list[str]:
         """Class names by class id: the planes, or the finding's normal and lesion names."""
@@ -145,6 +156,7 @@ class PatchConfig:
             raise ValueError(
                 f"extraction.patches.class_names needs keys 'structure' and 'normal', got {sorted(self.class_names)}."
             )
+        check_selection("extraction.patches.labels", self.labels, "normal")
 
 
 def _wanted(row: Any, labels: tuple[str, ...] | None) -> bool:

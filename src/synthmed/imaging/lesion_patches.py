@@ -36,7 +36,7 @@ import numpy as np
 from synthmed.core.lazy import lazy_import
 from synthmed.core.manifest import parse_spacing
 from synthmed.core.validation import is_int, is_number
-from synthmed.imaging.extraction import selected_volumes
+from synthmed.imaging.extraction import check_selection, selected_volumes
 
 pd = lazy_import("pandas")
 logger = logging.getLogger(__name__)
@@ -85,10 +85,7 @@ class PatchSampling:
         where = f"{WHERE}.patches"
         if isinstance(self.series, list):  # YAML lists
             object.__setattr__(self, "series", tuple(self.series))
-        if self.series is not None and (not isinstance(self.series, tuple) or not self.series
-                                        or not all(isinstance(v, str) and v for v in self.series)):
-            raise ValueError(f"{where}.series must be a non-empty list of series names (e.g. [FLAIR]) or null for "
-                             f"all, got {list(self.series) if isinstance(self.series, tuple) else self.series!r}.")
+        check_selection(f"{where}.series", self.series, "FLAIR")
         if not is_int(self.patch_px) or self.patch_px < 16 or self.patch_px & (self.patch_px - 1):
             raise ValueError(f"{where}.patch_px must be a power of two >= 16 (the dcgan and classifier sizes), "
                              f"got {self.patch_px!r}.")

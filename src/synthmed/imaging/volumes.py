@@ -42,7 +42,7 @@ from numpy.typing import ArrayLike
 from synthmed.core.lazy import lazy_import
 from synthmed.core.manifest import parse_spacing
 from synthmed.core.splits import check_no_leakage
-from synthmed.imaging.extraction import _region, selected_volumes
+from synthmed.imaging.extraction import _region, check_selection, selected_volumes
 from synthmed.imaging.geometry import resample_to_spacing
 
 # Heavy libraries are imported on first use: the parameter check imports this module for its
@@ -104,6 +104,8 @@ class VolumeConfig:
         if int(self.max_lesions_per_item) < 1:
             raise ValueError(f"extraction.volumes.max_lesions_per_item must be at least 1, got "
                              f"{self.max_lesions_per_item}.")
+        check_selection("extraction.volumes.labels", self.labels, "lesion")
+        check_selection("extraction.volumes.series", self.series, "FLAIR")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from synthmed.core.config import from_params
 from synthmed.datasets.array_store import ArrayStore
 from synthmed.generators.base import TrainedGenerator
-from synthmed.generators.run import RunConfig
+from synthmed.generators.run import RunConfig, source_inputs
 from synthmed.generators.sampling import SamplingConfig
 from synthmed.metrics.features import TrainedClassifier
 from synthmed.protocols import evaluation as protocol
@@ -51,7 +51,7 @@ def prepare_evaluation(
     run = from_params(RunConfig, run_params, f"{family}.run")
     real = {"slices": (slices, slice_manifest, slice_encoder), "patches": (patches, patch_manifest, patch_encoder),
             "lesion_patches": (lesion_patches, lesion_patch_manifest, lesion_patch_encoder)}
-    store, manifest, encoder = real[run.source]
+    store, manifest, encoder = source_inputs(run, family, "evaluation", real)
     return protocol.prepare_evaluation(family, samples, provenance, run.source, store, manifest, encoder,
                                        protocol.evaluation_config(params), checkpoint_samples, checkpoint_provenance)
 

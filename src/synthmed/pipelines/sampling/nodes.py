@@ -16,7 +16,7 @@ from synthmed.datasets.array_store import ArrayStore
 from synthmed.generators.base import SamplerSpec, TrainedGenerator
 from synthmed.generators.export import to_png_pixels
 from synthmed.generators.registry import config_from_params, get_family
-from synthmed.generators.run import RunConfig, checkpoint_folder
+from synthmed.generators.run import RunConfig, checkpoint_folder, source_inputs
 from synthmed.generators.sampling import (
     Sampled,
     SamplingConfig,
@@ -102,7 +102,7 @@ def _parse(family: str, real: dict[str, tuple[ArrayStore, pd.DataFrame]], run_pa
     config = from_params(SamplingConfig, params, f"{family}.sampling")
     run = from_params(RunConfig, run_params, f"{family}.run")
     sampler = from_params(SamplerSpec, config.sampler, f"{family}.sampling.sampler")
-    store, manifest = real[run.source]
+    store, manifest = source_inputs(run, family, "sampling", real)
     return config, run, sampler, store, manifest
 
 

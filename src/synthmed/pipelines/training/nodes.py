@@ -18,7 +18,7 @@ from synthmed.datasets.array_store import ArrayStore
 from synthmed.generators.base import SamplerSpec, TrainedGenerator
 from synthmed.generators.previews import check_training_input, preview_conditions, sample_grid
 from synthmed.generators.registry import config_from_params, get_family
-from synthmed.generators.run import RunConfig, checkpoint_folder, model_card_facts
+from synthmed.generators.run import RunConfig, checkpoint_folder, model_card_facts, source_inputs
 from synthmed.generators.tracking import active_tracker
 from synthmed.generators.training import ArrayBatches, TrainingConfig, train
 from synthmed.imaging.figures import loss_curves
@@ -57,8 +57,9 @@ def train_generator(
     training = from_params(TrainingConfig, training_params, f"{family}.training")
     run = from_params(RunConfig, run_params, f"{family}.run")
     sampler = from_params(SamplerSpec, run.preview_sampler, f"{family}.run.preview_sampler")
-    store, manifest = {"slices": (slices, slice_manifest), "patches": (patches, patch_manifest),
-                       "lesion_patches": (lesion_patches, lesion_patch_manifest)}[run.source]
+    store, manifest = source_inputs(run, family, "training", {
+        "slices": (slices, slice_manifest), "patches": (patches, patch_manifest),
+        "lesion_patches": (lesion_patches, lesion_patch_manifest)})
     indices = manifest.loc[manifest["split"] == run.split, "index"].to_numpy()
     class_names = class_names_of(manifest)
     check_training_input(family, model_config, store["images"].shape, class_names, run.source)
