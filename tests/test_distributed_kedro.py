@@ -187,7 +187,8 @@ def test_a_non_main_process_gets_only_the_hooks_that_read(rank):
                             env={**env, "PYTHONPATH": str(ROOT / "src"), "RANK": str(rank), "WORLD_SIZE": "2"})
     assert result.returncode == 0, result.stderr[-2000:]
     probe = json.loads(result.stdout.strip().splitlines()[-1])
-    writers = {"RunLockHook", "StagingHook", "MlflowRunGuard", "ReportingArtifactsHook", "ModelRegistryHook"}
+    writers = {"RunLockHook", "StagingHook", "MlflowRunGuard", "ReportingArtifactsHook", "ModelRegistryHook",
+               "StudiesIndexHook"}
     if rank == 0:
         assert writers <= set(probe["hooks"]) and probe["disabled"] == [] and probe["catalog"] is None
     else:

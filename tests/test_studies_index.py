@@ -55,3 +55,37 @@ def test_a_table_that_is_not_a_study_table_is_refused_with_its_path(tmp_path, ca
     err = capsys.readouterr().err
     assert str(tmp_path / "inpainting/table.csv") in err and "not a study table" in err
     assert not (tmp_path / "index.html").exists()
+
+
+def test_a_run_that_saves_a_study_table_writes_the_page_again(tmp_path, caplog):
+    # `kedro run --pipelines study_inpainting` after `make studies`: the page must not keep showing
+    # the study as it was (here: not run at all).
+    from kedro.io import DataCatalog
+    from kedro_datasets.pandas import CSVDataset
+
+    from synthmed.hooks import StudiesIndexHook
+
+    _write_table(tmp_path, "mask_to_image")
+    assert studies(["--root", str(tmp_path)]) == 0
+    _write_table(tmp_path, "inpainting")
+    catalog = DataCatalog({"inpainting_table": CSVDataset(filepath=str(tmp_path / "inpainting/table.csv")),
+                           "figures_table": CSVDataset(filepath=str(tmp_path / "elsewhere/table.csv"))})
+    hook = StudiesIndexHook()
+    hook.after_catalog_created(catalog)
+
+    def run(*saved: str) -> str:
+        hook.before_pipeline_run()
+        for name in saved:
+            hook.after_dataset_saved(name, None, None)
+        hook.after_pipeline_run()
+        return _text((tmp_path / "index.html").read_text())
+
+    assert "Not run yet: kedro run --pipelines study_inpainting" in run("figures_table")  # not a study's table
+    text = run("inpainting_table")
+    assert "Not run yet: kedro run --pipelines study_inpainting" not in text
+    assert text.count("pix2pix (ours) ours 16 0.0135 [0.0099, 0.0182]") == 2  # inpainting and mask_to_image
+    # Another study's unreadable table leaves the page as it was, with a warning naming the file.
+    (tmp_path / "lesion_patches").mkdir()
+    (tmp_path / "lesion_patches/table.csv").write_text("a,b\n1,2\n")
+    assert run("inpainting_table") == text
+    assert str(tmp_path / "lesion_patches/table.csv") in caplog.text and "not written again" in caplog.text

@@ -187,7 +187,7 @@ def headline(argv: list[str]) -> int:
 
 def studies(argv: list[str]) -> int:
     """``synthmed studies``: one page with every 2D study's table beside its published figure."""
-    from synthmed.protocols.studies import STUDIES, render_studies_index
+    from synthmed.protocols.studies import STUDIES, write_studies_index
 
     parser = argparse.ArgumentParser(
         prog="synthmed studies",
@@ -198,13 +198,10 @@ def studies(argv: list[str]) -> int:
                         help="the studies' folder (default: data/08_reporting/studies)")
     args = parser.parse_args(argv)
     try:
-        page, found = render_studies_index(args.root)
+        index, found = write_studies_index(args.root)
     except ValueError as exc:
         sys.stderr.write(f"synthmed studies: {exc}\n")
         return 2
-    args.root.mkdir(parents=True, exist_ok=True)
-    index = args.root / "index.html"
-    index.write_text(page, encoding="utf-8")
     for name in STUDIES:
         state = f"{args.root / name / 'table.csv'}" if found[name] else f"not run: kedro run --pipelines study_{name}"
         sys.stdout.write(f"  {name:22s} {state}\n")

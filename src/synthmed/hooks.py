@@ -480,6 +480,53 @@ class ModelRegistryHook(_CatalogHook):
                              folder, info)
 
 
+class StudiesIndexHook:
+    """After a run that wrote a 2D study's table, the studies' page is written again.
+
+    A study's table is a dataset saved to ``<root>/<study>/table.csv`` (``study`` one of
+    ``synthmed.protocols.studies.STUDIES``); once the run has finished, ``<root>/index.html``
+    is rendered again from every table there (`render_studies_index`, what ``synthmed studies``
+    writes), so a study run on its own never leaves the page showing its previous table. A table
+    of another study that cannot be read leaves the page as it was, with a warning naming it.
+    """
+
+    def __init__(self) -> None:
+        self._catalog: Any = None
+        self._roots: set[Path] = set()
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any) -> None:
+        self._catalog = catalog
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        self._roots = set()
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
+        from synthmed.protocols.studies import STUDIES
+
+        if self._catalog is None or dataset_name not in self._catalog:
+            return
+        described = self._catalog.get(dataset_name)._describe()
+        path = Path(str(described.get("filepath") or ""))
+        if path.name == "table.csv" and path.parent.name in STUDIES:
+            self._roots.add(path.parent.parent)
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        from synthmed.protocols.studies import write_studies_index
+
+        for root in sorted(self._roots):
+            try:
+                index, found = write_studies_index(root)
+            except ValueError as exc:
+                logger.warning("The studies' page %s was not written again: %s", root / "index.html", exc)
+                continue
+            logger.info("Studies' page written again: %s (%d of %d studies)", index, sum(found.values()), len(found))
+        self._roots = set()
+
+
 class StagingHook:
     """Outputs in the primary layer are staged and published only after the run's checks
     (``synthmed.core.staging``).

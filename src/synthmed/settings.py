@@ -15,6 +15,7 @@ from synthmed.hooks import (
     RunLockHook,
     SpillRunHook,
     StagingHook,
+    StudiesIndexHook,
 )
 
 # A failed command ends with synthmed's own error message first, its traceback in the log
@@ -35,7 +36,8 @@ install_error_display()
 # IPython only once the checks above have passed, just before kedro-mlflow opens the run.
 HOOKS = (
     NotebookProbeHook(), ConfigCheckHook(), RunLockHook(), StagingHook(), PseudonymisationKeyHook(), MlflowRunGuard(),
-    ReportingArtifactsHook(), ModelRegistryHook(), BuildInfoHook(), SpillRunHook(), DistributedRunHook(),
+    ReportingArtifactsHook(), ModelRegistryHook(), StudiesIndexHook(), BuildInfoHook(), SpillRunHook(),
+    DistributedRunHook(),
 )
 
 # Several processes (`synthmed train|launch --processes N`, torchrun, accelerate launch): the

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from synthmed.core.atomic import atomic_write_bytes
 from synthmed.core.lazy import lazy_import
 from synthmed.core.templates import render
 from synthmed.core.validation import is_number
@@ -235,3 +236,20 @@ def render_studies_index(root: Any) -> tuple[str, dict[str, bool]]:
             notes=[f"Figures, N per row and the study's notes: {name}/report.html; the table: {name}/table.csv."]))
     return render_study_page(title="synthmed studies: our tables beside the published figures",
                              sections=sections), found
+
+
+def write_studies_index(root: Any) -> tuple[Path, dict[str, bool]]:
+    """`render_studies_index` written to ``root/index.html`` (atomically; ``root`` is created).
+
+    Returns:
+        The page's path, and per study whether its table was found.
+
+    Raises:
+        ValueError: a ``table.csv`` under ``root`` is not a study table; nothing is written.
+    """
+    root = Path(root)
+    page, found = render_studies_index(root)
+    root.mkdir(parents=True, exist_ok=True)
+    index = root / "index.html"
+    atomic_write_bytes(index, page.encode("utf-8"))
+    return index, found
