@@ -61,6 +61,7 @@ def test_a_run_that_saves_a_study_table_writes_the_page_again(tmp_path, caplog):
     # `kedro run --pipelines study_inpainting` after `make studies`: the page must not keep showing
     # the study as it was (here: not run at all).
     from kedro.io import DataCatalog
+    from kedro.pipeline import Node, Pipeline
     from kedro_datasets.pandas import CSVDataset
 
     from synthmed.hooks import StudiesIndexHook
@@ -71,20 +72,21 @@ def test_a_run_that_saves_a_study_table_writes_the_page_again(tmp_path, caplog):
     catalog = DataCatalog({"inpainting_table": CSVDataset(filepath=str(tmp_path / "inpainting/table.csv")),
                            "figures_table": CSVDataset(filepath=str(tmp_path / "elsewhere/table.csv"))})
     hook = StudiesIndexHook()
-    hook.after_catalog_created(catalog)
 
-    def run(*saved: str) -> str:
-        hook.before_pipeline_run()
-        for name in saved:
-            hook.after_dataset_saved(name, None, None)
-        hook.after_pipeline_run()
+    def run(output: str, failed: bool = False) -> str:
+        pipeline = Pipeline([Node(lambda: None, None, [output, "unregistered"], name="study")])
+        if failed:
+            hook.on_pipeline_error(pipeline=pipeline, catalog=catalog)
+        else:
+            hook.after_pipeline_run(pipeline=pipeline, catalog=catalog)
         return _text((tmp_path / "index.html").read_text())
 
     assert "Not run yet: kedro run --pipelines study_inpainting" in run("figures_table")  # not a study's table
-    text = run("inpainting_table")
+    text = run("inpainting_table", failed=True)  # a run that failed after saving the table
     assert "Not run yet: kedro run --pipelines study_inpainting" not in text
     assert text.count("pix2pix (ours) ours 16 0.0135 [0.0099, 0.0182]") == 2  # inpainting and mask_to_image
-    # Another study's unreadable table leaves the page as it was, with a warning naming the file.
+    # Another study's unreadable table leaves the page as it was, with a warning naming the file,
+    # and the run goes on.
     (tmp_path / "lesion_patches").mkdir()
     (tmp_path / "lesion_patches/table.csv").write_text("a,b\n1,2\n")
     assert run("inpainting_table") == text

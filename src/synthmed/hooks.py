@@ -483,48 +483,45 @@ class ModelRegistryHook(_CatalogHook):
 class StudiesIndexHook:
     """After a run that wrote a 2D study's table, the studies' page is written again.
 
-    A study's table is a dataset saved to ``<root>/<study>/table.csv`` (``study`` one of
-    ``synthmed.protocols.studies.STUDIES``); once the run has finished, ``<root>/index.html``
-    is rendered again from every table there (`render_studies_index`, what ``synthmed studies``
-    writes), so a study run on its own never leaves the page showing its previous table. A table
-    of another study that cannot be read leaves the page as it was, with a warning naming it.
+    A study's table is an output of the run saved to ``<root>/<study>/table.csv`` (``study`` one
+    of ``synthmed.protocols.studies.STUDIES``); when the run ends (or fails after saving it),
+    ``<root>/index.html`` is rendered again from every table there (`write_studies_index`, what
+    ``synthmed studies`` writes), so a study run on its own never leaves the page showing its
+    previous table. The outputs are read from the pipeline, not from save events, which
+    ParallelRunner and Dask fire in their workers. The hook never fails a run: a table of another
+    study that cannot be read, or a page that cannot be written, leaves a warning naming the file.
     """
 
-    def __init__(self) -> None:
-        self._catalog: Any = None
-        self._roots: set[Path] = set()
+    @hook_impl
+    def after_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
+        self._write(pipeline, catalog)
 
     @hook_impl
-    def after_catalog_created(self, catalog: Any) -> None:
-        self._catalog = catalog
+    def on_pipeline_error(self, pipeline: Any, catalog: Any) -> None:
+        self._write(pipeline, catalog)
 
-    @hook_impl
-    def before_pipeline_run(self) -> None:
-        self._roots = set()
+    @staticmethod
+    def _write(pipeline: Any, catalog: Any) -> None:
+        try:
+            from synthmed.protocols.studies import STUDIES
 
-    @hook_impl
-    def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
-        from synthmed.protocols.studies import STUDIES
-
-        if self._catalog is None or dataset_name not in self._catalog:
+            roots = set()
+            for name in pipeline.all_outputs():
+                path = Path(str(catalog.get(name)._describe().get("filepath") or "")) if name in catalog else Path()
+                if path.name == "table.csv" and path.parent.name in STUDIES and path.is_file():
+                    roots.add(path.parent.parent)
+        except Exception as exc:  # noqa: BLE001 - a page is not worth failing a finished run for
+            logger.warning("The studies' page was not written again: %s", exc)
             return
-        described = self._catalog.get(dataset_name)._describe()
-        path = Path(str(described.get("filepath") or ""))
-        if path.name == "table.csv" and path.parent.name in STUDIES:
-            self._roots.add(path.parent.parent)
-
-    @hook_impl
-    def after_pipeline_run(self) -> None:
         from synthmed.protocols.studies import write_studies_index
 
-        for root in sorted(self._roots):
+        for root in sorted(roots):
             try:
                 index, found = write_studies_index(root)
-            except ValueError as exc:
+            except Exception as exc:  # noqa: BLE001 - as above, and the message names the file
                 logger.warning("The studies' page %s was not written again: %s", root / "index.html", exc)
                 continue
             logger.info("Studies' page written again: %s (%d of %d studies)", index, sum(found.values()), len(found))
-        self._roots = set()
 
 
 class StagingHook:
