@@ -139,6 +139,14 @@ def test_diff_augment_equals_the_image_by_image_definition_with_its_gradient(cha
     assert ((out == 0).flatten(1).sum(1) >= channels * (size // 2) ** 2).all()  # every image has its cutout
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_diff_augment_on_cuda_with_a_cpu_generator_equals_the_definition():
+    # The trainer's generator may live on the CPU while the batch is on the GPU.
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    out = dcgan.diff_augment(x.cuda(), torch.Generator().manual_seed(3))
+    assert torch.allclose(out.cpu(), _diff_augment_image_by_image(x, torch.Generator().manual_seed(3)), atol=1e-6)
+
+
 def test_build_is_deterministic_per_seed():
     config = dcgan.Config(**TINY)
     a, b, c = dcgan.build(config, 0), dcgan.build(config, 0), dcgan.build(config, 1)
