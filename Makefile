@@ -56,7 +56,7 @@ demo: setup ## build the sample data, run every pipeline through DVC, push to th
 	echo "  MLflow UI:   make mlflow-ui  ->  http://127.0.0.1:5000 (it prints the link to the runs)"; \
 	echo "  kedro-viz:   make viz        ->  http://127.0.0.1:4141"
 
-studies: setup ## the four 2D studies one after another (after make demo; about 7 min on 2 cores with AMX bf16, more in fp32), then their tables on one page
+studies: setup ## the four 2D studies one after another (after make demo; about 7 min on 2 cores with AMX bf16, about 20 in fp32), then their tables on one page
 	@for study in class_multiplication lesion_patches inpainting mask_to_image; do \
 		echo "== kedro run --pipelines study_$$study"; \
 		$(BIN)/kedro run --pipelines study_$$study || exit 1; \
