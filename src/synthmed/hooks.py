@@ -424,6 +424,12 @@ class _CatalogHook:
         return self._catalog.get(dataset_name)
 
 
+def dataset_path(dataset: Any) -> Path:
+    """Where a dataset saves (its described ``filepath`` or ``path``); ``Path()`` for one without a path."""
+    described = dataset._describe()
+    return Path(str(described.get("filepath") or described.get("path") or ""))
+
+
 class ReportingArtifactsHook(_CatalogHook):
     """Every file a node saves to the ``reporting`` layer also goes to the active MLflow run.
 
@@ -445,8 +451,7 @@ class ReportingArtifactsHook(_CatalogHook):
         layer = (metadata.get("kedro-viz") or {}).get("layer")
         if layer != "reporting" or not (metadata.get("synthmed") or {}).get("mlflow_artifact", True):
             return
-        described = dataset._describe()
-        path = Path(str(described.get("filepath") or described.get("path") or ""))
+        path = dataset_path(dataset)
         if path.suffix in (".png", ".csv", ".html") and path.is_file():
             folder = path.parent.as_posix().split("08_reporting", 1)[-1].strip("/")
             with disk_full_reported(uri_path(mlflow.get_artifact_uri())):
@@ -474,7 +479,7 @@ class ModelRegistryHook(_CatalogHook):
         from synthmed.mlflow_runs import register_release
 
         info = self._catalog.load(BUILD_INFO_DATASET) if BUILD_INFO_DATASET in self._catalog else {}
-        folder = Path(str(dataset._describe().get("path")))
+        folder = dataset_path(dataset)
         with disk_full_reported(uri_path(mlflow.get_artifact_uri())):
             register_release(mlflow.tracking.MlflowClient(), mlflow.active_run().info.run_id, str(model_name),
                              folder, info)
@@ -502,19 +507,15 @@ class StudiesIndexHook:
 
     @staticmethod
     def _write(pipeline: Any, catalog: Any) -> None:
-        try:
-            from synthmed.protocols.studies import STUDIES
+        from synthmed.protocols.studies import STUDIES, write_studies_index
 
-            roots = set()
-            for name in pipeline.all_outputs():
-                path = Path(str(catalog.get(name)._describe().get("filepath") or "")) if name in catalog else Path()
-                if path.name == "table.csv" and path.parent.name in STUDIES and path.is_file():
-                    roots.add(path.parent.parent)
+        try:
+            paths = [dataset_path(catalog.get(name)) for name in pipeline.all_outputs() if name in catalog]
         except Exception as exc:  # noqa: BLE001 - a page is not worth failing a finished run for
             logger.warning("The studies' page was not written again: %s", exc)
             return
-        from synthmed.protocols.studies import write_studies_index
-
+        roots = {path.parent.parent for path in paths
+                 if path.name == "table.csv" and path.parent.name in STUDIES and path.is_file()}
         for root in sorted(roots):
             try:
                 index, found = write_studies_index(root)
