@@ -417,3 +417,115 @@ def test_dicom_non_dicom_bytes_are_unreadable() -> None:
 def test_dicom_too_many_pixels_is_too_large() -> None:
     ds = _read(_ct(np.zeros((4, 4), dtype=np.int16)))
     assert _reason(dicom_pixels, ds, max_pixels=15) == "too_large"
+
+
+# ----------------------------------------------------------------------------- material from other tools
+
+
+def test_raster_exif_orientation_is_applied_as_viewers_do() -> None:
+    # A camera's portrait photo: pixels stored landscape, EXIF Orientation 6 (rotate 90 degrees clockwise to view).
+    stored = np.zeros((20, 30), dtype=np.uint8)
+    stored[0, 0] = 255  # top-left as stored lands top-right once viewed
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, format="PNG", exif=exif)
+    decoded = decode_raster(buffer.getvalue(), max_pixels=MAX_PIXELS)
+    assert decoded.array.shape == (1, 30, 20)
+    assert np.argwhere(decoded.array[0] == 255).tolist() == [[0, 19]]
+
+
+def test_raster_colour_with_16_bits_per_channel_is_refused_not_cut_to_8() -> None:
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.arange(4 * 4 * 3, dtype=np.uint16).reshape(4, 4, 3) * 1000, photometric="rgb")
+    with pytest.raises(ReadError, match=r"16 bits per channel \(stored as RGB;16") as caught:
+        decode_raster(buffer.getvalue(), max_pixels=MAX_PIXELS)
+    assert caught.value.reason == "unsupported"
+
+
+@pytest.mark.parametrize("kind", ["complex", "rgb"])
+def test_nifti_complex_or_rgb_voxels_are_refused_by_name(kind: str) -> None:
+    if kind == "complex":
+        image = nib.Nifti1Image(np.ones((3, 4, 5), dtype=np.complex64), np.eye(4))
+    else:
+        rgb = np.zeros((3, 4, 5), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+        image = nib.Nifti1Image(rgb, np.eye(4))
+    with pytest.raises(ReadError, match=f"{'complex' if kind == 'complex' else 'RGB'} voxels") as caught:
+        decode_nifti(image.to_bytes(), max_pixels=MAX_PIXELS)
+    assert caught.value.reason == "unsupported"
+
+
+def test_nifti_truncated_in_another_orientation_is_truncated() -> None:
+    # Not stored in RAS+: the reorientation reads the voxels, and a cut file fails there.
+    volume = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    raw = _nifti_bytes(volume, np.diag([-1.0, 1.0, 1.0, 1.0]))
+    assert _reason(decode_nifti, raw[: len(raw) - 40], max_pixels=MAX_PIXELS) == "truncated"
+
+
+def test_nifti2_big_endian_is_read() -> None:
+    volume = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
+    raw = nib.Nifti2Image(volume, np.eye(4), header=nib.Nifti2Header(endianness=">")).to_bytes()
+    assert raw[:4] == (540).to_bytes(4, "big")
+    decoded = decode_nifti(raw, max_pixels=MAX_PIXELS)
+    np.testing.assert_array_equal(decoded.array[0], volume)
+
+
+def test_dicom_palette_colour_goes_through_its_colour_table() -> None:
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_color_lut
+
+    ds = dcmread(get_testdata_file("examples_palette.dcm"))
+    decoded = decode_dicom_series([read_dicom(dicom_bytes(ds))], max_pixels=10**7)
+    assert decoded.kind == "image2d" and decoded.array.shape == (3, int(ds.Rows), int(ds.Columns))
+    np.testing.assert_array_equal(decoded.array, np.moveaxis(apply_color_lut(ds.pixel_array, ds), -1, 0))
+
+
+@pytest.mark.parametrize("what", ["orientation", "spacing"])
+def test_dicom_series_with_another_orientation_or_spacing_is_inconsistent(what: str) -> None:
+    slices = _series([0.0, 2.5, 5.0, 7.5])
+    odd = slices[2]
+    odd.InstanceNumber = 3
+    if what == "orientation":
+        odd.ImageOrientationPatient = [0.0, 1.0, 0.0, -1.0, 0.0, 0.0]  # rotated in-plane, same position
+        expected = r"different orientations: .*\[0\.0, 1\.0, 0\.0, -1\.0, 0\.0, 0\.0\] in InstanceNumber 3"
+    else:
+        odd.PixelSpacing = [1.0, 1.6]
+        expected = r"different PixelSpacing: \[0\.5, 0\.8\] mm .*\[1\.0, 1\.6\] mm in InstanceNumber 3"
+    with pytest.raises(ReadError, match=expected) as caught:
+        decode_dicom_series(slices, max_pixels=MAX_PIXELS)
+    assert caught.value.reason == "inconsistent_series"
+
+
+def test_dicom_localizer_of_a_public_collection_is_named_as_mixed_planes() -> None:
+    from pathlib import Path
+
+    from pydicom.data import get_testdata_file
+
+    folder = Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests/98892003/MR2"
+    datasets = [read_dicom(path.read_bytes()) for path in sorted(folder.iterdir())]
+    with pytest.raises(ReadError, match="different orientations"):
+        decode_dicom_series(datasets, max_pixels=10**8)
+
+
+def test_dicom_cine_frames_are_not_stacked_as_slices() -> None:
+    ds = _ct(np.zeros((4 * 3, 5), dtype=np.int16))
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 3, 5, 4
+    ds.FrameTime = 33.3
+    ds.FrameIncrementPointer = 0x00181063  # Frame Time: the frames are moments of a cine
+    with pytest.raises(ReadError, match="time points .*FrameTime") as caught:
+        decode_dicom_series([_read(ds)], max_pixels=MAX_PIXELS)
+    assert caught.value.reason == "unsupported_shape"
+    ds.FrameIncrementPointer = 0x00209057  # any other pointer: frames in stored order along the normal
+    assert decode_dicom_series([_read(ds)], max_pixels=MAX_PIXELS).array.shape == (1, 5, 3, 4)
+
+
+def test_dicom_float_pixel_data_is_unsupported_not_empty() -> None:
+    ds = _ct(np.zeros((2, 2), dtype=np.int16))
+    del ds.PixelData
+    ds.FloatPixelData = np.zeros((2, 2), dtype=np.float32).tobytes()
+    with pytest.raises(ReadError, match="FloatPixelData instead of Pixel Data") as caught:
+        dicom_pixels(_read(ds), max_pixels=MAX_PIXELS)
+    assert caught.value.reason == "unsupported"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pydicom
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from synthmed.core.lazy import lazy_import
 from synthmed.imaging.dicom_objects import FrameGeometry, frame_geometry, frame_rescale
@@ -114,11 +114,13 @@ def _check_pixels(n_pixels: int, max_pixels: int, what: str) -> None:
 
 
 def decode_raster(data: bytes, *, max_pixels: int) -> Decoded:
-    """Decode a PNG, JPEG or TIFF (8/16-bit, grey or RGB) to ``(C, H, W)`` float32.
+    """Decode a PNG, JPEG or TIFF (8/16-bit grey, 8-bit colour) to ``(C, H, W)`` float32.
 
     Alpha channels are dropped (synthmed has no use for transparency); palette images are
-    expanded to RGB, or to grey when the palette is grey. Multi-page TIFFs are rejected.
-    Pillow's decompression-bomb guard stays on; ``max_pixels`` is checked before decoding.
+    expanded to RGB, or to grey when the palette is grey. The EXIF orientation tag is applied
+    (as viewers do: a camera's portrait photo stays upright; the re-encoded copy has no EXIF to
+    turn it back). Multi-page TIFFs and colour with 16 bits per channel (which Pillow cuts to 8)
+    are rejected. Pillow's decompression-bomb guard stays on; ``max_pixels`` is checked before decoding.
     """
     try:
         image = Image.open(io.BytesIO(data))
@@ -126,7 +128,9 @@ def decode_raster(data: bytes, *, max_pixels: int) -> Decoded:
         _check_pixels(width * height, max_pixels, "image")
         if getattr(image, "n_frames", 1) > 1:
             raise ReadError("unsupported_shape", f"multi-page image with {image.n_frames} pages")
+        _check_colour_depth(image)
         image.load()
+        image = ImageOps.exif_transpose(image)
     except ReadError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -151,6 +155,18 @@ def decode_raster(data: bytes, *, max_pixels: int) -> Decoded:
     out = np.ascontiguousarray(chw, dtype=np.float32)
     check_values(out, "image")
     return Decoded(out, (math.nan, math.nan), source_dtype)
+
+
+def _check_colour_depth(image: Image.Image) -> None:
+    """Refuse colour stored with 16 bits per channel: Pillow decodes it to 8 bits per channel."""
+    for tile in image.tile:
+        args = tile.args if isinstance(tile.args, tuple) else (tile.args,)
+        rawmode = args[0] if args and isinstance(args[0], str) else ""
+        if image.mode in ("RGB", "RGBA") and ";16" in rawmode:
+            raise ReadError(
+                "unsupported",
+                f"colour with 16 bits per channel (stored as {rawmode}): decoding would cut it to 8 bits per "
+                f"channel; export it as 8-bit RGB, or as 16-bit grey if it is a grey image")
 
 
 def decode_raster_mask(data: bytes, *, max_pixels: int) -> np.ndarray:
@@ -189,8 +205,9 @@ def load_nifti_image(data: bytes, *, max_pixels: int) -> nib.Nifti1Image:
                 raise ReadError("too_large", f"decompressed NIfTI exceeds {limit} bytes")
         else:
             raw = data
-        header_size = int.from_bytes(raw[:4], "little")
-        image_class = nib.Nifti2Image if header_size == 540 else nib.Nifti1Image
+        # sizeof_hdr: 348 for NIfTI-1, 540 for NIfTI-2, in the file's byte order (either).
+        nifti2 = 540 in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big"))
+        image_class = nib.Nifti2Image if nifti2 else nib.Nifti1Image
         image = image_class.from_bytes(raw)
     except ReadError:
         raise
@@ -207,7 +224,8 @@ def load_nifti_image(data: bytes, *, max_pixels: int) -> nib.Nifti1Image:
 def decode_nifti(data: bytes, *, max_pixels: int) -> Decoded:
     """Decode a 3D NIfTI volume to ``(1, X, Y, Z)`` float32, closest-canonical RAS+.
 
-    A 4D image with a single volume is squeezed; time series and 2D images are rejected.
+    A 4D image with a single volume is squeezed; time series and 2D images are rejected, and so
+    are complex and RGB voxels (``unsupported``: synthmed reads one real intensity per voxel).
     """
     image = load_nifti_image(data, max_pixels=max_pixels)
     shape = image.shape
@@ -215,9 +233,15 @@ def decode_nifti(data: bytes, *, max_pixels: int) -> Decoded:
         image = image.slicer[..., 0]
     if len(image.shape) != 3:
         raise ReadError("unsupported_shape", f"expected a 3D volume, got shape {shape}")
-    source_dtype = str(image.get_data_dtype())
-    canonical = nib.as_closest_canonical(image)
+    dtype = image.get_data_dtype()
+    if dtype.kind == "c" or dtype.names:
+        what = "complex" if dtype.kind == "c" else "RGB" if dtype.names else str(dtype)
+        raise ReadError("unsupported", f"{what} voxels ({dtype}): synthmed reads one real intensity per voxel; "
+                                       f"save the magnitude (complex) or one channel (RGB) as a real-valued volume")
+    source_dtype = str(dtype)
     try:
+        # A volume not stored in RAS+ order is read here, so a truncated one fails here.
+        canonical = nib.as_closest_canonical(image)
         array = canonical.get_fdata(dtype=np.float32)
     except (ValueError, EOFError, OSError, zlib.error) as exc:
         raise ReadError("truncated", f"{type(exc).__name__}: {exc}") from exc
@@ -300,7 +324,9 @@ def dicom_pixels(ds: pydicom.Dataset, *, max_pixels: int) -> np.ndarray:
     Returns ``(frames, H, W)`` for grey images and ``(3, H, W)`` for single-frame colour.
     MONOCHROME1 (minimum = white, PS3.3 C.7.6.3.1.2) is inverted so that larger values are
     brighter for every image. Colour (RGB, YBR_FULL(_422), JPEG 2000 YBR_ICT/YBR_RCT) is
-    returned as RGB. A compressed transfer syntax without an installed decoder is
+    returned as RGB; PALETTE COLOR (indices into a colour table, PS3.3 C.7.6.3.1.5) through
+    its table, as RGB in the table's range. Float Pixel Data is ``unsupported``. A compressed
+    transfer syntax without an installed decoder is
     ``unsupported`` (the message names the package to install); short pixel data is
     ``truncated``; any other exception of the codec is ``decode_failed`` with its class and text.
     """
@@ -308,6 +334,10 @@ def dicom_pixels(ds: pydicom.Dataset, *, max_pixels: int) -> np.ndarray:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     _check_pixels(rows * cols * frames, max_pixels, "DICOM pixel data")
     if "PixelData" not in ds:
+        floats = [name for name in ("FloatPixelData", "DoubleFloatPixelData") if name in ds]
+        if floats:
+            raise ReadError("unsupported", f"{floats[0]} instead of Pixel Data (7FE0,0010): a parametric map "
+                                           f"of real values; synthmed reads stored integer pixels")
         raise ReadError("empty", "no Pixel Data (7FE0,0010) element")
     try:
         raw, decoded_photometric = _decode_pixel_data(ds)
@@ -320,6 +350,15 @@ def dicom_pixels(ds: pydicom.Dataset, *, max_pixels: int) -> np.ndarray:
         raise ReadError(reason, f"transfer syntax {syntax}: {type(exc).__name__}: {text}") from exc
     samples = int(ds.get("SamplesPerPixel", 1))
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if samples == 1 and photometric == "PALETTE COLOR":
+        if frames > 1:
+            raise ReadError("unsupported_shape", "multi-frame colour DICOM is not supported")
+        try:
+            rgb = pydicom.pixels.apply_color_lut(raw, ds)  # (H, W, 3)
+        except (ValueError, KeyError, AttributeError, IndexError) as exc:
+            raise ReadError("decode_failed", f"PALETTE COLOR without a usable colour table: "
+                                             f"{type(exc).__name__}: {exc}") from exc
+        return np.ascontiguousarray(np.moveaxis(rgb, -1, 0), dtype=np.float32)
     if samples == 3:
         if frames > 1:
             raise ReadError("unsupported_shape", "multi-frame colour DICOM is not supported")
@@ -440,7 +479,8 @@ def decode_dicom_series(datasets: Sequence[pydicom.Dataset], *, max_pixels: int,
     - one single-frame grey or colour instance -> 2D ``(C, H, W)``;
     - one enhanced multi-frame instance (per-frame functional groups with positions) ->
       volume, frames sorted along the slice normal and checked for even spacing like a series;
-    - one other multi-frame instance -> volume, frames in stored order along the normal;
+    - one other multi-frame instance -> volume, frames in stored order along the normal, unless its
+      Frame Increment Pointer says the frames are time points (a cine: ``unsupported_shape``);
     - several single-frame instances -> volume sorted by position along the normal, which
       must be evenly spaced (a missing slice is rejected as ``inconsistent_series``).
     """
@@ -459,6 +499,7 @@ def decode_dicom_series(datasets: Sequence[pydicom.Dataset], *, max_pixels: int,
         if frames.shape[0] in (1, 3) and int(first.get("NumberOfFrames", 1) or 1) == 1:
             spacing = geometry.pixel_spacing if geometry is not None else _pixel_spacing(first)
             return Decoded(frames, spacing, source_dtype, modality)
+        _refuse_time_frames(first)
         thickness = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", math.nan)) or math.nan)
         origin = np.asarray([float(v) for v in first.get("ImagePositionPatient", [0, 0, 0])])
         array, spacing = _canonical_volume(frames, _direction_cosines(first), _pixel_spacing(first), thickness,
@@ -471,6 +512,26 @@ def decode_dicom_series(datasets: Sequence[pydicom.Dataset], *, max_pixels: int,
         raise ReadError("unsupported_shape", "a series mixing multi-frame or colour instances")
     array, spacing = _canonical_volume(stack, cosines, _pixel_spacing(first), step, origin)
     return Decoded(array, spacing, source_dtype, modality)
+
+
+# Frame Increment Pointer targets (PS3.3 C.7.6.6.1.1) under which the frames of a multi-frame
+# instance are moments in time, not slices: Frame Time, Frame Time Vector, R-R Interval Vector,
+# Time Slot Vector, Time Slice Vector.
+_TIME_POINTERS = {0x00181063: "FrameTime", 0x00181065: "FrameTimeVector", 0x00540060: "RRIntervalVector",
+                  0x00540070: "TimeSlotVector", 0x00540100: "TimeSliceVector"}
+
+
+def _refuse_time_frames(ds: pydicom.Dataset) -> None:
+    pointers = ds.get("FrameIncrementPointer")
+    if pointers is None:
+        return
+    pointers = [pointers] if isinstance(pointers, int) else list(pointers)
+    times = [_TIME_POINTERS[int(tag)] for tag in pointers if int(tag) in _TIME_POINTERS]
+    if times:
+        raise ReadError("unsupported_shape",
+                        f"multi-frame instance whose frames are time points (Frame Increment Pointer: {times[0]}): "
+                        f"a cine or dynamic acquisition, not a volume; export one frame per file to use its frames "
+                        f"as 2D images")
 
 
 def _series_plan(
@@ -489,10 +550,41 @@ def _series_plan(
     if cosines is None or any("ImagePositionPatient" not in ds for ds in datasets):
         raise ReadError("inconsistent_series",
                         "several instances but no ImagePositionPatient/ImageOrientationPatient to order them")
+    _check_shared_geometry(datasets, cosines)
     normal = np.cross(*cosines)
     positions = [np.asarray([float(v) for v in ds.ImagePositionPatient]) for ds in datasets]
     order, step = _slice_order(positions, normal, "instances")
     return order, cosines, step, positions[order[0]]
+
+
+def _check_shared_geometry(datasets: Sequence[pydicom.Dataset], cosines: tuple[np.ndarray, np.ndarray]) -> None:
+    """Every instance in the first one's orientation and pixel spacing, else ``inconsistent_series``.
+
+    A localizer's three planes, or a slice re-acquired at another resolution, share a series UID
+    but do not stack into one volume.
+    """
+    def shown(values: Sequence[float]) -> list[float]:
+        return [round(float(v), 4) + 0.0 for v in values]  # + 0.0: no -0.0 in the message
+
+    def instance(ds: pydicom.Dataset) -> str:
+        number = ds.get("InstanceNumber")  # no UIDs in messages: they identify the study
+        return f"InstanceNumber {number}" if number is not None else "an instance without InstanceNumber"
+
+    first = np.concatenate(cosines)
+    spacing = np.asarray(_pixel_spacing(datasets[0]))
+    for ds in datasets[1:]:
+        other = _direction_cosines(ds)
+        if other is None or not np.allclose(np.concatenate(other), first, atol=1e-4):
+            seen = "none" if other is None else shown(np.concatenate(other))
+            raise ReadError("inconsistent_series",
+                            f"instances in different orientations: ImageOrientationPatient {shown(first)} in "
+                            f"{instance(datasets[0])}, {seen} in {instance(ds)}; a localizer or a mixed-plane "
+                            f"series is not one volume")
+        own = np.asarray(_pixel_spacing(ds))
+        if not np.allclose(own, spacing, rtol=1e-3, equal_nan=True):
+            raise ReadError("inconsistent_series",
+                            f"instances with different PixelSpacing: {shown(spacing)} mm in {instance(datasets[0])}, "
+                            f"{shown(own)} mm in {instance(ds)}; they do not stack into one volume")
 
 
 def arrange_series_labels(datasets: Sequence[pydicom.Dataset], labels: np.ndarray) -> np.ndarray:
