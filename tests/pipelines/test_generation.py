@@ -301,7 +301,8 @@ def test_a_volume_source_on_a_2d_pipeline_is_refused_by_name():
     ddpm = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_training.yml").read_text())["ddpm"]
     run_params = {**ddpm["run"], "source": "volumes"}
     message = (r"ddpm\.run\.source is 'volumes', but the {} pipeline reads only "
-               r"\['slices', 'patches', 'lesion_patches'\]")
+               r"\['slices', 'patches', 'lesion_patches'\]\. The sources \['volumes'\] feed the volume families, "
+               r"which study_3d trains and samples")
     with pytest.raises(ValueError, match=message.format("training")):
         train_generator(*[None] * 6, "ddpm", ddpm["model"], ddpm["training"], run_params)
     with pytest.raises(ValueError, match=message.format("sampling")):

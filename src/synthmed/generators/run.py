@@ -62,8 +62,8 @@ def source_inputs(run: RunConfig, family: str, pipeline: str, by_source: Mapping
     if run.source not in by_source:
         raise ValueError(
             f"{family}.run.source is {run.source!r}, but the {pipeline} pipeline reads only {list(by_source)}. "
-            f"Volume families ({list(VOLUME_SOURCES)}) are trained and sampled by study_3d (kedro run --pipelines "
-            f"study_3d); a 2D family needs one of {list(IMAGE_SOURCES)}.")
+            f"The sources {list(VOLUME_SOURCES)} feed the volume families, which study_3d trains and samples "
+            f"(kedro run --pipelines study_3d); a 2D family needs one of {list(IMAGE_SOURCES)}.")
     return by_source[run.source]
 
 
