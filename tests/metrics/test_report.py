@@ -159,3 +159,14 @@ def test_the_headline_table_fits_the_page():
     first_table = headline_part[headline_part.index("<table"):headline_part.index("</table>")]
     header = first_table[:first_table.index("</thead>")]
     assert header.count("<th>") <= 9  # one row per family, few columns
+
+
+def test_the_utility_table_names_the_test_patients_and_the_seed_spread():
+    from synthmed.metrics.report import utility_table
+
+    summary = pd.DataFrame([{"mode": "real+synthetic", "score": "f1.lesion", "mean": 0.24, "std": 0.17, "seeds": 3,
+                             "n_test": 274, "n_test_groups": 4, "low": 0.05, "high": 0.45, "delta_vs_real": 0.07,
+                             "delta_low": -0.2, "delta_high": 0.3}])
+    row = utility_table(summary).iloc[0]
+    assert row["n test"] == "274 images of 4 patients" and row["seeds (std)"] == "3 (0.17)"
+    assert row["value"].startswith("0.24") and "0.05" in row["value"] and "0.45" in row["value"]

@@ -89,3 +89,46 @@ def test_balanced_classes_let_the_real_only_classifier_find_a_rare_class():
     assert recall[False] < 0.2 and recall[True] > 0.8, recall
     with pytest.raises(ValueError, match="balance_classes must be true or false"):
         UtilityConfig(balance_classes="yes")
+
+
+def _summary_of(predictions: dict[str, list[np.ndarray]], target: np.ndarray, groups=None):
+    """``utility._summary`` of given predictions (two classes, class 1 the minority)."""
+    import pandas as pd
+
+    from synthmed.metrics.utility import _summary
+
+    rows = [{"mode": mode, "seed": s, "score": score, "value": 0.0}
+            for mode, preds in predictions.items() for s in range(len(preds))
+            for score in ("balanced_accuracy", "f1.lesion")]
+    config = UtilityConfig(seeds=tuple(range(len(predictions["real"]))), resamples=400)
+    summary = _summary(pd.DataFrame(rows), predictions, target, 2, 1, "lesion", config, 0, groups)
+    return summary.set_index(["mode", "score"])
+
+
+def test_the_interval_draws_patients_not_their_slices():
+    # Two patients of 50 slices each: the classifier is right on every slice of one, wrong on every
+    # slice of the other. Drawn by slice, the 100 "independent" tests pin the accuracy near 0.5;
+    # drawn by patient, a test set could as well have held two patients like either.
+    target = np.tile([0, 1], 50)
+    right = target.copy()
+    right[50:] = 1 - right[50:]
+    groups = np.repeat(["p1", "p2"], 50)
+    by_slice = _summary_of({"real": [right]}, target).loc[("real", "balanced_accuracy")]
+    by_patient = _summary_of({"real": [right]}, target, groups).loc[("real", "balanced_accuracy")]
+    assert by_slice["high"] - by_slice["low"] < 0.25
+    assert by_patient["low"] <= 0.05 and by_patient["high"] >= 0.95
+    assert by_patient["n_test_groups"] == 2 and by_slice["n_test_groups"] == 100
+
+
+def test_the_interval_holds_the_spread_between_seeds():
+    # Seed 0's classifier is right on every test image, seed 1's wrong on every one: the mean of
+    # the two is 0.5 on any resample of the images, but another draw of seeds could give 0 or 1.
+    target = np.tile([0, 1], 50)
+    row = _summary_of({"real": [target, 1 - target]}, target).loc[("real", "f1.lesion")]
+    assert row["low"] <= 0.05 and row["high"] >= 0.95
+
+
+def test_test_groups_must_name_every_test_image():
+    config = UtilityConfig(seeds=(0,), width=4, feature_dim=4, resamples=10, fit=FitConfig(steps=2, batch_size=4))
+    with pytest.raises(ValueError, match="test_groups has 3 entries for 20 test images"):
+        evaluate_utility(_blobs(8), _blobs(4), _blobs(20), ["left", "right"], config, test_groups=["a", "b", "c"])

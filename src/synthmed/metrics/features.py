@@ -204,6 +204,12 @@ def _autocast(device: torch.device):
             else torch.autocast("cpu", enabled=False))
 
 
+def balanced_accuracy(predicted: np.ndarray, target: np.ndarray, num_classes: int) -> float:
+    """Mean per-class recall over the classes present in ``target`` (NaN if none)."""
+    recalls = [np.mean(predicted[target == c] == c) for c in range(num_classes) if np.any(target == c)]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
 def fit_classifier(
     images: torch.Tensor,
     labels: torch.Tensor,

@@ -270,7 +270,8 @@ def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:
 
 
 def utility_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Seed means with intervals; difference to real-only for the bootstrapped scores."""
+    """Seed means with intervals (over test patients and seeds); difference to real-only for the
+    bootstrapped scores; the spread between the seeds' classifiers; the test images and patients."""
     rows = []
     for row in summary.itertuples():
         if not (row.score in ("balanced_accuracy", "auroc") or row.score.startswith("f1.")):
@@ -279,8 +280,11 @@ def utility_table(summary: pd.DataFrame) -> pd.DataFrame:
             else estimate(row.mean, low=row.low, high=row.high)
         delta = "" if math.isnan(row.delta_low) or row.mode == "real" \
             else estimate(row.delta_vs_real, low=row.delta_low, high=row.delta_high)
+        groups = getattr(row, "n_test_groups", row.n_test)
+        tested = f"{row.n_test} images of {groups} patients" if groups == groups and groups < row.n_test \
+            else f"{row.n_test} images"
         rows.append({"mode": row.mode, "score": row.score, "value": value, "difference to real only": delta,
-                     "n test": row.n_test})
+                     "seeds (std)": f"{row.seeds} ({row.std:.2f})", "n test": tested})
     return pd.DataFrame(rows)
 
 

@@ -402,7 +402,10 @@ def fidelity_scores(evaluation: EvaluationSet, config: FidelityConfig) -> dict[s
 
     Same N everywhere: the reference is split into two disjoint real halves A and B of
     ``n = min(N_synthetic, N_reference // 2)``; synthetic (n drawn) is compared with A, and
-    the floor is B against A. For volumes, the neighbouring-slice floor compares n slices
+    the floor is B against A. PRDC too: its k-nearest-neighbour balls depend on how many real
+    images there are, so synthetic against the whole reference (a perfect generator's coverage
+    about 0.2 at 64 against 1,386) cannot be read beside a floor of n against n (about 0.95).
+    For volumes, the neighbouring-slice floor compares n slices
     with the slice next to each.
     """
     from synthmed.metrics import fidelity  # here: torch and torchmetrics load with it
@@ -421,9 +424,10 @@ def fidelity_scores(evaluation: EvaluationSet, config: FidelityConfig) -> dict[s
                          fidelity.bootstrap_interval(fidelity.frechet_distance, a[pick], b[pick], **boot))
     out["kid"], out["kid_std"] = fidelity.kernel_distance(half_a, syn_n, **kid)
     out["kid_floor_halves"], out["kid_floor_halves_std"] = fidelity.kernel_distance(half_a, half_b, **kid)
-    for name, value in fidelity.precision_recall_density_coverage(ref, syn, k=config.prdc_k).items():
+    prdc_k = min(config.prdc_k, n - 1)
+    for name, value in fidelity.precision_recall_density_coverage(half_a, syn_n, k=prdc_k).items():
         out[name] = value
-    for name, value in fidelity.precision_recall_density_coverage(half_a, half_b, k=min(config.prdc_k, n - 1)).items():
+    for name, value in fidelity.precision_recall_density_coverage(half_a, half_b, k=prdc_k).items():
         out[f"{name}_floor_halves"] = value
     pick_real = torch.as_tensor(np.sort(rng.choice(len(evaluation.reference.images), size=len(syn), replace=False))) \
         if len(evaluation.reference.images) >= len(syn) else torch.arange(len(evaluation.reference.images))
@@ -607,7 +611,7 @@ def utility_scores(evaluation: EvaluationSet, config: UtilityConfig) -> tuple[pd
     """Train-on-X, test-on-real: every mode x seed, scored on the real test split."""
     as_pair = lambda s: (s.images, s.labels)  # noqa: E731 - a view, not a node
     result = evaluate_utility(as_pair(evaluation.reference), as_pair(evaluation.synthetic), as_pair(evaluation.test),
-                              evaluation.class_names, config)
+                              evaluation.class_names, config, test_groups=evaluation.test.patients)
     summary = result.summary.assign(family=evaluation.family, minority_class=result.minority)
     runs = result.runs.assign(family=evaluation.family)
     return runs, summary

@@ -236,7 +236,8 @@ def score_class_utility(arrays: dict[str, np.ndarray], synthetic: dict[str, np.n
         raise ValueError(f"{WHERE}.evaluation.utility.modes must be {list(cm.UTILITY_MODES)} (the study compares "
                          f"real with real + synthetic lesion slices), got {list(utility.modes)}.")
     real = _tensors(arrays, _rows(arrays, config.train_split))
-    test = _tensors(arrays, _rows(arrays, evaluation.test_splits))
+    test_rows = _rows(arrays, evaluation.test_splits)
+    test = _tensors(arrays, test_rows)
     counts = np.bincount(real[1].numpy(), minlength=len(cm.CLASS_NAMES))
     if counts[cm.LESION] >= counts[cm.NORMAL]:
         # evaluate_utility bootstraps the F1 of the rarest training class: it must be the lesion class.
@@ -260,7 +261,8 @@ def score_class_utility(arrays: dict[str, np.ndarray], synthetic: dict[str, np.n
         additions = {cm.ADDED_SYNTHETIC: (images[:n], labels[:n]),
                      cm.ADDED_DUPLICATES: _tensors(arrays, cm.duplicate_rows(real_lesion, n))}
         for added, extra in additions.items():
-            result = evaluate_utility(real, extra, test, list(cm.CLASS_NAMES), utility, seed=evaluation.seed)
+            result = evaluate_utility(real, extra, test, list(cm.CLASS_NAMES), utility, seed=evaluation.seed,
+                                      test_groups=arrays["patient"][test_rows])
             summaries[(factor, added)] = result.summary.assign(factor=factor, added=added)
             runs.append(result.runs.assign(factor=factor, added=added))
             prefix = cm.factor_key(factor) + ("" if added == cm.ADDED_SYNTHETIC else f".{added}")

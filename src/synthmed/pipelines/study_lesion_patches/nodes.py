@@ -133,7 +133,7 @@ def score_patch_fidelity(patches: Mapping[str, np.ndarray], patch_manifest: pd.D
     spec = ClassifierConfig(channels=1, num_classes=len(lp.CLASS_NAMES), image_px=sampling.patch_px,
                             width=encoder.width, feature_dim=encoder.feature_dim)
     model = fit_classifier(real, real_labels, spec, fit, seed=encoder.seed, flips=encoder.flips,
-                           description="lesion patch feature encoder")
+                           class_balanced=encoder.class_balance, description="lesion patch feature encoder")
     network = domain_network(model, device=fit.device)
     real_features, fake_features = network(real), network(fake)
     fidelity = FidelityConfig(resamples=evaluation.fid_resamples, level=evaluation.level, seed=evaluation.seed)
@@ -226,7 +226,9 @@ def score_patch_utility(patches: Mapping[str, np.ndarray], patch_manifest: pd.Da
     _check_held_out_lesions(test[1], evaluation.test_splits)
     fake = (torch.from_numpy(np.asarray(synthetic["images"], dtype=np.float32)),
             torch.from_numpy(np.asarray(synthetic["labels"], dtype=np.int64)))
-    result = evaluate_utility(real, fake, test, list(lp.CLASS_NAMES), utility, seed=evaluation.seed)
+    test_patients = patch_manifest.set_index("index").loc[test_index, "patient_key"].to_numpy()
+    result = evaluate_utility(real, fake, test, list(lp.CLASS_NAMES), utility, seed=evaluation.seed,
+                              test_groups=test_patients)
     n_train = {mode: len(real[0]) + (len(fake[0]) if "synthetic" in mode else 0) for mode in lp.UTILITY_MODES}
     table = study_table(lp.utility_rows(result.summary, result.runs, n_train=n_train), [], lp.UTILITY_METRICS,
                         level=utility.level)
