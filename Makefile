@@ -64,7 +64,7 @@ studies: setup ## the four 2D studies one after another (after make demo; about 
 	$(BIN)/synthmed studies
 	@echo "  the four tables beside the published figures: data/08_reporting/studies/index.html"
 
-metrics-all: setup ## every evaluation number (about 600; `dvc metrics show` prints the headline only)
+metrics-all: setup ## every evaluation number (about 600; `dvc metrics show` prints the headline and the stages' summaries)
 	$(BIN)/dvc metrics show data/08_reporting/metrics.json
 
 plots: setup ## dvc plots show with Vega inlined: dvc_plots/index.html opens without a network
