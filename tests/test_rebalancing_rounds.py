@@ -187,9 +187,13 @@ def test_fraction_flagged_per_checkpoint_in_table_metrics_and_report():
     # without steps (the final generator only): one row per checkpoint hash
     one = flagged_by_checkpoint("dcgan", _scored(["cccc"] * 3, [False, True, False]))
     assert one[["family", "checkpoint", "samples", "flagged"]].values.tolist() == [["dcgan", "cccc", 3, 1]]
-    # the gate could not run: counted, fraction unknown
-    unscored = _scored(["dddd"] * 2, [False, False]).assign(nn_pixel_similarity=np.nan)
-    assert np.isnan(flagged_by_checkpoint("pix2pix", unscored)["flagged_fraction"].iloc[0])
+    # the gate could not run: samples counted, flagged and fraction unknown (not 0: nothing was checked)
+    from synthmed.protocols.evaluation import scored_provenance
+
+    unscored = scored_provenance(pd.DataFrame({"index": range(2), "checkpoint": "dddd"}), None, np.arange(5))
+    assert unscored["memorisation_flagged"].isna().all() and unscored["nn_pixel_similarity"].isna().all()
+    row = flagged_by_checkpoint("pix2pix", unscored).iloc[0]
+    assert row["samples"] == 2 and np.isnan(row["flagged"]) and np.isnan(row["flagged_fraction"])
 
     results = [FamilyResult(f, "slices", "encoder", {}, {}, pd.DataFrame(), [], pd.DataFrame(), t)
                for f, t in (("ddpm", table), ("dcgan", one))]
@@ -212,7 +216,9 @@ def test_memorisation_scores_report_each_checkpoint(monkeypatch):
                                    "pixel_transform": "", "feature_similarity": 0.0, "relative_distance": 0.9,
                                    "flagged": [False, False, True, True], "pixel_neighbour": 0,
                                    "feature_neighbour": 0})
-        held_out = pd.DataFrame({"pixel_similarity": [0.5]})
+        # the second held-out image is a copy across the splits: left out of the calibration
+        held_out = pd.DataFrame({"pixel_similarity": [0.5, 0.995], "duplicate": [False, True],
+                                 "content_free": False, "low_foreground": False})
         pixel_threshold, self_test_recall = 0.9, 1.0
 
         def summary(self):
@@ -226,6 +232,7 @@ def test_memorisation_scores_report_each_checkpoint(monkeypatch):
     table, numbers, every = protocol.memorisation_scores(evaluation, GateConfig())
     assert numbers["flagged_fraction.checkpoint_early"] == 0.0 and numbers["flagged_fraction.checkpoint_late"] == 1.0
     assert numbers["flagged_fraction"] == 0.5 and len(table) == len(every) == 4
+    assert numbers["held_out_max_pixel_similarity"] == 0.995 and numbers["calibration_max_pixel_similarity"] == 0.5
 
 
 def test_the_rebalancing_generator_must_have_learnt_slices():

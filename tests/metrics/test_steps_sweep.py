@@ -87,7 +87,8 @@ def tiny():
 
     def split(n: int) -> Split:
         images = torch.as_tensor(rng.uniform(-1, 1, (n, 1, 8, 8)).astype(np.float32))
-        return Split(images, torch.arange(n) % 3, np.arange(n), network(images))
+        return Split(images, torch.arange(n) % 3, np.arange(n), network(images),
+                     np.array([f"patient-{i // 3}" for i in range(n)], dtype=object))
 
     reference = split(24)
     evaluation = EvaluationSet("ddpm", "slices", CLASSES, network, reference, split(4), split(4), split(6),
@@ -123,8 +124,9 @@ def test_the_sweep_samples_every_point_and_scores_it_as_the_evaluation_does(tiny
                                  scaled_plan(plan_table(sampling), 6), CLASSES,
                                  SamplerSpec("ddim", 4, guidance_scale=2.0), seed=4, batch_size="auto", checkpoint="x")
     features = evaluation.network(at_size(samples.images, 8))
-    half_a, half_b, synthetic_n, _ = fid_sets(evaluation.reference.features, features, seed=0)
-    expected = fid_intervals(half_a, half_b, synthetic_n, FidelityConfig(resamples=5, seed=0))
+    sets = fid_sets(evaluation.reference.features, features, seed=0, groups=evaluation.reference.patients)
+    expected = fid_intervals(sets, FidelityConfig(resamples=5, seed=0))
+    assert expected["fid_patients"] > 0  # halves split and resampled by patient, as the evaluation does
     row = table.iloc[1]
     assert (row["fid"], row["fid_low"], row["fid_high"]) == pytest.approx(
         (expected["fid"], expected["fid_low"], expected["fid_high"]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -28,3 +30,24 @@ def test_a_perfect_generator_reaches_the_prdc_floor():
     for name in ("coverage", "recall", "precision"):
         assert abs(out[name] - out[f"{name}_floor_halves"]) < 0.15, (name, out[name], out[f"{name}_floor_halves"])
     assert out["coverage"] > 0.8
+
+
+def test_the_floor_halves_hold_different_patients_and_the_bootstrap_draws_patients():
+    # 600 reference slices of 20 patients: each patient's features sit around its own centre, as
+    # the slices of one brain do. Halves sharing patients would compare a patient with itself.
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(20, 8, generator=g) * 2
+    patients = np.repeat([f"sub-{i:02d}" for i in range(20)], 30).astype(object)
+    reference = replace(_split(600, g), features=centres.repeat_interleave(30, dim=0)
+                        + 0.1 * torch.randn(600, 8, generator=g), patients=patients)
+    synthetic = replace(_split(64, g), features=torch.randn(64, 8, generator=g) * 2)
+    evaluation = EvaluationSet(family="ddpm", source="slices", class_names=("normal",), network=None,
+                               reference=reference, held_out=reference, test=reference, synthetic=synthetic,
+                               provenance=None, paired=None, neighbours=None)
+    config = FidelityConfig(resamples=50, kid_subset_size=16, kid_subsets=5, diversity_pairs=10)
+    out = fidelity_scores(evaluation, config)
+    assert out["fid_patients"] + out["fid_floor_halves_patients"] <= 20  # patients, not 64 slices, drawn
+    without = fidelity_scores(replace(evaluation, reference=replace(reference, patients=None)), config)
+    assert "fid_patients" not in without
+    # sharing patients, the halves look alike: the floor reads far lower than between patients
+    assert out["fid_floor_halves"] > 2 * without["fid_floor_halves"]

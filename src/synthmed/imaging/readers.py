@@ -235,7 +235,7 @@ def decode_nifti(data: bytes, *, max_pixels: int) -> Decoded:
         raise ReadError("unsupported_shape", f"expected a 3D volume, got shape {shape}")
     dtype = image.get_data_dtype()
     if dtype.kind == "c" or dtype.names:
-        what = "complex" if dtype.kind == "c" else "RGB" if dtype.names else str(dtype)
+        what = "complex" if dtype.kind == "c" else "RGB"
         raise ReadError("unsupported", f"{what} voxels ({dtype}): synthmed reads one real intensity per voxel; "
                                        f"save the magnitude (complex) or one channel (RGB) as a real-valued volume")
     source_dtype = str(dtype)

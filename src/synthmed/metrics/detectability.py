@@ -12,6 +12,11 @@ The floor is the same test between two disjoint sets of real images of the same 
 same size: what the classifier reaches by chance (over-fitting a few images) at that N. A
 detectability far above its floor means the synthetic images carry a tell (texture, blur,
 intensity range), whatever their FID says.
+
+With the real images' patient keys (``real_groups``), every step keeps a patient whole
+(``synthmed.metrics.resampling``): the folds put all of a patient's images in one fold, so no
+image is scored by a classifier that learnt its neighbouring slices; the floor's two real sets
+hold different patients; and the bootstrap draws real patients, not slices.
 """
 
 from __future__ import annotations
@@ -25,6 +30,15 @@ import numpy as np
 from synthmed.core.lazy import lazy_import
 from synthmed.core.validation import is_int, is_number
 from synthmed.metrics.features import ClassifierConfig, FitConfig, fit_classifier, predict_proba
+from synthmed.metrics.resampling import (
+    Groups,
+    bootstrap_units,
+    disjoint_halves,
+    draw_units,
+    group_folds,
+    n_groups,
+    subset,
+)
 
 torch = lazy_import("torch")
 
@@ -88,13 +102,15 @@ def auc(negatives: np.ndarray, positives: np.ndarray) -> np.ndarray:
 
 
 def _out_of_fold_scores(first: torch.Tensor, second: torch.Tensor, config: DetectabilityConfig,
-                        rng: np.random.Generator, description: str) -> tuple[np.ndarray, np.ndarray]:
+                        rng: np.random.Generator, description: str,
+                        groups: tuple[Groups, Groups] = (None, None)) -> tuple[np.ndarray, np.ndarray]:
     """P(second) for every image of ``first`` and ``second`` (equal sizes), each from the
-    classifier trained on the other folds."""
+    classifier trained on the other folds; a side with patient keys is folded by patient."""
     n = len(first)
     spec = ClassifierConfig(channels=int(first.shape[1]), num_classes=2, image_px=int(first.shape[-1]),
                             width=config.width, feature_dim=config.feature_dim)
-    fold_of = [rng.permutation(n) % config.folds for _ in range(2)]  # each side cut into folds alone
+    # Each side cut into folds alone.
+    fold_of = [group_folds(n, config.folds, rng, g, what=f"{description}: folds") for g in groups]
     scores = [np.empty(n), np.empty(n)]
     for fold in range(config.folds):
         train = [np.flatnonzero(f != fold) for f in fold_of]
@@ -110,30 +126,43 @@ def _out_of_fold_scores(first: torch.Tensor, second: torch.Tensor, config: Detec
 
 
 def bootstrap_auc(negatives: np.ndarray, positives: np.ndarray, config: DetectabilityConfig | Any,
-                  rng: np.random.Generator) -> tuple[float, float]:
+                  rng: np.random.Generator, *, negative_groups: Groups = None,
+                  positive_groups: Groups = None) -> tuple[float, float]:
     """Percentile interval of ``auc`` over ``config.resamples`` draws (each side resampled apart) at
-    ``config.level`` (any config with those two fields)."""
-    picks_neg = rng.integers(0, len(negatives), size=(config.resamples, len(negatives)))
-    picks_pos = rng.integers(0, len(positives), size=(config.resamples, len(positives)))
-    values = auc(negatives[picks_neg], positives[picks_pos])
+    ``config.level`` (any config with those two fields); a side with patient keys is resampled by
+    patient (a cluster bootstrap)."""
+    if negative_groups is None and positive_groups is None:
+        picks_neg = rng.integers(0, len(negatives), size=(config.resamples, len(negatives)))
+        picks_pos = rng.integers(0, len(positives), size=(config.resamples, len(positives)))
+        values = auc(negatives[picks_neg], positives[picks_pos])
+    else:  # resamples of different sizes: one AUC each
+        units = (bootstrap_units(len(negatives), negative_groups, what="AUC bootstrap: negatives"),
+                 bootstrap_units(len(positives), positive_groups, what="AUC bootstrap: positives"))
+        values = np.empty(config.resamples)
+        for i in range(config.resamples):
+            neg, pos = (draw_units(rng, u) for u in units)
+            values[i] = auc(negatives[neg], positives[pos])
     tail = (1.0 - float(config.level)) / 2.0 * 100.0
     low, high = np.percentile(values, [tail, 100.0 - tail])
     return float(low), float(high)
 
 
 def detectability_scores(real: torch.Tensor, synthetic: torch.Tensor, config: DetectabilityConfig, *,
-                         what: str = "synthetic") -> dict[str, float]:
+                         what: str = "synthetic", real_groups: Groups = None) -> dict[str, float]:
     """The detectability AUC of ``synthetic`` against ``real``, with its interval and floor.
 
     Args:
         real: ``(N, C, S, S)`` real images in [-1, 1] (the split the generator learnt from).
         synthetic: ``(M, C, S, S)`` synthetic images, same geometry.
         what: names the synthetic set in the log.
+        real_groups: ``(N,)`` patient keys of ``real``, or None: with them the folds, the
+            floor's two sets and the bootstrap keep each patient whole (module docstring).
 
     Returns:
         ``detectability_auc`` with ``_low``, ``_high``, ``_n`` (images per side) and
         ``detectability_auc_floor`` with the same companions (two disjoint real sets); the
-        floor is absent when there are fewer than ``2 x folds`` real images per half.
+        floor is absent when there are fewer than ``2 x folds`` real images per half. With
+        ``real_groups``, ``_patients`` beside each: the real patients drawn.
         Empty when ``config.enabled`` is false.
 
     Raises:
@@ -152,23 +181,29 @@ def detectability_scores(real: torch.Tensor, synthetic: torch.Tensor, config: De
     rng = np.random.default_rng(config.seed)
     real_pick = np.sort(rng.choice(len(real), size=n, replace=False))
     fake_pick = np.sort(rng.choice(len(synthetic), size=n, replace=False))
+    picked_groups = subset(real_groups, real_pick)
     real_scores, fake_scores = _out_of_fold_scores(real[torch.as_tensor(real_pick)],
                                                    synthetic[torch.as_tensor(fake_pick)], config, rng,
-                                                   f"detectability: real vs {what}")
+                                                   f"detectability: real vs {what}", (picked_groups, None))
     value = float(auc(real_scores, fake_scores))
-    low, high = bootstrap_auc(real_scores, fake_scores, config, rng)
+    low, high = bootstrap_auc(real_scores, fake_scores, config, rng, negative_groups=picked_groups)
     out = {"detectability_auc": value, "detectability_auc_low": low, "detectability_auc_high": high,
            "detectability_auc_n": float(n)}
-    # The floor: two disjoint real sets of the same size (n when the split holds 2n, else halves).
-    half = min(n, len(real) // 2)
+    if real_groups is not None:
+        out["detectability_auc_patients"] = float(n_groups(picked_groups))
+    # The floor: two disjoint real sets of the same size (n when the split holds 2n, else halves),
+    # of different patients when there are keys.
+    first, second = disjoint_halves(len(real), n, rng, real_groups, what=f"detectability floor of {what}")
+    half = len(first)
     if half >= 2 * config.folds:
-        order = rng.permutation(len(real))
-        first, second = np.sort(order[:half]), np.sort(order[half:2 * half])
+        groups = (subset(real_groups, first), subset(real_groups, second))
         a, b = _out_of_fold_scores(real[torch.as_tensor(first)], real[torch.as_tensor(second)], config, rng,
-                                   "detectability floor: real vs real")
-        low, high = bootstrap_auc(a, b, config, rng)
+                                   "detectability floor: real vs real", groups)
+        low, high = bootstrap_auc(a, b, config, rng, negative_groups=groups[0], positive_groups=groups[1])
         out |= {"detectability_auc_floor": float(auc(a, b)), "detectability_auc_floor_low": low,
                 "detectability_auc_floor_high": high, "detectability_auc_floor_n": float(half)}
+        if real_groups is not None:
+            out["detectability_auc_floor_patients"] = float(n_groups(groups[0]) + n_groups(groups[1]))
     logger.info("detectability of %s: AUC %.3f [%.3f, %.3f] (n=%d per side)%s", what, value,
                 out["detectability_auc_low"], out["detectability_auc_high"], n,
                 f"; floor (real vs real, n={half}) {out['detectability_auc_floor']:.3f}"

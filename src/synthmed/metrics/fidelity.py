@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from synthmed.core.progress import ProgressLog
+from synthmed.metrics.resampling import Groups, bootstrap_units, disjoint_halves, draw_units
 
 logger = logging.getLogger(__name__)
 # torchmetrics (about 1 s to import) is imported inside the functions that use it: the parameter
@@ -330,6 +331,7 @@ class Interval:
         n_real, n_fake: rows in each set (FID and KID depend on them).
         resamples: number of bootstrap resamples.
         level: the interval's nominal coverage, e.g. 0.95.
+        real_units: what the resamples drew of ``real``: its patients when grouped, else its rows.
     """
 
     estimate: float
@@ -339,6 +341,7 @@ class Interval:
     n_fake: int
     resamples: int
     level: float
+    real_units: int = 0
 
 
 def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
@@ -355,12 +358,17 @@ def bootstrap_interval(
     resamples: int = 200,
     level: float = 0.95,
     seed: int = 0,
+    real_groups: Groups = None,
+    fake_groups: Groups = None,
 ) -> Interval:
     """Percentile bootstrap (Efron & Tibshirani 1993, ch. 13) of a two-set statistic.
 
     Each resample draws ``N_real`` rows of ``real`` and, independently, ``N_fake`` rows of
     ``fake`` with replacement (``np.random.default_rng(seed)``), so it reflects the sampling
-    noise of both sets.
+    noise of both sets. With ``real_groups`` (a patient key per row) it draws as many patients
+    as ``real`` holds, with replacement, each with all its rows (a cluster bootstrap,
+    ``synthmed.metrics.resampling``): slices of one patient are not independent, and drawing
+    them one by one gives an interval far too narrow. ``fake_groups`` likewise.
 
     Caveat: duplicated rows shrink a resample's spread, so set distances such as FID are larger
     on resamples than on the full sets; the FID interval can then lie above the estimate. It
@@ -376,6 +384,8 @@ def bootstrap_interval(
         resamples: number of bootstrap resamples (>= 1).
         level: nominal coverage in (0, 1).
         seed: seeds the resampling.
+        real_groups, fake_groups: ``(N_real,)`` / ``(N_fake,)`` patient keys, or None (each row
+            its own unit).
 
     Returns:
         An ``Interval``.
@@ -389,18 +399,21 @@ def bootstrap_interval(
     resamples = _check_positive_int("resamples", resamples)
     level = _check_level(level)
     if statistic is frechet_distance:
-        return frechet_interval(real, fake, resamples=resamples, level=level, seed=seed)
+        return frechet_interval(real, fake, resamples=resamples, level=level, seed=seed, real_groups=real_groups,
+                                fake_groups=fake_groups)
 
     def resampled(real_rows: np.ndarray, fake_rows: np.ndarray) -> float:
         return float(statistic(real[torch.as_tensor(real_rows, device=real.device)],
                                fake[torch.as_tensor(fake_rows, device=fake.device)]))
 
     return _percentile_bootstrap(float(statistic(real, fake)), resampled, real.shape[0], fake.shape[0],
-                                 resamples=resamples, level=level, seed=seed)
+                                 resamples=resamples, level=level, seed=seed, real_groups=real_groups,
+                                 fake_groups=fake_groups)
 
 
 def frechet_interval(
-    real: Tensor, fake: Tensor, *, resamples: int = 200, level: float = 0.95, seed: int = 0
+    real: Tensor, fake: Tensor, *, resamples: int = 200, level: float = 0.95, seed: int = 0,
+    real_groups: Groups = None, fake_groups: Groups = None,
 ) -> Interval:
     """``bootstrap_interval(frechet_distance, ...)`` from sufficient statistics.
 
@@ -414,6 +427,7 @@ def frechet_interval(
         resamples: number of bootstrap resamples (>= 1).
         level: nominal coverage in (0, 1).
         seed: seeds the resampling.
+        real_groups, fake_groups: patient keys per row, or None (see ``bootstrap_interval``).
 
     Returns:
         An ``Interval``.
@@ -430,7 +444,7 @@ def frechet_interval(
         return moments.distance(*counts)
 
     return _percentile_bootstrap(moments.full(), resampled, n_real, n_fake, resamples=resamples, level=level,
-                                 seed=seed, what="FID bootstrap")
+                                 seed=seed, what="FID bootstrap", real_groups=real_groups, fake_groups=fake_groups)
 
 
 def _percentile_bootstrap(
@@ -443,14 +457,19 @@ def _percentile_bootstrap(
     level: float,
     seed: int,
     what: str = "bootstrap",
+    real_groups: Groups = None,
+    fake_groups: Groups = None,
 ) -> Interval:
-    """Draw the resamples' rows (real then fake, per resample) and take the percentiles."""
+    """Draw the resamples' rows (real then fake, per resample: single rows, or whole groups) and
+    take the percentiles."""
     rng = np.random.default_rng(seed)
+    real_units = bootstrap_units(n_real, real_groups, what=f"{what}: real")
+    fake_units = bootstrap_units(n_fake, fake_groups, what=f"{what}: fake")
     values = np.empty(resamples, dtype=np.float64)
     log = ProgressLog(logger, what, resamples, "resamples")
     for i in range(resamples):
-        real_rows = rng.integers(0, n_real, size=n_real)
-        fake_rows = rng.integers(0, n_fake, size=n_fake)
+        real_rows = draw_units(rng, real_units)
+        fake_rows = draw_units(rng, fake_units)
         values[i] = resampled(real_rows, fake_rows)
         log.update(i + 1)
     if not np.isfinite(values).all():
@@ -458,10 +477,10 @@ def _percentile_bootstrap(
         raise ValueError(f"Expected statistic to return finite values, got {bad} NaN/inf of {resamples} resamples.")
     low, high = _percentiles(values, level)
     return Interval(estimate=estimate, low=low, high=high, n_real=n_real, n_fake=n_fake,
-                    resamples=resamples, level=level)
+                    resamples=resamples, level=level, real_units=len(real_units))
 
 
-def real_floor_split(pool: Tensor, n: int, *, seed: int = 0) -> tuple[Tensor, Tensor]:
+def real_floor_split(pool: Tensor, n: int, *, seed: int = 0, groups: Groups = None) -> tuple[Tensor, Tensor]:
     """Two disjoint random subsets of ``pool``'s rows for a real-vs-real floor "on the same N".
 
     FID between two halves of the real data is the smallest FID a perfect generator could reach
@@ -472,10 +491,13 @@ def real_floor_split(pool: Tensor, n: int, *, seed: int = 0) -> tuple[Tensor, Te
             for a covariance).
         n: wanted rows per subset (>= 2).
         seed: seeds the draw (``np.random.default_rng``).
+        groups: ``(N,)`` patient keys, or None: with them no patient is in both subsets
+            (``resampling.disjoint_halves``), so the floor compares patients with other patients,
+            as a generator of new patients would be compared.
 
     Returns:
-        ``(first, second)``, each with ``min(n, N // 2)`` rows, no row in both, rows kept in
-        ``pool`` order.
+        ``(first, second)``, each with ``min(n, N // 2)`` rows (fewer when the patients do not
+        divide evenly), no row in both, rows kept in ``pool`` order.
     """
     if not isinstance(pool, Tensor) or pool.ndim < 1:
         shape = _shape(pool) if isinstance(pool, Tensor) else type(pool).__name__
@@ -485,11 +507,8 @@ def real_floor_split(pool: Tensor, n: int, *, seed: int = 0) -> tuple[Tensor, Te
             f"Expected pool with at least {MIN_FLOOR_POOL} rows (two disjoint subsets of >= 2), got {_shape(pool)}."
         )
     n = _check_positive_int("n", n, minimum=2)
-    size = min(n, pool.shape[0] // 2)
-    order = np.random.default_rng(seed).permutation(pool.shape[0])
-    first = torch.as_tensor(np.sort(order[:size]), device=pool.device)
-    second = torch.as_tensor(np.sort(order[size:2 * size]), device=pool.device)
-    return pool[first], pool[second]
+    first, second = disjoint_halves(pool.shape[0], n, np.random.default_rng(seed), groups)
+    return pool[torch.as_tensor(first, device=pool.device)], pool[torch.as_tensor(second, device=pool.device)]
 
 
 def summarise(values: Tensor, *, resamples: int = 200, level: float = 0.95, seed: int = 0) -> dict[str, float]:

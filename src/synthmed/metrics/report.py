@@ -231,11 +231,20 @@ def with_interval(metrics: Mapping[str, float], name: str) -> str:
                     n=metrics.get(f"{name}_n"))
 
 
+def sample_size(metrics: Mapping[str, float], name: str) -> Any:
+    """A table's N cell: ``<name>_n``, and the real patients its interval resampled where it drew
+    patients (``<name>_patients``): "64 (real: 9 patients)"."""
+    n, patients = metrics.get(f"{name}_n"), metrics.get(f"{name}_patients")
+    if not _finite(n) or not _finite(patients):
+        return n
+    return f"{int(n)} (real: {int(patients)} patients)"
+
+
 def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:
-    """Each fidelity metric beside its real-vs-real floor, with N."""
+    """Each fidelity metric beside its real-vs-real floor, with N (and the real patients drawn)."""
     rows = [
         ("FID", with_interval(metrics, "fid"), with_interval(metrics, "fid_floor_halves"),
-         with_interval(metrics, "fid_floor_neighbour_slices"), metrics.get("fid_n")),
+         with_interval(metrics, "fid_floor_neighbour_slices"), sample_size(metrics, "fid")),
         ("KID", estimate(metrics.get("kid"), std=metrics.get("kid_std")),
          estimate(metrics.get("kid_floor_halves"), std=metrics.get("kid_floor_halves_std")), "",
          metrics.get("fid_n")),
@@ -247,7 +256,7 @@ def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:
     if "detectability_auc" in metrics:
         rows.append(("detectability AUC (a classifier telling synthetic from real; 0.5 = it cannot)",
                      with_interval(metrics, "detectability_auc"), with_interval(metrics, "detectability_auc_floor"),
-                     "", metrics.get("detectability_auc_n")))
+                     "", sample_size(metrics, "detectability_auc")))
     if "lesion_signal_auc" in metrics:
         real = ("the real slices of the same label maps" if metrics.get("lesion_signal_real_paired") else
                 "the real images it learnt from, what a faithful copy reaches")
@@ -288,12 +297,30 @@ def utility_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+MEMORISATION_MEASURES = {
+    "calibrated": "1 when the gate could be calibrated on held-out patients, 0 when it could not run",
+    "candidate_count": "samples scored",
+    "flagged_count": "samples flagged as copies of a training image",
+    "flagged_fraction": "flagged / scored",
+    "pixel_threshold": "pixel similarity above which a sample is a copy (percentile of the calibration images')",
+    "feature_threshold": "the same in the encoder's feature space",
+    "max_pixel_similarity": "the sample closest to a training image",
+    "median_pixel_similarity": "the median sample's similarity to its nearest training image",
+    "held_out_max_pixel_similarity": "the held-out image closest to a training image, counting those left out of "
+                                     "the calibration (copies across splits, blank or low-tissue images)",
+    "calibration_max_pixel_similarity": "the closest of the held-out images that set the threshold: how near an "
+                                        "unseen patient's image came",
+    "held_out_count": "held-out images of patients not in training",
+    "self_test_recall": "planted disguised copies of training images the gate flagged",
+    "planted_count": "copies planted for the self-test",
+    "planted_missed": "planted copies not flagged",
+}
+
+
 def memorisation_table(metrics: Mapping[str, float]) -> pd.DataFrame:
-    names = ("calibrated", "candidate_count", "flagged_count", "flagged_fraction", "pixel_threshold",
-             "feature_threshold",
-             "max_pixel_similarity", "median_pixel_similarity", "held_out_max_pixel_similarity", "held_out_count",
-             "self_test_recall", "planted_count", "planted_missed")
-    return pd.DataFrame([{"measure": n, "value": number(metrics.get(n))} for n in names])
+    """The gate's numbers of one family, each with what it measures."""
+    return pd.DataFrame([{"measure": n, "value": number(metrics.get(n)), "meaning": meaning}
+                         for n, meaning in MEMORISATION_MEASURES.items()])
 
 
 def transposed(table: pd.DataFrame, key: str = "family") -> pd.DataFrame:

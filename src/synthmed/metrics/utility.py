@@ -32,6 +32,7 @@ from synthmed.core.lazy import lazy_import
 from synthmed.core.progress import ProgressLog
 from synthmed.core.validation import is_int
 from synthmed.metrics.features import ClassifierConfig, FitConfig, balanced_accuracy, fit_classifier, predict_proba
+from synthmed.metrics.resampling import bootstrap_units, draw_units
 
 # Heavy libraries are imported on first use: the parameter check imports this module for its
 # configuration without them (synthmed.core.lazy.lazy_import).
@@ -206,23 +207,14 @@ def evaluate_utility(
     return UtilityResult(runs, summary, class_names[minority])
 
 
-def bootstrap_units(n: int, groups: Sequence[object] | np.ndarray | None) -> list[np.ndarray]:
-    """The units a bootstrap draws: the image indices of each group (patient), or each image alone."""
-    if groups is None:
-        return [np.array([i]) for i in range(n)]
-    codes, _ = pd.factorize(pd.Series(np.asarray(groups, dtype=object)), sort=True)
-    return [np.flatnonzero(codes == code) for code in range(int(codes.max()) + 1)]
-
-
 def _summary(runs: pd.DataFrame, predictions: dict[str, list[np.ndarray]], target: np.ndarray, k: int,
              minority: int, minority_name: str, config: UtilityConfig, seed: int,
              groups: Sequence[object] | np.ndarray | None) -> pd.DataFrame:
     """Seed means of every score; bootstrap intervals (patients and seeds) for balanced accuracy and minority F1."""
     rng = np.random.default_rng(seed)
     n = len(target)
-    units = bootstrap_units(n, groups)
-    draws = [np.concatenate([units[u] for u in rng.integers(0, len(units), size=len(units))])
-             for _ in range(config.resamples)]
+    units = bootstrap_units(n, groups, what="utility: test images")
+    draws = [draw_units(rng, units) for _ in range(config.resamples)]
     seed_draws = {mode: rng.integers(0, len(preds), size=(config.resamples, len(preds)))
                   for mode, preds in predictions.items()}
     alpha = (1.0 - float(config.level)) / 2.0

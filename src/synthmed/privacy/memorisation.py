@@ -1251,6 +1251,16 @@ def _patient_codes(train_groups: ArrayLike | None, count: int) -> np.ndarray | N
     return codes.astype(np.int64)
 
 
+def calibration_rows(held_out: pd.DataFrame) -> pd.Series:
+    """The held-out images that set the threshold: neither copies of training images, content-free,
+    nor low in foreground (the three columns ``prepare_gate`` adds; a column absent excludes nothing)."""
+    keep = pd.Series(True, index=held_out.index)
+    for column in ("duplicate", "content_free", "low_foreground"):
+        if column in held_out:
+            keep &= ~held_out[column].astype(bool)
+    return keep
+
+
 def prepare_gate(
     train: Tensor | ArrayLike,
     held_out: Tensor | ArrayLike,
@@ -1321,9 +1331,7 @@ def prepare_gate(
         (held_out_table["foreground"].to_numpy() < config.min_calibration_foreground)
         & ~held_out_table["duplicate"].to_numpy() & ~held_out_table["content_free"].to_numpy()
     )
-    calibration = held_out_table[
-        ~held_out_table["duplicate"] & ~held_out_table["content_free"] & ~held_out_table["low_foreground"]
-    ]
+    calibration = held_out_table[calibration_rows(held_out_table)]
     if held_out_table["duplicate"].any():
         logger.warning(
             "%d of %d held-out images are copies of training images (pixel similarity >= %s): a leak between the "

@@ -26,7 +26,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -48,7 +48,7 @@ from synthmed.metrics.reader_study import build_reader_kit as _reader_kit
 from synthmed.metrics.report import number, render_report
 from synthmed.metrics.steps_sweep import SWEEP_COLUMNS, sweep_metrics
 from synthmed.metrics.utility import FitConfig, UtilityConfig, evaluate_utility
-from synthmed.privacy.memorisation import GateConfig, MemorisationError, run_gate
+from synthmed.privacy.memorisation import GateConfig, MemorisationError, calibration_rows, run_gate
 from synthmed.protocols.encoders import patient_keys, source_config, split_images
 
 if TYPE_CHECKING:
@@ -365,35 +365,64 @@ def prepare_evaluation(
 # ------------------------------------------------------------------ fidelity
 
 
-def _interval(prefix: str, interval: fidelity.Interval) -> dict[str, float]:
-    return {prefix: interval.estimate, f"{prefix}_low": interval.low, f"{prefix}_high": interval.high,
-            f"{prefix}_n": float(min(interval.n_real, interval.n_fake))}
+def _interval(prefix: str, interval: fidelity.Interval, *, grouped: bool = False) -> dict[str, float]:
+    """An interval's keys; with ``grouped``, also ``<prefix>_patients``: the real patients its resamples drew."""
+    out = {prefix: interval.estimate, f"{prefix}_low": interval.low, f"{prefix}_high": interval.high,
+           f"{prefix}_n": float(min(interval.n_real, interval.n_fake))}
+    if grouped:
+        out[f"{prefix}_patients"] = float(interval.real_units)
+    return out
 
 
-def fid_sets(reference: torch.Tensor, synthetic: torch.Tensor, *,
-             seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.random.Generator]:
+class FidSets(NamedTuple):
+    """The sets FID compares "on the same N" (``fid_sets``)."""
+
+    half_a: torch.Tensor
+    half_b: torch.Tensor
+    synthetic: torch.Tensor
+    rng: np.random.Generator
+    groups_a: np.ndarray | None = None
+    groups_b: np.ndarray | None = None
+
+
+def fid_sets(reference: torch.Tensor, synthetic: torch.Tensor, *, seed: int,
+             groups: Sequence[object] | np.ndarray | None = None) -> FidSets:
     """The sets FID compares "on the same N": two disjoint real halves A and B of
-    ``n = min(N_synthetic, N_reference // 2)`` rows and ``n`` synthetic rows (features), and the
-    random generator that drew them (``fidelity_scores`` draws on from it)."""
+    ``n = min(N_synthetic, N_reference // 2)`` rows, with no patient in both when ``groups``
+    gives the reference's patient keys (then ``n`` can be smaller: patients do not divide
+    evenly), ``n`` synthetic rows (features), the halves' patient keys, and the random generator
+    that drew them (``fidelity_scores`` draws on from it)."""
     from synthmed.metrics import fidelity  # here: torch and torchmetrics load with it
+    from synthmed.metrics.resampling import disjoint_halves, n_groups, subset
 
-    half_a, half_b = fidelity.real_floor_split(reference, len(synthetic), seed=seed)
+    rows_a, rows_b = disjoint_halves(len(reference), len(synthetic), np.random.default_rng(seed), groups)
+    if len(rows_a) < fidelity.MIN_FLOOR_POOL // 2:
+        patients = "" if groups is None else f" of {n_groups(groups)} patients"
+        raise ValueError(f"FID: {len(reference)} reference rows{patients} and {len(synthetic)} synthetic give "
+                         f"halves of {len(rows_a)} rows; expected at "
+                         "least 2 per half. More reference images or patients, or more samples, are needed.")
     rng = np.random.default_rng(seed)
-    synthetic_n = synthetic[torch.as_tensor(np.sort(rng.choice(len(synthetic), size=len(half_a), replace=False)))]
-    return half_a, half_b, synthetic_n, rng
+    synthetic_n = synthetic[torch.as_tensor(np.sort(rng.choice(len(synthetic), size=len(rows_a), replace=False)))]
+    return FidSets(reference[torch.as_tensor(rows_a)], reference[torch.as_tensor(rows_b)], synthetic_n, rng,
+                   subset(groups, rows_a), subset(groups, rows_b))
 
 
-def fid_intervals(half_a: torch.Tensor, half_b: torch.Tensor, synthetic_n: torch.Tensor, config: FidelityConfig, *,
-                  floor: bool = True) -> dict[str, float]:
+def fid_intervals(sets: FidSets, config: FidelityConfig, *, floor: bool = True) -> dict[str, float]:
     """``fid`` (synthetic vs A) and, with ``floor``, ``fid_floor_halves`` (B vs A), each with its
-    bootstrap interval and N (``fid_low``, ``fid_high``, ``fid_n``, ...): the evaluation's FID."""
+    bootstrap interval and N (``fid_low``, ``fid_high``, ``fid_n``, ...): the evaluation's FID.
+    With patient keys (``sets.groups_a``), the bootstrap draws the real halves' patients whole
+    and the keys ``fid_patients`` / ``fid_floor_halves_patients`` say how many."""
     from synthmed.metrics import fidelity  # here: torch and torchmetrics load with it
 
     boot = {"resamples": config.resamples, "level": config.level, "seed": config.seed}
-    out = _interval("fid", fidelity.bootstrap_interval(fidelity.frechet_distance, half_a, synthetic_n, **boot))
+    grouped = sets.groups_a is not None
+    out = _interval("fid", fidelity.bootstrap_interval(fidelity.frechet_distance, sets.half_a, sets.synthetic,
+                                                       real_groups=sets.groups_a, **boot), grouped=grouped)
     if floor:
         out |= _interval("fid_floor_halves",
-                         fidelity.bootstrap_interval(fidelity.frechet_distance, half_a, half_b, **boot))
+                         fidelity.bootstrap_interval(fidelity.frechet_distance, sets.half_a, sets.half_b,
+                                                     real_groups=sets.groups_a, fake_groups=sets.groups_b, **boot),
+                         grouped=grouped)
     return out
 
 
@@ -411,12 +440,13 @@ def fidelity_scores(evaluation: EvaluationSet, config: FidelityConfig) -> dict[s
     from synthmed.metrics import fidelity  # here: torch and torchmetrics load with it
 
     ref, syn = evaluation.reference.features, evaluation.synthetic.features
-    half_a, half_b, syn_n, rng = fid_sets(ref, syn, seed=config.seed)
+    sets = fid_sets(ref, syn, seed=config.seed, groups=evaluation.reference.patients)
+    half_a, half_b, syn_n, rng = sets.half_a, sets.half_b, sets.synthetic, sets.rng
     n = len(half_a)
     boot = {"resamples": config.resamples, "level": config.level, "seed": config.seed}
     kid = {"subset_size": config.kid_subset_size, "subsets": config.kid_subsets, "seed": config.seed}
     out: dict[str, float] = {"n_synthetic": float(len(syn)), "n_reference": float(len(ref))}
-    out |= fid_intervals(half_a, half_b, syn_n, config)
+    out |= fid_intervals(sets, config)
     if evaluation.neighbours is not None:
         a, b = evaluation.neighbours
         pick = torch.as_tensor(np.sort(rng.choice(len(a), size=min(n, len(a)), replace=False)))
@@ -457,7 +487,7 @@ def detectability(evaluation: EvaluationSet, config: DetectabilityConfig) -> dic
                        config.folds)
         return {}
     return finite(detectability_scores(evaluation.reference.images, evaluation.synthetic.images, config,
-                                       what=f"{evaluation.family} samples"))
+                                       what=f"{evaluation.family} samples", real_groups=evaluation.reference.patients))
 
 
 def lesion_signal(evaluation: EvaluationSet, config: LesionSignalConfig) -> dict[str, float]:
@@ -533,7 +563,11 @@ def memorisation_scores(evaluation: EvaluationSet,
         "flagged_fraction": float(own["flagged"].mean()),
         "max_pixel_similarity": float(own["pixel_similarity"].max()),
         "median_pixel_similarity": float(own["pixel_similarity"].median()),
+        # every held-out image, those left out of the calibration (copies, blank, little tissue) too
         "held_out_max_pixel_similarity": float(report.held_out["pixel_similarity"].max()),
+        # the held-out images that set the threshold: the closest an unseen patient's image came
+        "calibration_max_pixel_similarity": float(
+            report.held_out.loc[calibration_rows(report.held_out), "pixel_similarity"].max()),
     }
     for row in flagged_by_checkpoint(evaluation.family, scored).itertuples():
         numbers[f"flagged_fraction.checkpoint_{row.checkpoint}"] = row.flagged_fraction
@@ -546,7 +580,8 @@ def scored_provenance(provenance: pd.DataFrame, candidates: pd.DataFrame | None,
                       reference_ids: np.ndarray) -> pd.DataFrame:
     """``provenance`` plus the gate's columns; neighbours as manifest indices (``-1`` when none).
 
-    ``candidates`` None (the gate could not run): the columns are there, empty (NaN, -1).
+    ``candidates`` None (the gate could not run): the columns are there, empty (NaN, -1, and
+    ``memorisation_flagged`` missing, not False: nothing was checked, so nothing was cleared).
     """
     table = provenance.reset_index(drop=True).copy()
     if candidates is None:
@@ -554,7 +589,8 @@ def scored_provenance(provenance: pd.DataFrame, candidates: pd.DataFrame | None,
         candidates = pd.DataFrame({"pixel_similarity": np.full(n, np.nan), "pixel_distance": np.full(n, np.nan),
                                    "pixel_transform": [""] * n, "feature_similarity": np.full(n, np.nan),
                                    "relative_distance": np.full(n, np.nan),
-                                   "flagged": np.zeros(n, bool), "pixel_neighbour": np.full(n, -1),
+                                   "flagged": pd.array([pd.NA] * n, dtype="boolean"),
+                                   "pixel_neighbour": np.full(n, -1),
                                    "feature_neighbour": np.full(n, -1)})
     for column in ("pixel_similarity", "pixel_distance", "pixel_transform", "feature_similarity",
                    "relative_distance", "flagged"):
@@ -585,10 +621,11 @@ def flagged_by_checkpoint(family: str, memorisation_table: pd.DataFrame,
     rows = []
     for key, group in scored.groupby(keys, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
-        flagged = int(group["memorisation_flagged"].sum())
+        scored_all = bool(group["scored"].all())
+        flagged = int(group["memorisation_flagged"].sum()) if scored_all else math.nan
         rows.append({"family": family, "checkpoint": str(key[0]), **({"step": key[1]} if len(key) > 1 else {}),
                      "samples": len(group), "flagged": flagged,
-                     "flagged_fraction": flagged / len(group) if group["scored"].all() else math.nan})
+                     "flagged_fraction": flagged / len(group) if scored_all else math.nan})
     table = pd.DataFrame(rows)
     if final_step is not None:  # the family's own samples: the final generator, trained to final_step
         table["step"] = table["step"].fillna(final_step) if "step" in table else final_step

@@ -133,8 +133,9 @@ def steps_sweep(generator: TrainedGenerator, evaluation: EvaluationSet, sampling
                                     checkpoint=digest, throughput=throughput)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         features = evaluation.network(at_size(result.images, px))
-        half_a, half_b, synthetic_n, _ = fid_sets(evaluation.reference.features, features, seed=fidelity_config.seed)
-        scores = fid_intervals(half_a, half_b, synthetic_n, fidelity_config, floor=floor is None)
+        sets = fid_sets(evaluation.reference.features, features, seed=fidelity_config.seed,
+                        groups=evaluation.reference.patients)
+        scores = fid_intervals(sets, fidelity_config, floor=floor is None)
         if floor is None:  # same N and seed at every point: one floor for the sweep
             floor = {k: scores[f"fid_floor_halves{k}"] for k in ("", "_low", "_high")}
         chosen = result.provenance.iloc[0] if len(result.provenance) else {}

@@ -189,7 +189,7 @@ def multiply_lesion_class(models, arrays: dict[str, np.ndarray], params: dict[st
 def _study_gate(arrays: dict[str, np.ndarray], config: cm.ClassMultiplicationConfig):
     """The memorisation gate of ``multiply_lesion_class``, prepared once (references, thresholds, self-test) for
     every round: ``(synthetic, provenance) -> (decision, numbers, planted)`` as ``rebalance_in_rounds`` takes it."""
-    from synthmed.privacy.memorisation import GateConfig, enforce, prepare_gate
+    from synthmed.privacy.memorisation import GateConfig, calibration_rows, enforce, prepare_gate
     from synthmed.protocols.evaluation import scored_provenance
     from synthmed.protocols.rebalancing import GateDecision
 
@@ -201,7 +201,9 @@ def _study_gate(arrays: dict[str, np.ndarray], config: cm.ClassMultiplicationCon
     # Raises MemorisationError when no held-out slice can calibrate it: the study stops rather than go on ungated.
     prepared = prepare_gate(train_images, held_out, config=gate, train_groups=arrays["patient"][train_rows])
     reference = {"gate.min_self_test_recall": float(gate.min_self_test_recall),  # the same for every round
-                 "gate.held_out_max_pixel_similarity": float(prepared.held_out["pixel_similarity"].max())}
+                 "gate.held_out_max_pixel_similarity": float(prepared.held_out["pixel_similarity"].max()),
+                 "gate.calibration_max_pixel_similarity": float(
+                     prepared.held_out.loc[calibration_rows(prepared.held_out), "pixel_similarity"].max())}
 
     def score(synthetic: Mapping[str, np.ndarray], provenance: pd.DataFrame):
         report = prepared.score(_synthetic(synthetic))
@@ -289,8 +291,10 @@ def score_class_detectability(arrays: dict[str, np.ndarray], synthetic: dict[str
     config = _config(params)
     detectability = _with_fit(DetectabilityConfig, config.evaluation.detectability,
                               f"{WHERE}.evaluation.detectability")
-    real, _ = _tensors(arrays, _rows(arrays, config.train_split, cm.LESION))
-    scores = detectability_scores(real, _synthetic(synthetic), detectability, what="synthetic lesion slices")
+    rows = _rows(arrays, config.train_split, cm.LESION)
+    real, _ = _tensors(arrays, rows)
+    scores = detectability_scores(real, _synthetic(synthetic), detectability, what="synthetic lesion slices",
+                                  real_groups=arrays["patient"][rows])
     return {k: float(v) for k, v in scores.items() if np.isfinite(v)}
 
 
@@ -402,11 +406,12 @@ def _notes(config: cm.ClassMultiplicationConfig, arrays: dict[str, np.ndarray], 
         "reader judgement: nothing here measures it, and no machine row stands for it. Its row stays empty until "
         f"readers return the kit's sheets: {cm.SCORE_COMMAND}.",
         "Machine rows: the detectability AUC is out-of-fold (a CNN told real training lesion slices from synthetic "
-        "ones; 0.5 = cannot tell; floor: two halves of the real lesion slices, half the N); the lesion F1 is the "
+        "ones, folded by patient; 0.5 = cannot tell; floor: two halves of the real lesion slices of different "
+        "patients, half the N; intervals draw the real patients whole); the lesion F1 is the "
         f"mean over seeds of a small CNN tested on the held-out patients' real slices ({int(utility['n_test'])} "
         f"slices, {int(utility['n_test_lesion'])} lesion; {', '.join(evaluation.test_splits)}), interval a bootstrap "
-        "over the test slices, the difference to real paired. Slices of one patient are correlated: the bootstrap "
-        "understates the uncertainty. The control rows add as many copies of the real training lesion slices "
+        "over the test patients (all of a patient's slices together) and the seeds, the difference to real paired "
+        "by patient. The control rows add as many copies of the real training lesion slices "
         "instead of synthetic ones: what rebalancing alone does; the synthetic content helps only where its row "
         "beats the control's.",
         f"No two synthetic images alike: the most similar pair of synthetic lesion slices correlates at "

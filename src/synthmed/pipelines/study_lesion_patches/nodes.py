@@ -128,6 +128,7 @@ def score_patch_fidelity(patches: Mapping[str, np.ndarray], patch_manifest: pd.D
     fit = from_params(FitConfig, encoder.fit or {}, f"{WHERE}.evaluation.encoder.fit")
     train_index = _rows(patch_manifest, "train")
     real, real_labels = _images(patches, train_index), _labels(patches, train_index)
+    real_patients = patch_manifest.set_index("index").loc[train_index, "patient_key"].to_numpy()
     fake = torch.from_numpy(np.asarray(synthetic["images"], dtype=np.float32))
     fake_labels = torch.from_numpy(np.asarray(synthetic["labels"], dtype=np.int64))
     spec = ClassifierConfig(channels=1, num_classes=len(lp.CLASS_NAMES), image_px=sampling.patch_px,
@@ -147,9 +148,9 @@ def score_patch_fidelity(patches: Mapping[str, np.ndarray], patch_manifest: pd.D
                              f"patches, got {int(real_rows.sum())} and {int(fake_rows.sum())}; cut more patches "
                              "(extraction.lesion_patches.patches: normal_per_lesion, slice_step) or sample more "
                              "(evaluation.synthetic_per_real).")
-        half_a, half_b, fake_n, _ = fid_sets(real_features[real_rows], fake_features[fake_rows],
-                                             seed=evaluation.seed)
-        scores = fid_intervals(half_a, half_b, fake_n, fidelity)
+        sets = fid_sets(real_features[real_rows], fake_features[fake_rows], seed=evaluation.seed,
+                        groups=real_patients[real_rows.numpy()])
+        scores = fid_intervals(sets, fidelity)
         metrics |= {f"{name}.{key}": float(value) for key, value in scores.items()}
         logger.info("%s: FID %s patches %.2f [%.2f, %.2f] vs real-vs-real floor %.2f (n=%d)", WHERE, name,
                     scores["fid"], scores["fid_low"], scores["fid_high"], scores["fid_floor_halves"],

@@ -1,0 +1,126 @@
+"""Resampling by patient (synthmed.metrics.resampling) and the intervals and floors built on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from synthmed.metrics import detectability as det
+from synthmed.metrics.detectability import bootstrap_auc
+from synthmed.metrics.features import FitConfig
+from synthmed.metrics.fidelity import frechet_interval, real_floor_split
+from synthmed.metrics.resampling import bootstrap_units, disjoint_halves, draw_units, group_folds
+
+PATIENTS = np.repeat([f"p{i}" for i in range(8)], 6)  # 8 patients of 6 images, 48 rows
+
+
+def test_halves_hold_no_patient_twice_and_without_patients_draw_as_before():
+    first, second = disjoint_halves(len(PATIENTS), 40, np.random.default_rng(3), PATIENTS)
+    assert len(first) == len(second) == 24
+    assert not set(PATIENTS[first]) & set(PATIENTS[second])
+    # without patients: the permutation split the floors always used (same seed, same rows)
+    order = np.random.default_rng(3).permutation(48)
+    plain = disjoint_halves(48, 10, np.random.default_rng(3))
+    assert [h.tolist() for h in plain] == [sorted(order[:10]), sorted(order[10:20])]
+    # the same through the FID floor's split of a feature pool
+    pool = torch.arange(48.0)[:, None]
+    a, b = real_floor_split(pool, 40, seed=3, groups=PATIENTS)
+    assert not set(PATIENTS[a[:, 0].long()]) & set(PATIENTS[b[:, 0].long()])
+
+
+def test_one_patient_cannot_be_split_and_the_halves_say_so(caplog):
+    one = np.array(["p0"] * 10, dtype=object)
+    first, second = disjoint_halves(10, 5, np.random.default_rng(0), one)
+    assert len(first) == len(second) == 5 and not set(first) & set(second)
+    assert "share that patient" in caplog.text
+
+
+def test_folds_keep_a_patient_whole_and_every_fold_gets_images(caplog):
+    folds = group_folds(len(PATIENTS), 3, np.random.default_rng(1), PATIENTS)
+    for patient in set(PATIENTS):
+        assert len(set(folds[PATIENTS == patient])) == 1
+    sizes = np.bincount(folds, minlength=3)
+    assert sizes.min() > 0 and sizes.max() - sizes.min() <= 6  # balanced to within one patient
+    plain = group_folds(48, 3, np.random.default_rng(1))
+    assert plain.tolist() == (np.random.default_rng(1).permutation(48) % 3).tolist()
+    group_folds(12, 3, np.random.default_rng(1), np.repeat(["a", "b"], 6))
+    assert "2 patients for 3 folds" in caplog.text
+
+
+def test_units_and_draws_match_the_image_bootstrap_without_patients():
+    units = bootstrap_units(5, None)
+    rows = draw_units(np.random.default_rng(7), units)
+    assert rows.tolist() == np.random.default_rng(7).integers(0, 5, size=5).tolist()
+    grouped = bootstrap_units(6, ["b", "a", "b", "c", "a", "b"])
+    assert [u.tolist() for u in grouped] == [[1, 4], [0, 2, 5], [3]]
+    with pytest.raises(ValueError, match="no patient key"):
+        bootstrap_units(3, ["a", None, "b"])
+    with pytest.raises(ValueError, match=r"one patient key per image \(3\), got 2"):
+        bootstrap_units(3, ["a", "b"])
+
+
+def _clustered(patients: int, per_patient: int, seed: int) -> torch.Tensor:
+    """Features where each patient's rows sit tightly around its own centre."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(patients, 4, generator=g) * 3
+    return (centres.repeat_interleave(per_patient, dim=0) + 0.05 * torch.randn(patients * per_patient, 4, generator=g))
+
+
+def test_a_patient_bootstrap_of_fid_is_wider_than_an_image_bootstrap_of_clustered_rows():
+    real, fake = _clustered(6, 20, 0), torch.randn(120, 4, generator=torch.Generator().manual_seed(1)) * 3
+    groups = np.repeat(np.arange(6), 20)
+    by_image = frechet_interval(real, fake, resamples=200, seed=0)
+    by_patient = frechet_interval(real, fake, resamples=200, seed=0, real_groups=groups)
+    assert by_patient.estimate == by_image.estimate
+    assert by_image.real_units == 120 and by_patient.real_units == 6
+    assert by_patient.high - by_patient.low > 2 * (by_image.high - by_image.low)
+
+
+def test_a_patient_bootstrap_of_the_auc_is_wider_than_an_image_bootstrap_of_clustered_scores():
+    rng = np.random.default_rng(0)
+    negatives = np.repeat(rng.normal(0, 1, 5), 30) + rng.normal(0, 0.01, 150)  # 5 patients, 30 scores each
+    positives = rng.normal(0.3, 1, 150)
+    config = det.DetectabilityConfig(resamples=300)
+    plain = bootstrap_auc(negatives, positives, config, np.random.default_rng(1))
+    grouped = bootstrap_auc(negatives, positives, config, np.random.default_rng(1),
+                            negative_groups=np.repeat(np.arange(5), 30))
+    assert grouped[1] - grouped[0] > 2 * (plain[1] - plain[0])
+
+
+def test_detectability_folds_the_real_images_by_patient_and_splits_its_floor_by_patient(monkeypatch):
+    folds_seen, halves_seen = [], []
+
+    def spy_folds(n, folds, rng, groups=None, **kw):
+        out = group_folds(n, folds, rng, groups, **kw)
+        folds_seen.append((groups, out))
+        return out
+
+    def spy_halves(n_rows, n, rng, groups=None, **kw):
+        out = disjoint_halves(n_rows, n, rng, groups, **kw)
+        halves_seen.append(out)
+        return out
+
+    monkeypatch.setattr(det, "group_folds", spy_folds)
+    monkeypatch.setattr(det, "disjoint_halves", spy_halves)
+    g = torch.Generator().manual_seed(0)
+    real, synthetic = torch.rand(48, 1, 8, 8, generator=g) * 2 - 1, torch.rand(24, 1, 8, 8, generator=g) * 2 - 1
+    config = det.DetectabilityConfig(width=4, feature_dim=8, resamples=50, fit=FitConfig(steps=5, batch_size=8))
+    out = det.detectability_scores(real, synthetic, config, real_groups=PATIENTS)
+    real_folds = [(groups, folds) for groups, folds in folds_seen if groups is not None]
+    assert len(real_folds) == 3  # the real side of the test and both sides of the floor
+    for groups, folds in real_folds:
+        for patient in set(groups):
+            assert len(set(folds[groups == patient])) == 1
+    (first, second), = halves_seen
+    assert not set(PATIENTS[first]) & set(PATIENTS[second])
+    assert out["detectability_auc_patients"] <= 8 and out["detectability_auc_floor_patients"] <= 8
+
+
+def test_the_report_names_the_patients_an_interval_drew():
+    from synthmed.metrics.report import fidelity_table
+
+    shown = fidelity_table({"fid": 4.2, "fid_low": 1.0, "fid_high": 9.0, "fid_n": 64, "fid_patients": 9,
+                            "fid_floor_halves": 2.0}).set_index("metric")
+    assert shown.loc["FID", "N"] == "64 (real: 9 patients)"
+    assert fidelity_table({"fid": 4.2, "fid_n": 64}).set_index("metric").loc["FID", "N"] == 64
