@@ -192,6 +192,7 @@ def test_fraction_flagged_per_checkpoint_in_table_metrics_and_report():
 
     unscored = scored_provenance(pd.DataFrame({"index": range(2), "checkpoint": "dddd"}), None, np.arange(5))
     assert unscored["memorisation_flagged"].isna().all() and unscored["nn_pixel_similarity"].isna().all()
+    assert unscored["memorisation_flagged"].dtype == "boolean"  # nullable, not object
     row = flagged_by_checkpoint("pix2pix", unscored).iloc[0]
     assert row["samples"] == 2 and np.isnan(row["flagged"]) and np.isnan(row["flagged_fraction"])
 

@@ -29,11 +29,28 @@ def test_halves_hold_no_patient_twice_and_without_patients_draw_as_before():
     assert not set(PATIENTS[a[:, 0].long()]) & set(PATIENTS[b[:, 0].long()])
 
 
-def test_one_patient_cannot_be_split_and_the_halves_say_so(caplog):
-    one = np.array(["p0"] * 10, dtype=object)
-    first, second = disjoint_halves(10, 5, np.random.default_rng(0), one)
-    assert len(first) == len(second) == 5 and not set(first) & set(second)
-    assert "share that patient" in caplog.text
+@pytest.mark.parametrize("patients", [["p0"] * 10, ["p0"] * 11 + ["p1"]])
+def test_patients_that_cannot_fill_two_halves_give_image_halves_and_say_so(caplog, patients):
+    # one patient; or one of 11 images and one of 1 (by patient: halves of 1 row, no covariance)
+    keys = np.array(patients, dtype=object)
+    first, second = disjoint_halves(len(keys), 6, np.random.default_rng(0), keys)
+    assert len(first) == len(second) == min(6, len(keys) // 2) and not set(first) & set(second)
+    assert "the halves share patients" in caplog.text
+
+
+def test_uneven_patients_fill_the_halves_largest_first():
+    keys = np.array(["a"] * 30 + ["b"] * 5 + ["c"] * 5, dtype=object)
+    for seed in range(5):  # a random order alone gave halves of 5 or 10 rows, by seed
+        first, second = disjoint_halves(len(keys), 40, np.random.default_rng(seed), keys)
+        assert len(first) == 10 and not set(keys[first]) & set(keys[second])
+
+
+def test_a_bootstrap_of_one_patient_resamples_its_images_and_says_so(caplog):
+    real, fake = _clustered(1, 30, 0), torch.randn(30, 4, generator=torch.Generator().manual_seed(1))
+    interval = frechet_interval(real, fake, resamples=50, real_groups=["p0"] * 30,
+                                fake_groups=np.arange(30))
+    assert interval.real_units == 30 and interval.high > interval.low
+    assert "all 30 images are of one patient" in caplog.text
 
 
 def test_folds_keep_a_patient_whole_and_every_fold_gets_images(caplog):

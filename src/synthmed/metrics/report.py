@@ -310,7 +310,7 @@ MEMORISATION_MEASURES = {
                                      "the calibration (copies across splits, blank or low-tissue images)",
     "calibration_max_pixel_similarity": "the closest of the held-out images that set the threshold: how near an "
                                         "unseen patient's image came",
-    "held_out_count": "held-out images of patients not in training",
+    "held_out_count": "held-out images (patients not in training) that set the threshold",
     "self_test_recall": "planted disguised copies of training images the gate flagged",
     "planted_count": "copies planted for the self-test",
     "planted_missed": "planted copies not flagged",

@@ -28,6 +28,8 @@ pd = lazy_import("pandas")
 logger = logging.getLogger(__name__)
 
 Groups = Sequence[object] | np.ndarray | None
+# disjoint_halves: each half needs 2 rows (a covariance); fewer by patient, and the halves share patients.
+MIN_HALF = 2
 
 
 def _codes(n: int, groups: Groups, what: str) -> np.ndarray | None:
@@ -45,8 +47,17 @@ def _codes(n: int, groups: Groups, what: str) -> np.ndarray | None:
 
 
 def bootstrap_units(n: int, groups: Groups, *, what: str = "bootstrap") -> list[np.ndarray]:
-    """The units a bootstrap draws: the image indices of each group (patient), or each image alone."""
+    """The units a bootstrap draws: the image indices of each group (patient), or each image alone.
+
+    All images of one patient would make one unit, and every resample the same set: an interval
+    of no width. Then each image is a unit, and a warning says the interval cannot show the
+    variation between patients.
+    """
     codes = _codes(n, groups, what)
+    if codes is not None and n and codes.max() == 0:
+        logger.warning("%s: all %d images are of one patient; resampling images, so the interval cannot show how "
+                       "another patient would differ.", what, n)
+        codes = None
     if codes is None:
         return [np.array([i]) for i in range(n)]
     return [np.flatnonzero(codes == code) for code in range(int(codes.max()) + 1)] if n else []
@@ -64,31 +75,36 @@ def disjoint_halves(n_rows: int, n: int, rng: np.random.Generator, groups: Group
     """Two disjoint sets of row indices of the same size, ``min(n, ...)``, with no patient in both.
 
     Without groups: a random permutation, its first ``min(n, n_rows // 2)`` rows and the next as
-    many. With groups: the patients in random order, each given whole to the half with fewer rows
-    so far; then the same number of rows drawn at random from each half (at most ``n``). With
-    one patient only, the halves cannot be disjoint by patient: rows are split as without groups
-    and a warning says so.
+    many. With groups: the patients in random order, then largest first (ties in that random
+    order), each given whole to the half with fewer rows so far; then the same number of rows
+    drawn at random from each half (at most ``n``). When the patients cannot fill two halves of
+    at least ``MIN_HALF`` rows (one patient, or one holding nearly every image), rows are split
+    as without groups and a warning says the halves share patients.
 
     Returns:
         ``(first, second)`` sorted index arrays.
     """
     codes = _codes(n_rows, groups, what)
-    if codes is None or codes.max(initial=-1) < 1:
-        if codes is not None:
-            logger.warning("%s: all %d images are of one patient; the two halves share that patient.", what, n_rows)
-        size = min(n, n_rows // 2)
-        order = rng.permutation(n_rows)
-        return np.sort(order[:size]), np.sort(order[size:2 * size])
-    halves: list[list[np.ndarray]] = [[], []]
-    counts = [0, 0]
-    for code in rng.permutation(int(codes.max()) + 1):
-        rows = np.flatnonzero(codes == code)
-        side = int(counts[1] < counts[0])
-        halves[side].append(rows)
-        counts[side] += len(rows)
-    size = min(n, *counts)
-    return tuple(np.sort(rng.choice(np.concatenate(rows), size=size, replace=False))  # type: ignore[return-value]
-                 for rows in halves)
+    if codes is not None and codes.max(initial=-1) >= 1:
+        shuffled = rng.permutation(int(codes.max()) + 1)
+        sizes = np.bincount(codes)
+        halves: list[list[np.ndarray]] = [[], []]
+        counts = [0, 0]
+        for code in shuffled[np.argsort(-sizes[shuffled], kind="stable")]:
+            rows = np.flatnonzero(codes == code)
+            side = int(counts[1] < counts[0])
+            halves[side].append(rows)
+            counts[side] += len(rows)
+        size = min(n, *counts)
+        if size >= MIN_HALF:
+            return tuple(np.sort(rng.choice(np.concatenate(rows), size=size, replace=False))  # type: ignore[return-value]
+                         for rows in halves)
+    if codes is not None and n_rows:
+        logger.warning("%s: the %d images of %d patient(s) cannot fill two halves of >= %d images with different "
+                       "patients; the halves share patients.", what, n_rows, int(codes.max()) + 1, MIN_HALF)
+    size = min(n, n_rows // 2)
+    order = rng.permutation(n_rows)
+    return np.sort(order[:size]), np.sort(order[size:2 * size])
 
 
 def group_folds(n_rows: int, folds: int, rng: np.random.Generator, groups: Groups = None, *,

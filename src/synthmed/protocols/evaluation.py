@@ -365,12 +365,12 @@ def prepare_evaluation(
 # ------------------------------------------------------------------ fidelity
 
 
-def _interval(prefix: str, interval: fidelity.Interval, *, grouped: bool = False) -> dict[str, float]:
-    """An interval's keys; with ``grouped``, also ``<prefix>_patients``: the real patients its resamples drew."""
+def _interval(prefix: str, interval: fidelity.Interval, *, patients: int | None = None) -> dict[str, float]:
+    """An interval's keys; with ``patients``, also ``<prefix>_patients``: the real patients its resamples drew."""
     out = {prefix: interval.estimate, f"{prefix}_low": interval.low, f"{prefix}_high": interval.high,
            f"{prefix}_n": float(min(interval.n_real, interval.n_fake))}
-    if grouped:
-        out[f"{prefix}_patients"] = float(interval.real_units)
+    if patients is not None:
+        out[f"{prefix}_patients"] = float(patients)
     return out
 
 
@@ -411,18 +411,20 @@ def fid_intervals(sets: FidSets, config: FidelityConfig, *, floor: bool = True) 
     """``fid`` (synthetic vs A) and, with ``floor``, ``fid_floor_halves`` (B vs A), each with its
     bootstrap interval and N (``fid_low``, ``fid_high``, ``fid_n``, ...): the evaluation's FID.
     With patient keys (``sets.groups_a``), the bootstrap draws the real halves' patients whole
-    and the keys ``fid_patients`` / ``fid_floor_halves_patients`` say how many."""
+    and the keys ``fid_patients`` (half A's) / ``fid_floor_halves_patients`` (A's and B's) say
+    how many."""
     from synthmed.metrics import fidelity  # here: torch and torchmetrics load with it
+    from synthmed.metrics.resampling import n_groups
 
     boot = {"resamples": config.resamples, "level": config.level, "seed": config.seed}
-    grouped = sets.groups_a is not None
+    patients_a, patients_b = n_groups(sets.groups_a), n_groups(sets.groups_b)
     out = _interval("fid", fidelity.bootstrap_interval(fidelity.frechet_distance, sets.half_a, sets.synthetic,
-                                                       real_groups=sets.groups_a, **boot), grouped=grouped)
+                                                       real_groups=sets.groups_a, **boot), patients=patients_a)
     if floor:
         out |= _interval("fid_floor_halves",
                          fidelity.bootstrap_interval(fidelity.frechet_distance, sets.half_a, sets.half_b,
                                                      real_groups=sets.groups_a, fake_groups=sets.groups_b, **boot),
-                         grouped=grouped)
+                         patients=None if patients_a is None else patients_a + (patients_b or 0))
     return out
 
 
@@ -594,7 +596,8 @@ def scored_provenance(provenance: pd.DataFrame, candidates: pd.DataFrame | None,
                                    "feature_neighbour": np.full(n, -1)})
     for column in ("pixel_similarity", "pixel_distance", "pixel_transform", "feature_similarity",
                    "relative_distance", "flagged"):
-        table[f"nn_{column}" if column != "flagged" else "memorisation_flagged"] = candidates[column].to_numpy()
+        # .array keeps a nullable boolean flagged column nullable (to_numpy would make it object)
+        table[f"nn_{column}" if column != "flagged" else "memorisation_flagged"] = candidates[column].array
     for column in ("pixel_neighbour", "feature_neighbour"):
         position = candidates[column].to_numpy()
         table[f"nn_{column}_index"] = np.where(position >= 0, reference_ids[np.clip(position, 0, None)], -1)
@@ -611,8 +614,8 @@ def flagged_by_checkpoint(family: str, memorisation_table: pd.DataFrame,
     A checkpoint is the hash of the weights that drew the sample (provenance ``checkpoint``);
     where the provenance records ``checkpoint_step``, rows carry it as ``step`` and are sorted by
     it, so the last checkpoint before memorisation starts can be read off; rows without a step
-    (the family's final generator) get ``final_step`` when given. The fraction is NaN where the
-    gate could not run (no similarity scored).
+    (the family's final generator) get ``final_step`` when given. The count flagged and the
+    fraction are NaN where the gate could not run (no similarity scored).
     """
     if "checkpoint" not in memorisation_table or memorisation_table.empty:
         return pd.DataFrame(columns=CHECKPOINT_COLUMNS)

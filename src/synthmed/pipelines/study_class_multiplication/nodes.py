@@ -407,7 +407,7 @@ def _notes(config: cm.ClassMultiplicationConfig, arrays: dict[str, np.ndarray], 
         f"readers return the kit's sheets: {cm.SCORE_COMMAND}.",
         "Machine rows: the detectability AUC is out-of-fold (a CNN told real training lesion slices from synthetic "
         "ones, folded by patient; 0.5 = cannot tell; floor: two halves of the real lesion slices of different "
-        "patients, half the N; intervals draw the real patients whole); the lesion F1 is the "
+        "patients, at most half the N; intervals draw the real patients whole); the lesion F1 is the "
         f"mean over seeds of a small CNN tested on the held-out patients' real slices ({int(utility['n_test'])} "
         f"slices, {int(utility['n_test_lesion'])} lesion; {', '.join(evaluation.test_splits)}), interval a bootstrap "
         "over the test patients (all of a patient's slices together) and the seeds, the difference to real paired "
