@@ -118,7 +118,7 @@ def score_patch_fidelity(patches: Mapping[str, np.ndarray], patch_manifest: pd.D
     """
     from synthmed.metrics import report_figures
     from synthmed.metrics.features import ClassifierConfig, FitConfig, domain_network, fit_classifier
-    from synthmed.protocols.encoders import EncoderConfig
+    from synthmed.protocols.encoders import EncoderConfig, patient_keys
     from synthmed.protocols.evaluation import FidelityConfig, fid_intervals, fid_sets
 
     config = _config(params)
@@ -128,7 +128,7 @@ def score_patch_fidelity(patches: Mapping[str, np.ndarray], patch_manifest: pd.D
     fit = from_params(FitConfig, encoder.fit or {}, f"{WHERE}.evaluation.encoder.fit")
     train_index = _rows(patch_manifest, "train")
     real, real_labels = _images(patches, train_index), _labels(patches, train_index)
-    real_patients = patch_manifest.set_index("index").loc[train_index, "patient_key"].to_numpy()
+    real_patients = patient_keys(patch_manifest, train_index)
     fake = torch.from_numpy(np.asarray(synthetic["images"], dtype=np.float32))
     fake_labels = torch.from_numpy(np.asarray(synthetic["labels"], dtype=np.int64))
     spec = ClassifierConfig(channels=1, num_classes=len(lp.CLASS_NAMES), image_px=sampling.patch_px,
@@ -205,6 +205,7 @@ def score_patch_utility(patches: Mapping[str, np.ndarray], patch_manifest: pd.Da
     """The lesion classifier in four modes (real, real+flips, real+GAN, real+GAN+flips) over several seeds,
     tested on the held-out patients' real patches: the table, the per-seed runs, metrics."""
     from synthmed.metrics.utility import UtilityConfig, evaluate_utility
+    from synthmed.protocols.encoders import patient_keys
     from synthmed.protocols.evaluation import mode_key
 
     config = _config(params)
@@ -227,7 +228,7 @@ def score_patch_utility(patches: Mapping[str, np.ndarray], patch_manifest: pd.Da
     _check_held_out_lesions(test[1], evaluation.test_splits)
     fake = (torch.from_numpy(np.asarray(synthetic["images"], dtype=np.float32)),
             torch.from_numpy(np.asarray(synthetic["labels"], dtype=np.int64)))
-    test_patients = patch_manifest.set_index("index").loc[test_index, "patient_key"].to_numpy()
+    test_patients = patient_keys(patch_manifest, test_index)
     result = evaluate_utility(real, fake, test, list(lp.CLASS_NAMES), utility, seed=evaluation.seed,
                               test_groups=test_patients)
     n_train = {mode: len(real[0]) + (len(fake[0]) if "synthetic" in mode else 0) for mode in lp.UTILITY_MODES}
