@@ -218,3 +218,26 @@ def test_fid_per_structure_ranks_a_copy_below_noise(cohort, params):
         assert s["diffusion"]["mean"] == pytest.approx(0.0, abs=1e-6)
         assert s["neighbour"]["mean"] < s["pix2pix"]["mean"]
         assert s["floor"]["mean"] > 0
+
+
+def test_the_halves_hold_different_patients_and_the_fid_intervals_draw_them(cohort, params):
+    store, manifest = cohort
+    config = from_params(ip.InpaintingConfig, params, "study_inpainting")
+    arrays = ip.working_arrays(store["images"], store["masks"], SIZE)
+    cases = ip.plan_cases(arrays, manifest, ip.neighbour_rows(manifest, 2), config)
+    patient_of = manifest.set_index("index")["patient_key"]
+    assert (cases["patient_key"].to_numpy() == patient_of.loc[cases["index"]].to_numpy()).all()
+    for (case, structure), group in cases[cases["case"] != "new_lesion"].groupby(["case", "structure"]):
+        a, b = (set(group.loc[group["half"] == h, "patient_key"]) for h in "ab")
+        assert a and b and not a & b, (case, structure, a, b)
+    real = torch.randn(len(cases), 6, generator=torch.Generator().manual_seed(0))
+    rows = ip.structure_rows({m: real + 0.1 * i for i, m in enumerate(["real", *ip.METHODS])}, cases,
+                             config.evaluation, "s")
+    for row in rows:
+        assert 2 <= row.summaries["floor"]["patients"] <= 4  # the 4 held-out patients, split between A and B
+        assert row.summaries["diffusion"]["patients"] <= row.summaries["floor"]["patients"]
+    # without patient keys the cases still plan (each slice its own unit) and the summaries name none
+    plain = ip.plan_cases(arrays, manifest.drop(columns="patient_key"), ip.neighbour_rows(manifest, 2), config)
+    assert plain["patient_key"].isna().all()
+    assert "patients" not in ip.structure_rows({m: torch.randn(len(plain), 6) for m in ["real", *ip.METHODS]},
+                                               plain, config.evaluation, "s")[0].summaries["floor"]

@@ -141,3 +141,82 @@ def test_the_report_names_the_patients_an_interval_drew():
                             "fid_floor_halves": 2.0}).set_index("metric")
     assert shown.loc["FID", "N"] == "64 (real: 9 patients)"
     assert fidelity_table({"fid": 4.2, "fid_n": 64}).set_index("metric").loc["FID", "N"] == 64
+
+
+def test_a_patient_bootstrap_of_a_mean_is_wider_and_without_patients_draws_as_before(caplog):
+    from synthmed.metrics.fidelity import summarise, summarise_paired
+
+    rng = np.random.default_rng(3)
+    values = torch.as_tensor(np.repeat(rng.normal(0.8, 0.05, 6), 10) + rng.normal(0, 0.002, 60))  # 6 patients
+    groups = np.repeat([f"p{i}" for i in range(6)], 10).astype(object)
+    plain, grouped = summarise(values, resamples=300, seed=0), summarise(values, resamples=300, seed=0, groups=groups)
+    assert grouped["mean"] == plain["mean"] and grouped["n"] == 60 and grouped["patients"] == 6
+    assert "patients" not in plain
+    assert grouped["high"] - grouped["low"] > 2 * (plain["high"] - plain["low"])
+    # without patients: the draw of before (every value its own unit, one (resamples, n) matrix)
+    array = values.numpy()
+    means = array[np.random.default_rng(0).integers(0, 60, size=(300, 60))].mean(axis=1)
+    assert plain["low"] == pytest.approx(np.percentile(means, 2.5))
+    # one patient: its values resampled (an interval of some width), with a warning
+    caplog.set_level("WARNING")
+    alone = summarise(values, resamples=50, seed=0, groups=np.full(60, "p0", dtype=object))
+    assert alone["high"] > alone["low"] and alone["patients"] == 1 and "one patient" in caplog.text
+    paired = summarise_paired({"ssim": values}, resamples=300, seed=0, groups=groups)
+    assert paired["paired_ssim_patients"] == 6 and paired["paired_ssim_low"] == grouped["low"]
+    assert "paired_ssim_patients" not in summarise_paired({"ssim": values}, resamples=10)
+
+
+def test_the_lesion_signal_and_contrast_intervals_draw_patients():
+    from synthmed.metrics.lesion_signal import LesionSignalConfig, class_auc, paired_lesion_contrast
+
+    rng = np.random.default_rng(0)
+    config = LesionSignalConfig(resamples=300)
+    scores = np.r_[np.repeat(rng.normal(0, 1, 4), 20), np.repeat(rng.normal(0.5, 1, 4), 20)]
+    labels = np.r_[np.zeros(80, int), np.ones(80, int)]
+    groups = np.repeat(np.arange(8), 20)
+    plain = class_auc(scores, labels, 1, 0, config, np.random.default_rng(1))
+    grouped = class_auc(scores, labels, 1, 0, config, np.random.default_rng(1), groups)
+    assert grouped["auc"] == plain["auc"] and grouped["auc_patients"] == 8 and "auc_patients" not in plain
+    assert grouped["auc_high"] - grouped["auc_low"] > 2 * (plain["auc_high"] - plain["auc_low"])
+    # the contrast: only the maps with a lesion large enough count, and their patients
+    maps = np.full((6, 1, 16, 16), 3, np.int64)
+    maps[:4, :, 6:10, 6:10] = 4
+    real = (np.where(maps == 4, 0.8, 0.0) + rng.normal(0, 0.05, maps.shape)).astype(np.float32)
+    out = paired_lesion_contrast(real, real, maps, LesionSignalConfig(mask_label=4, resamples=20),
+                                 groups=np.array(["a", "a", "b", "b", "c", "c"], dtype=object))
+    assert out["lesion_contrast_patients"] == 2 and out["lesion_contrast_n"] == 4
+
+
+def test_the_paired_and_neighbour_floor_intervals_of_the_evaluation_draw_patients():
+    from synthmed.protocols.evaluation import EvaluationSet, FidelityConfig, Split, fidelity_scores
+
+    g = torch.Generator().manual_seed(0)
+    patients = np.repeat([f"sub-{i}" for i in range(8)], 12).astype(object)
+
+    def split(n: int, keys=None) -> Split:
+        return Split(torch.rand(n, 1, 16, 16, generator=g) * 2 - 1, torch.zeros(n, dtype=torch.int64),
+                     np.arange(n), torch.randn(n, 6, generator=g), keys)
+
+    reference, synthetic = split(96, patients), split(48, patients[::2])
+    neighbours = (torch.randn(40, 6, generator=g), torch.randn(40, 6, generator=g))
+    evaluation = EvaluationSet(family="pix2pix", source="slices", class_names=("normal",), network=None,
+                               reference=reference, held_out=reference, test=reference, synthetic=synthetic,
+                               provenance=None, paired=torch.rand(48, 1, 16, 16, generator=g) * 2 - 1,
+                               neighbours=neighbours, neighbour_patients=np.repeat(np.arange(5), 8))
+    config = FidelityConfig(resamples=20, kid_subset_size=8, kid_subsets=3, diversity_pairs=5)
+    out = fidelity_scores(evaluation, config)
+    assert out["paired_ssim_patients"] == 8 and out["paired_ssim_n"] == 48
+    assert 1 <= out["fid_floor_neighbour_slices_patients"] <= 5
+    plain = fidelity_scores(EvaluationSet(**{**evaluation.__dict__, "synthetic": split(48),
+                                             "neighbour_patients": None}), config)
+    assert "paired_ssim_patients" not in plain and "fid_floor_neighbour_slices_patients" not in plain
+
+
+def test_the_report_names_the_patients_of_the_paired_and_lesion_rows():
+    from synthmed.metrics.report import fidelity_table
+
+    shown = fidelity_table({"fid": 4.2, "fid_n": 64, "paired_ssim": 0.8, "paired_ssim_n": 64,
+                            "paired_ssim_patients": 1, "lesion_contrast": 1.2, "lesion_contrast_n": 20,
+                            "lesion_contrast_patients": 7}).set_index("metric")
+    assert shown.filter(like="paired SSIM", axis=0)["N"].item() == "64 (real: 1 patient)"
+    assert shown.filter(like="lesion contrast", axis=0)["N"].item() == "20 (real: 7 patients)"

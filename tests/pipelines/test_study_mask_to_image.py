@@ -46,6 +46,23 @@ def test_floor_and_reference_rows_are_measured_on_the_same_images():
     assert ours.summaries["ssim"]["low"] <= ours.summaries["ssim"]["mean"] <= ours.summaries["ssim"]["high"]
 
 
+def test_the_intervals_draw_the_held_out_regions_whole():
+    # 3 regions of 4 copies each: copies of one region score alike, so drawing them one by one
+    # would give an interval far narrower than the spread between regions.
+    rng = np.random.default_rng(1)
+    real = np.repeat(rng.uniform(-1, 1, size=(3, 3, 16, 16)), 4, axis=0).astype(np.float32)
+    noise = np.repeat(rng.normal(0, 1, size=(3, 1, 1, 1)) * 0.2, 4, axis=0) * rng.normal(1, 0.01, real.shape)
+    fake = np.clip(real + noise, -1, 1).astype(np.float32)
+    train = rng.uniform(-1, 1, size=(5, 3, 16, 16)).astype(np.float32)
+    evaluation = MaskToImageEvaluation(resamples=200)
+    plain = study_rows(fake, real, train, evaluation, model_label="m", model_source="s")[0].summaries["mse"]
+    regions = np.repeat(["r0", "r1", "r2"], 4)
+    grouped = study_rows(fake, real, train, evaluation, model_label="m", model_source="s",
+                         groups=regions)[0].summaries["mse"]
+    assert grouped["mean"] == plain["mean"] and grouped["patients"] == 3 and "patients" not in plain
+    assert grouped["high"] - grouped["low"] > 2 * (plain["high"] - plain["low"])
+
+
 @pytest.fixture
 def tiny_params(tmp_path):
     params = load_parameters()
@@ -84,6 +101,8 @@ def test_the_study_nodes_run_end_to_end_and_give_the_published_table_shape(tiny_
     assert "published" in page and "data:image/png;base64," in page
     assert len(figure.axes) == 2 * 3
     assert metrics["n_test"] == n_test and "floor.ssim.mean" in metrics and "pix2pix.psnr.high" in metrics
+    assert metrics["n_test_regions"] == split.loc[split["split"] == "test", "region"].nunique()
+    assert "regions whole" in page
 
 
 def test_the_model_must_take_as_many_mask_channels_as_the_study_gives(tiny_params):

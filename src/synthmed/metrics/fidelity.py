@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from synthmed.core.progress import ProgressLog
-from synthmed.metrics.resampling import Groups, bootstrap_units, disjoint_halves, draw_units
+from synthmed.metrics.resampling import Groups, bootstrap_units, disjoint_halves, draw_units, n_groups
 
 logger = logging.getLogger(__name__)
 # torchmetrics (about 1 s to import) is imported inside the functions that use it: the parameter
@@ -511,17 +511,25 @@ def real_floor_split(pool: Tensor, n: int, *, seed: int = 0, groups: Groups = No
     return pool[torch.as_tensor(first, device=pool.device)], pool[torch.as_tensor(second, device=pool.device)]
 
 
-def summarise(values: Tensor, *, resamples: int = 200, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+def summarise(values: Tensor, *, resamples: int = 200, level: float = 0.95, seed: int = 0,
+              groups: Groups = None) -> dict[str, float]:
     """Mean of a per-image metric with a percentile-bootstrap interval of the mean.
+
+    With ``groups`` (a patient key per value) each resample draws as many patients as there are,
+    with replacement, each with all its values (a cluster bootstrap, ``synthmed.metrics.resampling``):
+    the paired SSIM of two slices of one brain is not two independent observations. Without
+    groups, the values are drawn one by one.
 
     Args:
         values: ``(N,)`` finite per-image scores (e.g. ``paired_metrics(...)["ssim"]``), N >= 1.
         resamples: number of bootstrap resamples (>= 1).
         level: nominal coverage in (0, 1).
         seed: seeds the resampling (``np.random.default_rng``).
+        groups: ``(N,)`` patient keys, or None (each value its own unit).
 
     Returns:
-        ``{"mean", "low", "high", "n"}`` (n as a float, for MLflow).
+        ``{"mean", "low", "high", "n"}`` (n as a float, for MLflow), and with ``groups``
+        ``"patients"``: how many there are.
     """
     if not isinstance(values, Tensor) or values.ndim != 1 or values.shape[0] < 1:
         shape = _shape(values) if isinstance(values, Tensor) else type(values).__name__
@@ -535,9 +543,16 @@ def summarise(values: Tensor, *, resamples: int = 200, level: float = 0.95, seed
             f"Expected finite values, got {bad} NaN/inf of {array.size} (PSNR of identical images is inf)."
         )
     rng = np.random.default_rng(seed)
-    means = array[rng.integers(0, array.size, size=(resamples, array.size))].mean(axis=1)
+    if groups is None:
+        means = array[rng.integers(0, array.size, size=(resamples, array.size))].mean(axis=1)
+    else:  # resamples of different sizes: one mean each
+        units = bootstrap_units(array.size, groups, what="paired bootstrap")
+        means = np.array([array[draw_units(rng, units)].mean() for _ in range(resamples)])
     low, high = _percentiles(means, level)
-    return {"mean": float(array.mean()), "low": low, "high": high, "n": float(array.size)}
+    out = {"mean": float(array.mean()), "low": low, "high": high, "n": float(array.size)}
+    if groups is not None:
+        out["patients"] = float(n_groups(groups))
+    return out
 
 
 # ------------------------------------------------------------------ PRDC
@@ -808,15 +823,24 @@ def ms_ssim_diversity(
 
 
 def summarise_paired(scores: Mapping[str, Tensor], *, resamples: int = 200, level: float = 0.95,
-                     seed: int = 0) -> dict[str, float]:
+                     seed: int = 0, groups: Groups = None) -> dict[str, float]:
     """`summarise` of each paired score (`paired_metrics`, or a volume's), flattened as the
     metrics files and the report name them: ``paired_<name>``, ``paired_<name>_low``,
-    ``paired_<name>_high``, ``paired_<name>_n``."""
+    ``paired_<name>_high``, ``paired_<name>_n``; with ``groups`` (the patient of each pair's real
+    image) the interval draws patients and ``paired_<name>_patients`` says how many there are."""
     out: dict[str, float] = {}
     for name, values in scores.items():
-        stats = summarise(values, resamples=resamples, level=level, seed=seed)
-        out |= {f"paired_{name}": stats["mean"], f"paired_{name}_low": stats["low"],
-                f"paired_{name}_high": stats["high"], f"paired_{name}_n": stats["n"]}
+        out |= flat_summary(f"paired_{name}", summarise(values, resamples=resamples, level=level, seed=seed,
+                                                         groups=groups))
+    return out
+
+
+def flat_summary(prefix: str, stats: Mapping[str, float]) -> dict[str, float]:
+    """A `summarise` result as metrics keys: ``<prefix>`` (the mean), ``<prefix>_low``, ``_high``,
+    ``_n`` and, where it drew patients, ``_patients``."""
+    out = {prefix: stats["mean"]} | {f"{prefix}_{key}": stats[key] for key in ("low", "high", "n")}
+    if "patients" in stats:
+        out[f"{prefix}_patients"] = stats["patients"]
     return out
 
 

@@ -23,7 +23,8 @@ area under the ROC curve of that score, lesion-class images against normal-class
 
 A synthetic AUC near the real one: the lesion class is drawn with lesions as bright (or
 dark) as the real ones are. Near 0.5: the class condition changes nothing the score sees.
-Both carry a percentile bootstrap interval (the images of each class resampled). Computed at
+Both carry a percentile bootstrap interval (the images of each class resampled; with patient
+keys, each class's patients drawn whole, as slices of one brain are not independent). Computed at
 the evaluation size, without a network: cheap enough to run for every family.
 
 The lesion contrast answers the same question for families drawn from a real label map
@@ -38,9 +39,9 @@ is ``tissue_labels``, the cohort's grey matter 2 and white matter 3 by default, 
 ``edema_label``, the cohort's 5; a run whose label maps hold none of the tissue labels stops
 with an error that names the values they hold), on the sample and on the real image of the
 same map, at the samples' own size (a 3 px lesion of a 64 px slice is 1 px at 32). The two
-means, each with a bootstrap interval over the same resampled maps, are reported side by
-side: a synthetic mean near the real one means the lesions stand out of the tissue around
-them as the real ones do; near 0, they are not drawn.
+means, each with a bootstrap interval over the same resampled maps (their patients drawn whole,
+where the maps have them), are reported side by side: a synthetic mean near the real one means
+the lesions stand out of the tissue around them as the real ones do; near 0, they are not drawn.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from synthmed.core.lazy import lazy_import
 from synthmed.core.validation import is_int, is_number
 from synthmed.imaging.labels import EDEMA, GREY, WHITE
 from synthmed.metrics.detectability import auc, bootstrap_auc
+from synthmed.metrics.resampling import Groups, n_groups, subset
 
 torch = lazy_import("torch")
 
@@ -160,35 +162,44 @@ def spot_scores(images: np.ndarray, config: LesionSignalConfig) -> np.ndarray:
 
 
 def class_auc(scores: np.ndarray, labels: np.ndarray, lesion: int, normal: int, config: LesionSignalConfig,
-              rng: np.random.Generator) -> dict[str, float]:
+              rng: np.random.Generator, groups: Groups = None) -> dict[str, float]:
     """AUC of ``scores`` for class ``lesion`` against class ``normal``, its bootstrap interval and the
-    class sizes; empty when either class has no image."""
-    positives, negatives = scores[labels == lesion], scores[labels == normal]
+    class sizes; empty when either class has no image. With ``groups`` (a patient key per image) the
+    bootstrap draws each class's patients whole and ``auc_patients`` says how many there are."""
+    positive, negative = labels == lesion, labels == normal
+    positives, negatives = scores[positive], scores[negative]
     if not len(positives) or not len(negatives):
         return {}
-    low, high = bootstrap_auc(negatives, positives, config, rng)
-    return {"auc": float(auc(negatives, positives)), "auc_low": float(low), "auc_high": float(high),
-            "auc_n": float(len(positives) + len(negatives)), "n_lesion": float(len(positives)),
-            "n_normal": float(len(negatives))}
+    low, high = bootstrap_auc(negatives, positives, config, rng, negative_groups=subset(groups, negative),
+                              positive_groups=subset(groups, positive))
+    out = {"auc": float(auc(negatives, positives)), "auc_low": float(low), "auc_high": float(high),
+           "auc_n": float(len(positives) + len(negatives)), "n_lesion": float(len(positives)),
+           "n_normal": float(len(negatives))}
+    if groups is not None:
+        out["auc_patients"] = float(n_groups(subset(groups, positive | negative)))
+    return out
 
 
 def lesion_signal(real: tuple[np.ndarray, np.ndarray], synthetic: tuple[np.ndarray, np.ndarray],
-                  class_names: tuple[str, ...], config: LesionSignalConfig) -> dict[str, float]:
+                  class_names: tuple[str, ...], config: LesionSignalConfig, *, real_groups: Groups = None,
+                  synthetic_groups: Groups = None) -> dict[str, float]:
     """``lesion_signal_auc`` (synthetic) and ``lesion_signal_auc_real`` (the real reference), each with
     ``_low``/``_high``/``_n``; empty when disabled or when the classes are not among ``class_names``.
 
     Args:
         real, synthetic: ``(images (N, C, H, W) in [-1, 1], labels (N,))`` each.
         class_names: the label of each class name (its position).
+        real_groups, synthetic_groups: patient keys of the images (for samples drawn from real
+            label maps, those maps' patients), or None: with them each interval draws patients.
     """
     if not config.enabled or config.lesion_class not in class_names or config.normal_class not in class_names:
         return {}
     lesion, normal = class_names.index(config.lesion_class), class_names.index(config.normal_class)
     rng = np.random.default_rng(config.seed)
     out: dict[str, float] = {}
-    for suffix, (images, labels) in (("_real", real), ("", synthetic)):
+    for suffix, (images, labels), groups in (("_real", real, real_groups), ("", synthetic, synthetic_groups)):
         scores = spot_scores(np.asarray(images), config)
-        for key, value in class_auc(scores, np.asarray(labels), lesion, normal, config, rng).items():
+        for key, value in class_auc(scores, np.asarray(labels), lesion, normal, config, rng, groups).items():
             name = key.replace("auc", f"lesion_signal_auc{suffix}") if key.startswith("auc") \
                 else f"lesion_signal_{key}{suffix}"
             out[name] = value
@@ -223,13 +234,15 @@ def lesion_contrast(images: np.ndarray, label_maps: np.ndarray, config: LesionSi
 
 
 def paired_lesion_contrast(synthetic: np.ndarray, real: np.ndarray, label_maps: np.ndarray,
-                           config: LesionSignalConfig) -> dict[str, float]:
+                           config: LesionSignalConfig, *, groups: Groups = None) -> dict[str, float]:
     """``lesion_contrast`` (the samples) and ``lesion_contrast_real`` (the real image of each sample's map),
     each with ``_low``/``_high``/``_n`` (``fidelity.summarise``: the same seed resamples the same maps for
-    both); empty when ``mask_label`` is null, the measure is disabled or no map holds a lesion large enough."""
+    both); empty when ``mask_label`` is null, the measure is disabled or no map holds a lesion large enough.
+    With ``groups`` (the patient of each map) the intervals draw patients, and ``_patients`` says how many
+    of them had a lesion large enough."""
     if not config.enabled or config.mask_label is None:
         return {}
-    from synthmed.metrics.fidelity import summarise  # here: torch loads with it
+    from synthmed.metrics.fidelity import flat_summary, summarise  # here: torch loads with it
 
     values = {"": lesion_contrast(synthetic, label_maps, config), "_real": lesion_contrast(real, label_maps, config)}
     keep = np.isfinite(values[""]) & np.isfinite(values["_real"])
@@ -237,8 +250,7 @@ def paired_lesion_contrast(synthetic: np.ndarray, real: np.ndarray, label_maps: 
         return {}
     out: dict[str, float] = {}
     for suffix, contrast in values.items():
-        stats = summarise(torch.from_numpy(contrast[keep]), resamples=config.resamples, level=config.level,
-                          seed=config.seed)
-        out |= {f"lesion_contrast{suffix}": stats["mean"], f"lesion_contrast{suffix}_low": stats["low"],
-                f"lesion_contrast{suffix}_high": stats["high"], f"lesion_contrast{suffix}_n": stats["n"]}
+        out |= flat_summary(f"lesion_contrast{suffix}",
+                            summarise(torch.from_numpy(contrast[keep]), resamples=config.resamples,
+                                      level=config.level, seed=config.seed, groups=subset(groups, keep)))
     return out

@@ -237,7 +237,7 @@ def sample_size(metrics: Mapping[str, float], name: str) -> Any:
     n, patients = metrics.get(f"{name}_n"), metrics.get(f"{name}_patients")
     if not _finite(n) or not _finite(patients):
         return n
-    return f"{int(n)} (real: {int(patients)} patients)"
+    return f"{int(n)} (real: {int(patients)} patient{'' if int(patients) == 1 else 's'})"
 
 
 def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:
@@ -263,17 +263,17 @@ def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:
         rows.append((f"lesion signal AUC (bright-spot score, lesion-class vs normal images; second column: {real}; "
                      "0.5 = no sign of the lesions)",
                      with_interval(metrics, "lesion_signal_auc"), with_interval(metrics, "lesion_signal_auc_real"),
-                     "", metrics.get("lesion_signal_auc_n")))
+                     "", sample_size(metrics, "lesion_signal_auc")))
     if "lesion_contrast" in metrics:
         rows.append(("lesion contrast inside the lesion mask ((lesion - grey and white matter around it) / that "
                      "tissue's std; second column: the real image of the same label map; 0 = no lesion drawn)",
                      with_interval(metrics, "lesion_contrast"), with_interval(metrics, "lesion_contrast_real"),
-                     "", metrics.get("lesion_contrast_n")))
+                     "", sample_size(metrics, "lesion_contrast")))
     for name in ("mse", "ssim", "psnr"):
         if f"paired_{name}" in metrics:
             rows.append((f"paired {name.upper()} vs the real image of the same mask",
                          with_interval(metrics, f"paired_{name}"),
-                         "", "", metrics.get(f"paired_{name}_n")))
+                         "", "", sample_size(metrics, f"paired_{name}")))
     return pd.DataFrame(rows, columns=["metric", "synthetic vs real", "floor: real vs real (halves)",
                                        "floor: neighbouring slices", "N"])
 

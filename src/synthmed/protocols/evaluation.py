@@ -46,6 +46,7 @@ from synthmed.metrics.lesion_signal import LesionSignalConfig, paired_lesion_con
 from synthmed.metrics.lesion_signal import lesion_signal as _lesion_signal
 from synthmed.metrics.reader_study import build_reader_kit as _reader_kit
 from synthmed.metrics.report import number, render_report
+from synthmed.metrics.resampling import disjoint_halves, n_groups, subset
 from synthmed.metrics.steps_sweep import SWEEP_COLUMNS, sweep_metrics
 from synthmed.metrics.utility import FitConfig, UtilityConfig, evaluate_utility
 from synthmed.privacy.memorisation import GateConfig, MemorisationError, calibration_rows, run_gate
@@ -253,8 +254,10 @@ class EvaluationSet:
     """Everything the per-family nodes score, at the source's evaluation size.
 
     ``paired`` holds, for mask-conditional samples, the real image whose mask conditioned
-    each sample (None otherwise). ``neighbours`` holds adjacent-slice pairs of the reference
-    split (volumes only) for the neighbouring-slice floor.
+    each sample (None otherwise), and ``synthetic.patients`` then the patient of that image, so
+    the paired metrics' intervals draw patients. ``neighbours`` holds adjacent-slice pairs of the
+    reference split (volumes only) for the neighbouring-slice floor, ``neighbour_patients`` the
+    patient of each pair.
     """
 
     family: str
@@ -274,6 +277,7 @@ class EvaluationSet:
     checkpoint_provenance: pd.DataFrame | None = None
     grid: GridImages | None = None  # the report grid's images (None: drawn from the evaluation-size splits)
     paired_maps: PairedMaps | None = None  # mask-conditional samples at their own size with their maps
+    neighbour_patients: np.ndarray | None = None  # (P,) the patient of each pair of ``neighbours``
 
 
 def _neighbour_pairs(manifest: pd.DataFrame, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -332,16 +336,21 @@ def prepare_evaluation(
     labels = np.asarray(samples["labels"], dtype=np.int64).copy()
     conditioned = source_index >= 0
     labels[conditioned] = by_index.loc[source_index[conditioned]].to_numpy()
-    synthetic = Split(images, torch.as_tensor(labels), provenance["index"].to_numpy(), network(images))
-    paired = sources = None
+    paired = sources = synthetic_patients = None
     if conditioned.all() and (provenance["condition"].isin(["mask", "inpaint"])).all():
         sources = np.asarray(store["images"][source_index], dtype=np.float32)  # the real image of each sample
         paired = at_size(sources, source.image_px)
+        if "patient_key" in manifest:
+            synthetic_patients = patient_keys(manifest, source_index)
+    synthetic = Split(images, torch.as_tensor(labels), provenance["index"].to_numpy(), network(images),
+                      synthetic_patients)
     first, second = _neighbour_pairs(manifest, source.reference_split)
-    neighbours = None
+    neighbours = neighbour_patients = None
     if len(first):
         neighbours = tuple(at_size(np.asarray(store["images"][ids], dtype=np.float32), source.image_px)
                            for ids in (first, second))
+        if "patient_key" in manifest:
+            neighbour_patients = patient_keys(manifest, first)
     logger.info("%s: %d samples vs the %s split of %s at %d px, features: %s", family, len(images),
                 source.reference_split, source_name, source.image_px, network.name)
     earlier = None
@@ -359,7 +368,7 @@ def prepare_evaluation(
                          provenance.reset_index(drop=True), paired,
                          (network(neighbours[0]), network(neighbours[1])) if neighbours else None,
                          earlier, None if earlier is None else checkpoint_provenance.reset_index(drop=True), grid,
-                         paired_maps)
+                         paired_maps, neighbour_patients)
 
 
 # ------------------------------------------------------------------ fidelity
@@ -393,7 +402,6 @@ def fid_sets(reference: torch.Tensor, synthetic: torch.Tensor, *, seed: int,
     evenly), ``n`` synthetic rows (features), the halves' patient keys, and the random generator
     that drew them (``fidelity_scores`` draws on from it)."""
     from synthmed.metrics import fidelity  # here: torch and torchmetrics load with it
-    from synthmed.metrics.resampling import disjoint_halves, n_groups, subset
 
     rows_a, rows_b = disjoint_halves(len(reference), len(synthetic), np.random.default_rng(seed), groups)
     if len(rows_a) < fidelity.MIN_FLOOR_POOL // 2:
@@ -414,7 +422,6 @@ def fid_intervals(sets: FidSets, config: FidelityConfig, *, floor: bool = True) 
     and the keys ``fid_patients`` (half A's) / ``fid_floor_halves_patients`` (A's and B's) say
     how many."""
     from synthmed.metrics import fidelity  # here: torch and torchmetrics load with it
-    from synthmed.metrics.resampling import n_groups
 
     boot = {"resamples": config.resamples, "level": config.level, "seed": config.seed}
     patients_a, patients_b = n_groups(sets.groups_a), n_groups(sets.groups_b)
@@ -451,9 +458,11 @@ def fidelity_scores(evaluation: EvaluationSet, config: FidelityConfig) -> dict[s
     out |= fid_intervals(sets, config)
     if evaluation.neighbours is not None:
         a, b = evaluation.neighbours
-        pick = torch.as_tensor(np.sort(rng.choice(len(a), size=min(n, len(a)), replace=False)))
+        pick = np.sort(rng.choice(len(a), size=min(n, len(a)), replace=False))
+        groups = subset(evaluation.neighbour_patients, pick)
         out |= _interval("fid_floor_neighbour_slices",
-                         fidelity.bootstrap_interval(fidelity.frechet_distance, a[pick], b[pick], **boot))
+                         fidelity.bootstrap_interval(fidelity.frechet_distance, a[pick], b[pick], real_groups=groups,
+                                                     fake_groups=groups, **boot), patients=n_groups(groups))
     out["kid"], out["kid_std"] = fidelity.kernel_distance(half_a, syn_n, **kid)
     out["kid_floor_halves"], out["kid_floor_halves_std"] = fidelity.kernel_distance(half_a, half_b, **kid)
     prdc_k = min(config.prdc_k, n - 1)
@@ -469,7 +478,8 @@ def fidelity_scores(evaluation: EvaluationSet, config: FidelityConfig) -> dict[s
                                                                max_pairs=config.diversity_pairs, seed=config.seed)
     if evaluation.paired is not None:
         out |= fidelity.summarise_paired(fidelity.paired_metrics(evaluation.synthetic.images, evaluation.paired),
-                                         resamples=config.resamples, level=config.level, seed=config.seed)
+                                         resamples=config.resamples, level=config.level, seed=config.seed,
+                                         groups=evaluation.synthetic.patients)
     logger.info("%s fidelity: FID %.2f [%.2f, %.2f] (n=%d) vs floor %.2f", evaluation.family, out["fid"],
                 out["fid_low"], out["fid_high"], n, out["fid_floor_halves"])
     return finite(out)
@@ -505,12 +515,15 @@ def lesion_signal(evaluation: EvaluationSet, config: LesionSignalConfig) -> dict
     paired = evaluation.paired is not None
     real = ((evaluation.paired.numpy(), synthetic.labels.numpy()) if paired else
             (reference.images.numpy(), reference.labels.numpy()))
-    out = _lesion_signal(real, (synthetic.images.numpy(), synthetic.labels.numpy()), evaluation.class_names, config)
+    out = _lesion_signal(real, (synthetic.images.numpy(), synthetic.labels.numpy()), evaluation.class_names, config,
+                         real_groups=synthetic.patients if paired else reference.patients,
+                         synthetic_groups=synthetic.patients)
     if out:
         out["lesion_signal_real_paired"] = float(paired)
     if evaluation.paired_maps is not None:
         pairs = evaluation.paired_maps
-        out |= paired_lesion_contrast(pairs.synthetic, pairs.real, pairs.label_maps, config)
+        out |= paired_lesion_contrast(pairs.synthetic, pairs.real, pairs.label_maps, config,
+                                      groups=synthetic.patients)
     return finite(out)
 
 

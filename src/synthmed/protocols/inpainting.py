@@ -30,7 +30,9 @@ structure in the slices of A; FID compares the inpainted slices with their own o
 almost unchanged slices); the real-vs-real floor is FID between A and B, two different sets
 of real slices of the same N. Features: a domain encoder (``ConvClassifier``, normal vs
 lesion) trained on the training patients' slices, as the evaluation pipeline's default.
-Every FID has a percentile-bootstrap interval (``fidelity.bootstrap_interval``) and its N.
+Halves A and B hold different patients (``resampling.disjoint_halves``): a floor of two halves
+sharing a patient would compare its slices with each other. Every FID has a percentile-bootstrap
+interval (``fidelity.bootstrap_interval``) that draws patients whole, and its N.
 """
 
 from __future__ import annotations
@@ -311,7 +313,9 @@ def plan_cases(arrays: Mapping[str, np.ndarray], table: pd.DataFrame, neighbours
 
     Columns: ``case``, ``structure``, ``index`` (the slice, or for ``new_lesion`` the host slice),
     ``mask_index`` (the slice whose mask is the region: itself, or the lesion donor), ``half``
-    (``a``: inpainted and scored; ``b``: the floor's second real set, never inpainted).
+    (``a``: inpainted and scored; ``b``: the floor's second real set, never inpainted) and
+    ``patient_key`` (the slice's patient; None where the table has none). Where the table has
+    patients, halves A and B of a pool hold different patients.
     """
     evaluation = config.evaluation
     from synthmed.metrics.fidelity import real_floor_split
@@ -324,6 +328,7 @@ def plan_cases(arrays: Mapping[str, np.ndarray], table: pd.DataFrame, neighbours
                          "check preprocessing.split and extraction.slices.keep_every.")
     rng = np.random.default_rng(evaluation.seed)
     rows: list[dict[str, Any]] = []
+    patient = table.set_index("index")["patient_key"] if "patient_key" in table else None
 
     def pool_rows(case: str, structure: str, pool: np.ndarray) -> None:
         if len(pool) < 4:
@@ -332,9 +337,11 @@ def plan_cases(arrays: Mapping[str, np.ndarray], table: pd.DataFrame, neighbours
             return
         if len(pool) > evaluation.max_slices:
             pool = np.sort(rng.choice(pool, size=evaluation.max_slices, replace=False))
-        half_a, half_b = real_floor_split(torch.as_tensor(pool), len(pool) // 2, seed=evaluation.seed)
+        groups = None if patient is None else patient.loc[pool].to_numpy()
+        half_a, half_b = real_floor_split(torch.as_tensor(pool), len(pool) // 2, seed=evaluation.seed, groups=groups)
         for half, members in (("a", half_a), ("b", half_b)):
-            rows.extend({"case": case, "structure": structure, "index": int(i), "mask_index": int(i), "half": half}
+            rows.extend({"case": case, "structure": structure, "index": int(i), "mask_index": int(i), "half": half,
+                         "patient_key": None if patient is None else patient.loc[int(i)]}
                         for i in members.tolist())
 
     index = held["index"].to_numpy()
@@ -342,8 +349,9 @@ def plan_cases(arrays: Mapping[str, np.ndarray], table: pd.DataFrame, neighbours
         area = (label_maps[index] == STRUCTURES[structure]).reshape(len(index), -1).sum(axis=1)
         pool_rows("inside_mask", structure, index[area >= evaluation.min_structure_px])
     pool_rows("outside_box", "", index)
-    rows.extend(_new_lesion_rows(label_maps, index, evaluation, rng))
-    cases = pd.DataFrame(rows, columns=["case", "structure", "index", "mask_index", "half"])
+    rows.extend({**row, "patient_key": None if patient is None else patient.loc[row["index"]]}
+                for row in _new_lesion_rows(label_maps, index, evaluation, rng))
+    cases = pd.DataFrame(rows, columns=["case", "structure", "index", "mask_index", "half", "patient_key"])
     logger.info("study_inpainting cases: %s", cases[cases["half"] == "a"].groupby(["case", "structure"]).size()
                 .to_dict())
     return cases
@@ -438,14 +446,30 @@ def region_crops(images: np.ndarray, keep: np.ndarray, margin: int) -> np.ndarra
     return out
 
 
-def fid_summary(real: Any, fake: Any, evaluation: InpaintingEvaluation) -> dict[str, float]:
-    """FID of two feature sets with its bootstrap interval, as ``{"mean", "low", "high", "n"}``."""
+def case_patients(cases: pd.DataFrame, rows: Any) -> np.ndarray | None:
+    """The patient keys of case ``rows`` (labels of ``cases.index``), or None where cases have none."""
+    if "patient_key" not in cases or cases["patient_key"].isna().any():
+        return None
+    return cases.loc[np.asarray(rows), "patient_key"].to_numpy()
+
+
+def fid_summary(real: Any, fake: Any, evaluation: InpaintingEvaluation, *, real_groups: Any = None,
+                fake_groups: Any = None) -> dict[str, float]:
+    """FID of two feature sets with its bootstrap interval, as ``{"mean", "low", "high", "n"}``; with
+    patient keys (``real_groups``, ``fake_groups``) the bootstrap draws patients whole and
+    ``"patients"`` says how many the two sets hold together."""
     from synthmed.metrics.fidelity import bootstrap_interval, frechet_distance
+    from synthmed.metrics.resampling import n_groups
 
     interval = bootstrap_interval(frechet_distance, real, fake, resamples=evaluation.resamples,
-                                  level=evaluation.level, seed=evaluation.seed)
-    return {"mean": interval.estimate, "low": interval.low, "high": interval.high,
-            "n": float(min(interval.n_real, interval.n_fake))}
+                                  level=evaluation.level, seed=evaluation.seed, real_groups=real_groups,
+                                  fake_groups=fake_groups)
+    out = {"mean": interval.estimate, "low": interval.low, "high": interval.high,
+           "n": float(min(interval.n_real, interval.n_fake))}
+    if real_groups is not None and fake_groups is not None:
+        out["patients"] = float(n_groups(np.concatenate([np.asarray(real_groups, dtype=object),
+                                                          np.asarray(fake_groups, dtype=object)])))
+    return out
 
 
 def structure_rows(features: Mapping[str, Any], cases: pd.DataFrame, evaluation: InpaintingEvaluation,
@@ -464,9 +488,11 @@ def structure_rows(features: Mapping[str, Any], cases: pd.DataFrame, evaluation:
         b = torch.as_tensor(np.array(mine.index[mine["half"] == "b"]))
         if len(a) < 2:
             continue
-        real_a = features["real"][a]
-        summaries = {m: fid_summary(real_a, features[m][a], evaluation) for m in METHODS}
-        summaries["floor"] = fid_summary(real_a, features["real"][b], evaluation)
+        real_a, groups_a, groups_b = features["real"][a], case_patients(cases, a), case_patients(cases, b)
+        summaries = {m: fid_summary(real_a, features[m][a], evaluation, real_groups=groups_a, fake_groups=groups_a)
+                     for m in METHODS}
+        summaries["floor"] = fid_summary(real_a, features["real"][b], evaluation, real_groups=groups_a,
+                                         fake_groups=groups_b)
         rows.append(StudyRow(structure.replace("_", " "), "ours", summaries, source))
     return rows
 

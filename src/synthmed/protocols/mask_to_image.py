@@ -174,24 +174,30 @@ def _blurred(images: np.ndarray, sigma: float) -> np.ndarray:
     return np.stack([gaussian_filter(image, sigma=(0.0, sigma, sigma), mode="nearest") for image in images])
 
 
-def _summaries(fake: np.ndarray, real: np.ndarray, evaluation: MaskToImageEvaluation) -> dict[str, dict[str, float]]:
+def _summaries(fake: np.ndarray, real: np.ndarray, evaluation: MaskToImageEvaluation,
+               groups: np.ndarray | None) -> dict[str, dict[str, float]]:
     from synthmed.metrics.fidelity import paired_metrics, summarise  # here: torch and torchmetrics load with it
 
     scores = paired_metrics(torch.from_numpy(np.clip(fake, -1.0, 1.0)), torch.from_numpy(real), data_range=2.0)
-    return {m: summarise(scores[m], resamples=evaluation.resamples, level=evaluation.level, seed=evaluation.seed)
+    return {m: summarise(scores[m], resamples=evaluation.resamples, level=evaluation.level, seed=evaluation.seed,
+                         groups=groups)
             for m in METRICS}
 
 
 def study_rows(generated: np.ndarray, real: np.ndarray, train_images: np.ndarray,
-               evaluation: MaskToImageEvaluation, *, model_label: str, model_source: str) -> list[StudyRow]:
-    """Our row, the mean-image floor and the blurred-real reference, on the same held-out images."""
+               evaluation: MaskToImageEvaluation, *, model_label: str, model_source: str,
+               groups: np.ndarray | None = None) -> list[StudyRow]:
+    """Our row, the mean-image floor and the blurred-real reference, on the same held-out images.
+
+    ``groups``: the source region of each held-out image; the intervals then draw regions whole
+    (copies of one region are not independent images)."""
     mean_image = np.broadcast_to(train_images.mean(axis=0, keepdims=True), real.shape).astype(np.float32)
     return [
-        StudyRow(model_label, "ours", _summaries(generated, real, evaluation), model_source),
-        StudyRow("mean training image", "floor", _summaries(mean_image, real, evaluation),
+        StudyRow(model_label, "ours", _summaries(generated, real, evaluation, groups), model_source),
+        StudyRow("mean training image", "floor", _summaries(mean_image, real, evaluation, groups),
                  "every held-out mask gets the pixel-wise mean of the training images (ignores the mask)"),
         StudyRow(f"real image blurred (sigma {evaluation.blur_sigma_px:g} px)", "reference",
-                 _summaries(_blurred(real, evaluation.blur_sigma_px).astype(np.float32), real, evaluation),
+                 _summaries(_blurred(real, evaluation.blur_sigma_px).astype(np.float32), real, evaluation, groups),
                  "the held-out image itself, Gaussian-blurred: a smooth copy of the truth"),
     ]
 

@@ -301,15 +301,20 @@ def score_class_detectability(arrays: dict[str, np.ndarray], synthetic: dict[str
 def _lesion_signal(arrays: dict[str, np.ndarray], fake: np.ndarray,
                    config: cm.ClassMultiplicationConfig) -> dict[str, float]:
     """The lesion signal (``synthmed.metrics.lesion_signal``): the real training lesion slices and the synthetic
-    ones, each against the real training normal slices."""
+    ones, each against the real training normal slices; the intervals draw the real slices' patients whole
+    (each synthetic slice its own unit)."""
     from synthmed.metrics.lesion_signal import LesionSignalConfig, lesion_signal
 
     signal = from_params(LesionSignalConfig, config.evaluation.lesion_signal, f"{WHERE}.evaluation.lesion_signal")
     rows = _rows(arrays, config.train_split)
     real = (np.asarray(arrays["images"][rows], dtype=np.float32), np.asarray(arrays["labels"][rows]))
-    normal = real[0][real[1] == cm.NORMAL]
-    synthetic = (np.concatenate([normal, fake]), np.r_[np.full(len(normal), cm.NORMAL), np.full(len(fake), cm.LESION)])
-    return lesion_signal(real, synthetic, cm.CLASS_NAMES, signal)
+    patients = np.asarray(arrays["patient"][rows], dtype=object)
+    is_normal = real[1] == cm.NORMAL
+    synthetic = (np.concatenate([real[0][is_normal], fake]),
+                 np.r_[np.full(int(is_normal.sum()), cm.NORMAL), np.full(len(fake), cm.LESION)])
+    synthetic_groups = np.r_[patients[is_normal], np.array([f"synthetic {i}" for i in range(len(fake))], dtype=object)]
+    return lesion_signal(real, synthetic, cm.CLASS_NAMES, signal, real_groups=patients,
+                         synthetic_groups=synthetic_groups)
 
 
 def build_class_reader_kit(arrays: dict[str, np.ndarray], synthetic: dict[str, np.ndarray],

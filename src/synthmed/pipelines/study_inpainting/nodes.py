@@ -264,11 +264,14 @@ def _metrics(rows, cases: pd.DataFrame, fills: dict[str, np.ndarray], features, 
     if len(box):
         a = torch.as_tensor(np.array(box.index[box["half"] == "a"]))
         b = torch.as_tensor(np.array(box.index[box["half"] == "b"]))
+        groups_a, groups_b = ip.case_patients(cases, a), ip.case_patients(cases, b)
         for m in ip.METHODS:
-            summary = ip.fid_summary(features["real"][a], features[m][a], evaluation)
+            summary = ip.fid_summary(features["real"][a], features[m][a], evaluation, real_groups=groups_a,
+                                     fake_groups=groups_a)
             metrics |= {f"outside_box.{m}.fid.{p}": float(v) for p, v in summary.items()}
-        metrics |= {f"outside_box.floor.fid.{p}": float(v)
-                    for p, v in ip.fid_summary(features["real"][a], features["real"][b], evaluation).items()}
+        floor = ip.fid_summary(features["real"][a], features["real"][b], evaluation, real_groups=groups_a,
+                               fake_groups=groups_b)
+        metrics |= {f"outside_box.floor.fid.{p}": float(v) for p, v in floor.items()}
     lesions = cases[(cases["case"] == "inside_mask") & (cases["structure"] == "lesion") & (cases["half"] == "a")]
     if len(lesions):  # real lesions' mean intensity, for the new lesions' region means
         at = lesions.index.to_numpy()

@@ -104,7 +104,7 @@ def evaluate_study(arrays: dict[str, np.ndarray], split: pd.DataFrame, models, p
     real = arrays["images"][test]
     n_train_regions = split.loc[split["split"] == "train", "region"].nunique()
     rows = study_rows(sampled.images, real, arrays["images"][train_indices], evaluation,
-                      model_label="pix2pix (ours)",
+                      groups=split["region"].to_numpy()[test], model_label="pix2pix (ours)",
                       model_source=f"vessel mask -> whole image, {config.image_size} px; trained on "
                                    f"{len(train_indices)} images of {n_train_regions} regions, "
                                    f"{config.training['steps']} steps")
@@ -116,7 +116,8 @@ def evaluate_study(arrays: dict[str, np.ndarray], split: pd.DataFrame, models, p
         f"Held-out images: {len(test)} photographs of {len(test_regions)} source regions ({', '.join(test_regions)}) "
         "never seen in training (the split is by region; regions share no vessel pixel). All photographs come "
         "from one eye (scikit-image's retina): held-out regions are other vessels of the same retina, not "
-        "another patient.",
+        "another patient. The intervals draw the held-out regions whole (a cluster bootstrap: the copies of "
+        f"one region are not independent), so with {len(test_regions)} regions they are wide.",
         "Images in [-1, 1]: MSE on that scale, PSNR with a data range of 2, SSIM with a Gaussian window "
         "(synthmed.metrics.fidelity.paired_metrics). Vessel masks are pseudo-labels (Sato filter).",
     ]
@@ -124,7 +125,8 @@ def evaluate_study(arrays: dict[str, np.ndarray], split: pd.DataFrame, models, p
         title="Mask to image: Pix2Pix from vessel mask to whole fundus image", anchor="study-mask-to-image",
         table=table, metrics=METRICS, metric_labels=METRIC_LABELS, digits={"mse": 4, "ssim": 3, "psnr": 2},
         figures=[("Held-out images: vessel mask | real | synthetic", figure_png64(figure))], notes=notes)
-    metrics = {"n_test": float(len(test)), "n_train": float(len(train_indices))}
+    metrics = {"n_test": float(len(test)), "n_train": float(len(train_indices)),
+               "n_test_regions": float(len(test_regions))}
     for row in rows:
         key = row.kind if row.kind != "ours" else "pix2pix"
         for m in METRICS:
