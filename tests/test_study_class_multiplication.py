@@ -203,9 +203,9 @@ def test_study_nodes_end_to_end(cohort, params):
     assert signal["reference"] == pytest.approx(metrics["lesion_signal.auc_real"])
     assert metrics["lesion_signal.auc_n"] == metrics["lesion_signal.n_normal"] + 16  # x2 synthetic lesion slices
     # its intervals draw the real slices' patients (the training ones); each synthetic slice is a unit of its own
-    train_patients = len(set(arrays["patient"][arrays["split"] == "train"]))
-    assert metrics["lesion_signal.auc_real_patients"] == train_patients
-    assert metrics["lesion_signal.auc_patients"] == train_patients + 16
+    train = arrays["split"] == "train"
+    assert metrics["lesion_signal.auc_real_patients"] == len(set(arrays["patient"][train]))
+    assert metrics["lesion_signal.auc_patients"] == len(set(arrays["patient"][train & (arrays["labels"] == cm.NORMAL)]))
     assert set(summary["added"]) == {cm.ADDED_SYNTHETIC, cm.ADDED_DUPLICATES}
     f1 = summary[(summary["score"] == "f1.lesion") & (summary["mode"] == "real+synthetic")]
     copies = f1[f1["added"] == cm.ADDED_DUPLICATES]

@@ -234,8 +234,10 @@ def test_the_halves_hold_different_patients_and_the_fid_intervals_draw_them(coho
     rows = ip.structure_rows({m: real + 0.1 * i for i, m in enumerate(["real", *ip.METHODS])}, cases,
                              config.evaluation, "s")
     for row in rows:
-        assert 2 <= row.summaries["floor"]["patients"] <= 4  # the 4 held-out patients, split between A and B
-        assert row.summaries["diffusion"]["patients"] <= row.summaries["floor"]["patients"]
+        mine = cases[(cases["case"] == "inside_mask") & (cases["structure"].str.replace("_", " ") == row.label)]
+        a = set(mine.loc[mine["half"] == "a", "patient_key"])
+        assert row.summaries["floor"]["patients"] == len(a | set(mine.loc[mine["half"] == "b", "patient_key"]))
+        assert row.summaries["diffusion"]["patients"] == len(a)
     # without patient keys the cases still plan (each slice its own unit) and the summaries name none
     plain = ip.plan_cases(arrays, manifest.drop(columns="patient_key"), ip.neighbour_rows(manifest, 2), config)
     assert plain["patient_key"].isna().all()

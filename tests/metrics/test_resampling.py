@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -207,9 +209,13 @@ def test_the_paired_and_neighbour_floor_intervals_of_the_evaluation_draw_patient
     out = fidelity_scores(evaluation, config)
     assert out["paired_ssim_patients"] == 8 and out["paired_ssim_n"] == 48
     assert 1 <= out["fid_floor_neighbour_slices_patients"] <= 5
-    plain = fidelity_scores(EvaluationSet(**{**evaluation.__dict__, "synthetic": split(48),
-                                             "neighbour_patients": None}), config)
+    plain = fidelity_scores(replace(evaluation, synthetic=replace(synthetic, patients=None), neighbour_patients=None),
+                            config)
     assert "paired_ssim_patients" not in plain and "fid_floor_neighbour_slices_patients" not in plain
+    # the same pairs (same draw), resampled by patient: another interval; the paired SSIM's likewise
+    assert out["fid_floor_neighbour_slices"] == plain["fid_floor_neighbour_slices"]
+    assert out["fid_floor_neighbour_slices_low"] != plain["fid_floor_neighbour_slices_low"]
+    assert out["paired_ssim"] == plain["paired_ssim"] and out["paired_ssim_low"] != plain["paired_ssim_low"]
 
 
 def test_the_report_names_the_patients_of_the_paired_and_lesion_rows():

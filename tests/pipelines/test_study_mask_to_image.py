@@ -60,7 +60,7 @@ def test_the_intervals_draw_the_held_out_regions_whole():
     grouped = study_rows(fake, real, train, evaluation, model_label="m", model_source="s",
                          groups=regions)[0].summaries["mse"]
     assert grouped["mean"] == plain["mean"] and grouped["patients"] == 3 and "patients" not in plain
-    assert grouped["high"] - grouped["low"] > 2 * (plain["high"] - plain["low"])
+    assert grouped["high"] - grouped["low"] > 1.5 * (plain["high"] - plain["low"])  # about 2 (sqrt of 12 / 3)
 
 
 @pytest.fixture

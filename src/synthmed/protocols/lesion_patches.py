@@ -129,8 +129,8 @@ def published_rows(figure: PublishedFigure | None) -> list[PublishedRow]:
 
 
 def utility_rows(summary: pd.DataFrame, runs: pd.DataFrame, *, n_train: Mapping[str, int]) -> list[StudyRow]:
-    """One row per classifier mode: lesion F1 (seed mean, bootstrap interval over the test patches),
-    AUC (seed mean, [min, max] over seeds), balanced accuracy (seed mean, bootstrap interval)."""
+    """One row per classifier mode: lesion F1 (seed mean, bootstrap interval over the test patients and
+    seeds), AUC (seed mean, [min, max] over seeds), balanced accuracy (seed mean, bootstrap interval)."""
     rows = []
     for mode, name in UTILITY_MODES.items():
         part = summary[summary["mode"] == mode].set_index("score")

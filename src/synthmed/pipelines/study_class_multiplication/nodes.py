@@ -313,8 +313,11 @@ def _lesion_signal(arrays: dict[str, np.ndarray], fake: np.ndarray,
     synthetic = (np.concatenate([real[0][is_normal], fake]),
                  np.r_[np.full(int(is_normal.sum()), cm.NORMAL), np.full(len(fake), cm.LESION)])
     synthetic_groups = np.r_[patients[is_normal], np.array([f"synthetic {i}" for i in range(len(fake))], dtype=object)]
-    return lesion_signal(real, synthetic, cm.CLASS_NAMES, signal, real_groups=patients,
-                         synthetic_groups=synthetic_groups)
+    out = lesion_signal(real, synthetic, cm.CLASS_NAMES, signal, real_groups=patients,
+                        synthetic_groups=synthetic_groups)
+    if "lesion_signal_auc_patients" in out:  # the real patients drawn, not the synthetic slices' own units
+        out["lesion_signal_auc_patients"] = float(len(set(patients[is_normal])))
+    return out
 
 
 def build_class_reader_kit(arrays: dict[str, np.ndarray], synthetic: dict[str, np.ndarray],

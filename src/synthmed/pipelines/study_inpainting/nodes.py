@@ -247,8 +247,9 @@ def _metrics(rows, cases: pd.DataFrame, fills: dict[str, np.ndarray], features, 
     for row in rows:
         key = row.label.replace(" ", "_")
         for m in ip.METRICS:
-            for part in ("mean", "low", "high", "n"):
-                metrics[f"{key}.{m}.fid.{part}"] = float(row.summaries[m][part])
+            for part in ("mean", "low", "high", "n", "patients"):
+                if part in row.summaries[m]:
+                    metrics[f"{key}.{m}.fid.{part}"] = float(row.summaries[m][part])
     keep, real = fills["keep"], fills["real"]
     scored = (cases["half"] == "a").to_numpy()
     for (case, structure), group in cases[scored].groupby(["case", "structure"], sort=False):
@@ -302,14 +303,16 @@ def _notes(config: ip.InpaintingConfig, metrics: dict[str, float], encoder_name:
     notes = [
         f"Per structure: the held-out slices (patients of {', '.join(evaluation.held_out_splits)}; the split is by "
         f"patient) where it covers >= {evaluation.min_structure_px} pixels at {config.image_size} px and that have a "
-        f"neighbouring slice, at most {evaluation.max_slices}, split into two disjoint halves A and B. Each method "
-        "regenerates the structure in the slices of A (known pixels kept); FID compares them with their own "
-        "originals (A), as the published figure appears to; the floor is FID between the real halves A and B "
-        "(two different real sets of the same N).",
+        f"neighbouring slice, at most {evaluation.max_slices}, split into two disjoint halves A and B of different "
+        "patients. Each method regenerates the structure in the slices of A (known pixels kept); FID compares them "
+        "with their own originals (A), as the published figure appears to; the floor is FID between the real "
+        "halves A and B (two different real sets of the same N, from different patients).",
         f"Features: {encoder_name}, a ConvClassifier (normal vs lesion) trained on the {n_train} slices of the "
         f"training patients ({config.train_split}), as the evaluation pipeline's default; FID of the "
         f"{evaluation.fid_view}. Intervals: {evaluation.resamples} percentile-bootstrap resamples, level "
-        f"{evaluation.level}; a resample repeats slices, which raises FID, so at this N an interval can lie above its "
+        f"{evaluation.level}, each drawing the patients of A (and of B) whole, with all their slices (a slice's "
+        "neighbours are not independent of it); a resample repeats slices, which raises FID, so at this N an "
+        "interval can lie above its "
         "estimate (synthmed.metrics.fidelity.bootstrap_interval): it shows the spread, and overlapping intervals "
         "mean the difference is not resolved. FID depends on the feature space's scale: compare a row with its "
         "floor, not with the published (Inception) values.",

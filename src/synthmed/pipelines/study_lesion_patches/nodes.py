@@ -309,9 +309,9 @@ def write_lesion_patches_report(fid_table: pd.DataFrame, utility_table: pd.DataF
         f"patients ({', '.join(evaluation.test_splits)}: {int(utility['n_test'])} patches, "
         f"{int(utility['n_test_lesion'])} lesion, {int(utility['n_test_patients'])} patients). real+GAN adds "
         f"{evaluation.synthetic_per_real:g} synthetic patch per real training patch of each class.",
-        "F1 (lesion) and balanced accuracy: mean over seeds with a percentile-bootstrap interval over the test "
-        "patches; AUC: mean over seeds, [min, max] over seeds. Test patches from one patient are correlated, so "
-        "the bootstrap over patches understates the uncertainty.",
+        "F1 (lesion) and balanced accuracy: mean over seeds with a percentile-bootstrap interval that draws the "
+        "test patients whole (their patches are correlated) and the seeds; AUC: mean over seeds, [min, max] over "
+        "seeds. With this few test patients the intervals are wide.",
     ]
     section_fid = render_study_section(
         title="Lesion patches: DCGAN FID beside the published figure", anchor="study-lesion-patches-fid",
