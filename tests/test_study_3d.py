@@ -101,9 +101,12 @@ def test_study_nodes_end_to_end(cohort, params):
     assert "lesion/lesion_0004_mask.nii.gz" in files and "paired/dicom/paired_0000/IM0016.dcm" in files
     fid = nodes.score_fidelity(store, manifest, samples, provenance, params)
     assert fid["fid_2_5d_n"] == 4 and fid["paired_ssim_n"] == held_out
+    # the fixture's 6 patients: the training half's 4 volumes hold 2, the paired volumes' maps 2 (held out)
+    assert fid["fid_2_5d_patients"] == 2 and fid["paired_ssim_patients"] == 2
     assert fid["fid_2_5d"] == pytest.approx(np.mean([fid[f"fid_{p}"] for p in vm.PLANES]))
     table, control, segmenter = nodes.score_lesion_control(store, manifest, samples, provenance, params)
-    assert len(table) == 3 and control["control_n"] == 3
+    assert len(table) == 3 and control["control_n"] == 3 and 1 <= control["control_patients"] <= 2
+    assert control["floor_patients"] >= 1
     # The intensity method's floor: the held-out phantoms' bright lesions are found where they are.
     assert control["floor_dice"] > 0.8 and control["floor_detected"] == 1.0 and control["floor_false_detection"] == 0
     assert {"control_lesion_contrast", "control_false_detection", "control_threshold"} <= set(control)
@@ -114,6 +117,7 @@ def test_study_nodes_end_to_end(cohort, params):
     runs, utility = nodes.score_utility(store, manifest, samples, provenance, segmenter, params)
     # Test split validation: only the lesion volume drawn from a test patient's label map is trained on.
     assert runs["train_volumes"].tolist() == [8, 9] and (runs["test_volumes"] == 1).all()
+    assert utility["utility_test_patients"] == 1
     assert utility["utility_dice_difference"] == pytest.approx(
         utility["utility_dice_real_synthetic"] - utility["utility_dice_real"])
     metrics, html, views, gate_figure = nodes.write_study_report(store, manifest, samples, provenance, fid, table,
@@ -397,6 +401,49 @@ def test_contrast_selection(cohort, params):
     assert nodes._selected(store, manifest, nodes._config(params)) is manifest  # no contrast: every row
     with pytest.raises(ValueError, match="study_3d.contrast"):
         nodes._config(copy.deepcopy(params) | {"contrast": {"brighter": "bone", "darker": "white_matter"}})
+
+
+def test_the_2_5d_fid_keeps_patients_out_of_both_halves_and_draws_them_whole():
+    torch.manual_seed(0)
+    # 16 reference volumes of 4 patients, each patient's volumes near its own centre: 4 crops of one brain
+    centres = torch.randn(4, 3, dtype=torch.float64) * 3
+    per = {p: centres.repeat_interleave(4 * 6, dim=0) + 0.1 * torch.randn(96, 3, dtype=torch.float64)
+           for p in vm.PLANES}
+    real = vm.PlaneFeatures(per, {p: np.repeat(np.arange(16), 6) for p in vm.PLANES}, 16)
+    fake = vm.PlaneFeatures({p: torch.randn(36, 3, dtype=torch.float64) * 3 for p in vm.PLANES},
+                            {p: np.repeat(np.arange(6), 6) for p in vm.PLANES}, 6)
+    patients = np.repeat(["a", "b", "c", "d"], 4)
+    plain = vm.fid_2_5d(real, fake, resamples=30, seed=0)
+    grouped = vm.fid_2_5d(real, fake, resamples=30, seed=0, reference_groups=patients,
+                          synthetic_groups=np.repeat(["a", "c", "e"], 2))
+    assert "fid_2_5d_patients" not in plain
+    # halves of whole patients: 2 in A, 2 in B (the floor compares patients with other patients)
+    assert grouped["fid_2_5d_patients"] == 2 and grouped["fid_2_5d_floor_patients"] == 4
+    half_a, half_b = fidelity.real_floor_split(torch.arange(16)[:, None], 6, seed=0, groups=patients)
+    assert not set(patients[half_a.flatten().numpy()]) & set(patients[half_b.flatten().numpy()])
+    # a patient's crops near each other: halves of different patients lie further apart than mixed halves
+    assert grouped["fid_2_5d_floor"] > plain["fid_2_5d_floor"]
+    # the floor's interval draws A's and B's patients whole: the same halves drawn by volume give another
+    by_patient, by_volume = (fidelity.bootstrap_interval(
+        vm._volume_statistic(real, real), half_a, half_b, resamples=30, seed=0,
+        real_groups=patients[half_a.flatten().numpy()] if grouped_draw else None,
+        fake_groups=patients[half_b.flatten().numpy()] if grouped_draw else None) for grouped_draw in (True, False))
+    assert (grouped["fid_2_5d_floor_low"], grouped["fid_2_5d_floor_high"]) == pytest.approx(
+        (by_patient.low, by_patient.high))
+    assert (by_volume.low, by_volume.high) != pytest.approx((by_patient.low, by_patient.high))
+
+
+def test_control_intervals_draw_patients():
+    table = pd.DataFrame({"realised_found": [1] * 8, "abs_volume_error_ml": [0.1, 0.1, 0.1, 0.1, 2.0, 2.0, 2.0, 2.0],
+                          "volume_error_ml": [0.0] * 8, "centre_error_mm": [1.0] * 7 + [np.nan]})
+    plain = vm.control_summary(table, resamples=200)
+    grouped = vm.control_summary(table, resamples=200, groups=np.repeat(["a", "b"], 4))
+    assert grouped["control_abs_volume_error_ml"] == plain["control_abs_volume_error_ml"]
+    assert grouped["control_patients"] == 2 and "control_patients" not in plain
+    # 2 patients drawn whole: a resample is all a, all b or half each, so the interval spans 0.1 to 2.0
+    assert grouped["control_abs_volume_error_ml_low"] == pytest.approx(0.1)
+    assert grouped["control_abs_volume_error_ml_high"] == pytest.approx(2.0)
+    assert plain["control_abs_volume_error_ml_high"] - plain["control_abs_volume_error_ml_low"] < 1.5
 
 
 def test_segmentation_utility_difference(monkeypatch):

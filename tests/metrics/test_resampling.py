@@ -12,7 +12,7 @@ from synthmed.metrics import detectability as det
 from synthmed.metrics.detectability import bootstrap_auc
 from synthmed.metrics.features import FitConfig
 from synthmed.metrics.fidelity import frechet_interval, real_floor_split
-from synthmed.metrics.resampling import bootstrap_units, disjoint_halves, draw_units, group_folds
+from synthmed.metrics.resampling import bootstrap_units, disjoint_halves, draw_units, group_folds, n_groups
 
 PATIENTS = np.repeat([f"p{i}" for i in range(8)], 6)  # 8 patients of 6 images, 48 rows
 
@@ -73,8 +73,12 @@ def test_units_and_draws_match_the_image_bootstrap_without_patients():
     assert rows.tolist() == np.random.default_rng(7).integers(0, 5, size=5).tolist()
     grouped = bootstrap_units(6, ["b", "a", "b", "c", "a", "b"])
     assert [u.tolist() for u in grouped] == [[1, 4], [0, 2, 5], [3]]
-    with pytest.raises(ValueError, match="no patient key"):
-        bootstrap_units(3, ["a", None, "b"])
+    # an image without a key (a class-conditional sample beside real slices) is its own unit, not a patient
+    mixed = bootstrap_units(5, ["b", None, "a", "b", float("nan")])
+    assert [u.tolist() for u in mixed] == [[2], [0, 3], [1], [4]]
+    assert n_groups(["b", None, "a", "b", float("nan")]) == 2
+    halves = disjoint_halves(6, 3, np.random.default_rng(0), ["a", "a", "a", None, None, None])
+    assert sorted(np.r_[halves[0], halves[1]].tolist()) == list(range(6)) and set(halves[0]) in ({0, 1, 2}, {3, 4, 5})
     with pytest.raises(ValueError, match=r"one patient key per image \(3\), got 2"):
         bootstrap_units(3, ["a", "b"])
 
@@ -143,6 +147,17 @@ def test_the_report_names_the_patients_an_interval_drew():
                             "fid_floor_halves": 2.0}).set_index("metric")
     assert shown.loc["FID", "N"] == "64 (real: 9 patients)"
     assert fidelity_table({"fid": 4.2, "fid_n": 64}).set_index("metric").loc["FID", "N"] == 64
+    # every interval of a row says what it drew: the floors', the real images' lesion signal
+    shown = fidelity_table({"fid": 4.2, "fid_n": 64, "fid_patients": 9, "fid_floor_halves": 2.0,
+                            "fid_floor_halves_n": 40, "fid_floor_halves_patients": 12,
+                            "fid_floor_neighbour_slices": 0.1, "fid_floor_neighbour_slices_n": 64,
+                            "fid_floor_neighbour_slices_patients": 1, "lesion_signal_auc": 0.6,
+                            "lesion_signal_auc_n": 64, "lesion_signal_auc_real": 0.8,
+                            "lesion_signal_auc_real_n": 1386,
+                            "lesion_signal_auc_real_patients": 21}).set_index("metric")
+    assert shown.loc["FID", "N"] == ("64 (real: 9 patients); halves: 40 (12 patients); "
+                                     "neighbouring slices: 64 (1 patient)")
+    assert shown.filter(like="lesion signal", axis=0)["N"].item() == "64; real images: 1,386 (21 patients)"
 
 
 def test_a_patient_bootstrap_of_a_mean_is_wider_and_without_patients_draws_as_before(caplog):
@@ -200,7 +215,9 @@ def test_the_paired_and_neighbour_floor_intervals_of_the_evaluation_draw_patient
                      np.arange(n), torch.randn(n, 6, generator=g), keys)
 
     reference, synthetic = split(96, patients), split(48, patients[::2])
-    neighbours = (torch.randn(40, 6, generator=g), torch.randn(40, 6, generator=g))
+    # each slice's neighbour lies close to it, patients apart from each other
+    first = torch.randn(5, 6, generator=g).repeat_interleave(8, dim=0) * 3 + 0.3 * torch.randn(40, 6, generator=g)
+    neighbours = (first, first + 0.05 * torch.randn(40, 6, generator=g))
     evaluation = EvaluationSet(family="pix2pix", source="slices", class_names=("normal",), network=None,
                                reference=reference, held_out=reference, test=reference, synthetic=synthetic,
                                provenance=None, paired=torch.rand(48, 1, 16, 16, generator=g) * 2 - 1,
@@ -208,6 +225,8 @@ def test_the_paired_and_neighbour_floor_intervals_of_the_evaluation_draw_patient
     config = FidelityConfig(resamples=20, kid_subset_size=8, kid_subsets=3, diversity_pairs=5)
     out = fidelity_scores(evaluation, config)
     assert out["paired_ssim_patients"] == 8 and out["paired_ssim_n"] == 48
+    # the pairs are drawn together: the floor's interval stays near it (apart, it would lie far above)
+    assert out["fid_floor_neighbour_slices_high"] < 10 * max(out["fid_floor_neighbour_slices"], 0.05)
     assert 1 <= out["fid_floor_neighbour_slices_patients"] <= 5
     plain = fidelity_scores(replace(evaluation, synthetic=replace(synthetic, patients=None), neighbour_patients=None),
                             config)
@@ -226,3 +245,27 @@ def test_the_report_names_the_patients_of_the_paired_and_lesion_rows():
                             "lesion_contrast_patients": 7}).set_index("metric")
     assert shown.filter(like="paired SSIM", axis=0)["N"].item() == "64 (real: 1 patient)"
     assert shown.filter(like="lesion contrast", axis=0)["N"].item() == "20 (real: 7 patients)"
+
+
+def test_a_paired_bootstrap_draws_the_same_patients_of_both_sets():
+    """A slice and its neighbour (or its inpainted copy) belong together: drawn independently, a resample
+    compares one patient's slices with another's neighbours and the interval lies far above the estimate."""
+    from synthmed.metrics.fidelity import bootstrap_interval, frechet_distance
+
+    real = _clustered(8, 10, 0)
+    neighbour = real + 0.05 * torch.randn(real.shape, generator=torch.Generator().manual_seed(2))
+    patients = np.repeat(np.arange(8), 10)
+    kwargs = {"resamples": 60, "seed": 0, "real_groups": patients}
+    apart = frechet_interval(real, neighbour, fake_groups=patients, **kwargs)
+    together = frechet_interval(real, neighbour, paired=True, **kwargs)
+    assert together.estimate == apart.estimate
+    assert apart.low > 10 * together.estimate  # independent draws: the pairs are broken
+    assert together.low <= 2 * together.estimate and together.high < apart.low
+    # the generic path draws the same rows
+    generic = bootstrap_interval(lambda r, f: float(frechet_distance(r, f)), real, neighbour, paired=True, **kwargs)
+    assert (generic.low, generic.high) == pytest.approx((together.low, together.high), rel=1e-6)
+    with pytest.raises(ValueError, match="as many rows"):
+        frechet_interval(real, neighbour[:-1], paired=True, resamples=2)
+    with pytest.raises(ValueError, match="equal to real_groups"):
+        frechet_interval(real, neighbour, paired=True, resamples=2, real_groups=patients, fake_groups=patients[::-1])
+

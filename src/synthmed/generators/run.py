@@ -81,7 +81,7 @@ def checkpoint_folder(run: RunConfig, family: str, model_config: Any, training_c
 
 def model_card_facts(run: RunConfig, training_config: Any, manifest: pd.DataFrame, indices: Any,
                      class_names: list[str], data_sha256: Mapping[str, str],
-                     history: list[Mapping[str, float]]) -> dict[str, Any]:
+                     history: list[Mapping[str, float]], *, precision: str | None = None) -> dict[str, Any]:
     """What the model card of a trained generator states (``synthmed.generators.common``): facts only.
 
     Args:
@@ -90,6 +90,7 @@ def model_card_facts(run: RunConfig, training_config: Any, manifest: pd.DataFram
         class_names: by class id.
         data_sha256: the training arrays' checksums (images, labels, masks).
         history: the trainer's logged records; the last one is quoted.
+        precision: what ``mixed_precision`` became on the machine (``no`` is fp32), when known.
     """
     rows = manifest[manifest["index"].isin(list(indices))]
     per_class = {name: int((rows["label"] == name).sum()) for name in class_names} if "label" in rows else {}
@@ -102,6 +103,7 @@ def model_card_facts(run: RunConfig, training_config: Any, manifest: pd.DataFram
         "per_class": per_class,
         "data_sha256": dict(data_sha256),
         "training": {k: settings[k] for k in sorted(settings) if not isinstance(settings[k], (dict, list))},
+        **({"precision": "fp32" if precision == "no" else precision} if precision else {}),
         "final": {k: float(v) for k, v in (history[-1] if history else {}).items()},
     }
 

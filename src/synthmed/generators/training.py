@@ -467,12 +467,28 @@ def _allow_precision(precision: str) -> None:
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
+def resolved_precision(config: TrainingConfig) -> str:
+    """What ``mixed_precision`` becomes on this machine: the setting itself, or for ``auto`` bf16
+    on CUDA and on CPUs with AMX-BF16 and ``no`` (fp32) elsewhere. The model card records it: the
+    same data and settings train other weights in bf16 than in fp32."""
+    if config.mixed_precision != "auto":
+        return config.mixed_precision
+    return "bf16" if auto_bf16(_device_type(config)) else "no"
+
+
+def _device_type(config: TrainingConfig) -> str:
+    """cuda, mps or cpu: where ``config.device`` puts training on this machine."""
+    if torch.cuda.is_available() and config.device in ("auto", "cuda"):
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() and config.device in ("auto", "mps") else "cpu"
+
+
 def _accelerator(config: TrainingConfig):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    cuda = torch.cuda.is_available() and config.device in ("auto", "cuda")
-    mps = not cuda and torch.backends.mps.is_available() and config.device in ("auto", "mps")
+    device_type = _device_type(config)
+    cuda, mps = device_type == "cuda", device_type == "mps"
     if config.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("training.device is 'cuda' but no CUDA device is available.")
     sharded = [name for name in _SHARDING_VARIABLES if os.environ.get(name, "").lower() == "true"]
@@ -487,12 +503,9 @@ def _accelerator(config: TrainingConfig):
         raise ValueError(f"{local_processes} processes on this machine (LOCAL_WORLD_SIZE) but "
                          f"{torch.cuda.device_count()} CUDA device(s): one process per GPU. Run "
                          f"`synthmed train --processes {torch.cuda.device_count()}` (or fewer).")
-    precision = config.mixed_precision
-    if precision == "auto":
-        device_type = "cuda" if cuda else "mps" if mps else "cpu"
-        precision = "bf16" if auto_bf16(device_type) else "no"
-        if device_type == "cpu" and precision == "bf16":
-            logger.info("training.mixed_precision auto: bf16 autocast on this CPU (AMX-BF16); 'no' for fp32")
+    precision = resolved_precision(config)
+    if config.mixed_precision == "auto" and not (cuda or mps) and precision == "bf16":
+        logger.info("training.mixed_precision auto: bf16 autocast on this CPU (AMX-BF16); 'no' for fp32")
     _allow_precision(precision)
     # GAN steps use a module in one loss and not in the other: let DDP allow unused parameters.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
@@ -539,7 +552,8 @@ def train(
 
     Returns:
         ``(models, history)``: the trained modules (unwrapped, on CPU, eval mode) and one
-        record per logged step (``step``, the losses, ``lr``, ``images_per_s``).
+        record per logged step (``step``, the losses, ``lr``, ``images_per_s``; the last is a
+        figure of the machine, see ``reproducible_history``).
     """
     accelerator = _accelerator(config)
     if tracker is not None and accelerator.is_main_process:
@@ -648,6 +662,17 @@ def train(
     final = _unwrapped(accelerator, models, keep_autocast=False).to("cpu").eval()
     _end(accelerator)
     return final, history
+
+
+# Figures of the machine and its load, not of the model: logged and sent to MLflow while training
+# runs, and kept out of what DVC versions (the history CSV, the model card), so a rerun with the same
+# data, settings and precision writes the same bytes.
+WALL_CLOCK_KEYS = ("images_per_s",)
+
+
+def reproducible_history(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """``history`` without the wall-clock figures (``WALL_CLOCK_KEYS``)."""
+    return [{k: v for k, v in record.items() if k not in WALL_CLOCK_KEYS} for record in history]
 
 
 def _end(accelerator: Any) -> None:

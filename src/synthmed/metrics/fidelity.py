@@ -360,6 +360,7 @@ def bootstrap_interval(
     seed: int = 0,
     real_groups: Groups = None,
     fake_groups: Groups = None,
+    paired: bool = False,
 ) -> Interval:
     """Percentile bootstrap (Efron & Tibshirani 1993, ch. 13) of a two-set statistic.
 
@@ -369,6 +370,13 @@ def bootstrap_interval(
     as ``real`` holds, with replacement, each with all its rows (a cluster bootstrap,
     ``synthmed.metrics.resampling``): slices of one patient are not independent, and drawing
     them one by one gives an interval far too narrow. ``fake_groups`` likewise.
+
+    ``paired``: row ``i`` of ``fake`` belongs with row ``i`` of ``real`` (a slice and its
+    neighbour, a slice and its inpainted copy), so each resample draws one set of rows (or
+    patients, by ``real_groups``) and takes them from both. Drawn independently, a resample would
+    compare one patient's slices with another's neighbours: the interval would measure how far
+    different patients lie apart, not the sampling noise of the pairs, and lie far above the
+    estimate.
 
     Caveat: duplicated rows shrink a resample's spread, so set distances such as FID are larger
     on resamples than on the full sets; the FID interval can then lie above the estimate. It
@@ -386,6 +394,8 @@ def bootstrap_interval(
         seed: seeds the resampling.
         real_groups, fake_groups: ``(N_real,)`` / ``(N_fake,)`` patient keys, or None (each row
             its own unit).
+        paired: draw the same rows of both sets (``N_real == N_fake``; ``fake_groups``, when
+            given, equal to ``real_groups``).
 
     Returns:
         An ``Interval``.
@@ -400,7 +410,7 @@ def bootstrap_interval(
     level = _check_level(level)
     if statistic is frechet_distance:
         return frechet_interval(real, fake, resamples=resamples, level=level, seed=seed, real_groups=real_groups,
-                                fake_groups=fake_groups)
+                                fake_groups=fake_groups, paired=paired)
 
     def resampled(real_rows: np.ndarray, fake_rows: np.ndarray) -> float:
         return float(statistic(real[torch.as_tensor(real_rows, device=real.device)],
@@ -408,12 +418,12 @@ def bootstrap_interval(
 
     return _percentile_bootstrap(float(statistic(real, fake)), resampled, real.shape[0], fake.shape[0],
                                  resamples=resamples, level=level, seed=seed, real_groups=real_groups,
-                                 fake_groups=fake_groups)
+                                 fake_groups=fake_groups, paired=paired)
 
 
 def frechet_interval(
     real: Tensor, fake: Tensor, *, resamples: int = 200, level: float = 0.95, seed: int = 0,
-    real_groups: Groups = None, fake_groups: Groups = None,
+    real_groups: Groups = None, fake_groups: Groups = None, paired: bool = False,
 ) -> Interval:
     """``bootstrap_interval(frechet_distance, ...)`` from sufficient statistics.
 
@@ -428,6 +438,7 @@ def frechet_interval(
         level: nominal coverage in (0, 1).
         seed: seeds the resampling.
         real_groups, fake_groups: patient keys per row, or None (see ``bootstrap_interval``).
+        paired: draw the same rows of both sets (see ``bootstrap_interval``).
 
     Returns:
         An ``Interval``.
@@ -444,7 +455,8 @@ def frechet_interval(
         return moments.distance(*counts)
 
     return _percentile_bootstrap(moments.full(), resampled, n_real, n_fake, resamples=resamples, level=level,
-                                 seed=seed, what="FID bootstrap", real_groups=real_groups, fake_groups=fake_groups)
+                                 seed=seed, what="FID bootstrap", real_groups=real_groups, fake_groups=fake_groups,
+                                 paired=paired)
 
 
 def _percentile_bootstrap(
@@ -459,17 +471,25 @@ def _percentile_bootstrap(
     what: str = "bootstrap",
     real_groups: Groups = None,
     fake_groups: Groups = None,
+    paired: bool = False,
 ) -> Interval:
-    """Draw the resamples' rows (real then fake, per resample: single rows, or whole groups) and
-    take the percentiles."""
+    """Draw the resamples' rows (real then fake, per resample: single rows, or whole groups; with
+    ``paired`` one draw for both) and take the percentiles."""
+    if paired:
+        if n_real != n_fake:
+            raise ValueError(f"{what}: paired sets must have as many rows, got {n_real} real and {n_fake} fake.")
+        if fake_groups is not None and (real_groups is None or not np.array_equal(
+                np.asarray(real_groups, dtype=object), np.asarray(fake_groups, dtype=object))):
+            raise ValueError(f"{what}: paired rows belong to one patient each; expected fake_groups equal to "
+                             "real_groups (or None).")
     rng = np.random.default_rng(seed)
     real_units = bootstrap_units(n_real, real_groups, what=f"{what}: real")
-    fake_units = bootstrap_units(n_fake, fake_groups, what=f"{what}: fake")
+    fake_units = real_units if paired else bootstrap_units(n_fake, fake_groups, what=f"{what}: fake")
     values = np.empty(resamples, dtype=np.float64)
     log = ProgressLog(logger, what, resamples, "resamples")
     for i in range(resamples):
         real_rows = draw_units(rng, real_units)
-        fake_rows = draw_units(rng, fake_units)
+        fake_rows = real_rows if paired else draw_units(rng, fake_units)
         values[i] = resampled(real_rows, fake_rows)
         log.update(i + 1)
     if not np.isfinite(values).all():

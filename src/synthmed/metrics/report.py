@@ -231,20 +231,33 @@ def with_interval(metrics: Mapping[str, float], name: str) -> str:
                     n=metrics.get(f"{name}_n"))
 
 
-def sample_size(metrics: Mapping[str, float], name: str) -> Any:
+def _count(n: Any, patients: Any, real: bool) -> str:
+    """``64``, or ``64 (real: 9 patients)`` where the interval drew patients (``real``: say they are real)."""
+    if not _finite(patients):
+        return f"{int(n):,}"
+    return f"{int(n):,} ({'real: ' if real else ''}{int(patients)} patient{'' if int(patients) == 1 else 's'})"
+
+
+def sample_size(metrics: Mapping[str, float], name: str, *others: tuple[str, str]) -> Any:
     """A table's N cell: ``<name>_n``, and the real patients its interval resampled where it drew
-    patients (``<name>_patients``): "64 (real: 9 patients)"."""
+    patients (``<name>_patients``): "64 (real: 9 patients)". ``others`` are ``(label, metric)`` of
+    the row's other columns (a floor, the real images' score): each with its own ``_n`` adds
+    "; <label>: 64 (21 patients)", so every interval in the row says what it drew."""
     n, patients = metrics.get(f"{name}_n"), metrics.get(f"{name}_patients")
-    if not _finite(n) or not _finite(patients):
+    shown = [(label, metrics.get(f"{other}_n"), metrics.get(f"{other}_patients")) for label, other in others]
+    shown = [(label, m, p) for label, m, p in shown if _finite(m)]
+    if not _finite(n) or (not _finite(patients) and not shown):
         return n
-    return f"{int(n)} (real: {int(patients)} patient{'' if int(patients) == 1 else 's'})"
+    return "; ".join([_count(n, patients, True)] + [f"{label}: {_count(m, p, False)}" for label, m, p in shown])
 
 
 def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:
     """Each fidelity metric beside its real-vs-real floor, with N (and the real patients drawn)."""
     rows = [
         ("FID", with_interval(metrics, "fid"), with_interval(metrics, "fid_floor_halves"),
-         with_interval(metrics, "fid_floor_neighbour_slices"), sample_size(metrics, "fid")),
+         with_interval(metrics, "fid_floor_neighbour_slices"),
+         sample_size(metrics, "fid", ("halves", "fid_floor_halves"),
+                     ("neighbouring slices", "fid_floor_neighbour_slices"))),
         ("KID", estimate(metrics.get("kid"), std=metrics.get("kid_std")),
          estimate(metrics.get("kid_floor_halves"), std=metrics.get("kid_floor_halves_std")), "",
          metrics.get("fid_n")),
@@ -256,19 +269,19 @@ def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:
     if "detectability_auc" in metrics:
         rows.append(("detectability AUC (a classifier telling synthetic from real; 0.5 = it cannot)",
                      with_interval(metrics, "detectability_auc"), with_interval(metrics, "detectability_auc_floor"),
-                     "", sample_size(metrics, "detectability_auc")))
+                     "", sample_size(metrics, "detectability_auc", ("floor", "detectability_auc_floor"))))
     if "lesion_signal_auc" in metrics:
         real = ("the real slices of the same label maps" if metrics.get("lesion_signal_real_paired") else
                 "the real images it learnt from, what a faithful copy reaches")
         rows.append((f"lesion signal AUC (bright-spot score, lesion-class vs normal images; second column: {real}; "
                      "0.5 = no sign of the lesions)",
                      with_interval(metrics, "lesion_signal_auc"), with_interval(metrics, "lesion_signal_auc_real"),
-                     "", sample_size(metrics, "lesion_signal_auc")))
+                     "", sample_size(metrics, "lesion_signal_auc", ("real images", "lesion_signal_auc_real"))))
     if "lesion_contrast" in metrics:
         rows.append(("lesion contrast inside the lesion mask ((lesion - grey and white matter around it) / that "
                      "tissue's std; second column: the real image of the same label map; 0 = no lesion drawn)",
                      with_interval(metrics, "lesion_contrast"), with_interval(metrics, "lesion_contrast_real"),
-                     "", sample_size(metrics, "lesion_contrast")))
+                     "", sample_size(metrics, "lesion_contrast", ("real images", "lesion_contrast_real"))))
     for name in ("mse", "ssim", "psnr"):
         if f"paired_{name}" in metrics:
             rows.append((f"paired {name.upper()} vs the real image of the same mask",

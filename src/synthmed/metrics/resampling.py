@@ -11,7 +11,9 @@ patient on one side.
 
 Every function takes ``groups=None`` for images without patients (each image its own unit) and
 then draws exactly what an image-level resampling with the same random generator draws, so
-results on sources without patients do not change.
+results on sources without patients do not change. Within ``groups`` a missing key (None or NaN)
+marks one image without a patient, such as a class-conditional model's sample beside real
+slices: it is its own unit, and ``n_groups`` does not count it as a patient.
 """
 
 from __future__ import annotations
@@ -33,16 +35,21 @@ MIN_HALF = 2
 
 
 def _codes(n: int, groups: Groups, what: str) -> np.ndarray | None:
-    """Integer group codes 0..G-1 (sorted by key) for ``n`` rows, or None without groups."""
+    """Integer group codes for ``n`` rows, or None without groups.
+
+    The patients get 0..G-1 (sorted by key); a row without a key (None or NaN: a sample of a
+    class-conditional model, which has no patient) gets a code of its own after them, so it is
+    drawn, halved and folded alone.
+    """
     if groups is None:
         return None
     keys = np.asarray(groups, dtype=object)
     if keys.shape != (n,):
         raise ValueError(f"{what}: expected one patient key per image ({n}), got {keys.shape[0] if keys.ndim else 0}.")
-    if pd.isna(pd.Series(keys)).any():
-        raise ValueError(f"{what}: {int(pd.isna(pd.Series(keys)).sum())} of {n} images have no patient key; expected "
-                         "a key for every image, or none at all.")
-    codes, _ = pd.factorize(pd.Series(keys), sort=True)
+    series = pd.Series(keys)
+    missing = series.isna().to_numpy()
+    codes, uniques = pd.factorize(series, sort=True)  # NA -> -1
+    codes[missing] = len(uniques) + np.arange(int(missing.sum()))
     return codes
 
 
@@ -137,5 +144,5 @@ def subset(groups: Groups, rows: np.ndarray) -> np.ndarray | None:
 
 
 def n_groups(groups: Groups) -> int | None:
-    """How many patients ``groups`` holds (None without groups)."""
-    return None if groups is None else int(pd.Series(np.asarray(groups, dtype=object)).nunique())
+    """How many patients ``groups`` holds, rows without a key not counted (None without groups)."""
+    return None if groups is None else int(pd.Series(np.asarray(groups, dtype=object)).nunique(dropna=True))

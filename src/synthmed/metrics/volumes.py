@@ -9,8 +9,10 @@
    ``metrics.fidelity.frechet_distance`` and the 2.5D FID is the mean of the three planes.
    The floor is the same statistic between two disjoint halves of the real reference
    volumes, at the same number of volumes as the synthetic set (``fidelity.real_floor_split``
-   on volume indices). Intervals: ``fidelity.bootstrap_interval`` over *volumes* (a volume's
-   slices are resampled together: they are not independent).
+   on volume indices; with patient keys no patient is in both halves). Intervals:
+   ``fidelity.bootstrap_interval`` over *patients* where the volumes carry patient keys (the crops
+   of one patient, a brain crop and lesion crops, are resampled together), else over volumes (a
+   volume's slices are always resampled together: they are not independent).
 2. **Paired SSIM / PSNR** (`paired_volume_metrics`): each synthetic volume against the real
    volume whose label map it was drawn from; 3D SSIM (Gaussian window of 7 voxels, the
    images shifted to [0, 2] as in ``fidelity.paired_metrics``), PSNR over the volume.
@@ -56,6 +58,7 @@ from synthmed.core.validation import is_number
 from synthmed.imaging.labels import CSF, EDEMA, GREY, LABEL_NAMES, LESION, WHITE
 from synthmed.metrics import fidelity
 from synthmed.metrics.features import ClassifierConfig, FitConfig, fit_classifier, predict_proba, resolve_device
+from synthmed.metrics.resampling import Groups, n_groups, subset
 from synthmed.metrics.volume_config import IntensityControlConfig, PlaneEncoderConfig, SegmenterConfig
 from synthmed.metrics.volume_reader import orthogonal_sections as _sections
 
@@ -177,33 +180,45 @@ def _volume_statistic(real: PlaneFeatures, fake: PlaneFeatures) -> Callable[[Ten
 
 
 def fid_2_5d(reference: PlaneFeatures, synthetic: PlaneFeatures, *, resamples: int = 200, level: float = 0.95,
-             seed: int = 0) -> dict[str, float]:
+             seed: int = 0, reference_groups: Groups = None, synthetic_groups: Groups = None) -> dict[str, float]:
     """2.5D FID of ``synthetic`` against half of ``reference``, beside the real-vs-real floor on the same N.
 
     The reference volumes are split into halves A and B of ``n = min(N_synthetic, N_reference // 2)``
     volumes (``fidelity.real_floor_split``); ``n`` synthetic volumes are drawn; FID(A, synthetic) and
     the floor FID(A, B), each per plane and averaged, with percentile-bootstrap intervals over volumes.
+    With ``reference_groups`` (the patient of each reference volume) A and B hold different patients
+    and the intervals draw A's and B's patients whole; ``synthetic_groups`` (the patient whose label
+    map each synthetic volume was drawn from) groups the synthetic side likewise.
 
     Returns:
         ``fid_2_5d`` (+ ``_low``, ``_high``), ``fid_<plane>``, ``fid_2_5d_floor`` (+ intervals),
-        ``fid_<plane>_floor``, ``fid_2_5d_n`` (volumes per set) and the slice counts.
+        ``fid_<plane>_floor``, ``fid_2_5d_n`` (volumes per set) and the slice counts; with groups
+        ``fid_2_5d_patients`` and ``fid_2_5d_floor_patients`` (real patients in A; in A and B).
     """
     if synthetic.n_volumes < 2 or reference.n_volumes < 4:
         raise ValueError(f"The 2.5D FID needs at least 2 synthetic and 4 reference volumes, got "
                          f"{synthetic.n_volumes} and {reference.n_volumes}.")
     half_a, half_b = fidelity.real_floor_split(torch.arange(reference.n_volumes)[:, None], synthetic.n_volumes,
-                                               seed=seed)
+                                               seed=seed, groups=reference_groups)
     n = len(half_a)
     rng = np.random.default_rng(seed)
     fake_pick = torch.as_tensor(np.sort(rng.choice(synthetic.n_volumes, size=n, replace=False)))[:, None]
     out: dict[str, float] = {"fid_2_5d_n": float(n)}
-    for suffix, first, second, other in (("", half_a, fake_pick, synthetic), ("_floor", half_a, half_b, reference)):
+    real_a = subset(reference_groups, half_a.flatten().numpy())
+    for suffix, first, second, other, groups in (
+            ("", half_a, fake_pick, synthetic, subset(synthetic_groups, fake_pick.flatten().numpy())),
+            ("_floor", half_a, half_b, reference, subset(reference_groups, half_b.flatten().numpy()))):
         planes = fid_2_5d_of(reference, first.flatten().tolist(), other, second.flatten().tolist())
         interval = fidelity.bootstrap_interval(_volume_statistic(reference, other), first, second,
-                                               resamples=resamples, level=level, seed=seed)
+                                               resamples=resamples, level=level, seed=seed, real_groups=real_a,
+                                               fake_groups=groups)
         out |= {f"fid_2_5d{suffix}": planes["fid_2_5d"], f"fid_2_5d{suffix}_low": interval.low,
                 f"fid_2_5d{suffix}_high": interval.high}
         out |= {f"fid_{plane}{suffix}": planes[plane] for plane in PLANES}
+    if real_a is not None:
+        out["fid_2_5d_patients"] = float(n_groups(real_a))
+        out["fid_2_5d_floor_patients"] = float(n_groups(np.r_[real_a, subset(reference_groups,
+                                                                            half_b.flatten().numpy())]))
     for plane in PLANES:
         out[f"slices_{plane}_synthetic"] = float(len(_rows_of(synthetic, plane, fake_pick.flatten().tolist())))
     logger.info("2.5D FID %.2f [%.2f, %.2f] vs floor %.2f [%.2f, %.2f] (n = %d volumes per set)", out["fid_2_5d"],
@@ -386,16 +401,24 @@ def lesion_control_table(plan: pd.DataFrame, masks: np.ndarray, spacing_mm: Sequ
 
 
 def control_summary(table: pd.DataFrame, *, resamples: int = 200, level: float = 0.95,
-                    seed: int = 0) -> dict[str, float]:
-    """Detection rate, mean absolute volume error (mL) and mean centre error (mm, found lesions) with intervals."""
+                    seed: int = 0, groups: Groups = None) -> dict[str, float]:
+    """Detection rate, mean absolute volume error (mL) and mean centre error (mm, found lesions) with intervals.
+
+    ``groups``: the patient of each row (whose label map the volume was drawn from; for real lesions,
+    whose volume holds it): the intervals then draw patients whole, and ``control_patients`` counts them.
+    """
     out = {"control_n": float(len(table)), "control_detected": float(table["realised_found"].mean())
            if len(table) else math.nan}
+    if groups is not None:
+        out["control_patients"] = float(n_groups(groups))
     for column, name in (("abs_volume_error_ml", "control_abs_volume_error_ml"),
                          ("volume_error_ml", "control_volume_error_ml"),
                          ("centre_error_mm", "control_centre_error_mm")):
-        values = np.array(table[column].dropna(), dtype=np.float64)
-        if len(values):
-            stats = fidelity.summarise(torch.as_tensor(values), resamples=resamples, level=level, seed=seed)
+        known = table[column].notna().to_numpy()
+        if known.any():
+            values = np.asarray(table[column].to_numpy()[known], dtype=np.float64)
+            stats = fidelity.summarise(torch.as_tensor(values), resamples=resamples, level=level, seed=seed,
+                                       groups=subset(groups, known))
             out |= {name: stats["mean"], f"{name}_low": stats["low"], f"{name}_high": stats["high"]}
     return out
 
@@ -538,13 +561,13 @@ def calibrate_intensity_threshold(images: np.ndarray, label_maps: np.ndarray, le
 def intensity_floor(images: np.ndarray, label_maps: np.ndarray, lesion_masks: np.ndarray,
                     spacing_mm: Sequence[float], threshold: float, config: IntensityControlConfig, *,
                     sites_per_volume: int = 5, min_distance_mm: float = 30.0, resamples: int = 200,
-                    level: float = 0.95, seed: int = 0) -> tuple[pd.DataFrame, dict[str, float]]:
+                    level: float = 0.95, seed: int = 0, groups: Groups = None) -> tuple[pd.DataFrame, dict[str, float]]:
     """The intensity method's own error on real (held-out) volumes: the floor of the control table.
 
     Every real lesion is measured as if it had been requested (its centroid and volume); and, at
     ``sites_per_volume`` parenchyma voxels per volume at least ``min_distance_mm`` from any lesion,
     a request of the real lesions' median volume tells how often the method finds a lesion where
-    there is none.
+    there is none. ``groups`` (the patient of each volume): the intervals draw patients whole.
 
     Returns:
         ``(table, summary)``: one row per real lesion (`lesion_control_table` columns, ``dice``);
@@ -562,7 +585,8 @@ def intensity_floor(images: np.ndarray, label_maps: np.ndarray, lesion_masks: np
     table = lesion_control_table(plan, masks, spacing_mm).assign(dice=_lesion_dice(plan, masks, lesion_masks,
                                                                                     spacing_mm))
     summary = {f"floor_{k.removeprefix('control_')}": v
-               for k, v in control_summary(table, resamples=resamples, level=level, seed=seed).items()}
+               for k, v in control_summary(table, resamples=resamples, level=level, seed=seed,
+                                           groups=subset(groups, table["volume"].to_numpy(dtype=np.int64))).items()}
     summary |= {"floor_dice": float(table["dice"].mean()), "floor_threshold": float(threshold),
                 "floor_abs_volume_error_ml_max": float(table["abs_volume_error_ml"].max()),
                 "floor_centre_error_mm_max": float(table["centre_error_mm"].max())}
@@ -717,8 +741,8 @@ def false_detection(images: np.ndarray, label_maps: np.ndarray, lesion_masks: np
 
 def segmentation_utility(real: tuple[np.ndarray, np.ndarray], synthetic: tuple[np.ndarray, np.ndarray],
                          test: tuple[np.ndarray, np.ndarray], config: SegmenterConfig, seeds: Sequence[int], *,
-                         resamples: int = 200, level: float = 0.95,
-                         trained: Mapping[int, nn.Module] | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+                         resamples: int = 200, level: float = 0.95, trained: Mapping[int, nn.Module] | None = None,
+                         test_groups: Groups = None) -> tuple[pd.DataFrame, dict[str, float]]:
     """Lesion segmenters trained on real volumes and on real + synthetic volumes, scored on real test volumes.
 
     Args:
@@ -726,6 +750,7 @@ def segmentation_utility(real: tuple[np.ndarray, np.ndarray], synthetic: tuple[n
             volumes' masks are the lesions of the label maps they were drawn from.
         seeds: one segmenter per mode and seed (``config.seed`` is replaced).
         trained: real-only segmenters already trained with this config, by seed (not trained again).
+        test_groups: the patient of each test volume: the intervals draw patients whole.
 
     Returns:
         ``(runs, summary)``: one row per mode and seed with the mean Dice over test volumes with a
@@ -755,9 +780,12 @@ def segmentation_utility(real: tuple[np.ndarray, np.ndarray], synthetic: tuple[n
     for name, values in (("utility_dice_real", per_volume["real"]),
                          ("utility_dice_real_synthetic", per_volume["real_synthetic"]),
                          ("utility_dice_difference", per_volume["difference"])):
-        stats = fidelity.summarise(torch.as_tensor(values), resamples=resamples, level=level)
+        stats = fidelity.summarise(torch.as_tensor(values), resamples=resamples, level=level,
+                                   groups=subset(test_groups, has_lesion))
         summary |= {name: stats["mean"], f"{name}_low": stats["low"], f"{name}_high": stats["high"]}
     summary |= {"utility_test_volumes": float(len(images)), "utility_seeds": float(len(seeds))}
+    if test_groups is not None:
+        summary["utility_test_patients"] = float(n_groups(subset(test_groups, has_lesion)))
     return pd.DataFrame(runs), summary
 
 

@@ -1261,6 +1261,15 @@ def calibration_rows(held_out: pd.DataFrame) -> pd.Series:
     return keep
 
 
+def held_out_maxima(held_out: pd.DataFrame) -> dict[str, float]:
+    """How near the held-out patients' images came to the training images (pixel NCC): the closest of
+    all of them (``held_out_max_pixel_similarity``, copies, blank and low-tissue images too) and the closest
+    of those that set the threshold (``calibration_max_pixel_similarity``, `calibration_rows`)."""
+    similarity = held_out["pixel_similarity"]
+    return {"held_out_max_pixel_similarity": float(similarity.max()),
+            "calibration_max_pixel_similarity": float(similarity[calibration_rows(held_out)].max())}
+
+
 def prepare_gate(
     train: Tensor | ArrayLike,
     held_out: Tensor | ArrayLike,

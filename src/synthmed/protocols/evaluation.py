@@ -49,7 +49,7 @@ from synthmed.metrics.report import number, render_report
 from synthmed.metrics.resampling import disjoint_halves, n_groups, subset
 from synthmed.metrics.steps_sweep import SWEEP_COLUMNS, sweep_metrics
 from synthmed.metrics.utility import FitConfig, UtilityConfig, evaluate_utility
-from synthmed.privacy.memorisation import GateConfig, MemorisationError, calibration_rows, run_gate
+from synthmed.privacy.memorisation import GateConfig, MemorisationError, held_out_maxima, run_gate
 from synthmed.protocols.encoders import patient_keys, source_config, split_images
 
 if TYPE_CHECKING:
@@ -462,7 +462,7 @@ def fidelity_scores(evaluation: EvaluationSet, config: FidelityConfig) -> dict[s
         groups = subset(evaluation.neighbour_patients, pick)
         out |= _interval("fid_floor_neighbour_slices",
                          fidelity.bootstrap_interval(fidelity.frechet_distance, a[pick], b[pick], real_groups=groups,
-                                                     fake_groups=groups, **boot), patients=n_groups(groups))
+                                                     paired=True, **boot), patients=n_groups(groups))
     out["kid"], out["kid_std"] = fidelity.kernel_distance(half_a, syn_n, **kid)
     out["kid_floor_halves"], out["kid_floor_halves_std"] = fidelity.kernel_distance(half_a, half_b, **kid)
     prdc_k = min(config.prdc_k, n - 1)
@@ -578,12 +578,7 @@ def memorisation_scores(evaluation: EvaluationSet,
         "flagged_fraction": float(own["flagged"].mean()),
         "max_pixel_similarity": float(own["pixel_similarity"].max()),
         "median_pixel_similarity": float(own["pixel_similarity"].median()),
-        # every held-out image, those left out of the calibration (copies, blank, little tissue) too
-        "held_out_max_pixel_similarity": float(report.held_out["pixel_similarity"].max()),
-        # the held-out images that set the threshold: the closest an unseen patient's image came
-        "calibration_max_pixel_similarity": float(
-            report.held_out.loc[calibration_rows(report.held_out), "pixel_similarity"].max()),
-    }
+    } | held_out_maxima(report.held_out)
     for row in flagged_by_checkpoint(evaluation.family, scored).itertuples():
         numbers[f"flagged_fraction.checkpoint_{row.checkpoint}"] = row.flagged_fraction
     logger.info("%s memorisation: %d of %d flagged, threshold %.4f, self-test recall %.3f", evaluation.family,

@@ -454,16 +454,18 @@ def case_patients(cases: pd.DataFrame, rows: Any) -> np.ndarray | None:
 
 
 def fid_summary(real: Any, fake: Any, evaluation: InpaintingEvaluation, *, real_groups: Any = None,
-                fake_groups: Any = None) -> dict[str, float]:
+                fake_groups: Any = None, paired: bool = False) -> dict[str, float]:
     """FID of two feature sets with its bootstrap interval, as ``{"mean", "low", "high", "n"}``; with
     patient keys (``real_groups``, ``fake_groups``) the bootstrap draws patients whole and
-    ``"patients"`` says how many the two sets hold together."""
+    ``"patients"`` says how many the two sets hold together. ``paired``: ``fake[i]`` is a method's fill
+    of ``real[i]``, so each resample takes the same rows (patients) of both
+    (``fidelity.bootstrap_interval``)."""
     from synthmed.metrics.fidelity import bootstrap_interval, frechet_distance
     from synthmed.metrics.resampling import n_groups
 
     interval = bootstrap_interval(frechet_distance, real, fake, resamples=evaluation.resamples,
                                   level=evaluation.level, seed=evaluation.seed, real_groups=real_groups,
-                                  fake_groups=fake_groups)
+                                  fake_groups=fake_groups, paired=paired)
     out = {"mean": interval.estimate, "low": interval.low, "high": interval.high,
            "n": float(min(interval.n_real, interval.n_fake))}
     if real_groups is not None and fake_groups is not None:
@@ -489,8 +491,8 @@ def structure_rows(features: Mapping[str, Any], cases: pd.DataFrame, evaluation:
         if len(a) < 2:
             continue
         real_a, groups_a, groups_b = features["real"][a], case_patients(cases, a), case_patients(cases, b)
-        summaries = {m: fid_summary(real_a, features[m][a], evaluation, real_groups=groups_a, fake_groups=groups_a)
-                     for m in METHODS}
+        summaries = {m: fid_summary(real_a, features[m][a], evaluation, real_groups=groups_a, fake_groups=groups_a,
+                                    paired=True) for m in METHODS}
         summaries["floor"] = fid_summary(real_a, features["real"][b], evaluation, real_groups=groups_a,
                                          fake_groups=groups_b)
         rows.append(StudyRow(structure.replace("_", " "), "ours", summaries, source))

@@ -31,7 +31,7 @@ from synthmed.generators.registry import config_from_params, get_family
 from synthmed.generators.run import RunConfig, checkpoint_folder, model_card_facts
 from synthmed.generators.sampling import checkpoint_id
 from synthmed.generators.tracking import active_tracker
-from synthmed.generators.training import ArrayBatches, TrainingConfig, train
+from synthmed.generators.training import ArrayBatches, TrainingConfig, reproducible_history, resolved_precision, train
 from synthmed.generators.volume_export import volume_affine, volume_files
 from synthmed.imaging.cohort import LABEL_NAMES
 from synthmed.imaging.lesion_placement import LesionPlanRow, place_plan
@@ -87,6 +87,14 @@ def _arrays(store: Mapping[str, np.ndarray], index: np.ndarray) -> dict[str, np.
     return {key: np.asarray(store[key][np.asarray(index, dtype=np.int64)]) for key in STORE_KEYS}
 
 
+def _patients(manifest: pd.DataFrame, index: Any) -> np.ndarray | None:
+    """The patient of each volume store row in ``index`` (None when the manifest has no patient keys): the
+    crops of one patient are not independent, so the intervals draw patients (``synthmed.metrics.resampling``)."""
+    if "patient_key" not in manifest:
+        return None
+    return manifest.set_index("index")["patient_key"].loc[np.asarray(index, dtype=np.int64)].to_numpy(dtype=object)
+
+
 def _checksum(store: Mapping[str, np.ndarray], key: str) -> str:
     if hasattr(store, "info"):
         return store.info(key)["sha256"]
@@ -132,7 +140,8 @@ def train_volume_generator(volumes: Mapping[str, np.ndarray], volume_manifest: p
     dataset = ArrayBatches(store, indices, size=model_config.image_size)
     models, history = train(spec, model_config, training, dataset, run_dir, tracker=active_tracker("study_3d"))
     card = model_card_facts(run, training, volume_manifest, indices, [],
-                            {key: _checksum(volumes, key) for key in STORE_KEYS}, history)
+                            {key: _checksum(volumes, key) for key in STORE_KEYS}, reproducible_history(history),
+                            precision=resolved_precision(training))
     return TrainedGenerator(config.family, model_config, models, ("volume",), card), pd.DataFrame(history)
 
 
@@ -277,14 +286,18 @@ def score_fidelity(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFr
     real_features = vm.plane_features(embed, reference["images"], reference["label_maps"], fraction)
     fake_features = vm.plane_features(embed, np.asarray(samples["images"]), np.asarray(samples["label_maps"]),
                                       fraction)
+    synthetic_patients = _patients(volume_manifest, provenance["source_index"])
     out = dict(facts) | vm.fid_2_5d(real_features, fake_features, resamples=fid.resamples, level=fid.level,
-                                    seed=fid.seed)
+                                    seed=fid.seed, synthetic_groups=synthetic_patients,
+                                    reference_groups=_patients(volume_manifest, _rows(
+                                        volume_manifest, config.reference_split)["index"]))
     paired = provenance.index[provenance["kind"] == PAIRED].to_numpy()
     if len(paired):
         scores = vm.paired_volume_metrics(np.asarray(samples["images"])[paired], np.asarray(samples["real"])[paired])
         from synthmed.metrics.fidelity import summarise_paired
 
-        out |= summarise_paired(scores, resamples=fid.resamples, level=fid.level, seed=fid.seed)
+        out |= summarise_paired(scores, resamples=fid.resamples, level=fid.level, seed=fid.seed,
+                                groups=None if synthetic_patients is None else synthetic_patients[paired])
     return out
 
 
@@ -314,13 +327,14 @@ def score_lesion_control(volumes: Mapping[str, np.ndarray], volume_manifest: pd.
            "segmenter_held_out_with_lesion": float(with_lesion.sum())}
     if control.method == "intensity":
         # Each patient once: the brain crops (lesion crops repeat its lesions), every crop without them.
-        train_real = _one_crop_per_item(volumes, volume_manifest, config.reference_split)
-        held_real = _one_crop_per_item(volumes, volume_manifest, config.held_out_splits)
+        train_real, _ = _one_crop_per_item(volumes, volume_manifest, config.reference_split)
+        held_real, held_index = _one_crop_per_item(volumes, volume_manifest, config.held_out_splits)
         threshold, train_dice = vm.calibrate_intensity_threshold(
             train_real["images"], train_real["label_maps"], train_real["lesion_masks"], spacing, control)
         floor_table, floor = vm.intensity_floor(held_real["images"], held_real["label_maps"],
                                                 held_real["lesion_masks"], spacing, threshold, control,
-                                                resamples=fid.resamples, level=fid.level, seed=fid.seed)
+                                                resamples=fid.resamples, level=fid.level, seed=fid.seed,
+                                                groups=_patients(volume_manifest, held_index))
         out |= floor | {"control_threshold": threshold, "control_threshold_train_dice": train_dice}
         logger.info("study_3d lesion control by intensity: threshold %.2f; on real held-out lesions (the floor) Dice "
                     "%.3f, detected %.2f, volume error %+.2f mL, centre error %.1f mm, false detections %.2f",
@@ -344,7 +358,8 @@ def score_lesion_control(volumes: Mapping[str, np.ndarray], volume_manifest: pd.
     else:
         masks = vm.segment(model, images, seg_config.threshold)
     table = vm.lesion_control_table(plan, masks, spacing)
-    out |= vm.control_summary(table, resamples=fid.resamples, level=fid.level, seed=fid.seed)
+    out |= vm.control_summary(table, resamples=fid.resamples, level=fid.level, seed=fid.seed,
+                              groups=_patients(volume_manifest, plan["source_index"]))
     if control.method == "intensity":
         table = table.assign(lesion_contrast_sd=contrast_sd, real_contrast_sd=out["floor_lesion_contrast_sd"])
         out |= _visibility(table, floor_table, control.visible_contrast_sd)
@@ -390,14 +405,16 @@ def _visibility(table: pd.DataFrame, floor_table: pd.DataFrame, visible_contrast
 
 
 def _one_crop_per_item(volumes: Mapping[str, np.ndarray], manifest: pd.DataFrame,
-                       splits: tuple[str, ...] | str) -> dict[str, np.ndarray]:
+                       splits: tuple[str, ...] | str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One sub-volume per item of ``splits``: the one with the most lesion voxels, the brain crop on a tie
-    (a lesion crop repeats lesions its item's brain crop holds: the same lesion would count twice)."""
+    (a lesion crop repeats lesions its item's brain crop holds: the same lesion would count twice).
+    Returns the arrays and their volume store rows."""
     rows = _rows(manifest, splits).copy()
     rows["lesion_count"] = [int(np.count_nonzero(volumes["lesion_masks"][int(i)])) for i in rows["index"]]
     rows["not_brain"] = rows["crop"] != "brain"
     chosen = rows.sort_values(["item_id", "lesion_count", "not_brain", "index"], ascending=[True, False, True, True])
-    return _arrays(volumes, chosen.drop_duplicates("item_id")["index"].to_numpy())
+    index = chosen.drop_duplicates("item_id")["index"].to_numpy()
+    return _arrays(volumes, index), index
 
 
 def score_utility(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFrame,
@@ -414,7 +431,8 @@ def score_utility(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFra
     seg_config = from_params(vm.SegmenterConfig, evaluation.segmenter, "study_3d.evaluation.segmenter")
     fid = from_params(FidConfig, evaluation.fid, "study_3d.evaluation.fid")
     reference = _arrays(volumes, _rows(volume_manifest, config.reference_split)["index"].to_numpy())
-    test = _arrays(volumes, _rows(volume_manifest, utility.test_split)["index"].to_numpy())
+    test_index = _rows(volume_manifest, utility.test_split)["index"].to_numpy()
+    test = _arrays(volumes, test_index)
     rows = provenance.index[(provenance["kind"] == LESION) & (provenance["split"] != utility.test_split)].to_numpy()
     if not len(rows):
         raise ValueError(f"No lesion-control volume was drawn outside study_3d.evaluation.utility.test_split "
@@ -423,7 +441,8 @@ def score_utility(volumes: Mapping[str, np.ndarray], volume_manifest: pd.DataFra
     runs, summary = vm.segmentation_utility((reference["images"], reference["lesion_masks"]), synthetic,
                                             (test["images"], test["lesion_masks"]), seg_config, utility.seeds,
                                             resamples=fid.resamples, level=fid.level,
-                                            trained={seg_config.seed: segmenter})
+                                            trained={seg_config.seed: segmenter},
+                                            test_groups=_patients(volume_manifest, test_index))
     logger.info("study_3d utility: Dice real %.3f, real + synthetic %.3f, difference %.3f [%.3f, %.3f]",
                 summary["utility_dice_real"], summary["utility_dice_real_synthetic"],
                 summary["utility_dice_difference"], summary["utility_dice_difference_low"],

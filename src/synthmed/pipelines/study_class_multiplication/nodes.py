@@ -189,7 +189,7 @@ def multiply_lesion_class(models, arrays: dict[str, np.ndarray], params: dict[st
 def _study_gate(arrays: dict[str, np.ndarray], config: cm.ClassMultiplicationConfig):
     """The memorisation gate of ``multiply_lesion_class``, prepared once (references, thresholds, self-test) for
     every round: ``(synthetic, provenance) -> (decision, numbers, planted)`` as ``rebalance_in_rounds`` takes it."""
-    from synthmed.privacy.memorisation import GateConfig, calibration_rows, enforce, prepare_gate
+    from synthmed.privacy.memorisation import GateConfig, enforce, held_out_maxima, prepare_gate
     from synthmed.protocols.evaluation import scored_provenance
     from synthmed.protocols.rebalancing import GateDecision
 
@@ -200,10 +200,8 @@ def _study_gate(arrays: dict[str, np.ndarray], config: cm.ClassMultiplicationCon
     held_out, _ = _tensors(arrays, _rows(arrays, config.evaluation.gate_splits))
     # Raises MemorisationError when no held-out slice can calibrate it: the study stops rather than go on ungated.
     prepared = prepare_gate(train_images, held_out, config=gate, train_groups=arrays["patient"][train_rows])
-    reference = {"gate.min_self_test_recall": float(gate.min_self_test_recall),  # the same for every round
-                 "gate.held_out_max_pixel_similarity": float(prepared.held_out["pixel_similarity"].max()),
-                 "gate.calibration_max_pixel_similarity": float(
-                     prepared.held_out.loc[calibration_rows(prepared.held_out), "pixel_similarity"].max())}
+    reference = {"gate.min_self_test_recall": float(gate.min_self_test_recall)}  # the same for every round
+    reference |= {f"gate.{k}": v for k, v in held_out_maxima(prepared.held_out).items()}
 
     def score(synthetic: Mapping[str, np.ndarray], provenance: pd.DataFrame):
         report = prepared.score(_synthetic(synthetic))
@@ -312,12 +310,9 @@ def _lesion_signal(arrays: dict[str, np.ndarray], fake: np.ndarray,
     is_normal = real[1] == cm.NORMAL
     synthetic = (np.concatenate([real[0][is_normal], fake]),
                  np.r_[np.full(int(is_normal.sum()), cm.NORMAL), np.full(len(fake), cm.LESION)])
-    synthetic_groups = np.r_[patients[is_normal], np.array([f"synthetic {i}" for i in range(len(fake))], dtype=object)]
-    out = lesion_signal(real, synthetic, cm.CLASS_NAMES, signal, real_groups=patients,
-                        synthetic_groups=synthetic_groups)
-    if "lesion_signal_auc_patients" in out:  # the real patients drawn, not the synthetic slices' own units
-        out["lesion_signal_auc_patients"] = float(len(set(patients[is_normal])))
-    return out
+    synthetic_groups = np.r_[patients[is_normal], np.full(len(fake), None, dtype=object)]  # no key: its own unit
+    return lesion_signal(real, synthetic, cm.CLASS_NAMES, signal, real_groups=patients,
+                         synthetic_groups=synthetic_groups)
 
 
 def build_class_reader_kit(arrays: dict[str, np.ndarray], synthetic: dict[str, np.ndarray],

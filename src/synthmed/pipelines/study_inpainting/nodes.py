@@ -268,7 +268,7 @@ def _metrics(rows, cases: pd.DataFrame, fills: dict[str, np.ndarray], features, 
         groups_a, groups_b = ip.case_patients(cases, a), ip.case_patients(cases, b)
         for m in ip.METHODS:
             summary = ip.fid_summary(features["real"][a], features[m][a], evaluation, real_groups=groups_a,
-                                     fake_groups=groups_a)
+                                     fake_groups=groups_a, paired=True)
             metrics |= {f"outside_box.{m}.fid.{p}": float(v) for p, v in summary.items()}
         floor = ip.fid_summary(features["real"][a], features["real"][b], evaluation, real_groups=groups_a,
                                fake_groups=groups_b)

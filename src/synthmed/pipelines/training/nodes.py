@@ -20,7 +20,13 @@ from synthmed.generators.previews import check_training_input, preview_condition
 from synthmed.generators.registry import config_from_params, get_family
 from synthmed.generators.run import RunConfig, checkpoint_folder, model_card_facts, source_inputs
 from synthmed.generators.tracking import active_tracker
-from synthmed.generators.training import ArrayBatches, TrainingConfig, train
+from synthmed.generators.training import (
+    ArrayBatches,
+    TrainingConfig,
+    reproducible_history,
+    resolved_precision,
+    train,
+)
 from synthmed.imaging.figures import loss_curves
 
 logger = logging.getLogger(__name__)
@@ -75,8 +81,10 @@ def train_generator(
                 run.split, run_dir)
     dataset = ArrayBatches(store, indices, size=model_config.image_size)
     models, history = train(spec, model_config, training, dataset, run_dir, tracker=active_tracker(family, grid))
+    history = reproducible_history(history)  # images/s went to the log and MLflow; DVC's files stay byte-stable
     history_table = pd.DataFrame(history)
     card = model_card_facts(run, training, manifest, indices, class_names,
-                            {k: store.info(k)["sha256"] for k in ("images", "labels", "masks")}, history)
+                            {k: store.info(k)["sha256"] for k in ("images", "labels", "masks")}, history,
+                            precision=resolved_precision(training))
     return (TrainedGenerator(family, model_config, models, tuple(class_names), card), history_table, grid(models),
             loss_curves({family: history_table}))
