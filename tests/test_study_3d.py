@@ -105,8 +105,9 @@ def test_study_nodes_end_to_end(cohort, params):
     assert fid["fid_2_5d_patients"] == 2 and fid["paired_ssim_patients"] == 2
     assert fid["fid_2_5d"] == pytest.approx(np.mean([fid[f"fid_{p}"] for p in vm.PLANES]))
     table, control, segmenter = nodes.score_lesion_control(store, manifest, samples, provenance, params)
-    assert len(table) == 3 and control["control_n"] == 3 and 1 <= control["control_patients"] <= 2
-    assert control["floor_patients"] >= 1
+    lesion_patients = set(manifest.set_index("index").loc[lesion["source_index"], "patient_key"])
+    assert len(table) == 3 and control["control_n"] == 3 and control["control_patients"] == len(lesion_patients)
+    assert control["floor_patients"] == 2  # the held-out p4 and p5, one crop each
     # The intensity method's floor: the held-out phantoms' bright lesions are found where they are.
     assert control["floor_dice"] > 0.8 and control["floor_detected"] == 1.0 and control["floor_false_detection"] == 0
     assert {"control_lesion_contrast", "control_false_detection", "control_threshold"} <= set(control)
@@ -431,6 +432,14 @@ def test_the_2_5d_fid_keeps_patients_out_of_both_halves_and_draws_them_whole():
     assert (grouped["fid_2_5d_floor_low"], grouped["fid_2_5d_floor_high"]) == pytest.approx(
         (by_patient.low, by_patient.high))
     assert (by_volume.low, by_volume.high) != pytest.approx((by_patient.low, by_patient.high))
+    # the synthetic side by the patients whose maps drew them
+    pick = torch.as_tensor(np.sort(np.random.default_rng(0).choice(6, size=len(half_a), replace=False)))[:, None]
+    synthetic_side = fidelity.bootstrap_interval(
+        vm._volume_statistic(real, fake), half_a, pick, resamples=30, seed=0,
+        real_groups=patients[half_a.flatten().numpy()], fake_groups=np.repeat(["a", "c", "e"], 2)[pick.flatten()])
+    assert (grouped["fid_2_5d_low"], grouped["fid_2_5d_high"]) == pytest.approx(
+        (synthetic_side.low, synthetic_side.high))
+    assert grouped["fid_2_5d_halves_shared_patients"] == 0
 
 
 def test_control_intervals_draw_patients():

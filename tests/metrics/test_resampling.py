@@ -158,6 +158,10 @@ def test_the_report_names_the_patients_an_interval_drew():
     assert shown.loc["FID", "N"] == ("64 (real: 9 patients); halves: 40 (12 patients); "
                                      "neighbouring slices: 64 (1 patient)")
     assert shown.filter(like="lesion signal", axis=0)["N"].item() == "64; real images: 1,386 (21 patients)"
+    # without patients, a floor on the same N adds nothing
+    assert fidelity_table({"fid": 4.2, "fid_n": 64, "fid_floor_halves": 2.0, "fid_floor_halves_n": 64,
+                           "fid_floor_neighbour_slices": 0.1, "fid_floor_neighbour_slices_n": 64}
+                          ).set_index("metric").loc["FID", "N"] == 64
 
 
 def test_a_patient_bootstrap_of_a_mean_is_wider_and_without_patients_draws_as_before(caplog):
@@ -235,6 +239,8 @@ def test_the_paired_and_neighbour_floor_intervals_of_the_evaluation_draw_patient
     assert out["fid_floor_neighbour_slices"] == plain["fid_floor_neighbour_slices"]
     assert out["fid_floor_neighbour_slices_low"] != plain["fid_floor_neighbour_slices_low"]
     assert out["paired_ssim"] == plain["paired_ssim"] and out["paired_ssim_low"] != plain["paired_ssim_low"]
+    # FID: the samples drawn by the patients of their label maps too (the real half A's alike in both)
+    assert out["fid"] == plain["fid"] and (out["fid_low"], out["fid_high"]) != (plain["fid_low"], plain["fid_high"])
 
 
 def test_the_report_names_the_patients_of_the_paired_and_lesion_rows():

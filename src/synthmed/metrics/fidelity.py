@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from synthmed.core.progress import ProgressLog
-from synthmed.metrics.resampling import Groups, bootstrap_units, disjoint_halves, draw_units, n_groups
+from synthmed.metrics.resampling import Groups, bootstrap_units, disjoint_halves, draw_units, n_groups, same_groups
 
 logger = logging.getLogger(__name__)
 # torchmetrics (about 1 s to import) is imported inside the functions that use it: the parameter
@@ -478,8 +478,7 @@ def _percentile_bootstrap(
     if paired:
         if n_real != n_fake:
             raise ValueError(f"{what}: paired sets must have as many rows, got {n_real} real and {n_fake} fake.")
-        if fake_groups is not None and (real_groups is None or not np.array_equal(
-                np.asarray(real_groups, dtype=object), np.asarray(fake_groups, dtype=object))):
+        if fake_groups is not None and (real_groups is None or not same_groups(real_groups, fake_groups)):
             raise ValueError(f"{what}: paired rows belong to one patient each; expected fake_groups equal to "
                              "real_groups (or None).")
     rng = np.random.default_rng(seed)

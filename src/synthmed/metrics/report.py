@@ -241,11 +241,11 @@ def _count(n: Any, patients: Any, real: bool) -> str:
 def sample_size(metrics: Mapping[str, float], name: str, *others: tuple[str, str]) -> Any:
     """A table's N cell: ``<name>_n``, and the real patients its interval resampled where it drew
     patients (``<name>_patients``): "64 (real: 9 patients)". ``others`` are ``(label, metric)`` of
-    the row's other columns (a floor, the real images' score): each with its own ``_n`` adds
-    "; <label>: 64 (21 patients)", so every interval in the row says what it drew."""
+    the row's other columns (a floor, the real images' score): each that drew patients, or other
+    than N images, adds "; <label>: 64 (21 patients)", so every interval in the row says what it drew."""
     n, patients = metrics.get(f"{name}_n"), metrics.get(f"{name}_patients")
     shown = [(label, metrics.get(f"{other}_n"), metrics.get(f"{other}_patients")) for label, other in others]
-    shown = [(label, m, p) for label, m, p in shown if _finite(m)]
+    shown = [(label, m, p) for label, m, p in shown if _finite(m) and (_finite(p) or m != n)]
     if not _finite(n) or (not _finite(patients) and not shown):
         return n
     return "; ".join([_count(n, patients, True)] + [f"{label}: {_count(m, p, False)}" for label, m, p in shown])

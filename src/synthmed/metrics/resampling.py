@@ -61,7 +61,7 @@ def bootstrap_units(n: int, groups: Groups, *, what: str = "bootstrap") -> list[
     variation between patients.
     """
     codes = _codes(n, groups, what)
-    if codes is not None and n and codes.max() == 0:
+    if codes is not None and n and codes.max() == 0 and n_groups(groups) == 1:
         logger.warning("%s: all %d images are of one patient; resampling images, so the interval cannot show how "
                        "another patient would differ.", what, n)
         codes = None
@@ -108,7 +108,7 @@ def disjoint_halves(n_rows: int, n: int, rng: np.random.Generator, groups: Group
                          for rows in halves)
     if codes is not None and n_rows:
         logger.warning("%s: the %d images of %d patient(s) cannot fill two halves of >= %d images with different "
-                       "patients; the halves share patients.", what, n_rows, int(codes.max()) + 1, MIN_HALF)
+                       "patients; the halves share patients.", what, n_rows, n_groups(groups), MIN_HALF)
     size = min(n, n_rows // 2)
     order = rng.permutation(n_rows)
     return np.sort(order[:size]), np.sort(order[size:2 * size])
@@ -126,7 +126,7 @@ def group_folds(n_rows: int, folds: int, rng: np.random.Generator, groups: Group
     if codes is None or codes.max(initial=-1) + 1 < folds:
         if codes is not None:
             logger.warning("%s: %d patients for %d folds; folding images, so a patient's images can sit in "
-                           "training and test folds.", what, int(codes.max(initial=-1)) + 1, folds)
+                           "training and test folds.", what, n_groups(groups), folds)
         return rng.permutation(n_rows) % folds
     fold_of = np.empty(n_rows, dtype=np.int64)
     sizes = np.zeros(folds, dtype=np.int64)
@@ -141,6 +141,11 @@ def group_folds(n_rows: int, folds: int, rng: np.random.Generator, groups: Group
 def subset(groups: Groups, rows: np.ndarray) -> np.ndarray | None:
     """The patient keys of ``rows`` (None without groups)."""
     return None if groups is None else np.asarray(groups, dtype=object)[rows]
+
+
+def same_groups(first: Groups, second: Groups) -> bool:
+    """Whether two key sequences are the same, row for row (missing keys equal to missing keys)."""
+    return bool(pd.Series(np.asarray(first, dtype=object)).equals(pd.Series(np.asarray(second, dtype=object))))
 
 
 def n_groups(groups: Groups) -> int | None:

@@ -185,15 +185,17 @@ def fid_2_5d(reference: PlaneFeatures, synthetic: PlaneFeatures, *, resamples: i
 
     The reference volumes are split into halves A and B of ``n = min(N_synthetic, N_reference // 2)``
     volumes (``fidelity.real_floor_split``); ``n`` synthetic volumes are drawn; FID(A, synthetic) and
-    the floor FID(A, B), each per plane and averaged, with percentile-bootstrap intervals over volumes.
-    With ``reference_groups`` (the patient of each reference volume) A and B hold different patients
-    and the intervals draw A's and B's patients whole; ``synthetic_groups`` (the patient whose label
-    map each synthetic volume was drawn from) groups the synthetic side likewise.
+    the floor FID(A, B), each per plane and averaged, with percentile-bootstrap intervals over volumes
+    (over patients with groups). With ``reference_groups`` (the patient of each reference volume) A
+    and B hold different patients and the intervals draw A's and B's patients whole;
+    ``synthetic_groups`` (the patient whose label map each synthetic volume was drawn from) groups
+    the synthetic side likewise.
 
     Returns:
         ``fid_2_5d`` (+ ``_low``, ``_high``), ``fid_<plane>``, ``fid_2_5d_floor`` (+ intervals),
         ``fid_<plane>_floor``, ``fid_2_5d_n`` (volumes per set) and the slice counts; with groups
-        ``fid_2_5d_patients`` and ``fid_2_5d_floor_patients`` (real patients in A; in A and B).
+        ``fid_2_5d_patients`` and ``fid_2_5d_floor_patients`` (real patients in A; in A and B) and
+        ``fid_2_5d_halves_shared_patients`` (in both halves: 0 unless too few patients).
     """
     if synthetic.n_volumes < 2 or reference.n_volumes < 4:
         raise ValueError(f"The 2.5D FID needs at least 2 synthetic and 4 reference volumes, got "
@@ -216,9 +218,11 @@ def fid_2_5d(reference: PlaneFeatures, synthetic: PlaneFeatures, *, resamples: i
                 f"fid_2_5d{suffix}_high": interval.high}
         out |= {f"fid_{plane}{suffix}": planes[plane] for plane in PLANES}
     if real_a is not None:
+        real_b = subset(reference_groups, half_b.flatten().numpy())
         out["fid_2_5d_patients"] = float(n_groups(real_a))
-        out["fid_2_5d_floor_patients"] = float(n_groups(np.r_[real_a, subset(reference_groups,
-                                                                            half_b.flatten().numpy())]))
+        out["fid_2_5d_floor_patients"] = float(n_groups(np.r_[real_a, real_b]))
+        # 0 unless the patients were too few or too uneven to fill two halves apart (a warning said so)
+        out["fid_2_5d_halves_shared_patients"] = float(len(set(real_a) & set(real_b)))
     for plane in PLANES:
         out[f"slices_{plane}_synthetic"] = float(len(_rows_of(synthetic, plane, fake_pick.flatten().tolist())))
     logger.info("2.5D FID %.2f [%.2f, %.2f] vs floor %.2f [%.2f, %.2f] (n = %d volumes per set)", out["fid_2_5d"],
@@ -756,7 +760,8 @@ def segmentation_utility(real: tuple[np.ndarray, np.ndarray], synthetic: tuple[n
         ``(runs, summary)``: one row per mode and seed with the mean Dice over test volumes with a
         lesion; ``utility_dice_real``, ``utility_dice_real_synthetic`` and their difference
         (real + synthetic minus real), each a mean over seeds with a percentile-bootstrap interval
-        over the test volumes (per-volume Dice averaged over seeds, the difference paired by volume).
+        over the test volumes, or their patients with ``test_groups`` (per-volume Dice averaged over
+        seeds, the difference paired by volume); with groups ``utility_test_patients``.
     """
     has_lesion = np.asarray(test[1]).reshape(len(test[1]), -1).any(1)
     if not has_lesion.any():

@@ -392,15 +392,18 @@ class FidSets(NamedTuple):
     rng: np.random.Generator
     groups_a: np.ndarray | None = None
     groups_b: np.ndarray | None = None
+    groups_synthetic: np.ndarray | None = None
 
 
 def fid_sets(reference: torch.Tensor, synthetic: torch.Tensor, *, seed: int,
-             groups: Sequence[object] | np.ndarray | None = None) -> FidSets:
+             groups: Sequence[object] | np.ndarray | None = None,
+             synthetic_groups: Sequence[object] | np.ndarray | None = None) -> FidSets:
     """The sets FID compares "on the same N": two disjoint real halves A and B of
     ``n = min(N_synthetic, N_reference // 2)`` rows, with no patient in both when ``groups``
     gives the reference's patient keys (then ``n`` can be smaller: patients do not divide
-    evenly), ``n`` synthetic rows (features), the halves' patient keys, and the random generator
-    that drew them (``fidelity_scores`` draws on from it)."""
+    evenly), ``n`` synthetic rows (features), the halves' patient keys, the drawn synthetic rows'
+    (``synthetic_groups``: the patients of the label maps that conditioned mask-conditional
+    samples), and the random generator that drew them (``fidelity_scores`` draws on from it)."""
     from synthmed.metrics import fidelity  # here: torch and torchmetrics load with it
 
     rows_a, rows_b = disjoint_halves(len(reference), len(synthetic), np.random.default_rng(seed), groups)
@@ -410,9 +413,10 @@ def fid_sets(reference: torch.Tensor, synthetic: torch.Tensor, *, seed: int,
                          f"halves of {len(rows_a)} rows; expected at "
                          "least 2 per half. More reference images or patients, or more samples, are needed.")
     rng = np.random.default_rng(seed)
-    synthetic_n = synthetic[torch.as_tensor(np.sort(rng.choice(len(synthetic), size=len(rows_a), replace=False)))]
-    return FidSets(reference[torch.as_tensor(rows_a)], reference[torch.as_tensor(rows_b)], synthetic_n, rng,
-                   subset(groups, rows_a), subset(groups, rows_b))
+    picked = np.sort(rng.choice(len(synthetic), size=len(rows_a), replace=False))
+    return FidSets(reference[torch.as_tensor(rows_a)], reference[torch.as_tensor(rows_b)],
+                   synthetic[torch.as_tensor(picked)], rng, subset(groups, rows_a), subset(groups, rows_b),
+                   subset(synthetic_groups, picked))
 
 
 def fid_intervals(sets: FidSets, config: FidelityConfig, *, floor: bool = True) -> dict[str, float]:
@@ -420,13 +424,15 @@ def fid_intervals(sets: FidSets, config: FidelityConfig, *, floor: bool = True) 
     bootstrap interval and N (``fid_low``, ``fid_high``, ``fid_n``, ...): the evaluation's FID.
     With patient keys (``sets.groups_a``), the bootstrap draws the real halves' patients whole
     and the keys ``fid_patients`` (half A's) / ``fid_floor_halves_patients`` (A's and B's) say
-    how many."""
+    how many; samples drawn from real label maps (``sets.groups_synthetic``) are drawn by those
+    maps' patients likewise (each sample without one, its own unit)."""
     from synthmed.metrics import fidelity  # here: torch and torchmetrics load with it
 
     boot = {"resamples": config.resamples, "level": config.level, "seed": config.seed}
     patients_a, patients_b = n_groups(sets.groups_a), n_groups(sets.groups_b)
     out = _interval("fid", fidelity.bootstrap_interval(fidelity.frechet_distance, sets.half_a, sets.synthetic,
-                                                       real_groups=sets.groups_a, **boot), patients=patients_a)
+                                                       real_groups=sets.groups_a, fake_groups=sets.groups_synthetic,
+                                                       **boot), patients=patients_a)
     if floor:
         out |= _interval("fid_floor_halves",
                          fidelity.bootstrap_interval(fidelity.frechet_distance, sets.half_a, sets.half_b,
@@ -449,7 +455,8 @@ def fidelity_scores(evaluation: EvaluationSet, config: FidelityConfig) -> dict[s
     from synthmed.metrics import fidelity  # here: torch and torchmetrics load with it
 
     ref, syn = evaluation.reference.features, evaluation.synthetic.features
-    sets = fid_sets(ref, syn, seed=config.seed, groups=evaluation.reference.patients)
+    sets = fid_sets(ref, syn, seed=config.seed, groups=evaluation.reference.patients,
+                    synthetic_groups=evaluation.synthetic.patients)
     half_a, half_b, syn_n, rng = sets.half_a, sets.half_b, sets.synthetic, sets.rng
     n = len(half_a)
     boot = {"resamples": config.resamples, "level": config.level, "seed": config.seed}

@@ -490,13 +490,21 @@ def structure_rows(features: Mapping[str, Any], cases: pd.DataFrame, evaluation:
         b = torch.as_tensor(np.array(mine.index[mine["half"] == "b"]))
         if len(a) < 2:
             continue
-        real_a, groups_a, groups_b = features["real"][a], case_patients(cases, a), case_patients(cases, b)
-        summaries = {m: fid_summary(real_a, features[m][a], evaluation, real_groups=groups_a, fake_groups=groups_a,
-                                    paired=True) for m in METHODS}
-        summaries["floor"] = fid_summary(real_a, features["real"][b], evaluation, real_groups=groups_a,
-                                         fake_groups=groups_b)
-        rows.append(StudyRow(structure.replace("_", " "), "ours", summaries, source))
+        rows.append(StudyRow(structure.replace("_", " "), "ours", half_summaries(features, cases, a, b, evaluation),
+                             source))
     return rows
+
+
+def half_summaries(features: Mapping[str, Any], cases: pd.DataFrame, a: Any, b: Any,
+                   evaluation: InpaintingEvaluation) -> dict[str, dict[str, float]]:
+    """``fid_summary`` of each method's fills of half A against the real half A (paired: a fill with
+    its own slice), and of the floor, the real half B against the real half A (other patients)."""
+    real_a, groups_a, groups_b = features["real"][a], case_patients(cases, a), case_patients(cases, b)
+    summaries = {m: fid_summary(real_a, features[m][a], evaluation, real_groups=groups_a, fake_groups=groups_a,
+                                paired=True) for m in METHODS}
+    summaries["floor"] = fid_summary(real_a, features["real"][b], evaluation, real_groups=groups_a,
+                                     fake_groups=groups_b)
+    return summaries
 
 
 def published_rows(published: Sequence[PublishedStructure]) -> list[PublishedRow]:

@@ -139,8 +139,9 @@ def train_volume_generator(volumes: Mapping[str, np.ndarray], volume_manifest: p
                 len(indices), config.reference_split, "x".join(map(str, shape[2:])), run_dir)
     dataset = ArrayBatches(store, indices, size=model_config.image_size)
     models, history = train(spec, model_config, training, dataset, run_dir, tracker=active_tracker("study_3d"))
+    history = reproducible_history(history)  # images/s went to the log and MLflow
     card = model_card_facts(run, training, volume_manifest, indices, [],
-                            {key: _checksum(volumes, key) for key in STORE_KEYS}, reproducible_history(history),
+                            {key: _checksum(volumes, key) for key in STORE_KEYS}, history,
                             precision=resolved_precision(training))
     return TrainedGenerator(config.family, model_config, models, ("volume",), card), pd.DataFrame(history)
 

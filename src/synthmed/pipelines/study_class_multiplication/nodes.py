@@ -28,7 +28,7 @@ from synthmed.generators.registry import config_from_params, get_family, load_tr
 from synthmed.generators.run import RunConfig, checkpoint_folder
 from synthmed.generators.sampling import PLAN_COLUMNS, generate_from_plan
 from synthmed.generators.tracking import active_tracker
-from synthmed.generators.training import ArrayBatches, TrainingConfig, train
+from synthmed.generators.training import ArrayBatches, TrainingConfig, reproducible_history, train
 from synthmed.metrics.features import FitConfig
 from synthmed.protocols import class_multiplication as cm
 from synthmed.protocols.studies import figure_png64, render_study_page, render_study_section
@@ -132,7 +132,7 @@ def train_class_diffusion(arrays: dict[str, np.ndarray], params: dict[str, Any])
     store["masks"] = np.zeros_like(store["images"], dtype=np.uint8)  # the trainer's batches carry masks (unused)
     models, history = train(get_family(FAMILY), model_config, training, ArrayBatches(store, np.arange(len(rows))),
                             run_dir, tracker=active_tracker(WHERE))
-    return models, pd.DataFrame(history)
+    return models, pd.DataFrame(reproducible_history(history))
 
 
 def multiply_lesion_class(models, arrays: dict[str, np.ndarray], params: dict[str, Any]

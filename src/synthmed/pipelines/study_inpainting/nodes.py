@@ -23,7 +23,7 @@ from synthmed.generators.registry import config_from_params, get_family
 from synthmed.generators.run import RunConfig, checkpoint_folder
 from synthmed.generators.sampling import PLAN_COLUMNS, generate_from_plan
 from synthmed.generators.tracking import active_tracker
-from synthmed.generators.training import ArrayBatches, TrainingConfig, train
+from synthmed.generators.training import ArrayBatches, TrainingConfig, reproducible_history, train
 from synthmed.protocols import inpainting as ip
 from synthmed.protocols.studies import figure_png64, render_study_page, render_study_section, study_table
 
@@ -96,7 +96,7 @@ def train_inpainting_diffusion(arrays: dict[str, np.ndarray], params: dict[str, 
                 len(rows), len(np.unique(rows)), config.train_split, config.image_size, run_dir)
     models, history = train(get_family(DIFFUSION), model_config, training, ArrayBatches(store, np.arange(len(rows))),
                             run_dir, tracker=active_tracker(f"{WHERE}.diffusion"))
-    return models, pd.DataFrame(history)
+    return models, pd.DataFrame(reproducible_history(history))
 
 
 def _training_rows(arrays: dict[str, np.ndarray], config: ip.InpaintingConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +131,7 @@ def train_inpainting_pix2pix(arrays: dict[str, np.ndarray], params: dict[str, An
                 config.image_size, run_dir)
     models, history = train(get_family(PIX2PIX), model_config, training, ip.ConditionBatches(images, conditions),
                             run_dir, tracker=active_tracker(f"{WHERE}.pix2pix"))
-    return models, pd.DataFrame(history)
+    return models, pd.DataFrame(reproducible_history(history))
 
 
 def inpaint_held_out(arrays: dict[str, np.ndarray], cases: pd.DataFrame, diffusion, pix2pix,
@@ -265,14 +265,8 @@ def _metrics(rows, cases: pd.DataFrame, fills: dict[str, np.ndarray], features, 
     if len(box):
         a = torch.as_tensor(np.array(box.index[box["half"] == "a"]))
         b = torch.as_tensor(np.array(box.index[box["half"] == "b"]))
-        groups_a, groups_b = ip.case_patients(cases, a), ip.case_patients(cases, b)
-        for m in ip.METHODS:
-            summary = ip.fid_summary(features["real"][a], features[m][a], evaluation, real_groups=groups_a,
-                                     fake_groups=groups_a, paired=True)
+        for m, summary in ip.half_summaries(features, cases, a, b, evaluation).items():
             metrics |= {f"outside_box.{m}.fid.{p}": float(v) for p, v in summary.items()}
-        floor = ip.fid_summary(features["real"][a], features["real"][b], evaluation, real_groups=groups_a,
-                               fake_groups=groups_b)
-        metrics |= {f"outside_box.floor.fid.{p}": float(v) for p, v in floor.items()}
     lesions = cases[(cases["case"] == "inside_mask") & (cases["structure"] == "lesion") & (cases["half"] == "a")]
     if len(lesions):  # real lesions' mean intensity, for the new lesions' region means
         at = lesions.index.to_numpy()
@@ -311,8 +305,9 @@ def _notes(config: ip.InpaintingConfig, metrics: dict[str, float], encoder_name:
         f"training patients ({config.train_split}), as the evaluation pipeline's default; FID of the "
         f"{evaluation.fid_view}. Intervals: {evaluation.resamples} percentile-bootstrap resamples, level "
         f"{evaluation.level}, each drawing the patients of A (and of B) whole, with all their slices (a slice's "
-        "neighbours are not independent of it); a resample repeats slices, which raises FID, so at this N an "
-        "interval can lie above its "
+        "neighbours are not independent of it); a method's fills are drawn with their own originals (the same "
+        "patients on both sides: they are pairs); a resample repeats slices, which raises FID, so at this N the "
+        "floor's interval can lie above its "
         "estimate (synthmed.metrics.fidelity.bootstrap_interval): it shows the spread, and overlapping intervals "
         "mean the difference is not resolved. FID depends on the feature space's scale: compare a row with its "
         "floor, not with the published (Inception) values.",

@@ -21,7 +21,7 @@ from synthmed.generators.registry import config_from_params, get_family
 from synthmed.generators.run import RunConfig, checkpoint_folder
 from synthmed.generators.sampling import PLAN_COLUMNS, generate_from_plan
 from synthmed.generators.tracking import active_tracker
-from synthmed.generators.training import ArrayBatches, TrainingConfig, train
+from synthmed.generators.training import ArrayBatches, TrainingConfig, reproducible_history, train
 from synthmed.imaging.fundus_sample import FundusSampleConfig, build_fundus_photos
 from synthmed.protocols.mask_to_image import (
     METRIC_LABELS,
@@ -84,7 +84,7 @@ def train_study_generator(arrays: dict[str, np.ndarray], split: pd.DataFrame, pa
                 len(train_indices), config.image_size, run_dir)
     models, history = train(spec, model_config, training, ArrayBatches(arrays, train_indices), run_dir,
                             tracker=active_tracker(WHERE))
-    return models, pd.DataFrame(history)
+    return models, pd.DataFrame(reproducible_history(history))
 
 
 def evaluate_study(arrays: dict[str, np.ndarray], split: pd.DataFrame, models, params: dict[str, Any]
