@@ -218,6 +218,10 @@ def test_fid_per_structure_ranks_a_copy_below_noise(cohort, params):
         assert s["diffusion"]["mean"] == pytest.approx(0.0, abs=1e-6)
         # a fill and its real slice are drawn together: a copy stays a copy in every resample
         assert s["diffusion"]["high"] == pytest.approx(0.0, abs=1e-6)
+        # the copy is closer than the noisy fills on every resample: the difference excludes 0
+        difference = s[ip.DIFFERENCE_KEY]
+        assert difference["mean"] == pytest.approx(s["diffusion"]["mean"] - s["pix2pix"]["mean"])
+        assert difference["low"] < difference["high"] < 0 and difference["n"] == s["diffusion"]["n"]
         assert s["neighbour"]["mean"] < s["pix2pix"]["mean"]
         assert s["floor"]["mean"] > 0
 

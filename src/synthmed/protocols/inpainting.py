@@ -55,6 +55,10 @@ logger = logging.getLogger(__name__)
 METHODS = ("pix2pix", "diffusion", "neighbour")
 # The table's columns: the published figure's three methods, then the real-vs-real floor.
 METRICS = (*METHODS, "floor")
+# The published figure's question: does diffusion inpaint closer to the real slices than Pix2Pix?
+# FID(diffusion) - FID(pix2pix) on the same resampled patients answers it (``fid_difference``).
+DIFFERENCE = ("diffusion", "pix2pix")
+DIFFERENCE_KEY = f"{DIFFERENCE[0]}_minus_{DIFFERENCE[1]}"
 METRIC_LABELS = {"pix2pix": "FID Pix2Pix", "diffusion": "FID Diffusion", "neighbour": "FID Neighbouring slice",
                  "floor": "FID floor (real A vs real B)"}
 CASES = ("inside_mask", "outside_box", "new_lesion")
@@ -498,13 +502,40 @@ def structure_rows(features: Mapping[str, Any], cases: pd.DataFrame, evaluation:
 def half_summaries(features: Mapping[str, Any], cases: pd.DataFrame, a: Any, b: Any,
                    evaluation: InpaintingEvaluation) -> dict[str, dict[str, float]]:
     """``fid_summary`` of each method's fills of half A against the real half A (paired: a fill with
-    its own slice), and of the floor, the real half B against the real half A (other patients)."""
+    its own slice), of the floor, the real half B against the real half A (other patients), and
+    ``DIFFERENCE_KEY``: diffusion's FID minus Pix2Pix's (``fid_difference``)."""
     real_a, groups_a, groups_b = features["real"][a], case_patients(cases, a), case_patients(cases, b)
     summaries = {m: fid_summary(real_a, features[m][a], evaluation, real_groups=groups_a, fake_groups=groups_a,
                                 paired=True) for m in METHODS}
     summaries["floor"] = fid_summary(real_a, features["real"][b], evaluation, real_groups=groups_a,
                                      fake_groups=groups_b)
+    summaries[DIFFERENCE_KEY] = fid_difference(real_a, features[DIFFERENCE[0]][a], features[DIFFERENCE[1]][a],
+                                               evaluation, groups=groups_a)
     return summaries
+
+
+def fid_difference(real: Any, first: Any, second: Any, evaluation: InpaintingEvaluation, *,
+                   groups: Any = None) -> dict[str, float]:
+    """FID(real, first) - FID(real, second), with a percentile-bootstrap interval in which each resample
+    draws the same slices (their patients whole, with ``groups``) of all three sets: ``first[i]`` and
+    ``second[i]`` are two methods' fills of ``real[i]``. Below 0 with the whole interval: ``first`` is
+    closer to the real slices on these patients; an interval across 0 leaves the order unresolved.
+    Two separate intervals that overlap can still give a difference that excludes 0 (they share
+    the draws' noise), so this is the test of which method is closer."""
+    from synthmed.metrics.fidelity import bootstrap_interval, frechet_distance
+
+    real, first, second = (torch.as_tensor(x, dtype=torch.float64) for x in (real, first, second))
+    width = real.shape[1]
+    stacked = torch.cat([real, first, second], dim=1)  # one row per slice: drawn together
+
+    def statistic(rows: torch.Tensor, _: torch.Tensor) -> float:
+        reference = rows[:, :width]
+        return (float(frechet_distance(reference, rows[:, width:2 * width]))
+                - float(frechet_distance(reference, rows[:, 2 * width:])))
+
+    interval = bootstrap_interval(statistic, stacked, stacked, resamples=evaluation.resamples,
+                                  level=evaluation.level, seed=evaluation.seed, real_groups=groups, paired=True)
+    return {"mean": interval.estimate, "low": interval.low, "high": interval.high, "n": float(interval.n_real)}
 
 
 def published_rows(published: Sequence[PublishedStructure]) -> list[PublishedRow]:

@@ -246,9 +246,9 @@ def _metrics(rows, cases: pd.DataFrame, fills: dict[str, np.ndarray], features, 
     metrics: dict[str, float] = {}
     for row in rows:
         key = row.label.replace(" ", "_")
-        for m in ip.METRICS:
+        for m in (*ip.METRICS, ip.DIFFERENCE_KEY):
             for part in ("mean", "low", "high", "n", "patients"):
-                if part in row.summaries[m]:
+                if part in row.summaries.get(m, {}):
                     metrics[f"{key}.{m}.fid.{part}"] = float(row.summaries[m][part])
     keep, real = fills["keep"], fills["real"]
     scored = (cases["half"] == "a").to_numpy()
@@ -319,6 +319,15 @@ def _notes(config: ip.InpaintingConfig, metrics: dict[str, float], encoder_name:
         "The published figure was measured on other data (CT: kidneys, lungs, liver, tumour) with another feature "
         "network at another size; its source paper was not confirmed (cited as given in the issue).",
     ]
+    differences = [(key.split(".")[0], metrics[f"{key}.mean"], metrics[f"{key}.low"], metrics[f"{key}.high"])
+                   for key in (k.removesuffix(".mean") for k in metrics
+                               if k.endswith(f".{ip.DIFFERENCE_KEY}.fid.mean"))]
+    if differences:
+        notes.append(f"{ip.DIFFERENCE[0].capitalize()} minus {ip.DIFFERENCE[1]} (FID, the same resampled patients "
+                     "for both, so this decides which method is closer where the two columns' intervals overlap; "
+                     "below 0 with its whole interval: diffusion closer): "
+                     + "; ".join(f"{where.replace('_', ' ')} {mean:.2g} [{low:.2g}, {high:.2g}]"
+                                 for where, mean, low, high in differences) + ".")
     if "new_lesion.n" in metrics:
         notes.append("New lesion: mean intensity inside the placed lesion mask: "
                      + ", ".join(f"{m} {metrics[f'new_lesion.{m}.region_mean']:.2f}" for m in ip.METHODS)
