@@ -48,6 +48,7 @@ from synthmed.pipelines.study_3d.config import (  # noqa: F401  (re-exported: th
     VolumeReaderKitConfig,
 )
 from synthmed.privacy.memorisation import calibrate_threshold
+from synthmed.protocols.encoders import patient_keys
 from synthmed.protocols.studies import figure_png64
 
 logger = logging.getLogger(__name__)
@@ -90,9 +91,7 @@ def _arrays(store: Mapping[str, np.ndarray], index: np.ndarray) -> dict[str, np.
 def _patients(manifest: pd.DataFrame, index: Any) -> np.ndarray | None:
     """The patient of each volume store row in ``index`` (None when the manifest has no patient keys): the
     crops of one patient are not independent, so the intervals draw patients (``synthmed.metrics.resampling``)."""
-    if "patient_key" not in manifest:
-        return None
-    return manifest.set_index("index")["patient_key"].loc[np.asarray(index, dtype=np.int64)].to_numpy(dtype=object)
+    return patient_keys(manifest, np.asarray(index, dtype=np.int64)) if "patient_key" in manifest else None
 
 
 def _checksum(store: Mapping[str, np.ndarray], key: str) -> str:
