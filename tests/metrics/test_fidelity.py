@@ -25,7 +25,9 @@ from synthmed.metrics.fidelity import (
     _pair_indices,
     bootstrap_interval,
     frechet_distance,
+    SplitSets,
     frechet_interval,
+    frechet_split_interval,
     kernel_distance,
     ms_ssim_diversity,
     paired_metrics,
@@ -482,3 +484,22 @@ def test_paired_ssim_equals_ssim_of_the_images_mapped_to_unit_range() -> None:
 def test_paired_metrics_reject_different_shapes() -> None:
     with pytest.raises(ValueError, match=r"identical shapes, got fake \(2, 1, 16, 16\) and real \(3, 1, 16, 16\)"):
         paired_metrics(torch.zeros(2, 1, 16, 16), torch.zeros(3, 1, 16, 16))
+
+
+def test_the_split_interval_averages_the_splits_and_pools_their_bootstraps() -> None:
+    g = torch.Generator().manual_seed(3)
+    real = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    near = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    far = torch.randn(40, 6, generator=g, dtype=torch.float64) + 2.0
+    groups = np.repeat(np.arange(10), 4)
+    one = frechet_split_interval([SplitSets(real, near, groups)], resamples=50, seed=7)
+    assert one == frechet_interval(real, near, resamples=50, seed=7, real_groups=groups)  # one split: the plain interval
+    first = frechet_interval(real, near, resamples=50, seed=7, real_groups=groups)
+    second = frechet_interval(real, far, resamples=50, seed=8)
+    both = frechet_split_interval([SplitSets(real, near, groups), SplitSets(real, far)], resamples=50, seed=7)
+    assert both.estimate == pytest.approx((frechet_distance(real, near) + frechet_distance(real, far)) / 2)
+    # the pooled resamples span both splits: the interval reaches from the first's into the second's
+    assert both.low <= first.high and both.high >= second.low
+    assert (both.resamples, both.real_units, both.n_real) == (100, 10, 40)
+    with pytest.raises(ValueError, match="at least one SplitSets"):
+        frechet_split_interval([], resamples=5)

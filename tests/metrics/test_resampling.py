@@ -158,6 +158,10 @@ def test_the_report_names_the_patients_an_interval_drew():
     assert shown.loc["FID", "N"] == ("64 (real: 9 patients); halves: 40 (12 patients); "
                                      "neighbouring slices: 64 (1 patient)")
     assert shown.filter(like="lesion signal", axis=0)["N"].item() == "64; real images: 1,386 (21 patients)"
+    # averaged over random splits into halves, the cell says so
+    assert fidelity_table({"fid": 4.2, "fid_n": 64, "fid_patients": 9, "fid_splits": 5}).set_index("metric").loc[
+        "FID", "N"] == "64 (real: 9 patients); mean of 5 random splits into halves, patients the fewest of any split"
+    assert fidelity_table({"fid": 4.2, "fid_n": 64, "fid_splits": 1}).set_index("metric").loc["FID", "N"] == 64
     # without patients, a floor on the same N adds nothing
     assert fidelity_table({"fid": 4.2, "fid_n": 64, "fid_floor_halves": 2.0, "fid_floor_halves_n": 64,
                            "fid_floor_neighbour_slices": 0.1, "fid_floor_neighbour_slices_n": 64}

@@ -20,7 +20,7 @@ from synthmed.protocols.evaluation import (
     build_report,
     family_result,
     fid_intervals,
-    fid_sets,
+    fid_splits,
 )
 from synthmed.protocols.steps_sweep import StepsSweepConfig, scaled_plan, steps_sweep
 from tests.generators.test_contract import TINY
@@ -124,8 +124,10 @@ def test_the_sweep_samples_every_point_and_scores_it_as_the_evaluation_does(tiny
                                  scaled_plan(plan_table(sampling), 6), CLASSES,
                                  SamplerSpec("ddim", 4, guidance_scale=2.0), seed=4, batch_size="auto", checkpoint="x")
     features = evaluation.network(at_size(samples.images, 8))
-    sets = fid_sets(evaluation.reference.features, features, seed=0, groups=evaluation.reference.patients)
+    sets = fid_splits(evaluation.reference.features, features, seed=0, splits=FidelityConfig().splits,
+                      groups=evaluation.reference.patients)
     expected = fid_intervals(sets, FidelityConfig(resamples=5, seed=0))
+    assert expected["fid_splits"] == FidelityConfig().splits > 1  # averaged over splits, as the evaluation does
     assert expected["fid_patients"] > 0  # halves split and resampled by patient, as the evaluation does
     row = table.iloc[1]
     assert (row["fid"], row["fid_low"], row["fid_high"]) == pytest.approx(

@@ -242,13 +242,20 @@ def sample_size(metrics: Mapping[str, float], name: str, *others: tuple[str, str
     """A table's N cell: ``<name>_n``, and the real patients its interval resampled where it drew
     patients (``<name>_patients``): "64 (real: 9 patients)". ``others`` are ``(label, metric)`` of
     the row's other columns (a floor, the real images' score): each that drew patients, or other
-    than N images, adds "; <label>: 64 (21 patients)", so every interval in the row says what it drew."""
+    than N images, adds "; <label>: 64 (21 patients)", so every interval in the row says what it drew.
+    Averaged over several random splits into halves (``<name>_splits`` > 1), it says so, and the
+    patients are the fewest of any split."""
     n, patients = metrics.get(f"{name}_n"), metrics.get(f"{name}_patients")
     shown = [(label, metrics.get(f"{other}_n"), metrics.get(f"{other}_patients")) for label, other in others]
     shown = [(label, m, p) for label, m, p in shown if _finite(m) and (_finite(p) or m != n)]
-    if not _finite(n) or (not _finite(patients) and not shown):
+    splits = metrics.get(f"{name}_splits")
+    averaged = [f"mean of {int(splits)} random splits into halves"
+                + (", patients the fewest of any split" if _finite(patients) else "")] \
+        if _finite(splits) and splits > 1 else []
+    if not _finite(n) or (not _finite(patients) and not shown and not averaged):
         return n
-    return "; ".join([_count(n, patients, True)] + [f"{label}: {_count(m, p, False)}" for label, m, p in shown])
+    return "; ".join([_count(n, patients, True)] + [f"{label}: {_count(m, p, False)}" for label, m, p in shown]
+                     + averaged)
 
 
 def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:

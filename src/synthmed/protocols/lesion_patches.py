@@ -53,6 +53,7 @@ class StudyEvaluation:
         sample_seed, batch_size: the generator's latents and images per pass.
         encoder: ``synthmed.protocols.encoders.EncoderConfig`` keys (the FID feature network).
         fid_resamples, level, seed: bootstrap of the FID and its floor.
+        fid_splits: random splits of the real patches into halves, averaged (``protocols.evaluation.fid_splits``).
         utility: ``synthmed.metrics.utility.UtilityConfig`` keys (modes: the study's four).
         tsne_perplexity: of the t-SNE map.
         grid_examples: patches per row of the sample grid.
@@ -64,6 +65,7 @@ class StudyEvaluation:
     batch_size: int = 64
     encoder: Mapping[str, Any] = field(default_factory=dict)
     fid_resamples: int = 200
+    fid_splits: int = 5
     level: float = 0.95
     seed: int = 0
     utility: Mapping[str, Any] = field(default_factory=dict)
@@ -75,7 +77,7 @@ class StudyEvaluation:
         check_held_out_splits(f"{where}.test_splits", self.test_splits)
         if not is_number(self.synthetic_per_real) or self.synthetic_per_real <= 0:
             raise ValueError(f"{where}.synthetic_per_real must be a number > 0, got {self.synthetic_per_real!r}.")
-        for key in ("batch_size", "fid_resamples", "grid_examples"):
+        for key in ("batch_size", "fid_resamples", "fid_splits", "grid_examples"):
             if not is_int(getattr(self, key)) or getattr(self, key) < 1:
                 raise ValueError(f"{where}.{key} must be an integer >= 1, got {getattr(self, key)!r}.")
         check_level(f"{where}.level", self.level)
@@ -109,16 +111,20 @@ class LesionPatchesConfig:
 
 
 def fid_rows(fid: Mapping[str, float], *, model_source: str) -> list[StudyRow]:
-    """Our FID row and the real-vs-real floor (``fid_intervals``' keys), same N."""
+    """Our FID row and the real-vs-real floor (``fid_intervals``' keys), same N; the mean over
+    ``fid_splits`` random splits of the real patches into halves when there are several."""
     n = float(fid["fid_n"])
+    splits = int(fid.get("fid_splits", 1))
+    averaged = f"; the mean of {splits} random splits into halves" if splits > 1 else ""
     return [
         StudyRow("DCGAN lesion patches (ours)", "ours",
-                 {"fid": {"mean": fid["fid"], "low": fid["fid_low"], "high": fid["fid_high"], "n": n}}, model_source),
+                 {"fid": {"mean": fid["fid"], "low": fid["fid_low"], "high": fid["fid_high"], "n": n}},
+                 model_source + averaged),
         StudyRow("real vs real lesion patches (floor)", "floor",
                  {"fid": {"mean": fid["fid_floor_halves"], "low": fid["fid_floor_halves_low"],
                           "high": fid["fid_floor_halves_high"], "n": float(fid["fid_floor_halves_n"])}},
                  "two disjoint halves of the real training lesion patches: the FID a perfect generator reaches at "
-                 "this N"),
+                 f"this N{averaged}"),
     ]
 
 

@@ -4,9 +4,10 @@ For each point (sampler, steps) of ``evaluation.steps_sweep.points``, the family
 generator samples the same plan (the family's own plan scaled to ``images`` images, the same
 seed, guidance and throughput settings as its sampling), the samples go through the
 evaluation's feature network at the source's evaluation size, and FID is computed exactly as
-the evaluation computes it (``protocols.evaluation.fid_sets`` / ``fid_intervals``: against one
-half of the reference split, bootstrap interval, beside the real-vs-real floor on the same
-N). The time per image of each point is measured around the sampling.
+the evaluation computes it (``protocols.evaluation.fid_splits`` / ``fid_intervals``: against
+one half of the reference split, averaged over ``fidelity.splits`` random splits, bootstrap
+interval, beside the real-vs-real floor on the same N). The time per image of each point is
+measured around the sampling.
 
 The recommended setting is the point with the fewest steps whose FID is within the tolerance
 of the best point's: ``tolerance: null`` = at most the best point's interval upper end;
@@ -35,7 +36,7 @@ from synthmed.generators.sampling import (
 )
 from synthmed.metrics.features import at_size
 from synthmed.metrics.steps_sweep import SWEEP_COLUMNS, recommend
-from synthmed.protocols.evaluation import EvaluationSet, FidelityConfig, fid_intervals, fid_sets
+from synthmed.protocols.evaluation import EvaluationSet, FidelityConfig, fid_intervals, fid_splits
 
 pd = lazy_import("pandas")
 logger = logging.getLogger(__name__)
@@ -133,8 +134,8 @@ def steps_sweep(generator: TrainedGenerator, evaluation: EvaluationSet, sampling
                                     checkpoint=digest, throughput=throughput)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         features = evaluation.network(at_size(result.images, px))
-        sets = fid_sets(evaluation.reference.features, features, seed=fidelity_config.seed,
-                        groups=evaluation.reference.patients)
+        sets = fid_splits(evaluation.reference.features, features, seed=fidelity_config.seed,
+                          splits=fidelity_config.splits, groups=evaluation.reference.patients)
         scores = fid_intervals(sets, fidelity_config, floor=floor is None)
         if floor is None:  # same N and seed at every point: one floor for the sweep
             floor = {k: scores[f"fid_floor_halves{k}"] for k in ("", "_low", "_high")}

@@ -119,7 +119,7 @@ def score_patch_fidelity(patches: Mapping[str, np.ndarray], patch_manifest: pd.D
     from synthmed.metrics import report_figures
     from synthmed.metrics.features import ClassifierConfig, FitConfig, domain_network, fit_classifier
     from synthmed.protocols.encoders import EncoderConfig, patient_keys
-    from synthmed.protocols.evaluation import FidelityConfig, fid_intervals, fid_sets
+    from synthmed.protocols.evaluation import FidelityConfig, fid_intervals, fid_splits
 
     config = _config(params)
     sampling = _extraction(extraction_params).patches
@@ -137,7 +137,8 @@ def score_patch_fidelity(patches: Mapping[str, np.ndarray], patch_manifest: pd.D
                            class_balanced=encoder.class_balance, description="lesion patch feature encoder")
     network = domain_network(model, device=fit.device)
     real_features, fake_features = network(real), network(fake)
-    fidelity = FidelityConfig(resamples=evaluation.fid_resamples, level=evaluation.level, seed=evaluation.seed)
+    fidelity = FidelityConfig(resamples=evaluation.fid_resamples, level=evaluation.level, seed=evaluation.seed,
+                              splits=evaluation.fid_splits)
     metrics: dict[str, float] = {}
     for name, real_rows, fake_rows in (("lesion", real_labels == lp.LESION, fake_labels == lp.LESION),
                                        ("normal", real_labels == lp.NORMAL, fake_labels == lp.NORMAL),
@@ -148,8 +149,8 @@ def score_patch_fidelity(patches: Mapping[str, np.ndarray], patch_manifest: pd.D
                              f"patches, got {int(real_rows.sum())} and {int(fake_rows.sum())}; cut more patches "
                              "(extraction.lesion_patches.patches: normal_per_lesion, slice_step) or sample more "
                              "(evaluation.synthetic_per_real).")
-        sets = fid_sets(real_features[real_rows], fake_features[fake_rows], seed=evaluation.seed,
-                        groups=real_patients[real_rows.numpy()])
+        sets = fid_splits(real_features[real_rows], fake_features[fake_rows], seed=evaluation.seed,
+                          splits=evaluation.fid_splits, groups=real_patients[real_rows.numpy()])
         scores = fid_intervals(sets, fidelity)
         metrics |= {f"{name}.{key}": float(value) for key, value in scores.items()}
         logger.info("%s: FID %s patches %.2f [%.2f, %.2f] vs real-vs-real floor %.2f (n=%d)", WHERE, name,
