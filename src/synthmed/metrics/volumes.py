@@ -206,10 +206,10 @@ def fid_2_5d(reference: PlaneFeatures, synthetic: PlaneFeatures, *, resamples: i
     rng = np.random.default_rng(seed)
     fake_pick = torch.as_tensor(np.sort(rng.choice(synthetic.n_volumes, size=n, replace=False)))[:, None]
     out: dict[str, float] = {"fid_2_5d_n": float(n)}
-    real_a = subset(reference_groups, half_a.flatten().numpy())
+    real_a, real_b = (subset(reference_groups, half.flatten().numpy()) for half in (half_a, half_b))
     for suffix, first, second, other, groups in (
             ("", half_a, fake_pick, synthetic, subset(synthetic_groups, fake_pick.flatten().numpy())),
-            ("_floor", half_a, half_b, reference, subset(reference_groups, half_b.flatten().numpy()))):
+            ("_floor", half_a, half_b, reference, real_b)):
         planes = fid_2_5d_of(reference, first.flatten().tolist(), other, second.flatten().tolist())
         interval = fidelity.bootstrap_interval(_volume_statistic(reference, other), first, second,
                                                resamples=resamples, level=level, seed=seed, real_groups=real_a,
@@ -218,7 +218,6 @@ def fid_2_5d(reference: PlaneFeatures, synthetic: PlaneFeatures, *, resamples: i
                 f"fid_2_5d{suffix}_high": interval.high}
         out |= {f"fid_{plane}{suffix}": planes[plane] for plane in PLANES}
     if real_a is not None:
-        real_b = subset(reference_groups, half_b.flatten().numpy())
         out["fid_2_5d_patients"] = float(n_groups(real_a))
         out["fid_2_5d_floor_patients"] = float(n_groups(np.r_[real_a, real_b]))
         # 0 unless the patients were too few or too uneven to fill two halves apart (a warning said so)
