@@ -19,13 +19,13 @@ from synthmed.metrics.fidelity import (
     WANG_BETAS,
     Interval,
     PrecomputedFeatures,
+    SplitSets,
     _gaussian_sigma,
     _knn_radii,
     _ms_ssim_settings,
     _pair_indices,
     bootstrap_interval,
     frechet_distance,
-    SplitSets,
     frechet_interval,
     frechet_split_interval,
     kernel_distance,
@@ -493,7 +493,8 @@ def test_the_split_interval_averages_the_splits_and_pools_their_bootstraps() -> 
     far = torch.randn(40, 6, generator=g, dtype=torch.float64) + 2.0
     groups = np.repeat(np.arange(10), 4)
     one = frechet_split_interval([SplitSets(real, near, groups)], resamples=50, seed=7)
-    assert one == frechet_interval(real, near, resamples=50, seed=7, real_groups=groups)  # one split: the plain interval
+    # one split: the plain interval
+    assert one == frechet_interval(real, near, resamples=50, seed=7, real_groups=groups)
     first = frechet_interval(real, near, resamples=50, seed=7, real_groups=groups)
     second = frechet_interval(real, far, resamples=50, seed=8)
     both = frechet_split_interval([SplitSets(real, near, groups), SplitSets(real, far)], resamples=50, seed=7)

@@ -162,6 +162,9 @@ def test_the_report_names_the_patients_an_interval_drew():
     assert fidelity_table({"fid": 4.2, "fid_n": 64, "fid_patients": 9, "fid_splits": 5}).set_index("metric").loc[
         "FID", "N"] == "64 (real: 9 patients); mean of 5 random splits into halves, patients the fewest of any split"
     assert fidelity_table({"fid": 4.2, "fid_n": 64, "fid_splits": 1}).set_index("metric").loc["FID", "N"] == 64
+    # samples drawn from real label maps: the cell names the maps' patients too
+    assert fidelity_table({"fid": 4.2, "fid_n": 64, "fid_patients": 9, "fid_synthetic_patients": 5}).set_index(
+        "metric").loc["FID", "N"] == "64 (real: 9 patients; samples: the maps of 5 patients)"
     # without patients, a floor on the same N adds nothing
     assert fidelity_table({"fid": 4.2, "fid_n": 64, "fid_floor_halves": 2.0, "fid_floor_halves_n": 64,
                            "fid_floor_neighbour_slices": 0.1, "fid_floor_neighbour_slices_n": 64}
@@ -239,6 +242,8 @@ def test_the_paired_and_neighbour_floor_intervals_of_the_evaluation_draw_patient
     plain = fidelity_scores(replace(evaluation, synthetic=replace(synthetic, patients=None), neighbour_patients=None),
                             config)
     assert "paired_ssim_patients" not in plain and "fid_floor_neighbour_slices_patients" not in plain
+    # the samples' FID draws the patients of their maps, and the metrics say how many
+    assert 1 < out["fid_synthetic_patients"] <= 8 and "fid_synthetic_patients" not in plain
     # the same pairs (same draw), resampled by patient: another interval; the paired SSIM's likewise
     assert out["fid_floor_neighbour_slices"] == plain["fid_floor_neighbour_slices"]
     assert out["fid_floor_neighbour_slices_low"] != plain["fid_floor_neighbour_slices_low"]

@@ -231,11 +231,18 @@ def with_interval(metrics: Mapping[str, float], name: str) -> str:
                     n=metrics.get(f"{name}_n"))
 
 
-def _count(n: Any, patients: Any, real: bool) -> str:
-    """``64``, or ``64 (real: 9 patients)`` where the interval drew patients (``real``: say they are real)."""
+def _patients(count: Any) -> str:
+    return f"{int(count)} patient{'' if int(count) == 1 else 's'}"
+
+
+def _count(n: Any, patients: Any, real: bool, synthetic: Any = None) -> str:
+    """``64``, or ``64 (real: 9 patients)`` where the interval drew patients (``real``: say they
+    are real); ``synthetic``: the patients whose label maps the samples were drawn from, which
+    the interval drew likewise ("64 (real: 9 patients; samples: the maps of 5 patients)")."""
     if not _finite(patients):
         return f"{int(n):,}"
-    return f"{int(n):,} ({'real: ' if real else ''}{int(patients)} patient{'' if int(patients) == 1 else 's'})"
+    maps = f"; samples: the maps of {_patients(synthetic)}" if _finite(synthetic) else ""
+    return f"{int(n):,} ({'real: ' if real else ''}{_patients(patients)}{maps})"
 
 
 def sample_size(metrics: Mapping[str, float], name: str, *others: tuple[str, str]) -> Any:
@@ -254,8 +261,8 @@ def sample_size(metrics: Mapping[str, float], name: str, *others: tuple[str, str
         if _finite(splits) and splits > 1 else []
     if not _finite(n) or (not _finite(patients) and not shown and not averaged):
         return n
-    return "; ".join([_count(n, patients, True)] + [f"{label}: {_count(m, p, False)}" for label, m, p in shown]
-                     + averaged)
+    return "; ".join([_count(n, patients, True, metrics.get(f"{name}_synthetic_patients"))]
+                     + [f"{label}: {_count(m, p, False)}" for label, m, p in shown] + averaged)
 
 
 def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:

@@ -447,7 +447,7 @@ def fid_intervals(sets: FidSets | Sequence[FidSets], config: FidelityConfig, *, 
     whole and the keys ``fid_patients`` (half A's) / ``fid_floor_halves_patients`` (A's and B's)
     say how many, the fewest over the splits; samples drawn from real label maps
     (``sets.groups_synthetic``) are drawn by those maps' patients likewise (each sample without
-    one, its own unit)."""
+    one, its own unit), and ``fid_synthetic_patients`` says how many."""
     from synthmed.metrics import fidelity  # here: torch and torchmetrics load with it
 
     splits = [sets] if isinstance(sets, FidSets) else list(sets)
@@ -464,6 +464,8 @@ def fid_intervals(sets: FidSets | Sequence[FidSets], config: FidelityConfig, *, 
         out |= _interval("fid_floor_halves", fidelity.frechet_split_interval(
             [fidelity.SplitSets(s.half_a, s.half_b, s.groups_a, s.groups_b) for s in splits], **boot),
             patients=fewest(lambda s: n_groups(s.groups_a) + (n_groups(s.groups_b) or 0)))
+    if splits[0].groups_synthetic is not None:  # samples drawn from real label maps: the maps' patients
+        out["fid_synthetic_patients"] = float(min(n_groups(s.groups_synthetic) or 0 for s in splits))
     out["fid_splits"] = float(len(splits))
     return out
 
