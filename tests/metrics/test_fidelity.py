@@ -499,8 +499,10 @@ def test_the_split_interval_averages_the_splits_and_pools_their_bootstraps() -> 
     second = frechet_interval(real, far, resamples=50, seed=8)
     both = frechet_split_interval([SplitSets(real, near, groups), SplitSets(real, far)], resamples=50, seed=7)
     assert both.estimate == pytest.approx((frechet_distance(real, near) + frechet_distance(real, far)) / 2)
-    # the pooled resamples span both splits: the interval reaches from the first's into the second's
-    assert both.low <= first.high and both.high >= second.low
+    # the pooled resamples span both splits: from the first's low end to the second's high end
+    assert first.high < second.low  # far apart
+    assert both.low == pytest.approx(first.low, rel=0.5) and both.high == pytest.approx(second.high, rel=0.5)
+    assert both.low < first.high and both.high > second.low
     assert (both.resamples, both.real_units, both.n_real) == (100, 10, 40)
     with pytest.raises(ValueError, match="at least one SplitSets"):
         frechet_split_interval([], resamples=5)

@@ -47,6 +47,17 @@ def test_uneven_patients_fill_the_halves_largest_first():
         assert len(first) == 10 and not set(keys[first]) & set(keys[second])
 
 
+def test_patients_that_fill_both_halves_land_in_either_half_by_the_draw():
+    # 21 patients of 59-73 slices and halves of 64: largest first always moved only the tied patients between seeds
+    keys = np.repeat([f"sub-{i:02d}" for i in range(21)], 59 + np.arange(21) * 7 % 15)
+    drawn = set()
+    for seed in range(5):
+        first, second = disjoint_halves(len(keys), 64, np.random.default_rng(seed), keys)
+        assert len(first) == len(second) == 64 and not set(keys[first]) & set(keys[second])
+        drawn.add(frozenset(keys[first]))
+    assert len(drawn) == 5
+
+
 def test_a_bootstrap_of_one_patient_resamples_its_images_and_says_so(caplog):
     real, fake = _clustered(1, 30, 0), torch.randn(30, 4, generator=torch.Generator().manual_seed(1))
     interval = frechet_interval(real, fake, resamples=50, real_groups=["p0"] * 30,
@@ -159,8 +170,11 @@ def test_the_report_names_the_patients_an_interval_drew():
                                      "neighbouring slices: 64 (1 patient)")
     assert shown.filter(like="lesion signal", axis=0)["N"].item() == "64; real images: 1,386 (21 patients)"
     # averaged over random splits into halves, the cell says so
-    assert fidelity_table({"fid": 4.2, "fid_n": 64, "fid_patients": 9, "fid_splits": 5}).set_index("metric").loc[
-        "FID", "N"] == "64 (real: 9 patients); mean of 5 random splits into halves, patients the fewest of any split"
+    shown = fidelity_table({"fid": 4.2, "fid_n": 64, "fid_patients": 9, "fid_splits": 5, "fid_floor_halves": 2.0,
+                            "fid_floor_halves_n": 64, "fid_floor_halves_patients": 21}).set_index("metric")
+    assert shown.loc["FID", "N"] == ("64 (real: 9 patients); mean of 5 random splits into halves, patients the "
+                                     "fewest of any split; halves: 64 (21 patients)")
+    assert shown.loc["KID", "N"] == shown.loc["coverage", "N"] == "64; mean of 5 random splits into halves"
     assert fidelity_table({"fid": 4.2, "fid_n": 64, "fid_splits": 1}).set_index("metric").loc["FID", "N"] == 64
     # samples drawn from real label maps: the cell names the maps' patients too
     assert fidelity_table({"fid": 4.2, "fid_n": 64, "fid_patients": 9, "fid_synthetic_patients": 5}).set_index(
@@ -243,7 +257,7 @@ def test_the_paired_and_neighbour_floor_intervals_of_the_evaluation_draw_patient
                             config)
     assert "paired_ssim_patients" not in plain and "fid_floor_neighbour_slices_patients" not in plain
     # the samples' FID draws the patients of their maps, and the metrics say how many
-    assert 1 < out["fid_synthetic_patients"] <= 8 and "fid_synthetic_patients" not in plain
+    assert out["fid_synthetic_patients"] == 8 and "fid_synthetic_patients" not in plain
     # the same pairs (same draw), resampled by patient: another interval; the paired SSIM's likewise
     assert out["fid_floor_neighbour_slices"] == plain["fid_floor_neighbour_slices"]
     assert out["fid_floor_neighbour_slices_low"] != plain["fid_floor_neighbour_slices_low"]

@@ -80,7 +80,12 @@ def test_fid_kid_and_prdc_are_the_mean_over_the_random_splits_into_halves():
     assert out["fid"] == pytest.approx(np.mean([fidelity.frechet_distance(s.half_a, s.synthetic) for s in splits]))
     kid = [fidelity.kernel_distance(s.half_a, s.synthetic, subset_size=16, subsets=5, seed=0) for s in splits]
     assert out["kid"] == pytest.approx(np.mean([k[0] for k in kid]))
-    assert out["kid_std"] >= min(k[1] for k in kid)
+    # the std of all the splits' subsets together: within-split variance plus the spread of the means
+    assert out["kid_std"] == pytest.approx(np.sqrt(np.mean([k[1] ** 2 for k in kid]) + np.var([k[0] for k in kid])))
+    # the interval pools the splits' bootstraps
+    pooled = fidelity.frechet_split_interval([fidelity.SplitSets(s.half_a, s.half_b, s.groups_a, s.groups_b)
+                                              for s in splits], resamples=20, seed=0)
+    assert (out["fid_floor_halves_low"], out["fid_floor_halves_high"]) == pytest.approx((pooled.low, pooled.high))
     coverage = [fidelity.precision_recall_density_coverage(s.half_a, s.half_b, k=5)["coverage"] for s in splits]
     assert out["coverage_floor_halves"] == pytest.approx(np.mean(coverage))
     # one split is the first of them

@@ -478,12 +478,13 @@ class SplitSets:
 
 def frechet_split_interval(
     splits: Sequence[SplitSets], *, resamples: int = 200, level: float = 0.95, seed: int = 0,
+    what: str = "FID bootstrap",
 ) -> Interval:
     """FID averaged over several random splits, with an interval that pools their bootstraps.
 
     Where the real side is one random half of a reference (FID against half A, the floor half B
-    against A), the draw of the halves moves the FID as much as the sampling noise does (the
-    cohort's floor read 2.15 with one split and 0.72 with another). The estimate is the mean of
+    against A), the draw of the halves moves the FID as much as the sampling noise does. The
+    estimate is the mean of
     the splits' FIDs on their full sets; the interval's percentiles are taken over all splits'
     resamples together (``resamples`` per split, split ``i`` seeded ``seed + i``), so it spans
     both the noise within a split and the spread between splits. It is conservative for the
@@ -494,6 +495,7 @@ def frechet_split_interval(
         resamples: bootstrap resamples per split (>= 1).
         level: nominal coverage in (0, 1).
         seed: seeds split ``i``'s resampling with ``seed + i``.
+        what: names the bootstrap in the progress log and errors.
 
     Returns:
         An ``Interval``: ``resamples`` counts all splits' resamples; ``n_real``, ``n_fake`` and
@@ -508,7 +510,7 @@ def frechet_split_interval(
         real, fake = _check_pair(split.real, split.fake)
         estimate, resampled = _frechet_resampler(real, fake)
         values, units = _bootstrap_values(resampled, real.shape[0], fake.shape[0], resamples=resamples,
-                                          seed=seed + i, what=f"FID bootstrap (split {i + 1} of {len(splits)})",
+                                          seed=seed + i, what=f"{what} (split {i + 1} of {len(splits)})",
                                           real_groups=split.real_groups, fake_groups=split.fake_groups)
         estimates.append(estimate)
         drawn.append(values)

@@ -241,7 +241,7 @@ def _count(n: Any, patients: Any, real: bool, synthetic: Any = None) -> str:
     the interval drew likewise ("64 (real: 9 patients; samples: the maps of 5 patients)")."""
     if not _finite(patients):
         return f"{int(n):,}"
-    maps = f"; samples: the maps of {_patients(synthetic)}" if _finite(synthetic) else ""
+    maps = f"; samples: the maps of {_patients(synthetic)}" if _finite(synthetic) and synthetic > 0 else ""
     return f"{int(n):,} ({'real: ' if real else ''}{_patients(patients)}{maps})"
 
 
@@ -255,14 +255,26 @@ def sample_size(metrics: Mapping[str, float], name: str, *others: tuple[str, str
     n, patients = metrics.get(f"{name}_n"), metrics.get(f"{name}_patients")
     shown = [(label, metrics.get(f"{other}_n"), metrics.get(f"{other}_patients")) for label, other in others]
     shown = [(label, m, p) for label, m, p in shown if _finite(m) and (_finite(p) or m != n)]
-    splits = metrics.get(f"{name}_splits")
-    averaged = [f"mean of {int(splits)} random splits into halves"
-                + (", patients the fewest of any split" if _finite(patients) else "")] \
-        if _finite(splits) and splits > 1 else []
+    averaged = _averaged(metrics, name, patients=_finite(patients))
     if not _finite(n) or (not _finite(patients) and not shown and not averaged):
         return n
-    return "; ".join([_count(n, patients, True, metrics.get(f"{name}_synthetic_patients"))]
-                     + [f"{label}: {_count(m, p, False)}" for label, m, p in shown] + averaged)
+    return "; ".join([_count(n, patients, True, metrics.get(f"{name}_synthetic_patients"))] + averaged
+                     + [f"{label}: {_count(m, p, False)}" for label, m, p in shown])
+
+
+def _averaged(metrics: Mapping[str, float], name: str, *, patients: bool = False) -> list[str]:
+    """["mean of 5 random splits into halves"] where ``<name>_splits`` > 1, else []."""
+    splits = metrics.get(f"{name}_splits")
+    if not _finite(splits) or splits <= 1:
+        return []
+    return [f"mean of {int(splits)} random splits into halves" + (", patients the fewest of any split" if patients
+                                                                   else "")]
+
+
+def _averaged_n(metrics: Mapping[str, float]) -> Any:
+    """The N cell of the rows computed on the FID's halves (KID, PRDC): ``fid_n``, and the splits averaged."""
+    n, averaged = metrics.get("fid_n"), _averaged(metrics, "fid")
+    return "; ".join([f"{int(n):,}", *averaged]) if _finite(n) and averaged else n
 
 
 def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:
@@ -274,9 +286,9 @@ def fidelity_table(metrics: Mapping[str, float]) -> pd.DataFrame:
                      ("neighbouring slices", "fid_floor_neighbour_slices"))),
         ("KID", estimate(metrics.get("kid"), std=metrics.get("kid_std")),
          estimate(metrics.get("kid_floor_halves"), std=metrics.get("kid_floor_halves_std")), "",
-         metrics.get("fid_n")),
+         _averaged_n(metrics)),
     ]
-    rows += [(name, number(metrics.get(name)), number(metrics.get(f"{name}_floor_halves")), "", metrics.get("fid_n"))
+    rows += [(name, number(metrics.get(name)), number(metrics.get(f"{name}_floor_halves")), "", _averaged_n(metrics))
              for name in ("precision", "recall", "density", "coverage")]
     rows.append(("diversity (mean pairwise MS-SSIM, lower = more diverse)", number(metrics.get("diversity_ms_ssim")),
                  number(metrics.get("diversity_ms_ssim_real")), "", metrics.get("n_synthetic")))

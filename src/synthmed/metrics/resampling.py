@@ -77,16 +77,30 @@ def draw_units(rng: np.random.Generator, units: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([units[u] for u in picks]) if len(units) else np.zeros(0, dtype=np.int64)
 
 
+def _fill_halves(codes: np.ndarray, order: np.ndarray) -> tuple[list[list[np.ndarray]], list[int]]:
+    """Each patient (code) in ``order``, whole, to the half with fewer rows so far."""
+    halves: list[list[np.ndarray]] = [[], []]
+    counts = [0, 0]
+    for code in order:
+        rows = np.flatnonzero(codes == code)
+        side = int(counts[1] < counts[0])
+        halves[side].append(rows)
+        counts[side] += len(rows)
+    return halves, counts
+
+
 def disjoint_halves(n_rows: int, n: int, rng: np.random.Generator, groups: Groups = None, *,
                     what: str = "real-vs-real floor") -> tuple[np.ndarray, np.ndarray]:
     """Two disjoint sets of row indices of the same size, ``min(n, ...)``, with no patient in both.
 
     Without groups: a random permutation, its first ``min(n, n_rows // 2)`` rows and the next as
-    many. With groups: the patients in random order, then largest first (ties in that random
-    order), each given whole to the half with fewer rows so far; then the same number of rows
-    drawn at random from each half (at most ``n``). When the patients cannot fill two halves of
-    at least ``MIN_HALF`` rows (one patient, or one holding nearly every image), rows are split
-    as without groups and a warning says the halves share patients.
+    many. With groups: the patients in random order, each given whole to the half with fewer
+    rows so far, so which patients land in which half changes with the draw. Where that leaves a
+    half with fewer than ``n`` rows (few or uneven patients), the patients go largest first
+    instead (ties in the random order), which balances the halves best. Then the same number of
+    rows is drawn at random from each half (at most ``n``). When the patients cannot fill two
+    halves of at least ``MIN_HALF`` rows (one patient, or one holding nearly every image), rows
+    are split as without groups and a warning says the halves share patients.
 
     Returns:
         ``(first, second)`` sorted index arrays.
@@ -95,13 +109,9 @@ def disjoint_halves(n_rows: int, n: int, rng: np.random.Generator, groups: Group
     if codes is not None and codes.max(initial=-1) >= 1:
         shuffled = rng.permutation(int(codes.max()) + 1)
         sizes = np.bincount(codes)
-        halves: list[list[np.ndarray]] = [[], []]
-        counts = [0, 0]
-        for code in shuffled[np.argsort(-sizes[shuffled], kind="stable")]:
-            rows = np.flatnonzero(codes == code)
-            side = int(counts[1] < counts[0])
-            halves[side].append(rows)
-            counts[side] += len(rows)
+        halves, counts = _fill_halves(codes, shuffled)
+        if min(counts) < n:
+            halves, counts = _fill_halves(codes, shuffled[np.argsort(-sizes[shuffled], kind="stable")])
         size = min(n, *counts)
         if size >= MIN_HALF:
             return tuple(np.sort(rng.choice(np.concatenate(rows), size=size, replace=False))  # type: ignore[return-value]

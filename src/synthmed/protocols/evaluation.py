@@ -80,8 +80,8 @@ class FidelityConfig:
     diversity_pairs: int = 200
     seed: int = 0
     # Random splits of the reference into halves A and B (``fid_splits``): FID, KID and PRDC are
-    # averaged over them and the FID intervals pool their bootstraps. One split moved the floor
-    # from 2.15 to 0.72 on the cohort.
+    # averaged over them and the FID intervals pool their bootstraps; which patients and slices
+    # land in a half moves them as much as the sampling noise does.
     splits: int = 5
 
     def __post_init__(self) -> None:
@@ -433,7 +433,10 @@ def fid_splits(reference: torch.Tensor, synthetic: torch.Tensor, *, seed: int, s
                groups: Sequence[object] | np.ndarray | None = None,
                synthetic_groups: Sequence[object] | np.ndarray | None = None) -> list[FidSets]:
     """``splits`` independent draws of ``fid_sets``, split ``i`` seeded ``seed + i`` (the first is
-    ``fid_sets(..., seed=seed)``): ``fid_intervals`` and ``fidelity_scores`` average over them."""
+    ``fid_sets(..., seed=seed)``; runs seeded 0 and 1 share all but one split): ``fid_intervals``
+    and ``fidelity_scores`` average over them."""
+    if not is_int(splits) or splits < 1:
+        raise ValueError(f"FID: expected splits to be an integer >= 1, got {splits!r}.")
     return [fid_sets(reference, synthetic, seed=seed + i, groups=groups, synthetic_groups=synthetic_groups)
             for i in range(splits)]
 
@@ -451,6 +454,8 @@ def fid_intervals(sets: FidSets | Sequence[FidSets], config: FidelityConfig, *, 
     from synthmed.metrics import fidelity  # here: torch and torchmetrics load with it
 
     splits = [sets] if isinstance(sets, FidSets) else list(sets)
+    if not splits:
+        raise ValueError("FID: expected at least one split into halves (fid_splits), got none.")
     boot = {"resamples": config.resamples, "level": config.level, "seed": config.seed}
     grouped = splits[0].groups_a is not None
 
@@ -458,11 +463,13 @@ def fid_intervals(sets: FidSets | Sequence[FidSets], config: FidelityConfig, *, 
         return min(counts(split) for split in splits) if grouped else None
 
     out = _interval("fid", fidelity.frechet_split_interval(
-        [fidelity.SplitSets(s.half_a, s.synthetic, s.groups_a, s.groups_synthetic) for s in splits], **boot),
+        [fidelity.SplitSets(s.half_a, s.synthetic, s.groups_a, s.groups_synthetic) for s in splits], **boot,
+        what="FID bootstrap"),
         patients=fewest(lambda s: n_groups(s.groups_a)))
     if floor:
         out |= _interval("fid_floor_halves", fidelity.frechet_split_interval(
-            [fidelity.SplitSets(s.half_a, s.half_b, s.groups_a, s.groups_b) for s in splits], **boot),
+            [fidelity.SplitSets(s.half_a, s.half_b, s.groups_a, s.groups_b) for s in splits], **boot,
+            what="FID floor bootstrap"),
             patients=fewest(lambda s: n_groups(s.groups_a) + (n_groups(s.groups_b) or 0)))
     if splits[0].groups_synthetic is not None:  # samples drawn from real label maps: the maps' patients
         out["fid_synthetic_patients"] = float(min(n_groups(s.groups_synthetic) or 0 for s in splits))
@@ -531,8 +538,11 @@ def fidelity_scores(evaluation: EvaluationSet, config: FidelityConfig) -> dict[s
         out |= fidelity.summarise_paired(fidelity.paired_metrics(evaluation.synthetic.images, evaluation.paired),
                                          resamples=config.resamples, level=config.level, seed=config.seed,
                                          groups=evaluation.synthetic.patients)
-    logger.info("%s fidelity: FID %.2f [%.2f, %.2f] (n=%d, mean of %d splits) vs floor %.2f", evaluation.family,
-                out["fid"], out["fid_low"], out["fid_high"], n, len(splits), out["fid_floor_halves"])
+    logger.info("%s fidelity: FID %.2f [%.2f, %.2f] (n=%d, mean of %d splits) vs floor %.2f; by split: FID %s, "
+                "floor %s", evaluation.family, out["fid"], out["fid_low"], out["fid_high"], n, len(splits),
+                out["fid_floor_halves"],
+                " ".join(f"{fidelity.frechet_distance(s.half_a, s.synthetic):.3g}" for s in splits),
+                " ".join(f"{fidelity.frechet_distance(s.half_a, s.half_b):.3g}" for s in splits))
     return finite(out)
 
 

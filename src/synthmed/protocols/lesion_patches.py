@@ -8,7 +8,7 @@ its own.
 
 Model, metrics and rows: the ``dcgan`` family, class-conditional on normal / lesion, trained
 with synthmed's trainer by the training pipeline; FID (the project's Frechet distance with its real-vs-real floor on the
-same N, ``synthmed.protocols.evaluation.fid_sets`` / ``fid_intervals``) in the feature space of
+same N, ``synthmed.protocols.evaluation.fid_splits`` / ``fid_intervals``) in the feature space of
 a domain encoder trained on the real training patches; class fidelity (``class_fidelity``: the
 share of each class's synthetic patches that encoder assigns to that class, beside its share on
 held-out real patches); the downstream classifier

@@ -11,7 +11,10 @@ measured around the sampling.
 
 The recommended setting is the point with the fewest steps whose FID is within the tolerance
 of the best point's: ``tolerance: null`` = at most the best point's interval upper end;
-a number = at most the best FID plus that number. Ties in steps go to the faster point.
+a number = at most the best FID plus that number. Ties in steps go to the faster point. The
+best point's interval pools the bootstraps of every split into halves, so it also spans how
+far the splits disagree, although every point is scored on the same splits: ``tolerance: null``
+is that much more lenient than a paired comparison of two points would be.
 """
 
 from __future__ import annotations
